@@ -1,0 +1,191 @@
+//! A repository in a local directory. Writes go to `tmp/` first, are fsynced and renamed into
+//! place, so a crash never leaves a partial object under its final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{Backend, FileKind};
+use crate::crypter::random_bytes;
+use crate::error::{Error, Result};
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        self.root.join(kind.path_of(name))
+    }
+
+    fn not_found_or(&self, kind: FileKind, name: &str, e: std::io::Error) -> Error {
+        let p = self.path(kind, name);
+        if e.kind() == ErrorKind::NotFound {
+            Error::ObjectNotFound(p.display().to_string())
+        } else {
+            Error::io(p, e)
+        }
+    }
+
+    fn fsync_dir(dir: &Path) {
+        // Best effort: some file systems refuse to fsync directories.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+
+    /// Moves a finished temp file to its final place, creating the folder if needed.
+    fn install(&self, tmp: &Path, kind: FileKind, name: &str) -> Result<()> {
+        let dest = self.path(kind, name);
+        let dir = dest.parent().expect("objects live in a folder");
+        if let Err(e) = fs::rename(tmp, &dest) {
+            if e.kind() != ErrorKind::NotFound || dir.exists() {
+                return Err(Error::io(&dest, e));
+            }
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            fs::rename(tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        }
+        Self::fsync_dir(dir);
+        Ok(())
+    }
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> Result<()> {
+        for k in FileKind::ALL {
+            let d = self.root.join(k.dir());
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        let t = self.temp_dir();
+        fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
+        Ok(())
+    }
+
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        let p = self.path(kind, name);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let tmpdir = self.temp_dir();
+        let tmp = tmpdir.join(format!("put-{}", hex::encode(random_bytes::<8>())));
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            if e.kind() == ErrorKind::NotFound && !self.root.join("config").exists() {
+                return Err(Error::NoRepository(self.location()));
+            }
+            return Err(Error::io(&tmp, e));
+        }
+        self.install(&tmp, kind, name)
+    }
+
+    fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        if path.parent() == Some(self.temp_dir().as_path()) {
+            self.install(path, kind, name)
+        } else {
+            let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+            self.put(kind, name, &data)?;
+            let _ = fs::remove_file(path);
+            Ok(())
+        }
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(kind, name)).map_err(|e| self.not_found_or(kind, name, e))
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let f = File::open(self.path(kind, name)).map_err(|e| self.not_found_or(kind, name, e))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                Error::corrupt(
+                    self.path(kind, name).display().to_string(),
+                    format!("object is shorter than {} bytes (truncated?)", offset + len),
+                )
+            } else {
+                Error::io(self.path(kind, name), e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let base = self.root.join(kind.dir());
+        let mut out = Vec::new();
+        if kind == FileKind::Config {
+            if let Ok(m) = fs::metadata(self.root.join("config")) {
+                out.push(("config".to_string(), m.len()));
+            }
+            return Ok(out);
+        }
+        let mut dirs = vec![base.clone()];
+        if kind.fanned_out() {
+            dirs.clear();
+            match fs::read_dir(&base) {
+                Ok(rd) => {
+                    for e in rd {
+                        let e = e.map_err(|e| Error::io(&base, e))?;
+                        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                            dirs.push(e.path());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(Error::io(&base, e)),
+            }
+        }
+        for d in dirs {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&d, e)),
+            };
+            for e in rd {
+                let e = e.map_err(|e| Error::io(&d, e))?;
+                let m = e.metadata().map_err(|err| Error::io(e.path(), err))?;
+                if m.is_file() {
+                    if let Some(n) = e.file_name().to_str() {
+                        out.push((n.to_string(), m.len()));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        let p = self.path(kind, name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    fn temp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}

@@ -1,0 +1,65 @@
+//! Typed engine errors. Their kind drives retries and the CLI's exit codes.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no repository at {0}: run `chunkbak init` first, or check --repo / CHUNKBAK_REPOSITORY")]
+    NoRepository(String),
+    #[error("a repository already exists at {0}")]
+    RepositoryExists(String),
+    #[error("wrong password: no key in {0}/keys opens with it")]
+    WrongPassword(String),
+    #[error("object {name} is corrupt: {reason}")]
+    Corrupt { name: String, reason: String },
+    #[error("object {0} not found in the repository")]
+    ObjectNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("backend: {context}: {source}")]
+    Backend {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn corrupt(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn backend(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Backend {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,120 @@
+//! Tree blobs: one per directory (split for huge directories), content-addressed and encoded
+//! deterministically, so an unchanged directory has the same id in every snapshot.
+//! Encoding: `version(1) = 1 || bincode(TreeBlob)` (format-spec.md, "Trees").
+
+use bincode::{Decode, Encode};
+
+use super::{bincode_decode, bincode_encode};
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+
+pub const TREE_VERSION: u8 = 1;
+/// Directories with more entries than this are split into several `Dir` blobs.
+pub const SPLIT_THRESHOLD: usize = 8192;
+/// Files with more chunks than this keep their chunk list in `ChunkList` blobs.
+pub const INLINE_CHUNKS: usize = 8192;
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct Timespec {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// Where a file's chunk ids are.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Content {
+    /// The ids of the file's data blobs, in order.
+    Chunks(Vec<BlobId>),
+    /// Ids of `ChunkList` tree blobs whose concatenation is the chunk list.
+    Indirect(Vec<BlobId>),
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content::Chunks(Vec::new())
+    }
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Node {
+    /// File name as raw bytes (not necessarily UTF-8).
+    pub name: Vec<u8>,
+    pub kind: NodeKind,
+    /// `st_mode` (file type bits and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub size: u64,
+    pub inode: u64,
+    pub device: u64,
+    pub nlink: u64,
+    /// Device number of character and block devices.
+    pub rdev: u64,
+    /// Target of a symlink, raw bytes.
+    pub link_target: Vec<u8>,
+    /// Extended attributes (name, value), sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub content: Content,
+    /// Tree blob of a directory.
+    pub subtree: Option<BlobId>,
+}
+
+impl Default for NodeKind {
+    fn default() -> Self {
+        NodeKind::File
+    }
+}
+
+impl Node {
+    /// Files with more than one link and the same (device, inode) are one hardlink group.
+    pub fn hardlink_key(&self) -> Option<(u64, u64)> {
+        (self.kind == NodeKind::File && self.nlink > 1).then_some((self.device, self.inode))
+    }
+
+    pub fn name_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum TreeBlob {
+    /// Entries of a directory (or of one part of a split directory), sorted by name.
+    Dir(Vec<Node>),
+    /// A huge directory: the ids of its `Dir` parts, in name order.
+    Split(Vec<BlobId>),
+    /// A slice of a huge file's chunk list.
+    ChunkList(Vec<BlobId>),
+}
+
+impl TreeBlob {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![TREE_VERSION];
+        out.extend_from_slice(&bincode_encode(self));
+        out
+    }
+
+    pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
+        match bytes.split_first() {
+            Some((&TREE_VERSION, rest)) => bincode_decode(rest, name),
+            Some((v, _)) => Err(Error::corrupt(name, format!("tree version {v} not supported"))),
+            None => Err(Error::corrupt(name, "empty tree blob")),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! # chunkbak engine
+//!
+//! All logic of chunkbak; it never prints, never exits and never parses argv. Data flows through
+//! one module per stage:
+//!
+//! ```text
+//!  file / stdin
+//!      │ read (ops::backup, walkdir + rayon)
+//!      ▼
+//!  chunker     FastCDC 2020, normalized, gear table seeded from the key
+//!      ▼
+//!  hasher      keyed BLAKE3 → BlobId
+//!      │        ── dedup short-circuits here: a known id is never compressed or stored again
+//!      ▼
+//!  compressor  zstd per blob, raw when it does not pay
+//!      ▼
+//!  crypter     AES-256-GCM, per-pack subkey, offset nonces
+//!      ▼
+//!  packer      blobs → pack files (data/ and tree/ never mixed), header at the end
+//!      ▼
+//!  backend     local directory (S3 comes through the same trait)
+//! ```
+//!
+//! Then `index/` files record which pack holds which blob, and a `snapshots/` object, written
+//! last, commits the backup. `format/` holds every on-disk structure; `format-spec.md` is the
+//! normative description of their bytes.
+
+pub mod backend;
+pub mod chunker;
+pub mod compressor;
+pub mod crypter;
+pub mod error;
+pub mod format;
+pub mod hasher;
+pub mod id;
+pub mod index;
+pub mod ops;
+pub mod packer;
+pub mod progress;
+pub mod repo;
+pub mod timeparse;
+
+pub use error::{Error, Result};
+pub use id::{BlobId, Id};
+pub use repo::Repository;

@@ -1,0 +1,296 @@
+//! `restore`: recreate a snapshot (or part of it) under a target directory. Directories, links
+//! and special files are created while walking the trees; file contents are written in parallel,
+//! every chunk verified against its id; all-zero chunks become holes. Metadata of directories is
+//! applied last, deepest first, so writing into them cannot disturb their times and modes.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::fsmeta;
+use super::ls::{components, find, walk};
+use crate::error::{Error, Result};
+use crate::format::tree::{Node, NodeKind};
+use crate::id::BlobId;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Path inside the snapshot to restore (its contents go into the target); empty for all.
+    pub subpath: Vec<u8>,
+    /// Restore only these paths (inside the snapshot) and what is below them.
+    pub includes: Vec<Vec<u8>>,
+    /// Use the numeric uid/gid instead of looking up the stored user and group names.
+    pub numeric_owner: bool,
+    pub threads: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreResult {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub specials: u64,
+    pub bytes: u64,
+    /// Entries that could not be restored (the run went on without them).
+    pub errors: u64,
+    pub warnings: Vec<(PathBuf, String)>,
+}
+
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+}
+
+struct Restorer<'a> {
+    repo: &'a Repository,
+    opts: &'a RestoreOptions,
+    progress: &'a dyn Progress,
+    root: bool,
+    warnings: Mutex<Vec<(PathBuf, String)>>,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Restorer<'_> {
+    fn warn(&self, path: &Path, msg: String) {
+        self.progress.warning(path, &msg);
+        self.warnings.lock().expect("warnings").push((path.to_path_buf(), msg));
+    }
+
+    fn error(&self, path: &Path, msg: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.warn(path, msg);
+    }
+
+    /// chown (when root), chmod, xattrs, times: in this order, since chown clears set-id bits.
+    fn apply_meta(&self, path: &Path, n: &Node) {
+        if self.root {
+            let uid = (!self.opts.numeric_owner)
+                .then(|| n.user.as_deref().and_then(fsmeta::uid_of))
+                .flatten()
+                .unwrap_or(n.uid);
+            let gid = (!self.opts.numeric_owner)
+                .then(|| n.group.as_deref().and_then(fsmeta::gid_of))
+                .flatten()
+                .unwrap_or(n.gid);
+            if let Err(e) = fsmeta::set_owner(path, uid, gid) {
+                self.warn(path, format!("cannot set owner {uid}:{gid}: {e}"));
+            }
+        }
+        if n.kind != NodeKind::Symlink {
+            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(n.mode & 0o7777)) {
+                self.warn(path, format!("cannot set mode {:o}: {e}", n.mode & 0o7777));
+            }
+        }
+        for (k, v) in &n.xattrs {
+            if let Err(e) = xattr::set(path, std::ffi::OsStr::from_bytes(k), v) {
+                self.warn(path, format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)));
+            }
+        }
+        if let Err(e) = fsmeta::set_times(path, n.mtime) {
+            self.warn(path, format!("cannot set times: {e}"));
+        }
+    }
+
+    fn restore_file(&self, job: &FileJob) -> Result<()> {
+        let ids: Vec<BlobId> = self.repo.file_chunks(&job.node.content)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&job.path)
+            .map_err(|e| Error::io(&job.path, e))?;
+        let mut off = 0u64;
+        for id in &ids {
+            let data = self.repo.read_blob(id)?;
+            // All-zero chunks become holes (the final set_len covers a trailing one).
+            if data.iter().any(|&b| b != 0) {
+                f.write_all_at(&data, off).map_err(|e| Error::io(&job.path, e))?;
+            }
+            off += data.len() as u64;
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.progress.bytes(data.len() as u64);
+        }
+        f.set_len(off).map_err(|e| Error::io(&job.path, e))?;
+        if off != job.node.size {
+            self.warn(
+                &job.path,
+                format!("restored {off} bytes, the snapshot recorded {} (file changed while backed up?)", job.node.size),
+            );
+        }
+        drop(f);
+        self.apply_meta(&job.path, &job.node);
+        self.progress.file_done(&job.path);
+        Ok(())
+    }
+}
+
+fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
+    // (restore this entry, descend into it)
+    if includes.is_empty() {
+        return (true, true);
+    }
+    let pc = components(path);
+    let mut descend = false;
+    for inc in includes {
+        let ic = components(inc);
+        if pc.len() >= ic.len() && pc[..ic.len()] == ic[..] {
+            return (true, true);
+        }
+        if ic.len() > pc.len() && ic[..pc.len()] == pc[..] {
+            descend = true;
+        }
+    }
+    (descend, descend)
+}
+
+/// Restores a snapshot's tree `root`. The repository's index must be loaded.
+pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreResult> {
+    let r = Restorer {
+        repo,
+        opts,
+        progress,
+        root: fsmeta::is_root(),
+        warnings: Mutex::new(Vec::new()),
+        errors: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    };
+    let mut res = RestoreResult::default();
+    let (start_tree, prefix, single) = if components(&opts.subpath).is_empty() {
+        (root, Vec::new(), None)
+    } else {
+        let n = find(repo, root, &opts.subpath)?.expect("non-empty path gives a node");
+        match (n.kind, n.subtree) {
+            (NodeKind::Dir, Some(t)) => (t, opts.subpath.clone(), None),
+            _ => (root, Vec::new(), Some(n)),
+        }
+    };
+    fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+
+    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
+    let mut jobs: Vec<FileJob> = Vec::new();
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut total_bytes = 0u64;
+    let target = opts.target.clone();
+    let mut handle = |rel: &[u8], n: &Node, res: &mut RestoreResult| -> Result<bool> {
+        let (restore_it, descend) = is_included(rel, &opts.includes);
+        if !restore_it && !descend {
+            return Ok(false);
+        }
+        let rel_in = rel.strip_prefix(prefix.as_slice()).unwrap_or(rel);
+        let path = target.join(Path::new(std::ffi::OsStr::from_bytes(rel_in.strip_prefix(b"/").unwrap_or(rel_in))));
+        match n.kind {
+            NodeKind::Dir => {
+                match fs::create_dir(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                    Err(e) => {
+                        r.error(&path, format!("cannot create directory: {e}"));
+                        return Ok(false);
+                    }
+                }
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
+                res.dirs += 1;
+                dirs.push((path, n.clone()));
+                return Ok(true);
+            }
+            _ if !restore_it => return Ok(false),
+            NodeKind::File => {
+                if let Some(k) = n.hardlink_key() {
+                    if let Some(first) = links.get(&k) {
+                        let _ = fs::remove_file(&path);
+                        match fs::hard_link(first, &path) {
+                            Ok(()) => res.links += 1,
+                            Err(e) => r.error(&path, format!("cannot create hard link to {}: {e}", first.display())),
+                        }
+                        return Ok(false);
+                    }
+                    // Create the first name now so later names can link to it.
+                    if let Err(e) = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path) {
+                        r.error(&path, format!("cannot create file: {e}"));
+                        return Ok(false);
+                    }
+                    links.insert(k, path.clone());
+                }
+                total_bytes += n.size;
+                res.files += 1;
+                jobs.push(FileJob { path, node: n.clone() });
+            }
+            NodeKind::Symlink => {
+                let _ = fs::remove_file(&path);
+                match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&n.link_target), &path) {
+                    Ok(()) => {
+                        res.links += 1;
+                        r.apply_meta(&path, n);
+                    }
+                    Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
+                }
+            }
+            NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                if n.kind != NodeKind::Fifo && !r.root {
+                    r.warn(&path, "device node not restored (needs root)".into());
+                    return Ok(false);
+                }
+                let _ = fs::remove_file(&path);
+                match fsmeta::make_special(&path, n) {
+                    Ok(()) => {
+                        res.specials += 1;
+                        r.apply_meta(&path, n);
+                    }
+                    Err(e) => r.error(&path, format!("cannot create special file: {e}")),
+                }
+            }
+            NodeKind::Socket => {}
+        }
+        Ok(false)
+    };
+    if let Some(n) = single {
+        let name = n.name.clone();
+        let mut rel = b"/".to_vec();
+        rel.extend_from_slice(&name);
+        handle(&rel, &n, &mut res)?;
+    } else {
+        walk(repo, start_tree, &prefix, &mut |p, n| handle(p, n, &mut res))?;
+    }
+    progress.total(res.files, total_bytes);
+
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Other(format!("thread pool: {e}")))?;
+    pool.install(|| {
+        jobs.par_iter().for_each(|job| {
+            if crate::ops::interrupted() {
+                return;
+            }
+            if let Err(e) = r.restore_file(job) {
+                r.error(&job.path, format!("not restored: {e}"));
+            }
+        })
+    });
+    if crate::ops::interrupted() {
+        return Err(Error::Interrupted);
+    }
+    for (path, n) in dirs.iter().rev() {
+        r.apply_meta(path, n);
+    }
+    res.bytes = r.bytes.load(Ordering::Relaxed);
+    res.errors = r.errors.load(Ordering::Relaxed);
+    res.warnings = std::mem::take(&mut *r.warnings.lock().expect("warnings"));
+    Ok(res)
+}

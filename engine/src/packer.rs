@@ -1,0 +1,252 @@
+//! Stage 5: packing. Blobs are compressed, encrypted and appended to a pack file in a local temp
+//! folder; a finished pack gets its header, is named by the BLAKE3 of its bytes and handed to the
+//! backend. Memory stays bounded by the blobs in flight, not the pack size.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::backend::{Backend, FileKind};
+use crate::compressor::{compress, Compression};
+use crate::crypter::{random_bytes, MasterKey, ObjectCipher, HEADER_COUNTER};
+use crate::error::{Error, Result};
+use crate::format::index::PackEntry;
+use crate::format::pack::{encode_header_plain, BlobKind, BlobRecord};
+use crate::format::ObjectKind;
+use crate::hasher::Hasher;
+use crate::id::{BlobId, Id};
+use crate::index::Index;
+
+/// One pack being written.
+pub struct Packer {
+    kind: BlobKind,
+    path: PathBuf,
+    out: BufWriter<File>,
+    hash: blake3::Hasher,
+    cipher: ObjectCipher,
+    prefix: [u8; 6],
+    salt: [u8; 32],
+    records: Vec<BlobRecord>,
+    size: u64,
+}
+
+impl Packer {
+    pub fn new(mk: &MasterKey, kind: BlobKind, tmpdir: &std::path::Path) -> Result<Self> {
+        let salt: [u8; 32] = random_bytes();
+        let path = tmpdir.join(format!("pack-{}", hex::encode(&salt[..12])));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let prefix = kind.pack_kind().prefix();
+        let mut p = Packer {
+            kind,
+            path,
+            out: BufWriter::with_capacity(1 << 20, f),
+            hash: blake3::Hasher::new(),
+            cipher: mk.object_cipher(&salt),
+            prefix,
+            salt,
+            records: Vec::new(),
+            size: 0,
+        };
+        p.write(&prefix)?;
+        p.write(&salt)?;
+        Ok(p)
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.out.write_all(b).map_err(|e| Error::io(&self.path, e))?;
+        self.hash.update(b);
+        self.size += b.len() as u64;
+        Ok(())
+    }
+
+    /// Encrypts `stored` (compressed or raw plaintext) as the next blob and appends it.
+    pub fn add(&mut self, id: BlobId, compression: Compression, raw_len: u32, mut stored: Vec<u8>) -> Result<u32> {
+        // The nonce counter of a blob is its offset: unique within the pack, never u64::MAX.
+        self.cipher.seal_in_place(self.size, &self.prefix, &mut stored);
+        let rec = BlobRecord {
+            id,
+            offset: self.size as u32,
+            length: stored.len() as u32,
+            raw_len,
+            kind: self.kind,
+            compression,
+        };
+        self.write(&stored)?;
+        self.records.push(rec);
+        Ok(rec.length)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Writes the header and trailer; returns the pack's entry and its temp file.
+    pub fn finish(mut self) -> Result<(PackEntry, PathBuf)> {
+        let plain = encode_header_plain(&self.records);
+        let ct = self.cipher.seal(HEADER_COUNTER, &self.prefix, &plain);
+        self.write(&ct)?;
+        self.write(&(ct.len() as u32).to_le_bytes())?;
+        self.out.flush().map_err(|e| Error::io(&self.path, e))?;
+        let id = Id(*self.hash.finalize().as_bytes());
+        Ok((
+            PackEntry {
+                id,
+                kind: self.kind.pack_kind(),
+                size: self.size,
+                salt: self.salt,
+                blobs: self.records,
+            },
+            self.path,
+        ))
+    }
+}
+
+/// Counters of what a saver stored.
+#[derive(Default, Debug)]
+pub struct SaverStats {
+    pub blobs_added: AtomicU64,
+    pub bytes_added: AtomicU64,
+    pub raw_bytes_added: AtomicU64,
+    pub packs_written: AtomicU64,
+}
+
+/// Saves blobs into packs, deduplicating against the index and against itself. Shared by all
+/// worker threads: each takes a packer from the pool, so encryption runs in parallel.
+pub struct BlobSaver {
+    backend: Arc<dyn Backend>,
+    key: MasterKey,
+    hasher: Hasher,
+    index: Arc<RwLock<Index>>,
+    level: i32,
+    pack_size: [u64; 2],
+    tmpdir: PathBuf,
+    pools: [Mutex<Vec<Packer>>; 2],
+    reserved: Mutex<HashSet<BlobId>>,
+    finished: Mutex<Vec<PackEntry>>,
+    pub stats: SaverStats,
+}
+
+impl BlobSaver {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        key: MasterKey,
+        index: Arc<RwLock<Index>>,
+        level: i32,
+        data_pack_size: u32,
+        tree_pack_size: u32,
+    ) -> Result<Self> {
+        let tmpdir = backend.temp_dir();
+        std::fs::create_dir_all(&tmpdir).map_err(|e| Error::io(&tmpdir, e))?;
+        Ok(BlobSaver {
+            hasher: key.hasher(),
+            backend,
+            key,
+            index,
+            level,
+            pack_size: [u64::from(data_pack_size), u64::from(tree_pack_size)],
+            tmpdir,
+            pools: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            reserved: Mutex::new(HashSet::new()),
+            finished: Mutex::new(Vec::new()),
+            stats: SaverStats::default(),
+        })
+    }
+
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// True when the blob is already stored or being stored; otherwise reserves it.
+    fn known_or_reserve(&self, id: &BlobId) -> bool {
+        if self.index.read().expect("index lock").contains(id) {
+            return true;
+        }
+        !self.reserved.lock().expect("reserved lock").insert(*id)
+    }
+
+    /// Stores a blob unless it is already stored. Returns its id and whether it was new.
+    pub fn save(&self, kind: BlobKind, data: &[u8]) -> Result<(BlobId, bool)> {
+        let id = self.hasher.id(data);
+        let new = self.save_with_id(kind, id, data)?;
+        Ok((id, new))
+    }
+
+    /// As [`save`](Self::save) with a precomputed id.
+    pub fn save_with_id(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<bool> {
+        if self.known_or_reserve(&id) {
+            return Ok(false);
+        }
+        let (c, stored) = compress(data, self.level);
+        let k = kind as usize;
+        let taken = self.pools[k].lock().expect("pool lock").pop();
+        let mut packer = match taken {
+            Some(p) => p,
+            None => Packer::new(&self.key, kind, &self.tmpdir)?,
+        };
+        let len = packer.add(id, c, data.len() as u32, stored)?;
+        self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_added.fetch_add(u64::from(len), Ordering::Relaxed);
+        self.stats
+            .raw_bytes_added
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if packer.size() >= self.pack_size[k] {
+            self.upload(packer)?;
+        } else {
+            self.pools[k].lock().expect("pool lock").push(packer);
+        }
+        Ok(true)
+    }
+
+    fn upload(&self, packer: Packer) -> Result<()> {
+        let (entry, path) = packer.finish()?;
+        let fk = match entry.kind {
+            ObjectKind::TreePack => FileKind::Tree,
+            _ => FileKind::Data,
+        };
+        self.backend.put_file(fk, &entry.id.to_hex(), &path)?;
+        self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
+        // Blobs become visible for dedup through the index once their pack is stored.
+        self.index.write().expect("index lock").add_pack(&entry);
+        self.finished.lock().expect("finished lock").push(entry);
+        Ok(())
+    }
+
+    /// Uploads every open pack; returns all packs this saver wrote.
+    pub fn finish(&self) -> Result<Vec<PackEntry>> {
+        for pool in &self.pools {
+            let packers: Vec<Packer> = std::mem::take(&mut *pool.lock().expect("pool lock"));
+            for p in packers {
+                if p.is_empty() {
+                    continue;
+                }
+                self.upload(p)?;
+            }
+        }
+        Ok(std::mem::take(&mut *self.finished.lock().expect("finished lock")))
+    }
+}
+
+impl Drop for BlobSaver {
+    fn drop(&mut self) {
+        // Remove temp files of packs that were never finished (an aborted run).
+        for pool in &self.pools {
+            if let Ok(mut v) = pool.lock() {
+                for p in v.drain(..) {
+                    let _ = std::fs::remove_file(&p.path);
+                }
+            }
+        }
+    }
+}
+

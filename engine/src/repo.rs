@@ -1,0 +1,343 @@
+//! An open repository: backend, unlocked key, config, and the loaded index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::backend::{Backend, FileKind};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::compressor::decompress;
+use crate::crypter::{random_bytes, MasterKey};
+use crate::error::{Error, Result};
+use crate::format::config::{Config, DEFAULT_DATA_PACK_SIZE, DEFAULT_TREE_PACK_SIZE};
+use crate::format::index::{IndexFile, PackEntry};
+use crate::format::key::{self, KdfParams, KeyFile};
+use crate::format::pack::BlobKind;
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{Content, Node, TreeBlob};
+use crate::format::{envelope, ObjectKind};
+use crate::hasher::Hasher;
+use crate::id::{BlobId, Id};
+use crate::index::Index;
+use crate::packer::BlobSaver;
+
+/// Options of `init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub data_pack_size: u32,
+    pub tree_pack_size: u32,
+    pub compression_level: i32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            data_pack_size: DEFAULT_DATA_PACK_SIZE,
+            tree_pack_size: DEFAULT_TREE_PACK_SIZE,
+            compression_level: 3,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: MasterKey,
+    config: Config,
+    chunker: Chunker,
+    hasher: Hasher,
+    index: Arc<RwLock<Index>>,
+    tree_cache: Mutex<HashMap<BlobId, Arc<TreeBlob>>>,
+}
+
+impl Repository {
+    /// Creates a new repository and returns it opened.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: &InitOptions) -> Result<Self> {
+        if backend.exists(FileKind::Config, "config")? {
+            return Err(Error::RepositoryExists(backend.location()));
+        }
+        let config = Config {
+            version: 1,
+            repo_id: random_bytes(),
+            chunk_min: opts.chunker.min_size,
+            chunk_avg: opts.chunker.avg_size,
+            chunk_max: opts.chunker.max_size,
+            chunk_normalization: opts.chunker.normalization,
+            data_pack_size: opts.data_pack_size,
+            tree_pack_size: opts.tree_pack_size,
+            compression_level: opts.compression_level,
+            created: jiff::Timestamp::now().as_second(),
+        };
+        config.validate()?;
+        backend.create()?;
+        let key = MasterKey::generate();
+        let kf = key::seal(&key, password, opts.kdf)?;
+        backend.put(FileKind::Key, &Id::of_object(&kf).to_hex(), &kf)?;
+        // The config is written last: its presence marks a complete repository.
+        let c = envelope::seal(&key, ObjectKind::Config, &config.encode());
+        backend.put(FileKind::Config, "config", &c)?;
+        Self::with_key(backend, key, config)
+    }
+
+    /// Opens a repository with a password (tries every key file).
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Self> {
+        if !backend.exists(FileKind::Config, "config")? {
+            return Err(Error::NoRepository(backend.location()));
+        }
+        let keys = backend.list(FileKind::Key)?;
+        if keys.is_empty() {
+            return Err(Error::corrupt(
+                format!("{}/keys", backend.location()),
+                "the repository has no key files",
+            ));
+        }
+        let mut last_err = None;
+        for (name, _) in &keys {
+            let bytes = backend.get(FileKind::Key, name)?;
+            let kf = match KeyFile::decode(&bytes, &format!("keys/{name}")) {
+                Ok(k) => k,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            if let Some(key) = kf.open(password)? {
+                let bytes = backend.get(FileKind::Config, "config")?;
+                let config = Config::decode(&envelope::open(&key, ObjectKind::Config, &bytes, "config")?, "config")?;
+                return Self::with_key(backend, key, config);
+            }
+        }
+        match last_err {
+            Some(e) if keys.len() == 1 => Err(e),
+            _ => Err(Error::WrongPassword(backend.location())),
+        }
+    }
+
+    fn with_key(backend: Arc<dyn Backend>, key: MasterKey, config: Config) -> Result<Self> {
+        let chunker = Chunker::new(config.chunker_params(), key.gear_seed())?;
+        Ok(Repository {
+            hasher: key.hasher(),
+            backend,
+            key,
+            config,
+            chunker,
+            index: Arc::new(RwLock::new(Index::new())),
+            tree_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+    pub fn index(&self) -> &Arc<RwLock<Index>> {
+        &self.index
+    }
+
+    /// Reads and decrypts a standalone object, checking that its name is the hash of its bytes.
+    pub fn read_object(&self, fk: FileKind, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.backend.get(fk, name)?;
+        let path = fk.path_of(name);
+        if Id::of_object(&bytes).to_hex() != name {
+            return Err(Error::corrupt(&path, "content does not match its name (damaged object)"));
+        }
+        envelope::open(&self.key, kind, &bytes, &path)
+    }
+
+    /// Encrypts and stores a standalone object under the hash of its bytes.
+    pub fn write_object(&self, fk: FileKind, kind: ObjectKind, payload: &[u8]) -> Result<Id> {
+        let bytes = envelope::seal(&self.key, kind, payload);
+        let id = Id::of_object(&bytes);
+        self.backend.put(fk, &id.to_hex(), &bytes)?;
+        Ok(id)
+    }
+
+    /// Loads every index file into memory. Returns the number of files read.
+    pub fn load_index(&self) -> Result<usize> {
+        let files = self.backend.list(FileKind::Index)?;
+        let mut loaded: Vec<(Id, IndexFile)> = Vec::with_capacity(files.len());
+        for (name, _) in &files {
+            let Some(id) = Id::from_hex(name) else { continue };
+            let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
+            loaded.push((id, IndexFile::decode(&plain, &format!("index/{name}"))?));
+        }
+        let superseded: std::collections::HashSet<Id> =
+            loaded.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        let mut idx = self.index.write().expect("index lock");
+        for (id, f) in &loaded {
+            if !superseded.contains(id) {
+                idx.add_file(*id, f);
+            }
+        }
+        Ok(loaded.len())
+    }
+
+    /// Writes an index file for packs a session stored.
+    pub fn write_index(&self, packs: Vec<PackEntry>) -> Result<Option<Id>> {
+        if packs.is_empty() {
+            return Ok(None);
+        }
+        let f = IndexFile {
+            supersedes: Vec::new(),
+            packs,
+        };
+        self.write_object(FileKind::Index, ObjectKind::Index, &f.encode()).map(Some)
+    }
+
+    /// A saver for new blobs, deduplicating against the loaded index.
+    pub fn blob_saver(&self) -> Result<BlobSaver> {
+        BlobSaver::new(
+            self.backend.clone(),
+            self.key.clone(),
+            self.index.clone(),
+            self.config.compression_level,
+            self.config.data_pack_size,
+            self.config.tree_pack_size,
+        )
+    }
+
+    /// Reads, decrypts, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let (pack, loc) = {
+            let idx = self.index.read().expect("index lock");
+            let (p, l) = idx
+                .get(id)
+                .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index (missing data: run `chunkbak check`)")))?;
+            (p.clone(), l)
+        };
+        let fk = match pack.kind {
+            ObjectKind::TreePack => FileKind::Tree,
+            _ => FileKind::Data,
+        };
+        let pname = pack.id.to_hex();
+        let ct = self
+            .backend
+            .get_range(fk, &pname, u64::from(loc.offset), u64::from(loc.length))?;
+        let what = format!("{} (blob {} at offset {})", fk.path_of(&pname), id.short(), loc.offset);
+        let stored = self
+            .key
+            .object_cipher(&pack.salt)
+            .open(u64::from(loc.offset), &pack.kind.prefix(), &ct)
+            .ok_or_else(|| Error::corrupt(&what, "authentication failed (the pack was modified or damaged)"))?;
+        let plain = decompress(loc.compression, stored, loc.raw_len as usize, &what)?;
+        if self.hasher.id(&plain) != *id {
+            return Err(Error::corrupt(&what, "content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Loads a tree blob (cached).
+    pub fn load_tree(&self, id: &BlobId) -> Result<Arc<TreeBlob>> {
+        if let Some(t) = self.tree_cache.lock().expect("tree cache").get(id) {
+            return Ok(t.clone());
+        }
+        let bytes = self.read_blob(id)?;
+        let t = Arc::new(TreeBlob::decode(&bytes, &format!("tree {id}"))?);
+        let mut c = self.tree_cache.lock().expect("tree cache");
+        if c.len() > 4096 {
+            c.clear();
+        }
+        c.insert(*id, t.clone());
+        Ok(t)
+    }
+
+    /// The entries of a directory, following splits.
+    pub fn load_dir(&self, id: &BlobId) -> Result<Vec<Node>> {
+        match &*self.load_tree(id)? {
+            TreeBlob::Dir(nodes) => Ok(nodes.clone()),
+            TreeBlob::Split(parts) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    match &*self.load_tree(p)? {
+                        TreeBlob::Dir(nodes) => out.extend(nodes.iter().cloned()),
+                        _ => return Err(Error::corrupt(format!("tree {p}"), "a split part is not a directory")),
+                    }
+                }
+                Ok(out)
+            }
+            TreeBlob::ChunkList(_) => Err(Error::corrupt(format!("tree {id}"), "a chunk list where a directory was expected")),
+        }
+    }
+
+    /// The full chunk list of a file.
+    pub fn file_chunks(&self, content: &Content) -> Result<Vec<BlobId>> {
+        match content {
+            Content::Chunks(c) => Ok(c.clone()),
+            Content::Indirect(lists) => {
+                let mut out = Vec::new();
+                for l in lists {
+                    match &*self.load_tree(l)? {
+                        TreeBlob::ChunkList(c) => out.extend_from_slice(c),
+                        _ => return Err(Error::corrupt(format!("tree {l}"), "not a chunk list")),
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// All snapshots, oldest first. Unreadable snapshot objects are returned as errors.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Some(id) = Id::from_hex(&name) else { continue };
+            let plain = self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, &name)?;
+            out.push((id, Snapshot::decode(&plain, &format!("snapshots/{name}"))?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    pub fn write_snapshot(&self, s: &Snapshot) -> Result<Id> {
+        self.write_object(FileKind::Snapshot, ObjectKind::Snapshot, &s.encode())
+    }
+
+    /// Saves a directory's nodes as tree blobs (split when huge); returns the top tree id.
+    pub fn save_dir(&self, saver: &BlobSaver, nodes: Vec<Node>) -> Result<BlobId> {
+        use crate::format::tree::SPLIT_THRESHOLD;
+        if nodes.len() <= SPLIT_THRESHOLD {
+            return Ok(saver.save(BlobKind::Tree, &TreeBlob::Dir(nodes).encode())?.0);
+        }
+        // Content-defined split points over entry names, so one new entry changes one part.
+        let mut parts = Vec::new();
+        let mut cur = Vec::new();
+        for n in nodes {
+            let h = blake3::hash(&n.name);
+            let cut = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]) % 2048 == 0;
+            cur.push(n);
+            if cut || cur.len() >= 4 * SPLIT_THRESHOLD / 2 {
+                parts.push(saver.save(BlobKind::Tree, &TreeBlob::Dir(std::mem::take(&mut cur)).encode())?.0);
+            }
+        }
+        if !cur.is_empty() {
+            parts.push(saver.save(BlobKind::Tree, &TreeBlob::Dir(cur).encode())?.0);
+        }
+        Ok(saver.save(BlobKind::Tree, &TreeBlob::Split(parts).encode())?.0)
+    }
+
+    /// Stores a file's chunk list, moving it to `ChunkList` blobs when long.
+    pub fn save_content(&self, saver: &BlobSaver, chunks: Vec<BlobId>) -> Result<Content> {
+        use crate::format::tree::INLINE_CHUNKS;
+        if chunks.len() <= INLINE_CHUNKS {
+            return Ok(Content::Chunks(chunks));
+        }
+        let mut lists = Vec::new();
+        for part in chunks.chunks(INLINE_CHUNKS) {
+            lists.push(saver.save(BlobKind::Tree, &TreeBlob::ChunkList(part.to_vec()).encode())?.0);
+        }
+        Ok(Content::Indirect(lists))
+    }
+}

@@ -1,0 +1,83 @@
+//! Parsing of the TIME arguments of `--at` and `backup --time`.
+//!
+//! Accepted: RFC 3339 (`2026-11-20T14:00:00Z`, `...+01:00`), local civil time
+//! `YYYY-MM-DD[ HH:MM[:SS]]` (also with `T`; missing fields are zero), `now`, and relative
+//! forms `3 days ago`, `36h ago`, `-36h`, `-2 weeks`.
+
+use jiff::{civil, tz::TimeZone, Span, Timestamp, Zoned};
+
+use crate::error::{Error, Result};
+
+/// Parses `s` relative to `now` in the time zone of `now`.
+pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
+    let t = s.trim();
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "cannot read time {s:?}: {why}; use RFC 3339 (2026-11-20T14:00:00Z), local \
+             'YYYY-MM-DD[ HH:MM[:SS]]', or a relative time like '3 days ago' or '-36h'"
+        ))
+    };
+    if t.eq_ignore_ascii_case("now") {
+        return Ok(now.timestamp());
+    }
+    if let Ok(ts) = t.parse::<Timestamp>() {
+        return Ok(ts);
+    }
+    let relative = t
+        .strip_suffix(" ago")
+        .or_else(|| t.strip_prefix('-'))
+        .map(str::trim);
+    if let Some(rel) = relative {
+        let span: Span = rel.parse().map_err(|e| bad(&format!("{e}")))?;
+        let z = now
+            .checked_sub(span)
+            .map_err(|e| bad(&format!("{e}")))?;
+        return Ok(z.timestamp());
+    }
+    let civil = if t.len() == 10 {
+        t.parse::<civil::Date>().map(|d| d.to_datetime(civil::Time::midnight()))
+    } else {
+        t.replacen(' ', "T", 1).parse::<civil::DateTime>()
+    };
+    match civil {
+        Ok(dt) => dt
+            .to_zoned(now.time_zone().clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| bad(&format!("{e}"))),
+        Err(e) => Err(bad(&format!("{e}"))),
+    }
+}
+
+/// [`parse_time`] against the system clock and time zone.
+pub fn parse_time_now(s: &str) -> Result<Timestamp> {
+    parse_time(s, &Zoned::now().with_time_zone(TimeZone::system()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Zoned {
+        "2026-11-22T12:00:00+00:00[UTC]".parse().unwrap()
+    }
+
+    fn p(s: &str) -> String {
+        parse_time(s, &now()).unwrap().to_string()
+    }
+
+    #[test]
+    fn forms() {
+        assert_eq!(p("2026-11-20T14:00:00Z"), "2026-11-20T14:00:00Z");
+        assert_eq!(p("2026-11-20T14:00:00+01:00"), "2026-11-20T13:00:00Z");
+        assert_eq!(p("2026-11-20"), "2026-11-20T00:00:00Z");
+        assert_eq!(p("2026-11-20 14:30"), "2026-11-20T14:30:00Z");
+        assert_eq!(p("2026-11-20 14:30:15"), "2026-11-20T14:30:15Z");
+        assert_eq!(p("3 days ago"), "2026-11-19T12:00:00Z");
+        assert_eq!(p("-36h"), "2026-11-21T00:00:00Z");
+        assert_eq!(p("2 weeks ago"), "2026-11-08T12:00:00Z");
+        assert_eq!(p("now"), "2026-11-22T12:00:00Z");
+        for bad in ["yesterday-ish", "2026-13-01", "", "-", "3 parsecs ago"] {
+            assert!(parse_time(bad, &now()).is_err(), "{bad}");
+        }
+    }
+}
