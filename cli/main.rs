@@ -1,1 +1,681 @@
-fn main(){}
+//! The `chunkbak` command: parses arguments, turns them into engine options, shows progress
+//! and results, and maps errors to exit codes. All logic lives in `chunkbak-engine`.
+
+mod args;
+mod output;
+mod progress;
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use serde_json::{json, Value};
+
+use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::backend::{Backend, FileKind};
+use chunkbak_engine::format::key::KdfParams;
+use chunkbak_engine::format::snapshot::Snapshot;
+use chunkbak_engine::format::tree::{Node, NodeKind};
+use chunkbak_engine::format::ObjectKind;
+use chunkbak_engine::ops::backup::{self, BackupOptions, ParentMode, StdinSource};
+use chunkbak_engine::ops::restore::{self, RestoreOptions};
+use chunkbak_engine::ops::select::{self, timestamp_of, Filter, Selector};
+use chunkbak_engine::repo::InitOptions;
+use chunkbak_engine::{chunker::ChunkerParams, timeparse, Error, Id, Repository};
+
+use args::{Cli, Command, FilterArgs, Global};
+use output::{human_bytes, path_json, Out};
+
+/// Exit codes (a documented API: README, "Exit codes").
+mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    pub const PARTIAL: i32 = 3;
+    pub const NO_REPO: i32 = 10;
+    pub const LOCKED: i32 = 11;
+    pub const WRONG_PASSWORD: i32 = 12;
+    pub const COLD: i32 = 13;
+    pub const INTERRUPTED: i32 = 130;
+}
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    chunkbak_engine::ops::interrupt();
+}
+
+fn install_sigint() {
+    // SAFETY: the handler only stores an atomic flag, which is async-signal-safe; SA_RESETHAND
+    // makes a second Ctrl-C kill the process at once.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigint as *const () as usize;
+        sa.sa_flags = libc::SA_RESETHAND;
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    install_sigint();
+    let out = Out {
+        json: cli.global.json,
+        quiet: cli.global.quiet,
+        verbose: cli.global.verbose,
+    };
+    let code = match run(&cli, &out) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = exit_code(&e);
+            if out.json {
+                out.json_line(
+                    "error",
+                    json!({"message": format!("{e:#}"), "exit_code": code}),
+                );
+            }
+            eprintln!("chunkbak: {e:#}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::NoRepository(_)) => exit::NO_REPO,
+        Some(Error::WrongPassword(_)) => exit::WRONG_PASSWORD,
+        Some(Error::Interrupted) => exit::INTERRUPTED,
+        _ => {
+            let _ = (exit::LOCKED, exit::COLD);
+            exit::ERROR
+        }
+    }
+}
+
+fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => cmd_init(g, out, a),
+        Command::Backup(a) => cmd_backup(g, out, a),
+        Command::Snapshots(f) => cmd_snapshots(g, out, f),
+        Command::Ls(a) => cmd_ls(g, out, a),
+        Command::Restore(a) => cmd_restore(g, out, a),
+        Command::Cat(a) => cmd_cat(g, out, a),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repository location and password
+
+struct RepoSpec {
+    location: PathBuf,
+    /// No repository was configured: the documented default is used.
+    default: bool,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => home().join(fallback),
+    }
+}
+
+/// `$XDG_DATA_HOME/chunkbak/repo` (default `~/.local/share/chunkbak/repo`).
+fn default_repo() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("chunkbak/repo")
+}
+
+/// `$XDG_CONFIG_HOME/chunkbak/password` (default `~/.config/chunkbak/password`).
+fn default_password_file() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("chunkbak/password")
+}
+
+fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
+    match &g.repo {
+        Some(r) if r.starts_with("s3:") => bail!(
+            "S3 repositories ({r}) are not supported by this build yet; use a local directory"
+        ),
+        Some(r) => Ok(RepoSpec {
+            location: PathBuf::from(r.strip_prefix("local:").unwrap_or(r)),
+            default: false,
+        }),
+        None => Ok(RepoSpec {
+            location: default_repo(),
+            default: true,
+        }),
+    }
+}
+
+fn backend(spec: &RepoSpec) -> Arc<dyn Backend> {
+    Arc::new(LocalBackend::new(&spec.location))
+}
+
+fn first_line(bytes: &[u8]) -> Vec<u8> {
+    let end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let mut l = bytes[..end].to_vec();
+    if l.last() == Some(&b'\r') {
+        l.pop();
+    }
+    l
+}
+
+/// The password from, in order: --password-command, --password-file, CHUNKBAK_PASSWORD, and for
+/// the default repository its default password file (created with a random password when
+/// `create` is set).
+fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Result<Vec<u8>> {
+    if let Some(cmd) = &g.password_command {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running --password-command {cmd:?}"))?;
+        if !o.status.success() {
+            bail!("--password-command {cmd:?} failed ({})", o.status);
+        }
+        return Ok(first_line(&o.stdout));
+    }
+    if let Some(f) = &g.password_file {
+        let b = std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
+        return Ok(first_line(&b));
+    }
+    if let Some(p) = std::env::var_os("CHUNKBAK_PASSWORD") {
+        return Ok(p.as_bytes().to_vec());
+    }
+    if spec.default {
+        let f = default_password_file();
+        match std::fs::read(&f) {
+            Ok(b) => return Ok(first_line(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let pw = hex_random();
+                if let Some(d) = f.parent() {
+                    std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&f)
+                    .with_context(|| format!("creating password file {}", f.display()))?;
+                file.write_all(format!("{pw}\n").as_bytes())
+                    .and_then(|_| file.sync_all())
+                    .with_context(|| format!("writing password file {}", f.display()))?;
+                eprintln!(
+                    "chunkbak: created the password file {} (mode 0600). Keep a copy of it somewhere \
+                     safe, away from this machine: without it the backups cannot be read.",
+                    f.display()
+                );
+                let _ = out;
+                return Ok(pw.into_bytes());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading password file {}", f.display())),
+        }
+    }
+    bail!(
+        "no password given for the repository at {}: use --password-file, --password-command or \
+         the CHUNKBAK_PASSWORD environment variable",
+        spec.location.display()
+    )
+}
+
+fn hex_random() -> String {
+    let b: [u8; 24] = chunkbak_engine::crypter::random_bytes();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
+    let spec = repo_spec(g)?;
+    let pw = password(g, &spec, false, out)?;
+    let repo = Repository::open(backend(&spec), &pw)?;
+    Ok(Arc::new(repo))
+}
+
+// ---------------------------------------------------------------------------------------------
+// init
+
+fn init_repo(spec: &RepoSpec, pw: &[u8], opts: &InitOptions, out: &Out) -> anyhow::Result<Repository> {
+    let repo = Repository::init(backend(spec), pw, opts)?;
+    let id = Id(repo.config().repo_id);
+    if out.json {
+        out.json_line(
+            "init",
+            json!({"repository": spec.location.display().to_string(), "id": id.to_hex()}),
+        );
+    } else {
+        eprintln!(
+            "chunkbak: created repository {} at {}",
+            id.short(),
+            spec.location.display()
+        );
+    }
+    Ok(repo)
+}
+
+fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
+    let spec = repo_spec(g)?;
+    let pw = password(g, &spec, true, out)?;
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min_size: a.chunk_min,
+            avg_size: a.chunk_avg,
+            max_size: a.chunk_max,
+            normalization: 1,
+        },
+        data_pack_size: a.data_pack_size,
+        tree_pack_size: a.tree_pack_size,
+        compression_level: a.compression,
+        kdf: KdfParams {
+            m_cost_kib: a.kdf_memory_kib,
+            t_cost: a.kdf_iterations,
+            p_cost: 1,
+        },
+    };
+    init_repo(&spec, &pw, &opts, out)?;
+    Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// backup
+
+fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32> {
+    let spec = repo_spec(g)?;
+    let repo = if spec.default && !spec.location.join("config").exists() {
+        // First use without any configuration: create the default repository.
+        let pw = password(g, &spec, true, out)?;
+        init_repo(&spec, &pw, &InitOptions::default(), out)?
+    } else {
+        let pw = password(g, &spec, false, out)?;
+        Repository::open(backend(&spec), &pw)?
+    };
+    let repo = Arc::new(repo);
+    repo.load_index()?;
+    let stdin = if a.stdin_from_command {
+        if a.paths.is_empty() {
+            bail!("--stdin-from-command needs the command after `--`, e.g. `-- pg_dump mydb`");
+        }
+        Some(StdinSource::Command(a.paths.clone()))
+    } else if a.stdin {
+        Some(StdinSource::Stdin)
+    } else {
+        None
+    };
+    let mut opts = BackupOptions {
+        paths: if stdin.is_some() { Vec::new() } else { a.paths.iter().map(PathBuf::from).collect() },
+        tags: a.tags.clone(),
+        excludes: a.excludes.clone(),
+        one_file_system: a.one_file_system,
+        stdin_filename: a.stdin_filename.clone(),
+        stdin,
+        threads: a.threads,
+        ..BackupOptions::default()
+    };
+    if let Some(h) = &a.host {
+        opts.host = h.clone();
+    }
+    if let Some(t) = &a.time {
+        opts.time = Some(timeparse::parse_time_now(t)?);
+    }
+    opts.parent = match (&a.parent, a.force) {
+        (_, true) => ParentMode::None,
+        (Some(p), false) => ParentMode::Id(p.clone()),
+        (None, false) => ParentMode::Auto,
+    };
+    let bar = Arc::new(progress::Bar::new(out, !g.no_progress, "backup"));
+    let r = backup::backup(&repo, opts, bar.clone());
+    bar.finish();
+    let r = r?;
+    let s = &r.snapshot.summary;
+    if out.json {
+        out.json_line(
+            "summary",
+            json!({
+                "snapshot_id": r.snapshot_id.to_hex(),
+                "parent": r.parent.map(|p| p.to_hex()),
+                "files_new": s.files_new, "files_changed": s.files_changed,
+                "files_unchanged": s.files_unchanged, "dirs_new": s.dirs_new,
+                "dirs_changed": s.dirs_changed, "dirs_unchanged": s.dirs_unchanged,
+                "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
+                "bytes_added": s.bytes_added, "blobs_added": s.blobs_added,
+                "packs_written": r.packs_written, "errors": s.errors,
+                "duration_ms": s.duration_ms,
+            }),
+        );
+    } else {
+        out.line(format!(
+            "Files: {} new, {} changed, {} unchanged; dirs: {} new, {} changed, {} unchanged",
+            s.files_new, s.files_changed, s.files_unchanged, s.dirs_new, s.dirs_changed, s.dirs_unchanged
+        ));
+        out.line(format!(
+            "Read {} of {}, added {} to the repository in {} packs, {:.1}s",
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_total),
+            human_bytes(s.bytes_added),
+            r.packs_written,
+            s.duration_ms as f64 / 1000.0
+        ));
+        out.line(format!("snapshot {} saved", r.snapshot_id.short()));
+    }
+    if s.errors > 0 {
+        eprintln!(
+            "chunkbak: {} entries could not be read and are missing from snapshot {} (see the warnings above)",
+            s.errors,
+            r.snapshot_id.short()
+        );
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// snapshots, ls, restore
+
+fn filter_of(f: &FilterArgs) -> Filter {
+    Filter {
+        hosts: f.hosts.clone(),
+        paths: f.paths.clone(),
+        tags: f.tags.clone(),
+    }
+}
+
+fn local_time(s: &Snapshot) -> String {
+    timestamp_of(s.time)
+        .to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
+    json!({
+        "id": id.to_hex(),
+        "short_id": id.short(),
+        "time": timestamp_of(s.time).to_string(),
+        "host": s.host,
+        "username": s.username,
+        "paths": s.paths_lossy(),
+        "tags": s.tags,
+        "tree": s.tree.to_hex(),
+        "parent": s.parent.map(|p| p.to_hex()),
+        "program_version": s.program_version,
+        "summary": {
+            "files_new": s.summary.files_new, "files_changed": s.summary.files_changed,
+            "files_unchanged": s.summary.files_unchanged, "bytes_read": s.summary.bytes_read,
+            "bytes_total": s.summary.bytes_total, "bytes_added": s.summary.bytes_added,
+            "errors": s.summary.errors, "duration_ms": s.summary.duration_ms,
+        },
+    })
+}
+
+fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    let filter = filter_of(f);
+    let snaps: Vec<(Id, Snapshot)> = repo.snapshots()?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    if out.json {
+        for (id, s) in &snaps {
+            out.json_line("snapshot", snapshot_json(id, s));
+        }
+        return Ok(exit::OK);
+    }
+    out.line(format!("{:<10} {:<20} {:<16} {:<12} {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size"));
+    out.line("-".repeat(90));
+    for (id, s) in &snaps {
+        out.line(format!(
+            "{:<10} {:<20} {:<16} {:<12} {:>10}  {}",
+            id.short(),
+            local_time(s),
+            s.host,
+            s.tags.join(","),
+            human_bytes(s.summary.bytes_total),
+            s.paths_lossy().join(" ")
+        ));
+    }
+    out.line("-".repeat(90));
+    out.line(format!("{} snapshots", snaps.len()));
+    Ok(exit::OK)
+}
+
+/// Resolves `SNAPSHOT[:PATH]` or `--at TIME` (with filters) to one snapshot and an inner path.
+fn choose(
+    repo: &Repository,
+    arg: Option<&str>,
+    at: Option<&str>,
+    filter: &FilterArgs,
+    out: &Out,
+) -> anyhow::Result<(Id, Snapshot, Vec<u8>)> {
+    let (sel, sub) = match (arg, at) {
+        (Some(_), Some(_)) => bail!("give either a SNAPSHOT or --at TIME, not both"),
+        (None, Some(t)) => (Selector::At(timeparse::parse_time_now(t)?), String::new()),
+        (Some(a), None) => match a.split_once(':') {
+            Some((id, p)) => (Selector::parse(id), p.to_string()),
+            None => (Selector::parse(a), String::new()),
+        },
+        (None, None) => (Selector::Latest, String::new()),
+    };
+    let snaps = repo.snapshots()?;
+    let i = select::select(&snaps, &sel, &filter_of(filter), jiff::Timestamp::now())?;
+    let (id, s) = snaps[i].clone();
+    if out.json {
+        out.json_line("selected", snapshot_json(&id, &s));
+    } else if !out.quiet {
+        eprintln!(
+            "snapshot {} of [{}] at {} on {}",
+            id.short(),
+            s.paths_lossy().join(" "),
+            local_time(&s),
+            s.host
+        );
+    }
+    Ok((id, s, sub.into_bytes()))
+}
+
+fn mode_string(n: &Node) -> String {
+    let t = match n.kind {
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'l',
+        NodeKind::Fifo => 'p',
+        NodeKind::Socket => 's',
+        NodeKind::CharDevice => 'c',
+        NodeKind::BlockDevice => 'b',
+        NodeKind::File => '-',
+    };
+    let mut s = String::from(t);
+    for shift in [6u32, 3, 0] {
+        let b = (n.mode >> shift) & 7;
+        s.push(if b & 4 != 0 { 'r' } else { '-' });
+        s.push(if b & 2 != 0 { 'w' } else { '-' });
+        s.push(if b & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn kind_name(k: NodeKind) -> &'static str {
+    match k {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+        NodeKind::CharDevice => "chardev",
+        NodeKind::BlockDevice => "blockdev",
+    }
+}
+
+fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let (_, s, mut sub) = choose(&repo, a.snapshot.as_deref(), a.at.as_deref(), &a.filter, out)?;
+    if let Some(p) = &a.path {
+        sub = p.as_bytes().to_vec();
+    }
+    use chunkbak_engine::ops::ls;
+    let print = |path: &[u8], n: &Node| {
+        if out.json {
+            let mut d = serde_json::Map::new();
+            path_json(&mut d, "path", path);
+            path_json(&mut d, "name", &n.name);
+            d.insert("type".into(), kind_name(n.kind).into());
+            d.insert("mode".into(), n.mode.into());
+            d.insert("uid".into(), n.uid.into());
+            d.insert("gid".into(), n.gid.into());
+            d.insert("user".into(), json!(n.user));
+            d.insert("group".into(), json!(n.group));
+            d.insert("size".into(), n.size.into());
+            d.insert("mtime".into(), timestamp_of(n.mtime).to_string().into());
+            if n.kind == NodeKind::Symlink {
+                path_json(&mut d, "link_target", &n.link_target);
+            }
+            out.json_line("node", Value::Object(d));
+        } else if a.long {
+            let mut line = format!(
+                "{} {:>8} {:>8} {:>12} {} ",
+                mode_string(n),
+                n.user.clone().unwrap_or_else(|| n.uid.to_string()),
+                n.group.clone().unwrap_or_else(|| n.gid.to_string()),
+                n.size,
+                timestamp_of(n.mtime)
+                    .to_zoned(jiff::tz::TimeZone::system())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+            )
+            .into_bytes();
+            line.extend_from_slice(path);
+            if n.kind == NodeKind::Symlink {
+                line.extend_from_slice(b" -> ");
+                line.extend_from_slice(&n.link_target);
+            }
+            out.raw_line(&line);
+        } else {
+            out.raw_line(path);
+        }
+    };
+    let start = ls::find(&repo, s.tree, &sub)?;
+    match start {
+        Some(n) if n.kind != NodeKind::Dir => {
+            print(&sub, &n);
+        }
+        Some(n) => {
+            print(&sub, &n);
+            if let Some(t) = n.subtree {
+                ls::walk(&repo, t, &sub, &mut |p, n| {
+                    print(p, n);
+                    Ok(true)
+                })?;
+            }
+        }
+        None => ls::walk(&repo, s.tree, b"", &mut |p, n| {
+            print(p, n);
+            Ok(true)
+        })?,
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let (id, s, sub) = choose(&repo, a.snapshot.as_deref(), a.at.as_deref(), &a.filter, out)?;
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        subpath: sub,
+        includes: a.includes.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        numeric_owner: a.numeric_owner,
+        threads: a.threads,
+    };
+    if !out.quiet && !out.json {
+        eprintln!("restoring snapshot {} to {}", id.short(), a.target.display());
+    }
+    let bar = progress::Bar::new(out, !g.no_progress, "restore");
+    let r = restore::restore(&repo, s.tree, &opts, &bar);
+    bar.finish();
+    let r = r?;
+    if out.json {
+        out.json_line(
+            "summary",
+            json!({
+                "snapshot_id": id.to_hex(), "files": r.files, "dirs": r.dirs, "links": r.links,
+                "specials": r.specials, "bytes": r.bytes, "errors": r.errors,
+            }),
+        );
+    } else {
+        out.line(format!(
+            "Restored {} files, {} dirs, {} links, {} special files, {}",
+            r.files,
+            r.dirs,
+            r.links,
+            r.specials,
+            human_bytes(r.bytes)
+        ));
+    }
+    if r.errors > 0 {
+        eprintln!("chunkbak: {} entries could not be restored (see the warnings above)", r.errors);
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// cat
+
+fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    let need_id = || a.id.clone().ok_or_else(|| anyhow!("`cat {}` needs an ID", a.what));
+    let text = match a.what.as_str() {
+        "config" => format!("{:#?}", repo.config()),
+        "snapshot" => {
+            let snaps = repo.snapshots()?;
+            let i = select::select(&snaps, &Selector::parse(&need_id()?), &Filter::default(), jiff::Timestamp::now())?;
+            if out.json {
+                out.json_line("snapshot", snapshot_json(&snaps[i].0, &snaps[i].1));
+                return Ok(exit::OK);
+            }
+            format!("{} {:#?}", snaps[i].0, snaps[i].1)
+        }
+        "index" => {
+            let id = need_id()?;
+            let plain = repo.read_object(FileKind::Index, ObjectKind::Index, &id)?;
+            format!("{:#?}", chunkbak_engine::format::index::IndexFile::decode(&plain, &id)?)
+        }
+        "key" => {
+            let id = need_id()?;
+            let b = repo.backend().get(FileKind::Key, &id)?;
+            let k = chunkbak_engine::format::key::KeyFile::decode(&b, &id)?;
+            format!("key {id}: argon2id {:?}", k.params)
+        }
+        "tree" | "blob" => {
+            repo.load_index()?;
+            let id = Id::from_hex(&need_id()?).ok_or_else(|| anyhow!("not a 64-digit hex id"))?;
+            if a.what == "tree" {
+                format!("{:#?}", repo.load_tree(&id)?)
+            } else {
+                let b = repo.read_blob(&id)?;
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(&b);
+                return Ok(exit::OK);
+            }
+        }
+        "pack" => {
+            let id = need_id()?;
+            let mut found = None;
+            for fk in [FileKind::Data, FileKind::Tree] {
+                if repo.backend().exists(fk, &id)? {
+                    found = Some(fk);
+                }
+            }
+            let fk = found.ok_or_else(|| anyhow!("no pack {id} under data/ or tree/"))?;
+            let bytes = repo.backend().get(fk, &id)?;
+            let kind = if fk == FileKind::Tree { ObjectKind::TreePack } else { ObjectKind::DataPack };
+            let (_, recs) = chunkbak_engine::format::pack::decode_header(repo.key(), kind, &bytes, &fk.path_of(&id))?;
+            format!("{} ({} bytes, {} blobs)\n{:#?}", fk.path_of(&id), bytes.len(), recs.len(), recs)
+        }
+        other => bail!("cannot cat {other:?}: use config, key, snapshot, index, tree, blob or pack"),
+    };
+    out.line(text);
+    Ok(exit::OK)
+}
+

@@ -1,0 +1,197 @@
+//! Command-line definitions (clap). Every global flag has a `CHUNKBAK_*` variable.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chunkbak",
+    version,
+    about = "Deduplicating, encrypted backups to a local directory or S3",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some files skipped), 10 no repository, \
+                  12 wrong password, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a directory). Default: $XDG_DATA_HOME/chunkbak/repo
+    #[arg(short = 'r', long = "repo", env = "CHUNKBAK_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// File whose first line is the repository password
+    #[arg(long, env = "CHUNKBAK_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Shell command that prints the password (e.g. a secrets manager)
+    #[arg(long, env = "CHUNKBAK_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Print JSON Lines ({"type": ..., "data": ...}) instead of text
+    #[arg(long, env = "CHUNKBAK_JSON", global = true)]
+    pub json: bool,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail (repeat for more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bars
+    #[arg(long, env = "CHUNKBAK_NO_PROGRESS", global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files, directories or standard input
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(FilterArgs),
+    /// List the files of a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot (or part of it) into a directory
+    Restore(RestoreArgs),
+    /// Print a decrypted repository object (for debugging)
+    Cat(CatArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots of this host (repeatable)
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots containing this path (repeatable: all must match)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Only snapshots with this tag (repeatable: any may match)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Minimum chunk size in bytes
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_min: u32,
+    /// Average chunk size in bytes
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub chunk_avg: u32,
+    /// Maximum chunk size in bytes
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub chunk_max: u32,
+    /// Target size of data packs in bytes
+    #[arg(long, default_value_t = 32 << 20)]
+    pub data_pack_size: u32,
+    /// Target size of tree (metadata) packs in bytes
+    #[arg(long, default_value_t = 4 << 20)]
+    pub tree_pack_size: u32,
+    /// zstd level for stored blobs (0 = no compression)
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// argon2id memory cost in KiB for the key file
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub kdf_memory_kib: u32,
+    /// argon2id iterations for the key file
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up (with --stdin-from-command: the command and its arguments)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<OsString>,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Tag for the snapshot (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Time to record instead of now (same forms as --at)
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    /// Exclude paths matching a glob (repeatable; without '/' it matches a name at any depth)
+    #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Stay on the file system of each source path
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Compare with this snapshot to skip unchanged files (default: the latest with the same
+    /// host and paths)
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot
+    #[arg(long)]
+    pub force: bool,
+    /// Back up standard input as one file
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// Name of the file holding standard input in the snapshot
+    #[arg(long, default_value = "stdin", value_name = "NAME")]
+    pub stdin_filename: String,
+    /// Back up the standard output of the command given after `--` (e.g. `-- pg_dump mydb`);
+    /// no snapshot is written if it exits non-zero
+    #[arg(long, conflicts_with = "stdin")]
+    pub stdin_from_command: bool,
+    /// Worker threads (default: one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+    /// Only list this path (and below) inside the snapshot
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+    /// Use the newest snapshot taken at or before TIME
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Long listing: mode, owner, size, time
+    #[arg(short, long)]
+    pub long: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+    /// Use the newest snapshot taken at or before TIME (RFC 3339, 'YYYY-MM-DD HH:MM', '3 days ago')
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Directory to restore into
+    #[arg(short, long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore only this path of the snapshot and what is below it (repeatable)
+    #[arg(short = 'i', long = "include", value_name = "PATH")]
+    pub includes: Vec<String>,
+    /// Set owners by numeric uid/gid instead of by user and group name
+    #[arg(long)]
+    pub numeric_owner: bool,
+    /// Worker threads (default: one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config | key | snapshot | index | tree | blob | pack
+    #[arg(value_name = "WHAT")]
+    pub what: String,
+    /// Id (or prefix, for snapshots) of the object
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+}
