@@ -32,7 +32,7 @@ pub struct Global {
     #[arg(long, env = "CHUNKBAK_PASSWORD_COMMAND", global = true)]
     pub password_command: Option<String>,
     /// Print JSON Lines ({"type": ..., "data": ...}) instead of text
-    #[arg(long, env = "CHUNKBAK_JSON", global = true)]
+    #[arg(long, env = "CHUNKBAK_JSON", global = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
     /// Print only errors
     #[arg(short, long, global = true)]
@@ -41,7 +41,7 @@ pub struct Global {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// No progress bars
-    #[arg(long, env = "CHUNKBAK_NO_PROGRESS", global = true)]
+    #[arg(long, env = "CHUNKBAK_NO_PROGRESS", global = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub no_progress: bool,
 }
 

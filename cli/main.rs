@@ -668,9 +668,7 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
                 }
             }
             let fk = found.ok_or_else(|| anyhow!("no pack {id} under data/ or tree/"))?;
-            let bytes = repo.backend().get(fk, &id)?;
-            let kind = if fk == FileKind::Tree { ObjectKind::TreePack } else { ObjectKind::DataPack };
-            let (_, recs) = chunkbak_engine::format::pack::decode_header(repo.key(), kind, &bytes, &fk.path_of(&id))?;
+            let (bytes, recs) = repo.read_pack(fk, &id)?;
             format!("{} ({} bytes, {} blobs)\n{:#?}", fk.path_of(&id), bytes.len(), recs.len(), recs)
         }
         other => bail!("cannot cat {other:?}: use config, key, snapshot, index, tree, blob or pack"),

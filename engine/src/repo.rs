@@ -239,6 +239,18 @@ impl Repository {
         Ok(plain)
     }
 
+    /// Reads a whole pack, checks that it matches its name, and decodes its header.
+    pub fn read_pack(&self, fk: FileKind, name: &str) -> Result<(Vec<u8>, Vec<crate::format::pack::BlobRecord>)> {
+        let bytes = self.backend.get(fk, name)?;
+        let path = fk.path_of(name);
+        if Id::of_object(&bytes).to_hex() != name {
+            return Err(Error::corrupt(&path, "content does not match its name (damaged or truncated pack)"));
+        }
+        let kind = if fk == FileKind::Tree { ObjectKind::TreePack } else { ObjectKind::DataPack };
+        let (_, recs) = crate::format::pack::decode_header(&self.key, kind, &bytes, &path)?;
+        Ok((bytes, recs))
+    }
+
     /// Loads a tree blob (cached).
     pub fn load_tree(&self, id: &BlobId) -> Result<Arc<TreeBlob>> {
         if let Some(t) = self.tree_cache.lock().expect("tree cache").get(id) {

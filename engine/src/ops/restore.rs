@@ -58,6 +58,35 @@ struct Restorer<'a> {
     warnings: Mutex<Vec<(PathBuf, String)>>,
     errors: AtomicU64,
     bytes: AtomicU64,
+    files: AtomicU64,
+}
+
+/// Writes `data` at `off`, leaving 4 KiB blocks that are all zero as holes (the file is
+/// created empty and its final length set afterwards).
+fn write_sparse(f: &fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+    const BLOCK: u64 = 4096;
+    let mut i = 0usize;
+    while i < data.len() {
+        // Block boundaries follow file offsets, so holes align with the file system's blocks.
+        let block_end = (((off + i as u64) / BLOCK + 1) * BLOCK - off) as usize;
+        let end = block_end.min(data.len());
+        if data[i..end].iter().any(|&b| b != 0) {
+            // Extend over following non-zero blocks to write in large pieces.
+            let mut j = end;
+            while j < data.len() {
+                let next = (j + BLOCK as usize).min(data.len());
+                if data[j..next].iter().all(|&b| b == 0) {
+                    break;
+                }
+                j = next;
+            }
+            f.write_all_at(&data[i..j], off + i as u64)?;
+            i = j;
+        } else {
+            i = end;
+        }
+    }
+    Ok(())
 }
 
 impl Restorer<'_> {
@@ -113,10 +142,7 @@ impl Restorer<'_> {
         let mut off = 0u64;
         for id in &ids {
             let data = self.repo.read_blob(id)?;
-            // All-zero chunks become holes (the final set_len covers a trailing one).
-            if data.iter().any(|&b| b != 0) {
-                f.write_all_at(&data, off).map_err(|e| Error::io(&job.path, e))?;
-            }
+            write_sparse(&f, &data, off).map_err(|e| Error::io(&job.path, e))?;
             off += data.len() as u64;
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.progress.bytes(data.len() as u64);
@@ -130,6 +156,7 @@ impl Restorer<'_> {
         }
         drop(f);
         self.apply_meta(&job.path, &job.node);
+        self.files.fetch_add(1, Ordering::Relaxed);
         self.progress.file_done(&job.path);
         Ok(())
     }
@@ -164,6 +191,7 @@ pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress:
         warnings: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        files: AtomicU64::new(0),
     };
     let mut res = RestoreResult::default();
     let (start_tree, prefix, single) = if components(&opts.subpath).is_empty() {
@@ -223,7 +251,6 @@ pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress:
                     links.insert(k, path.clone());
                 }
                 total_bytes += n.size;
-                res.files += 1;
                 jobs.push(FileJob { path, node: n.clone() });
             }
             NodeKind::Symlink => {
@@ -290,6 +317,7 @@ pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress:
         r.apply_meta(path, n);
     }
     res.bytes = r.bytes.load(Ordering::Relaxed);
+    res.files = r.files.load(Ordering::Relaxed);
     res.errors = r.errors.load(Ordering::Relaxed);
     res.warnings = std::mem::take(&mut *r.warnings.lock().expect("warnings"));
     Ok(res)

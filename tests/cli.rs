@@ -1,0 +1,475 @@
+//! End-to-end tests through the real binary: what an operator does, checked byte for byte.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::cargo_bin;
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+    repo: PathBuf,
+    pw: PathBuf,
+}
+
+fn splitmix(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// The JSON Lines messages of a given type.
+    fn json(&self, ty: &str) -> Vec<Value> {
+        self.out()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == ty)
+            .map(|v| v["data"].clone())
+            .collect()
+    }
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("cbk").tempdir_in("/tmp").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = dir.path().join("repo");
+        let pw = dir.path().join("pw");
+        fs::write(&pw, "correct horse\n").unwrap();
+        Env { dir, repo, pw }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(cargo_bin("chunkbak"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CHUNKBAK_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.path("xdg-data"))
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
+            .env("CHUNKBAK_REPOSITORY", &self.repo)
+            .env("CHUNKBAK_PASSWORD_FILE", &self.pw)
+            .env("CHUNKBAK_NO_PROGRESS", "1");
+        c
+    }
+
+    fn run_cmd(&self, mut c: Command) -> Run {
+        let o = c.output().unwrap();
+        let r = Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
+        r
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.cmd();
+        c.args(args);
+        self.run_cmd(c)
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "chunkbak {args:?} failed:\n{}\n{}", r.out(), r.stderr);
+        r
+    }
+
+    fn init_small(&self) {
+        self.ok(&[
+            "init",
+            "--kdf-memory-kib",
+            "256",
+            "--kdf-iterations",
+            "1",
+            "--chunk-min",
+            "4096",
+            "--chunk-avg",
+            "16384",
+            "--chunk-max",
+            "65536",
+            "--data-pack-size",
+            "262144",
+        ]);
+    }
+
+    fn init_default_chunks(&self) {
+        self.ok(&["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
+    }
+
+    fn compare(&self, a: &Path, b: &Path, extra: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-trees.py");
+        let o = Command::new("python3").arg(script).args(extra).arg(a).arg(b).output().unwrap();
+        assert!(
+            o.status.success(),
+            "trees differ:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// Builds the torture tree of issue 2 (everything but the unreadable file).
+fn torture(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    let name = |b: &[u8]| root.join(std::ffi::OsStr::from_bytes(b));
+    fs::write(name(b"latin1-\xe9t\xe9"), b"not utf-8 name").unwrap();
+    fs::write(name(b"new\nline"), b"newline in name").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::create_dir(root.join("empty-dir")).unwrap();
+    // A deep path: about 3.5 KB long.
+    let mut deep = root.join("deep");
+    for i in 0..180 {
+        deep.push(format!("level-{i:03}-abcdefgh"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"deep file").unwrap();
+    // Sparse: 8 MiB with 4 KiB of data in the middle.
+    let f = fs::File::create(root.join("sparse")).unwrap();
+    f.set_len(8 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&splitmix(9, 4096), 4 << 20).unwrap();
+    mkfifo(&root.join("fifo"));
+    // Chunk-size edge cases for min 4096 / avg 16384 / max 65536.
+    for (n, len) in [("min", 4096), ("min-1", 4095), ("avg", 16384), ("max", 65536), ("max+1", 65537)] {
+        fs::write(root.join(format!("size-{n}")), splitmix(len as u64, len)).unwrap();
+    }
+    fs::write(root.join("big"), splitmix(1, 3 << 20)).unwrap();
+    fs::write(root.join("text"), "hello world\n".repeat(50_000)).unwrap();
+    symlink("big", root.join("link-to-big")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("text"), root.join("text-hardlink")).unwrap();
+    fs::set_permissions(root.join("size-min"), fs::Permissions::from_mode(0o751)).unwrap();
+    xattr::set(root.join("text"), "user.note", b"kept").unwrap();
+}
+
+#[test]
+fn torture_tree_round_trip() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    torture(&src);
+    e.ok(&["backup", src.to_str().unwrap()]);
+    // Restore the source directory's contents straight into the target.
+    let target = e.path("out");
+    let spec = format!("latest:{}", src.display());
+    e.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    e.compare(&src, &target, &["--holes"]);
+    let fifo = fs::symlink_metadata(target.join("fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    // And the whole snapshot, mirrored under the target by absolute path.
+    let full = e.path("full");
+    e.ok(&["restore", "latest", "--target", full.to_str().unwrap()]);
+    e.compare(&src, &full.join(src.strip_prefix("/").unwrap()), &[]);
+}
+
+#[test]
+fn unreadable_file_is_reported_and_exits_3() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("ok"), b"fine").unwrap();
+    fs::write(src.join("secret"), b"nobody may read").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    let mut c = e.cmd();
+    // root reads everything: drop to nobody for this run.
+    if unsafe { libc::geteuid() } == 0 {
+        fs::set_permissions(&e.repo, fs::Permissions::from_mode(0o777)).unwrap();
+        for d in ["keys", "snapshots", "index", "data", "tree", "tmp", "locks"] {
+            fs::set_permissions(e.repo.join(d), fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        fs::set_permissions(&e.pw, fs::Permissions::from_mode(0o644)).unwrap();
+        c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(cargo_bin("chunkbak"))
+            .env("CHUNKBAK_REPOSITORY", &e.repo)
+            .env("CHUNKBAK_PASSWORD_FILE", &e.pw)
+            .env("HOME", e.dir.path());
+    }
+    c.args(["backup", src.to_str().unwrap()]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("secret"), "{}", r.stderr);
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    // The snapshot was written, with the readable file and without the unreadable one.
+    let ls = e.ok(&["ls", "latest"]).out();
+    assert!(ls.contains("/ok"), "{ls}");
+    assert!(!ls.contains("/secret"), "{ls}");
+}
+
+#[test]
+fn file_changing_while_read_is_stored_and_warned() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    let p = src.join("busy");
+    fs::write(&p, splitmix(3, 32 << 20)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all_at(b"x", (i * 7919) % (32 << 20)).unwrap();
+                i += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let r = e.run(&["backup", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("changed while it was read"), "{}", r.stderr);
+    assert!(e.ok(&["ls", "latest"]).out().contains("/busy"));
+}
+
+#[test]
+fn unchanged_rebackup_reads_nothing_and_adds_nothing() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    torture(&src);
+    let first = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    assert!(first["bytes_added"].as_u64().unwrap() > 0);
+    let second = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    assert_eq!(second["files_new"].as_u64().unwrap() + second["files_changed"].as_u64().unwrap(), 0);
+    assert!(second["files_unchanged"].as_u64().unwrap() >= 12);
+    assert_eq!(second["bytes_added"], 0, "{second}");
+    assert_eq!(second["parent"], first["snapshot_id"]);
+    // --force reads everything again but still stores nothing new.
+    let forced = e.ok(&["--json", "backup", "--force", src.to_str().unwrap()]).json("summary")[0].clone();
+    assert!(forced["bytes_read"].as_u64().unwrap() > 3 << 20);
+    assert_eq!(forced["bytes_added"], 0);
+}
+
+#[test]
+fn one_byte_change_adds_about_one_chunk() {
+    let e = Env::new();
+    e.init_default_chunks();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    let mut data = splitmix(77, 96 << 20);
+    fs::write(src.join("big.img"), &data).unwrap();
+    let first = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    assert!(first["bytes_added"].as_u64().unwrap() >= 96 << 20);
+    data[50 << 20] ^= 0xff;
+    fs::write(src.join("big.img"), &data).unwrap();
+    let second = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    let added = second["bytes_added"].as_u64().unwrap();
+    // One data chunk (at most 4 MiB) plus two small trees.
+    assert!(added <= (4 << 20) + 64 * 1024, "added {added}");
+    assert!(added >= 256 * 1024, "added {added}");
+    assert_eq!(second["files_changed"], 1);
+}
+
+fn snapshot_at(e: &Env, t: &str, src: &Path, content: &str) -> String {
+    fs::write(src.join("f"), content).unwrap();
+    let r = e.ok(&["--json", "backup", "--time", t, src.to_str().unwrap()]);
+    r.json("summary")[0]["snapshot_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn at_chooses_the_snapshot_in_force() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    let a = snapshot_at(&e, "2026-01-01T00:00:00Z", &src, "one");
+    let b = snapshot_at(&e, "2026-02-01T00:00:00Z", &src, "two");
+    let c = snapshot_at(&e, "2026-03-01T12:00:00+01:00", &src, "three");
+    let pick = |t: &str| {
+        let r = e.ok(&["--json", "ls", "--at", t]);
+        r.json("selected")[0]["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(pick("2026-01-15T00:00:00Z"), a);
+    assert_eq!(pick("2026-02-01T00:00:00Z"), b);
+    assert_eq!(pick("2026-03-01T10:59:59Z"), b);
+    assert_eq!(pick("2026-03-01T11:00:00Z"), c);
+    assert_eq!(pick("1 day ago"), c);
+    // Restore --at brings back the content of that time.
+    let t = e.path("out");
+    e.ok(&["restore", "--at", "2026-02-10", "--target", t.to_str().unwrap(), &format!("--include={}/f", src.display())]);
+    assert_eq!(fs::read_to_string(t.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(), "two");
+    // Errors: before the first, in the future, malformed.
+    let r = e.run(&["ls", "--at", "2025-12-31T23:59:59Z"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("earliest") && r.stderr.contains(&a[..8]), "{}", r.stderr);
+    let r = e.run(&["restore", "--at", "2999-01-01", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("future"), "{}", r.stderr);
+    let r = e.run(&["ls", "--at", "last tuesday-ish"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot read time"), "{}", r.stderr);
+}
+
+#[test]
+fn wrong_password_and_missing_repository() {
+    let e = Env::new();
+    let r = e.run(&["snapshots"]);
+    assert_eq!(r.code, 10, "{}", r.stderr);
+    assert!(r.stderr.contains("no repository") && r.stderr.contains(e.repo.to_str().unwrap()));
+    e.init_small();
+    let bad = e.path("badpw");
+    fs::write(&bad, "wrong").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_PASSWORD_FILE", &bad).arg("snapshots");
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(r.stderr.contains("wrong password"), "{}", r.stderr);
+}
+
+fn packs(repo: &Path, kind: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in fs::read_dir(repo.join(kind)).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}
+
+#[test]
+fn damaged_packs_give_clear_errors() {
+    for damage in ["truncate", "flip"] {
+        let e = Env::new();
+        e.init_small();
+        let src = e.path("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("data"), splitmix(5, 200_000)).unwrap();
+        e.ok(&["backup", src.to_str().unwrap()]);
+        let data_packs = packs(&e.repo, "data");
+        assert!(!data_packs.is_empty());
+        let mut names = Vec::new();
+        for p in &data_packs {
+            let mut bytes = fs::read(p).unwrap();
+            if damage == "truncate" {
+                bytes.truncate(bytes.len() / 2);
+            } else {
+                bytes[1000] ^= 0x01;
+            }
+            fs::write(p, &bytes).unwrap();
+            names.push(p.file_name().unwrap().to_str().unwrap().to_string());
+        }
+        let t = e.path("out");
+        let r = e.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
+        assert_eq!(r.code, 3, "{damage}: {}", r.stderr);
+        assert!(names.iter().any(|n| r.stderr.contains(n.as_str())), "{damage}: {}", r.stderr);
+        assert!(r.stderr.contains("corrupt"), "{damage}: {}", r.stderr);
+        for name in &names {
+            let r = e.run(&["cat", "pack", name]);
+            assert_eq!(r.code, 1, "{damage}");
+            assert!(r.stderr.contains(name.as_str()) && r.stderr.contains("corrupt"), "{damage}: {}", r.stderr);
+        }
+    }
+}
+
+#[test]
+fn stdin_and_command_backups() {
+    let e = Env::new();
+    e.init_small();
+    let dump = splitmix(11, 300_000);
+    let mut c = e.cmd();
+    c.args(["--json", "backup", "--stdin", "--stdin-filename", "db.sql"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&dump).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let t = e.path("out");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(fs::read(t.join("db.sql")).unwrap(), dump);
+
+    // A command's output; a failing command writes no snapshot.
+    let before = e.ok(&["--json", "snapshots"]).json("snapshot").len();
+    let r = e.run(&["backup", "--stdin-from-command", "--stdin-filename", "x.sql", "--", "sh", "-c", "echo partial; exit 3"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no snapshot was written"), "{}", r.stderr);
+    assert_eq!(e.ok(&["--json", "snapshots"]).json("snapshot").len(), before);
+    e.ok(&["backup", "--stdin-from-command", "--stdin-filename", "y.sql", "--", "printf", "%s", "rows"]);
+    let t2 = e.path("out2");
+    e.ok(&["restore", "latest", "--target", t2.to_str().unwrap()]);
+    assert_eq!(fs::read(t2.join("y.sql")).unwrap(), b"rows");
+}
+
+#[test]
+fn default_repository_is_created_on_first_use() {
+    let e = Env::new();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"hello").unwrap();
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_REPOSITORY").env_remove("CHUNKBAK_PASSWORD_FILE");
+    c.args(["backup", src.to_str().unwrap()]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let repo = e.path("xdg-data/chunkbak/repo");
+    let pwfile = e.path("xdg-config/chunkbak/password");
+    assert!(repo.join("config").exists());
+    assert!(r.stderr.contains(repo.to_str().unwrap()), "{}", r.stderr);
+    assert!(r.stderr.contains(pwfile.to_str().unwrap()) && r.stderr.contains("safe"), "{}", r.stderr);
+    assert_eq!(fs::metadata(&pwfile).unwrap().permissions().mode() & 0o777, 0o600);
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_REPOSITORY").env_remove("CHUNKBAK_PASSWORD_FILE");
+    c.args(["--json", "snapshots"]);
+    assert_eq!(e.run_cmd(c).json("snapshot").len(), 1);
+}
+
+#[test]
+fn excludes_and_filters() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("cache/deep")).unwrap();
+    fs::write(src.join("keep.txt"), b"k").unwrap();
+    fs::write(src.join("skip.tmp"), b"s").unwrap();
+    fs::write(src.join("cache/deep/x"), b"x").unwrap();
+    e.ok(&["backup", "--exclude", "*.tmp", "--exclude", "cache", "--host", "web1", "--tag", "nightly", src.to_str().unwrap()]);
+    let ls = e.ok(&["ls", "latest"]).out();
+    assert!(ls.contains("keep.txt") && !ls.contains("skip.tmp") && !ls.contains("cache"), "{ls}");
+    let snaps = e.ok(&["--json", "snapshots", "--host", "web1", "--tag", "nightly"]).json("snapshot");
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["host"], "web1");
+    assert!(e.ok(&["--json", "snapshots", "--host", "db1"]).json("snapshot").is_empty());
+}
