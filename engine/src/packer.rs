@@ -35,7 +35,11 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(mk: &MasterKey, kind: BlobKind, tmpdir: &std::path::Path) -> Result<Self> {
-        let salt: [u8; 32] = random_bytes();
+        Self::with_salt(mk, kind, tmpdir, random_bytes())
+    }
+
+    /// A packer with a given salt (test vectors only: a salt must never be reused).
+    pub fn with_salt(mk: &MasterKey, kind: BlobKind, tmpdir: &std::path::Path, salt: [u8; 32]) -> Result<Self> {
         let path = tmpdir.join(format!("pack-{}", hex::encode(&salt[..12])));
         let f = OpenOptions::new()
             .write(true)

@@ -1,0 +1,166 @@
+//! Test vectors of format-spec.md: every value here is printed in the spec's appendix, and this
+//! test fails if the code, a dependency (fastcdc's gear table, zstd, BLAKE3, AES-GCM, argon2) or
+//! the spec drifts. Regenerate the JSON with `CHUNKBAK_WRITE_VECTORS=1 cargo test --test vectors`
+//! only together with a format version bump.
+
+use std::collections::BTreeMap;
+
+use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
+use chunkbak_engine::crypter::{MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
+use chunkbak_engine::format::envelope;
+use chunkbak_engine::format::index::{IndexFile, PackEntry};
+use chunkbak_engine::format::key::{self, KdfParams, KeyFile};
+use chunkbak_engine::format::pack::{decode_header, BlobKind};
+use chunkbak_engine::format::tree::{Content, Node, NodeKind, Timespec, TreeBlob};
+use chunkbak_engine::format::ObjectKind;
+use chunkbak_engine::packer::Packer;
+use chunkbak_engine::Id;
+
+fn material() -> [u8; 32] {
+    let mut m = [0u8; 32];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    m
+}
+
+fn compute() -> BTreeMap<String, String> {
+    let mut v = BTreeMap::new();
+    let mk = MasterKey::from_material(material());
+    v.insert("master_material".into(), hex::encode(material()));
+    v.insert("enc_key".into(), hex::encode(blake3::derive_key(CTX_ENC, &material())));
+    v.insert("id_key".into(), hex::encode(blake3::derive_key(CTX_ID, &material())));
+    v.insert("gear_seed".into(), format!("{:#018x}", mk.gear_seed()));
+    let _ = CTX_GEAR;
+
+    let sm = splitmix_bytes(0, 32);
+    v.insert("splitmix_seed0_first32".into(), hex::encode(&sm));
+
+    // Chunk cut points over 1 MiB of SplitMix64(seed 1) data, small parameters.
+    let small = ChunkerParams {
+        min_size: 16384,
+        avg_size: 65536,
+        max_size: 262144,
+        normalization: 1,
+    };
+    let data = splitmix_bytes(1, 1 << 20);
+    let c = Chunker::new(small, mk.gear_seed()).unwrap();
+    v.insert("cuts_small_1MiB".into(), join(&c.cut_all(&data)));
+    let c0 = Chunker::new(small, 0).unwrap();
+    v.insert("cuts_small_1MiB_seed0".into(), join(&c0.cut_all(&data)));
+    // Default parameters over 16 MiB.
+    let data16 = splitmix_bytes(2, 16 << 20);
+    let cd = Chunker::new(ChunkerParams::default(), mk.gear_seed()).unwrap();
+    v.insert("cuts_default_16MiB".into(), join(&cd.cut_all(&data16)));
+
+    v.insert("blob_id_chunkbak".into(), mk.hasher().id(b"chunkbak").to_hex());
+    v.insert("blob_id_empty".into(), mk.hasher().id(b"").to_hex());
+
+    let cipher = mk.object_cipher(&[0x42; 32]);
+    v.insert("subkey_salt42".into(), hex::encode(blake3::keyed_hash(&blake3::derive_key(CTX_ENC, &material()), &[0x42; 32]).as_bytes()));
+    v.insert("aead_hello_counter7".into(), hex::encode(cipher.seal(7, &ObjectKind::DataPack.prefix(), b"hello")));
+
+    let env = envelope::seal_with_salt(&mk, ObjectKind::Snapshot, b"payload", [0x24; 32]);
+    v.insert("envelope_snapshot_payload".into(), hex::encode(&env));
+
+    // A pack with two data blobs.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Packer::with_salt(&mk, BlobKind::Data, dir.path(), [0x11; 32]).unwrap();
+    let b1 = b"hello".to_vec();
+    let b2 = "chunkbak ".repeat(12).into_bytes();
+    let (c1, s1) = chunkbak_engine::compressor::compress(&b1, 3);
+    p.add(mk.hasher().id(&b1), c1, b1.len() as u32, s1).unwrap();
+    let (c2, s2) = chunkbak_engine::compressor::compress(&b2, 3);
+    p.add(mk.hasher().id(&b2), c2, b2.len() as u32, s2).unwrap();
+    let (entry, path) = p.finish().unwrap();
+    let pack = std::fs::read(path).unwrap();
+    v.insert("pack_two_blobs".into(), hex::encode(&pack));
+    v.insert("pack_two_blobs_id".into(), entry.id.to_hex());
+    assert_eq!(Id::of_object(&pack), entry.id);
+
+    let idx = IndexFile {
+        supersedes: vec![],
+        packs: vec![PackEntry { ..entry.clone() }],
+    };
+    v.insert("index_payload".into(), hex::encode(idx.encode()));
+
+    let kf = key::seal_with_salt(
+        &mk,
+        b"password",
+        KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        [0x33; 32],
+    )
+    .unwrap();
+    v.insert("key_file_password".into(), hex::encode(&kf));
+
+    let node = Node {
+        name: b"a.txt".to_vec(),
+        kind: NodeKind::File,
+        mode: 0o100644,
+        uid: 1000,
+        gid: 1000,
+        user: Some("alice".into()),
+        group: None,
+        mtime: Timespec { secs: 1_700_000_000, nanos: 5 },
+        ctime: Timespec { secs: 1_700_000_001, nanos: 0 },
+        size: 5,
+        inode: 42,
+        device: 7,
+        nlink: 1,
+        rdev: 0,
+        link_target: vec![],
+        xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+        content: Content::Chunks(vec![mk.hasher().id(b"hello")]),
+        subtree: None,
+    };
+    v.insert("tree_one_file".into(), hex::encode(TreeBlob::Dir(vec![node]).encode()));
+    v
+}
+
+fn join(v: &[usize]) -> String {
+    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn vectors_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.json")
+}
+
+#[test]
+fn vectors_match_code_and_spec() {
+    let got = compute();
+    if std::env::var_os("CHUNKBAK_WRITE_VECTORS").is_some() {
+        std::fs::write(vectors_path(), serde_json::to_string_pretty(&got).unwrap()).unwrap();
+    }
+    let want: BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(vectors_path()).unwrap()).unwrap();
+    assert_eq!(got, want, "the format changed: bump the version and update format-spec.md");
+    // Every vector is printed in the spec (long hex values wrapped at 64 characters per line).
+    let spec = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md")).unwrap();
+    let flat: String = spec.split_whitespace().collect();
+    for (k, val) in &want {
+        assert!(flat.contains(&val.replace(char::is_whitespace, "")), "format-spec.md lacks vector {k}");
+    }
+}
+
+#[test]
+fn vectors_decode() {
+    let mk = MasterKey::from_material(material());
+    let v = compute();
+    let pack = hex::decode(&v["pack_two_blobs"]).unwrap();
+    let (salt, recs) = decode_header(&mk, ObjectKind::DataPack, &pack, "vector").unwrap();
+    assert_eq!(salt, [0x11; 32]);
+    assert_eq!(recs.len(), 2);
+    let env = hex::decode(&v["envelope_snapshot_payload"]).unwrap();
+    assert_eq!(envelope::open(&mk, ObjectKind::Snapshot, &env, "v").unwrap(), b"payload");
+    let kf = KeyFile::decode(&hex::decode(&v["key_file_password"]).unwrap(), "k").unwrap();
+    assert_eq!(kf.open(b"password").unwrap().unwrap().material(), &material());
+    assert!(kf.open(b"Password").unwrap().is_none());
+    let idx = IndexFile::decode(&hex::decode(&v["index_payload"]).unwrap(), "i").unwrap();
+    assert_eq!(idx.packs[0].blobs, recs);
+    let t = TreeBlob::decode(&hex::decode(&v["tree_one_file"]).unwrap(), "t").unwrap();
+    assert!(matches!(t, TreeBlob::Dir(ref n) if n[0].name == b"a.txt"));
+}
