@@ -1,0 +1,56 @@
+//! Backend conformance: every backend stores, lists, reads ranges and deletes alike, and reports
+//! a missing object as not found. The S3 backend will run the same suite.
+
+use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::backend::{Backend, FileKind};
+use chunkbak_engine::Error;
+
+fn conformance(b: &dyn Backend) {
+    b.create().unwrap();
+    assert!(!b.exists(FileKind::Config, "config").unwrap());
+    b.put(FileKind::Config, "config", b"cfg").unwrap();
+    assert!(b.exists(FileKind::Config, "config").unwrap());
+    assert_eq!(b.get(FileKind::Config, "config").unwrap(), b"cfg");
+
+    let name = "ab".repeat(32);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for kind in [FileKind::Data, FileKind::Tree, FileKind::Index, FileKind::Snapshot, FileKind::Key] {
+        b.put(kind, &name, &data).unwrap();
+        assert_eq!(b.get(kind, &name).unwrap(), data, "{kind:?}");
+        assert_eq!(b.get_range(kind, &name, 1000, 10).unwrap(), &data[1000..1010]);
+        assert_eq!(b.get_range(kind, &name, 99_990, 10).unwrap(), &data[99_990..]);
+        assert!(b.get_range(kind, &name, 99_995, 10).is_err(), "range past the end must fail");
+        assert_eq!(b.list(kind).unwrap(), vec![(name.clone(), data.len() as u64)]);
+    }
+    // Overwriting with the same content is allowed (content-addressed names).
+    b.put(FileKind::Data, &name, &data).unwrap();
+    // put_file moves a finished local file into place.
+    let tmp = b.temp_dir();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let f = tmp.join("pack-test");
+    std::fs::write(&f, b"from a file").unwrap();
+    let other = "cd".repeat(32);
+    b.put_file(FileKind::Data, &other, &f).unwrap();
+    assert_eq!(b.get(FileKind::Data, &other).unwrap(), b"from a file");
+    assert_eq!(b.list(FileKind::Data).unwrap().len(), 2);
+
+    let missing = "ef".repeat(32);
+    match b.get(FileKind::Snapshot, &missing) {
+        Err(Error::ObjectNotFound(n)) => assert!(n.contains(&missing)),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    b.delete(FileKind::Data, &name).unwrap();
+    b.delete(FileKind::Data, &name).unwrap(); // idempotent
+    assert!(!b.exists(FileKind::Data, &name).unwrap());
+    assert_eq!(b.list(FileKind::Data).unwrap(), vec![(other, 11)]);
+    assert!(b.list(FileKind::Lock).unwrap().is_empty());
+}
+
+#[test]
+fn local_backend_conforms() {
+    let d = tempfile::tempdir().unwrap();
+    conformance(&LocalBackend::new(d.path().join("repo")));
+    // No temp files are left behind.
+    let left: Vec<_> = std::fs::read_dir(d.path().join("repo/tmp")).unwrap().collect();
+    assert!(left.is_empty());
+}
