@@ -1,0 +1,104 @@
+//! Throughput of each stage of the chunk pipeline and of the whole pipeline on one core, over
+//! deterministic data of several entropies. `cargo bench --bench pipeline`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
+use chunkbak_engine::compressor::compress;
+use chunkbak_engine::crypter::MasterKey;
+
+const LEN: usize = 32 << 20;
+
+/// (name, data): random, zeros, text-like, and a mix of the three.
+fn inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let random = splitmix_bytes(1, LEN);
+    let zeros = vec![0u8; LEN];
+    let words = ["backup ", "chunk ", "the ", "repository ", "snapshot ", "of ", "data\n", "and ", "restore "];
+    let mut text = Vec::with_capacity(LEN);
+    let r = splitmix_bytes(2, LEN / 4);
+    let mut i = 0;
+    while text.len() < LEN {
+        text.extend_from_slice(words[r[i % r.len()] as usize % words.len()].as_bytes());
+        i += 1;
+    }
+    text.truncate(LEN);
+    let mut mixed = Vec::with_capacity(LEN);
+    for k in 0..(LEN / (1 << 20)) {
+        let src = match k % 3 {
+            0 => &random,
+            1 => &text,
+            _ => &zeros,
+        };
+        mixed.extend_from_slice(&src[k << 20..(k + 1) << 20]);
+    }
+    vec![("random", random), ("zeros", zeros), ("text", text), ("mixed", mixed)]
+}
+
+fn stages(c: &mut Criterion) {
+    let mk = MasterKey::from_material([7; 32]);
+    let chunker = Chunker::new(ChunkerParams::default(), mk.gear_seed()).unwrap();
+    let hasher = mk.hasher();
+    let cipher = mk.object_cipher(&[9; 32]);
+    let data = inputs();
+
+    let mut g = c.benchmark_group("chunk");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    for (name, d) in &data {
+        g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| b.iter(|| chunker.cut_all(d).len()));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("hash");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    for (name, d) in &data {
+        g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| {
+            b.iter(|| d.chunks(1 << 20).map(|c| hasher.id(c).0[0]).fold(0u8, |a, x| a ^ x))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("compress");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    for (name, d) in &data {
+        g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| {
+            b.iter(|| d.chunks(1 << 20).map(|c| compress(c, 3).1.len()).sum::<usize>())
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("encrypt");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    let (_, d) = &data[0];
+    g.bench_function("random", |b| {
+        b.iter(|| {
+            d.chunks(1 << 20)
+                .enumerate()
+                .map(|(i, c)| cipher.seal(i as u64, b"prefix", c).len())
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+
+    // The whole pipeline on one core: cut, hash, compress, encrypt every chunk.
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    for (name, d) in &data {
+        g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| {
+            b.iter(|| {
+                let mut off = 0u64;
+                for c in chunker.chunks(&d[..]) {
+                    let c = c.unwrap();
+                    let id = hasher.id(&c);
+                    let (_, mut s) = compress(&c, 3);
+                    cipher.seal_in_place(off, &id.0[..6], &mut s);
+                    off += s.len() as u64;
+                }
+                off
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);
