@@ -13,7 +13,17 @@ const LEN: usize = 32 << 20;
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
     let random = splitmix_bytes(1, LEN);
     let zeros = vec![0u8; LEN];
-    let words = ["backup ", "chunk ", "the ", "repository ", "snapshot ", "of ", "data\n", "and ", "restore "];
+    let words = [
+        "backup ",
+        "chunk ",
+        "the ",
+        "repository ",
+        "snapshot ",
+        "of ",
+        "data\n",
+        "and ",
+        "restore ",
+    ];
     let mut text = Vec::with_capacity(LEN);
     let r = splitmix_bytes(2, LEN / 4);
     let mut i = 0;
@@ -31,7 +41,12 @@ fn inputs() -> Vec<(&'static str, Vec<u8>)> {
         };
         mixed.extend_from_slice(&src[k << 20..(k + 1) << 20]);
     }
-    vec![("random", random), ("zeros", zeros), ("text", text), ("mixed", mixed)]
+    vec![
+        ("random", random),
+        ("zeros", zeros),
+        ("text", text),
+        ("mixed", mixed),
+    ]
 }
 
 fn stages(c: &mut Criterion) {
@@ -44,7 +59,9 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("chunk");
     g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
     for (name, d) in &data {
-        g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| b.iter(|| chunker.cut_all(d).len()));
+        g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| {
+            b.iter(|| chunker.cut_all(d).len())
+        });
     }
     g.finish();
 
@@ -52,7 +69,11 @@ fn stages(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
     for (name, d) in &data {
         g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| {
-            b.iter(|| d.chunks(1 << 20).map(|c| hasher.id(c).0[0]).fold(0u8, |a, x| a ^ x))
+            b.iter(|| {
+                d.chunks(1 << 20)
+                    .map(|c| hasher.id(c).0[0])
+                    .fold(0u8, |a, x| a ^ x)
+            })
         });
     }
     g.finish();
@@ -61,7 +82,11 @@ fn stages(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
     for (name, d) in &data {
         g.bench_with_input(BenchmarkId::from_parameter(name), d, |b, d| {
-            b.iter(|| d.chunks(1 << 20).map(|c| compress(c, 3).1.len()).sum::<usize>())
+            b.iter(|| {
+                d.chunks(1 << 20)
+                    .map(|c| compress(c, 3).1.len())
+                    .sum::<usize>()
+            })
         });
     }
     g.finish();

@@ -117,7 +117,9 @@ struct RepoSpec {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 fn xdg(var: &str, fallback: &str) -> PathBuf {
@@ -158,7 +160,10 @@ fn backend(spec: &RepoSpec) -> Arc<dyn Backend> {
 }
 
 fn first_line(bytes: &[u8]) -> Vec<u8> {
-    let end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
     let mut l = bytes[..end].to_vec();
     if l.last() == Some(&b'\r') {
         l.pop();
@@ -183,7 +188,8 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
         return Ok(first_line(&o.stdout));
     }
     if let Some(f) = &g.password_file {
-        let b = std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
+        let b =
+            std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
         return Ok(first_line(&b));
     }
     if let Some(p) = std::env::var_os("CHUNKBAK_PASSWORD") {
@@ -196,7 +202,8 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let pw = hex_random();
                 if let Some(d) = f.parent() {
-                    std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                    std::fs::create_dir_all(d)
+                        .with_context(|| format!("creating {}", d.display()))?;
                 }
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
@@ -216,7 +223,9 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
                 return Ok(pw.into_bytes());
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading password file {}", f.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading password file {}", f.display()))
+            }
         }
     }
     bail!(
@@ -241,7 +250,12 @@ fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
 // ---------------------------------------------------------------------------------------------
 // init
 
-fn init_repo(spec: &RepoSpec, pw: &[u8], opts: &InitOptions, out: &Out) -> anyhow::Result<Repository> {
+fn init_repo(
+    spec: &RepoSpec,
+    pw: &[u8],
+    opts: &InitOptions,
+    out: &Out,
+) -> anyhow::Result<Repository> {
     let repo = Repository::init(backend(spec), pw, opts)?;
     let id = Id(repo.config().repo_id);
     if out.json {
@@ -308,7 +322,11 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         None
     };
     let mut opts = BackupOptions {
-        paths: if stdin.is_some() { Vec::new() } else { a.paths.iter().map(PathBuf::from).collect() },
+        paths: if stdin.is_some() {
+            Vec::new()
+        } else {
+            a.paths.iter().map(PathBuf::from).collect()
+        },
         tags: a.tags.clone(),
         excludes: a.excludes.clone(),
         one_file_system: a.one_file_system,
@@ -351,7 +369,12 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
     } else {
         out.line(format!(
             "Files: {} new, {} changed, {} unchanged; dirs: {} new, {} changed, {} unchanged",
-            s.files_new, s.files_changed, s.files_unchanged, s.dirs_new, s.dirs_changed, s.dirs_unchanged
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            s.dirs_new,
+            s.dirs_changed,
+            s.dirs_unchanged
         ));
         out.line(format!(
             "Read {} of {}, added {} to the repository in {} packs, {:.1}s",
@@ -416,14 +439,21 @@ fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
 fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     let filter = filter_of(f);
-    let snaps: Vec<(Id, Snapshot)> = repo.snapshots()?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    let snaps: Vec<(Id, Snapshot)> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| filter.matches(s))
+        .collect();
     if out.json {
         for (id, s) in &snaps {
             out.json_line("snapshot", snapshot_json(id, s));
         }
         return Ok(exit::OK);
     }
-    out.line(format!("{:<10} {:<20} {:<16} {:<12} {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size"));
+    out.line(format!(
+        "{:<10} {:<20} {:<16} {:<12} {:>10}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    ));
     out.line("-".repeat(90));
     for (id, s) in &snaps {
         out.line(format!(
@@ -510,7 +540,13 @@ fn kind_name(k: NodeKind) -> &'static str {
 fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     repo.load_index()?;
-    let (_, s, mut sub) = choose(&repo, a.snapshot.as_deref(), a.at.as_deref(), &a.filter, out)?;
+    let (_, s, mut sub) = choose(
+        &repo,
+        a.snapshot.as_deref(),
+        a.at.as_deref(),
+        &a.filter,
+        out,
+    )?;
     if let Some(p) = &a.path {
         sub = p.as_bytes().to_vec();
     }
@@ -579,7 +615,13 @@ fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
 fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     repo.load_index()?;
-    let (id, s, sub) = choose(&repo, a.snapshot.as_deref(), a.at.as_deref(), &a.filter, out)?;
+    let (id, s, sub) = choose(
+        &repo,
+        a.snapshot.as_deref(),
+        a.at.as_deref(),
+        &a.filter,
+        out,
+    )?;
     let opts = RestoreOptions {
         target: a.target.clone(),
         subpath: sub,
@@ -588,7 +630,11 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         threads: a.threads,
     };
     if !out.quiet && !out.json {
-        eprintln!("restoring snapshot {} to {}", id.short(), a.target.display());
+        eprintln!(
+            "restoring snapshot {} to {}",
+            id.short(),
+            a.target.display()
+        );
     }
     let bar = progress::Bar::new(out, !g.no_progress, "restore");
     let r = restore::restore(&repo, s.tree, &opts, &bar);
@@ -613,7 +659,10 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         ));
     }
     if r.errors > 0 {
-        eprintln!("chunkbak: {} entries could not be restored (see the warnings above)", r.errors);
+        eprintln!(
+            "chunkbak: {} entries could not be restored (see the warnings above)",
+            r.errors
+        );
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
@@ -624,12 +673,20 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
 
 fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
-    let need_id = || a.id.clone().ok_or_else(|| anyhow!("`cat {}` needs an ID", a.what));
+    let need_id = || {
+        a.id.clone()
+            .ok_or_else(|| anyhow!("`cat {}` needs an ID", a.what))
+    };
     let text = match a.what.as_str() {
         "config" => format!("{:#?}", repo.config()),
         "snapshot" => {
             let snaps = repo.snapshots()?;
-            let i = select::select(&snaps, &Selector::parse(&need_id()?), &Filter::default(), jiff::Timestamp::now())?;
+            let i = select::select(
+                &snaps,
+                &Selector::parse(&need_id()?),
+                &Filter::default(),
+                jiff::Timestamp::now(),
+            )?;
             if out.json {
                 out.json_line("snapshot", snapshot_json(&snaps[i].0, &snaps[i].1));
                 return Ok(exit::OK);
@@ -639,7 +696,10 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
         "index" => {
             let id = need_id()?;
             let plain = repo.read_object(FileKind::Index, ObjectKind::Index, &id)?;
-            format!("{:#?}", chunkbak_engine::format::index::IndexFile::decode(&plain, &id)?)
+            format!(
+                "{:#?}",
+                chunkbak_engine::format::index::IndexFile::decode(&plain, &id)?
+            )
         }
         "key" => {
             let id = need_id()?;
@@ -669,11 +729,18 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
             }
             let fk = found.ok_or_else(|| anyhow!("no pack {id} under data/ or tree/"))?;
             let (bytes, recs) = repo.read_pack(fk, &id)?;
-            format!("{} ({} bytes, {} blobs)\n{:#?}", fk.path_of(&id), bytes.len(), recs.len(), recs)
+            format!(
+                "{} ({} bytes, {} blobs)\n{:#?}",
+                fk.path_of(&id),
+                bytes.len(),
+                recs.len(),
+                recs
+            )
         }
-        other => bail!("cannot cat {other:?}: use config, key, snapshot, index, tree, blob or pack"),
+        other => {
+            bail!("cannot cat {other:?}: use config, key, snapshot, index, tree, blob or pack")
+        }
     };
     out.line(text);
     Ok(exit::OK)
 }
-

@@ -59,7 +59,9 @@ pub fn path_json(m: &mut Map<String, Value>, key: &str, bytes: &[u8]) {
         Err(_) => {
             m.insert(
                 format!("{key}_b64"),
-                base64::engine::general_purpose::STANDARD.encode(bytes).into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
             );
         }
     }

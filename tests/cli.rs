@@ -54,7 +54,10 @@ impl Run {
 
 impl Env {
     fn new() -> Env {
-        let dir = tempfile::Builder::new().prefix("cbk").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cbk")
+            .tempdir_in("/tmp")
+            .unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let repo = dir.path().join("repo");
         let pw = dir.path().join("pw");
@@ -101,7 +104,13 @@ impl Env {
 
     fn ok(&self, args: &[&str]) -> Run {
         let r = self.run(args);
-        assert_eq!(r.code, 0, "chunkbak {args:?} failed:\n{}\n{}", r.out(), r.stderr);
+        assert_eq!(
+            r.code,
+            0,
+            "chunkbak {args:?} failed:\n{}\n{}",
+            r.out(),
+            r.stderr
+        );
         r
     }
 
@@ -129,7 +138,13 @@ impl Env {
 
     fn compare(&self, a: &Path, b: &Path, extra: &[&str]) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-trees.py");
-        let o = Command::new("python3").arg(script).args(extra).arg(a).arg(b).output().unwrap();
+        let o = Command::new("python3")
+            .arg(script)
+            .args(extra)
+            .arg(a)
+            .arg(b)
+            .output()
+            .unwrap();
         assert!(
             o.status.success(),
             "trees differ:\n{}{}",
@@ -166,7 +181,13 @@ fn torture(root: &Path) {
     f.write_all_at(&splitmix(9, 4096), 4 << 20).unwrap();
     mkfifo(&root.join("fifo"));
     // Chunk-size edge cases for min 4096 / avg 16384 / max 65536.
-    for (n, len) in [("min", 4096), ("min-1", 4095), ("avg", 16384), ("max", 65536), ("max+1", 65537)] {
+    for (n, len) in [
+        ("min", 4096),
+        ("min-1", 4095),
+        ("avg", 16384),
+        ("max", 65536),
+        ("max+1", 65537),
+    ] {
         fs::write(root.join(format!("size-{n}")), splitmix(len as u64, len)).unwrap();
     }
     fs::write(root.join("big"), splitmix(1, 3 << 20)).unwrap();
@@ -215,9 +236,13 @@ fn unreadable_file_is_reported_and_exits_3() {
             fs::set_permissions(e.repo.join(d), fs::Permissions::from_mode(0o777)).unwrap();
         }
         fs::set_permissions(&e.pw, fs::Permissions::from_mode(0o644)).unwrap();
+        // The build tree may not be reachable by nobody (e.g. under /root): run a copy.
+        let bin = e.path("chunkbak-copy");
+        fs::copy(cargo_bin("chunkbak"), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(cargo_bin("chunkbak"))
+            .arg(&bin)
             .env("CHUNKBAK_REPOSITORY", &e.repo)
             .env("CHUNKBAK_PASSWORD_FILE", &e.pw)
             .env("HOME", e.dir.path());
@@ -259,7 +284,11 @@ fn file_changing_while_read_is_stored_and_warned() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("changed while it was read"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changed while it was read"),
+        "{}",
+        r.stderr
+    );
     assert!(e.ok(&["ls", "latest"]).out().contains("/busy"));
 }
 
@@ -269,16 +298,28 @@ fn unchanged_rebackup_reads_nothing_and_adds_nothing() {
     e.init_small();
     let src = e.path("src");
     torture(&src);
-    let first = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    let first = e
+        .ok(&["--json", "backup", src.to_str().unwrap()])
+        .json("summary")[0]
+        .clone();
     assert!(first["bytes_added"].as_u64().unwrap() > 0);
-    let second = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    let second = e
+        .ok(&["--json", "backup", src.to_str().unwrap()])
+        .json("summary")[0]
+        .clone();
     assert_eq!(second["bytes_read"], 0, "{second}");
-    assert_eq!(second["files_new"].as_u64().unwrap() + second["files_changed"].as_u64().unwrap(), 0);
+    assert_eq!(
+        second["files_new"].as_u64().unwrap() + second["files_changed"].as_u64().unwrap(),
+        0
+    );
     assert!(second["files_unchanged"].as_u64().unwrap() >= 12);
     assert_eq!(second["bytes_added"], 0, "{second}");
     assert_eq!(second["parent"], first["snapshot_id"]);
     // --force reads everything again but still stores nothing new.
-    let forced = e.ok(&["--json", "backup", "--force", src.to_str().unwrap()]).json("summary")[0].clone();
+    let forced = e
+        .ok(&["--json", "backup", "--force", src.to_str().unwrap()])
+        .json("summary")[0]
+        .clone();
     assert!(forced["bytes_read"].as_u64().unwrap() > 3 << 20);
     assert_eq!(forced["bytes_added"], 0);
 }
@@ -291,11 +332,17 @@ fn one_byte_change_adds_about_one_chunk() {
     fs::create_dir(&src).unwrap();
     let mut data = splitmix(77, 96 << 20);
     fs::write(src.join("big.img"), &data).unwrap();
-    let first = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    let first = e
+        .ok(&["--json", "backup", src.to_str().unwrap()])
+        .json("summary")[0]
+        .clone();
     assert!(first["bytes_added"].as_u64().unwrap() >= 96 << 20);
     data[50 << 20] ^= 0xff;
     fs::write(src.join("big.img"), &data).unwrap();
-    let second = e.ok(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    let second = e
+        .ok(&["--json", "backup", src.to_str().unwrap()])
+        .json("summary")[0]
+        .clone();
     let added = second["bytes_added"].as_u64().unwrap();
     // One data chunk (at most 4 MiB) plus two small trees.
     assert!(added <= (4 << 20) + 64 * 1024, "added {added}");
@@ -306,7 +353,10 @@ fn one_byte_change_adds_about_one_chunk() {
 fn snapshot_at(e: &Env, t: &str, src: &Path, content: &str) -> String {
     fs::write(src.join("f"), content).unwrap();
     let r = e.ok(&["--json", "backup", "--time", t, src.to_str().unwrap()]);
-    r.json("summary")[0]["snapshot_id"].as_str().unwrap().to_string()
+    r.json("summary")[0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -329,13 +379,33 @@ fn at_chooses_the_snapshot_in_force() {
     assert_eq!(pick("1 day ago"), c);
     // Restore --at brings back the content of that time.
     let t = e.path("out");
-    e.ok(&["restore", "--at", "2026-02-10", "--target", t.to_str().unwrap(), &format!("--include={}/f", src.display())]);
-    assert_eq!(fs::read_to_string(t.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(), "two");
+    e.ok(&[
+        "restore",
+        "--at",
+        "2026-02-10",
+        "--target",
+        t.to_str().unwrap(),
+        &format!("--include={}/f", src.display()),
+    ]);
+    assert_eq!(
+        fs::read_to_string(t.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        "two"
+    );
     // Errors: before the first, in the future, malformed.
     let r = e.run(&["ls", "--at", "2025-12-31T23:59:59Z"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("earliest") && r.stderr.contains(&a[..8]), "{}", r.stderr);
-    let r = e.run(&["restore", "--at", "2999-01-01", "--target", t.to_str().unwrap()]);
+    assert!(
+        r.stderr.contains("earliest") && r.stderr.contains(&a[..8]),
+        "{}",
+        r.stderr
+    );
+    let r = e.run(&[
+        "restore",
+        "--at",
+        "2999-01-01",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("future"), "{}", r.stderr);
     let r = e.run(&["ls", "--at", "last tuesday-ish"]);
@@ -394,12 +464,20 @@ fn damaged_packs_give_clear_errors() {
         let t = e.path("out");
         let r = e.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
         assert_eq!(r.code, 3, "{damage}: {}", r.stderr);
-        assert!(names.iter().any(|n| r.stderr.contains(n.as_str())), "{damage}: {}", r.stderr);
+        assert!(
+            names.iter().any(|n| r.stderr.contains(n.as_str())),
+            "{damage}: {}",
+            r.stderr
+        );
         assert!(r.stderr.contains("corrupt"), "{damage}: {}", r.stderr);
         for name in &names {
             let r = e.run(&["cat", "pack", name]);
             assert_eq!(r.code, 1, "{damage}");
-            assert!(r.stderr.contains(name.as_str()) && r.stderr.contains("corrupt"), "{damage}: {}", r.stderr);
+            assert!(
+                r.stderr.contains(name.as_str()) && r.stderr.contains("corrupt"),
+                "{damage}: {}",
+                r.stderr
+            );
         }
     }
 }
@@ -423,11 +501,32 @@ fn stdin_and_command_backups() {
 
     // A command's output; a failing command writes no snapshot.
     let before = e.ok(&["--json", "snapshots"]).json("snapshot").len();
-    let r = e.run(&["backup", "--stdin-from-command", "--stdin-filename", "x.sql", "--", "sh", "-c", "echo partial; exit 3"]);
+    let r = e.run(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "x.sql",
+        "--",
+        "sh",
+        "-c",
+        "echo partial; exit 3",
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no snapshot was written"), "{}", r.stderr);
-    assert_eq!(e.ok(&["--json", "snapshots"]).json("snapshot").len(), before);
-    e.ok(&["backup", "--stdin-from-command", "--stdin-filename", "y.sql", "--", "printf", "%s", "rows"]);
+    assert_eq!(
+        e.ok(&["--json", "snapshots"]).json("snapshot").len(),
+        before
+    );
+    e.ok(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "y.sql",
+        "--",
+        "printf",
+        "%s",
+        "rows",
+    ]);
     let t2 = e.path("out2");
     e.ok(&["restore", "latest", "--target", t2.to_str().unwrap()]);
     assert_eq!(fs::read(t2.join("y.sql")).unwrap(), b"rows");
@@ -440,7 +539,8 @@ fn default_repository_is_created_on_first_use() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("a"), b"hello").unwrap();
     let mut c = e.cmd();
-    c.env_remove("CHUNKBAK_REPOSITORY").env_remove("CHUNKBAK_PASSWORD_FILE");
+    c.env_remove("CHUNKBAK_REPOSITORY")
+        .env_remove("CHUNKBAK_PASSWORD_FILE");
     c.args(["backup", src.to_str().unwrap()]);
     let r = e.run_cmd(c);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -448,10 +548,18 @@ fn default_repository_is_created_on_first_use() {
     let pwfile = e.path("xdg-config/chunkbak/password");
     assert!(repo.join("config").exists());
     assert!(r.stderr.contains(repo.to_str().unwrap()), "{}", r.stderr);
-    assert!(r.stderr.contains(pwfile.to_str().unwrap()) && r.stderr.contains("safe"), "{}", r.stderr);
-    assert_eq!(fs::metadata(&pwfile).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(
+        r.stderr.contains(pwfile.to_str().unwrap()) && r.stderr.contains("safe"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        fs::metadata(&pwfile).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let mut c = e.cmd();
-    c.env_remove("CHUNKBAK_REPOSITORY").env_remove("CHUNKBAK_PASSWORD_FILE");
+    c.env_remove("CHUNKBAK_REPOSITORY")
+        .env_remove("CHUNKBAK_PASSWORD_FILE");
     c.args(["--json", "snapshots"]);
     assert_eq!(e.run_cmd(c).json("snapshot").len(), 1);
 }
@@ -465,11 +573,30 @@ fn excludes_and_filters() {
     fs::write(src.join("keep.txt"), b"k").unwrap();
     fs::write(src.join("skip.tmp"), b"s").unwrap();
     fs::write(src.join("cache/deep/x"), b"x").unwrap();
-    e.ok(&["backup", "--exclude", "*.tmp", "--exclude", "cache", "--host", "web1", "--tag", "nightly", src.to_str().unwrap()]);
+    e.ok(&[
+        "backup",
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "cache",
+        "--host",
+        "web1",
+        "--tag",
+        "nightly",
+        src.to_str().unwrap(),
+    ]);
     let ls = e.ok(&["ls", "latest"]).out();
-    assert!(ls.contains("keep.txt") && !ls.contains("skip.tmp") && !ls.contains("cache"), "{ls}");
-    let snaps = e.ok(&["--json", "snapshots", "--host", "web1", "--tag", "nightly"]).json("snapshot");
+    assert!(
+        ls.contains("keep.txt") && !ls.contains("skip.tmp") && !ls.contains("cache"),
+        "{ls}"
+    );
+    let snaps = e
+        .ok(&["--json", "snapshots", "--host", "web1", "--tag", "nightly"])
+        .json("snapshot");
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["host"], "web1");
-    assert!(e.ok(&["--json", "snapshots", "--host", "db1"]).json("snapshot").is_empty());
+    assert!(e
+        .ok(&["--json", "snapshots", "--host", "db1"])
+        .json("snapshot")
+        .is_empty());
 }

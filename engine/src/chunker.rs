@@ -274,8 +274,10 @@ mod tests {
         let mut p = ChunkerParams::default();
         p.min_size = p.avg_size;
         assert!(Chunker::new(p, 0).is_err());
-        let mut p = ChunkerParams::default();
-        p.max_size = 3;
+        let p = ChunkerParams {
+            max_size: 3,
+            ..Default::default()
+        };
         assert!(Chunker::new(p, 0).is_err());
     }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no repository at {0}: run `chunkbak init` first, or check --repo / CHUNKBAK_REPOSITORY")]
+    #[error(
+        "no repository at {0}: run `chunkbak init` first, or check --repo / CHUNKBAK_REPOSITORY"
+    )]
     NoRepository(String),
     #[error("a repository already exists at {0}")]
     RepositoryExists(String),

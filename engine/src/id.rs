@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// A 32-byte identifier, shown as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bincode::Encode, bincode::Decode)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bincode::Encode, bincode::Decode,
+)]
 pub struct Id(pub [u8; 32]);
 
 /// Id of a blob: keyed BLAKE3 of its plaintext.

@@ -39,7 +39,12 @@ impl Packer {
     }
 
     /// A packer with a given salt (test vectors only: a salt must never be reused).
-    pub fn with_salt(mk: &MasterKey, kind: BlobKind, tmpdir: &std::path::Path, salt: [u8; 32]) -> Result<Self> {
+    pub fn with_salt(
+        mk: &MasterKey,
+        kind: BlobKind,
+        tmpdir: &std::path::Path,
+        salt: [u8; 32],
+    ) -> Result<Self> {
         let path = tmpdir.join(format!("pack-{}", hex::encode(&salt[..12])));
         let f = OpenOptions::new()
             .write(true)
@@ -64,16 +69,25 @@ impl Packer {
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.out.write_all(b).map_err(|e| Error::io(&self.path, e))?;
+        self.out
+            .write_all(b)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.hash.update(b);
         self.size += b.len() as u64;
         Ok(())
     }
 
     /// Encrypts `stored` (compressed or raw plaintext) as the next blob and appends it.
-    pub fn add(&mut self, id: BlobId, compression: Compression, raw_len: u32, mut stored: Vec<u8>) -> Result<u32> {
+    pub fn add(
+        &mut self,
+        id: BlobId,
+        compression: Compression,
+        raw_len: u32,
+        mut stored: Vec<u8>,
+    ) -> Result<u32> {
         // The nonce counter of a blob is its offset: unique within the pack, never u64::MAX.
-        self.cipher.seal_in_place(self.size, &self.prefix, &mut stored);
+        self.cipher
+            .seal_in_place(self.size, &self.prefix, &mut stored);
         let rec = BlobRecord {
             id,
             offset: self.size as u32,
@@ -200,7 +214,9 @@ impl BlobSaver {
         };
         let len = packer.add(id, c, data.len() as u32, stored)?;
         self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_added.fetch_add(u64::from(len), Ordering::Relaxed);
+        self.stats
+            .bytes_added
+            .fetch_add(u64::from(len), Ordering::Relaxed);
         self.stats
             .raw_bytes_added
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -237,7 +253,9 @@ impl BlobSaver {
                 self.upload(p)?;
             }
         }
-        Ok(std::mem::take(&mut *self.finished.lock().expect("finished lock")))
+        Ok(std::mem::take(
+            &mut *self.finished.lock().expect("finished lock"),
+        ))
     }
 }
 
@@ -253,4 +271,3 @@ impl Drop for BlobSaver {
         }
     }
 }
-

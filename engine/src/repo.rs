@@ -105,7 +105,10 @@ impl Repository {
             };
             if let Some(key) = kf.open(password)? {
                 let bytes = backend.get(FileKind::Config, "config")?;
-                let config = Config::decode(&envelope::open(&key, ObjectKind::Config, &bytes, "config")?, "config")?;
+                let config = Config::decode(
+                    &envelope::open(&key, ObjectKind::Config, &bytes, "config")?,
+                    "config",
+                )?;
                 return Self::with_key(backend, key, config);
             }
         }
@@ -152,7 +155,10 @@ impl Repository {
         let bytes = self.backend.get(fk, name)?;
         let path = fk.path_of(name);
         if Id::of_object(&bytes).to_hex() != name {
-            return Err(Error::corrupt(&path, "content does not match its name (damaged object)"));
+            return Err(Error::corrupt(
+                &path,
+                "content does not match its name (damaged object)",
+            ));
         }
         envelope::open(&self.key, kind, &bytes, &path)
     }
@@ -170,12 +176,16 @@ impl Repository {
         let files = self.backend.list(FileKind::Index)?;
         let mut loaded: Vec<(Id, IndexFile)> = Vec::with_capacity(files.len());
         for (name, _) in &files {
-            let Some(id) = Id::from_hex(name) else { continue };
+            let Some(id) = Id::from_hex(name) else {
+                continue;
+            };
             let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
             loaded.push((id, IndexFile::decode(&plain, &format!("index/{name}"))?));
         }
-        let superseded: std::collections::HashSet<Id> =
-            loaded.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        let superseded: std::collections::HashSet<Id> = loaded
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
         let mut idx = self.index.write().expect("index lock");
         for (id, f) in &loaded {
             if !superseded.contains(id) {
@@ -194,7 +204,8 @@ impl Repository {
             supersedes: Vec::new(),
             packs,
         };
-        self.write_object(FileKind::Index, ObjectKind::Index, &f.encode()).map(Some)
+        self.write_object(FileKind::Index, ObjectKind::Index, &f.encode())
+            .map(Some)
     }
 
     /// A saver for new blobs, deduplicating against the loaded index.
@@ -213,9 +224,11 @@ impl Repository {
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         let (pack, loc) = {
             let idx = self.index.read().expect("index lock");
-            let (p, l) = idx
-                .get(id)
-                .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index (missing data: run `chunkbak check`)")))?;
+            let (p, l) = idx.get(id).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "blob {id} is not in the index (missing data: run `chunkbak check`)"
+                ))
+            })?;
             (p.clone(), l)
         };
         let fk = match pack.kind {
@@ -223,15 +236,25 @@ impl Repository {
             _ => FileKind::Data,
         };
         let pname = pack.id.to_hex();
-        let ct = self
-            .backend
-            .get_range(fk, &pname, u64::from(loc.offset), u64::from(loc.length))?;
-        let what = format!("{} (blob {} at offset {})", fk.path_of(&pname), id.short(), loc.offset);
+        let ct =
+            self.backend
+                .get_range(fk, &pname, u64::from(loc.offset), u64::from(loc.length))?;
+        let what = format!(
+            "{} (blob {} at offset {})",
+            fk.path_of(&pname),
+            id.short(),
+            loc.offset
+        );
         let stored = self
             .key
             .object_cipher(&pack.salt)
             .open(u64::from(loc.offset), &pack.kind.prefix(), &ct)
-            .ok_or_else(|| Error::corrupt(&what, "authentication failed (the pack was modified or damaged)"))?;
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &what,
+                    "authentication failed (the pack was modified or damaged)",
+                )
+            })?;
         let plain = decompress(loc.compression, stored, loc.raw_len as usize, &what)?;
         if self.hasher.id(&plain) != *id {
             return Err(Error::corrupt(&what, "content does not match its id"));
@@ -240,13 +263,24 @@ impl Repository {
     }
 
     /// Reads a whole pack, checks that it matches its name, and decodes its header.
-    pub fn read_pack(&self, fk: FileKind, name: &str) -> Result<(Vec<u8>, Vec<crate::format::pack::BlobRecord>)> {
+    pub fn read_pack(
+        &self,
+        fk: FileKind,
+        name: &str,
+    ) -> Result<(Vec<u8>, Vec<crate::format::pack::BlobRecord>)> {
         let bytes = self.backend.get(fk, name)?;
         let path = fk.path_of(name);
         if Id::of_object(&bytes).to_hex() != name {
-            return Err(Error::corrupt(&path, "content does not match its name (damaged or truncated pack)"));
+            return Err(Error::corrupt(
+                &path,
+                "content does not match its name (damaged or truncated pack)",
+            ));
         }
-        let kind = if fk == FileKind::Tree { ObjectKind::TreePack } else { ObjectKind::DataPack };
+        let kind = if fk == FileKind::Tree {
+            ObjectKind::TreePack
+        } else {
+            ObjectKind::DataPack
+        };
         let (_, recs) = crate::format::pack::decode_header(&self.key, kind, &bytes, &path)?;
         Ok((bytes, recs))
     }
@@ -275,12 +309,20 @@ impl Repository {
                 for p in parts {
                     match &*self.load_tree(p)? {
                         TreeBlob::Dir(nodes) => out.extend(nodes.iter().cloned()),
-                        _ => return Err(Error::corrupt(format!("tree {p}"), "a split part is not a directory")),
+                        _ => {
+                            return Err(Error::corrupt(
+                                format!("tree {p}"),
+                                "a split part is not a directory",
+                            ))
+                        }
                     }
                 }
                 Ok(out)
             }
-            TreeBlob::ChunkList(_) => Err(Error::corrupt(format!("tree {id}"), "a chunk list where a directory was expected")),
+            TreeBlob::ChunkList(_) => Err(Error::corrupt(
+                format!("tree {id}"),
+                "a chunk list where a directory was expected",
+            )),
         }
     }
 
@@ -305,7 +347,9 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut out = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Some(id) = Id::from_hex(&name) else { continue };
+            let Some(id) = Id::from_hex(&name) else {
+                continue;
+            };
             let plain = self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, &name)?;
             out.push((id, Snapshot::decode(&plain, &format!("snapshots/{name}"))?));
         }
@@ -321,7 +365,9 @@ impl Repository {
     pub fn save_dir(&self, saver: &BlobSaver, nodes: Vec<Node>) -> Result<BlobId> {
         use crate::format::tree::SPLIT_THRESHOLD;
         if nodes.len() <= SPLIT_THRESHOLD {
-            return Ok(saver.save(BlobKind::Tree, &TreeBlob::Dir(nodes).encode())?.0);
+            return Ok(saver
+                .save(BlobKind::Tree, &TreeBlob::Dir(nodes).encode())?
+                .0);
         }
         // Content-defined split points over entry names, so one new entry changes one part.
         let mut parts = Vec::new();
@@ -331,13 +377,22 @@ impl Repository {
             let cut = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]) % 2048 == 0;
             cur.push(n);
             if cut || cur.len() >= 4 * SPLIT_THRESHOLD / 2 {
-                parts.push(saver.save(BlobKind::Tree, &TreeBlob::Dir(std::mem::take(&mut cur)).encode())?.0);
+                parts.push(
+                    saver
+                        .save(
+                            BlobKind::Tree,
+                            &TreeBlob::Dir(std::mem::take(&mut cur)).encode(),
+                        )?
+                        .0,
+                );
             }
         }
         if !cur.is_empty() {
             parts.push(saver.save(BlobKind::Tree, &TreeBlob::Dir(cur).encode())?.0);
         }
-        Ok(saver.save(BlobKind::Tree, &TreeBlob::Split(parts).encode())?.0)
+        Ok(saver
+            .save(BlobKind::Tree, &TreeBlob::Split(parts).encode())?
+            .0)
     }
 
     /// Stores a file's chunk list, moving it to `ChunkList` blobs when long.
@@ -348,7 +403,11 @@ impl Repository {
         }
         let mut lists = Vec::new();
         for part in chunks.chunks(INLINE_CHUNKS) {
-            lists.push(saver.save(BlobKind::Tree, &TreeBlob::ChunkList(part.to_vec()).encode())?.0);
+            lists.push(
+                saver
+                    .save(BlobKind::Tree, &TreeBlob::ChunkList(part.to_vec()).encode())?
+                    .0,
+            );
         }
         Ok(Content::Indirect(lists))
     }

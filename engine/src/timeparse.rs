@@ -29,13 +29,12 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
         .map(str::trim);
     if let Some(rel) = relative {
         let span: Span = rel.parse().map_err(|e| bad(&format!("{e}")))?;
-        let z = now
-            .checked_sub(span)
-            .map_err(|e| bad(&format!("{e}")))?;
+        let z = now.checked_sub(span).map_err(|e| bad(&format!("{e}")))?;
         return Ok(z.timestamp());
     }
     let civil = if t.len() == 10 {
-        t.parse::<civil::Date>().map(|d| d.to_datetime(civil::Time::midnight()))
+        t.parse::<civil::Date>()
+            .map(|d| d.to_datetime(civil::Time::midnight()))
     } else {
         t.replacen(' ', "T", 1).parse::<civil::DateTime>()
     };

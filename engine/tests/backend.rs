@@ -14,13 +14,31 @@ fn conformance(b: &dyn Backend) {
 
     let name = "ab".repeat(32);
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    for kind in [FileKind::Data, FileKind::Tree, FileKind::Index, FileKind::Snapshot, FileKind::Key] {
+    for kind in [
+        FileKind::Data,
+        FileKind::Tree,
+        FileKind::Index,
+        FileKind::Snapshot,
+        FileKind::Key,
+    ] {
         b.put(kind, &name, &data).unwrap();
         assert_eq!(b.get(kind, &name).unwrap(), data, "{kind:?}");
-        assert_eq!(b.get_range(kind, &name, 1000, 10).unwrap(), &data[1000..1010]);
-        assert_eq!(b.get_range(kind, &name, 99_990, 10).unwrap(), &data[99_990..]);
-        assert!(b.get_range(kind, &name, 99_995, 10).is_err(), "range past the end must fail");
-        assert_eq!(b.list(kind).unwrap(), vec![(name.clone(), data.len() as u64)]);
+        assert_eq!(
+            b.get_range(kind, &name, 1000, 10).unwrap(),
+            &data[1000..1010]
+        );
+        assert_eq!(
+            b.get_range(kind, &name, 99_990, 10).unwrap(),
+            &data[99_990..]
+        );
+        assert!(
+            b.get_range(kind, &name, 99_995, 10).is_err(),
+            "range past the end must fail"
+        );
+        assert_eq!(
+            b.list(kind).unwrap(),
+            vec![(name.clone(), data.len() as u64)]
+        );
     }
     // Overwriting with the same content is allowed (content-addressed names).
     b.put(FileKind::Data, &name, &data).unwrap();
@@ -51,6 +69,8 @@ fn local_backend_conforms() {
     let d = tempfile::tempdir().unwrap();
     conformance(&LocalBackend::new(d.path().join("repo")));
     // No temp files are left behind.
-    let left: Vec<_> = std::fs::read_dir(d.path().join("repo/tmp")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(d.path().join("repo/tmp"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty());
 }

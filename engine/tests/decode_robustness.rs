@@ -13,7 +13,10 @@ use proptest::prelude::*;
 fn valid() -> Vec<(String, Vec<u8>)> {
     let v: std::collections::BTreeMap<String, String> =
         serde_json::from_str(include_str!("vectors.json")).unwrap();
-    v.into_iter().filter(|(k, _)| !k.starts_with("cuts") && k != "gear_seed").map(|(k, x)| (k, hex::decode(x).unwrap())).collect()
+    v.into_iter()
+        .filter(|(k, _)| !k.starts_with("cuts") && k != "gear_seed")
+        .map(|(k, x)| (k, hex::decode(x).unwrap()))
+        .collect()
 }
 
 fn mk() -> MasterKey {

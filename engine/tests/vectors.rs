@@ -28,8 +28,14 @@ fn compute() -> BTreeMap<String, String> {
     let mut v = BTreeMap::new();
     let mk = MasterKey::from_material(material());
     v.insert("master_material".into(), hex::encode(material()));
-    v.insert("enc_key".into(), hex::encode(blake3::derive_key(CTX_ENC, &material())));
-    v.insert("id_key".into(), hex::encode(blake3::derive_key(CTX_ID, &material())));
+    v.insert(
+        "enc_key".into(),
+        hex::encode(blake3::derive_key(CTX_ENC, &material())),
+    );
+    v.insert(
+        "id_key".into(),
+        hex::encode(blake3::derive_key(CTX_ID, &material())),
+    );
     v.insert("gear_seed".into(), format!("{:#018x}", mk.gear_seed()));
     let _ = CTX_GEAR;
 
@@ -53,12 +59,23 @@ fn compute() -> BTreeMap<String, String> {
     let cd = Chunker::new(ChunkerParams::default(), mk.gear_seed()).unwrap();
     v.insert("cuts_default_16MiB".into(), join(&cd.cut_all(&data16)));
 
-    v.insert("blob_id_chunkbak".into(), mk.hasher().id(b"chunkbak").to_hex());
+    v.insert(
+        "blob_id_chunkbak".into(),
+        mk.hasher().id(b"chunkbak").to_hex(),
+    );
     v.insert("blob_id_empty".into(), mk.hasher().id(b"").to_hex());
 
     let cipher = mk.object_cipher(&[0x42; 32]);
-    v.insert("subkey_salt42".into(), hex::encode(blake3::keyed_hash(&blake3::derive_key(CTX_ENC, &material()), &[0x42; 32]).as_bytes()));
-    v.insert("aead_hello_counter7".into(), hex::encode(cipher.seal(7, &ObjectKind::DataPack.prefix(), b"hello")));
+    v.insert(
+        "subkey_salt42".into(),
+        hex::encode(
+            blake3::keyed_hash(&blake3::derive_key(CTX_ENC, &material()), &[0x42; 32]).as_bytes(),
+        ),
+    );
+    v.insert(
+        "aead_hello_counter7".into(),
+        hex::encode(cipher.seal(7, &ObjectKind::DataPack.prefix(), b"hello")),
+    );
 
     let env = envelope::seal_with_salt(&mk, ObjectKind::Snapshot, b"payload", [0x24; 32]);
     v.insert("envelope_snapshot_payload".into(), hex::encode(&env));
@@ -105,8 +122,14 @@ fn compute() -> BTreeMap<String, String> {
         gid: 1000,
         user: Some("alice".into()),
         group: None,
-        mtime: Timespec { secs: 1_700_000_000, nanos: 5 },
-        ctime: Timespec { secs: 1_700_000_001, nanos: 0 },
+        mtime: Timespec {
+            secs: 1_700_000_000,
+            nanos: 5,
+        },
+        ctime: Timespec {
+            secs: 1_700_000_001,
+            nanos: 0,
+        },
         size: 5,
         inode: 42,
         device: 7,
@@ -117,12 +140,18 @@ fn compute() -> BTreeMap<String, String> {
         content: Content::Chunks(vec![mk.hasher().id(b"hello")]),
         subtree: None,
     };
-    v.insert("tree_one_file".into(), hex::encode(TreeBlob::Dir(vec![node]).encode()));
+    v.insert(
+        "tree_one_file".into(),
+        hex::encode(TreeBlob::Dir(vec![node]).encode()),
+    );
     v
 }
 
 fn join(v: &[usize]) -> String {
-    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn vectors_path() -> std::path::PathBuf {
@@ -137,12 +166,21 @@ fn vectors_match_code_and_spec() {
     }
     let want: BTreeMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(vectors_path()).unwrap()).unwrap();
-    assert_eq!(got, want, "the format changed: bump the version and update format-spec.md");
+    assert_eq!(
+        got, want,
+        "the format changed: bump the version and update format-spec.md"
+    );
     // Every vector is printed in the spec (long hex values wrapped at 64 characters per line).
-    let spec = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md")).unwrap();
+    let spec = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md"),
+    )
+    .unwrap();
     let flat: String = spec.split_whitespace().collect();
     for (k, val) in &want {
-        assert!(flat.contains(&val.replace(char::is_whitespace, "")), "format-spec.md lacks vector {k}");
+        assert!(
+            flat.contains(&val.replace(char::is_whitespace, "")),
+            "format-spec.md lacks vector {k}"
+        );
     }
 }
 
@@ -155,9 +193,15 @@ fn vectors_decode() {
     assert_eq!(salt, [0x11; 32]);
     assert_eq!(recs.len(), 2);
     let env = hex::decode(&v["envelope_snapshot_payload"]).unwrap();
-    assert_eq!(envelope::open(&mk, ObjectKind::Snapshot, &env, "v").unwrap(), b"payload");
+    assert_eq!(
+        envelope::open(&mk, ObjectKind::Snapshot, &env, "v").unwrap(),
+        b"payload"
+    );
     let kf = KeyFile::decode(&hex::decode(&v["key_file_password"]).unwrap(), "k").unwrap();
-    assert_eq!(kf.open(b"password").unwrap().unwrap().material(), &material());
+    assert_eq!(
+        kf.open(b"password").unwrap().unwrap().material(),
+        &material()
+    );
     assert!(kf.open(b"Password").unwrap().is_none());
     let idx = IndexFile::decode(&hex::decode(&v["index_payload"]).unwrap(), "i").unwrap();
     assert_eq!(idx.packs[0].blobs, recs);

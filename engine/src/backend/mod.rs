@@ -53,7 +53,9 @@ impl FileKind {
     pub fn path_of(self, name: &str) -> String {
         match self {
             FileKind::Config => "config".to_string(),
-            k if k.fanned_out() && name.len() >= 2 => format!("{}/{}/{}", k.dir(), &name[..2], name),
+            k if k.fanned_out() && name.len() >= 2 => {
+                format!("{}/{}/{}", k.dir(), &name[..2], name)
+            }
             k => format!("{}/{}", k.dir(), name),
         }
     }

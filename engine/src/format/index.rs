@@ -27,7 +27,9 @@ pub struct IndexFile {
 impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
         let blobs: usize = self.packs.iter().map(|p| p.blobs.len()).sum();
-        let mut out = Vec::with_capacity(8 + 32 * self.supersedes.len() + 80 * self.packs.len() + RECORD_LEN * blobs);
+        let mut out = Vec::with_capacity(
+            8 + 32 * self.supersedes.len() + 80 * self.packs.len() + RECORD_LEN * blobs,
+        );
         out.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for id in &self.supersedes {
             out.extend_from_slice(&id.0);

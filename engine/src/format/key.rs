@@ -43,7 +43,12 @@ pub fn seal(mk: &MasterKey, password: &[u8], p: KdfParams) -> Result<Vec<u8>> {
     seal_with_salt(mk, password, p, random_bytes())
 }
 
-pub fn seal_with_salt(mk: &MasterKey, password: &[u8], p: KdfParams, salt: [u8; 32]) -> Result<Vec<u8>> {
+pub fn seal_with_salt(
+    mk: &MasterKey,
+    password: &[u8],
+    p: KdfParams,
+    salt: [u8; 32],
+) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(KEY_FILE_LEN);
     out.extend_from_slice(&ObjectKind::Key.prefix());
     out.push(ALG_ARGON2ID);
@@ -69,7 +74,10 @@ impl KeyFile {
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         check_prefix(bytes, ObjectKind::Key, name)?;
         if bytes.len() != KEY_FILE_LEN {
-            return Err(Error::corrupt(name, format!("key file of {} bytes, expected {KEY_FILE_LEN}", bytes.len())));
+            return Err(Error::corrupt(
+                name,
+                format!("key file of {} bytes, expected {KEY_FILE_LEN}", bytes.len()),
+            ));
         }
         let mut r = Reader::new(bytes, name);
         r.bytes(6)?;

@@ -77,7 +77,11 @@ pub fn check_prefix(bytes: &[u8], kind: ObjectKind, name: &str) -> Result<()> {
     if bytes[5] != kind as u8 {
         return Err(Error::corrupt(
             name,
-            format!("object kind {} where a {} was expected", bytes[5], kind.name()),
+            format!(
+                "object kind {} where a {} was expected",
+                bytes[5],
+                kind.name()
+            ),
         ));
     }
     Ok(())

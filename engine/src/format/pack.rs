@@ -122,13 +122,25 @@ pub fn decode_header(
         .ok_or_else(|| {
             Error::corrupt(
                 name,
-                format!("header length {hlen} does not fit in a pack of {} bytes (truncated?)", pack.len()),
+                format!(
+                    "header length {hlen} does not fit in a pack of {} bytes (truncated?)",
+                    pack.len()
+                ),
             )
         })?;
     let plain = mk
         .object_cipher(&salt)
-        .open(HEADER_COUNTER, &kind.prefix(), &pack[hstart..pack.len() - 4])
-        .ok_or_else(|| Error::corrupt(name, "pack header authentication failed (modified or truncated)"))?;
+        .open(
+            HEADER_COUNTER,
+            &kind.prefix(),
+            &pack[hstart..pack.len() - 4],
+        )
+        .ok_or_else(|| {
+            Error::corrupt(
+                name,
+                "pack header authentication failed (modified or truncated)",
+            )
+        })?;
     let mut r = Reader::new(&plain, name);
     let n = r.count(RECORD_LEN)?;
     let mut recs = Vec::with_capacity(n);
@@ -138,7 +150,12 @@ pub fn decode_header(
         if u64::from(rec.offset) != expect {
             return Err(Error::corrupt(
                 name,
-                format!("blob {} at offset {} where {} was expected", rec.id.short(), rec.offset, expect),
+                format!(
+                    "blob {} at offset {} where {} was expected",
+                    rec.id.short(),
+                    rec.offset,
+                    expect
+                ),
             ));
         }
         expect = rec.end();
@@ -146,7 +163,10 @@ pub fn decode_header(
     }
     r.finish()?;
     if expect != hstart as u64 {
-        return Err(Error::corrupt(name, "blobs do not end where the header starts"));
+        return Err(Error::corrupt(
+            name,
+            "blobs do not end where the header starts",
+        ));
     }
     Ok((salt, recs))
 }

@@ -21,8 +21,9 @@ pub struct Timespec {
     pub nanos: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub enum NodeKind {
+    #[default]
     File,
     Dir,
     Symlink,
@@ -76,12 +77,6 @@ pub struct Node {
     pub subtree: Option<BlobId>,
 }
 
-impl Default for NodeKind {
-    fn default() -> Self {
-        NodeKind::File
-    }
-}
-
 impl Node {
     /// Files with more than one link and the same (device, inode) are one hardlink group.
     pub fn hardlink_key(&self) -> Option<(u64, u64)> {
@@ -113,7 +108,10 @@ impl TreeBlob {
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         match bytes.split_first() {
             Some((&TREE_VERSION, rest)) => bincode_decode(rest, name),
-            Some((v, _)) => Err(Error::corrupt(name, format!("tree version {v} not supported"))),
+            Some((v, _)) => Err(Error::corrupt(
+                name,
+                format!("tree version {v} not supported"),
+            )),
             None => Err(Error::corrupt(name, "empty tree blob")),
         }
     }

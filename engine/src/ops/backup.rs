@@ -196,7 +196,10 @@ struct Ctx {
 impl Ctx {
     fn warn(&self, path: &Path, msg: String) {
         self.progress.warning(path, &msg);
-        self.warnings.lock().expect("warnings").push((path.to_path_buf(), msg));
+        self.warnings
+            .lock()
+            .expect("warnings")
+            .push((path.to_path_buf(), msg));
     }
 
     fn fail(&self, e: Error) {
@@ -268,7 +271,10 @@ impl Ctx {
             .or_else(|_| File::open(path))
             .map_err(|e| format!("cannot open: {e}"))?;
         let (ids, f) = self.store_stream(f).map_err(|e| e.to_string())?;
-        let content = self.repo.save_content(&self.saver, ids).map_err(|e| e.to_string())?;
+        let content = self
+            .repo
+            .save_content(&self.saver, ids)
+            .map_err(|e| e.to_string())?;
         let after = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
         let changed = after.size() != before.size()
             || after.mtime() != before.mtime()
@@ -338,7 +344,11 @@ impl Ctx {
 pub fn exclude_set(patterns: &[String]) -> Result<GlobSet> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
-        let full = if p.contains('/') { p.clone() } else { format!("**/{p}") };
+        let full = if p.contains('/') {
+            p.clone()
+        } else {
+            format!("**/{p}")
+        };
         let g = GlobBuilder::new(&full)
             .literal_separator(true)
             .backslash_escape(true)
@@ -346,7 +356,8 @@ pub fn exclude_set(patterns: &[String]) -> Result<GlobSet> {
             .map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
         b.add(g);
     }
-    b.build().map_err(|e| Error::Invalid(format!("exclude patterns: {e}")))
+    b.build()
+        .map_err(|e| Error::Invalid(format!("exclude patterns: {e}")))
 }
 
 fn same_file(old: &Node, n: &Node) -> bool {
@@ -359,7 +370,9 @@ fn same_file(old: &Node, n: &Node) -> bool {
 
 fn find_old<'a>(old: &'a Option<Vec<Node>>, name: &[u8]) -> Option<&'a Node> {
     let v = old.as_ref()?;
-    v.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &v[i])
+    v.binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()
+        .map(|i| &v[i])
 }
 
 /// Absolute, normalized source paths; nested duplicates dropped.
@@ -392,11 +405,17 @@ fn normalize_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Runs a backup. The repository's index must be loaded.
-pub fn backup(repo: &Arc<Repository>, opts: BackupOptions, progress: Arc<dyn Progress>) -> Result<BackupResult> {
+pub fn backup(
+    repo: &Arc<Repository>,
+    opts: BackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupResult> {
     let start = Instant::now();
     let start_time = jiff::Timestamp::now();
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     } else {
         opts.threads
     };
@@ -419,18 +438,29 @@ pub fn backup(repo: &Arc<Repository>, opts: BackupOptions, progress: Arc<dyn Pro
     let (paths, root_nodes, parent_id) = if let Some(src) = &opts.stdin {
         let name = opts.stdin_filename.trim_start_matches('/').to_string();
         if name.is_empty() || name.contains('/') {
-            return Err(Error::Invalid(format!("--stdin-filename {:?} must be a plain file name", opts.stdin_filename)));
+            return Err(Error::Invalid(format!(
+                "--stdin-filename {:?} must be a plain file name",
+                opts.stdin_filename
+            )));
         }
         let node = backup_stdin(&ctx, src, &name)?;
         (vec![PathBuf::from(format!("/{name}"))], vec![node], None)
     } else {
         if opts.paths.is_empty() {
-            return Err(Error::Invalid("nothing to back up: give one or more paths, or --stdin".into()));
+            return Err(Error::Invalid(
+                "nothing to back up: give one or more paths, or --stdin".into(),
+            ));
         }
         let paths = normalize_paths(&opts.paths)?;
         let excludes = exclude_set(&opts.excludes)?;
         let parent = find_parent(repo, &opts, &paths)?;
-        let nodes = backup_paths(&ctx, &paths, &excludes, opts.one_file_system, parent.as_ref().map(|p| p.1))?;
+        let nodes = backup_paths(
+            &ctx,
+            &paths,
+            &excludes,
+            opts.one_file_system,
+            parent.as_ref().map(|p| p.1),
+        )?;
         (paths, nodes, parent.map(|p| p.0))
     };
     ctx.check()?;
@@ -449,7 +479,10 @@ pub fn backup(repo: &Arc<Repository>, opts: BackupOptions, progress: Arc<dyn Pro
         username: fsmeta::Owners::default().user(uid).unwrap_or_default(),
         uid,
         gid,
-        paths: paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        paths: paths
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
         tags: opts.tags.clone(),
         excludes: opts.excludes.clone(),
         tree: root,
@@ -482,7 +515,11 @@ pub fn backup(repo: &Arc<Repository>, opts: BackupOptions, progress: Arc<dyn Pro
     })
 }
 
-fn find_parent(repo: &Repository, opts: &BackupOptions, paths: &[PathBuf]) -> Result<Option<(Id, BlobId)>> {
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    paths: &[PathBuf],
+) -> Result<Option<(Id, BlobId)>> {
     let snaps = match opts.parent {
         ParentMode::None => return Ok(None),
         _ => repo.snapshots()?,
@@ -490,12 +527,17 @@ fn find_parent(repo: &Repository, opts: &BackupOptions, paths: &[PathBuf]) -> Re
     let found = match &opts.parent {
         ParentMode::Id(p) => Some(super::select::find_id(&snaps, p)?),
         _ => {
-            let want: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+            let want: Vec<Vec<u8>> = paths
+                .iter()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .collect();
             let f = Filter {
                 hosts: vec![opts.host.clone()],
                 ..Default::default()
             };
-            snaps.iter().rposition(|(_, s)| f.matches(s) && s.paths == want)
+            snaps
+                .iter()
+                .rposition(|(_, s)| f.matches(s) && s.paths == want)
         }
     };
     Ok(found.map(|i| (snaps[i].0, snaps[i].1.tree)))
@@ -516,8 +558,12 @@ fn backup_paths(
     });
     let scanner_stop = Arc::new(AtomicBool::new(false));
     let scanner = {
-        let (paths, excludes, progress, stop) =
-            (paths.to_vec(), excludes.clone(), ctx.progress.clone(), scanner_stop.clone());
+        let (paths, excludes, progress, stop) = (
+            paths.to_vec(),
+            excludes.clone(),
+            ctx.progress.clone(),
+            scanner_stop.clone(),
+        );
         std::thread::spawn(move || scan(&paths, &excludes, one_fs, &*progress, &stop))
     };
     let (tx, rx) = mpsc::sync_channel::<Frame>(1024);
@@ -556,9 +602,15 @@ fn backup_paths(
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    let p = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+                    let p = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| root.clone());
                     ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    let msg = e.io_error().map(|i| i.to_string()).unwrap_or_else(|| e.to_string());
+                    let msg = e
+                        .io_error()
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| e.to_string());
                     ctx.warn(&p, format!("cannot read: {msg}; not in this snapshot"));
                     continue;
                 }
@@ -572,7 +624,10 @@ fn backup_paths(
                 Ok(m) => m,
                 Err(e) => {
                     ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    ctx.warn(entry.path(), format!("cannot stat: {e}; not in this snapshot"));
+                    ctx.warn(
+                        entry.path(),
+                        format!("cannot stat: {e}; not in this snapshot"),
+                    );
                     continue;
                 }
             };
@@ -586,7 +641,10 @@ fn backup_paths(
             let pending = match node.kind {
                 NodeKind::Dir => {
                     let slot = Slot::new();
-                    let old_subtree = old.as_ref().filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree);
+                    let old_subtree = old
+                        .as_ref()
+                        .filter(|o| o.kind == NodeKind::Dir)
+                        .and_then(|o| o.subtree);
                     let old_nodes = old_subtree.and_then(|t| ctx.repo.load_dir(&t).ok());
                     stack.push(Frame {
                         depth,
@@ -604,18 +662,25 @@ fn backup_paths(
                         Ok(t) => node.link_target = t.as_os_str().as_bytes().to_vec(),
                         Err(e) => {
                             ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            ctx.warn(entry.path(), format!("cannot read link: {e}; not in this snapshot"));
+                            ctx.warn(
+                                entry.path(),
+                                format!("cannot read link: {e}; not in this snapshot"),
+                            );
                             continue;
                         }
                     }
                     Pending::Ready(node)
                 }
                 NodeKind::File => {
-                    ctx.counters.bytes_total.fetch_add(node.size, Ordering::Relaxed);
+                    ctx.counters
+                        .bytes_total
+                        .fetch_add(node.size, Ordering::Relaxed);
                     let reuse = old.as_ref().filter(|o| same_file(o, &node)).filter(|o| {
                         let idx = ctx.repo.index().read().expect("index lock");
                         match &o.content {
-                            Content::Chunks(c) | Content::Indirect(c) => c.iter().all(|id| idx.contains(id)),
+                            Content::Chunks(c) | Content::Indirect(c) => {
+                                c.iter().all(|id| idx.contains(id))
+                            }
                         }
                     });
                     if let Some(o) = reuse {
@@ -639,8 +704,13 @@ fn backup_paths(
                                 hardlinks.insert(k, slot.clone());
                             }
                             permits.acquire();
-                            let (c, s, p, m, pm) =
-                                (ctx.clone(), slot.clone(), entry.path().to_path_buf(), meta, permits.clone());
+                            let (c, s, p, m, pm) = (
+                                ctx.clone(),
+                                slot.clone(),
+                                entry.path().to_path_buf(),
+                                meta,
+                                permits.clone(),
+                            );
                             ctx.pool.spawn(move || {
                                 let r = if c.failed.load(Ordering::Relaxed) {
                                     Err("backup aborted".to_string())
@@ -659,8 +729,12 @@ fn backup_paths(
             };
             match stack.len() {
                 // The entry just pushed its own frame: it belongs to the frame below.
-                n if matches!(pending, Pending::Dir(..)) && n >= 2 => stack[n - 2].children.push(pending),
-                n if !matches!(pending, Pending::Dir(..)) && n >= 1 => stack[n - 1].children.push(pending),
+                n if matches!(pending, Pending::Dir(..)) && n >= 2 => {
+                    stack[n - 2].children.push(pending)
+                }
+                n if !matches!(pending, Pending::Dir(..)) && n >= 1 => {
+                    stack[n - 1].children.push(pending)
+                }
                 _ => roots.push(pending),
             }
         }
@@ -699,7 +773,13 @@ fn backup_paths(
 }
 
 /// Counts files and bytes for the progress bar's total.
-fn scan(paths: &[PathBuf], excludes: &GlobSet, one_fs: bool, progress: &dyn Progress, stop: &AtomicBool) {
+fn scan(
+    paths: &[PathBuf],
+    excludes: &GlobSet,
+    one_fs: bool,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) {
     let (mut files, mut bytes) = (0u64, 0u64);
     for root in paths {
         let w = walkdir::WalkDir::new(root)
@@ -796,7 +876,13 @@ fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Result<BlobId> 
             let Dir { children, node } = child;
             let mut n = node.expect("every trie entry has a node");
             if !children.is_empty() || (n.kind == NodeKind::Dir && n.subtree.is_none()) {
-                let nodes = save(ctx, Dir { children, node: None })?;
+                let nodes = save(
+                    ctx,
+                    Dir {
+                        children,
+                        node: None,
+                    },
+                )?;
                 n.subtree = Some(ctx.repo.save_dir(&ctx.saver, nodes)?);
             }
             out.push(n);
@@ -805,7 +891,9 @@ fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Result<BlobId> 
     }
     if let Some(root_node) = top.node.take() {
         // `/` was a source: its subtree is the root.
-        return root_node.subtree.ok_or_else(|| Error::Other("root has no tree".into()));
+        return root_node
+            .subtree
+            .ok_or_else(|| Error::Other("root has no tree".into()));
     }
     let nodes = save(ctx, top)?;
     ctx.repo.save_dir(&ctx.saver, nodes)
@@ -821,7 +909,11 @@ fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<Node> {
             let (prog, args) = argv
                 .split_first()
                 .ok_or_else(|| Error::Invalid("--stdin-from-command needs a command".into()))?;
-            let shown = argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+            let shown = argv
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ");
             let mut child = Command::new(prog)
                 .args(args)
                 .stdin(Stdio::null())
@@ -830,7 +922,9 @@ fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<Node> {
                 .map_err(|e| Error::Other(format!("cannot start `{shown}`: {e}")))?;
             let out = child.stdout.take().expect("piped");
             let r = ctx.store_stream(out);
-            let status = child.wait().map_err(|e| Error::Other(format!("waiting for `{shown}`: {e}")))?;
+            let status = child
+                .wait()
+                .map_err(|e| Error::Other(format!("waiting for `{shown}`: {e}")))?;
             let ids = r?.0;
             if !status.success() {
                 return Err(Error::Other(format!(
@@ -861,4 +955,3 @@ fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<Node> {
         ..Node::default()
     })
 }
-

@@ -39,7 +39,11 @@ fn user_name(uid: u32) -> Option<String> {
         return None;
     }
     // SAFETY: getpwuid_r succeeded, so pw_name points to a NUL-terminated string inside buf.
-    Some(unsafe { CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 fn group_name(gid: u32) -> Option<String> {
@@ -52,7 +56,11 @@ fn group_name(gid: u32) -> Option<String> {
         return None;
     }
     // SAFETY: getgrgid_r succeeded.
-    Some(unsafe { CStr::from_ptr(gr.gr_name) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(gr.gr_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// uid of a user name on this system.
@@ -62,7 +70,8 @@ pub fn uid_of(name: &str) -> Option<u32> {
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: as in user_name.
-    let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc =
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
     (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
 }
 
@@ -73,7 +82,8 @@ pub fn gid_of(name: &str) -> Option<u32> {
     let mut gr: libc::group = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::group = std::ptr::null_mut();
     // SAFETY: as in user_name.
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
     (rc == 0 && !out.is_null()).then_some(gr.gr_gid)
 }
 
@@ -152,7 +162,14 @@ pub fn set_times(path: &Path, t: Timespec) -> std::io::Result<()> {
     };
     let times = [ts, ts];
     // SAFETY: c is a valid C string, times has two entries.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -173,7 +190,11 @@ pub fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
         // SAFETY: c is a valid C string.
         NodeKind::Fifo => unsafe { libc::mkfifo(c.as_ptr(), perm as libc::mode_t) },
         NodeKind::CharDevice | NodeKind::BlockDevice => unsafe {
-            libc::mknod(c.as_ptr(), node.mode as libc::mode_t, node.rdev as libc::dev_t)
+            libc::mknod(
+                c.as_ptr(),
+                node.mode as libc::mode_t,
+                node.rdev as libc::dev_t,
+            )
         },
         _ => return Ok(()),
     };

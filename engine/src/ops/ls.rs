@@ -7,7 +7,9 @@ use crate::repo::Repository;
 
 /// Splits a path inside a snapshot into its components (empty for the root).
 pub fn components(path: &[u8]) -> Vec<&[u8]> {
-    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect()
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect()
 }
 
 /// The node at `path` (None for the root itself, whose tree is `root`).
@@ -17,10 +19,12 @@ pub fn find(repo: &Repository, root: BlobId, path: &[u8]) -> Result<Option<Node>
     let mut found = None;
     for (i, c) in comps.iter().enumerate() {
         let nodes = repo.load_dir(&tree)?;
-        let n = nodes
-            .into_iter()
-            .find(|n| n.name == *c)
-            .ok_or_else(|| Error::NotFound(format!("{} is not in the snapshot", String::from_utf8_lossy(path))))?;
+        let n = nodes.into_iter().find(|n| n.name == *c).ok_or_else(|| {
+            Error::NotFound(format!(
+                "{} is not in the snapshot",
+                String::from_utf8_lossy(path)
+            ))
+        })?;
         if i + 1 < comps.len() {
             tree = match (n.kind, n.subtree) {
                 (NodeKind::Dir, Some(t)) => t,

@@ -1,10 +1,10 @@
 //! Operations, one per command.
 
 pub mod backup;
-pub mod restore;
-pub mod select;
 pub mod fsmeta;
 pub mod ls;
+pub mod restore;
+pub mod select;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -92,7 +92,10 @@ fn write_sparse(f: &fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
 impl Restorer<'_> {
     fn warn(&self, path: &Path, msg: String) {
         self.progress.warning(path, &msg);
-        self.warnings.lock().expect("warnings").push((path.to_path_buf(), msg));
+        self.warnings
+            .lock()
+            .expect("warnings")
+            .push((path.to_path_buf(), msg));
     }
 
     fn error(&self, path: &Path, msg: String) {
@@ -122,7 +125,10 @@ impl Restorer<'_> {
         }
         for (k, v) in &n.xattrs {
             if let Err(e) = xattr::set(path, std::ffi::OsStr::from_bytes(k), v) {
-                self.warn(path, format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)));
+                self.warn(
+                    path,
+                    format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)),
+                );
             }
         }
         if let Err(e) = fsmeta::set_times(path, n.mtime) {
@@ -182,7 +188,12 @@ fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
 }
 
 /// Restores a snapshot's tree `root`. The repository's index must be loaded.
-pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreResult> {
+pub fn restore(
+    repo: &Repository,
+    root: BlobId,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreResult> {
     let r = Restorer {
         repo,
         opts,
@@ -216,7 +227,9 @@ pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress:
             return Ok(false);
         }
         let rel_in = rel.strip_prefix(prefix.as_slice()).unwrap_or(rel);
-        let path = target.join(Path::new(std::ffi::OsStr::from_bytes(rel_in.strip_prefix(b"/").unwrap_or(rel_in))));
+        let path = target.join(Path::new(std::ffi::OsStr::from_bytes(
+            rel_in.strip_prefix(b"/").unwrap_or(rel_in),
+        )));
         match n.kind {
             NodeKind::Dir => {
                 match fs::create_dir(&path) {
@@ -239,23 +252,36 @@ pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress:
                         let _ = fs::remove_file(&path);
                         match fs::hard_link(first, &path) {
                             Ok(()) => res.links += 1,
-                            Err(e) => r.error(&path, format!("cannot create hard link to {}: {e}", first.display())),
+                            Err(e) => r.error(
+                                &path,
+                                format!("cannot create hard link to {}: {e}", first.display()),
+                            ),
                         }
                         return Ok(false);
                     }
                     // Create the first name now so later names can link to it.
-                    if let Err(e) = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path) {
+                    if let Err(e) = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                    {
                         r.error(&path, format!("cannot create file: {e}"));
                         return Ok(false);
                     }
                     links.insert(k, path.clone());
                 }
                 total_bytes += n.size;
-                jobs.push(FileJob { path, node: n.clone() });
+                jobs.push(FileJob {
+                    path,
+                    node: n.clone(),
+                });
             }
             NodeKind::Symlink => {
                 let _ = fs::remove_file(&path);
-                match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&n.link_target), &path) {
+                match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&n.link_target), &path)
+                {
                     Ok(()) => {
                         res.links += 1;
                         r.apply_meta(&path, n);
@@ -287,12 +313,16 @@ pub fn restore(repo: &Repository, root: BlobId, opts: &RestoreOptions, progress:
         rel.extend_from_slice(&name);
         handle(&rel, &n, &mut res)?;
     } else {
-        walk(repo, start_tree, &prefix, &mut |p, n| handle(p, n, &mut res))?;
+        walk(repo, start_tree, &prefix, &mut |p, n| {
+            handle(p, n, &mut res)
+        })?;
     }
     progress.total(res.files, total_bytes);
 
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     } else {
         opts.threads
     };

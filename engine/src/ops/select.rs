@@ -22,11 +22,12 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, s: &Snapshot) -> bool {
         use std::os::unix::ffi::OsStrExt;
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| *h == s.host))
-            && self
-                .paths
-                .iter()
-                .all(|p| s.paths.iter().any(|sp| sp.as_slice() == p.as_os_str().as_bytes()))
+        (self.hosts.is_empty() || self.hosts.contains(&s.host))
+            && self.paths.iter().all(|p| {
+                s.paths
+                    .iter()
+                    .any(|sp| sp.as_slice() == p.as_os_str().as_bytes())
+            })
             && (self.tags.is_empty() || self.tags.iter().any(|t| s.tags.contains(t)))
     }
 }
@@ -90,7 +91,9 @@ pub fn select(
     filter: &Filter,
     now: Timestamp,
 ) -> Result<usize> {
-    let matching: Vec<usize> = (0..snaps.len()).filter(|&i| filter.matches(&snaps[i].1)).collect();
+    let matching: Vec<usize> = (0..snaps.len())
+        .filter(|&i| filter.matches(&snaps[i].1))
+        .collect();
     match sel {
         Selector::Id(p) => find_id(snaps, p),
         Selector::Latest => matching
@@ -142,7 +145,14 @@ mod tests {
         let snaps = vec![snap(100, "a"), snap(200, "b"), snap(300, "a")];
         let f = Filter::default();
         let now = Timestamp::from_second(1000).unwrap();
-        let at = |s| select(&snaps, &Selector::At(Timestamp::from_second(s).unwrap()), &f, now);
+        let at = |s| {
+            select(
+                &snaps,
+                &Selector::At(Timestamp::from_second(s).unwrap()),
+                &f,
+                now,
+            )
+        };
         assert_eq!(at(250).unwrap(), 1);
         assert_eq!(at(200).unwrap(), 1);
         assert_eq!(at(999).unwrap(), 2);
