@@ -600,3 +600,33 @@ fn excludes_and_filters() {
         .json("snapshot")
         .is_empty());
 }
+
+#[test]
+fn interrupted_backup_exits_130_and_writes_no_snapshot() {
+    let e = Env::new();
+    e.ok(&["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1", "--data-pack-size", "1048576"]);
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..8 {
+        fs::write(src.join(format!("f{i}")), splitmix(100 + i, 32 << 20)).unwrap();
+    }
+    let mut c = e.cmd();
+    c.args(["backup", src.to_str().unwrap()]);
+    let child = c.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Interrupt once the first packs are stored, with most of the 256 MiB still to go.
+    let t0 = std::time::Instant::now();
+    while fs::read_dir(e.repo.join("data")).unwrap().count() < 2 {
+        assert!(t0.elapsed().as_secs() < 60, "backup never stored a pack");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(e.ok(&["--json", "snapshots"]).json("snapshot").is_empty());
+    // Nothing half-written is left in the repository's temp folder, and the next run completes.
+    assert_eq!(fs::read_dir(e.repo.join("tmp")).unwrap().count(), 0);
+    e.ok(&["backup", src.to_str().unwrap()]);
+    assert_eq!(e.ok(&["--json", "snapshots"]).json("snapshot").len(), 1);
+}

@@ -150,6 +150,21 @@ struct FileOut {
 }
 
 type FileResult = std::result::Result<FileOut, String>;
+
+/// Why storing a stream stopped: the source failed (skip the file) or the repository did (stop).
+enum StreamError {
+    Read(std::io::Error),
+    Repo(Error),
+}
+
+impl StreamError {
+    fn into_error(self, what: &str) -> Error {
+        match self {
+            StreamError::Read(e) => Error::Other(format!("reading {what}: {e}")),
+            StreamError::Repo(e) => e,
+        }
+    }
+}
 type DirResult = std::result::Result<BlobId, String>;
 
 enum Pending {
@@ -227,7 +242,11 @@ impl Ctx {
 
     /// Chunks a stream, storing new chunks; returns the chunk ids. Chunks are hashed, compressed
     /// and encrypted in parallel batches.
-    fn store_stream<R: Read>(&self, reader: R) -> Result<(Vec<BlobId>, R)> {
+    /// Errors reading the source are `Err(Ok(io))`; repository errors are `Err(Err(error))`.
+    fn store_stream<R: Read>(
+        &self,
+        reader: R,
+    ) -> std::result::Result<(Vec<BlobId>, R), StreamError> {
         const BATCH_BYTES: usize = 16 << 20;
         let mut ids = Vec::new();
         let mut batch: Vec<Vec<u8>> = Vec::new();
@@ -247,19 +266,19 @@ impl Ctx {
             Ok(())
         };
         for c in chunks.by_ref() {
-            let c = c.map_err(|e| Error::Other(format!("read: {e}")))?;
+            let c = c.map_err(StreamError::Read)?;
             let n = c.len() as u64;
             self.counters.bytes_read.fetch_add(n, Ordering::Relaxed);
             self.progress.bytes(n);
             batch_bytes += c.len();
             batch.push(c);
             if batch_bytes >= BATCH_BYTES {
-                flush(&mut batch, &mut ids)?;
+                flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
                 batch_bytes = 0;
-                self.check()?;
+                self.check().map_err(StreamError::Repo)?;
             }
         }
-        flush(&mut batch, &mut ids)?;
+        flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
         Ok((ids, chunks.into_inner()))
     }
 
@@ -270,11 +289,20 @@ impl Ctx {
             .open(path)
             .or_else(|_| File::open(path))
             .map_err(|e| format!("cannot open: {e}"))?;
-        let (ids, f) = self.store_stream(f).map_err(|e| e.to_string())?;
-        let content = self
-            .repo
-            .save_content(&self.saver, ids)
-            .map_err(|e| e.to_string())?;
+        let (ids, f) = match self.store_stream(f) {
+            Ok(r) => r,
+            Err(StreamError::Read(e)) => return Err(format!("cannot read: {e}")),
+            Err(StreamError::Repo(e)) => {
+                let msg = e.to_string();
+                self.fail(e);
+                return Err(msg);
+            }
+        };
+        let content = self.repo.save_content(&self.saver, ids).map_err(|e| {
+            let msg = e.to_string();
+            self.fail(e);
+            msg
+        })?;
         let after = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
         let changed = after.size() != before.size()
             || after.mtime() != before.mtime()
@@ -904,7 +932,11 @@ fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<Node> {
     let (uid, gid) = fsmeta::current_ids();
     let owners = Owners::default();
     let ids = match src {
-        StdinSource::Stdin => ctx.store_stream(std::io::stdin().lock())?.0,
+        StdinSource::Stdin => {
+            ctx.store_stream(std::io::stdin().lock())
+                .map_err(|e| e.into_error("standard input"))?
+                .0
+        }
         StdinSource::Command(argv) => {
             let (prog, args) = argv
                 .split_first()
@@ -925,7 +957,9 @@ fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<Node> {
             let status = child
                 .wait()
                 .map_err(|e| Error::Other(format!("waiting for `{shown}`: {e}")))?;
-            let ids = r?.0;
+            let ids = r
+                .map_err(|e| e.into_error(&format!("the output of `{shown}`")))?
+                .0;
             if !status.success() {
                 return Err(Error::Other(format!(
                     "`{shown}` failed ({status}); no snapshot was written (the data read so far is \
