@@ -604,7 +604,15 @@ fn excludes_and_filters() {
 #[test]
 fn interrupted_backup_exits_130_and_writes_no_snapshot() {
     let e = Env::new();
-    e.ok(&["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1", "--data-pack-size", "1048576"]);
+    e.ok(&[
+        "init",
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+        "--data-pack-size",
+        "1048576",
+    ]);
     let src = e.path("src");
     fs::create_dir(&src).unwrap();
     for i in 0..8 {

@@ -259,9 +259,9 @@ impl BlobSaver {
     }
 }
 
-impl Drop for BlobSaver {
-    fn drop(&mut self) {
-        // Remove temp files of packs that were never finished (an aborted run).
+impl BlobSaver {
+    /// Removes the temp files of packs that were never finished (an aborted run).
+    pub fn abort(&self) {
         for pool in &self.pools {
             if let Ok(mut v) = pool.lock() {
                 for p in v.drain(..) {
@@ -269,5 +269,11 @@ impl Drop for BlobSaver {
                 }
             }
         }
+    }
+}
+
+impl Drop for BlobSaver {
+    fn drop(&mut self) {
+        self.abort();
     }
 }

@@ -139,7 +139,14 @@ impl Permits {
     }
     fn release(&self) {
         *self.n.lock().expect("permits") += 1;
-        self.cv.notify_one();
+        self.cv.notify_all();
+    }
+    /// Waits until every permit is back: no file job is running or queued.
+    fn wait_all(&self, total: usize) {
+        let mut n = self.n.lock().expect("permits");
+        while *n < total {
+            n = self.cv.wait(n).expect("permits");
+        }
     }
 }
 
@@ -463,84 +470,90 @@ pub fn backup(
         pool,
     });
 
-    let (paths, root_nodes, parent_id) = if let Some(src) = &opts.stdin {
-        let name = opts.stdin_filename.trim_start_matches('/').to_string();
-        if name.is_empty() || name.contains('/') {
-            return Err(Error::Invalid(format!(
-                "--stdin-filename {:?} must be a plain file name",
-                opts.stdin_filename
-            )));
-        }
-        let node = backup_stdin(&ctx, src, &name)?;
-        (vec![PathBuf::from(format!("/{name}"))], vec![node], None)
-    } else {
-        if opts.paths.is_empty() {
-            return Err(Error::Invalid(
-                "nothing to back up: give one or more paths, or --stdin".into(),
-            ));
-        }
-        let paths = normalize_paths(&opts.paths)?;
-        let excludes = exclude_set(&opts.excludes)?;
-        let parent = find_parent(repo, &opts, &paths)?;
-        let nodes = backup_paths(
-            &ctx,
-            &paths,
-            &excludes,
-            opts.one_file_system,
-            parent.as_ref().map(|p| p.1),
-        )?;
-        (paths, nodes, parent.map(|p| p.0))
-    };
-    ctx.check()?;
+    let result = (|| -> Result<BackupResult> {
+        let (paths, root_nodes, parent_id) = if let Some(src) = &opts.stdin {
+            let name = opts.stdin_filename.trim_start_matches('/').to_string();
+            if name.is_empty() || name.contains('/') {
+                return Err(Error::Invalid(format!(
+                    "--stdin-filename {:?} must be a plain file name",
+                    opts.stdin_filename
+                )));
+            }
+            let node = backup_stdin(&ctx, src, &name)?;
+            (vec![PathBuf::from(format!("/{name}"))], vec![node], None)
+        } else {
+            if opts.paths.is_empty() {
+                return Err(Error::Invalid(
+                    "nothing to back up: give one or more paths, or --stdin".into(),
+                ));
+            }
+            let paths = normalize_paths(&opts.paths)?;
+            let excludes = exclude_set(&opts.excludes)?;
+            let parent = find_parent(repo, &opts, &paths)?;
+            let nodes = backup_paths(
+                &ctx,
+                &paths,
+                &excludes,
+                opts.one_file_system,
+                parent.as_ref().map(|p| p.1),
+            )?;
+            (paths, nodes, parent.map(|p| p.0))
+        };
+        ctx.check()?;
 
-    // The root tree mirrors the absolute paths: /srv/data is root → srv → data.
-    let root = build_root(&ctx, &paths, root_nodes)?;
-    let packs = ctx.saver.finish()?;
-    let packs_written = packs.len() as u64;
-    repo.write_index(packs)?;
+        // The root tree mirrors the absolute paths: /srv/data is root → srv → data.
+        let root = build_root(&ctx, &paths, root_nodes)?;
+        let packs = ctx.saver.finish()?;
+        let packs_written = packs.len() as u64;
+        repo.write_index(packs)?;
 
-    let c = &ctx.counters;
-    let (uid, gid) = fsmeta::current_ids();
-    let snapshot = Snapshot {
-        time: timespec_of(opts.time.unwrap_or(start_time)),
-        host: opts.host.clone(),
-        username: fsmeta::Owners::default().user(uid).unwrap_or_default(),
-        uid,
-        gid,
-        paths: paths
-            .iter()
-            .map(|p| p.as_os_str().as_bytes().to_vec())
-            .collect(),
-        tags: opts.tags.clone(),
-        excludes: opts.excludes.clone(),
-        tree: root,
-        parent: parent_id,
-        program_version: concat!("chunkbak ", env!("CARGO_PKG_VERSION")).to_string(),
-        summary: Summary {
-            files_new: c.files_new.load(Ordering::Relaxed),
-            files_changed: c.files_changed.load(Ordering::Relaxed),
-            files_unchanged: c.files_unchanged.load(Ordering::Relaxed),
-            dirs_new: c.dirs_new.load(Ordering::Relaxed),
-            dirs_changed: c.dirs_changed.load(Ordering::Relaxed),
-            dirs_unchanged: c.dirs_unchanged.load(Ordering::Relaxed),
-            bytes_read: c.bytes_read.load(Ordering::Relaxed),
-            bytes_total: c.bytes_total.load(Ordering::Relaxed),
-            bytes_added: ctx.saver.stats.bytes_added.load(Ordering::Relaxed),
-            blobs_added: ctx.saver.stats.blobs_added.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            start: timespec_of(start_time),
-            duration_ms: start.elapsed().as_millis() as u64,
-        },
-    };
-    let snapshot_id = repo.write_snapshot(&snapshot)?;
-    let warnings = std::mem::take(&mut *ctx.warnings.lock().expect("warnings"));
-    Ok(BackupResult {
-        snapshot_id,
-        snapshot,
-        parent: parent_id,
-        warnings,
-        packs_written,
-    })
+        let c = &ctx.counters;
+        let (uid, gid) = fsmeta::current_ids();
+        let snapshot = Snapshot {
+            time: timespec_of(opts.time.unwrap_or(start_time)),
+            host: opts.host.clone(),
+            username: fsmeta::Owners::default().user(uid).unwrap_or_default(),
+            uid,
+            gid,
+            paths: paths
+                .iter()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .collect(),
+            tags: opts.tags.clone(),
+            excludes: opts.excludes.clone(),
+            tree: root,
+            parent: parent_id,
+            program_version: concat!("chunkbak ", env!("CARGO_PKG_VERSION")).to_string(),
+            summary: Summary {
+                files_new: c.files_new.load(Ordering::Relaxed),
+                files_changed: c.files_changed.load(Ordering::Relaxed),
+                files_unchanged: c.files_unchanged.load(Ordering::Relaxed),
+                dirs_new: c.dirs_new.load(Ordering::Relaxed),
+                dirs_changed: c.dirs_changed.load(Ordering::Relaxed),
+                dirs_unchanged: c.dirs_unchanged.load(Ordering::Relaxed),
+                bytes_read: c.bytes_read.load(Ordering::Relaxed),
+                bytes_total: c.bytes_total.load(Ordering::Relaxed),
+                bytes_added: ctx.saver.stats.bytes_added.load(Ordering::Relaxed),
+                blobs_added: ctx.saver.stats.blobs_added.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                start: timespec_of(start_time),
+                duration_ms: start.elapsed().as_millis() as u64,
+            },
+        };
+        let snapshot_id = repo.write_snapshot(&snapshot)?;
+        let warnings = std::mem::take(&mut *ctx.warnings.lock().expect("warnings"));
+        Ok(BackupResult {
+            snapshot_id,
+            snapshot,
+            parent: parent_id,
+            warnings,
+            packs_written,
+        })
+    })();
+    if result.is_err() {
+        ctx.saver.abort();
+    }
+    result
 }
 
 fn find_parent(
@@ -580,8 +593,9 @@ fn backup_paths(
     parent_tree: Option<BlobId>,
 ) -> Result<Vec<Node>> {
     let owners = Owners::default();
+    const IN_FLIGHT: usize = 64;
     let permits = Arc::new(Permits {
-        n: Mutex::new(64),
+        n: Mutex::new(IN_FLIGHT),
         cv: Condvar::new(),
     });
     let scanner_stop = Arc::new(AtomicBool::new(false));
@@ -772,6 +786,8 @@ fn backup_paths(
     }
     drop(tx);
     let _ = finisher.join();
+    // After an early stop some jobs may still run: let them end before anything is cleaned up.
+    permits.wait_all(IN_FLIGHT);
     scanner_stop.store(true, Ordering::SeqCst);
     let _ = scanner.join();
     walk_result?;
