@@ -19,3 +19,20 @@ pub fn interrupt() {
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
+
+/// A rayon pool of `threads` workers (0: one per core) named `chunkbak-<name>-<i>`.
+pub fn thread_pool(threads: usize, name: &str) -> crate::Result<rayon::ThreadPool> {
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        threads
+    };
+    let name = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(move |i| format!("chunkbak-{name}-{i}"))
+        .build()
+        .map_err(|e| crate::Error::Other(format!("thread pool: {e}")))
+}

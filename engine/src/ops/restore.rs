@@ -319,17 +319,7 @@ pub fn restore(
     }
     progress.total(res.files, total_bytes);
 
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        opts.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Other(format!("thread pool: {e}")))?;
+    let pool = crate::ops::thread_pool(opts.threads, "restore")?;
     pool.install(|| {
         jobs.par_iter().for_each(|job| {
             if crate::ops::interrupted() {

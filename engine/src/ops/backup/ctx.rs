@@ -1,0 +1,243 @@
+//! The shared state of one backup run: counters, warnings, the blob saver, and the work on
+//! one file (chunk and store) or one directory (store its tree).
+
+use super::*;
+
+#[derive(Clone)]
+pub(super) struct FileOut {
+    pub(super) content: Content,
+    pub(super) changed_while_reading: bool,
+}
+
+pub(super) type FileResult = std::result::Result<FileOut, String>;
+
+/// Why storing a stream stopped: the source failed (skip the file) or the repository did (stop).
+pub(super) enum StreamError {
+    Read(std::io::Error),
+    Repo(Error),
+}
+
+impl StreamError {
+    pub(super) fn into_error(self, what: &str) -> Error {
+        match self {
+            StreamError::Read(e) => Error::Other(format!("reading {what}: {e}")),
+            StreamError::Repo(e) => e,
+        }
+    }
+}
+pub(super) type DirResult = std::result::Result<BlobId, String>;
+
+pub(super) enum Pending {
+    Ready(Node),
+    File(Node, Slot<FileResult>, PathBuf),
+    Dir(Node, Slot<DirResult>),
+}
+
+pub(super) struct Frame {
+    pub(super) depth: usize,
+    pub(super) path: PathBuf,
+    pub(super) children: Vec<Pending>,
+    /// The same directory's entries in the parent snapshot.
+    pub(super) old: Option<Vec<Node>>,
+    pub(super) old_subtree: Option<BlobId>,
+    pub(super) is_new: bool,
+    pub(super) slot: Slot<DirResult>,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) files_new: AtomicU64,
+    pub(super) files_changed: AtomicU64,
+    pub(super) files_unchanged: AtomicU64,
+    pub(super) dirs_new: AtomicU64,
+    pub(super) dirs_changed: AtomicU64,
+    pub(super) dirs_unchanged: AtomicU64,
+    pub(super) bytes_read: AtomicU64,
+    pub(super) bytes_total: AtomicU64,
+    pub(super) errors: AtomicU64,
+}
+
+pub(super) struct Ctx {
+    pub(super) repo: Arc<Repository>,
+    pub(super) saver: BlobSaver,
+    pub(super) progress: Arc<dyn Progress>,
+    pub(super) counters: Counters,
+    pub(super) warnings: Mutex<Vec<(PathBuf, String)>>,
+    pub(super) fatal: Mutex<Option<Error>>,
+    pub(super) failed: AtomicBool,
+    pub(super) pool: rayon::ThreadPool,
+}
+
+impl Ctx {
+    pub(super) fn warn(&self, path: &Path, msg: String) {
+        self.progress.warning(path, &msg);
+        self.warnings
+            .lock()
+            .expect("warnings")
+            .push((path.to_path_buf(), msg));
+    }
+
+    pub(super) fn fail(&self, e: Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        let mut f = self.fatal.lock().expect("fatal");
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    pub(super) fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(self
+                .fatal
+                .lock()
+                .expect("fatal")
+                .take()
+                .unwrap_or_else(|| Error::Other("backup aborted".into())));
+        }
+        if crate::ops::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Chunks a stream, storing new chunks; returns the chunk ids. Chunks are hashed, compressed
+    /// and encrypted in parallel batches.
+    /// Errors reading the source are `Err(Ok(io))`; repository errors are `Err(Err(error))`.
+    pub(super) fn store_stream<R: Read>(
+        &self,
+        reader: R,
+    ) -> std::result::Result<(Vec<BlobId>, R), StreamError> {
+        const BATCH_BYTES: usize = 16 << 20;
+        let mut ids = Vec::new();
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut chunks = self.repo.chunker().chunks(reader);
+        let flush = |batch: &mut Vec<Vec<u8>>, ids: &mut Vec<BlobId>| -> Result<()> {
+            let got: Vec<Result<BlobId>> = self.pool.install(|| {
+                batch
+                    .par_iter()
+                    .map(|c| self.saver.save(BlobKind::Data, c).map(|(id, _)| id))
+                    .collect()
+            });
+            for r in got {
+                ids.push(r?);
+            }
+            batch.clear();
+            Ok(())
+        };
+        for c in chunks.by_ref() {
+            let c = c.map_err(StreamError::Read)?;
+            let n = c.len() as u64;
+            self.counters.bytes_read.fetch_add(n, Ordering::Relaxed);
+            self.progress.bytes(n);
+            batch_bytes += c.len();
+            batch.push(c);
+            if batch_bytes >= BATCH_BYTES {
+                flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
+                batch_bytes = 0;
+                self.check().map_err(StreamError::Repo)?;
+            }
+        }
+        flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
+        Ok((ids, chunks.into_inner()))
+    }
+
+    pub(super) fn read_file(&self, path: &Path, before: &std::fs::Metadata) -> FileResult {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(path)
+            .or_else(|_| File::open(path))
+            .map_err(|e| format!("cannot open: {e}"))?;
+        let (ids, f) = match self.store_stream(f) {
+            Ok(r) => r,
+            Err(StreamError::Read(e)) => return Err(format!("cannot read: {e}")),
+            Err(StreamError::Repo(e)) => {
+                let msg = e.to_string();
+                self.fail(e);
+                return Err(msg);
+            }
+        };
+        let content = self.repo.save_content(&self.saver, ids).map_err(|e| {
+            let msg = e.to_string();
+            self.fail(e);
+            msg
+        })?;
+        let after = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+        let changed = after.size() != before.size()
+            || after.mtime() != before.mtime()
+            || after.mtime_nsec() != before.mtime_nsec()
+            || after.ctime() != before.ctime()
+            || after.ctime_nsec() != before.ctime_nsec();
+        Ok(FileOut {
+            content,
+            changed_while_reading: changed,
+        })
+    }
+
+    /// Waits for a directory's children and stores its tree.
+    pub(super) fn finish_dir(&self, frame: Frame) {
+        let mut nodes = Vec::with_capacity(frame.children.len());
+        for p in frame.children {
+            match p {
+                Pending::Ready(n) => nodes.push(n),
+                Pending::File(mut n, slot, path) => match slot.wait() {
+                    Ok(out) => {
+                        if out.changed_while_reading {
+                            self.warn(&path, "file changed while it was read; the stored copy may be inconsistent".into());
+                        }
+                        n.content = out.content;
+                        nodes.push(n);
+                    }
+                    Err(msg) => {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        self.warn(&path, format!("{msg}; not in this snapshot"));
+                    }
+                },
+                Pending::Dir(mut n, slot) => match slot.wait() {
+                    Ok(id) => {
+                        n.subtree = Some(id);
+                        nodes.push(n);
+                    }
+                    Err(msg) => {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        self.warn(&frame.path, msg);
+                    }
+                },
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        match self.repo.save_dir(&self.saver, nodes) {
+            Ok(id) => {
+                let c = &self.counters;
+                if frame.is_new {
+                    c.dirs_new.fetch_add(1, Ordering::Relaxed);
+                } else if frame.old_subtree == Some(id) {
+                    c.dirs_unchanged.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.dirs_changed.fetch_add(1, Ordering::Relaxed);
+                }
+                frame.slot.set(Ok(id));
+            }
+            Err(e) => {
+                frame.slot.set(Err(e.to_string()));
+                self.fail(e);
+            }
+        }
+    }
+}
+
+pub(super) fn same_file(old: &Node, n: &Node) -> bool {
+    old.kind == NodeKind::File
+        && old.size == n.size
+        && old.mtime == n.mtime
+        && old.ctime == n.ctime
+        && old.inode == n.inode
+}
+
+pub(super) fn find_old<'a>(old: &'a Option<Vec<Node>>, name: &[u8]) -> Option<&'a Node> {
+    let v = old.as_ref()?;
+    v.binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()
+        .map(|i| &v[i])
+}

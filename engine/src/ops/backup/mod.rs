@@ -1,0 +1,245 @@
+//! `backup`: walk the sources, chunk new and changed files in parallel, store new blobs, write
+//! trees bottom-up, then the index, then the snapshot (the commit point).
+//!
+//! Threads: the calling thread walks (walkdir, pre-order, sorted by name) and hands each file
+//! that must be read to a rayon pool; a finisher thread receives finished directories in
+//! post-order, waits for their files, and stores their tree blobs; a scanner thread counts the
+//! totals for the progress bar. Unchanged files (same size, mtime, ctime and inode as in the
+//! parent snapshot, all chunks indexed) are never opened.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+
+use super::fsmeta::{self, node_from_metadata, Owners};
+use super::select::{timespec_of, Filter};
+use crate::error::{Error, Result};
+use crate::format::pack::BlobKind;
+use crate::format::snapshot::{Snapshot, Summary};
+use crate::format::tree::{Content, Node, NodeKind};
+use crate::id::{BlobId, Id};
+use crate::packer::BlobSaver;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+mod ctx;
+mod paths;
+mod stdin;
+mod sync;
+mod walk;
+
+use ctx::*;
+pub use paths::exclude_set;
+use paths::*;
+use stdin::*;
+use sync::*;
+use walk::*;
+
+/// Where `backup --stdin` reads from.
+pub enum StdinSource {
+    /// The process's standard input.
+    Stdin,
+    /// The standard output of a command; no snapshot is written if it exits non-zero.
+    Command(Vec<OsString>),
+}
+
+/// Which snapshot unchanged files are compared with.
+#[derive(Clone, Debug, Default)]
+pub enum ParentMode {
+    /// The newest snapshot with the same host and paths.
+    #[default]
+    Auto,
+    /// This one (id or prefix).
+    Id(String),
+    /// None: read every file.
+    None,
+}
+
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub host: String,
+    pub tags: Vec<String>,
+    pub time: Option<jiff::Timestamp>,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub parent: ParentMode,
+    /// With `stdin`, the name of the single file in the snapshot.
+    pub stdin_filename: String,
+    pub stdin: Option<StdinSource>,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            paths: Vec::new(),
+            host: fsmeta::hostname(),
+            tags: Vec::new(),
+            time: None,
+            excludes: Vec::new(),
+            one_file_system: false,
+            parent: ParentMode::Auto,
+            stdin_filename: "stdin".into(),
+            stdin: None,
+            threads: 0,
+        }
+    }
+}
+
+/// What a backup did.
+#[derive(Debug)]
+pub struct BackupResult {
+    pub snapshot_id: Id,
+    pub snapshot: Snapshot,
+    pub parent: Option<Id>,
+    /// Entries that were skipped or need attention, with the reason.
+    pub warnings: Vec<(PathBuf, String)>,
+    pub packs_written: u64,
+}
+
+/// Runs a backup. The repository's index must be loaded.
+pub fn backup(
+    repo: &Arc<Repository>,
+    opts: BackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupResult> {
+    let start = Instant::now();
+    let start_time = jiff::Timestamp::now();
+    let pool = crate::ops::thread_pool(opts.threads, "worker")?;
+    let ctx = Arc::new(Ctx {
+        repo: repo.clone(),
+        saver: repo.blob_saver()?,
+        progress: progress.clone(),
+        counters: Counters::default(),
+        warnings: Mutex::new(Vec::new()),
+        fatal: Mutex::new(None),
+        failed: AtomicBool::new(false),
+        pool,
+    });
+
+    let result = (|| -> Result<BackupResult> {
+        let (paths, root_nodes, parent_id) = if let Some(src) = &opts.stdin {
+            let name = opts.stdin_filename.trim_start_matches('/').to_string();
+            if name.is_empty() || name.contains('/') {
+                return Err(Error::Invalid(format!(
+                    "--stdin-filename {:?} must be a plain file name",
+                    opts.stdin_filename
+                )));
+            }
+            let node = backup_stdin(&ctx, src, &name)?;
+            (vec![PathBuf::from(format!("/{name}"))], vec![node], None)
+        } else {
+            if opts.paths.is_empty() {
+                return Err(Error::Invalid(
+                    "nothing to back up: give one or more paths, or --stdin".into(),
+                ));
+            }
+            let paths = normalize_paths(&opts.paths)?;
+            let excludes = exclude_set(&opts.excludes)?;
+            let parent = find_parent(repo, &opts, &paths)?;
+            let nodes = backup_paths(
+                &ctx,
+                &paths,
+                &excludes,
+                opts.one_file_system,
+                parent.as_ref().map(|p| p.1),
+            )?;
+            (paths, nodes, parent.map(|p| p.0))
+        };
+        ctx.check()?;
+
+        // The root tree mirrors the absolute paths: /srv/data is root → srv → data.
+        let root = build_root(&ctx, &paths, root_nodes)?;
+        let packs = ctx.saver.finish()?;
+        let packs_written = packs.len() as u64;
+        repo.write_index(packs)?;
+
+        let c = &ctx.counters;
+        let (uid, gid) = fsmeta::current_ids();
+        let snapshot = Snapshot {
+            time: timespec_of(opts.time.unwrap_or(start_time)),
+            host: opts.host.clone(),
+            username: fsmeta::Owners::default().user(uid).unwrap_or_default(),
+            uid,
+            gid,
+            paths: paths
+                .iter()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .collect(),
+            tags: opts.tags.clone(),
+            excludes: opts.excludes.clone(),
+            tree: root,
+            parent: parent_id,
+            program_version: concat!("chunkbak ", env!("CARGO_PKG_VERSION")).to_string(),
+            summary: Summary {
+                files_new: c.files_new.load(Ordering::Relaxed),
+                files_changed: c.files_changed.load(Ordering::Relaxed),
+                files_unchanged: c.files_unchanged.load(Ordering::Relaxed),
+                dirs_new: c.dirs_new.load(Ordering::Relaxed),
+                dirs_changed: c.dirs_changed.load(Ordering::Relaxed),
+                dirs_unchanged: c.dirs_unchanged.load(Ordering::Relaxed),
+                bytes_read: c.bytes_read.load(Ordering::Relaxed),
+                bytes_total: c.bytes_total.load(Ordering::Relaxed),
+                bytes_added: ctx.saver.stats.bytes_added.load(Ordering::Relaxed),
+                blobs_added: ctx.saver.stats.blobs_added.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                start: timespec_of(start_time),
+                duration_ms: start.elapsed().as_millis() as u64,
+            },
+        };
+        let snapshot_id = repo.write_snapshot(&snapshot)?;
+        let warnings = std::mem::take(&mut *ctx.warnings.lock().expect("warnings"));
+        Ok(BackupResult {
+            snapshot_id,
+            snapshot,
+            parent: parent_id,
+            warnings,
+            packs_written,
+        })
+    })();
+    if result.is_err() {
+        ctx.saver.abort();
+    }
+    result
+}
+
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    paths: &[PathBuf],
+) -> Result<Option<(Id, BlobId)>> {
+    let snaps = match opts.parent {
+        ParentMode::None => return Ok(None),
+        _ => repo.snapshots()?,
+    };
+    let found = match &opts.parent {
+        ParentMode::Id(p) => Some(super::select::find_id(&snaps, p)?),
+        _ => {
+            let want: Vec<Vec<u8>> = paths
+                .iter()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .collect();
+            let f = Filter {
+                hosts: vec![opts.host.clone()],
+                ..Default::default()
+            };
+            snaps
+                .iter()
+                .rposition(|(_, s)| f.matches(s) && s.paths == want)
+        }
+    };
+    Ok(found.map(|i| (snaps[i].0, snaps[i].1.tree)))
+}

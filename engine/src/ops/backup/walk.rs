@@ -1,0 +1,268 @@
+//! The walk: pre-order over each source path, parallel file jobs, post-order tree building.
+
+use super::*;
+
+/// Walks every source path; returns the node of each (its subtree or content stored).
+pub(super) fn backup_paths(
+    ctx: &Arc<Ctx>,
+    paths: &[PathBuf],
+    excludes: &GlobSet,
+    one_fs: bool,
+    parent_tree: Option<BlobId>,
+) -> Result<Vec<Node>> {
+    let owners = Owners::default();
+    const IN_FLIGHT: usize = 64;
+    let permits = Arc::new(Permits {
+        n: Mutex::new(IN_FLIGHT),
+        cv: Condvar::new(),
+    });
+    let scanner_stop = Arc::new(AtomicBool::new(false));
+    let scanner = {
+        let (paths, excludes, progress, stop) = (
+            paths.to_vec(),
+            excludes.clone(),
+            ctx.progress.clone(),
+            scanner_stop.clone(),
+        );
+        std::thread::spawn(move || scan(&paths, &excludes, one_fs, &*progress, &stop))
+    };
+    let (tx, rx) = mpsc::sync_channel::<Frame>(1024);
+    let finisher = {
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("chunkbak-trees".into())
+            .spawn(move || {
+                for frame in rx {
+                    ctx.finish_dir(frame);
+                }
+            })
+            .map_err(|e| Error::Other(format!("thread: {e}")))?
+    };
+    let mut hardlinks: HashMap<(u64, u64), Slot<FileResult>> = HashMap::new();
+    let mut roots: Vec<Pending> = Vec::new();
+    let mut walk_result = Ok(());
+
+    'paths: for root in paths {
+        let old_root = match parent_tree {
+            Some(t) => crate::ops::ls::find(&ctx.repo, t, root.as_os_str().as_bytes())
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        let mut stack: Vec<Frame> = Vec::new();
+        let walker = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+            .same_file_system(one_fs)
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !excludes.is_match(e.path()));
+        for entry in walker {
+            if let Err(e) = ctx.check() {
+                walk_result = Err(e);
+                break 'paths;
+            }
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let p = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| root.clone());
+                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let msg = e
+                        .io_error()
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    ctx.warn(&p, format!("cannot read: {msg}; not in this snapshot"));
+                    continue;
+                }
+            };
+            let depth = entry.depth();
+            while stack.last().is_some_and(|f| f.depth >= depth) {
+                let f = stack.pop().expect("checked");
+                let _ = tx.send(f);
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    ctx.warn(
+                        entry.path(),
+                        format!("cannot stat: {e}; not in this snapshot"),
+                    );
+                    continue;
+                }
+            };
+            let name = entry.file_name();
+            let mut node = node_from_metadata(name, &meta, &owners);
+            node.xattrs = fsmeta::read_xattrs(entry.path());
+            let old = match stack.last() {
+                Some(f) => find_old(&f.old, &node.name).cloned(),
+                None => old_root.clone(),
+            };
+            let pending = match node.kind {
+                NodeKind::Dir => {
+                    let slot = Slot::new();
+                    let old_subtree = old
+                        .as_ref()
+                        .filter(|o| o.kind == NodeKind::Dir)
+                        .and_then(|o| o.subtree);
+                    let old_nodes = old_subtree.and_then(|t| ctx.repo.load_dir(&t).ok());
+                    stack.push(Frame {
+                        depth,
+                        path: entry.path().to_path_buf(),
+                        children: Vec::new(),
+                        is_new: old.is_none(),
+                        old: old_nodes,
+                        old_subtree,
+                        slot: slot.clone(),
+                    });
+                    Pending::Dir(node, slot)
+                }
+                NodeKind::Symlink => {
+                    match std::fs::read_link(entry.path()) {
+                        Ok(t) => node.link_target = t.as_os_str().as_bytes().to_vec(),
+                        Err(e) => {
+                            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            ctx.warn(
+                                entry.path(),
+                                format!("cannot read link: {e}; not in this snapshot"),
+                            );
+                            continue;
+                        }
+                    }
+                    Pending::Ready(node)
+                }
+                NodeKind::File => {
+                    ctx.counters
+                        .bytes_total
+                        .fetch_add(node.size, Ordering::Relaxed);
+                    let reuse = old.as_ref().filter(|o| same_file(o, &node)).filter(|o| {
+                        let idx = ctx.repo.index().read().expect("index lock");
+                        match &o.content {
+                            Content::Chunks(c) | Content::Indirect(c) => {
+                                c.iter().all(|id| idx.contains(id))
+                            }
+                        }
+                    });
+                    if let Some(o) = reuse {
+                        ctx.counters.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                        node.content = o.content.clone();
+                        ctx.progress.bytes(node.size);
+                        ctx.progress.file_done(entry.path());
+                        Pending::Ready(node)
+                    } else {
+                        if old.is_some() {
+                            ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let key = node.hardlink_key();
+                        if let Some(slot) = key.and_then(|k| hardlinks.get(&k)) {
+                            Pending::File(node, slot.clone(), entry.path().to_path_buf())
+                        } else {
+                            let slot = Slot::new();
+                            if let Some(k) = key {
+                                hardlinks.insert(k, slot.clone());
+                            }
+                            permits.acquire();
+                            let (c, s, p, m, pm) = (
+                                ctx.clone(),
+                                slot.clone(),
+                                entry.path().to_path_buf(),
+                                meta,
+                                permits.clone(),
+                            );
+                            ctx.pool.spawn(move || {
+                                let r = if c.failed.load(Ordering::Relaxed) {
+                                    Err("backup aborted".to_string())
+                                } else {
+                                    c.read_file(&p, &m)
+                                };
+                                c.progress.file_done(&p);
+                                s.set(r);
+                                pm.release();
+                            });
+                            Pending::File(node, slot, entry.path().to_path_buf())
+                        }
+                    }
+                }
+                _ => Pending::Ready(node),
+            };
+            match stack.len() {
+                // The entry just pushed its own frame: it belongs to the frame below.
+                n if matches!(pending, Pending::Dir(..)) && n >= 2 => {
+                    stack[n - 2].children.push(pending)
+                }
+                n if !matches!(pending, Pending::Dir(..)) && n >= 1 => {
+                    stack[n - 1].children.push(pending)
+                }
+                _ => roots.push(pending),
+            }
+        }
+        while let Some(f) = stack.pop() {
+            let _ = tx.send(f);
+        }
+    }
+    drop(tx);
+    let _ = finisher.join();
+    // After an early stop some jobs may still run: let them end before anything is cleaned up.
+    permits.wait_all(IN_FLIGHT);
+    scanner_stop.store(true, Ordering::SeqCst);
+    let _ = scanner.join();
+    walk_result?;
+    ctx.check()?;
+
+    let mut out = Vec::new();
+    for p in roots {
+        match p {
+            Pending::Ready(n) => out.push(n),
+            Pending::File(mut n, slot, path) => match slot.wait() {
+                Ok(o) => {
+                    n.content = o.content;
+                    out.push(n);
+                }
+                Err(msg) => {
+                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    ctx.warn(&path, format!("{msg}; not in this snapshot"));
+                }
+            },
+            Pending::Dir(mut n, slot) => {
+                n.subtree = Some(slot.wait().map_err(Error::Other)?);
+                out.push(n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Counts files and bytes for the progress bar's total.
+pub(super) fn scan(
+    paths: &[PathBuf],
+    excludes: &GlobSet,
+    one_fs: bool,
+    progress: &dyn Progress,
+    stop: &AtomicBool,
+) {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for root in paths {
+        let w = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .same_file_system(one_fs)
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !excludes.is_match(e.path()));
+        for e in w.flatten() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if e.file_type().is_file() {
+                files += 1;
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                if files % 1000 == 0 {
+                    progress.total(files, bytes);
+                }
+            }
+        }
+    }
+    progress.total(files, bytes);
+}
