@@ -628,3 +628,33 @@ fn interrupted_backup_exits_130_and_writes_no_snapshot() {
     e.ok(&["backup", src.to_str().unwrap()]);
     assert_eq!(e.ok(&["--json", "snapshots"]).json("snapshot").len(), 1);
 }
+
+#[test]
+fn huge_directory_round_trip() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..20_000 {
+        fs::write(
+            src.join(format!("f{i:05}")),
+            if i % 1000 == 0 {
+                format!("{i}")
+            } else {
+                String::new()
+            },
+        )
+        .unwrap();
+    }
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let ls = e.ok(&["ls", "latest"]).out();
+    assert_eq!(ls.lines().filter(|l| l.contains("/src/f")).count(), 20_000);
+    let t = e.path("out");
+    e.ok(&[
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    e.compare(&src, &t, &[]);
+}

@@ -83,6 +83,14 @@ impl Node {
         (self.kind == NodeKind::File && self.nlink > 1).then_some((self.device, self.inode))
     }
 
+    /// A name a restore may create: not empty, `.` or `..`, and without `/` or NUL.
+    pub fn has_safe_name(&self) -> bool {
+        !self.name.is_empty()
+            && self.name != b"."
+            && self.name != b".."
+            && !self.name.iter().any(|&b| b == b'/' || b == 0)
+    }
+
     pub fn name_lossy(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }

@@ -222,6 +222,13 @@ pub fn restore(
     let mut total_bytes = 0u64;
     let target = opts.target.clone();
     let mut handle = |rel: &[u8], n: &Node, res: &mut RestoreResult| -> Result<bool> {
+        if !n.has_safe_name() {
+            r.error(
+                &target,
+                format!("refusing to restore an entry named {:?}: not a plain file name (damaged or forged tree?)", n.name_lossy()),
+            );
+            return Ok(false);
+        }
         let (restore_it, descend) = is_included(rel, &opts.includes);
         if !restore_it && !descend {
             return Ok(false);
