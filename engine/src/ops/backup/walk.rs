@@ -73,7 +73,12 @@ pub(super) fn backup_paths(
                         .io_error()
                         .map(|i| i.to_string())
                         .unwrap_or_else(|| e.to_string());
-                    ctx.warn(&p, format!("cannot read: {msg}; not in this snapshot"));
+                    let what = if p.is_dir() {
+                        "its contents are missing from this snapshot"
+                    } else {
+                        "not in this snapshot"
+                    };
+                    ctx.warn(&p, format!("cannot read: {msg}; {what}"));
                     continue;
                 }
             };
