@@ -658,3 +658,87 @@ fn huge_directory_round_trip() {
     ]);
     e.compare(&src, &t, &[]);
 }
+
+#[test]
+fn concurrent_backups_into_one_repository() {
+    let e = Env::new();
+    e.init_small();
+    let mut children = Vec::new();
+    for i in 0..3u64 {
+        let src = e.path(&format!("src{i}"));
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("shared"), splitmix(1, 2 << 20)).unwrap();
+        fs::write(src.join("own"), splitmix(10 + i, 2 << 20)).unwrap();
+        let mut c = e.cmd();
+        c.args(["backup", "--host", &format!("h{i}"), src.to_str().unwrap()]);
+        children.push((src, c.spawn().unwrap()));
+    }
+    for (src, mut child) in children {
+        assert!(child.wait().unwrap().success());
+        let host = format!("h{}", src.to_str().unwrap().chars().last().unwrap());
+        let t = e.path(&format!("out-{host}"));
+        e.ok(&[
+            "restore",
+            "latest",
+            "--host",
+            &host,
+            "--target",
+            t.to_str().unwrap(),
+        ]);
+        e.compare(&src, &t.join(src.strip_prefix("/").unwrap()), &[]);
+    }
+    assert_eq!(e.ok(&["--json", "snapshots"]).json("snapshot").len(), 3);
+}
+
+#[test]
+fn password_command_json_names_and_cat() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), b"x").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    // The password can come from a command instead of a file.
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE").args([
+        "--password-command",
+        "echo correct horse",
+        "--json",
+        "ls",
+        "latest",
+    ]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A name that is not UTF-8 is carried as base64 of its bytes.
+    let nodes = r.json("node");
+    let odd = nodes
+        .iter()
+        .find(|n| n.get("name_b64").is_some())
+        .expect("a base64 name");
+    assert_eq!(odd["name_b64"], "Y2Fm6Q==");
+    assert_eq!(odd["type"], "file");
+    // cat shows decrypted objects.
+    let cfg = e.ok(&["cat", "config"]).out();
+    assert!(cfg.contains("chunk_avg: 16384"), "{cfg}");
+    let snap = e
+        .ok(&["--json", "cat", "snapshot", "latest"])
+        .json("snapshot");
+    let tree = snap[0]["tree"].as_str().unwrap().to_string();
+    assert!(e.ok(&["cat", "tree", &tree]).out().contains("Dir("));
+    // A misspelt --include is an error, not an empty restore.
+    let t = e.path("out");
+    let r = e.run(&[
+        "restore",
+        "latest",
+        "--target",
+        t.to_str().unwrap(),
+        "--include",
+        "/no/such/path",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("/no/such/path"), "{}", r.stderr);
+    // A source path that does not exist is an error naming it.
+    let r = e.run(&["backup", "/no/such/source"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("/no/such/source"), "{}", r.stderr);
+}

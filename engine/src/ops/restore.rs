@@ -214,6 +214,15 @@ pub fn restore(
             _ => (root, Vec::new(), Some(n)),
         }
     };
+    // An --include that names nothing is a typo, not a request to restore nothing.
+    for inc in &opts.includes {
+        if find(repo, root, inc).is_err() {
+            return Err(Error::NotFound(format!(
+                "--include {}: no such path in the snapshot (paths are absolute, as `chunkbak ls` shows them)",
+                String::from_utf8_lossy(inc)
+            )));
+        }
+    }
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
 
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
