@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Compare two directory trees entry by entry: type, permission bits, owner (with --owner),
-size, mtime (ns), symlink target, file contents (SHA-256), xattrs, sparse holes (with --holes)
+size, mtime (ns), symlink target, device numbers, file contents (SHA-256), xattrs, sparse holes (with --holes)
 and hardlink groups. Prints every difference; exits 1 if there is any.
 
 usage: compare-trees.py [--owner] [--holes] SOURCE RESTORED
@@ -62,6 +62,8 @@ def main():
             diffs.append(f"owner differs: {shown}")
         if sa.st_mtime_ns != sb.st_mtime_ns:
             diffs.append(f"mtime differs: {shown} {sa.st_mtime_ns} {sb.st_mtime_ns}")
+        if (stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode)) and sa.st_rdev != sb.st_rdev:
+            diffs.append(f"device number differs: {shown}")
         if stat.S_ISLNK(sa.st_mode):
             if os.readlink(ea[rel]) != os.readlink(eb[rel]):
                 diffs.append(f"link target differs: {shown}")

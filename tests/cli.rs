@@ -190,6 +190,14 @@ fn torture(root: &Path) {
         // Owners with no name on this system restore by number.
         std::os::unix::fs::lchown(root.join("size-avg"), Some(4321), Some(4322)).unwrap();
         std::os::unix::fs::lchown(root.join("dangling"), Some(4323), Some(4324)).unwrap();
+        // A character device (like /dev/null) and a block device node.
+        for (name, kind, dev) in [
+            ("chardev", libc::S_IFCHR, libc::makedev(1, 3)),
+            ("blockdev", libc::S_IFBLK, libc::makedev(7, 200)),
+        ] {
+            let c = std::ffi::CString::new(root.join(name).as_os_str().as_bytes()).unwrap();
+            assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o640, dev) }, 0);
+        }
     }
     xattr::set(root.join("text"), "user.note", b"kept").unwrap();
 }
