@@ -133,10 +133,18 @@ impl Chunker {
 
     /// Streams chunks out of a reader.
     pub fn chunks<R: Read>(&self, reader: R) -> Chunks<R> {
+        self.chunks_sized(reader, None)
+    }
+
+    /// As [`chunks`](Self::chunks), with the expected input length (a file's size), so the read
+    /// buffer of a small input is small. Only memory use depends on the hint, never the chunks.
+    pub fn chunks_sized<R: Read>(&self, reader: R, size_hint: Option<u64>) -> Chunks<R> {
+        let full = 2 * self.inner.params.max_size as usize;
+        let cap = size_hint.map_or(full, |h| (h as usize).saturating_add(1).min(full));
         Chunks {
             chunker: self.clone(),
             reader,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(cap),
             pos: 0,
             eof: false,
         }
@@ -253,6 +261,26 @@ mod tests {
         }
         assert!(expect.iter().all(|&n| n <= 16384));
         assert!(expect[..expect.len() - 1].iter().all(|&n| n >= 1024));
+    }
+
+    #[test]
+    fn size_hint_never_changes_chunks() {
+        let c = small();
+        let data = splitmix_bytes(5, 100_000);
+        let expect = c.cut_all(&data);
+        for hint in [None, Some(0), Some(10), Some(100_000), Some(1 << 40)] {
+            let lens: Vec<usize> = c
+                .chunks_sized(
+                    Dribble {
+                        data: &data,
+                        step: 3000,
+                    },
+                    hint,
+                )
+                .map(|r| r.unwrap().len())
+                .collect();
+            assert_eq!(lens, expect, "hint {hint:?}");
+        }
     }
 
     #[test]

@@ -101,17 +101,18 @@ impl Ctx {
     }
 
     /// Chunks a stream, storing new chunks; returns the chunk ids. Chunks are hashed, compressed
-    /// and encrypted in parallel batches.
-    /// Errors reading the source are `Err(Ok(io))`; repository errors are `Err(Err(error))`.
+    /// and encrypted in parallel batches. A failing source gives `StreamError::Read` (skip the
+    /// file), a failing repository `StreamError::Repo` (stop the run).
     pub(super) fn store_stream<R: Read>(
         &self,
         reader: R,
+        size_hint: Option<u64>,
     ) -> std::result::Result<(Vec<BlobId>, R), StreamError> {
-        const BATCH_BYTES: usize = 16 << 20;
+        const BATCH_BYTES: usize = 8 << 20;
         let mut ids = Vec::new();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut batch_bytes = 0;
-        let mut chunks = self.repo.chunker().chunks(reader);
+        let mut chunks = self.repo.chunker().chunks_sized(reader, size_hint);
         let flush = |batch: &mut Vec<Vec<u8>>, ids: &mut Vec<BlobId>| -> Result<()> {
             let got: Vec<Result<BlobId>> = self.pool.install(|| {
                 batch
@@ -149,7 +150,7 @@ impl Ctx {
             .open(path)
             .or_else(|_| File::open(path))
             .map_err(|e| format!("cannot open: {e}"))?;
-        let (ids, f) = match self.store_stream(f) {
+        let (ids, f) = match self.store_stream(f, Some(before.size())) {
             Ok(r) => r,
             Err(StreamError::Read(e)) => return Err(format!("cannot read: {e}")),
             Err(StreamError::Repo(e)) => {

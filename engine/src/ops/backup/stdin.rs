@@ -8,7 +8,7 @@ pub(super) fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<N
     let owners = Owners::default();
     let ids = match src {
         StdinSource::Stdin => {
-            ctx.store_stream(std::io::stdin().lock())
+            ctx.store_stream(std::io::stdin().lock(), None)
                 .map_err(|e| e.into_error("standard input"))?
                 .0
         }
@@ -28,7 +28,7 @@ pub(super) fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<N
                 .spawn()
                 .map_err(|e| Error::Other(format!("cannot start `{shown}`: {e}")))?;
             let out = child.stdout.take().expect("piped");
-            let r = ctx.store_stream(out);
+            let r = ctx.store_stream(out, None);
             let status = child
                 .wait()
                 .map_err(|e| Error::Other(format!("waiting for `{shown}`: {e}")))?;
