@@ -609,9 +609,9 @@ fn excludes_and_filters() {
         .is_empty());
 }
 
-#[test]
-fn interrupted_backup_exits_130_and_writes_no_snapshot() {
-    let e = Env::new();
+/// Starts a backup of 8 x 32 MiB into a repository with 1 MiB data packs and returns once it
+/// has stored `packs` pack folders, with most of the data still to go.
+fn start_big_backup(e: &Env, packs: usize) -> (PathBuf, std::process::Child) {
     e.ok(&[
         "init",
         "--kdf-memory-kib",
@@ -627,14 +627,21 @@ fn interrupted_backup_exits_130_and_writes_no_snapshot() {
         fs::write(src.join(format!("f{i}")), splitmix(100 + i, 32 << 20)).unwrap();
     }
     let mut c = e.cmd();
-    c.args(["backup", src.to_str().unwrap()]);
-    let child = c.stderr(std::process::Stdio::piped()).spawn().unwrap();
-    // Interrupt once the first packs are stored, with most of the 256 MiB still to go.
+    c.args(["backup", src.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
     let t0 = std::time::Instant::now();
-    while fs::read_dir(e.repo.join("data")).unwrap().count() < 2 {
+    while fs::read_dir(e.repo.join("data")).unwrap().count() < packs {
         assert!(t0.elapsed().as_secs() < 60, "backup never stored a pack");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    (src, child)
+}
+
+#[test]
+fn interrupted_backup_exits_130_and_writes_no_snapshot() {
+    let e = Env::new();
+    let (src, child) = start_big_backup(&e, 2);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -764,28 +771,7 @@ fn password_command_json_names_and_cat() {
 #[test]
 fn killed_backup_leaves_a_usable_repository() {
     let e = Env::new();
-    e.ok(&[
-        "init",
-        "--kdf-memory-kib",
-        "256",
-        "--kdf-iterations",
-        "1",
-        "--data-pack-size",
-        "1048576",
-    ]);
-    let src = e.path("src");
-    fs::create_dir(&src).unwrap();
-    for i in 0..6 {
-        fs::write(src.join(format!("f{i}")), splitmix(200 + i, 32 << 20)).unwrap();
-    }
-    let mut c = e.cmd();
-    c.args(["backup", src.to_str().unwrap()]);
-    let mut child = c.spawn().unwrap();
-    let t0 = std::time::Instant::now();
-    while fs::read_dir(e.repo.join("data")).unwrap().count() < 3 {
-        assert!(t0.elapsed().as_secs() < 60, "backup never stored a pack");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let (src, mut child) = start_big_backup(&e, 3);
     child.kill().unwrap(); // SIGKILL: no cleanup at all
     child.wait().unwrap();
     assert!(e.ok(&["--json", "snapshots"]).json("snapshot").is_empty());

@@ -15,7 +15,6 @@ use crate::crypter::{random_bytes, MasterKey, ObjectCipher, HEADER_COUNTER};
 use crate::error::{Error, Result};
 use crate::format::index::PackEntry;
 use crate::format::pack::{encode_header_plain, BlobKind, BlobRecord};
-use crate::format::ObjectKind;
 use crate::hasher::Hasher;
 use crate::id::{BlobId, Id};
 use crate::index::Index;
@@ -230,11 +229,8 @@ impl BlobSaver {
 
     fn upload(&self, packer: Packer) -> Result<()> {
         let (entry, path) = packer.finish()?;
-        let fk = match entry.kind {
-            ObjectKind::TreePack => FileKind::Tree,
-            _ => FileKind::Data,
-        };
-        self.backend.put_file(fk, &entry.id.to_hex(), &path)?;
+        self.backend
+            .put_file(FileKind::of_pack(entry.kind), &entry.id.to_hex(), &path)?;
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
         // Blobs become visible for dedup through the index once their pack is stored.
         self.index.write().expect("index lock").add_pack(&entry);

@@ -150,16 +150,22 @@ impl Repository {
         &self.index
     }
 
-    /// Reads and decrypts a standalone object, checking that its name is the hash of its bytes.
-    pub fn read_object(&self, fk: FileKind, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+    /// Reads a whole object and checks that its name is the hash of its bytes.
+    fn get_verified(&self, fk: FileKind, name: &str) -> Result<Vec<u8>> {
         let bytes = self.backend.get(fk, name)?;
-        let path = fk.path_of(name);
         if Id::of_object(&bytes).to_hex() != name {
             return Err(Error::corrupt(
-                &path,
-                "content does not match its name (damaged object)",
+                fk.path_of(name),
+                "content does not match its name (damaged or truncated object)",
             ));
         }
+        Ok(bytes)
+    }
+
+    /// Reads and decrypts a standalone object, checking that its name is the hash of its bytes.
+    pub fn read_object(&self, fk: FileKind, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.get_verified(fk, name)?;
+        let path = fk.path_of(name);
         envelope::open(&self.key, kind, &bytes, &path)
     }
 
@@ -231,10 +237,7 @@ impl Repository {
             })?;
             (p.clone(), l)
         };
-        let fk = match pack.kind {
-            ObjectKind::TreePack => FileKind::Tree,
-            _ => FileKind::Data,
-        };
+        let fk = FileKind::of_pack(pack.kind);
         let pname = pack.id.to_hex();
         let ct =
             self.backend
@@ -268,20 +271,10 @@ impl Repository {
         fk: FileKind,
         name: &str,
     ) -> Result<(Vec<u8>, Vec<crate::format::pack::BlobRecord>)> {
-        let bytes = self.backend.get(fk, name)?;
+        let bytes = self.get_verified(fk, name)?;
         let path = fk.path_of(name);
-        if Id::of_object(&bytes).to_hex() != name {
-            return Err(Error::corrupt(
-                &path,
-                "content does not match its name (damaged or truncated pack)",
-            ));
-        }
-        let kind = if fk == FileKind::Tree {
-            ObjectKind::TreePack
-        } else {
-            ObjectKind::DataPack
-        };
-        let (_, recs) = crate::format::pack::decode_header(&self.key, kind, &bytes, &path)?;
+        let (_, recs) =
+            crate::format::pack::decode_header(&self.key, fk.pack_kind(), &bytes, &path)?;
         Ok((bytes, recs))
     }
 

@@ -44,6 +44,22 @@ impl FileKind {
         }
     }
 
+    /// The folder of packs of a kind (`DataPack` → `Data`, `TreePack` → `Tree`).
+    pub fn of_pack(kind: crate::format::ObjectKind) -> FileKind {
+        match kind {
+            crate::format::ObjectKind::TreePack => FileKind::Tree,
+            _ => FileKind::Data,
+        }
+    }
+
+    /// The kind of the packs in this folder.
+    pub fn pack_kind(self) -> crate::format::ObjectKind {
+        match self {
+            FileKind::Tree => crate::format::ObjectKind::TreePack,
+            _ => crate::format::ObjectKind::DataPack,
+        }
+    }
+
     /// Packs are fanned out over 256 sub-folders named by the first two hex digits.
     pub fn fanned_out(self) -> bool {
         matches!(self, FileKind::Data | FileKind::Tree)
