@@ -786,3 +786,34 @@ fn killed_backup_leaves_a_usable_repository() {
     ]);
     e.compare(&src, &t, &[]);
 }
+
+#[test]
+fn one_file_system_stays_on_the_source_file_system() {
+    use std::os::unix::fs::MetadataExt;
+    // /dev/shm is a file system of its own below /dev on Linux hosts; skip where it is not.
+    let (dev, shm) = (fs::metadata("/dev").unwrap(), fs::metadata("/dev/shm"));
+    let Ok(shm) = shm else { return };
+    if dev.dev() == shm.dev() {
+        eprintln!("skipped: /dev/shm is on the same file system as /dev here");
+        return;
+    }
+    let e = Env::new();
+    e.init_small();
+    let marker = format!("/dev/shm/chunkbak-xdev-{}", std::process::id());
+    fs::write(&marker, b"x").unwrap();
+    let ls = |args: &[&str]| {
+        let mut a = vec!["backup", "-q"];
+        a.extend_from_slice(args);
+        let r = e.run(&a);
+        assert!(r.code == 0 || r.code == 3, "{}", r.stderr);
+        e.ok(&["ls", "latest"]).out()
+    };
+    let stayed = ls(&["-x", "/dev"]);
+    let crossed = ls(&["/dev"]);
+    let _ = fs::remove_file(&marker);
+    assert!(
+        stayed.contains("/dev/null") && !stayed.contains(&marker),
+        "{stayed}"
+    );
+    assert!(crossed.contains(&marker), "{crossed}");
+}
