@@ -22,9 +22,12 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location (a directory). Default: $XDG_DATA_HOME/chunkbak/repo
+    /// Repository: a directory, or s3:BUCKET/PREFIX. Default: $XDG_DATA_HOME/chunkbak/repo
     #[arg(short = 'r', long = "repo", env = "CHUNKBAK_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// Endpoint of an S3-compatible store for s3: repositories (AWS_ENDPOINT_URL works too)
+    #[arg(long, env = "CHUNKBAK_S3_ENDPOINT", global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
     /// File whose first line is the repository password
     #[arg(long, env = "CHUNKBAK_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,

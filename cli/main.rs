@@ -16,6 +16,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::backend::s3::{S3Backend, S3Config};
 use chunkbak_engine::backend::{Backend, FileKind};
 use chunkbak_engine::format::key::KdfParams;
 use chunkbak_engine::format::snapshot::Snapshot;
@@ -111,9 +112,21 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
 // Repository location and password
 
 struct RepoSpec {
+    /// A local directory (None for S3).
     location: PathBuf,
+    s3: Option<S3Config>,
     /// No repository was configured: the documented default is used.
     default: bool,
+}
+
+impl RepoSpec {
+    fn display(&self) -> String {
+        match &self.s3 {
+            Some(c) if c.prefix.is_empty() => format!("s3:{}", c.bucket),
+            Some(c) => format!("s3:{}/{}", c.bucket, c.prefix),
+            None => self.location.display().to_string(),
+        }
+    }
 }
 
 fn home() -> PathBuf {
@@ -141,22 +154,33 @@ fn default_password_file() -> PathBuf {
 
 fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
     match &g.repo {
-        Some(r) if r.starts_with("s3:") => bail!(
-            "S3 repositories ({r}) are not supported by this build yet; use a local directory"
-        ),
+        Some(r) if r.starts_with("s3:") => {
+            let mut c = S3Config::parse(r)?;
+            c.endpoint = g.s3_endpoint.clone();
+            Ok(RepoSpec {
+                location: PathBuf::new(),
+                s3: Some(c),
+                default: false,
+            })
+        }
         Some(r) => Ok(RepoSpec {
             location: PathBuf::from(r.strip_prefix("local:").unwrap_or(r)),
+            s3: None,
             default: false,
         }),
         None => Ok(RepoSpec {
             location: default_repo(),
+            s3: None,
             default: true,
         }),
     }
 }
 
-fn backend(spec: &RepoSpec) -> Arc<dyn Backend> {
-    Arc::new(LocalBackend::new(&spec.location))
+fn backend(spec: &RepoSpec) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match &spec.s3 {
+        Some(c) => Arc::new(S3Backend::new(c.clone())?),
+        None => Arc::new(LocalBackend::new(&spec.location)),
+    })
 }
 
 fn first_line(bytes: &[u8]) -> Vec<u8> {
@@ -231,7 +255,7 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
     bail!(
         "no password given for the repository at {}: use --password-file, --password-command or \
          the CHUNKBAK_PASSWORD environment variable",
-        spec.location.display()
+        spec.display()
     )
 }
 
@@ -243,7 +267,7 @@ fn hex_random() -> String {
 fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
-    let repo = Repository::open(backend(&spec), &pw)?;
+    let repo = Repository::open(backend(&spec)?, &pw)?;
     Ok(Arc::new(repo))
 }
 
@@ -256,18 +280,18 @@ fn init_repo(
     opts: &InitOptions,
     out: &Out,
 ) -> anyhow::Result<Repository> {
-    let repo = Repository::init(backend(spec), pw, opts)?;
+    let repo = Repository::init(backend(spec)?, pw, opts)?;
     let id = Id(repo.config().repo_id);
     if out.json {
         out.json_line(
             "init",
-            json!({"repository": spec.location.display().to_string(), "id": id.to_hex()}),
+            json!({"repository": spec.display(), "id": id.to_hex()}),
         );
     } else {
         eprintln!(
             "chunkbak: created repository {} at {}",
             id.short(),
-            spec.location.display()
+            spec.display()
         );
     }
     Ok(repo)
@@ -307,7 +331,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         init_repo(&spec, &pw, &InitOptions::default(), out)?
     } else {
         let pw = password(g, &spec, false, out)?;
-        Repository::open(backend(&spec), &pw)?
+        Repository::open(backend(&spec)?, &pw)?
     };
     let repo = Arc::new(repo);
     repo.load_index()?;

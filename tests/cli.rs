@@ -817,3 +817,54 @@ fn one_file_system_stays_on_the_source_file_system() {
     );
     assert!(crossed.contains(&marker), "{crossed}");
 }
+
+#[test]
+fn s3_repository_round_trip() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-test-server");
+    let o = Command::new("bash").arg(script).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let endpoint = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let e = Env::new();
+    let repo = format!("s3:cli-{}/hosts/web1", std::process::id());
+    let s3 = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &repo)
+            .env("CHUNKBAK_S3_ENDPOINT", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .args(args);
+        let r = e.run_cmd(c);
+        assert_eq!(r.code, 0, "chunkbak {args:?}: {}", r.stderr);
+        r
+    };
+    s3(&[
+        "init",
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+        "--chunk-min",
+        "4096",
+        "--chunk-avg",
+        "16384",
+        "--chunk-max",
+        "65536",
+    ]);
+    let src = e.path("src");
+    torture(&src);
+    let first = s3(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    assert!(first["bytes_added"].as_u64().unwrap() > 3 << 20);
+    let second = s3(&["--json", "backup", src.to_str().unwrap()]).json("summary")[0].clone();
+    assert_eq!(second["bytes_read"], 0);
+    assert_eq!(second["bytes_added"], 0);
+    let t = e.path("out");
+    s3(&[
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    e.compare(&src, &t, &["--holes"]);
+}

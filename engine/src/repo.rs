@@ -367,7 +367,7 @@ impl Repository {
         let mut cur = Vec::new();
         for n in nodes {
             let h = blake3::hash(&n.name);
-            let cut = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]) % 2048 == 0;
+            let cut = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]).is_multiple_of(2048);
             cur.push(n);
             if cut || cur.len() >= 4 * SPLIT_THRESHOLD / 2 {
                 parts.push(

@@ -2,6 +2,8 @@
 //! (`engine/tests/backend.rs`). The trait is synchronous; an async store (S3) runs its own runtime.
 
 pub mod local;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 
