@@ -122,6 +122,32 @@ impl S3Backend {
             (false, false) => format!("{}/{dir}/", self.cfg.prefix),
         }
     }
+
+    /// GetObject, whole or a byte range; a range past the end yields what exists (maybe none).
+    fn fetch(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
+        let range = range.map(|(o, l)| format!("bytes={}-{}", o, o + l - 1));
+        let what = format!("GET {} {}", self.url(key), range.as_deref().unwrap_or(""));
+        self.rt.block_on(async {
+            let req = self.client.get_object().bucket(&self.cfg.bucket).key(key);
+            let resp = match req.set_range(range.clone()).send().await {
+                Ok(r) => r,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Err(Error::ObjectNotFound(self.url(key)));
+                }
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(sdk_err(what.trim_end().to_string(), e)),
+            };
+            let body = resp.body.collect().await.map_err(|e| {
+                Error::backend(
+                    what.trim_end().to_string(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            Ok(body.into_bytes().to_vec())
+        })
+    }
 }
 
 impl Backend for S3Backend {
@@ -212,30 +238,7 @@ impl Backend for S3Backend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        let key = self.key(kind, name);
-        self.rt.block_on(async {
-            let resp = match self
-                .client
-                .get_object()
-                .bucket(&self.cfg.bucket)
-                .key(&key)
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(Error::ObjectNotFound(self.url(&key)));
-                }
-                Err(e) => return Err(sdk_err(format!("GET {}", self.url(&key)), e)),
-            };
-            let body = resp.body.collect().await.map_err(|e| {
-                Error::backend(
-                    format!("GET {}", self.url(&key)),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-            Ok(body.into_bytes().to_vec())
-        })
+        self.fetch(&self.key(kind, name), None)
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -243,34 +246,7 @@ impl Backend for S3Backend {
             return Ok(Vec::new());
         }
         let key = self.key(kind, name);
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let data = self.rt.block_on(async {
-            let resp = match self
-                .client
-                .get_object()
-                .bucket(&self.cfg.bucket)
-                .key(&key)
-                .range(&range)
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(Error::ObjectNotFound(self.url(&key)));
-                }
-                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
-                    return Ok(Vec::new());
-                }
-                Err(e) => return Err(sdk_err(format!("GET {} {range}", self.url(&key)), e)),
-            };
-            let body = resp.body.collect().await.map_err(|e| {
-                Error::backend(
-                    format!("GET {} {range}", self.url(&key)),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-            Ok(body.into_bytes().to_vec())
-        })?;
+        let data = self.fetch(&key, Some((offset, len)))?;
         if data.len() as u64 != len {
             return Err(Error::corrupt(
                 self.url(&key),
