@@ -126,6 +126,14 @@ impl Env {
         self.ok(&["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
     }
 
+    /// Restores the snapshot's copy of `src` straight into a new target and compares the trees.
+    fn restore_subtree_and_compare(&self, src: &Path) {
+        let t = self.path("restored-subtree");
+        let spec = format!("latest:{}", src.display());
+        self.ok(&["restore", &spec, "--target", t.to_str().unwrap()]);
+        self.compare(src, &t, &[]);
+    }
+
     fn compare(&self, a: &Path, b: &Path, extra: &[&str]) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-trees.py");
         let o = Command::new("python3")
@@ -685,14 +693,7 @@ fn huge_directory_round_trip() {
     e.ok(&["backup", src.to_str().unwrap()]);
     let ls = e.ok(&["ls", "latest"]).out();
     assert_eq!(ls.lines().filter(|l| l.contains("/src/f")).count(), 20_000);
-    let t = e.path("out");
-    e.ok(&[
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        t.to_str().unwrap(),
-    ]);
-    e.compare(&src, &t, &[]);
+    e.restore_subtree_and_compare(&src);
 }
 
 #[test]
@@ -788,14 +789,7 @@ fn killed_backup_leaves_a_usable_repository() {
     assert!(e.ok(&["--json", "snapshots"]).json("snapshot").is_empty());
     // The next run completes and its snapshot restores byte for byte.
     e.ok(&["backup", src.to_str().unwrap()]);
-    let t = e.path("out");
-    e.ok(&[
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        t.to_str().unwrap(),
-    ]);
-    e.compare(&src, &t, &[]);
+    e.restore_subtree_and_compare(&src);
 }
 
 #[test]

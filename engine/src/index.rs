@@ -1,11 +1,11 @@
 //! The in-memory index: where every blob is, loaded from all index files. Restore planning and
 //! structural checks use it alone, never reading a pack.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::compressor::Compression;
 use crate::format::index::{IndexFile, PackEntry};
-use crate::format::pack::{BlobKind, BlobRecord};
+use crate::format::pack::BlobKind;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
 
@@ -88,49 +88,5 @@ impl Index {
 
     pub fn packs(&self) -> &[PackInfo] {
         &self.packs
-    }
-
-    pub fn blob_count(&self) -> usize {
-        self.blobs.len()
-    }
-
-    pub fn blobs(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
-        self.blobs.iter()
-    }
-
-    /// Records of every blob, grouped by pack.
-    pub fn pack_entries(&self) -> Vec<PackEntry> {
-        let mut out: Vec<PackEntry> = self
-            .packs
-            .iter()
-            .map(|p| PackEntry {
-                id: p.id,
-                kind: p.kind,
-                size: p.size,
-                salt: p.salt,
-                blobs: Vec::new(),
-            })
-            .collect();
-        for (id, l) in &self.blobs {
-            out[l.pack as usize].blobs.push(BlobRecord {
-                id: *id,
-                offset: l.offset,
-                length: l.length,
-                raw_len: l.raw_len,
-                kind: l.kind,
-                compression: l.compression,
-            });
-        }
-        for p in &mut out {
-            p.blobs.sort_by_key(|b| b.offset);
-        }
-        out
-    }
-
-    /// Ids of packs holding any of `ids`.
-    pub fn packs_of<'a>(&self, ids: impl IntoIterator<Item = &'a BlobId>) -> HashSet<ObjectId> {
-        ids.into_iter()
-            .filter_map(|id| self.get(id).map(|(p, _)| p.id))
-            .collect()
     }
 }

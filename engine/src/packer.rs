@@ -134,7 +134,6 @@ impl Packer {
 pub struct SaverStats {
     pub blobs_added: AtomicU64,
     pub bytes_added: AtomicU64,
-    pub raw_bytes_added: AtomicU64,
     pub packs_written: AtomicU64,
 }
 
@@ -216,9 +215,6 @@ impl BlobSaver {
         self.stats
             .bytes_added
             .fetch_add(u64::from(len), Ordering::Relaxed);
-        self.stats
-            .raw_bytes_added
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if packer.size() >= self.pack_size[k] {
             self.upload(packer)?;
         } else {

@@ -123,6 +123,24 @@ impl S3Backend {
         }
     }
 
+    /// HeadObject: the object's size, or None when it does not exist.
+    fn head(&self, key: &str) -> Result<Option<u64>> {
+        self.rt.block_on(async {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.cfg.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(h) => Ok(Some(h.content_length().unwrap_or(0) as u64)),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                Err(e) => Err(sdk_err(format!("HEAD {}", self.url(key)), e)),
+            }
+        })
+    }
+
     /// GetObject, whole or a byte range; a range past the end yields what exists (maybe none).
     fn fetch(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
         let range = range.map(|(o, l)| format!("bytes={}-{}", o, o + l - 1));
@@ -183,21 +201,7 @@ impl Backend for S3Backend {
     }
 
     fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
-        let key = self.key(kind, name);
-        self.rt.block_on(async {
-            match self
-                .client
-                .head_object()
-                .bucket(&self.cfg.bucket)
-                .key(&key)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-                Err(e) => Err(sdk_err(format!("HEAD {}", self.url(&key)), e)),
-            }
-        })
+        Ok(self.head(&self.key(kind, name))?.is_some())
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
@@ -258,24 +262,11 @@ impl Backend for S3Backend {
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
         if kind == FileKind::Config {
-            let key = self.key(kind, "config");
-            return self.rt.block_on(async {
-                match self
-                    .client
-                    .head_object()
-                    .bucket(&self.cfg.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                {
-                    Ok(h) => Ok(vec![(
-                        "config".to_string(),
-                        h.content_length().unwrap_or(0) as u64,
-                    )]),
-                    Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(vec![]),
-                    Err(e) => Err(sdk_err(format!("HEAD {}", self.url(&key)), e)),
-                }
-            });
+            let size = self.head(&self.key(kind, "config"))?;
+            return Ok(size
+                .map(|n| ("config".to_string(), n))
+                .into_iter()
+                .collect());
         }
         let prefix = self.list_prefix(kind);
         self.rt.block_on(async {

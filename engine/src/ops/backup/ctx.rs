@@ -77,6 +77,12 @@ impl Ctx {
             .push((path.to_path_buf(), msg));
     }
 
+    /// An entry left out of the snapshot: counted as an error (exit 3) and reported.
+    pub(super) fn skip(&self, path: &Path, msg: String) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.warn(path, msg);
+    }
+
     pub(super) fn fail(&self, e: Error) {
         self.failed.store(true, Ordering::SeqCst);
         let mut f = self.fatal.lock().expect("fatal");
@@ -191,8 +197,7 @@ impl Ctx {
                         nodes.push(n);
                     }
                     Err(msg) => {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        self.warn(&path, format!("{msg}; not in this snapshot"));
+                        self.skip(&path, format!("{msg}; not in this snapshot"));
                     }
                 },
                 Pending::Dir(mut n, slot) => match slot.wait() {
@@ -201,8 +206,7 @@ impl Ctx {
                         nodes.push(n);
                     }
                     Err(msg) => {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                        self.warn(&frame.path, msg);
+                        self.skip(&frame.path, msg);
                     }
                 },
             }

@@ -68,7 +68,6 @@ pub(super) fn backup_paths(
                         .path()
                         .map(Path::to_path_buf)
                         .unwrap_or_else(|| root.clone());
-                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
                     let msg = e
                         .io_error()
                         .map(|i| i.to_string())
@@ -78,7 +77,7 @@ pub(super) fn backup_paths(
                     } else {
                         "not in this snapshot"
                     };
-                    ctx.warn(&p, format!("cannot read: {msg}; {what}"));
+                    ctx.skip(&p, format!("cannot read: {msg}; {what}"));
                     continue;
                 }
             };
@@ -90,8 +89,7 @@ pub(super) fn backup_paths(
             let meta = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) => {
-                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    ctx.warn(
+                    ctx.skip(
                         entry.path(),
                         format!("cannot stat: {e}; not in this snapshot"),
                     );
@@ -128,8 +126,7 @@ pub(super) fn backup_paths(
                     match std::fs::read_link(entry.path()) {
                         Ok(t) => node.link_target = t.as_os_str().as_bytes().to_vec(),
                         Err(e) => {
-                            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-                            ctx.warn(
+                            ctx.skip(
                                 entry.path(),
                                 format!("cannot read link: {e}; not in this snapshot"),
                             );
@@ -228,8 +225,7 @@ pub(super) fn backup_paths(
                     out.push(n);
                 }
                 Err(msg) => {
-                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    ctx.warn(&path, format!("{msg}; not in this snapshot"));
+                    ctx.skip(&path, format!("{msg}; not in this snapshot"));
                 }
             },
             Pending::Dir(mut n, slot) => {
