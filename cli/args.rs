@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Deduplicating, encrypted backups to a local directory or S3",
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some files skipped), 10 no repository, \
-                  12 wrong password, 130 interrupted."
+                  12 wrong password, 13 archived data not readable yet (thaw requested), 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -28,6 +28,24 @@ pub struct Global {
     /// Endpoint of an S3-compatible store for s3: repositories (AWS_ENDPOINT_URL works too)
     #[arg(long, env = "CHUNKBAK_S3_ENDPOINT", global = true, value_name = "URL")]
     pub s3_endpoint: Option<String>,
+    /// S3 requests in flight at once (uploads of packs; each holds one pack file in $TMPDIR)
+    #[arg(
+        long,
+        env = "CHUNKBAK_S3_CONNECTIONS",
+        global = true,
+        default_value_t = 8,
+        value_name = "N"
+    )]
+    pub s3_connections: usize,
+    /// Attempts per S3 request before giving up (retries back off exponentially with jitter)
+    #[arg(
+        long,
+        env = "CHUNKBAK_S3_MAX_ATTEMPTS",
+        global = true,
+        default_value_t = 10,
+        value_name = "N"
+    )]
+    pub s3_max_attempts: u32,
     /// File whose first line is the repository password
     #[arg(long, env = "CHUNKBAK_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -60,8 +78,83 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot (or part of it) into a directory
     Restore(RestoreArgs),
+    /// Thaw the archived (Glacier) packs a restore will need, ahead of the restore
+    Warmup(WarmupArgs),
+    /// Check the repository's structure (reads metadata only, never archived data)
+    Check(CheckArgs),
+    /// Show, apply or check the S3 bucket lifecycle rule that archives data packs
+    #[command(subcommand)]
+    Lifecycle(LifecycleCommand),
     /// Print a decrypted repository object (for debugging)
     Cat(CatArgs),
+}
+
+/// How archived packs are thawed (restore, warmup).
+#[derive(Args, Debug, Clone)]
+pub struct ThawArgs {
+    /// Retrieval tier for archived packs: bulk (cheapest, slowest), standard, expedited
+    /// (GLACIER only)
+    #[arg(long, value_enum, default_value_t = TierArg::Standard)]
+    pub tier: TierArg,
+    /// Days the thawed copies stay readable (billed as STANDARD meanwhile)
+    #[arg(long, default_value_t = 7, value_name = "N")]
+    pub restore_days: u32,
+    /// How often to check whether thawing packs are readable
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub poll_interval: String,
+    /// Give up waiting after this long (default: wait as long as it takes)
+    #[arg(long, value_name = "DURATION")]
+    pub max_wait: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierArg {
+    Bulk,
+    Standard,
+    Expedited,
+}
+
+#[derive(Args, Debug)]
+pub struct WarmupArgs {
+    /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+    /// Only the packs of these paths of the snapshot (default: all)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Use the newest snapshot taken at or before TIME
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Wait until every needed pack is readable (default: request and exit; 13 while thawing)
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub thaw: ThawArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {}
+
+#[derive(Subcommand, Debug)]
+pub enum LifecycleCommand {
+    /// Print the bucket's lifecycle rules, marking this repository's
+    Show,
+    /// Add (or update) this repository's rules, keeping the bucket's other rules
+    Apply(LifecycleApplyArgs),
+    /// Warn about rules that would archive metadata or delete backup data
+    Check,
+}
+
+#[derive(Args, Debug)]
+pub struct LifecycleApplyArgs {
+    /// Age at which data packs move to the archive class (e.g. 30d)
+    #[arg(long, value_name = "DURATION")]
+    pub transition_after: String,
+    /// Archive class: GLACIER or DEEP_ARCHIVE (also STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR)
+    #[arg(long, value_name = "CLASS")]
+    pub to: String,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -97,6 +190,14 @@ pub struct InitArgs {
     /// zstd level for stored blobs (0 = no compression)
     #[arg(long, default_value_t = 3)]
     pub compression: i32,
+    /// S3 storage class of data packs: STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR,
+    /// GLACIER or DEEP_ARCHIVE (archive classes need a thaw before a restore)
+    #[arg(long, default_value = "STANDARD", value_name = "CLASS")]
+    pub data_storage_class: String,
+    /// S3 storage class of tree packs, index files and snapshots (a class readable at once:
+    /// STANDARD, STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR)
+    #[arg(long, default_value = "STANDARD", value_name = "CLASS")]
+    pub metadata_storage_class: String,
     /// argon2id memory cost in KiB for the key file
     #[arg(long, default_value_t = 64 * 1024)]
     pub kdf_memory_kib: u32,
@@ -182,9 +283,17 @@ pub struct RestoreArgs {
     /// Set owners by numeric uid/gid instead of by user and group name
     #[arg(long)]
     pub numeric_owner: bool,
-    /// Worker threads (default: one per core)
+    /// Worker threads (default: one per core; S3: --s3-connections)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Print what the restore needs (packs, bytes, archived packs, thaw time and cost), then stop
+    #[arg(long)]
+    pub plan: bool,
+    /// Request thaws of archived packs and exit (13) instead of waiting for them
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub thaw: ThawArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

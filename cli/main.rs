@@ -2,6 +2,7 @@
 //! and results, and maps errors to exit codes. All logic lives in `chunkbak-engine`.
 
 mod args;
+mod cold;
 mod output;
 mod progress;
 
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 
 use chunkbak_engine::backend::local::LocalBackend;
 use chunkbak_engine::backend::s3::{S3Backend, S3Config};
-use chunkbak_engine::backend::{Backend, FileKind};
+use chunkbak_engine::backend::{Backend, FileKind, StorageClass};
 use chunkbak_engine::format::key::KdfParams;
 use chunkbak_engine::format::snapshot::Snapshot;
 use chunkbak_engine::format::tree::{Node, NodeKind};
@@ -25,6 +26,7 @@ use chunkbak_engine::format::ObjectKind;
 use chunkbak_engine::ops::backup::{self, BackupOptions, ParentMode, StdinSource};
 use chunkbak_engine::ops::restore::{self, RestoreOptions};
 use chunkbak_engine::ops::select::{self, timestamp_of, Filter, Selector};
+use chunkbak_engine::ops::thaw::{self, PackGate, Thaw};
 use chunkbak_engine::repo::InitOptions;
 use chunkbak_engine::{chunker::ChunkerParams, timeparse, Error, Id, Repository};
 
@@ -89,8 +91,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         Some(Error::NoRepository(_)) => exit::NO_REPO,
         Some(Error::WrongPassword(_)) => exit::WRONG_PASSWORD,
         Some(Error::Interrupted) => exit::INTERRUPTED,
+        Some(Error::Archived { .. }) => exit::COLD,
         _ => {
-            let _ = (exit::LOCKED, exit::COLD);
+            let _ = exit::LOCKED;
             exit::ERROR
         }
     }
@@ -98,14 +101,20 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
     let g = &cli.global;
-    match &cli.command {
+    let r = match &cli.command {
         Command::Init(a) => cmd_init(g, out, a),
         Command::Backup(a) => cmd_backup(g, out, a),
         Command::Snapshots(f) => cmd_snapshots(g, out, f),
         Command::Ls(a) => cmd_ls(g, out, a),
         Command::Restore(a) => cmd_restore(g, out, a),
+        Command::Warmup(a) => cmd_warmup(g, out, a),
+        Command::Check(_) => cmd_check(g, out),
+        Command::Lifecycle(c) => cmd_lifecycle(g, out, c),
         Command::Cat(a) => cmd_cat(g, out, a),
-    }
+    };
+    // What the run cost in S3 requests, also after a failure.
+    cold::report_requests(out);
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,6 +166,8 @@ fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
         Some(r) if r.starts_with("s3:") => {
             let mut c = S3Config::parse(r)?;
             c.endpoint = g.s3_endpoint.clone();
+            c.connections = g.s3_connections.max(1);
+            c.max_attempts = g.s3_max_attempts.max(1);
             Ok(RepoSpec {
                 location: PathBuf::new(),
                 s3: Some(c),
@@ -177,10 +188,12 @@ fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
 }
 
 fn backend(spec: &RepoSpec) -> anyhow::Result<Arc<dyn Backend>> {
-    Ok(match &spec.s3 {
+    let b: Arc<dyn Backend> = match &spec.s3 {
         Some(c) => Arc::new(S3Backend::new(c.clone())?),
         None => Arc::new(LocalBackend::new(&spec.location)),
-    })
+    };
+    let _ = cold::BACKEND.set(b.clone());
+    Ok(b)
 }
 
 fn first_line(bytes: &[u8]) -> Vec<u8> {
@@ -310,6 +323,17 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
         data_pack_size: a.data_pack_size,
         tree_pack_size: a.tree_pack_size,
         compression_level: a.compression,
+        data_class: StorageClass::parse(&a.data_storage_class).context("--data-storage-class")?,
+        meta_class: match StorageClass::parse(&a.metadata_storage_class)
+            .context("--metadata-storage-class")?
+        {
+            c if c.is_archive() => bail!(
+                "--metadata-storage-class {}: metadata must stay readable at once (STANDARD, \
+                 STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR); only data packs may be archived",
+                c.name()
+            ),
+            c => c,
+        },
         kdf: KdfParams {
             m_cost_kib: a.kdf_memory_kib,
             t_cost: a.kdf_iterations,
@@ -646,13 +670,43 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         &a.filter,
         out,
     )?;
+    let s3 = repo.backend().has_archive_classes();
     let opts = RestoreOptions {
         target: a.target.clone(),
         subpath: sub,
         includes: a.includes.iter().map(|i| i.as_bytes().to_vec()).collect(),
         numeric_owner: a.numeric_owner,
-        threads: a.threads,
+        // Reads from S3 wait on the network: one worker per connection.
+        threads: match (a.threads, s3) {
+            (0, true) => g.s3_connections.max(1),
+            (n, _) => n,
+        },
     };
+    let poll = a.thaw.poll()?;
+    let max_wait = a.thaw.max_wait()?;
+    // Plan first where packs may be archived: what is needed, what is cold, what it costs.
+    let mut plan = None;
+    if a.plan || s3 {
+        let p = thaw::plan(&repo, s.tree, &opts)?;
+        cold::print_plan(out, &p, &a.thaw);
+        if a.plan {
+            return Ok(exit::OK);
+        }
+        plan = Some(p);
+    }
+    let mut pending = 0;
+    if let Some(p) = plan.as_mut() {
+        pending = cold::request_thaws(&repo, p, &a.thaw, out)?;
+        if pending > 0 && a.no_wait {
+            if !out.quiet && !out.json {
+                eprintln!(
+                    "chunkbak: {pending} archived packs are thawing; run the same command again \
+                     later (thaws already requested are not requested again)"
+                );
+            }
+            return Ok(exit::COLD);
+        }
+    }
     if !out.quiet && !out.json {
         eprintln!(
             "restoring snapshot {} to {}",
@@ -661,7 +715,18 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         );
     }
     let bar = progress::Bar::new(out, !g.no_progress, "restore");
-    let r = restore::restore(&repo, s.tree, &opts, &bar);
+    let report = cold::wait_reporter(out, &bar);
+    let gate = match &plan {
+        Some(p) if pending > 0 => Some(Thaw::new(&repo, p, poll, max_wait, &report)),
+        _ => None,
+    };
+    let r = restore::restore_gated(
+        &repo,
+        s.tree,
+        &opts,
+        &bar,
+        gate.as_ref().map(|g| g as &dyn PackGate),
+    );
     bar.finish();
     let r = r?;
     if out.json {
@@ -690,6 +755,114 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// warmup, check, lifecycle
+
+fn cmd_warmup(g: &Global, out: &Out, a: &args::WarmupArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let (_, s, sub) = choose(
+        &repo,
+        a.snapshot.as_deref(),
+        a.at.as_deref(),
+        &a.filter,
+        out,
+    )?;
+    let opts = RestoreOptions {
+        subpath: sub,
+        includes: a.paths.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        ..RestoreOptions::default()
+    };
+    let poll = a.thaw.poll()?;
+    let max_wait = a.thaw.max_wait()?;
+    let mut plan = thaw::plan(&repo, s.tree, &opts)?;
+    cold::print_plan(out, &plan, &a.thaw);
+    let pending = cold::request_thaws(&repo, &mut plan, &a.thaw, out)?;
+    if pending == 0 {
+        out.line("every pack needed is readable");
+        return Ok(exit::OK);
+    }
+    if !a.wait {
+        return Ok(exit::COLD);
+    }
+    let bar = progress::Bar::new(out, false, "warmup");
+    let report = cold::wait_reporter(out, &bar);
+    let gate = Thaw::new(&repo, &plan, poll, max_wait, &report);
+    while gate.pending() > 0 {
+        gate.wait()?;
+    }
+    out.line("every pack needed is readable");
+    Ok(exit::OK)
+}
+
+fn cmd_check(g: &Global, out: &Out) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    let files = repo.load_index()?;
+    let r = chunkbak_engine::ops::check::check(&repo)?;
+    if out.json {
+        out.json_line(
+            "check",
+            json!({"index_files": files, "snapshots": r.snapshots, "trees": r.trees,
+                   "packs": r.packs, "blobs": r.blobs, "unindexed_packs": r.unindexed_packs,
+                   "problems": r.problems}),
+        );
+    } else {
+        for p in &r.problems {
+            eprintln!("problem: {p}");
+        }
+        out.line(format!(
+            "checked {} snapshots, {} trees, {} blobs, {} packs from {files} index files: {} problems",
+            r.snapshots,
+            r.trees,
+            r.blobs,
+            r.packs,
+            r.problems.len()
+        ));
+        if r.unindexed_packs > 0 {
+            out.line(format!(
+                "{} packs are in no index (left by interrupted backups; harmless)",
+                r.unindexed_packs
+            ));
+        }
+    }
+    Ok(if r.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
+fn cmd_lifecycle(g: &Global, out: &Out, c: &args::LifecycleCommand) -> anyhow::Result<i32> {
+    let spec = repo_spec(g)?;
+    let Some(cfg) = &spec.s3 else {
+        bail!("lifecycle rules are a setting of S3 buckets: use -r s3:BUCKET/PREFIX");
+    };
+    let s3 = Arc::new(S3Backend::new(cfg.clone())?);
+    let _ = cold::BACKEND.set(s3.clone());
+    let code = match c {
+        args::LifecycleCommand::Show => {
+            cold::lifecycle_show(&s3, out)?;
+            exit::OK
+        }
+        args::LifecycleCommand::Apply(a) => {
+            cold::lifecycle_apply(&s3, out, &a.transition_after, &a.to)?;
+            if cold::lifecycle_check(&s3, out)? {
+                exit::ERROR
+            } else {
+                exit::OK
+            }
+        }
+        args::LifecycleCommand::Check => {
+            if cold::lifecycle_check(&s3, out)? {
+                exit::ERROR
+            } else {
+                exit::OK
+            }
+        }
+    };
+    Ok(code)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@ impl Bar {
         }
     }
 
+    /// A status line for humans, above the bar (nothing with --json or --quiet).
+    pub fn note(&self, line: &str) {
+        if self.out.json || self.out.quiet {
+            return;
+        }
+        let _g = self.lock.lock();
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();

@@ -19,6 +19,8 @@ pub enum Error {
     ObjectNotFound(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{object} is in storage class {class} and must be thawed before it can be read: `chunkbak restore` thaws what it needs, `chunkbak warmup` thaws ahead")]
+    Archived { object: String, class: String },
     #[error("backend: {context}: {source}")]
     Backend {
         context: String,

@@ -25,6 +25,7 @@ pub struct Packer {
     path: PathBuf,
     out: BufWriter<File>,
     hash: blake3::Hasher,
+    crc: crc_fast::Digest,
     cipher: ObjectCipher,
     prefix: [u8; 6],
     salt: [u8; 32],
@@ -56,6 +57,7 @@ impl Packer {
             path,
             out: BufWriter::with_capacity(1 << 20, f),
             hash: blake3::Hasher::new(),
+            crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
             cipher: mk.object_cipher(&salt),
             prefix,
             salt,
@@ -72,6 +74,7 @@ impl Packer {
             .write_all(b)
             .map_err(|e| Error::io(&self.path, e))?;
         self.hash.update(b);
+        self.crc.update(b);
         self.size += b.len() as u64;
         Ok(())
     }
@@ -121,6 +124,7 @@ impl Packer {
                 id,
                 kind: self.kind.pack_kind(),
                 size: self.size,
+                crc32c: self.crc.finalize() as u32,
                 salt: self.salt,
                 blobs: self.records,
             },
@@ -225,8 +229,12 @@ impl BlobSaver {
 
     fn upload(&self, packer: Packer) -> Result<()> {
         let (entry, path) = packer.finish()?;
-        self.backend
-            .put_file(FileKind::of_pack(entry.kind), &entry.id.to_hex(), &path)?;
+        self.backend.put_file(
+            FileKind::of_pack(entry.kind),
+            &entry.id.to_hex(),
+            &path,
+            entry.crc32c,
+        )?;
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
         // Blobs become visible for dedup through the index once their pack is stored.
         self.index.write().expect("index lock").add_pack(&entry);

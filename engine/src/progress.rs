@@ -10,6 +10,8 @@ pub trait Progress: Send + Sync {
     fn bytes(&self, _n: u64) {}
     /// A file was finished.
     fn file_done(&self, _path: &Path) {}
+    /// A status line (e.g. waiting for archived packs to thaw).
+    fn message(&self, _message: &str) {}
     /// Something went wrong with one entry; the run goes on.
     fn warning(&self, _path: &Path, _message: &str) {}
 }

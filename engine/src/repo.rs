@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::backend::{Backend, FileKind};
+use crate::backend::{Backend, FileKind, StorageClass};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::compressor::decompress;
 use crate::crypter::{random_bytes, MasterKey};
@@ -28,6 +28,10 @@ pub struct InitOptions {
     pub tree_pack_size: u32,
     pub compression_level: i32,
     pub kdf: KdfParams,
+    /// Storage class of data packs (any class).
+    pub data_class: StorageClass,
+    /// Storage class of tree packs, index files and snapshots (readable at once).
+    pub meta_class: StorageClass,
 }
 
 impl Default for InitOptions {
@@ -38,6 +42,8 @@ impl Default for InitOptions {
             tree_pack_size: DEFAULT_TREE_PACK_SIZE,
             compression_level: 3,
             kdf: KdfParams::default(),
+            data_class: StorageClass::Standard,
+            meta_class: StorageClass::Standard,
         }
     }
 }
@@ -69,6 +75,8 @@ impl Repository {
             tree_pack_size: opts.tree_pack_size,
             compression_level: opts.compression_level,
             created: jiff::Timestamp::now().as_second(),
+            data_storage_class: opts.data_class.code(),
+            meta_storage_class: opts.meta_class.code(),
         };
         config.validate()?;
         backend.create()?;
@@ -119,6 +127,10 @@ impl Repository {
     }
 
     fn with_key(backend: Arc<dyn Backend>, key: MasterKey, config: Config) -> Result<Self> {
+        backend.set_storage_class(FileKind::Data, config.data_class());
+        for k in [FileKind::Tree, FileKind::Index, FileKind::Snapshot] {
+            backend.set_storage_class(k, config.meta_class());
+        }
         let chunker = Chunker::new(config.chunker_params(), key.gear_seed())?;
         Ok(Repository {
             hasher: key.hasher(),
@@ -206,6 +218,8 @@ impl Repository {
         if packs.is_empty() {
             return Ok(None);
         }
+        // An index names only packs that are stored.
+        self.backend.flush()?;
         let f = IndexFile {
             supersedes: Vec::new(),
             packs,

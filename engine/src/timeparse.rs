@@ -52,9 +52,44 @@ pub fn parse_time_now(s: &str) -> Result<Timestamp> {
     parse_time(s, &Zoned::now().with_time_zone(TimeZone::system()))
 }
 
+/// Parses a duration: a number and a unit, `90s`, `5m`, `12h`, `30d`, `2w` (also `30 days`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        Error::Invalid(format!(
+            "cannot read duration {s:?}: use a number and a unit, like 90s, 5m, 12h, 30d or 2w"
+        ))
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap().as_secs(), 30 * 86_400);
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("2 weeks").unwrap().as_secs(), 14 * 86_400);
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        for bad in ["", "d", "30", "3x", "-1d", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     fn now() -> Zoned {
         "2026-11-22T12:00:00+00:00[UTC]".parse().unwrap()

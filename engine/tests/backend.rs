@@ -4,8 +4,14 @@
 
 use chunkbak_engine::backend::local::LocalBackend;
 use chunkbak_engine::backend::s3::{S3Backend, S3Config};
-use chunkbak_engine::backend::{Backend, FileKind};
+use chunkbak_engine::backend::{Backend, FileKind, StorageClass, ThawState, Tier};
 use chunkbak_engine::Error;
+
+fn crc32c(data: &[u8]) -> u32 {
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    d.update(data);
+    d.finalize() as u32
+}
 
 fn conformance(b: &dyn Backend) {
     b.create().unwrap();
@@ -50,9 +56,19 @@ fn conformance(b: &dyn Backend) {
     let f = tmp.join("pack-test");
     std::fs::write(&f, b"from a file").unwrap();
     let other = "cd".repeat(32);
-    b.put_file(FileKind::Data, &other, &f).unwrap();
+    b.put_file(FileKind::Data, &other, &f, crc32c(b"from a file"))
+        .unwrap();
+    b.flush().unwrap();
+    assert!(!f.exists(), "put_file consumes its file");
     assert_eq!(b.get(FileKind::Data, &other).unwrap(), b"from a file");
     assert_eq!(b.list(FileKind::Data).unwrap().len(), 2);
+    let info = b.list_info(FileKind::Data).unwrap();
+    assert_eq!(info.len(), 2);
+    assert!(info.iter().all(|o| o.class == StorageClass::Standard));
+    assert_eq!(
+        b.thaw_state(FileKind::Data, &other).unwrap(),
+        ThawState::Hot
+    );
 
     let missing = "ef".repeat(32);
     match b.get(FileKind::Snapshot, &missing) {
@@ -101,6 +117,7 @@ fn s3(bucket: &str, prefix: &str) -> S3Backend {
         endpoint: Some(s3_endpoint()),
         region: Some("us-east-1".into()),
         static_credentials: Some(("test".into(), "test".into())),
+        ..S3Config::default()
     })
     .unwrap()
 }
@@ -127,4 +144,99 @@ fn s3_urls_parse() {
     assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bucket", ""));
     assert!(S3Config::parse("s3:").is_err());
     assert!(S3Config::parse("/local/path").is_err());
+}
+
+#[test]
+fn s3_multipart_uploads_checksums_and_request_counts() {
+    let bucket = format!("multipart-{}", std::process::id());
+    let b = S3Backend::new(S3Config {
+        bucket: bucket.clone(),
+        prefix: "r".into(),
+        endpoint: Some(s3_endpoint()),
+        static_credentials: Some(("test".into(), "test".into())),
+        multipart_threshold: 6 << 20,
+        part_size: 5 << 20,
+        ..S3Config::default()
+    })
+    .unwrap();
+    b.create().unwrap();
+    let tmp = b.temp_dir();
+    std::fs::create_dir_all(&tmp).unwrap();
+    // 12 MiB + 1: three parts (5, 5, 2 MiB + 1 byte), uploaded from the file.
+    let data: Vec<u8> = (0..(12u32 << 20) + 1)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let f = tmp.join(format!("pack-mp-{}", std::process::id()));
+    std::fs::write(&f, &data).unwrap();
+    let name = "12".repeat(32);
+    let before = b.requests().unwrap();
+    b.put_file(FileKind::Data, &name, &f, crc32c(&data))
+        .unwrap();
+    b.flush().unwrap();
+    let after = b.requests().unwrap();
+    // Create, three parts, complete: five PUT-class requests, no DELETE.
+    assert_eq!(after.put - before.put, 5, "{after:?}");
+    assert_eq!(after.delete, 0);
+    assert!(after.bytes_up - before.bytes_up >= data.len() as u64);
+    assert_eq!(b.get(FileKind::Data, &name).unwrap(), data);
+    assert_eq!(
+        b.get_range(FileKind::Data, &name, (5 << 20) - 3, 10)
+            .unwrap(),
+        &data[(5 << 20) - 3..(5 << 20) + 7]
+    );
+    let got = b.requests().unwrap();
+    assert_eq!(got.get - after.get, 2);
+    assert!(got.bytes_down - after.bytes_down >= data.len() as u64 + 10);
+
+    // A single-part upload with a wrong checksum is refused by the store (400 BadDigest).
+    let g = tmp.join(format!("pack-bad-{}", std::process::id()));
+    std::fs::write(&g, b"some bytes").unwrap();
+    let bad = "34".repeat(32);
+    b.put_file(FileKind::Data, &bad, &g, crc32c(b"other bytes"))
+        .unwrap();
+    let e = b.flush().unwrap_err();
+    assert!(e.to_string().contains(&bad), "{e}");
+    assert!(!b.exists(FileKind::Data, &bad).unwrap());
+}
+
+#[test]
+fn s3_archived_objects_thaw_on_request() {
+    let bucket = format!("glacier-{}", std::process::id());
+    let b = s3(&bucket, "g");
+    b.create().unwrap();
+    let name = "56".repeat(32);
+    b.put(FileKind::Data, &name, b"cold data").unwrap();
+    b.transition(FileKind::Data, &name, StorageClass::Glacier)
+        .unwrap();
+    let info = b.list_info(FileKind::Data).unwrap();
+    assert_eq!(info[0].class, StorageClass::Glacier);
+    assert_eq!(
+        b.thaw_state(FileKind::Data, &name).unwrap(),
+        ThawState::Cold
+    );
+    match b.get_range(FileKind::Data, &name, 0, 4) {
+        Err(Error::Archived { object, class }) => {
+            assert!(object.contains(&name));
+            assert_eq!(class, "GLACIER");
+        }
+        other => panic!("expected an archived-object error, got {other:?}"),
+    }
+    b.request_thaw(FileKind::Data, &name, Tier::Bulk, 2)
+        .unwrap();
+    // A second request while the first is in progress is not an error.
+    b.request_thaw(FileKind::Data, &name, Tier::Bulk, 2)
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        match b.thaw_state(FileKind::Data, &name).unwrap() {
+            ThawState::Thawed { .. } => break,
+            ThawState::Thawing => {}
+            s => panic!("unexpected state {s:?}"),
+        }
+        assert!(start.elapsed().as_secs() < 60, "thaw never finished");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(b.get(FileKind::Data, &name).unwrap(), b"cold data");
+    let r = b.requests().unwrap();
+    assert!(r.restore >= 2 && r.copy == 1, "{r:?}");
 }

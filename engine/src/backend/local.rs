@@ -97,7 +97,7 @@ impl Backend for LocalBackend {
         self.install(&tmp, kind, name)
     }
 
-    fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
+    fn put_file(&self, kind: FileKind, name: &str, path: &Path, _crc32c: u32) -> Result<()> {
         File::open(path)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(path, e))?;

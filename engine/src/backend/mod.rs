@@ -79,6 +79,167 @@ impl FileKind {
     }
 }
 
+/// Storage classes of S3 (and the local backend, where everything is `Standard`). Only the
+/// archive classes (`Glacier`, `DeepArchive`) need a thaw (RestoreObject) before a read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StorageClass {
+    #[default]
+    Standard,
+    StandardIa,
+    IntelligentTiering,
+    GlacierIr,
+    Glacier,
+    DeepArchive,
+    /// A class this version does not know (read as hot; S3 says so on GET if it is not).
+    Other,
+}
+
+impl StorageClass {
+    /// The classes a repository's config can name, in code order (code = position).
+    pub const CONFIGURABLE: [StorageClass; 6] = [
+        StorageClass::Standard,
+        StorageClass::StandardIa,
+        StorageClass::IntelligentTiering,
+        StorageClass::GlacierIr,
+        StorageClass::Glacier,
+        StorageClass::DeepArchive,
+    ];
+
+    pub fn from_code(code: u8) -> Option<StorageClass> {
+        Self::CONFIGURABLE.get(usize::from(code)).copied()
+    }
+
+    pub fn code(self) -> u8 {
+        Self::CONFIGURABLE
+            .iter()
+            .position(|c| *c == self)
+            .unwrap_or(0) as u8
+    }
+
+    /// The S3 name (`STANDARD`, `GLACIER`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageClass::Standard => "STANDARD",
+            StorageClass::StandardIa => "STANDARD_IA",
+            StorageClass::IntelligentTiering => "INTELLIGENT_TIERING",
+            StorageClass::GlacierIr => "GLACIER_IR",
+            StorageClass::Glacier => "GLACIER",
+            StorageClass::DeepArchive => "DEEP_ARCHIVE",
+            StorageClass::Other => "OTHER",
+        }
+    }
+
+    /// Parses an S3 class name; unknown names give `Other`.
+    pub fn from_name(s: &str) -> StorageClass {
+        Self::CONFIGURABLE
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .unwrap_or(StorageClass::Other)
+    }
+
+    /// Parses a class a user names in an option; unknown names are an error.
+    pub fn parse(s: &str) -> crate::Result<StorageClass> {
+        match Self::from_name(s) {
+            StorageClass::Other => Err(crate::Error::Invalid(format!(
+                "unknown storage class {s:?}: use one of STANDARD, STANDARD_IA, \
+                 INTELLIGENT_TIERING, GLACIER_IR, GLACIER, DEEP_ARCHIVE"
+            ))),
+            c => Ok(c),
+        }
+    }
+
+    /// Objects in these classes must be thawed (RestoreObject) before they can be read.
+    pub fn is_archive(self) -> bool {
+        matches!(self, StorageClass::Glacier | StorageClass::DeepArchive)
+    }
+
+    /// The minimum storage duration S3 bills for, in days (early deletion costs the rest).
+    pub fn min_days(self) -> u32 {
+        match self {
+            StorageClass::StandardIa => 30,
+            StorageClass::GlacierIr | StorageClass::Glacier => 90,
+            StorageClass::DeepArchive => 180,
+            _ => 0,
+        }
+    }
+}
+
+/// An object as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    pub class: StorageClass,
+    /// Upload time, seconds since the epoch, where the store reports it.
+    pub modified: Option<i64>,
+}
+
+/// Whether an object can be read now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ThawState {
+    /// In a class readable at once.
+    Hot,
+    /// Archived; no thaw requested.
+    Cold,
+    /// Archived; a thaw is in progress.
+    Thawing,
+    /// Archived, with a readable copy until the given time (as S3 reports it).
+    Thawed { expiry: Option<String> },
+}
+
+impl ThawState {
+    pub fn readable(&self) -> bool {
+        matches!(self, ThawState::Hot | ThawState::Thawed { .. })
+    }
+}
+
+/// Retrieval tier of a thaw: how fast, at what price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Bulk,
+    Standard,
+    Expedited,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Bulk => "bulk",
+            Tier::Standard => "standard",
+            Tier::Expedited => "expedited",
+        }
+    }
+}
+
+/// Requests a backend sent (attempts, retries included) and bytes it moved, by S3 request type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub put: u64,
+    pub get: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub copy: u64,
+    pub restore: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl RequestCounts {
+    /// `(name, count)` for each request type, in a fixed order.
+    pub fn by_type(&self) -> [(&'static str, u64); 7] {
+        [
+            ("PUT", self.put),
+            ("GET", self.get),
+            ("HEAD", self.head),
+            ("LIST", self.list),
+            ("DELETE", self.delete),
+            ("COPY", self.copy),
+            ("RESTORE", self.restore),
+        ]
+    }
+}
+
 /// An object store holding one repository.
 pub trait Backend: Send + Sync {
     /// Where the repository is, for messages.
@@ -89,8 +250,11 @@ pub trait Backend: Send + Sync {
     fn exists(&self, kind: FileKind, name: &str) -> Result<bool>;
     /// Stores an object atomically: readers see all of it or nothing.
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
-    /// Stores the contents of a local file (a finished pack), consuming the file.
-    fn put_file(&self, kind: FileKind, name: &str, path: &Path) -> Result<()> {
+    /// Stores the contents of a local file (a finished pack), consuming the file. `crc32c` is
+    /// the CRC32C of its bytes (a store that checks uploads sends it along). The store may keep
+    /// uploading after this returns: [`flush`](Self::flush) waits for it.
+    fn put_file(&self, kind: FileKind, name: &str, path: &Path, crc32c: u32) -> Result<()> {
+        let _ = crc32c;
         let data = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
         self.put(kind, name, &data)?;
         let _ = std::fs::remove_file(path);
@@ -102,6 +266,42 @@ pub trait Backend: Send + Sync {
     /// Names and sizes of all objects of a kind.
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Waits until every object handed to `put_file` is stored; the first failure, if any.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Sets the storage class for new objects of a kind (stores without classes ignore it).
+    fn set_storage_class(&self, _kind: FileKind, _class: StorageClass) {}
+    /// As [`list`](Self::list), with storage classes and upload times.
+    fn list_info(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        Ok(self
+            .list(kind)?
+            .into_iter()
+            .map(|(name, size)| ObjectInfo {
+                name,
+                size,
+                class: StorageClass::Standard,
+                modified: None,
+            })
+            .collect())
+    }
+    /// Whether objects of this store can be in an archive class (then restores plan thaws).
+    fn has_archive_classes(&self) -> bool {
+        false
+    }
+    /// Whether an object can be read now (one HEAD on S3).
+    fn thaw_state(&self, _kind: FileKind, _name: &str) -> Result<ThawState> {
+        Ok(ThawState::Hot)
+    }
+    /// Asks the store to make an archived object readable for `days` days. A thaw already in
+    /// progress or done is not an error.
+    fn request_thaw(&self, _kind: FileKind, _name: &str, _tier: Tier, _days: u32) -> Result<()> {
+        Ok(())
+    }
+    /// Requests sent so far, by type (stores that bill requests; None for local folders).
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
     /// A local folder for temporary pack files, on the same file system as the repository
     /// where that makes `put_file` a rename.
     fn temp_dir(&self) -> PathBuf {

@@ -3,6 +3,7 @@
 use bincode::{Decode, Encode};
 
 use super::{bincode_decode, bincode_encode};
+use crate::backend::StorageClass;
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 
@@ -24,6 +25,10 @@ pub struct Config {
     pub compression_level: i32,
     /// Creation time, seconds since the epoch.
     pub created: i64,
+    /// Storage class of data packs ([`StorageClass`] code): any class, archive classes included.
+    pub data_storage_class: u8,
+    /// Storage class of tree packs, index files and snapshots: a class readable at once.
+    pub meta_storage_class: u8,
 }
 
 pub const DEFAULT_DATA_PACK_SIZE: u32 = 32 << 20;
@@ -62,7 +67,30 @@ impl Config {
                 self.compression_level
             )));
         }
+        if StorageClass::from_code(self.data_storage_class).is_none() {
+            return Err(Error::Config(format!(
+                "unknown data storage class code {}",
+                self.data_storage_class
+            )));
+        }
+        match StorageClass::from_code(self.meta_storage_class) {
+            Some(c) if !c.is_archive() => {}
+            _ => {
+                return Err(Error::Config(format!(
+                    "metadata storage class code {} is not a class readable at once",
+                    self.meta_storage_class
+                )))
+            }
+        }
         Ok(())
+    }
+
+    pub fn data_class(&self) -> StorageClass {
+        StorageClass::from_code(self.data_storage_class).unwrap_or_default()
+    }
+
+    pub fn meta_class(&self) -> StorageClass {
+        StorageClass::from_code(self.meta_storage_class).unwrap_or_default()
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Index files: which blobs each pack holds. Payload of an envelope of kind Index:
 //! `n_supersedes(u32) || ids || n_packs(u32) || pack_0 || ...`, each pack
-//! `id(32) || kind(1) || 0(3) || size(u64) || salt(32) || n_blobs(u32) || records (48 bytes each)`.
+//! `id(32) || kind(1) || 0(3) || size(u64) || crc32c(u32) || salt(32) || n_blobs(u32) ||
+//! records (48 bytes each)`.
 
 use super::pack::{BlobRecord, RECORD_LEN};
 use super::{ObjectKind, Reader};
@@ -12,6 +13,9 @@ pub struct PackEntry {
     pub id: ObjectId,
     pub kind: ObjectKind,
     pub size: u64,
+    /// CRC32C (Castagnoli) of the pack's bytes: the checksum sent with the upload, which the
+    /// object store keeps, so a pack can be checked without downloading it.
+    pub crc32c: u32,
     /// The pack's salt (bytes 6..38 of the pack), so a blob can be opened with one ranged read.
     pub salt: [u8; 32],
     pub blobs: Vec<BlobRecord>,
@@ -28,7 +32,7 @@ impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
         let blobs: usize = self.packs.iter().map(|p| p.blobs.len()).sum();
         let mut out = Vec::with_capacity(
-            8 + 32 * self.supersedes.len() + 80 * self.packs.len() + RECORD_LEN * blobs,
+            8 + 32 * self.supersedes.len() + 84 * self.packs.len() + RECORD_LEN * blobs,
         );
         out.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for id in &self.supersedes {
@@ -39,6 +43,7 @@ impl IndexFile {
             out.extend_from_slice(&p.id.0);
             out.extend_from_slice(&[p.kind as u8, 0, 0, 0]);
             out.extend_from_slice(&p.size.to_le_bytes());
+            out.extend_from_slice(&p.crc32c.to_le_bytes());
             out.extend_from_slice(&p.salt);
             out.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
             for b in &p.blobs {
@@ -55,7 +60,7 @@ impl IndexFile {
         for _ in 0..n {
             supersedes.push(r.id()?);
         }
-        let n = r.count(80)?;
+        let n = r.count(84)?;
         let mut packs = Vec::with_capacity(n);
         for _ in 0..n {
             let id = r.id()?;
@@ -67,6 +72,7 @@ impl IndexFile {
                 return Err(r.corrupt("reserved bytes are not zero"));
             }
             let size = r.u64()?;
+            let crc32c = r.u32()?;
             let salt = r.array()?;
             let nb = r.count(RECORD_LEN)?;
             let mut blobs = Vec::with_capacity(nb);
@@ -86,6 +92,7 @@ impl IndexFile {
                 id,
                 kind,
                 size,
+                crc32c,
                 salt,
                 blobs,
             });

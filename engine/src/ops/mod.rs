@@ -1,10 +1,12 @@
 //! Operations, one per command.
 
 pub mod backup;
+pub mod check;
 pub mod fsmeta;
 pub mod ls;
 pub mod restore;
 pub mod select;
+pub mod thaw;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::fsmeta;
 use super::ls::{components, find, walk};
+use super::thaw::PackGate;
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind};
 use crate::id::BlobId;
@@ -168,7 +169,7 @@ impl Restorer<'_> {
     }
 }
 
-fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
+pub(crate) fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
     // (restore this entry, descend into it)
     if includes.is_empty() {
         return (true, true);
@@ -187,12 +188,53 @@ fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
     (descend, descend)
 }
 
+/// Where a restore of `subpath` starts: the tree to walk and its path, or a single non-directory
+/// node (restored into the target by its name).
+pub(crate) fn resolve_start(
+    repo: &Repository,
+    root: BlobId,
+    subpath: &[u8],
+) -> Result<(BlobId, Vec<u8>, Option<Node>)> {
+    if components(subpath).is_empty() {
+        return Ok((root, Vec::new(), None));
+    }
+    let n = find(repo, root, subpath)?.expect("non-empty path gives a node");
+    Ok(match (n.kind, n.subtree) {
+        (NodeKind::Dir, Some(t)) => (t, subpath.to_vec(), None),
+        _ => (root, Vec::new(), Some(n)),
+    })
+}
+
 /// Restores a snapshot's tree `root`. The repository's index must be loaded.
 pub fn restore(
     repo: &Repository,
     root: BlobId,
     opts: &RestoreOptions,
     progress: &dyn Progress,
+) -> Result<RestoreResult> {
+    restore_gated(repo, root, opts, progress, None)
+}
+
+/// The packs a file's contents are in (None when a chunk is not in the index).
+fn packs_of(repo: &Repository, ids: &[BlobId]) -> Option<Vec<crate::id::ObjectId>> {
+    let idx = repo.index().read().expect("index lock");
+    let mut out: Vec<_> = ids
+        .iter()
+        .map(|id| idx.get(id).map(|(p, _)| p.id))
+        .collect::<Option<_>>()?;
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
+/// As [`restore`]; with a gate, files are written as soon as all their packs are readable, and
+/// the restore waits on the gate for the rest (archived packs being thawed).
+pub fn restore_gated(
+    repo: &Repository,
+    root: BlobId,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    gate: Option<&dyn PackGate>,
 ) -> Result<RestoreResult> {
     let r = Restorer {
         repo,
@@ -205,15 +247,7 @@ pub fn restore(
         files: AtomicU64::new(0),
     };
     let mut res = RestoreResult::default();
-    let (start_tree, prefix, single) = if components(&opts.subpath).is_empty() {
-        (root, Vec::new(), None)
-    } else {
-        let n = find(repo, root, &opts.subpath)?.expect("non-empty path gives a node");
-        match (n.kind, n.subtree) {
-            (NodeKind::Dir, Some(t)) => (t, opts.subpath.clone(), None),
-            _ => (root, Vec::new(), Some(n)),
-        }
-    };
+    let (start_tree, prefix, single) = resolve_start(repo, root, &opts.subpath)?;
     // An --include that names nothing is a typo, not a request to restore nothing.
     for inc in &opts.includes {
         if find(repo, root, inc).is_err() {
@@ -336,18 +370,36 @@ pub fn restore(
     progress.total(res.files, total_bytes);
 
     let pool = crate::ops::thread_pool(opts.threads, "restore")?;
-    pool.install(|| {
-        jobs.par_iter().for_each(|job| {
-            if crate::ops::interrupted() {
-                return;
-            }
-            if let Err(e) = r.restore_file(job) {
-                r.error(&job.path, format!("not restored: {e}"));
-            }
-        })
-    });
-    if crate::ops::interrupted() {
-        return Err(Error::Interrupted);
+    let mut pending = jobs;
+    loop {
+        let (ready, waiting): (Vec<FileJob>, Vec<FileJob>) = match gate {
+            None => (pending, Vec::new()),
+            Some(g) => pending.into_iter().partition(|job| {
+                repo.file_chunks(&job.node.content)
+                    .ok()
+                    .and_then(|ids| packs_of(repo, &ids))
+                    // A file whose chunks cannot be located fails when restored, with a reason.
+                    .is_none_or(|packs| packs.iter().all(|p| g.readable(p)))
+            }),
+        };
+        pool.install(|| {
+            ready.par_iter().for_each(|job| {
+                if crate::ops::interrupted() {
+                    return;
+                }
+                if let Err(e) = r.restore_file(job) {
+                    r.error(&job.path, format!("not restored: {e}"));
+                }
+            })
+        });
+        if crate::ops::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        pending = waiting;
+        match gate {
+            Some(g) if !pending.is_empty() => g.wait()?,
+            _ => break,
+        }
     }
     for (path, n) in dirs.iter().rev() {
         r.apply_meta(path, n);

@@ -1,0 +1,927 @@
+//! A repository in an S3 bucket (AWS or an S3-compatible store), through aws-sdk-s3 on a
+//! private tokio runtime behind the synchronous [`Backend`] trait. Keys mirror the local layout
+//! under an optional prefix: `PREFIX/config`, `PREFIX/data/ab/<id>`, ...
+//!
+//! - Packs upload in the background, up to `connections` at once; [`Backend::flush`] waits for
+//!   them (the repository flushes before it writes an index, so an index never names a pack
+//!   that is not stored). Packs above `multipart_threshold` go up in parts read from their temp
+//!   file, never held in memory twice.
+//! - Every upload carries a CRC32C the store verifies (a pack's is precomputed and kept in the
+//!   index). The SDK retries 5xx, SlowDown, throttling, timeouts and resets with exponential
+//!   backoff and jitter; a GET body cut off mid-stream (which the SDK does not retry) is resumed
+//!   here with a ranged GET from the first missing byte.
+//! - An interceptor counts every request attempt by type and the bytes sent.
+
+pub mod lifecycle;
+
+/// The SDK, for callers that need its types (tests, lifecycle output).
+pub use aws_sdk_s3 as sdk;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
+    RestoreRequest,
+};
+use aws_sdk_s3::Client;
+use base64::Engine as _;
+use tokio::sync::Semaphore;
+
+use super::{Backend, FileKind, ObjectInfo, RequestCounts, StorageClass, ThawState, Tier};
+use crate::error::{Error, Result};
+
+/// Where an S3 repository is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// Endpoint of an S3-compatible store (path-style addressing is used with it).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Static credentials (tests); otherwise aws-config's default chain (environment, profile,
+    /// SSO, EC2 instance role).
+    pub static_credentials: Option<(String, String)>,
+    /// Uploads in flight at once (each holds one finished pack file in the temp folder).
+    pub connections: usize,
+    /// Attempts per request (1 = no retries).
+    pub max_attempts: u32,
+    /// First retry delay; later ones double, with full jitter, up to 20 s.
+    pub initial_backoff: Duration,
+    /// Objects larger than this are uploaded in parts.
+    pub multipart_threshold: u64,
+    /// Part size of multipart uploads (S3: at least 5 MiB, at most 10,000 parts).
+    pub part_size: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            static_credentials: None,
+            connections: 8,
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            multipart_threshold: 64 << 20,
+            part_size: 16 << 20,
+        }
+    }
+}
+
+impl S3Config {
+    /// Parses `s3:BUCKET[/PREFIX]` or `s3://BUCKET[/PREFIX]`.
+    pub fn parse(url: &str) -> Result<S3Config> {
+        let rest = url
+            .strip_prefix("s3://")
+            .or_else(|| url.strip_prefix("s3:"))
+            .ok_or_else(|| Error::Invalid(format!("{url:?} is not an s3: repository URL")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{url:?} names no bucket: use s3:BUCKET/PREFIX"
+            )));
+        }
+        Ok(S3Config {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            ..S3Config::default()
+        })
+    }
+
+    /// The key prefix of a kind's folder, with a trailing `/` (`PREFIX/data/`).
+    pub fn folder(&self, kind: FileKind) -> String {
+        let dir = kind.dir();
+        match (self.prefix.is_empty(), dir.is_empty()) {
+            (true, _) => format!("{dir}/"),
+            (false, true) => format!("{}/", self.prefix),
+            (false, false) => format!("{}/{dir}/", self.prefix),
+        }
+    }
+}
+
+/// Request attempts by type (index: PUT, GET, HEAD, LIST, DELETE, COPY, RESTORE) and bytes.
+#[derive(Debug, Default)]
+struct Counters {
+    by_type: [AtomicU64; 7],
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RequestCounts {
+        let c = |i: usize| self.by_type[i].load(Ordering::Relaxed);
+        RequestCounts {
+            put: c(0),
+            get: c(1),
+            head: c(2),
+            list: c(3),
+            delete: c(4),
+            copy: c(5),
+            restore: c(6),
+            bytes_up: self.up.load(Ordering::Relaxed),
+            bytes_down: self.down.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts each request attempt as it goes on the wire, by S3 request type.
+#[derive(Debug)]
+struct CountRequests(Arc<Counters>);
+
+/// The S3 request type of an HTTP request (as AWS bills it: multipart create/complete are PUTs).
+fn request_type(method: &str, uri: &str, copy_source: bool) -> usize {
+    let query = uri.split_once('?').map_or("", |(_, q)| q);
+    let has = |k: &str| {
+        query
+            .split('&')
+            .any(|p| p == k || p.strip_prefix(k).is_some_and(|r| r.starts_with('=')))
+    };
+    match method {
+        "HEAD" => 2,
+        "GET" if has("list-type") || has("uploads") || has("uploadId") => 3,
+        "GET" => 1,
+        "PUT" if copy_source => 5,
+        "PUT" => 0,
+        "POST" if has("restore") => 6,
+        "POST" if has("delete") => 4,
+        "POST" => 0,
+        "DELETE" => 4,
+        _ => 1,
+    }
+}
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "chunkbak-count-requests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        let req = ctx.request();
+        let h = req.headers();
+        let t = request_type(
+            req.method(),
+            req.uri(),
+            h.get("x-amz-copy-source").is_some(),
+        );
+        self.0.by_type[t].fetch_add(1, Ordering::Relaxed);
+        let len = h
+            .get("x-amz-decoded-content-length")
+            .or_else(|| h.get("content-length"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.0.up.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// What the background uploads share with the backend.
+struct Shared {
+    cfg: S3Config,
+    client: Client,
+    counters: Arc<Counters>,
+    classes: RwLock<HashMap<FileKind, StorageClass>>,
+}
+
+pub struct S3Backend {
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Runtime,
+    slots: Arc<Semaphore>,
+    uploads: Mutex<Vec<tokio::task::JoinHandle<Result<()>>>>,
+}
+
+fn sdk_err<E, R>(context: String, e: SdkError<E, R>) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Error::backend(
+        context,
+        std::io::Error::other(DisplayErrorContext(&e).to_string()),
+    )
+}
+
+/// How often a cut-off GET body is resumed before giving up.
+const MAX_RESUMES: u32 = 8;
+/// A GET body that delivers nothing for this long counts as cut off.
+const BODY_STALL: Duration = Duration::from_secs(60);
+
+fn s3_class(c: StorageClass) -> Option<aws_sdk_s3::types::StorageClass> {
+    match c {
+        StorageClass::Standard | StorageClass::Other => None,
+        c => Some(aws_sdk_s3::types::StorageClass::from(c.name())),
+    }
+}
+
+fn crc_header(crc: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+impl Shared {
+    fn key(&self, kind: FileKind, name: &str) -> String {
+        let rel = kind.path_of(name);
+        if self.cfg.prefix.is_empty() {
+            rel
+        } else {
+            format!("{}/{rel}", self.cfg.prefix)
+        }
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.cfg.bucket)
+    }
+
+    fn class_of(&self, kind: FileKind) -> Option<aws_sdk_s3::types::StorageClass> {
+        match kind {
+            // Config, keys and locks are tiny and read by every command: always STANDARD.
+            FileKind::Config | FileKind::Key | FileKind::Lock => None,
+            k => s3_class(
+                self.classes
+                    .read()
+                    .expect("classes lock")
+                    .get(&k)
+                    .copied()
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// Uploads a finished local file: one PutObject, or a multipart upload above the threshold.
+    async fn upload_file(&self, kind: FileKind, key: &str, path: &Path, crc: u32) -> Result<()> {
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        if size > self.cfg.multipart_threshold {
+            return self.upload_multipart(kind, key, path, size).await;
+        }
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+        self.client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .checksum_crc32_c(crc_header(crc))
+            .set_storage_class(self.class_of(kind))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| sdk_err(format!("PUT {}", self.url(key)), e))?;
+        Ok(())
+    }
+
+    async fn upload_multipart(
+        &self,
+        kind: FileKind,
+        key: &str,
+        path: &Path,
+        size: u64,
+    ) -> Result<()> {
+        let what = format!("multipart upload of {}", self.url(key));
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .set_storage_class(self.class_of(kind))
+            .send()
+            .await
+            .map_err(|e| sdk_err(what.clone(), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| Error::Other(format!("{what}: the store returned no upload id")))?
+            .to_string();
+        let result = self.upload_parts(key, path, size, &upload_id, &what).await;
+        if result.is_err() {
+            // Leave no orphaned parts behind (the lifecycle rule would also clean them up).
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.cfg.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        upload_id: &str,
+        what: &str,
+    ) -> Result<()> {
+        let part_size = self.cfg.part_size.max(5 << 20);
+        let n = size.div_ceil(part_size);
+        let mut parts = Vec::with_capacity(n as usize);
+        let mut set = tokio::task::JoinSet::new();
+        let mut next = 0u64;
+        // Up to four parts of one object in flight; each is read from the file when sent.
+        while next < n || !set.is_empty() {
+            while next < n && set.len() < 4 {
+                let offset = next * part_size;
+                let len = part_size.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.cfg.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(next as i32 + 1)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .body(body);
+                let number = next as i32 + 1;
+                set.spawn(async move { (number, req.send().await) });
+                next += 1;
+            }
+            if let Some(done) = set.join_next().await {
+                let (number, r) = done.map_err(|e| Error::Other(format!("{what}: {e}")))?;
+                let out = r.map_err(|e| sdk_err(format!("{what}, part {number}"), e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
+                        .build(),
+                );
+            }
+        }
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_err(what.to_string(), e))?;
+        Ok(())
+    }
+
+    /// GetObject, whole or `len` bytes from `offset`. A body cut off mid-stream is resumed with
+    /// a ranged GET from the first missing byte. A range past the end yields what exists.
+    async fn fetch(&self, key: &str, range: Option<(u64, u64)>) -> Result<Vec<u8>> {
+        let start = range.map_or(0, |r| r.0);
+        let mut want: Option<u64> = range.map(|r| r.1);
+        let mut out: Vec<u8> = Vec::new();
+        let mut resumes = 0u32;
+        loop {
+            let pos = start + out.len() as u64;
+            let header = match (want, range.is_some() || !out.is_empty()) {
+                (_, false) => None,
+                (Some(n), true) => Some(format!("bytes={pos}-{}", start + n - 1)),
+                (None, true) => Some(format!("bytes={pos}-")),
+            };
+            let what = match &header {
+                Some(h) => format!("GET {} {h}", self.url(key)),
+                None => format!("GET {}", self.url(key)),
+            };
+            let resp = match self
+                .client
+                .get_object()
+                .bucket(&self.cfg.bucket)
+                .key(key)
+                .set_range(header)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(s) = e.as_service_error() {
+                        if s.is_no_such_key() {
+                            return Err(Error::ObjectNotFound(self.url(key)));
+                        }
+                        if let aws_sdk_s3::operation::get_object::GetObjectError::InvalidObjectState(st) = s {
+                            return Err(Error::Archived {
+                                object: self.url(key),
+                                class: st
+                                    .storage_class()
+                                    .map_or("an archive class".to_string(), |c| {
+                                        c.as_str().to_string()
+                                    }),
+                            });
+                        }
+                    }
+                    if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) {
+                        return Ok(out);
+                    }
+                    return Err(sdk_err(what, e));
+                }
+            };
+            let resp_len = resp.content_length().map(|n| n as u64);
+            if want.is_none() {
+                want = resp_len;
+            }
+            let before = out.len();
+            let mut body = resp.body;
+            let cut = loop {
+                match tokio::time::timeout(BODY_STALL, body.next()).await {
+                    Ok(Some(Ok(bytes))) => {
+                        self.counters
+                            .down
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        out.extend_from_slice(&bytes);
+                    }
+                    Ok(None) => break None,
+                    Ok(Some(Err(e))) => break Some(e.to_string()),
+                    Err(_) => break Some(format!("no data for {} s", BODY_STALL.as_secs())),
+                }
+            };
+            let got = (out.len() - before) as u64;
+            // A response that delivered all it announced is complete, even when a range asked
+            // for more (the object ends there; the caller decides whether that is an error).
+            if cut.is_none() && resp_len.is_none_or(|n| got >= n) {
+                return Ok(out);
+            }
+            resumes += 1;
+            if resumes > MAX_RESUMES {
+                return Err(Error::backend(
+                    what,
+                    std::io::Error::other(format!(
+                        "body cut off {MAX_RESUMES} times ({}); check the connection and run again",
+                        cut.unwrap_or_else(|| "ended early".into())
+                    )),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50 << resumes.min(6))).await;
+        }
+    }
+
+    /// HeadObject: None when the object does not exist.
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(sdk_err(format!("HEAD {}", self.url(key)), e)),
+        }
+    }
+}
+
+impl S3Backend {
+    pub fn new(cfg: S3Config) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("chunkbak-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Other(format!("tokio runtime: {e}")))?;
+        let counters = Arc::new(Counters::default());
+        let client = rt.block_on(async {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(r) = &cfg.region {
+                loader = loader.region(aws_config::Region::new(r.clone()));
+            }
+            if let Some((id, secret)) = &cfg.static_credentials {
+                loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    id.clone(),
+                    secret.clone(),
+                    None,
+                    None,
+                    "chunkbak-static",
+                ));
+            }
+            let shared = loader.load().await;
+            let mut b = aws_sdk_s3::config::Builder::from(&shared)
+                .retry_config(
+                    RetryConfig::standard()
+                        .with_max_attempts(cfg.max_attempts.max(1))
+                        .with_initial_backoff(cfg.initial_backoff)
+                        .with_max_backoff(Duration::from_secs(20)),
+                )
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .build(),
+                )
+                .interceptor(CountRequests(counters.clone()));
+            if shared.region().is_none() {
+                b = b.region(aws_config::Region::new("us-east-1"));
+            }
+            if let Some(ep) = &cfg.endpoint {
+                b = b.endpoint_url(ep.clone()).force_path_style(true);
+            } else if shared.endpoint_url().is_some() {
+                b = b.force_path_style(true);
+            }
+            Client::from_conf(b.build())
+        });
+        let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
+        Ok(S3Backend {
+            shared: Arc::new(Shared {
+                cfg,
+                client,
+                counters,
+                classes: RwLock::new(HashMap::new()),
+            }),
+            rt,
+            slots,
+            uploads: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.shared.cfg
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Runs a future on the backend's runtime (lifecycle commands, tests).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The full key of an object.
+    pub fn key(&self, kind: FileKind, name: &str) -> String {
+        self.shared.key(kind, name)
+    }
+
+    /// Copies an object onto itself in another storage class: what an S3 lifecycle transition
+    /// does (no emulator runs lifecycle rules, so tests simulate transitions with this).
+    pub fn transition(&self, kind: FileKind, name: &str, class: StorageClass) -> Result<()> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        let source = format!("{}/{key}", s.cfg.bucket);
+        self.rt.block_on(async {
+            s.client
+                .copy_object()
+                .bucket(&s.cfg.bucket)
+                .key(&key)
+                .copy_source(source)
+                .storage_class(aws_sdk_s3::types::StorageClass::from(class.name()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_err(format!("COPY {} to {}", s.url(&key), class.name()), e))
+        })
+    }
+
+    /// Joins uploads that have finished; the first failure among them.
+    fn reap(&self, all: bool) -> Result<()> {
+        let handles: Vec<_> = {
+            let mut v = self.uploads.lock().expect("uploads lock");
+            if all {
+                std::mem::take(&mut *v)
+            } else {
+                let (done, running) = std::mem::take(&mut *v)
+                    .into_iter()
+                    .partition(|h| h.is_finished());
+                *v = running;
+                done
+            }
+        };
+        let mut first = None;
+        for h in handles {
+            let r = self
+                .rt
+                .block_on(h)
+                .unwrap_or_else(|e| Err(Error::Other(format!("upload task: {e}"))));
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        let c = &self.shared.cfg;
+        if c.prefix.is_empty() {
+            format!("s3:{}", c.bucket)
+        } else {
+            format!("s3:{}/{}", c.bucket, c.prefix)
+        }
+    }
+
+    fn create(&self) -> Result<()> {
+        let s = &self.shared;
+        self.rt.block_on(async {
+            match s.client.head_bucket().bucket(&s.cfg.bucket).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => s
+                    .client
+                    .create_bucket()
+                    .bucket(&s.cfg.bucket)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| sdk_err(format!("creating bucket {}", s.cfg.bucket), e)),
+                Err(e) => Err(sdk_err(format!("bucket {}", s.cfg.bucket), e)),
+            }
+        })
+    }
+
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        let key = self.key(kind, name);
+        Ok(self.rt.block_on(self.shared.head(&key))?.is_some())
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        crc.update(data);
+        self.rt.block_on(async {
+            s.client
+                .put_object()
+                .bucket(&s.cfg.bucket)
+                .key(&key)
+                .checksum_crc32_c(crc_header(crc.finalize() as u32))
+                .set_storage_class(s.class_of(kind))
+                .body(ByteStream::from(data.to_vec()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_err(format!("PUT {}", s.url(&key)), e))
+        })
+    }
+
+    fn put_file(&self, kind: FileKind, name: &str, path: &Path, crc32c: u32) -> Result<()> {
+        // Fail fast when an earlier upload failed.
+        self.reap(false)?;
+        let permit = self
+            .rt
+            .block_on(self.slots.clone().acquire_owned())
+            .map_err(|e| Error::Other(format!("upload slots: {e}")))?;
+        let shared = self.shared.clone();
+        let key = shared.key(kind, name);
+        let path = path.to_path_buf();
+        let handle = self.rt.spawn(async move {
+            let r = shared.upload_file(kind, &key, &path, crc32c).await;
+            // The pack is stored (or the run fails): its temp file has done its job.
+            let _ = tokio::fs::remove_file(&path).await;
+            drop(permit);
+            r
+        });
+        self.uploads.lock().expect("uploads lock").push(handle);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.reap(true)
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let key = self.key(kind, name);
+        self.rt.block_on(self.shared.fetch(&key, None))
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.key(kind, name);
+        let data = self
+            .rt
+            .block_on(self.shared.fetch(&key, Some((offset, len))))?;
+        if data.len() as u64 != len {
+            return Err(Error::corrupt(
+                self.shared.url(&key),
+                format!("object is shorter than {} bytes (truncated?)", offset + len),
+            ));
+        }
+        Ok(data)
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_info(kind)?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect())
+    }
+
+    fn list_info(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        let s = &self.shared;
+        if kind == FileKind::Config {
+            let key = s.key(kind, "config");
+            return Ok(self
+                .rt
+                .block_on(s.head(&key))?
+                .map(|h| ObjectInfo {
+                    name: "config".into(),
+                    size: h.content_length().unwrap_or(0) as u64,
+                    class: h.storage_class().map_or(StorageClass::Standard, |c| {
+                        StorageClass::from_name(c.as_str())
+                    }),
+                    modified: h.last_modified().map(|t| t.secs()),
+                })
+                .into_iter()
+                .collect());
+        }
+        let prefix = s.cfg.folder(kind);
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            let mut pages = s
+                .client
+                .list_objects_v2()
+                .bucket(&s.cfg.bucket)
+                .prefix(&prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| sdk_err(format!("LIST {}", s.url(&prefix)), e))?;
+                for o in page.contents() {
+                    let Some(key) = o.key() else { continue };
+                    let name = key.rsplit('/').next().unwrap_or(key);
+                    out.push(ObjectInfo {
+                        name: name.to_string(),
+                        size: o.size().unwrap_or(0) as u64,
+                        class: o.storage_class().map_or(StorageClass::Standard, |c| {
+                            StorageClass::from_name(c.as_str())
+                        }),
+                        modified: o.last_modified().map(|t| t.secs()),
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn has_archive_classes(&self) -> bool {
+        true
+    }
+
+    fn thaw_state(&self, kind: FileKind, name: &str) -> Result<ThawState> {
+        let key = self.key(kind, name);
+        let h = self
+            .rt
+            .block_on(self.shared.head(&key))?
+            .ok_or_else(|| Error::ObjectNotFound(self.shared.url(&key)))?;
+        let class = h.storage_class().map_or(StorageClass::Standard, |c| {
+            StorageClass::from_name(c.as_str())
+        });
+        Ok(match h.restore() {
+            _ if !class.is_archive() => ThawState::Hot,
+            None => ThawState::Cold,
+            Some(r) if r.contains("ongoing-request=\"true\"") => ThawState::Thawing,
+            Some(r) => ThawState::Thawed {
+                expiry: r
+                    .split_once("expiry-date=\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(d, _)| d.to_string()),
+            },
+        })
+    }
+
+    fn request_thaw(&self, kind: FileKind, name: &str, tier: Tier, days: u32) -> Result<()> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        let tier = match tier {
+            Tier::Bulk => aws_sdk_s3::types::Tier::Bulk,
+            Tier::Standard => aws_sdk_s3::types::Tier::Standard,
+            Tier::Expedited => aws_sdk_s3::types::Tier::Expedited,
+        };
+        let params = GlacierJobParameters::builder()
+            .tier(tier)
+            .build()
+            .map_err(|e| Error::Other(format!("restore request: {e}")))?;
+        let req = RestoreRequest::builder()
+            .days(days.max(1) as i32)
+            .glacier_job_parameters(params)
+            .build();
+        self.rt.block_on(async {
+            match s
+                .client
+                .restore_object()
+                .bucket(&s.cfg.bucket)
+                .key(&key)
+                .restore_request(req)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Already thawing, or not archived (any more): nothing to do.
+                Err(e)
+                    if e.as_service_error().is_some_and(|s| {
+                        matches!(
+                            s.code(),
+                            Some("RestoreAlreadyInProgress" | "ObjectAlreadyInActiveTierError")
+                        )
+                    }) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(sdk_err(format!("RESTORE {}", s.url(&key)), e)),
+            }
+        })
+    }
+
+    fn requests(&self) -> Option<RequestCounts> {
+        Some(self.shared.counters.snapshot())
+    }
+
+    /// Packs are built in a folder of their own, so the system temp folder (often an ancestor
+    /// of backed-up paths) does not change with every pack.
+    fn temp_dir(&self) -> PathBuf {
+        std::env::temp_dir().join("chunkbak-packs")
+    }
+
+    fn set_storage_class(&self, kind: FileKind, class: StorageClass) {
+        self.shared
+            .classes
+            .write()
+            .expect("classes lock")
+            .insert(kind, class);
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        self.rt.block_on(async {
+            s.client
+                .delete_object()
+                .bucket(&s.cfg.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_err(format!("DELETE {}", s.url(&key)), e))
+        })
+    }
+}
+
+impl Drop for S3Backend {
+    fn drop(&mut self) {
+        // Uploads still running belong to a run that failed: stop them, remove nothing else.
+        for h in self
+            .uploads
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+        {
+            h.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_type;
+
+    #[test]
+    fn request_types_follow_s3_billing() {
+        assert_eq!(request_type("PUT", "/b/k", false), 0);
+        assert_eq!(
+            request_type("PUT", "/b/k?partNumber=1&uploadId=x", false),
+            0
+        );
+        assert_eq!(request_type("POST", "/b/k?uploads", false), 0);
+        assert_eq!(request_type("GET", "/b/k", false), 1);
+        assert_eq!(request_type("GET", "/b/k?lifecycle", false), 1);
+        assert_eq!(request_type("HEAD", "/b/k", false), 2);
+        assert_eq!(request_type("GET", "/b?list-type=2&prefix=p", false), 3);
+        assert_eq!(request_type("DELETE", "/b/k", false), 4);
+        assert_eq!(request_type("POST", "/b?delete", false), 4);
+        assert_eq!(request_type("PUT", "/b/k", true), 5);
+        assert_eq!(request_type("POST", "/b/k?restore", false), 6);
+        // A key that merely contains a query-like word is not a LIST.
+        assert_eq!(request_type("GET", "/b/list-type?x-id=GetObject", false), 1);
+    }
+}
