@@ -121,7 +121,7 @@ pub struct WarmupArgs {
     pub snapshot: Option<String>,
     /// Only the packs of these paths of the snapshot (default: all)
     #[arg(value_name = "PATH")]
-    pub paths: Vec<String>,
+    pub include_paths: Vec<String>,
     /// Use the newest snapshot taken at or before TIME
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
@@ -306,4 +306,13 @@ pub struct CatArgs {
     /// Id (or prefix, for snapshots) of the object
     #[arg(value_name = "ID")]
     pub id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

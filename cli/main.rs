@@ -772,7 +772,11 @@ fn cmd_warmup(g: &Global, out: &Out, a: &args::WarmupArgs) -> anyhow::Result<i32
     )?;
     let opts = RestoreOptions {
         subpath: sub,
-        includes: a.paths.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        includes: a
+            .include_paths
+            .iter()
+            .map(|i| i.as_bytes().to_vec())
+            .collect(),
         ..RestoreOptions::default()
     };
     let poll = a.thaw.poll()?;

@@ -1,0 +1,229 @@
+//! Shared helpers of the end-to-end tests: a scratch environment, running the real binary,
+//! deterministic data, the torture tree, tree comparison, and the project's S3 test server.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::cargo_bin;
+use serde_json::Value;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub pw: PathBuf,
+}
+
+/// Deterministic incompressible test data (format-spec.md, appendix A).
+pub fn splitmix(seed: u64, len: usize) -> Vec<u8> {
+    chunkbak_engine::chunker::splitmix_bytes(seed, len)
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// The JSON Lines messages of a given type.
+    pub fn json(&self, ty: &str) -> Vec<Value> {
+        self.out()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == ty)
+            .map(|v| v["data"].clone())
+            .collect()
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("cbk")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = dir.path().join("repo");
+        let pw = dir.path().join("pw");
+        fs::write(&pw, "correct horse\n").unwrap();
+        Env { dir, repo, pw }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(cargo_bin("chunkbak"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CHUNKBAK_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.path("xdg-data"))
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
+            .env("CHUNKBAK_REPOSITORY", &self.repo)
+            .env("CHUNKBAK_PASSWORD_FILE", &self.pw)
+            .env("CHUNKBAK_NO_PROGRESS", "1");
+        c
+    }
+
+    pub fn run_cmd(&self, mut c: Command) -> Run {
+        let o = c.output().unwrap();
+        let r = Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
+        r
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.cmd();
+        c.args(args);
+        self.run_cmd(c)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(
+            r.code,
+            0,
+            "chunkbak {args:?} failed:\n{}\n{}",
+            r.out(),
+            r.stderr
+        );
+        r
+    }
+
+    pub fn init_small(&self) {
+        self.ok(&[
+            "init",
+            "--kdf-memory-kib",
+            "256",
+            "--kdf-iterations",
+            "1",
+            "--chunk-min",
+            "4096",
+            "--chunk-avg",
+            "16384",
+            "--chunk-max",
+            "65536",
+            "--data-pack-size",
+            "262144",
+        ]);
+    }
+
+    pub fn init_default_chunks(&self) {
+        self.ok(&["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
+    }
+
+    /// Restores the snapshot's copy of `src` straight into a new target and compares the trees.
+    pub fn restore_subtree_and_compare(&self, src: &Path) {
+        let t = self.path("restored-subtree");
+        let spec = format!("latest:{}", src.display());
+        self.ok(&["restore", &spec, "--target", t.to_str().unwrap()]);
+        self.compare(src, &t, &[]);
+    }
+
+    pub fn compare(&self, a: &Path, b: &Path, extra: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare-trees.py");
+        let o = Command::new("python3")
+            .arg(script)
+            .args(extra)
+            .arg(a)
+            .arg(b)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "trees differ:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// A snapshot records the directories above its paths (/tmp, ...). Tests running in parallel
+/// change /tmp, so an unchanged source may still add the new tree blobs of its ancestors: a few
+/// hundred bytes, never file data.
+pub const ANCESTOR_TREES: u64 = 4096;
+
+pub fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// Builds the torture tree of issue 2 (everything but the unreadable file).
+pub fn torture(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    let name = |b: &[u8]| root.join(std::ffi::OsStr::from_bytes(b));
+    fs::write(name(b"latin1-\xe9t\xe9"), b"not utf-8 name").unwrap();
+    fs::write(name(b"new\nline"), b"newline in name").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::create_dir(root.join("empty-dir")).unwrap();
+    // A deep path: about 3.5 KB long.
+    let mut deep = root.join("deep");
+    for i in 0..180 {
+        deep.push(format!("level-{i:03}-abcdefgh"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"deep file").unwrap();
+    // Sparse: 8 MiB with 4 KiB of data in the middle.
+    let f = fs::File::create(root.join("sparse")).unwrap();
+    f.set_len(8 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&splitmix(9, 4096), 4 << 20).unwrap();
+    mkfifo(&root.join("fifo"));
+    // Chunk-size edge cases for min 4096 / avg 16384 / max 65536.
+    for (n, len) in [
+        ("min", 4096),
+        ("min-1", 4095),
+        ("avg", 16384),
+        ("max", 65536),
+        ("max+1", 65537),
+    ] {
+        fs::write(root.join(format!("size-{n}")), splitmix(len as u64, len)).unwrap();
+    }
+    fs::write(root.join("big"), splitmix(1, 3 << 20)).unwrap();
+    fs::write(root.join("text"), "hello world\n".repeat(50_000)).unwrap();
+    symlink("big", root.join("link-to-big")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("text"), root.join("text-hardlink")).unwrap();
+    fs::set_permissions(root.join("size-min"), fs::Permissions::from_mode(0o751)).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        // Owners with no name on this system restore by number.
+        std::os::unix::fs::lchown(root.join("size-avg"), Some(4321), Some(4322)).unwrap();
+        std::os::unix::fs::lchown(root.join("dangling"), Some(4323), Some(4324)).unwrap();
+        // A character device (like /dev/null) and a block device node.
+        for (name, kind, dev) in [
+            ("chardev", libc::S_IFCHR, libc::makedev(1, 3)),
+            ("blockdev", libc::S_IFBLK, libc::makedev(7, 200)),
+        ] {
+            let c = std::ffi::CString::new(root.join(name).as_os_str().as_bytes()).unwrap();
+            assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o640, dev) }, 0);
+        }
+    }
+    xattr::set(root.join("text"), "user.note", b"kept").unwrap();
+}
+
+/// Starts (or reuses) the project's S3 test server on 127.0.0.1 and returns its endpoint.
+pub fn s3_endpoint() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-test-server");
+    let o = Command::new("bash").arg(script).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ep = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
+    ep
+}

@@ -1,0 +1,320 @@
+//! A loopback HTTP proxy in front of the S3 test server that injects faults into every Nth
+//! request: 503 SlowDown, 500 InternalError, a connection reset before any response, or (for
+//! GETs) a response whose body is cut off halfway. The binary under test talks to it exactly as
+//! to S3; it sees the faults a flaky network and a busy S3 produce.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    SlowDown,
+    InternalError,
+    Reset,
+    /// GETs only: the body stops halfway and the connection closes (other requests get a 503).
+    Truncate,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Injected {
+    pub slowdown: u64,
+    pub internal: u64,
+    pub reset: u64,
+    pub truncate: u64,
+}
+
+struct State {
+    upstream: String,
+    /// Every `every`-th request gets the next fault of `faults` (0: no faults).
+    every: AtomicU64,
+    faults: Mutex<Vec<Fault>>,
+    count: AtomicU64,
+    injected: Mutex<Injected>,
+}
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    state: Arc<State>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on 127.0.0.1 forwarding to `upstream` (`http://127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            upstream: upstream
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            every: AtomicU64::new(0),
+            faults: Mutex::new(Vec::new()),
+            count: AtomicU64::new(0),
+            injected: Mutex::new(Injected::default()),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &st);
+                });
+            }
+        });
+        FaultProxy { endpoint, state }
+    }
+
+    /// From now on every `every`-th request gets the next of `faults`, in turn.
+    pub fn arm(&self, every: u64, faults: &[Fault]) {
+        *self.state.faults.lock().unwrap() = faults.to_vec();
+        self.state.count.store(0, Ordering::SeqCst);
+        self.state.every.store(every, Ordering::SeqCst);
+    }
+
+    pub fn disarm(&self) {
+        self.state.every.store(0, Ordering::SeqCst);
+    }
+
+    pub fn injected(&self) -> Injected {
+        self.state.injected.lock().unwrap().clone()
+    }
+}
+
+struct Message {
+    head: Vec<String>,
+    body: Vec<u8>,
+}
+
+fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+    head.iter().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Reads a head (request or status line plus headers); None at a clean end of stream.
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Vec<String>>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            if head.is_empty() {
+                continue;
+            }
+            return Ok(Some(head));
+        }
+        head.push(line);
+    }
+}
+
+/// Reads a body framed by Content-Length or chunked encoding (kept raw, framing included).
+fn read_body(r: &mut impl BufRead, head: &[String], has_body: bool) -> std::io::Result<Vec<u8>> {
+    if !has_body {
+        return Ok(Vec::new());
+    }
+    if header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut raw = Vec::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            raw.extend_from_slice(line.as_bytes());
+            let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
+            if n == 0 {
+                // Trailers up to an empty line.
+                loop {
+                    let mut t = String::new();
+                    r.read_line(&mut t)?;
+                    raw.extend_from_slice(t.as_bytes());
+                    if t.trim().is_empty() {
+                        return Ok(raw);
+                    }
+                }
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            raw.extend_from_slice(&chunk);
+        }
+    }
+    match header(head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => {
+            let mut b = vec![0; n];
+            r.read_exact(&mut b)?;
+            Ok(b)
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+fn write_message(w: &mut impl Write, m: &Message) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    for l in &m.head {
+        out.extend_from_slice(l.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&m.body);
+    w.write_all(&out)?;
+    w.flush()
+}
+
+fn error_response(status: &str, code: &str) -> Message {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>injected by the test proxy</Message><RequestId>fault</RequestId></Error>"
+    )
+    .into_bytes();
+    Message {
+        head: vec![
+            format!("HTTP/1.1 {status}"),
+            "Content-Type: application/xml".into(),
+            format!("Content-Length: {}", body.len()),
+        ],
+        body,
+    }
+}
+
+/// Closes with a TCP reset (SO_LINGER 0), as a dropped connection looks to the client.
+fn reset(conn: TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(conn);
+}
+
+fn forward(st: &State, req: &Message) -> std::io::Result<Message> {
+    let up = TcpStream::connect(&st.upstream)?;
+    let mut head: Vec<String> = req
+        .head
+        .iter()
+        .filter(|l| {
+            let k = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            k != "connection" && k != "expect"
+        })
+        .cloned()
+        .collect();
+    head.push("Connection: close".into());
+    let mut w = up.try_clone()?;
+    write_message(
+        &mut w,
+        &Message {
+            head,
+            body: req.body.clone(),
+        },
+    )?;
+    let mut r = BufReader::new(up);
+    let mut resp_head = read_head(&mut r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    let status: u16 = resp_head[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let is_head = req.head[0].starts_with("HEAD ");
+    let has_body = !is_head && status != 204 && status != 304;
+    let body = if has_body
+        && header(&resp_head, "content-length").is_none()
+        && header(&resp_head, "transfer-encoding").is_none()
+    {
+        let mut b = Vec::new();
+        r.read_to_end(&mut b)?;
+        resp_head.push(format!("Content-Length: {}", b.len()));
+        b
+    } else {
+        read_body(&mut r, &resp_head, has_body)?
+    };
+    resp_head.retain(|l| !l.to_ascii_lowercase().starts_with("connection:"));
+    Ok(Message {
+        head: resp_head,
+        body,
+    })
+}
+
+fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
+    let mut r = BufReader::new(conn.try_clone()?);
+    let mut w = conn.try_clone()?;
+    loop {
+        let Some(head) = read_head(&mut r)? else {
+            return Ok(());
+        };
+        if header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let body = read_body(&mut r, &head, true)?;
+        let req = Message { head, body };
+        let every = st.every.load(Ordering::SeqCst);
+        let n = st.count.fetch_add(1, Ordering::SeqCst) + 1;
+        let fault = if every > 0 && n.is_multiple_of(every) {
+            let faults = st.faults.lock().unwrap();
+            (!faults.is_empty()).then(|| faults[((n / every - 1) as usize) % faults.len()])
+        } else {
+            None
+        };
+        let is_get = req.head[0].starts_with("GET ");
+        let fault = match fault {
+            Some(Fault::Truncate) if !is_get => Some(Fault::SlowDown),
+            f => f,
+        };
+        match fault {
+            None => {
+                let resp = forward(st, &req)?;
+                write_message(&mut w, &resp)?;
+            }
+            Some(Fault::SlowDown) => {
+                st.injected.lock().unwrap().slowdown += 1;
+                write_message(&mut w, &error_response("503 Slow Down", "SlowDown"))?;
+            }
+            Some(Fault::InternalError) => {
+                st.injected.lock().unwrap().internal += 1;
+                write_message(
+                    &mut w,
+                    &error_response("500 Internal Server Error", "InternalError"),
+                )?;
+            }
+            Some(Fault::Reset) => {
+                st.injected.lock().unwrap().reset += 1;
+                drop(r);
+                drop(w);
+                reset(conn);
+                return Ok(());
+            }
+            Some(Fault::Truncate) => {
+                let mut resp = forward(st, &req)?;
+                if resp.body.len() < 2 {
+                    write_message(&mut w, &resp)?;
+                    continue;
+                }
+                st.injected.lock().unwrap().truncate += 1;
+                resp.body.truncate(resp.body.len() / 2);
+                // The head still announces the full length: the client sees the body end early.
+                write_message(&mut w, &resp)?;
+                drop(r);
+                drop(w);
+                reset(conn);
+                return Ok(());
+            }
+        }
+    }
+}

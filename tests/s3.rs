@@ -1,0 +1,511 @@
+//! End-to-end tests of S3 repositories through the real binary, against the project's S3 test
+//! server on 127.0.0.1 (`.ci/s3-test-server`): the same round trip as a local repository,
+//! Glacier restores, lifecycle rules, and backups and restores through injected faults.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use chunkbak_engine::backend::s3::sdk::types::{
+    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, Transition,
+    TransitionStorageClass,
+};
+use chunkbak_engine::backend::s3::{S3Backend, S3Config};
+use chunkbak_engine::backend::{Backend, FileKind, StorageClass, ThawState};
+use common::proxy::{Fault, FaultProxy};
+use common::*;
+
+/// A repository location plus the environment that reaches it.
+struct Repo<'a> {
+    e: &'a Env,
+    /// `s3:BUCKET/PREFIX`, or None for the local repository of `e`.
+    url: Option<String>,
+    endpoint: String,
+}
+
+impl<'a> Repo<'a> {
+    fn local(e: &'a Env) -> Repo<'a> {
+        Repo {
+            e,
+            url: None,
+            endpoint: String::new(),
+        }
+    }
+
+    fn s3(e: &'a Env, endpoint: &str, bucket: &str, prefix: &str) -> Repo<'a> {
+        Repo {
+            e,
+            url: Some(format!("s3:{bucket}/{prefix}")),
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.e.cmd();
+        if let Some(u) = &self.url {
+            c.env("CHUNKBAK_REPOSITORY", u)
+                .env("CHUNKBAK_S3_ENDPOINT", &self.endpoint)
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1")
+                .env_remove("AWS_PROFILE")
+                .env_remove("AWS_ENDPOINT_URL");
+        }
+        c.args(args);
+        self.e.run_cmd(c)
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(
+            r.code,
+            0,
+            "chunkbak {args:?} failed:\n{}\n{}",
+            r.out(),
+            r.stderr
+        );
+        r
+    }
+
+    /// The engine's view of the same bucket (to inspect objects and simulate lifecycle rules).
+    fn backend(&self) -> S3Backend {
+        let mut c = S3Config::parse(self.url.as_ref().expect("an S3 repository")).unwrap();
+        c.endpoint = Some(self.endpoint.clone());
+        c.static_credentials = Some(("test".into(), "test".into()));
+        S3Backend::new(c).unwrap()
+    }
+}
+
+fn requests(r: &Run) -> Value {
+    let v = r.json("requests");
+    assert_eq!(v.len(), 1, "one requests line per run: {}", r.out());
+    v[0].clone()
+}
+
+const SMALL: [&str; 12] = [
+    "--kdf-memory-kib",
+    "256",
+    "--kdf-iterations",
+    "1",
+    "--chunk-min",
+    "4096",
+    "--chunk-avg",
+    "16384",
+    "--chunk-max",
+    "65536",
+    "--data-pack-size",
+    "65536",
+];
+
+/// The round trip every backend passes: init, backup of the torture tree, unchanged re-backup,
+/// snapshots, ls, check, restore compared byte for byte.
+fn round_trip(r: &Repo, src: &Path) {
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    r.ok(&init);
+    let first = r.ok(&["--json", "backup", src.to_str().unwrap()]);
+    let sum = first.json("summary")[0].clone();
+    assert!(sum["bytes_added"].as_u64().unwrap() > 3 << 20, "{sum}");
+    let second = r.ok(&["--json", "backup", src.to_str().unwrap()]);
+    let sum2 = second.json("summary")[0].clone();
+    assert_eq!(sum2["bytes_read"], 0);
+    assert!(
+        sum2["bytes_added"].as_u64().unwrap() < ANCESTOR_TREES,
+        "{sum2}"
+    );
+    if r.url.is_some() {
+        // A backup needs no DeleteObject: append-only hosts can back up.
+        for run in [&first, &second] {
+            assert_eq!(requests(run)["DELETE"], 0, "{}", run.out());
+        }
+        assert!(requests(&first)["PUT"].as_u64().unwrap() > 10);
+    } else {
+        assert!(
+            first.json("requests").is_empty(),
+            "local runs send no requests"
+        );
+    }
+    let snaps = r.ok(&["--json", "snapshots"]);
+    assert_eq!(snaps.json("snapshot").len(), 2, "{}", snaps.out());
+    let ls = r.ok(&["ls", "latest"]).out();
+    assert!(
+        ls.contains("/link-to-big") && ls.contains("/size-max+1"),
+        "{ls}"
+    );
+    let check = r.ok(&["--json", "check"]).json("check")[0].clone();
+    assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
+    assert_eq!(check["snapshots"], 2);
+    assert!(check["blobs"].as_u64().unwrap() > 50, "{check}");
+    let t = r.e.path("out");
+    r.ok(&[
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    r.e.compare(src, &t, &["--holes"]);
+}
+
+#[test]
+fn local_round_trip() {
+    let e = Env::new();
+    let src = e.path("src");
+    torture(&src);
+    round_trip(&Repo::local(&e), &src);
+}
+
+#[test]
+fn s3_round_trip() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let src = e.path("src");
+    torture(&src);
+    let r = Repo::s3(&e, &ep, &format!("rt-{}", std::process::id()), "hosts/web1");
+    round_trip(&r, &src);
+    // Nothing of the repository is in an archive class.
+    let b = r.backend();
+    for k in FileKind::ALL {
+        for o in b.list_info(k).unwrap() {
+            assert_eq!(o.class, StorageClass::Standard, "{k:?} {}", o.name);
+        }
+    }
+}
+
+/// Writes `n` files of `size` random bytes under `dir`, seeded by `seed`.
+fn files(dir: &Path, seed: u64, n: usize, size: usize) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        fs::write(
+            dir.join(format!("f{i}")),
+            splitmix(seed * 1000 + i as u64, size),
+        )
+        .unwrap();
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let s = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(s.success());
+}
+
+#[test]
+fn s3_glacier_restore_thaws_exactly_the_needed_packs() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let r = Repo::s3(&e, &ep, &format!("glacier-{}", std::process::id()), "r");
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    r.ok(&init);
+    let src = e.path("src");
+    files(&src.join("x"), 1, 6, 120_000);
+    files(&src.join("y"), 2, 6, 120_000);
+    let s = src.to_str().unwrap();
+    r.ok(&["backup", s, "--time", "2026-01-10T00:00:00Z"]);
+    let old = e.path("old");
+    copy_tree(&src, &old);
+    let b = r.backend();
+    let old_packs: Vec<String> = b
+        .list(FileKind::Data)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(old_packs.len() >= 10, "{old_packs:?}");
+    // Months later x changes; the new data goes to new packs.
+    files(&src.join("x"), 3, 6, 120_000);
+    r.ok(&["backup", s, "--time", "2026-06-10T00:00:00Z"]);
+
+    // The lifecycle rule moves the old data packs to GLACIER (as AWS does: a copy in place).
+    for p in &old_packs {
+        b.transition(FileKind::Data, p, StorageClass::Glacier)
+            .unwrap();
+    }
+    // Metadata never moves; listing and checking still work and read no data pack.
+    r.ok(&["snapshots"]);
+    r.ok(&["ls", "--at", "2026-02-01T00:00:00Z"]);
+    let check = r.ok(&["--json", "check"]);
+    assert_eq!(
+        check.json("check")[0]["problems"].as_array().unwrap().len(),
+        0
+    );
+    for k in FileKind::ALL.into_iter().filter(|k| *k != FileKind::Data) {
+        for o in b.list_info(k).unwrap() {
+            assert!(!o.class.is_archive(), "{k:?} {} is {:?}", o.name, o.class);
+        }
+    }
+
+    // The plan for restoring the old x: only x's packs, all cold.
+    let target = e.path("t");
+    let t = target.to_str().unwrap();
+    let include = format!("{s}/x");
+    let restore_args = [
+        "--json",
+        "restore",
+        "--at",
+        "2026-02-01T00:00:00Z",
+        "--include",
+        &include,
+        "--target",
+        t,
+        "--tier",
+        "bulk",
+        "--poll-interval",
+        "1s",
+    ];
+    let mut plan_args = restore_args.to_vec();
+    plan_args.push("--plan");
+    let planned = r.ok(&plan_args);
+    let plan = planned.json("plan")[0].clone();
+    let cold = plan["cold"]["packs"].as_u64().unwrap();
+    assert_eq!(plan["files"], 6, "{plan}");
+    assert_eq!(cold, plan["packs"].as_u64().unwrap(), "{plan}");
+    assert!(cold >= 5 && (cold as usize) < old_packs.len(), "{plan}");
+    assert!(!plan["thaw_estimates"].as_array().unwrap().is_empty());
+    assert_eq!(requests(&planned)["RESTORE"], 0);
+    assert!(!target.exists(), "--plan writes nothing");
+
+    // --no-wait requests the thaws and exits 13.
+    let mut nowait = restore_args.to_vec();
+    nowait.push("--no-wait");
+    let first = r.run(&nowait);
+    assert_eq!(first.code, 13, "{}", first.stderr);
+    assert_eq!(requests(&first)["RESTORE"].as_u64().unwrap(), cold);
+    // Exactly the needed packs are thawing; the other old packs stay cold.
+    let states: Vec<ThawState> = old_packs
+        .iter()
+        .map(|p| b.thaw_state(FileKind::Data, p).unwrap())
+        .collect();
+    let requested = states.iter().filter(|s| **s != ThawState::Cold).count();
+    assert_eq!(requested as u64, cold);
+
+    // The rerun requests nothing again, waits through the thaw and restores.
+    let done = r.ok(&restore_args);
+    assert_eq!(requests(&done)["RESTORE"], 0, "{}", done.out());
+    assert_eq!(done.json("summary")[0]["files"], 6);
+    e.compare(
+        &old.join("x"),
+        &target.join(src.strip_prefix("/").unwrap().join("x")),
+        &[],
+    );
+    assert!(
+        !target
+            .join(src.strip_prefix("/").unwrap().join("y"))
+            .exists(),
+        "only the included path is restored"
+    );
+}
+
+#[test]
+fn s3_waiting_restore_writes_files_as_their_packs_thaw() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let r = Repo::s3(&e, &ep, &format!("wait-{}", std::process::id()), "r");
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    init.extend(["--data-storage-class", "DEEP_ARCHIVE"]);
+    r.ok(&init);
+    let src = e.path("src");
+    files(&src, 4, 5, 100_000);
+    let s = src.to_str().unwrap();
+    let backup = r.ok(&["--json", "backup", s]);
+    assert_eq!(requests(&backup)["DELETE"], 0);
+    let b = r.backend();
+    // Data packs are uploaded to DEEP_ARCHIVE; everything else stays readable at once.
+    let data = b.list_info(FileKind::Data).unwrap();
+    assert!(!data.is_empty());
+    assert!(data.iter().all(|o| o.class == StorageClass::DeepArchive));
+    for k in [
+        FileKind::Tree,
+        FileKind::Index,
+        FileKind::Snapshot,
+        FileKind::Key,
+    ] {
+        assert!(b
+            .list_info(k)
+            .unwrap()
+            .iter()
+            .all(|o| o.class == StorageClass::Standard));
+    }
+    // Deep Archive has no expedited tier: a clear error, nothing requested.
+    let exp = r.run(&["restore", "--target", "x", "--tier", "expedited"]);
+    assert_eq!(exp.code, 1);
+    assert!(
+        exp.stderr.contains("DEEP_ARCHIVE has no expedited"),
+        "{}",
+        exp.stderr
+    );
+    // warmup alone thaws; restore waits for it (thaw_wait lines) and finishes.
+    let w = r.run(&["--json", "warmup", "--tier", "bulk"]);
+    assert_eq!(w.code, 13, "{}", w.stderr);
+    let target = e.path("t");
+    let done = r.ok(&[
+        "--json",
+        "restore",
+        "--target",
+        target.to_str().unwrap(),
+        "--poll-interval",
+        "1s",
+    ]);
+    assert_eq!(requests(&done)["RESTORE"], 0);
+    assert!(!done.json("thaw_wait").is_empty(), "{}", done.out());
+    e.compare(&src, &target.join(src.strip_prefix("/").unwrap()), &[]);
+    let again = r.ok(&["--json", "warmup", "--wait", "--poll-interval", "1s"]);
+    assert_eq!(again.json("thaw")[0]["pending"], 0);
+}
+
+fn rule(
+    id: &str,
+    prefix: &str,
+) -> chunkbak_engine::backend::s3::sdk::types::builders::LifecycleRuleBuilder {
+    LifecycleRule::builder()
+        .id(id)
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+}
+
+#[test]
+fn s3_lifecycle_apply_keeps_other_rules_and_check_finds_dangerous_ones() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let bucket = format!("lifecycle-{}", std::process::id());
+    let r = Repo::s3(&e, &ep, &bucket, "fleet/db1");
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    r.ok(&init);
+    let b = r.backend();
+    let logs = rule("expire-logs", "logs/")
+        .expiration(LifecycleExpiration::builder().days(14).build())
+        .build()
+        .unwrap();
+    b.put_lifecycle_rules(vec![logs.clone()]).unwrap();
+
+    let applied = r.ok(&[
+        "--json",
+        "lifecycle",
+        "apply",
+        "--transition-after",
+        "30d",
+        "--to",
+        "GLACIER",
+    ]);
+    assert_eq!(applied.json("lifecycle_apply")[0]["other_rules_kept"], 1);
+    let rules = b.lifecycle_rules().unwrap();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert_eq!(rules[0], logs, "the unrelated rule is kept unchanged");
+    // Applying again updates this repository's rules instead of adding more.
+    r.ok(&[
+        "lifecycle",
+        "apply",
+        "--transition-after",
+        "90d",
+        "--to",
+        "DEEP_ARCHIVE",
+    ]);
+    let rules = b.lifecycle_rules().unwrap();
+    assert_eq!(rules.len(), 3);
+    let show = r.ok(&["lifecycle", "show"]).out();
+    assert!(
+        show.contains("\"fleet/db1/data/\": transition to DEEP_ARCHIVE after 90 days"),
+        "{show}"
+    );
+    assert!(show.contains("expire-logs"), "{show}");
+    let check = r.ok(&["--json", "lifecycle", "check"]);
+    assert_eq!(check.json("lifecycle_check")[0]["problems"], 0);
+
+    // Someone adds a rule that archives everything under fleet/ and one that expires the bucket.
+    let mut rules = b.lifecycle_rules().unwrap();
+    rules.push(
+        rule("archive-fleet", "fleet/")
+            .transitions(
+                Transition::builder()
+                    .days(1)
+                    .storage_class(TransitionStorageClass::Glacier)
+                    .build(),
+            )
+            .build()
+            .unwrap(),
+    );
+    rules.push(
+        rule("expire-all", "")
+            .expiration(LifecycleExpiration::builder().days(365).build())
+            .build()
+            .unwrap(),
+    );
+    b.put_lifecycle_rules(rules).unwrap();
+    let bad = r.run(&["lifecycle", "check"]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("archive-fleet") && bad.stderr.contains("fleet/db1/index/"),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("expire-all"), "{}", bad.stderr);
+    // A local repository has no bucket.
+    let local = Repo::local(&e).run(&["lifecycle", "show"]);
+    assert_eq!(local.code, 1);
+    assert!(local.stderr.contains("S3"), "{}", local.stderr);
+}
+
+#[test]
+fn s3_backup_and_restore_complete_through_faults() {
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    let e = Env::new();
+    let r = Repo::s3(
+        &e,
+        &proxy.endpoint,
+        &format!("faults-{}", std::process::id()),
+        "r",
+    );
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    r.ok(&init);
+    let src = e.path("src");
+    files(&src.join("a"), 5, 8, 150_000);
+    files(&src.join("b"), 6, 30, 3_000);
+    let all = [
+        Fault::SlowDown,
+        Fault::Reset,
+        Fault::InternalError,
+        Fault::Truncate,
+    ];
+    proxy.arm(4, &all);
+    let b1 = r.ok(&["--json", "backup", src.to_str().unwrap()]);
+    let req = requests(&b1);
+    assert_eq!(req["DELETE"], 0);
+    let target = e.path("t");
+    r.ok(&["restore", "--target", target.to_str().unwrap()]);
+    e.compare(&src, &target.join(src.strip_prefix("/").unwrap()), &[]);
+    let inj = proxy.injected();
+    assert!(
+        inj.slowdown >= 3 && inj.reset >= 3 && inj.internal >= 3 && inj.truncate >= 3,
+        "{inj:?}"
+    );
+
+    // With retries off, a fault fails the backup with a clear error and leaves no snapshot
+    // that names data that was not stored.
+    files(&src.join("c"), 7, 8, 150_000);
+    proxy.arm(3, &[Fault::SlowDown]);
+    let failed = r.run(&["--s3-max-attempts", "1", "backup", src.to_str().unwrap()]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("s3://"), "{}", failed.stderr);
+    proxy.disarm();
+    let snaps = r.ok(&["--json", "snapshots"]);
+    assert_eq!(snaps.json("snapshot").len(), 1);
+    let check = r.ok(&["--json", "check"]);
+    assert_eq!(
+        check.json("check")[0]["problems"].as_array().unwrap().len(),
+        0
+    );
+    // The next run completes.
+    r.ok(&["backup", src.to_str().unwrap()]);
+}
