@@ -48,8 +48,9 @@ fn conformance(b: &dyn Backend) {
             vec![(name.clone(), data.len() as u64)]
         );
     }
-    // Overwriting with the same content is allowed (content-addressed names).
+    // Storing a name again succeeds (content-addressed names: the content is the same).
     b.put(FileKind::Data, &name, &data).unwrap();
+    assert_eq!(b.get(FileKind::Data, &name).unwrap(), data);
     // put_file moves a finished local file into place.
     let tmp = b.temp_dir();
     std::fs::create_dir_all(&tmp).unwrap();
@@ -125,7 +126,17 @@ fn s3(bucket: &str, prefix: &str) -> S3Backend {
 #[test]
 fn s3_backend_conforms() {
     let bucket = format!("conformance-{}", std::process::id());
-    conformance(&s3(&bucket, "repos/one"));
+    let one = s3(&bucket, "repos/one");
+    conformance(&one);
+    // S3 writes are conditional: a second config is refused, other names keep their object.
+    match one.put(FileKind::Config, "config", b"another") {
+        Err(Error::RepositoryExists(l)) => assert!(l.contains("repos/one")),
+        other => panic!("expected RepositoryExists, got {other:?}"),
+    }
+    let snap = "77".repeat(32);
+    one.put(FileKind::Snapshot, &snap, b"first").unwrap();
+    one.put(FileKind::Snapshot, &snap, b"second").unwrap();
+    assert_eq!(one.get(FileKind::Snapshot, &snap).unwrap(), b"first");
     // A second repository under another prefix of the same bucket is independent.
     let other = s3(&bucket, "repos/two");
     other.create().unwrap();

@@ -6,6 +6,9 @@
 //!   them (the repository flushes before it writes an index, so an index never names a pack
 //!   that is not stored). Packs above `multipart_threshold` go up in parts read from their temp
 //!   file, never held in memory twice.
+//! - Every upload is conditional (`If-None-Match: *`): nothing is ever overwritten, so a PUT
+//!   whose response was lost and is retried finds its object stored (412) and succeeds, and a
+//!   bucket policy can require conditional writes for append-only hosts.
 //! - Every upload carries a CRC32C the store verifies (a pack's is precomputed and kept in the
 //!   index). The SDK retries 5xx, SlowDown, throttling, timeouts and resets with exponential
 //!   backoff and jitter; a GET body cut off mid-stream (which the SDK does not retry) is resumed
@@ -204,7 +207,8 @@ pub struct S3Backend {
     shared: Arc<Shared>,
     rt: tokio::runtime::Runtime,
     slots: Arc<Semaphore>,
-    uploads: Mutex<Vec<tokio::task::JoinHandle<Result<()>>>>,
+    /// Uploads in the background, with the temp file each consumes.
+    uploads: Mutex<Vec<(tokio::task::JoinHandle<Result<()>>, PathBuf)>>,
 }
 
 fn sdk_err<E, R>(context: String, e: SdkError<E, R>) -> Error
@@ -216,6 +220,13 @@ where
         context,
         std::io::Error::other(DisplayErrorContext(&e).to_string()),
     )
+}
+
+/// A conditional write found the key taken (412). Objects are named by their content, so the
+/// object there is the one being written (or, for `config`, another repository).
+fn exists_already<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+    matches!(e, SdkError::ServiceError(_))
+        && e.raw_response().is_some_and(|r| r.status().as_u16() == 412)
 }
 
 /// How often a cut-off GET body is resumed before giving up.
@@ -275,17 +286,22 @@ impl Shared {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        self.client
+        match self
+            .client
             .put_object()
             .bucket(&self.cfg.bucket)
             .key(key)
+            .if_none_match("*")
             .checksum_crc32_c(crc_header(crc))
             .set_storage_class(self.class_of(kind))
             .body(body)
             .send()
             .await
-            .map_err(|e| sdk_err(format!("PUT {}", self.url(key)), e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(e) if exists_already(&e) => Ok(()),
+            Err(e) => Err(sdk_err(format!("PUT {}", self.url(key)), e)),
+        }
     }
 
     async fn upload_multipart(
@@ -311,7 +327,7 @@ impl Shared {
             .ok_or_else(|| Error::Other(format!("{what}: the store returned no upload id")))?
             .to_string();
         let result = self.upload_parts(key, path, size, &upload_id, &what).await;
-        if result.is_err() {
+        if !matches!(result, Ok(true)) {
             // Leave no orphaned parts behind (the lifecycle rule would also clean them up).
             let _ = self
                 .client
@@ -322,9 +338,10 @@ impl Shared {
                 .send()
                 .await;
         }
-        result
+        result.map(|_| ())
     }
 
+    /// Uploads the parts and completes the upload: Ok(false) when the object already existed.
     async fn upload_parts(
         &self,
         key: &str,
@@ -332,7 +349,7 @@ impl Shared {
         size: u64,
         upload_id: &str,
         what: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let part_size = self.cfg.part_size.max(5 << 20);
         let n = size.div_ceil(part_size);
         let mut parts = Vec::with_capacity(n as usize);
@@ -376,11 +393,13 @@ impl Shared {
             }
         }
         parts.sort_by_key(|p| p.part_number());
-        self.client
+        match self
+            .client
             .complete_multipart_upload()
             .bucket(&self.cfg.bucket)
             .key(key)
             .upload_id(upload_id)
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -388,8 +407,11 @@ impl Shared {
             )
             .send()
             .await
-            .map_err(|e| sdk_err(what.to_string(), e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(true),
+            Err(e) if exists_already(&e) => Ok(false),
+            Err(e) => Err(sdk_err(what.to_string(), e)),
+        }
     }
 
     /// GetObject, whole or `len` bytes from `offset`. A body cut off mid-stream is resumed with
@@ -609,13 +631,13 @@ impl S3Backend {
             } else {
                 let (done, running) = std::mem::take(&mut *v)
                     .into_iter()
-                    .partition(|h| h.is_finished());
+                    .partition(|(h, _)| h.is_finished());
                 *v = running;
                 done
             }
         };
         let mut first = None;
-        for h in handles {
+        for (h, _) in handles {
             let r = self
                 .rt
                 .block_on(h)
@@ -666,19 +688,26 @@ impl Backend for S3Backend {
         let key = s.key(kind, name);
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         crc.update(data);
-        self.rt.block_on(async {
+        let r = self.rt.block_on(
             s.client
                 .put_object()
                 .bucket(&s.cfg.bucket)
                 .key(&key)
+                // Never overwrite: names are contents, and a lost response retried is a 412.
+                .if_none_match("*")
                 .checksum_crc32_c(crc_header(crc.finalize() as u32))
                 .set_storage_class(s.class_of(kind))
                 .body(ByteStream::from(data.to_vec()))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| sdk_err(format!("PUT {}", s.url(&key)), e))
-        })
+                .send(),
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if exists_already(&e) && kind == FileKind::Config => {
+                Err(Error::RepositoryExists(self.location()))
+            }
+            Err(e) if exists_already(&e) => Ok(()),
+            Err(e) => Err(sdk_err(format!("PUT {}", s.url(&key)), e)),
+        }
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path, crc32c: u32) -> Result<()> {
@@ -691,6 +720,7 @@ impl Backend for S3Backend {
         let shared = self.shared.clone();
         let key = shared.key(kind, name);
         let path = path.to_path_buf();
+        let file = path.clone();
         let handle = self.rt.spawn(async move {
             let r = shared.upload_file(kind, &key, &path, crc32c).await;
             // The pack is stored (or the run fails): its temp file has done its job.
@@ -698,7 +728,10 @@ impl Backend for S3Backend {
             drop(permit);
             r
         });
-        self.uploads.lock().expect("uploads lock").push(handle);
+        self.uploads
+            .lock()
+            .expect("uploads lock")
+            .push((handle, file));
         Ok(())
     }
 
@@ -889,14 +922,16 @@ impl Backend for S3Backend {
 
 impl Drop for S3Backend {
     fn drop(&mut self) {
-        // Uploads still running belong to a run that failed: stop them, remove nothing else.
-        for h in self
+        // Uploads still running belong to a run that failed or was interrupted: stop them and
+        // remove their temp files (no index names those packs).
+        for (h, file) in self
             .uploads
             .lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default()
         {
             h.abort();
+            let _ = std::fs::remove_file(file);
         }
     }
 }
