@@ -290,6 +290,13 @@ fn s3_glacier_restore_thaws_exactly_the_needed_packs() {
     // The rerun requests nothing again, waits through the thaw and restores.
     let done = r.ok(&restore_args);
     assert_eq!(requests(&done)["RESTORE"], 0, "{}", done.out());
+    let replan = done.json("plan")[0].clone();
+    let thawing = replan["thawing"]["packs"].as_u64().unwrap();
+    assert_eq!(thawing + replan["thawed"]["packs"].as_u64().unwrap(), cold, "{replan}");
+    assert_eq!(replan["cold"]["packs"], 0, "{replan}");
+    if thawing > 0 {
+        assert!(!done.json("thaw_wait").is_empty(), "{}", done.out());
+    }
     assert_eq!(done.json("summary")[0]["files"], 6);
     e.compare(
         &old.join("x"),
