@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use chunkbak_engine::backend::s3::lifecycle;
 use chunkbak_engine::backend::s3::S3Backend;
-use chunkbak_engine::backend::{Backend, StorageClass, Tier};
+use chunkbak_engine::backend::{Backend, RequestCounter, StorageClass, Tier};
 use chunkbak_engine::ops::thaw::{self, Plan, TIER_COSTS};
 use chunkbak_engine::{timeparse, Repository};
 
@@ -17,13 +17,21 @@ use crate::args::{ThawArgs, TierArg};
 use crate::output::{human_bytes, Out};
 use crate::progress::Bar;
 
-/// The backend of this run, kept so its request counts can be reported at the end.
-pub static BACKEND: OnceLock<Arc<dyn Backend>> = OnceLock::new();
+/// The request counter of this run's backend, read at the end (the backend itself is dropped
+/// with the repository, which stops and cleans up uploads of a failed run).
+pub static REQUESTS: OnceLock<Arc<RequestCounter>> = OnceLock::new();
+
+/// Remembers the request counter of the run's backend.
+pub fn track(b: &dyn Backend) {
+    if let Some(c) = b.request_counter() {
+        let _ = REQUESTS.set(c);
+    }
+}
 
 /// Reports the S3 requests of this run (nothing for local repositories): a `requests` JSON
 /// line, or one line on stderr.
 pub fn report_requests(out: &Out) {
-    let Some(r) = BACKEND.get().and_then(|b| b.requests()) else {
+    let Some(r) = REQUESTS.get().map(|c| c.snapshot()) else {
         return;
     };
     if out.json {

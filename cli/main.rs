@@ -192,7 +192,7 @@ fn backend(spec: &RepoSpec) -> anyhow::Result<Arc<dyn Backend>> {
         Some(c) => Arc::new(S3Backend::new(c.clone())?),
         None => Arc::new(LocalBackend::new(&spec.location)),
     };
-    let _ = cold::BACKEND.set(b.clone());
+    cold::track(b.as_ref());
     Ok(b)
 }
 
@@ -844,7 +844,7 @@ fn cmd_lifecycle(g: &Global, out: &Out, c: &args::LifecycleCommand) -> anyhow::R
         bail!("lifecycle rules are a setting of S3 buckets: use -r s3:BUCKET/PREFIX");
     };
     let s3 = Arc::new(S3Backend::new(cfg.clone())?);
-    let _ = cold::BACKEND.set(s3.clone());
+    cold::track(s3.as_ref());
     let code = match c {
         args::LifecycleCommand::Show => {
             cold::lifecycle_show(&s3, out)?;

@@ -292,7 +292,11 @@ fn s3_glacier_restore_thaws_exactly_the_needed_packs() {
     assert_eq!(requests(&done)["RESTORE"], 0, "{}", done.out());
     let replan = done.json("plan")[0].clone();
     let thawing = replan["thawing"]["packs"].as_u64().unwrap();
-    assert_eq!(thawing + replan["thawed"]["packs"].as_u64().unwrap(), cold, "{replan}");
+    assert_eq!(
+        thawing + replan["thawed"]["packs"].as_u64().unwrap(),
+        cold,
+        "{replan}"
+    );
     assert_eq!(replan["cold"]["packs"], 0, "{replan}");
     if thawing > 0 {
         assert!(!done.json("thaw_wait").is_empty(), "{}", done.out());
@@ -312,7 +316,7 @@ fn s3_glacier_restore_thaws_exactly_the_needed_packs() {
 }
 
 #[test]
-fn s3_waiting_restore_writes_files_as_their_packs_thaw() {
+fn s3_deep_archive_data_class_restores_through_warmup_and_wait() {
     let ep = s3_endpoint();
     let e = Env::new();
     let r = Repo::s3(&e, &ep, &format!("wait-{}", std::process::id()), "r");
@@ -501,10 +505,25 @@ fn s3_backup_and_restore_complete_through_faults() {
     // With retries off, a fault fails the backup with a clear error and leaves no snapshot
     // that names data that was not stored.
     files(&src.join("c"), 7, 8, 150_000);
-    proxy.arm(3, &[Fault::SlowDown]);
+    let bucket = r
+        .url
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("s3:")
+        .to_string();
+    proxy.arm_only(
+        3,
+        &[Fault::SlowDown],
+        Some(&format!("PUT /{}/data/", bucket)),
+    );
     let failed = r.run(&["--s3-max-attempts", "1", "backup", src.to_str().unwrap()]);
     assert_eq!(failed.code, 1, "{}", failed.stderr);
-    assert!(failed.stderr.contains("s3://"), "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("/r/data/") && failed.stderr.contains("SlowDown"),
+        "the error names the pack and the cause: {}",
+        failed.stderr
+    );
+    assert!(proxy.injected().slowdown > inj.slowdown);
     proxy.disarm();
     let snaps = r.ok(&["--json", "snapshots"]);
     assert_eq!(snaps.json("snapshot").len(), 1);

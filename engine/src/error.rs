@@ -21,11 +21,11 @@ pub enum Error {
     NotFound(String),
     #[error("{object} is in storage class {class} and must be thawed before it can be read: `chunkbak restore` thaws what it needs, `chunkbak warmup` thaws ahead")]
     Archived { object: String, class: String },
-    #[error("backend: {context}: {source}")]
+    /// The cause is part of the message (not a `source`), so it is printed once.
+    #[error("backend: {context}: {cause}")]
     Backend {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: {source}", path.display())]
     Io {
@@ -61,7 +61,7 @@ impl Error {
     pub fn backend(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Backend {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

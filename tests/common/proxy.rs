@@ -31,6 +31,8 @@ struct State {
     /// Every `every`-th request gets the next fault of `faults` (0: no faults).
     every: AtomicU64,
     faults: Mutex<Vec<Fault>>,
+    /// Only requests whose request line contains this (e.g. "PUT /bucket/r/data/") count.
+    only: Mutex<Option<String>>,
     count: AtomicU64,
     injected: Mutex<Injected>,
 }
@@ -52,6 +54,7 @@ impl FaultProxy {
                 .to_string(),
             every: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
+            only: Mutex::new(None),
             count: AtomicU64::new(0),
             injected: Mutex::new(Injected::default()),
         });
@@ -70,6 +73,12 @@ impl FaultProxy {
 
     /// From now on every `every`-th request gets the next of `faults`, in turn.
     pub fn arm(&self, every: u64, faults: &[Fault]) {
+        self.arm_only(every, faults, None);
+    }
+
+    /// As [`arm`](Self::arm), counting only requests whose request line contains `only`.
+    pub fn arm_only(&self, every: u64, faults: &[Fault], only: Option<&str>) {
+        *self.state.only.lock().unwrap() = only.map(str::to_string);
         *self.state.faults.lock().unwrap() = faults.to_vec();
         self.state.count.store(0, Ordering::SeqCst);
         self.state.every.store(every, Ordering::SeqCst);
@@ -265,8 +274,16 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
         let body = read_body(&mut r, &head, true)?;
         let req = Message { head, body };
         let every = st.every.load(Ordering::SeqCst);
-        let n = st.count.fetch_add(1, Ordering::SeqCst) + 1;
-        let fault = if every > 0 && n.is_multiple_of(every) {
+        let counted = match &*st.only.lock().unwrap() {
+            Some(o) => req.head[0].contains(o.as_str()),
+            None => true,
+        };
+        let n = if counted {
+            st.count.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            1
+        };
+        let fault = if counted && every > 0 && n.is_multiple_of(every) {
             let faults = st.faults.lock().unwrap();
             (!faults.is_empty()).then(|| faults[((n / every - 1) as usize) % faults.len()])
         } else {

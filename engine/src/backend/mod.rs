@@ -240,6 +240,33 @@ impl RequestCounts {
     }
 }
 
+/// Counts requests as they go on the wire (by type, in [`RequestCounts::by_type`] order) and
+/// the bytes moved. Shared, so a caller can read it after the backend is gone.
+#[derive(Debug, Default)]
+pub struct RequestCounter {
+    pub(crate) by_type: [std::sync::atomic::AtomicU64; 7],
+    pub(crate) up: std::sync::atomic::AtomicU64,
+    pub(crate) down: std::sync::atomic::AtomicU64,
+}
+
+impl RequestCounter {
+    pub fn snapshot(&self) -> RequestCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = |i: usize| self.by_type[i].load(Relaxed);
+        RequestCounts {
+            put: c(0),
+            get: c(1),
+            head: c(2),
+            list: c(3),
+            delete: c(4),
+            copy: c(5),
+            restore: c(6),
+            bytes_up: self.up.load(Relaxed),
+            bytes_down: self.down.load(Relaxed),
+        }
+    }
+}
+
 /// An object store holding one repository.
 pub trait Backend: Send + Sync {
     /// Where the repository is, for messages.
@@ -298,9 +325,13 @@ pub trait Backend: Send + Sync {
     fn request_thaw(&self, _kind: FileKind, _name: &str, _tier: Tier, _days: u32) -> Result<()> {
         Ok(())
     }
-    /// Requests sent so far, by type (stores that bill requests; None for local folders).
-    fn requests(&self) -> Option<RequestCounts> {
+    /// The counter of requests sent (stores that bill requests; None for local folders).
+    fn request_counter(&self) -> Option<std::sync::Arc<RequestCounter>> {
         None
+    }
+    /// Requests sent so far, by type.
+    fn requests(&self) -> Option<RequestCounts> {
+        self.request_counter().map(|c| c.snapshot())
     }
     /// A local folder for temporary pack files, on the same file system as the repository
     /// where that makes `put_file` a rename.

@@ -212,19 +212,40 @@ pub fn plan(repo: &Repository, root: BlobId, opts: &RestoreOptions) -> Result<Pl
     })
 }
 
-/// Requests a thaw of every cold pack of the plan; returns how many were requested.
+/// A thawed copy that expires within this time is thawed again (which extends it), so it does
+/// not expire while a restore waits for other packs.
+pub const EXTEND_WITHIN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether a pack needs a RestoreObject: archived without a thaw, or thawed with a copy that
+/// expires soon (S3 reports the expiry as an HTTP date).
+fn needs_request(state: &ThawState) -> bool {
+    match state {
+        ThawState::Cold => true,
+        ThawState::Thawed { expiry: Some(e) } => jiff::fmt::rfc2822::parse(e)
+            .map(|z| z.timestamp())
+            .is_ok_and(|t| {
+                let soon = jiff::SignedDuration::try_from(EXTEND_WITHIN).unwrap_or_default();
+                t < jiff::Timestamp::now() + soon
+            }),
+        _ => false,
+    }
+}
+
+/// Requests a thaw of every cold pack of the plan (and extends thawed copies about to expire);
+/// returns how many were requested.
 pub fn request(repo: &Repository, plan: &mut Plan, tier: Tier, days: u32) -> Result<u64> {
     if tier == Tier::Expedited
         && plan
-            .archived()
-            .any(|p| p.class == StorageClass::DeepArchive)
+            .packs
+            .iter()
+            .any(|p| p.class == StorageClass::DeepArchive && needs_request(&p.state))
     {
         return Err(Error::Invalid(
             "DEEP_ARCHIVE has no expedited retrieval: use --tier standard or --tier bulk".into(),
         ));
     }
     let mut n = 0;
-    for p in plan.packs.iter_mut().filter(|p| p.state == ThawState::Cold) {
+    for p in plan.packs.iter_mut().filter(|p| needs_request(&p.state)) {
         if crate::ops::interrupted() {
             return Err(Error::Interrupted);
         }
@@ -332,5 +353,42 @@ impl PackGate for Thaw<'_> {
                 )));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thawed_copies_about_to_expire_are_thawed_again() {
+        let http_date = |t: jiff::Timestamp| {
+            jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&t)
+                .unwrap()
+        };
+        let now = jiff::Timestamp::now();
+        let soon = http_date(now + jiff::SignedDuration::from_hours(2));
+        let later = http_date(now + jiff::SignedDuration::from_hours(72));
+        assert!(soon.ends_with("GMT"), "{soon}");
+        assert!(needs_request(&ThawState::Cold));
+        assert!(needs_request(&ThawState::Thawed { expiry: Some(soon) }));
+        assert!(!needs_request(&ThawState::Thawed {
+            expiry: Some(later)
+        }));
+        assert!(!needs_request(&ThawState::Thawed { expiry: None }));
+        assert!(!needs_request(&ThawState::Thawing));
+        assert!(!needs_request(&ThawState::Hot));
+    }
+
+    #[test]
+    fn tier_estimates() {
+        let gib = 1u64 << 30;
+        let e = tier_estimate(StorageClass::Glacier, Tier::Standard, 1000, 100 * gib).unwrap();
+        assert!((e - (1.0 + 0.05)).abs() < 1e-9, "{e}");
+        assert_eq!(
+            tier_estimate(StorageClass::DeepArchive, Tier::Expedited, 1, gib),
+            None
+        );
     }
 }

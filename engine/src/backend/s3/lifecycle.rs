@@ -178,8 +178,8 @@ pub fn check(rules: &[LifecycleRule], cfg: &S3Config) -> Vec<Finding> {
     ]
     .iter()
     .map(|k| cfg.folder(*k))
-    .chain(std::iter::once(format!("{}config", repo_prefix(cfg))))
     .collect();
+    let config = format!("{}config", repo_prefix(cfg));
     let data = cfg.folder(FileKind::Data);
     let (data_id, _) = rule_ids(cfg);
     let mut out = Vec::new();
@@ -199,7 +199,12 @@ pub fn check(rules: &[LifecycleRule], cfg: &S3Config) -> Vec<Finding> {
             .map(|c| c.as_str())
             .filter(|c| StorageClass::from_name(c).is_archive())
             .collect();
-        for m in meta.iter().filter(|m| overlaps(&prefix, m)) {
+        // The config is one key: a rule touches it only if its prefix is a prefix of the key.
+        let touched = meta
+            .iter()
+            .filter(|m| overlaps(&prefix, m))
+            .chain(std::iter::once(&config).filter(|c| c.starts_with(&prefix)));
+        for m in touched {
             if let Some(c) = archive_to.first() {
                 out.push(Finding {
                     problem: true,
@@ -214,7 +219,11 @@ pub fn check(rules: &[LifecycleRule], cfg: &S3Config) -> Vec<Finding> {
         let expires = r
             .expiration()
             .is_some_and(|e| e.days().is_some() || e.date().is_some());
-        if expires && (overlaps(&prefix, &data) || meta.iter().any(|m| overlaps(&prefix, m))) {
+        if expires
+            && (overlaps(&prefix, &data)
+                || config.starts_with(&prefix)
+                || meta.iter().any(|m| overlaps(&prefix, m)))
+        {
             out.push(Finding {
                 problem: true,
                 rule: Some(id.clone()),
@@ -404,6 +413,17 @@ mod tests {
             .iter()
             .any(|p| p.rule.as_deref() == Some("expire") && p.message.contains("expire")));
         assert!(!f.iter().any(|p| p.rule.as_deref() == Some("other-app")));
+        // A rule on a neighbour of the config key ("hosts/repo/config.bak/") is not about it.
+        let neighbour = rule("neighbour", "hosts/repo/config.bak/")
+            .transitions(
+                Transition::builder()
+                    .days(1)
+                    .storage_class(TransitionStorageClass::Glacier)
+                    .build(),
+            )
+            .build()
+            .unwrap();
+        assert!(check(&[neighbour], &c).iter().all(|f| !f.problem));
         assert!(!f.iter().any(|p| p.rule.as_deref() == Some("ir-ok")));
         // Advice: no data rule, no abort rule.
         assert_eq!(f.iter().filter(|f| !f.problem).count(), 2);

@@ -22,7 +22,7 @@ pub use aws_sdk_s3 as sdk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,17 +30,17 @@ use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
-    RestoreRequest,
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
+    GlacierJobParameters, RestoreRequest,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use tokio::sync::Semaphore;
 
-use super::{Backend, FileKind, ObjectInfo, RequestCounts, StorageClass, ThawState, Tier};
+use super::{Backend, FileKind, ObjectInfo, RequestCounter, StorageClass, ThawState, Tier};
 use crate::error::{Error, Result};
 
 /// Where an S3 repository is and how to reach it.
@@ -65,6 +65,10 @@ pub struct S3Config {
     pub multipart_threshold: u64,
     /// Part size of multipart uploads (S3: at least 5 MiB, at most 10,000 parts).
     pub part_size: u64,
+    /// Send the whole object's CRC32C when completing a multipart upload (checksum type
+    /// FULL_OBJECT), so S3 refuses an object that does not match the pack. Emulators that only
+    /// know composite checksums (ministack 1.5.33) refuse it: tests against them turn it off.
+    pub multipart_full_crc: bool,
 }
 
 impl Default for S3Config {
@@ -80,6 +84,7 @@ impl Default for S3Config {
             initial_backoff: Duration::from_secs(1),
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
+            multipart_full_crc: true,
         }
     }
 }
@@ -115,34 +120,9 @@ impl S3Config {
     }
 }
 
-/// Request attempts by type (index: PUT, GET, HEAD, LIST, DELETE, COPY, RESTORE) and bytes.
-#[derive(Debug, Default)]
-struct Counters {
-    by_type: [AtomicU64; 7],
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> RequestCounts {
-        let c = |i: usize| self.by_type[i].load(Ordering::Relaxed);
-        RequestCounts {
-            put: c(0),
-            get: c(1),
-            head: c(2),
-            list: c(3),
-            delete: c(4),
-            copy: c(5),
-            restore: c(6),
-            bytes_up: self.up.load(Ordering::Relaxed),
-            bytes_down: self.down.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// Counts each request attempt as it goes on the wire, by S3 request type.
 #[derive(Debug)]
-struct CountRequests(Arc<Counters>);
+struct CountRequests(Arc<RequestCounter>);
 
 /// The S3 request type of an HTTP request (as AWS bills it: multipart create/complete are PUTs).
 fn request_type(method: &str, uri: &str, copy_source: bool) -> usize {
@@ -199,7 +179,7 @@ impl Intercept for CountRequests {
 struct Shared {
     cfg: S3Config,
     client: Client,
-    counters: Arc<Counters>,
+    counters: Arc<RequestCounter>,
     classes: RwLock<HashMap<FileKind, StorageClass>>,
 }
 
@@ -211,15 +191,45 @@ pub struct S3Backend {
     uploads: Mutex<Vec<(tokio::task::JoinHandle<Result<()>>, PathBuf)>>,
 }
 
-fn sdk_err<E, R>(context: String, e: SdkError<E, R>) -> Error
+/// An error and its causes, each once: `dispatch failure: io error: ... Connection refused`.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        let s = x.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = x.source();
+    }
+    parts.join(": ")
+}
+
+/// An SDK error as one readable line: `HTTP 503 SlowDown: Please reduce your request rate`
+/// for errors S3 answered, the cause chain for connection failures and timeouts.
+fn sdk_err<E>(context: String, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
 where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    Error::backend(
-        context,
-        std::io::Error::other(DisplayErrorContext(&e).to_string()),
-    )
+    let msg = match &e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            let mut m = format!("HTTP {}", se.raw().status().as_u16());
+            if let Some(c) = err.code() {
+                m.push_str(&format!(" {c}"));
+            }
+            if let Some(t) = err.message().filter(|t| !t.is_empty()) {
+                m.push_str(&format!(": {t}"));
+            }
+            if se.raw().status().is_server_error() || err.code() == Some("SlowDown") {
+                m.push_str(" (still failing after the retries of --s3-max-attempts)");
+            }
+            m
+        }
+        SdkError::TimeoutError(_) => "timed out".to_string(),
+        _ => causes(&e),
+    };
+    Error::backend(context, std::io::Error::other(msg))
 }
 
 /// A conditional write found the key taken (412). Objects are named by their content, so the
@@ -281,7 +291,7 @@ impl Shared {
             .map_err(|e| Error::io(path, e))?
             .len();
         if size > self.cfg.multipart_threshold {
-            return self.upload_multipart(kind, key, path, size).await;
+            return self.upload_multipart(kind, key, path, size, crc).await;
         }
         let body = ByteStream::from_path(path)
             .await
@@ -310,6 +320,7 @@ impl Shared {
         key: &str,
         path: &Path,
         size: u64,
+        crc: u32,
     ) -> Result<()> {
         let what = format!("multipart upload of {}", self.url(key));
         let created = self
@@ -318,6 +329,8 @@ impl Shared {
             .bucket(&self.cfg.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            // The whole object's CRC32C (not a checksum of part checksums), as for single PUTs.
+            .checksum_type(ChecksumType::FullObject)
             .set_storage_class(self.class_of(kind))
             .send()
             .await
@@ -326,7 +339,9 @@ impl Shared {
             .upload_id()
             .ok_or_else(|| Error::Other(format!("{what}: the store returned no upload id")))?
             .to_string();
-        let result = self.upload_parts(key, path, size, &upload_id, &what).await;
+        let result = self
+            .upload_parts(key, path, size, crc, &upload_id, &what)
+            .await;
         if !matches!(result, Ok(true)) {
             // Leave no orphaned parts behind (the lifecycle rule would also clean them up).
             let _ = self
@@ -347,6 +362,7 @@ impl Shared {
         key: &str,
         path: &Path,
         size: u64,
+        crc: u32,
         upload_id: &str,
         what: &str,
     ) -> Result<bool> {
@@ -400,6 +416,8 @@ impl Shared {
             .key(key)
             .upload_id(upload_id)
             .if_none_match("*")
+            .checksum_type(ChecksumType::FullObject)
+            .set_checksum_crc32_c(self.cfg.multipart_full_crc.then(|| crc_header(crc)))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -422,6 +440,12 @@ impl Shared {
         let mut out: Vec<u8> = Vec::new();
         let mut resumes = 0u32;
         loop {
+            // Everything asked for (or announced) has arrived: done, even when the stream then
+            // failed (a stall after the last byte).
+            if let Some(w) = want.filter(|w| out.len() as u64 >= *w) {
+                out.truncate(w as usize);
+                return Ok(out);
+            }
             let pos = start + out.len() as u64;
             let header = match (want, range.is_some() || !out.is_empty()) {
                 (_, false) => None,
@@ -432,6 +456,7 @@ impl Shared {
                 Some(h) => format!("GET {} {h}", self.url(key)),
                 None => format!("GET {}", self.url(key)),
             };
+            let ranged = header.is_some();
             let resp = match self
                 .client
                 .get_object()
@@ -464,6 +489,24 @@ impl Shared {
                     return Err(sdk_err(what, e));
                 }
             };
+            // A ranged read must answer with the bytes from `pos` (a store that ignores Range
+            // would hand back the object from its start).
+            if ranged {
+                let from = resp
+                    .content_range()
+                    .and_then(|r| r.strip_prefix("bytes "))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|a| a.parse::<u64>().ok());
+                if from != Some(pos) {
+                    return Err(Error::backend(
+                        what,
+                        std::io::Error::other(format!(
+                            "the store answered with Content-Range {:?}, not the requested range",
+                            resp.content_range()
+                        )),
+                    ));
+                }
+            }
             let resp_len = resp.content_length().map(|n| n as u64);
             if want.is_none() {
                 want = resp_len;
@@ -488,6 +531,14 @@ impl Shared {
             // for more (the object ends there; the caller decides whether that is an error).
             if cut.is_none() && resp_len.is_none_or(|n| got >= n) {
                 return Ok(out);
+            }
+            if cut
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("checksum"))
+            {
+                // The bytes are wrong, not just short: read the whole object again.
+                out.clear();
+                want = range.map(|r| r.1);
             }
             resumes += 1;
             if resumes > MAX_RESUMES {
@@ -531,7 +582,7 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| Error::Other(format!("tokio runtime: {e}")))?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(RequestCounter::default());
         let client = rt.block_on(async {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = &cfg.region {
@@ -622,6 +673,28 @@ impl S3Backend {
         })
     }
 
+    /// The CRC32C the store keeps for an object (the one sent with its upload), without
+    /// downloading it; None when the store reports none.
+    pub fn stored_crc32c(&self, kind: FileKind, name: &str) -> Result<Option<u32>> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        let h = self
+            .rt
+            .block_on(
+                s.client
+                    .head_object()
+                    .bucket(&s.cfg.bucket)
+                    .key(&key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send(),
+            )
+            .map_err(|e| sdk_err(format!("HEAD {}", s.url(&key)), e))?;
+        Ok(h.checksum_crc32_c().and_then(|c| {
+            let b = base64::engine::general_purpose::STANDARD.decode(c).ok()?;
+            Some(u32::from_be_bytes(b.try_into().ok()?))
+        }))
+    }
+
     /// Joins uploads that have finished; the first failure among them.
     fn reap(&self, all: bool) -> Result<()> {
         let handles: Vec<_> = {
@@ -637,11 +710,13 @@ impl S3Backend {
             }
         };
         let mut first = None;
-        for (h, _) in handles {
-            let r = self
-                .rt
-                .block_on(h)
-                .unwrap_or_else(|e| Err(Error::Other(format!("upload task: {e}"))));
+        for (h, file) in handles {
+            let r = self.rt.block_on(h).unwrap_or_else(|e| {
+                Err(Error::Other(format!(
+                    "uploading {} stopped: {e}",
+                    file.display()
+                )))
+            });
             if let Err(e) = r {
                 first.get_or_insert(e);
             }
@@ -703,7 +778,11 @@ impl Backend for S3Backend {
         match r {
             Ok(_) => Ok(()),
             Err(e) if exists_already(&e) && kind == FileKind::Config => {
-                Err(Error::RepositoryExists(self.location()))
+                // Ours, when a first attempt was stored but its response lost; else another's.
+                match self.rt.block_on(s.fetch(&key, None)) {
+                    Ok(stored) if stored == data => Ok(()),
+                    _ => Err(Error::RepositoryExists(self.location())),
+                }
             }
             Err(e) if exists_already(&e) => Ok(()),
             Err(e) => Err(sdk_err(format!("PUT {}", s.url(&key)), e)),
@@ -711,8 +790,11 @@ impl Backend for S3Backend {
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path, crc32c: u32) -> Result<()> {
-        // Fail fast when an earlier upload failed.
-        self.reap(false)?;
+        // Fail fast when an earlier upload failed (this pack will not be needed either).
+        if let Err(e) = self.reap(false) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         let permit = self
             .rt
             .block_on(self.slots.clone().acquire_owned())
@@ -886,8 +968,8 @@ impl Backend for S3Backend {
         })
     }
 
-    fn requests(&self) -> Option<RequestCounts> {
-        Some(self.shared.counters.snapshot())
+    fn request_counter(&self) -> Option<Arc<RequestCounter>> {
+        Some(self.shared.counters.clone())
     }
 
     /// Packs are built in a folder of their own, so the system temp folder (often an ancestor
