@@ -46,6 +46,13 @@ pub struct Global {
         value_name = "N"
     )]
     pub s3_max_attempts: u32,
+    /// Local cache of a remote repository's metadata (index, snapshots, trees).
+    /// Default: $XDG_CACHE_HOME/chunkbak
+    #[arg(long, env = "CHUNKBAK_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use or write the local cache (every read goes to the repository)
+    #[arg(long, env = "CHUNKBAK_NO_CACHE", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_cache: bool,
     /// File whose first line is the repository password
     #[arg(long, env = "CHUNKBAK_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,

@@ -272,6 +272,17 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
     )
 }
 
+/// Uses the metadata cache for remote repositories, unless --no-cache.
+fn enable_cache(g: &Global, repo: &Repository) {
+    if !g.no_cache {
+        let root = g
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("chunkbak"));
+        repo.use_cache(&root);
+    }
+}
+
 fn hex_random() -> String {
     let b: [u8; 24] = chunkbak_engine::crypter::random_bytes();
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -281,6 +292,7 @@ fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
     let repo = Repository::open(backend(&spec)?, &pw)?;
+    enable_cache(g, &repo);
     Ok(Arc::new(repo))
 }
 
@@ -357,6 +369,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         let pw = password(g, &spec, false, out)?;
         Repository::open(backend(&spec)?, &pw)?
     };
+    enable_cache(g, &repo);
     let repo = Arc::new(repo);
     repo.load_index()?;
     let stdin = if a.stdin_from_command {

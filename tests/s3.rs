@@ -123,6 +123,15 @@ fn round_trip(r: &Repo, src: &Path) {
             assert_eq!(requests(run)["DELETE"], 0, "{}", run.out());
         }
         assert!(requests(&first)["PUT"].as_u64().unwrap() > 10);
+        // The metadata cache: the re-backup reads the parent's trees, index and snapshot from
+        // disk; only the key file and the config are fetched.
+        assert_eq!(requests(&second)["GET"], 2, "{}", second.out());
+        let cached = requests(&r.ok(&["--json", "ls", "latest"]))["GET"].clone();
+        let uncached = requests(&r.ok(&["--json", "--no-cache", "ls", "latest"]))["GET"].clone();
+        assert!(
+            cached.as_u64().unwrap() + 5 < uncached.as_u64().unwrap(),
+            "ls GETs: cached {cached}, uncached {uncached}"
+        );
     } else {
         assert!(
             first.json("requests").is_empty(),

@@ -26,6 +26,7 @@
 //! normative description of their bytes.
 
 pub mod backend;
+pub mod cache;
 pub mod chunker;
 pub mod compressor;
 pub mod crypter;

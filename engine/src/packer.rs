@@ -15,6 +15,7 @@ use crate::crypter::{random_bytes, MasterKey, ObjectCipher, HEADER_COUNTER};
 use crate::error::{Error, Result};
 use crate::format::index::PackEntry;
 use crate::format::pack::{encode_header_plain, BlobKind, BlobRecord};
+use crate::format::ObjectKind;
 use crate::hasher::Hasher;
 use crate::id::{BlobId, Id};
 use crate::index::Index;
@@ -145,6 +146,8 @@ pub struct SaverStats {
 /// worker threads: each takes a packer from the pool, so encryption runs in parallel.
 pub struct BlobSaver {
     backend: Arc<dyn Backend>,
+    /// Tree packs are copied here before upload, so the next run reads them locally.
+    cache: Option<Arc<crate::cache::Cache>>,
     key: MasterKey,
     hasher: Hasher,
     index: Arc<RwLock<Index>>,
@@ -160,6 +163,7 @@ pub struct BlobSaver {
 impl BlobSaver {
     pub fn new(
         backend: Arc<dyn Backend>,
+        cache: Option<Arc<crate::cache::Cache>>,
         key: MasterKey,
         index: Arc<RwLock<Index>>,
         level: i32,
@@ -171,6 +175,7 @@ impl BlobSaver {
         Ok(BlobSaver {
             hasher: key.hasher(),
             backend,
+            cache,
             key,
             index,
             level,
@@ -229,6 +234,9 @@ impl BlobSaver {
 
     fn upload(&self, packer: Packer) -> Result<()> {
         let (entry, path) = packer.finish()?;
+        if let (Some(c), ObjectKind::TreePack) = (&self.cache, entry.kind) {
+            c.put_file(FileKind::Tree, &entry.id.to_hex(), &path);
+        }
         self.backend.put_file(
             FileKind::of_pack(entry.kind),
             &entry.id.to_hex(),

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::{Backend, FileKind, StorageClass};
+use crate::cache::Cache;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::compressor::decompress;
 use crate::crypter::{random_bytes, MasterKey};
@@ -19,6 +20,43 @@ use crate::hasher::Hasher;
 use crate::id::{BlobId, Id};
 use crate::index::Index;
 use crate::packer::BlobSaver;
+
+/// Reads in flight at once when loading many small objects (index files, snapshots): on S3
+/// each read is a round trip, so they overlap; on a local disk it costs nothing.
+const PARALLEL_READS: usize = 16;
+
+/// `f` over `items` on up to [`PARALLEL_READS`] threads, results in order; the first error.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_READS.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                let failed = r.is_err();
+                *results[i].lock().expect("result lock") = Some(r);
+                if failed {
+                    // Stop handing out work; the error is reported below.
+                    next.store(items.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for r in results {
+        match r.into_inner().expect("result lock") {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(out)
+}
 
 /// Options of `init`.
 #[derive(Clone, Debug)]
@@ -56,6 +94,8 @@ pub struct Repository {
     hasher: Hasher,
     index: Arc<RwLock<Index>>,
     tree_cache: Mutex<HashMap<BlobId, Arc<TreeBlob>>>,
+    /// Local copies of index files, snapshots and tree packs (remote repositories only).
+    cache: std::sync::OnceLock<Arc<Cache>>,
 }
 
 impl Repository {
@@ -140,11 +180,28 @@ impl Repository {
             chunker,
             index: Arc::new(RwLock::new(Index::new())),
             tree_cache: Mutex::new(HashMap::new()),
+            cache: std::sync::OnceLock::new(),
         })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Keeps local copies of metadata under `root/<repository id>/` when the repository is
+    /// remote (a local repository is its own cache). Returns whether the cache is in use.
+    pub fn use_cache(&self, root: &std::path::Path) -> bool {
+        if !self.backend.is_remote() {
+            return false;
+        }
+        let _ = self
+            .cache
+            .set(Arc::new(Cache::new(root, &self.config.repo_id)));
+        true
+    }
+
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.get()
     }
     pub fn key(&self) -> &MasterKey {
         &self.key
@@ -164,12 +221,20 @@ impl Repository {
 
     /// Reads a whole object and checks that its name is the hash of its bytes.
     fn get_verified(&self, fk: FileKind, name: &str) -> Result<Vec<u8>> {
+        let cached = matches!(fk, FileKind::Index | FileKind::Snapshot | FileKind::Tree);
+        let cache = self.cache().filter(|_| cached);
+        if let Some(bytes) = cache.and_then(|c| c.get(fk, name)) {
+            return Ok(bytes);
+        }
         let bytes = self.backend.get(fk, name)?;
         if Id::of_object(&bytes).to_hex() != name {
             return Err(Error::corrupt(
                 fk.path_of(name),
                 "content does not match its name (damaged or truncated object)",
             ));
+        }
+        if let Some(c) = cache {
+            c.put(fk, name, &bytes);
         }
         Ok(bytes)
     }
@@ -186,20 +251,24 @@ impl Repository {
         let bytes = envelope::seal(&self.key, kind, payload);
         let id = Id::of_object(&bytes);
         self.backend.put(fk, &id.to_hex(), &bytes)?;
+        if let Some(c) = self.cache() {
+            c.put(fk, &id.to_hex(), &bytes);
+        }
         Ok(id)
     }
 
     /// Loads every index file into memory. Returns the number of files read.
     pub fn load_index(&self) -> Result<usize> {
-        let files = self.backend.list(FileKind::Index)?;
-        let mut loaded: Vec<(Id, IndexFile)> = Vec::with_capacity(files.len());
-        for (name, _) in &files {
-            let Some(id) = Id::from_hex(name) else {
-                continue;
-            };
+        let names: Vec<(Id, String)> = self
+            .backend
+            .list(FileKind::Index)?
+            .into_iter()
+            .filter_map(|(name, _)| Id::from_hex(&name).map(|id| (id, name)))
+            .collect();
+        let loaded: Vec<(Id, IndexFile)> = parallel_map(&names, |(id, name)| {
             let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
-            loaded.push((id, IndexFile::decode(&plain, &format!("index/{name}"))?));
-        }
+            Ok((*id, IndexFile::decode(&plain, &format!("index/{name}"))?))
+        })?;
         let superseded: std::collections::HashSet<Id> = loaded
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
@@ -209,6 +278,21 @@ impl Repository {
             if !superseded.contains(id) {
                 idx.add_file(*id, f);
             }
+        }
+        if let Some(c) = self.cache() {
+            // Forget what the repository no longer has (pruned packs, superseded index files).
+            c.retain(
+                FileKind::Index,
+                &names.iter().map(|(_, n)| n.clone()).collect(),
+            );
+            c.retain(
+                FileKind::Tree,
+                &idx.packs()
+                    .iter()
+                    .filter(|p| p.kind == ObjectKind::TreePack)
+                    .map(|p| p.id.to_hex())
+                    .collect(),
+            );
         }
         Ok(loaded.len())
     }
@@ -232,6 +316,7 @@ impl Repository {
     pub fn blob_saver(&self) -> Result<BlobSaver> {
         BlobSaver::new(
             self.backend.clone(),
+            self.cache().cloned(),
             self.key.clone(),
             self.index.clone(),
             self.config.compression_level,
@@ -253,9 +338,27 @@ impl Repository {
         };
         let fk = FileKind::of_pack(pack.kind);
         let pname = pack.id.to_hex();
-        let ct =
-            self.backend
-                .get_range(fk, &pname, u64::from(loc.offset), u64::from(loc.length))?;
+        let (off, len) = (u64::from(loc.offset), u64::from(loc.length));
+        let ct = match self.cache() {
+            // Tree packs are read whole once and kept: later tree reads are local.
+            Some(c) if fk == FileKind::Tree => match c.get_range(fk, &pname, off, len) {
+                Some(ct) => ct,
+                None => {
+                    let whole = self.get_verified(fk, &pname)?;
+                    let end = (off + len) as usize;
+                    whole
+                        .get(off as usize..end)
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| {
+                            Error::corrupt(
+                                fk.path_of(&pname),
+                                format!("pack is shorter than {end} bytes"),
+                            )
+                        })?
+                }
+            },
+            _ => self.backend.get_range(fk, &pname, off, len)?,
+        };
         let what = format!(
             "{} (blob {} at offset {})",
             fk.path_of(&pname),
@@ -352,14 +455,22 @@ impl Repository {
 
     /// All snapshots, oldest first. Unreadable snapshot objects are returned as errors.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = Vec::new();
-        for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Some(id) = Id::from_hex(&name) else {
-                continue;
-            };
-            let plain = self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, &name)?;
-            out.push((id, Snapshot::decode(&plain, &format!("snapshots/{name}"))?));
+        let names: Vec<(Id, String)> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .filter_map(|(name, _)| Id::from_hex(&name).map(|id| (id, name)))
+            .collect();
+        if let Some(c) = self.cache() {
+            c.retain(
+                FileKind::Snapshot,
+                &names.iter().map(|(_, n)| n.clone()).collect(),
+            );
         }
+        let mut out = parallel_map(&names, |(id, name)| {
+            let plain = self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, name)?;
+            Ok((*id, Snapshot::decode(&plain, &format!("snapshots/{name}"))?))
+        })?;
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }

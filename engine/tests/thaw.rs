@@ -52,8 +52,12 @@ fn files_are_restored_as_their_packs_become_readable() {
         ..Default::default()
     };
     let repo = Arc::new(
-        Repository::init(Arc::new(LocalBackend::new(d.path().join("repo"))), b"pw", &opts)
-            .unwrap(),
+        Repository::init(
+            Arc::new(LocalBackend::new(d.path().join("repo"))),
+            b"pw",
+            &opts,
+        )
+        .unwrap(),
     );
     let src = d.path().join("src");
     std::fs::create_dir(&src).unwrap();

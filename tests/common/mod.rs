@@ -72,6 +72,7 @@ impl Env {
         c.env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))
+            .env("XDG_CACHE_HOME", self.path("xdg-cache"))
             .env("CHUNKBAK_REPOSITORY", &self.repo)
             .env("CHUNKBAK_PASSWORD_FILE", &self.pw)
             .env("CHUNKBAK_NO_PROGRESS", "1");

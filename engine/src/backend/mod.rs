@@ -312,6 +312,10 @@ pub trait Backend: Send + Sync {
             })
             .collect())
     }
+    /// Whether reads cross a network (then a local cache of metadata pays off).
+    fn is_remote(&self) -> bool {
+        false
+    }
     /// Whether objects of this store can be in an archive class (then restores plan thaws).
     fn has_archive_classes(&self) -> bool {
         false

@@ -903,6 +903,10 @@ impl Backend for S3Backend {
         true
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn thaw_state(&self, kind: FileKind, name: &str) -> Result<ThawState> {
         let key = self.key(kind, name);
         let h = self
