@@ -18,7 +18,7 @@ use crate::format::tree::{Content, Node, TreeBlob};
 use crate::format::{envelope, ObjectKind};
 use crate::hasher::Hasher;
 use crate::id::{BlobId, Id};
-use crate::index::Index;
+use crate::index::{BlobLocation, Index, PackInfo};
 use crate::packer::BlobSaver;
 
 /// Reads in flight at once when loading many small objects (index files, snapshots): on S3
@@ -327,15 +327,7 @@ impl Repository {
 
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let (pack, loc) = {
-            let idx = self.index.read().expect("index lock");
-            let (p, l) = idx.get(id).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "blob {id} is not in the index (missing data: run `chunkbak check`)"
-                ))
-            })?;
-            (p.clone(), l)
-        };
+        let (pack, loc) = self.locate(id)?;
         let fk = FileKind::of_pack(pack.kind);
         let pname = pack.id.to_hex();
         let (off, len) = (u64::from(loc.offset), u64::from(loc.length));
@@ -359,6 +351,30 @@ impl Repository {
             },
             _ => self.backend.get_range(fk, &pname, off, len)?,
         };
+        self.open_blob(id, &pack, loc, &ct)
+    }
+
+    /// Where a blob is: its pack and location (an error naming the blob when not indexed).
+    pub fn locate(&self, id: &BlobId) -> Result<(PackInfo, BlobLocation)> {
+        let idx = self.index.read().expect("index lock");
+        let (p, l) = idx.get(id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "blob {id} is not in the index (missing data: run `chunkbak check`)"
+            ))
+        })?;
+        Ok((p.clone(), l))
+    }
+
+    /// Decrypts, decompresses and verifies a blob read from its pack (`ct`: its stored bytes).
+    pub fn open_blob(
+        &self,
+        id: &BlobId,
+        pack: &PackInfo,
+        loc: BlobLocation,
+        ct: &[u8],
+    ) -> Result<Vec<u8>> {
+        let fk = FileKind::of_pack(pack.kind);
+        let pname = pack.id.to_hex();
         let what = format!(
             "{} (blob {} at offset {})",
             fk.path_of(&pname),
@@ -368,7 +384,7 @@ impl Repository {
         let stored = self
             .key
             .object_cipher(&pack.salt)
-            .open(u64::from(loc.offset), &pack.kind.prefix(), &ct)
+            .open(u64::from(loc.offset), &pack.kind.prefix(), ct)
             .ok_or_else(|| {
                 Error::corrupt(
                     &what,

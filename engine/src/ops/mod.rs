@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod fsmeta;
 pub mod ls;
+pub mod packread;
 pub mod restore;
 pub mod select;
 pub mod thaw;

@@ -15,12 +15,16 @@ use rayon::prelude::*;
 
 use super::fsmeta;
 use super::ls::{components, find, walk};
+use super::packread::PackReader;
 use super::thaw::PackGate;
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
+
+/// Memory a restore from a remote repository may hold in fetched pack ranges.
+const RANGE_BUDGET: u64 = 256 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -60,6 +64,8 @@ struct Restorer<'a> {
     errors: AtomicU64,
     bytes: AtomicU64,
     files: AtomicU64,
+    /// Remote repositories: blobs come from pack ranges fetched once.
+    reader: Option<PackReader<'a>>,
 }
 
 /// Writes `data` at `off`, leaving 4 KiB blocks that are all zero as holes (the file is
@@ -148,7 +154,10 @@ impl Restorer<'_> {
             .map_err(|e| Error::io(&job.path, e))?;
         let mut off = 0u64;
         for id in &ids {
-            let data = self.repo.read_blob(id)?;
+            let data = match &self.reader {
+                Some(r) => r.read(id)?,
+                None => self.repo.read_blob(id)?,
+            };
             write_sparse(&f, &data, off).map_err(|e| Error::io(&job.path, e))?;
             off += data.len() as u64;
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -245,6 +254,7 @@ pub fn restore_gated(
         errors: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         files: AtomicU64::new(0),
+        reader: None,
     };
     let mut res = RestoreResult::default();
     let (start_tree, prefix, single) = resolve_start(repo, root, &opts.subpath)?;
@@ -368,6 +378,18 @@ pub fn restore_gated(
         })?;
     }
     progress.total(res.files, total_bytes);
+    let mut r = r;
+    if repo.backend().is_remote() {
+        // Every blob the restore reads, in planned order, so ranges are fetched once.
+        let mut blobs = Vec::new();
+        for job in &jobs {
+            if let Ok(ids) = repo.file_chunks(&job.node.content) {
+                blobs.extend(ids);
+            }
+        }
+        r.reader = Some(PackReader::new(repo, &blobs, RANGE_BUDGET)?);
+    }
+    let r = r;
 
     let pool = crate::ops::thread_pool(opts.threads, "restore")?;
     let mut pending = jobs;

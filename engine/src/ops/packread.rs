@@ -1,0 +1,146 @@
+//! Reading many blobs of remote packs with few requests. A restore knows every blob it will
+//! read before it starts; this groups them by pack into byte ranges (neighbours merged when the
+//! gap between them is small), fetches each range once when its first blob is needed, serves
+//! the range's other blobs from memory, and drops it when its last planned read is done. Memory
+//! is bounded: a range that would exceed the budget is not kept, and its blobs are read one by
+//! one, as without this reader.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::FileKind;
+use crate::error::Result;
+use crate::id::{BlobId, ObjectId};
+use crate::repo::Repository;
+
+/// Gaps up to this size between needed blobs are downloaded rather than split into requests.
+const MERGE_GAP: u64 = 256 * 1024;
+/// Largest range fetched at once.
+const MAX_RANGE: u64 = 64 << 20;
+
+struct Range {
+    start: u64,
+    end: u64,
+    /// Planned blob reads not done yet.
+    remaining: AtomicUsize,
+    /// The range's bytes while some reads remain (None before the first and after the last).
+    data: Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+pub struct PackReader<'a> {
+    repo: &'a Repository,
+    ranges: HashMap<ObjectId, Vec<Range>>,
+    budget: u64,
+    held: AtomicU64,
+    /// Requests this reader sent (ranges) and blobs it served from them, for tests and tuning.
+    pub fetched: AtomicU64,
+    pub served: AtomicU64,
+}
+
+impl<'a> PackReader<'a> {
+    /// Plans the ranges for reading `blobs` (a blob read N times appears N times), keeping at
+    /// most `budget` bytes of ranges in memory.
+    pub fn new(repo: &'a Repository, blobs: &[BlobId], budget: u64) -> Result<Self> {
+        let mut by_pack: HashMap<ObjectId, Vec<(u64, u64)>> = HashMap::new();
+        {
+            let idx = repo.index().read().expect("index lock");
+            for id in blobs {
+                if let Some((p, l)) = idx.get(id) {
+                    let off = u64::from(l.offset);
+                    by_pack
+                        .entry(p.id)
+                        .or_default()
+                        .push((off, off + u64::from(l.length)));
+                }
+            }
+        }
+        let mut ranges = HashMap::with_capacity(by_pack.len());
+        for (pack, mut spans) in by_pack {
+            spans.sort_unstable();
+            let mut out: Vec<Range> = Vec::new();
+            for (s, e) in spans {
+                match out.last_mut() {
+                    Some(r) if s <= r.end + MERGE_GAP && e.max(r.end) - r.start <= MAX_RANGE => {
+                        r.end = r.end.max(e);
+                        *r.remaining.get_mut() += 1;
+                    }
+                    _ => out.push(Range {
+                        start: s,
+                        end: e,
+                        remaining: AtomicUsize::new(1),
+                        data: Mutex::new(None),
+                    }),
+                }
+            }
+            ranges.insert(pack, out);
+        }
+        Ok(PackReader {
+            repo,
+            ranges,
+            budget,
+            held: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads, decrypts and verifies one blob.
+    pub fn read(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let (pack, loc) = self.repo.locate(id)?;
+        let off = u64::from(loc.offset);
+        let end = off + u64::from(loc.length);
+        let Some(range) = self.ranges.get(&pack.id).and_then(|v| {
+            let i = v.partition_point(|r| r.start <= off);
+            i.checked_sub(1).map(|i| &v[i]).filter(|r| end <= r.end)
+        }) else {
+            return self.repo.read_blob(id);
+        };
+        let bytes = {
+            let mut slot = range.data.lock().expect("range lock");
+            match &*slot {
+                Some(b) => Some(b.clone()),
+                None if range.remaining.load(Ordering::Relaxed) > 1
+                    && self.held.load(Ordering::Relaxed) + (range.end - range.start)
+                        <= self.budget =>
+                {
+                    // Fetched while holding the slot: other readers of this range wait for it
+                    // instead of sending the same request.
+                    let fk = FileKind::of_pack(pack.kind);
+                    let b = Arc::new(self.repo.backend().get_range(
+                        fk,
+                        &pack.id.to_hex(),
+                        range.start,
+                        range.end - range.start,
+                    )?);
+                    self.fetched.fetch_add(1, Ordering::Relaxed);
+                    self.held
+                        .fetch_add(range.end - range.start, Ordering::Relaxed);
+                    *slot = Some(b.clone());
+                    Some(b)
+                }
+                None => None,
+            }
+        };
+        let plain = match &bytes {
+            Some(b) => {
+                self.served.fetch_add(1, Ordering::Relaxed);
+                let s = (off - range.start) as usize;
+                self.repo
+                    .open_blob(id, &pack, loc, &b[s..s + loc.length as usize])
+            }
+            None => self.repo.read_blob(id),
+        };
+        let before = range
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .unwrap_or(0);
+        if before == 1 {
+            // The last planned read of this range: release its memory.
+            if let Some(b) = range.data.lock().expect("range lock").take() {
+                self.held.fetch_sub(b.len() as u64, Ordering::Relaxed);
+            }
+        }
+        plain
+    }
+}
