@@ -290,7 +290,7 @@ pub struct RestoreArgs {
     /// Set owners by numeric uid/gid instead of by user and group name
     #[arg(long)]
     pub numeric_owner: bool,
-    /// Worker threads (default: one per core; S3: --s3-connections)
+    /// Worker threads (default: one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Print what the restore needs (packs, bytes, archived packs, thaw time and cost), then stop

@@ -17,7 +17,7 @@ use crate::repo::Repository;
 /// Gaps up to this size between needed blobs are downloaded rather than split into requests.
 const MERGE_GAP: u64 = 256 * 1024;
 /// Largest range fetched at once.
-const MAX_RANGE: u64 = 64 << 20;
+const MAX_RANGE: u64 = 16 << 20;
 
 struct Range {
     start: u64,

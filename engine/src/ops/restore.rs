@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use rayon::prelude::*;
-
 use super::fsmeta;
 use super::ls::{components, find, walk};
 use super::packread::PackReader;
@@ -24,7 +22,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 
 /// Memory a restore from a remote repository may hold in fetched pack ranges.
-const RANGE_BUDGET: u64 = 256 << 20;
+const RANGE_BUDGET: u64 = 128 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -404,15 +402,23 @@ pub fn restore_gated(
                     .is_none_or(|packs| packs.iter().all(|p| g.readable(p)))
             }),
         };
-        pool.install(|| {
-            ready.par_iter().for_each(|job| {
-                if crate::ops::interrupted() {
-                    return;
-                }
-                if let Err(e) = r.restore_file(job) {
-                    r.error(&job.path, format!("not restored: {e}"));
-                }
-            })
+        // Workers take files in tree order from one queue (not rayon's split of the list into
+        // distant halves), so reads move through the packs together and a fetched pack range
+        // is used up soon after it arrives.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        pool.scope(|s| {
+            for _ in 0..pool.current_num_threads() {
+                s.spawn(|_| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = ready.get(i) else { break };
+                    if crate::ops::interrupted() {
+                        break;
+                    }
+                    if let Err(e) = r.restore_file(job) {
+                        r.error(&job.path, format!("not restored: {e}"));
+                    }
+                });
+            }
         });
         if crate::ops::interrupted() {
             return Err(Error::Interrupted);
