@@ -813,7 +813,10 @@ fn cmd_warmup(g: &Global, out: &Out, a: &args::WarmupArgs) -> anyhow::Result<i32
 }
 
 fn cmd_check(g: &Global, out: &Out) -> anyhow::Result<i32> {
-    let repo = open_repo(g, out)?;
+    // Without the local cache: check what the repository holds, not local copies of it.
+    let spec = repo_spec(g)?;
+    let pw = password(g, &spec, false, out)?;
+    let repo = Repository::open(backend(&spec)?, &pw)?;
     let files = repo.load_index()?;
     let r = chunkbak_engine::ops::check::check(&repo)?;
     if out.json {

@@ -9,12 +9,28 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use crate::backend::FileKind;
 use crate::id::Id;
 
 pub struct Cache {
     dir: PathBuf,
+}
+
+/// Files younger than this are never removed by [`Cache::retain`]: another process may have
+/// just cached them for objects its index does not name yet.
+const KEEP_YOUNG: Duration = Duration::from_secs(3600);
+
+/// A temp file name unique across processes (pid), threads and calls (counter).
+fn temp_name(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".tmp-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Cache {
@@ -54,17 +70,26 @@ impl Cache {
     }
 
     /// Stores an object (best effort: a cache that cannot be written is just not used).
-    pub fn put(&self, fk: FileKind, name: &str, bytes: &[u8]) {
+    /// Returns whether it is stored.
+    pub fn put(&self, fk: FileKind, name: &str, bytes: &[u8]) -> bool {
         let p = self.path(fk, name);
-        let Some(parent) = p.parent() else { return };
+        let Some(parent) = p.parent() else {
+            return false;
+        };
         if fs::create_dir_all(parent).is_err() {
-            return;
+            return false;
         }
-        let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+        let tmp = parent.join(temp_name(name));
         if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &p).is_ok() {
-            return;
+            return true;
         }
         let _ = fs::remove_file(&tmp);
+        false
+    }
+
+    /// Forgets a cached object (found damaged).
+    pub fn remove(&self, fk: FileKind, name: &str) {
+        let _ = fs::remove_file(self.path(fk, name));
     }
 
     /// Stores a copy of a local file (a tree pack this process just wrote).
@@ -74,7 +99,7 @@ impl Cache {
         if fs::create_dir_all(parent).is_err() {
             return;
         }
-        let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+        let tmp = parent.join(temp_name(name));
         if fs::copy(src, &tmp).is_ok() && fs::rename(&tmp, &p).is_ok() {
             return;
         }
@@ -97,7 +122,14 @@ impl Cache {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(".tmp-") && !keep.contains(&name) {
+                let young = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_none_or(|age| age < KEEP_YOUNG);
+                // Temp files of crashed runs go when old; cached objects when gone and old.
+                if !young && (name.starts_with(".tmp-") || !keep.contains(&name)) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -127,8 +159,20 @@ mod tests {
         std::fs::write(c.path(FileKind::Index, &name), b"garbage").unwrap();
         assert_eq!(c.get(FileKind::Index, &name), None);
         assert!(!c.path(FileKind::Index, &name).exists());
-        // retain drops what the repository no longer has.
+        // retain drops what the repository no longer has, once it is not brand new (another
+        // process may have cached it for an index it has not written yet).
         c.put(FileKind::Tree, &name, &bytes);
+        c.retain(FileKind::Tree, &HashSet::new());
+        assert!(c.path(FileKind::Tree, &name).exists());
+        let old = SystemTime::now() - KEEP_YOUNG - Duration::from_secs(10);
+        fs::File::options()
+            .write(true)
+            .open(c.path(FileKind::Tree, &name))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        c.retain(FileKind::Tree, &[name.clone()].into_iter().collect());
+        assert!(c.path(FileKind::Tree, &name).exists());
         c.retain(FileKind::Tree, &HashSet::new());
         assert!(!c.path(FileKind::Tree, &name).exists());
     }

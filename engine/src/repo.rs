@@ -194,9 +194,12 @@ impl Repository {
         if !self.backend.is_remote() {
             return false;
         }
-        let _ = self
-            .cache
-            .set(Arc::new(Cache::new(root, &self.config.repo_id)));
+        let cache = Cache::new(root, &self.config.repo_id);
+        if std::fs::create_dir_all(cache.dir()).is_err() {
+            // An unwritable cache would only add downloads.
+            return false;
+        }
+        let _ = self.cache.set(Arc::new(cache));
         true
     }
 
@@ -331,26 +334,25 @@ impl Repository {
         let fk = FileKind::of_pack(pack.kind);
         let pname = pack.id.to_hex();
         let (off, len) = (u64::from(loc.offset), u64::from(loc.length));
-        let ct = match self.cache() {
+        if let Some(c) = self.cache().filter(|_| fk == FileKind::Tree) {
             // Tree packs are read whole once and kept: later tree reads are local.
-            Some(c) if fk == FileKind::Tree => match c.get_range(fk, &pname, off, len) {
-                Some(ct) => ct,
-                None => {
-                    let whole = self.get_verified(fk, &pname)?;
-                    let end = (off + len) as usize;
-                    whole
-                        .get(off as usize..end)
-                        .map(<[u8]>::to_vec)
-                        .ok_or_else(|| {
-                            Error::corrupt(
-                                fk.path_of(&pname),
-                                format!("pack is shorter than {end} bytes"),
-                            )
-                        })?
+            if let Some(ct) = c.get_range(fk, &pname, off, len) {
+                match self.open_blob(id, &pack, loc, &ct) {
+                    Ok(plain) => return Ok(plain),
+                    // A damaged local copy: drop it and read from the repository.
+                    Err(_) => c.remove(fk, &pname),
                 }
-            },
-            _ => self.backend.get_range(fk, &pname, off, len)?,
-        };
+            } else if let Ok(whole) = self.backend.get(fk, &pname) {
+                // Kept only when intact; a damaged pack still serves its intact blobs below.
+                if Id::of_object(&whole).to_hex() == pname {
+                    c.put(fk, &pname, &whole);
+                    if let Some(ct) = whole.get(off as usize..(off + len) as usize) {
+                        return self.open_blob(id, &pack, loc, ct);
+                    }
+                }
+            }
+        }
+        let ct = self.backend.get_range(fk, &pname, off, len)?;
         self.open_blob(id, &pack, loc, &ct)
     }
 

@@ -84,6 +84,20 @@ fn planned_blobs_are_read_by_range() {
         blobs.len()
     );
     assert_eq!(reader.served.load(Ordering::Relaxed) as usize, blobs.len());
+    assert_eq!(
+        reader.held(),
+        0,
+        "every range is released after its last read"
+    );
+    // Reads that will not happen (a file that failed) release their ranges too.
+    let partial = PackReader::new(&repo, &blobs, 64 << 20).unwrap();
+    let half = blobs.len() / 2;
+    for b in &blobs[..half] {
+        partial.read(b).unwrap();
+    }
+    assert!(partial.held() > 0);
+    partial.skip(&blobs[half..]);
+    assert_eq!(partial.held(), 0);
     // Without memory for ranges, every blob is read on its own, still correctly.
     let lean = PackReader::new(&repo, &blobs, 0).unwrap();
     for b in blobs.iter().take(10) {

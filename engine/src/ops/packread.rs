@@ -89,58 +89,107 @@ impl<'a> PackReader<'a> {
     pub fn read(&self, id: &BlobId) -> Result<Vec<u8>> {
         let (pack, loc) = self.repo.locate(id)?;
         let off = u64::from(loc.offset);
-        let end = off + u64::from(loc.length);
-        let Some(range) = self.ranges.get(&pack.id).and_then(|v| {
-            let i = v.partition_point(|r| r.start <= off);
-            i.checked_sub(1).map(|i| &v[i]).filter(|r| end <= r.end)
-        }) else {
+        let Some(range) = self.range_of(&pack.id, off, u64::from(loc.length)) else {
             return self.repo.read_blob(id);
         };
-        let bytes = {
-            let mut slot = range.data.lock().expect("range lock");
-            match &*slot {
-                Some(b) => Some(b.clone()),
-                None if range.remaining.load(Ordering::Relaxed) > 1
-                    && self.held.load(Ordering::Relaxed) + (range.end - range.start)
-                        <= self.budget =>
-                {
-                    // Fetched while holding the slot: other readers of this range wait for it
-                    // instead of sending the same request.
-                    let fk = FileKind::of_pack(pack.kind);
-                    let b = Arc::new(self.repo.backend().get_range(
-                        fk,
-                        &pack.id.to_hex(),
-                        range.start,
-                        range.end - range.start,
-                    )?);
-                    self.fetched.fetch_add(1, Ordering::Relaxed);
-                    self.held
-                        .fetch_add(range.end - range.start, Ordering::Relaxed);
-                    *slot = Some(b.clone());
-                    Some(b)
-                }
-                None => None,
-            }
-        };
-        let plain = match &bytes {
-            Some(b) => {
+        let plain = match self.range_bytes(&pack, range) {
+            Ok(Some(b)) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
                 let s = (off - range.start) as usize;
                 self.repo
                     .open_blob(id, &pack, loc, &b[s..s + loc.length as usize])
             }
-            None => self.repo.read_blob(id),
+            Ok(None) => self.repo.read_blob(id),
+            Err(e) => Err(e),
         };
+        // Counted done whatever happened, so the range's memory is released in time.
+        self.done(range);
+        plain
+    }
+
+    /// The bytes of a range: held, or fetched now when worth it and within the budget; None
+    /// means "read the blob alone".
+    fn range_bytes(
+        &self,
+        pack: &crate::index::PackInfo,
+        range: &Range,
+    ) -> Result<Option<Arc<Vec<u8>>>> {
+        let mut slot = range.data.lock().expect("range lock");
+        if let Some(b) = &*slot {
+            return Ok(Some(b.clone()));
+        }
+        let len = range.end - range.start;
+        if range.remaining.load(Ordering::Relaxed) <= 1 {
+            return Ok(None);
+        }
+        // Reserve the memory before fetching, so concurrent fetches cannot overshoot.
+        let reserved = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h + len <= self.budget).then_some(h + len)
+            })
+            .is_ok();
+        if !reserved {
+            return Ok(None);
+        }
+        // Fetched while holding the slot: other readers of this range wait for it instead of
+        // sending the same request.
+        let fk = FileKind::of_pack(pack.kind);
+        match self
+            .repo
+            .backend()
+            .get_range(fk, &pack.id.to_hex(), range.start, len)
+        {
+            Ok(b) => {
+                self.fetched.fetch_add(1, Ordering::Relaxed);
+                let b = Arc::new(b);
+                *slot = Some(b.clone());
+                Ok(Some(b))
+            }
+            Err(e) => {
+                self.held.fetch_sub(len, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// One planned read of `range` is over; the last one releases the range's memory.
+    fn done(&self, range: &Range) {
         let before = range
             .remaining
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .unwrap_or(0);
         if before == 1 {
-            // The last planned read of this range: release its memory.
             if let Some(b) = range.data.lock().expect("range lock").take() {
                 self.held.fetch_sub(b.len() as u64, Ordering::Relaxed);
             }
         }
-        plain
+    }
+
+    /// Planned reads that will not happen (the rest of a file that failed): their ranges are
+    /// released as if read.
+    pub fn skip(&self, ids: &[BlobId]) {
+        for id in ids {
+            let Ok((pack, loc)) = self.repo.locate(id) else {
+                continue;
+            };
+            if let Some(r) = self.range_of(&pack.id, u64::from(loc.offset), u64::from(loc.length)) {
+                self.done(r);
+            }
+        }
+    }
+
+    /// Bytes of fetched ranges held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn range_of(&self, pack: &ObjectId, off: u64, len: u64) -> Option<&Range> {
+        self.ranges.get(pack).and_then(|v| {
+            let i = v.partition_point(|r| r.start <= off);
+            i.checked_sub(1)
+                .map(|i| &v[i])
+                .filter(|r| off + len <= r.end)
+        })
     }
 }

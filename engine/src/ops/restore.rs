@@ -141,8 +141,13 @@ impl Restorer<'_> {
         }
     }
 
-    fn restore_file(&self, job: &FileJob) -> Result<()> {
-        let ids: Vec<BlobId> = self.repo.file_chunks(&job.node.content)?;
+    /// Writes a file's chunks; `done` counts the chunks read (each once, even on error).
+    fn write_contents(
+        &self,
+        job: &FileJob,
+        ids: &[BlobId],
+        done: &mut usize,
+    ) -> Result<(fs::File, u64)> {
         let f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -151,7 +156,8 @@ impl Restorer<'_> {
             .open(&job.path)
             .map_err(|e| Error::io(&job.path, e))?;
         let mut off = 0u64;
-        for id in &ids {
+        for id in ids {
+            *done += 1;
             let data = match &self.reader {
                 Some(r) => r.read(id)?,
                 None => self.repo.read_blob(id)?,
@@ -161,6 +167,20 @@ impl Restorer<'_> {
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.progress.bytes(data.len() as u64);
         }
+        Ok((f, off))
+    }
+
+    fn restore_file(&self, job: &FileJob) -> Result<()> {
+        let ids: Vec<BlobId> = self.repo.file_chunks(&job.node.content)?;
+        let mut done = 0usize;
+        let written = self.write_contents(job, &ids, &mut done);
+        if written.is_err() {
+            // The file's remaining planned reads will not happen: release their ranges.
+            if let Some(r) = &self.reader {
+                r.skip(&ids[done..]);
+            }
+        }
+        let (f, off) = written?;
         f.set_len(off).map_err(|e| Error::io(&job.path, e))?;
         if off != job.node.size {
             self.warn(
