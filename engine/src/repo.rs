@@ -260,14 +260,23 @@ impl Repository {
         Ok(id)
     }
 
-    /// Loads every index file into memory. Returns the number of files read.
-    pub fn load_index(&self) -> Result<usize> {
+    /// The objects of a kind with well-formed names (hex ids); the cache forgets the others.
+    fn list_named(&self, fk: FileKind) -> Result<Vec<(Id, String)>> {
         let names: Vec<(Id, String)> = self
             .backend
-            .list(FileKind::Index)?
+            .list(fk)?
             .into_iter()
             .filter_map(|(name, _)| Id::from_hex(&name).map(|id| (id, name)))
             .collect();
+        if let Some(c) = self.cache() {
+            c.retain(fk, &names.iter().map(|(_, n)| n.clone()).collect());
+        }
+        Ok(names)
+    }
+
+    /// Loads every index file into memory. Returns the number of files read.
+    pub fn load_index(&self) -> Result<usize> {
+        let names = self.list_named(FileKind::Index)?;
         let loaded: Vec<(Id, IndexFile)> = parallel_map(&names, |(id, name)| {
             let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
             Ok((*id, IndexFile::decode(&plain, &format!("index/{name}"))?))
@@ -283,11 +292,7 @@ impl Repository {
             }
         }
         if let Some(c) = self.cache() {
-            // Forget what the repository no longer has (pruned packs, superseded index files).
-            c.retain(
-                FileKind::Index,
-                &names.iter().map(|(_, n)| n.clone()).collect(),
-            );
+            // Forget tree packs the repository no longer has (pruned).
             c.retain(
                 FileKind::Tree,
                 &idx.packs()
@@ -473,18 +478,7 @@ impl Repository {
 
     /// All snapshots, oldest first. Unreadable snapshot objects are returned as errors.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let names: Vec<(Id, String)> = self
-            .backend
-            .list(FileKind::Snapshot)?
-            .into_iter()
-            .filter_map(|(name, _)| Id::from_hex(&name).map(|id| (id, name)))
-            .collect();
-        if let Some(c) = self.cache() {
-            c.retain(
-                FileKind::Snapshot,
-                &names.iter().map(|(_, n)| n.clone()).collect(),
-            );
-        }
+        let names = self.list_named(FileKind::Snapshot)?;
         let mut out = parallel_map(&names, |(id, name)| {
             let plain = self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, name)?;
             Ok((*id, Snapshot::decode(&plain, &format!("snapshots/{name}"))?))
