@@ -61,8 +61,10 @@ fn files_are_restored_as_their_packs_become_readable() {
     );
     let src = d.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    let data_a = chunkbak_engine::chunker::splitmix_bytes(1, 300_000);
-    let data_b = chunkbak_engine::chunker::splitmix_bytes(2, 300_000);
+    // 10 MB each: at least three chunks (max 4 MiB), each but the last over the 64 KiB pack
+    // size, so b has packs of its own whatever the key-dependent cut points are.
+    let data_a = chunkbak_engine::chunker::splitmix_bytes(1, 10_000_000);
+    let data_b = chunkbak_engine::chunker::splitmix_bytes(2, 10_000_000);
     std::fs::write(src.join("a"), &data_a).unwrap();
     std::fs::write(src.join("b"), &data_b).unwrap();
     let res = backup::backup(
