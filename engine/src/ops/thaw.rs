@@ -104,11 +104,6 @@ impl Plan {
         self.packs.iter().filter(|p| !p.state.readable())
     }
 
-    /// Packs in an archive class (readable or not).
-    pub fn archived(&self) -> impl Iterator<Item = &PlannedPack> {
-        self.packs.iter().filter(|p| p.class.is_archive())
-    }
-
     /// Pack count and bytes by state name (`cold`, `thawing`, `thawed`).
     pub fn count(&self, state: &str) -> (u64, u64) {
         self.packs
