@@ -87,8 +87,15 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Thaw the archived (Glacier) packs a restore will need, ahead of the restore
     Warmup(WarmupArgs),
-    /// Check the repository's structure (reads metadata only, never archived data)
+    /// Check the repository: structure from metadata; with --read-data, pack contents too
     Check(CheckArgs),
+    /// Remove snapshots by a retention policy (the data goes with `prune`)
+    Forget(ForgetArgs),
+    /// Delete data no snapshot uses; safe while backups run (two-phase deletion)
+    Prune(PruneArgs),
+    /// Rebuild the index from the packs, or rewrite snapshots that reference lost data
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Show, apply or check the S3 bucket lifecycle rule that archives data packs
     #[command(subcommand)]
     Lifecycle(LifecycleCommand),
@@ -142,7 +149,116 @@ pub struct WarmupArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// Also download every pack and verify every blob (decrypt, decompress, re-hash)
+    #[arg(long)]
+    pub read_data: bool,
+    /// Verify only part of the packs: n/m (1/10: the first of ten parts), a percentage (5%,
+    /// random) or a size (2GiB, random)
+    #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
+    pub read_data_subset: Option<String>,
+}
+
+/// A count for a keep rule: a number, or `unlimited`.
+fn keep_count(s: &str) -> Result<i64, String> {
+    if s == "unlimited" {
+        return Ok(-1);
+    }
+    match s.parse::<i64>() {
+        Ok(n) if n >= -1 => Ok(n),
+        _ => Err(format!("{s:?}: a count, or `unlimited`")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or prefixes), besides those the policy removes
+    #[arg(value_name = "SNAPSHOT")]
+    pub ids: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N", value_parser = keep_count)]
+    pub keep_last: Option<i64>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N", value_parser = keep_count)]
+    pub keep_hourly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, value_name = "N", value_parser = keep_count)]
+    pub keep_daily: Option<i64>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N", value_parser = keep_count)]
+    pub keep_weekly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, value_name = "N", value_parser = keep_count)]
+    pub keep_monthly: Option<i64>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, value_name = "N", value_parser = keep_count)]
+    pub keep_yearly: Option<i64>,
+    /// Keep every snapshot newer than the group's latest minus DURATION (e.g. 90d)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots carrying these tags (comma-separated: all of them; repeatable)
+    #[arg(long, value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
+    /// Apply the policy to each group of snapshots with the same ... (host, paths, tags;
+    /// empty: all snapshots in one group)
+    #[arg(long, default_value = "host,paths", value_name = "FIELDS")]
+    pub group_by: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Print what would be kept and removed, and why; change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Run `prune` afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneOpts,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneOpts {
+    /// Time between marking an unused pack and deleting it; must exceed the time any backup
+    /// takes to write its snapshot after its last look at the index (seconds)
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub grace: String,
+    /// Unused space allowed to stay in partly used packs: a percentage of all pack bytes, or
+    /// a size
+    #[arg(long, default_value = "5%", value_name = "LIMIT")]
+    pub max_unused: String,
+    /// Repack at most this many bytes of packs in one run (e.g. 10GiB)
+    #[arg(long, value_name = "SIZE")]
+    pub max_repack: Option<String>,
+    /// Delete unused archived packs before their storage class's minimum duration (S3 bills
+    /// the rest of it)
+    #[arg(long)]
+    pub ignore_min_duration: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub opts: PruneOpts,
+    /// Print the plan and its cost; change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs in the repository (salvaging damaged packs)
+    Index {
+        /// Download and verify every pack, not only those the index gets wrong
+        #[arg(long)]
+        read_all_packs: bool,
+    },
+    /// Rewrite snapshots that reference lost data: damaged files keep their readable start
+    /// and are renamed NAME.damaged
+    Snapshots {
+        /// Print what would change; change nothing
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
+}
 
 #[derive(Subcommand, Debug)]
 pub enum LifecycleCommand {

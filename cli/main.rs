@@ -3,6 +3,7 @@
 
 mod args;
 mod cold;
+mod maint;
 mod output;
 mod progress;
 
@@ -108,7 +109,10 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Ls(a) => cmd_ls(g, out, a),
         Command::Restore(a) => cmd_restore(g, out, a),
         Command::Warmup(a) => cmd_warmup(g, out, a),
-        Command::Check(_) => cmd_check(g, out),
+        Command::Check(a) => cmd_check(g, out, a),
+        Command::Forget(a) => maint::cmd_forget(g, out, a),
+        Command::Prune(a) => maint::cmd_prune(g, out, a),
+        Command::Repair(c) => maint::cmd_repair(g, out, c),
         Command::Lifecycle(c) => cmd_lifecycle(g, out, c),
         Command::Cat(a) => cmd_cat(g, out, a),
     };
@@ -813,7 +817,7 @@ fn cmd_warmup(g: &Global, out: &Out, a: &args::WarmupArgs) -> anyhow::Result<i32
     Ok(exit::OK)
 }
 
-fn cmd_check(g: &Global, out: &Out) -> anyhow::Result<i32> {
+fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> {
     // Without the local cache: check what the repository holds, not local copies of it.
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
@@ -846,11 +850,53 @@ fn cmd_check(g: &Global, out: &Out) -> anyhow::Result<i32> {
             ));
         }
     }
-    Ok(if r.problems.is_empty() {
-        exit::OK
-    } else {
-        exit::ERROR
-    })
+    let subset = match (&a.read_data_subset, a.read_data) {
+        (Some(s), _) => Some(
+            s.parse::<chunkbak_engine::ops::check::Subset>()
+                .map_err(|e| anyhow!("--read-data-subset {e}"))?,
+        ),
+        (None, true) => Some(chunkbak_engine::ops::check::Subset::All),
+        (None, false) => None,
+    };
+    let mut problems = r.problems.len();
+    if let Some(subset) = subset {
+        let bar = progress::Bar::new(out, !g.no_progress, "read");
+        let d = chunkbak_engine::ops::check::read_data(&repo, subset, &bar)?;
+        bar.finish();
+        problems += d.problems.len();
+        if out.json {
+            out.json_line(
+                "check_data",
+                json!({"packs_read": d.packs_read, "bytes_read": d.bytes_read,
+                       "blobs_verified": d.blobs_verified,
+                       "archived_skipped": d.archived_skipped, "problems": d.problems}),
+            );
+        } else {
+            for p in &d.problems {
+                eprintln!("problem: {p}");
+            }
+            out.line(format!(
+                "read {} packs ({}), verified {} blobs: {} problems",
+                d.packs_read,
+                human_bytes(d.bytes_read),
+                d.blobs_verified,
+                d.problems.len()
+            ));
+            if d.archived_skipped > 0 {
+                out.line(format!(
+                    "{} archived packs not read (thaw them with `chunkbak warmup` first)",
+                    d.archived_skipped
+                ));
+            }
+        }
+    }
+    if problems > 0 && !out.json {
+        eprintln!(
+            "the repository has problems: `chunkbak repair index` rebuilds the index from the \
+             packs, `chunkbak repair snapshots` marks files whose data is lost"
+        );
+    }
+    Ok(if problems == 0 { exit::OK } else { exit::ERROR })
 }
 
 fn cmd_lifecycle(g: &Global, out: &Out, c: &args::LifecycleCommand) -> anyhow::Result<i32> {

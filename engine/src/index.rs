@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::compressor::Compression;
-use crate::format::index::{IndexFile, PackEntry};
+use crate::format::index::{IndexFile, Mark, PackEntry};
 use crate::format::pack::BlobKind;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
@@ -16,6 +16,8 @@ pub struct PackInfo {
     pub kind: ObjectKind,
     pub size: u64,
     pub salt: [u8; 32],
+    /// Marked for deletion by prune: readable, never reused.
+    pub mark: Option<Mark>,
 }
 
 /// Where one blob is stored.
@@ -44,7 +46,7 @@ impl Index {
         Self::default()
     }
 
-    /// Adds every pack of an index file (packs already known are skipped).
+    /// Adds every pack of an index file. A pack listed live anywhere is live ("live wins").
     pub fn add_file(&mut self, id: Id, file: &IndexFile) {
         self.files.push(id);
         for p in &file.packs {
@@ -52,38 +54,85 @@ impl Index {
         }
     }
 
+    /// Adds a pack. A pack already known is skipped, except that a live listing revives a
+    /// marked one. A blob stored in several packs is located in a live one when there is one.
     pub fn add_pack(&mut self, p: &PackEntry) {
-        if self.pack_pos.contains_key(&p.id) {
-            return;
-        }
-        let pos = self.packs.len() as u32;
-        self.packs.push(PackInfo {
-            id: p.id,
-            kind: p.kind,
-            size: p.size,
-            salt: p.salt,
-        });
-        self.pack_pos.insert(p.id, pos);
+        let pos = match self.pack_pos.get(&p.id) {
+            Some(&pos) => {
+                let known = &mut self.packs[pos as usize];
+                if known.mark.is_none() || p.mark.is_some() {
+                    return;
+                }
+                known.mark = None;
+                pos
+            }
+            None => {
+                let pos = self.packs.len() as u32;
+                self.packs.push(PackInfo {
+                    id: p.id,
+                    kind: p.kind,
+                    size: p.size,
+                    salt: p.salt,
+                    mark: p.mark,
+                });
+                self.pack_pos.insert(p.id, pos);
+                pos
+            }
+        };
+        let live = p.mark.is_none();
         for b in &p.blobs {
-            self.blobs.entry(b.id).or_insert(BlobLocation {
+            let loc = BlobLocation {
                 pack: pos,
                 offset: b.offset,
                 length: b.length,
                 raw_len: b.raw_len,
                 kind: b.kind,
                 compression: b.compression,
-            });
+            };
+            match self.blobs.get_mut(&b.id) {
+                None => {
+                    self.blobs.insert(b.id, loc);
+                }
+                Some(old) if live && self.packs[old.pack as usize].mark.is_some() => {
+                    *old = loc;
+                }
+                Some(_) => {}
+            }
         }
     }
 
+    /// Where a blob can be read (live packs first, then packs marked for deletion).
     pub fn get(&self, id: &BlobId) -> Option<(&PackInfo, BlobLocation)> {
         self.blobs
             .get(id)
             .map(|l| (&self.packs[l.pack as usize], *l))
     }
 
+    /// The blob can be read (it is in a live or a marked pack).
     pub fn contains(&self, id: &BlobId) -> bool {
         self.blobs.contains_key(id)
+    }
+
+    /// The blob is in a live pack: a backup may reference it without storing it again.
+    pub fn is_live(&self, id: &BlobId) -> bool {
+        self.blobs
+            .get(id)
+            .is_some_and(|l| self.packs[l.pack as usize].mark.is_none())
+    }
+
+    /// The pack holding a live copy of the blob.
+    pub fn live_pack_of(&self, id: &BlobId) -> Option<ObjectId> {
+        let l = self.blobs.get(id)?;
+        let p = &self.packs[l.pack as usize];
+        p.mark.is_none().then_some(p.id)
+    }
+
+    pub fn pack(&self, id: &ObjectId) -> Option<&PackInfo> {
+        self.pack_pos.get(id).map(|&i| &self.packs[i as usize])
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
     }
 
     pub fn packs(&self) -> &[PackInfo] {

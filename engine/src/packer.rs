@@ -127,6 +127,7 @@ impl Packer {
                 size: self.size,
                 crc32c: self.crc.finalize() as u32,
                 salt: self.salt,
+                mark: None,
                 blobs: self.records,
             },
             self.path,
@@ -157,6 +158,9 @@ pub struct BlobSaver {
     pools: [Mutex<Vec<Packer>>; 2],
     reserved: Mutex<HashSet<BlobId>>,
     finished: Mutex<Vec<PackEntry>>,
+    /// Packs holding blobs this saver referenced instead of storing, and the packs it wrote:
+    /// what a backup checks against prune's marks before it commits.
+    used_packs: Mutex<HashSet<Id>>,
     pub stats: SaverStats,
 }
 
@@ -184,6 +188,7 @@ impl BlobSaver {
             pools: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             reserved: Mutex::new(HashSet::new()),
             finished: Mutex::new(Vec::new()),
+            used_packs: Mutex::new(HashSet::new()),
             stats: SaverStats::default(),
         })
     }
@@ -192,12 +197,54 @@ impl BlobSaver {
         &self.hasher
     }
 
-    /// True when the blob is already stored or being stored; otherwise reserves it.
+    /// True when the blob is already stored (in a live pack) or being stored; otherwise
+    /// reserves it.
     fn known_or_reserve(&self, id: &BlobId) -> bool {
-        if self.index.read().expect("index lock").contains(id) {
+        if let Some(p) = self.index.read().expect("index lock").live_pack_of(id) {
+            self.used_packs.lock().expect("used lock").insert(p);
             return true;
         }
         !self.reserved.lock().expect("reserved lock").insert(*id)
+    }
+
+    /// True when every blob is in a live pack, so a snapshot may reference them as they are
+    /// (an unchanged file); the packs are remembered as used.
+    pub fn reuse(&self, ids: &[BlobId]) -> bool {
+        let idx = self.index.read().expect("index lock");
+        let mut packs = Vec::with_capacity(ids.len().min(16));
+        for id in ids {
+            match idx.live_pack_of(id) {
+                Some(p) => {
+                    if packs.last() != Some(&p) {
+                        packs.push(p)
+                    }
+                }
+                None => return false,
+            }
+        }
+        self.used_packs.lock().expect("used lock").extend(packs);
+        true
+    }
+
+    /// The packs this saver referenced or wrote.
+    pub fn used_packs(&self) -> HashSet<Id> {
+        self.used_packs.lock().expect("used lock").clone()
+    }
+
+    /// Stores a blob even when the index has it (a copy out of a pack marked for deletion).
+    pub fn save_copy(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
+        self.store(kind, id, data)
+    }
+
+    /// Packs finished and not yet taken.
+    pub fn finished_count(&self) -> usize {
+        self.finished.lock().expect("finished lock").len()
+    }
+
+    /// Packs finished since the last call: a backup writes an index for them now and then,
+    /// so an interrupted run leaves its uploads reusable.
+    pub fn take_finished(&self) -> Vec<PackEntry> {
+        std::mem::take(&mut *self.finished.lock().expect("finished lock"))
     }
 
     /// Stores a blob unless it is already stored. Returns its id and whether it was new.
@@ -212,6 +259,11 @@ impl BlobSaver {
         if self.known_or_reserve(&id) {
             return Ok(false);
         }
+        self.store(kind, id, data)?;
+        Ok(true)
+    }
+
+    fn store(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
         let (c, stored) = compress(data, self.level);
         let k = kind as usize;
         let taken = self.pools[k].lock().expect("pool lock").pop();
@@ -229,7 +281,7 @@ impl BlobSaver {
         } else {
             self.pools[k].lock().expect("pool lock").push(packer);
         }
-        Ok(true)
+        Ok(())
     }
 
     fn upload(&self, packer: Packer) -> Result<()> {
@@ -244,14 +296,21 @@ impl BlobSaver {
             entry.crc32c,
         )?;
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
+        self.used_packs.lock().expect("used lock").insert(entry.id);
         // Blobs become visible for dedup through the index once their pack is stored.
         self.index.write().expect("index lock").add_pack(&entry);
         self.finished.lock().expect("finished lock").push(entry);
         Ok(())
     }
 
-    /// Uploads every open pack; returns all packs this saver wrote.
+    /// Uploads every open pack; returns the packs not taken yet.
     pub fn finish(&self) -> Result<Vec<PackEntry>> {
+        self.upload_open()?;
+        Ok(self.take_finished())
+    }
+
+    /// Uploads every open pack.
+    pub fn upload_open(&self) -> Result<()> {
         for pool in &self.pools {
             let packers: Vec<Packer> = std::mem::take(&mut *pool.lock().expect("pool lock"));
             for p in packers {
@@ -261,9 +320,7 @@ impl BlobSaver {
                 self.upload(p)?;
             }
         }
-        Ok(std::mem::take(
-            &mut *self.finished.lock().expect("finished lock"),
-        ))
+        Ok(())
     }
 }
 

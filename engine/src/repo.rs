@@ -274,23 +274,65 @@ impl Repository {
         Ok(names)
     }
 
-    /// Loads every index file into memory. Returns the number of files read.
-    pub fn load_index(&self) -> Result<usize> {
-        let names = self.list_named(FileKind::Index)?;
-        let loaded: Vec<(Id, IndexFile)> = parallel_map(&names, |(id, name)| {
-            let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
-            Ok((*id, IndexFile::decode(&plain, &format!("index/{name}"))?))
-        })?;
+    /// Reads and decodes one index file.
+    pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {
+        let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
+        IndexFile::decode(&plain, &format!("index/{name}"))
+    }
+
+    /// Every index file in the repository (including superseded ones). An index file that
+    /// vanishes while they are read was replaced by a prune: the listing is taken again.
+    pub fn read_all_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let mut attempt = 0;
+        loop {
+            let names = self.list_named(FileKind::Index)?;
+            match parallel_map(&names, |(id, name)| Ok((*id, self.read_index_file(name)?))) {
+                Err(Error::ObjectNotFound(_)) if attempt < 4 => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
+    /// The index files that are in force: all but those another one supersedes.
+    pub fn current_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let loaded = self.read_all_index_files()?;
         let superseded: std::collections::HashSet<Id> = loaded
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
-        let mut idx = self.index.write().expect("index lock");
-        for (id, f) in &loaded {
+        Ok(loaded
+            .into_iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .collect())
+    }
+
+    /// The names of the index files stored now.
+    pub fn index_file_ids(&self) -> Result<Vec<Id>> {
+        Ok(self
+            .list_named(FileKind::Index)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Loads every index file into memory. Returns the number of files read.
+    pub fn load_index(&self) -> Result<usize> {
+        let files = self.read_all_index_files()?;
+        let n = files.len();
+        let superseded: std::collections::HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        let mut fresh = Index::new();
+        for (id, f) in &files {
             if !superseded.contains(id) {
-                idx.add_file(*id, f);
+                fresh.add_file(*id, f);
             }
         }
+        // Superseded files are loaded too (as read), so a later look for new files skips them.
+        fresh.files = files.iter().map(|(id, _)| *id).collect();
+        let mut idx = self.index.write().expect("index lock");
+        *idx = fresh;
         if let Some(c) = self.cache() {
             // Forget tree packs the repository no longer has (pruned).
             c.retain(
@@ -302,7 +344,7 @@ impl Repository {
                     .collect(),
             );
         }
-        Ok(loaded.len())
+        Ok(n)
     }
 
     /// Writes an index file for packs a session stored.
@@ -479,10 +521,18 @@ impl Repository {
     /// All snapshots, oldest first. Unreadable snapshot objects are returned as errors.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let names = self.list_named(FileKind::Snapshot)?;
-        let mut out = parallel_map(&names, |(id, name)| {
-            let plain = self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, name)?;
-            Ok((*id, Snapshot::decode(&plain, &format!("snapshots/{name}"))?))
+        let read = parallel_map(&names, |(id, name)| {
+            match self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, name) {
+                Ok(plain) => Ok(Some((
+                    *id,
+                    Snapshot::decode(&plain, &format!("snapshots/{name}"))?,
+                ))),
+                // Removed by a `forget` running at the same time.
+                Err(Error::ObjectNotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
         })?;
+        let mut out: Vec<(Id, Snapshot)> = read.into_iter().flatten().collect();
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }

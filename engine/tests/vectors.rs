@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
 use chunkbak_engine::crypter::{MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
 use chunkbak_engine::format::envelope;
-use chunkbak_engine::format::index::{IndexFile, PackEntry};
+use chunkbak_engine::format::index::{Mark, IndexFile, PackEntry};
 use chunkbak_engine::format::key::{self, KdfParams, KeyFile};
 use chunkbak_engine::format::pack::{decode_header, BlobKind};
 use chunkbak_engine::format::tree::{Content, Node, NodeKind, Timespec, TreeBlob};
@@ -100,6 +100,18 @@ fn compute() -> BTreeMap<String, String> {
         packs: vec![PackEntry { ..entry.clone() }],
     };
     v.insert("index_payload".into(), hex::encode(idx.encode()));
+    // Written by prune: replaces another index file and marks the pack for deletion.
+    let marked = IndexFile {
+        supersedes: vec![Id([0x55; 32])],
+        packs: vec![PackEntry {
+            mark: Some(Mark {
+                at: 1_800_000_000,
+                delete_after: 1_800_086_400,
+            }),
+            ..entry.clone()
+        }],
+    };
+    v.insert("index_payload_marked".into(), hex::encode(marked.encode()));
 
     let kf = key::seal_with_salt(
         &mk,

@@ -162,6 +162,10 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
+    pub fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
     pub fn id(&mut self) -> Result<Id> {
         Ok(Id(self.array()?))
     }

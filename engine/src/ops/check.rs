@@ -42,6 +42,8 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
             let name = p.id.to_hex();
             let path = FileKind::of_pack(p.kind).path_of(&name);
             match stored.get(&name) {
+                // Marked for deletion and deleted by a prune since: nothing uses it.
+                None if p.mark.is_some() => {}
                 None => r.problems.push(format!(
                     "pack {path} is in the index but missing from the repository \
                      (its blobs are lost: `chunkbak repair` can drop them from snapshots)"
@@ -134,4 +136,224 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
         }
     }
     Ok(r)
+}
+
+/// Which packs `check --read-data-subset` reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Subset {
+    All,
+    /// Part `n` of `m` (1-based): packs whose first id byte modulo `m` is `n - 1`. Running
+    /// 1/m to m/m reads every pack once.
+    Part(u32, u32),
+    /// A random sample of this percentage of the packs.
+    Percent(f64),
+    /// Random packs up to this many bytes.
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Subset {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim();
+        if let Some((n, m)) = t.split_once('/') {
+            let (n, m): (u32, u32) = (
+                n.trim().parse().map_err(|_| format!("{s:?}: expected n/m"))?,
+                m.trim().parse().map_err(|_| format!("{s:?}: expected n/m"))?,
+            );
+            if m == 0 || n == 0 || n > m || m > 256 {
+                return Err(format!("{s:?}: n/m needs 1 <= n <= m <= 256"));
+            }
+            return Ok(Subset::Part(n, m));
+        }
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| format!("{s:?}: expected a percentage"))?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(format!("{s:?}: a percentage above 0% and at most 100%"));
+            }
+            return Ok(Subset::Percent(v));
+        }
+        crate::timeparse::parse_size(t)
+            .map(Subset::Bytes)
+            .map_err(|_| format!("{s:?}: use n/m (1/10), a percentage (5%) or a size (2GiB)"))
+    }
+}
+
+/// What reading pack data found.
+#[derive(Debug, Default)]
+pub struct ReadReport {
+    pub packs_read: u64,
+    pub bytes_read: u64,
+    pub blobs_verified: u64,
+    /// Packs in an archive storage class, not read (they would need a thaw).
+    pub archived_skipped: u64,
+    pub problems: Vec<String>,
+}
+
+/// Downloads packs and verifies every blob: the pack's bytes against its name, its header
+/// against the index, and each blob (decrypt, decompress, re-hash). The index must be loaded.
+pub fn read_data(
+    repo: &Repository,
+    subset: Subset,
+    progress: &dyn crate::progress::Progress,
+) -> Result<ReadReport> {
+    use crate::backend::StorageClass;
+    let backend = repo.backend();
+    let mut classes: HashMap<String, StorageClass> = HashMap::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        for o in backend.list_info(fk)? {
+            classes.insert(o.name, o.class);
+        }
+    }
+    let mut report = ReadReport::default();
+    // Every pack's records as its index file lists them (the in-memory index locates each blob
+    // once, in one pack).
+    let mut entries: HashMap<crate::id::ObjectId, crate::format::index::PackEntry> = HashMap::new();
+    for (_, f) in repo.current_index_files()? {
+        for p in f.packs {
+            entries.entry(p.id).or_insert(p);
+        }
+    }
+    let mut packs: Vec<crate::format::index::PackEntry> = entries
+        .into_values()
+        .filter(|p| classes.contains_key(&p.id.to_hex()))
+        .collect();
+    packs.sort_by_key(|p| p.id);
+    packs.retain(|p| {
+        let cold = classes
+            .get(&p.id.to_hex())
+            .is_some_and(|c| c.is_archive());
+        if cold {
+            report.archived_skipped += 1;
+        }
+        !cold
+    });
+    // A random order (seeded from the OS), so repeated subsets cover different packs.
+    let mut seed = u64::from_le_bytes(crate::crypter::random_bytes());
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let selected: Vec<crate::format::index::PackEntry> = match subset {
+        Subset::All => packs,
+        Subset::Part(n, m) => packs
+            .into_iter()
+            .filter(|p| u32::from(p.id.0[0]) % m == n - 1)
+            .collect(),
+        Subset::Percent(pct) => {
+            let want = ((packs.len() as f64 * pct / 100.0).ceil() as usize).min(packs.len());
+            shuffle(&mut packs, &mut rnd);
+            packs.truncate(want);
+            packs
+        }
+        Subset::Bytes(budget) => {
+            shuffle(&mut packs, &mut rnd);
+            let mut total = 0;
+            packs
+                .into_iter()
+                .take_while(|p| {
+                    total += p.size;
+                    total <= budget
+                })
+                .collect()
+        }
+    };
+    let total: u64 = selected.iter().map(|p| p.size).sum();
+    progress.total(selected.len() as u64, total);
+    let results = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4.min(selected.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = selected.get(i) else { break };
+                if crate::ops::interrupted() {
+                    break;
+                }
+                let r = verify_pack(repo, p);
+                progress.bytes(p.size);
+                results.lock().expect("results").push(r);
+            });
+        }
+    });
+    if crate::ops::interrupted() {
+        return Err(crate::Error::Interrupted);
+    }
+    for r in results.into_inner().expect("results") {
+        report.packs_read += 1;
+        report.bytes_read += r.0;
+        report.blobs_verified += r.1;
+        report.problems.extend(r.2);
+    }
+    report.problems.sort();
+    Ok(report)
+}
+
+fn shuffle<T>(v: &mut [T], rnd: &mut impl FnMut() -> u64) {
+    for i in (1..v.len()).rev() {
+        let j = (rnd() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// (bytes read, blobs verified, problems) of one pack.
+fn verify_pack(repo: &Repository, p: &crate::format::index::PackEntry) -> (u64, u64, Vec<String>) {
+    let fk = FileKind::of_pack(p.kind);
+    let name = p.id.to_hex();
+    let path = fk.path_of(&name);
+    let mut problems = Vec::new();
+    let bytes = match repo.backend().get(fk, &name) {
+        Ok(b) => b,
+        Err(e) => return (0, 0, vec![format!("pack {path}: cannot read: {e}")]),
+    };
+    if crate::id::Id::of_object(&bytes) != p.id {
+        problems.push(format!(
+            "pack {path}: content does not match its name (damaged, {} bytes)",
+            bytes.len()
+        ));
+    }
+    match crate::format::pack::decode_header(repo.key(), p.kind, &bytes, &path) {
+        Ok((salt, recs)) => {
+            if recs != p.blobs || salt != p.salt {
+                problems.push(format!(
+                    "pack {path}: its header does not match the index ({} blobs in the header, \
+                     {} in the index): run `chunkbak repair index`",
+                    recs.len(),
+                    p.blobs.len()
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("pack {path}: header: {e}")),
+    }
+    let info = crate::index::PackInfo {
+        id: p.id,
+        kind: p.kind,
+        size: p.size,
+        salt: p.salt,
+        mark: p.mark,
+    };
+    let mut verified = 0;
+    for b in &p.blobs {
+        let loc = crate::index::BlobLocation {
+            pack: 0,
+            offset: b.offset,
+            length: b.length,
+            raw_len: b.raw_len,
+            kind: b.kind,
+            compression: b.compression,
+        };
+        let r = match bytes.get(b.offset as usize..b.end() as usize) {
+            Some(ct) => repo.open_blob(&b.id, &info, loc, ct).map(|_| ()),
+            None => Err(crate::Error::corrupt(
+                format!("{path} (blob {} at offset {})", b.id.short(), b.offset),
+                "the pack is shorter than the index says (truncated)",
+            )),
+        };
+        match r {
+            Ok(()) => verified += 1,
+            Err(e) => problems.push(format!("{e}")),
+        }
+    }
+    (bytes.len() as u64, verified, problems)
 }

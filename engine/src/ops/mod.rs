@@ -2,9 +2,12 @@
 
 pub mod backup;
 pub mod check;
+pub mod forget;
 pub mod fsmeta;
 pub mod ls;
 pub mod packread;
+pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod thaw;

@@ -66,7 +66,14 @@ pub(super) struct Ctx {
     pub(super) fatal: Mutex<Option<Error>>,
     pub(super) failed: AtomicBool,
     pub(super) pool: rayon::ThreadPool,
+    /// When the last index file was written, and the index files this run wrote.
+    pub(super) index_state: Mutex<(Instant, Vec<Id>)>,
 }
+
+/// A backup writes an index file for the packs it stored at least this often (by count and by
+/// time), so a run killed midway leaves its uploads indexed and the next run reuses them.
+const CHECKPOINT_PACKS: usize = 32;
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Ctx {
     pub(super) fn warn(&self, path: &Path, msg: String) {
@@ -88,6 +95,29 @@ impl Ctx {
         let mut f = self.fatal.lock().expect("fatal");
         if f.is_none() {
             *f = Some(e);
+        }
+    }
+
+    /// Writes an index file for the packs stored since the last one, when enough of them
+    /// piled up or enough time passed (`force`: whenever there are any).
+    pub(super) fn checkpoint(&self, force: bool) -> Result<()> {
+        let mut st = self.index_state.lock().expect("index state");
+        let n = self.saver.finished_count();
+        if n == 0 || (!force && n < CHECKPOINT_PACKS && st.0.elapsed() < CHECKPOINT_EVERY) {
+            return Ok(());
+        }
+        let packs = self.saver.take_finished();
+        if let Some(id) = self.repo.write_index(packs)? {
+            st.1.push(id);
+        }
+        st.0 = Instant::now();
+        Ok(())
+    }
+
+    /// As [`checkpoint`](Self::checkpoint), stopping the run on failure.
+    pub(super) fn checkpoint_or_fail(&self) {
+        if let Err(e) = self.checkpoint(false) {
+            self.fail(e);
         }
     }
 
@@ -142,6 +172,7 @@ impl Ctx {
             if batch_bytes >= BATCH_BYTES {
                 flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
                 batch_bytes = 0;
+                self.checkpoint(false).map_err(StreamError::Repo)?;
                 self.check().map_err(StreamError::Repo)?;
             }
         }
@@ -223,6 +254,7 @@ impl Ctx {
                     c.dirs_changed.fetch_add(1, Ordering::Relaxed);
                 }
                 frame.slot.set(Ok(id));
+                self.checkpoint_or_fail();
             }
             Err(e) => {
                 frame.slot.set(Err(e.to_string()));

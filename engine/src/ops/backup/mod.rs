@@ -36,6 +36,7 @@ use crate::repo::Repository;
 
 mod ctx;
 mod paths;
+mod settle;
 mod stdin;
 mod sync;
 mod walk;
@@ -108,6 +109,8 @@ pub struct BackupResult {
     /// Entries that were skipped or need attention, with the reason.
     pub warnings: Vec<(PathBuf, String)>,
     pub packs_written: u64,
+    /// Blobs copied out of packs that a concurrent prune marked for deletion.
+    pub blobs_copied: u64,
 }
 
 /// Runs a backup. The repository's index must be loaded.
@@ -128,6 +131,7 @@ pub fn backup(
         fatal: Mutex::new(None),
         failed: AtomicBool::new(false),
         pool,
+        index_state: Mutex::new((Instant::now(), Vec::new())),
     });
 
     let result = (|| -> Result<BackupResult> {
@@ -163,9 +167,11 @@ pub fn backup(
 
         // The root tree mirrors the absolute paths: /srv/data is root → srv → data.
         let root = build_root(&ctx, &paths, root_nodes)?;
-        let packs = ctx.saver.finish()?;
-        let packs_written = packs.len() as u64;
-        repo.write_index(packs)?;
+        ctx.saver.upload_open()?;
+        ctx.checkpoint(true)?;
+        // No pack this snapshot relies on may be deleted by a prune running meanwhile.
+        let copied = settle::settle(&ctx)?;
+        let packs_written = ctx.saver.stats.packs_written.load(Ordering::Relaxed);
 
         let c = &ctx.counters;
         let (uid, gid) = fsmeta::current_ids();
@@ -208,6 +214,7 @@ pub fn backup(
             parent: parent_id,
             warnings,
             packs_written,
+            blobs_copied: copied,
         })
     })();
     if result.is_err() {

@@ -140,10 +140,15 @@ pub(super) fn backup_paths(
                         .bytes_total
                         .fetch_add(node.size, Ordering::Relaxed);
                     let reuse = old.as_ref().filter(|o| same_file(o, &node)).filter(|o| {
-                        let idx = ctx.repo.index().read().expect("index lock");
+                        // Every blob must be live, chunk lists and the chunks they list.
                         match &o.content {
-                            Content::Chunks(c) | Content::Indirect(c) => {
-                                c.iter().all(|id| idx.contains(id))
+                            Content::Chunks(c) => ctx.saver.reuse(c),
+                            Content::Indirect(lists) => {
+                                ctx.saver.reuse(lists)
+                                    && ctx
+                                        .repo
+                                        .file_chunks(&o.content)
+                                        .is_ok_and(|c| ctx.saver.reuse(&c))
                             }
                         }
                     });

@@ -1,0 +1,385 @@
+//! Maintenance commands: forget, prune, repair.
+
+use anyhow::bail;
+use serde_json::json;
+
+use chunkbak_engine::ops::forget::{self, GroupBy, Policy};
+use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions, PrunePlan, Tally};
+use chunkbak_engine::ops::repair;
+use chunkbak_engine::{timeparse, Id, Repository};
+
+use crate::args::{ForgetArgs, PruneArgs, PruneOpts, RepairCommand};
+use crate::output::{human_bytes, Out};
+use crate::{exit, filter_of, local_time, open_repo, progress, Global};
+
+fn prune_options(o: &PruneOpts) -> anyhow::Result<PruneOptions> {
+    let grace = timeparse::parse_duration(&o.grace)?.as_secs() as i64;
+    let max_unused: MaxUnused = o
+        .max_unused
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--max-unused {e}"))?;
+    let max_repack = o
+        .max_repack
+        .as_deref()
+        .map(timeparse::parse_size)
+        .transpose()?;
+    Ok(PruneOptions {
+        grace,
+        max_unused,
+        max_repack,
+        ignore_min_duration: o.ignore_min_duration,
+        now: None,
+    })
+}
+
+pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    let within = a
+        .keep_within
+        .as_deref()
+        .map(|d| timeparse::parse_duration(d).map(|d| d.as_secs() as i64))
+        .transpose()?;
+    let policy = Policy {
+        last: a.keep_last.unwrap_or(0),
+        hourly: a.keep_hourly.unwrap_or(0),
+        daily: a.keep_daily.unwrap_or(0),
+        weekly: a.keep_weekly.unwrap_or(0),
+        monthly: a.keep_monthly.unwrap_or(0),
+        yearly: a.keep_yearly.unwrap_or(0),
+        within,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|t| t.split(',').map(str::to_string).collect())
+            .collect(),
+    };
+    let group_by: GroupBy = a
+        .group_by
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--group-by: {e}"))?;
+    let prune_opts = prune_options(&a.prune_opts)?;
+    let snaps = repo.snapshots()?;
+    let filter = filter_of(&a.filter);
+    let mut remove: Vec<Id> = Vec::new();
+    for p in &a.ids {
+        remove.push(chunkbak_engine::ops::select::find_id(&snaps, p).map(|i| snaps[i].0)?);
+    }
+    if policy.is_empty() && remove.is_empty() {
+        bail!(
+            "no policy given: say what to keep (--keep-last, --keep-daily, --keep-within 90d, \
+             ...) or name the snapshots to remove"
+        );
+    }
+    let chosen: Vec<(Id, chunkbak_engine::format::snapshot::Snapshot)> = snaps
+        .iter()
+        .filter(|(_, s)| filter.matches(s))
+        .cloned()
+        .collect();
+    let tz = jiff::tz::TimeZone::system();
+    let groups = if policy.is_empty() {
+        Vec::new()
+    } else {
+        forget::apply(&chosen, &policy, group_by, &tz)?
+    };
+    let time_of = |id: &Id| {
+        snaps
+            .iter()
+            .find(|s| s.0 == *id)
+            .map(|s| local_time(&s.1))
+            .unwrap_or_default()
+    };
+    for grp in &groups {
+        let mut what = Vec::new();
+        if let Some(h) = &grp.key.host {
+            what.push(format!("host {h}"));
+        }
+        if let Some(p) = &grp.key.paths {
+            let p: Vec<String> = p
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            what.push(format!("paths {}", p.join(" ")));
+        }
+        if let Some(t) = &grp.key.tags {
+            what.push(format!("tags [{}]", t.join(",")));
+        }
+        if out.json {
+            let d: Vec<serde_json::Value> = grp
+                .decisions
+                .iter()
+                .map(|d| json!({"id": d.id.to_hex(), "time": time_of(&d.id), "keep": d.keep, "reasons": d.reasons}))
+                .collect();
+            out.json_line(
+                "forget_group",
+                json!({"host": grp.key.host, "paths": grp.key.paths.as_ref().map(|p| p.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>()), "tags": grp.key.tags, "snapshots": d, "dry_run": a.dry_run}),
+            );
+        } else {
+            let kept = grp.decisions.iter().filter(|d| d.keep).count();
+            out.line(format!(
+                "{}: keep {kept}, remove {}",
+                if what.is_empty() { "all snapshots".to_string() } else { what.join(", ") },
+                grp.decisions.len() - kept
+            ));
+            for d in &grp.decisions {
+                out.line(format!(
+                    "  {} {} {}  {}",
+                    if d.keep { "keep  " } else { "remove" },
+                    d.id.short(),
+                    time_of(&d.id),
+                    d.reasons.join(", ")
+                ));
+            }
+        }
+        remove.extend(grp.decisions.iter().filter(|d| !d.keep).map(|d| d.id));
+    }
+    remove.sort();
+    remove.dedup();
+    if a.dry_run {
+        out.line(format!(
+            "dry run: {} snapshots would be removed",
+            remove.len()
+        ));
+        return Ok(exit::OK);
+    }
+    let n = forget::remove(&repo, &remove)?;
+    if out.json {
+        out.json_line(
+            "forget",
+            json!({"removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>()}),
+        );
+    } else {
+        out.line(format!("removed {n} snapshots"));
+    }
+    if a.prune {
+        return run_prune(g, out, &repo, &prune_opts, false);
+    }
+    Ok(exit::OK)
+}
+
+pub fn cmd_prune(g: &Global, out: &Out, a: &PruneArgs) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    let opts = prune_options(&a.opts)?;
+    run_prune(g, out, &repo, &opts, a.dry_run)
+}
+
+fn tally(t: Tally) -> String {
+    format!(
+        "{} pack{}, {}",
+        t.packs,
+        if t.packs == 1 { "" } else { "s" },
+        human_bytes(t.bytes)
+    )
+}
+
+fn tally_json(t: Tally) -> serde_json::Value {
+    json!({"packs": t.packs, "bytes": t.bytes})
+}
+
+fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
+    if out.json {
+        out.json_line(
+            "prune_plan",
+            json!({
+                "snapshots": p.snapshots, "used_blobs": p.used_blobs, "index_files": p.index_files,
+                "total": tally_json(p.total), "used_bytes": p.used_bytes,
+                "mark": tally_json(p.mark), "revive": tally_json(p.revive),
+                "delete": tally_json(p.delete), "waiting": tally_json(p.waiting),
+                "min_duration_held": tally_json(p.min_duration_held),
+                "early_deletion_usd": p.early_deletion_usd,
+                "cold_partly_used": tally_json(p.cold_partly_used),
+                "orphans": tally_json(p.orphans), "orphans_young": tally_json(p.orphans_young),
+                "repack": tally_json(p.repack), "repack_download": p.repack_download,
+                "repack_upload": p.repack_upload, "unused_after": p.unused_after,
+                "missing_unused": tally_json(p.missing_unused),
+                "requests": {"GET": p.requests_get, "PUT": p.requests_put, "DELETE": p.requests_delete},
+                "grace_seconds": opts.grace,
+            }),
+        );
+        return;
+    }
+    let when = jiff::Timestamp::from_second(p.now + opts.grace)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_default();
+    out.line(format!(
+        "{} snapshots use {} blobs; {} in the index ({} used)",
+        p.snapshots,
+        p.used_blobs,
+        tally(p.total),
+        human_bytes(p.used_bytes)
+    ));
+    out.line(format!(
+        "  mark for deletion:  {} (unused; a prune after {when} deletes them if still unused)",
+        tally(p.mark)
+    ));
+    out.line(format!(
+        "  delete now:         {} (marked, grace period over, still unused)",
+        tally(p.delete)
+    ));
+    out.line(format!("  in grace period:    {}", tally(p.waiting)));
+    if p.revive.packs > 0 {
+        out.line(format!(
+            "  revive:             {} (marked, but a newer snapshot uses them)",
+            tally(p.revive)
+        ));
+    }
+    out.line(format!(
+        "  repack:             {} (download {}, upload {})",
+        tally(p.repack),
+        human_bytes(p.repack_download),
+        human_bytes(p.repack_upload)
+    ));
+    out.line(format!(
+        "  unindexed packs:    {} deleted, {} too young to judge",
+        tally(p.orphans),
+        tally(p.orphans_young)
+    ));
+    if p.cold_partly_used.packs > 0 {
+        out.line(format!(
+            "  archived, partly used: {} (never downloaded to repack)",
+            tally(p.cold_partly_used)
+        ));
+    }
+    if p.min_duration_held.packs > 0 {
+        out.line(format!(
+            "  held for the minimum storage duration: {}: deleting them now would cost about \
+             ${:.2} (--ignore-min-duration)",
+            tally(p.min_duration_held),
+            p.early_deletion_usd
+        ));
+    }
+    if p.missing_unused.packs > 0 {
+        out.line(format!(
+            "  gone from the store, unused: {} (dropped from the index)",
+            tally(p.missing_unused)
+        ));
+    }
+    out.line(format!(
+        "  unused space left:  {}; requests: {} GET, {} PUT, {} DELETE",
+        human_bytes(p.unused_after),
+        p.requests_get,
+        p.requests_put,
+        p.requests_delete
+    ));
+}
+
+fn run_prune(
+    g: &Global,
+    out: &Out,
+    repo: &Repository,
+    opts: &PruneOptions,
+    dry_run: bool,
+) -> anyhow::Result<i32> {
+    let bar = progress::Bar::new(out, !g.no_progress && !dry_run, "prune");
+    let plan = prune::plan(repo, opts, &bar)?;
+    bar.finish();
+    print_plan(out, &plan, opts);
+    if dry_run {
+        out.line("dry run: nothing changed");
+        return Ok(exit::OK);
+    }
+    let bar = progress::Bar::new(out, !g.no_progress, "prune");
+    let r = prune::run(repo, &plan, opts, &bar)?;
+    bar.finish();
+    if out.json {
+        out.json_line(
+            "prune",
+            json!({"packs_written": r.packs_written, "blobs_repacked": r.blobs_repacked,
+                   "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted,
+                   "index_files_written": r.index_files_written,
+                   "index_files_deleted": r.index_files_deleted}),
+        );
+    } else {
+        out.line(format!(
+            "pruned: {} packs deleted ({}), {} blobs repacked into {} packs, {} index files \
+             replaced by {}",
+            r.packs_deleted,
+            human_bytes(r.bytes_deleted),
+            r.blobs_repacked,
+            r.packs_written,
+            r.index_files_deleted,
+            r.index_files_written
+        ));
+    }
+    Ok(exit::OK)
+}
+
+pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    match c {
+        RepairCommand::Index { read_all_packs } => {
+            let bar = progress::Bar::new(out, !g.no_progress, "repair");
+            let r = repair::repair_index(&repo, *read_all_packs, &bar)?;
+            bar.finish();
+            for m in &r.messages {
+                eprintln!("{m}");
+            }
+            if out.json {
+                out.json_line(
+                    "repair_index",
+                    json!({"packs_kept": r.packs_kept, "packs_added": r.packs_added,
+                           "packs_damaged": r.packs_damaged, "blobs_salvaged": r.blobs_salvaged,
+                           "blobs_lost": r.blobs_lost, "packs_missing": r.packs_missing,
+                           "index_files_unreadable": r.index_files_unreadable,
+                           "messages": r.messages}),
+                );
+            } else {
+                out.line(format!(
+                    "index rebuilt: {} packs kept, {} added, {} damaged ({} blobs salvaged, {} \
+                     lost), {} missing",
+                    r.packs_kept,
+                    r.packs_added,
+                    r.packs_damaged,
+                    r.blobs_salvaged,
+                    r.blobs_lost,
+                    r.packs_missing
+                ));
+                if r.blobs_lost > 0 || r.packs_missing > 0 {
+                    out.line("run `chunkbak repair snapshots` to mark the files that lost data");
+                }
+            }
+            Ok(exit::OK)
+        }
+        RepairCommand::Snapshots { dry_run } => {
+            repo.load_index()?;
+            let bar = progress::Bar::new(out, false, "repair");
+            let r = repair::repair_snapshots(&repo, *dry_run, &bar)?;
+            for (sid, p) in &r.damaged {
+                if out.json {
+                    out.json_line("damaged", json!({"snapshot": sid.to_hex(), "path": p}));
+                } else {
+                    out.line(format!("snapshot {}: {p}", sid.short()));
+                }
+            }
+            for (old, new) in &r.rewritten {
+                if out.json {
+                    out.json_line(
+                        "repaired",
+                        json!({"snapshot": old.to_hex(), "new": new.map(|n| n.to_hex()), "dry_run": dry_run}),
+                    );
+                } else {
+                    match new {
+                        Some(n) => out.line(format!(
+                            "snapshot {} rewritten as {} (tag repaired)",
+                            old.short(),
+                            n.short()
+                        )),
+                        None => out.line(format!("snapshot {} would be rewritten", old.short())),
+                    }
+                }
+            }
+            if !out.json {
+                out.line(format!(
+                    "{} snapshots checked, {} {}",
+                    r.snapshots_checked,
+                    r.rewritten.len(),
+                    if *dry_run { "would be rewritten" } else { "rewritten" }
+                ));
+            }
+            Ok(exit::OK)
+        }
+    }
+}

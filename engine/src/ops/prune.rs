@@ -1,0 +1,650 @@
+//! `prune`: removes what no snapshot uses, safely while backups run (format-spec.md
+//! section 12, two-phase deletion).
+//!
+//! The plan comes from the index, the snapshots' trees and the store's listing only: no data
+//! pack is read to decide. Each run:
+//! - marks live packs that hold no used blob (and are older than the grace period, so the
+//!   packs of a backup still running are left alone) for deletion after the grace period;
+//! - deletes packs whose mark is due and that still hold no used blob, and revives marked
+//!   packs that a snapshot written meanwhile uses;
+//! - repacks partly used packs (not archived ones) until the unused space left is below
+//!   `--max-unused`: their used blobs are copied to new packs and the old pack is marked;
+//! - deletes packs no index file names that are older than the grace period and an hour
+//!   (left by killed backups or a killed prune);
+//! - writes one consolidated index that supersedes every index file it read, then deletes
+//!   those files.
+//!
+//! A killed prune leaves the old index files in force (the new one is written last and
+//! supersedes them in one step) or the new one in force; either way the next run finishes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use crate::backend::{FileKind, ObjectInfo, StorageClass};
+use crate::error::{Error, Result};
+use crate::format::index::{IndexFile, Mark, PackEntry};
+use crate::format::tree::NodeKind;
+use crate::format::ObjectKind;
+use crate::id::{BlobId, Id, ObjectId};
+use crate::index::{BlobLocation, Index, PackInfo};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Unindexed packs younger than this are never deleted, whatever the grace period: a backup
+/// indexes its packs within minutes of storing them.
+pub const ORPHAN_MIN_AGE: i64 = 3600;
+
+/// Used blobs closer than this in a pack being repacked are read with one request.
+const MERGE_GAP: u32 = 256 << 10;
+
+/// Blobs per index file written by prune (about 5 MiB each).
+const BLOBS_PER_INDEX_FILE: usize = 100_000;
+
+/// How much unused space may stay in partly used packs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MaxUnused {
+    /// Percent of the repository's pack bytes.
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for MaxUnused {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some(p) = s.trim().strip_suffix('%') {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: expected a percentage like 5% or a size"))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("{s:?}: a percentage from 0% to 100%"));
+            }
+            Ok(MaxUnused::Percent(v))
+        } else {
+            crate::timeparse::parse_size(s)
+                .map(MaxUnused::Bytes)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Seconds between marking a pack and deleting it; longer than any backup's final step.
+    pub grace: i64,
+    pub max_unused: MaxUnused,
+    /// At most this many pack bytes are repacked in one run.
+    pub max_repack: Option<u64>,
+    /// Delete archived packs before their class's minimum storage duration.
+    pub ignore_min_duration: bool,
+    /// The current time (unix seconds); the clock when `None` (tests set it).
+    pub now: Option<i64>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            grace: 24 * 3600,
+            max_unused: MaxUnused::Percent(5.0),
+            max_repack: None,
+            ignore_min_duration: false,
+            now: None,
+        }
+    }
+}
+
+/// A number of packs and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub packs: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, bytes: u64) {
+        self.packs += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// What a prune will do and what it costs. Counts are packs and bytes.
+#[derive(Clone, Debug, Default)]
+pub struct PrunePlan {
+    pub now: i64,
+    pub snapshots: u64,
+    pub used_blobs: u64,
+    pub index_files: u64,
+    /// Every indexed pack that exists.
+    pub total: Tally,
+    /// Used bytes in packs that stay (live packs only).
+    pub used_bytes: u64,
+    /// Newly marked for deletion: hold no used blob.
+    pub mark: Tally,
+    /// Marked packs that a snapshot uses again: live again.
+    pub revive: Tally,
+    /// Marked packs whose grace period has ended: deleted now.
+    pub delete: Tally,
+    /// Marked packs still in their grace period.
+    pub waiting: Tally,
+    /// Unused packs in a class with a minimum storage duration that has not passed.
+    pub min_duration_held: Tally,
+    /// What deleting those now would cost, in USD (S3 bills the rest of the minimum duration).
+    pub early_deletion_usd: f64,
+    /// Archived packs with unused blobs that are never repacked (they would need a thaw).
+    pub cold_partly_used: Tally,
+    /// Packs nobody indexes: deleted when old enough.
+    pub orphans: Tally,
+    pub orphans_young: Tally,
+    /// Partly used packs to repack, and the bytes downloaded (used blobs) and uploaded.
+    pub repack: Tally,
+    pub repack_download: u64,
+    pub repack_upload: u64,
+    /// Unused bytes left in live packs after this run.
+    pub unused_after: u64,
+    /// Indexed packs missing from the store that held no used blob (dropped from the index).
+    pub missing_unused: Tally,
+    /// Requests this run will send: GET (ranges of repacked packs), PUT, DELETE.
+    pub requests_get: u64,
+    pub requests_put: u64,
+    pub requests_delete: u64,
+    // Decisions, by pack.
+    decisions: HashMap<ObjectId, Decision>,
+    /// Every pack of the index in force, marks resolved ("live wins").
+    packs: Vec<PackEntry>,
+    used: HashSet<BlobId>,
+    /// Every index file read (superseded by the new one).
+    read_files: Vec<Id>,
+    orphan_names: Vec<(FileKind, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    Keep,
+    /// Keep, with this mark (new or old).
+    Marked(Mark),
+    Delete,
+    /// Copy its used blobs, then mark it.
+    Repack,
+    /// Missing from the store and unused: leave it out of the index.
+    Drop,
+}
+
+/// What a finished prune did.
+#[derive(Clone, Debug, Default)]
+pub struct PruneResult {
+    pub packs_written: u64,
+    pub blobs_repacked: u64,
+    pub packs_deleted: u64,
+    pub bytes_deleted: u64,
+    pub index_files_written: u64,
+    pub index_files_deleted: u64,
+}
+
+struct PackState {
+    entry: PackEntry,
+    live: bool,
+}
+
+impl PrunePlan {
+    /// True when the plan changes nothing but the index layout.
+    pub fn deletes_nothing(&self) -> bool {
+        self.delete.packs == 0 && self.orphans.packs == 0 && self.repack.packs == 0
+    }
+}
+
+/// Plans a prune. The repository's index is loaded by this call.
+pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> Result<PrunePlan> {
+    let now = opts
+        .now
+        .unwrap_or_else(|| jiff::Timestamp::now().as_second());
+    let backend = repo.backend();
+    // The store is listed before the index is read: a pack listed here and indexed by a file
+    // written before the index is read is seen as indexed.
+    progress.message("listing packs");
+    let mut stored: HashMap<String, (FileKind, ObjectInfo)> = HashMap::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        for o in backend.list_info(fk)? {
+            stored.insert(o.name.clone(), (fk, o));
+        }
+    }
+    progress.message("reading the index");
+    let files = repo.read_all_index_files()?;
+    let superseded: HashSet<Id> = files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .collect();
+    let mut plan = PrunePlan {
+        now,
+        index_files: files.len() as u64,
+        read_files: files.iter().map(|(id, _)| *id).collect(),
+        ..Default::default()
+    };
+    // Every pack any file names (superseded files too: their packs are not orphans).
+    let mut named: HashSet<String> = HashSet::new();
+    let mut packs: HashMap<ObjectId, PackState> = HashMap::new();
+    for (id, f) in files {
+        let current = !superseded.contains(&id);
+        for p in f.packs {
+            named.insert(p.id.to_hex());
+            if !current {
+                continue;
+            }
+            match packs.get_mut(&p.id) {
+                None => {
+                    let live = p.mark.is_none();
+                    packs.insert(p.id, PackState { entry: p, live });
+                }
+                Some(s) => {
+                    if p.mark.is_none() {
+                        s.live = true;
+                    } else if let (Some(a), Some(b)) = (s.entry.mark, p.mark) {
+                        // The latest deletion time of all marks: never delete earlier than
+                        // any backup was told.
+                        if b.delete_after > a.delete_after {
+                            s.entry.mark = Some(b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for s in packs.values_mut() {
+        if s.live {
+            s.entry.mark = None;
+        }
+    }
+    let mut index = Index::new();
+    for s in packs.values() {
+        index.add_pack(&s.entry);
+    }
+    *repo.index().write().expect("index lock") = index;
+
+    // Used blobs, from every snapshot's trees. Snapshots are listed after the time `now` is
+    // taken: a snapshot written before `now` is seen.
+    progress.message("reading snapshots");
+    let used = used_blobs(repo, &mut plan)?;
+    plan.used_blobs = used.len() as u64;
+
+    // Each used blob is counted in one pack: a live one that exists, when there is one.
+    let mut order: Vec<&PackState> = packs
+        .values()
+        .filter(|s| stored.contains_key(&s.entry.id.to_hex()))
+        .collect();
+    order.sort_by_key(|s| (!s.live, s.entry.id));
+    let mut assigned: HashSet<BlobId> = HashSet::with_capacity(used.len());
+    let mut used_in: HashMap<ObjectId, (u64, u64)> = HashMap::new(); // (used blobs, used bytes)
+    for s in &order {
+        let mut u = (0u64, 0u64);
+        for b in &s.entry.blobs {
+            if used.contains(&b.id) && assigned.insert(b.id) {
+                u.0 += 1;
+                u.1 += u64::from(b.length);
+            }
+        }
+        used_in.insert(s.entry.id, u);
+    }
+    if let Some(b) = used.iter().find(|b| !assigned.contains(*b)) {
+        return Err(Error::Other(format!(
+            "blob {b} is used by a snapshot but is in no stored pack: prune stops before it \
+             deletes anything. Run `chunkbak check`, then `chunkbak repair index` and \
+             `chunkbak repair snapshots`"
+        )));
+    }
+    drop(assigned);
+
+    // Decide each pack.
+    let mut candidates: Vec<(ObjectId, u64, u64)> = Vec::new(); // (pack, unused, size)
+    for s in packs.values() {
+        let e = &s.entry;
+        let name = e.id.to_hex();
+        let Some((_, info)) = stored.get(&name) else {
+            plan.missing_unused.add(e.size);
+            plan.decisions.insert(e.id, Decision::Drop);
+            continue;
+        };
+        plan.total.add(e.size);
+        let (nused, used_bytes) = used_in.get(&e.id).copied().unwrap_or((0, 0));
+        let decision = if !s.live {
+            let mark = e.mark.expect("not live means marked");
+            if nused > 0 {
+                plan.revive.add(e.size);
+                Decision::Keep
+            } else if now < mark.delete_after {
+                plan.waiting.add(e.size);
+                Decision::Marked(mark)
+            } else if let Some(cost) = held_by_min_duration(info, now, opts) {
+                plan.min_duration_held.add(e.size);
+                plan.early_deletion_usd += cost;
+                Decision::Marked(mark)
+            } else {
+                plan.delete.add(e.size);
+                Decision::Delete
+            }
+        } else if nused == 0 {
+            if info.modified.is_some_and(|m| now - m < opts.grace) {
+                // Possibly a backup still running: its snapshot is not written yet.
+                Decision::Keep
+            } else {
+                plan.mark.add(e.size);
+                Decision::Marked(Mark {
+                    at: now,
+                    delete_after: now + opts.grace,
+                })
+            }
+        } else {
+            let unused = e.size.saturating_sub(used_bytes + 38 + 4);
+            if unused > 0 && e.blobs.len() as u64 > nused {
+                if info.class.is_archive() {
+                    plan.cold_partly_used.add(e.size);
+                } else {
+                    candidates.push((e.id, e.size - used_bytes, e.size));
+                }
+            }
+            Decision::Keep
+        };
+        if matches!(decision, Decision::Keep) {
+            plan.used_bytes += used_bytes;
+        }
+        plan.decisions.insert(e.id, decision);
+    }
+
+    // Repack the packs with the most unused bytes until what is left is under the limit.
+    let unused_total: u64 = candidates.iter().map(|c| c.1).sum();
+    let live_total = plan.used_bytes + unused_total;
+    let limit = match opts.max_unused {
+        MaxUnused::Percent(p) => (live_total as f64 * p / 100.0) as u64,
+        MaxUnused::Bytes(b) => b,
+    };
+    candidates.sort_by(|a, b| {
+        (b.1 as f64 / b.2 as f64)
+            .total_cmp(&(a.1 as f64 / a.2 as f64))
+            .then(a.0.cmp(&b.0))
+    });
+    let mut unused_left = unused_total;
+    for (id, unused, size) in candidates {
+        let within_budget = opts
+            .max_repack
+            .is_none_or(|m| plan.repack.bytes + size <= m);
+        if unused_left > limit && within_budget {
+            unused_left -= unused;
+            plan.repack.add(size);
+            let used_bytes = size - unused;
+            plan.repack_download += used_bytes;
+            plan.repack_upload += used_bytes;
+            plan.requests_get += 1;
+            plan.decisions.insert(id, Decision::Repack);
+        }
+    }
+    plan.unused_after = unused_left;
+
+    // Orphans: packs no index file names.
+    for (name, (fk, info)) in &stored {
+        if named.contains(name) {
+            continue;
+        }
+        let old = info
+            .modified
+            .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
+        if old {
+            plan.orphans.add(info.size);
+            plan.orphan_names.push((*fk, name.clone()));
+        } else {
+            plan.orphans_young.add(info.size);
+        }
+    }
+    plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut all: Vec<PackEntry> = packs.into_values().map(|s| s.entry).collect();
+    all.sort_by_key(|p| p.id);
+    let repack_packs = plan.repack_upload.div_ceil(u64::from(repo.config().data_pack_size).max(1));
+    let index_blobs: u64 = all.iter().map(|p| p.blobs.len() as u64).sum();
+    plan.requests_put = repack_packs + 1 + index_blobs / BLOBS_PER_INDEX_FILE as u64;
+    plan.requests_delete = plan.delete.packs + plan.orphans.packs + plan.index_files;
+    plan.packs = all;
+    plan.used = used;
+    Ok(plan)
+}
+
+/// `Some(cost in USD)` when deleting this pack now would be billed for the rest of its class's
+/// minimum storage duration and that is not allowed.
+fn held_by_min_duration(info: &ObjectInfo, now: i64, opts: &PruneOptions) -> Option<f64> {
+    let days = i64::from(info.class.min_days());
+    let age_days = (now - info.modified?) / 86_400;
+    if days == 0 || age_days >= days || opts.ignore_min_duration {
+        return None;
+    }
+    let gb = info.size as f64 / 1e9;
+    Some(gb * price_per_gb_month(info.class) * (days - age_days) as f64 / 30.0)
+}
+
+/// S3 storage price, us-east-1, USD per GB-month (2026 list prices).
+pub fn price_per_gb_month(class: StorageClass) -> f64 {
+    match class {
+        StorageClass::Standard | StorageClass::IntelligentTiering | StorageClass::Other => 0.023,
+        StorageClass::StandardIa => 0.0125,
+        StorageClass::GlacierIr => 0.004,
+        StorageClass::Glacier => 0.0036,
+        StorageClass::DeepArchive => 0.00099,
+    }
+}
+
+/// Every blob the snapshots use: trees, chunk lists and data chunks.
+fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>> {
+    let snaps = repo.snapshots()?;
+    plan.snapshots = snaps.len() as u64;
+    let mut used: HashSet<BlobId> = HashSet::new();
+    for (sid, s) in &snaps {
+        let mut stack = vec![s.tree];
+        while let Some(tree) = stack.pop() {
+            if crate::ops::interrupted() {
+                return Err(Error::Interrupted);
+            }
+            if !used.insert(tree) {
+                continue;
+            }
+            if let crate::format::tree::TreeBlob::Split(parts) = &*load(repo, sid, &tree)? {
+                used.extend(parts.iter().copied());
+            }
+            let nodes = repo.load_dir(&tree).map_err(|e| stop(sid, e))?;
+            for n in nodes {
+                match n.kind {
+                    NodeKind::Dir => stack.extend(n.subtree),
+                    NodeKind::File => {
+                        if let crate::format::tree::Content::Indirect(lists) = &n.content {
+                            used.extend(lists.iter().copied());
+                        }
+                        used.extend(repo.file_chunks(&n.content).map_err(|e| stop(sid, e))?);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+fn load(
+    repo: &Repository,
+    sid: &Id,
+    tree: &BlobId,
+) -> Result<Arc<crate::format::tree::TreeBlob>> {
+    repo.load_tree(tree).map_err(|e| stop(sid, e))
+}
+
+fn stop(sid: &Id, e: Error) -> Error {
+    Error::Other(format!(
+        "snapshot {}: {e}; prune stops before it deletes anything: run `chunkbak check`, \
+         then `chunkbak repair index` / `chunkbak repair snapshots`",
+        sid.short()
+    ))
+}
+
+/// Carries out a plan.
+pub fn run(
+    repo: &Repository,
+    plan: &PrunePlan,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneResult> {
+    let mut res = PruneResult::default();
+    let backend = repo.backend();
+    let mut out: Vec<PackEntry> = Vec::new();
+    let mut to_delete: Vec<(FileKind, String, u64)> = Vec::new();
+    let repack: Vec<&PackEntry> = plan
+        .packs
+        .iter()
+        .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Repack))
+        .collect();
+
+    // 1. Repack: used blobs of partly used packs into new packs.
+    if !repack.is_empty() {
+        progress.message("repacking");
+        let used = &plan.used;
+        let empty = Arc::new(RwLock::new(Index::new()));
+        let saver = crate::packer::BlobSaver::new(
+            backend.clone(),
+            None,
+            repo.key().clone(),
+            empty,
+            repo.config().compression_level,
+            repo.config().data_pack_size,
+            repo.config().tree_pack_size,
+        )?;
+        for p in &repack {
+            if crate::ops::interrupted() {
+                return Err(Error::Interrupted);
+            }
+            let fk = FileKind::of_pack(p.kind);
+            let name = p.id.to_hex();
+            let info = PackInfo {
+                id: p.id,
+                kind: p.kind,
+                size: p.size,
+                salt: p.salt,
+                mark: None,
+            };
+            let wanted: Vec<&crate::format::pack::BlobRecord> =
+                p.blobs.iter().filter(|b| used.contains(&b.id)).collect();
+            // Ranged reads of the used blobs, neighbours merged into one request.
+            let mut i = 0;
+            while i < wanted.len() {
+                let mut j = i + 1;
+                while j < wanted.len() && wanted[j].offset <= wanted[j - 1].end() as u32 + MERGE_GAP
+                {
+                    j += 1;
+                }
+                let start = u64::from(wanted[i].offset);
+                let end = wanted[i..j].iter().map(|b| b.end()).max().unwrap_or(start);
+                let bytes = backend.get_range(fk, &name, start, end - start)?;
+                for b in &wanted[i..j] {
+                    let from = (u64::from(b.offset) - start) as usize;
+                    let ct = bytes
+                        .get(from..from + b.length as usize)
+                        .ok_or_else(|| Error::corrupt(fk.path_of(&name), "shorter than the index says"))?;
+                    let loc = BlobLocation {
+                        pack: 0,
+                        offset: b.offset,
+                        length: b.length,
+                        raw_len: b.raw_len,
+                        kind: b.kind,
+                        compression: b.compression,
+                    };
+                    let plain = repo.open_blob(&b.id, &info, loc, ct)?;
+                    if saver.save_with_id(b.kind, b.id, &plain)? {
+                        res.blobs_repacked += 1;
+                    }
+                }
+                i = j;
+            }
+            progress.bytes(p.size);
+        }
+        let written = saver.finish()?;
+        res.packs_written = written.len() as u64;
+        backend.flush()?;
+        out.extend(written);
+    }
+
+    // 2. The consolidated index.
+    let mark_now = Mark {
+        at: plan.now,
+        delete_after: plan.now + opts.grace,
+    };
+    for p in &plan.packs {
+        let mut p = p.clone();
+        match plan.decisions.get(&p.id).copied().unwrap_or(Decision::Keep) {
+            Decision::Keep => {
+                p.mark = None;
+                out.push(p);
+            }
+            Decision::Marked(m) => {
+                p.mark = Some(m);
+                out.push(p);
+            }
+            Decision::Repack => {
+                p.mark = Some(mark_now);
+                out.push(p);
+            }
+            Decision::Delete => {
+                to_delete.push((FileKind::of_pack(p.kind), p.id.to_hex(), p.size));
+            }
+            Decision::Drop => {}
+        }
+    }
+    progress.message("writing the index");
+    res.index_files_written = write_index_files(repo, out, &plan.read_files)?;
+
+    // 3. Old index files, then packs.
+    progress.message("deleting");
+    for id in &plan.read_files {
+        match backend.delete(FileKind::Index, &id.to_hex()) {
+            Ok(()) | Err(Error::ObjectNotFound(_)) => res.index_files_deleted += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    to_delete.extend(
+        plan.orphan_names
+            .iter()
+            .map(|(fk, n)| (*fk, n.clone(), 0)),
+    );
+    for (fk, name, size) in to_delete {
+        if crate::ops::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        match backend.delete(fk, &name) {
+            Ok(()) | Err(Error::ObjectNotFound(_)) => {
+                res.packs_deleted += 1;
+                res.bytes_deleted += size;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(res)
+}
+
+/// Writes index files for `packs`, the last one superseding `old`: until it is stored the old
+/// files stay in force, so a prune killed before it changes nothing that matters.
+pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -> Result<u64> {
+    let mut batches: Vec<Vec<PackEntry>> = vec![Vec::new()];
+    let mut n = 0;
+    for p in packs {
+        if n >= BLOBS_PER_INDEX_FILE {
+            batches.push(Vec::new());
+            n = 0;
+        }
+        n += p.blobs.len();
+        batches.last_mut().expect("one batch").push(p);
+    }
+    let count = batches.len();
+    repo.backend().flush()?;
+    for (i, b) in batches.into_iter().enumerate() {
+        let f = IndexFile {
+            supersedes: if i + 1 == count { old.to_vec() } else { Vec::new() },
+            packs: b,
+        };
+        if f.packs.is_empty() && f.supersedes.is_empty() {
+            continue;
+        }
+        repo.write_object(FileKind::Index, ObjectKind::Index, &f.encode())?;
+    }
+    Ok(count as u64)
+}
+
