@@ -427,8 +427,8 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
                 "dirs_changed": s.dirs_changed, "dirs_unchanged": s.dirs_unchanged,
                 "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
                 "bytes_added": s.bytes_added, "blobs_added": s.blobs_added,
-                "packs_written": r.packs_written, "errors": s.errors,
-                "duration_ms": s.duration_ms,
+                "packs_written": r.packs_written, "blobs_copied": r.blobs_copied,
+                "errors": s.errors, "duration_ms": s.duration_ms,
             }),
         );
     } else {

@@ -117,7 +117,11 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
             let kept = grp.decisions.iter().filter(|d| d.keep).count();
             out.line(format!(
                 "{}: keep {kept}, remove {}",
-                if what.is_empty() { "all snapshots".to_string() } else { what.join(", ") },
+                if what.is_empty() {
+                    "all snapshots".to_string()
+                } else {
+                    what.join(", ")
+                },
                 grp.decisions.len() - kept
             ));
             for d in &grp.decisions {
@@ -376,7 +380,11 @@ pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i3
                     "{} snapshots checked, {} {}",
                     r.snapshots_checked,
                     r.rewritten.len(),
-                    if *dry_run { "would be rewritten" } else { "rewritten" }
+                    if *dry_run {
+                        "would be rewritten"
+                    } else {
+                        "rewritten"
+                    }
                 ));
             }
             Ok(exit::OK)

@@ -17,6 +17,7 @@ use chunkbak_engine::backend::s3::sdk::types::{
 use chunkbak_engine::backend::s3::{S3Backend, S3Config};
 use chunkbak_engine::backend::{Backend, FileKind, StorageClass, ThawState};
 use common::proxy::{Fault, FaultProxy};
+use common::scenario;
 use common::*;
 
 /// A repository location plus the environment that reaches it.
@@ -45,6 +46,13 @@ impl<'a> Repo<'a> {
     }
 
     fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.cmd();
+        c.args(args);
+        self.e.run_cmd(c)
+    }
+
+    /// A command that reaches this repository.
+    fn cmd(&self) -> Command {
         let mut c = self.e.cmd();
         if let Some(u) = &self.url {
             c.env("CHUNKBAK_REPOSITORY", u)
@@ -55,8 +63,7 @@ impl<'a> Repo<'a> {
                 .env_remove("AWS_PROFILE")
                 .env_remove("AWS_ENDPOINT_URL");
         }
-        c.args(args);
-        self.e.run_cmd(c)
+        c
     }
 
     fn ok(&self, args: &[&str]) -> Run {
@@ -590,4 +597,17 @@ fn s3_backup_and_restore_complete_through_faults() {
     );
     // The next run completes.
     r.ok(&["backup", src.to_str().unwrap()]);
+}
+
+/// Several hosts back up into one S3 repository at once while the retention job prunes.
+#[test]
+fn s3_concurrent_backups_and_prunes() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let r = Repo::s3(&e, &ep, &format!("cc-{}", std::process::id()), "fleet");
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    r.ok(&init);
+    let mk = || r.cmd();
+    scenario::concurrent_backups_and_prunes(&mk, e.dir.path(), 3, 5);
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
 use chunkbak_engine::crypter::{MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
 use chunkbak_engine::format::envelope;
-use chunkbak_engine::format::index::{Mark, IndexFile, PackEntry};
+use chunkbak_engine::format::index::{IndexFile, Mark, PackEntry};
 use chunkbak_engine::format::key::{self, KdfParams, KeyFile};
 use chunkbak_engine::format::pack::{decode_header, BlobKind};
 use chunkbak_engine::format::tree::{Content, Node, NodeKind, Timespec, TreeBlob};

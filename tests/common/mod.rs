@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod scenario;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -157,8 +157,12 @@ impl std::str::FromStr for Subset {
         let t = s.trim();
         if let Some((n, m)) = t.split_once('/') {
             let (n, m): (u32, u32) = (
-                n.trim().parse().map_err(|_| format!("{s:?}: expected n/m"))?,
-                m.trim().parse().map_err(|_| format!("{s:?}: expected n/m"))?,
+                n.trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?}: expected n/m"))?,
+                m.trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?}: expected n/m"))?,
             );
             if m == 0 || n == 0 || n > m || m > 256 {
                 return Err(format!("{s:?}: n/m needs 1 <= n <= m <= 256"));
@@ -166,7 +170,10 @@ impl std::str::FromStr for Subset {
             return Ok(Subset::Part(n, m));
         }
         if let Some(p) = t.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| format!("{s:?}: expected a percentage"))?;
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: expected a percentage"))?;
             if !(v > 0.0 && v <= 100.0) {
                 return Err(format!("{s:?}: a percentage above 0% and at most 100%"));
             }
@@ -219,9 +226,7 @@ pub fn read_data(
         .collect();
     packs.sort_by_key(|p| p.id);
     packs.retain(|p| {
-        let cold = classes
-            .get(&p.id.to_hex())
-            .is_some_and(|c| c.is_archive());
+        let cold = classes.get(&p.id.to_hex()).is_some_and(|c| c.is_archive());
         if cold {
             report.archived_skipped += 1;
         }

@@ -345,8 +345,15 @@ mod tests {
             Case {
                 name: "keep-last 2 keeps the two newest",
                 tz: "UTC",
-                times: &["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"],
-                policy: Policy { last: 2, ..Default::default() },
+                times: &[
+                    "2026-01-01T00:00:00Z",
+                    "2026-01-02T00:00:00Z",
+                    "2026-01-03T00:00:00Z",
+                ],
+                policy: Policy {
+                    last: 2,
+                    ..Default::default()
+                },
                 keep: &["2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z"],
             },
             Case {
@@ -359,7 +366,10 @@ mod tests {
                     "2026-03-04T09:00:00Z",
                     "2026-03-05T10:00:00Z",
                 ],
-                policy: Policy { daily: 4, ..Default::default() },
+                policy: Policy {
+                    daily: 4,
+                    ..Default::default()
+                },
                 // The restic documentation's example: a1, a3, a4, a5.
                 keep: &[
                     "2026-03-05T10:00:00Z",
@@ -377,15 +387,25 @@ mod tests {
                     "2028-02-29T23:59:59Z",
                     "2028-03-01T00:00:00Z",
                 ],
-                policy: Policy { daily: 3, ..Default::default() },
-                keep: &["2028-03-01T00:00:00Z", "2028-02-29T23:59:59Z", "2028-02-28T23:00:00Z"],
+                policy: Policy {
+                    daily: 3,
+                    ..Default::default()
+                },
+                keep: &[
+                    "2028-03-01T00:00:00Z",
+                    "2028-02-29T23:59:59Z",
+                    "2028-02-28T23:00:00Z",
+                ],
             },
             Case {
                 name: "days are local days: 23:30 in New York is the next day in UTC",
                 tz: "America/New_York",
                 times: &["2026-07-01T03:00:00Z", "2026-07-01T03:40:00Z"],
                 // 2026-06-30 23:00 and 23:40 EDT: one local day.
-                policy: Policy { daily: 2, ..Default::default() },
+                policy: Policy {
+                    daily: 2,
+                    ..Default::default()
+                },
                 keep: &["2026-07-01T03:40:00Z", "2026-07-01T03:00:00Z"],
             },
             Case {
@@ -397,7 +417,10 @@ mod tests {
                     "2026-11-01T07:30:00Z", // 02:30 EST
                     "2026-11-01T08:30:00Z", // 03:30 EST
                 ],
-                policy: Policy { hourly: 3, ..Default::default() },
+                policy: Policy {
+                    hourly: 3,
+                    ..Default::default()
+                },
                 keep: &[
                     "2026-11-01T08:30:00Z",
                     "2026-11-01T07:30:00Z",
@@ -413,7 +436,10 @@ mod tests {
                     "2026-03-29T01:30:00Z", // 03:30 CEST on the 29th
                     "2026-03-29T21:59:00Z", // 23:59 CEST on the 29th
                 ],
-                policy: Policy { daily: 5, ..Default::default() },
+                policy: Policy {
+                    daily: 5,
+                    ..Default::default()
+                },
                 keep: &["2026-03-29T21:59:00Z", "2026-03-28T22:30:00Z"],
             },
             Case {
@@ -424,7 +450,10 @@ mod tests {
                     "2024-12-31T12:00:00Z", // Tuesday, week 1 of 2025
                     "2025-01-02T12:00:00Z", // Thursday, week 1 of 2025
                 ],
-                policy: Policy { weekly: 2, ..Default::default() },
+                policy: Policy {
+                    weekly: 2,
+                    ..Default::default()
+                },
                 keep: &["2025-01-02T12:00:00Z", "2024-12-29T12:00:00Z"],
             },
             Case {
@@ -436,15 +465,25 @@ mod tests {
                     "2025-01-01T00:00:00Z",
                     "2025-12-31T23:00:00Z",
                 ],
-                policy: Policy { yearly: 5, ..Default::default() },
-                keep: &["2025-12-31T23:00:00Z", "2024-12-31T23:59:59Z", "2024-06-01T00:00:00Z"],
+                policy: Policy {
+                    yearly: 5,
+                    ..Default::default()
+                },
+                keep: &[
+                    "2025-12-31T23:00:00Z",
+                    "2024-12-31T23:59:59Z",
+                    "2024-06-01T00:00:00Z",
+                ],
             },
             Case {
                 name: "year end in a time zone: 23:30 UTC Dec 31 is already next year in Tokyo",
                 tz: "Asia/Tokyo",
                 times: &["2025-12-31T14:30:00Z", "2025-12-31T16:00:00Z"],
                 // 23:30 and 01:00 JST: two years.
-                policy: Policy { yearly: 1, ..Default::default() },
+                policy: Policy {
+                    yearly: 1,
+                    ..Default::default()
+                },
                 keep: &["2025-12-31T16:00:00Z"],
             },
             Case {
@@ -456,7 +495,10 @@ mod tests {
                     "2028-03-01T10:00:00Z",
                     "2028-03-31T10:00:00Z",
                 ],
-                policy: Policy { monthly: 2, ..Default::default() },
+                policy: Policy {
+                    monthly: 2,
+                    ..Default::default()
+                },
                 keep: &["2028-03-31T10:00:00Z", "2028-02-29T10:00:00Z"],
             },
             Case {
@@ -470,14 +512,28 @@ mod tests {
                     "2020-03-25T00:00:00Z",
                     "2020-03-31T00:00:00Z",
                 ],
-                policy: Policy { within: Some(30 * 86_400), ..Default::default() },
-                keep: &["2020-03-31T00:00:00Z", "2020-03-25T00:00:00Z", "2020-03-01T00:00:01Z"],
+                policy: Policy {
+                    within: Some(30 * 86_400),
+                    ..Default::default()
+                },
+                keep: &[
+                    "2020-03-31T00:00:00Z",
+                    "2020-03-25T00:00:00Z",
+                    "2020-03-01T00:00:01Z",
+                ],
             },
             Case {
                 name: "unlimited daily keeps one per day, all days",
                 tz: "UTC",
-                times: &["2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z", "2026-01-02T01:00:00Z"],
-                policy: Policy { daily: -1, ..Default::default() },
+                times: &[
+                    "2026-01-01T01:00:00Z",
+                    "2026-01-01T02:00:00Z",
+                    "2026-01-02T01:00:00Z",
+                ],
+                policy: Policy {
+                    daily: -1,
+                    ..Default::default()
+                },
                 keep: &["2026-01-02T01:00:00Z", "2026-01-01T02:00:00Z"],
             },
             Case {
@@ -489,7 +545,11 @@ mod tests {
                     "2026-02-10T00:00:00Z",
                     "2026-02-10T06:00:00Z",
                 ],
-                policy: Policy { last: 1, monthly: 2, ..Default::default() },
+                policy: Policy {
+                    last: 1,
+                    monthly: 2,
+                    ..Default::default()
+                },
                 keep: &["2026-02-10T06:00:00Z", "2026-01-01T00:00:00Z"],
             },
         ];
@@ -503,7 +563,10 @@ mod tests {
         // Two snapshots on one day and --keep-daily 7: restic 0.17 keeps the oldest as well.
         let k = kept(
             &["2026-05-01T01:00:00Z", "2026-05-01T02:00:00Z"],
-            &Policy { daily: 7, ..Default::default() },
+            &Policy {
+                daily: 7,
+                ..Default::default()
+            },
             "UTC",
         );
         assert_eq!(k.len(), 2);
@@ -528,7 +591,10 @@ mod tests {
         let g = apply(&snaps, &p, GroupBy::default(), &tz).unwrap();
         assert_eq!(g.len(), 2, "one group per host");
         let a = &g[0].decisions;
-        assert_eq!(a.iter().map(|d| d.keep).collect::<Vec<_>>(), [true, false, true]);
+        assert_eq!(
+            a.iter().map(|d| d.keep).collect::<Vec<_>>(),
+            [true, false, true]
+        );
         assert_eq!(a[0].reasons, ["last snapshot"]);
         assert_eq!(a[2].reasons, ["tag keep"]);
         assert!(g[1].decisions[0].keep, "host b's only snapshot is its last");

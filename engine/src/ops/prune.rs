@@ -395,7 +395,9 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
     let mut all: Vec<PackEntry> = packs.into_values().map(|s| s.entry).collect();
     all.sort_by_key(|p| p.id);
-    let repack_packs = plan.repack_upload.div_ceil(u64::from(repo.config().data_pack_size).max(1));
+    let repack_packs = plan
+        .repack_upload
+        .div_ceil(u64::from(repo.config().data_pack_size).max(1));
     let index_blobs: u64 = all.iter().map(|p| p.blobs.len() as u64).sum();
     plan.requests_put = repack_packs + 1 + index_blobs / BLOBS_PER_INDEX_FILE as u64;
     plan.requests_delete = plan.delete.packs + plan.orphans.packs + plan.index_files;
@@ -462,11 +464,7 @@ fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>
     Ok(used)
 }
 
-fn load(
-    repo: &Repository,
-    sid: &Id,
-    tree: &BlobId,
-) -> Result<Arc<crate::format::tree::TreeBlob>> {
+fn load(repo: &Repository, sid: &Id, tree: &BlobId) -> Result<Arc<crate::format::tree::TreeBlob>> {
     repo.load_tree(tree).map_err(|e| stop(sid, e))
 }
 
@@ -537,9 +535,9 @@ pub fn run(
                 let bytes = backend.get_range(fk, &name, start, end - start)?;
                 for b in &wanted[i..j] {
                     let from = (u64::from(b.offset) - start) as usize;
-                    let ct = bytes
-                        .get(from..from + b.length as usize)
-                        .ok_or_else(|| Error::corrupt(fk.path_of(&name), "shorter than the index says"))?;
+                    let ct = bytes.get(from..from + b.length as usize).ok_or_else(|| {
+                        Error::corrupt(fk.path_of(&name), "shorter than the index says")
+                    })?;
                     let loc = BlobLocation {
                         pack: 0,
                         offset: b.offset,
@@ -600,11 +598,7 @@ pub fn run(
             Err(e) => return Err(e),
         }
     }
-    to_delete.extend(
-        plan.orphan_names
-            .iter()
-            .map(|(fk, n)| (*fk, n.clone(), 0)),
-    );
+    to_delete.extend(plan.orphan_names.iter().map(|(fk, n)| (*fk, n.clone(), 0)));
     for (fk, name, size) in to_delete {
         if crate::ops::interrupted() {
             return Err(Error::Interrupted);
@@ -637,7 +631,11 @@ pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -
     repo.backend().flush()?;
     for (i, b) in batches.into_iter().enumerate() {
         let f = IndexFile {
-            supersedes: if i + 1 == count { old.to_vec() } else { Vec::new() },
+            supersedes: if i + 1 == count {
+                old.to_vec()
+            } else {
+                Vec::new()
+            },
             packs: b,
         };
         if f.packs.is_empty() && f.supersedes.is_empty() {
@@ -647,4 +645,3 @@ pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -
     }
     Ok(count as u64)
 }
-

@@ -77,7 +77,8 @@ pub fn repair_index(
             }
             Err(e) => {
                 rep.index_files_unreadable += 1;
-                rep.messages.push(format!("index/{name}: {e}; rebuilt from the packs"));
+                rep.messages
+                    .push(format!("index/{name}: {e}; rebuilt from the packs"));
             }
         }
     }
@@ -128,7 +129,8 @@ pub fn repair_index(
                     out.push(e.clone());
                     rep.packs_kept += 1;
                 } else {
-                    rep.messages.push(format!("{e}; not indexed: thaw it and repair again"));
+                    rep.messages
+                        .push(format!("{e}; not indexed: thaw it and repair again"));
                 }
                 continue;
             }
@@ -157,9 +159,9 @@ pub fn repair_index(
                     }
                     out.push(e);
                 }
-                Err(e) => rep
-                    .messages
-                    .push(format!("{e}: the pack matches its name but cannot be opened")),
+                Err(e) => rep.messages.push(format!(
+                    "{e}: the pack matches its name but cannot be opened"
+                )),
             }
             continue;
         }
@@ -292,7 +294,13 @@ impl Fixer<'_> {
             return Ok(id);
         }
         let before = self.damaged.len();
-        let nodes = if self.repo.index().read().expect("index lock").contains(&tree) {
+        let nodes = if self
+            .repo
+            .index()
+            .read()
+            .expect("index lock")
+            .contains(&tree)
+        {
             self.repo.load_dir(&tree).ok()
         } else {
             None
@@ -362,7 +370,8 @@ impl Fixer<'_> {
             return Ok(None);
         };
         drop(idx);
-        self.damage(n, path, chunks[..first_missing].to_vec()).map(Some)
+        self.damage(n, path, chunks[..first_missing].to_vec())
+            .map(Some)
     }
 
     fn damage(&mut self, n: &Node, path: &str, keep: Vec<BlobId>) -> Result<Node> {

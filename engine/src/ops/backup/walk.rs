@@ -186,6 +186,7 @@ pub(super) fn backup_paths(
                                 } else {
                                     c.read_file(&p, &m)
                                 };
+                                c.checkpoint_or_fail();
                                 c.progress.file_done(&p);
                                 s.set(r);
                                 pm.release();

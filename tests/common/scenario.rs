@@ -1,0 +1,338 @@
+//! Scenarios shared by the local and the S3 end-to-end tests: many backups and prunes at once,
+//! killed processes, damaged repositories.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{splitmix, Run};
+
+/// Builds a `chunkbak` command that reaches the repository under test.
+pub type Mk<'a> = &'a (dyn Fn() -> Command + Sync);
+
+pub fn run(mk: Mk, args: &[&str]) -> Run {
+    let mut c = mk();
+    c.args(args);
+    let o = c.output().unwrap();
+    let r = Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
+    r
+}
+
+pub fn ok(mk: Mk, args: &[&str]) -> Run {
+    let r = run(mk, args);
+    assert_eq!(
+        r.code,
+        0,
+        "chunkbak {args:?} failed:\n{}\n{}",
+        r.out(),
+        r.stderr
+    );
+    r
+}
+
+/// A small xorshift generator: test randomness that a failing seed reproduces.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The seed of a randomized test: `CHUNKBAK_TEST_SEED` or the clock (printed, to reproduce).
+pub fn seed(what: &str) -> u64 {
+    let s = std::env::var("CHUNKBAK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("{what}: CHUNKBAK_TEST_SEED={s}");
+    s
+}
+
+/// Every regular file under `root`, by relative path, with its bytes.
+pub fn files_of(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            out.insert(
+                e.path().strip_prefix(root).unwrap().to_path_buf(),
+                fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// Changes a source tree: rewrites, adds and deletes a few files. `shared` content repeats
+/// across hosts, so their backups deduplicate against each other.
+pub fn mutate(dir: &Path, rng: &mut Rng, round: u64) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..4 {
+        let n = rng.below(12);
+        let p = if i % 2 == 0 {
+            dir.join(format!("f{n}"))
+        } else {
+            dir.join(format!("sub/g{n}"))
+        };
+        if rng.below(5) == 0 {
+            let _ = fs::remove_file(&p);
+        } else {
+            let len = 20_000 + rng.below(120_000) as usize;
+            let seed = if rng.below(3) == 0 {
+                7 + round % 3
+            } else {
+                rng.next()
+            };
+            fs::write(&p, splitmix(seed, len)).unwrap();
+        }
+    }
+}
+
+/// Several hosts back up into one repository at once, round after round, with random delays,
+/// while `forget --keep-last 2 --prune` runs in a loop with a grace period of seconds. Then
+/// `check --read-data` passes and every snapshot retention kept restores byte for byte.
+pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: u64) {
+    let mut rng = Rng(seed("concurrent_backups_and_prunes"));
+    let grace = "3s";
+    let srcs: Vec<PathBuf> = (0..hosts).map(|h| work.join(format!("src{h}"))).collect();
+    // (host, round) -> the files its backup saw, and the snapshot id.
+    let mut states: BTreeMap<String, BTreeMap<PathBuf, Vec<u8>>> = BTreeMap::new();
+    let mut by_host: Vec<Vec<String>> = vec![Vec::new(); hosts];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let prune_stats = std::sync::Mutex::new((0u64, 0u64, 0u64)); // runs, packs deleted, marked
+    let mut copied = 0u64;
+    std::thread::scope(|s| {
+        // The retention job.
+        let pruner = s.spawn(|| {
+            let mut r = Rng(rng_seed_of(&srcs));
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200 + r.below(800)));
+                let o = ok(
+                    mk,
+                    &[
+                        "--json",
+                        "forget",
+                        "--keep-last",
+                        "2",
+                        "--group-by",
+                        "host",
+                        "--prune",
+                        "--grace",
+                        grace,
+                        "--max-unused",
+                        "0%",
+                    ],
+                );
+                let mut st = prune_stats.lock().unwrap();
+                st.0 += 1;
+                for p in o.json("prune") {
+                    st.1 += p["packs_deleted"].as_u64().unwrap();
+                }
+                for p in o.json("prune_plan") {
+                    st.2 += p["mark"]["packs"].as_u64().unwrap();
+                }
+            }
+        });
+        for round in 0..rounds {
+            let mut children = Vec::new();
+            for (h, src) in srcs.iter().enumerate() {
+                mutate(src, &mut rng, round);
+                let delay = rng.below(400);
+                let mut c = mk();
+                c.args(["--json", "backup", "--host", &format!("h{h}")])
+                    .arg(src)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                std::thread::sleep(Duration::from_millis(delay));
+                children.push((h, files_of(src), c.spawn().unwrap()));
+            }
+            for (h, files, child) in children {
+                let o = child.wait_with_output().unwrap();
+                let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    o.status.success(),
+                    "backup of h{h} failed: {stdout}{stderr}"
+                );
+                let summary: Value = stdout
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|v| v["type"] == "summary")
+                    .expect("a summary");
+                copied += summary["data"]["blobs_copied"].as_u64().unwrap();
+                let id = summary["data"]["snapshot_id"].as_str().unwrap().to_string();
+                states.insert(id.clone(), files);
+                by_host[h].push(id);
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        pruner.join().unwrap();
+    });
+    // Let the last marks come due, then the retention job once more, twice (mark, delete).
+    let during = prune_stats.lock().unwrap().1;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(4));
+        let o = ok(
+            mk,
+            &[
+                "--json",
+                "forget",
+                "--keep-last",
+                "2",
+                "--group-by",
+                "host",
+                "--prune",
+                "--grace",
+                grace,
+            ],
+        );
+        prune_stats.lock().unwrap().1 += o.json("prune")[0]["packs_deleted"].as_u64().unwrap();
+    }
+    let st = *prune_stats.lock().unwrap();
+    eprintln!("packs deleted while backups ran: {during}");
+    assert!(
+        st.1 > 0,
+        "prune deleted nothing: the test did not test deletion"
+    );
+    eprintln!(
+        "{} retention runs marked {} packs and deleted {}; backups copied {copied} blobs out of marked packs",
+        st.0, st.2, st.1
+    );
+    assert!(st.0 >= 2, "the retention job ran during the backups");
+    let c = ok(mk, &["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    // Retention keeps each host's two newest snapshots: all present, all restorable.
+    let snaps = ok(mk, &["--json", "snapshots"]).json("snapshot");
+    let present: Vec<String> = snaps
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    for (h, ids) in by_host.iter().enumerate() {
+        for id in ids.iter().rev().take(2) {
+            assert!(
+                present.contains(id),
+                "h{h}: snapshot {id} that retention keeps is gone"
+            );
+        }
+    }
+    assert_eq!(present.len(), 2 * hosts, "{present:?}");
+    for id in &present {
+        let target = work.join(format!("restore-{}", &id[..8]));
+        ok(mk, &["restore", id, "--target", target.to_str().unwrap()]);
+        let h: usize = snaps.iter().find(|s| s["id"] == id.as_str()).unwrap()["host"]
+            .as_str()
+            .unwrap()[1..]
+            .parse()
+            .unwrap();
+        let got = files_of(&target.join(srcs[h].strip_prefix("/").unwrap()));
+        assert!(
+            got == states[id],
+            "snapshot {id} of h{h} does not restore what was backed up"
+        );
+        fs::remove_dir_all(&target).unwrap();
+    }
+}
+
+fn rng_seed_of(p: &[PathBuf]) -> u64 {
+    (p.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+/// Kills backups at random moments: every time the repository passes `check`, and the next
+/// backup stores less than the first attempt had uploaded (it reuses what was indexed).
+pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
+    let mut rng = Rng(seed("killed_backups"));
+    let src = work.join("big");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..24 {
+        fs::write(src.join(format!("f{i:02}")), splitmix(1000 + i, 1_000_000)).unwrap();
+    }
+    let mut killed = 0;
+    let mut reused_seen = false;
+    for attempt in 0..4 {
+        let before = repo_bytes();
+        let mut c = mk();
+        c.args(["backup"])
+            .arg(&src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let wait = 150 + rng.below(1200);
+        let t = Instant::now();
+        let mut finished = false;
+        while t.elapsed() < Duration::from_millis(wait) {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !finished {
+            // SIGKILL: no cleanup of any kind.
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let uploaded = repo_bytes() - before;
+        let r = ok(mk, &["check"]);
+        assert!(
+            r.out().contains(" 0 problems"),
+            "after kill {attempt}: {}",
+            r.out()
+        );
+        // The next backup completes and stores only what the killed one had not indexed.
+        let o = ok(mk, &["--json", "backup", src.to_str().unwrap()]);
+        let added = o.json("summary")[0]["bytes_added"].as_u64().unwrap();
+        eprintln!("attempt {attempt}: killed after {wait} ms having stored {uploaded} bytes; the next backup added {added}");
+        // 32 packs of 256 KiB are indexed at a time: past 12 MB, at least 8 MiB is reusable.
+        if uploaded > 12_000_000 {
+            assert!(added <= 24_000_000 - 6_000_000, "nothing was reused");
+            reused_seen = true;
+        }
+        let t = work.join(format!("restored-{attempt}"));
+        ok(mk, &["restore", "latest", "--target", t.to_str().unwrap()]);
+        assert!(files_of(&t.join(src.strip_prefix("/").unwrap())) == files_of(&src));
+        fs::remove_dir_all(&t).unwrap();
+        // Start over: forget everything and prune right away, so the next attempt uploads again.
+        ok(
+            mk,
+            &[
+                "forget",
+                "--keep-last",
+                "0",
+                "--keep-tag",
+                "none",
+                "--prune",
+                "--grace",
+                "0s",
+            ],
+        );
+        ok(mk, &["prune", "--grace", "0s"]);
+    }
+    eprintln!("{killed} backups killed; reuse observed: {reused_seen}");
+    assert!(
+        killed >= 1,
+        "no backup was killed: the test did not test anything"
+    );
+}

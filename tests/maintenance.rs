@@ -1,0 +1,251 @@
+//! Retention, prune, check and repair through the real binary on a local repository: many
+//! writers at once, killed processes, damaged objects. The S3 variants are in `tests/s3.rs`.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::scenario::{self, files_of, Rng};
+use common::*;
+
+fn dir_bytes(p: &Path) -> u64 {
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(repo.join("data"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().to_path_buf())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn concurrent_backups_and_prunes_local() {
+    let e = Env::new();
+    e.init_small();
+    let mk = || e.cmd();
+    scenario::concurrent_backups_and_prunes(&mk, e.dir.path(), 3, 8);
+}
+
+#[test]
+fn killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused() {
+    let e = Env::new();
+    e.init_small();
+    let mk = || e.cmd();
+    let data = e.repo.join("data");
+    scenario::killed_backups(&mk, e.dir.path(), &|| dir_bytes(&data));
+}
+
+/// A repository with a few snapshots of changing files, most of them forgotten.
+fn repository_with_garbage(e: &Env) -> PathBuf {
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for round in 0..4u64 {
+        for i in 0..10u64 {
+            fs::write(
+                src.join(format!("f{i}")),
+                splitmix(round * 100 + i * (round % 2), 200_000),
+            )
+            .unwrap();
+        }
+        e.ok(&["backup", src.to_str().unwrap()]);
+    }
+    e.ok(&["forget", "--keep-last", "1"]);
+    src
+}
+
+#[test]
+fn killed_prune_leaves_a_consistent_repository_and_the_next_prune_finishes() {
+    let e = Env::new();
+    e.init_small();
+    let src = repository_with_garbage(&e);
+    // Mark everything unused now; the killed runs below delete and repack.
+    e.ok(&["prune", "--grace", "0s"]);
+    let mut rng = Rng(scenario::seed("killed_prune"));
+    let mut killed = 0;
+    for attempt in 0..5 {
+        let mut c = e.cmd();
+        c.args(["prune", "--grace", "0s", "--max-unused", "0%"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let wait = Duration::from_millis(rng.below(120));
+        let t = Instant::now();
+        while t.elapsed() < wait && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let r = e.ok(&["check"]);
+        assert!(
+            r.out().contains(" 0 problems"),
+            "after prune kill {attempt}: {}",
+            r.out()
+        );
+        let t = e.path(&format!("r{attempt}"));
+        e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+        assert!(files_of(&t.join(src.strip_prefix("/").unwrap())) == files_of(&src));
+    }
+    eprintln!("{killed} prunes killed");
+    // Running prune again finishes the job: afterwards a prune has nothing left to do.
+    e.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    e.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    let plan = e.ok(&[
+        "--json",
+        "prune",
+        "--dry-run",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "0%",
+    ]);
+    let p = &plan.json("prune_plan")[0];
+    for k in ["mark", "delete", "repack", "waiting"] {
+        assert_eq!(p[k]["packs"], 0, "{k} after a finished prune: {p}");
+    }
+    let r = e.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    // What is left is what the kept snapshot uses (plus the pack framing).
+    let used = p["used_bytes"].as_u64().unwrap();
+    assert!(dir_bytes(&e.repo.join("data")) <= used + used / 10 + 100_000);
+}
+
+/// Backs up ten 300 kB files (one snapshot).
+fn ten_files(e: &Env) -> PathBuf {
+    let src = e.path("ten");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..10u64 {
+        fs::write(src.join(format!("file{i}")), splitmix(500 + i, 300_000)).unwrap();
+    }
+    e.ok(&["backup", src.to_str().unwrap()]);
+    src
+}
+
+/// Restores the latest snapshot; every file is intact or renamed `.damaged`; returns the
+/// names of the damaged ones.
+fn restore_after_repair(e: &Env, src: &Path, name: &str) -> Vec<String> {
+    let t = e.path(name);
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let got = files_of(&t.join(src.strip_prefix("/").unwrap()));
+    let want = files_of(src);
+    let mut damaged = Vec::new();
+    for (p, bytes) in &got {
+        let n = p.to_str().unwrap();
+        if let Some(orig) = n.strip_suffix(".damaged") {
+            let full = &want[Path::new(orig)];
+            assert!(
+                full.starts_with(bytes),
+                "{n}: the kept part is the file's beginning"
+            );
+            assert!(bytes.len() < full.len());
+            damaged.push(orig.to_string());
+        } else {
+            assert!(want.get(p) == Some(bytes), "{n} differs after repair");
+        }
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "every file is in the repaired snapshot"
+    );
+    damaged
+}
+
+#[test]
+fn flipped_byte_in_a_data_pack_is_named_and_repaired() {
+    let e = Env::new();
+    e.init_small();
+    let src = ten_files(&e);
+    let victim = packs(&e.repo)[3].clone();
+    let mut b = fs::read(&victim).unwrap();
+    b[100] ^= 0x40;
+    fs::write(&victim, &b).unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    // Sizes are right, so only reading the data finds it.
+    let r = e.run(&["check", "--read-data"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(&name), "{}", r.stderr);
+    assert!(r.stderr.contains("authentication failed"), "{}", r.stderr);
+    let r = e.ok(&["repair", "index", "--read-all-packs"]);
+    assert!(r.out().contains("1 damaged"), "{}", r.out());
+    // The index lacks the lost blob now: check names the file, repair marks it.
+    let r = e.run(&["check"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not in the index"), "{}", r.stderr);
+    let r = e.ok(&["repair", "snapshots"]);
+    assert!(r.out().contains(".damaged"), "{}", r.out());
+    let r = e.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    let damaged = restore_after_repair(&e, &src, "out");
+    assert_eq!(damaged.len(), 1, "one chunk lost: one file damaged");
+}
+
+#[test]
+fn truncated_and_deleted_packs_are_named_and_the_rest_restores() {
+    let e = Env::new();
+    e.init_small();
+    let src = ten_files(&e);
+    let p = packs(&e.repo);
+    let truncated = p[1].clone();
+    let deleted = p[6].clone();
+    let b = fs::read(&truncated).unwrap();
+    fs::write(&truncated, &b[..b.len() / 2]).unwrap();
+    fs::remove_file(&deleted).unwrap();
+    let r = e.run(&["check"]);
+    assert_eq!(r.code, 1);
+    for v in [&truncated, &deleted] {
+        let n = v.file_name().unwrap().to_str().unwrap();
+        assert!(r.stderr.contains(n), "check names {n}: {}", r.stderr);
+    }
+    assert!(
+        r.stderr.contains("missing from the repository"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("truncated or replaced"), "{}", r.stderr);
+    let r = e.ok(&["repair", "index"]);
+    assert!(r.out().contains("1 missing"), "{}", r.out());
+    e.ok(&["repair", "snapshots"]);
+    let r = e.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    let damaged = restore_after_repair(&e, &src, "out");
+    assert!(!damaged.is_empty() && damaged.len() <= 4, "{damaged:?}");
+}
+
+#[test]
+fn deleted_index_file_is_named_and_repair_brings_everything_back() {
+    let e = Env::new();
+    e.init_small();
+    let src = ten_files(&e);
+    let idx: Vec<PathBuf> = fs::read_dir(e.repo.join("index"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    for f in &idx {
+        fs::remove_file(f).unwrap();
+    }
+    let r = e.run(&["check"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not in the index"), "{}", r.stderr);
+    let r = e.ok(&["repair", "index"]);
+    assert!(r.out().contains("0 damaged"), "{}", r.out());
+    let r = e.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    // Nothing was physically lost: everything restores, nothing is marked damaged.
+    assert!(restore_after_repair(&e, &src, "out").is_empty());
+}
