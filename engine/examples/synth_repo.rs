@@ -1,0 +1,82 @@
+//! Writes a local repository of many small blobs, for measuring prune at scale
+//! (`scripts/prune-scale.sh`): `synth_repo DIR BLOBS`. Password: "bench".
+//!
+//! Two snapshots, each with its own half of the blobs (1000 files of BLOBS/2000 chunks each);
+//! the script forgets one, so a prune finds half of the packs unused.
+
+use std::sync::Arc;
+
+use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::format::key::KdfParams;
+use chunkbak_engine::format::pack::BlobKind;
+use chunkbak_engine::format::snapshot::Snapshot;
+use chunkbak_engine::format::tree::{Node, NodeKind, Timespec};
+use chunkbak_engine::repo::InitOptions;
+use chunkbak_engine::Repository;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(&args[1]);
+    let blobs: u64 = args[2].parse().unwrap();
+    let opts = InitOptions {
+        kdf: KdfParams {
+            m_cost_kib: 1024,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..Default::default()
+    };
+    let repo = Repository::init(Arc::new(LocalBackend::new(dir)), b"bench", &opts).unwrap();
+    let files = 1000u64;
+    let per_file = blobs / 2 / files;
+    for half in 0..2u64 {
+        let saver = repo.blob_saver().unwrap();
+        let mut nodes = Vec::new();
+        for f in 0..files {
+            let mut chunks = Vec::with_capacity(per_file as usize);
+            for c in 0..per_file {
+                // 64 bytes, unique per blob.
+                let n = (half * files + f) * per_file + c;
+                let data: Vec<u8> = (0..8u64)
+                    .flat_map(|i| (n ^ (i << 56)).to_le_bytes())
+                    .collect();
+                chunks.push(saver.save(BlobKind::Data, &data).unwrap().0);
+            }
+            nodes.push(Node {
+                name: format!("f{f:04}").into_bytes(),
+                kind: NodeKind::File,
+                mode: 0o100644,
+                size: per_file * 64,
+                content: repo.save_content(&saver, chunks).unwrap(),
+                ..Default::default()
+            });
+        }
+        let root = repo.save_dir(&saver, nodes).unwrap();
+        let top = repo
+            .save_dir(
+                &saver,
+                vec![Node {
+                    name: format!("half{half}").into_bytes(),
+                    kind: NodeKind::Dir,
+                    mode: 0o40755,
+                    subtree: Some(root),
+                    ..Default::default()
+                }],
+            )
+            .unwrap();
+        repo.write_index(saver.finish().unwrap()).unwrap();
+        let id = repo
+            .write_snapshot(&Snapshot {
+                time: Timespec {
+                    secs: 1_800_000_000 + half as i64,
+                    nanos: 0,
+                },
+                host: format!("synth{half}"),
+                paths: vec![format!("/half{half}").into_bytes()],
+                tree: top,
+                ..Default::default()
+            })
+            .unwrap();
+        println!("snapshot {} with {} blobs", id.to_hex(), files * per_file);
+    }
+}
