@@ -224,7 +224,8 @@ fn truncated_and_deleted_packs_are_named_and_the_rest_restores() {
     let r = e.ok(&["check", "--read-data"]);
     assert!(r.out().contains(" 0 problems"), "{}", r.out());
     let damaged = restore_after_repair(&e, &src, "out");
-    assert!(!damaged.is_empty() && damaged.len() <= 4, "{damaged:?}");
+    // Packs mix chunks of the files backed up in parallel: some files are hit, not all.
+    assert!(!damaged.is_empty() && damaged.len() < 10, "{damaged:?}");
 }
 
 #[test]

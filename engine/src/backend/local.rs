@@ -176,6 +176,24 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn list_info(&self, kind: FileKind) -> Result<Vec<super::ObjectInfo>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        for (name, size) in self.list(kind)? {
+            // Deleted since the listing (a prune): not there any more.
+            let Ok(m) = fs::metadata(self.path(kind, &name)) else {
+                continue;
+            };
+            out.push(super::ObjectInfo {
+                name,
+                size,
+                class: super::StorageClass::Standard,
+                modified: Some(m.mtime()),
+            });
+        }
+        Ok(out)
+    }
+
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let p = self.path(kind, name);
         match fs::remove_file(&p) {

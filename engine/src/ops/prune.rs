@@ -152,6 +152,8 @@ pub struct PrunePlan {
     /// Every pack of the index in force, marks resolved ("live wins").
     packs: Vec<PackEntry>,
     used: HashSet<BlobId>,
+    /// Blobs of index files written after prune read the index (by backups that ran meanwhile).
+    late_blobs: HashSet<BlobId>,
     /// Every index file read (superseded by the new one).
     read_files: Vec<Id>,
     orphan_names: Vec<(FileKind, String)>,
@@ -160,8 +162,10 @@ pub struct PrunePlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Decision {
     Keep,
-    /// Keep, with this mark (new or old).
+    /// Keep, with the mark it has.
     Marked(Mark),
+    /// Mark now (times taken when the index is written).
+    Mark,
     Delete,
     /// Copy its used blobs, then mark it.
     Repack,
@@ -198,8 +202,11 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .now
         .unwrap_or_else(|| jiff::Timestamp::now().as_second());
     let backend = repo.backend();
-    // The store is listed before the index is read: a pack listed here and indexed by a file
-    // written before the index is read is seen as indexed.
+    // The index is read before the store is listed: every pack an index file read here names
+    // is in the listing unless it is really gone (a pack stored later and indexed later looks
+    // unindexed, and is too young to be deleted as such).
+    progress.message("reading the index");
+    let files = repo.read_all_index_files()?;
     progress.message("listing packs");
     let mut stored: HashMap<String, (FileKind, ObjectInfo)> = HashMap::new();
     for fk in [FileKind::Data, FileKind::Tree] {
@@ -207,8 +214,6 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             stored.insert(o.name.clone(), (fk, o));
         }
     }
-    progress.message("reading the index");
-    let files = repo.read_all_index_files()?;
     let superseded: HashSet<Id> = files
         .iter()
         .flat_map(|(_, f)| f.supersedes.iter().copied())
@@ -283,7 +288,10 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         }
         used_in.insert(s.entry.id, u);
     }
-    if let Some(b) = used.iter().find(|b| !assigned.contains(*b)) {
+    if let Some(b) = used
+        .iter()
+        .find(|b| !assigned.contains(*b) && !plan.late_blobs.contains(*b))
+    {
         return Err(Error::Other(format!(
             "blob {b} is used by a snapshot but is in no stored pack: prune stops before it \
              deletes anything. Run `chunkbak check`, then `chunkbak repair index` and \
@@ -291,6 +299,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         )));
     }
     drop(assigned);
+    plan.late_blobs = HashSet::new();
 
     // Decide each pack.
     let mut candidates: Vec<(ObjectId, u64, u64)> = Vec::new(); // (pack, unused, size)
@@ -321,15 +330,13 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
                 Decision::Delete
             }
         } else if nused == 0 {
-            if info.modified.is_some_and(|m| now - m < opts.grace) {
+            // Without a time from the store, a pack counts as young.
+            if info.modified.is_none_or(|m| now - m < opts.grace) {
                 // Possibly a backup still running: its snapshot is not written yet.
                 Decision::Keep
             } else {
                 plan.mark.add(e.size);
-                Decision::Marked(Mark {
-                    at: now,
-                    delete_after: now + opts.grace,
-                })
+                Decision::Mark
             }
         } else {
             let unused = e.size.saturating_sub(used_bytes + 38 + 4);
@@ -433,6 +440,26 @@ pub fn price_per_gb_month(class: StorageClass) -> f64 {
 fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>> {
     let snaps = repo.snapshots()?;
     plan.snapshots = snaps.len() as u64;
+    // Backups that committed after the index was read wrote index files prune has not seen:
+    // read them, so their trees load. Their packs are not prune's to decide (the files stay
+    // in force); their blobs are accounted for.
+    let read: HashSet<Id> = plan.read_files.iter().copied().collect();
+    for id in repo.index_file_ids()? {
+        if read.contains(&id) {
+            continue;
+        }
+        match repo.read_index_file(&id.to_hex()) {
+            Ok(f) => {
+                let mut idx = repo.index().write().expect("index lock");
+                for p in &f.packs {
+                    idx.add_pack(p);
+                    plan.late_blobs.extend(p.blobs.iter().map(|b| b.id));
+                }
+            }
+            Err(Error::ObjectNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut used: HashSet<BlobId> = HashSet::new();
     for (sid, s) in &snaps {
         let mut stack = vec![s.tree];
@@ -554,17 +581,25 @@ pub fn run(
                 i = j;
             }
             progress.bytes(p.size);
+            // New packs are indexed as they pile up, so none stays unindexed for long.
+            if saver.finished_count() >= 32 {
+                let done = saver.take_finished();
+                repo.write_index(done.clone())?;
+                out.extend(done);
+            }
         }
         let written = saver.finish()?;
-        res.packs_written = written.len() as u64;
         backend.flush()?;
         out.extend(written);
+        res.packs_written = out.len() as u64;
     }
 
-    // 2. The consolidated index.
+    // 2. The consolidated index. New marks carry the time they are written, not the time of
+    // the plan: a backup's safety margin counts from when it can see them.
+    let written_at = jiff::Timestamp::now().as_second().max(plan.now);
     let mark_now = Mark {
-        at: plan.now,
-        delete_after: plan.now + opts.grace,
+        at: written_at,
+        delete_after: written_at + opts.grace,
     };
     for p in &plan.packs {
         let mut p = p.clone();
@@ -577,7 +612,7 @@ pub fn run(
                 p.mark = Some(m);
                 out.push(p);
             }
-            Decision::Repack => {
+            Decision::Repack | Decision::Mark => {
                 p.mark = Some(mark_now);
                 out.push(p);
             }

@@ -48,13 +48,6 @@ pub fn repair_index(
 ) -> Result<IndexRepair> {
     let backend = repo.backend();
     let mut rep = IndexRepair::default();
-    progress.message("listing packs");
-    let mut stored: Vec<(FileKind, String, u64)> = Vec::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        for (name, size) in backend.list(fk)? {
-            stored.push((fk, name, size));
-        }
-    }
     progress.message("reading index files");
     let names = backend.list(FileKind::Index)?;
     let mut old_files: Vec<Id> = Vec::new();
@@ -80,6 +73,13 @@ pub fn repair_index(
                 rep.messages
                     .push(format!("index/{name}: {e}; rebuilt from the packs"));
             }
+        }
+    }
+    progress.message("listing packs");
+    let mut stored: Vec<(FileKind, String, u64)> = Vec::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        for (name, size) in backend.list(fk)? {
+            stored.push((fk, name, size));
         }
     }
     let stored_names: HashSet<&str> = stored.iter().map(|s| s.1.as_str()).collect();

@@ -7,11 +7,12 @@
 //! the next prune sees the snapshot and revives the pack. A mark past that point is not
 //! trusted: the blobs that have no live copy are copied into new packs first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::*;
 use crate::backend::FileKind;
 use crate::format::index::{IndexFile, PackEntry};
+use crate::id::ObjectId;
 use crate::index::{BlobLocation, PackInfo};
 
 /// Rounds of "list, copy" before giving up (each copy takes time, in which a prune may act).
@@ -29,37 +30,53 @@ pub(super) fn settle(ctx: &Ctx) -> Result<u64> {
         .copied()
         .collect();
     let mut copied = 0;
+    // Every mark seen so far, and what the index files seen so far hold live (without the
+    // files another one supersedes): re-judged each round, since copying takes time.
+    let mut marks: HashMap<ObjectId, PackEntry> = HashMap::new();
+    let mut files: Vec<(Id, IndexFile)> = Vec::new();
+    let mut copied_packs: HashSet<ObjectId> = HashSet::new();
     for _ in 0..ROUNDS {
         seen.extend(ctx.index_state.lock().expect("index state").1.iter());
-        let now = jiff::Timestamp::now().as_second();
-        let mut files: Vec<IndexFile> = Vec::new();
         for id in repo.index_file_ids()? {
             if !seen.insert(id) {
                 continue;
             }
             match repo.read_index_file(&id.to_hex()) {
-                Ok(f) => files.push(f),
+                Ok(f) => files.push((id, f)),
                 // Superseded and removed by a prune since the listing.
                 Err(Error::ObjectNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
+        for (_, f) in &files {
+            for p in f.packs.iter().filter(|p| p.mark.is_some()) {
+                marks.entry(p.id).or_insert_with(|| p.clone());
+            }
+        }
+        let now = jiff::Timestamp::now().as_second();
         let used = ctx.saver.used_packs();
-        let mut risky: Vec<&PackEntry> = files
-            .iter()
-            .flat_map(|f| f.packs.iter())
-            .filter(|p| p.mark.is_some_and(|m| m.is_late(now)) && used.contains(&p.id))
+        let mut risky: Vec<&PackEntry> = marks
+            .values()
+            .filter(|p| {
+                p.mark.is_some_and(|m| m.is_late(now))
+                    && used.contains(&p.id)
+                    && !copied_packs.contains(&p.id)
+            })
             .collect();
         if risky.is_empty() {
             return Ok(copied);
         }
         risky.sort_by_key(|p| p.id);
-        risky.dedup_by_key(|p| p.id);
         // Blobs a prune copied into live packs (repacking) need no copy of ours.
+        let superseded: HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
         let live: HashSet<BlobId> = files
             .iter()
-            .flat_map(|f| f.packs.iter())
-            .filter(|p| p.mark.is_none())
+            .filter(|(id, _)| !superseded.contains(id))
+            .flat_map(|(_, f)| f.packs.iter())
+            .filter(|p| p.mark.is_none() && !marks.contains_key(&p.id))
             .flat_map(|p| p.blobs.iter().map(|b| b.id))
             .collect();
         for p in risky {
@@ -76,6 +93,7 @@ pub(super) fn settle(ctx: &Ctx) -> Result<u64> {
                 ctx.saver.save_copy(b.kind, b.id, &data)?;
                 copied += 1;
             }
+            copied_packs.insert(p.id);
         }
         ctx.saver.upload_open()?;
         ctx.checkpoint(true)?;
