@@ -32,6 +32,33 @@ pub struct BlobLocation {
     pub compression: Compression,
 }
 
+impl PackInfo {
+    /// The pack an index entry describes.
+    pub fn of_entry(p: &PackEntry) -> Self {
+        PackInfo {
+            id: p.id,
+            kind: p.kind,
+            size: p.size,
+            salt: p.salt,
+            mark: p.mark,
+        }
+    }
+}
+
+impl BlobLocation {
+    /// A blob's location from its pack record (`pack` 0: for reads that carry the pack).
+    pub fn of_record(b: &crate::format::pack::BlobRecord) -> Self {
+        BlobLocation {
+            pack: 0,
+            offset: b.offset,
+            length: b.length,
+            raw_len: b.raw_len,
+            kind: b.kind,
+            compression: b.compression,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Index {
     packs: Vec<PackInfo>,

@@ -338,23 +338,10 @@ fn verify_pack(repo: &Repository, p: &crate::format::index::PackEntry) -> (u64, 
         }
         Err(e) => problems.push(format!("pack {path}: header: {e}")),
     }
-    let info = crate::index::PackInfo {
-        id: p.id,
-        kind: p.kind,
-        size: p.size,
-        salt: p.salt,
-        mark: p.mark,
-    };
+    let info = crate::index::PackInfo::of_entry(p);
     let mut verified = 0;
     for b in &p.blobs {
-        let loc = crate::index::BlobLocation {
-            pack: 0,
-            offset: b.offset,
-            length: b.length,
-            raw_len: b.raw_len,
-            kind: b.kind,
-            compression: b.compression,
-        };
+        let loc = crate::index::BlobLocation::of_record(b);
         let r = match bytes.get(b.offset as usize..b.end() as usize) {
             Some(ct) => repo.open_blob(&b.id, &info, loc, ct).map(|_| ()),
             None => Err(crate::Error::corrupt(

@@ -565,14 +565,7 @@ pub fn run(
                     let ct = bytes.get(from..from + b.length as usize).ok_or_else(|| {
                         Error::corrupt(fk.path_of(&name), "shorter than the index says")
                     })?;
-                    let loc = BlobLocation {
-                        pack: 0,
-                        offset: b.offset,
-                        length: b.length,
-                        raw_len: b.raw_len,
-                        kind: b.kind,
-                        compression: b.compression,
-                    };
+                    let loc = BlobLocation::of_record(b);
                     let plain = repo.open_blob(&b.id, &info, loc, ct)?;
                     if saver.save_with_id(b.kind, b.id, &plain)? {
                         res.blobs_repacked += 1;

@@ -187,14 +187,7 @@ pub fn repair_index(
         };
         let (mut ok, mut lost) = (0, 0);
         for b in &recs {
-            let loc = BlobLocation {
-                pack: 0,
-                offset: b.offset,
-                length: b.length,
-                raw_len: b.raw_len,
-                kind: b.kind,
-                compression: b.compression,
-            };
+            let loc = BlobLocation::of_record(b);
             let plain = bytes
                 .get(b.offset as usize..b.end() as usize)
                 .ok_or_else(|| Error::corrupt(&path, "truncated"))

@@ -109,21 +109,8 @@ fn read_marked(
     p: &PackEntry,
     b: &crate::format::pack::BlobRecord,
 ) -> Result<Vec<u8>> {
-    let info = PackInfo {
-        id: p.id,
-        kind: p.kind,
-        size: p.size,
-        salt: p.salt,
-        mark: p.mark,
-    };
-    let loc = BlobLocation {
-        pack: 0,
-        offset: b.offset,
-        length: b.length,
-        raw_len: b.raw_len,
-        kind: b.kind,
-        compression: b.compression,
-    };
+    let info = PackInfo::of_entry(p);
+    let loc = BlobLocation::of_record(b);
     let ct = repo.backend().get_range(
         FileKind::of_pack(p.kind),
         &p.id.to_hex(),
