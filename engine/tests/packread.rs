@@ -83,7 +83,14 @@ fn planned_blobs_are_read_by_range() {
         "{fetched} range requests for {} blobs in {data_packs} packs",
         blobs.len()
     );
-    assert_eq!(reader.served.load(Ordering::Relaxed) as usize, blobs.len());
+    // A range left with a single blob is read alone (not "served"): at most one per pack,
+    // where the key-dependent cut points leave a lone chunk in a pack.
+    let served = reader.served.load(Ordering::Relaxed) as usize;
+    assert!(
+        served <= blobs.len() && served + data_packs >= blobs.len(),
+        "{served} of {} blobs served from ranges of {data_packs} packs",
+        blobs.len()
+    );
     assert_eq!(
         reader.held(),
         0,
