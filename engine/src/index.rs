@@ -140,13 +140,6 @@ impl Index {
         self.blobs.contains_key(id)
     }
 
-    /// The blob is in a live pack: a backup may reference it without storing it again.
-    pub fn is_live(&self, id: &BlobId) -> bool {
-        self.blobs
-            .get(id)
-            .is_some_and(|l| self.packs[l.pack as usize].mark.is_none())
-    }
-
     /// The pack holding a live copy of the blob.
     pub fn live_pack_of(&self, id: &BlobId) -> Option<ObjectId> {
         let l = self.blobs.get(id)?;
@@ -154,15 +147,64 @@ impl Index {
         p.mark.is_none().then_some(p.id)
     }
 
-    pub fn pack(&self, id: &ObjectId) -> Option<&PackInfo> {
-        self.pack_pos.get(id).map(|&i| &self.packs[i as usize])
-    }
-
-    pub fn blob_count(&self) -> usize {
-        self.blobs.len()
-    }
-
     pub fn packs(&self) -> &[PackInfo] {
         &self.packs
+    }
+}
+
+/// One entry per pack out of index files: a pack listed live in any of them is live ("live
+/// wins"); of several marks, the one with the latest deletion time, so nothing is deleted
+/// earlier than any backup was told.
+pub fn merge_entries(entries: impl IntoIterator<Item = PackEntry>) -> HashMap<ObjectId, PackEntry> {
+    let mut out: HashMap<ObjectId, PackEntry> = HashMap::new();
+    for p in entries {
+        match out.get_mut(&p.id) {
+            None => {
+                out.insert(p.id, p);
+            }
+            Some(known) => match (known.mark, p.mark) {
+                (Some(_), None) => known.mark = None,
+                (Some(a), Some(b)) if b.delete_after > a.delete_after => known.mark = Some(b),
+                _ => {}
+            },
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u8, mark: Option<(i64, i64)>) -> PackEntry {
+        PackEntry {
+            id: Id([id; 32]),
+            kind: ObjectKind::DataPack,
+            size: 100,
+            crc32c: 0,
+            salt: [0; 32],
+            mark: mark.map(|(at, delete_after)| Mark { at, delete_after }),
+            blobs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merged_entries_live_wins_and_the_latest_mark_counts() {
+        let m = merge_entries([
+            entry(1, Some((10, 20))),
+            entry(1, None),
+            entry(2, Some((10, 20))),
+            entry(2, Some((15, 40))),
+            entry(2, Some((12, 30))),
+            entry(3, None),
+            entry(3, Some((10, 20))),
+        ]);
+        assert_eq!(m[&Id([1; 32])].mark, None, "listed live once: live");
+        assert_eq!(m[&Id([2; 32])].mark.unwrap().delete_after, 40);
+        assert_eq!(
+            m[&Id([3; 32])].mark,
+            None,
+            "a later mark does not override live"
+        );
     }
 }

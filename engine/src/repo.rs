@@ -375,6 +375,40 @@ impl Repository {
         )
     }
 
+    /// A saver that deduplicates only against what it stores itself (repacking, salvage):
+    /// every blob handed to it is written, once.
+    pub fn private_saver(&self) -> Result<BlobSaver> {
+        BlobSaver::new(
+            self.backend.clone(),
+            None,
+            self.key.clone(),
+            Arc::new(RwLock::new(Index::new())),
+            self.config.compression_level,
+            self.config.data_pack_size,
+            self.config.tree_pack_size,
+        )
+    }
+
+    /// The index files stored now that are not in `seen` (written since it was taken), added
+    /// to it. A file removed between the listing and the read was superseded: skipped.
+    pub fn read_new_index_files(
+        &self,
+        seen: &mut std::collections::HashSet<Id>,
+    ) -> Result<Vec<(Id, IndexFile)>> {
+        let mut out = Vec::new();
+        for id in self.index_file_ids()? {
+            if !seen.insert(id) {
+                continue;
+            }
+            match self.read_index_file(&id.to_hex()) {
+                Ok(f) => out.push((id, f)),
+                Err(Error::ObjectNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         let (pack, loc) = self.locate(id)?;

@@ -46,6 +46,18 @@ impl Run {
     }
 }
 
+/// Runs a command to its end; a panic in its output fails the test.
+pub fn run_command(mut c: Command) -> Run {
+    let o = c.output().unwrap();
+    let r = Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
+    r
+}
+
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::Builder::new()
@@ -80,15 +92,8 @@ impl Env {
         c
     }
 
-    pub fn run_cmd(&self, mut c: Command) -> Run {
-        let o = c.output().unwrap();
-        let r = Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: o.stdout,
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        };
-        assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
-        r
+    pub fn run_cmd(&self, c: Command) -> Run {
+        run_command(c)
     }
 
     pub fn run(&self, args: &[&str]) -> Run {

@@ -17,14 +17,7 @@ pub type Mk<'a> = &'a (dyn Fn() -> Command + Sync);
 pub fn run(mk: Mk, args: &[&str]) -> Run {
     let mut c = mk();
     c.args(args);
-    let o = c.output().unwrap();
-    let r = Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: o.stdout,
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    };
-    assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
-    r
+    super::run_command(c)
 }
 
 pub fn ok(mk: Mk, args: &[&str]) -> Run {
@@ -123,28 +116,28 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
     let done = std::sync::atomic::AtomicBool::new(false);
     let prune_stats = std::sync::Mutex::new((0u64, 0u64, 0u64)); // runs, packs deleted, marked
     let mut copied = 0u64;
+    // The retention job: each host keeps its two newest snapshots.
+    let retention = [
+        "--json",
+        "forget",
+        "--keep-last",
+        "2",
+        "--group-by",
+        "host",
+        "--prune",
+        "--grace",
+        grace,
+        "--max-unused",
+        "0%",
+    ];
+    let pruner_seed = rng.next();
     std::thread::scope(|s| {
         // The retention job.
         let pruner = s.spawn(|| {
-            let mut r = Rng(rng_seed_of(&srcs));
+            let mut r = Rng(pruner_seed);
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(200 + r.below(800)));
-                let o = ok(
-                    mk,
-                    &[
-                        "--json",
-                        "forget",
-                        "--keep-last",
-                        "2",
-                        "--group-by",
-                        "host",
-                        "--prune",
-                        "--grace",
-                        grace,
-                        "--max-unused",
-                        "0%",
-                    ],
-                );
+                let o = ok(mk, &retention);
                 let mut st = prune_stats.lock().unwrap();
                 st.0 += 1;
                 for p in o.json("prune") {
@@ -194,20 +187,7 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
     let during = prune_stats.lock().unwrap().1;
     for _ in 0..2 {
         std::thread::sleep(Duration::from_secs(4));
-        let o = ok(
-            mk,
-            &[
-                "--json",
-                "forget",
-                "--keep-last",
-                "2",
-                "--group-by",
-                "host",
-                "--prune",
-                "--grace",
-                grace,
-            ],
-        );
+        let o = ok(mk, &retention);
         prune_stats.lock().unwrap().1 += o.json("prune")[0]["packs_deleted"].as_u64().unwrap();
     }
     let st = *prune_stats.lock().unwrap();
@@ -253,10 +233,6 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
         );
         fs::remove_dir_all(&target).unwrap();
     }
-}
-
-fn rng_seed_of(p: &[PathBuf]) -> u64 {
-    (p.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
 }
 
 /// Kills backups at random moments: every time the repository passes `check`, and the next

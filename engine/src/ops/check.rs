@@ -202,7 +202,7 @@ pub struct ReadReport {
 }
 
 /// Downloads packs and verifies every blob: the pack's bytes against its name, its header
-/// against the index, and each blob (decrypt, decompress, re-hash). The index must be loaded.
+/// against the index, and each blob (decrypt, decompress, re-hash).
 pub fn read_data(
     repo: &Repository,
     subset: Subset,
@@ -219,12 +219,11 @@ pub fn read_data(
     let mut report = ReadReport::default();
     // Every pack's records as its index file lists them (the in-memory index locates each blob
     // once, in one pack).
-    let mut entries: HashMap<crate::id::ObjectId, crate::format::index::PackEntry> = HashMap::new();
-    for (_, f) in repo.current_index_files()? {
-        for p in f.packs {
-            entries.entry(p.id).or_insert(p);
-        }
-    }
+    let entries = crate::index::merge_entries(
+        repo.current_index_files()?
+            .into_iter()
+            .flat_map(|(_, f)| f.packs),
+    );
     let mut packs: Vec<crate::format::index::PackEntry> = entries
         .into_values()
         .filter(|p| classes.contains_key(&p.id.to_hex()))

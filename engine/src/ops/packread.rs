@@ -15,7 +15,7 @@ use crate::id::{BlobId, ObjectId};
 use crate::repo::Repository;
 
 /// Gaps up to this size between needed blobs are downloaded rather than split into requests.
-const MERGE_GAP: u64 = 256 * 1024;
+pub(crate) const MERGE_GAP: u64 = 256 * 1024;
 /// Largest range fetched at once.
 const MAX_RANGE: u64 = 16 << 20;
 

@@ -18,7 +18,7 @@
 //! supersedes them in one step) or the new one in force; either way the next run finishes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::backend::{FileKind, ObjectInfo, StorageClass};
 use crate::error::{Error, Result};
@@ -27,15 +27,13 @@ use crate::format::tree::NodeKind;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
 use crate::index::{BlobLocation, Index, PackInfo};
+use crate::ops::packread::MERGE_GAP;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
 /// Unindexed packs younger than this are never deleted, whatever the grace period: a backup
 /// indexes its packs within minutes of storing them.
 pub const ORPHAN_MIN_AGE: i64 = 3600;
-
-/// Used blobs closer than this in a pack being repacked are read with one request.
-const MERGE_GAP: u32 = 256 << 10;
 
 /// Blobs per index file written by prune (about 5 MiB each).
 const BLOBS_PER_INDEX_FILE: usize = 100_000;
@@ -156,7 +154,7 @@ pub struct PrunePlan {
     late_blobs: HashSet<BlobId>,
     /// Every index file read (superseded by the new one).
     read_files: Vec<Id>,
-    orphan_names: Vec<(FileKind, String)>,
+    orphan_names: Vec<(FileKind, String, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,18 +180,6 @@ pub struct PruneResult {
     pub bytes_deleted: u64,
     pub index_files_written: u64,
     pub index_files_deleted: u64,
-}
-
-struct PackState {
-    entry: PackEntry,
-    live: bool,
-}
-
-impl PrunePlan {
-    /// True when the plan changes nothing but the index layout.
-    pub fn deletes_nothing(&self) -> bool {
-        self.delete.packs == 0 && self.orphans.packs == 0 && self.repack.packs == 0
-    }
 }
 
 /// Plans a prune. The repository's index is loaded by this call.
@@ -225,42 +211,19 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         ..Default::default()
     };
     // Every pack any file names (superseded files too: their packs are not orphans).
-    let mut named: HashSet<String> = HashSet::new();
-    let mut packs: HashMap<ObjectId, PackState> = HashMap::new();
-    for (id, f) in files {
-        let current = !superseded.contains(&id);
-        for p in f.packs {
-            named.insert(p.id.to_hex());
-            if !current {
-                continue;
-            }
-            match packs.get_mut(&p.id) {
-                None => {
-                    let live = p.mark.is_none();
-                    packs.insert(p.id, PackState { entry: p, live });
-                }
-                Some(s) => {
-                    if p.mark.is_none() {
-                        s.live = true;
-                    } else if let (Some(a), Some(b)) = (s.entry.mark, p.mark) {
-                        // The latest deletion time of all marks: never delete earlier than
-                        // any backup was told.
-                        if b.delete_after > a.delete_after {
-                            s.entry.mark = Some(b);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for s in packs.values_mut() {
-        if s.live {
-            s.entry.mark = None;
-        }
-    }
+    let named: HashSet<String> = files
+        .iter()
+        .flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex()))
+        .collect();
+    let packs = crate::index::merge_entries(
+        files
+            .into_iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .flat_map(|(_, f)| f.packs),
+    );
     let mut index = Index::new();
-    for s in packs.values() {
-        index.add_pack(&s.entry);
+    for p in packs.values() {
+        index.add_pack(p);
     }
     *repo.index().write().expect("index lock") = index;
 
@@ -271,22 +234,22 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     plan.used_blobs = used.len() as u64;
 
     // Each used blob is counted in one pack: a live one that exists, when there is one.
-    let mut order: Vec<&PackState> = packs
+    let mut order: Vec<&PackEntry> = packs
         .values()
-        .filter(|s| stored.contains_key(&s.entry.id.to_hex()))
+        .filter(|p| stored.contains_key(&p.id.to_hex()))
         .collect();
-    order.sort_by_key(|s| (!s.live, s.entry.id));
+    order.sort_by_key(|p| (p.mark.is_some(), p.id));
     let mut assigned: HashSet<BlobId> = HashSet::with_capacity(used.len());
     let mut used_in: HashMap<ObjectId, (u64, u64)> = HashMap::new(); // (used blobs, used bytes)
-    for s in &order {
+    for p in &order {
         let mut u = (0u64, 0u64);
-        for b in &s.entry.blobs {
+        for b in &p.blobs {
             if used.contains(&b.id) && assigned.insert(b.id) {
                 u.0 += 1;
                 u.1 += u64::from(b.length);
             }
         }
-        used_in.insert(s.entry.id, u);
+        used_in.insert(p.id, u);
     }
     if let Some(b) = used
         .iter()
@@ -303,8 +266,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
 
     // Decide each pack.
     let mut candidates: Vec<(ObjectId, u64, u64)> = Vec::new(); // (pack, unused, size)
-    for s in packs.values() {
-        let e = &s.entry;
+    for e in packs.values() {
         let name = e.id.to_hex();
         let Some((_, info)) = stored.get(&name) else {
             plan.missing_unused.add(e.size);
@@ -313,8 +275,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         };
         plan.total.add(e.size);
         let (nused, used_bytes) = used_in.get(&e.id).copied().unwrap_or((0, 0));
-        let decision = if !s.live {
-            let mark = e.mark.expect("not live means marked");
+        let decision = if let Some(mark) = e.mark {
             if nused > 0 {
                 plan.revive.add(e.size);
                 Decision::Keep
@@ -394,13 +355,13 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
         if old {
             plan.orphans.add(info.size);
-            plan.orphan_names.push((*fk, name.clone()));
+            plan.orphan_names.push((*fk, name.clone(), info.size));
         } else {
             plan.orphans_young.add(info.size);
         }
     }
     plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
-    let mut all: Vec<PackEntry> = packs.into_values().map(|s| s.entry).collect();
+    let mut all: Vec<PackEntry> = packs.into_values().collect();
     all.sort_by_key(|p| p.id);
     let repack_packs = plan
         .repack_upload
@@ -443,21 +404,12 @@ fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>
     // Backups that committed after the index was read wrote index files prune has not seen:
     // read them, so their trees load. Their packs are not prune's to decide (the files stay
     // in force); their blobs are accounted for.
-    let read: HashSet<Id> = plan.read_files.iter().copied().collect();
-    for id in repo.index_file_ids()? {
-        if read.contains(&id) {
-            continue;
-        }
-        match repo.read_index_file(&id.to_hex()) {
-            Ok(f) => {
-                let mut idx = repo.index().write().expect("index lock");
-                for p in &f.packs {
-                    idx.add_pack(p);
-                    plan.late_blobs.extend(p.blobs.iter().map(|b| b.id));
-                }
-            }
-            Err(Error::ObjectNotFound(_)) => {}
-            Err(e) => return Err(e),
+    let mut read: HashSet<Id> = plan.read_files.iter().copied().collect();
+    for (_, f) in repo.read_new_index_files(&mut read)? {
+        let mut idx = repo.index().write().expect("index lock");
+        for p in &f.packs {
+            idx.add_pack(p);
+            plan.late_blobs.extend(p.blobs.iter().map(|b| b.id));
         }
     }
     let mut used: HashSet<BlobId> = HashSet::new();
@@ -524,36 +476,22 @@ pub fn run(
     if !repack.is_empty() {
         progress.message("repacking");
         let used = &plan.used;
-        let empty = Arc::new(RwLock::new(Index::new()));
-        let saver = crate::packer::BlobSaver::new(
-            backend.clone(),
-            None,
-            repo.key().clone(),
-            empty,
-            repo.config().compression_level,
-            repo.config().data_pack_size,
-            repo.config().tree_pack_size,
-        )?;
+        let saver = repo.private_saver()?;
         for p in &repack {
             if crate::ops::interrupted() {
                 return Err(Error::Interrupted);
             }
             let fk = FileKind::of_pack(p.kind);
             let name = p.id.to_hex();
-            let info = PackInfo {
-                id: p.id,
-                kind: p.kind,
-                size: p.size,
-                salt: p.salt,
-                mark: None,
-            };
+            let info = PackInfo::of_entry(p);
             let wanted: Vec<&crate::format::pack::BlobRecord> =
                 p.blobs.iter().filter(|b| used.contains(&b.id)).collect();
             // Ranged reads of the used blobs, neighbours merged into one request.
             let mut i = 0;
             while i < wanted.len() {
                 let mut j = i + 1;
-                while j < wanted.len() && wanted[j].offset <= wanted[j - 1].end() as u32 + MERGE_GAP
+                while j < wanted.len()
+                    && u64::from(wanted[j].offset) <= wanted[j - 1].end() + MERGE_GAP
                 {
                     j += 1;
                 }
@@ -626,7 +564,7 @@ pub fn run(
             Err(e) => return Err(e),
         }
     }
-    to_delete.extend(plan.orphan_names.iter().map(|(fk, n)| (*fk, n.clone(), 0)));
+    to_delete.extend(plan.orphan_names.iter().cloned());
     for (fk, name, size) in to_delete {
         if crate::ops::interrupted() {
             return Err(Error::Interrupted);

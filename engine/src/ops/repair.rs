@@ -13,15 +13,14 @@
 //! damaged one is removed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
 
 use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::format::index::PackEntry;
 use crate::format::pack::{decode_header, BlobRecord};
 use crate::format::tree::{Content, Node, NodeKind};
-use crate::id::{BlobId, Id, ObjectId};
-use crate::index::{BlobLocation, Index, PackInfo};
+use crate::id::{BlobId, Id};
+use crate::index::{BlobLocation, PackInfo};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -51,23 +50,14 @@ pub fn repair_index(
     progress.message("reading index files");
     let names = backend.list(FileKind::Index)?;
     let mut old_files: Vec<Id> = Vec::new();
-    let mut known: HashMap<ObjectId, PackEntry> = HashMap::new();
+    let mut listed: Vec<PackEntry> = Vec::new();
     for (name, _) in &names {
         let Some(id) = Id::from_hex(name) else {
             continue;
         };
         old_files.push(id);
         match repo.read_index_file(name) {
-            Ok(f) => {
-                for p in f.packs {
-                    match known.get(&p.id) {
-                        Some(k) if k.mark.is_none() => {}
-                        _ => {
-                            known.insert(p.id, p);
-                        }
-                    }
-                }
-            }
+            Ok(f) => listed.extend(f.packs),
             Err(e) => {
                 rep.index_files_unreadable += 1;
                 rep.messages
@@ -75,6 +65,7 @@ pub fn repair_index(
             }
         }
     }
+    let known = crate::index::merge_entries(listed);
     progress.message("listing packs");
     let mut stored: Vec<(FileKind, String, u64)> = Vec::new();
     for fk in [FileKind::Data, FileKind::Tree] {
@@ -95,15 +86,7 @@ pub fn repair_index(
             ));
         }
     }
-    let saver = crate::packer::BlobSaver::new(
-        backend.clone(),
-        None,
-        repo.key().clone(),
-        Arc::new(RwLock::new(Index::new())),
-        repo.config().compression_level,
-        repo.config().data_pack_size,
-        repo.config().tree_pack_size,
-    )?;
+    let saver = repo.private_saver()?;
     let mut out: Vec<PackEntry> = Vec::new();
     progress.total(stored.len() as u64, stored.iter().map(|s| s.2).sum());
     for (fk, name, size) in &stored {

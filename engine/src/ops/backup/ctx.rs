@@ -101,7 +101,16 @@ impl Ctx {
     /// Writes an index file for the packs stored since the last one, when enough of them
     /// piled up or enough time passed (`force`: whenever there are any).
     pub(super) fn checkpoint(&self, force: bool) -> Result<()> {
-        let mut st = self.index_state.lock().expect("index state");
+        // Workers finishing files do not queue behind a checkpoint already under way.
+        let mut st = if force {
+            self.index_state.lock().expect("index state")
+        } else {
+            match self.index_state.try_lock() {
+                Ok(st) => st,
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+                Err(std::sync::TryLockError::Poisoned(_)) => panic!("index state poisoned"),
+            }
+        };
         let n = self.saver.finished_count();
         if n == 0 || (!force && n < CHECKPOINT_PACKS && st.0.elapsed() < CHECKPOINT_EVERY) {
             return Ok(());

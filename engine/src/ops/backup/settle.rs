@@ -37,17 +37,7 @@ pub(super) fn settle(ctx: &Ctx) -> Result<u64> {
     let mut copied_packs: HashSet<ObjectId> = HashSet::new();
     for _ in 0..ROUNDS {
         seen.extend(ctx.index_state.lock().expect("index state").1.iter());
-        for id in repo.index_file_ids()? {
-            if !seen.insert(id) {
-                continue;
-            }
-            match repo.read_index_file(&id.to_hex()) {
-                Ok(f) => files.push((id, f)),
-                // Superseded and removed by a prune since the listing.
-                Err(Error::ObjectNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        files.extend(repo.read_new_index_files(&mut seen)?);
         for (_, f) in &files {
             for p in f.packs.iter().filter(|p| p.mark.is_some()) {
                 marks.entry(p.id).or_insert_with(|| p.clone());
