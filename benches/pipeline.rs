@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
 use chunkbak_engine::compressor::compress;
-use chunkbak_engine::crypter::MasterKey;
+use chunkbak_engine::crypter::{DedupKey, MasterKey};
 
 const LEN: usize = 32 << 20;
 
@@ -51,8 +51,9 @@ fn inputs() -> Vec<(&'static str, Vec<u8>)> {
 
 fn stages(c: &mut Criterion) {
     let mk = MasterKey::from_material([7; 32]);
-    let chunker = Chunker::new(ChunkerParams::default(), mk.gear_seed()).unwrap();
-    let hasher = mk.hasher();
+    let dk = DedupKey::from_secret(&[7; 32]);
+    let chunker = Chunker::new(ChunkerParams::default(), dk.gear_seed()).unwrap();
+    let hasher = dk.hasher();
     let cipher = mk.object_cipher(&[9; 32]);
     let data = inputs();
 

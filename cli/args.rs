@@ -99,8 +99,72 @@ pub enum Command {
     /// Show, apply or check the S3 bucket lifecycle rule that archives data packs
     #[command(subcommand)]
     Lifecycle(LifecycleCommand),
+    /// Copy snapshots to another repository, uploading only the data it lacks
+    Copy(CopyArgs),
+    /// Manage the passwords (key files) that open the repository
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print a decrypted repository object (for debugging)
     Cat(CatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Target repository: a directory, or s3:BUCKET/PREFIX (same --s3-endpoint as the source)
+    #[arg(long, env = "CHUNKBAK_TO_REPOSITORY", value_name = "REPO")]
+    pub to: String,
+    /// File whose first line is the target's password (or CHUNKBAK_TO_PASSWORD)
+    #[arg(long, env = "CHUNKBAK_TO_PASSWORD_FILE", value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Shell command that prints the target's password
+    #[arg(long, env = "CHUNKBAK_TO_PASSWORD_COMMAND", value_name = "COMMAND")]
+    pub to_password_command: Option<String>,
+    /// AWS region of the target bucket (default: the region of the AWS configuration)
+    #[arg(long, env = "CHUNKBAK_TO_REGION", value_name = "REGION")]
+    pub to_region: Option<String>,
+    /// Snapshots to copy: id prefixes or 'latest' (default: every snapshot the filters select)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Show what would be copied and what it would transfer, and stop
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Archived (Glacier) source packs the copy reads are thawed first, and waited for
+    #[command(flatten)]
+    pub thaw: ThawArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key files (one per password); '*' marks the one that opened the repository
+    List,
+    /// Add a password: a new key file for the same repository key
+    Add(NewPasswordArgs),
+    /// Remove a key file (never the one in use, never the last)
+    Remove {
+        /// Key file id (or a unique prefix)
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Change the password in use: add a key file for the new one, then remove the old one
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewPasswordArgs {
+    /// File whose first line is the new password
+    #[arg(long, value_name = "FILE", conflicts_with = "new_password_command")]
+    pub new_password_file: Option<PathBuf>,
+    /// Shell command that prints the new password
+    #[arg(long, value_name = "COMMAND")]
+    pub new_password_command: Option<String>,
+    /// argon2id memory cost in KiB for the new key file
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub kdf_memory_kib: u32,
+    /// argon2id iterations for the new key file
+    #[arg(long, default_value_t = 3)]
+    pub kdf_iterations: u32,
 }
 
 /// How archived packs are thawed (restore, warmup).
@@ -327,6 +391,28 @@ pub struct InitArgs {
     /// argon2id iterations for the key file
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
+    /// Use the chunker parameters and dedup secret of the repository given with --from, so
+    /// the same data becomes the same blobs in both and `copy` between them moves only what
+    /// the target lacks
+    #[arg(long, requires = "from")]
+    pub copy_chunker_params: bool,
+    /// The repository whose chunker parameters to use (a directory or s3:BUCKET/PREFIX)
+    #[arg(
+        long,
+        env = "CHUNKBAK_FROM_REPOSITORY",
+        value_name = "REPO",
+        requires = "copy_chunker_params"
+    )]
+    pub from: Option<String>,
+    /// File whose first line is the password of --from (or CHUNKBAK_FROM_PASSWORD)
+    #[arg(long, env = "CHUNKBAK_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Shell command that prints the password of --from
+    #[arg(long, env = "CHUNKBAK_FROM_PASSWORD_COMMAND", value_name = "COMMAND")]
+    pub from_password_command: Option<String>,
+    /// AWS region of the --from bucket
+    #[arg(long, env = "CHUNKBAK_FROM_REGION", value_name = "REGION")]
+    pub from_region: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -6,11 +6,12 @@ mod cold;
 mod maint;
 mod output;
 mod progress;
+mod repos;
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -114,6 +115,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Prune(a) => maint::cmd_prune(g, out, a),
         Command::Repair(c) => maint::cmd_repair(g, out, c),
         Command::Lifecycle(c) => cmd_lifecycle(g, out, c),
+        Command::Copy(a) => repos::cmd_copy(g, out, a),
+        Command::Key(c) => repos::cmd_key(g, out, c),
         Command::Cat(a) => cmd_cat(g, out, a),
     };
     // What the run cost in S3 requests, also after a failure.
@@ -167,27 +170,34 @@ fn default_password_file() -> PathBuf {
 
 fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
     match &g.repo {
-        Some(r) if r.starts_with("s3:") => {
-            let mut c = S3Config::parse(r)?;
-            c.endpoint = g.s3_endpoint.clone();
-            c.connections = g.s3_connections.max(1);
-            c.max_attempts = g.s3_max_attempts.max(1);
-            Ok(RepoSpec {
-                location: PathBuf::new(),
-                s3: Some(c),
-                default: false,
-            })
-        }
-        Some(r) => Ok(RepoSpec {
-            location: PathBuf::from(r.strip_prefix("local:").unwrap_or(r)),
-            s3: None,
-            default: false,
-        }),
+        Some(r) => spec_of(g, r, None),
         None => Ok(RepoSpec {
             location: default_repo(),
             s3: None,
             default: true,
         }),
+    }
+}
+
+/// A repository named on the command line (the S3 settings are the global ones).
+fn spec_of(g: &Global, r: &str, region: Option<&str>) -> anyhow::Result<RepoSpec> {
+    if r.starts_with("s3:") {
+        let mut c = S3Config::parse(r)?;
+        c.endpoint = g.s3_endpoint.clone();
+        c.connections = g.s3_connections.max(1);
+        c.max_attempts = g.s3_max_attempts.max(1);
+        c.region = region.map(str::to_string);
+        Ok(RepoSpec {
+            location: PathBuf::new(),
+            s3: Some(c),
+            default: false,
+        })
+    } else {
+        Ok(RepoSpec {
+            location: PathBuf::from(r.strip_prefix("local:").unwrap_or(r)),
+            s3: None,
+            default: false,
+        })
     }
 }
 
@@ -216,25 +226,14 @@ fn first_line(bytes: &[u8]) -> Vec<u8> {
 /// the default repository its default password file (created with a random password when
 /// `create` is set).
 fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Result<Vec<u8>> {
-    if let Some(cmd) = &g.password_command {
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("running --password-command {cmd:?}"))?;
-        if !o.status.success() {
-            bail!("--password-command {cmd:?} failed ({})", o.status);
-        }
-        return Ok(first_line(&o.stdout));
-    }
-    if let Some(f) = &g.password_file {
-        let b =
-            std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
-        return Ok(first_line(&b));
-    }
-    if let Some(p) = std::env::var_os("CHUNKBAK_PASSWORD") {
-        return Ok(p.as_bytes().to_vec());
+    let given = PasswordSource {
+        command: g.password_command.as_deref(),
+        file: g.password_file.as_deref(),
+        env: "CHUNKBAK_PASSWORD",
+        flags: "--password-file, --password-command or the CHUNKBAK_PASSWORD environment variable",
+    };
+    if let Some(pw) = given.read()? {
+        return Ok(pw);
     }
     if spec.default {
         let f = default_password_file();
@@ -270,10 +269,66 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
         }
     }
     bail!(
-        "no password given for the repository at {}: use --password-file, --password-command or \
-         the CHUNKBAK_PASSWORD environment variable",
-        spec.display()
+        "no password given for the repository at {}: use {}",
+        spec.display(),
+        given.flags
     )
+}
+
+/// Where one password comes from: a command, a file, or an environment variable, in order.
+pub struct PasswordSource<'a> {
+    pub command: Option<&'a str>,
+    pub file: Option<&'a Path>,
+    pub env: &'a str,
+    /// The flags that give it, for the error when none does.
+    pub flags: &'a str,
+}
+
+impl PasswordSource<'_> {
+    /// The password, or None when no source is set.
+    pub fn read(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(cmd) = self.command {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("running password command {cmd:?}"))?;
+            if !o.status.success() {
+                bail!("password command {cmd:?} failed ({})", o.status);
+            }
+            return Ok(Some(first_line(&o.stdout)));
+        }
+        if let Some(f) = self.file {
+            let b = std::fs::read(f)
+                .with_context(|| format!("reading password file {}", f.display()))?;
+            return Ok(Some(first_line(&b)));
+        }
+        Ok(std::env::var_os(self.env).map(|p| p.as_bytes().to_vec()))
+    }
+
+    /// The password; an error naming `what` when no source is set.
+    pub fn require(&self, what: &str) -> anyhow::Result<Vec<u8>> {
+        match self.read()? {
+            Some(pw) => Ok(pw),
+            None => bail!("no password given for {what}: use {}", self.flags),
+        }
+    }
+}
+
+/// Opens a repository named by a command's own flags (copy --to, init --from).
+pub fn open_other(
+    g: &Global,
+    repo: &str,
+    region: Option<&str>,
+    pw: &PasswordSource,
+) -> anyhow::Result<Repository> {
+    let spec = spec_of(g, repo, region)?;
+    let pw = pw.require(&format!("the repository at {}", spec.display()))?;
+    let r = Repository::open(backend(&spec)?, &pw)
+        .with_context(|| format!("opening {}", spec.display()))?;
+    enable_cache(g, &r);
+    Ok(r)
 }
 
 /// Uses the metadata cache for remote repositories, unless --no-cache.
@@ -328,14 +383,34 @@ fn init_repo(
 
 fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
     let spec = repo_spec(g)?;
+    // The chunker of another repository (its parameters and dedup secret), so the same data
+    // becomes the same blobs in both.
+    let (chunker, dedup_secret) = match (&a.from, a.copy_chunker_params) {
+        (Some(from), true) => {
+            let pw = PasswordSource {
+                command: a.from_password_command.as_deref(),
+                file: a.from_password_file.as_deref(),
+                env: "CHUNKBAK_FROM_PASSWORD",
+                flags: "--from-password-file, --from-password-command or CHUNKBAK_FROM_PASSWORD",
+            };
+            let src = open_other(g, from, a.from_region.as_deref(), &pw)?;
+            let c = src.config();
+            (c.chunker_params(), Some(c.dedup_secret))
+        }
+        _ => (
+            ChunkerParams {
+                min_size: a.chunk_min,
+                avg_size: a.chunk_avg,
+                max_size: a.chunk_max,
+                normalization: 1,
+            },
+            None,
+        ),
+    };
     let pw = password(g, &spec, true, out)?;
     let opts = InitOptions {
-        chunker: ChunkerParams {
-            min_size: a.chunk_min,
-            avg_size: a.chunk_avg,
-            max_size: a.chunk_max,
-            normalization: 1,
-        },
+        chunker,
+        dedup_secret,
         data_pack_size: a.data_pack_size,
         tree_pack_size: a.tree_pack_size,
         compression_level: a.compression,

@@ -21,26 +21,46 @@ pub const TAG_LEN: usize = 16;
 /// Counter used for the header of a pack (blobs use their offset).
 pub const HEADER_COUNTER: u64 = u64::MAX;
 
-/// The repository's master key material and the keys derived from it.
+/// The repository's master key material and the encryption key derived from it.
 #[derive(Clone)]
 pub struct MasterKey {
     material: [u8; 32],
     enc_key: [u8; 32],
+}
+
+/// The keys that decide chunk boundaries and blob ids, derived from the config's dedup secret
+/// (format-spec.md 4.2). Two repositories with the same secret and chunker parameters cut the
+/// same data into the same blobs with the same ids, so `copy` between them moves only what the
+/// target lacks.
+#[derive(Clone)]
+pub struct DedupKey {
     id_key: [u8; 32],
     gear_seed: u64,
 }
 
+impl DedupKey {
+    pub fn from_secret(secret: &[u8; 32]) -> Self {
+        let g = blake3::derive_key(CTX_GEAR, secret);
+        DedupKey {
+            id_key: blake3::derive_key(CTX_ID, secret),
+            gear_seed: u64::from_le_bytes(g[..8].try_into().expect("8 bytes")),
+        }
+    }
+
+    pub fn hasher(&self) -> Hasher {
+        Hasher::new(self.id_key)
+    }
+
+    pub fn gear_seed(&self) -> u64 {
+        self.gear_seed
+    }
+}
+
 impl MasterKey {
     pub fn from_material(material: [u8; 32]) -> Self {
-        let enc_key = blake3::derive_key(CTX_ENC, &material);
-        let id_key = blake3::derive_key(CTX_ID, &material);
-        let g = blake3::derive_key(CTX_GEAR, &material);
-        let gear_seed = u64::from_le_bytes(g[..8].try_into().expect("8 bytes"));
         MasterKey {
+            enc_key: blake3::derive_key(CTX_ENC, &material),
             material,
-            enc_key,
-            id_key,
-            gear_seed,
         }
     }
 
@@ -50,14 +70,6 @@ impl MasterKey {
 
     pub fn material(&self) -> &[u8; 32] {
         &self.material
-    }
-
-    pub fn hasher(&self) -> Hasher {
-        Hasher::new(self.id_key)
-    }
-
-    pub fn gear_seed(&self) -> u64 {
-        self.gear_seed
     }
 
     /// The cipher of one object, from its salt.

@@ -168,22 +168,23 @@ impl BlobSaver {
     pub fn new(
         backend: Arc<dyn Backend>,
         cache: Option<Arc<crate::cache::Cache>>,
-        key: MasterKey,
+        (key, hasher): (MasterKey, Hasher),
         index: Arc<RwLock<Index>>,
-        level: i32,
-        data_pack_size: u32,
-        tree_pack_size: u32,
+        config: &crate::format::config::Config,
     ) -> Result<Self> {
         let tmpdir = backend.temp_dir();
         std::fs::create_dir_all(&tmpdir).map_err(|e| Error::io(&tmpdir, e))?;
         Ok(BlobSaver {
-            hasher: key.hasher(),
+            hasher,
             backend,
             cache,
             key,
             index,
-            level,
-            pack_size: [u64::from(data_pack_size), u64::from(tree_pack_size)],
+            level: config.compression_level,
+            pack_size: [
+                u64::from(config.data_pack_size),
+                u64::from(config.tree_pack_size),
+            ],
             tmpdir,
             pools: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             reserved: Mutex::new(HashSet::new()),

@@ -70,6 +70,9 @@ pub struct InitOptions {
     pub data_class: StorageClass,
     /// Storage class of tree packs, index files and snapshots (readable at once).
     pub meta_class: StorageClass,
+    /// Another repository's dedup secret (with its chunker parameters in `chunker`), so blobs
+    /// have the same ids in both; `None`: a fresh random secret.
+    pub dedup_secret: Option<[u8; 32]>,
 }
 
 impl Default for InitOptions {
@@ -82,13 +85,31 @@ impl Default for InitOptions {
             kdf: KdfParams::default(),
             data_class: StorageClass::Standard,
             meta_class: StorageClass::Standard,
+            dedup_secret: None,
         }
     }
+}
+
+/// One key file, as `key list` shows it.
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    /// Object name under `keys/`.
+    pub id: String,
+    /// The key file that opened this repository.
+    pub current: bool,
+    /// argon2id parameters (None when the file is damaged).
+    pub params: Option<KdfParams>,
+    /// Upload time, seconds since the epoch, where the store reports it.
+    pub created: Option<i64>,
+    /// Why the file cannot be used, when it cannot.
+    pub problem: Option<String>,
 }
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
     key: MasterKey,
+    /// Name of the key file that opened the repository.
+    key_id: Mutex<String>,
     config: Config,
     chunker: Chunker,
     hasher: Hasher,
@@ -117,16 +138,18 @@ impl Repository {
             created: jiff::Timestamp::now().as_second(),
             data_storage_class: opts.data_class.code(),
             meta_storage_class: opts.meta_class.code(),
+            dedup_secret: opts.dedup_secret.unwrap_or_else(random_bytes),
         };
         config.validate()?;
         backend.create()?;
         let key = MasterKey::generate();
         let kf = key::seal(&key, password, opts.kdf)?;
-        backend.put(FileKind::Key, &Id::of_object(&kf).to_hex(), &kf)?;
+        let key_id = Id::of_object(&kf).to_hex();
+        backend.put(FileKind::Key, &key_id, &kf)?;
         // The config is written last: its presence marks a complete repository.
         let c = envelope::seal(&key, ObjectKind::Config, &config.encode());
         backend.put(FileKind::Config, "config", &c)?;
-        Self::with_key(backend, key, config)
+        Self::with_key(backend, key, key_id, config)
     }
 
     /// Opens a repository with a password (tries every key file).
@@ -157,7 +180,7 @@ impl Repository {
                     &envelope::open(&key, ObjectKind::Config, &bytes, "config")?,
                     "config",
                 )?;
-                return Self::with_key(backend, key, config);
+                return Self::with_key(backend, key, name.clone(), config);
             }
         }
         match last_err {
@@ -166,16 +189,23 @@ impl Repository {
         }
     }
 
-    fn with_key(backend: Arc<dyn Backend>, key: MasterKey, config: Config) -> Result<Self> {
+    fn with_key(
+        backend: Arc<dyn Backend>,
+        key: MasterKey,
+        key_id: String,
+        config: Config,
+    ) -> Result<Self> {
         backend.set_storage_class(FileKind::Data, config.data_class());
         for k in [FileKind::Tree, FileKind::Index, FileKind::Snapshot] {
             backend.set_storage_class(k, config.meta_class());
         }
-        let chunker = Chunker::new(config.chunker_params(), key.gear_seed())?;
+        let dedup = config.dedup_key();
+        let chunker = Chunker::new(config.chunker_params(), dedup.gear_seed())?;
         Ok(Repository {
-            hasher: key.hasher(),
+            hasher: dedup.hasher(),
             backend,
             key,
+            key_id: Mutex::new(key_id),
             config,
             chunker,
             index: Arc::new(RwLock::new(Index::new())),
@@ -186,6 +216,103 @@ impl Repository {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Name of the key file that opened the repository.
+    pub fn key_id(&self) -> String {
+        self.key_id.lock().expect("key id").clone()
+    }
+
+    /// Every key file, oldest first.
+    pub fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let current = self.key_id();
+        let mut out = Vec::new();
+        for o in self.backend.list_info(FileKind::Key)? {
+            let (params, problem) = match self.backend.get(FileKind::Key, &o.name) {
+                Ok(b) => match KeyFile::decode(&b, &format!("keys/{}", o.name)) {
+                    Ok(k) => (Some(k.params), None),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+                // Removed by another `key remove` since the listing.
+                Err(Error::ObjectNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(KeyInfo {
+                current: o.name == current,
+                id: o.name,
+                params,
+                created: o.modified,
+                problem,
+            });
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Adds a key file sealing this repository's key under `password`; returns its name. The
+    /// new file is read back and opened before this returns, so a password that was just
+    /// added is known to work.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let kf = key::seal(&self.key, password, kdf)?;
+        let name = Id::of_object(&kf).to_hex();
+        self.backend.put(FileKind::Key, &name, &kf)?;
+        let back = self.backend.get(FileKind::Key, &name)?;
+        let opened = KeyFile::decode(&back, &format!("keys/{name}"))?.open(password)?;
+        if opened.map(|k| *k.material()) != Some(*self.key.material()) {
+            return Err(Error::corrupt(
+                format!("keys/{name}"),
+                "the key file just written does not open with its password",
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Removes a key file by name or unique prefix; returns its name. The key file that opened
+    /// the repository is refused: remove it from a session opened with another password (or
+    /// use `key passwd`), so at least one known password always remains.
+    pub fn remove_key(&self, prefix: &str) -> Result<String> {
+        let names: Vec<String> = self
+            .backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        let name = match names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(Error::NotFound(format!(
+                    "no key file {prefix:?} in {}/keys (see `chunkbak key list`)",
+                    self.backend.location()
+                )))
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "key id prefix {prefix:?} matches {} key files: give more of it",
+                    names.len()
+                )))
+            }
+        };
+        if name == self.key_id() {
+            return Err(Error::Invalid(format!(
+                "key file {name} is the one this password opened; removing it could leave no \
+                 password you know: use `chunkbak key passwd`, or open with another password"
+            )));
+        }
+        self.backend.delete(FileKind::Key, &name)?;
+        Ok(name)
+    }
+
+    /// Replaces the password in use: adds a key file for `password`, then removes the one that
+    /// opened the repository. Interrupted in between, both passwords work. Returns (new, old).
+    pub fn change_password(&self, password: &[u8], kdf: KdfParams) -> Result<(String, String)> {
+        let old = self.key_id();
+        let new = self.add_key(password, kdf)?;
+        if new != old {
+            *self.key_id.lock().expect("key id") = new.clone();
+            self.backend.delete(FileKind::Key, &old)?;
+        }
+        Ok((new, old))
     }
 
     /// Keeps local copies of metadata under `root/<repository id>/` when the repository is
@@ -367,11 +494,9 @@ impl Repository {
         BlobSaver::new(
             self.backend.clone(),
             self.cache().cloned(),
-            self.key.clone(),
+            (self.key.clone(), self.hasher.clone()),
             self.index.clone(),
-            self.config.compression_level,
-            self.config.data_pack_size,
-            self.config.tree_pack_size,
+            &self.config,
         )
     }
 
@@ -381,11 +506,9 @@ impl Repository {
         BlobSaver::new(
             self.backend.clone(),
             None,
-            self.key.clone(),
+            (self.key.clone(), self.hasher.clone()),
             Arc::new(RwLock::new(Index::new())),
-            self.config.compression_level,
-            self.config.data_pack_size,
-            self.config.tree_pack_size,
+            &self.config,
         )
     }
 

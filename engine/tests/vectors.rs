@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
-use chunkbak_engine::crypter::{MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
+use chunkbak_engine::crypter::{DedupKey, MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
+use chunkbak_engine::format::config::Config;
 use chunkbak_engine::format::envelope;
 use chunkbak_engine::format::index::{IndexFile, Mark, PackEntry};
 use chunkbak_engine::format::key::{self, KdfParams, KeyFile};
@@ -27,6 +28,8 @@ fn material() -> [u8; 32] {
 fn compute() -> BTreeMap<String, String> {
     let mut v = BTreeMap::new();
     let mk = MasterKey::from_material(material());
+    // The vectors use the same 32 bytes as master key material and as dedup secret.
+    let dk = DedupKey::from_secret(&material());
     v.insert("master_material".into(), hex::encode(material()));
     v.insert(
         "enc_key".into(),
@@ -36,7 +39,7 @@ fn compute() -> BTreeMap<String, String> {
         "id_key".into(),
         hex::encode(blake3::derive_key(CTX_ID, &material())),
     );
-    v.insert("gear_seed".into(), format!("{:#018x}", mk.gear_seed()));
+    v.insert("gear_seed".into(), format!("{:#018x}", dk.gear_seed()));
     let _ = CTX_GEAR;
 
     let sm = splitmix_bytes(0, 32);
@@ -50,20 +53,20 @@ fn compute() -> BTreeMap<String, String> {
         normalization: 1,
     };
     let data = splitmix_bytes(1, 1 << 20);
-    let c = Chunker::new(small, mk.gear_seed()).unwrap();
+    let c = Chunker::new(small, dk.gear_seed()).unwrap();
     v.insert("cuts_small_1MiB".into(), join(&c.cut_all(&data)));
     let c0 = Chunker::new(small, 0).unwrap();
     v.insert("cuts_small_1MiB_seed0".into(), join(&c0.cut_all(&data)));
     // Default parameters over 16 MiB.
     let data16 = splitmix_bytes(2, 16 << 20);
-    let cd = Chunker::new(ChunkerParams::default(), mk.gear_seed()).unwrap();
+    let cd = Chunker::new(ChunkerParams::default(), dk.gear_seed()).unwrap();
     v.insert("cuts_default_16MiB".into(), join(&cd.cut_all(&data16)));
 
     v.insert(
         "blob_id_chunkbak".into(),
-        mk.hasher().id(b"chunkbak").to_hex(),
+        dk.hasher().id(b"chunkbak").to_hex(),
     );
-    v.insert("blob_id_empty".into(), mk.hasher().id(b"").to_hex());
+    v.insert("blob_id_empty".into(), dk.hasher().id(b"").to_hex());
 
     let cipher = mk.object_cipher(&[0x42; 32]);
     v.insert(
@@ -86,9 +89,9 @@ fn compute() -> BTreeMap<String, String> {
     let b1 = b"hello".to_vec();
     let b2 = "chunkbak ".repeat(12).into_bytes();
     let (c1, s1) = chunkbak_engine::compressor::compress(&b1, 3);
-    p.add(mk.hasher().id(&b1), c1, b1.len() as u32, s1).unwrap();
+    p.add(dk.hasher().id(&b1), c1, b1.len() as u32, s1).unwrap();
     let (c2, s2) = chunkbak_engine::compressor::compress(&b2, 3);
-    p.add(mk.hasher().id(&b2), c2, b2.len() as u32, s2).unwrap();
+    p.add(dk.hasher().id(&b2), c2, b2.len() as u32, s2).unwrap();
     let (entry, path) = p.finish().unwrap();
     let pack = std::fs::read(path).unwrap();
     v.insert("pack_two_blobs".into(), hex::encode(&pack));
@@ -126,6 +129,23 @@ fn compute() -> BTreeMap<String, String> {
     .unwrap();
     v.insert("key_file_password".into(), hex::encode(&kf));
 
+    let config = Config {
+        version: 1,
+        repo_id: [0x66; 32],
+        chunk_min: 262_144,
+        chunk_avg: 1_048_576,
+        chunk_max: 4_194_304,
+        chunk_normalization: 1,
+        data_pack_size: 32 << 20,
+        tree_pack_size: 4 << 20,
+        compression_level: 3,
+        created: 1_800_000_000,
+        data_storage_class: 4,
+        meta_storage_class: 0,
+        dedup_secret: [0x77; 32],
+    };
+    v.insert("config_payload".into(), hex::encode(config.encode()));
+
     let node = Node {
         name: b"a.txt".to_vec(),
         kind: NodeKind::File,
@@ -149,7 +169,7 @@ fn compute() -> BTreeMap<String, String> {
         rdev: 0,
         link_target: vec![],
         xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
-        content: Content::Chunks(vec![mk.hasher().id(b"hello")]),
+        content: Content::Chunks(vec![dk.hasher().id(b"hello")]),
         subtree: None,
     };
     v.insert(
@@ -217,6 +237,8 @@ fn vectors_decode() {
     assert!(kf.open(b"Password").unwrap().is_none());
     let idx = IndexFile::decode(&hex::decode(&v["index_payload"]).unwrap(), "i").unwrap();
     assert_eq!(idx.packs[0].blobs, recs);
+    let c = Config::decode(&hex::decode(&v["config_payload"]).unwrap(), "c").unwrap();
+    assert_eq!(c.dedup_secret, [0x77; 32]);
     let t = TreeBlob::decode(&hex::decode(&v["tree_one_file"]).unwrap(), "t").unwrap();
     assert!(matches!(t, TreeBlob::Dir(ref n) if n[0].name == b"a.txt"));
 }

@@ -29,6 +29,9 @@ pub struct Config {
     pub data_storage_class: u8,
     /// Storage class of tree packs, index files and snapshots: a class readable at once.
     pub meta_storage_class: u8,
+    /// Secret from which blob ids and the chunker's gear seed derive (format-spec.md 4.2):
+    /// random, or another repository's (`init --copy-chunker-params`) so dedup carries over.
+    pub dedup_secret: [u8; 32],
 }
 
 pub const DEFAULT_DATA_PACK_SIZE: u32 = 32 << 20;
@@ -83,6 +86,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The keys that decide chunk boundaries and blob ids.
+    pub fn dedup_key(&self) -> crate::crypter::DedupKey {
+        crate::crypter::DedupKey::from_secret(&self.dedup_secret)
+    }
+
+    /// Whether blobs of `other` have the same ids here: same secret and chunker parameters.
+    pub fn same_dedup(&self, other: &Config) -> bool {
+        self.dedup_secret == other.dedup_secret && self.chunker_params() == other.chunker_params()
     }
 
     pub fn data_class(&self) -> StorageClass {

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod forget;
 pub mod fsmeta;
 pub mod ls;
@@ -11,6 +12,7 @@ pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod thaw;
+pub(crate) mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -154,11 +154,16 @@ pub fn needed_blobs(
 /// one HEAD per archived needed pack; no GET).
 pub fn plan(repo: &Repository, root: BlobId, opts: &RestoreOptions) -> Result<Plan> {
     let (files, blobs) = needed_blobs(repo, root, opts)?;
+    plan_blobs(repo, files, &blobs)
+}
+
+/// As [`plan`], for reading `blobs` (of `files` files).
+pub fn plan_blobs(repo: &Repository, files: u64, blobs: &HashSet<BlobId>) -> Result<Plan> {
     let mut by_pack: HashMap<ObjectId, (FileKind, u64, u64)> = HashMap::new();
     let mut bytes = 0u64;
     {
         let idx = repo.index().read().expect("index lock");
-        for b in &blobs {
+        for b in blobs {
             let (p, loc) = idx.get(b).ok_or_else(|| {
                 Error::NotFound(format!(
                     "blob {b} is not in the index (missing data: run `chunkbak check`)"

@@ -59,21 +59,14 @@ pub(super) struct Counters {
 
 pub(super) struct Ctx {
     pub(super) repo: Arc<Repository>,
-    pub(super) saver: BlobSaver,
+    pub(super) w: crate::ops::writer::Writer,
     pub(super) progress: Arc<dyn Progress>,
     pub(super) counters: Counters,
     pub(super) warnings: Mutex<Vec<(PathBuf, String)>>,
     pub(super) fatal: Mutex<Option<Error>>,
     pub(super) failed: AtomicBool,
     pub(super) pool: rayon::ThreadPool,
-    /// When the last index file was written, and the index files this run wrote.
-    pub(super) index_state: Mutex<(Instant, Vec<Id>)>,
 }
-
-/// A backup writes an index file for the packs it stored at least this often (by count and by
-/// time), so a run killed midway leaves its uploads indexed and the next run reuses them.
-const CHECKPOINT_PACKS: usize = 32;
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Ctx {
     pub(super) fn warn(&self, path: &Path, msg: String) {
@@ -98,29 +91,9 @@ impl Ctx {
         }
     }
 
-    /// Writes an index file for the packs stored since the last one, when enough of them
-    /// piled up or enough time passed (`force`: whenever there are any).
+    /// See [`Writer::checkpoint`](crate::ops::writer::Writer::checkpoint).
     pub(super) fn checkpoint(&self, force: bool) -> Result<()> {
-        // Workers finishing files do not queue behind a checkpoint already under way.
-        let mut st = if force {
-            self.index_state.lock().expect("index state")
-        } else {
-            match self.index_state.try_lock() {
-                Ok(st) => st,
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
-                Err(std::sync::TryLockError::Poisoned(_)) => panic!("index state poisoned"),
-            }
-        };
-        let n = self.saver.finished_count();
-        if n == 0 || (!force && n < CHECKPOINT_PACKS && st.0.elapsed() < CHECKPOINT_EVERY) {
-            return Ok(());
-        }
-        let packs = self.saver.take_finished();
-        if let Some(id) = self.repo.write_index(packs)? {
-            st.1.push(id);
-        }
-        st.0 = Instant::now();
-        Ok(())
+        self.w.checkpoint(force)
     }
 
     /// As [`checkpoint`](Self::checkpoint), stopping the run on failure.
@@ -162,7 +135,7 @@ impl Ctx {
             let got: Vec<Result<BlobId>> = self.pool.install(|| {
                 batch
                     .par_iter()
-                    .map(|c| self.saver.save(BlobKind::Data, c).map(|(id, _)| id))
+                    .map(|c| self.w.saver.save(BlobKind::Data, c).map(|(id, _)| id))
                     .collect()
             });
             for r in got {
@@ -205,7 +178,7 @@ impl Ctx {
                 return Err(msg);
             }
         };
-        let content = self.repo.save_content(&self.saver, ids).map_err(|e| {
+        let content = self.repo.save_content(&self.w.saver, ids).map_err(|e| {
             let msg = e.to_string();
             self.fail(e);
             msg
@@ -252,7 +225,7 @@ impl Ctx {
             }
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        match self.repo.save_dir(&self.saver, nodes) {
+        match self.repo.save_dir(&self.w.saver, nodes) {
             Ok(id) => {
                 let c = &self.counters;
                 if frame.is_new {

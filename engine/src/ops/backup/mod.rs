@@ -30,13 +30,11 @@ use crate::format::pack::BlobKind;
 use crate::format::snapshot::{Snapshot, Summary};
 use crate::format::tree::{Content, Node, NodeKind};
 use crate::id::{BlobId, Id};
-use crate::packer::BlobSaver;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
 mod ctx;
 mod paths;
-mod settle;
 mod stdin;
 mod sync;
 mod walk;
@@ -124,14 +122,13 @@ pub fn backup(
     let pool = crate::ops::thread_pool(opts.threads, "worker")?;
     let ctx = Arc::new(Ctx {
         repo: repo.clone(),
-        saver: repo.blob_saver()?,
+        w: crate::ops::writer::Writer::new(repo)?,
         progress: progress.clone(),
         counters: Counters::default(),
         warnings: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
         failed: AtomicBool::new(false),
         pool,
-        index_state: Mutex::new((Instant::now(), Vec::new())),
     });
 
     let result = (|| -> Result<BackupResult> {
@@ -167,11 +164,9 @@ pub fn backup(
 
         // The root tree mirrors the absolute paths: /srv/data is root → srv → data.
         let root = build_root(&ctx, &paths, root_nodes)?;
-        ctx.saver.upload_open()?;
-        ctx.checkpoint(true)?;
         // No pack this snapshot relies on may be deleted by a prune running meanwhile.
-        let copied = settle::settle(&ctx)?;
-        let packs_written = ctx.saver.stats.packs_written.load(Ordering::Relaxed);
+        let copied = ctx.w.commit_ready(&|| ctx.check())?;
+        let packs_written = ctx.w.saver.stats.packs_written.load(Ordering::Relaxed);
 
         let c = &ctx.counters;
         let (uid, gid) = fsmeta::current_ids();
@@ -199,8 +194,8 @@ pub fn backup(
                 dirs_unchanged: c.dirs_unchanged.load(Ordering::Relaxed),
                 bytes_read: c.bytes_read.load(Ordering::Relaxed),
                 bytes_total: c.bytes_total.load(Ordering::Relaxed),
-                bytes_added: ctx.saver.stats.bytes_added.load(Ordering::Relaxed),
-                blobs_added: ctx.saver.stats.blobs_added.load(Ordering::Relaxed),
+                bytes_added: ctx.w.saver.stats.bytes_added.load(Ordering::Relaxed),
+                blobs_added: ctx.w.saver.stats.blobs_added.load(Ordering::Relaxed),
                 errors: c.errors.load(Ordering::Relaxed),
                 start: timespec_of(start_time),
                 duration_ms: start.elapsed().as_millis() as u64,
@@ -218,7 +213,7 @@ pub fn backup(
         })
     })();
     if result.is_err() {
-        ctx.saver.abort();
+        ctx.w.saver.abort();
     }
     result
 }

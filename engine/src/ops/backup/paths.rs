@@ -107,7 +107,7 @@ pub(super) fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Resu
                         node: None,
                     },
                 )?;
-                n.subtree = Some(ctx.repo.save_dir(&ctx.saver, nodes)?);
+                n.subtree = Some(ctx.repo.save_dir(&ctx.w.saver, nodes)?);
             }
             out.push(n);
         }
@@ -120,5 +120,5 @@ pub(super) fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Resu
             .ok_or_else(|| Error::Other("root has no tree".into()));
     }
     let nodes = save(ctx, top)?;
-    ctx.repo.save_dir(&ctx.saver, nodes)
+    ctx.repo.save_dir(&ctx.w.saver, nodes)
 }

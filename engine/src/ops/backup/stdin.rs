@@ -47,7 +47,7 @@ pub(super) fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<N
     let size = ctx.counters.bytes_read.load(Ordering::Relaxed);
     ctx.counters.bytes_total.store(size, Ordering::Relaxed);
     ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
-    let content = ctx.repo.save_content(&ctx.saver, ids)?;
+    let content = ctx.repo.save_content(&ctx.w.saver, ids)?;
     Ok(Node {
         name: name.as_bytes().to_vec(),
         kind: NodeKind::File,

@@ -142,13 +142,13 @@ pub(super) fn backup_paths(
                     let reuse = old.as_ref().filter(|o| same_file(o, &node)).filter(|o| {
                         // Every blob must be live, chunk lists and the chunks they list.
                         match &o.content {
-                            Content::Chunks(c) => ctx.saver.reuse(c),
+                            Content::Chunks(c) => ctx.w.saver.reuse(c),
                             Content::Indirect(lists) => {
-                                ctx.saver.reuse(lists)
+                                ctx.w.saver.reuse(lists)
                                     && ctx
                                         .repo
                                         .file_chunks(&o.content)
-                                        .is_ok_and(|c| ctx.saver.reuse(&c))
+                                        .is_ok_and(|c| ctx.w.saver.reuse(&c))
                             }
                         }
                     });

@@ -1,0 +1,263 @@
+//! Commands over more than the repository's data: `key` (its passwords) and `copy` (into
+//! another repository).
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use serde_json::json;
+
+use chunkbak_engine::format::key::KdfParams;
+use chunkbak_engine::ops::copy;
+use chunkbak_engine::ops::select::find_id;
+use chunkbak_engine::ops::thaw::{self, PackGate, Thaw};
+
+use crate::args::{CopyArgs, KeyCommand, NewPasswordArgs};
+use crate::output::{human_bytes, Out};
+use crate::{cold, exit, filter_of, local_time, open_other, open_repo, progress, Global};
+use crate::{snapshot_json, PasswordSource};
+
+// ---------------------------------------------------------------------------------------------
+// key
+
+fn new_password(a: &NewPasswordArgs) -> anyhow::Result<(Vec<u8>, KdfParams)> {
+    let src = PasswordSource {
+        command: a.new_password_command.as_deref(),
+        file: a.new_password_file.as_deref(),
+        env: "CHUNKBAK_NEW_PASSWORD",
+        flags: "--new-password-file, --new-password-command or CHUNKBAK_NEW_PASSWORD",
+    };
+    let pw = src.require("the new key")?;
+    if pw.is_empty() {
+        bail!("the new password is empty");
+    }
+    Ok((
+        pw,
+        KdfParams {
+            m_cost_kib: a.kdf_memory_kib,
+            t_cost: a.kdf_iterations,
+            p_cost: 1,
+        },
+    ))
+}
+
+pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
+    let repo = open_repo(g, out)?;
+    match c {
+        KeyCommand::List => {
+            let keys = repo.keys()?;
+            for k in &keys {
+                let created = k.created.map(|t| {
+                    jiff::Timestamp::from_second(t)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                });
+                if out.json {
+                    out.json_line(
+                        "key",
+                        json!({"id": k.id, "current": k.current, "created": created,
+                               "kdf": k.params.map(|p| json!({"algorithm": "argon2id",
+                                   "m_cost_kib": p.m_cost_kib, "t_cost": p.t_cost,
+                                   "p_cost": p.p_cost})),
+                               "problem": k.problem}),
+                    );
+                    continue;
+                }
+                let kdf = match k.params {
+                    Some(p) => format!(
+                        "argon2id m={}KiB t={} p={}",
+                        p.m_cost_kib, p.t_cost, p.p_cost
+                    ),
+                    None => "unreadable".into(),
+                };
+                out.line(format!(
+                    "{} {}  {:<20}  {kdf}{}",
+                    if k.current { "*" } else { " " },
+                    &k.id[..16.min(k.id.len())],
+                    created.unwrap_or_else(|| "-".into()),
+                    k.problem
+                        .as_deref()
+                        .map(|p| format!("  ({p})"))
+                        .unwrap_or_default()
+                ));
+            }
+            Ok(exit::OK)
+        }
+        KeyCommand::Add(a) => {
+            let (pw, kdf) = new_password(a)?;
+            let id = repo.add_key(&pw, kdf)?;
+            if out.json {
+                out.json_line("key_added", json!({"id": id}));
+            } else {
+                out.line(format!("added key {}", &id[..16]));
+            }
+            Ok(exit::OK)
+        }
+        KeyCommand::Remove { id } => {
+            let removed = repo.remove_key(id)?;
+            if out.json {
+                out.json_line("key_removed", json!({"id": removed}));
+            } else {
+                out.line(format!("removed key {}", &removed[..16]));
+            }
+            Ok(exit::OK)
+        }
+        KeyCommand::Passwd(a) => {
+            let (pw, kdf) = new_password(a)?;
+            let (new, old) = repo.change_password(&pw, kdf)?;
+            if out.json {
+                out.json_line("key_changed", json!({"id": new, "removed": old}));
+            } else {
+                out.line(format!(
+                    "password changed: key {} replaces {}",
+                    &new[..16],
+                    &old[..16]
+                ));
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// copy
+
+pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
+    let src = open_repo(g, out)?;
+    let pw = PasswordSource {
+        command: a.to_password_command.as_deref(),
+        file: a.to_password_file.as_deref(),
+        env: "CHUNKBAK_TO_PASSWORD",
+        flags: "--to-password-file, --to-password-command or CHUNKBAK_TO_PASSWORD",
+    };
+    let dst = Arc::new(open_other(g, &a.to, a.to_region.as_deref(), &pw)?);
+    if dst.config().repo_id == src.config().repo_id {
+        bail!("--to {} is the repository copied from", a.to);
+    }
+    src.load_index()?;
+    dst.load_index()?;
+    let snaps = src.snapshots()?;
+    let filter = filter_of(&a.filter);
+    let chosen: Vec<_> = if a.snapshots.is_empty() {
+        snaps
+            .iter()
+            .filter(|(_, s)| filter.matches(s))
+            .cloned()
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for p in &a.snapshots {
+            let i = if p == "latest" {
+                snaps
+                    .iter()
+                    .rposition(|(_, s)| filter.matches(s))
+                    .ok_or_else(|| anyhow::anyhow!("no snapshot matches the filters"))?
+            } else {
+                find_id(&snaps, p)?
+            };
+            if !v.iter().any(|(id, _)| *id == snaps[i].0) {
+                v.push(snaps[i].clone());
+            }
+        }
+        v.sort_by(|x: &(_, chunkbak_engine::format::snapshot::Snapshot), y| {
+            x.1.time.cmp(&y.1.time)
+        });
+        v
+    };
+    let plan = copy::plan(&src, &dst, chosen)?;
+    if out.json {
+        out.json_line(
+            "copy_plan",
+            json!({"snapshots": plan.todo.len(), "present": plan.present.len(),
+                   "same_ids": plan.same_ids, "blobs": plan.blobs.len(),
+                   "bytes": plan.bytes, "dry_run": a.dry_run}),
+        );
+    } else {
+        for (sid, tid) in &plan.present {
+            if out.verbose > 0 {
+                out.line(format!(
+                    "snapshot {} is in the target as {}",
+                    sid.short(),
+                    tid.short()
+                ));
+            }
+        }
+        for (id, s) in &plan.todo {
+            out.line(format!(
+                "{} snapshot {} of {} at {} ({})",
+                if a.dry_run { "would copy" } else { "copy" },
+                id.short(),
+                s.host,
+                local_time(s),
+                s.paths_lossy().join(", ")
+            ));
+        }
+        out.line(format!(
+            "{} snapshots to copy ({} already in the target); {} data blobs ({}) to read from \
+             the source{}",
+            plan.todo.len(),
+            plan.present.len(),
+            plan.blobs.len(),
+            human_bytes(plan.bytes),
+            if plan.same_ids {
+                ""
+            } else {
+                "; the repositories have different chunker keys, so every blob is read and \
+                 re-hashed (create the target with `init --copy-chunker-params --from` to avoid it)"
+            }
+        ));
+    }
+    if a.dry_run || plan.todo.is_empty() {
+        return Ok(exit::OK);
+    }
+    // Archived source packs are thawed and waited for first.
+    let mut tp = thaw::plan_blobs(&src, 0, &plan.blobs)?;
+    if tp.unreadable().next().is_some() {
+        cold::print_plan(out, &tp, &a.thaw);
+        let pending = cold::request_thaws(&src, &mut tp, &a.thaw, out)?;
+        if pending > 0 {
+            let bar = progress::Bar::new(out, false, "thaw");
+            let report = cold::wait_reporter(out, &bar);
+            let gate = Thaw::new(&src, &tp, a.thaw.poll()?, a.thaw.max_wait()?, &report);
+            while gate.pending() > 0 {
+                gate.wait()?;
+            }
+        }
+    }
+    let bar = progress::Bar::new(out, !g.no_progress, "copy");
+    let r = copy::copy(&src, &dst, &plan, &bar);
+    bar.finish();
+    let r = r?;
+    if out.json {
+        for (sid, tid, s) in &r.copied {
+            let mut j = snapshot_json(tid, s);
+            j["source_id"] = json!(sid.to_hex());
+            out.json_line("copied", j);
+        }
+        out.json_line(
+            "copy",
+            json!({"copied": r.copied.len(), "blobs_read": r.blobs_read,
+                   "bytes_read": r.bytes_read, "blobs_added": r.blobs_added,
+                   "bytes_added": r.bytes_added, "packs_written": r.packs_written,
+                   "blobs_copied": r.blobs_copied}),
+        );
+    } else {
+        for (sid, tid, _) in &r.copied {
+            out.line(format!(
+                "snapshot {} copied as {}",
+                sid.short(),
+                tid.short()
+            ));
+        }
+        out.line(format!(
+            "copied {} snapshots: read {} blobs ({}) from the source, added {} blobs ({}) in {} \
+             packs to the target",
+            r.copied.len(),
+            r.blobs_read,
+            human_bytes(r.bytes_read),
+            r.blobs_added,
+            human_bytes(r.bytes_added),
+            r.packs_written
+        ));
+    }
+    Ok(exit::OK)
+}
