@@ -323,3 +323,30 @@ fn copy_from_a_damaged_source_names_the_blob_and_keeps_the_target_sound() {
     );
     on(&e, &b, &["check", "--read-data"]);
 }
+
+#[test]
+fn copies_while_the_target_backs_up_and_prunes() {
+    let e = Env::new();
+    e.init_small();
+    let t = other(&e, "target");
+    let mut init = vec!["init", "--copy-chunker-params", "--from"];
+    init.push(e.repo.to_str().unwrap());
+    init.push("--from-password-file");
+    init.push(e.pw.to_str().unwrap());
+    init.extend(FAST_KDF);
+    on(&e, &t, &init);
+    let src = || e.cmd();
+    let dst = || {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &t);
+        c
+    };
+    common::scenario::copies_while_target_prunes(
+        &src,
+        &dst,
+        t.to_str().unwrap(),
+        &e.pw,
+        e.dir.path(),
+        10,
+    );
+}

@@ -611,3 +611,118 @@ fn s3_concurrent_backups_and_prunes() {
     let mk = || r.cmd();
     scenario::concurrent_backups_and_prunes(&mk, e.dir.path(), 3, 5);
 }
+
+/// `copy` with S3 at both ends: a local repository to a GLACIER-class bucket repository made
+/// with the same chunker parameters, then out of it into another local repository (thawing
+/// exactly what it reads, and waiting), then copies into the bucket while it backs up and
+/// prunes.
+#[test]
+fn s3_copy_in_and_out_of_a_glacier_bucket() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let local = Repo::local(&e);
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    local.ok(&init);
+    let src = e.path("src");
+    files(&src, 5, 6, 100_000);
+    let s = src.to_str().unwrap();
+    local.ok(&["backup", s, "--host", "h0"]);
+
+    let r = Repo::s3(&e, &ep, &format!("copy-{}", std::process::id()), "dr");
+    let url = r.url.clone().unwrap();
+    let from = e.repo.to_str().unwrap();
+    r.ok(&[
+        "init",
+        "--copy-chunker-params",
+        "--from",
+        from,
+        "--from-password-file",
+        e.pw.to_str().unwrap(),
+        "--data-storage-class",
+        "GLACIER",
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+    ]);
+    // The source is local, the target S3: the command carries the S3 settings.
+    let to_s3 = |args: &[&str]| {
+        let mut c = r.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &e.repo)
+            .args(["--json", "copy", "--to", &url, "--to-password-file"])
+            .arg(&e.pw)
+            .args(args);
+        let o = e.run_cmd(c);
+        assert_eq!(o.code, 0, "{}{}", o.out(), o.stderr);
+        o
+    };
+    let c = to_s3(&[]);
+    assert_eq!(c.json("copy_plan")[0]["same_ids"], true);
+    assert_eq!(c.json("copied").len(), 1);
+    let data = r.backend().list_info(FileKind::Data).unwrap();
+    assert!(!data.is_empty() && data.iter().all(|o| o.class == StorageClass::Glacier));
+    r.ok(&["check"]);
+    // Nothing new: nothing read, nothing written.
+    let again = to_s3(&[]);
+    assert_eq!(again.json("copy_plan")[0]["present"], 1);
+    assert!(again.json("copied").is_empty());
+
+    // Out of the bucket: the archived packs are thawed first, then read.
+    let back = e.path("back");
+    let mut init2 = vec!["init", "--copy-chunker-params", "--from", &url];
+    init2.extend(["--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
+    let mut c = r.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &back)
+        .env("CHUNKBAK_FROM_PASSWORD_FILE", &e.pw)
+        .args(&init2);
+    assert_eq!(e.run_cmd(c).code, 0);
+    let out = r.ok(&[
+        "--json",
+        "copy",
+        "--to",
+        back.to_str().unwrap(),
+        "--to-password-file",
+        e.pw.to_str().unwrap(),
+        "--poll-interval",
+        "1s",
+    ]);
+    let thaw = out.json("thaw");
+    assert_eq!(thaw.len(), 1, "{}", out.out());
+    assert_eq!(thaw[0]["requested"].as_u64().unwrap(), data.len() as u64);
+    assert_eq!(out.json("copied").len(), 1);
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &back)
+        .args(["restore", "latest", "--target"])
+        .arg(e.path("restored"));
+    assert_eq!(e.run_cmd(c).code, 0);
+    e.compare(
+        &src,
+        &e.path("restored").join(src.strip_prefix("/").unwrap()),
+        &[],
+    );
+
+    // Copies into the bucket while it backs up and prunes (a STANDARD-class repository: prune
+    // never deletes GLACIER packs before their minimum storage duration).
+    let t = Repo::s3(&e, &ep, &format!("copy-cc-{}", std::process::id()), "t");
+    let turl = t.url.clone().unwrap();
+    t.ok(&[
+        "init",
+        "--copy-chunker-params",
+        "--from",
+        from,
+        "--from-password-file",
+        e.pw.to_str().unwrap(),
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+    ]);
+    let src_cmd = || {
+        let mut c = t.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &e.repo);
+        c
+    };
+    let dst_cmd = || t.cmd();
+    scenario::copies_while_target_prunes(&src_cmd, &dst_cmd, &turl, &e.pw, e.dir.path(), 5);
+}

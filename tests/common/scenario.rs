@@ -312,3 +312,139 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
         "no backup was killed: the test did not test anything"
     );
 }
+
+/// `copy` into a repository that backups and a retention job (`forget --keep-last 2 --prune`
+/// with a grace of seconds) write at the same time: round after round, the newest snapshot of
+/// host h0 is copied from the source (`src`) to `to` (reached by `dst`) while host h1 backs up
+/// straight into it; the two share data. Then `check --read-data` passes on the target and
+/// every snapshot retention kept there restores byte for byte.
+pub fn copies_while_target_prunes(
+    src: Mk,
+    dst: Mk,
+    to: &str,
+    to_pw: &Path,
+    work: &Path,
+    rounds: u64,
+) {
+    let mut rng = Rng(seed("copies_while_target_prunes"));
+    let (a, b) = (work.join("copy-src-h0"), work.join("copy-src-h1"));
+    let retention = [
+        "--json",
+        "forget",
+        "--keep-last",
+        "2",
+        "--group-by",
+        "host",
+        "--prune",
+        "--grace",
+        "3s",
+        "--max-unused",
+        "0%",
+    ];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut states: BTreeMap<String, BTreeMap<PathBuf, Vec<u8>>> = BTreeMap::new();
+    let mut by_host: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let mut copied_out = 0u64;
+    let deleted = std::sync::Mutex::new(0u64);
+    let pruner_seed = rng.next();
+    let json_of = |o: std::process::Output, what: &str, ty: &str| -> Value {
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{what} failed: {stdout}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == ty)
+            .unwrap_or_else(|| panic!("{what}: no {ty} in {stdout}"))["data"]
+            .clone()
+    };
+    std::thread::scope(|s| {
+        let pruner = s.spawn(|| {
+            let mut r = Rng(pruner_seed);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200 + r.below(800)));
+                for p in ok(dst, &retention).json("prune") {
+                    *deleted.lock().unwrap() += p["packs_deleted"].as_u64().unwrap();
+                }
+            }
+        });
+        for round in 0..rounds {
+            // Rounds span several grace periods, so packs are marked and deleted meanwhile.
+            std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+            mutate(&a, &mut rng, round);
+            let a_files = files_of(&a);
+            let r = ok(
+                src,
+                &["--json", "backup", "--host", "h0", a.to_str().unwrap()],
+            );
+            assert_eq!(r.json("summary").len(), 1);
+            let mut copy = src();
+            copy.args(["--json", "copy", "latest", "--host", "h0", "--to", to])
+                .arg("--to-password-file")
+                .arg(to_pw)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let copy = copy.spawn().unwrap();
+            mutate(&b, &mut rng, round);
+            let b_files = files_of(&b);
+            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            let mut bk = dst();
+            bk.args(["--json", "backup", "--host", "h1"])
+                .arg(&b)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let bk = bk.spawn().unwrap();
+            let c = json_of(copy.wait_with_output().unwrap(), "copy", "copied");
+            let id = c["id"].as_str().unwrap().to_string();
+            states.insert(id.clone(), a_files);
+            by_host[0].push(id);
+            let sum = json_of(bk.wait_with_output().unwrap(), "backup", "summary");
+            copied_out += sum["blobs_copied"].as_u64().unwrap();
+            let id = sum["snapshot_id"].as_str().unwrap().to_string();
+            states.insert(id.clone(), b_files);
+            by_host[1].push(id);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        pruner.join().unwrap();
+    });
+    let during = *deleted.lock().unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(4));
+        for p in ok(dst, &retention).json("prune") {
+            *deleted.lock().unwrap() += p["packs_deleted"].as_u64().unwrap();
+        }
+    }
+    let total = *deleted.lock().unwrap();
+    eprintln!(
+        "packs deleted while copies ran: {during} (in all: {total}); backups copied \
+         {copied_out} blobs out of marked packs"
+    );
+    assert!(
+        total > 0,
+        "prune deleted nothing: the test did not test deletion"
+    );
+    let c = ok(dst, &["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    let snaps = ok(dst, &["--json", "snapshots"]).json("snapshot");
+    assert_eq!(snaps.len(), 4, "{snaps:?}");
+    for (h, ids) in by_host.iter().enumerate() {
+        let src_dir = if h == 0 { &a } else { &b };
+        for id in ids.iter().rev().take(2) {
+            assert!(
+                snaps.iter().any(|s| s["id"] == id.as_str()),
+                "h{h}: snapshot {id} that retention keeps is gone"
+            );
+            let target = work.join(format!("restore-{}", &id[..8]));
+            ok(dst, &["restore", id, "--target", target.to_str().unwrap()]);
+            let got = files_of(&target.join(src_dir.strip_prefix("/").unwrap()));
+            assert!(
+                got == states[id],
+                "snapshot {id} of h{h} does not restore what was backed up"
+            );
+            fs::remove_dir_all(&target).unwrap();
+        }
+    }
+}
