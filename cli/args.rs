@@ -141,7 +141,7 @@ pub enum KeyCommand {
     List,
     /// Add a password: a new key file for the same repository key
     Add(NewPasswordArgs),
-    /// Remove a key file (never the one in use, never the last)
+    /// Remove a key file (never the one that opened the repository)
     Remove {
         /// Key file id (or a unique prefix)
         #[arg(value_name = "ID")]
@@ -360,13 +360,13 @@ pub struct FilterArgs {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Minimum chunk size in bytes
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = 256 * 1024, conflicts_with = "copy_chunker_params")]
     pub chunk_min: u32,
     /// Average chunk size in bytes
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024, conflicts_with = "copy_chunker_params")]
     pub chunk_avg: u32,
     /// Maximum chunk size in bytes
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = 4 * 1024 * 1024, conflicts_with = "copy_chunker_params")]
     pub chunk_max: u32,
     /// Target size of data packs in bytes
     #[arg(long, default_value_t = 32 << 20)]

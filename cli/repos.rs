@@ -88,7 +88,7 @@ pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
             if out.json {
                 out.json_line("key_added", json!({"id": id}));
             } else {
-                out.line(format!("added key {}", &id[..16]));
+                out.line(format!("added key {}", &id[..16.min(id.len())]));
             }
             Ok(exit::OK)
         }
@@ -97,7 +97,7 @@ pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
             if out.json {
                 out.json_line("key_removed", json!({"id": removed}));
             } else {
-                out.line(format!("removed key {}", &removed[..16]));
+                out.line(format!("removed key {}", &removed[..16.min(removed.len())]));
             }
             Ok(exit::OK)
         }
@@ -109,8 +109,8 @@ pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
             } else {
                 out.line(format!(
                     "password changed: key {} replaces {}",
-                    &new[..16],
-                    &old[..16]
+                    &new[..16.min(new.len())],
+                    &old[..16.min(old.len())]
                 ));
             }
             Ok(exit::OK)
@@ -163,7 +163,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         });
         v
     };
-    let plan = copy::plan(&src, &dst, chosen)?;
+    let plan = copy::plan(&src, &dst, &snaps, chosen)?;
     if out.json {
         out.json_line(
             "copy_plan",
@@ -210,6 +210,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         return Ok(exit::OK);
     }
     // Archived source packs are thawed and waited for first.
+    let mut plan = plan;
     let mut tp = thaw::plan_blobs(&src, 0, &plan.blobs)?;
     if tp.unreadable().next().is_some() {
         cold::print_plan(out, &tp, &a.thaw);
@@ -221,6 +222,10 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
             while gate.pending() > 0 {
                 gate.wait()?;
             }
+            // Hours may have passed: plan again against the target as it is now.
+            dst.load_index()?;
+            let chosen = plan.todo.clone();
+            plan = copy::plan(&src, &dst, &snaps, chosen)?;
         }
     }
     let bar = progress::Bar::new(out, !g.no_progress, "copy");

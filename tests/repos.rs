@@ -208,9 +208,13 @@ fn copy_with_shared_chunker_params_moves_only_what_the_target_lacks() {
     // A new snapshot with one new file: only that file's data moves.
     fs::write(src.join("sub/newer"), splitmix(4, 100_000)).unwrap();
     e.ok(&["backup", s, "--host", "web1"]);
-    let sum = copy_to(&e, &b, &[]).json("copy")[0].clone();
+    let before = on(&e, &b, &["--json", "snapshots"]).json("snapshot");
+    let r = copy_to(&e, &b, &["latest"]);
+    let sum = r.json("copy")[0].clone();
     assert_eq!(num(&sum, "copied"), 1);
     assert!(num(&sum, "bytes_read") < 120_000, "{sum}");
+    // Its parent, copied by an earlier run, is named by its id in the target.
+    assert_eq!(r.json("copied")[0]["parent"], before.last().unwrap()["id"]);
 
     // Dedup carries over: backing up the same files straight into the target adds no data.
     let r = on(&e, &b, &["--json", "backup", s, "--host", "web1"]);

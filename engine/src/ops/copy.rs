@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -34,6 +35,10 @@ use crate::repo::Repository;
 const RANGE_BUDGET: u64 = 256 << 20;
 /// Blob reads in flight at once (each a round trip on S3).
 const READERS: usize = 8;
+/// A long copy reloads the target's index before its next snapshot after this long, so what
+/// it references was live at most this long before the snapshot's commit step (which only
+/// sees marks written after the load; format-spec.md 12).
+const RELOAD_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// What a copy will do, from metadata only.
 #[derive(Debug, Default)]
@@ -42,6 +47,9 @@ pub struct CopyPlan {
     pub todo: Vec<(Id, Snapshot)>,
     /// Source snapshots the target holds already: (source id, target id).
     pub present: Vec<(Id, Id)>,
+    /// Every source snapshot the target holds (chosen or not), source id → target id: the
+    /// parent of a copy is named as the target knows it.
+    pub known: HashMap<Id, Id>,
     /// Blob ids are the same in both repositories.
     pub same_ids: bool,
     /// Data blobs to read from the source.
@@ -77,20 +85,34 @@ fn same_snapshot(a: &Snapshot, b: &Snapshot, same_ids: bool) -> bool {
         && (!same_ids || a.tree == b.tree)
 }
 
-/// Plans copying `snaps` from `src` to `dst`. Both indexes must be loaded.
-pub fn plan(src: &Repository, dst: &Repository, snaps: Vec<(Id, Snapshot)>) -> Result<CopyPlan> {
+/// Plans copying `snaps` (chosen among the source's snapshots `all`) from `src` to `dst`.
+/// Both indexes must be loaded.
+pub fn plan(
+    src: &Repository,
+    dst: &Repository,
+    all: &[(Id, Snapshot)],
+    snaps: Vec<(Id, Snapshot)>,
+) -> Result<CopyPlan> {
     let same_ids = src.config().same_dedup(dst.config());
     let existing = dst.snapshots()?;
     let mut p = CopyPlan {
         same_ids,
         ..CopyPlan::default()
     };
-    for (id, s) in snaps {
-        match existing
+    let in_target = |s: &Snapshot| {
+        existing
             .iter()
-            .find(|(_, t)| same_snapshot(&s, t, same_ids))
-        {
-            Some((tid, _)) => p.present.push((id, *tid)),
+            .find(|(_, t)| same_snapshot(s, t, same_ids))
+            .map(|(tid, _)| *tid)
+    };
+    for (id, s) in all {
+        if let Some(tid) = in_target(s) {
+            p.known.insert(*id, tid);
+        }
+    }
+    for (id, s) in snaps {
+        match in_target(&s) {
+            Some(tid) => p.present.push((id, tid)),
             None => p.todo.push((id, s)),
         }
     }
@@ -173,6 +195,18 @@ fn check() -> Result<()> {
 }
 
 impl Run<'_> {
+    /// Reloads the target's index (every pack this run wrote is indexed by then) and forgets
+    /// the blobs it no longer holds live, so they are stored again if needed.
+    fn reload(&self, dst: &Repository) -> Result<()> {
+        dst.load_index()?;
+        let idx = dst.index().read().expect("index lock");
+        self.map
+            .lock()
+            .expect("map lock")
+            .retain(|_, t| idx.live_pack_of(t).is_some());
+        Ok(())
+    }
+
     fn mapped(&self, b: &BlobId) -> Option<BlobId> {
         self.map.lock().expect("map lock").get(b).copied()
     }
@@ -309,14 +343,16 @@ impl Run<'_> {
                 TreeBlob::ChunkList(c.iter().map(|b| self.data_id(b)).collect::<Result<_>>()?)
             }
         };
-        // Stored unless the target holds it live (then its pack is remembered as used).
-        let (tid, _) = self.w.saver.save(BlobKind::Tree, &new.encode())?;
+        let bytes = new.encode();
+        let tid = self.w.saver.hasher().id(&bytes);
         if self.same && tid != id {
             return Err(Error::corrupt(
                 format!("tree {id}"),
                 "re-encoding the tree gives another id (a damaged or foreign tree blob)",
             ));
         }
+        // Stored unless the target holds it live (then its pack is remembered as used).
+        self.w.saver.save_with_id(BlobKind::Tree, tid, &bytes)?;
         self.map.lock().expect("map lock").insert(id, tid);
         self.w.checkpoint(false)?;
         Ok(tid)
@@ -341,10 +377,15 @@ pub fn copy(
         progress,
     };
     progress.total(plan.todo.len() as u64, plan.bytes);
-    let mut ids: HashMap<Id, Id> = plan.present.iter().copied().collect();
+    let mut ids: HashMap<Id, Id> = plan.known.clone();
     let mut out = CopyResult::default();
+    let mut loaded = Instant::now();
     let result = (|| -> Result<()> {
         for (sid, s) in &plan.todo {
+            if loaded.elapsed() > RELOAD_AFTER {
+                run.reload(dst)?;
+                loaded = Instant::now();
+            }
             run.data(s.tree)?;
             let tree = run.tree(s.tree)?;
             out.blobs_copied += run.w.commit_ready(&check)?;
@@ -365,8 +406,8 @@ pub fn copy(
         }
         Ok(())
     })();
-    if result.is_err() {
-        run.w.saver.abort();
+    if let Err(e) = &result {
+        run.w.abort(e);
     }
     result?;
     let st = &run.w.saver.stats;

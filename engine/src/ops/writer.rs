@@ -31,6 +31,9 @@ pub(crate) struct Writer {
     pub(crate) saver: BlobSaver,
     /// When the last index file was written, and the index files this run wrote.
     state: Mutex<(Instant, Vec<Id>)>,
+    /// Marked packs whose blobs this run already copied (a run that commits several snapshots
+    /// copies them once).
+    copied_packs: Mutex<HashSet<ObjectId>>,
 }
 
 impl Writer {
@@ -39,6 +42,7 @@ impl Writer {
             repo: repo.clone(),
             saver: repo.blob_saver()?,
             state: Mutex::new((Instant::now(), Vec::new())),
+            copied_packs: Mutex::new(HashSet::new()),
         })
     }
 
@@ -75,6 +79,16 @@ impl Writer {
         self.checkpoint(true)?;
         settle(self, check)
     }
+
+    /// A failed or interrupted run: indexes the packs already uploaded (so the next run reuses
+    /// them; not when the store itself failed, which would only add retries) and drops the
+    /// unfinished ones.
+    pub(crate) fn abort(&self, e: &Error) {
+        if !matches!(e, Error::Backend { .. }) {
+            let _ = self.checkpoint(true);
+        }
+        self.saver.abort();
+    }
 }
 
 /// Rounds of "list, copy" before giving up (each copy takes time, in which a prune may act).
@@ -96,7 +110,7 @@ fn settle(ctx: &Writer, check: &dyn Fn() -> Result<()>) -> Result<u64> {
     // files another one supersedes): re-judged each round, since copying takes time.
     let mut marks: HashMap<ObjectId, PackEntry> = HashMap::new();
     let mut files: Vec<(Id, IndexFile)> = Vec::new();
-    let mut copied_packs: HashSet<ObjectId> = HashSet::new();
+    let mut copied_packs = ctx.copied_packs.lock().expect("copied packs");
     for _ in 0..ROUNDS {
         seen.extend(ctx.state.lock().expect("index state").1.iter());
         files.extend(repo.read_new_index_files(&mut seen)?);

@@ -212,8 +212,8 @@ pub fn backup(
             blobs_copied: copied,
         })
     })();
-    if result.is_err() {
-        ctx.w.saver.abort();
+    if let Err(e) = &result {
+        ctx.w.abort(e);
     }
     result
 }
