@@ -12,8 +12,24 @@ use crate::args::{ForgetArgs, PruneArgs, PruneOpts, RepairCommand};
 use crate::output::{human_bytes, Out};
 use crate::{exit, filter_of, local_time, open_repo, progress, Global};
 
-fn prune_options(o: &PruneOpts) -> anyhow::Result<PruneOptions> {
+/// Below this grace period, the safety of concurrent backups rests on short runs: warned about.
+const SHORT_GRACE: i64 = 3600;
+
+fn prune_options(o: &PruneOpts, out: &Out) -> anyhow::Result<PruneOptions> {
     let grace = timeparse::parse_duration(&o.grace)?.as_secs() as i64;
+    if grace < SHORT_GRACE {
+        let msg = format!(
+            "--grace {} is short: a backup, copy or restore running meanwhile is safe only if it \
+             commits within half of it after its last look at the index (format-spec.md 12); \
+             use at least 1h when other hosts may be writing",
+            o.grace
+        );
+        if out.json {
+            out.json_line("warning", serde_json::json!({ "message": msg }));
+        } else if !out.quiet {
+            eprintln!("warning: {msg}");
+        }
+    }
     let max_unused: MaxUnused = o
         .max_unused
         .parse()
@@ -57,7 +73,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
         .group_by
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--group-by: {e}"))?;
-    let prune_opts = prune_options(&a.prune_opts)?;
+    let prune_opts = prune_options(&a.prune_opts, out)?;
     let snaps = repo.snapshots()?;
     let filter = filter_of(&a.filter);
     let mut remove: Vec<Id> = Vec::new();
@@ -162,7 +178,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
 
 pub fn cmd_prune(g: &Global, out: &Out, a: &PruneArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
-    let opts = prune_options(&a.opts)?;
+    let opts = prune_options(&a.opts, out)?;
     run_prune(g, out, &repo, &opts, a.dry_run)
 }
 
