@@ -3,50 +3,17 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
+use chunkbak_engine::chunker::{Chunker, ChunkerParams};
 use chunkbak_engine::compressor::compress;
 use chunkbak_engine::crypter::{DedupKey, MasterKey};
+use chunkbak_engine::ops::benchmark::{sample, SAMPLES};
 
 const LEN: usize = 32 << 20;
 
-/// (name, data): random, zeros, text-like, and a mix of the three.
+/// (name, data): random, zeros, text-like, and a mix of the three (the samples of
+/// `chunkbak benchmark`).
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
-    let random = splitmix_bytes(1, LEN);
-    let zeros = vec![0u8; LEN];
-    let words = [
-        "backup ",
-        "chunk ",
-        "the ",
-        "repository ",
-        "snapshot ",
-        "of ",
-        "data\n",
-        "and ",
-        "restore ",
-    ];
-    let mut text = Vec::with_capacity(LEN);
-    let r = splitmix_bytes(2, LEN / 4);
-    let mut i = 0;
-    while text.len() < LEN {
-        text.extend_from_slice(words[r[i % r.len()] as usize % words.len()].as_bytes());
-        i += 1;
-    }
-    text.truncate(LEN);
-    let mut mixed = Vec::with_capacity(LEN);
-    for k in 0..(LEN / (1 << 20)) {
-        let src = match k % 3 {
-            0 => &random,
-            1 => &text,
-            _ => &zeros,
-        };
-        mixed.extend_from_slice(&src[k << 20..(k + 1) << 20]);
-    }
-    vec![
-        ("random", random),
-        ("zeros", zeros),
-        ("text", text),
-        ("mixed", mixed),
-    ]
+    SAMPLES.iter().map(|k| (*k, sample(k, LEN))).collect()
 }
 
 fn stages(c: &mut Criterion) {

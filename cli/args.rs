@@ -104,8 +104,29 @@ pub enum Command {
     /// Manage the passwords (key files) that open the repository
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Measure the chunk pipeline (chunk, hash, compress, encrypt) on this host; no repository
+    Benchmark(BenchmarkArgs),
     /// Print a decrypted repository object (for debugging)
     Cat(CatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchmarkArgs {
+    /// Bytes of each sample (e.g. 64MiB)
+    #[arg(long, default_value = "64MiB", value_name = "SIZE")]
+    pub size: String,
+    /// Threads for the all-cores figure (0: one per core)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// zstd level to measure
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Samples: random, text, zeros, mixed (comma-separated)
+    #[arg(long, default_value = "random,text", value_name = "LIST")]
+    pub samples: String,
+    /// Each figure is the best of this many runs
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub rounds: usize,
 }
 
 #[derive(Args, Debug)]

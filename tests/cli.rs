@@ -620,3 +620,41 @@ fn one_file_system_stays_on_the_source_file_system() {
     );
     assert!(crossed.contains(&marker), "{crossed}");
 }
+
+#[test]
+fn benchmark_needs_no_repository_and_measures_every_stage() {
+    let e = Env::new();
+    // No repository exists at CHUNKBAK_REPOSITORY.
+    let r = e.ok(&[
+        "--json",
+        "benchmark",
+        "--size",
+        "2MiB",
+        "--rounds",
+        "1",
+        "--samples",
+        "random,text",
+    ]);
+    let figs = r.json("benchmark");
+    for stage in [
+        "chunk",
+        "hash",
+        "compress",
+        "encrypt",
+        "pipeline",
+        "pipeline-all",
+    ] {
+        for sample in ["random", "text"] {
+            let f = figs
+                .iter()
+                .find(|f| f["stage"] == stage && f["sample"] == sample)
+                .unwrap_or_else(|| panic!("no {stage} figure for {sample}: {}", r.out()));
+            assert!(f["bytes_per_sec"].as_f64().unwrap() > 0.0, "{f}");
+        }
+    }
+    assert_eq!(r.json("benchmark_efficiency").len(), 2);
+    assert!(!e.repo.exists());
+    let bad = e.run(&["benchmark", "--samples", "noise"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("unknown sample"), "{}", bad.stderr);
+}

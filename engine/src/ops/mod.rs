@@ -1,6 +1,7 @@
 //! Operations, one per command.
 
 pub mod backup;
+pub mod benchmark;
 pub mod check;
 pub mod copy;
 pub mod forget;
