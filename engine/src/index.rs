@@ -59,18 +59,118 @@ impl BlobLocation {
     }
 }
 
+/// One indexed blob in 48 bytes: its id, its pack's position (top bit: tree blob), offset,
+/// length (top bit: zstd-compressed) and raw length. Packs are at most about 1 GiB, so the top
+/// bits are free.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: BlobId,
+    pack: u32,
+    offset: u32,
+    length: u32,
+    raw_len: u32,
+}
+
+const TOP: u32 = 1 << 31;
+
+impl Entry {
+    fn new(id: BlobId, l: &BlobLocation) -> Self {
+        debug_assert!(l.pack < TOP && l.length < TOP);
+        Entry {
+            id,
+            pack: l.pack | if l.kind == BlobKind::Tree { TOP } else { 0 },
+            offset: l.offset,
+            length: l.length
+                | if l.compression == Compression::Zstd {
+                    TOP
+                } else {
+                    0
+                },
+            raw_len: l.raw_len,
+        }
+    }
+
+    fn pack(&self) -> u32 {
+        self.pack & !TOP
+    }
+
+    fn location(&self) -> BlobLocation {
+        BlobLocation {
+            pack: self.pack(),
+            offset: self.offset,
+            length: self.length & !TOP,
+            raw_len: self.raw_len,
+            kind: if self.pack & TOP != 0 {
+                BlobKind::Tree
+            } else {
+                BlobKind::Data
+            },
+            compression: if self.length & TOP != 0 {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
+        }
+    }
+}
+
+/// Where every blob is. Loading an index collects its blobs into one sorted array of 48-byte
+/// entries (binary search, no per-entry overhead); blobs added afterwards (a backup's new packs)
+/// go into a small hash map, searched first.
 #[derive(Default)]
 pub struct Index {
     packs: Vec<PackInfo>,
     pack_pos: HashMap<ObjectId, u32>,
-    blobs: HashMap<BlobId, BlobLocation>,
+    /// Sorted by id, one entry per id (after [`seal`](Index::seal)).
+    sorted: Vec<Entry>,
+    /// While loading: entries are appended to `sorted` unsorted, and sorted once at the end.
+    loading: bool,
+    recent: HashMap<BlobId, BlobLocation>,
     /// Index files loaded.
     pub files: Vec<Id>,
 }
 
+/// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
+pub const BYTES_PER_BLOB: usize = std::mem::size_of::<Entry>();
+
 impl Index {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An index being loaded: [`add_file`](Index::add_file) and
+    /// [`add_pack`](Index::add_pack) only collect, until [`seal`](Index::seal). `blobs` is the
+    /// number of blob records expected (memory is reserved for them at once).
+    pub fn loading(blobs: usize) -> Self {
+        Index {
+            sorted: Vec::with_capacity(blobs),
+            loading: true,
+            ..Self::default()
+        }
+    }
+
+    /// Ends loading: sorts the entries and keeps one per blob, in a live pack when there is
+    /// one. Lookups are valid from here on.
+    pub fn seal(&mut self) {
+        if !self.loading {
+            return;
+        }
+        self.loading = false;
+        let packs = &self.packs;
+        let marked = |e: &Entry| packs[e.pack() as usize].mark.is_some();
+        self.sorted
+            .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(marked(a).cmp(&marked(b))));
+        self.sorted.dedup_by(|a, b| a.id == b.id);
+        self.sorted.shrink_to_fit();
+    }
+
+    /// Blobs indexed.
+    pub fn len(&self) -> usize {
+        self.sorted.len() + self.recent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Adds every pack of an index file. A pack listed live anywhere is live ("live wins").
@@ -95,13 +195,7 @@ impl Index {
             }
             None => {
                 let pos = self.packs.len() as u32;
-                self.packs.push(PackInfo {
-                    id: p.id,
-                    kind: p.kind,
-                    size: p.size,
-                    salt: p.salt,
-                    mark: p.mark,
-                });
+                self.packs.push(PackInfo::of_entry(p));
                 self.pack_pos.insert(p.id, pos);
                 pos
             }
@@ -110,39 +204,48 @@ impl Index {
         for b in &p.blobs {
             let loc = BlobLocation {
                 pack: pos,
-                offset: b.offset,
-                length: b.length,
-                raw_len: b.raw_len,
-                kind: b.kind,
-                compression: b.compression,
+                ..BlobLocation::of_record(b)
             };
-            match self.blobs.get_mut(&b.id) {
+            if self.loading {
+                self.sorted.push(Entry::new(b.id, &loc));
+                continue;
+            }
+            match self.get(&b.id) {
                 None => {
-                    self.blobs.insert(b.id, loc);
+                    self.recent.insert(b.id, loc);
                 }
-                Some(old) if live && self.packs[old.pack as usize].mark.is_some() => {
-                    *old = loc;
+                Some((old, _)) if live && old.mark.is_some() => {
+                    self.recent.insert(b.id, loc);
                 }
                 Some(_) => {}
             }
         }
     }
 
+    fn location(&self, id: &BlobId) -> Option<BlobLocation> {
+        debug_assert!(!self.loading, "index lookup before seal()");
+        if let Some(l) = self.recent.get(id) {
+            return Some(*l);
+        }
+        self.sorted
+            .binary_search_by(|e| e.id.cmp(id))
+            .ok()
+            .map(|i| self.sorted[i].location())
+    }
+
     /// Where a blob can be read (live packs first, then packs marked for deletion).
     pub fn get(&self, id: &BlobId) -> Option<(&PackInfo, BlobLocation)> {
-        self.blobs
-            .get(id)
-            .map(|l| (&self.packs[l.pack as usize], *l))
+        self.location(id).map(|l| (&self.packs[l.pack as usize], l))
     }
 
     /// The blob can be read (it is in a live or a marked pack).
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.location(id).is_some()
     }
 
     /// The pack holding a live copy of the blob.
     pub fn live_pack_of(&self, id: &BlobId) -> Option<ObjectId> {
-        let l = self.blobs.get(id)?;
+        let l = self.location(id)?;
         let p = &self.packs[l.pack as usize];
         p.mark.is_none().then_some(p.id)
     }
@@ -186,6 +289,69 @@ mod tests {
             mark: mark.map(|(at, delete_after)| Mark { at, delete_after }),
             blobs: Vec::new(),
         }
+    }
+
+    fn with_blobs(id: u8, mark: Option<(i64, i64)>, blobs: &[u8]) -> PackEntry {
+        PackEntry {
+            blobs: blobs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| crate::format::pack::BlobRecord {
+                    id: BlobId::from_bytes([*b; 32]),
+                    kind: if *b % 2 == 0 {
+                        BlobKind::Data
+                    } else {
+                        BlobKind::Tree
+                    },
+                    compression: if *b % 3 == 0 {
+                        Compression::Zstd
+                    } else {
+                        Compression::None
+                    },
+                    offset: 10 * i as u32,
+                    length: 10,
+                    raw_len: 7 + u32::from(*b),
+                })
+                .collect(),
+            ..entry(id, mark)
+        }
+    }
+
+    #[test]
+    fn a_loaded_index_is_48_bytes_a_blob_and_finds_live_copies_first() {
+        assert_eq!(BYTES_PER_BLOB, 48);
+        let mut idx = Index::loading(6);
+        idx.add_pack(&with_blobs(1, Some((1, 2)), &[10, 11, 12]));
+        idx.add_pack(&with_blobs(2, None, &[12, 13]));
+        // Listed marked, then live elsewhere: revived (live wins).
+        idx.add_pack(&with_blobs(3, Some((1, 2)), &[14]));
+        idx.add_pack(&with_blobs(3, None, &[14]));
+        idx.seal();
+        assert_eq!(idx.len(), 5);
+        let id = |b: u8| BlobId::from_bytes([b; 32]);
+        assert_eq!(idx.live_pack_of(&id(10)), None, "only in a marked pack");
+        assert!(idx.contains(&id(10)));
+        assert_eq!(
+            idx.live_pack_of(&id(12)),
+            Some(Id([2; 32])),
+            "the live copy wins"
+        );
+        assert_eq!(idx.live_pack_of(&id(14)), Some(Id([3; 32])));
+        let (p, l) = idx.get(&id(11)).unwrap();
+        assert_eq!(p.id, Id([1; 32]));
+        assert_eq!(
+            (l.offset, l.length, l.raw_len, l.kind, l.compression),
+            (10, 10, 18, BlobKind::Tree, Compression::None)
+        );
+        let (_, l) = idx.get(&id(12)).unwrap();
+        assert_eq!((l.kind, l.compression), (BlobKind::Data, Compression::Zstd));
+        assert!(idx.get(&id(99)).is_none());
+        // Added after loading (a backup's new pack): found, and a live copy of a blob only a
+        // marked pack held takes over.
+        idx.add_pack(&with_blobs(4, None, &[10, 20]));
+        assert_eq!(idx.live_pack_of(&id(10)), Some(Id([4; 32])));
+        assert_eq!(idx.live_pack_of(&id(20)), Some(Id([4; 32])));
+        assert_eq!(idx.live_pack_of(&id(13)), Some(Id([2; 32])));
     }
 
     #[test]

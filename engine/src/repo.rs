@@ -443,21 +443,20 @@ impl Repository {
     }
 
     /// Loads every index file into memory. Returns the number of files read.
+    ///
+    /// Two passes keep memory at the index itself (48 bytes a blob) plus a few files in
+    /// flight: the first reads each file's header (what it supersedes, how many blobs), the
+    /// second decodes the files in force one at a time into a presized array. (A remote
+    /// repository's index files are read from the local cache the second time.)
     pub fn load_index(&self) -> Result<usize> {
-        let files = self.read_all_index_files()?;
-        let n = files.len();
-        let superseded: std::collections::HashSet<Id> = files
-            .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
-            .collect();
-        let mut fresh = Index::new();
-        for (id, f) in &files {
-            if !superseded.contains(id) {
-                fresh.add_file(*id, f);
+        let mut attempt = 0;
+        let (fresh, n) = loop {
+            match self.load_index_once() {
+                // A file vanished between the listing and a read: a prune replaced it.
+                Err(Error::ObjectNotFound(_)) if attempt < 4 => attempt += 1,
+                r => break r?,
             }
-        }
-        // Superseded files are loaded too (as read), so a later look for new files skips them.
-        fresh.files = files.iter().map(|(id, _)| *id).collect();
+        };
         let mut idx = self.index.write().expect("index lock");
         *idx = fresh;
         if let Some(c) = self.cache() {
@@ -472,6 +471,39 @@ impl Repository {
             );
         }
         Ok(n)
+    }
+
+    fn load_index_once(&self) -> Result<(Index, usize)> {
+        let names = self.list_named(FileKind::Index)?;
+        let heads = parallel_map(&names, |(id, name)| {
+            let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
+            let (supersedes, blobs) = IndexFile::peek(&plain, &format!("index/{name}"))?;
+            Ok((*id, supersedes, blobs))
+        })?;
+        let superseded: std::collections::HashSet<Id> = heads
+            .iter()
+            .flat_map(|(_, s, _)| s.iter().copied())
+            .collect();
+        let in_force: Vec<&(Id, String)> = names
+            .iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .collect();
+        let blobs = heads
+            .iter()
+            .filter(|(id, _, _)| !superseded.contains(id))
+            .map(|(_, _, n)| n)
+            .sum();
+        let fresh = Mutex::new(Index::loading(blobs));
+        parallel_map(&in_force, |(id, name)| {
+            let f = self.read_index_file(name)?;
+            fresh.lock().expect("index lock").add_file(*id, &f);
+            Ok(())
+        })?;
+        let mut fresh = fresh.into_inner().expect("index lock");
+        fresh.seal();
+        // Superseded files count as read too, so a later look for new files skips them.
+        fresh.files = names.iter().map(|(id, _)| *id).collect();
+        Ok((fresh, names.len()))
     }
 
     /// Writes an index file for packs a session stored.

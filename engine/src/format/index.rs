@@ -85,6 +85,27 @@ impl IndexFile {
         out
     }
 
+    /// What an index file supersedes and how many blob records it holds, without decoding
+    /// them (a first pass over many files, so only files in force are decoded in full).
+    pub fn peek(bytes: &[u8], name: &str) -> Result<(Vec<Id>, usize)> {
+        let mut r = Reader::new(bytes, name);
+        let n = r.count(32)?;
+        let mut supersedes = Vec::with_capacity(n);
+        for _ in 0..n {
+            supersedes.push(r.id()?);
+        }
+        let mut blobs = 0;
+        for _ in 0..r.count(PACK_ENTRY_LEN)? {
+            // The pack's fixed part, up to its blob count.
+            r.bytes(PACK_ENTRY_LEN - 4)?;
+            let nb = r.count(RECORD_LEN)?;
+            r.bytes(nb * RECORD_LEN)?;
+            blobs += nb;
+        }
+        r.finish()?;
+        Ok((supersedes, blobs))
+    }
+
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         let mut r = Reader::new(bytes, name);
         let n = r.count(32)?;

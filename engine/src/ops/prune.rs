@@ -221,10 +221,11 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             .filter(|(id, _)| !superseded.contains(id))
             .flat_map(|(_, f)| f.packs),
     );
-    let mut index = Index::new();
+    let mut index = Index::loading(packs.values().map(|p| p.blobs.len()).sum());
     for p in packs.values() {
         index.add_pack(p);
     }
+    index.seal();
     *repo.index().write().expect("index lock") = index;
 
     // Used blobs, from every snapshot's trees. Snapshots are listed after the time `now` is
