@@ -26,7 +26,21 @@ pub fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
     if level == 0 || raw.len() < 64 {
         return (Compression::None, raw.to_vec());
     }
-    match zstd::bulk::compress(raw, level) {
+    // One zstd context per thread, reused: creating one per blob costs more than compressing
+    // a small file.
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let r = CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, z) = c.as_mut().expect("set above");
+        z.compress(raw)
+    });
+    match r {
         Ok(c) if c.len() + raw.len() / 32 < raw.len() => (Compression::Zstd, c),
         _ => (Compression::None, raw.to_vec()),
     }
@@ -45,7 +59,18 @@ pub fn decompress(c: Compression, data: Vec<u8>, raw_len: usize, name: &str) -> 
             Ok(data)
         }
         Compression::Zstd => {
-            let out = zstd::bulk::decompress(&data, raw_len)
+            thread_local! {
+                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            let out = DCTX
+                .with(|d| {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    d.as_mut().expect("set above").decompress(&data, raw_len)
+                })
                 .map_err(|e| Error::corrupt(name, format!("zstd: {e}")))?;
             if out.len() != raw_len {
                 return Err(Error::corrupt(
