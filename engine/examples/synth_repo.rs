@@ -1,5 +1,6 @@
-//! Writes a local repository of many small blobs, for measuring prune at scale
-//! (`scripts/prune-scale.sh`): `synth_repo DIR BLOBS`. Password: "bench".
+//! Writes a local repository of many small blobs, for measuring prune and the index at scale
+//! (`scripts/prune-scale.sh`, `scripts/index-scale.sh`): `synth_repo DIR BLOBS [PACK_SIZE]`
+//! (a small pack size gives as many blobs per pack as real 1 MiB chunks do). Password: "bench".
 //!
 //! Two snapshots, each with its own half of the blobs (1000 files of BLOBS/2000 chunks each);
 //! the script forgets one, so a prune finds half of the packs unused.
@@ -18,7 +19,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(&args[1]);
     let blobs: u64 = args[2].parse().unwrap();
-    let opts = InitOptions {
+    let mut opts = InitOptions {
         kdf: KdfParams {
             m_cost_kib: 1024,
             t_cost: 1,
@@ -26,6 +27,9 @@ fn main() {
         },
         ..Default::default()
     };
+    if let Some(size) = args.get(3) {
+        opts.data_pack_size = size.parse().unwrap();
+    }
     let repo = Repository::init(Arc::new(LocalBackend::new(dir)), b"bench", &opts).unwrap();
     let files = 1000u64;
     let per_file = blobs / 2 / files;
@@ -64,7 +68,18 @@ fn main() {
                 }],
             )
             .unwrap();
-        repo.write_index(saver.finish().unwrap()).unwrap();
+        // Index files of at most 100,000 blobs, as prune writes them (backups write smaller ones).
+        let mut batch = Vec::new();
+        let mut n = 0;
+        for p in saver.finish().unwrap() {
+            n += p.blobs.len();
+            batch.push(p);
+            if n >= 100_000 {
+                repo.write_index(std::mem::take(&mut batch)).unwrap();
+                n = 0;
+            }
+        }
+        repo.write_index(batch).unwrap();
         let id = repo
             .write_snapshot(&Snapshot {
                 time: Timespec {

@@ -25,15 +25,28 @@ use crate::packer::BlobSaver;
 /// each read is a round trip, so they overlap; on a local disk it costs nothing.
 const PARALLEL_READS: usize = 16;
 
+/// Threads that decode index files into the index being loaded (the adding is serialized, so
+/// more would only hold more decoded files in memory).
+const DECODERS: usize = 2;
+
 /// `f` over `items` on up to [`PARALLEL_READS`] threads, results in order; the first error.
 fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    parallel_map_n(PARALLEL_READS, items, f)
+}
+
+/// As [`parallel_map`], on up to `threads` threads.
+fn parallel_map_n<T: Sync, R: Send>(
+    threads: usize,
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
-        for _ in 0..PARALLEL_READS.min(items.len()) {
+        for _ in 0..threads.min(items.len()) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(item) = items.get(i) else { break };
@@ -475,11 +488,17 @@ impl Repository {
 
     fn load_index_once(&self) -> Result<(Index, usize)> {
         let names = self.list_named(FileKind::Index)?;
-        let heads = parallel_map(&names, |(id, name)| {
-            let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
-            let (supersedes, blobs) = IndexFile::peek(&plain, &format!("index/{name}"))?;
-            Ok((*id, supersedes, blobs))
-        })?;
+        // Many reads in flight pay off only over a network; each holds a whole file.
+        let local = !self.backend.is_remote();
+        let heads = parallel_map_n(
+            if local { DECODERS } else { PARALLEL_READS },
+            &names,
+            |(id, name)| {
+                let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
+                let (supersedes, blobs) = IndexFile::peek(&plain, &format!("index/{name}"))?;
+                Ok((*id, supersedes, blobs))
+            },
+        )?;
         let superseded: std::collections::HashSet<Id> = heads
             .iter()
             .flat_map(|(_, s, _)| s.iter().copied())
@@ -494,7 +513,13 @@ impl Repository {
             .map(|(_, _, n)| n)
             .sum();
         let fresh = Mutex::new(Index::loading(blobs));
-        parallel_map(&in_force, |(id, name)| {
+        // The first pass downloaded what was remote (into the cache): decoding is the work now.
+        let threads = if self.cache().is_some() || local {
+            DECODERS
+        } else {
+            PARALLEL_READS
+        };
+        parallel_map_n(threads, &in_force, |(id, name)| {
             let f = self.read_index_file(name)?;
             fresh.lock().expect("index lock").add_file(*id, &f);
             Ok(())
