@@ -103,12 +103,27 @@ pub fn mutate(dir: &Path, rng: &mut Rng, round: u64) {
     }
 }
 
+/// The retention job of the concurrency scenarios: each host keeps its two newest snapshots,
+/// then prune, with a grace period of seconds.
+const RETENTION: [&str; 11] = [
+    "--json",
+    "forget",
+    "--keep-last",
+    "2",
+    "--group-by",
+    "host",
+    "--prune",
+    "--grace",
+    "3s",
+    "--max-unused",
+    "0%",
+];
+
 /// Several hosts back up into one repository at once, round after round, with random delays,
 /// while `forget --keep-last 2 --prune` runs in a loop with a grace period of seconds. Then
 /// `check --read-data` passes and every snapshot retention kept restores byte for byte.
 pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: u64) {
     let mut rng = Rng(seed("concurrent_backups_and_prunes"));
-    let grace = "3s";
     let srcs: Vec<PathBuf> = (0..hosts).map(|h| work.join(format!("src{h}"))).collect();
     // (host, round) -> the files its backup saw, and the snapshot id.
     let mut states: BTreeMap<String, BTreeMap<PathBuf, Vec<u8>>> = BTreeMap::new();
@@ -117,19 +132,7 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
     let prune_stats = std::sync::Mutex::new((0u64, 0u64, 0u64)); // runs, packs deleted, marked
     let mut copied = 0u64;
     // The retention job: each host keeps its two newest snapshots.
-    let retention = [
-        "--json",
-        "forget",
-        "--keep-last",
-        "2",
-        "--group-by",
-        "host",
-        "--prune",
-        "--grace",
-        grace,
-        "--max-unused",
-        "0%",
-    ];
+    let retention = RETENTION;
     let pruner_seed = rng.next();
     std::thread::scope(|s| {
         // The retention job.
@@ -328,19 +331,7 @@ pub fn copies_while_target_prunes(
 ) {
     let mut rng = Rng(seed("copies_while_target_prunes"));
     let (a, b) = (work.join("copy-src-h0"), work.join("copy-src-h1"));
-    let retention = [
-        "--json",
-        "forget",
-        "--keep-last",
-        "2",
-        "--group-by",
-        "host",
-        "--prune",
-        "--grace",
-        "3s",
-        "--max-unused",
-        "0%",
-    ];
+    let retention = RETENTION;
     let done = std::sync::atomic::AtomicBool::new(false);
     let mut states: BTreeMap<String, BTreeMap<PathBuf, Vec<u8>>> = BTreeMap::new();
     let mut by_host: [Vec<String>; 2] = [Vec::new(), Vec::new()];
