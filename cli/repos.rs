@@ -7,9 +7,11 @@ use anyhow::bail;
 use serde_json::json;
 
 use chunkbak_engine::format::key::KdfParams;
+use chunkbak_engine::format::snapshot::Snapshot;
 use chunkbak_engine::ops::copy;
-use chunkbak_engine::ops::select::find_id;
+use chunkbak_engine::ops::select::{self, Selector};
 use chunkbak_engine::ops::thaw::{self, PackGate, Thaw};
+use chunkbak_engine::Id;
 
 use crate::args::{CopyArgs, KeyCommand, NewPasswordArgs};
 use crate::output::{human_bytes, Out};
@@ -144,23 +146,15 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
             .cloned()
             .collect()
     } else {
-        let mut v = Vec::new();
+        // Ids and `latest`, as every other command takes them.
+        let mut v: Vec<(Id, Snapshot)> = Vec::new();
         for p in &a.snapshots {
-            let i = if p == "latest" {
-                snaps
-                    .iter()
-                    .rposition(|(_, s)| filter.matches(s))
-                    .ok_or_else(|| anyhow::anyhow!("no snapshot matches the filters"))?
-            } else {
-                find_id(&snaps, p)?
-            };
+            let i = select::select(&snaps, &Selector::parse(p), &filter, jiff::Timestamp::now())?;
             if !v.iter().any(|(id, _)| *id == snaps[i].0) {
                 v.push(snaps[i].clone());
             }
         }
-        v.sort_by(|x: &(_, chunkbak_engine::format::snapshot::Snapshot), y| {
-            x.1.time.cmp(&y.1.time)
-        });
+        v.sort_by_key(|(_, s)| s.time);
         v
     };
     let plan = copy::plan(&src, &dst, &snaps, chosen)?;

@@ -636,14 +636,7 @@ fn benchmark_needs_no_repository_and_measures_every_stage() {
         "random,text",
     ]);
     let figs = r.json("benchmark");
-    for stage in [
-        "chunk",
-        "hash",
-        "compress",
-        "encrypt",
-        "pipeline",
-        "pipeline-all",
-    ] {
+    for stage in chunkbak_engine::ops::benchmark::STAGES {
         for sample in ["random", "text"] {
             let f = figs
                 .iter()

@@ -108,6 +108,16 @@ fn other(e: &Env, name: &str) -> PathBuf {
     e.path(name)
 }
 
+/// A new repository at `to` with the chunker parameters and dedup secret of `e`'s.
+fn init_copy_of(e: &Env, to: &Path) {
+    let mut init = vec!["init", "--copy-chunker-params", "--from"];
+    init.push(e.repo.to_str().unwrap());
+    init.push("--from-password-file");
+    init.push(e.pw.to_str().unwrap());
+    init.extend(FAST_KDF);
+    on(e, to, &init);
+}
+
 fn on(e: &Env, repo: &Path, args: &[&str]) -> Run {
     let mut c = e.cmd();
     c.env("CHUNKBAK_REPOSITORY", repo).args(args);
@@ -171,12 +181,7 @@ fn copy_with_shared_chunker_params_moves_only_what_the_target_lacks() {
     e.ok(&["backup", s, "--host", "web1"]);
 
     let b = other(&e, "b");
-    let mut init = vec!["init", "--copy-chunker-params", "--from"];
-    init.push(e.repo.to_str().unwrap());
-    init.push("--from-password-file");
-    init.push(e.pw.to_str().unwrap());
-    init.extend(FAST_KDF);
-    on(&e, &b, &init);
+    init_copy_of(&e, &b);
 
     // Dry run: the plan, nothing written.
     let plan = copy_to(&e, &b, &["--dry-run"]).json("copy_plan")[0].clone();
@@ -333,12 +338,7 @@ fn copies_while_the_target_backs_up_and_prunes() {
     let e = Env::new();
     e.init_small();
     let t = other(&e, "target");
-    let mut init = vec!["init", "--copy-chunker-params", "--from"];
-    init.push(e.repo.to_str().unwrap());
-    init.push("--from-password-file");
-    init.push(e.pw.to_str().unwrap());
-    init.extend(FAST_KDF);
-    on(&e, &t, &init);
+    init_copy_of(&e, &t);
     let src = || e.cmd();
     let dst = || {
         let mut c = e.cmd();

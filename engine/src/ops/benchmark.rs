@@ -12,6 +12,16 @@ use crate::compressor::compress;
 use crate::crypter::{DedupKey, MasterKey};
 use crate::error::Result;
 
+/// What [`run`] measures, as [`Figure::stage`] names it.
+pub const STAGES: [&str; 6] = [
+    "chunk",
+    "hash",
+    "compress",
+    "encrypt",
+    "pipeline",
+    "pipeline-all",
+];
+
 /// The kinds of sample data.
 pub const SAMPLES: [&str; 4] = ["random", "text", "zeros", "mixed"];
 
@@ -256,14 +266,7 @@ mod tests {
         )
         .unwrap();
         let stages: Vec<_> = r.figures.iter().map(|f| f.stage).collect();
-        for s in [
-            "chunk",
-            "hash",
-            "compress",
-            "encrypt",
-            "pipeline",
-            "pipeline-all",
-        ] {
+        for s in STAGES {
             assert_eq!(stages.iter().filter(|x| **x == s).count(), 2, "{s}");
         }
         assert!(r.figures.iter().all(|f| f.bytes_per_sec > 0.0));
