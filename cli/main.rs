@@ -63,7 +63,27 @@ fn install_sigint() {
     }
 }
 
+/// glibc's allocator, tuned for a backup's allocations: buffers of a few MiB allocated and
+/// freed by several threads. By default glibc raises its mmap threshold to the largest block
+/// freed and gives every thread its own arena, so freed chunk buffers pile up in up to 8 arenas
+/// per core (a backup of a 4.6 GB tree peaked at 105 MB). Blocks over one maximum chunk
+/// (4 MiB) are mapped and returned when freed, and threads share one arena per core: the same
+/// backup peaks at 73 MB, the key derivation's 64 MiB, at the same speed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // SAFETY: mallopt only changes allocator parameters; it is called before any other
+        // thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, (4 << 20) + 1);
+            libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int);
+        }
+    }
+}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     install_sigint();
     let out = Out {

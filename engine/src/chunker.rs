@@ -177,6 +177,28 @@ impl<R: Read> Chunks<R> {
         Ok(())
     }
 
+    /// The next run of chunks, cut in the read-ahead buffer and lent out without copying:
+    /// every chunk whose cut point is final (at least `max_size` bytes follow its start, or
+    /// the input ended), at least `max_size` bytes of input per call until the end. Empty at
+    /// the end of the input. The chunks are those [`Iterator::next`] gives, one by one.
+    pub fn next_batch(&mut self) -> io::Result<Vec<&[u8]>> {
+        self.fill()?;
+        let max = self.chunker.inner.params.max_size as usize;
+        let mut cuts = Vec::new();
+        let mut p = self.pos;
+        loop {
+            let rest = &self.buf[p..];
+            if rest.is_empty() || (rest.len() < max && !self.eof) {
+                break;
+            }
+            let n = self.chunker.cut(rest);
+            cuts.push((p, n));
+            p += n;
+        }
+        self.pos = p;
+        Ok(cuts.into_iter().map(|(s, n)| &self.buf[s..s + n]).collect())
+    }
+
     /// The reader, once iteration is done.
     pub fn into_inner(self) -> R {
         self.reader
@@ -261,6 +283,42 @@ mod tests {
         }
         assert!(expect.iter().all(|&n| n <= 16384));
         assert!(expect[..expect.len() - 1].iter().all(|&n| n >= 1024));
+    }
+
+    #[test]
+    fn batches_are_the_chunks_of_one_pass() {
+        let c = small();
+        let data = splitmix_bytes(3, 250_000);
+        let expect = c.cut_all(&data);
+        for step in [1usize, 5000, 1 << 20] {
+            let mut chunks = c.chunks(Dribble { data: &data, step });
+            let (mut lens, mut joined, mut batches) = (Vec::new(), Vec::new(), 0);
+            loop {
+                let b = chunks.next_batch().unwrap();
+                if b.is_empty() {
+                    break;
+                }
+                batches += 1;
+                let bytes: usize = b.iter().map(|c| c.len()).sum();
+                // Each batch but the last holds at least max_size bytes.
+                assert!(
+                    bytes >= 16384 || joined.len() + bytes == data.len(),
+                    "{bytes}"
+                );
+                for ch in b {
+                    lens.push(ch.len());
+                    joined.extend_from_slice(ch);
+                }
+            }
+            assert_eq!(lens, expect, "step {step}");
+            assert_eq!(joined, data);
+            assert!(
+                batches < expect.len(),
+                "batches {batches}, chunks {}",
+                expect.len()
+            );
+            assert!(chunks.next_batch().unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -29,15 +29,20 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
-/// A rayon pool of `threads` workers (0: one per core) named `chunkbak-<name>-<i>`.
-pub fn thread_pool(threads: usize, name: &str) -> crate::Result<rayon::ThreadPool> {
-    let n = if threads == 0 {
+/// The number of worker threads `--threads N` asks for (0: one per core).
+pub fn threads(threads: usize) -> usize {
+    if threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     } else {
         threads
-    };
+    }
+}
+
+/// A rayon pool of `threads` workers (0: one per core) named `chunkbak-<name>-<i>`.
+pub fn thread_pool(threads: usize, name: &str) -> crate::Result<rayon::ThreadPool> {
+    let n = self::threads(threads);
     let name = name.to_string();
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)

@@ -8,21 +8,26 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use rayon::prelude::*;
 
 use super::fsmeta;
 use super::ls::{components, find, walk};
 use super::packread::PackReader;
 use super::thaw::PackGate;
 use crate::error::{Error, Result};
-use crate::format::tree::{Node, NodeKind};
+use crate::format::tree::{Content, Node, NodeKind};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
 /// Memory a restore from a remote repository may hold in fetched pack ranges.
 const RANGE_BUDGET: u64 = 128 << 20;
+
+/// Files of at least this many chunks are written by all threads at once.
+const PARALLEL_CHUNKS: usize = 4;
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -48,14 +53,66 @@ pub struct RestoreResult {
     pub warnings: Vec<(PathBuf, String)>,
 }
 
+/// A file to write, kept until the walk is over: only what writing it needs, since a restore
+/// holds one per file of the snapshot (a `Node` costs about twice as much).
 struct FileJob {
-    path: PathBuf,
-    node: Node,
+    path: Box<Path>,
+    content: Content,
+    size: u64,
+    meta: Meta,
+}
+
+/// The metadata a restore applies to an entry, owners already resolved to this system's ids.
+struct Meta {
+    symlink: bool,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: crate::format::tree::Timespec,
+    xattrs: Box<[(Vec<u8>, Vec<u8>)]>,
+}
+
+/// Resolves owner names to this system's ids once per name (the stored uid and gid when the
+/// name is unknown here or `--numeric-owner` is given).
+#[derive(Default)]
+struct OwnerIds {
+    users: HashMap<String, Option<u32>>,
+    groups: HashMap<String, Option<u32>>,
+}
+
+impl OwnerIds {
+    fn meta(&mut self, n: &Node, numeric: bool) -> Meta {
+        let mut uid = n.uid;
+        let mut gid = n.gid;
+        if !numeric {
+            if let Some(u) = &n.user {
+                let id = *self
+                    .users
+                    .entry(u.clone())
+                    .or_insert_with(|| fsmeta::uid_of(u));
+                uid = id.unwrap_or(uid);
+            }
+            if let Some(g) = &n.group {
+                let id = *self
+                    .groups
+                    .entry(g.clone())
+                    .or_insert_with(|| fsmeta::gid_of(g));
+                gid = id.unwrap_or(gid);
+            }
+        }
+        Meta {
+            symlink: n.kind == NodeKind::Symlink,
+            mode: n.mode,
+            uid,
+            gid,
+            mtime: n.mtime,
+            xattrs: n.xattrs.clone().into_boxed_slice(),
+        }
+    }
 }
 
 struct Restorer<'a> {
     repo: &'a Repository,
-    opts: &'a RestoreOptions,
     progress: &'a dyn Progress,
     root: bool,
     warnings: Mutex<Vec<(PathBuf, String)>>,
@@ -64,6 +121,8 @@ struct Restorer<'a> {
     files: AtomicU64,
     /// Remote repositories: blobs come from pack ranges fetched once.
     reader: Option<PackReader<'a>>,
+    /// Threads that write the chunks of one large file at once.
+    pool: rayon::ThreadPool,
 }
 
 /// Writes `data` at `off`, leaving 4 KiB blocks that are all zero as holes (the file is
@@ -109,21 +168,14 @@ impl Restorer<'_> {
     }
 
     /// chown (when root), chmod, xattrs, times: in this order, since chown clears set-id bits.
-    fn apply_meta(&self, path: &Path, n: &Node) {
+    fn apply_meta(&self, path: &Path, n: &Meta) {
         if self.root {
-            let uid = (!self.opts.numeric_owner)
-                .then(|| n.user.as_deref().and_then(fsmeta::uid_of))
-                .flatten()
-                .unwrap_or(n.uid);
-            let gid = (!self.opts.numeric_owner)
-                .then(|| n.group.as_deref().and_then(fsmeta::gid_of))
-                .flatten()
-                .unwrap_or(n.gid);
+            let (uid, gid) = (n.uid, n.gid);
             if let Err(e) = fsmeta::set_owner(path, uid, gid) {
                 self.warn(path, format!("cannot set owner {uid}:{gid}: {e}"));
             }
         }
-        if n.kind != NodeKind::Symlink {
+        if !n.symlink {
             if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(n.mode & 0o7777)) {
                 self.warn(path, format!("cannot set mode {:o}: {e}", n.mode & 0o7777));
             }
@@ -141,12 +193,31 @@ impl Restorer<'_> {
         }
     }
 
-    /// Writes a file's chunks; `done` counts the chunks read (each once, even on error).
+    fn read_chunk(&self, id: &BlobId) -> Result<Vec<u8>> {
+        match &self.reader {
+            Some(r) => r.read(id),
+            None => self.repo.read_blob(id),
+        }
+    }
+
+    /// The plaintext length of each chunk, from the index (None if one is missing: the file
+    /// then fails as it is written, with the reason).
+    fn raw_lens(&self, ids: &[BlobId]) -> Option<Vec<u64>> {
+        let idx = self.repo.index().read().expect("index lock");
+        ids.iter()
+            .map(|id| idx.get(id).map(|(_, l)| u64::from(l.raw_len)))
+            .collect()
+    }
+
+    /// Writes a file's chunks; `read[i]` is set once chunk `i` was read (or tried). A file of
+    /// [`PARALLEL_CHUNKS`] chunks or more is written by every thread of the pool at once, each
+    /// chunk with a positioned write at its offset, so one huge file (a disk image, a dump) is
+    /// restored in parallel.
     fn write_contents(
         &self,
         job: &FileJob,
         ids: &[BlobId],
-        done: &mut usize,
+        read: &[AtomicBool],
     ) -> Result<(fs::File, u64)> {
         let f = OpenOptions::new()
             .write(true)
@@ -154,42 +225,74 @@ impl Restorer<'_> {
             .truncate(true)
             .mode(0o600)
             .open(&job.path)
-            .map_err(|e| Error::io(&job.path, e))?;
-        let mut off = 0u64;
-        for id in ids {
-            *done += 1;
-            let data = match &self.reader {
-                Some(r) => r.read(id)?,
-                None => self.repo.read_blob(id)?,
-            };
-            write_sparse(&f, &data, off).map_err(|e| Error::io(&job.path, e))?;
-            off += data.len() as u64;
+            .map_err(|e| Error::io(&*job.path, e))?;
+        let put = |i: usize, off: u64| -> Result<u64> {
+            read[i].store(true, Ordering::Relaxed);
+            let data = self.read_chunk(&ids[i])?;
+            write_sparse(&f, &data, off).map_err(|e| Error::io(&*job.path, e))?;
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.progress.bytes(data.len() as u64);
+            Ok(data.len() as u64)
+        };
+        let lens = if ids.len() >= PARALLEL_CHUNKS {
+            self.raw_lens(ids)
+        } else {
+            None
+        };
+        let Some(lens) = lens else {
+            let mut off = 0u64;
+            for i in 0..ids.len() {
+                off += put(i, off)?;
+            }
+            return Ok((f, off));
+        };
+        let mut offs = Vec::with_capacity(lens.len());
+        let mut end = 0u64;
+        for l in &lens {
+            offs.push(end);
+            end += l;
         }
-        Ok((f, off))
+        self.pool.install(|| {
+            (0..ids.len())
+                .into_par_iter()
+                .with_max_len(1)
+                .try_for_each(|i| match put(i, offs[i])? {
+                    n if n == lens[i] => Ok(()),
+                    n => Err(Error::corrupt(
+                        format!("blob {}", ids[i]),
+                        format!("it holds {n} bytes, the index says {}", lens[i]),
+                    )),
+                })
+        })?;
+        Ok((f, end))
     }
 
     fn restore_file(&self, job: &FileJob) -> Result<()> {
-        let ids: Vec<BlobId> = self.repo.file_chunks(&job.node.content)?;
-        let mut done = 0usize;
-        let written = self.write_contents(job, &ids, &mut done);
+        let ids: Vec<BlobId> = self.repo.file_chunks(&job.content)?;
+        let read: Vec<AtomicBool> = ids.iter().map(|_| AtomicBool::new(false)).collect();
+        let written = self.write_contents(job, &ids, &read);
         if written.is_err() {
             // The file's remaining planned reads will not happen: release their ranges.
             if let Some(r) = &self.reader {
-                r.skip(&ids[done..]);
+                let unread: Vec<BlobId> = ids
+                    .iter()
+                    .zip(&read)
+                    .filter(|(_, d)| !d.load(Ordering::Relaxed))
+                    .map(|(id, _)| *id)
+                    .collect();
+                r.skip(&unread);
             }
         }
         let (f, off) = written?;
-        f.set_len(off).map_err(|e| Error::io(&job.path, e))?;
-        if off != job.node.size {
+        f.set_len(off).map_err(|e| Error::io(&*job.path, e))?;
+        if off != job.size {
             self.warn(
                 &job.path,
-                format!("restored {off} bytes, the snapshot recorded {} (file changed while backed up?)", job.node.size),
+                format!("restored {off} bytes, the snapshot recorded {} (file changed while backed up?)", job.size),
             );
         }
         drop(f);
-        self.apply_meta(&job.path, &job.node);
+        self.apply_meta(&job.path, &job.meta);
         self.files.fetch_add(1, Ordering::Relaxed);
         self.progress.file_done(&job.path);
         Ok(())
@@ -265,7 +368,6 @@ pub fn restore_gated(
 ) -> Result<RestoreResult> {
     let r = Restorer {
         repo,
-        opts,
         progress,
         root: fsmeta::is_root(),
         warnings: Mutex::new(Vec::new()),
@@ -273,6 +375,7 @@ pub fn restore_gated(
         bytes: AtomicU64::new(0),
         files: AtomicU64::new(0),
         reader: None,
+        pool: crate::ops::thread_pool(opts.threads, "restore")?,
     };
     let mut res = RestoreResult::default();
     let (start_tree, prefix, single) = resolve_start(repo, root, &opts.subpath)?;
@@ -287,11 +390,20 @@ pub fn restore_gated(
     }
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
 
-    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
+    let mut dirs: Vec<(Box<Path>, Meta)> = Vec::new();
+    let mut owners = OwnerIds::default();
+    let numeric = opts.numeric_owner;
     let mut jobs: Vec<FileJob> = Vec::new();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut total_bytes = 0u64;
     let target = opts.target.clone();
+    // A local restore writes files while the walk goes on: workers take them in tree order
+    // from a bounded queue. A remote or gated one plans every read before it writes.
+    let streaming = !repo.backend().is_remote() && gate.is_none();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<FileJob>(1024);
+    let tx = Mutex::new(streaming.then_some(tx));
+    let rx = Mutex::new(rx);
+    let mut queued = 0u64;
     let mut handle = |rel: &[u8], n: &Node, res: &mut RestoreResult| -> Result<bool> {
         if !n.has_safe_name() {
             r.error(
@@ -320,7 +432,7 @@ pub fn restore_gated(
                 }
                 let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
                 res.dirs += 1;
-                dirs.push((path, n.clone()));
+                dirs.push((path.into_boxed_path(), owners.meta(n, numeric)));
                 return Ok(true);
             }
             _ if !restore_it => return Ok(false),
@@ -351,10 +463,23 @@ pub fn restore_gated(
                     links.insert(k, path.clone());
                 }
                 total_bytes += n.size;
-                jobs.push(FileJob {
-                    path,
-                    node: n.clone(),
-                });
+                let job = FileJob {
+                    path: path.into_boxed_path(),
+                    content: n.content.clone(),
+                    size: n.size,
+                    meta: owners.meta(n, numeric),
+                };
+                queued += 1;
+                if queued.is_multiple_of(1000) {
+                    // The totals so far: files are written while the walk goes on.
+                    progress.total(queued, total_bytes);
+                }
+                match &*tx.lock().expect("file queue") {
+                    Some(t) => {
+                        let _ = t.send(job);
+                    }
+                    None => jobs.push(job),
+                }
             }
             NodeKind::Symlink => {
                 let _ = fs::remove_file(&path);
@@ -362,7 +487,7 @@ pub fn restore_gated(
                 {
                     Ok(()) => {
                         res.links += 1;
-                        r.apply_meta(&path, n);
+                        r.apply_meta(&path, &owners.meta(n, numeric));
                     }
                     Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
                 }
@@ -376,7 +501,7 @@ pub fn restore_gated(
                 match fsmeta::make_special(&path, n) {
                     Ok(()) => {
                         res.specials += 1;
-                        r.apply_meta(&path, n);
+                        r.apply_meta(&path, &owners.meta(n, numeric));
                     }
                     Err(e) => r.error(&path, format!("cannot create special file: {e}")),
                 }
@@ -385,23 +510,45 @@ pub fn restore_gated(
         }
         Ok(false)
     };
-    if let Some(n) = single {
-        let name = n.name.clone();
-        let mut rel = b"/".to_vec();
-        rel.extend_from_slice(&name);
-        handle(&rel, &n, &mut res)?;
-    } else {
-        walk(repo, start_tree, &prefix, &mut |p, n| {
-            handle(p, n, &mut res)
-        })?;
-    }
-    progress.total(res.files, total_bytes);
+    let walked = std::thread::scope(|sc| {
+        if streaming {
+            for _ in 0..crate::ops::threads(opts.threads) {
+                sc.spawn(|| loop {
+                    let Ok(job) = rx.lock().expect("file queue").recv() else {
+                        break;
+                    };
+                    // After an interrupt the queue is drained unwritten, so the walk can end.
+                    if crate::ops::interrupted() {
+                        continue;
+                    }
+                    if let Err(e) = r.restore_file(&job) {
+                        r.error(&job.path, format!("not restored: {e}"));
+                    }
+                });
+            }
+        }
+        let walked = match single {
+            Some(n) => {
+                let mut rel = b"/".to_vec();
+                rel.extend_from_slice(&n.name);
+                handle(&rel, &n, &mut res).map(|_| ())
+            }
+            None => walk(repo, start_tree, &prefix, &mut |p, n| {
+                handle(p, n, &mut res)
+            }),
+        };
+        // The workers end once the queue is empty and closed.
+        tx.lock().expect("file queue").take();
+        walked
+    });
+    walked?;
+    progress.total(queued, total_bytes);
     let mut r = r;
     if repo.backend().is_remote() {
         // Every blob the restore reads, in planned order, so ranges are fetched once.
         let mut blobs = Vec::new();
         for job in &jobs {
-            if let Ok(ids) = repo.file_chunks(&job.node.content) {
+            if let Ok(ids) = repo.file_chunks(&job.content) {
                 blobs.extend(ids);
             }
         }
@@ -409,13 +556,13 @@ pub fn restore_gated(
     }
     let r = r;
 
-    let pool = crate::ops::thread_pool(opts.threads, "restore")?;
     let mut pending = jobs;
-    loop {
+    // (A streaming restore wrote its files during the walk.)
+    while !pending.is_empty() {
         let (ready, waiting): (Vec<FileJob>, Vec<FileJob>) = match gate {
             None => (pending, Vec::new()),
             Some(g) => pending.into_iter().partition(|job| {
-                repo.file_chunks(&job.node.content)
+                repo.file_chunks(&job.content)
                     .ok()
                     .and_then(|ids| packs_of(repo, &ids))
                     // A file whose chunks cannot be located fails when restored, with a reason.
@@ -426,9 +573,9 @@ pub fn restore_gated(
         // distant halves), so reads move through the packs together and a fetched pack range
         // is used up soon after it arrives.
         let next = std::sync::atomic::AtomicUsize::new(0);
-        pool.scope(|s| {
-            for _ in 0..pool.current_num_threads() {
-                s.spawn(|_| loop {
+        std::thread::scope(|sc| {
+            for _ in 0..crate::ops::threads(opts.threads) {
+                sc.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = ready.get(i) else { break };
                     if crate::ops::interrupted() {
@@ -444,10 +591,12 @@ pub fn restore_gated(
             return Err(Error::Interrupted);
         }
         pending = waiting;
-        match gate {
-            Some(g) if !pending.is_empty() => g.wait()?,
-            _ => break,
+        if let (Some(g), false) = (gate, pending.is_empty()) {
+            g.wait()?;
         }
+    }
+    if crate::ops::interrupted() {
+        return Err(Error::Interrupted);
     }
     for (path, n) in dirs.iter().rev() {
         r.apply_meta(path, n);

@@ -118,47 +118,42 @@ impl Ctx {
         Ok(())
     }
 
-    /// Chunks a stream, storing new chunks; returns the chunk ids. Chunks are hashed, compressed
-    /// and encrypted in parallel batches. A failing source gives `StreamError::Read` (skip the
+    /// Chunks a stream, storing new chunks; returns the chunk ids. The chunks of each batch
+    /// (at least one maximum chunk size of input) are hashed, compressed and encrypted in
+    /// parallel, straight out of the chunker's read buffer; a batch of one chunk (a small
+    /// file) stays on the calling thread. A failing source gives `StreamError::Read` (skip the
     /// file), a failing repository `StreamError::Repo` (stop the run).
     pub(super) fn store_stream<R: Read>(
         &self,
         reader: R,
         size_hint: Option<u64>,
     ) -> std::result::Result<(Vec<BlobId>, R), StreamError> {
-        const BATCH_BYTES: usize = 8 << 20;
         let mut ids = Vec::new();
-        let mut batch: Vec<Vec<u8>> = Vec::new();
-        let mut batch_bytes = 0;
         let mut chunks = self.repo.chunker().chunks_sized(reader, size_hint);
-        let flush = |batch: &mut Vec<Vec<u8>>, ids: &mut Vec<BlobId>| -> Result<()> {
-            let got: Vec<Result<BlobId>> = self.pool.install(|| {
-                batch
-                    .par_iter()
-                    .map(|c| self.w.saver.save(BlobKind::Data, c).map(|(id, _)| id))
-                    .collect()
-            });
-            for r in got {
-                ids.push(r?);
+        let save = |c: &&[u8]| self.w.saver.save(BlobKind::Data, c).map(|(id, _)| id);
+        loop {
+            let batch = chunks.next_batch().map_err(StreamError::Read)?;
+            let n: usize = batch.iter().map(|c| c.len()).sum();
+            if n == 0 {
+                break;
             }
-            batch.clear();
-            Ok(())
-        };
-        for c in chunks.by_ref() {
-            let c = c.map_err(StreamError::Read)?;
-            let n = c.len() as u64;
-            self.counters.bytes_read.fetch_add(n, Ordering::Relaxed);
-            self.progress.bytes(n);
-            batch_bytes += c.len();
-            batch.push(c);
-            if batch_bytes >= BATCH_BYTES {
-                flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
-                batch_bytes = 0;
+            self.counters
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.progress.bytes(n as u64);
+            let got: Vec<Result<BlobId>> = if batch.len() == 1 {
+                vec![save(&batch[0])]
+            } else {
+                self.pool.install(|| batch.par_iter().map(save).collect())
+            };
+            for r in got {
+                ids.push(r.map_err(StreamError::Repo)?);
+            }
+            if n >= self.repo.chunker().params().max_size as usize {
                 self.checkpoint(false).map_err(StreamError::Repo)?;
                 self.check().map_err(StreamError::Repo)?;
             }
         }
-        flush(&mut batch, &mut ids).map_err(StreamError::Repo)?;
         Ok((ids, chunks.into_inner()))
     }
 

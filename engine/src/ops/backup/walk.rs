@@ -38,6 +38,31 @@ pub(super) fn backup_paths(
             })
             .map_err(|e| Error::Other(format!("thread: {e}")))?
     };
+    // Files are read by their own threads, one file each at a time; the rayon pool only runs
+    // the chunks of a file's batches. A pool thread waiting for its batch therefore never steals
+    // another file and starts another read buffer: memory stays at one buffer per reader.
+    let (jobs, readers) = {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut readers = Vec::new();
+        for i in 0..ctx.pool.current_num_threads() {
+            let rx = rx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("chunkbak-read-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().expect("file jobs").recv();
+                    let Ok(job) = job else { break };
+                    // As in a rayon pool: a panic is a bug, and waiting on its result forever
+                    // would hide it.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        std::process::abort();
+                    }
+                })
+                .map_err(|e| Error::Other(format!("thread: {e}")))?;
+            readers.push(t);
+        }
+        (tx, readers)
+    };
     let mut hardlinks: HashMap<(u64, u64), Slot<FileResult>> = HashMap::new();
     let mut roots: Vec<Pending> = Vec::new();
     let mut walk_result = Ok(());
@@ -181,7 +206,7 @@ pub(super) fn backup_paths(
                                 meta,
                                 permits.clone(),
                             );
-                            ctx.pool.spawn(move || {
+                            let _ = jobs.send(Box::new(move || {
                                 let r = if c.failed.load(Ordering::Relaxed) {
                                     Err("backup aborted".to_string())
                                 } else {
@@ -191,7 +216,7 @@ pub(super) fn backup_paths(
                                 c.progress.file_done(&p);
                                 s.set(r);
                                 pm.release();
-                            });
+                            }));
                             Pending::File(node, slot, entry.path().to_path_buf())
                         }
                     }
@@ -217,6 +242,10 @@ pub(super) fn backup_paths(
     let _ = finisher.join();
     // After an early stop some jobs may still run: let them end before anything is cleaned up.
     permits.wait_all(IN_FLIGHT);
+    drop(jobs);
+    for t in readers {
+        let _ = t.join();
+    }
     scanner_stop.store(true, Ordering::SeqCst);
     let _ = scanner.join();
     walk_result?;
