@@ -77,6 +77,9 @@ fn tune_allocator() {
         // thread exists.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, (4 << 20) + 1);
+            // Fixing the mmap threshold also fixes the trim threshold (128 KiB by default):
+            // freed buffers would go back to the kernel at once and fault in again.
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_ARENA_MAX, cores as libc::c_int);
         }
     }

@@ -6,8 +6,11 @@
 # size, then a table of chunkbak's ratios to each tool.
 # usage: scripts/compare-tools.sh TREE DUMP1 DUMP2 WORKDIR   (WORKDIR is wiped)
 # SKIP_BORG=1 and SKIP_RUSTIC=1 leave those out; RUSTIC=path picks the rustic binary.
+# RESTORE_TARGET=dir restores there instead of WORKDIR/out (a tmpfs such as /dev/shm/out takes
+# the file system's inode allocation out of the comparison; it is wiped after each restore).
 set -euo pipefail
 tree=$1 d1=$2 d2=$3 work=$4
+out=${RESTORE_TARGET:-$work/out}
 bin=$(realpath "${CHUNKBAK_BIN:-target/release/chunkbak}")
 rustic=${RUSTIC:-$(command -v rustic || true)}
 [ -n "${SKIP_RUSTIC:-}" ] && rustic=""
@@ -56,8 +59,9 @@ run_tool() {
   t "$name 1% changed" bash -c "${name}_backup \"\$1\"" _ "$tree"
   undo_churn
   sz "$name" "$work/$name"
-  t "$name restore" bash -c "${name}_restore \"\$1\"" _ "$work/out"
-  rm -rf "$work/out"
+  rm -rf "$out"
+  t "$name restore" bash -c "${name}_restore \"\$1\"" _ "$out"
+  rm -rf "$out"
 }
 
 export CHUNKBAK_REPOSITORY=$work/chunkbak CHUNKBAK_PASSWORD_FILE=$work/pw CHUNKBAK_NO_PROGRESS=1
