@@ -177,6 +177,22 @@ pub fn set_times(path: &Path, t: Timespec) -> std::io::Result<()> {
     }
 }
 
+/// As [`set_times`], through an open file.
+pub fn set_times_fd(f: &std::fs::File, t: Timespec) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ts = libc::timespec {
+        tv_sec: t.secs as libc::time_t,
+        tv_nsec: t.nanos as libc::c_long,
+    };
+    let times = [ts, ts];
+    // SAFETY: the descriptor is open for the duration of the call, times has two entries.
+    if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// lchown.
 pub fn set_owner(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))

@@ -168,27 +168,47 @@ impl Restorer<'_> {
     }
 
     /// chown (when root), chmod, xattrs, times: in this order, since chown clears set-id bits.
-    fn apply_meta(&self, path: &Path, n: &Meta) {
+    /// With `file` (a regular file just written) through its descriptor: a restore of many
+    /// small files would otherwise spend much of its kernel time looking up their paths.
+    fn apply_meta(&self, path: &Path, file: Option<&fs::File>, n: &Meta) {
         if self.root {
             let (uid, gid) = (n.uid, n.gid);
-            if let Err(e) = fsmeta::set_owner(path, uid, gid) {
+            let r = match file {
+                Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+                None => fsmeta::set_owner(path, uid, gid),
+            };
+            if let Err(e) = r {
                 self.warn(path, format!("cannot set owner {uid}:{gid}: {e}"));
             }
         }
         if !n.symlink {
-            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(n.mode & 0o7777)) {
+            let mode = fs::Permissions::from_mode(n.mode & 0o7777);
+            let r = match file {
+                Some(f) => f.set_permissions(mode),
+                None => fs::set_permissions(path, mode),
+            };
+            if let Err(e) = r {
                 self.warn(path, format!("cannot set mode {:o}: {e}", n.mode & 0o7777));
             }
         }
-        for (k, v) in &n.xattrs {
-            if let Err(e) = xattr::set(path, std::ffi::OsStr::from_bytes(k), v) {
+        for (k, v) in n.xattrs.iter() {
+            let name = std::ffi::OsStr::from_bytes(k);
+            let r = match file {
+                Some(f) => xattr::FileExt::set_xattr(f, name, v),
+                None => xattr::set(path, name, v),
+            };
+            if let Err(e) = r {
                 self.warn(
                     path,
                     format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)),
                 );
             }
         }
-        if let Err(e) = fsmeta::set_times(path, n.mtime) {
+        let r = match file {
+            Some(f) => fsmeta::set_times_fd(f, n.mtime),
+            None => fsmeta::set_times(path, n.mtime),
+        };
+        if let Err(e) = r {
             self.warn(path, format!("cannot set times: {e}"));
         }
     }
@@ -291,8 +311,8 @@ impl Restorer<'_> {
                 format!("restored {off} bytes, the snapshot recorded {} (file changed while backed up?)", job.size),
             );
         }
+        self.apply_meta(&job.path, Some(&f), &job.meta);
         drop(f);
-        self.apply_meta(&job.path, &job.meta);
         self.files.fetch_add(1, Ordering::Relaxed);
         self.progress.file_done(&job.path);
         Ok(())
@@ -487,7 +507,7 @@ pub fn restore_gated(
                 {
                     Ok(()) => {
                         res.links += 1;
-                        r.apply_meta(&path, &owners.meta(n, numeric));
+                        r.apply_meta(&path, None, &owners.meta(n, numeric));
                     }
                     Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
                 }
@@ -501,7 +521,7 @@ pub fn restore_gated(
                 match fsmeta::make_special(&path, n) {
                     Ok(()) => {
                         res.specials += 1;
-                        r.apply_meta(&path, &owners.meta(n, numeric));
+                        r.apply_meta(&path, None, &owners.meta(n, numeric));
                     }
                     Err(e) => r.error(&path, format!("cannot create special file: {e}")),
                 }
@@ -599,7 +619,7 @@ pub fn restore_gated(
         return Err(Error::Interrupted);
     }
     for (path, n) in dirs.iter().rev() {
-        r.apply_meta(path, n);
+        r.apply_meta(path, None, n);
     }
     res.bytes = r.bytes.load(Ordering::Relaxed);
     res.files = r.files.load(Ordering::Relaxed);
