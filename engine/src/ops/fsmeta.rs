@@ -153,14 +153,19 @@ pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// Sets mtime and atime (= mtime) of a path without following symlinks.
-pub fn set_times(path: &Path, t: Timespec) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
+/// atime and mtime, both `t`, as utimensat and futimens take them.
+fn times_of(t: Timespec) -> [libc::timespec; 2] {
     let ts = libc::timespec {
         tv_sec: t.secs as libc::time_t,
         tv_nsec: t.nanos as libc::c_long,
     };
-    let times = [ts, ts];
+    [ts, ts]
+}
+
+/// Sets mtime and atime (= mtime) of a path without following symlinks.
+pub fn set_times(path: &Path, t: Timespec) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let times = times_of(t);
     // SAFETY: c is a valid C string, times has two entries.
     let rc = unsafe {
         libc::utimensat(
@@ -180,11 +185,7 @@ pub fn set_times(path: &Path, t: Timespec) -> std::io::Result<()> {
 /// As [`set_times`], through an open file.
 pub fn set_times_fd(f: &std::fs::File, t: Timespec) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let ts = libc::timespec {
-        tv_sec: t.secs as libc::time_t,
-        tv_nsec: t.nanos as libc::c_long,
-    };
-    let times = [ts, ts];
+    let times = times_of(t);
     // SAFETY: the descriptor is open for the duration of the call, times has two entries.
     if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } == 0 {
         Ok(())

@@ -29,6 +29,14 @@ const RANGE_BUDGET: u64 = 128 << 20;
 /// Files of at least this many chunks are written by all threads at once.
 const PARALLEL_CHUNKS: usize = 4;
 
+/// Runs a worker's loop; a panic there is a bug, and other threads waiting on the worker
+/// would wait forever, so it ends the process as a panic in a rayon pool does.
+fn abort_on_panic(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        std::process::abort();
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -247,6 +255,9 @@ impl Restorer<'_> {
             .open(&job.path)
             .map_err(|e| Error::io(&*job.path, e))?;
         let put = |i: usize, off: u64| -> Result<u64> {
+            if crate::ops::interrupted() {
+                return Err(Error::Interrupted);
+            }
             read[i].store(true, Ordering::Relaxed);
             let data = self.read_chunk(&ids[i])?;
             write_sparse(&f, &data, off).map_err(|e| Error::io(&*job.path, e))?;
@@ -285,6 +296,13 @@ impl Restorer<'_> {
                 })
         })?;
         Ok((f, end))
+    }
+
+    /// Restores one file; a failure is reported and counted, and the restore goes on.
+    fn write_file(&self, job: &FileJob) {
+        if let Err(e) = self.restore_file(job) {
+            self.error(&job.path, format!("not restored: {e}"));
+        }
     }
 
     fn restore_file(&self, job: &FileJob) -> Result<()> {
@@ -412,7 +430,8 @@ pub fn restore_gated(
 
     let mut dirs: Vec<(Box<Path>, Meta)> = Vec::new();
     let mut owners = OwnerIds::default();
-    let numeric = opts.numeric_owner;
+    // Owners are only set by root: nobody else needs the names looked up.
+    let numeric = opts.numeric_owner || !r.root;
     let mut jobs: Vec<FileJob> = Vec::new();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut total_bytes = 0u64;
@@ -425,6 +444,9 @@ pub fn restore_gated(
     let rx = Mutex::new(rx);
     let mut queued = 0u64;
     let mut handle = |rel: &[u8], n: &Node, res: &mut RestoreResult| -> Result<bool> {
+        if crate::ops::interrupted() {
+            return Err(Error::Interrupted);
+        }
         if !n.has_safe_name() {
             r.error(
                 &target,
@@ -530,36 +552,42 @@ pub fn restore_gated(
         }
         Ok(false)
     };
+    // Set when the walk failed: the files still queued are left unwritten.
+    let stop = AtomicBool::new(false);
     let walked = std::thread::scope(|sc| {
         if streaming {
-            for _ in 0..crate::ops::threads(opts.threads) {
-                sc.spawn(|| loop {
-                    let Ok(job) = rx.lock().expect("file queue").recv() else {
-                        break;
-                    };
-                    // After an interrupt the queue is drained unwritten, so the walk can end.
-                    if crate::ops::interrupted() {
-                        continue;
-                    }
-                    if let Err(e) = r.restore_file(&job) {
-                        r.error(&job.path, format!("not restored: {e}"));
-                    }
+            for _ in 0..r.pool.current_num_threads() {
+                sc.spawn(|| {
+                    abort_on_panic(|| loop {
+                        let Ok(job) = rx.lock().expect("file queue").recv() else {
+                            break;
+                        };
+                        // The queue is drained unwritten after an interrupt or a failed walk,
+                        // so the walk can end.
+                        if !crate::ops::interrupted() && !stop.load(Ordering::Relaxed) {
+                            r.write_file(&job);
+                        }
+                    })
                 });
             }
         }
-        let walked = match single {
+        // A panic in the walk closes the queue too, so the workers end and the panic goes on.
+        let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &single {
             Some(n) => {
                 let mut rel = b"/".to_vec();
                 rel.extend_from_slice(&n.name);
-                handle(&rel, &n, &mut res).map(|_| ())
+                handle(&rel, n, &mut res).map(|_| ())
             }
             None => walk(repo, start_tree, &prefix, &mut |p, n| {
                 handle(p, n, &mut res)
             }),
-        };
+        }));
+        if !matches!(walked, Ok(Ok(()))) {
+            stop.store(true, Ordering::Relaxed);
+        }
         // The workers end once the queue is empty and closed.
         tx.lock().expect("file queue").take();
-        walked
+        walked.unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     walked?;
     progress.total(queued, total_bytes);
@@ -594,16 +622,16 @@ pub fn restore_gated(
         // is used up soon after it arrives.
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|sc| {
-            for _ in 0..crate::ops::threads(opts.threads) {
-                sc.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = ready.get(i) else { break };
-                    if crate::ops::interrupted() {
-                        break;
-                    }
-                    if let Err(e) = r.restore_file(job) {
-                        r.error(&job.path, format!("not restored: {e}"));
-                    }
+            for _ in 0..r.pool.current_num_threads() {
+                sc.spawn(|| {
+                    abort_on_panic(|| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = ready.get(i) else { break };
+                        if crate::ops::interrupted() {
+                            break;
+                        }
+                        r.write_file(job);
+                    })
                 });
             }
         });

@@ -207,7 +207,9 @@ pub(super) fn backup_paths(
                                 permits.clone(),
                             );
                             let _ = jobs.send(Box::new(move || {
-                                let r = if c.failed.load(Ordering::Relaxed) {
+                                let r = if c.failed.load(Ordering::Relaxed)
+                                    || crate::ops::interrupted()
+                                {
                                     Err("backup aborted".to_string())
                                 } else {
                                     c.read_file(&p, &m)
