@@ -90,24 +90,24 @@ struct OwnerIds {
 
 impl OwnerIds {
     fn meta(&mut self, n: &Node, numeric: bool) -> Meta {
-        let mut uid = n.uid;
-        let mut gid = n.gid;
-        if !numeric {
-            if let Some(u) = &n.user {
-                let id = *self
-                    .users
-                    .entry(u.clone())
-                    .or_insert_with(|| fsmeta::uid_of(u));
-                uid = id.unwrap_or(uid);
-            }
-            if let Some(g) = &n.group {
-                let id = *self
-                    .groups
-                    .entry(g.clone())
-                    .or_insert_with(|| fsmeta::gid_of(g));
-                gid = id.unwrap_or(gid);
-            }
+        /// The id of `name` on this system (looked up once per name), else `stored`.
+        fn resolve(
+            cache: &mut HashMap<String, Option<u32>>,
+            name: Option<&String>,
+            lookup: fn(&str) -> Option<u32>,
+            stored: u32,
+        ) -> u32 {
+            name.and_then(|s| *cache.entry(s.clone()).or_insert_with(|| lookup(s)))
+                .unwrap_or(stored)
         }
+        let (uid, gid) = if numeric {
+            (n.uid, n.gid)
+        } else {
+            (
+                resolve(&mut self.users, n.user.as_ref(), fsmeta::uid_of, n.uid),
+                resolve(&mut self.groups, n.group.as_ref(), fsmeta::gid_of, n.gid),
+            )
+        };
         Meta {
             symlink: n.kind == NodeKind::Symlink,
             mode: n.mode,
