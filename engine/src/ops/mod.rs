@@ -29,6 +29,14 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// Runs a worker thread's loop. A panic there is a bug, and the threads waiting on the worker
+/// would wait forever, so it ends the process, as a panic in a rayon pool does.
+pub(crate) fn abort_on_panic(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        std::process::abort();
+    }
+}
+
 /// The number of worker threads `--threads N` asks for (0: one per core).
 pub fn threads(threads: usize) -> usize {
     if threads == 0 {

@@ -29,14 +29,6 @@ const RANGE_BUDGET: u64 = 128 << 20;
 /// Files of at least this many chunks are written by all threads at once.
 const PARALLEL_CHUNKS: usize = 4;
 
-/// Runs a worker's loop; a panic there is a bug, and other threads waiting on the worker
-/// would wait forever, so it ends the process as a panic in a rayon pool does.
-fn abort_on_panic(f: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        std::process::abort();
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -558,7 +550,7 @@ pub fn restore_gated(
         if streaming {
             for _ in 0..r.pool.current_num_threads() {
                 sc.spawn(|| {
-                    abort_on_panic(|| loop {
+                    crate::ops::abort_on_panic(|| loop {
                         let Ok(job) = rx.lock().expect("file queue").recv() else {
                             break;
                         };
@@ -624,7 +616,7 @@ pub fn restore_gated(
         std::thread::scope(|sc| {
             for _ in 0..r.pool.current_num_threads() {
                 sc.spawn(|| {
-                    abort_on_panic(|| loop {
+                    crate::ops::abort_on_panic(|| loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = ready.get(i) else { break };
                         if crate::ops::interrupted() {

@@ -3,10 +3,10 @@
 //!
 //! Threads: the calling thread walks (walkdir, pre-order, sorted by name) and hands each file
 //! that must be read to one of N reader threads (N: `--threads`), which chunk it in batches
-//! whose chunks a rayon pool of N threads hashes, compresses and encrypts; a finisher thread receives finished directories in
-//! post-order, waits for their files, and stores their tree blobs; a scanner thread counts the
-//! totals for the progress bar. Unchanged files (same size, mtime, ctime and inode as in the
-//! parent snapshot, all chunks indexed) are never opened.
+//! whose chunks a rayon pool of N threads hashes, compresses and encrypts; a finisher thread
+//! receives finished directories in post-order, waits for their files, and stores their tree
+//! blobs; a scanner thread counts the totals for the progress bar. Unchanged files (same size,
+//! mtime, ctime and inode as in the parent snapshot, all chunks indexed) are never opened.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

@@ -49,14 +49,12 @@ pub(super) fn backup_paths(
             let rx = rx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("chunkbak-read-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().expect("file jobs").recv();
-                    let Ok(job) = job else { break };
-                    // As in a rayon pool: a panic is a bug, and waiting on its result forever
-                    // would hide it.
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        std::process::abort();
-                    }
+                .spawn(move || {
+                    crate::ops::abort_on_panic(|| loop {
+                        let job = rx.lock().expect("file jobs").recv();
+                        let Ok(job) = job else { break };
+                        job();
+                    })
                 })
                 .map_err(|e| Error::Other(format!("thread: {e}")))?;
             readers.push(t);
