@@ -94,6 +94,46 @@ fn local_backend_conforms() {
     assert!(left.is_empty());
 }
 
+/// The local backend syncs and installs finished packs in the background: many at once all
+/// land, and one that cannot be installed fails the next `flush`, naming the path, instead of
+/// being lost silently.
+#[test]
+fn local_put_file_installs_in_background_and_reports_failures() {
+    let d = tempfile::tempdir().unwrap();
+    let b = LocalBackend::new(d.path().join("repo"));
+    b.create().unwrap();
+    let tmp = b.temp_dir();
+    let names: Vec<String> = (0..12u8).map(|i| format!("{i:02x}").repeat(32)).collect();
+    for (i, n) in names.iter().enumerate() {
+        let f = tmp.join(format!("pack-{i}"));
+        std::fs::write(&f, n.as_bytes()).unwrap();
+        b.put_file(FileKind::Data, n, &f, crc32c(n.as_bytes()))
+            .unwrap();
+    }
+    b.flush().unwrap();
+    for n in &names {
+        assert_eq!(b.get(FileKind::Data, n).unwrap(), n.as_bytes());
+    }
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+
+    // The folder a pack goes to cannot be created: `data` is a file.
+    let data = d.path().join("repo/data");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::write(&data, b"in the way").unwrap();
+    let f = tmp.join("pack-x");
+    std::fs::write(&f, b"x").unwrap();
+    b.put_file(FileKind::Data, &"ee".repeat(32), &f, crc32c(b"x"))
+        .unwrap();
+    match b.flush() {
+        Err(Error::Io { path, .. }) => {
+            assert!(path.to_string_lossy().contains("repo/data"), "{path:?}")
+        }
+        other => panic!("expected the failed install, got {other:?}"),
+    }
+    assert!(f.exists(), "a pack that was not installed stays in tmp/");
+    b.flush().unwrap();
+}
+
 /// Starts (or reuses) the project's S3 test server and returns its endpoint.
 pub fn s3_endpoint() -> String {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/s3-test-server");

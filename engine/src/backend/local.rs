@@ -1,22 +1,55 @@
 //! A repository in a local directory. Writes go to `tmp/` first, are fsynced and renamed into
 //! place, so a crash never leaves a partial object under its final name.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use super::{Backend, FileKind};
 use crate::crypter::random_bytes;
 use crate::error::{Error, Result};
 
+/// Packs being synced and moved into place at once: a worker that finished a pack goes back
+/// to compressing while the disk syncs it.
+const INSTALLS_IN_FLIGHT: usize = 4;
+
 pub struct LocalBackend {
     root: PathBuf,
+    /// Packs handed to `put_file` and still being synced and moved into place, oldest first.
+    installs: Mutex<VecDeque<JoinHandle<Result<()>>>>,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            installs: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Joins the installs that are done (all of them with `all`); the first failure, if any.
+    fn reap(&self, all: bool) -> Result<()> {
+        let mut q = self.installs.lock().expect("installs lock");
+        let mut first = None;
+        let mut left = VecDeque::with_capacity(q.len());
+        for h in q.drain(..) {
+            if !all && !h.is_finished() {
+                left.push_back(h);
+                continue;
+            }
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Other("a pack install thread panicked".into())));
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        *q = left;
+        first.map_or(Ok(()), Err)
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -41,14 +74,17 @@ impl LocalBackend {
 
     /// Moves a finished temp file to its final place, creating the folder if needed.
     fn install(&self, tmp: &Path, kind: FileKind, name: &str) -> Result<()> {
-        let dest = self.path(kind, name);
+        Self::install_at(&self.path(kind, name), tmp)
+    }
+
+    fn install_at(dest: &Path, tmp: &Path) -> Result<()> {
         let dir = dest.parent().expect("objects live in a folder");
-        if let Err(e) = fs::rename(tmp, &dest) {
+        if let Err(e) = fs::rename(tmp, dest) {
             if e.kind() != ErrorKind::NotFound || dir.exists() {
-                return Err(Error::io(&dest, e));
+                return Err(Error::io(dest, e));
             }
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            fs::rename(tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+            fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))?;
         }
         Self::fsync_dir(dir);
         Ok(())
@@ -98,12 +134,32 @@ impl Backend for LocalBackend {
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path, _crc32c: u32) -> Result<()> {
-        File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(path, e))?;
+        // Fail fast when an earlier install failed.
+        self.reap(false)?;
         if path.parent() == Some(self.temp_dir().as_path()) {
-            self.install(path, kind, name)
+            let mut q = self.installs.lock().expect("installs lock");
+            while q.len() >= INSTALLS_IN_FLIGHT {
+                let oldest = q.pop_front().expect("not empty");
+                oldest.join().unwrap_or_else(|_| {
+                    Err(Error::Other("a pack install thread panicked".into()))
+                })?;
+            }
+            let (tmp, dest) = (path.to_path_buf(), self.path(kind, name));
+            let h = std::thread::Builder::new()
+                .name("chunkbak-install".into())
+                .spawn(move || {
+                    File::open(&tmp)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| Error::io(&tmp, e))?;
+                    Self::install_at(&dest, &tmp)
+                })
+                .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
+            q.push_back(h);
+            Ok(())
         } else {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(path, e))?;
             let data = fs::read(path).map_err(|e| Error::io(path, e))?;
             self.put(kind, name, &data)?;
             let _ = fs::remove_file(path);
@@ -205,5 +261,16 @@ impl Backend for LocalBackend {
 
     fn temp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.reap(true)
+    }
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        // A run that failed before its flush: let the installs finish rather than cut them off.
+        let _ = self.reap(true);
     }
 }
