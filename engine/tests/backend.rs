@@ -3,6 +3,7 @@
 //! 127.0.0.1 (`.ci/s3-test-server`), which the SDK talks to over HTTP as it talks to AWS.
 
 use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::backend::mem::MemBackend;
 use chunkbak_engine::backend::s3::{S3Backend, S3Config};
 use chunkbak_engine::backend::{Backend, FileKind, StorageClass, ThawState, Tier};
 use chunkbak_engine::Error;
@@ -92,6 +93,13 @@ fn local_backend_conforms() {
         .unwrap()
         .collect();
     assert!(left.is_empty());
+}
+
+#[test]
+fn memory_backend_conforms() {
+    let b = MemBackend::new();
+    conformance(&b);
+    assert_eq!(std::fs::read_dir(b.temp_dir()).unwrap().count(), 0);
 }
 
 /// The local backend syncs and installs finished packs in the background: many at once all

@@ -1,7 +1,9 @@
 //! Storage backends: where objects live. Every backend passes the same conformance tests
 //! (`engine/tests/backend.rs`). The trait is synchronous; an async store (S3) runs its own runtime.
 
+pub mod fault;
 pub mod local;
+pub mod mem;
 #[cfg(feature = "s3")]
 pub mod s3;
 
@@ -11,7 +13,7 @@ use crate::error::Result;
 
 /// The folders (key prefixes) of a repository. Only `Data` may ever move to an archive storage
 /// class; everything else is metadata and stays readable at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FileKind {
     Config,
     Key,

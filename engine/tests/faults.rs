@@ -1,0 +1,348 @@
+//! Faults under backup, prune and restore, through the fault-injecting backend over the
+//! in-memory one. A store that dies at any call of a backup or a prune leaves a repository
+//! that `check` passes, whose every snapshot restores identical to what was backed up, and
+//! where the next run completes. Transient failures and short reads fail the operation with an
+//! error that names the object.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chunkbak_engine::backend::fault::{FaultBackend, Faults};
+use chunkbak_engine::backend::mem::MemBackend;
+use chunkbak_engine::backend::{Backend, FileKind};
+use chunkbak_engine::chunker::ChunkerParams;
+use chunkbak_engine::format::key::KdfParams;
+use chunkbak_engine::ops::backup::{backup, BackupOptions};
+use chunkbak_engine::ops::prune::{self, PruneOptions};
+use chunkbak_engine::ops::restore::{restore, RestoreOptions};
+use chunkbak_engine::progress::NoProgress;
+use chunkbak_engine::repo::InitOptions;
+use chunkbak_engine::{Error, Repository};
+
+/// File name → contents: the reference model of what a snapshot must restore.
+type Model = BTreeMap<String, Vec<u8>>;
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    // Half-compressible: runs of a few symbols from a generator.
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 64 < 32 {
+                b'a' + (x % 4) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+/// Version `v` of a small tree: 24 files, 0-48 KiB; each version changes a third of them.
+fn model(v: u64) -> Model {
+    (0..24u64)
+        .map(|i| {
+            let gen = if i % 3 == 0 { v } else { 0 };
+            let len = ((i * 7919 + gen * 31) % 48) as usize * 1024 + (i as usize % 5);
+            (format!("f{i:02}"), bytes(i * 1000 + gen, len))
+        })
+        .collect()
+}
+
+fn write_model(dir: &Path, m: &Model) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for (n, d) in m {
+        std::fs::write(dir.join(n), d).unwrap();
+    }
+}
+
+fn read_model(dir: &Path) -> Model {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn init(b: Arc<dyn Backend>) -> Repository {
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 1,
+        },
+        data_pack_size: 64 * 1024,
+        tree_pack_size: 64 * 1024,
+        kdf: KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..Default::default()
+    };
+    Repository::init(b, b"pw", &opts).unwrap()
+}
+
+fn open(b: Arc<dyn Backend>) -> chunkbak_engine::Result<Arc<Repository>> {
+    let r = Repository::open(b, b"pw")?;
+    r.load_index()?;
+    Ok(Arc::new(r))
+}
+
+fn run_backup(repo: &Arc<Repository>, src: &Path) -> chunkbak_engine::Result<()> {
+    let opts = BackupOptions {
+        paths: vec![src.to_path_buf()],
+        host: "h".into(),
+        threads: 2,
+        ..Default::default()
+    };
+    backup(repo, opts, Arc::new(NoProgress)).map(|_| ())
+}
+
+/// `check` finds nothing wrong and the snapshots, oldest first, restore to `models` in order
+/// (the last model for any snapshot past the end). Returns the number of snapshots.
+fn verify(b: Arc<dyn Backend>, src: &Path, models: &[&Model], out: &Path) -> usize {
+    let repo = open(b).unwrap();
+    let report = chunkbak_engine::ops::check::check(&repo).unwrap();
+    assert!(report.problems.is_empty(), "check: {:?}", report.problems);
+    let mut snaps = repo.snapshots().unwrap();
+    snaps.sort_by_key(|(_, s)| (s.time.secs, s.time.nanos));
+    for (i, (id, s)) in snaps.iter().enumerate() {
+        let target = out.join(format!("r{i}"));
+        let opts = RestoreOptions {
+            target: target.clone(),
+            subpath: Vec::new(),
+            includes: Vec::new(),
+            numeric_owner: true,
+            threads: 2,
+        };
+        let r = restore(&repo, s.tree, &opts, &NoProgress).unwrap();
+        assert_eq!(r.errors, 0, "snapshot {id}");
+        let got = read_model(&target.join(src.strip_prefix("/").unwrap()));
+        let want = models[i.min(models.len() - 1)];
+        assert!(
+            *want == got,
+            "snapshot {i} ({id}) does not restore to what was backed up"
+        );
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+    snaps.len()
+}
+
+fn copy_of(m: &MemBackend) -> Arc<MemBackend> {
+    let c = MemBackend::new();
+    c.create().unwrap();
+    for ((k, n), d) in m.objects() {
+        c.set_raw(k, &n, Some(d));
+    }
+    Arc::new(c)
+}
+
+fn is_injected(e: &Error) -> bool {
+    format!("{e}").contains("injected fault")
+}
+
+/// A backup whose store dies at call n, for every n: the repository stays consistent, the
+/// earlier snapshot still restores, a new snapshot exists only if the backup succeeded, and
+/// the next backup completes.
+#[test]
+fn backup_killed_at_every_call_leaves_a_consistent_repository() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let out = d.path().join("out");
+    let (v1, v2) = (model(1), model(2));
+    let base = Arc::new(MemBackend::new());
+    init(base.clone());
+    write_model(&src, &v1);
+    run_backup(&open(base.clone()).unwrap(), &src).unwrap();
+    write_model(&src, &v2);
+
+    // How many calls a backup of v2 makes when nothing fails.
+    let probe = Arc::new(FaultBackend::new(copy_of(&base), Faults::default()));
+    run_backup(&open(probe.clone()).unwrap(), &src).unwrap();
+    let total = probe.calls();
+    assert!(total > 10, "{total} calls");
+
+    let mut failed = 0;
+    for n in 0..total {
+        let mem = copy_of(&base);
+        let fb = Arc::new(FaultBackend::new(
+            mem.clone(),
+            Faults {
+                dead_after: Some(n),
+                ..Default::default()
+            },
+        ));
+        let r = open(fb.clone()).and_then(|repo| run_backup(&repo, &src));
+        let snaps = verify(mem.clone(), &src, &[&v1, &v2], &out);
+        match r {
+            // The store may die after the snapshot is stored (then it is there, and `verify`
+            // restored it); before, there is none.
+            Err(e) => {
+                assert!(is_injected(&e), "call {n}: unexpected error {e}");
+                failed += 1;
+            }
+            Ok(()) => assert_eq!(snaps, 2, "call {n}"),
+        }
+        // The next run completes, reusing what the dead one stored.
+        run_backup(&open(mem.clone()).unwrap(), &src).unwrap();
+        assert!(verify(mem, &src, &[&v1, &v2], &out) >= 2);
+    }
+    assert!(
+        failed as u64 >= total / 2,
+        "{failed} of {total} runs failed"
+    );
+}
+
+fn prune_all(repo: &Repository, now: i64) -> chunkbak_engine::Result<()> {
+    let opts = PruneOptions {
+        grace: 60,
+        max_unused: prune::MaxUnused::Bytes(0),
+        now: Some(now),
+        ..Default::default()
+    };
+    let plan = prune::plan(repo, &opts, &NoProgress)?;
+    prune::run(repo, &plan, &opts, &NoProgress).map(|_| ())
+}
+
+/// Prune (mark, then delete after the grace time) whose store dies at call n, for every n:
+/// the kept snapshot restores, `check` passes, and two more prunes finish the job.
+#[test]
+fn prune_killed_at_every_call_leaves_a_consistent_repository() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let out = d.path().join("out");
+    let (v1, v2) = (model(1), model(2));
+    let base = Arc::new(MemBackend::new());
+    init(base.clone());
+    write_model(&src, &v1);
+    run_backup(&open(base.clone()).unwrap(), &src).unwrap();
+    write_model(&src, &v2);
+    run_backup(&open(base.clone()).unwrap(), &src).unwrap();
+    // Forget the first snapshot.
+    let repo = open(base.clone()).unwrap();
+    let mut snaps = repo.snapshots().unwrap();
+    snaps.sort_by_key(|(_, s)| (s.time.secs, s.time.nanos));
+    base.delete(FileKind::Snapshot, &snaps[0].0.to_hex())
+        .unwrap();
+    let t0 = snaps[1].1.time.secs + 10;
+    let size = |m: &MemBackend| -> usize {
+        m.objects()
+            .iter()
+            .filter(|((k, _), _)| *k == FileKind::Data)
+            .map(|(_, d)| d.len())
+            .sum()
+    };
+
+    // Both prunes, nothing failing: what a complete run does and how many calls it makes.
+    let probe_mem = copy_of(&base);
+    let probe = Arc::new(FaultBackend::new(probe_mem.clone(), Faults::default()));
+    prune_all(&open(probe.clone()).unwrap(), t0).unwrap();
+    prune_all(&open(probe.clone()).unwrap(), t0 + 100).unwrap();
+    let total = probe.calls();
+    let pruned = size(&probe_mem);
+    assert!(pruned < size(&base), "the prune frees space");
+
+    for n in (0..total).step_by(2) {
+        let mem = copy_of(&base);
+        let fb = Arc::new(FaultBackend::new(
+            mem.clone(),
+            Faults {
+                dead_after: Some(n),
+                ..Default::default()
+            },
+        ));
+        let r = open(fb.clone())
+            .and_then(|r| prune_all(&r, t0))
+            .and_then(|_| open(fb.clone()))
+            .and_then(|r| prune_all(&r, t0 + 100));
+        if let Err(e) = &r {
+            assert!(is_injected(e), "call {n}: unexpected error {e}");
+        }
+        assert_eq!(verify(mem.clone(), &src, &[&v2], &out), 1, "call {n}");
+        // Two more prunes finish the job, once packs the dead run stored and did not index are
+        // old enough not to belong to a backup still running.
+        let later = t0 + prune::ORPHAN_MIN_AGE + 100;
+        prune_all(&open(mem.clone()).unwrap(), later).unwrap();
+        prune_all(&open(mem.clone()).unwrap(), later + 100).unwrap();
+        assert_eq!(verify(mem.clone(), &src, &[&v2], &out), 1, "call {n}");
+        assert!(size(&mem) <= pruned, "call {n}: {} > {pruned}", size(&mem));
+    }
+}
+
+/// Transient failures and short reads: a backup either completes or fails naming the object,
+/// and a restore that reads a short blob reports the file as not restored.
+#[test]
+fn transient_failures_and_short_reads_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let v1 = model(1);
+    write_model(&src, &v1);
+    let mem = Arc::new(MemBackend::new());
+    init(mem.clone());
+    let mut ok = 0;
+    for seed in 0..8 {
+        let fb = Arc::new(FaultBackend::new(
+            mem.clone(),
+            Faults {
+                fail_one_in: Some(20),
+                seed,
+                ..Default::default()
+            },
+        ));
+        match open(fb.clone()).and_then(|r| run_backup(&r, &src)) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                let msg = format!("{e}");
+                assert!(is_injected(&e), "{msg}");
+                assert!(
+                    ["/", "config", "repository", "uploads"]
+                        .iter()
+                        .any(|w| msg.contains(w)),
+                    "the error names what failed: {msg}"
+                );
+            }
+        }
+    }
+    let snaps = verify(mem.clone(), &src, &[&v1], &d.path().join("out"));
+    assert_eq!(snaps, ok, "one snapshot per backup that succeeded");
+    if ok == 0 {
+        run_backup(&open(mem.clone()).unwrap(), &src).unwrap();
+    }
+
+    // Every read short: every file with data fails, with the blob's pack named; none is
+    // silently wrong.
+    let fb = Arc::new(FaultBackend::new(
+        mem.clone(),
+        Faults {
+            short_read_one_in: Some(1),
+            ..Default::default()
+        },
+    ));
+    let repo = open(fb).unwrap();
+    let (_, s) = repo.snapshots().unwrap().pop().unwrap();
+    let target: PathBuf = d.path().join("short");
+    let opts = RestoreOptions {
+        target: target.clone(),
+        subpath: Vec::new(),
+        includes: Vec::new(),
+        numeric_owner: true,
+        threads: 2,
+    };
+    match restore(&repo, s.tree, &opts, &NoProgress) {
+        Ok(r) => {
+            let with_data = v1.values().filter(|d| !d.is_empty()).count() as u64;
+            assert_eq!(r.errors, with_data, "{:?}", r.warnings);
+        }
+        Err(e) => assert!(format!("{e}").contains("corrupt"), "{e}"),
+    }
+}
