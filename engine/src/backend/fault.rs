@@ -66,7 +66,7 @@ impl FaultBackend {
         let mut z = *s;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n == 0
+        (z ^ (z >> 31)).is_multiple_of(n)
     }
 
     /// Counts a call and decides whether it fails.
