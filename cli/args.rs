@@ -217,10 +217,10 @@ pub enum TierArg {
 pub struct WarmupArgs {
     /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
     #[arg(value_name = "SNAPSHOT")]
-    pub snapshot: Option<String>,
+    pub snapshot: Option<OsString>,
     /// Only the packs of these paths of the snapshot (default: all)
     #[arg(value_name = "PATH")]
-    pub include_paths: Vec<String>,
+    pub include_paths: Vec<OsString>,
     /// Use the newest snapshot taken at or before TIME
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
@@ -482,10 +482,10 @@ pub struct BackupArgs {
 pub struct LsArgs {
     /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
     #[arg(value_name = "SNAPSHOT")]
-    pub snapshot: Option<String>,
+    pub snapshot: Option<OsString>,
     /// Only list this path (and below) inside the snapshot
     #[arg(value_name = "PATH")]
-    pub path: Option<String>,
+    pub path: Option<OsString>,
     /// Use the newest snapshot taken at or before TIME
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
@@ -500,7 +500,7 @@ pub struct LsArgs {
 pub struct RestoreArgs {
     /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
     #[arg(value_name = "SNAPSHOT")]
-    pub snapshot: Option<String>,
+    pub snapshot: Option<OsString>,
     /// Use the newest snapshot taken at or before TIME (RFC 3339, 'YYYY-MM-DD HH:MM', '3 days ago')
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
@@ -509,7 +509,7 @@ pub struct RestoreArgs {
     pub target: PathBuf,
     /// Restore only this path of the snapshot and what is below it (repeatable)
     #[arg(short = 'i', long = "include", value_name = "PATH")]
-    pub includes: Vec<String>,
+    pub includes: Vec<OsString>,
     /// Set owners by numeric uid/gid instead of by user and group name
     #[arg(long)]
     pub numeric_owner: bool,

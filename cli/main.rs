@@ -39,6 +39,7 @@ use output::{human_bytes, path_json, Out};
 mod exit {
     pub const OK: i32 = 0;
     pub const ERROR: i32 = 1;
+    pub const USAGE: i32 = 2;
     pub const PARTIAL: i32 = 3;
     pub const NO_REPO: i32 = 10;
     pub const LOCKED: i32 = 11;
@@ -86,9 +87,45 @@ fn tune_allocator() {
     }
 }
 
+/// Parses the command line; a usage error is one line on stderr (a JSON `error` line too with
+/// `--json`) and exit code 2. Help and version print as clap prints them.
+fn parse_args() -> Cli {
+    use clap::error::ErrorKind;
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // The first paragraph of clap's message, on one line ("... not provided: --target <DIR>").
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or("invalid arguments");
+    let first: Vec<&str> = first.lines().map(str::trim).collect();
+    let msg = format!(
+        "{} (see `chunkbak --help`)",
+        first.join(" ").trim_start_matches("error: ")
+    );
+    if std::env::args_os().any(|a| a == "--json") {
+        let out = Out {
+            json: true,
+            quiet: false,
+            verbose: 0,
+        };
+        out.json_line("error", json!({"message": msg, "exit_code": exit::USAGE}));
+    }
+    eprintln!("chunkbak: {msg}");
+    std::process::exit(exit::USAGE);
+}
+
 fn main() {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = parse_args();
     install_sigint();
     let out = Out {
         json: cli.global.json,
@@ -322,14 +359,28 @@ impl PasswordSource<'_> {
             if !o.status.success() {
                 bail!("password command {cmd:?} failed ({})", o.status);
             }
-            return Ok(Some(first_line(&o.stdout)));
+            let pw = first_line(&o.stdout);
+            if pw.is_empty() {
+                bail!("password command {cmd:?} printed an empty password");
+            }
+            return Ok(Some(pw));
         }
         if let Some(f) = self.file {
             let b = std::fs::read(f)
                 .with_context(|| format!("reading password file {}", f.display()))?;
-            return Ok(Some(first_line(&b)));
+            let pw = first_line(&b);
+            if pw.is_empty() {
+                bail!(
+                    "password file {} is empty: its first line is the password",
+                    f.display()
+                );
+            }
+            return Ok(Some(pw));
         }
-        Ok(std::env::var_os(self.env).map(|p| p.as_bytes().to_vec()))
+        match std::env::var_os(self.env) {
+            Some(p) if p.is_empty() => bail!("{} is set but empty", self.env),
+            p => Ok(p.map(|p| p.as_bytes().to_vec())),
+        }
     }
 
     /// The password; an error naming `what` when no source is set.
@@ -639,19 +690,30 @@ fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
 /// Resolves `SNAPSHOT[:PATH]` or `--at TIME` (with filters) to one snapshot and an inner path.
 fn choose(
     repo: &Repository,
-    arg: Option<&str>,
+    arg: Option<&std::ffi::OsStr>,
     at: Option<&str>,
     filter: &FilterArgs,
     out: &Out,
 ) -> anyhow::Result<(Id, Snapshot, Vec<u8>)> {
     let (sel, sub) = match (arg, at) {
         (Some(_), Some(_)) => bail!("give either a SNAPSHOT or --at TIME, not both"),
-        (None, Some(t)) => (Selector::At(timeparse::parse_time_now(t)?), String::new()),
-        (Some(a), None) => match a.split_once(':') {
-            Some((id, p)) => (Selector::parse(id), p.to_string()),
-            None => (Selector::parse(a), String::new()),
-        },
-        (None, None) => (Selector::Latest, String::new()),
+        (None, Some(t)) => (Selector::At(timeparse::parse_time_now(t)?), Vec::new()),
+        (Some(a), None) => {
+            // ID:PATH; the path may be any bytes, as file names are.
+            let b = a.as_bytes();
+            let (id, p) = match b.iter().position(|&c| c == b':') {
+                Some(i) => (&b[..i], b[i + 1..].to_vec()),
+                None => (b, Vec::new()),
+            };
+            let id = std::str::from_utf8(id).map_err(|_| {
+                anyhow!(
+                    "snapshot {:?}: an id prefix or 'latest' is ASCII",
+                    String::from_utf8_lossy(id)
+                )
+            })?;
+            (Selector::parse(id), p)
+        }
+        (None, None) => (Selector::Latest, Vec::new()),
     };
     let snaps = repo.snapshots()?;
     let i = select::select(&snaps, &sel, &filter_of(filter), jiff::Timestamp::now())?;
@@ -667,7 +729,7 @@ fn choose(
             s.host
         );
     }
-    Ok((id, s, sub.into_bytes()))
+    Ok((id, s, sub))
 }
 
 fn mode_string(n: &Node) -> String {
@@ -778,7 +840,7 @@ fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
 }
 
 /// Snapshot paths given on the command line, as the engine takes them.
-fn path_bytes(paths: &[String]) -> Vec<Vec<u8>> {
+fn path_bytes(paths: &[std::ffi::OsString]) -> Vec<Vec<u8>> {
     paths.iter().map(|p| p.as_bytes().to_vec()).collect()
 }
 

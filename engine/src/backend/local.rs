@@ -31,6 +31,13 @@ impl LocalBackend {
         }
     }
 
+    fn root_is_a_file(&self) -> Error {
+        Error::Invalid(format!(
+            "{} is a file: a local repository is a folder",
+            self.root.display()
+        ))
+    }
+
     /// Joins the installs that are done (all of them with `all`); the first failure, if any.
     fn reap(&self, all: bool) -> Result<()> {
         let mut q = self.installs.lock().expect("installs lock");
@@ -97,6 +104,9 @@ impl Backend for LocalBackend {
     }
 
     fn create(&self) -> Result<()> {
+        if self.root.exists() && !self.root.is_dir() {
+            return Err(self.root_is_a_file());
+        }
         for k in FileKind::ALL {
             let d = self.root.join(k.dir());
             fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
@@ -111,6 +121,9 @@ impl Backend for LocalBackend {
         match fs::symlink_metadata(&p) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotADirectory && !self.root.is_dir() => {
+                Err(self.root_is_a_file())
+            }
             Err(e) => Err(Error::io(p, e)),
         }
     }

@@ -329,6 +329,29 @@ impl Restorer<'_> {
     }
 }
 
+/// Creates the restore target if needed; an error before anything is written when it is not a
+/// folder or cannot be written into (instead of one error per file).
+fn prepare_target(t: &Path) -> Result<()> {
+    if fs::metadata(t).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Invalid(format!(
+            "restore target {} exists and is not a folder",
+            t.display()
+        )));
+    }
+    fs::create_dir_all(t).map_err(|e| Error::io(t, e))?;
+    let c = std::ffi::CString::new(t.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Invalid(format!("restore target {} holds a NUL byte", t.display())))?;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(Error::Invalid(format!(
+            "cannot write into restore target {}: {}",
+            t.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
     // (restore this entry, descend into it)
     if includes.is_empty() {
@@ -418,7 +441,7 @@ pub fn restore_gated(
             )));
         }
     }
-    fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    prepare_target(&opts.target)?;
 
     let mut dirs: Vec<(Box<Path>, Meta)> = Vec::new();
     let mut owners = OwnerIds::default();

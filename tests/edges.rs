@@ -1,0 +1,238 @@
+//! Bad input at the edges, through the real binary: each case gives one clear line on stderr
+//! that names what is wrong, and the exit code the README documents (1 error, 2 usage,
+//! 10 no repository).
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use assert_cmd::cargo::cargo_bin;
+
+mod common;
+
+use common::*;
+
+/// The error is one line, the last on stderr (after what the command said it was doing), and
+/// names the problem.
+fn one_line(r: &Run, code: i32, needles: &[&str]) {
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(r.code, code, "{}", r.stderr);
+    let errors: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("chunkbak: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{}", r.stderr);
+    assert_eq!(lines.last(), Some(errors[0]), "{}", r.stderr);
+    for n in needles {
+        assert!(errors[0].contains(n), "{n:?} not in {:?}", errors[0]);
+    }
+}
+
+#[test]
+fn malformed_arguments_exit_2_with_one_line() {
+    let e = Env::new();
+    one_line(
+        &e.run(&["backup", "--no-such-flag"]),
+        2,
+        &["--no-such-flag"],
+    );
+    one_line(&e.run(&["forget", "--keep-last", "many"]), 2, &["many"]);
+    one_line(&e.run(&["frobnicate"]), 2, &["frobnicate"]);
+    one_line(&e.run(&["restore", "latest"]), 2, &["--target"]);
+    // With --json the error is also a JSON line on stdout.
+    let r = e.run(&["--json", "backup", "--bogus"]);
+    one_line(&r, 2, &["--bogus"]);
+    let errs = r.json("error");
+    assert_eq!(errs.len(), 1, "{}", r.out());
+    assert_eq!(errs[0]["exit_code"], 2);
+    // Help still prints as help, and succeeds.
+    let r = e.run(&["backup", "--help"]);
+    assert_eq!(r.code, 0);
+    assert!(r.out().contains("Usage"), "{}", r.out());
+}
+
+#[test]
+fn repository_path_that_is_a_file() {
+    let e = Env::new();
+    let f = e.path("a-file");
+    fs::write(&f, b"not a repository").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &f).arg("snapshots");
+    one_line(&e.run_cmd(c), 1, &[f.to_str().unwrap(), "is a file"]);
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &f).args([
+        "init",
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+    ]);
+    one_line(&e.run_cmd(c), 1, &[f.to_str().unwrap(), "is a file"]);
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        b"not a repository",
+        "the file is left alone"
+    );
+}
+
+#[test]
+fn password_missing_or_empty() {
+    let e = Env::new();
+    e.init_small();
+    let missing = e.path("no-such-password-file");
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_PASSWORD_FILE", &missing).arg("snapshots");
+    one_line(
+        &e.run_cmd(c),
+        1,
+        &["password file", missing.to_str().unwrap(), "No such file"],
+    );
+    let empty = e.path("empty-password");
+    fs::write(&empty, "\n").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_PASSWORD_FILE", &empty).arg("snapshots");
+    one_line(&e.run_cmd(c), 1, &[empty.to_str().unwrap(), "is empty"]);
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE")
+        .env("CHUNKBAK_PASSWORD", "")
+        .arg("snapshots");
+    one_line(&e.run_cmd(c), 1, &["CHUNKBAK_PASSWORD", "empty"]);
+    // None at all.
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE").arg("snapshots");
+    one_line(&e.run_cmd(c), 1, &["no password"]);
+}
+
+#[test]
+fn restore_target_that_is_a_file_or_not_writable() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+
+    let file = e.path("target-file");
+    fs::write(&file, b"keep me").unwrap();
+    one_line(
+        &e.run(&["restore", "latest", "--target", file.to_str().unwrap()]),
+        1,
+        &[file.to_str().unwrap(), "not a folder"],
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"keep me");
+
+    let ro = e.path("read-only");
+    fs::create_dir(&ro).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    let mut c = e.cmd();
+    // root writes everywhere: run as nobody, as the unreadable-file test does.
+    if unsafe { libc::geteuid() } == 0 {
+        fs::set_permissions(&e.repo, fs::Permissions::from_mode(0o777)).unwrap();
+        for d in ["keys", "snapshots", "index", "data", "tree", "tmp", "locks"] {
+            let p = e.repo.join(d);
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
+            for f in walk(&p) {
+                let m = if f.is_dir() { 0o777 } else { 0o644 };
+                fs::set_permissions(&f, fs::Permissions::from_mode(m)).unwrap();
+            }
+        }
+        fs::set_permissions(&e.pw, fs::Permissions::from_mode(0o644)).unwrap();
+        let bin = e.path("chunkbak-copy");
+        fs::copy(cargo_bin("chunkbak"), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .env("CHUNKBAK_REPOSITORY", &e.repo)
+            .env("CHUNKBAK_PASSWORD_FILE", &e.pw)
+            .env("CHUNKBAK_NO_PROGRESS", "1")
+            .env("HOME", e.dir.path())
+            .env("XDG_CACHE_HOME", e.path("nobody-cache"));
+    }
+    c.args(["restore", "latest", "--target"]).arg(&ro);
+    one_line(
+        &e.run_cmd(c),
+        1,
+        &["cannot write into restore target", ro.to_str().unwrap()],
+    );
+    assert_eq!(fs::read_dir(&ro).unwrap().count(), 0);
+}
+
+fn walk(d: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// Paths that are not UTF-8 work wherever a path is given: what to back up, the restore
+/// target, ID:PATH, `ls PATH` and `--include`.
+#[test]
+fn non_utf8_paths_in_commands() {
+    let e = Env::new();
+    e.init_small();
+    let src = e
+        .path("src-\u{e9}")
+        .with_file_name(OsStr::from_bytes(b"src-\xe9\xff"));
+    fs::create_dir(&src).unwrap();
+    let name = OsStr::from_bytes(b"caf\xe9");
+    fs::write(src.join(name), b"latin-1 name").unwrap();
+    fs::write(src.join("plain"), b"plain name").unwrap();
+    let mut c = e.cmd();
+    c.arg("backup").arg(&src);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // ls of the directory by its non-UTF-8 path.
+    let mut c = e.cmd();
+    c.args(["--json", "ls", "latest"]).arg(&src);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let nodes = r.json("node");
+    assert!(nodes.iter().any(|n| n["name"] == "plain"), "{}", r.out());
+    assert!(
+        nodes.iter().any(|n| n.get("name_b64").is_some()),
+        "the non-UTF-8 name is listed (base64): {}",
+        r.out()
+    );
+
+    // Restore ID:PATH into a non-UTF-8 target.
+    let target = e.dir.path().join(OsStr::from_bytes(b"out-\xfe"));
+    let mut spec = b"latest:".to_vec();
+    spec.extend_from_slice(src.as_os_str().as_bytes());
+    let mut c = e.cmd();
+    c.arg("restore")
+        .arg(OsStr::from_bytes(&spec))
+        .arg("--target")
+        .arg(&target);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(fs::read(target.join(name)).unwrap(), b"latin-1 name");
+    assert_eq!(fs::read(target.join("plain")).unwrap(), b"plain name");
+
+    // --include of the non-UTF-8 file only.
+    let only = e.path("only");
+    let mut c = e.cmd();
+    c.args(["restore", "latest", "--target"])
+        .arg(&only)
+        .arg("--include")
+        .arg(src.join(name));
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = only.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(got.join(name)).unwrap(), b"latin-1 name");
+    assert!(!got.join("plain").exists());
+
+    // A snapshot id that is not text is a usage mistake named as such.
+    let mut c = e.cmd();
+    c.arg("ls").arg(OsStr::from_bytes(b"\xff\xfe:/x"));
+    one_line(&e.run_cmd(c), 1, &["snapshot"]);
+}
