@@ -64,6 +64,9 @@ pub fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
     }
 }
 
+/// The most a zstd frame can expand: a 128 KiB block in 4 bytes.
+const MAX_ZSTD_RATIO: u64 = 128 * 1024 / 4;
+
 /// Inverse of [`compress`]; `raw_len` is the length recorded for the blob and bounds the output.
 pub fn decompress(c: Compression, data: Vec<u8>, raw_len: usize, name: &str) -> Result<Vec<u8>> {
     match c {
@@ -77,6 +80,24 @@ pub fn decompress(c: Compression, data: Vec<u8>, raw_len: usize, name: &str) -> 
             Ok(data)
         }
         Compression::Zstd => {
+            // The output buffer is allocated up front: only as large as the frame says and the
+            // input can hold (a zstd block of 128 KiB takes at least 4 bytes, as an RLE block).
+            match zstd::zstd_safe::get_frame_content_size(&data) {
+                Ok(Some(n)) if n != raw_len as u64 => {
+                    return Err(Error::corrupt(
+                        name,
+                        format!("zstd frame holds {n} bytes, expected {raw_len}"),
+                    ))
+                }
+                Ok(_) => {}
+                Err(_) => return Err(Error::corrupt(name, "not a zstd frame")),
+            }
+            if raw_len as u64 > (data.len() as u64).saturating_mul(MAX_ZSTD_RATIO) {
+                return Err(Error::corrupt(
+                    name,
+                    format!("{} bytes cannot expand to {raw_len}", data.len()),
+                ));
+            }
             thread_local! {
                 static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
                     const { std::cell::RefCell::new(None) };

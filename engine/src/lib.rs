@@ -32,6 +32,8 @@ pub mod compressor;
 pub mod crypter;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hasher;
 pub mod id;
 pub mod index;

@@ -1,12 +1,6 @@
-//! Plaintext decoders of index files, trees, snapshots, config and key files.
+//! Plaintext decoders of index files, trees, snapshots, config and key files. The body is `chunkbak_engine::fuzzing::objects`, which
+//! `engine/tests/fuzz_corpus.rs` also runs on the seeds and regression inputs.
 #![no_main]
-use chunkbak_engine::format::{config::Config, index::IndexFile, key::KeyFile, snapshot::Snapshot, tree::TreeBlob};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = IndexFile::decode(data, "fuzz");
-    let _ = TreeBlob::decode(data, "fuzz");
-    let _ = Snapshot::decode(data, "fuzz");
-    let _ = Config::decode(data, "fuzz");
-    let _ = KeyFile::decode(data, "fuzz");
-});
+fuzz_target!(|data: &[u8]| chunkbak_engine::fuzzing::objects(data));

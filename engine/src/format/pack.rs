@@ -141,7 +141,14 @@ pub fn decode_header(
                 "pack header authentication failed (modified or truncated)",
             )
         })?;
-    let mut r = Reader::new(&plain, name);
+    let recs = parse_header(&plain, hstart as u64, name)?;
+    Ok((salt, recs))
+}
+
+/// The blob records of a decrypted pack header, whose blobs must fill the pack from the first
+/// blob's offset up to `header_start`.
+pub fn parse_header(plain: &[u8], header_start: u64, name: &str) -> Result<Vec<BlobRecord>> {
+    let mut r = Reader::new(plain, name);
     let n = r.count(RECORD_LEN)?;
     let mut recs = Vec::with_capacity(n);
     let mut expect = PACK_HEADER_OFFSET as u64;
@@ -162,11 +169,11 @@ pub fn decode_header(
         recs.push(rec);
     }
     r.finish()?;
-    if expect != hstart as u64 {
+    if expect != header_start {
         return Err(Error::corrupt(
             name,
             "blobs do not end where the header starts",
         ));
     }
-    Ok((salt, recs))
+    Ok(recs)
 }

@@ -1,0 +1,364 @@
+//! The bodies of the fuzz targets in `fuzz/`, here so that the test replaying their seeds and
+//! regression inputs (`engine/tests/fuzz_corpus.rs`) runs exactly the same code on stable.
+//! Each takes any bytes and returns; a panic (or an allocation libFuzzer refuses) is a bug.
+//! Objects are sealed with [`FUZZ_KEY`], so seeds made from real objects
+//! (`cargo run -p chunkbak-engine --example fuzz_seeds`) get past authentication and the
+//! fuzzer reaches what is decoded after it.
+
+use std::sync::Arc;
+
+use crate::backend::fault::{FaultBackend, Faults};
+use crate::backend::mem::MemBackend;
+use crate::backend::{Backend, FileKind};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::compressor::{compress, decompress, Compression};
+use crate::crypter::DedupKey;
+use crate::crypter::MasterKey;
+use crate::format::config::Config;
+use crate::format::index::IndexFile;
+use crate::format::key::{KdfParams, KeyFile};
+use crate::format::pack::{decode_header, parse_header};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::TreeBlob;
+use crate::format::{envelope, ObjectKind};
+use crate::packer::Packer;
+use crate::repo::{InitOptions, Repository};
+
+/// The master key of every fuzz target and seed.
+pub const FUZZ_KEY: [u8; 32] = [7; 32];
+
+pub fn key() -> MasterKey {
+    MasterKey::from_material(FUZZ_KEY)
+}
+
+/// Pack framing and header: the sealed form, and the decrypted records on their own.
+pub fn pack_header(data: &[u8]) {
+    let mk = key();
+    for kind in [ObjectKind::DataPack, ObjectKind::TreePack] {
+        if let Ok((_, recs)) = decode_header(&mk, kind, data, "fuzz") {
+            // Records that decode describe blobs inside the pack.
+            for r in recs {
+                assert!((r.end() as usize) < data.len());
+            }
+        }
+    }
+    if data.len() >= 8 {
+        let start = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+        let _ = parse_header(&data[8..], start, "fuzz");
+    }
+}
+
+/// Sealed objects (config, snapshot, index) and what their payloads decode to.
+pub fn envelope(data: &[u8]) {
+    let mk = key();
+    for kind in [ObjectKind::Config, ObjectKind::Snapshot, ObjectKind::Index] {
+        if let Ok(p) = envelope::open(&mk, kind, data, "fuzz") {
+            objects(&p);
+        }
+    }
+}
+
+/// Plaintext decoders of index files, trees, snapshots, config and key files.
+pub fn objects(data: &[u8]) {
+    let _ = IndexFile::decode(data, "fuzz");
+    let _ = IndexFile::peek(data, "fuzz");
+    let _ = TreeBlob::decode(data, "fuzz");
+    let _ = Snapshot::decode(data, "fuzz");
+    if let Ok(c) = Config::decode(data, "fuzz") {
+        let _ = c.validate();
+    }
+    if let Ok(k) = KeyFile::decode(data, "fuzz") {
+        // Opening runs the KDF: only with parameters cheap enough for a fuzzer.
+        if k.params.m_cost_kib <= 64 && k.params.t_cost <= 1 && k.params.p_cost <= 1 {
+            let _ = k.open(b"pw");
+        }
+    }
+}
+
+/// A stored blob: decryption, then decompression to a length the input declares. Whatever the
+/// declared length, the output is that long or an error, and no more is allocated than the
+/// input can expand to.
+pub fn blob(data: &[u8]) {
+    if data.len() < 13 {
+        return;
+    }
+    let c = Compression::from_u8(data[0] % 2).expect("0 or 1");
+    let raw_len = u32::from_le_bytes(data[1..5].try_into().expect("4 bytes")) as usize;
+    let counter = u64::from_le_bytes(data[5..13].try_into().expect("8 bytes"));
+    let rest = &data[13..];
+    if let Ok(out) = decompress(c, rest.to_vec(), raw_len, "fuzz") {
+        assert_eq!(out.len(), raw_len);
+    }
+    let cipher = key().object_cipher(&[counter as u8; 32]);
+    if let Some(p) = cipher.open(counter, &ObjectKind::DataPack.prefix(), rest) {
+        let _ = decompress(c, p, raw_len, "fuzz");
+    }
+}
+
+struct Pieces<'a> {
+    data: &'a [u8],
+    sizes: &'a [u8],
+    i: usize,
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let s = self.sizes.get(self.i % self.sizes.len().max(1));
+        let step = 1 + *s.unwrap_or(&255) as usize * 37;
+        self.i += 1;
+        let n = step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// Splits fuzz input into a seed, read sizes and data.
+fn split(data: &[u8]) -> (u64, &[u8], &[u8]) {
+    let seed = data
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let rest = data.get(8..).unwrap_or_default();
+    let n = rest.first().map_or(0, |&n| (n % 16) as usize);
+    let sizes = rest.get(1..1 + n).unwrap_or_default();
+    (seed, sizes, rest.get(1 + n..).unwrap_or_default())
+}
+
+const SMALL: ChunkerParams = ChunkerParams {
+    min_size: 64,
+    avg_size: 256,
+    max_size: 1024,
+    normalization: 1,
+};
+
+/// The chunker: any input read in any piece sizes gives the chunks of one pass, and the
+/// chunks concatenate to the input.
+pub fn chunker(input: &[u8]) {
+    let (seed, sizes, data) = split(input);
+    let c = Chunker::new(SMALL, seed).expect("valid parameters");
+    let one: Vec<usize> = c.cut_all(data);
+    let pieces = Pieces { data, sizes, i: 0 };
+    let chunks: Vec<Vec<u8>> = c.chunks(pieces).map(|r| r.expect("in memory")).collect();
+    assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), one);
+    assert_eq!(chunks.concat(), data);
+    assert!(one.iter().all(|&n| n <= SMALL.max_size as usize));
+}
+
+/// Data → chunks → compressed, encrypted blobs in a pack → header decoded → blobs opened and
+/// verified → the same data.
+pub fn roundtrip(input: &[u8]) {
+    let (seed, _, data) = split(input);
+    let mk = key();
+    let dk = DedupKey::from_secret(&[seed as u8; 32]);
+    let hasher = dk.hasher();
+    let c = Chunker::new(SMALL, dk.gear_seed()).expect("valid parameters");
+    let tmp = std::env::temp_dir();
+    let mut packer =
+        Packer::new(&mk, crate::format::pack::BlobKind::Data, &tmp).expect("temp file");
+    let mut ids = Vec::new();
+    let mut off = 0;
+    for n in c.cut_all(data) {
+        let chunk = &data[off..off + n];
+        off += n;
+        let id = hasher.id(chunk);
+        let (comp, stored) = compress(chunk, 1 + (seed % 5) as i32);
+        packer
+            .add(id, comp, chunk.len() as u32, stored)
+            .expect("temp file");
+        ids.push(id);
+    }
+    let (entry, path) = packer.finish().expect("temp file");
+    let pack = std::fs::read(&path).expect("pack file");
+    let _ = std::fs::remove_file(&path);
+    let (salt, recs) = decode_header(&mk, ObjectKind::DataPack, &pack, "fuzz").expect("own pack");
+    assert_eq!(recs.len(), entry.blobs.len());
+    let mut back = Vec::new();
+    for (r, id) in recs.iter().zip(&ids) {
+        assert_eq!(r.id, *id);
+        let ct = &pack[r.offset as usize..r.end() as usize];
+        let stored = mk
+            .object_cipher(&salt)
+            .open(u64::from(r.offset), &ObjectKind::DataPack.prefix(), ct)
+            .expect("authentic");
+        let plain = decompress(r.compression, stored, r.raw_len as usize, "fuzz").expect("own");
+        assert_eq!(hasher.id(&plain), *id);
+        back.extend_from_slice(&plain);
+    }
+    assert_eq!(back, data);
+}
+
+/// One step of the model target.
+#[derive(Debug)]
+enum Op {
+    /// Back up version `v` of the model file.
+    Backup(u8),
+    /// Forget the snapshot at this position (oldest first).
+    Forget(u8),
+    Prune,
+    Check,
+    /// The next operation runs over a store that dies after this many calls.
+    Crash(u8),
+}
+
+fn ops(data: &[u8]) -> Vec<Op> {
+    data.chunks(2)
+        .take(12)
+        .map(|p| {
+            let a = p.get(1).copied().unwrap_or(0);
+            match p[0] % 5 {
+                0 | 1 => Op::Backup(a),
+                2 => Op::Forget(a),
+                3 => Op::Prune,
+                _ if p[0] % 10 == 4 => Op::Check,
+                _ => Op::Crash(a),
+            }
+        })
+        .collect()
+}
+
+/// Version `v` of the one file the model backs up: a few KiB that share most chunks with
+/// other versions.
+fn version(v: u8) -> Vec<u8> {
+    let mut d = crate::chunker::splitmix_bytes(1, 12_000);
+    let at = (v as usize * 997) % d.len();
+    let end = (at + 100).min(d.len());
+    d[at..end].fill(v);
+    d.truncate(6_000 + (v as usize % 7) * 900);
+    d
+}
+
+/// Model-based: arbitrary sequences of backup / forget / prune / check, any of them over a
+/// store that dies after N calls. After every step the repository opens, `check` passes, and
+/// every snapshot the engine confirmed (and that was not forgotten) restores identical to the
+/// in-memory model of what was backed up.
+pub fn model(data: &[u8]) {
+    let mem = Arc::new(MemBackend::new());
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min_size: 512,
+            avg_size: 1024,
+            max_size: 4096,
+            normalization: 1,
+        },
+        data_pack_size: 64 * 1024,
+        tree_pack_size: 64 * 1024,
+        kdf: KdfParams {
+            m_cost_kib: 8,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..Default::default()
+    };
+    Repository::init(mem.clone(), b"pw", &opts).expect("init in memory");
+    let dir = tempfile_dir();
+    let file = dir.join("db.sql");
+    // Snapshot id → the version it holds, for snapshots the engine confirmed.
+    let mut confirmed: Vec<(crate::Id, u8)> = Vec::new();
+    let mut crash: Option<u64> = None;
+    let mut clock = 1_800_000_000i64;
+    for op in ops(data) {
+        let store: Arc<dyn Backend> = match crash.take() {
+            Some(n) => Arc::new(FaultBackend::new(
+                mem.clone(),
+                Faults {
+                    dead_after: Some(n),
+                    ..Default::default()
+                },
+            )),
+            None => mem.clone(),
+        };
+        clock += 1000;
+        let r = (|| -> crate::Result<()> {
+            let repo = Arc::new(Repository::open(store, b"pw")?);
+            repo.load_index()?;
+            match op {
+                Op::Backup(v) => {
+                    std::fs::write(&file, version(v)).expect("temp file");
+                    let o = crate::ops::backup::BackupOptions {
+                        paths: vec![file.clone()],
+                        host: "fuzz".into(),
+                        threads: 1,
+                        time: jiff::Timestamp::from_second(clock).ok(),
+                        ..Default::default()
+                    };
+                    let res = crate::ops::backup::backup(
+                        &repo,
+                        o,
+                        Arc::new(crate::progress::NoProgress),
+                    )?;
+                    confirmed.push((res.snapshot_id, v));
+                }
+                Op::Forget(i) => {
+                    if !confirmed.is_empty() {
+                        let (id, _) = confirmed.remove(i as usize % confirmed.len());
+                        repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
+                    }
+                }
+                Op::Prune => {
+                    let o = crate::ops::prune::PruneOptions {
+                        grace: 500,
+                        max_unused: crate::ops::prune::MaxUnused::Bytes(0),
+                        now: Some(clock),
+                        ..Default::default()
+                    };
+                    let p = crate::ops::prune::plan(&repo, &o, &crate::progress::NoProgress)?;
+                    crate::ops::prune::run(&repo, &p, &o, &crate::progress::NoProgress)?;
+                }
+                Op::Check | Op::Crash(_) => {}
+            }
+            Ok(())
+        })();
+        if let Op::Crash(n) = op {
+            crash = Some(u64::from(n % 64));
+        }
+        if let Err(e) = r {
+            assert!(
+                format!("{e}").contains("injected fault"),
+                "{op:?} failed without an injected fault: {e}"
+            );
+        }
+        verify(&mem, &confirmed);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "chunkbak-model-{}",
+        hex::encode(crate::crypter::random_bytes::<8>())
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// The repository opens, `check` finds nothing wrong, and each confirmed snapshot's file
+/// reads back as the version it was given.
+fn verify(mem: &Arc<MemBackend>, confirmed: &[(crate::Id, u8)]) {
+    let repo = Repository::open(mem.clone(), b"pw").expect("opens after any crash");
+    repo.load_index().expect("index loads");
+    let report = crate::ops::check::check(&repo).expect("check runs");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let snaps = repo.snapshots().expect("snapshots");
+    for (id, v) in confirmed {
+        let (_, s) = snaps
+            .iter()
+            .find(|(i, _)| i == id)
+            .unwrap_or_else(|| panic!("confirmed snapshot {id} is gone"));
+        let mut tree = s.tree;
+        // Down the mirrored absolute path to the file.
+        loop {
+            let nodes = repo.load_dir(&tree).expect("tree");
+            let n = &nodes[0];
+            if n.kind == crate::format::tree::NodeKind::File {
+                let chunks = repo.file_chunks(&n.content).expect("chunk list");
+                let mut back = Vec::new();
+                for c in chunks {
+                    back.extend(repo.read_blob(&c).expect("blob"));
+                }
+                assert_eq!(back, version(*v), "snapshot {id}");
+                break;
+            }
+            tree = n.subtree.expect("a directory has a subtree");
+        }
+    }
+}

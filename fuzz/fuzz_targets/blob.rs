@@ -1,0 +1,6 @@
+//! Stored blobs: decryption and decompression to any declared length. The body is `chunkbak_engine::fuzzing::blob`, which
+//! `engine/tests/fuzz_corpus.rs` also runs on the seeds and regression inputs.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| chunkbak_engine::fuzzing::blob(data));

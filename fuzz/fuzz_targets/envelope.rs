@@ -1,0 +1,6 @@
+//! Sealed objects (config, snapshot, index) and their payloads. The body is `chunkbak_engine::fuzzing::envelope`, which
+//! `engine/tests/fuzz_corpus.rs` also runs on the seeds and regression inputs.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| chunkbak_engine::fuzzing::envelope(data));
