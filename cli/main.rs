@@ -652,19 +652,34 @@ fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
     })
 }
 
+/// The snapshots that can be read; a warning for each one that cannot (the run goes on
+/// without it). The second value is whether any was unreadable.
+fn readable_snapshots(repo: &Repository, out: &Out) -> anyhow::Result<(Vec<(Id, Snapshot)>, bool)> {
+    let (snaps, damaged) = repo.snapshots_and_damaged()?;
+    for (path, e) in &damaged {
+        let msg = format!(
+            "{path} cannot be read, skipped: {e} (`chunkbak check` reports it, `chunkbak repair \
+             snapshots` removes it)"
+        );
+        if out.json {
+            out.json_line("warning", json!({ "message": msg }));
+        }
+        eprintln!("chunkbak: warning: {msg}");
+    }
+    Ok((snaps, !damaged.is_empty()))
+}
+
 fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     let filter = filter_of(f);
-    let snaps: Vec<(Id, Snapshot)> = repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| filter.matches(s))
-        .collect();
+    let (all, damaged) = readable_snapshots(&repo, out)?;
+    let done = if damaged { exit::PARTIAL } else { exit::OK };
+    let snaps: Vec<(Id, Snapshot)> = all.into_iter().filter(|(_, s)| filter.matches(s)).collect();
     if out.json {
         for (id, s) in &snaps {
             out.json_line("snapshot", snapshot_json(id, s));
         }
-        return Ok(exit::OK);
+        return Ok(done);
     }
     out.line(format!(
         "{:<10} {:<20} {:<16} {:<12} {:>10}  Paths",
@@ -684,7 +699,7 @@ fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
     }
     out.line("-".repeat(90));
     out.line(format!("{} snapshots", snaps.len()));
-    Ok(exit::OK)
+    Ok(done)
 }
 
 /// Resolves `SNAPSHOT[:PATH]` or `--at TIME` (with filters) to one snapshot and an inner path.
@@ -715,7 +730,7 @@ fn choose(
         }
         (None, None) => (Selector::Latest, Vec::new()),
     };
-    let snaps = repo.snapshots()?;
+    let (snaps, _) = readable_snapshots(repo, out)?;
     let i = select::select(&snaps, &sel, &filter_of(filter), jiff::Timestamp::now())?;
     let (id, s) = snaps[i].clone();
     if out.json {

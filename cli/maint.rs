@@ -367,6 +367,18 @@ pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i3
             repo.load_index()?;
             let bar = progress::Bar::new(out, false, "repair");
             let r = repair::repair_snapshots(&repo, *dry_run, &bar)?;
+            for (path, why) in &r.unreadable {
+                if out.json {
+                    out.json_line(
+                        "unreadable",
+                        json!({"object": path, "error": why, "removed": !dry_run}),
+                    );
+                } else if *dry_run {
+                    out.line(format!("{path} cannot be read and would be removed: {why}"));
+                } else {
+                    out.line(format!("{path} cannot be read and was removed: {why}"));
+                }
+            }
             for (sid, p) in &r.damaged {
                 if out.json {
                     out.json_line("damaged", json!({"snapshot": sid.to_hex(), "path": p}));

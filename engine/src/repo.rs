@@ -732,23 +732,45 @@ impl Repository {
         }
     }
 
-    /// All snapshots, oldest first. Unreadable snapshot objects are returned as errors.
+    /// All snapshots, oldest first. An unreadable snapshot object fails the call: what must
+    /// see every snapshot (prune, forget) must not go on without one.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let (out, mut damaged) = self.snapshots_and_damaged()?;
+        match damaged.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// The readable snapshots, oldest first, and the snapshot objects that cannot be read
+    /// (their path and why), for what can go on without them (check, listing, restore).
+    #[allow(clippy::type_complexity)]
+    pub fn snapshots_and_damaged(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<(String, Error)>)> {
         let names = self.list_named(FileKind::Snapshot)?;
         let read = parallel_map(&names, |(id, name)| {
-            match self.read_object(FileKind::Snapshot, ObjectKind::Snapshot, name) {
-                Ok(plain) => Ok(Some((
-                    *id,
-                    Snapshot::decode(&plain, &format!("snapshots/{name}"))?,
-                ))),
+            let path = format!("snapshots/{name}");
+            let r = self
+                .read_object(FileKind::Snapshot, ObjectKind::Snapshot, name)
+                .and_then(|plain| Snapshot::decode(&plain, &path));
+            Ok(match r {
+                Ok(s) => Ok(Some((*id, s))),
                 // Removed by a `forget` running at the same time.
                 Err(Error::ObjectNotFound(_)) => Ok(None),
-                Err(e) => Err(e),
-            }
+                Err(e) => Err((path, e)),
+            })
         })?;
-        let mut out: Vec<(Id, Snapshot)> = read.into_iter().flatten().collect();
+        let mut out = Vec::new();
+        let mut damaged = Vec::new();
+        for r in read {
+            match r {
+                Ok(Some(s)) => out.push(s),
+                Ok(None) => {}
+                Err(d) => damaged.push(d),
+            }
+        }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        damaged.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((out, damaged))
     }
 
     pub fn write_snapshot(&self, s: &Snapshot) -> Result<Id> {

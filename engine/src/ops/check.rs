@@ -64,7 +64,13 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
         idx.get(id)
             .is_some_and(|(p, _)| stored.contains_key(&p.id.to_hex()))
     };
-    let snaps = repo.snapshots()?;
+    let (snaps, damaged) = repo.snapshots_and_damaged()?;
+    for (_, e) in damaged {
+        r.problems.push(format!(
+            "{e}: this snapshot is lost, the data it shares with others is not \
+             (`chunkbak repair snapshots` removes the object)"
+        ));
+    }
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
     let mut seen_blobs: HashSet<BlobId> = HashSet::new();
     for (id, s) in &snaps {

@@ -208,6 +208,8 @@ pub struct SnapshotRepair {
     pub rewritten: Vec<(Id, Option<Id>)>,
     /// Paths of damaged files and directories, by snapshot.
     pub damaged: Vec<(Id, String)>,
+    /// Snapshot objects that cannot be read, and why: removed (kept on a dry run).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Rewrites snapshots that reference blobs the index lacks. The index must be loaded.
@@ -218,7 +220,14 @@ pub fn repair_snapshots(
 ) -> Result<SnapshotRepair> {
     let mut rep = SnapshotRepair::default();
     let saver = repo.blob_saver()?;
-    let snaps = repo.snapshots()?;
+    let (snaps, unreadable) = repo.snapshots_and_damaged()?;
+    for (path, e) in unreadable {
+        if !dry_run {
+            let name = path.trim_start_matches("snapshots/");
+            repo.backend().delete(FileKind::Snapshot, name)?;
+        }
+        rep.unreadable.push((path, e.to_string()));
+    }
     for (sid, s) in &snaps {
         rep.snapshots_checked += 1;
         progress.message(&format!("snapshot {}", sid.short()));
