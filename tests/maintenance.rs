@@ -48,6 +48,54 @@ fn killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused() {
     scenario::killed_backups(&mk, e.dir.path(), &|| dir_bytes(&data));
 }
 
+/// Restores killed with SIGKILL at random moments, a dozen times: the repository is not
+/// touched (`check` passes; a restore only reads), and a restore run again into the same,
+/// half-written target completes with every file identical.
+#[test]
+fn killed_restores_leave_the_repository_intact_and_a_rerun_completes() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..16u64 {
+        fs::write(src.join(format!("f{i:02}")), splitmix(500 + i, 1_000_000)).unwrap();
+        fs::write(src.join("d").join(format!("s{i}")), splitmix(i, 3000)).unwrap();
+    }
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let before = dir_bytes(&e.repo);
+    let mut rng = Rng(scenario::seed("killed_restore"));
+    let mut killed = 0;
+    for attempt in 0..12 {
+        let target = e.path(&format!("t{}", attempt % 3));
+        let mut c = e.cmd();
+        c.args(["restore", "latest", "--target"])
+            .arg(&target)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let wait = Duration::from_millis(20 + rng.below(400));
+        let t = Instant::now();
+        while t.elapsed() < wait && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let r = e.ok(&["check"]);
+        assert!(r.out().contains(" 0 problems"), "after kill {attempt}: {}", r.out());
+        assert_eq!(dir_bytes(&e.repo), before, "a restore wrote into the repository");
+        e.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+        assert!(
+            files_of(&target.join(src.strip_prefix("/").unwrap())) == files_of(&src),
+            "attempt {attempt}: the rerun did not restore every file identical"
+        );
+    }
+    eprintln!("{killed} of 12 restores killed");
+    assert!(killed >= 6, "only {killed} restores were killed: the test tested little");
+}
+
 /// A repository with a few snapshots of changing files, most of them forgotten.
 fn repository_with_garbage(e: &Env) -> PathBuf {
     let src = e.path("src");
@@ -75,7 +123,7 @@ fn killed_prune_leaves_a_consistent_repository_and_the_next_prune_finishes() {
     e.ok(&["prune", "--grace", "0s"]);
     let mut rng = Rng(scenario::seed("killed_prune"));
     let mut killed = 0;
-    for attempt in 0..5 {
+    for attempt in 0..12 {
         let mut c = e.cmd();
         c.args(["prune", "--grace", "0s", "--max-unused", "0%"])
             .stdout(Stdio::null())
