@@ -84,8 +84,16 @@ fn killed_restores_leave_the_repository_intact_and_a_rerun_completes() {
         }
         child.wait().unwrap();
         let r = e.ok(&["check"]);
-        assert!(r.out().contains(" 0 problems"), "after kill {attempt}: {}", r.out());
-        assert_eq!(dir_bytes(&e.repo), before, "a restore wrote into the repository");
+        assert!(
+            r.out().contains(" 0 problems"),
+            "after kill {attempt}: {}",
+            r.out()
+        );
+        assert_eq!(
+            dir_bytes(&e.repo),
+            before,
+            "a restore wrote into the repository"
+        );
         e.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
         assert!(
             files_of(&target.join(src.strip_prefix("/").unwrap())) == files_of(&src),
@@ -93,7 +101,112 @@ fn killed_restores_leave_the_repository_intact_and_a_rerun_completes() {
         );
     }
     eprintln!("{killed} of 12 restores killed");
-    assert!(killed >= 6, "only {killed} restores were killed: the test tested little");
+    assert!(
+        killed >= 6,
+        "only {killed} restores were killed: the test tested little"
+    );
+}
+
+/// Mounts a tmpfs of `mb` MiB at `dir` (root only); unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, mb: u64) -> Option<SmallFs> {
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        ok.then(|| SmallFs(dir.to_path_buf()))
+    }
+
+    fn grow(&self, mb: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mb}m")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk under the repository fails the backup with an error that says so and names the
+/// path, leaves no snapshot and a repository that `check` passes; with space again the next
+/// backup completes. A full restore target fails the files that do not fit, says why, and
+/// leaves the repository alone. (Needs root to mount a small tmpfs; skipped otherwise.)
+#[test]
+fn disk_full_on_repository_and_on_restore_target() {
+    let e = Env::new();
+    let Some(small) = SmallFs::mount(&e.path("small"), 6) else {
+        eprintln!("skipped: mounting a small file system needs root");
+        return;
+    };
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        fs::write(src.join(format!("f{i:02}")), splitmix(700 + i, 1_000_000)).unwrap();
+    }
+    let repo = small.0.join("repo");
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &repo).args([
+        "init",
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+        "--data-pack-size",
+        "262144",
+    ]);
+    assert_eq!(e.run_cmd(c).code, 0);
+    let with_repo = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &repo).args(args);
+        e.run_cmd(c)
+    };
+    let r = with_repo(&["backup", src.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert!(r.stderr.contains(repo.to_str().unwrap()), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("(os error 28): No space"),
+        "the cause is said once: {}",
+        r.stderr
+    );
+    assert_eq!(
+        fs::read_dir(repo.join("tmp")).unwrap().count(),
+        0,
+        "a failed backup leaves no temp packs to fill the disk"
+    );
+    assert!(with_repo(&["--json", "snapshots"])
+        .json("snapshot")
+        .is_empty());
+    let c = with_repo(&["check"]);
+    assert_eq!(c.code, 0, "{}\n{}", c.out(), c.stderr);
+    small.grow(64);
+    let r = with_repo(&["backup", src.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = with_repo(&["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+
+    // The restore target: 12 MB into 4 MB.
+    let tfs = SmallFs::mount(&e.path("target"), 4).unwrap();
+    let r = with_repo(&["restore", "latest", "--target", tfs.0.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    let c = with_repo(&["check"]);
+    assert_eq!(c.code, 0, "{}", c.out());
 }
 
 /// A repository with a few snapshots of changing files, most of them forgotten.

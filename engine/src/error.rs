@@ -27,11 +27,11 @@ pub enum Error {
         context: String,
         cause: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
+    /// The cause is part of the message (not a `source`), so it is printed once.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("invalid argument: {0}")]
     Invalid(String),
@@ -54,7 +54,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

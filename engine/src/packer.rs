@@ -70,10 +70,16 @@ impl Packer {
         Ok(p)
     }
 
+    /// A pack that cannot be written (a full disk) is dead: its temp file goes at once.
+    fn failed(&self, e: std::io::Error) -> Error {
+        let _ = std::fs::remove_file(&self.path);
+        Error::io(&self.path, e)
+    }
+
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.out
-            .write_all(b)
-            .map_err(|e| Error::io(&self.path, e))?;
+        if let Err(e) = self.out.write_all(b) {
+            return Err(self.failed(e));
+        }
         self.hash.update(b);
         self.crc.update(b);
         self.size += b.len() as u64;
@@ -118,7 +124,9 @@ impl Packer {
         let ct = self.cipher.seal(HEADER_COUNTER, &self.prefix, &plain);
         self.write(&ct)?;
         self.write(&(ct.len() as u32).to_le_bytes())?;
-        self.out.flush().map_err(|e| Error::io(&self.path, e))?;
+        if let Err(e) = self.out.flush() {
+            return Err(self.failed(e));
+        }
         let id = Id(*self.hash.finalize().as_bytes());
         Ok((
             PackEntry {
