@@ -597,6 +597,43 @@ fn s3_backup_and_restore_complete_through_faults() {
     );
     // The next run completes.
     r.ok(&["backup", src.to_str().unwrap()]);
+
+    // Retention and verification through faults and slow responses: forget, two prunes (mark,
+    // then delete and repack) and `check --read-data` complete by retrying, and what is kept
+    // restores identical.
+    let before = proxy.injected();
+    proxy.arm(
+        3,
+        &[
+            Fault::SlowDown,
+            Fault::Slow,
+            Fault::Reset,
+            Fault::InternalError,
+            Fault::Truncate,
+        ],
+    );
+    r.ok(&["forget", "--keep-last", "1"]);
+    r.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    r.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    let check = r.ok(&["--json", "check", "--read-data"]);
+    assert_eq!(
+        check.json("check")[0]["problems"].as_array().unwrap().len(),
+        0,
+        "{}",
+        check.out()
+    );
+    let after = proxy.injected();
+    assert!(
+        after.slow > before.slow
+            && after.reset > before.reset
+            && after.slowdown > before.slowdown
+            && after.truncate > before.truncate,
+        "retention and check: {before:?} -> {after:?}"
+    );
+    proxy.disarm();
+    let target = e.path("t2");
+    r.ok(&["restore", "--target", target.to_str().unwrap()]);
+    e.compare(&src, &target.join(src.strip_prefix("/").unwrap()), &[]);
 }
 
 /// Several hosts back up into one S3 repository at once while the retention job prunes.

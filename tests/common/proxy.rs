@@ -1,6 +1,6 @@
 //! A loopback HTTP proxy in front of the S3 test server that injects faults into every Nth
-//! request: 503 SlowDown, 500 InternalError, a connection reset before any response, or (for
-//! GETs) a response whose body is cut off halfway. The binary under test talks to it exactly as
+//! request: 503 SlowDown, 500 InternalError, a connection reset before any response, (for
+//! GETs) a response whose body is cut off halfway, or a response that comes late. The binary under test talks to it exactly as
 //! to S3; it sees the faults a flaky network and a busy S3 produce.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +16,12 @@ pub enum Fault {
     Reset,
     /// GETs only: the body stops halfway and the connection closes (other requests get a 503).
     Truncate,
+    /// The response comes, complete, after a pause of `SLOW` (a busy or distant store).
+    Slow,
 }
+
+/// How long a [`Fault::Slow`] response waits.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
 
 #[derive(Default, Debug, Clone)]
 pub struct Injected {
@@ -24,6 +29,7 @@ pub struct Injected {
     pub internal: u64,
     pub reset: u64,
     pub truncate: u64,
+    pub slow: u64,
 }
 
 struct State {
@@ -296,6 +302,12 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
         };
         match fault {
             None => {
+                let resp = forward(st, &req)?;
+                write_message(&mut w, &resp)?;
+            }
+            Some(Fault::Slow) => {
+                st.injected.lock().unwrap().slow += 1;
+                std::thread::sleep(SLOW);
                 let resp = forward(st, &req)?;
                 write_message(&mut w, &resp)?;
             }
