@@ -24,7 +24,7 @@ pub struct Cli {
 pub struct Global {
     /// Repository: a directory, or s3:BUCKET/PREFIX. Default: $XDG_DATA_HOME/chunkbak/repo
     #[arg(short = 'r', long = "repo", env = "CHUNKBAK_REPOSITORY", global = true)]
-    pub repo: Option<String>,
+    pub repo: Option<OsString>,
     /// Endpoint of an S3-compatible store for s3: repositories (AWS_ENDPOINT_URL works too)
     #[arg(long, env = "CHUNKBAK_S3_ENDPOINT", global = true, value_name = "URL")]
     pub s3_endpoint: Option<String>,

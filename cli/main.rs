@@ -242,8 +242,16 @@ fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
 }
 
 /// A repository named on the command line (the S3 settings are the global ones).
-fn spec_of(g: &Global, r: &str, region: Option<&str>) -> anyhow::Result<RepoSpec> {
-    if r.starts_with("s3:") {
+fn spec_of(
+    g: &Global,
+    r: impl AsRef<std::ffi::OsStr>,
+    region: Option<&str>,
+) -> anyhow::Result<RepoSpec> {
+    let r = r.as_ref();
+    if r.as_bytes().starts_with(b"s3:") {
+        let r = r
+            .to_str()
+            .ok_or_else(|| anyhow!("S3 repository {:?}: not UTF-8", r.to_string_lossy()))?;
         let mut c = S3Config::parse(r)?;
         c.endpoint = g.s3_endpoint.clone();
         c.connections = g.s3_connections.max(1);
@@ -256,7 +264,9 @@ fn spec_of(g: &Global, r: &str, region: Option<&str>) -> anyhow::Result<RepoSpec
         })
     } else {
         Ok(RepoSpec {
-            location: PathBuf::from(r.strip_prefix("local:").unwrap_or(r)),
+            location: PathBuf::from(std::ffi::OsStr::from_bytes(
+                r.as_bytes().strip_prefix(b"local:").unwrap_or(r.as_bytes()),
+            )),
             s3: None,
             default: false,
         })

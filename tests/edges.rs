@@ -231,6 +231,25 @@ fn non_utf8_paths_in_commands() {
     assert_eq!(fs::read(got.join(name)).unwrap(), b"latin-1 name");
     assert!(!got.join("plain").exists());
 
+    // A repository at a non-UTF-8 path, named by the variable and by --repo.
+    let repo = e.dir.path().join(OsStr::from_bytes(b"repo-\xff"));
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &repo).args([
+        "init",
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+    ]);
+    assert_eq!(e.run_cmd(c).code, 0);
+    let mut c = e.cmd();
+    c.arg("--repo").arg(&repo).arg("backup").arg(&src);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut c = e.cmd();
+    c.arg("--repo").arg(&repo).args(["--json", "snapshots"]);
+    assert_eq!(e.run_cmd(c).json("snapshot").len(), 1);
+
     // A snapshot id that is not text is a usage mistake named as such.
     let mut c = e.cmd();
     c.arg("ls").arg(OsStr::from_bytes(b"\xff\xfe:/x"));
