@@ -5,9 +5,6 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use assert_cmd::cargo::cargo_bin;
 
 mod common;
 
@@ -50,21 +47,7 @@ fn unreadable_file_is_reported_and_exits_3() {
     let mut c = e.cmd();
     // root reads everything: drop to nobody for this run.
     if unsafe { libc::geteuid() } == 0 {
-        fs::set_permissions(&e.repo, fs::Permissions::from_mode(0o777)).unwrap();
-        for d in ["keys", "snapshots", "index", "data", "tree", "tmp", "locks"] {
-            fs::set_permissions(e.repo.join(d), fs::Permissions::from_mode(0o777)).unwrap();
-        }
-        fs::set_permissions(&e.pw, fs::Permissions::from_mode(0o644)).unwrap();
-        // The build tree may not be reachable by nobody (e.g. under /root): run a copy.
-        let bin = e.path("chunkbak-copy");
-        fs::copy(cargo_bin("chunkbak"), &bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .env("CHUNKBAK_REPOSITORY", &e.repo)
-            .env("CHUNKBAK_PASSWORD_FILE", &e.pw)
-            .env("HOME", e.dir.path());
+        c = e.as_nobody();
     }
     c.args(["backup", src.to_str().unwrap()]);
     let r = e.run_cmd(c);

@@ -6,10 +6,6 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
-
-use assert_cmd::cargo::cargo_bin;
 
 mod common;
 
@@ -128,29 +124,9 @@ fn restore_target_that_is_a_file_or_not_writable() {
     fs::create_dir(&ro).unwrap();
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
     let mut c = e.cmd();
-    // root writes everywhere: run as nobody, as the unreadable-file test does.
+    // root writes everywhere: run as nobody.
     if unsafe { libc::geteuid() } == 0 {
-        fs::set_permissions(&e.repo, fs::Permissions::from_mode(0o777)).unwrap();
-        for d in ["keys", "snapshots", "index", "data", "tree", "tmp", "locks"] {
-            let p = e.repo.join(d);
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
-            for f in walk(&p) {
-                let m = if f.is_dir() { 0o777 } else { 0o644 };
-                fs::set_permissions(&f, fs::Permissions::from_mode(m)).unwrap();
-            }
-        }
-        fs::set_permissions(&e.pw, fs::Permissions::from_mode(0o644)).unwrap();
-        let bin = e.path("chunkbak-copy");
-        fs::copy(cargo_bin("chunkbak"), &bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .env("CHUNKBAK_REPOSITORY", &e.repo)
-            .env("CHUNKBAK_PASSWORD_FILE", &e.pw)
-            .env("CHUNKBAK_NO_PROGRESS", "1")
-            .env("HOME", e.dir.path())
-            .env("XDG_CACHE_HOME", e.path("nobody-cache"));
+        c = e.as_nobody();
     }
     c.args(["restore", "latest", "--target"]).arg(&ro);
     one_line(
@@ -159,18 +135,6 @@ fn restore_target_that_is_a_file_or_not_writable() {
         &["cannot write into restore target", ro.to_str().unwrap()],
     );
     assert_eq!(fs::read_dir(&ro).unwrap().count(), 0);
-}
-
-fn walk(d: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(d).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        }
-        out.push(p);
-    }
-    out
 }
 
 /// Paths that are not UTF-8 work wherever a path is given: what to back up, the restore

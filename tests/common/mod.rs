@@ -114,6 +114,39 @@ impl Env {
         r
     }
 
+    /// A command that runs the binary as nobody (root reads and writes everything, so tests of
+    /// permissions drop to nobody): the repository, its files and the password file are opened
+    /// up to it, and it runs a copy of the binary (the build tree may be out of its reach).
+    pub fn as_nobody(&self) -> Command {
+        fn open_up(p: &Path) {
+            let dir = p.is_dir();
+            fs::set_permissions(
+                p,
+                fs::Permissions::from_mode(if dir { 0o777 } else { 0o644 }),
+            )
+            .unwrap();
+            if dir {
+                for e in fs::read_dir(p).unwrap() {
+                    open_up(&e.unwrap().path());
+                }
+            }
+        }
+        open_up(&self.repo);
+        fs::set_permissions(&self.pw, fs::Permissions::from_mode(0o644)).unwrap();
+        let bin = self.path("chunkbak-copy");
+        fs::copy(cargo_bin("chunkbak"), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .env("CHUNKBAK_REPOSITORY", &self.repo)
+            .env("CHUNKBAK_PASSWORD_FILE", &self.pw)
+            .env("CHUNKBAK_NO_PROGRESS", "1")
+            .env("HOME", self.dir.path())
+            .env("XDG_CACHE_HOME", self.path("nobody-cache"));
+        c
+    }
+
     pub fn init_small(&self) {
         self.ok(&[
             "init",
