@@ -1,16 +1,21 @@
 //! Replays the fuzz targets' committed seeds (`fuzz/seeds/`, made by
-//! `cargo run -p chunkbak-engine --example fuzz_seeds -- fuzz/seeds`) and every regression input
-//! (`fuzz/regressions/TARGET/NAME`, a crash the fuzzer found, named after what it guards)
-//! through the same code the fuzz targets run, as ordinary tests on stable.
+//! `cargo run -p chunkbak-engine --example fuzz_seeds -- fuzz/seeds`), their minimized corpora
+//! (`fuzz/corpus/`, grown by `fuzz/run.sh` and shrunk by `cargo fuzz cmin`) and every
+//! regression input (`fuzz/regressions/TARGET/NAME`, a crash the fuzzer found, named after what
+//! it guards) through the same code the fuzz targets run, as ordinary tests on stable.
 
 use std::path::{Path, PathBuf};
 
 use chunkbak_engine::fuzzing;
 
 fn inputs(target: &str) -> Vec<PathBuf> {
+    inputs_in(target, &["seeds", "corpus", "regressions"])
+}
+
+fn inputs_in(target: &str, dirs: &[&str]) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut out = Vec::new();
-    for dir in ["seeds", "regressions"] {
+    for dir in dirs {
         if let Ok(rd) = std::fs::read_dir(root.join(dir).join(target)) {
             out.extend(rd.map(|e| e.unwrap().path()));
         }
@@ -74,7 +79,7 @@ fn sealed_seeds_open_with_the_fuzz_key() {
     use chunkbak_engine::format::{envelope, pack, ObjectKind};
     let k = fuzzing::key();
     let mut opened = 0;
-    for p in inputs("envelope") {
+    for p in inputs_in("envelope", &["seeds"]) {
         let d = std::fs::read(&p).unwrap();
         if [ObjectKind::Config, ObjectKind::Snapshot, ObjectKind::Index]
             .into_iter()
@@ -84,7 +89,7 @@ fn sealed_seeds_open_with_the_fuzz_key() {
         }
     }
     assert!(opened >= 3, "{opened} envelope seeds open");
-    for p in inputs("pack_header") {
+    for p in inputs_in("pack_header", &["seeds"]) {
         let d = std::fs::read(&p).unwrap();
         let ok = [ObjectKind::DataPack, ObjectKind::TreePack]
             .into_iter()
