@@ -85,6 +85,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot (or part of it) into a directory
     Restore(RestoreArgs),
+    /// Write one file of a snapshot to standard output (e.g. a database dump into psql)
+    Dump(DumpArgs),
     /// Thaw the archived (Glacier) packs a restore will need, ahead of the restore
     Warmup(WarmupArgs),
     /// Check the repository: structure from metadata; with --read-data, pack contents too
@@ -476,6 +478,21 @@ pub struct BackupArgs {
     /// Worker threads (default: one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot: id prefix or 'latest', optionally ID:PATH (default: latest, or --at)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: Option<OsString>,
+    /// The file inside the snapshot (absolute, as `chunkbak ls` shows it), unless given as ID:PATH
+    #[arg(value_name = "PATH")]
+    pub path: Option<OsString>,
+    /// Use the newest snapshot taken at or before TIME
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Args, Debug)]

@@ -169,6 +169,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Backup(a) => cmd_backup(g, out, a),
         Command::Snapshots(f) => cmd_snapshots(g, out, f),
         Command::Ls(a) => cmd_ls(g, out, a),
+        Command::Dump(a) => cmd_dump(g, out, a),
         Command::Restore(a) => cmd_restore(g, out, a),
         Command::Warmup(a) => cmd_warmup(g, out, a),
         Command::Check(a) => cmd_check(g, out, a),
@@ -789,17 +790,41 @@ fn kind_name(k: NodeKind) -> &'static str {
     }
 }
 
+fn cmd_dump(g: &Global, out: &Out, a: &args::DumpArgs) -> anyhow::Result<i32> {
+    if out.json {
+        bail!("dump writes the file itself to standard output: --json does not apply");
+    }
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let (snap, path) = snapshot_and_path(&a.snapshot, &a.path, &a.at);
+    let (_, s, mut sub) = choose(&repo, snap, a.at.as_deref(), &a.filter, out)?;
+    if let Some(p) = path {
+        sub = p.as_bytes().to_vec();
+    }
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    chunkbak_engine::ops::dump::dump_file(&repo, s.tree, &sub, &mut w)?;
+    Ok(exit::OK)
+}
+
+/// `[SNAPSHOT] [PATH]`: with --at and one positional, that one is the path.
+fn snapshot_and_path<'a>(
+    snapshot: &'a Option<std::ffi::OsString>,
+    path: &'a Option<std::ffi::OsString>,
+    at: &Option<String>,
+) -> (Option<&'a std::ffi::OsStr>, Option<&'a std::ffi::OsStr>) {
+    match (snapshot, path, at) {
+        (Some(p), None, Some(_)) => (None, Some(p)),
+        _ => (snapshot.as_deref(), path.as_deref()),
+    }
+}
+
 fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     repo.load_index()?;
-    let (_, s, mut sub) = choose(
-        &repo,
-        a.snapshot.as_deref(),
-        a.at.as_deref(),
-        &a.filter,
-        out,
-    )?;
-    if let Some(p) = &a.path {
+    let (snap, path) = snapshot_and_path(&a.snapshot, &a.path, &a.at);
+    let (_, s, mut sub) = choose(&repo, snap, a.at.as_deref(), &a.filter, out)?;
+    if let Some(p) = path {
         sub = p.as_bytes().to_vec();
     }
     use chunkbak_engine::ops::ls;

@@ -634,3 +634,55 @@ fn benchmark_needs_no_repository_and_measures_every_stage() {
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("unknown sample"), "{}", bad.stderr);
 }
+
+/// `dump` writes one file of a snapshot to stdout, byte for byte (by ID:PATH, by PATH, and by
+/// --at), after naming the snapshot it chose on stderr; anything but a file is a clear error.
+#[test]
+fn dump_writes_one_file_to_stdout() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let day1 = splitmix(41, 2_000_000);
+    let db = src.join("db.sql");
+    fs::write(&db, &day1).unwrap();
+    fs::write(src.join("sub/x"), b"x").unwrap();
+    let first = e
+        .ok(&["--json", "backup", src.to_str().unwrap()])
+        .json("summary")[0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snaps = e.ok(&["--json", "snapshots"]).json("snapshot");
+    let t1 = snaps[0]["time"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let day2 = splitmix(42, 1_500_000);
+    fs::write(&db, &day2).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+
+    let spec = format!("latest:{}", db.display());
+    let r = e.ok(&["dump", &spec]);
+    assert!(r.stdout == day2, "latest differs");
+    assert!(
+        r.stderr.contains("snapshot "),
+        "the chosen snapshot is named: {}",
+        r.stderr
+    );
+    let r = e.ok(&["dump", &first[..8], db.to_str().unwrap()]);
+    assert!(r.stdout == day1, "by id and PATH");
+    let r = e.ok(&["dump", "--at", &t1, db.to_str().unwrap()]);
+    assert!(r.stdout == day1, "by --at");
+    // ls takes a path after --at the same way.
+    let r = e.ok(&["--json", "ls", "--at", &t1, db.to_str().unwrap()]);
+    assert_eq!(r.json("node").len(), 1, "{}", r.out());
+
+    let r = e.run(&["dump", &format!("latest:{}", src.join("sub").display())]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
+    let r = e.run(&["dump", &format!("latest:{}/nope", src.display())]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not in the snapshot"), "{}", r.stderr);
+    let r = e.run(&["--json", "dump", &spec]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--json"), "{}", r.stderr);
+}

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod benchmark;
 pub mod check;
 pub mod copy;
+pub mod dump;
 pub mod forget;
 pub mod fsmeta;
 pub mod ls;
