@@ -796,37 +796,35 @@ fn cmd_dump(g: &Global, out: &Out, a: &args::DumpArgs) -> anyhow::Result<i32> {
     }
     let repo = open_repo(g, out)?;
     repo.load_index()?;
-    let (snap, path) = snapshot_and_path(&a.snapshot, &a.path, &a.at);
-    let (_, s, mut sub) = choose(&repo, snap, a.at.as_deref(), &a.filter, out)?;
-    if let Some(p) = path {
-        sub = p.as_bytes().to_vec();
-    }
+    let (s, sub) = choose_path(&repo, &a.snapshot, &a.path, &a.at, &a.filter, out)?;
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     chunkbak_engine::ops::dump::dump_file(&repo, s.tree, &sub, &mut w)?;
     Ok(exit::OK)
 }
 
-/// `[SNAPSHOT] [PATH]`: with --at and one positional, that one is the path.
-fn snapshot_and_path<'a>(
-    snapshot: &'a Option<std::ffi::OsString>,
-    path: &'a Option<std::ffi::OsString>,
+/// The snapshot and the path inside it that `[SNAPSHOT] [PATH]` and --at name: PATH wins over
+/// ID:PATH, and with --at a lone positional is the path.
+fn choose_path(
+    repo: &Repository,
+    snapshot: &Option<std::ffi::OsString>,
+    path: &Option<std::ffi::OsString>,
     at: &Option<String>,
-) -> (Option<&'a std::ffi::OsStr>, Option<&'a std::ffi::OsStr>) {
-    match (snapshot, path, at) {
+    filter: &FilterArgs,
+    out: &Out,
+) -> anyhow::Result<(Snapshot, Vec<u8>)> {
+    let (snap, path) = match (snapshot, path, at) {
         (Some(p), None, Some(_)) => (None, Some(p)),
-        _ => (snapshot.as_deref(), path.as_deref()),
-    }
+        _ => (snapshot.as_deref(), path.as_ref()),
+    };
+    let (_, s, sub) = choose(repo, snap, at.as_deref(), filter, out)?;
+    Ok((s, path.map_or(sub, |p| p.as_bytes().to_vec())))
 }
 
 fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     repo.load_index()?;
-    let (snap, path) = snapshot_and_path(&a.snapshot, &a.path, &a.at);
-    let (_, s, mut sub) = choose(&repo, snap, a.at.as_deref(), &a.filter, out)?;
-    if let Some(p) = path {
-        sub = p.as_bytes().to_vec();
-    }
+    let (s, sub) = choose_path(&repo, &a.snapshot, &a.path, &a.at, &a.filter, out)?;
     use chunkbak_engine::ops::ls;
     let print = |path: &[u8], n: &Node| {
         if out.json {

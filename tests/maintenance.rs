@@ -5,8 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::scenario::{self, files_of, Rng};
 use common::*;
@@ -68,21 +67,10 @@ fn killed_restores_leave_the_repository_intact_and_a_rerun_completes() {
     for attempt in 0..12 {
         let target = e.path(&format!("t{}", attempt % 3));
         let mut c = e.cmd();
-        c.args(["restore", "latest", "--target"])
-            .arg(&target)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().unwrap();
-        let wait = Duration::from_millis(20 + rng.below(400));
-        let t = Instant::now();
-        while t.elapsed() < wait && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
+        c.args(["restore", "latest", "--target"]).arg(&target);
+        if scenario::run_and_kill_after(c, Duration::from_millis(20 + rng.below(400))) {
             killed += 1;
         }
-        child.wait().unwrap();
         let r = e.ok(&["check"]);
         assert!(
             r.out().contains(" 0 problems"),
@@ -238,20 +226,10 @@ fn killed_prune_leaves_a_consistent_repository_and_the_next_prune_finishes() {
     let mut killed = 0;
     for attempt in 0..12 {
         let mut c = e.cmd();
-        c.args(["prune", "--grace", "0s", "--max-unused", "0%"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().unwrap();
-        let wait = Duration::from_millis(rng.below(120));
-        let t = Instant::now();
-        while t.elapsed() < wait && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
+        c.args(["prune", "--grace", "0s", "--max-unused", "0%"]);
+        if scenario::run_and_kill_after(c, Duration::from_millis(rng.below(120))) {
             killed += 1;
         }
-        child.wait().unwrap();
         let r = e.ok(&["check"]);
         assert!(
             r.out().contains(" 0 problems"),

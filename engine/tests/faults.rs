@@ -147,6 +147,15 @@ fn copy_of(m: &MemBackend) -> Arc<MemBackend> {
     Arc::new(c)
 }
 
+/// `mem` behind a store that dies at call `n`.
+fn dying(mem: &Arc<MemBackend>, n: u64) -> Arc<FaultBackend> {
+    let faults = Faults {
+        dead_after: Some(n),
+        ..Default::default()
+    };
+    Arc::new(FaultBackend::new(mem.clone(), faults))
+}
+
 fn is_injected(e: &Error) -> bool {
     format!("{e}").contains("injected fault")
 }
@@ -175,13 +184,7 @@ fn backup_killed_at_every_call_leaves_a_consistent_repository() {
     let mut failed = 0;
     for n in 0..total {
         let mem = copy_of(&base);
-        let fb = Arc::new(FaultBackend::new(
-            mem.clone(),
-            Faults {
-                dead_after: Some(n),
-                ..Default::default()
-            },
-        ));
+        let fb = dying(&mem, n);
         let r = open(fb.clone()).and_then(|repo| run_backup(&repo, &src));
         let snaps = verify(mem.clone(), &src, &[&v1, &v2], &out);
         match r {
@@ -254,13 +257,7 @@ fn prune_killed_at_every_call_leaves_a_consistent_repository() {
 
     for n in (0..total).step_by(2) {
         let mem = copy_of(&base);
-        let fb = Arc::new(FaultBackend::new(
-            mem.clone(),
-            Faults {
-                dead_after: Some(n),
-                ..Default::default()
-            },
-        ));
+        let fb = dying(&mem, n);
         let r = open(fb.clone())
             .and_then(|r| prune_all(&r, t0))
             .and_then(|_| open(fb.clone()))

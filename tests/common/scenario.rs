@@ -238,6 +238,23 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
     }
 }
 
+/// Runs `c` (output discarded) and kills it with SIGKILL if it is still running after `wait`:
+/// no cleanup of any kind. Returns whether it was killed.
+pub fn run_and_kill_after(mut c: Command, wait: Duration) -> bool {
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let t = Instant::now();
+    while t.elapsed() < wait && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    if killed {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    killed
+}
+
 /// Kills backups at random moments: every time the repository passes `check`, and the next
 /// backup stores less than the first attempt had uploaded (it reuses what was indexed).
 pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
@@ -252,27 +269,11 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
     for attempt in 0..4 {
         let before = repo_bytes();
         let mut c = mk();
-        c.args(["backup"])
-            .arg(&src)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().unwrap();
+        c.args(["backup"]).arg(&src);
         let wait = 150 + rng.below(1200);
-        let t = Instant::now();
-        let mut finished = false;
-        while t.elapsed() < Duration::from_millis(wait) {
-            if child.try_wait().unwrap().is_some() {
-                finished = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if !finished {
-            // SIGKILL: no cleanup of any kind.
-            child.kill().unwrap();
+        if run_and_kill_after(c, Duration::from_millis(wait)) {
             killed += 1;
         }
-        child.wait().unwrap();
         let uploaded = repo_bytes() - before;
         let r = ok(mk, &["check"]);
         assert!(
