@@ -87,9 +87,12 @@ impl LocalBackend {
     fn install_at(dest: &Path, tmp: &Path) -> Result<()> {
         let dir = dest.parent().expect("objects live in a folder");
         if let Err(e) = fs::rename(tmp, dest) {
-            if e.kind() != ErrorKind::NotFound || dir.exists() {
+            if e.kind() != ErrorKind::NotFound {
                 return Err(Error::io(dest, e));
             }
+            // The folder is missing, or another install created it a moment ago: creating it
+            // again is harmless, and checking whether it exists first would race with that
+            // install (two packs with the same first byte installed at once).
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))?;
         }
@@ -285,5 +288,44 @@ impl Drop for LocalBackend {
     fn drop(&mut self) {
         // A run that failed before its flush: let the installs finish rather than cut them off.
         let _ = self.reap(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    /// Packs that share a first byte are installed at once into a folder that does not exist
+    /// yet: every one of them lands (a check-then-create raced here and lost packs).
+    #[test]
+    fn concurrent_installs_into_a_missing_folder_all_land() {
+        let root = std::env::temp_dir().join(format!(
+            "chunkbak-install-race-{}",
+            hex::encode(random_bytes::<8>())
+        ));
+        for round in 0..50 {
+            let dir = root.join(format!("data/{round:02x}"));
+            fs::create_dir_all(root.join("tmp")).unwrap();
+            let n = 8;
+            let barrier = Arc::new(Barrier::new(n));
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let tmp = root.join(format!("tmp/{round}-{i}"));
+                    fs::write(&tmp, [i as u8]).unwrap();
+                    let dest = dir.join(format!("{round:02x}{i:062x}"));
+                    let b = barrier.clone();
+                    std::thread::spawn(move || {
+                        b.wait();
+                        LocalBackend::install_at(&dest, &tmp)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            assert_eq!(fs::read_dir(&dir).unwrap().count(), n);
+        }
+        fs::remove_dir_all(&root).unwrap();
     }
 }
