@@ -85,8 +85,13 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot (or part of it) into a directory
     Restore(RestoreArgs),
-    /// Write one file of a snapshot to standard output (e.g. a database dump into psql)
+    /// Write one file of a snapshot to standard output (e.g. a database dump into psql), or a
+    /// directory as a tar stream (--archive tar)
     Dump(DumpArgs),
+    /// Find which snapshots hold paths matching a pattern, with sizes and times
+    Find(FindArgs),
+    /// Show what changed between two snapshots: added, removed and modified paths
+    Diff(DiffArgs),
     /// Thaw the archived (Glacier) packs a restore will need, ahead of the restore
     Warmup(WarmupArgs),
     /// Check the repository: structure from metadata; with --read-data, pack contents too
@@ -491,6 +496,47 @@ pub struct DumpArgs {
     /// Use the newest snapshot taken at or before TIME
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
+    /// Write PATH (a directory and everything below it, or the whole snapshot) as an archive
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub archive: Option<ArchiveFormat>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveFormat {
+    /// GNU tar, with owners, times, links, devices and extended attributes (PAX headers)
+    Tar,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// A name ('*.sql', 'my.cnf') or a path pattern ('/srv/*/db.sql'); '*' stays within a
+    /// name, '**' crosses folders (repeatable: any may match)
+    #[arg(value_name = "PATTERN", required = true)]
+    pub patterns: Vec<String>,
+    /// Only the newest snapshot taken at or before TIME
+    #[arg(long, value_name = "TIME", conflicts_with = "snapshots")]
+    pub at: Option<String>,
+    /// Only this snapshot (id prefix or 'latest'; repeatable)
+    #[arg(long = "snapshot", short = 's', value_name = "ID")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The snapshots to compare, older first (id prefix or 'latest'); --at TIME stands for one
+    #[arg(value_name = "SNAPSHOT", num_args = 0..=2)]
+    pub snapshots: Vec<String>,
+    /// The newest snapshot taken at or before TIME (give twice for both; once with one SNAPSHOT
+    /// or none, to compare it with that one or with the latest)
+    #[arg(long, value_name = "TIME")]
+    pub at: Vec<String>,
+    /// Also list entries whose metadata alone changed (mode, owner, times, xattrs)
+    #[arg(long)]
+    pub metadata: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }
@@ -524,9 +570,30 @@ pub struct RestoreArgs {
     /// Directory to restore into
     #[arg(short, long, value_name = "DIR")]
     pub target: PathBuf,
-    /// Restore only this path of the snapshot and what is below it (repeatable)
+    /// Restore only this path of the snapshot and what is below it: an absolute path, or a
+    /// pattern ('*.sql', '/srv/*/conf') (repeatable)
     #[arg(short = 'i', long = "include", value_name = "PATH")]
     pub includes: Vec<OsString>,
+    /// Leave out entries matching PATTERN and what is below them: a pattern without '/' matches
+    /// a name at any depth ('*.log'), one starting with '/' the whole path (repeatable)
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+    /// Files already in the target: bring them to the snapshot's content, keeping the chunks
+    /// that are already right (always); leave them when size and time match (if-changed); or
+    /// leave them as they are (never)
+    #[arg(long, value_enum, default_value_t = OverwriteArg::Always)]
+    pub overwrite: OverwriteArg,
+    /// Remove from the target what the snapshot does not hold (in the restored folders;
+    /// entries matching --exclude are kept), so the target matches the snapshot exactly
+    #[arg(long)]
+    pub delete: bool,
+    /// Change nothing: list what would be created (new), updated and deleted
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// After writing each file, read it back from the disk and compare it with the chunk ids
+    /// (every chunk is always verified before it is written)
+    #[arg(long)]
+    pub verify: bool,
     /// Set owners by numeric uid/gid instead of by user and group name
     #[arg(long)]
     pub numeric_owner: bool,
@@ -543,6 +610,13 @@ pub struct RestoreArgs {
     pub thaw: ThawArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverwriteArg {
+    Always,
+    IfChanged,
+    Never,
 }
 
 #[derive(Args, Debug)]

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Mutex;
 
-use chunkbak_engine::progress::Progress;
+use chunkbak_engine::progress::{Change, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::output::{path_json, Out};
@@ -14,6 +14,8 @@ pub struct Bar {
     out: Out,
     /// Warnings seen, printed at once (text) or as JSON lines.
     lock: Mutex<()>,
+    /// Print each change a restore makes (dry runs, -v).
+    changes: bool,
 }
 
 impl Bar {
@@ -34,7 +36,15 @@ impl Bar {
             bar,
             out: out.clone(),
             lock: Mutex::new(()),
+            changes: false,
         }
+    }
+
+    /// Also prints every change a restore makes (or would make): on standard output, as
+    /// "new PATH" lines or JSON `change` lines.
+    pub fn with_changes(mut self, on: bool) -> Self {
+        self.changes = on;
+        self
     }
 
     /// A status line for humans, above the bar (nothing with --json or --quiet).
@@ -78,6 +88,27 @@ impl Progress for Bar {
                 Some(b) => b.println(line),
                 None => eprintln!("{line}"),
             }
+        }
+    }
+
+    fn change(&self, change: Change, path: &Path) {
+        if !self.changes {
+            return;
+        }
+        let _g = self.lock.lock();
+        let bytes = path.as_os_str().as_encoded_bytes();
+        if self.out.json {
+            let mut d = serde_json::Map::new();
+            d.insert("action".into(), change.as_str().into());
+            path_json(&mut d, "path", bytes);
+            self.out.json_line("change", serde_json::Value::Object(d));
+            return;
+        }
+        let mut line = format!("{:<7}", change.as_str()).into_bytes();
+        line.extend_from_slice(bytes);
+        match &self.bar {
+            Some(b) => b.println(String::from_utf8_lossy(&line)),
+            None => self.out.raw_line(&line),
         }
     }
 

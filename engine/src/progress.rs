@@ -14,6 +14,29 @@ pub trait Progress: Send + Sync {
     fn message(&self, _message: &str) {}
     /// Something went wrong with one entry; the run goes on.
     fn warning(&self, _path: &Path, _message: &str) {}
+    /// A restore creates, updates or deletes an entry of its target (with `--dry-run`: would).
+    fn change(&self, _change: Change, _path: &Path) {}
+}
+
+/// What a restore does to one entry of its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Not there yet: created.
+    New,
+    /// There, but different: brought to the snapshot's content.
+    Update,
+    /// There, and not in the snapshot: removed (`--delete`).
+    Delete,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::New => "new",
+            Change::Update => "update",
+            Change::Delete => "delete",
+        }
+    }
 }
 
 /// Reports nothing.

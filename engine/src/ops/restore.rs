@@ -1,12 +1,19 @@
 //! `restore`: recreate a snapshot (or part of it) under a target directory. Directories, links
 //! and special files are created while walking the trees; file contents are written in parallel,
-//! every chunk verified against its id; all-zero chunks become holes. Metadata of directories is
-//! applied last, deepest first, so writing into them cannot disturb their times and modes.
+//! every chunk verified against its id before it is written; all-zero blocks become holes.
+//! Metadata of directories is applied last, deepest first, so writing into them cannot disturb
+//! their times and modes.
+//!
+//! A target that already holds files (a rerun after a kill, a restore over yesterday's copy) is
+//! compared chunk by chunk: ranges that already hold the right bytes are neither read from the
+//! repository nor written again, so an interrupted restore resumes where it stopped. A file gets
+//! its final modification time only after all its bytes are in place, so a partly written file
+//! never looks complete to `--overwrite if-changed`.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -16,11 +23,12 @@ use rayon::prelude::*;
 use super::fsmeta;
 use super::ls::{components, find, walk};
 use super::packread::PackReader;
+use super::pattern::Selection;
 use super::thaw::PackGate;
 use crate::error::{Error, Result};
 use crate::format::tree::{Content, Node, NodeKind};
 use crate::id::BlobId;
-use crate::progress::Progress;
+use crate::progress::{Change, Progress};
 use crate::repo::Repository;
 
 /// Memory a restore from a remote repository may hold in fetched pack ranges.
@@ -29,25 +37,61 @@ const RANGE_BUDGET: u64 = 128 << 20;
 /// Files of at least this many chunks are written by all threads at once.
 const PARALLEL_CHUNKS: usize = 4;
 
+/// What a restore does with a file that is already in the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Bring it to the snapshot's content; chunks already right are kept (the default).
+    #[default]
+    Always,
+    /// Leave it when its size and modification time match the snapshot's; else as `Always`.
+    IfChanged,
+    /// Leave it as it is.
+    Never,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
     /// Path inside the snapshot to restore (its contents go into the target); empty for all.
     pub subpath: Vec<u8>,
-    /// Restore only these paths (inside the snapshot) and what is below them.
+    /// Restore only these paths (inside the snapshot; exact paths or patterns, see
+    /// [`crate::ops::pattern`]) and what is below them.
     pub includes: Vec<Vec<u8>>,
+    /// Leave out entries matching these patterns, with what is below them.
+    pub excludes: Vec<String>,
     /// Use the numeric uid/gid instead of looking up the stored user and group names.
     pub numeric_owner: bool,
     pub threads: usize,
+    pub overwrite: Overwrite,
+    /// Remove what the target holds and the snapshot does not (in the restored folders;
+    /// entries matching `excludes` are kept).
+    pub delete: bool,
+    /// Change nothing: report what would be created, updated and deleted.
+    pub dry_run: bool,
+    /// Re-read every restored file from the disk after writing it and compare it with the
+    /// chunk ids (chunks are always verified before they are written).
+    pub verify: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct RestoreResult {
+    /// Files written (created or updated).
     pub files: u64,
     pub dirs: u64,
     pub links: u64,
     pub specials: u64,
+    /// Bytes written.
     pub bytes: u64,
+    /// Files that were already there with the snapshot's content (only metadata applied).
+    pub files_unchanged: u64,
+    /// Files left alone by `--overwrite never`.
+    pub files_skipped: u64,
+    /// Bytes of files already in the target that held the right chunks (not written again).
+    pub bytes_reused: u64,
+    /// Entries removed by `--delete`.
+    pub deleted: u64,
+    /// Files re-read and found right by `--verify`.
+    pub verified: u64,
     /// Entries that could not be restored (the run went on without them).
     pub errors: u64,
     pub warnings: Vec<(PathBuf, String)>,
@@ -60,6 +104,44 @@ struct FileJob {
     content: Content,
     size: u64,
     meta: Meta,
+    /// Created empty by this restore (the first name of a hard link group).
+    fresh: bool,
+    /// Planned ahead (remote repositories: only the chunks needed are fetched).
+    plan: Option<std::result::Result<FilePlan, String>>,
+}
+
+/// What writing one file takes.
+struct FilePlan {
+    ids: Vec<BlobId>,
+    /// Plaintext length of each chunk (None when one is not in the index: the file then fails
+    /// as it is written, with the reason).
+    lens: Option<Vec<u64>>,
+    todo: Todo,
+}
+
+enum Todo {
+    /// `--overwrite never` and the file is there.
+    Skip,
+    /// The file is there with the right content: only its metadata is applied.
+    Keep,
+    /// Write the chunks marked in `need`; `existing`: into the file that is there (not
+    /// truncated), else a new one.
+    Write { existing: bool, need: Vec<bool> },
+}
+
+impl FilePlan {
+    /// The chunks this plan reads from the repository.
+    fn needed(&self) -> impl Iterator<Item = &BlobId> {
+        let need = match &self.todo {
+            Todo::Write { need, .. } => need.as_slice(),
+            _ => &[],
+        };
+        self.ids
+            .iter()
+            .zip(need)
+            .filter(|(_, &n)| n)
+            .map(|(id, _)| id)
+    }
 }
 
 /// The metadata a restore applies to an entry, owners already resolved to this system's ids.
@@ -113,44 +195,80 @@ impl OwnerIds {
 
 struct Restorer<'a> {
     repo: &'a Repository,
+    opts: &'a RestoreOptions,
     progress: &'a dyn Progress,
     root: bool,
     warnings: Mutex<Vec<(PathBuf, String)>>,
     errors: AtomicU64,
     bytes: AtomicU64,
     files: AtomicU64,
+    unchanged: AtomicU64,
+    skipped: AtomicU64,
+    reused: AtomicU64,
+    verified: AtomicU64,
     /// Remote repositories: blobs come from pack ranges fetched once.
     reader: Option<PackReader<'a>>,
     /// Threads that write the chunks of one large file at once.
     pool: rayon::ThreadPool,
 }
 
-/// Writes `data` at `off`, leaving 4 KiB blocks that are all zero as holes (the file is
-/// created empty and its final length set afterwards).
-fn write_sparse(f: &fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
-    const BLOCK: u64 = 4096;
+/// Writes `data` at `off`, leaving 4 KiB blocks that are all zero as holes: in a new file (created
+/// empty, its final length set afterwards) by not writing them; in a file that was there
+/// (`existing`) by punching them out, or writing the zeros where the file system cannot.
+fn write_sparse(f: &fs::File, data: &[u8], off: u64, existing: bool) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let zero = |a: usize, b: usize| data[a..b].iter().all(|&b| b == 0);
+    // Block boundaries follow file offsets, so holes align with the file system's blocks.
+    let next = |i: usize| {
+        ((((off + i as u64) / BLOCK as u64 + 1) * BLOCK as u64 - off) as usize).min(data.len())
+    };
     let mut i = 0usize;
     while i < data.len() {
-        // Block boundaries follow file offsets, so holes align with the file system's blocks.
-        let block_end = (((off + i as u64) / BLOCK + 1) * BLOCK - off) as usize;
-        let end = block_end.min(data.len());
-        if data[i..end].iter().any(|&b| b != 0) {
-            // Extend over following non-zero blocks to write in large pieces.
-            let mut j = end;
-            while j < data.len() {
-                let next = (j + BLOCK as usize).min(data.len());
-                if data[j..next].iter().all(|&b| b == 0) {
-                    break;
-                }
-                j = next;
-            }
-            f.write_all_at(&data[i..j], off + i as u64)?;
-            i = j;
-        } else {
-            i = end;
+        let is_zero = zero(i, next(i));
+        // Extend over following blocks of the same kind, to write (or punch) in large pieces.
+        let mut j = next(i);
+        while j < data.len() && zero(j, next(j)) == is_zero {
+            j = next(j);
         }
+        if !is_zero {
+            f.write_all_at(&data[i..j], off + i as u64)?;
+        } else if existing {
+            punch(f, &data[i..j], off + i as u64)?;
+        }
+        i = j;
     }
     Ok(())
+}
+
+/// Makes the range of `zeros` (all zero) at `off` a hole, or writes the zeros.
+fn punch(f: &fs::File, zeros: &[u8], off: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            zeros.len() as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        f.write_all_at(zeros, off)
+    }
+}
+
+fn same_type(kind: NodeKind, t: fs::FileType) -> bool {
+    match kind {
+        NodeKind::File => t.is_file(),
+        NodeKind::Dir => t.is_dir(),
+        NodeKind::Symlink => t.is_symlink(),
+        NodeKind::Fifo => t.is_fifo(),
+        NodeKind::Socket => t.is_socket(),
+        NodeKind::CharDevice => t.is_char_device(),
+        NodeKind::BlockDevice => t.is_block_device(),
+    }
 }
 
 impl Restorer<'_> {
@@ -171,6 +289,9 @@ impl Restorer<'_> {
     /// With `file` (a regular file just written) through its descriptor: a restore of many
     /// small files would otherwise spend much of its kernel time looking up their paths.
     fn apply_meta(&self, path: &Path, file: Option<&fs::File>, n: &Meta) {
+        if self.opts.dry_run {
+            return;
+        }
         if self.root {
             let (uid, gid) = (n.uid, n.gid);
             let r = match file {
@@ -220,8 +341,7 @@ impl Restorer<'_> {
         }
     }
 
-    /// The plaintext length of each chunk, from the index (None if one is missing: the file
-    /// then fails as it is written, with the reason).
+    /// The plaintext length of each chunk, from the index (None if one is missing).
     fn raw_lens(&self, ids: &[BlobId]) -> Option<Vec<u64>> {
         let idx = self.repo.index().read().expect("index lock");
         ids.iter()
@@ -229,49 +349,140 @@ impl Restorer<'_> {
             .collect()
     }
 
-    /// Writes a file's chunks; `read[i]` is set once chunk `i` was read (or tried). A file of
-    /// [`PARALLEL_CHUNKS`] chunks or more is written by every thread of the pool at once, each
+    /// Compares what is at a file's path with the snapshot: what must be written.
+    fn plan_file(&self, job: &FileJob) -> Result<FilePlan> {
+        let ids = self.repo.file_chunks(&job.content)?;
+        let lens = self.raw_lens(&ids);
+        let write_all = |existing| Todo::Write {
+            existing,
+            need: vec![true; ids.len()],
+        };
+        let path = &*job.path;
+        let m = match fs::symlink_metadata(path) {
+            _ if job.fresh => {
+                let todo = write_all(false);
+                return Ok(FilePlan { ids, lens, todo });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let todo = write_all(false);
+                return Ok(FilePlan { ids, lens, todo });
+            }
+            Err(e) => return Err(Error::io(path, e)),
+            Ok(m) => m,
+        };
+        if self.opts.overwrite == Overwrite::Never {
+            return Ok(FilePlan {
+                ids,
+                lens,
+                todo: Todo::Skip,
+            });
+        }
+        if !m.is_file() {
+            if m.is_dir() {
+                return Err(Error::Invalid(
+                    "a directory is in the way (restore with --delete to replace it)".into(),
+                ));
+            }
+            if !self.opts.dry_run {
+                fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+            }
+            let todo = write_all(false);
+            return Ok(FilePlan { ids, lens, todo });
+        }
+        let same_stat = m.len() == job.size
+            && m.mtime() == job.meta.mtime.secs
+            && m.mtime_nsec() == i64::from(job.meta.mtime.nanos);
+        if self.opts.overwrite == Overwrite::IfChanged && same_stat && !self.opts.verify {
+            return Ok(FilePlan {
+                ids,
+                lens,
+                todo: Todo::Keep,
+            });
+        }
+        let Some(ls) = &lens else {
+            let todo = write_all(true);
+            return Ok(FilePlan { ids, lens, todo });
+        };
+        // Chunk by chunk: which ranges already hold the right bytes.
+        let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut need = Vec::with_capacity(ids.len());
+        let (mut off, mut buf) = (0u64, Vec::new());
+        for (id, &len) in ids.iter().zip(ls) {
+            if crate::ops::interrupted() {
+                return Err(Error::Interrupted);
+            }
+            let right = off + len <= m.len() && {
+                buf.resize(len as usize, 0);
+                f.read_exact_at(&mut buf, off).is_ok() && self.repo.hasher().id(&buf) == *id
+            };
+            need.push(!right);
+            off += len;
+        }
+        let todo = if m.len() == off && need.iter().all(|n| !n) {
+            Todo::Keep
+        } else {
+            Todo::Write {
+                existing: true,
+                need,
+            }
+        };
+        Ok(FilePlan { ids, lens, todo })
+    }
+
+    /// Writes a file's needed chunks; `read[i]` is set once chunk `i` was read (or tried). A file
+    /// of [`PARALLEL_CHUNKS`] chunks or more is written by every thread of the pool at once, each
     /// chunk with a positioned write at its offset, so one huge file (a disk image, a dump) is
     /// restored in parallel.
     fn write_contents(
         &self,
         job: &FileJob,
-        ids: &[BlobId],
+        plan: &FilePlan,
+        existing: bool,
+        need: &[bool],
         read: &[AtomicBool],
     ) -> Result<(fs::File, u64)> {
+        let ids = &plan.ids;
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(!existing)
             .mode(0o600)
             .open(&job.path)
             .map_err(|e| Error::io(&*job.path, e))?;
         let put = |i: usize, off: u64| -> Result<u64> {
+            if !need[i] {
+                let len = plan
+                    .lens
+                    .as_ref()
+                    .expect("chunks are kept only when lengths are known")[i];
+                self.reused.fetch_add(len, Ordering::Relaxed);
+                self.progress.bytes(len);
+                return Ok(len);
+            }
             if crate::ops::interrupted() {
                 return Err(Error::Interrupted);
             }
             read[i].store(true, Ordering::Relaxed);
             let data = self.read_chunk(&ids[i])?;
-            write_sparse(&f, &data, off).map_err(|e| Error::io(&*job.path, e))?;
+            write_sparse(&f, &data, off, existing).map_err(|e| Error::io(&*job.path, e))?;
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.progress.bytes(data.len() as u64);
             Ok(data.len() as u64)
         };
-        let lens = if ids.len() >= PARALLEL_CHUNKS {
-            self.raw_lens(ids)
-        } else {
-            None
-        };
-        let Some(lens) = lens else {
-            let mut off = 0u64;
-            for i in 0..ids.len() {
-                off += put(i, off)?;
+        let lens = match &plan.lens {
+            Some(l) if ids.len() >= PARALLEL_CHUNKS => l,
+            _ => {
+                let mut off = 0u64;
+                for i in 0..ids.len() {
+                    off += put(i, off)?;
+                }
+                return Ok((f, off));
             }
-            return Ok((f, off));
         };
         let mut offs = Vec::with_capacity(lens.len());
         let mut end = 0u64;
-        for l in &lens {
+        for l in lens {
             offs.push(end);
             end += l;
         }
@@ -290,53 +501,140 @@ impl Restorer<'_> {
         Ok((f, end))
     }
 
+    /// `--verify`: reads the file back from the disk (not the page cache, where the file
+    /// system lets go of it) and compares every chunk's range with its id.
+    fn verify_file(&self, f: &fs::File, path: &Path, plan: &FilePlan) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(lens) = &plan.lens else {
+            return Ok(());
+        };
+        f.sync_data().map_err(|e| Error::io(path, e))?;
+        // SAFETY: the descriptor is open for the duration of the call.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let (mut off, mut buf) = (0u64, Vec::new());
+        for (id, &len) in plan.ids.iter().zip(lens) {
+            buf.resize(len as usize, 0);
+            f.read_exact_at(&mut buf, off)
+                .map_err(|e| Error::io(path, e))?;
+            if self.repo.hasher().id(&buf) != *id {
+                return Err(Error::corrupt(
+                    path.display().to_string(),
+                    format!(
+                        "read back after writing, the {len} bytes at offset {off} do not match chunk {id}"
+                    ),
+                ));
+            }
+            off += len;
+        }
+        self.verified.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Restores one file; a failure is reported and counted, and the restore goes on.
     fn write_file(&self, job: &FileJob) {
-        if let Err(e) = self.restore_file(job) {
+        let planned;
+        let plan = match &job.plan {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(e.clone()),
+            None => {
+                planned = self.plan_file(job);
+                planned.as_ref().map_err(|e| e.to_string())
+            }
+        };
+        let r = plan
+            .map_err(|e| e.to_string())
+            .and_then(|p| self.restore_file(job, p).map_err(|e| e.to_string()));
+        if let Err(e) = r {
             self.error(&job.path, format!("not restored: {e}"));
         }
     }
 
-    fn restore_file(&self, job: &FileJob) -> Result<()> {
-        let ids: Vec<BlobId> = self.repo.file_chunks(&job.content)?;
-        let read: Vec<AtomicBool> = ids.iter().map(|_| AtomicBool::new(false)).collect();
-        let written = self.write_contents(job, &ids, &read);
+    fn restore_file(&self, job: &FileJob, plan: &FilePlan) -> Result<()> {
+        let path = &*job.path;
+        let (existing, need) = match &plan.todo {
+            Todo::Skip => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Todo::Keep => {
+                self.unchanged.fetch_add(1, Ordering::Relaxed);
+                self.reused.fetch_add(job.size, Ordering::Relaxed);
+                self.progress.bytes(job.size);
+                if !self.opts.dry_run {
+                    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                    if self.opts.verify {
+                        self.verify_file(&f, path, plan)?;
+                    }
+                    self.apply_meta(path, Some(&f), &job.meta);
+                }
+                return Ok(());
+            }
+            Todo::Write { existing, need } => (*existing, need),
+        };
+        let change = if existing {
+            Change::Update
+        } else {
+            Change::New
+        };
+        self.progress.change(change, path);
+        if self.opts.dry_run {
+            self.files.fetch_add(1, Ordering::Relaxed);
+            let n: u64 = match &plan.lens {
+                Some(l) => l.iter().zip(need).filter(|(_, &n)| n).map(|(l, _)| l).sum(),
+                None => job.size,
+            };
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+            self.reused
+                .fetch_add(job.size.saturating_sub(n), Ordering::Relaxed);
+            return Ok(());
+        }
+        let read: Vec<AtomicBool> = plan.ids.iter().map(|_| AtomicBool::new(false)).collect();
+        let written = self.write_contents(job, plan, existing, need, &read);
         if written.is_err() {
             // The file's remaining planned reads will not happen: release their ranges.
             if let Some(r) = &self.reader {
-                let unread: Vec<BlobId> = ids
+                let unread: Vec<BlobId> = plan
+                    .ids
                     .iter()
                     .zip(&read)
-                    .filter(|(_, d)| !d.load(Ordering::Relaxed))
-                    .map(|(id, _)| *id)
+                    .zip(need)
+                    .filter(|((_, d), &n)| n && !d.load(Ordering::Relaxed))
+                    .map(|((id, _), _)| *id)
                     .collect();
                 r.skip(&unread);
             }
         }
         let (f, off) = written?;
-        f.set_len(off).map_err(|e| Error::io(&*job.path, e))?;
+        f.set_len(off).map_err(|e| Error::io(path, e))?;
         if off != job.size {
             self.warn(
-                &job.path,
+                path,
                 format!("restored {off} bytes, the snapshot recorded {} (file changed while backed up?)", job.size),
             );
         }
-        self.apply_meta(&job.path, Some(&f), &job.meta);
+        if self.opts.verify {
+            self.verify_file(&f, path, plan)?;
+        }
+        // Last: the modification time tells a complete file from one a kill interrupted.
+        self.apply_meta(path, Some(&f), &job.meta);
         drop(f);
         self.files.fetch_add(1, Ordering::Relaxed);
-        self.progress.file_done(&job.path);
+        self.progress.file_done(path);
         Ok(())
     }
 }
 
 /// Creates the restore target if needed; an error before anything is written when it is not a
-/// folder or cannot be written into (instead of one error per file).
-fn prepare_target(t: &Path) -> Result<()> {
+/// folder or cannot be written into (instead of one error per file). A dry run only checks.
+fn prepare_target(t: &Path, dry_run: bool) -> Result<()> {
     if fs::metadata(t).is_ok_and(|m| !m.is_dir()) {
         return Err(Error::Invalid(format!(
             "restore target {} exists and is not a folder",
             t.display()
         )));
+    }
+    if dry_run {
+        return Ok(());
     }
     fs::create_dir_all(t).map_err(|e| Error::io(t, e))?;
     let c = std::ffi::CString::new(t.as_os_str().as_encoded_bytes())
@@ -350,25 +648,6 @@ fn prepare_target(t: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-pub(crate) fn is_included(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
-    // (restore this entry, descend into it)
-    if includes.is_empty() {
-        return (true, true);
-    }
-    let pc = components(path);
-    let mut descend = false;
-    for inc in includes {
-        let ic = components(inc);
-        if pc.len() >= ic.len() && pc[..ic.len()] == ic[..] {
-            return (true, true);
-        }
-        if ic.len() > pc.len() && ic[..pc.len()] == pc[..] {
-            descend = true;
-        }
-    }
-    (descend, descend)
 }
 
 /// Where a restore of `subpath` starts: the tree to walk and its path, or a single non-directory
@@ -398,16 +677,358 @@ pub fn restore(
     restore_gated(repo, root, opts, progress, None)
 }
 
-/// The packs a file's contents are in (None when a chunk is not in the index).
-fn packs_of(repo: &Repository, ids: &[BlobId]) -> Option<Vec<crate::id::ObjectId>> {
+/// The packs holding `ids` (None when a chunk is not in the index).
+fn packs_of<'b>(
+    repo: &Repository,
+    ids: impl Iterator<Item = &'b BlobId>,
+) -> Option<Vec<crate::id::ObjectId>> {
     let idx = repo.index().read().expect("index lock");
     let mut out: Vec<_> = ids
-        .iter()
         .map(|id| idx.get(id).map(|(p, _)| p.id))
         .collect::<Option<_>>()?;
     out.sort();
     out.dedup();
     Some(out)
+}
+
+/// The walk over the snapshot's trees: creates directories, links and special files, and hands
+/// files on to the writers.
+struct Walker<'w, 'a> {
+    r: &'w Restorer<'a>,
+    sel: Selection,
+    /// The snapshot path of the tree the restore starts at ("" for the root).
+    prefix: Vec<u8>,
+    owners: OwnerIds,
+    numeric: bool,
+    /// Directories created (or found), with the metadata they get at the end.
+    dirs: Vec<(Box<Path>, Meta)>,
+    /// Directories walked into but not created yet: created once something below is restored.
+    pending: HashMap<PathBuf, Meta>,
+    /// First restored name of each hard link group.
+    links: HashMap<(u64, u64), PathBuf>,
+    res: RestoreResult,
+    queued: u64,
+    total_bytes: u64,
+    /// Files for the writers: sent to the streaming workers, or kept for later.
+    tx: Option<std::sync::mpsc::SyncSender<FileJob>>,
+    jobs: Vec<FileJob>,
+}
+
+impl Walker<'_, '_> {
+    fn opts(&self) -> &RestoreOptions {
+        self.r.opts
+    }
+
+    /// The target path of snapshot path `rel`.
+    fn target_path(&self, rel: &[u8]) -> PathBuf {
+        let rel_in = rel.strip_prefix(self.prefix.as_slice()).unwrap_or(rel);
+        self.opts()
+            .target
+            .join(Path::new(std::ffi::OsStr::from_bytes(
+                rel_in.strip_prefix(b"/").unwrap_or(rel_in),
+            )))
+    }
+
+    /// Creates the directories above `path` that were put off.
+    fn ensure_parents(&mut self, path: &Path) {
+        let mut chain = Vec::new();
+        let mut p = path.parent();
+        while let Some(d) = p {
+            match self.pending.remove(d) {
+                Some(m) => chain.push((d.to_path_buf(), m)),
+                None => break,
+            }
+            p = d.parent();
+        }
+        for (d, m) in chain.into_iter().rev() {
+            self.make_dir(d, m);
+        }
+    }
+
+    /// Creates (or finds) a directory; whether to walk into it.
+    fn make_dir(&mut self, path: PathBuf, meta: Meta) -> bool {
+        let (r, opts) = (self.r, self.r.opts);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) if opts.overwrite == Overwrite::Never => {
+                self.r.skipped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            found => {
+                let exists = found.is_ok();
+                r.progress
+                    .change(if exists { Change::Update } else { Change::New }, &path);
+                if !opts.dry_run {
+                    if exists {
+                        let _ = fs::remove_file(&path);
+                    }
+                    if let Err(e) = fs::create_dir(&path) {
+                        r.error(&path, format!("cannot create directory: {e}"));
+                        return false;
+                    }
+                }
+            }
+        }
+        if !opts.dry_run {
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
+        }
+        self.res.dirs += 1;
+        self.dirs.push((path.into_boxed_path(), meta));
+        true
+    }
+
+    /// `--delete`: removes what the target folder `dir` (snapshot path `rel`) holds that is not
+    /// among `kids` (or is of another type), except entries matching an exclude pattern.
+    fn delete_extras(&mut self, dir: &Path, rel: &[u8], kids: &[Node]) {
+        let r = self.r;
+        let want: HashMap<&[u8], NodeKind> =
+            kids.iter().map(|n| (n.name.as_slice(), n.kind)).collect();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                r.error(dir, format!("cannot list for --delete: {e}"));
+                return;
+            }
+        };
+        for e in rd {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    r.error(dir, format!("cannot list for --delete: {err}"));
+                    return;
+                }
+            };
+            let name = e.file_name();
+            let Ok(ft) = e.file_type() else { continue };
+            if want.get(name.as_bytes()).is_some_and(|&k| same_type(k, ft)) {
+                continue;
+            }
+            let mut child = rel.to_vec();
+            child.push(b'/');
+            child.extend_from_slice(name.as_bytes());
+            if self.sel.excluded(&child) {
+                continue;
+            }
+            let p = e.path();
+            r.progress.change(Change::Delete, &p);
+            self.res.deleted += 1;
+            if !self.opts().dry_run {
+                let gone = if ft.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if let Err(err) = gone {
+                    r.error(&p, format!("cannot delete: {err}"));
+                }
+            }
+        }
+    }
+
+    /// Handles one entry of the walk; whether to walk into it.
+    fn visit(&mut self, rel: &[u8], n: &Node) -> Result<bool> {
+        if crate::ops::interrupted() {
+            return Err(Error::Interrupted);
+        }
+        let r = self.r;
+        let opts = r.opts;
+        if !n.has_safe_name() {
+            r.error(
+                &opts.target,
+                format!("refusing to restore an entry named {:?}: not a plain file name (damaged or forged tree?)", n.name_lossy()),
+            );
+            return Ok(false);
+        }
+        let (take, descend) = self.sel.decide(rel, n.kind == NodeKind::Dir);
+        if !take && !descend {
+            return Ok(false);
+        }
+        let path = self.target_path(rel);
+        let meta = self.owners.meta(n, self.numeric);
+        if n.kind == NodeKind::Dir {
+            if !take {
+                self.pending.insert(path, meta);
+                return Ok(true);
+            }
+            self.ensure_parents(&path);
+            if !self.make_dir(path.clone(), meta) {
+                return Ok(false);
+            }
+            if opts.delete {
+                let kids = match n.subtree {
+                    Some(t) => self.r.repo.load_dir(&t)?,
+                    None => Vec::new(),
+                };
+                self.delete_extras(&path, rel, &kids);
+            }
+            return Ok(true);
+        }
+        if !take {
+            return Ok(false);
+        }
+        self.ensure_parents(&path);
+        let found = fs::symlink_metadata(&path);
+        if found.is_ok() && opts.overwrite == Overwrite::Never {
+            r.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        match n.kind {
+            NodeKind::File => self.file(path, n, meta, found.ok()),
+            NodeKind::Symlink => {
+                let target = std::ffi::OsStr::from_bytes(&n.link_target);
+                if found.as_ref().is_ok_and(|m| m.is_symlink())
+                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target)
+                {
+                    self.res.links += 1;
+                    r.apply_meta(&path, None, &meta);
+                    return Ok(false);
+                }
+                if !self.replace(&path, found) {
+                    return Ok(false);
+                }
+                if opts.dry_run {
+                    return Ok(false);
+                }
+                match std::os::unix::fs::symlink(target, &path) {
+                    Ok(()) => {
+                        self.res.links += 1;
+                        r.apply_meta(&path, None, &meta);
+                    }
+                    Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
+                }
+            }
+            NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                if n.kind != NodeKind::Fifo && !r.root {
+                    r.warn(&path, "device node not restored (needs root)".into());
+                    return Ok(false);
+                }
+                if let Ok(m) = &found {
+                    if same_type(n.kind, m.file_type())
+                        && (n.kind == NodeKind::Fifo || m.rdev() == n.rdev)
+                    {
+                        self.res.specials += 1;
+                        r.apply_meta(&path, None, &meta);
+                        return Ok(false);
+                    }
+                }
+                if !self.replace(&path, found) || opts.dry_run {
+                    return Ok(false);
+                }
+                match fsmeta::make_special(&path, n) {
+                    Ok(()) => {
+                        self.res.specials += 1;
+                        r.apply_meta(&path, None, &meta);
+                    }
+                    Err(e) => r.error(&path, format!("cannot create special file: {e}")),
+                }
+            }
+            NodeKind::Socket | NodeKind::Dir => {}
+        }
+        Ok(false)
+    }
+
+    /// Reports a link or special file about to be created and removes what is in its place;
+    /// false when that is a directory (an error, unless `--delete` removed it first).
+    fn replace(&mut self, path: &Path, found: std::io::Result<fs::Metadata>) -> bool {
+        let r = self.r;
+        match found {
+            Ok(m) if m.is_dir() => {
+                r.error(
+                    path,
+                    "not restored: a directory is in the way (restore with --delete to replace it)"
+                        .into(),
+                );
+                false
+            }
+            Ok(_) => {
+                r.progress.change(Change::Update, path);
+                if !r.opts.dry_run {
+                    let _ = fs::remove_file(path);
+                }
+                true
+            }
+            Err(_) => {
+                r.progress.change(Change::New, path);
+                true
+            }
+        }
+    }
+
+    fn file(&mut self, path: PathBuf, n: &Node, meta: Meta, found: Option<fs::Metadata>) {
+        let (r, opts) = (self.r, self.r.opts);
+        let mut fresh = false;
+        if let Some(k) = n.hardlink_key() {
+            if let Some(first) = self.links.get(&k) {
+                // Another name of a file restored already.
+                if let (Some(a), Ok(b)) = (&found, fs::metadata(first)) {
+                    if a.ino() == b.ino() && a.dev() == b.dev() {
+                        self.res.links += 1;
+                        return;
+                    }
+                }
+                r.progress.change(
+                    if found.is_some() {
+                        Change::Update
+                    } else {
+                        Change::New
+                    },
+                    &path,
+                );
+                if opts.dry_run {
+                    return;
+                }
+                if found.as_ref().is_some_and(|m| m.is_dir()) {
+                    r.error(&path, "not restored: a directory is in the way (restore with --delete to replace it)".into());
+                    return;
+                }
+                let _ = fs::remove_file(&path);
+                match fs::hard_link(first, &path) {
+                    Ok(()) => self.res.links += 1,
+                    Err(e) => r.error(
+                        &path,
+                        format!("cannot create hard link to {}: {e}", first.display()),
+                    ),
+                }
+                return;
+            }
+            // Create the first name now, so later names can link to it. A name that is there
+            // already is kept (a rerun may find it complete) and compared as any file is.
+            if found.is_none() && !opts.dry_run {
+                if let Err(e) = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                {
+                    r.error(&path, format!("cannot create file: {e}"));
+                    return;
+                }
+                fresh = true;
+            }
+            self.links.insert(k, path.clone());
+        }
+        self.total_bytes += n.size;
+        let job = FileJob {
+            path: path.into_boxed_path(),
+            content: n.content.clone(),
+            size: n.size,
+            meta,
+            fresh,
+            plan: None,
+        };
+        self.queued += 1;
+        if self.queued.is_multiple_of(1000) {
+            // The totals so far: files are written while the walk goes on.
+            r.progress.total(self.queued, self.total_bytes);
+        }
+        match &self.tx {
+            Some(t) => {
+                let _ = t.send(job);
+            }
+            None => self.jobs.push(job),
+        }
+    }
 }
 
 /// As [`restore`]; with a gate, files are written as soon as all their packs are readable, and
@@ -419,21 +1040,26 @@ pub fn restore_gated(
     progress: &dyn Progress,
     gate: Option<&dyn PackGate>,
 ) -> Result<RestoreResult> {
+    let sel = Selection::new(&opts.includes, &opts.excludes)?;
     let r = Restorer {
         repo,
+        opts,
         progress,
         root: fsmeta::is_root(),
         warnings: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         files: AtomicU64::new(0),
+        unchanged: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+        reused: AtomicU64::new(0),
+        verified: AtomicU64::new(0),
         reader: None,
         pool: crate::ops::thread_pool(opts.threads, "restore")?,
     };
-    let mut res = RestoreResult::default();
     let (start_tree, prefix, single) = resolve_start(repo, root, &opts.subpath)?;
     // An --include that names nothing is a typo, not a request to restore nothing.
-    for inc in &opts.includes {
+    for inc in sel.exact_includes() {
         if find(repo, root, inc).is_err() {
             return Err(Error::NotFound(format!(
                 "--include {}: no such path in the snapshot (paths are absolute, as `chunkbak ls` shows them)",
@@ -441,132 +1067,40 @@ pub fn restore_gated(
             )));
         }
     }
-    prepare_target(&opts.target)?;
+    prepare_target(&opts.target, opts.dry_run)?;
 
-    let mut dirs: Vec<(Box<Path>, Meta)> = Vec::new();
-    let mut owners = OwnerIds::default();
-    // Owners are only set by root: nobody else needs the names looked up.
-    let numeric = opts.numeric_owner || !r.root;
-    let mut jobs: Vec<FileJob> = Vec::new();
-    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut total_bytes = 0u64;
-    let target = opts.target.clone();
     // A local restore writes files while the walk goes on: workers take them in tree order
     // from a bounded queue. A remote or gated one plans every read before it writes.
     let streaming = !repo.backend().is_remote() && gate.is_none();
     let (tx, rx) = std::sync::mpsc::sync_channel::<FileJob>(1024);
-    let tx = Mutex::new(streaming.then_some(tx));
     let rx = Mutex::new(rx);
-    let mut queued = 0u64;
-    let mut handle = |rel: &[u8], n: &Node, res: &mut RestoreResult| -> Result<bool> {
-        if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
-        }
-        if !n.has_safe_name() {
-            r.error(
-                &target,
-                format!("refusing to restore an entry named {:?}: not a plain file name (damaged or forged tree?)", n.name_lossy()),
-            );
-            return Ok(false);
-        }
-        let (restore_it, descend) = is_included(rel, &opts.includes);
-        if !restore_it && !descend {
-            return Ok(false);
-        }
-        let rel_in = rel.strip_prefix(prefix.as_slice()).unwrap_or(rel);
-        let path = target.join(Path::new(std::ffi::OsStr::from_bytes(
-            rel_in.strip_prefix(b"/").unwrap_or(rel_in),
-        )));
-        match n.kind {
-            NodeKind::Dir => {
-                match fs::create_dir(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                    Err(e) => {
-                        r.error(&path, format!("cannot create directory: {e}"));
-                        return Ok(false);
-                    }
-                }
-                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
-                res.dirs += 1;
-                dirs.push((path.into_boxed_path(), owners.meta(n, numeric)));
-                return Ok(true);
-            }
-            _ if !restore_it => return Ok(false),
-            NodeKind::File => {
-                if let Some(k) = n.hardlink_key() {
-                    if let Some(first) = links.get(&k) {
-                        let _ = fs::remove_file(&path);
-                        match fs::hard_link(first, &path) {
-                            Ok(()) => res.links += 1,
-                            Err(e) => r.error(
-                                &path,
-                                format!("cannot create hard link to {}: {e}", first.display()),
-                            ),
-                        }
-                        return Ok(false);
-                    }
-                    // Create the first name now so later names can link to it.
-                    if let Err(e) = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
-                    {
-                        r.error(&path, format!("cannot create file: {e}"));
-                        return Ok(false);
-                    }
-                    links.insert(k, path.clone());
-                }
-                total_bytes += n.size;
-                let job = FileJob {
-                    path: path.into_boxed_path(),
-                    content: n.content.clone(),
-                    size: n.size,
-                    meta: owners.meta(n, numeric),
-                };
-                queued += 1;
-                if queued.is_multiple_of(1000) {
-                    // The totals so far: files are written while the walk goes on.
-                    progress.total(queued, total_bytes);
-                }
-                match &*tx.lock().expect("file queue") {
-                    Some(t) => {
-                        let _ = t.send(job);
-                    }
-                    None => jobs.push(job),
-                }
-            }
-            NodeKind::Symlink => {
-                let _ = fs::remove_file(&path);
-                match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&n.link_target), &path)
-                {
-                    Ok(()) => {
-                        res.links += 1;
-                        r.apply_meta(&path, None, &owners.meta(n, numeric));
-                    }
-                    Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
-                }
-            }
-            NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
-                if n.kind != NodeKind::Fifo && !r.root {
-                    r.warn(&path, "device node not restored (needs root)".into());
-                    return Ok(false);
-                }
-                let _ = fs::remove_file(&path);
-                match fsmeta::make_special(&path, n) {
-                    Ok(()) => {
-                        res.specials += 1;
-                        r.apply_meta(&path, None, &owners.meta(n, numeric));
-                    }
-                    Err(e) => r.error(&path, format!("cannot create special file: {e}")),
-                }
-            }
-            NodeKind::Socket => {}
-        }
-        Ok(false)
+    let mut w = Walker {
+        r: &r,
+        sel,
+        prefix: prefix.clone(),
+        owners: OwnerIds::default(),
+        // Owners are only set by root: nobody else needs the names looked up.
+        numeric: opts.numeric_owner || !r.root,
+        dirs: Vec::new(),
+        pending: HashMap::new(),
+        links: HashMap::new(),
+        res: RestoreResult::default(),
+        queued: 0,
+        total_bytes: 0,
+        tx: streaming.then_some(tx),
+        jobs: Vec::new(),
     };
+    if opts.delete {
+        match &single {
+            Some(n) => w.delete_extras(&opts.target, b"", std::slice::from_ref(n)),
+            None if opts.includes.is_empty() => {
+                let kids = repo.load_dir(&start_tree)?;
+                w.delete_extras(&opts.target, &prefix, &kids);
+            }
+            // With includes, only the folders taken whole are made to match.
+            None => {}
+        }
+    }
     // Set when the walk failed: the files still queued are left unwritten.
     let stop = AtomicBool::new(false);
     let walked = std::thread::scope(|sc| {
@@ -591,30 +1125,44 @@ pub fn restore_gated(
             Some(n) => {
                 let mut rel = b"/".to_vec();
                 rel.extend_from_slice(&n.name);
-                handle(&rel, n, &mut res).map(|_| ())
+                w.visit(&rel, n).map(|_| ())
             }
-            None => walk(repo, start_tree, &prefix, &mut |p, n| {
-                handle(p, n, &mut res)
-            }),
+            None => walk(repo, start_tree, &prefix, &mut |p, n| w.visit(p, n)),
         }));
         if !matches!(walked, Ok(Ok(()))) {
             stop.store(true, Ordering::Relaxed);
         }
         // The workers end once the queue is empty and closed.
-        tx.lock().expect("file queue").take();
+        w.tx.take();
         walked.unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
     walked?;
-    progress.total(queued, total_bytes);
+    if w.sel.patterns_matched_nothing() {
+        r.warn(
+            &opts.target,
+            "no entry of the snapshot matches the --include patterns".into(),
+        );
+    }
+    progress.total(w.queued, w.total_bytes);
+    let mut jobs = std::mem::take(&mut w.jobs);
+    let (dirs, mut res) = (std::mem::take(&mut w.dirs), std::mem::take(&mut w.res));
+    drop(w);
     let mut r = r;
-    if repo.backend().is_remote() {
-        // Every blob the restore reads, in planned order, so ranges are fetched once.
-        let mut blobs = Vec::new();
-        for job in &jobs {
-            if let Ok(ids) = repo.file_chunks(&job.content) {
-                blobs.extend(ids);
-            }
+    if !jobs.is_empty() {
+        // Compare with what the target holds first, so only the chunks needed are fetched.
+        let plan_of = |j: &FileJob| Some(r.plan_file(j).map_err(|e| e.to_string()));
+        let plans: Vec<_> = r.pool.install(|| jobs.par_iter().map(plan_of).collect());
+        for (j, p) in jobs.iter_mut().zip(plans) {
+            j.plan = p;
         }
+    }
+    if repo.backend().is_remote() && !opts.dry_run {
+        // Every blob the restore reads, in planned order, so ranges are fetched once.
+        let blobs: Vec<BlobId> = jobs
+            .iter()
+            .filter_map(|j| j.plan.as_ref()?.as_ref().ok())
+            .flat_map(|p| p.needed().copied())
+            .collect();
         r.reader = Some(PackReader::new(repo, &blobs, RANGE_BUDGET)?);
     }
     let r = r;
@@ -624,12 +1172,11 @@ pub fn restore_gated(
     while !pending.is_empty() {
         let (ready, waiting): (Vec<FileJob>, Vec<FileJob>) = match gate {
             None => (pending, Vec::new()),
-            Some(g) => pending.into_iter().partition(|job| {
-                repo.file_chunks(&job.content)
-                    .ok()
-                    .and_then(|ids| packs_of(repo, &ids))
+            Some(g) => pending.into_iter().partition(|job| match &job.plan {
+                Some(Ok(p)) => packs_of(repo, p.needed())
                     // A file whose chunks cannot be located fails when restored, with a reason.
-                    .is_none_or(|packs| packs.iter().all(|p| g.readable(p)))
+                    .is_none_or(|packs| packs.iter().all(|p| g.readable(p))),
+                _ => true,
             }),
         };
         // Workers take files in tree order from one queue (not rayon's split of the list into
@@ -666,6 +1213,10 @@ pub fn restore_gated(
     }
     res.bytes = r.bytes.load(Ordering::Relaxed);
     res.files = r.files.load(Ordering::Relaxed);
+    res.files_unchanged = r.unchanged.load(Ordering::Relaxed);
+    res.files_skipped = r.skipped.load(Ordering::Relaxed);
+    res.bytes_reused = r.reused.load(Ordering::Relaxed);
+    res.verified = r.verified.load(Ordering::Relaxed);
     res.errors = r.errors.load(Ordering::Relaxed);
     res.warnings = std::mem::take(&mut *r.warnings.lock().expect("warnings"));
     Ok(res)

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ls::walk;
-use super::restore::{is_included, resolve_start, RestoreOptions};
+use super::pattern::Selection;
+use super::restore::{resolve_start, RestoreOptions};
 use crate::backend::{FileKind, StorageClass, ThawState, Tier};
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind};
@@ -129,10 +130,11 @@ pub fn needed_blobs(
     opts: &RestoreOptions,
 ) -> Result<(u64, HashSet<BlobId>)> {
     let (start, prefix, single) = resolve_start(repo, root, &opts.subpath)?;
+    let mut sel = Selection::new(&opts.includes, &opts.excludes)?;
     let mut blobs = HashSet::new();
     let mut files = 0u64;
     let mut visit = |rel: &[u8], n: &Node| -> Result<bool> {
-        let (restore_it, descend) = is_included(rel, &opts.includes);
+        let (restore_it, descend) = sel.decide(rel, n.kind == NodeKind::Dir);
         if n.kind == NodeKind::File && restore_it {
             files += 1;
             blobs.extend(repo.file_chunks(&n.content)?);

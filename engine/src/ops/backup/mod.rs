@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 use rayon::prelude::*;
 
 use super::fsmeta::{self, node_from_metadata, Owners};

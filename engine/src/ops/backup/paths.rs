@@ -3,25 +3,9 @@
 
 use super::*;
 
-/// Builds the exclude matcher: a pattern without `/` matches a name at any depth, one with `/`
-/// matches the absolute path (`*` does not cross `/`, `**` does).
+/// Builds the exclude matcher (patterns as in [`crate::ops::pattern`]).
 pub fn exclude_set(patterns: &[String]) -> Result<GlobSet> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        let full = if p.contains('/') {
-            p.clone()
-        } else {
-            format!("**/{p}")
-        };
-        let g = GlobBuilder::new(&full)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
-        b.add(g);
-    }
-    b.build()
-        .map_err(|e| Error::Invalid(format!("exclude patterns: {e}")))
+    crate::ops::pattern::pattern_set(patterns, "exclude")
 }
 
 /// Absolute, normalized source paths; nested duplicates dropped.
