@@ -164,7 +164,14 @@ impl Ctx {
             .open(path)
             .or_else(|_| File::open(path))
             .map_err(|e| format!("cannot open: {e}"))?;
-        let (ids, f) = match self.store_stream(f, Some(before.size())) {
+        // Fewer blocks than the length needs: there are holes, skipped rather than read.
+        let sparse = before.blocks() * 512 < before.size();
+        let r = if sparse {
+            Source::Sparse(super::sparse::HoleSkipping::new(f, before.size()))
+        } else {
+            Source::Plain(f)
+        };
+        let (ids, f) = match self.store_stream(r, Some(before.size())) {
             Ok(r) => r,
             Err(StreamError::Read(e)) => return Err(format!("cannot read: {e}")),
             Err(StreamError::Repo(e)) => {
@@ -178,6 +185,10 @@ impl Ctx {
             self.fail(e);
             msg
         })?;
+        let f = match f {
+            Source::Plain(f) => f,
+            Source::Sparse(s) => s.file,
+        };
         let after = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
         let changed = after.size() != before.size()
             || after.mtime() != before.mtime()
@@ -237,6 +248,21 @@ impl Ctx {
                 frame.slot.set(Err(e.to_string()));
                 self.fail(e);
             }
+        }
+    }
+}
+
+/// A file being read: as it is, or with its holes skipped.
+enum Source {
+    Plain(File),
+    Sparse(super::sparse::HoleSkipping),
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Plain(f) => f.read(buf),
+            Source::Sparse(s) => s.read(buf),
         }
     }
 }

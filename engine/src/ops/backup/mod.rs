@@ -36,6 +36,7 @@ use crate::repo::Repository;
 
 mod ctx;
 mod paths;
+mod sparse;
 mod stdin;
 mod sync;
 mod walk;
