@@ -107,15 +107,20 @@ pub fn dump_tar(
     };
     let mut add = |b: &mut tar::Builder<&mut dyn Write>, name: &[u8], n: &Node| -> Result<()> {
         let name_path = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
-        if !n.xattrs.is_empty() {
-            let mut pax: Vec<(String, &[u8])> = Vec::new();
-            for (k, v) in &n.xattrs {
-                // PAX keys are UTF-8: an xattr name that is not is left out of the archive.
-                if let Ok(k) = std::str::from_utf8(k) {
-                    pax.push((format!("SCHILY.xattr.{k}"), v.as_slice()));
-                }
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        if n.mtime.nanos != 0 {
+            // The header holds whole seconds; PAX carries the nanoseconds.
+            let t = format!("{}.{:09}", n.mtime.secs, n.mtime.nanos);
+            pax.push(("mtime".into(), t.into_bytes()));
+        }
+        for (k, v) in &n.xattrs {
+            // PAX keys are UTF-8: an xattr name that is not is left out of the archive.
+            if let Ok(k) = std::str::from_utf8(k) {
+                pax.push((format!("SCHILY.xattr.{k}"), v.clone()));
             }
-            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))
+        }
+        if !pax.is_empty() {
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
                 .map_err(io)?;
         }
         let mut h = tar::Header::new_gnu();
