@@ -124,6 +124,7 @@ fn verify(b: Arc<dyn Backend>, src: &Path, models: &[&Model], out: &Path) -> usi
             includes: Vec::new(),
             numeric_owner: true,
             threads: 2,
+            ..Default::default()
         };
         let r = restore(&repo, s.tree, &opts, &NoProgress).unwrap();
         assert_eq!(r.errors, 0, "snapshot {id}");
@@ -334,6 +335,7 @@ fn transient_failures_and_short_reads_are_reported() {
         includes: Vec::new(),
         numeric_owner: true,
         threads: 2,
+        ..Default::default()
     };
     match restore(&repo, s.tree, &opts, &NoProgress) {
         Ok(r) => {

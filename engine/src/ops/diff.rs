@@ -34,6 +34,9 @@ impl Diff {
     }
 }
 
+/// Receives each difference: (path, how, the entry in the first snapshot, in the second).
+pub type Report<'a> = dyn FnMut(&[u8], Diff, Option<&Node>, Option<&Node>) + 'a;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DiffStats {
     pub added: u64,
@@ -54,7 +57,7 @@ pub fn diff(
     a: BlobId,
     b: BlobId,
     metadata: bool,
-    report: &mut dyn FnMut(&[u8], Diff, Option<&Node>, Option<&Node>),
+    report: &mut Report<'_>,
 ) -> Result<DiffStats> {
     let mut d = Differ {
         repo,
@@ -70,7 +73,7 @@ struct Differ<'a, 'r> {
     repo: &'a Repository,
     metadata: bool,
     stats: DiffStats,
-    report: &'r mut dyn FnMut(&[u8], Diff, Option<&Node>, Option<&Node>),
+    report: &'r mut Report<'r>,
 }
 
 fn same_meta(a: &Node, b: &Node) -> bool {

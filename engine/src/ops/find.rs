@@ -12,6 +12,9 @@ use crate::format::tree::{Node, NodeKind};
 use crate::id::BlobId;
 use crate::repo::Repository;
 
+/// A matching path and its entry.
+pub type Match = (Vec<u8>, Node);
+
 /// Matches below one directory that are remembered for the next snapshot.
 const MEMO_MAX: usize = 10_000;
 
@@ -20,7 +23,7 @@ pub struct Finder<'a> {
     repo: &'a Repository,
     set: GlobSet,
     /// (tree id, its path) → the matches below it.
-    memo: HashMap<(BlobId, Vec<u8>), Vec<(Vec<u8>, Node)>>,
+    memo: HashMap<(BlobId, Vec<u8>), Vec<Match>>,
 }
 
 impl<'a> Finder<'a> {
@@ -33,11 +36,11 @@ impl<'a> Finder<'a> {
     }
 
     /// The matches in the snapshot tree `root`: (path, node), depth first in name order.
-    pub fn search(&mut self, root: BlobId) -> Result<Vec<(Vec<u8>, Node)>> {
+    pub fn search(&mut self, root: BlobId) -> Result<Vec<Match>> {
         self.below(root, b"")
     }
 
-    fn below(&mut self, tree: BlobId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Node)>> {
+    fn below(&mut self, tree: BlobId, prefix: &[u8]) -> Result<Vec<Match>> {
         let key = (tree, prefix.to_vec());
         if let Some(m) = self.memo.get(&key) {
             return Ok(m.clone());

@@ -104,7 +104,8 @@ struct FileJob {
     content: Content,
     size: u64,
     meta: Meta,
-    /// Created empty by this restore (the first name of a hard link group).
+    /// Nothing was at its path when the walk came by (or this restore created it empty, as the
+    /// first name of a hard link group): written without comparing.
     fresh: bool,
     /// Planned ahead (remote repositories: only the chunks needed are fetched).
     plan: Option<std::result::Result<FilePlan, String>>,
@@ -358,11 +359,11 @@ impl Restorer<'_> {
             need: vec![true; ids.len()],
         };
         let path = &*job.path;
+        if job.fresh {
+            let todo = write_all(false);
+            return Ok(FilePlan { ids, lens, todo });
+        }
         let m = match fs::symlink_metadata(path) {
-            _ if job.fresh => {
-                let todo = write_all(false);
-                return Ok(FilePlan { ids, lens, todo });
-            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let todo = write_all(false);
                 return Ok(FilePlan { ids, lens, todo });
@@ -706,6 +707,8 @@ struct Walker<'w, 'a> {
     pending: HashMap<PathBuf, Meta>,
     /// First restored name of each hard link group.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Directories this run created: nothing is in them yet, so nothing needs comparing.
+    new_dirs: std::collections::HashSet<PathBuf>,
     res: RestoreResult,
     queued: u64,
     total_bytes: u64,
@@ -748,7 +751,11 @@ impl Walker<'_, '_> {
     /// Creates (or finds) a directory; whether to walk into it.
     fn make_dir(&mut self, path: PathBuf, meta: Meta) -> bool {
         let (r, opts) = (self.r, self.r.opts);
-        match fs::symlink_metadata(&path) {
+        let found = match path.parent() {
+            Some(p) if self.new_dirs.contains(p) => Err(std::io::ErrorKind::NotFound.into()),
+            _ => fs::symlink_metadata(&path),
+        };
+        match found {
             Ok(m) if m.is_dir() => {}
             Ok(_) if opts.overwrite == Overwrite::Never => {
                 self.r.skipped.fetch_add(1, Ordering::Relaxed);
@@ -767,6 +774,7 @@ impl Walker<'_, '_> {
                         return false;
                     }
                 }
+                self.new_dirs.insert(path.clone());
             }
         }
         if !opts.dry_run {
@@ -868,7 +876,10 @@ impl Walker<'_, '_> {
             return Ok(false);
         }
         self.ensure_parents(&path);
-        let found = fs::symlink_metadata(&path);
+        let found = match path.parent() {
+            Some(p) if self.new_dirs.contains(p) => Err(std::io::ErrorKind::NotFound.into()),
+            _ => fs::symlink_metadata(&path),
+        };
         if found.is_ok() && opts.overwrite == Overwrite::Never {
             r.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
@@ -957,7 +968,8 @@ impl Walker<'_, '_> {
 
     fn file(&mut self, path: PathBuf, n: &Node, meta: Meta, found: Option<fs::Metadata>) {
         let (r, opts) = (self.r, self.r.opts);
-        let mut fresh = false;
+        // Nothing at the path: written without looking again.
+        let mut fresh = found.is_none();
         if let Some(k) = n.hardlink_key() {
             if let Some(first) = self.links.get(&k) {
                 // Another name of a file restored already.
@@ -1084,6 +1096,7 @@ pub fn restore_gated(
         dirs: Vec::new(),
         pending: HashMap::new(),
         links: HashMap::new(),
+        new_dirs: Default::default(),
         res: RestoreResult::default(),
         queued: 0,
         total_bytes: 0,
