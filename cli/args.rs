@@ -92,6 +92,8 @@ pub enum Command {
     Find(FindArgs),
     /// Show what changed between two snapshots: added, removed and modified paths
     Diff(DiffArgs),
+    /// Browse the snapshots as a read-only file system (FUSE) until Ctrl-C or umount
+    Mount(MountArgs),
     /// Thaw the archived (Glacier) packs a restore will need, ahead of the restore
     Warmup(WarmupArgs),
     /// Check the repository: structure from metadata; with --read-data, pack contents too
@@ -521,6 +523,18 @@ pub struct FindArgs {
     /// Only this snapshot (id prefix or 'latest'; repeatable)
     #[arg(long = "snapshot", short = 's', value_name = "ID")]
     pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An empty folder to mount on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Only the newest snapshot taken at or before TIME
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

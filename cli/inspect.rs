@@ -12,7 +12,7 @@ use chunkbak_engine::ops::pattern::pattern_set;
 use chunkbak_engine::ops::select::timestamp_of;
 use chunkbak_engine::{Id, Repository};
 
-use crate::args::{DiffArgs, FindArgs, Global};
+use crate::args::{DiffArgs, FindArgs, Global, MountArgs};
 use crate::output::{human_bytes, path_json, Out};
 use crate::{choose, exit, filter_of, kind_name, local_time, open_repo, readable_snapshots};
 
@@ -228,5 +228,55 @@ pub fn cmd_diff(g: &Global, out: &Out, a: &DiffArgs) -> anyhow::Result<i32> {
             human_bytes(stats.bytes_removed),
         ));
     }
+    Ok(exit::OK)
+}
+
+pub fn cmd_mount(g: &Global, out: &Out, a: &MountArgs) -> anyhow::Result<i32> {
+    use chunkbak_engine::ops::mount;
+    let mp = &a.mountpoint;
+    if !mp.is_dir() {
+        bail!(
+            "mount point {} is not a folder (create an empty one)",
+            mp.display()
+        );
+    }
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let snaps = match &a.at {
+        Some(at) => {
+            let (id, s, _) = choose(&repo, None, Some(at), &a.filter, out)?;
+            vec![(id, s)]
+        }
+        None => {
+            let filter = filter_of(&a.filter);
+            let (all, _) = readable_snapshots(&repo, out)?;
+            all.into_iter().filter(|(_, s)| filter.matches(s)).collect()
+        }
+    };
+    let n = snaps.len();
+    let fs = mount::SnapshotFs::new(repo, &snaps);
+    let session = mount::mount(fs, mp).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot mount on {}: {e} (FUSE needs /dev/fuse, and fusermount when not root)",
+            mp.display()
+        )
+    })?;
+    if out.json {
+        out.json_line(
+            "mounted",
+            json!({"mountpoint": mp.display().to_string(), "snapshots": n}),
+        );
+    } else if !out.quiet {
+        eprintln!(
+            "mounted {n} snapshots at {} (snapshots/, hosts/, ids/); Ctrl-C or `umount {}` ends it",
+            mp.display(),
+            mp.display()
+        );
+    }
+    while mount::serving(&session) && !chunkbak_engine::ops::interrupted() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Dropping the session unmounts (when it is still mounted).
+    drop(session);
     Ok(exit::OK)
 }

@@ -173,6 +173,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Dump(a) => cmd_dump(g, out, a),
         Command::Find(a) => inspect::cmd_find(g, out, a),
         Command::Diff(a) => inspect::cmd_diff(g, out, a),
+        Command::Mount(a) => inspect::cmd_mount(g, out, a),
         Command::Restore(a) => cmd_restore(g, out, a),
         Command::Warmup(a) => cmd_warmup(g, out, a),
         Command::Check(a) => cmd_check(g, out, a),

@@ -668,3 +668,89 @@ fn metadata_fidelity_of_a_torture_tree() {
         );
     }
 }
+
+/// `mount` serves every snapshot read-only by time, host and id; files read back byte for
+/// byte, with their modes, times and link targets; Ctrl-C unmounts.
+#[test]
+fn mount_browses_snapshots_with_ordinary_tools() {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: no /dev/fuse on this machine");
+        return;
+    }
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/big"), splitmix(3, 700_000)).unwrap();
+    fs::write(src.join("small"), b"small file").unwrap();
+    std::os::unix::fs::symlink("d/big", src.join("link")).unwrap();
+    fs::set_permissions(src.join("small"), fs::Permissions::from_mode(0o640)).unwrap();
+    let id = e
+        .ok(&["--json", "backup", src.to_str().unwrap()])
+        .json("summary")[0]["snapshot_id"]
+        .as_str()
+        .unwrap()[..8]
+        .to_string();
+    let mp = e.path("mnt");
+    fs::create_dir(&mp).unwrap();
+    let mut c = e.cmd();
+    c.arg("mount").arg(&mp);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !mp.join("snapshots").exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            if err.contains("cannot mount") {
+                eprintln!("skipped: FUSE mounts are not allowed here: {err}");
+                return;
+            }
+            panic!("mount exited ({st}): {err}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "mount did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rel = src.strip_prefix("/").unwrap();
+    let host = e.ok(&["--json", "snapshots"]).json("snapshot")[0]["host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for base in [
+        mp.join("snapshots/latest"),
+        mp.join("hosts").join(&host).join("latest"),
+        mp.join("ids").join(&id),
+    ] {
+        let got = base.join(rel);
+        assert_eq!(
+            fs::read(got.join("d/big")).unwrap(),
+            fs::read(src.join("d/big")).unwrap()
+        );
+        assert_eq!(fs::read(got.join("small")).unwrap(), b"small file");
+        assert_eq!(fs::read_link(got.join("link")).unwrap(), Path::new("d/big"));
+        let (a, b) = (
+            fs::symlink_metadata(got.join("small")).unwrap(),
+            fs::symlink_metadata(src.join("small")).unwrap(),
+        );
+        assert_eq!(
+            (a.mode() & 0o7777, a.mtime(), a.len()),
+            (0o640, b.mtime(), 10)
+        );
+        let names: Vec<String> = fs::read_dir(&got)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+    // Read-only.
+    assert!(fs::write(mp.join("snapshots/latest").join(rel).join("small"), b"x").is_err());
+    // Ctrl-C unmounts and ends the process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().unwrap();
+    assert!(!mp.join("snapshots").exists(), "still mounted after Ctrl-C");
+    eprintln!("mount ended with {st}");
+}

@@ -10,6 +10,8 @@ pub mod find;
 pub mod forget;
 pub mod fsmeta;
 pub mod ls;
+#[cfg(feature = "mount")]
+pub mod mount;
 pub mod packread;
 pub mod pattern;
 pub mod prune;
