@@ -20,6 +20,10 @@ fn is_root() -> bool {
 /// Every regular file below `root`: relative path → (size, mtime ns, content).
 fn files_with_times(root: &Path) -> BTreeMap<PathBuf, (u64, i128, Vec<u8>)> {
     let mut out = BTreeMap::new();
+    // A restore killed before it created its target left nothing.
+    if !root.exists() {
+        return out;
+    }
     for e in walkdir::WalkDir::new(root) {
         let e = e.unwrap();
         if e.file_type().is_file() {
@@ -50,17 +54,20 @@ fn tree_state(root: &Path) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
     out
 }
 
-fn changes(r: &Run) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = r
-        .json("change")
+/// Two string fields of each JSON message of type `ty`, in order.
+fn field_pairs(r: &Run, ty: &str, a: &str, b: &str) -> Vec<(String, String)> {
+    r.json(ty)
         .iter()
-        .map(|c| {
-            (
-                c["action"].as_str().unwrap().to_string(),
-                c["path"].as_str().unwrap().to_string(),
-            )
+        .map(|m| {
+            let f = |k: &str| m[k].as_str().unwrap().to_string();
+            (f(a), f(b))
         })
-        .collect();
+        .collect()
+}
+
+/// The changes a restore reported (action, path), sorted.
+fn changes(r: &Run) -> Vec<(String, String)> {
+    let mut v = field_pairs(r, "change", "action", "path");
     v.sort();
     v
 }
@@ -470,16 +477,7 @@ fn diff_lists_what_changed_between_two_snapshots() {
     let b = id(e.ok(&["--json", "backup", src.to_str().unwrap()]));
     let s = |p: &str| src.join(p).display().to_string();
     let r = e.ok(&["--json", "diff", &a, &b]);
-    let got: Vec<(String, String)> = r
-        .json("diff")
-        .iter()
-        .map(|d| {
-            (
-                d["change"].as_str().unwrap().into(),
-                d["path"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let got = field_pairs(&r, "diff", "change", "path");
     assert_eq!(
         got,
         vec![
