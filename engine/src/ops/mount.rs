@@ -33,12 +33,15 @@ const TTL: Duration = Duration::from_secs(3600);
 
 enum Entry {
     /// A folder of the layout (root, snapshots, hosts, a host, ids): its entries, and a time.
-    Folder(Vec<(Vec<u8>, u64)>, Timespec),
+    Folder(Kids, Timespec),
     /// A `latest` link.
     Link(Vec<u8>, Timespec),
     /// An entry of a snapshot; folders list their entries once opened.
-    Node(Box<Node>, Option<Vec<(Vec<u8>, u64)>>),
+    Node(Box<Node>, Option<Kids>),
 }
+
+/// A folder's entries (name, inode), shared so a lookup copies nothing.
+type Kids = Arc<Vec<(Vec<u8>, u64)>>;
 
 /// A file's chunks and where each starts.
 struct Layout {
@@ -110,7 +113,7 @@ impl SnapshotFs {
         let mut fs = SnapshotFs {
             repo,
             // Inode n is entries[n - 1]; the root comes first.
-            entries: vec![Entry::Folder(Vec::new(), Timespec::default())],
+            entries: vec![Entry::Folder(Arc::default(), Timespec::default())],
             layouts: HashMap::new(),
             recent: Vec::new(),
             uid,
@@ -143,7 +146,7 @@ impl SnapshotFs {
                 kids.push((b"latest".to_vec(), l));
             }
             kids.sort();
-            kids
+            Arc::new(kids)
         };
         let all: Vec<(Vec<u8>, u64)> = names.iter().cloned().zip(roots.iter().copied()).collect();
         let all = with_latest(&mut fs, all);
@@ -162,20 +165,20 @@ impl SnapshotFs {
             // A host name never holds '/', but a forged snapshot might.
             hosts.push((h.replace('/', "_").into_bytes(), ino));
         }
-        let hosts = fs.add(Entry::Folder(hosts, newest));
+        let hosts = fs.add(Entry::Folder(Arc::new(hosts), newest));
         let mut ids: Vec<(Vec<u8>, u64)> = snaps
             .iter()
             .zip(&roots)
             .map(|((id, _), &r)| (id.short().into_bytes(), r))
             .collect();
         ids.sort();
-        let ids = fs.add(Entry::Folder(ids, newest));
+        let ids = fs.add(Entry::Folder(Arc::new(ids), newest));
         fs.entries[0] = Entry::Folder(
-            vec![
+            Arc::new(vec![
                 (b"hosts".to_vec(), hosts),
                 (b"ids".to_vec(), ids),
                 (b"snapshots".to_vec(), snapshots),
-            ],
+            ]),
             newest,
         );
         fs
@@ -239,7 +242,7 @@ impl SnapshotFs {
     }
 
     /// The entries of a folder (reading a snapshot folder's tree the first time).
-    fn children(&mut self, ino: u64) -> Result<Vec<(Vec<u8>, u64)>, libc::c_int> {
+    fn children(&mut self, ino: u64) -> Result<Kids, libc::c_int> {
         let subtree = match self.entry(ino) {
             Some(Entry::Folder(kids, _)) => return Ok(kids.clone()),
             Some(Entry::Node(_, Some(kids))) => return Ok(kids.clone()),
@@ -260,6 +263,7 @@ impl SnapshotFs {
             let c = self.add(Entry::Node(Box::new(n), None));
             kids.push((name, c));
         }
+        let kids = Arc::new(kids);
         if let Some(Entry::Node(_, slot)) = self.entries.get_mut(ino as usize - 1) {
             *slot = Some(kids.clone());
         }
@@ -392,9 +396,9 @@ impl Filesystem for SnapshotFs {
             Ok(k) => k,
             Err(e) => return reply.error(e),
         };
-        let mut all = vec![(b".".to_vec(), ino), (b"..".to_vec(), ino)];
-        all.extend(kids);
-        for (i, (name, c)) in all.iter().enumerate().skip(offset.max(0) as usize) {
+        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), ino)];
+        let all = dots.iter().chain(kids.iter());
+        for (i, (name, c)) in all.enumerate().skip(offset.max(0) as usize) {
             let kind = self.attr(*c).map_or(FileType::RegularFile, |a| a.kind);
             if reply.add(*c, (i + 1) as i64, kind, OsStr::from_bytes(name)) {
                 break;
