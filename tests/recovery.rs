@@ -393,12 +393,7 @@ fn find_shows_each_matching_path_across_snapshots() {
     fs::create_dir_all(src.join("db")).unwrap();
     fs::write(src.join("db/dump.sql"), b"version 1").unwrap();
     fs::write(src.join("readme"), b"r").unwrap();
-    let first = e
-        .ok(&["--json", "backup", src.to_str().unwrap()])
-        .json("summary")[0]["snapshot_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = e.backup_id(&src);
     std::thread::sleep(Duration::from_millis(1100));
     fs::write(src.join("db/dump.sql"), b"version two, longer").unwrap();
     fs::write(src.join("db/other.sql"), b"o").unwrap();
@@ -463,8 +458,7 @@ fn diff_lists_what_changed_between_two_snapshots() {
     fs::write(src.join("changed"), b"before").unwrap();
     fs::write(src.join("chmod"), b"m").unwrap();
     fs::write(src.join("becomes-dir"), b"f").unwrap();
-    let id = |r: Run| r.json("summary")[0]["snapshot_id"].as_str().unwrap()[..8].to_string();
-    let a = id(e.ok(&["--json", "backup", src.to_str().unwrap()]));
+    let a = e.backup_id(&src)[..8].to_string();
     std::thread::sleep(Duration::from_millis(1100));
     let between = jiff::Timestamp::now().to_string();
     std::thread::sleep(Duration::from_millis(1100));
@@ -474,7 +468,7 @@ fn diff_lists_what_changed_between_two_snapshots() {
     fs::remove_file(src.join("becomes-dir")).unwrap();
     fs::create_dir(src.join("becomes-dir")).unwrap();
     fs::write(src.join("added"), b"new file").unwrap();
-    let b = id(e.ok(&["--json", "backup", src.to_str().unwrap()]));
+    let b = e.backup_id(&src)[..8].to_string();
     let s = |p: &str| src.join(p).display().to_string();
     let r = e.ok(&["--json", "diff", &a, &b]);
     let got = field_pairs(&r, "diff", "change", "path");
@@ -683,12 +677,7 @@ fn mount_browses_snapshots_with_ordinary_tools() {
     fs::write(src.join("small"), b"small file").unwrap();
     std::os::unix::fs::symlink("d/big", src.join("link")).unwrap();
     fs::set_permissions(src.join("small"), fs::Permissions::from_mode(0o640)).unwrap();
-    let id = e
-        .ok(&["--json", "backup", src.to_str().unwrap()])
-        .json("summary")[0]["snapshot_id"]
-        .as_str()
-        .unwrap()[..8]
-        .to_string();
+    let id = e.backup_id(&src)[..8].to_string();
     let mp = e.path("mnt");
     fs::create_dir(&mp).unwrap();
     let mut c = e.cmd();

@@ -147,6 +147,15 @@ impl Env {
         c
     }
 
+    /// Backs up `src`; the new snapshot's full id.
+    pub fn backup_id(&self, src: &Path) -> String {
+        self.ok(&["--json", "backup", src.to_str().unwrap()])
+            .json("summary")[0]["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn init_small(&self) {
         self.ok(&[
             "init",

@@ -29,16 +29,8 @@ pub fn dump_file(repo: &Repository, root: BlobId, path: &[u8], out: &mut dyn Wri
             }
         )));
     }
-    let mut written = 0u64;
-    for id in repo.file_chunks(&n.content)? {
-        if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
-        }
-        let data = repo.read_blob(&id)?;
-        out.write_all(&data)
-            .map_err(|e| Error::io("standard output", e))?;
-        written += data.len() as u64;
-    }
+    let mut r = ChunkReader::new(repo, repo.file_chunks(&n.content)?);
+    let written = std::io::copy(&mut r, out).map_err(io_error)?;
     out.flush().map_err(|e| Error::io("standard output", e))?;
     if written != n.size {
         return Err(Error::corrupt(
@@ -59,6 +51,27 @@ struct ChunkReader<'a> {
     buf: Vec<u8>,
     pos: usize,
     total: u64,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(repo: &'a Repository, ids: Vec<BlobId>) -> Self {
+        ChunkReader {
+            repo,
+            ids: ids.into_iter(),
+            buf: Vec::new(),
+            pos: 0,
+            total: 0,
+        }
+    }
+}
+
+/// A repository error carried through `io::Read` back to itself; other I/O errors are the
+/// output's.
+fn io_error(e: std::io::Error) -> Error {
+    match e.downcast::<Error>() {
+        Ok(e) => e,
+        Err(e) => Error::io("standard output", e),
+    }
 }
 
 impl std::io::Read for ChunkReader<'_> {
@@ -101,10 +114,7 @@ pub fn dump_tar(
     let mut b = tar::Builder::new(out);
     let mut stats = TarStats::default();
     let mut links: std::collections::HashMap<(u64, u64), Vec<u8>> = Default::default();
-    let io = |e: std::io::Error| match e.downcast::<Error>() {
-        Ok(e) => e,
-        Err(e) => Error::io("standard output", e),
-    };
+    let io = io_error;
     let mut add = |b: &mut tar::Builder<&mut dyn Write>, name: &[u8], n: &Node| -> Result<()> {
         let name_path = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
@@ -158,13 +168,7 @@ pub fn dump_tar(
                 }
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(n.size);
-                let mut r = ChunkReader {
-                    repo,
-                    ids: repo.file_chunks(&n.content)?.into_iter(),
-                    buf: Vec::new(),
-                    pos: 0,
-                    total: 0,
-                };
+                let mut r = ChunkReader::new(repo, repo.file_chunks(&n.content)?);
                 // A file whose chunks hold another length than recorded cannot be archived
                 // (the header announced its size): an error, never a silently wrong archive.
                 let sized = (&mut r).take(n.size);

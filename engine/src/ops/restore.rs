@@ -732,6 +732,14 @@ impl Walker<'_, '_> {
             )))
     }
 
+    /// What is at `path` now (nothing, below a folder this run created: no lookup).
+    fn look(&self, path: &Path) -> std::io::Result<fs::Metadata> {
+        match path.parent() {
+            Some(p) if self.new_dirs.contains(p) => Err(std::io::ErrorKind::NotFound.into()),
+            _ => fs::symlink_metadata(path),
+        }
+    }
+
     /// Creates the directories above `path` that were put off.
     fn ensure_parents(&mut self, path: &Path) {
         let mut chain = Vec::new();
@@ -751,11 +759,7 @@ impl Walker<'_, '_> {
     /// Creates (or finds) a directory; whether to walk into it.
     fn make_dir(&mut self, path: PathBuf, meta: Meta) -> bool {
         let (r, opts) = (self.r, self.r.opts);
-        let found = match path.parent() {
-            Some(p) if self.new_dirs.contains(p) => Err(std::io::ErrorKind::NotFound.into()),
-            _ => fs::symlink_metadata(&path),
-        };
-        match found {
+        match self.look(&path) {
             Ok(m) if m.is_dir() => {}
             Ok(_) if opts.overwrite == Overwrite::Never => {
                 self.r.skipped.fetch_add(1, Ordering::Relaxed);
@@ -876,10 +880,7 @@ impl Walker<'_, '_> {
             return Ok(false);
         }
         self.ensure_parents(&path);
-        let found = match path.parent() {
-            Some(p) if self.new_dirs.contains(p) => Err(std::io::ErrorKind::NotFound.into()),
-            _ => fs::symlink_metadata(&path),
-        };
+        let found = self.look(&path);
         if found.is_ok() && opts.overwrite == Overwrite::Never {
             r.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
