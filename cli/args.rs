@@ -22,6 +22,13 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
+    /// Configuration file (TOML) with named profiles. Default: $XDG_CONFIG_HOME/chunkbak/config.toml,
+    /// else /etc/chunkbak/config.toml
+    #[arg(long, env = "CHUNKBAK_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Profile of the configuration file to use (default: `default`, when the file has one)
+    #[arg(long, env = "CHUNKBAK_PROFILE", global = true, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Repository: a directory, or s3:BUCKET/PREFIX. Default: $XDG_DATA_HOME/chunkbak/repo
     #[arg(short = 'r', long = "repo", env = "CHUNKBAK_REPOSITORY", global = true)]
     pub repo: Option<OsString>,
@@ -68,6 +75,9 @@ pub struct Global {
     /// More detail (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Also append every message of the run, and its one-line summary, to FILE (with times)
+    #[arg(long, env = "CHUNKBAK_LOG_FILE", global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// No progress bars
     #[arg(long, env = "CHUNKBAK_NO_PROGRESS", global = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub no_progress: bool,
@@ -117,6 +127,33 @@ pub enum Command {
     Benchmark(BenchmarkArgs),
     /// Print a decrypted repository object (for debugging)
     Cat(CatArgs),
+    /// Repository size, dedup and compression ratios, bytes per storage class and the monthly
+    /// bill at a price table (of all snapshots, or of one)
+    Stats(StatsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), made from the same definitions as --help:
+    /// `chunkbak man | man -l -`
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// One snapshot (id prefix or 'latest'; default: every snapshot the filters select)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: Option<std::ffi::OsString>,
+    /// The newest snapshot taken at or before TIME
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Storage price in USD per GiB-month of a class, overriding the built-in AWS us-east-1
+    /// list price (e.g. GLACIER=0.0036; repeatable)
+    #[arg(long = "price", value_name = "CLASS=USD")]
+    pub prices: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Args, Debug)]

@@ -42,19 +42,24 @@ pub fn report_requests(out: &Out) {
         m.insert("bytes_up".into(), r.bytes_up.into());
         m.insert("bytes_down".into(), r.bytes_down.into());
         out.json_line("requests", Value::Object(m));
-    } else if !out.quiet {
-        let counts: Vec<String> = r
-            .by_type()
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        eprintln!(
-            "S3 requests: {}; sent {}, received {}",
-            counts.join(", "),
-            human_bytes(r.bytes_up),
-            human_bytes(r.bytes_down)
-        );
     }
+}
+
+/// The run's S3 requests and bytes on one line, for the final summary (None for local
+/// repositories).
+pub fn requests_line() -> Option<String> {
+    let r = REQUESTS.get().map(|c| c.snapshot())?;
+    let counts: Vec<String> = r
+        .by_type()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    Some(format!(
+        "S3 requests: {}; sent {}, received {}",
+        counts.join(", "),
+        human_bytes(r.bytes_up),
+        human_bytes(r.bytes_down)
+    ))
 }
 
 pub fn tier(t: TierArg) -> Tier {
@@ -111,7 +116,7 @@ pub fn print_plan(out: &Out, p: &Plan, a: &ThawArgs) {
     if out.quiet {
         return;
     }
-    eprintln!(
+    crate::elog!(
         "plan: {} files, {} of file data, from {} packs ({})",
         p.files,
         human_bytes(p.bytes),
@@ -119,17 +124,17 @@ pub fn print_plan(out: &Out, p: &Plan, a: &ThawArgs) {
         human_bytes(pack_bytes)
     );
     if cold_n + thawing_n + thawed_n == 0 {
-        eprintln!("plan: every needed pack is readable now");
+        crate::elog!("plan: every needed pack is readable now");
         return;
     }
-    eprintln!(
+    crate::elog!(
         "plan: archived packs needed: {cold_n} cold ({}), {thawing_n} thawing ({}), {thawed_n} thawed ({})",
         human_bytes(cold_b),
         human_bytes(thawing_b),
         human_bytes(thawed_b)
     );
     for (class, tier, time, n, b, usd) in &tiers {
-        eprintln!(
+        crate::elog!(
             "plan: thaw {n} {} packs ({}) with tier {:<9} {time:<16} ~${usd:.2}{}",
             class.name(),
             human_bytes(*b),
@@ -142,7 +147,7 @@ pub fn print_plan(out: &Out, p: &Plan, a: &ThawArgs) {
         );
     }
     if !tiers.is_empty() {
-        eprintln!(
+        crate::elog!(
             "plan: estimates use AWS list prices (us-east-1) for retrieval; thawed copies are \
              billed as STANDARD for --restore-days {}",
             a.restore_days
@@ -183,7 +188,7 @@ pub fn request_thaws(
                    "restore_days": a.restore_days}),
         );
     } else if !out.quiet && (n > 0 || pending > 0) {
-        eprintln!(
+        crate::elog!(
             "thaw: requested {n} packs (tier {}, readable for {} days); {pending} packs not readable yet",
             a.tier_name(),
             a.restore_days
@@ -270,7 +275,7 @@ pub fn lifecycle_check(s3: &S3Backend, out: &Out) -> anyhow::Result<bool> {
         );
     } else {
         for f in &findings {
-            eprintln!(
+            crate::elog!(
                 "{}: {}",
                 if f.problem { "problem" } else { "note" },
                 f.message

@@ -89,7 +89,7 @@ pub fn cmd_find(g: &Global, out: &Out, a: &FindArgs) -> anyhow::Result<i32> {
         }
     }
     if !out.json && !out.quiet {
-        eprintln!(
+        crate::elog!(
             "{} paths matched, {hits} times, in {} snapshots searched",
             by_path.len(),
             snaps.len()
@@ -267,7 +267,7 @@ pub fn cmd_mount(g: &Global, out: &Out, a: &MountArgs) -> anyhow::Result<i32> {
             json!({"mountpoint": mp.display().to_string(), "snapshots": n}),
         );
     } else if !out.quiet {
-        eprintln!(
+        crate::elog!(
             "mounted {n} snapshots at {} (snapshots/, hosts/, ids/); Ctrl-C or `umount {}` ends it",
             mp.display(),
             mp.display()

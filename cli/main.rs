@@ -3,11 +3,13 @@
 
 mod args;
 mod cold;
+mod config;
 mod inspect;
 mod maint;
 mod output;
 mod progress;
 mod repos;
+mod stats;
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use clap::Parser;
 use serde_json::{json, Value};
 
 use chunkbak_engine::backend::local::LocalBackend;
@@ -92,9 +93,10 @@ fn tune_allocator() {
 /// `--json`) and exit code 2. Help and version print as clap prints them.
 fn parse_args() -> Cli {
     use clap::error::ErrorKind;
-    let e = match Cli::try_parse() {
+    let e = match parse_with_profile(std::env::args_os().collect()) {
         Ok(cli) => return cli,
-        Err(e) => e,
+        Err(Parse::Config(msg)) => usage_error(msg),
+        Err(Parse::Clap(e)) => e,
     };
     if matches!(
         e.kind(),
@@ -108,10 +110,64 @@ fn parse_args() -> Cli {
     let text = e.render().to_string();
     let first = text.split("\n\n").next().unwrap_or("invalid arguments");
     let first: Vec<&str> = first.lines().map(str::trim).collect();
-    let msg = format!(
+    usage_error(format!(
         "{} (see `chunkbak --help`)",
         first.join(" ").trim_start_matches("error: ")
-    );
+    ))
+}
+
+enum Parse {
+    Clap(clap::Error),
+    Config(String),
+}
+
+/// Parses the command line, then adds what the configuration file's profile sets for options
+/// the command line and the environment left at their defaults, and parses again.
+fn parse_with_profile(argv: Vec<std::ffi::OsString>) -> Result<Cli, Parse> {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Cli::command();
+    // A first look that tolerates missing arguments (a profile may supply them) finds the
+    // configuration file, the profile and the subcommand.
+    let m = cmd
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)
+        .map_err(Parse::Clap)?;
+    let file = m.get_one::<std::path::PathBuf>("config");
+    let name = m.get_one::<String>("profile");
+    let profile =
+        config::load(file.map(|p| p.as_path()), name.map(|s| s.as_str())).map_err(Parse::Config)?;
+    let Some(profile) = profile else {
+        let m = cmd.try_get_matches_from(&argv).map_err(Parse::Clap)?;
+        return Cli::from_arg_matches(&m).map_err(Parse::Clap);
+    };
+    let extra = config::extra_args(&profile, &cmd, &m).map_err(Parse::Config)?;
+    let merged = config::merged_argv(&argv, extra);
+    let m = cmd.clone().try_get_matches_from(&merged).map_err(|e| {
+        // A value from the profile that the option refuses: say where it came from.
+        let text = e.render().to_string();
+        let first = text
+            .split("\n\n")
+            .next()
+            .unwrap_or("invalid value")
+            .to_string();
+        Parse::Config(format!(
+            "{} (from profile `{}` of {})",
+            first
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_start_matches("error: "),
+            profile.name,
+            profile.file.display()
+        ))
+    })?;
+    Cli::from_arg_matches(&m).map_err(Parse::Clap)
+}
+
+/// A usage error: one line on stderr (and a JSON `error` line with `--json`), exit code 2.
+fn usage_error(msg: String) -> ! {
     if std::env::args_os().any(|a| a == "--json") {
         let out = Out {
             json: true,
@@ -120,7 +176,7 @@ fn parse_args() -> Cli {
         };
         out.json_line("error", json!({"message": msg, "exit_code": exit::USAGE}));
     }
-    eprintln!("chunkbak: {msg}");
+    crate::elog!("chunkbak: {msg}");
     std::process::exit(exit::USAGE);
 }
 
@@ -133,6 +189,16 @@ fn main() {
         quiet: cli.global.quiet,
         verbose: cli.global.verbose,
     };
+    let started = std::time::Instant::now();
+    if let Some(f) = &cli.global.log_file {
+        if let Err(e) = output::open_log(f) {
+            usage_error(format!("log file {}: {e}", f.display()));
+        }
+        let args: Vec<String> = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        output::log_line(&format!("start: {}", args.join(" ")));
+    }
     let code = match run(&cli, &out) {
         Ok(code) => code,
         Err(e) => {
@@ -143,11 +209,55 @@ fn main() {
                     json!({"message": format!("{e:#}"), "exit_code": code}),
                 );
             }
-            eprintln!("chunkbak: {e:#}");
+            crate::elog!("chunkbak: {e:#}");
             code
         }
     };
+    final_summary(&cli, &out, code, started.elapsed());
     std::process::exit(code);
+}
+
+/// The run's last line, for a cron mail or a journal reader: what the command did (snapshot,
+/// files, bytes), how long it took, and its S3 requests and bytes. On stderr for commands that
+/// report a summary (backup, restore, forget, prune, check, copy), unless --quiet or --json;
+/// always in the --log-file.
+fn final_summary(cli: &Cli, out: &Out, code: i32, took: std::time::Duration) {
+    let detail = output::take_summary();
+    let name = command_name(&cli.command);
+    let mut line = format!("chunkbak {name}: ");
+    match (&detail, code) {
+        (Some(d), exit::OK) => line.push_str(d),
+        (Some(d), c) => line.push_str(&format!("{d}; exit {c}")),
+        (None, exit::OK) => line.push_str("ok"),
+        (None, c) => line.push_str(&format!("failed, exit {c}")),
+    }
+    line.push_str(&format!("; {:.1} s", took.as_secs_f64()));
+    let requests = cold::requests_line();
+    if let Some(r) = &requests {
+        line.push_str("; ");
+        line.push_str(r);
+    }
+    if (detail.is_some() || requests.is_some()) && !out.json && !out.quiet {
+        eprintln!("{line}");
+    }
+    output::log_line(&line);
+}
+
+/// The subcommand's name as typed.
+fn command_name(c: &Command) -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let debug = format!("{c:?}");
+    let variant = debug
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    let name = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .find(|n| n.replace('-', "") == variant);
+    name.unwrap_or(variant)
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {
@@ -185,6 +295,30 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Key(c) => repos::cmd_key(g, out, c),
         Command::Benchmark(a) => cmd_benchmark(g, out, a),
         Command::Cat(a) => cmd_cat(g, out, a),
+        Command::Stats(a) => stats::cmd_stats(g, out, a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "chunkbak", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            for sub in Cli::command().get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                // Each command's options as a section of the one page.
+                buf.extend_from_slice(
+                    format!(".SH \"COMMAND: {}\"\n", sub.get_name().to_uppercase()).as_bytes(),
+                );
+                clap_mangen::Man::new(sub.clone()).render_options_section(&mut buf)?;
+            }
+            std::io::stdout().write_all(&buf)?;
+            Ok(exit::OK)
+        }
     };
     // What the run cost in S3 requests, also after a failure.
     cold::report_requests(out);
@@ -331,7 +465,7 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
                 file.write_all(format!("{pw}\n").as_bytes())
                     .and_then(|_| file.sync_all())
                     .with_context(|| format!("writing password file {}", f.display()))?;
-                eprintln!(
+                crate::elog!(
                     "chunkbak: created the password file {} (mode 0600). Keep a copy of it somewhere \
                      safe, away from this machine: without it the backups cannot be read.",
                     f.display()
@@ -463,7 +597,7 @@ fn init_repo(
             json!({"repository": spec.display(), "id": id.to_hex()}),
         );
     } else {
-        eprintln!(
+        crate::elog!(
             "chunkbak: created repository {} at {}",
             id.short(),
             spec.display()
@@ -617,8 +751,18 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         ));
         out.line(format!("snapshot {} saved", r.snapshot_id.short()));
     }
+    output::set_summary(format!(
+        "snapshot {} saved ({}), {} files ({} new, {} changed), {} added, {} read",
+        r.snapshot_id.short(),
+        r.snapshot.host,
+        s.files_new + s.files_changed + s.files_unchanged,
+        s.files_new,
+        s.files_changed,
+        human_bytes(s.bytes_added),
+        human_bytes(s.bytes_read),
+    ));
     if s.errors > 0 {
-        eprintln!(
+        crate::elog!(
             "chunkbak: {} entries could not be read and are missing from snapshot {} (see the warnings above)",
             s.errors,
             r.snapshot_id.short()
@@ -679,7 +823,7 @@ fn readable_snapshots(repo: &Repository, out: &Out) -> anyhow::Result<(Vec<(Id, 
         if out.json {
             out.json_line("warning", json!({ "message": msg }));
         }
-        eprintln!("chunkbak: warning: {msg}");
+        crate::elog!("chunkbak: warning: {msg}");
     }
     Ok((snaps, !damaged.is_empty()))
 }
@@ -751,7 +895,7 @@ fn choose(
     if out.json {
         out.json_line("selected", snapshot_json(&id, &s));
     } else if !out.quiet {
-        eprintln!(
+        crate::elog!(
             "snapshot {} of [{}] at {} on {}",
             id.short(),
             s.paths_lossy().join(" "),
@@ -810,7 +954,7 @@ fn cmd_dump(g: &Global, out: &Out, a: &args::DumpArgs) -> anyhow::Result<i32> {
         Some(args::ArchiveFormat::Tar) => {
             let st = chunkbak_engine::ops::dump::dump_tar(&repo, s.tree, &sub, &mut w)?;
             if !out.quiet {
-                eprintln!(
+                crate::elog!(
                     "wrote {} entries, {} of file data",
                     st.entries,
                     human_bytes(st.bytes)
@@ -959,7 +1103,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         pending = cold::request_thaws(&repo, p, &a.thaw, out)?;
         if pending > 0 && a.no_wait {
             if !out.quiet && !out.json {
-                eprintln!(
+                crate::elog!(
                     "chunkbak: {pending} archived packs are thawing; run the same command again \
                      later (thaws already requested are not requested again)"
                 );
@@ -968,7 +1112,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         }
     }
     if !out.quiet && !out.json {
-        eprintln!(
+        crate::elog!(
             "{} snapshot {} to {}",
             if a.dry_run {
                 "dry run: nothing is changed; restoring"
@@ -976,7 +1120,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
                 "restoring"
             },
             id.short(),
-            a.target.display()
+            opts.target.display()
         );
     }
     // A dry run lists every change; a restore with -v too.
@@ -1042,8 +1186,22 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         }
         out.line(line);
     }
+    output::set_summary(format!(
+        "snapshot {} {} {}, {} files ({} written, {} already right), {} errors",
+        id.short(),
+        if a.dry_run {
+            "would restore to"
+        } else {
+            "restored to"
+        },
+        opts.target.display(),
+        r.files,
+        human_bytes(r.bytes),
+        r.files_unchanged,
+        r.errors
+    ));
     if r.errors > 0 {
-        eprintln!(
+        crate::elog!(
             "chunkbak: {} entries could not be restored (see the warnings above)",
             r.errors
         );
@@ -1108,7 +1266,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
         );
     } else {
         for p in &r.problems {
-            eprintln!("problem: {p}");
+            crate::elog!("problem: {p}");
         }
         out.line(format!(
             "checked {} snapshots, {} trees, {} blobs, {} packs from {files} index files: {} problems",
@@ -1134,6 +1292,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
         (None, false) => None,
     };
     let mut problems = r.problems.len();
+    let reads = subset.is_some();
     if let Some(subset) = subset {
         let bar = progress::Bar::new(out, !g.no_progress, "read");
         let d = chunkbak_engine::ops::check::read_data(&repo, subset, &bar)?;
@@ -1148,7 +1307,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
             );
         } else {
             for p in &d.problems {
-                eprintln!("problem: {p}");
+                crate::elog!("problem: {p}");
             }
             out.line(format!(
                 "read {} packs ({}), verified {} blobs: {} problems",
@@ -1166,11 +1325,17 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
         }
     }
     if problems > 0 && !out.json {
-        eprintln!(
+        crate::elog!(
             "the repository has problems: `chunkbak repair index` rebuilds the index from the \
              packs, `chunkbak repair snapshots` marks files whose data is lost"
         );
     }
+    output::set_summary(format!(
+        "{} snapshots, {} packs checked{}: {problems} problems",
+        r.snapshots,
+        r.packs,
+        if reads { " (data read)" } else { "" }
+    ));
     Ok(if problems == 0 { exit::OK } else { exit::ERROR })
 }
 

@@ -27,7 +27,7 @@ fn prune_options(o: &PruneOpts, out: &Out) -> anyhow::Result<PruneOptions> {
         if out.json {
             out.json_line("warning", serde_json::json!({ "message": msg }));
         } else if !out.quiet {
-            eprintln!("warning: {msg}");
+            crate::elog!("warning: {msg}");
         }
     }
     let max_unused: MaxUnused = o
@@ -170,6 +170,11 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
     } else {
         out.line(format!("removed {n} snapshots"));
     }
+    let kept: usize = groups
+        .iter()
+        .map(|g| g.decisions.iter().filter(|d| d.keep).count())
+        .sum();
+    crate::output::set_summary(format!("removed {n} snapshots, kept {kept}"));
     if a.prune {
         return run_prune(g, out, &repo, &prune_opts, false);
     }
@@ -324,6 +329,15 @@ fn run_prune(
             r.index_files_written
         ));
     }
+    let before = crate::output::take_summary()
+        .map(|s| s + ", ")
+        .unwrap_or_default();
+    crate::output::set_summary(format!(
+        "{before}{} packs deleted ({}), {} blobs repacked",
+        r.packs_deleted,
+        human_bytes(r.bytes_deleted),
+        r.blobs_repacked
+    ));
     Ok(exit::OK)
 }
 
@@ -335,7 +349,7 @@ pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i3
             let r = repair::repair_index(&repo, *read_all_packs, &bar)?;
             bar.finish();
             for m in &r.messages {
-                eprintln!("{m}");
+                crate::elog!("{m}");
             }
             if out.json {
                 out.json_line(

@@ -1,6 +1,7 @@
 //! Human and JSON Lines output. A broken pipe ends the program quietly with exit code 0.
 
 use std::io::Write;
+use std::sync::{Mutex, OnceLock};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -81,4 +82,56 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.2} {}", UNITS[u])
     }
+}
+
+/// The `--log-file`, once opened: every message chunkbak writes to stderr also goes there,
+/// with a UTC time and the process id, and each run ends with its summary line.
+static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// Opens (appending, creating) the log file.
+pub fn open_log(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let _ = LOG.set(Mutex::new(f));
+    Ok(())
+}
+
+/// Appends one line to the log file, if there is one (each line of a multi-line message on
+/// its own line, all with the same stamp).
+pub fn log_line(msg: &str) {
+    let Some(f) = LOG.get() else { return };
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let pid = std::process::id();
+    let mut buf = String::new();
+    for l in msg.lines().filter(|l| !l.trim().is_empty()) {
+        buf.push_str(&format!("{stamp} [{pid}] {l}\n"));
+    }
+    if let Ok(mut f) = f.lock() {
+        let _ = f.write_all(buf.as_bytes());
+    }
+}
+
+/// What a command says of its run in the one-line summary (snapshot, files, bytes, ...).
+static SUMMARY: Mutex<Option<String>> = Mutex::new(None);
+
+pub fn set_summary(s: String) {
+    *SUMMARY.lock().expect("summary lock") = Some(s);
+}
+
+pub fn take_summary() -> Option<String> {
+    SUMMARY.lock().expect("summary lock").take()
+}
+
+/// `eprintln!` that also writes the line to the `--log-file`.
+#[macro_export]
+macro_rules! elog {
+    ($($t:tt)*) => {{
+        let m = format!($($t)*);
+        eprintln!("{m}");
+        $crate::output::log_line(&m);
+    }};
 }

@@ -55,7 +55,7 @@ impl Bar {
         let _g = self.lock.lock();
         match &self.bar {
             Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            None => crate::elog!("{line}"),
         }
     }
 
@@ -86,7 +86,7 @@ impl Progress for Bar {
             let line = format!("{}", path.display());
             match &self.bar {
                 Some(b) => b.println(line),
-                None => eprintln!("{line}"),
+                None => crate::elog!("{line}"),
             }
         }
     }
@@ -124,7 +124,7 @@ impl Progress for Bar {
         let line = format!("warning: {}: {message}", path.display());
         match &self.bar {
             Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            None => crate::elog!("{line}"),
         }
     }
 }

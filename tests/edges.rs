@@ -214,8 +214,97 @@ fn non_utf8_paths_in_commands() {
     c.arg("--repo").arg(&repo).args(["--json", "snapshots"]);
     assert_eq!(e.run_cmd(c).json("snapshot").len(), 1);
 
-    // A snapshot id that is not text is a usage mistake named as such.
+    // A snapshot id that is not text: an error (1) that names the snapshot argument.
     let mut c = e.cmd();
     c.arg("ls").arg(OsStr::from_bytes(b"\xff\xfe:/x"));
     one_line(&e.run_cmd(c), 1, &["snapshot"]);
+
+    // dump of the non-UTF-8 file, as ID:PATH and as SNAPSHOT PATH.
+    let file = src.join(name);
+    let mut spec = b"latest:".to_vec();
+    spec.extend_from_slice(file.as_os_str().as_bytes());
+    let mut c = e.cmd();
+    c.arg("dump").arg(OsStr::from_bytes(&spec));
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, b"latin-1 name");
+    let mut c = e.cmd();
+    c.args(["dump", "latest"]).arg(&file);
+    assert_eq!(e.run_cmd(c).stdout, b"latin-1 name");
+
+    // A second snapshot changes the non-UTF-8 file: find and diff carry its path as bytes.
+    fs::write(src.join(name), b"latin-1 name, changed").unwrap();
+    let mut c = e.cmd();
+    c.arg("backup").arg(&src);
+    assert_eq!(e.run_cmd(c).code, 0);
+    let want_b64 = base64_of(file.as_os_str().as_bytes());
+    let r = e.ok(&["--json", "find", "caf*"]);
+    let matches = r.json("match");
+    assert_eq!(matches.len(), 2, "{}", r.out());
+    assert!(matches.iter().all(|m| m["path_b64"] == want_b64.as_str()));
+    let r = e.ok(&["--json", "diff"]);
+    let diffs = r.json("diff");
+    assert_eq!(diffs.len(), 1, "{}", r.out());
+    assert_eq!(diffs[0]["change"], "M");
+    assert_eq!(diffs[0]["path_b64"], want_b64.as_str());
+    let r = e.ok(&["diff"]);
+    assert!(r.out().contains("caf\u{fffd}"), "{}", r.out());
+
+    // forget --path with the non-UTF-8 source path selects its snapshots; check and prune
+    // work on the repository afterwards.
+    let mut c = e.cmd();
+    c.args(["--json", "forget", "--keep-last", "1", "--path"])
+        .arg(&src);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(e.ok(&["--json", "snapshots"]).json("snapshot").len(), 1);
+    e.ok(&["prune", "--grace", "0s"]);
+    assert!(e
+        .ok(&["check", "--read-data"])
+        .out()
+        .contains(" 0 problems"));
+
+    // A password file at a non-UTF-8 path.
+    let pw = e.dir.path().join(OsStr::from_bytes(b"pw-\xff"));
+    fs::copy(&e.pw, &pw).unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_PASSWORD_FILE", &pw).arg("snapshots");
+    assert_eq!(e.run_cmd(c).code, 0);
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE")
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("check");
+    assert_eq!(e.run_cmd(c).code, 0);
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Times that cannot select a snapshot: before the first one, malformed, impossible dates.
+/// Each is one line naming the time, exit 1.
+#[test]
+fn impossible_at_times() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let t = e.path("t");
+    let target = t.to_str().unwrap();
+    for at in [
+        "2001-01-01",
+        "not a time",
+        "2026-02-30",
+        "2026-13-01 10:00",
+        "99 parsecs ago",
+    ] {
+        let r = e.run(&["restore", "--at", at, "--target", target]);
+        one_line(&r, 1, &["--at", at]);
+        assert!(!t.exists(), "{at}: nothing is written");
+        one_line(&e.run(&["ls", "--at", at]), 1, &[at]);
+    }
 }

@@ -545,7 +545,8 @@ fn s3_backup_and_restore_complete_through_faults() {
         inj.slowdown >= 3 && inj.reset >= 2 && inj.internal >= 2,
         "backup: {inj:?}"
     );
-    // The restore reads pack ranges: every second request cut off, reset or refused.
+    // The restore reads pack ranges: every second request cut off, reset, refused, failed
+    // or slow.
     proxy.arm(
         2,
         &[
@@ -553,6 +554,8 @@ fn s3_backup_and_restore_complete_through_faults() {
             Fault::Reset,
             Fault::Truncate,
             Fault::SlowDown,
+            Fault::InternalError,
+            Fault::Slow,
         ],
     );
     let target = e.path("t");
@@ -634,6 +637,76 @@ fn s3_backup_and_restore_complete_through_faults() {
     let target = e.path("t2");
     r.ok(&["restore", "--target", target.to_str().unwrap()]);
     e.compare(&src, &target.join(src.strip_prefix("/").unwrap()), &[]);
+
+    // With retries off, a restore and a `check --read-data` whose pack reads are refused say
+    // so naming the pack and the cause, and change nothing in the repository.
+    let data_gets = format!("GET /{bucket}/data/");
+    proxy.arm_only(1, &[Fault::SlowDown], Some(&data_gets));
+    let t3 = e.path("t3");
+    let failed = r.run(&[
+        "--s3-max-attempts",
+        "1",
+        "restore",
+        "--target",
+        t3.to_str().unwrap(),
+    ]);
+    assert!(failed.code == 1 || failed.code == 3, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("/r/data/") && failed.stderr.contains("SlowDown"),
+        "the restore names the pack and the cause: {}",
+        failed.stderr
+    );
+    let failed = r.run(&["--s3-max-attempts", "1", "--json", "check", "--read-data"]);
+    assert_ne!(failed.code, 0, "{}", failed.out());
+    assert!(
+        failed.out().contains("SlowDown") || failed.stderr.contains("SlowDown"),
+        "check names the cause: {}{}",
+        failed.out(),
+        failed.stderr
+    );
+    // A prune whose deletions are refused fails naming the object, and leaves a repository
+    // that checks clean and restores; the next prune finishes.
+    files(&src.join("a"), 8, 8, 150_000);
+    r.ok(&["backup", src.to_str().unwrap()]);
+    proxy.disarm();
+    r.ok(&["forget", "--keep-last", "1"]);
+    let deletes = format!("DELETE /{bucket}/");
+    proxy.arm_only(1, &[Fault::InternalError], Some(&deletes));
+    // Prune marks first and deletes on a later run: two runs, each refused at its deletions.
+    let mut refused = 0;
+    for _ in 0..2 {
+        let failed = r.run(&[
+            "--s3-max-attempts",
+            "1",
+            "prune",
+            "--grace",
+            "0s",
+            "--max-unused",
+            "0%",
+        ]);
+        if failed.code != 0 {
+            assert!(
+                failed.stderr.contains("/r/") && failed.stderr.contains("InternalError"),
+                "the prune names the object and the cause: {}",
+                failed.stderr
+            );
+            refused += 1;
+        }
+    }
+    proxy.disarm();
+    assert!(refused > 0, "no prune met a refused deletion");
+    let check = r.ok(&["--json", "check", "--read-data"]);
+    assert_eq!(
+        check.json("check")[0]["problems"].as_array().unwrap().len(),
+        0,
+        "{}",
+        check.out()
+    );
+    r.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    r.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    let t4 = e.path("t4");
+    r.ok(&["restore", "--target", t4.to_str().unwrap()]);
+    e.compare(&src, &t4.join(src.strip_prefix("/").unwrap()), &[]);
 }
 
 /// Several hosts back up into one S3 repository at once while the retention job prunes.

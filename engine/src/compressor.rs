@@ -194,4 +194,41 @@ mod tests {
         assert_eq!(z, random);
         assert!(decompress(Compression::Zstd, b"garbage".to_vec(), 10, "t").is_err());
     }
+
+    /// Guards a fuzz finding (fixed in e53dc78; its input is
+    /// fuzz/regressions/blob/declared-4GiB-from-a-small-frame-is-refused-before-allocating): a
+    /// blob record that declares 4 GiB for a small zstd frame without a content size made
+    /// `decompress` allocate the declared length first. Now it is refused before any output
+    /// buffer exists, naming the object; a frame whose content size disagrees is refused too.
+    #[test]
+    fn declared_length_larger_than_the_input_can_hold_is_refused_before_allocating() {
+        let data = b"tiny input ".repeat(100);
+        // A streamed frame does not record its content size.
+        let frame = zstd::stream::encode_all(&data[..], 3).unwrap();
+        assert!(
+            matches!(zstd::zstd_safe::get_frame_content_size(&frame), Ok(None)),
+            "the frame must not say its size"
+        );
+        let e = decompress(
+            Compression::Zstd,
+            frame.clone(),
+            u32::MAX as usize,
+            "data/ab/cd",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("data/ab/cd") && e.contains("cannot expand"),
+            "{e}"
+        );
+        assert_eq!(
+            decompress(Compression::Zstd, frame, data.len(), "t").unwrap(),
+            data
+        );
+        let sized = zstd::bulk::compress(&data, 3).unwrap();
+        let e = decompress(Compression::Zstd, sized, data.len() + 1, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frame holds"), "{e}");
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::backend::fault::{FaultBackend, Faults};
 use crate::backend::mem::MemBackend;
-use crate::backend::{Backend, FileKind};
+use crate::backend::Backend;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::compressor::{compress, decompress, Compression};
 use crate::crypter::DedupKey;
@@ -227,8 +227,8 @@ fn version(v: u8) -> Vec<u8> {
     d
 }
 
-/// Model-based: arbitrary sequences of backup / forget / prune / check, any of them over a
-/// store that dies after N calls. After every step the repository opens, `check` passes, and
+/// Model-based: arbitrary sequences of backup / forget (by policy or by id) / prune / check,
+/// any of them over a store that dies after N calls. After every step the repository opens, `check` passes, and
 /// every snapshot the engine confirmed (and that was not forgotten) restores identical to the
 /// in-memory model of what was backed up.
 pub fn model(data: &[u8]) {
@@ -288,11 +288,38 @@ pub fn model(data: &[u8]) {
                     )?;
                     confirmed.push((res.snapshot_id, v));
                 }
-                Op::Forget(i) => {
-                    if !confirmed.is_empty() {
-                        let (id, _) = confirmed.remove(i as usize % confirmed.len());
-                        repo.backend().delete(FileKind::Snapshot, &id.to_hex())?;
-                    }
+                Op::Forget(n) => {
+                    // The retention policy keeps the n % 4 newest (and snapshots past it go);
+                    // n >= 128 names one snapshot to remove instead.
+                    let snaps = repo.snapshots()?;
+                    let gone: Vec<crate::Id> = if n >= 128 {
+                        snaps
+                            .get(n as usize % snaps.len().max(1))
+                            .map(|(id, _)| vec![*id])
+                            .unwrap_or_default()
+                    } else {
+                        let policy = crate::ops::forget::Policy {
+                            last: i64::from(n % 4),
+                            tags: vec![vec!["none".into()]],
+                            ..Default::default()
+                        };
+                        let groups = crate::ops::forget::apply(
+                            &snaps,
+                            &policy,
+                            crate::ops::forget::GroupBy::default(),
+                            &jiff::tz::TimeZone::UTC,
+                        )?;
+                        groups
+                            .iter()
+                            .flat_map(|g| &g.decisions)
+                            .filter(|d| !d.keep)
+                            .map(|d| d.id)
+                            .collect()
+                    };
+                    // Once asked to go, a snapshot is no longer promised (the store may die
+                    // before or after it is deleted).
+                    confirmed.retain(|(id, _)| !gone.contains(id));
+                    crate::ops::forget::remove(&repo, &gone)?;
                 }
                 Op::Prune => {
                     let o = crate::ops::prune::PruneOptions {
@@ -304,7 +331,23 @@ pub fn model(data: &[u8]) {
                     let p = crate::ops::prune::plan(&repo, &o, &crate::progress::NoProgress)?;
                     crate::ops::prune::run(&repo, &p, &o, &crate::progress::NoProgress)?;
                 }
-                Op::Check | Op::Crash(_) => {}
+                Op::Check => {
+                    // Over a store that may die: an error, or problems that name the failed
+                    // read; never damage that is not there.
+                    let mut problems = crate::ops::check::check(&repo)?.problems;
+                    problems.extend(
+                        crate::ops::check::read_data(
+                            &repo,
+                            crate::ops::check::Subset::All,
+                            &crate::progress::NoProgress,
+                        )?
+                        .problems,
+                    );
+                    for p in problems {
+                        assert!(p.contains("injected fault"), "check over the store: {p}");
+                    }
+                }
+                Op::Crash(_) => {}
             }
             Ok(())
         })();
@@ -317,7 +360,7 @@ pub fn model(data: &[u8]) {
                 "{op:?} failed without an injected fault: {e}"
             );
         }
-        verify(&mem, &confirmed);
+        verify(&mem, &file, &confirmed);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -331,9 +374,9 @@ fn tempfile_dir() -> std::path::PathBuf {
     d
 }
 
-/// The repository opens, `check` finds nothing wrong, and each confirmed snapshot's file
-/// reads back as the version it was given.
-fn verify(mem: &Arc<MemBackend>, confirmed: &[(crate::Id, u8)]) {
+/// The repository opens, `check` finds nothing wrong, and each confirmed snapshot restores
+/// the version it was given.
+fn verify(mem: &Arc<MemBackend>, file: &std::path::Path, confirmed: &[(crate::Id, u8)]) {
     let repo = Repository::open(mem.clone(), b"pw").expect("opens after any crash");
     repo.load_index().expect("index loads");
     let report = crate::ops::check::check(&repo).expect("check runs");
@@ -344,21 +387,20 @@ fn verify(mem: &Arc<MemBackend>, confirmed: &[(crate::Id, u8)]) {
             .iter()
             .find(|(i, _)| i == id)
             .unwrap_or_else(|| panic!("confirmed snapshot {id} is gone"));
-        let mut tree = s.tree;
-        // Down the mirrored absolute path to the file.
-        loop {
-            let nodes = repo.load_dir(&tree).expect("tree");
-            let n = &nodes[0];
-            if n.kind == crate::format::tree::NodeKind::File {
-                let chunks = repo.file_chunks(&n.content).expect("chunk list");
-                let mut back = Vec::new();
-                for c in chunks {
-                    back.extend(repo.read_blob(&c).expect("blob"));
-                }
-                assert_eq!(back, version(*v), "snapshot {id}");
-                break;
-            }
-            tree = n.subtree.expect("a directory has a subtree");
-        }
+        // Restored through the restore operation, as a user would.
+        let out = tempfile_dir();
+        let o = crate::ops::restore::RestoreOptions {
+            target: out.clone(),
+            numeric_owner: true,
+            threads: 1,
+            ..Default::default()
+        };
+        let r = crate::ops::restore::restore(&repo, s.tree, &o, &crate::progress::NoProgress)
+            .expect("restore of a confirmed snapshot");
+        assert_eq!(r.errors, 0, "snapshot {id}: {:?}", r.warnings);
+        let back = std::fs::read(out.join(file.strip_prefix("/").expect("absolute")))
+            .expect("restored file");
+        assert_eq!(back, version(*v), "snapshot {id}");
+        let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -345,3 +345,140 @@ fn transient_failures_and_short_reads_are_reported() {
         Err(e) => assert!(format!("{e}").contains("corrupt"), "{e}"),
     }
 }
+
+/// Restore, `check` and `check --read-data` over a store that dies at call n, for every n of
+/// a complete run: each completes or fails with the injected error; a restore that reports a
+/// file restored wrote it right; a check never reports damage that is not there (every problem
+/// it reports names the failed read); and the repository is left exactly as it was.
+#[test]
+fn restore_and_check_over_a_store_that_dies_at_every_call() {
+    use chunkbak_engine::ops::check::{check, read_data, Subset};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let out = d.path().join("out");
+    let v1 = model(1);
+    let base = Arc::new(MemBackend::new());
+    init(base.clone());
+    write_model(&src, &v1);
+    run_backup(&open(base.clone()).unwrap(), &src).unwrap();
+    let before = base.objects();
+
+    let restore_to = |repo: &Repository, target: &Path| {
+        let (_, s) = repo.snapshots()?.pop().expect("one snapshot");
+        let opts = RestoreOptions {
+            target: target.to_path_buf(),
+            numeric_owner: true,
+            threads: 2,
+            ..Default::default()
+        };
+        restore(repo, s.tree, &opts, &NoProgress)
+    };
+    let all = |repo: &Repository, target: &Path| -> chunkbak_engine::Result<Vec<String>> {
+        let r = restore_to(repo, target)?;
+        let mut problems: Vec<String> = r.warnings.iter().map(|(_, w)| w.clone()).collect();
+        problems.extend(check(repo)?.problems);
+        problems.extend(read_data(repo, Subset::All, &NoProgress)?.problems);
+        Ok(problems)
+    };
+    // The calls of a complete run.
+    let probe = Arc::new(FaultBackend::new(base.clone(), Faults::default()));
+    let clean = all(&open(probe.clone()).unwrap(), &out.join("probe")).unwrap();
+    assert!(clean.is_empty(), "{clean:?}");
+    let total = probe.calls();
+    assert!(total > 10, "{total} calls");
+
+    let (mut failed, mut partial) = (0, 0);
+    for n in 0..total {
+        let fb = dying(&base, n);
+        let target = out.join(format!("t{n}"));
+        let restored = open(fb.clone()).and_then(|repo| restore_to(&repo, &target));
+        match restored {
+            Err(e) => {
+                assert!(is_injected(&e), "call {n}: restore: unexpected error {e}");
+                failed += 1;
+            }
+            Ok(r) => {
+                // Files not named in a warning are complete and right.
+                let dir = target.join(src.strip_prefix("/").unwrap());
+                let bad: Vec<String> = r
+                    .warnings
+                    .iter()
+                    .map(|(p, w)| {
+                        assert!(w.contains("injected fault"), "call {n}: {w}");
+                        p.file_name().unwrap().to_string_lossy().into_owned()
+                    })
+                    .collect();
+                partial += u64::from(r.errors > 0);
+                for (name, want) in &v1 {
+                    if !bad.contains(name) {
+                        let got = std::fs::read(dir.join(name)).unwrap();
+                        assert!(got == *want, "call {n}: {name} restored wrong");
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&target);
+        // check, then check --read-data, over a store that dies at call n of them.
+        let fb = dying(&base, n);
+        let checked = open(fb.clone()).and_then(|repo| {
+            let mut p = check(&repo)?.problems;
+            p.extend(read_data(&repo, Subset::All, &NoProgress)?.problems);
+            Ok(p)
+        });
+        match checked {
+            Err(e) => assert!(is_injected(&e), "call {n}: check: unexpected error {e}"),
+            Ok(problems) => {
+                for p in problems {
+                    assert!(p.contains("injected fault"), "call {n}: false damage: {p}");
+                }
+            }
+        }
+        assert!(base.objects() == before, "call {n}: the repository changed");
+    }
+    assert!(failed > 0, "no restore failed");
+    eprintln!("{total} calls: {failed} restores failed, {partial} restored partly");
+    verify(base, &src, &[&v1], &out);
+}
+
+/// Slow stores and calls that time out: a backup over a store where every call is slow and one
+/// in twelve hangs and times out either completes or fails naming the object and the timeout;
+/// what it confirmed restores identical.
+#[test]
+fn slow_and_timed_out_calls_complete_or_fail_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    let v1 = model(1);
+    write_model(&src, &v1);
+    let mem = Arc::new(MemBackend::new());
+    init(mem.clone());
+    let (mut ok, mut timed_out) = (0, 0);
+    for seed in 0..6 {
+        let fb = Arc::new(FaultBackend::new(
+            mem.clone(),
+            Faults {
+                delay: Some(std::time::Duration::from_millis(1)),
+                timeout_one_in: Some(12),
+                timeout: std::time::Duration::from_millis(30),
+                seed,
+                ..Default::default()
+            },
+        ));
+        match open(fb.clone()).and_then(|r| run_backup(&r, &src)) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("timed out"), "{msg}");
+                assert!(
+                    ["/", "config", "repository", "uploads"]
+                        .iter()
+                        .any(|w| msg.contains(w)),
+                    "the error names what failed: {msg}"
+                );
+                timed_out += 1;
+            }
+        }
+    }
+    assert!(timed_out > 0, "no call timed out");
+    let snaps = verify(mem.clone(), &src, &[&v1], &d.path().join("out"));
+    assert_eq!(snaps, ok, "one snapshot per backup that succeeded");
+}

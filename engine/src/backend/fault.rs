@@ -1,5 +1,5 @@
 //! A backend decorator that injects faults: failed calls, a store that dies after N calls (a
-//! crash or a lost connection), short reads, slow responses. Integration tests and the fuzz
+//! crash or a lost connection), calls that time out, short reads, slow responses. Integration tests and the fuzz
 //! targets put it in front of a real backend to show that every operation either completes
 //! or fails with a clear error, and never leaves a snapshot that references data that was not
 //! stored.
@@ -23,6 +23,11 @@ pub struct Faults {
     pub short_read_one_in: Option<u64>,
     /// Every call waits this long first (a slow store).
     pub delay: Option<Duration>,
+    /// One call in `n` hangs for `timeout` and then fails as timed out (a request that got no
+    /// answer in time).
+    pub timeout_one_in: Option<u64>,
+    /// How long a timed-out call hangs before it fails.
+    pub timeout: Duration,
     pub seed: u64,
 }
 
@@ -76,6 +81,20 @@ impl FaultBackend {
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let dead = self.faults.dead_after.is_some_and(|a| n >= a);
+        if !dead && self.one_in(self.faults.timeout_one_in) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.faults.timeout);
+            return Err(Error::backend(
+                format!("{op} {what}"),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "injected fault (timed out after {:?}, call {n})",
+                        self.faults.timeout
+                    ),
+                ),
+            ));
+        }
         if dead || self.one_in(self.faults.fail_one_in) {
             self.injected.fetch_add(1, Ordering::SeqCst);
             let why = if dead { "store gone" } else { "transient" };

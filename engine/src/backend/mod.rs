@@ -83,7 +83,7 @@ impl FileKind {
 
 /// Storage classes of S3 (and the local backend, where everything is `Standard`). Only the
 /// archive classes (`Glacier`, `DeepArchive`) need a thaw (RestoreObject) before a read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StorageClass {
     #[default]
     Standard,

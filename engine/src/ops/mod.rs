@@ -18,6 +18,7 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod select;
+pub mod stats;
 pub mod thaw;
 pub(crate) mod writer;
 

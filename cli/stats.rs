@@ -1,0 +1,136 @@
+//! `chunkbak stats`: size, dedup and compression ratios of the chosen snapshots; bytes per
+//! storage class and the monthly bill for the whole repository.
+
+use serde_json::{json, Map, Value};
+
+use chunkbak_engine::backend::StorageClass;
+use chunkbak_engine::format::snapshot::Snapshot;
+use chunkbak_engine::ops::stats::{self, Prices};
+use chunkbak_engine::Id;
+
+use crate::args::{Global, StatsArgs};
+use crate::output::{human_bytes, Out};
+use crate::{choose, exit, filter_of, open_repo, readable_snapshots};
+
+pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
+    let mut prices = Prices::default();
+    for p in &a.prices {
+        prices.set(p)?;
+    }
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let (snaps, damaged): (Vec<(Id, Snapshot)>, bool) = if a.snapshot.is_some() || a.at.is_some() {
+        let (id, s, _) = choose(
+            &repo,
+            a.snapshot.as_deref(),
+            a.at.as_deref(),
+            &a.filter,
+            out,
+        )?;
+        (vec![(id, s)], false)
+    } else {
+        let filter = filter_of(&a.filter);
+        let (all, damaged) = readable_snapshots(&repo, out)?;
+        (
+            all.into_iter().filter(|(_, s)| filter.matches(s)).collect(),
+            damaged,
+        )
+    };
+    let st = stats::stats(&repo, &snaps)?;
+    let classes: Vec<(StorageClass, stats::ClassUsage, f64)> = st
+        .classes
+        .iter()
+        .map(|(c, u)| (*c, *u, prices.monthly(*c, *u)))
+        .collect();
+    let monthly: f64 = classes.iter().map(|c| c.2).sum();
+    if out.json {
+        let mut by_class = Map::new();
+        for (c, u, usd) in &classes {
+            by_class.insert(
+                c.name().into(),
+                json!({"objects": u.objects, "bytes": u.bytes, "usd_per_month": usd,
+                       "usd_per_gib_month": prices.of(*c)}),
+            );
+        }
+        let mut by_kind = Map::new();
+        for (k, u) in &st.kinds {
+            by_kind.insert((*k).into(), json!({"objects": u.objects, "bytes": u.bytes}));
+        }
+        out.json_line(
+            "stats",
+            json!({
+                "snapshots": st.snapshots, "files": st.files,
+                "logical_bytes": st.logical_bytes, "chunks": st.chunks,
+                "chunk_bytes": st.chunk_bytes, "chunk_stored_bytes": st.chunk_stored_bytes,
+                "chunks_missing": st.chunks_missing,
+                "dedup_ratio": st.dedup_ratio(), "compression_ratio": st.compression_ratio(),
+                "total_ratio": st.total_ratio(),
+                "repository_bytes": st.repository_bytes(),
+                "storage_classes": Value::Object(by_class),
+                "kinds": Value::Object(by_kind),
+                "usd_per_month": monthly,
+            }),
+        );
+    } else {
+        out.line(format!(
+            "{} snapshots, {} files, {} as restored",
+            st.snapshots,
+            st.files,
+            human_bytes(st.logical_bytes)
+        ));
+        out.line(format!(
+            "distinct chunks: {} ({}), stored as {}",
+            st.chunks,
+            human_bytes(st.chunk_bytes),
+            human_bytes(st.chunk_stored_bytes)
+        ));
+        out.line(format!(
+            "dedup ratio {:.2}, compression ratio {:.2}, together {:.2}",
+            st.dedup_ratio(),
+            st.compression_ratio(),
+            st.total_ratio()
+        ));
+        out.line(format!(
+            "repository: {} in all ({})",
+            human_bytes(st.repository_bytes()),
+            st.kinds
+                .iter()
+                .map(|(k, u)| format!("{k} {}", human_bytes(u.bytes)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out.line(format!(
+            "{:<20} {:>10} {:>12} {:>14} {:>12}",
+            "storage class", "objects", "bytes", "USD/GiB-month", "USD/month"
+        ));
+        for (c, u, usd) in &classes {
+            out.line(format!(
+                "{:<20} {:>10} {:>12} {:>14} {:>12.2}",
+                c.name(),
+                u.objects,
+                human_bytes(u.bytes),
+                prices.of(*c),
+                usd
+            ));
+        }
+        out.line(format!(
+            "{:<20} {:>10} {:>12} {:>14} {:>12.2}",
+            "total",
+            classes.iter().map(|c| c.1.objects).sum::<u64>(),
+            human_bytes(st.repository_bytes()),
+            "",
+            monthly
+        ));
+        if !repo.backend().is_remote() {
+            out.line("(a local repository: the bill is what the same objects would cost in S3)");
+        }
+    }
+    if st.chunks_missing > 0 {
+        crate::elog!(
+            "chunkbak: {} chunks the snapshots reference are in no pack of the index: run `chunkbak check`",
+            st.chunks_missing
+        );
+        return Ok(exit::PARTIAL);
+    }
+    Ok(if damaged { exit::PARTIAL } else { exit::OK })
+}

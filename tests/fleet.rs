@@ -1,0 +1,701 @@
+//! Running on a fleet: a profile-only configuration drives backup, forget and restore with no
+//! flags; precedence is flag > environment > profile > default; configuration mistakes are one
+//! line naming the file and the key; the shipped systemd units verify; the IAM policies allow
+//! exactly the S3 operations the backend calls; completions and the man page come from the
+//! same definitions as --help.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+use common::*;
+
+/// A command with no repository or password in the environment: only the configuration file
+/// (found at $XDG_CONFIG_HOME/chunkbak/config.toml, as on a host) says where and how.
+fn bare(e: &Env) -> Command {
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_REPOSITORY")
+        .env_remove("CHUNKBAK_PASSWORD_FILE")
+        .env_remove("CHUNKBAK_NO_PROGRESS");
+    c
+}
+
+fn run_bare(e: &Env, args: &[&str]) -> Run {
+    let mut c = bare(e);
+    c.args(args);
+    e.run_cmd(c)
+}
+
+fn ok_bare(e: &Env, args: &[&str]) -> Run {
+    let r = run_bare(e, args);
+    assert_eq!(r.code, 0, "chunkbak {args:?}:\n{}\n{}", r.out(), r.stderr);
+    r
+}
+
+fn write_config(e: &Env, text: &str) {
+    let dir = e.path("xdg-config/chunkbak");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("config.toml"), text).unwrap();
+}
+
+#[test]
+fn profile_only_configuration_drives_backup_forget_and_restore() {
+    let e = Env::new();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"alpha").unwrap();
+    fs::write(src.join("sub/b.bin"), vec![7u8; 100_000]).unwrap();
+    fs::write(src.join("scratch.tmp"), b"excluded by the profile").unwrap();
+    let etc = e.path("etc");
+    fs::create_dir_all(&etc).unwrap();
+    fs::write(etc.join("app.conf"), b"port = 80").unwrap();
+    let target = e.path("restored");
+    write_config(
+        &e,
+        &format!(
+            r#"
+[profiles.default]
+repo = "{repo}"
+password-file = "{pw}"
+no-progress = true
+
+[profiles.default.init]
+kdf-memory-kib = 256
+kdf-iterations = 1
+chunk-min = 4096
+chunk-avg = 16384
+chunk-max = 65536
+
+[profiles.default.backup]
+paths = ["{src}", "{etc}"]
+exclude = ["*.tmp"]
+tag = ["nightly"]
+host = "web-01"
+
+[profiles.default.forget]
+keep-last = 2
+
+[profiles.default.restore]
+target = "{target}"
+"#,
+            repo = e.repo.display(),
+            pw = e.pw.display(),
+            src = src.display(),
+            etc = etc.display(),
+            target = target.display(),
+        ),
+    );
+    ok_bare(&e, &["init"]);
+    // Three nightly runs, no flags.
+    for night in 0..3 {
+        fs::write(src.join("a.txt"), format!("alpha, night {night}")).unwrap();
+        ok_bare(&e, &["backup"]);
+    }
+    let snaps = ok_bare(&e, &["--json", "snapshots"]);
+    let snaps = snaps.json("snapshot");
+    assert_eq!(snaps.len(), 3);
+    for s in &snaps {
+        assert_eq!(s["host"], "web-01");
+        assert_eq!(s["tags"][0], "nightly");
+        assert_eq!(s["paths"].as_array().unwrap().len(), 2, "{s}");
+    }
+    // forget with no policy applies the profile's retention.
+    let f = ok_bare(&e, &["forget"]);
+    assert!(f.out().contains("remove"), "{}", f.out());
+    assert_eq!(
+        ok_bare(&e, &["--json", "snapshots"]).json("snapshot").len(),
+        2
+    );
+    // restore with no flags: latest, into the profile's target, without the excluded file.
+    ok_bare(&e, &["restore"]);
+    let got = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(got.join("a.txt")).unwrap(), b"alpha, night 2");
+    assert_eq!(fs::read(got.join("sub/b.bin")).unwrap(), vec![7u8; 100_000]);
+    assert!(
+        !got.join("scratch.tmp").exists(),
+        "the profile's exclude holds"
+    );
+    let got_etc = target.join(etc.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(got_etc.join("app.conf")).unwrap(), b"port = 80");
+    assert!(ok_bare(&e, &["check"]).out().contains(" 0 problems"));
+}
+
+#[test]
+fn flag_beats_environment_beats_profile_beats_default() {
+    let e = Env::new();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let repo = |n: &str| e.path(&format!("repo-{n}"));
+    for n in ["profile", "env", "flag", "other"] {
+        let mut c = bare(&e);
+        c.arg("--repo")
+            .arg(repo(n))
+            .arg("--password-file")
+            .arg(&e.pw);
+        c.args(["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
+        assert_eq!(e.run_cmd(c).code, 0);
+    }
+    write_config(
+        &e,
+        &format!(
+            "[profiles.default]\nrepo = \"{}\"\npassword-file = \"{}\"\n\
+             [profiles.default.backup]\npaths = [\"{}\"]\nhost = \"from-profile\"\n\
+             [profiles.other]\nrepo = \"{}\"\npassword-file = \"{}\"\n\
+             [profiles.other.backup]\npaths = [\"{}\"]\n",
+            repo("profile").display(),
+            e.pw.display(),
+            src.display(),
+            repo("other").display(),
+            e.pw.display(),
+            src.display()
+        ),
+    );
+    let count = |n: &str| {
+        let mut c = bare(&e);
+        c.arg("--repo").arg(repo(n)).args(["--json", "snapshots"]);
+        e.run_cmd(c).json("snapshot").len()
+    };
+    // Profile.
+    ok_bare(&e, &["backup"]);
+    assert_eq!(count("profile"), 1);
+    // Environment over profile.
+    let mut c = bare(&e);
+    c.env("CHUNKBAK_REPOSITORY", repo("env")).arg("backup");
+    assert_eq!(e.run_cmd(c).code, 0);
+    assert_eq!((count("profile"), count("env")), (1, 1));
+    // Flag over environment.
+    let mut c = bare(&e);
+    c.env("CHUNKBAK_REPOSITORY", repo("env"))
+        .arg("--repo")
+        .arg(repo("flag"))
+        .arg("backup");
+    assert_eq!(e.run_cmd(c).code, 0);
+    assert_eq!((count("env"), count("flag")), (1, 1));
+    // A flag of the subcommand over the profile's; the default host where no one sets it.
+    ok_bare(&e, &["backup", "--host", "from-flag"]);
+    let hosts: BTreeSet<String> = {
+        let mut c = bare(&e);
+        c.arg("--repo")
+            .arg(repo("profile"))
+            .args(["--json", "snapshots"]);
+        e.run_cmd(c)
+            .json("snapshot")
+            .iter()
+            .map(|s| s["host"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        hosts,
+        ["from-flag", "from-profile"].map(String::from).into()
+    );
+    // Another profile by flag and by variable; it sets no host, so the machine's name is used.
+    ok_bare(&e, &["--profile", "other", "backup"]);
+    let mut c = bare(&e);
+    c.env("CHUNKBAK_PROFILE", "other").arg("backup");
+    assert_eq!(e.run_cmd(c).code, 0);
+    assert_eq!(count("other"), 2);
+    let mut c = bare(&e);
+    c.arg("--repo")
+        .arg(repo("other"))
+        .args(["--json", "snapshots"]);
+    let other = e.run_cmd(c).json("snapshot");
+    assert!(other.iter().all(|s| s["host"] != "from-profile"));
+    // A config file named on the command line wins over the default location.
+    let named = e.path("named.toml");
+    fs::write(
+        &named,
+        format!(
+            "[profiles.default]\nrepo = \"{}\"\npassword-file = \"{}\"\n",
+            repo("flag").display(),
+            e.pw.display()
+        ),
+    )
+    .unwrap();
+    let mut c = bare(&e);
+    c.arg("--config").arg(&named).arg("backup").arg(&src);
+    assert_eq!(e.run_cmd(c).code, 0);
+    assert_eq!(count("flag"), 2);
+}
+
+/// The error is one line naming the configuration file and what is wrong in it; exit 2.
+fn config_error(r: &Run, needles: &[&str]) {
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    for n in needles {
+        assert!(lines[0].contains(n), "{n:?} not in {}", lines[0]);
+    }
+}
+
+#[test]
+fn configuration_mistakes_are_one_line_naming_file_and_key() {
+    let e = Env::new();
+    let file = e.path("xdg-config/chunkbak/config.toml");
+    let f = file.to_str().unwrap();
+    write_config(&e, "[profiles.default.forget]\nkeep-dayly = 7\n");
+    config_error(
+        &run_bare(&e, &["snapshots"]),
+        &[f, "keep-dayly", "chunkbak forget"],
+    );
+    write_config(&e, "[profiles.default]\nrepo = [\n");
+    config_error(&run_bare(&e, &["snapshots"]), &[f]);
+    write_config(&e, "[profiles.default.backup]\nkeep-last = 1\n");
+    config_error(
+        &run_bare(&e, &["backup"]),
+        &[f, "keep-last", "chunkbak backup"],
+    );
+    write_config(&e, "[profiles.default.forget]\nkeep-last = \"many\"\n");
+    config_error(
+        &run_bare(&e, &["forget"]),
+        &["many", "profile `default`", f],
+    );
+    write_config(&e, "[profiles.default]\n");
+    config_error(
+        &run_bare(&e, &["--profile", "nope", "snapshots"]),
+        &["no profile `nope`", "default"],
+    );
+    config_error(
+        &run_bare(&e, &["--config", "/nonexistent/c.toml", "snapshots"]),
+        &["/nonexistent/c.toml", "not found"],
+    );
+    write_config(&e, "repo = \"/x\"\n");
+    config_error(
+        &run_bare(&e, &["snapshots"]),
+        &["top-level key `repo`", "[profiles.NAME]"],
+    );
+    // With --json, the error is a JSON line too.
+    write_config(&e, "[profiles.default]\nbogus = 1\n");
+    let r = run_bare(&e, &["--json", "snapshots"]);
+    config_error(&r, &["bogus"]);
+    assert_eq!(r.json("error")[0]["exit_code"], 2);
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped units pass `systemd-analyze verify` (where systemd is installed), with the
+/// binaries they run pointed at ones that exist here.
+#[test]
+fn systemd_units_verify() {
+    let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: skipped");
+        return;
+    };
+    assert!(v.status.success());
+    let d = tempfile::tempdir().unwrap();
+    let units = repo_root().join("examples/systemd");
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&units).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let text = fs::read_to_string(&p)
+            .unwrap()
+            .replace("/usr/local/bin/chunkbak", "/bin/true")
+            .replace("/usr/bin/runuser", "/bin/true")
+            .replace("/usr/bin/pg_dump", "/bin/true");
+        fs::write(d.path().join(&name), text).unwrap();
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "chunkbak-backup.service",
+            "chunkbak-backup.timer",
+            "chunkbak-prune.service",
+            "chunkbak-prune.timer"
+        ]
+    );
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(names.iter().map(|n| d.path().join(n)))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.trim().is_empty(), "{err}");
+}
+
+/// The IAM action each S3 API call of the backend needs.
+fn iam_action(call: &str) -> &'static [&'static str] {
+    match call {
+        "put_object" | "create_multipart_upload" | "upload_part" | "complete_multipart_upload" => {
+            &["s3:PutObject"]
+        }
+        "abort_multipart_upload" => &["s3:AbortMultipartUpload"],
+        "get_object" | "head_object" => &["s3:GetObject"],
+        "list_objects_v2" | "head_bucket" => &["s3:ListBucket"],
+        "delete_object" => &["s3:DeleteObject"],
+        "restore_object" => &["s3:RestoreObject"],
+        "create_bucket" => &["s3:CreateBucket"],
+        "get_bucket_lifecycle_configuration" => &["s3:GetLifecycleConfiguration"],
+        "put_bucket_lifecycle_configuration" => &["s3:PutLifecycleConfiguration"],
+        other => panic!("the backend calls S3 `{other}`: add it to iam_action and the policies"),
+    }
+}
+
+fn policy_actions(name: &str) -> BTreeSet<String> {
+    let p = repo_root().join("examples/iam").join(name);
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: not JSON: {e}", p.display()));
+    assert_eq!(v["Version"], "2012-10-17");
+    let mut out = BTreeSet::new();
+    for st in v["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        assert!(st["Resource"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:s3:::BUCKET"));
+        for a in st["Action"].as_array().unwrap() {
+            out.insert(a.as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// The S3 operations the backend's code calls (`.put_object()`, ...), read from its source;
+/// `copy_object` serves only the tests' simulated lifecycle transitions.
+fn backend_calls() -> BTreeSet<String> {
+    let mut calls = BTreeSet::new();
+    for f in [
+        "engine/src/backend/s3/mod.rs",
+        "engine/src/backend/s3/lifecycle.rs",
+    ] {
+        let src = fs::read_to_string(repo_root().join(f)).unwrap();
+        for line in src.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix('.') {
+                if let Some(name) = rest.strip_suffix("()") {
+                    let known = [
+                        "object",
+                        "bucket",
+                        "multipart",
+                        "upload_part",
+                        "list_objects",
+                    ];
+                    if known.iter().any(|k| name.contains(k))
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+                    {
+                        calls.insert(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    calls.remove("copy_object");
+    calls
+}
+
+#[test]
+fn iam_policies_allow_exactly_what_the_backend_calls() {
+    let calls = backend_calls();
+    assert!(
+        calls.contains("put_object") && calls.contains("list_objects_v2"),
+        "the scan found the calls: {calls:?}"
+    );
+    let needed: BTreeSet<String> = calls
+        .iter()
+        .flat_map(|c| iam_action(c).iter().map(|s| s.to_string()))
+        .collect();
+    let maintenance = policy_actions("maintenance-host.json");
+    let backup = policy_actions("backup-host.json");
+    // The maintenance host may do everything the code does, and nothing more.
+    assert_eq!(
+        maintenance, needed,
+        "maintenance-host.json vs the backend's calls"
+    );
+    // A backup host reads, adds and thaws; it never deletes nor changes the bucket.
+    let never = [
+        "s3:DeleteObject",
+        "s3:PutLifecycleConfiguration",
+        "s3:CreateBucket",
+    ];
+    for a in never {
+        assert!(!backup.contains(a), "backup-host.json allows {a}");
+    }
+    let backup_needs: BTreeSet<String> = needed
+        .iter()
+        .filter(|a| !never.contains(&a.as_str()) && *a != "s3:GetLifecycleConfiguration")
+        .cloned()
+        .collect();
+    assert_eq!(backup, backup_needs, "backup-host.json");
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_command_definitions() {
+    let e = Env::new();
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef chunkbak"),
+        ("fish", "complete -c chunkbak"),
+    ] {
+        let r = e.ok(&["completions", shell]);
+        let out = r.out();
+        assert!(
+            out.contains(needle),
+            "{shell}: {}",
+            &out[..out.len().min(300)]
+        );
+        for sub in ["backup", "restore", "forget", "prune"] {
+            assert!(out.contains(sub), "{shell} completes {sub}");
+        }
+        assert!(out.contains("keep-daily"), "{shell} completes options");
+    }
+    let man = e.ok(&["man"]).out();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH chunkbak"),
+        "{}",
+        &man[..200]
+    );
+    for needle in [
+        "COMMAND: BACKUP",
+        "keep\\-daily",
+        "CHUNKBAK_REPOSITORY",
+        "\\-\\-profile",
+    ] {
+        assert!(man.contains(needle), "man page lacks {needle}");
+    }
+    // When man(1) is installed, the page renders without warnings.
+    if Command::new("man").arg("--version").output().is_ok() {
+        let p = e.path("chunkbak.1");
+        fs::write(&p, &man).unwrap();
+        let o = Command::new("man")
+            .arg("-l")
+            .arg(&p)
+            .env("MANWIDTH", "100")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Without a terminal, man may still embolden by overstriking: drop "c\bc" pairs.
+        let raw = String::from_utf8_lossy(&o.stdout).replace(['\u{2010}', '\u{2212}'], "-");
+        let mut page = String::new();
+        for c in raw.chars() {
+            if c == '\u{8}' {
+                page.pop();
+            } else {
+                page.push(c);
+            }
+        }
+        assert!(page.contains("keep-daily"), "{page}");
+    }
+}
+
+/// One `--json` run of each command on a small local repository: every line of stdout is a
+/// JSON object `{"type", "data"}`, each command prints the message types the scripting
+/// contract (docs/scripting.md) lists for it, and those carry at least the pinned fields.
+/// Fields are only ever added: a test that fails here means a promise was broken.
+#[test]
+fn json_output_of_every_command_is_json_lines_with_the_pinned_fields() {
+    use serde_json::Value;
+    let e = Env::new();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(
+        src.join("d/a.sql"),
+        b"insert into t values (1);\n".repeat(500),
+    )
+    .unwrap();
+    fs::write(src.join("b.txt"), b"bravo").unwrap();
+    let s = src.to_str().unwrap();
+    let t = e.path("t");
+    let other = e.path("other");
+    let o = other.to_str().unwrap();
+    type Pins<'a> = &'a [(&'a str, &'a [&'a str])];
+    let summary_backup: Pins = &[(
+        "summary",
+        &[
+            "snapshot_id",
+            "files_new",
+            "files_changed",
+            "files_unchanged",
+            "bytes_added",
+            "duration_ms",
+        ],
+    )];
+    let pw = e.pw.to_str().unwrap();
+    let tt = t.to_str().unwrap();
+    let runs: Vec<(Vec<&str>, Pins)> = vec![
+        (
+            vec!["init", "--kdf-memory-kib", "256", "--kdf-iterations", "1"],
+            &[("init", &["repository", "id"])],
+        ),
+        (vec!["backup", s], summary_backup),
+        (vec!["backup", s], summary_backup),
+        (
+            vec!["snapshots"],
+            &[(
+                "snapshot",
+                &[
+                    "id", "short_id", "time", "host", "paths", "tags", "tree", "summary",
+                ],
+            )],
+        ),
+        (
+            vec!["ls", "latest"],
+            &[
+                ("selected", &["id", "time", "host"]),
+                ("node", &["path", "name", "type", "size", "mtime"]),
+            ],
+        ),
+        (
+            vec!["find", "*.sql"],
+            &[(
+                "match",
+                &[
+                    "snapshot_id",
+                    "snapshot_time",
+                    "host",
+                    "path",
+                    "type",
+                    "size",
+                    "mtime",
+                ],
+            )],
+        ),
+        (
+            vec!["restore", "latest", "--target", tt],
+            &[
+                ("selected", &["id"]),
+                ("summary", &["files", "bytes", "errors"]),
+            ],
+        ),
+        (
+            vec!["check", "--read-data"],
+            &[
+                ("check", &["snapshots", "packs", "blobs", "problems"]),
+                (
+                    "check_data",
+                    &["packs_read", "bytes_read", "blobs_verified", "problems"],
+                ),
+            ],
+        ),
+        (
+            vec!["stats"],
+            &[(
+                "stats",
+                &[
+                    "snapshots",
+                    "logical_bytes",
+                    "dedup_ratio",
+                    "compression_ratio",
+                    "storage_classes",
+                    "usd_per_month",
+                ],
+            )],
+        ),
+        (vec!["key", "list"], &[("key", &["id", "current"])]),
+        (
+            vec![
+                "--repo",
+                o,
+                "init",
+                "--kdf-memory-kib",
+                "256",
+                "--kdf-iterations",
+                "1",
+            ],
+            &[("init", &["id"])],
+        ),
+        (
+            vec!["copy", "--to", o, "--to-password-file", pw],
+            &[
+                ("copy_plan", &["snapshots", "blobs", "bytes"]),
+                ("copy", &["copied", "bytes_added"]),
+            ],
+        ),
+        (
+            vec!["forget", "--keep-last", "1"],
+            &[
+                ("forget_group", &["host", "paths", "tags", "snapshots"]),
+                ("forget", &["removed"]),
+            ],
+        ),
+        (
+            vec!["prune", "--grace", "0s"],
+            &[
+                ("prune_plan", &["snapshots", "used_blobs"]),
+                (
+                    "prune",
+                    &["packs_deleted", "bytes_deleted", "blobs_repacked"],
+                ),
+            ],
+        ),
+        (
+            vec!["repair", "index"],
+            &[("repair_index", &["packs_kept", "packs_added"])],
+        ),
+        (
+            vec![
+                "benchmark",
+                "--size",
+                "1MiB",
+                "--rounds",
+                "1",
+                "--samples",
+                "text",
+            ],
+            &[("benchmark", &[])],
+        ),
+    ];
+    let mut seen = BTreeSet::new();
+    for (i, (args, want)) in runs.iter().enumerate() {
+        if i == 4 {
+            // A change for diff to show.
+            fs::write(src.join("b.txt"), b"bravo, changed").unwrap();
+            e.ok(&["backup", s]);
+            let first = e.ok(&["--json", "snapshots"]).json("snapshot")[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let r = e.ok(&["--json", "diff", &first]);
+            let pins: Pins = &[
+                (
+                    "diff",
+                    &["change", "kind", "path", "type", "old_size", "new_size"],
+                ),
+                ("summary", &["added", "removed", "modified"]),
+            ];
+            check_lines(&r, pins, &mut seen);
+        }
+        let mut full = vec!["--json"];
+        full.extend(args);
+        let r = e.ok(&full);
+        check_lines(&r, want, &mut seen);
+    }
+    assert!(seen.len() >= 20, "{seen:?}");
+
+    fn check_lines(r: &Run, pins: &[(&str, &[&str])], seen: &mut BTreeSet<String>) {
+        let out = r.out();
+        let mut types = BTreeSet::new();
+        for line in out.lines() {
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            let ty = v["type"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no type: {line}"));
+            let data = v["data"]
+                .as_object()
+                .unwrap_or_else(|| panic!("no data object: {line}"));
+            if let Some((_, fields)) = pins.iter().find(|(t, _)| *t == ty) {
+                for f in *fields {
+                    assert!(
+                        data.contains_key(*f) || data.contains_key(&format!("{f}_b64")),
+                        "`{ty}` lacks `{f}`: {line}"
+                    );
+                }
+            }
+            types.insert(ty.to_string());
+        }
+        for (w, _) in pins {
+            assert!(types.contains(*w), "no `{w}` message in:\n{out}");
+        }
+        seen.extend(types);
+    }
+}
