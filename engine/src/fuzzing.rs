@@ -102,9 +102,15 @@ struct Pieces<'a> {
 }
 
 impl std::io::Read for Pieces<'_> {
+    /// Reads of the sizes the input chose, in turn: each pair of bytes is one size, 1 to 65536
+    /// (a lone last byte, 1 to 256), so any read boundary can occur.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let s = self.sizes.get(self.i % self.sizes.len().max(1));
-        let step = 1 + *s.unwrap_or(&255) as usize * 37;
+        let pairs = self.sizes.len().div_ceil(2).max(1);
+        let k = (self.i % pairs) * 2;
+        let step = match self.sizes.get(k..k + 2) {
+            Some(b) => 1 + u16::from_le_bytes([b[0], b[1]]) as usize,
+            None => 1 + *self.sizes.get(k).unwrap_or(&255) as usize,
+        };
         self.i += 1;
         let n = step.min(buf.len()).min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);
@@ -131,17 +137,49 @@ const SMALL: ChunkerParams = ChunkerParams {
     normalization: 1,
 };
 
+/// Chunker parameters the fuzzer picks from: the smallest a repository may have, at three
+/// normalization levels and average sizes.
+const PARAMS: [ChunkerParams; 4] = [
+    ChunkerParams {
+        min_size: 64,
+        avg_size: 256,
+        max_size: 1024,
+        normalization: 2,
+    },
+    SMALL,
+    ChunkerParams {
+        min_size: 256,
+        avg_size: 1024,
+        max_size: 8192,
+        normalization: 2,
+    },
+    ChunkerParams {
+        min_size: 64,
+        avg_size: 4096,
+        max_size: 16384,
+        normalization: 0,
+    },
+];
+
+#[test]
+fn fuzz_chunker_parameters_are_valid() {
+    for p in PARAMS {
+        p.validate().expect("valid");
+    }
+}
+
 /// The chunker: any input read in any piece sizes gives the chunks of one pass, and the
 /// chunks concatenate to the input.
 pub fn chunker(input: &[u8]) {
     let (seed, sizes, data) = split(input);
-    let c = Chunker::new(SMALL, seed).expect("valid parameters");
+    let params = PARAMS[(seed >> 56) as usize % PARAMS.len()];
+    let c = Chunker::new(params, seed).expect("valid parameters");
     let one: Vec<usize> = c.cut_all(data);
     let pieces = Pieces { data, sizes, i: 0 };
     let chunks: Vec<Vec<u8>> = c.chunks(pieces).map(|r| r.expect("in memory")).collect();
     assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), one);
     assert_eq!(chunks.concat(), data);
-    assert!(one.iter().all(|&n| n <= SMALL.max_size as usize));
+    assert!(one.iter().all(|&n| n <= params.max_size as usize));
 }
 
 /// Data → chunks → compressed, encrypted blobs in a pack → header decoded → blobs opened and
