@@ -111,7 +111,8 @@ pub fn load(explicit: Option<&Path>, profile: Option<&str>) -> Result<Option<Pro
             "configuration file {}: profile `{name}` must be a table ([profiles.{name}])",
             file.display()
         )),
-        None if profile.is_some() => {
+        // A profile asked for, or a file named on the command line, must apply.
+        None if profile.is_some() || explicit.is_some() => {
             let mut known: Vec<&String> = profiles.keys().collect();
             known.sort();
             Err(format!(
@@ -245,11 +246,25 @@ fn walk(
         // Only for the command that runs, and only where neither the command line nor the
         // environment set the option.
         let Some(m) = matches else { continue };
-        let src = m.value_source(arg.get_id().as_str());
-        if matches!(
-            src,
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        // A global option may be given after the subcommand: look at every level that runs.
+        let id = arg.get_id().as_str();
+        let given = |m: &ArgMatches| {
+            matches!(
+                m.try_get_raw(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|_| m.value_source(id)),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let levels: Vec<&ArgMatches> = if depth == 0 {
+            std::iter::once(m)
+                .chain(running.iter().map(|(_, m)| *m))
+                .collect()
+        } else {
+            vec![m]
+        };
+        if levels.iter().any(|m| given(m)) {
             continue;
         }
         let out = if depth == 0 {
@@ -412,6 +427,9 @@ mod tests {
                 "--one-file-system"
             ]
         );
+        // A global option given after the subcommand counts as given.
+        let v = run(text, &["chunkbak", "snapshots", "--repo", "/r2"]).unwrap();
+        assert!(!v.iter().any(|a| a.starts_with("--repo=")), "{v:?}");
         // Subcommands of subcommands, and options after `--` left alone.
         let v = run(text, &["chunkbak", "lifecycle", "apply"]).unwrap();
         assert_eq!(

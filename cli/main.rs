@@ -108,14 +108,15 @@ fn parse_args() -> Cli {
     ) {
         e.exit();
     }
-    // The first paragraph of clap's message, on one line ("... not provided: --target <DIR>").
+    usage_error(format!("{} (see `chunkbak --help`)", first_paragraph(&e)))
+}
+
+/// The first paragraph of clap's message, on one line ("... not provided: --target <DIR>").
+fn first_paragraph(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let first = text.split("\n\n").next().unwrap_or("invalid arguments");
     let first: Vec<&str> = first.lines().map(str::trim).collect();
-    usage_error(format!(
-        "{} (see `chunkbak --help`)",
-        first.join(" ").trim_start_matches("error: ")
-    ))
+    first.join(" ").trim_start_matches("error: ").to_string()
 }
 
 enum Parse {
@@ -146,24 +147,19 @@ fn parse_with_profile(argv: Vec<std::ffi::OsString>) -> Result<Cli, Parse> {
     let extra = config::extra_args(&profile, &cmd, &m).map_err(Parse::Config)?;
     let merged = config::merged_argv(&argv, extra);
     let m = cmd.clone().try_get_matches_from(&merged).map_err(|e| {
-        // A value from the profile that the option refuses: say where it came from.
-        let text = e.render().to_string();
-        let first = text
-            .split("\n\n")
-            .next()
-            .unwrap_or("invalid value")
-            .to_string();
-        Parse::Config(format!(
-            "{} (from profile `{}` of {})",
-            first
-                .lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim_start_matches("error: "),
-            profile.name,
-            profile.file.display()
-        ))
+        // The command line's own mistake (anything but what a profile may supply) is reported
+        // as such; otherwise a value from the profile was refused: say where it came from.
+        match cmd.clone().try_get_matches_from(&argv) {
+            Err(own) if own.kind() != clap::error::ErrorKind::MissingRequiredArgument => {
+                Parse::Clap(own)
+            }
+            _ => Parse::Config(format!(
+                "{} (from profile `{}` of {})",
+                first_paragraph(&e),
+                profile.name,
+                profile.file.display()
+            )),
+        }
     })?;
     Cli::from_arg_matches(&m).map_err(Parse::Clap)
 }

@@ -242,12 +242,16 @@ fn non_utf8_paths_in_commands() {
     let matches = r.json("match");
     assert_eq!(matches.len(), 2, "{}", r.out());
     assert!(matches.iter().all(|m| m["path_b64"] == want_b64.as_str()));
-    let r = e.ok(&["--json", "diff"]);
+    let first = e.ok(&["--json", "snapshots"]).json("snapshot")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = e.ok(&["--json", "diff", &first]);
     let diffs = r.json("diff");
     assert_eq!(diffs.len(), 1, "{}", r.out());
     assert_eq!(diffs[0]["change"], "M");
     assert_eq!(diffs[0]["path_b64"], want_b64.as_str());
-    let r = e.ok(&["diff"]);
+    let r = e.ok(&["diff", &first]);
     assert!(r.out().contains("caf\u{fffd}"), "{}", r.out());
 
     // forget --path with the non-UTF-8 source path selects its snapshots; check and prune
@@ -303,7 +307,7 @@ fn impossible_at_times() {
         "99 parsecs ago",
     ] {
         let r = e.run(&["restore", "--at", at, "--target", target]);
-        one_line(&r, 1, &["--at", at]);
+        one_line(&r, 1, &[at]);
         assert!(!t.exists(), "{at}: nothing is written");
         one_line(&e.run(&["ls", "--at", at]), 1, &[at]);
     }

@@ -267,6 +267,14 @@ fn configuration_mistakes_are_one_line_naming_file_and_key() {
         &run_bare(&e, &["snapshots"]),
         &["top-level key `repo`", "[profiles.NAME]"],
     );
+    // With a good profile, the command line's own mistakes are named as such, and help is help.
+    write_config(&e, "[profiles.default.backup]\nexclude = [\"*.tmp\"]\n");
+    let r = run_bare(&e, &["backup", "--bogus"]);
+    config_error(&r, &["--bogus"]);
+    assert!(!r.stderr.contains("from profile"), "{}", r.stderr);
+    let r = run_bare(&e, &["backup", "--help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.out().contains("Usage"));
     // With --json, the error is a JSON line too.
     write_config(&e, "[profiles.default]\nbogus = 1\n");
     let r = run_bare(&e, &["--json", "snapshots"]);
@@ -698,4 +706,122 @@ fn json_output_of_every_command_is_json_lines_with_the_pinned_fields() {
         }
         seen.extend(types);
     }
+}
+
+/// `stats`: two snapshots of the same compressible data dedup to one copy (ratio about 2), the
+/// chunks compress, the bytes per class add up to the repository's files, and the bill follows
+/// the price table (overridable).
+#[test]
+fn stats_reports_dedup_compression_and_the_monthly_bill() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let text: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("row {i} status=ok amount={}\n", i % 977).into_bytes())
+        .collect();
+    fs::write(src.join("a.log"), &text).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    fs::write(src.join("b.log"), &text).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let r = e.ok(&["--json", "stats"]);
+    let st = &r.json("stats")[0];
+    assert_eq!(st["snapshots"], 2);
+    assert_eq!(st["files"], 3);
+    let logical = st["logical_bytes"].as_u64().unwrap();
+    assert_eq!(logical, 3 * text.len() as u64);
+    // Three copies of one file's chunks: every chunk is stored once.
+    let dedup = st["dedup_ratio"].as_f64().unwrap();
+    assert!((2.9..=3.1).contains(&dedup), "dedup {dedup}");
+    let comp = st["compression_ratio"].as_f64().unwrap();
+    assert!(comp > 3.0, "compression {comp}");
+    // Everything local is STANDARD; its bytes are the repository's files.
+    let on_disk: u64 = walkdir::WalkDir::new(&e.repo)
+        .into_iter()
+        .map(|x| x.unwrap())
+        .filter(|x| x.file_type().is_file())
+        .map(|x| x.metadata().unwrap().len())
+        .sum();
+    let std_bytes = st["storage_classes"]["STANDARD"]["bytes"].as_u64().unwrap();
+    assert_eq!(std_bytes, on_disk);
+    assert_eq!(st["repository_bytes"].as_u64().unwrap(), on_disk);
+    let usd = st["usd_per_month"].as_f64().unwrap();
+    let want = on_disk as f64 / (1u64 << 30) as f64 * 0.023;
+    assert!((usd - want).abs() < 1e-12, "{usd} vs {want}");
+    // A price of our own, and one snapshot by --at.
+    let r = e.ok(&["--json", "stats", "--price", "STANDARD=1", "--at", "now"]);
+    let st = &r.json("stats")[0];
+    assert_eq!(st["snapshots"], 1);
+    let usd = st["usd_per_month"].as_f64().unwrap();
+    assert!((usd - on_disk as f64 / (1u64 << 30) as f64).abs() < 1e-9);
+    let bad = e.run(&["stats", "--price", "TAPE=1"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("TAPE"), "{}", bad.stderr);
+    let human = e.ok(&["stats"]).out();
+    assert!(
+        human.contains("dedup ratio") && human.contains("STANDARD"),
+        "{human}"
+    );
+}
+
+/// The run's one-line summary ends stderr, and `--log-file` gets every message of the run, its
+/// start and its summary, with times.
+#[test]
+fn one_line_summary_and_log_file() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"alpha").unwrap();
+    fs::write(src.join("b"), b"bravo").unwrap();
+    let log = e.path("chunkbak.log");
+    let l = log.to_str().unwrap();
+    let r = e.ok(&["--log-file", l, "backup", src.to_str().unwrap()]);
+    let last = r.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("chunkbak backup: snapshot ")
+            && last.contains("2 files (2 new, 0 changed)")
+            && last.contains(" s"),
+        "{last}"
+    );
+    // A failing run is logged with its error and exit code.
+    let bad = e.run(&["--log-file", l, "restore", "nope", "--target", "/tmp/x"]);
+    assert_eq!(bad.code, 1);
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("start: ") && lines[0].contains("backup"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("chunkbak backup: snapshot ")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("chunkbak: ") && l.contains("nope")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("chunkbak restore: failed, exit 1"),
+        "{text}"
+    );
+    // Every line: time, process id, message.
+    for l in &lines {
+        let mut parts = l.splitn(3, ' ');
+        let t = parts.next().unwrap();
+        assert!(t.len() == 20 && t.ends_with('Z'), "{l}");
+        assert!(parts.next().unwrap().starts_with('['), "{l}");
+    }
+    // --quiet and --json keep the summary off stderr, but not out of the log.
+    let r = e.ok(&["--log-file", l, "--json", "backup", src.to_str().unwrap()]);
+    assert!(!r.stderr.contains("chunkbak backup:"), "{}", r.stderr);
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("chunkbak backup: snapshot ").count(), 2);
 }

@@ -203,8 +203,11 @@ mod tests {
     #[test]
     fn declared_length_larger_than_the_input_can_hold_is_refused_before_allocating() {
         let data = b"tiny input ".repeat(100);
-        // A streamed frame does not record its content size.
-        let frame = zstd::stream::encode_all(&data[..], 3).unwrap();
+        // A frame that does not record its content size (as a streaming compressor writes).
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        let frame = enc.finish().unwrap();
         assert!(
             matches!(zstd::zstd_safe::get_frame_content_size(&frame), Ok(None)),
             "the frame must not say its size"

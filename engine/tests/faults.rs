@@ -469,9 +469,17 @@ fn slow_and_timed_out_calls_complete_or_fail_clearly() {
                 let msg = format!("{e:#}");
                 assert!(msg.contains("timed out"), "{msg}");
                 assert!(
-                    ["/", "config", "repository", "uploads"]
-                        .iter()
-                        .any(|w| msg.contains(w)),
+                    [
+                        "/",
+                        "config",
+                        "repository",
+                        "uploads",
+                        "snapshots",
+                        "index",
+                        "keys"
+                    ]
+                    .iter()
+                    .any(|w| msg.contains(w)),
                     "the error names what failed: {msg}"
                 );
                 timed_out += 1;

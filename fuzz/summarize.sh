@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Prints one row per fuzz run log (as fuzz/run.sh writes them with LOG_DIR set): target,
+# seconds run, executions, executions per second, corpus entries at the end, peak RSS, and
+# whether it ended clean. Usage: fuzz/summarize.sh LOG_DIR
+set -euo pipefail
+printf '| target | minutes | executions | exec/s | corpus | peak RSS | result |\n|---|---|---|---|---|---|---|\n'
+for f in "$1"/*.log; do
+  t=$(basename "$f" .log)
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$f" | tail -1 | awk '{print $2}')
+  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$f" | tail -1 | awk '{print $2}')
+  rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$f" | tail -1 | awk '{print $2}')
+  corp=$(grep -Eo 'DONE .* corp: [0-9]+' "$f" | tail -1 | grep -Eo '[0-9]+$' || true)
+  [ -n "$corp" ] || corp=$(grep -Eo 'corp: [0-9]+' "$f" | tail -1 | grep -Eo '[0-9]+$' || echo '?')
+  secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$f" | tail -1 | awk '{print $5}')
+  if grep -q 'Done [0-9]* runs' "$f" && ! grep -qE 'ERROR: libFuzzer|panicked|deadly signal' "$f"; then r=clean; else r=FAILED; fi
+  printf '| %s | %s | %s | %s | %s | %s MB | %s |\n' "$t" "$(( ${secs:-0} / 60 ))" "${execs:-?}" "${rate:-?}" "$corp" "${rss:-?}" "$r"
+done
