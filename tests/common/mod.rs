@@ -36,10 +36,21 @@ impl Run {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
     /// The JSON Lines messages of a given type.
+    /// The `data` of every message of type `ty`. Every line of a `--json` run's stdout must be a
+    /// JSON Lines message (`{"type", "data"}`): any other line fails the test (docs/scripting.md).
     pub fn json(&self, ty: &str) -> Vec<Value> {
         self.out()
             .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a JSON Lines message ({e}): {l}"));
+                assert!(
+                    v["type"].is_string() && v["data"].is_object(),
+                    "not a {{type, data}} message: {l}"
+                );
+                v
+            })
             .filter(|v| v["type"] == ty)
             .map(|v| v["data"].clone())
             .collect()
