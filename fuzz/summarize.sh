@@ -6,9 +6,9 @@ set -euo pipefail
 printf '| target | minutes | executions | exec/s | corpus | peak RSS | result |\n|---|---|---|---|---|---|---|\n'
 for f in "$1"/*.log; do
   t=$(basename "$f" .log)
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$f" | tail -1 | awk '{print $2}')
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$f" | tail -1 | awk '{print $2}')
-  rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$f" | tail -1 | awk '{print $2}')
+  execs=$(grep 'stat::number_of_executed_units' "$f" | tail -1 | awk '{print $2}')
+  rate=$(grep 'stat::average_exec_per_sec' "$f" | tail -1 | awk '{print $2}')
+  rss=$(grep 'stat::peak_rss_mb' "$f" | tail -1 | awk '{print $2}')
   corp=$(grep -Eo 'DONE .* corp: [0-9]+' "$f" | tail -1 | grep -Eo '[0-9]+$' || true)
   [ -n "$corp" ] || corp=$(grep -Eo 'corp: [0-9]+' "$f" | tail -1 | grep -Eo '[0-9]+$' || echo '?')
   secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$f" | tail -1 | awk '{print $5}')
