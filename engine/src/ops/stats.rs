@@ -78,24 +78,16 @@ pub struct Prices(pub BTreeMap<String, f64>);
 impl Default for Prices {
     /// AWS list prices for us-east-1, first 50 TB tier (`docs/operations.md` gives their date).
     fn default() -> Self {
-        use StorageClass::*;
         Prices(
-            [
-                Standard,
-                StandardIa,
-                IntelligentTiering,
-                GlacierIr,
-                Glacier,
-                DeepArchive,
-            ]
-            .into_iter()
-            .map(|c| {
-                (
-                    c.name().to_string(),
-                    crate::ops::prune::price_per_gb_month(c),
-                )
-            })
-            .collect(),
+            StorageClass::CONFIGURABLE
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.name().to_string(),
+                        crate::ops::prune::price_per_gb_month(c),
+                    )
+                })
+                .collect(),
         )
     }
 }
