@@ -149,106 +149,38 @@ pub struct Extra {
 /// typo is caught on any run) and returns the arguments it adds to this run: each option the
 /// command line and the environment left at its default.
 pub fn extra_args(p: &Profile, root: &Command, m: &ArgMatches) -> Result<Extra, String> {
-    let mut extra = Extra::default();
-    let ctx = |what: &str| {
-        format!(
-            "configuration file {}, profile `{}`: {what}",
-            p.file.display(),
-            p.name
-        )
-    };
-    // Which subcommand chain runs, with its matches.
-    let mut running: Vec<(&str, &ArgMatches)> = Vec::new();
-    let mut cur = m;
-    while let Some((name, sub)) = cur.subcommand() {
-        running.push((name, sub));
-        cur = sub;
+    // The matches of every command level that runs, the top level first.
+    let mut levels = vec![m];
+    while let Some((_, sub)) = levels[levels.len() - 1].subcommand() {
+        levels.push(sub);
     }
-    walk(
-        &p.table,
-        root,
-        Some(m),
-        &running,
-        0,
-        &mut extra,
-        &ctx,
-        "chunkbak".to_string(),
-    )?;
-    Ok(extra)
+    let mut w = Walker {
+        profile: p,
+        levels,
+        extra: Extra::default(),
+    };
+    w.table(&p.table, root, Some(m), 0, "chunkbak")?;
+    Ok(w.extra)
 }
 
-/// One table of the profile against one command: its keys are that command's options (or
-/// positional arguments by name), its subtables that command's subcommands.
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    table: &toml::Table,
-    cmd: &Command,
-    matches: Option<&ArgMatches>,
-    running: &[(&str, &ArgMatches)],
-    depth: usize,
-    extra: &mut Extra,
-    ctx: &dyn Fn(&str) -> String,
-    path: String,
-) -> Result<(), String> {
-    for (key, value) in table {
-        if let Some(sub) = cmd.find_subcommand(key) {
-            let toml::Value::Table(t) = value else {
-                return Err(ctx(&format!(
-                    "`{key}` is a command of `{path}`: its options go in a table ([...{key}])"
-                )));
-            };
-            // The subcommand's matches, when it is the one running.
-            let sub_matches = match (matches, running.get(depth)) {
-                (Some(_), Some((name, m))) if *name == sub.get_name() => Some(*m),
-                _ => None,
-            };
-            walk(
-                t,
-                sub,
-                sub_matches,
-                running,
-                depth + 1,
-                extra,
-                ctx,
-                format!("{path} {}", sub.get_name()),
-            )?;
-            continue;
-        }
-        let arg = cmd
-            .get_arguments()
-            .filter(|a| !a.is_hide_set())
-            .find(|a| {
-                a.get_long() == Some(key.as_str())
-                    || (a.is_positional() && a.get_id().as_str() == key.as_str())
-            })
-            .filter(|_| !NOT_IN_PROFILES.contains(&key.as_str()));
-        let Some(arg) = arg else {
-            // Global flags are defined on the root command only.
-            let hint = if depth > 0 {
-                " (options of every command go directly under [profiles.NAME])"
-            } else {
-                ""
-            };
-            return Err(ctx(&format!(
-                "`{key}` is not an option of `{path}`{hint}; see `{path} --help`"
-            )));
-        };
-        let values = to_strings(value).map_err(|e| ctx(&format!("`{key}`: {e}")))?;
-        let multiple = matches!(arg.get_action(), ArgAction::Append)
-            || arg.get_num_args().is_some_and(|n| n.max_values() > 1);
-        let flag = matches!(
-            arg.get_action(),
-            ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count
-        );
-        if !flag && !multiple && values.len() != 1 {
-            return Err(ctx(&format!("`{key}` takes one value, not a list")));
-        }
-        // Only for the command that runs, and only where neither the command line nor the
-        // environment set the option.
-        let Some(m) = matches else { continue };
-        // A global option may be given after the subcommand: look at every level that runs.
-        let id = arg.get_id().as_str();
-        let given = |m: &ArgMatches| {
+struct Walker<'a> {
+    profile: &'a Profile,
+    levels: Vec<&'a ArgMatches>,
+    extra: Extra,
+}
+
+impl Walker<'_> {
+    fn error(&self, what: String) -> String {
+        format!(
+            "configuration file {}, profile `{}`: {what}",
+            self.profile.file.display(),
+            self.profile.name
+        )
+    }
+
+    /// Whether the command line or the environment gave option `id` at any of `levels`.
+    fn given(levels: &[&ArgMatches], id: &str) -> bool {
+        levels.iter().any(|m| {
             matches!(
                 m.try_get_raw(id)
                     .ok()
@@ -256,54 +188,115 @@ fn walk(
                     .and_then(|_| m.value_source(id)),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             )
-        };
-        let levels: Vec<&ArgMatches> = if depth == 0 {
-            std::iter::once(m)
-                .chain(running.iter().map(|(_, m)| *m))
-                .collect()
-        } else {
-            vec![m]
-        };
-        if levels.iter().any(|m| given(m)) {
-            continue;
-        }
-        let out = if depth == 0 {
-            &mut extra.global
-        } else {
-            &mut extra.command
-        };
-        let long = arg.get_long().unwrap_or(key);
-        match arg.get_action() {
-            ArgAction::SetTrue | ArgAction::SetFalse => {
-                let on = match value {
-                    toml::Value::Boolean(b) => *b,
-                    _ => return Err(ctx(&format!("`{key}` is true or false"))),
-                };
-                if on == matches!(arg.get_action(), ArgAction::SetTrue) {
-                    out.push(format!("--{long}").into());
-                }
-            }
-            ArgAction::Count => {
-                let n = match value {
-                    toml::Value::Integer(n) if *n >= 0 => *n,
-                    toml::Value::Boolean(b) => i64::from(*b),
-                    _ => return Err(ctx(&format!("`{key}` is a count (0, 1, 2)"))),
-                };
-                for _ in 0..n {
-                    out.push(format!("--{long}").into());
-                }
-            }
-            _ if arg.is_positional() => {
-                out.extend(values.into_iter().map(OsString::from));
-            }
-            _ => {
-                for v in values {
-                    out.push(format!("--{long}={v}").into());
-                }
-            }
-        }
+        })
     }
-    Ok(())
+
+    /// One table of the profile against one command (`matches` when it is the command that
+    /// runs): its keys are that command's options (or positional arguments by name), its
+    /// subtables that command's subcommands.
+    fn table(
+        &mut self,
+        table: &toml::Table,
+        cmd: &Command,
+        matches: Option<&ArgMatches>,
+        depth: usize,
+        path: &str,
+    ) -> Result<(), String> {
+        for (key, value) in table {
+            if let Some(sub) = cmd.find_subcommand(key) {
+                let toml::Value::Table(t) = value else {
+                    return Err(self.error(format!(
+                        "`{key}` is a command of `{path}`: its options go in a table ([...{key}])"
+                    )));
+                };
+                let sub_matches = matches.and_then(|m| m.subcommand_matches(sub.get_name()));
+                self.table(
+                    t,
+                    sub,
+                    sub_matches,
+                    depth + 1,
+                    &format!("{path} {}", sub.get_name()),
+                )?;
+                continue;
+            }
+            let arg = cmd
+                .get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .find(|a| {
+                    a.get_long() == Some(key.as_str())
+                        || (a.is_positional() && a.get_id().as_str() == key.as_str())
+                })
+                .filter(|_| !NOT_IN_PROFILES.contains(&key.as_str()));
+            let Some(arg) = arg else {
+                // Global flags are defined on the root command only.
+                let hint = if depth > 0 {
+                    " (options of every command go directly under [profiles.NAME])"
+                } else {
+                    ""
+                };
+                return Err(self.error(format!(
+                    "`{key}` is not an option of `{path}`{hint}; see `{path} --help`"
+                )));
+            };
+            let values = to_strings(value).map_err(|e| self.error(format!("`{key}`: {e}")))?;
+            let action = arg.get_action();
+            let multiple = matches!(action, ArgAction::Append)
+                || arg.get_num_args().is_some_and(|n| n.max_values() > 1);
+            let flag = matches!(
+                action,
+                ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count
+            );
+            if !flag && !multiple && values.len() != 1 {
+                return Err(self.error(format!("`{key}` takes one value, not a list")));
+            }
+            // Only for the command that runs, and only where neither the command line nor the
+            // environment set the option (a global option may follow the subcommand: every
+            // level that runs is looked at).
+            if matches.is_none() {
+                continue;
+            }
+            let levels = if depth == 0 {
+                &self.levels[..]
+            } else {
+                &self.levels[depth..=depth]
+            };
+            if Self::given(levels, arg.get_id().as_str()) {
+                continue;
+            }
+            let long = arg.get_long().unwrap_or(key);
+            let args: Vec<OsString> = match action {
+                ArgAction::SetTrue | ArgAction::SetFalse => {
+                    let toml::Value::Boolean(on) = value else {
+                        return Err(self.error(format!("`{key}` is true or false")));
+                    };
+                    if *on == matches!(action, ArgAction::SetTrue) {
+                        vec![format!("--{long}").into()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                ArgAction::Count => {
+                    let n = match value {
+                        toml::Value::Integer(n) if *n >= 0 => *n as usize,
+                        toml::Value::Boolean(b) => usize::from(*b),
+                        _ => return Err(self.error(format!("`{key}` is a count (0, 1, 2)"))),
+                    };
+                    vec![format!("--{long}").into(); n]
+                }
+                _ if arg.is_positional() => values.into_iter().map(OsString::from).collect(),
+                _ => values
+                    .into_iter()
+                    .map(|v| format!("--{long}={v}").into())
+                    .collect(),
+            };
+            if depth == 0 {
+                self.extra.global.extend(args);
+            } else {
+                self.extra.command.extend(args);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn to_strings(v: &toml::Value) -> Result<Vec<String>, String> {

@@ -93,10 +93,10 @@ fn tune_allocator() {
 
 /// Parses the command line; a usage error is one line on stderr (a JSON `error` line too with
 /// `--json`) and exit code 2. Help and version print as clap prints them.
-fn parse_args() -> Cli {
+fn parse_args() -> (Cli, String) {
     use clap::error::ErrorKind;
     let e = match parse_with_profile(std::env::args_os().collect()) {
-        Ok(cli) => return cli,
+        Ok(parsed) => return parsed,
         Err(Parse::Config(msg)) => usage_error(msg),
         Err(Parse::Clap(e)) => e,
     };
@@ -125,43 +125,50 @@ enum Parse {
 }
 
 /// Parses the command line, then adds what the configuration file's profile sets for options
-/// the command line and the environment left at their defaults, and parses again.
-fn parse_with_profile(argv: Vec<std::ffi::OsString>) -> Result<Cli, Parse> {
+/// the command line and the environment left at their defaults, and parses again. Returns the
+/// arguments and the name of the command that runs.
+fn parse_with_profile(argv: Vec<std::ffi::OsString>) -> Result<(Cli, String), Parse> {
+    use clap::error::ErrorKind;
     use clap::{CommandFactory, FromArgMatches};
     let cmd = Cli::command();
-    // A first look that tolerates missing arguments (a profile may supply them) finds the
-    // configuration file, the profile and the subcommand.
-    let m = cmd
-        .clone()
-        .ignore_errors(true)
-        .try_get_matches_from(&argv)
-        .map_err(Parse::Clap)?;
+    let parsed = |m: clap::ArgMatches| -> Result<(Cli, String), Parse> {
+        let name = m.subcommand_name().unwrap_or_default().to_string();
+        Ok((Cli::from_arg_matches(&m).map_err(Parse::Clap)?, name))
+    };
+    // The command line alone. Its own mistakes are reported as they are; only an argument it
+    // lacks may still come from a profile, so that case is looked at again tolerantly, to find
+    // the configuration file, the profile and the subcommand.
+    let (m, strict) = match cmd.clone().try_get_matches_from(&argv) {
+        Ok(m) => (m.clone(), Ok(m)),
+        Err(e) if e.kind() != ErrorKind::MissingRequiredArgument => return Err(Parse::Clap(e)),
+        Err(e) => (
+            cmd.clone()
+                .ignore_errors(true)
+                .try_get_matches_from(&argv)
+                .map_err(Parse::Clap)?,
+            Err(e),
+        ),
+    };
     let file = m.get_one::<std::path::PathBuf>("config");
     let name = m.get_one::<String>("profile");
     let profile =
         config::load(file.map(|p| p.as_path()), name.map(|s| s.as_str())).map_err(Parse::Config)?;
     let Some(profile) = profile else {
-        let m = cmd.try_get_matches_from(&argv).map_err(Parse::Clap)?;
-        return Cli::from_arg_matches(&m).map_err(Parse::Clap);
+        return parsed(strict.map_err(Parse::Clap)?);
     };
     let extra = config::extra_args(&profile, &cmd, &m).map_err(Parse::Config)?;
     let merged = config::merged_argv(&argv, extra);
-    let m = cmd.clone().try_get_matches_from(&merged).map_err(|e| {
-        // The command line's own mistake (anything but what a profile may supply) is reported
-        // as such; otherwise a value from the profile was refused: say where it came from.
-        match cmd.clone().try_get_matches_from(&argv) {
-            Err(own) if own.kind() != clap::error::ErrorKind::MissingRequiredArgument => {
-                Parse::Clap(own)
-            }
-            _ => Parse::Config(format!(
-                "{} (from profile `{}` of {})",
-                first_paragraph(&e),
-                profile.name,
-                profile.file.display()
-            )),
-        }
+    // The command line was fine but for what a profile may supply: a refusal now concerns a
+    // value from the profile, so say where it came from.
+    let m = cmd.try_get_matches_from(&merged).map_err(|e| {
+        Parse::Config(format!(
+            "{} (from profile `{}` of {})",
+            first_paragraph(&e),
+            profile.name,
+            profile.file.display()
+        ))
     })?;
-    Cli::from_arg_matches(&m).map_err(Parse::Clap)
+    parsed(m)
 }
 
 /// A usage error: one line on stderr (and a JSON `error` line with `--json`), exit code 2.
@@ -180,7 +187,7 @@ fn usage_error(msg: String) -> ! {
 
 fn main() {
     tune_allocator();
-    let cli = parse_args();
+    let (cli, name) = parse_args();
     install_sigint();
     let out = Out {
         json: cli.global.json,
@@ -211,7 +218,7 @@ fn main() {
             code
         }
     };
-    final_summary(&cli, &out, code, started.elapsed());
+    final_summary(&name, &out, code, started.elapsed());
     std::process::exit(code);
 }
 
@@ -219,9 +226,8 @@ fn main() {
 /// files, bytes), how long it took, and its S3 requests and bytes. On stderr for commands that
 /// report a summary (backup, restore, forget, prune, check, copy), unless --quiet or --json;
 /// always in the --log-file.
-fn final_summary(cli: &Cli, out: &Out, code: i32, took: std::time::Duration) {
+fn final_summary(name: &str, out: &Out, code: i32, took: std::time::Duration) {
     let detail = output::take_summary();
-    let name = command_name(&cli.command);
     let mut line = format!("chunkbak {name}: ");
     match (&detail, code) {
         (Some(d), exit::OK) => line.push_str(d),
@@ -239,23 +245,6 @@ fn final_summary(cli: &Cli, out: &Out, code: i32, took: std::time::Duration) {
         eprintln!("{line}");
     }
     output::log_line(&line);
-}
-
-/// The subcommand's name as typed.
-fn command_name(c: &Command) -> String {
-    use clap::CommandFactory;
-    let cmd = Cli::command();
-    let debug = format!("{c:?}");
-    let variant = debug
-        .split(['(', ' ', '{'])
-        .next()
-        .unwrap_or_default()
-        .to_lowercase();
-    let name = cmd
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .find(|n| n.replace('-', "") == variant);
-    name.unwrap_or(variant)
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {
@@ -303,8 +292,9 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Man => {
             use clap::CommandFactory;
             let mut buf = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-            for sub in Cli::command().get_subcommands() {
+            let cmd = Cli::command();
+            clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+            for sub in cmd.get_subcommands() {
                 if sub.get_name() == "help" {
                     continue;
                 }

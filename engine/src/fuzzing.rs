@@ -161,13 +161,6 @@ const PARAMS: [ChunkerParams; 4] = [
     },
 ];
 
-#[test]
-fn fuzz_chunker_parameters_are_valid() {
-    for p in PARAMS {
-        p.validate().expect("valid");
-    }
-}
-
 /// The chunker: any input read in any piece sizes gives the chunks of one pass, and the
 /// chunks concatenate to the input.
 pub fn chunker(input: &[u8]) {
@@ -266,9 +259,9 @@ fn version(v: u8) -> Vec<u8> {
 }
 
 /// Model-based: arbitrary sequences of backup / forget (by policy or by id) / prune / check,
-/// any of them over a store that dies after N calls. After every step the repository opens, `check` passes, and
-/// every snapshot the engine confirmed (and that was not forgotten) restores identical to the
-/// in-memory model of what was backed up.
+/// any of them over a store that dies after N calls. After every step the repository opens,
+/// `check` passes, and every snapshot the engine confirmed (and that was not forgotten)
+/// restores identical to the in-memory model of what was backed up.
 pub fn model(data: &[u8]) {
     let mem = Arc::new(MemBackend::new());
     let opts = InitOptions {
@@ -440,5 +433,15 @@ fn verify(mem: &Arc<MemBackend>, file: &std::path::Path, confirmed: &[(crate::Id
             .expect("restored file");
         assert_eq!(back, version(*v), "snapshot {id}");
         let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunker_parameters_are_valid() {
+        for p in super::PARAMS {
+            p.validate().expect("valid");
+        }
     }
 }

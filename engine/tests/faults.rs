@@ -277,6 +277,45 @@ fn prune_killed_at_every_call_leaves_a_consistent_repository() {
     }
 }
 
+/// Backs up `src` over `mem` behind the faults of each seed in `0..seeds`: each backup
+/// completes, or fails with an injected fault of the kind `cause` names and an error that names
+/// what failed. Returns how many completed and how many failed.
+fn backups_over(
+    mem: &Arc<MemBackend>,
+    src: &Path,
+    seeds: u64,
+    cause: &str,
+    faults: impl Fn(u64) -> Faults,
+) -> (usize, usize) {
+    let (mut ok, mut failed) = (0, 0);
+    for seed in 0..seeds {
+        let fb = Arc::new(FaultBackend::new(mem.clone(), faults(seed)));
+        match open(fb.clone()).and_then(|r| run_backup(&r, src)) {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(is_injected(&e) && msg.contains(cause), "{msg}");
+                assert!(
+                    [
+                        "/",
+                        "config",
+                        "repository",
+                        "uploads",
+                        "snapshots",
+                        "index",
+                        "keys"
+                    ]
+                    .iter()
+                    .any(|w| msg.contains(w)),
+                    "the error names what failed: {msg}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    (ok, failed)
+}
+
 /// Transient failures and short reads: a backup either completes or fails naming the object,
 /// and a restore that reads a short blob reports the file as not restored.
 #[test]
@@ -287,30 +326,11 @@ fn transient_failures_and_short_reads_are_reported() {
     write_model(&src, &v1);
     let mem = Arc::new(MemBackend::new());
     init(mem.clone());
-    let mut ok = 0;
-    for seed in 0..8 {
-        let fb = Arc::new(FaultBackend::new(
-            mem.clone(),
-            Faults {
-                fail_one_in: Some(20),
-                seed,
-                ..Default::default()
-            },
-        ));
-        match open(fb.clone()).and_then(|r| run_backup(&r, &src)) {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                let msg = format!("{e}");
-                assert!(is_injected(&e), "{msg}");
-                assert!(
-                    ["/", "config", "repository", "uploads"]
-                        .iter()
-                        .any(|w| msg.contains(w)),
-                    "the error names what failed: {msg}"
-                );
-            }
-        }
-    }
+    let (ok, _) = backups_over(&mem, &src, 8, "transient", |seed| Faults {
+        fail_one_in: Some(20),
+        seed,
+        ..Default::default()
+    });
     let snaps = verify(mem.clone(), &src, &[&v1], &d.path().join("out"));
     assert_eq!(snaps, ok, "one snapshot per backup that succeeded");
     if ok == 0 {
@@ -451,41 +471,13 @@ fn slow_and_timed_out_calls_complete_or_fail_clearly() {
     write_model(&src, &v1);
     let mem = Arc::new(MemBackend::new());
     init(mem.clone());
-    let (mut ok, mut timed_out) = (0, 0);
-    for seed in 0..6 {
-        let fb = Arc::new(FaultBackend::new(
-            mem.clone(),
-            Faults {
-                delay: Some(std::time::Duration::from_millis(1)),
-                timeout_one_in: Some(12),
-                timeout: std::time::Duration::from_millis(30),
-                seed,
-                ..Default::default()
-            },
-        ));
-        match open(fb.clone()).and_then(|r| run_backup(&r, &src)) {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                assert!(msg.contains("timed out"), "{msg}");
-                assert!(
-                    [
-                        "/",
-                        "config",
-                        "repository",
-                        "uploads",
-                        "snapshots",
-                        "index",
-                        "keys"
-                    ]
-                    .iter()
-                    .any(|w| msg.contains(w)),
-                    "the error names what failed: {msg}"
-                );
-                timed_out += 1;
-            }
-        }
-    }
+    let (ok, timed_out) = backups_over(&mem, &src, 6, "timed out", |seed| Faults {
+        delay: Some(std::time::Duration::from_millis(1)),
+        timeout_one_in: Some(12),
+        timeout: std::time::Duration::from_millis(30),
+        seed,
+        ..Default::default()
+    });
     assert!(timed_out > 0, "no call timed out");
     let snaps = verify(mem.clone(), &src, &[&v1], &d.path().join("out"));
     assert_eq!(snaps, ok, "one snapshot per backup that succeeded");

@@ -1,6 +1,6 @@
 //! A backend decorator that injects faults: failed calls, a store that dies after N calls (a
-//! crash or a lost connection), calls that time out, short reads, slow responses. Integration tests and the fuzz
-//! targets put it in front of a real backend to show that every operation either completes
+//! crash or a lost connection), calls that time out, short reads, slow responses. Integration
+//! tests and the fuzz targets put it in front of a real backend to show that every operation either completes
 //! or fails with a clear error, and never leaves a snapshot that references data that was not
 //! stored.
 
@@ -81,26 +81,25 @@ impl FaultBackend {
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let dead = self.faults.dead_after.is_some_and(|a| n >= a);
-        if !dead && self.one_in(self.faults.timeout_one_in) {
-            self.injected.fetch_add(1, Ordering::SeqCst);
+        let fault = if dead {
+            Some((std::io::ErrorKind::Other, "store gone".to_string()))
+        } else if self.one_in(self.faults.timeout_one_in) {
             std::thread::sleep(self.faults.timeout);
-            return Err(Error::backend(
-                format!("{op} {what}"),
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "injected fault (timed out after {:?}, call {n})",
-                        self.faults.timeout
-                    ),
-                ),
-            ));
-        }
-        if dead || self.one_in(self.faults.fail_one_in) {
+            let t = self.faults.timeout;
+            Some((
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {t:?}"),
+            ))
+        } else if self.one_in(self.faults.fail_one_in) {
+            Some((std::io::ErrorKind::Other, "transient".to_string()))
+        } else {
+            None
+        };
+        if let Some((kind, why)) = fault {
             self.injected.fetch_add(1, Ordering::SeqCst);
-            let why = if dead { "store gone" } else { "transient" };
             return Err(Error::backend(
                 format!("{op} {what}"),
-                std::io::Error::other(format!("injected fault ({why}, call {n})")),
+                std::io::Error::new(kind, format!("injected fault ({why}, call {n})")),
             ));
         }
         Ok(())

@@ -113,13 +113,7 @@ pub(crate) fn bincode_decode<T: bincode::Decode<()>>(bytes: &[u8], name: &str) -
     fn with<T: bincode::Decode<()>, const L: usize>(
         bytes: &[u8],
     ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
-        bincode::decode_from_slice(
-            bytes,
-            bincode::config::standard()
-                .with_little_endian()
-                .with_fixed_int_encoding()
-                .with_limit::<L>(),
-        )
+        bincode::decode_from_slice(bytes, BINCODE.with_limit::<L>())
     }
     let n = bytes.len().saturating_mul(16);
     let r = if n <= 64 << 10 {

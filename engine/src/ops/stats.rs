@@ -38,7 +38,8 @@ pub struct Stats {
     pub chunks_missing: u64,
     /// Every object of the repository, by storage class.
     pub classes: BTreeMap<StorageClass, ClassUsage>,
-    /// Every object of the repository, by kind (data, tree, index, snapshot, key, config).
+    /// Every object of the repository, by its folder (data, tree, index, snapshots, keys; and
+    /// config).
     pub kinds: BTreeMap<&'static str, ClassUsage>,
 }
 
@@ -71,9 +72,9 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-/// Monthly storage prices in USD per GiB-month, by class name.
+/// Monthly storage prices in USD per GiB-month, by class.
 #[derive(Clone, Debug)]
-pub struct Prices(pub BTreeMap<String, f64>);
+pub struct Prices(pub BTreeMap<StorageClass, f64>);
 
 impl Default for Prices {
     /// AWS list prices for us-east-1, first 50 TB tier (`docs/operations.md` gives their date).
@@ -81,12 +82,7 @@ impl Default for Prices {
         Prices(
             StorageClass::CONFIGURABLE
                 .into_iter()
-                .map(|c| {
-                    (
-                        c.name().to_string(),
-                        crate::ops::prune::price_per_gb_month(c),
-                    )
-                })
+                .map(|c| (c, crate::ops::prune::price_per_gb_month(c)))
                 .collect(),
         )
     }
@@ -100,16 +96,21 @@ pub const ARCHIVE_OVERHEAD_STANDARD: u64 = 8 << 10;
 impl Prices {
     /// Overrides from `CLASS=USD` (USD per GiB-month).
     pub fn set(&mut self, spec: &str) -> Result<()> {
-        let (class, usd) = spec.split_once('=').ok_or_else(|| {
+        let (name, usd) = spec.split_once('=').ok_or_else(|| {
             Error::Invalid(format!(
                 "price {spec:?}: CLASS=USD_PER_GIB_MONTH, e.g. GLACIER=0.0036"
             ))
         })?;
-        let class = class.trim().to_ascii_uppercase();
-        if StorageClass::from_name(&class) == StorageClass::Other {
+        let class = StorageClass::from_name(name.trim());
+        if class == StorageClass::Other {
+            let known: Vec<&str> = StorageClass::CONFIGURABLE
+                .iter()
+                .map(|c| c.name())
+                .collect();
             return Err(Error::Invalid(format!(
-                "price {spec:?}: {class} is not a storage class (STANDARD, STANDARD_IA, \
-                 INTELLIGENT_TIERING, GLACIER_IR, GLACIER, DEEP_ARCHIVE)"
+                "price {spec:?}: {} is not a storage class ({})",
+                name.trim(),
+                known.join(", ")
             )));
         }
         let usd: f64 = usd
@@ -124,8 +125,8 @@ impl Prices {
 
     pub fn of(&self, class: StorageClass) -> f64 {
         self.0
-            .get(class.name())
-            .or_else(|| self.0.get("STANDARD"))
+            .get(&class)
+            .or_else(|| self.0.get(&StorageClass::Standard))
             .copied()
             .unwrap_or(0.0)
     }
@@ -179,24 +180,18 @@ pub fn stats(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<Stats> {
             let c = st.classes.entry(o.class).or_default();
             c.objects += 1;
             c.bytes += o.size;
-            let k = st.kinds.entry(kind_name(kind)).or_default();
+            let k = st
+                .kinds
+                .entry(match kind.dir() {
+                    "" => "config",
+                    dir => dir,
+                })
+                .or_default();
             k.objects += 1;
             k.bytes += o.size;
         }
     }
     Ok(st)
-}
-
-fn kind_name(k: FileKind) -> &'static str {
-    match k {
-        FileKind::Config => "config",
-        FileKind::Key => "keys",
-        FileKind::Snapshot => "snapshots",
-        FileKind::Index => "index",
-        FileKind::Data => "data",
-        FileKind::Tree => "trees",
-        FileKind::Lock => "locks",
-    }
 }
 
 fn tree_size(
