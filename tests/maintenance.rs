@@ -5,7 +5,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::scenario::{self, files_of, Rng};
 use common::*;
@@ -63,12 +62,17 @@ fn killed_restores_leave_the_repository_intact_and_a_rerun_completes() {
     e.ok(&["backup", src.to_str().unwrap()]);
     let before = dir_bytes(&e.repo);
     let mut rng = Rng(scenario::seed("killed_restore"));
+    let mut c = e.cmd();
+    c.args(["restore", "latest", "--target"])
+        .arg(e.path("full"));
+    let full = scenario::time_complete_run(c);
+    fs::remove_dir_all(e.path("full")).unwrap();
     let mut killed = 0;
     for attempt in 0..12 {
         let target = e.path("t");
         let mut c = e.cmd();
         c.args(["restore", "latest", "--target"]).arg(&target);
-        if scenario::run_and_kill_after(c, Duration::from_millis(20 + rng.below(400))) {
+        if scenario::run_and_kill_after(c, scenario::kill_moment(&mut rng, full)) {
             killed += 1;
         }
         let r = e.ok(&["check"]);
@@ -226,11 +230,24 @@ fn killed_prune_leaves_a_consistent_repository_and_the_next_prune_finishes() {
     // Mark everything unused now; the killed runs below delete and repack.
     e.ok(&["prune", "--grace", "0s"]);
     let mut rng = Rng(scenario::seed("killed_prune"));
+    // How long the whole job takes, measured on a copy: the kills fall inside it.
+    let probe = e.path("probe");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&e.repo)
+        .arg(&probe)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &probe)
+        .args(["prune", "--grace", "0s", "--max-unused", "0%"]);
+    let full = scenario::time_complete_run(c);
     let mut killed = 0;
     for attempt in 0..12 {
         let mut c = e.cmd();
         c.args(["prune", "--grace", "0s", "--max-unused", "0%"]);
-        if scenario::run_and_kill_after(c, Duration::from_millis(rng.below(120))) {
+        if scenario::run_and_kill_after(c, scenario::kill_moment(&mut rng, full)) {
             killed += 1;
         }
         let r = e.ok(&["check"]);
@@ -243,7 +260,12 @@ fn killed_prune_leaves_a_consistent_repository_and_the_next_prune_finishes() {
         e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
         assert!(files_of(&t.join(src.strip_prefix("/").unwrap())) == files_of(&src));
     }
-    eprintln!("{killed} prunes killed");
+    eprintln!("{killed} prunes killed (a complete one takes {full:?})");
+    // Each killed run leaves less to do, so a later one may finish before its moment.
+    assert!(
+        killed >= 2,
+        "only {killed} prunes were killed: the test tested little"
+    );
     // Running prune again finishes the job: afterwards a prune has nothing left to do.
     e.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
     e.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);

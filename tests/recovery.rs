@@ -334,11 +334,15 @@ fn killed_restores_resume_and_finish_byte_for_byte() {
     let t = e.path("t");
     let want = files_with_times(&src);
     let mut rng = Rng(scenario::seed("resumed_restore"));
+    let mut c = e.cmd();
+    c.args(["restore", &spec, "--target"]).arg(&t);
+    let full = scenario::time_complete_run(c);
+    fs::remove_dir_all(&t).unwrap();
     let (mut killed, mut resumed, mut reused) = (0, 0, 0u64);
     for attempt in 0..10 {
         let mut c = e.cmd();
         c.args(["restore", &spec, "--target"]).arg(&t);
-        if !scenario::run_and_kill_after(c, Duration::from_millis(30 + rng.below(600))) {
+        if !scenario::run_and_kill_after(c, scenario::kill_moment(&mut rng, full)) {
             // Finished before the kill: start over from an empty target.
             fs::remove_dir_all(&t).unwrap();
             continue;

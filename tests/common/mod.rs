@@ -58,8 +58,40 @@ impl Run {
 }
 
 /// Runs a command to its end; a panic in its output fails the test.
+/// The longest one chunkbak command may run in a test (the slowest takes well under a minute):
+/// a hang fails its test with what the command printed, instead of stalling the suite until
+/// CI's time runs out.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub fn run_command(mut c: Command) -> Run {
-    let o = c.output().unwrap();
+    use std::process::Stdio;
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (finished, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let hung = matches!(
+            wait.recv_timeout(COMMAND_LIMIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if hung {
+            // SAFETY: kill(2) takes no pointers. The pid is the child's: it is reaped only
+            // inside wait_with_output, which sends `finished` right after it returns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        hung
+    });
+    let o = child.wait_with_output().unwrap();
+    let _ = finished.send(());
+    let hung = watchdog.join().unwrap();
+    assert!(
+        !hung,
+        "{c:?} ran over {COMMAND_LIMIT:?} and was killed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let r = Run {
         code: o.status.code().unwrap_or(-1),
         stdout: o.stdout,

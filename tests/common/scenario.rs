@@ -32,6 +32,17 @@ pub fn ok(mk: Mk, args: &[&str]) -> Run {
     r
 }
 
+/// Sets a stop flag when dropped, also while a panic unwinds: a background job that loops
+/// until the flag is set must not keep a failed test's `thread::scope` waiting forever (a
+/// failed backup once left the retention job looping until CI's time ran out).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A small xorshift generator: test randomness that a failing seed reproduces.
 pub struct Rng(pub u64);
 
@@ -151,6 +162,7 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
                 }
             }
         });
+        let stop = StopOnDrop(&done);
         for round in 0..rounds {
             let mut children = Vec::new();
             for (h, src) in srcs.iter().enumerate() {
@@ -183,7 +195,7 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
                 by_host[h].push(id);
             }
         }
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(stop);
         pruner.join().unwrap();
     });
     // Let the last marks come due, then the retention job once more, twice (mark, delete).
@@ -240,6 +252,20 @@ pub fn concurrent_backups_and_prunes(mk: Mk, work: &Path, hosts: usize, rounds: 
 
 /// Runs `c` (output discarded) and kills it with SIGKILL if it is still running after `wait`:
 /// no cleanup of any kind. Returns whether it was killed.
+/// How long a complete run of `c` takes (it must succeed): the scale of random kill moments,
+/// so a test kills at every stage of the work on a fast machine and on a slow one alike.
+pub fn time_complete_run(c: Command) -> Duration {
+    let t = Instant::now();
+    let r = super::run_command(c);
+    assert_eq!(r.code, 0, "{}{}", r.out(), r.stderr);
+    t.elapsed()
+}
+
+/// A random moment within a run that takes `full` when complete: from 5% to 95% of it.
+pub fn kill_moment(rng: &mut Rng, full: Duration) -> Duration {
+    full.mul_f64(0.05 + 0.9 * rng.below(1000) as f64 / 1000.0)
+}
+
 pub fn run_and_kill_after(mut c: Command, wait: Duration) -> bool {
     c.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = c.spawn().unwrap();
@@ -266,38 +292,8 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
     }
     let mut killed = 0;
     let mut reused_seen = false;
-    // Twenty kills at random moments; every fourth attempt also restores the next snapshot.
-    for attempt in 0..20 {
-        let before = repo_bytes();
-        let mut c = mk();
-        c.args(["backup"]).arg(&src);
-        let wait = 150 + rng.below(1200);
-        if run_and_kill_after(c, Duration::from_millis(wait)) {
-            killed += 1;
-        }
-        let uploaded = repo_bytes() - before;
-        let r = ok(mk, &["check"]);
-        assert!(
-            r.out().contains(" 0 problems"),
-            "after kill {attempt}: {}",
-            r.out()
-        );
-        // The next backup completes and stores only what the killed one had not indexed.
-        let o = ok(mk, &["--json", "backup", src.to_str().unwrap()]);
-        let added = o.json("summary")[0]["bytes_added"].as_u64().unwrap();
-        eprintln!("attempt {attempt}: killed after {wait} ms having stored {uploaded} bytes; the next backup added {added}");
-        // 32 packs of 256 KiB are indexed at a time: past 12 MB, at least 8 MiB is reusable.
-        if uploaded > 12_000_000 {
-            assert!(added <= 24_000_000 - 6_000_000, "nothing was reused");
-            reused_seen = true;
-        }
-        if attempt % 4 == 0 {
-            let t = work.join(format!("restored-{attempt}"));
-            ok(mk, &["restore", "latest", "--target", t.to_str().unwrap()]);
-            assert!(files_of(&t.join(src.strip_prefix("/").unwrap())) == files_of(&src));
-            fs::remove_dir_all(&t).unwrap();
-        }
-        // Start over: forget everything and prune right away, so the next attempt uploads again.
+    let start_over = || {
+        // Forget everything and prune right away, so the next attempt uploads again.
         ok(
             mk,
             &[
@@ -312,6 +308,43 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
             ],
         );
         ok(mk, &["prune", "--grace", "0s"]);
+    };
+    let mut c = mk();
+    c.args(["backup"]).arg(&src);
+    let full = time_complete_run(c);
+    start_over();
+    // Twenty kills at random moments; every fourth attempt also restores the next snapshot.
+    for attempt in 0..20 {
+        let before = repo_bytes();
+        let mut c = mk();
+        c.args(["backup"]).arg(&src);
+        let wait = kill_moment(&mut rng, full);
+        if run_and_kill_after(c, wait) {
+            killed += 1;
+        }
+        let uploaded = repo_bytes() - before;
+        let r = ok(mk, &["check"]);
+        assert!(
+            r.out().contains(" 0 problems"),
+            "after kill {attempt}: {}",
+            r.out()
+        );
+        // The next backup completes and stores only what the killed one had not indexed.
+        let o = ok(mk, &["--json", "backup", src.to_str().unwrap()]);
+        let added = o.json("summary")[0]["bytes_added"].as_u64().unwrap();
+        eprintln!("attempt {attempt}: killed after {wait:?} of {full:?} having stored {uploaded} bytes; the next backup added {added}");
+        // 32 packs of 256 KiB are indexed at a time: past 12 MB, at least 8 MiB is reusable.
+        if uploaded > 12_000_000 {
+            assert!(added <= 24_000_000 - 6_000_000, "nothing was reused");
+            reused_seen = true;
+        }
+        if attempt % 4 == 0 {
+            let t = work.join(format!("restored-{attempt}"));
+            ok(mk, &["restore", "latest", "--target", t.to_str().unwrap()]);
+            assert!(files_of(&t.join(src.strip_prefix("/").unwrap())) == files_of(&src));
+            fs::remove_dir_all(&t).unwrap();
+        }
+        start_over();
     }
     eprintln!("{killed} backups killed; reuse observed: {reused_seen}");
     assert!(
@@ -366,6 +399,7 @@ pub fn copies_while_target_prunes(
                 }
             }
         });
+        let stop = StopOnDrop(&done);
         for round in 0..rounds {
             // Rounds span several grace periods, so packs are marked and deleted meanwhile.
             std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
@@ -402,7 +436,7 @@ pub fn copies_while_target_prunes(
             states.insert(id.clone(), b_files);
             by_host[1].push(id);
         }
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(stop);
         pruner.join().unwrap();
     });
     let during = *deleted.lock().unwrap();

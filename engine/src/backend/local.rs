@@ -236,7 +236,13 @@ impl Backend for LocalBackend {
             };
             for e in rd {
                 let e = e.map_err(|e| Error::io(&d, e))?;
-                let m = e.metadata().map_err(|err| Error::io(e.path(), err))?;
+                let m = match e.metadata() {
+                    Ok(m) => m,
+                    // Deleted between reading the folder and looking at the entry (a prune
+                    // replacing index files, another host's prune): not there any more.
+                    Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                    Err(err) => return Err(Error::io(e.path(), err)),
+                };
                 if m.is_file() {
                     if let Some(n) = e.file_name().to_str() {
                         out.push((n.to_string(), m.len()));
@@ -326,6 +332,43 @@ mod tests {
             }
             assert_eq!(fs::read_dir(&dir).unwrap().count(), n);
         }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Objects deleted while a folder is listed (another host's prune replacing index files)
+    /// are left out of the listing, not reported as a failed read: a backup that listed the
+    /// index while a prune compacted it failed with "index/...: No such file or directory".
+    #[test]
+    fn objects_deleted_during_a_listing_are_left_out() {
+        let root = std::env::temp_dir().join(format!(
+            "chunkbak-list-race-{}",
+            hex::encode(random_bytes::<8>())
+        ));
+        let b = LocalBackend::new(&root);
+        b.create().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (dir, stop) = (root.join("index"), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = dir.join(format!("{i:064x}"));
+                    fs::write(&p, b"x").unwrap();
+                    if i >= 64 {
+                        fs::remove_file(dir.join(format!("{:064x}", i - 64))).unwrap();
+                    }
+                    i += 1;
+                }
+                i
+            })
+        };
+        for _ in 0..2000 {
+            let listed = b.list(FileKind::Index).unwrap();
+            assert!(listed.len() <= 66, "{}", listed.len());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let made = churn.join().unwrap();
+        assert!(made > 64, "the churn made only {made} files");
         fs::remove_dir_all(&root).unwrap();
     }
 }
