@@ -716,6 +716,8 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
                 "bytes_read": s.bytes_read, "bytes_total": s.bytes_total,
                 "bytes_added": s.bytes_added, "blobs_added": s.blobs_added,
                 "packs_written": r.packs_written, "blobs_copied": r.blobs_copied,
+                "deltas": r.deltas, "delta_raw_bytes": r.delta_raw_bytes,
+                "delta_stored_bytes": r.delta_stored_bytes,
                 "errors": s.errors, "duration_ms": s.duration_ms,
             }),
         );
@@ -737,6 +739,14 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
             r.packs_written,
             s.duration_ms as f64 / 1000.0
         ));
+        if r.deltas > 0 {
+            out.line(format!(
+                "Deltas: {} chunks ({}) stored as {} against their previous versions",
+                r.deltas,
+                human_bytes(r.delta_raw_bytes),
+                human_bytes(r.delta_stored_bytes)
+            ));
+        }
         out.line(format!("snapshot {} saved", r.snapshot_id.short()));
     }
     output::set_summary(format!(

@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pack_header envelope objects blob chunker roundtrip model)
+[ ${#targets[@]} -gt 0 ] || targets=(pack_header envelope objects blob delta chunker roundtrip model)
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build
 one() {

@@ -136,6 +136,30 @@ fn main() {
         put(out, "blob", &format!("blob-{i}"), &seed);
     }
 
+    // Deltas: base length, base, declared length, frame.
+    for (i, (base, raw)) in [
+        (
+            b"row 1\tPAID\n".repeat(300),
+            [
+                b"row 1\tPAID\n".repeat(150),
+                b"row 2\tNEW\n".to_vec(),
+                b"row 1\tPAID\n".repeat(150),
+            ]
+            .concat(),
+        ),
+        (splitmix_bytes(3, 2000), splitmix_bytes(3, 1000)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let frame = chunkbak_engine::compressor::compress_delta(raw, base, 3).unwrap();
+        let mut seed = (base.len() as u16).to_le_bytes().to_vec();
+        seed.extend_from_slice(base);
+        seed.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        seed.extend_from_slice(&frame);
+        put(out, "delta", &format!("delta-{i}"), &seed);
+    }
+
     // Chunker and round trip: seed, read sizes, data.
     for (i, data) in [
         splitmix_bytes(1, 5000),

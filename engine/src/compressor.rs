@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 pub enum Compression {
     None = 0,
     Zstd = 1,
+    /// A zstd frame compressed with a base blob's plaintext as its prefix (format-spec 6.1):
+    /// a delta against the base, which the record's base id names.
+    Delta = 2,
 }
 
 impl Compression {
@@ -15,6 +18,7 @@ impl Compression {
         match b {
             0 => Some(Compression::None),
             1 => Some(Compression::Zstd),
+            2 => Some(Compression::Delta),
             _ => None,
         }
     }
@@ -79,6 +83,10 @@ pub fn decompress(c: Compression, data: Vec<u8>, raw_len: usize, name: &str) -> 
             }
             Ok(data)
         }
+        Compression::Delta => Err(Error::corrupt(
+            name,
+            "a delta blob decodes only with its base (decompress_delta)",
+        )),
         Compression::Zstd => {
             // The output buffer is allocated up front: only as large as the frame says and the
             // input can hold (a zstd block of 128 KiB takes at least 4 bytes, as an RLE block).
@@ -120,6 +128,98 @@ pub fn decompress(c: Compression, data: Vec<u8>, raw_len: usize, name: &str) -> 
             Ok(out)
         }
     }
+}
+
+/// Compresses `raw` as a zstd frame whose history starts with `base` (ZSTD_CCtx_refPrefix):
+/// what `raw` shares with `base` costs a few bytes per match. The frame records its content size
+/// and no dictionary id.
+pub fn compress_delta(raw: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    if raw.len() > MAX_DELTA_LEN || base.len() > MAX_DELTA_LEN {
+        return Err(Error::Invalid(format!(
+            "delta of {} bytes on {} bytes: above the 16 MiB limit",
+            raw.len(),
+            base.len()
+        )));
+    }
+    let fail = |code: usize| {
+        Error::Other(format!(
+            "zstd delta: {}",
+            zstd::zstd_safe::get_error_name(code)
+        ))
+    };
+    // A context holds a prefix for one frame only, so each delta takes a fresh one.
+    let mut c = CCtx::try_create().ok_or_else(|| Error::Other("zstd: no memory".into()))?;
+    c.set_parameter(CParameter::CompressionLevel(level.max(1)))
+        .map_err(fail)?;
+    c.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(fail)?;
+    // The window must reach from the end of the input back to the start of the prefix.
+    let need = (raw.len() + base.len())
+        .max(1 << 10)
+        .next_power_of_two()
+        .trailing_zeros();
+    c.set_parameter(CParameter::WindowLog(need.clamp(10, MAX_DELTA_WINDOW_LOG)))
+        .map_err(fail)?;
+    // Long-distance matching finds the base's long runs that level 3's tables miss.
+    c.set_parameter(CParameter::EnableLongDistanceMatching(true))
+        .map_err(fail)?;
+    c.ref_prefix(base).map_err(fail)?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+    c.compress2(&mut out, raw).map_err(fail)?;
+    Ok(out)
+}
+
+/// Largest plaintext of a delta blob and of its base (format-spec 6.1).
+pub const MAX_DELTA_LEN: usize = 16 << 20;
+
+/// Largest window a delta frame may need: base and blob of at most [`MAX_DELTA_LEN`] each, so
+/// decoders can refuse frames asking for more.
+pub const MAX_DELTA_WINDOW_LOG: u32 = 25;
+
+/// Inverse of [`compress_delta`]: `raw_len` is the recorded plaintext length and bounds the
+/// output, as for [`decompress`].
+pub fn decompress_delta(data: &[u8], base: &[u8], raw_len: usize, name: &str) -> Result<Vec<u8>> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    if raw_len > MAX_DELTA_LEN || base.len() > MAX_DELTA_LEN {
+        return Err(Error::corrupt(
+            name,
+            format!(
+                "a delta blob of {raw_len} bytes on a base of {} bytes: above the 16 MiB limit",
+                base.len()
+            ),
+        ));
+    }
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n == raw_len as u64 => {}
+        Ok(Some(n)) => {
+            return Err(Error::corrupt(
+                name,
+                format!("delta frame holds {n} bytes, expected {raw_len}"),
+            ))
+        }
+        Ok(None) => return Err(Error::corrupt(name, "delta frame does not record its size")),
+        Err(_) => return Err(Error::corrupt(name, "not a zstd frame")),
+    }
+    let fail = |code: usize| {
+        Error::corrupt(
+            name,
+            format!("zstd delta: {}", zstd::zstd_safe::get_error_name(code)),
+        )
+    };
+    let mut d = DCtx::try_create().ok_or_else(|| Error::Other("zstd: no memory".into()))?;
+    d.set_parameter(DParameter::WindowLogMax(MAX_DELTA_WINDOW_LOG))
+        .map_err(fail)?;
+    d.ref_prefix(base).map_err(fail)?;
+    let mut out = Vec::with_capacity(raw_len);
+    d.decompress(&mut out, data).map_err(fail)?;
+    if out.len() != raw_len {
+        return Err(Error::corrupt(
+            name,
+            format!("delta decoded to {} bytes, expected {raw_len}", out.len()),
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -95,6 +95,36 @@ pub fn blob(data: &[u8]) {
     }
 }
 
+/// A delta blob: `u16` base length, the base, `u32` declared length, then the stored frame.
+/// Decoding against the base gives exactly the declared length or an error, allocating no
+/// more than the 16 MiB a delta may hold; a frame the encoder made decodes to its input.
+pub fn delta(data: &[u8]) {
+    if data.len() < 6 {
+        return;
+    }
+    let blen = u16::from_le_bytes([data[0], data[1]]) as usize;
+    let Some(base) = data.get(2..2 + blen) else {
+        return;
+    };
+    let Some(rest) = data.get(2 + blen..) else {
+        return;
+    };
+    if rest.len() < 4 {
+        return;
+    }
+    let raw_len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    let frame = &rest[4..];
+    if let Ok(out) = crate::compressor::decompress_delta(frame, base, raw_len, "fuzz") {
+        assert_eq!(out.len(), raw_len);
+    }
+    // The frame's bytes as a plaintext: delta-encoded on the base, it decodes back.
+    if let Ok(f) = crate::compressor::compress_delta(frame, base, 1) {
+        let back = crate::compressor::decompress_delta(&f, base, frame.len(), "fuzz")
+            .expect("own delta decodes");
+        assert_eq!(back, frame);
+    }
+}
+
 struct Pieces<'a> {
     data: &'a [u8],
     sizes: &'a [u8],

@@ -30,6 +30,8 @@ pub struct BlobLocation {
     pub raw_len: u32,
     pub kind: BlobKind,
     pub compression: Compression,
+    /// The base of a delta blob (compression [`Compression::Delta`]).
+    pub base: Option<BlobId>,
 }
 
 impl PackInfo {
@@ -55,13 +57,14 @@ impl BlobLocation {
             raw_len: b.raw_len,
             kind: b.kind,
             compression: b.compression,
+            base: b.base,
         }
     }
 }
 
 /// One indexed blob in 48 bytes: its id, its pack's position (top bit: tree blob), offset,
-/// length (top bit: zstd-compressed) and raw length. Packs are at most about 1 GiB, so the top
-/// bits are free.
+/// length (top bit: zstd-compressed) and raw length (top bit: a delta, whose base is in
+/// [`Index::bases`]). Packs are at most about 1 GiB, so the top bits are free.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     id: BlobId,
@@ -86,7 +89,12 @@ impl Entry {
                 } else {
                     0
                 },
-            raw_len: l.raw_len,
+            raw_len: l.raw_len
+                | if l.compression == Compression::Delta {
+                    TOP
+                } else {
+                    0
+                },
         }
     }
 
@@ -94,21 +102,30 @@ impl Entry {
         self.pack & !TOP
     }
 
-    fn location(&self) -> BlobLocation {
+    /// Where the blob is; the base of a delta is looked up in `bases`.
+    fn location(&self, bases: &HashMap<(u32, BlobId), BlobId>) -> BlobLocation {
+        let delta = self.raw_len & TOP != 0;
         BlobLocation {
             pack: self.pack(),
             offset: self.offset,
             length: self.length & !TOP,
-            raw_len: self.raw_len,
+            raw_len: self.raw_len & !TOP,
             kind: if self.pack & TOP != 0 {
                 BlobKind::Tree
             } else {
                 BlobKind::Data
             },
-            compression: if self.length & TOP != 0 {
+            compression: if delta {
+                Compression::Delta
+            } else if self.length & TOP != 0 {
                 Compression::Zstd
             } else {
                 Compression::None
+            },
+            base: if delta {
+                bases.get(&(self.pack(), self.id)).copied()
+            } else {
+                None
             },
         }
     }
@@ -126,6 +143,8 @@ pub struct Index {
     /// While loading: entries are appended to `sorted` unsorted, and sorted once at the end.
     loading: bool,
     recent: HashMap<BlobId, BlobLocation>,
+    /// The base of every delta blob, by (pack position, blob id): few blobs are deltas.
+    bases: HashMap<(u32, BlobId), BlobId>,
     /// Index files loaded.
     pub files: Vec<Id>,
 }
@@ -206,6 +225,9 @@ impl Index {
                 pack: pos,
                 ..BlobLocation::of_record(b)
             };
+            if let Some(base) = b.base {
+                self.bases.insert((pos, b.id), base);
+            }
             if self.loading {
                 self.sorted.push(Entry::new(b.id, &loc));
                 continue;
@@ -230,7 +252,7 @@ impl Index {
         self.sorted
             .binary_search_by(|e| e.id.cmp(id))
             .ok()
-            .map(|i| self.sorted[i].location())
+            .map(|i| self.sorted[i].location(&self.bases))
     }
 
     /// Where a blob can be read (live packs first, then packs marked for deletion).
@@ -248,6 +270,25 @@ impl Index {
         let l = self.location(id)?;
         let p = &self.packs[l.pack as usize];
         p.mark.is_none().then_some(p.id)
+    }
+
+    /// The packs a backup may reference the blob through: its live pack and, for a delta, its
+    /// base's live pack. `None` when either is missing or marked for deletion.
+    pub fn live_packs_of(&self, id: &BlobId) -> Option<(ObjectId, Option<ObjectId>)> {
+        let l = self.location(id)?;
+        let p = &self.packs[l.pack as usize];
+        if p.mark.is_some() {
+            return None;
+        }
+        match l.base {
+            None => Some((p.id, None)),
+            Some(b) => Some((p.id, Some(self.live_pack_of(&b)?))),
+        }
+    }
+
+    /// Delta blobs indexed.
+    pub fn deltas(&self) -> usize {
+        self.bases.len()
     }
 
     pub fn packs(&self) -> &[PackInfo] {
@@ -311,6 +352,7 @@ mod tests {
                     offset: 10 * i as u32,
                     length: 10,
                     raw_len: 7 + u32::from(*b),
+                    base: None,
                 })
                 .collect(),
             ..entry(id, mark)

@@ -41,6 +41,7 @@ pub mod ops;
 pub mod packer;
 pub mod progress;
 pub mod repo;
+pub mod resemble;
 pub mod timeparse;
 
 pub use error::{Error, Result};

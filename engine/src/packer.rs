@@ -92,7 +92,19 @@ impl Packer {
         id: BlobId,
         compression: Compression,
         raw_len: u32,
+        stored: Vec<u8>,
+    ) -> Result<u32> {
+        self.add_with_base(id, compression, raw_len, stored, None)
+    }
+
+    /// As [`add`](Self::add), for a delta blob naming its base.
+    pub fn add_with_base(
+        &mut self,
+        id: BlobId,
+        compression: Compression,
+        raw_len: u32,
         mut stored: Vec<u8>,
+        base: Option<BlobId>,
     ) -> Result<u32> {
         // The nonce counter of a blob is its offset: unique within the pack, never u64::MAX.
         self.cipher
@@ -104,6 +116,7 @@ impl Packer {
             raw_len,
             kind: self.kind,
             compression,
+            base,
         };
         self.write(&stored)?;
         self.records.push(rec);
@@ -149,6 +162,10 @@ pub struct SaverStats {
     pub blobs_added: AtomicU64,
     pub bytes_added: AtomicU64,
     pub packs_written: AtomicU64,
+    /// Blobs stored as deltas, their plaintext bytes, and what they take stored.
+    pub deltas_added: AtomicU64,
+    pub delta_raw_bytes: AtomicU64,
+    pub delta_stored_bytes: AtomicU64,
 }
 
 /// Saves blobs into packs, deduplicating against the index and against itself. Shared by all
@@ -209,11 +226,79 @@ impl BlobSaver {
     /// True when the blob is already stored (in a live pack) or being stored; otherwise
     /// reserves it.
     fn known_or_reserve(&self, id: &BlobId) -> bool {
-        if let Some(p) = self.index.read().expect("index lock").live_pack_of(id) {
-            self.used_packs.lock().expect("used lock").insert(p);
+        // A delta counts as stored only while its base is in a live pack too.
+        if let Some((p, base)) = self.index.read().expect("index lock").live_packs_of(id) {
+            let mut used = self.used_packs.lock().expect("used lock");
+            used.insert(p);
+            used.extend(base);
             return true;
         }
         !self.reserved.lock().expect("reserved lock").insert(*id)
+    }
+
+    /// Reserves a blob this saver is to store: false when it is stored (or being stored)
+    /// already. A reserved blob must then be stored, whole or as a delta.
+    pub fn reserve(&self, id: &BlobId) -> bool {
+        !self.known_or_reserve(id)
+    }
+
+    /// The compression level blobs are stored at.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// True when `base` may serve as a delta base: a data blob stored whole in a live pack
+    /// (its pack is remembered as used, so a concurrent prune cannot take it).
+    pub fn use_base(&self, base: &BlobId) -> bool {
+        let idx = self.index.read().expect("index lock");
+        let Some((p, None)) = idx.live_packs_of(base) else {
+            return false;
+        };
+        if idx.get(base).is_none_or(|(_, l)| l.kind != BlobKind::Data) {
+            return false;
+        }
+        self.used_packs.lock().expect("used lock").insert(p);
+        true
+    }
+
+    /// Stores a reserved blob whole, compressed already (`compress`'s result).
+    pub fn store_compressed(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        raw_len: usize,
+        (c, stored): (Compression, Vec<u8>),
+    ) -> Result<()> {
+        self.put(kind, id, (c, raw_len, stored), None)
+    }
+
+    /// Stores a blob reserved with [`reserve`](Self::reserve), whole.
+    pub fn store_reserved(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
+        self.store(kind, id, data)
+    }
+
+    /// Stores a reserved data blob as a delta: `frame` from
+    /// [`compress_delta`](crate::compressor::compress_delta) on `base`'s plaintext, which
+    /// [`use_base`](Self::use_base) accepted.
+    pub fn store_delta(
+        &self,
+        id: BlobId,
+        raw_len: usize,
+        frame: Vec<u8>,
+        base: BlobId,
+    ) -> Result<()> {
+        let st = &self.stats;
+        st.deltas_added.fetch_add(1, Ordering::Relaxed);
+        st.delta_raw_bytes
+            .fetch_add(raw_len as u64, Ordering::Relaxed);
+        st.delta_stored_bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.put(
+            BlobKind::Data,
+            id,
+            (Compression::Delta, raw_len, frame),
+            Some(base),
+        )
     }
 
     /// True when every blob is in a live pack, so a snapshot may reference them as they are
@@ -222,11 +307,12 @@ impl BlobSaver {
         let idx = self.index.read().expect("index lock");
         let mut packs = Vec::with_capacity(ids.len().min(16));
         for id in ids {
-            match idx.live_pack_of(id) {
-                Some(p) => {
+            match idx.live_packs_of(id) {
+                Some((p, base)) => {
                     if packs.last() != Some(&p) {
                         packs.push(p)
                     }
+                    packs.extend(base);
                 }
                 None => return false,
             }
@@ -274,13 +360,24 @@ impl BlobSaver {
 
     fn store(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
         let (c, stored) = compress(data, self.level);
+        self.put(kind, id, (c, data.len(), stored), None)
+    }
+
+    /// Adds a blob's stored form (compression, plaintext length, bytes) to a pack of its kind.
+    fn put(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        (c, raw_len, stored): (Compression, usize, Vec<u8>),
+        base: Option<BlobId>,
+    ) -> Result<()> {
         let k = kind as usize;
         let taken = self.pools[k].lock().expect("pool lock").pop();
         let mut packer = match taken {
             Some(p) => p,
             None => Packer::new(&self.key, kind, &self.tmpdir)?,
         };
-        let len = packer.add(id, c, data.len() as u32, stored)?;
+        let len = packer.add_with_base(id, c, raw_len as u32, stored, base)?;
         self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_added

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::backend::{Backend, FileKind, StorageClass};
 use crate::cache::Cache;
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::compressor::decompress;
+use crate::compressor::{decompress, decompress_delta, Compression};
 use crate::crypter::{random_bytes, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::config::{Config, DEFAULT_DATA_PACK_SIZE, DEFAULT_TREE_PACK_SIZE};
@@ -128,6 +128,8 @@ pub struct Repository {
     hasher: Hasher,
     index: Arc<RwLock<Index>>,
     tree_cache: Mutex<HashMap<BlobId, Arc<TreeBlob>>>,
+    /// The plaintexts of the latest delta bases read (a few MiB), newest last.
+    base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
     /// Local copies of index files, snapshots and tree packs (remote repositories only).
     cache: std::sync::OnceLock<Arc<Cache>>,
 }
@@ -223,6 +225,7 @@ impl Repository {
             chunker,
             index: Arc::new(RwLock::new(Index::new())),
             tree_cache: Mutex::new(HashMap::new()),
+            base_cache: Mutex::new(std::collections::VecDeque::new()),
             cache: std::sync::OnceLock::new(),
         })
     }
@@ -654,11 +657,54 @@ impl Repository {
                     "authentication failed (the pack was modified or damaged)",
                 )
             })?;
-        let plain = decompress(loc.compression, stored, loc.raw_len as usize, &what)?;
+        let plain = match (loc.compression, loc.base) {
+            (Compression::Delta, Some(base)) => {
+                let b = self.read_base(&base).map_err(|e| {
+                    Error::corrupt(
+                        &what,
+                        format!("its delta base {} cannot be read: {e}", base.short()),
+                    )
+                })?;
+                decompress_delta(&stored, &b, loc.raw_len as usize, &what)?
+            }
+            (Compression::Delta, None) => {
+                return Err(Error::corrupt(&what, "a delta blob without a base"))
+            }
+            (c, _) => decompress(c, stored, loc.raw_len as usize, &what)?,
+        };
         if self.hasher.id(&plain) != *id {
             return Err(Error::corrupt(&what, "content does not match its id"));
         }
         Ok(plain)
+    }
+
+    /// The plaintext of a delta's base: a data blob stored whole (format-spec 6.1: a delta
+    /// on a delta is refused, so every chain is one step).
+    pub fn read_base(&self, base: &BlobId) -> Result<Arc<Vec<u8>>> {
+        const KEEP: usize = 32;
+        if let Some((_, b)) = self
+            .base_cache
+            .lock()
+            .expect("base cache")
+            .iter()
+            .find(|(id, _)| id == base)
+        {
+            return Ok(b.clone());
+        }
+        let (_, loc) = self.locate(base)?;
+        if loc.compression == Compression::Delta || loc.kind != BlobKind::Data {
+            return Err(Error::corrupt(
+                format!("blob {}", base.short()),
+                "a delta base must be a data blob stored whole",
+            ));
+        }
+        let b = Arc::new(self.read_blob(base)?);
+        let mut c = self.base_cache.lock().expect("base cache");
+        if c.len() >= KEEP {
+            c.pop_front();
+        }
+        c.push_back((*base, b.clone()));
+        Ok(b)
     }
 
     /// Reads a whole pack, checks that it matches its name, and decodes its header.

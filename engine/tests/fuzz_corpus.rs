@@ -123,6 +123,16 @@ fn blob() {
     replay_within("blob", fuzzing::blob, Some(blob_limit));
 }
 
+/// A delta may hold up to 16 MiB, whatever its frame's size.
+fn delta_limit(n: usize) -> usize {
+    blob_limit(n).max((16 << 20) + (1 << 20))
+}
+
+#[test]
+fn delta() {
+    replay_within("delta", fuzzing::delta, Some(delta_limit));
+}
+
 #[test]
 fn chunker() {
     replay("chunker", fuzzing::chunker);

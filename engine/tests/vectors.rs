@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
+use chunkbak_engine::compressor::Compression;
 use chunkbak_engine::crypter::{DedupKey, MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
 use chunkbak_engine::format::config::Config;
 use chunkbak_engine::format::envelope;
@@ -115,6 +116,29 @@ fn compute() -> BTreeMap<String, String> {
         }],
     };
     v.insert("index_payload_marked".into(), hex::encode(marked.encode()));
+
+    // A pack with one delta blob: "chunkbak " x 12 + "delta!" on the base "chunkbak " x 12
+    // (the second blob of pack_two_blobs), zstd level 3 with the base as prefix.
+    let mut p = Packer::with_salt(&mk, BlobKind::Data, dir.path(), [0x13; 32]).unwrap();
+    let d = [b2.as_slice(), b"delta!"].concat();
+    let frame = chunkbak_engine::compressor::compress_delta(&d, &b2, 3).unwrap();
+    v.insert("delta_frame".into(), hex::encode(&frame));
+    p.add_with_base(
+        dk.hasher().id(&d),
+        Compression::Delta,
+        d.len() as u32,
+        frame,
+        Some(dk.hasher().id(&b2)),
+    )
+    .unwrap();
+    let (dentry, path) = p.finish().unwrap();
+    let dpack = std::fs::read(path).unwrap();
+    v.insert("pack_delta".into(), hex::encode(&dpack));
+    let didx = IndexFile {
+        supersedes: vec![],
+        packs: vec![dentry],
+    };
+    v.insert("index_payload_delta".into(), hex::encode(didx.encode()));
 
     let kf = key::seal_with_salt(
         &mk,
@@ -241,4 +265,30 @@ fn vectors_decode() {
     assert_eq!(c.dedup_secret, [0x77; 32]);
     let t = TreeBlob::decode(&hex::decode(&v["tree_one_file"]).unwrap(), "t").unwrap();
     assert!(matches!(t, TreeBlob::Dir(ref n) if n[0].name == b"a.txt"));
+
+    // The delta pack: its record names the base, and the blob decodes through it.
+    let b2 = "chunkbak ".repeat(12).into_bytes();
+    let dpack = hex::decode(&v["pack_delta"]).unwrap();
+    let (salt, drecs) = decode_header(&mk, ObjectKind::DataPack, &dpack, "vector").unwrap();
+    assert_eq!(drecs.len(), 1);
+    let r = drecs[0];
+    assert_eq!(r.compression, Compression::Delta);
+    assert_eq!(r.base, Some(recs[1].id));
+    let stored = mk
+        .object_cipher(&salt)
+        .open(
+            u64::from(r.offset),
+            &ObjectKind::DataPack.prefix(),
+            &dpack[r.offset as usize..r.end() as usize],
+        )
+        .unwrap();
+    assert_eq!(hex::encode(&stored), v["delta_frame"]);
+    let plain =
+        chunkbak_engine::compressor::decompress_delta(&stored, &b2, r.raw_len as usize, "v")
+            .unwrap();
+    assert_eq!(plain, [b2.as_slice(), b"delta!"].concat());
+    let didx = IndexFile::decode(&hex::decode(&v["index_payload_delta"]).unwrap(), "i").unwrap();
+    assert_eq!(didx.packs[0].blobs, drecs);
+    let (_, n) = IndexFile::peek(&hex::decode(&v["index_payload_delta"]).unwrap(), "i").unwrap();
+    assert_eq!(n, 1);
 }

@@ -78,9 +78,7 @@ impl IndexFile {
             out.extend_from_slice(&m.delete_after.to_le_bytes());
             out.extend_from_slice(&p.salt);
             out.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
-            for b in &p.blobs {
-                b.encode(&mut out);
-            }
+            super::pack::encode_records(&p.blobs, &mut out);
         }
         out
     }
@@ -99,7 +97,13 @@ impl IndexFile {
             // The pack's fixed part, up to its blob count.
             r.bytes(PACK_ENTRY_LEN - 4)?;
             let nb = r.count(RECORD_LEN)?;
-            r.bytes(nb * RECORD_LEN)?;
+            let recs = r.bytes(nb * RECORD_LEN)?;
+            // Each delta record (compression byte 2, at offset 45) has a base id after them.
+            let deltas = recs
+                .chunks_exact(RECORD_LEN)
+                .filter(|rec| rec[45] == crate::compressor::Compression::Delta as u8)
+                .count();
+            r.bytes(deltas * 32)?;
             blobs += nb;
         }
         r.finish()?;
@@ -140,9 +144,8 @@ impl IndexFile {
             };
             let salt = r.array()?;
             let nb = r.count(RECORD_LEN)?;
-            let mut blobs = Vec::with_capacity(nb);
-            for _ in 0..nb {
-                let b = BlobRecord::decode(&mut r)?;
+            let blobs = super::pack::decode_records(&mut r, nb)?;
+            for b in &blobs {
                 if b.end() > size {
                     return Err(r.corrupt(format!(
                         "blob {} ends at {} past the end of pack {} ({size} bytes)",
@@ -151,7 +154,6 @@ impl IndexFile {
                         id
                     )));
                 }
-                blobs.push(b);
             }
             packs.push(PackEntry {
                 id,

@@ -50,6 +50,9 @@ pub struct BlobRecord {
     pub raw_len: u32,
     pub kind: BlobKind,
     pub compression: Compression,
+    /// The base of a delta blob (compression 2): a data blob stored whole. Not part of the
+    /// 48-byte record: the bases follow the records (see [`encode_records`]).
+    pub base: Option<BlobId>,
 }
 
 impl BlobRecord {
@@ -77,6 +80,9 @@ impl BlobRecord {
         if (length as usize) < TAG_LEN {
             return Err(r.corrupt(format!("blob {} shorter than its tag", id.short())));
         }
+        if compression == Compression::Delta && kind != BlobKind::Data {
+            return Err(r.corrupt(format!("tree blob {} stored as a delta", id.short())));
+        }
         Ok(BlobRecord {
             id,
             offset,
@@ -84,6 +90,7 @@ impl BlobRecord {
             raw_len,
             kind,
             compression,
+            base: None,
         })
     }
 
@@ -96,10 +103,39 @@ impl BlobRecord {
 pub fn encode_header_plain(records: &[BlobRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + records.len() * RECORD_LEN);
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    for r in records {
-        r.encode(&mut out);
-    }
+    encode_records(records, &mut out);
     out
+}
+
+/// The records, then the base id of every delta record in record order (format-spec 6.2: the
+/// bases section is empty, so absent, when no record is a delta).
+pub fn encode_records(records: &[BlobRecord], out: &mut Vec<u8>) {
+    for r in records {
+        r.encode(out);
+    }
+    for r in records {
+        if let Some(b) = r.base {
+            out.extend_from_slice(&b.0);
+        }
+    }
+}
+
+/// Reads `n` records and the bases of their delta records (the inverse of [`encode_records`]).
+pub fn decode_records(r: &mut Reader<'_>, n: usize) -> Result<Vec<BlobRecord>> {
+    let mut recs = Vec::with_capacity(n);
+    for _ in 0..n {
+        recs.push(BlobRecord::decode(r)?);
+    }
+    for rec in recs.iter_mut() {
+        if rec.compression == Compression::Delta {
+            let base = r.id()?;
+            if base == rec.id {
+                return Err(r.corrupt(format!("blob {} is a delta on itself", rec.id.short())));
+            }
+            rec.base = Some(base);
+        }
+    }
+    Ok(recs)
 }
 
 /// Decodes a pack's header from the pack's full bytes (or from its tail, given the total size).
@@ -150,10 +186,9 @@ pub fn decode_header(
 pub fn parse_header(plain: &[u8], header_start: u64, name: &str) -> Result<Vec<BlobRecord>> {
     let mut r = Reader::new(plain, name);
     let n = r.count(RECORD_LEN)?;
-    let mut recs = Vec::with_capacity(n);
+    let recs = decode_records(&mut r, n)?;
     let mut expect = PACK_HEADER_OFFSET as u64;
-    for _ in 0..n {
-        let rec = BlobRecord::decode(&mut r)?;
+    for rec in &recs {
         if u64::from(rec.offset) != expect {
             return Err(Error::corrupt(
                 name,
@@ -166,7 +201,6 @@ pub fn parse_header(plain: &[u8], header_start: u64, name: &str) -> Result<Vec<B
             ));
         }
         expect = rec.end();
-        recs.push(rec);
     }
     r.finish()?;
     if expect != header_start {

@@ -231,7 +231,21 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     // Used blobs, from every snapshot's trees. Snapshots are listed after the time `now` is
     // taken: a snapshot written before `now` is seen.
     progress.message("reading snapshots");
-    let used = used_blobs(repo, &mut plan)?;
+    let mut used = used_blobs(repo, &mut plan)?;
+    // A used delta needs its base: with every copy's base kept, whichever copy stays opens.
+    // (Bases are never deltas, so one pass is the whole closure.)
+    // Late packs (indexed after the plan began) are in the index only.
+    let mut bases: Vec<BlobId> = packs
+        .values()
+        .flat_map(|p| &p.blobs)
+        .filter(|b| used.contains(&b.id))
+        .filter_map(|b| b.base)
+        .collect();
+    {
+        let idx = repo.index().read().expect("index lock");
+        bases.extend(used.iter().filter_map(|id| idx.get(id)?.1.base));
+    }
+    used.extend(bases);
     plan.used_blobs = used.len() as u64;
 
     // Each used blob is counted in one pack: a live one that exists, when there is one.

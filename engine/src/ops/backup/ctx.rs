@@ -123,10 +123,14 @@ impl Ctx {
     /// parallel, straight out of the chunker's read buffer; a batch of one chunk (a small
     /// file) stays on the calling thread. A failing source gives `StreamError::Read` (skip the
     /// file), a failing repository `StreamError::Repo` (stop the run).
+    ///
+    /// With `bases` (the previous version's chunks), new chunks that resemble one of them are
+    /// stored as deltas against it (see [`super::delta`]).
     pub(super) fn store_stream<R: Read>(
         &self,
         reader: R,
         size_hint: Option<u64>,
+        mut bases: Option<super::delta::Bases>,
     ) -> std::result::Result<(Vec<BlobId>, R), StreamError> {
         let mut ids = Vec::new();
         let mut chunks = self.repo.chunker().chunks_sized(reader, size_hint);
@@ -141,13 +145,20 @@ impl Ctx {
                 .bytes_read
                 .fetch_add(n as u64, Ordering::Relaxed);
             self.progress.bytes(n as u64);
-            let got: Vec<Result<BlobId>> = if batch.len() == 1 {
-                vec![save(&batch[0])]
+            if let Some(b) = bases.as_mut() {
+                ids.extend(
+                    self.store_batch_delta(&batch, b)
+                        .map_err(StreamError::Repo)?,
+                );
             } else {
-                self.pool.install(|| batch.par_iter().map(save).collect())
-            };
-            for r in got {
-                ids.push(r.map_err(StreamError::Repo)?);
+                let got: Vec<Result<BlobId>> = if batch.len() == 1 {
+                    vec![save(&batch[0])]
+                } else {
+                    self.pool.install(|| batch.par_iter().map(save).collect())
+                };
+                for r in got {
+                    ids.push(r.map_err(StreamError::Repo)?);
+                }
             }
             if n >= self.repo.chunker().params().max_size as usize {
                 self.checkpoint(false).map_err(StreamError::Repo)?;
@@ -157,7 +168,41 @@ impl Ctx {
         Ok((ids, chunks.into_inner()))
     }
 
-    pub(super) fn read_file(&self, path: &Path, before: &std::fs::Metadata) -> FileResult {
+    /// One batch of a file with candidate bases: ids and sketches in parallel, the choice of
+    /// bases in order, then compression (delta or whole) in parallel.
+    fn store_batch_delta(
+        &self,
+        batch: &[&[u8]],
+        bases: &mut super::delta::Bases,
+    ) -> Result<Vec<BlobId>> {
+        let saver = &self.w.saver;
+        let prep = |c: &&[u8]| {
+            let id = saver.hasher().id(c);
+            let reserved = saver.reserve(&id);
+            let sk = (reserved && c.len() <= crate::compressor::MAX_DELTA_LEN)
+                .then(|| crate::resemble::sketch(c));
+            (id, reserved, sk)
+        };
+        let prepped: Vec<_> = self.pool.install(|| batch.par_iter().map(prep).collect());
+        let ids: Vec<BlobId> = prepped.iter().map(|p| p.0).collect();
+        let reserved: Vec<bool> = prepped.iter().map(|p| p.1).collect();
+        let sketches: Vec<_> = prepped.into_iter().map(|p| p.2).collect();
+        let plans = bases.plan(self, &ids, &reserved, &sketches);
+        let work: Vec<usize> = (0..batch.len()).filter(|i| reserved[*i]).collect();
+        let store = |i: &usize| super::delta::store(self, ids[*i], batch[*i], &plans[*i]);
+        let done: Vec<Result<()>> = self.pool.install(|| work.par_iter().map(store).collect());
+        for r in done {
+            r?;
+        }
+        Ok(ids)
+    }
+
+    pub(super) fn read_file(
+        &self,
+        path: &Path,
+        before: &std::fs::Metadata,
+        old: Option<&Content>,
+    ) -> FileResult {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOATIME)
@@ -171,7 +216,11 @@ impl Ctx {
         } else {
             Source::Plain(f)
         };
-        let (ids, f) = match self.store_stream(r, Some(before.size())) {
+        let bases = old
+            .filter(|_| before.size() >= super::delta::MIN_FILE)
+            .and_then(|c| self.repo.file_chunks(c).ok())
+            .and_then(|c| super::delta::Bases::new(&self.repo, c));
+        let (ids, f) = match self.store_stream(r, Some(before.size()), bases) {
             Ok(r) => r,
             Err(StreamError::Read(e)) => return Err(format!("cannot read: {e}")),
             Err(StreamError::Repo(e)) => {

@@ -35,6 +35,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 
 mod ctx;
+mod delta;
 mod paths;
 mod sparse;
 mod stdin;
@@ -111,6 +112,11 @@ pub struct BackupResult {
     pub packs_written: u64,
     /// Blobs copied out of packs that a concurrent prune marked for deletion.
     pub blobs_copied: u64,
+    /// Chunks stored as deltas against a previous version's chunks, their plaintext bytes
+    /// and the bytes they take stored.
+    pub deltas: u64,
+    pub delta_raw_bytes: u64,
+    pub delta_stored_bytes: u64,
 }
 
 /// Runs a backup. The repository's index must be loaded.
@@ -142,8 +148,19 @@ pub fn backup(
                     opts.stdin_filename
                 )));
             }
-            let node = backup_stdin(&ctx, src, &name)?;
-            (vec![PathBuf::from(format!("/{name}"))], vec![node], None)
+            let paths = vec![PathBuf::from(format!("/{name}"))];
+            // The same name in the parent snapshot: its chunks are candidate delta bases.
+            let parent = find_parent(repo, &opts, &paths)?;
+            let prev = match &parent {
+                Some((_, tree)) => repo
+                    .load_dir(tree)?
+                    .into_iter()
+                    .find(|n| n.name == name.as_bytes() && n.kind == NodeKind::File)
+                    .map(|n| n.content),
+                None => None,
+            };
+            let node = backup_stdin(&ctx, src, &name, prev)?;
+            (paths, vec![node], parent.map(|p| p.0))
         } else {
             if opts.paths.is_empty() {
                 return Err(Error::Invalid(
@@ -204,6 +221,7 @@ pub fn backup(
             },
         };
         let snapshot_id = repo.write_snapshot(&snapshot)?;
+        let st = &ctx.w.saver.stats;
         let warnings = std::mem::take(&mut *ctx.warnings.lock().expect("warnings"));
         Ok(BackupResult {
             snapshot_id,
@@ -212,6 +230,9 @@ pub fn backup(
             warnings,
             packs_written,
             blobs_copied: copied,
+            deltas: st.deltas_added.load(Ordering::Relaxed),
+            delta_raw_bytes: st.delta_raw_bytes.load(Ordering::Relaxed),
+            delta_stored_bytes: st.delta_stored_bytes.load(Ordering::Relaxed),
         })
     })();
     if let Err(e) = &result {

@@ -2,13 +2,24 @@
 
 use super::*;
 
-pub(super) fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<Node> {
+/// Backs up a stream as the file `name`; `prev` is the same name's content in the parent
+/// snapshot (candidate delta bases).
+pub(super) fn backup_stdin(
+    ctx: &Ctx,
+    src: &StdinSource,
+    name: &str,
+    prev: Option<Content>,
+) -> Result<Node> {
+    let bases = || {
+        let c = ctx.repo.file_chunks(prev.as_ref()?).ok()?;
+        super::delta::Bases::new(&ctx.repo, c)
+    };
     let now = timespec_of(jiff::Timestamp::now());
     let (uid, gid) = fsmeta::current_ids();
     let owners = Owners::default();
     let ids = match src {
         StdinSource::Stdin => {
-            ctx.store_stream(std::io::stdin().lock(), None)
+            ctx.store_stream(std::io::stdin().lock(), None, bases())
                 .map_err(|e| e.into_error("standard input"))?
                 .0
         }
@@ -28,7 +39,7 @@ pub(super) fn backup_stdin(ctx: &Ctx, src: &StdinSource, name: &str) -> Result<N
                 .spawn()
                 .map_err(|e| Error::Other(format!("cannot start `{shown}`: {e}")))?;
             let out = child.stdout.take().expect("piped");
-            let r = ctx.store_stream(out, None);
+            let r = ctx.store_stream(out, None, bases());
             let status = child
                 .wait()
                 .map_err(|e| Error::Other(format!("waiting for `{shown}`: {e}")))?;

@@ -197,6 +197,11 @@ pub(super) fn backup_paths(
                             }
                             permits.acquire();
                             prefetch(entry.path(), meta.size());
+                            // The previous version's chunks: candidate delta bases.
+                            let prev = old
+                                .as_ref()
+                                .filter(|o| o.kind == NodeKind::File)
+                                .map(|o| o.content.clone());
                             let (c, s, p, m, pm) = (
                                 ctx.clone(),
                                 slot.clone(),
@@ -210,7 +215,7 @@ pub(super) fn backup_paths(
                                 {
                                     Err("backup aborted".to_string())
                                 } else {
-                                    c.read_file(&p, &m)
+                                    c.read_file(&p, &m, prev.as_ref())
                                 };
                                 c.checkpoint_or_fail();
                                 c.progress.file_done(&p);

@@ -1,0 +1,160 @@
+//! Delta encoding of a changed file's new chunks against its previous version's chunks.
+//!
+//! A file (or `--stdin` stream) whose parent snapshot holds a previous version keeps that
+//! version's chunks, in order, as candidate bases (a delta's own base stands in for it: bases
+//! are stored whole). Changes in a database dump are scattered every few KB, so few chunks
+//! match exactly, but each new chunk resembles the old chunk at about the same place: the
+//! candidates are the few old chunks just after the last one matched (exactly, or as a base),
+//! and the one sharing most sketch features wins. Old chunks are read once each, in order, a
+//! window ahead of the cursor.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::compressor::{compress, compress_delta, MAX_DELTA_LEN};
+use crate::resemble::{sketch, Sketch};
+
+/// Old chunks looked at behind and ahead of the cursor.
+const BEHIND: usize = 2;
+const AHEAD: usize = 8;
+/// Features a candidate must share with the new chunk.
+const MIN_SHARED: usize = 3;
+/// Files smaller than this are stored whole (too little to gain per file).
+pub(super) const MIN_FILE: u64 = 256 << 10;
+
+/// An old chunk read: its plaintext and sketch (`None`: not usable as a base).
+type Loaded = Option<(Arc<Vec<u8>>, Sketch)>;
+
+pub(super) struct Bases {
+    /// The previous version's chunks resolved to whole blobs, in file order.
+    old: Vec<BlobId>,
+    /// Where each previous chunk was (for re-anchoring on exact matches).
+    at: HashMap<BlobId, usize>,
+    /// Old chunks read so far, by position: plaintext and sketch (`None`: not usable).
+    loaded: HashMap<usize, Loaded>,
+    cursor: usize,
+}
+
+/// What to do with one chunk of a batch.
+pub(super) enum Plan {
+    /// Stored already (or by another thread of this run).
+    Known,
+    Whole,
+    Delta(BlobId, Arc<Vec<u8>>),
+}
+
+impl Bases {
+    /// The candidates of a file whose previous version has `chunks`; `None` when there are none.
+    pub(super) fn new(repo: &Repository, chunks: Vec<BlobId>) -> Option<Bases> {
+        if chunks.is_empty() {
+            return None;
+        }
+        let idx = repo.index().read().expect("index lock");
+        let old: Vec<BlobId> = chunks
+            .iter()
+            .map(|c| idx.get(c).and_then(|(_, l)| l.base).unwrap_or(*c))
+            .collect();
+        drop(idx);
+        let at = chunks.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+        Some(Bases {
+            old,
+            at,
+            loaded: HashMap::new(),
+            cursor: 0,
+        })
+    }
+
+    /// Reads the old chunks in `range` not read yet, in parallel.
+    fn load(&mut self, ctx: &Ctx, range: std::ops::Range<usize>) {
+        let want: Vec<usize> = range
+            .filter(|i| *i < self.old.len() && !self.loaded.contains_key(i))
+            .collect();
+        if want.is_empty() {
+            return;
+        }
+        let read = |i: &usize| {
+            let id = self.old[*i];
+            // Only a live whole data blob may be a base (the saver records its pack as used).
+            if !ctx.w.saver.use_base(&id) {
+                return (*i, None);
+            }
+            match ctx.repo.read_base(&id) {
+                Ok(b) if b.len() <= MAX_DELTA_LEN => {
+                    let s = sketch(&b);
+                    (*i, Some((b, s)))
+                }
+                _ => (*i, None),
+            }
+        };
+        let got: Vec<_> = ctx.pool.install(|| want.par_iter().map(read).collect());
+        self.loaded.extend(got);
+        // Keep only the window: what lies well behind the cursor is not looked at again.
+        let low = self.cursor.saturating_sub(BEHIND);
+        self.loaded.retain(|i, _| *i >= low);
+    }
+
+    /// Plans a batch: `reserved[i]` says chunk i must be stored, `sketches[i]` is its sketch.
+    pub(super) fn plan(
+        &mut self,
+        ctx: &Ctx,
+        ids: &[BlobId],
+        reserved: &[bool],
+        sketches: &[Option<Sketch>],
+    ) -> Vec<Plan> {
+        let new = reserved.iter().filter(|r| **r).count();
+        let start = self.cursor.saturating_sub(BEHIND);
+        self.load(ctx, start..self.cursor + new + AHEAD + 1);
+        let mut out = Vec::with_capacity(ids.len());
+        for ((id, r), sk) in ids.iter().zip(reserved).zip(sketches) {
+            if !*r {
+                if let Some(&i) = self.at.get(id) {
+                    self.cursor = i + 1;
+                }
+                out.push(Plan::Known);
+                continue;
+            }
+            let Some(sk) = sk else {
+                out.push(Plan::Whole);
+                continue;
+            };
+            let lo = self.cursor.saturating_sub(BEHIND);
+            let hi = (self.cursor + AHEAD + 1).min(self.old.len());
+            self.load(ctx, lo..hi);
+            let best = (lo..hi)
+                .filter_map(|i| {
+                    let (b, s) = self.loaded.get(&i)?.as_ref()?;
+                    Some((s.shared(sk), i, b))
+                })
+                .filter(|(n, _, _)| *n >= MIN_SHARED)
+                .max_by_key(|(n, i, _)| (*n, std::cmp::Reverse(*i)));
+            match best {
+                Some((_, i, b)) => {
+                    let p = Plan::Delta(self.old[i], b.clone());
+                    self.cursor = i + 1;
+                    out.push(p);
+                }
+                None => out.push(Plan::Whole),
+            }
+        }
+        out
+    }
+}
+
+/// Stores one reserved chunk as planned: as a delta when that is clearly smaller than the
+/// chunk compressed alone, otherwise whole.
+pub(super) fn store(ctx: &Ctx, id: BlobId, data: &[u8], plan: &Plan) -> Result<()> {
+    let saver = &ctx.w.saver;
+    if let Plan::Delta(base, b) = plan {
+        let frame = compress_delta(data, b, saver.level())?;
+        // Well under what compression alone reaches on text (3-5x): no need to compare.
+        if frame.len() * 8 <= data.len() {
+            return saver.store_delta(id, data.len(), frame, *base);
+        }
+        let (c, whole) = compress(data, saver.level());
+        if frame.len() * 4 < whole.len() * 3 {
+            return saver.store_delta(id, data.len(), frame, *base);
+        }
+        return saver.store_compressed(BlobKind::Data, id, data.len(), (c, whole));
+    }
+    saver.store_reserved(BlobKind::Data, id, data)
+}
