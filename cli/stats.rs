@@ -63,6 +63,10 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
                 "logical_bytes": st.logical_bytes, "chunks": st.chunks,
                 "chunk_bytes": st.chunk_bytes, "chunk_stored_bytes": st.chunk_stored_bytes,
                 "chunks_missing": st.chunks_missing,
+                "delta_chunks": st.delta_chunks, "delta_bytes": st.delta_bytes,
+                "delta_stored_bytes": st.delta_stored_bytes,
+                "base_only_chunks": st.base_only_chunks,
+                "base_only_stored_bytes": st.base_only_stored_bytes,
                 "dedup_ratio": st.dedup_ratio(), "compression_ratio": st.compression_ratio(),
                 "total_ratio": st.total_ratio(),
                 "repository_bytes": st.repository_bytes(),
@@ -84,6 +88,17 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
             human_bytes(st.chunk_bytes),
             human_bytes(st.chunk_stored_bytes)
         ));
+        if st.delta_chunks > 0 {
+            out.line(format!(
+                "deltas: {} chunks ({}) stored as {}, on {} base chunks no chosen snapshot \
+                 references itself ({})",
+                st.delta_chunks,
+                human_bytes(st.delta_bytes),
+                human_bytes(st.delta_stored_bytes),
+                st.base_only_chunks,
+                human_bytes(st.base_only_stored_bytes)
+            ));
+        }
         out.line(format!(
             "dedup ratio {:.2}, compression ratio {:.2}, together {:.2}",
             st.dedup_ratio(),

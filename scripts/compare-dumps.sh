@@ -14,7 +14,9 @@
 # Tools: CHUNKBAK (default /work/main/target/release/chunkbak; required), RESTIC=restic,
 # RUSTIC=/tmp/rustic/bin/rustic, BORG=borg; a tool that is not there gets "-" in its columns.
 # Prints a table and writes the same figures to WORKDIR/results.tsv (tab-separated, "-" = none).
-# KEEP_DUMPS=1 keeps each day's dump as WORKDIR/dayN.sql.
+# KEEP_DUMPS=1 keeps each day's dump as WORKDIR/dayN.sql. DUMPS=DIR takes day N's dump from
+# DIR/dayN.sql instead (made before, e.g. by a KEEP_DUMPS run; DATADIR is then not used), so
+# runs of different builds back up the very same bytes.
 set -euo pipefail
 [ $# -eq 3 ] || { sed -n '9,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 data=$1 work=$2 days=$3
@@ -67,14 +69,19 @@ done
 ran() { local t; for t in "${tools[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
 
 # The dataset: made here if missing; day 1 of the run is its current day.
-if [ ! -e "$data/day" ]; then
+if [ -n "${DUMPS:-}" ]; then
+  day0=1
+elif [ ! -e "$data/day" ]; then
   echo "making the dataset in $data (scale ${SCALE:-900})" >&2
   nice -n 19 "$dataset" init "$data" "${SCALE:-900}"
 fi
-day0=$(cat "$data/day")
-trap 'nice -n 19 "$dataset" stop "$data"' EXIT
-
-echo "date: $(date -u +%FT%TZ), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; dataset $data (scale $(cat "$data/scale")) from its day $day0"
+if [ -z "${DUMPS:-}" ]; then
+  day0=$(cat "$data/day")
+  trap 'nice -n 19 "$dataset" stop "$data"' EXIT
+  echo "date: $(date -u +%FT%TZ), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; dataset $data (scale $(cat "$data/scale")) from its day $day0"
+else
+  echo "date: $(date -u +%FT%TZ), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; dumps from $DUMPS"
+fi
 echo "versions: $("$chunkbak" --version) (built $chunkbak_built)$(ran restic && echo ", $("$restic" version | cut -d' ' -f1-2)")$(ran rustic && echo ", $("$rustic" --version)")$(ran borg && echo ", $("$borg" --version)"), $(zstd --version | grep -o 'v[0-9.]*' | sed 's/^/zstd /'), $(/usr/lib/postgresql/15/bin/pg_dump --version)"
 
 tsv=$work/results.tsv
@@ -85,10 +92,14 @@ printf '\tchunkbak_reported_added\tchunkbak_over_restic\n' >> "$tsv"
 for day in $(seq 1 "$days"); do
   dday=$(( day0 + day - 1 ))
   if [ "$day" -gt 1 ]; then
-    nice -n 19 "$dataset" day "$data" "$dday"
+    [ -n "${DUMPS:-}" ] || nice -n 19 "$dataset" day "$data" "$dday"
     mv "$dump" "$work/prev.sql"
   fi
-  nice -n 19 "$dataset" dump "$data" "$dump"
+  if [ -n "${DUMPS:-}" ]; then
+    cp "$DUMPS/day$day.sql" "$dump"
+  else
+    nice -n 19 "$dataset" dump "$data" "$dump"
+  fi
   [ -n "${KEEP_DUMPS:-}" ] && cp "$dump" "$work/day$day.sql"
   size=$(stat -c %s "$dump")
   z3=$(zstd -3 -q -c "$dump" | wc -c)

@@ -6,78 +6,10 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
+use std::io::Write as _;
 
 use common::*;
 use serde_json::Value;
-
-/// A table dump as `pg_dump` writes it (COPY rows of ids, times, amounts, codes and text) on
-/// day `day`: each day after the first updates 1% of the rows in place, deletes 0.2% and
-/// appends 1.5%, all scattered by a generator seeded with `seed`.
-fn dump(rows: u64, day: u64, seed: u64) -> Vec<u8> {
-    const WORDS: [&str; 16] = [
-        "shipped",
-        "pending",
-        "refund",
-        "customer",
-        "asked",
-        "express",
-        "warehouse",
-        "invoice",
-        "paid",
-        "late",
-        "discount",
-        "fragile",
-        "returned",
-        "damaged",
-        "priority",
-        "standard",
-    ];
-    let mix = |mut z: u64| {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    // The day a row last changed (0: never), or None when deleted; rows appended per day.
-    let mut total = rows;
-    let mut version: Vec<Option<u64>> = vec![Some(0); rows as usize];
-    for d in 2..=day {
-        for i in 0..total {
-            let r = mix(seed ^ d << 40 ^ i) % 1000;
-            if r < 10 {
-                if version[i as usize].is_some() {
-                    version[i as usize] = Some(d);
-                }
-            } else if r < 12 {
-                version[i as usize] = None;
-            }
-        }
-        let add = total * 15 / 1000;
-        version.extend(std::iter::repeat_n(Some(d), add as usize));
-        total += add;
-    }
-    let mut out = b"--\n-- PostgreSQL database dump\n--\n\nCOPY public.orders (id, ts, amount, status, note) FROM stdin;\n".to_vec();
-    for (i, v) in version.iter().enumerate() {
-        let Some(v) = v else { continue };
-        let h = mix(seed ^ (i as u64) << 8 ^ v);
-        let words: Vec<&str> = (0..3 + h % 9)
-            .map(|k| WORDS[(mix(h ^ k) % 16) as usize])
-            .collect();
-        writeln!(
-            out,
-            "{i}\t{}\t{}.{:02}\t{}\t{}",
-            1_700_000_000 + i as u64 * 37 + v * 86_400,
-            h % 100_000,
-            h % 100,
-            ["NEW", "PAID", "SHIP", "DONE"][(h >> 20) as usize % 4],
-            words.join(" ")
-        )
-        .unwrap();
-    }
-    out.extend_from_slice(b"\\.\n");
-    out
-}
 
 fn summary(r: &Run) -> Value {
     r.json("summary")[0].clone()
@@ -108,11 +40,16 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
     let src = e.path("src");
     fs::create_dir_all(&src).unwrap();
     let db = src.join("db.sql");
-    let days: Vec<Vec<u8>> = (1..=3).map(|d| dump(60_000, d, 1)).collect();
+    let days: Vec<Vec<u8>> = (1..=3).map(|d| table_dump(60_000, d, 1)).collect();
     let mut ids = Vec::new();
     let mut added = Vec::new();
+    // A second dump that changes on day 2 only: after the first days are forgotten, its
+    // day-2 deltas share packs with deltas no snapshot uses any more, so prune repacks them.
+    let db2 = src.join("db2.sql");
+    let other: Vec<Vec<u8>> = (1..=2).map(|d| table_dump(20_000, d, 5)).collect();
     for (d, data) in days.iter().enumerate() {
         fs::write(&db, data).unwrap();
+        fs::write(&db2, &other[d.min(1)]).unwrap();
         let s = summary(&e.ok(&["--json", "backup", src.to_str().unwrap()]));
         eprintln!("file day {}: {s}", d + 1);
         added.push(s["bytes_added"].as_u64().unwrap());
@@ -137,7 +74,7 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
         );
     }
     // Another table's days through --stdin: the parent snapshot's stream gives the bases.
-    let streams: Vec<Vec<u8>> = (1..=3).map(|d| dump(40_000, d, 2)).collect();
+    let streams: Vec<Vec<u8>> = (1..=3).map(|d| table_dump(40_000, d, 2)).collect();
     let mut stdin_added = Vec::new();
     for data in &streams {
         stdin_added.push(stdin_backup(&e, data));
@@ -160,7 +97,14 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
 
     // Forget all but the newest file and stdin snapshots: their deltas' bases were stored by
     // the forgotten first days, and prune must keep them.
-    e.ok(&[
+    let deltas_of = |id: &str| -> u64 {
+        e.ok(&["--json", "stats", id]).json("stats")[0]["delta_chunks"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = deltas_of(&ids[2]);
+    let r = e.ok(&[
+        "--json",
         "forget",
         "--keep-last",
         "1",
@@ -170,9 +114,25 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
         "--max-unused",
         "0%",
     ]);
+    let repacked: u64 = r
+        .json("prune")
+        .iter()
+        .map(|p| p["blobs_repacked"].as_u64().unwrap())
+        .sum();
+    assert!(repacked > 0, "prune repacked nothing: {}", r.out());
     e.ok(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    assert_eq!(deltas_of(&ids[2]), before, "a repack stored deltas whole");
     let left = e.ok(&["--json", "snapshots"]).json("snapshot");
     assert_eq!(left.len(), 2, "{left:?}");
+    // The kept snapshots' chunks are still deltas (a repack copies them as they are), on
+    // bases that no kept snapshot references itself.
+    let st = e.ok(&["--json", "stats"]).json("stats")[0].clone();
+    assert!(st["delta_chunks"].as_u64().unwrap() > 100, "{st}");
+    assert!(st["base_only_chunks"].as_u64().unwrap() > 100, "{st}");
+    assert!(
+        st["delta_stored_bytes"].as_u64().unwrap() * 10 < st["delta_bytes"].as_u64().unwrap(),
+        "{st}"
+    );
     let c = e.ok(&["check", "--read-data"]);
     assert!(c.out().contains(" 0 problems"), "{}", c.out());
     let t = e.path("restored");
@@ -187,6 +147,10 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
     assert!(
         fs::read(t.join(db.strip_prefix("/").unwrap())).unwrap() == days[2],
         "restore after prune differs"
+    );
+    assert!(
+        fs::read(t.join(db2.strip_prefix("/").unwrap())).unwrap() == other[1],
+        "restore after prune differs (repacked deltas)"
     );
     let r = e.ok(&["dump", "latest:/db.sql"]);
     assert!(r.stdout == streams[2], "stdin snapshot after prune differs");
@@ -207,7 +171,7 @@ fn unrelated_changes_make_no_deltas() {
     let s = summary(&e.ok(&["--json", "backup", src.to_str().unwrap()]));
     assert_eq!(s["deltas"], 0, "{s}");
     assert!(s["bytes_added"].as_u64().unwrap() > 3_000_000, "{s}");
-    fs::write(&f, dump(30_000, 1, 3)).unwrap();
+    fs::write(&f, table_dump(30_000, 1, 3)).unwrap();
     let s = summary(&e.ok(&["--json", "backup", src.to_str().unwrap()]));
     assert_eq!(s["deltas"], 0, "{s}");
 }

@@ -286,6 +286,11 @@ impl Index {
         }
     }
 
+    /// The base of a delta blob (`None` for a whole blob or one not indexed).
+    pub fn base_of(&self, id: &BlobId) -> Option<BlobId> {
+        self.location(id)?.base
+    }
+
     /// Delta blobs indexed.
     pub fn deltas(&self) -> usize {
         self.bases.len()

@@ -639,33 +639,33 @@ impl Repository {
         loc: BlobLocation,
         ct: &[u8],
     ) -> Result<Vec<u8>> {
-        let fk = FileKind::of_pack(pack.kind);
-        let pname = pack.id.to_hex();
-        let what = format!(
-            "{} (blob {} at offset {})",
-            fk.path_of(&pname),
-            id.short(),
-            loc.offset
-        );
-        let stored = self
-            .key
-            .object_cipher(&pack.salt)
-            .open(u64::from(loc.offset), &pack.kind.prefix(), ct)
-            .ok_or_else(|| {
+        let base = match (loc.compression, loc.base) {
+            (Compression::Delta, Some(b)) => Some(self.read_base(&b).map_err(|e| {
                 Error::corrupt(
-                    &what,
-                    "authentication failed (the pack was modified or damaged)",
+                    Self::blob_name(id, pack, loc),
+                    format!("its delta base {} cannot be read: {e}", b.short()),
                 )
-            })?;
-        let plain = match (loc.compression, loc.base) {
-            (Compression::Delta, Some(base)) => {
-                let b = self.read_base(&base).map_err(|e| {
-                    Error::corrupt(
-                        &what,
-                        format!("its delta base {} cannot be read: {e}", base.short()),
-                    )
-                })?;
-                decompress_delta(&stored, &b, loc.raw_len as usize, &what)?
+            })?),
+            _ => None,
+        };
+        self.open_blob_on(id, pack, loc, ct, base.as_ref().map(|b| b.as_slice()))
+    }
+
+    /// As [`open_blob`](Self::open_blob), with a delta's base plaintext given (`base`, read
+    /// and verified by the caller).
+    pub fn open_blob_on(
+        &self,
+        id: &BlobId,
+        pack: &PackInfo,
+        loc: BlobLocation,
+        ct: &[u8],
+        base: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        let what = Self::blob_name(id, pack, loc);
+        let stored = self.open_stored(id, pack, loc, ct)?;
+        let plain = match (loc.compression, base) {
+            (Compression::Delta, Some(b)) => {
+                decompress_delta(&stored, b, loc.raw_len as usize, &what)?
             }
             (Compression::Delta, None) => {
                 return Err(Error::corrupt(&what, "a delta blob without a base"))
@@ -676,6 +676,36 @@ impl Repository {
             return Err(Error::corrupt(&what, "content does not match its id"));
         }
         Ok(plain)
+    }
+
+    /// How errors name a blob: its pack's path and the blob's offset.
+    fn blob_name(id: &BlobId, pack: &PackInfo, loc: BlobLocation) -> String {
+        format!(
+            "{} (blob {} at offset {})",
+            FileKind::of_pack(pack.kind).path_of(&pack.id.to_hex()),
+            id.short(),
+            loc.offset
+        )
+    }
+
+    /// Decrypts a blob read from its pack to its stored form (compressed, or a delta frame),
+    /// without decoding it.
+    pub fn open_stored(
+        &self,
+        id: &BlobId,
+        pack: &PackInfo,
+        loc: BlobLocation,
+        ct: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.key
+            .object_cipher(&pack.salt)
+            .open(u64::from(loc.offset), &pack.kind.prefix(), ct)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    Self::blob_name(id, pack, loc),
+                    "authentication failed (the pack was modified or damaged)",
+                )
+            })
     }
 
     /// The plaintext of a delta's base: a data blob stored whole (format-spec 6.1: a delta

@@ -319,3 +319,72 @@ pub fn s3_endpoint() -> String {
     assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
     ep
 }
+
+/// A table dump as `pg_dump` writes it (COPY rows of ids, times, amounts, codes and text) on
+/// day `day`: each day after the first updates 1% of the rows in place, deletes 0.2% and
+/// appends 1.5%, all scattered by a generator seeded with `seed`.
+pub fn table_dump(rows: u64, day: u64, seed: u64) -> Vec<u8> {
+    use std::io::Write;
+    const WORDS: [&str; 16] = [
+        "shipped",
+        "pending",
+        "refund",
+        "customer",
+        "asked",
+        "express",
+        "warehouse",
+        "invoice",
+        "paid",
+        "late",
+        "discount",
+        "fragile",
+        "returned",
+        "damaged",
+        "priority",
+        "standard",
+    ];
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    // The day a row last changed (0: never), or None when deleted; rows appended per day.
+    let mut total = rows;
+    let mut version: Vec<Option<u64>> = vec![Some(0); rows as usize];
+    for d in 2..=day {
+        for i in 0..total {
+            let r = mix(seed ^ d << 40 ^ i) % 1000;
+            if r < 10 {
+                if version[i as usize].is_some() {
+                    version[i as usize] = Some(d);
+                }
+            } else if r < 12 {
+                version[i as usize] = None;
+            }
+        }
+        let add = total * 15 / 1000;
+        version.extend(std::iter::repeat_n(Some(d), add as usize));
+        total += add;
+    }
+    let mut out = b"--\n-- PostgreSQL database dump\n--\n\nCOPY public.orders (id, ts, amount, status, note) FROM stdin;\n".to_vec();
+    for (i, v) in version.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let h = mix(seed ^ (i as u64) << 8 ^ v);
+        let words: Vec<&str> = (0..3 + h % 9)
+            .map(|k| WORDS[(mix(h ^ k) % 16) as usize])
+            .collect();
+        writeln!(
+            out,
+            "{i}\t{}\t{}.{:02}\t{}\t{}",
+            1_700_000_000 + i as u64 * 37 + v * 86_400,
+            h % 100_000,
+            h % 100,
+            ["NEW", "PAID", "SHIP", "DONE"][(h >> 20) as usize % 4],
+            words.join(" ")
+        )
+        .unwrap();
+    }
+    out.extend_from_slice(b"\\.\n");
+    out
+}

@@ -253,7 +253,8 @@ impl Run<'_> {
                 )));
             }
         }
-        let reader = PackReader::new(self.src, &need, RANGE_BUDGET)?;
+        let planned = crate::ops::packread::with_bases(self.src, need.iter().copied());
+        let reader = PackReader::new(self.src, &planned, RANGE_BUDGET)?;
         let pool = crate::ops::thread_pool(READERS, "copy")?;
         pool.install(|| {
             need.par_iter().try_for_each(|b| -> Result<()> {

@@ -38,9 +38,23 @@ pub struct PackReader<'a> {
     pub served: AtomicU64,
 }
 
+/// `blobs` with each delta's base before it: the reads a [`PackReader`] makes for them.
+pub fn with_bases(repo: &Repository, blobs: impl Iterator<Item = BlobId>) -> Vec<BlobId> {
+    let idx = repo.index().read().expect("index lock");
+    let mut out = Vec::new();
+    for b in blobs {
+        if let Some(base) = idx.base_of(&b) {
+            out.push(base);
+        }
+        out.push(b);
+    }
+    out
+}
+
 impl<'a> PackReader<'a> {
-    /// Plans the ranges for reading `blobs` (a blob read N times appears N times), keeping at
-    /// most `budget` bytes of ranges in memory.
+    /// Plans the ranges for reading `blobs` (a blob read N times appears N times; a delta's
+    /// base once more per read of the delta, see [`with_bases`]), keeping at most `budget`
+    /// bytes of ranges in memory.
     pub fn new(repo: &'a Repository, blobs: &[BlobId], budget: u64) -> Result<Self> {
         let mut by_pack: HashMap<ObjectId, Vec<(u64, u64)>> = HashMap::new();
         {
@@ -85,9 +99,14 @@ impl<'a> PackReader<'a> {
         })
     }
 
-    /// Reads, decrypts and verifies one blob.
+    /// Reads, decrypts and verifies one blob (a delta through its base, read first: its
+    /// planned read comes right before the delta's, see [`with_bases`]).
     pub fn read(&self, id: &BlobId) -> Result<Vec<u8>> {
         let (pack, loc) = self.repo.locate(id)?;
+        let base = match loc.base {
+            Some(b) => Some(self.read(&b)?),
+            None => None,
+        };
         let off = u64::from(loc.offset);
         let Some(range) = self.range_of(&pack.id, off, u64::from(loc.length)) else {
             return self.repo.read_blob(id);
@@ -96,8 +115,8 @@ impl<'a> PackReader<'a> {
             Ok(Some(b)) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
                 let s = (off - range.start) as usize;
-                self.repo
-                    .open_blob(id, &pack, loc, &b[s..s + loc.length as usize])
+                let ct = &b[s..s + loc.length as usize];
+                self.repo.open_blob_on(id, &pack, loc, ct, base.as_deref())
             }
             Ok(None) => self.repo.read_blob(id),
             Err(e) => Err(e),
@@ -173,6 +192,9 @@ impl<'a> PackReader<'a> {
             let Ok((pack, loc)) = self.repo.locate(id) else {
                 continue;
             };
+            if let Some(b) = loc.base {
+                self.skip(&[b]);
+            }
             if let Some(r) = self.range_of(&pack.id, u64::from(loc.offset), u64::from(loc.length)) {
                 self.done(r);
             }

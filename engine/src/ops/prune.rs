@@ -519,9 +519,21 @@ pub fn run(
                         Error::corrupt(fk.path_of(&name), "shorter than the index says")
                     })?;
                     let loc = BlobLocation::of_record(b);
+                    // Opened in full either way: a repack copies only what verifies.
                     let plain = repo.open_blob(&b.id, &info, loc, ct)?;
-                    if saver.save_with_id(b.kind, b.id, &plain)? {
-                        res.blobs_repacked += 1;
+                    match b.base {
+                        // A delta stays a delta (its base is used, so it stays too).
+                        Some(base) if saver.reserve(&b.id) => {
+                            let frame = repo.open_stored(&b.id, &info, loc, ct)?;
+                            saver.store_delta(b.id, plain.len(), frame, base)?;
+                            res.blobs_repacked += 1;
+                        }
+                        Some(_) => {}
+                        None => {
+                            if saver.save_with_id(b.kind, b.id, &plain)? {
+                                res.blobs_repacked += 1;
+                            }
+                        }
                     }
                 }
                 i = j;

@@ -684,9 +684,15 @@ fn packs_of<'b>(
     ids: impl Iterator<Item = &'b BlobId>,
 ) -> Option<Vec<crate::id::ObjectId>> {
     let idx = repo.index().read().expect("index lock");
-    let mut out: Vec<_> = ids
-        .map(|id| idx.get(id).map(|(p, _)| p.id))
-        .collect::<Option<_>>()?;
+    let mut out = Vec::new();
+    for id in ids {
+        let (p, loc) = idx.get(id)?;
+        out.push(p.id);
+        // A delta is read through its base, which may sit in another pack.
+        if let Some(b) = loc.base {
+            out.push(idx.get(&b)?.0.id);
+        }
+    }
     out.sort();
     out.dedup();
     Some(out)
@@ -1172,11 +1178,12 @@ pub fn restore_gated(
     }
     if repo.backend().is_remote() && !opts.dry_run {
         // Every blob the restore reads, in planned order, so ranges are fetched once.
-        let blobs: Vec<BlobId> = jobs
-            .iter()
-            .filter_map(|j| j.plan.as_ref()?.as_ref().ok())
-            .flat_map(|p| p.needed().copied())
-            .collect();
+        let blobs = crate::ops::packread::with_bases(
+            repo,
+            jobs.iter()
+                .filter_map(|j| j.plan.as_ref()?.as_ref().ok())
+                .flat_map(|p| p.needed().copied()),
+        );
         r.reader = Some(PackReader::new(repo, &blobs, RANGE_BUDGET)?);
     }
     let r = r;

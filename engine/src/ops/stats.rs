@@ -36,6 +36,14 @@ pub struct Stats {
     pub chunk_stored_bytes: u64,
     /// Chunks referenced that the index does not locate (the repository needs a check).
     pub chunks_missing: u64,
+    /// Of those chunks, the ones stored as deltas: how many, their plaintext and stored bytes.
+    pub delta_chunks: u64,
+    pub delta_bytes: u64,
+    pub delta_stored_bytes: u64,
+    /// Whole chunks kept only as the bases of those deltas (no chosen snapshot references
+    /// them itself), and their stored bytes.
+    pub base_only_chunks: u64,
+    pub base_only_stored_bytes: u64,
     /// Every object of the repository, by storage class.
     pub classes: BTreeMap<StorageClass, ClassUsage>,
     /// Every object of the repository, by its folder (data, tree, index, snapshots, keys; and
@@ -160,14 +168,27 @@ pub fn stats(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<Stats> {
     }
     {
         let idx = repo.index().read().expect("index lock");
+        let mut bases: HashSet<BlobId> = HashSet::new();
         for id in &seen_chunks {
             match idx.get(id) {
                 Some((_, loc)) => {
                     st.chunks += 1;
                     st.chunk_bytes += u64::from(loc.raw_len);
                     st.chunk_stored_bytes += u64::from(loc.length);
+                    if let Some(b) = loc.base {
+                        st.delta_chunks += 1;
+                        st.delta_bytes += u64::from(loc.raw_len);
+                        st.delta_stored_bytes += u64::from(loc.length);
+                        bases.insert(b);
+                    }
                 }
                 None => st.chunks_missing += 1,
+            }
+        }
+        for b in bases.difference(&seen_chunks) {
+            if let Some((_, loc)) = idx.get(b) {
+                st.base_only_chunks += 1;
+                st.base_only_stored_bytes += u64::from(loc.length);
             }
         }
     }

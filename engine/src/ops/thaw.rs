@@ -149,6 +149,11 @@ pub fn needed_blobs(
         }
         None => walk(repo, start, &prefix, &mut visit)?,
     }
+    // A delta is read through its base, which may sit in another pack.
+    let idx = repo.index().read().expect("index lock");
+    let bases: Vec<BlobId> = blobs.iter().filter_map(|b| idx.base_of(b)).collect();
+    drop(idx);
+    blobs.extend(bases);
     Ok((files, blobs))
 }
 
