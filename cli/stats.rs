@@ -65,6 +65,7 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
                 "chunks_missing": st.chunks_missing,
                 "delta_chunks": st.delta_chunks, "delta_bytes": st.delta_bytes,
                 "delta_stored_bytes": st.delta_stored_bytes,
+                "delta_max_depth": st.delta_max_depth,
                 "base_only_chunks": st.base_only_chunks,
                 "base_only_stored_bytes": st.base_only_stored_bytes,
                 "dedup_ratio": st.dedup_ratio(), "compression_ratio": st.compression_ratio(),
@@ -90,11 +91,12 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
         ));
         if st.delta_chunks > 0 {
             out.line(format!(
-                "deltas: {} chunks ({}) stored as {}, on {} base chunks no chosen snapshot \
-                 references itself ({})",
+                "deltas: {} chunks ({}) stored as {}, chains at most {} deep, on {} base chunks \
+                 no chosen snapshot references itself ({})",
                 st.delta_chunks,
                 human_bytes(st.delta_bytes),
                 human_bytes(st.delta_stored_bytes),
+                st.delta_max_depth,
                 st.base_only_chunks,
                 human_bytes(st.base_only_stored_bytes)
             ));

@@ -133,7 +133,7 @@ fn unchanged_rebackup_reads_nothing_and_adds_nothing() {
 }
 
 #[test]
-fn one_byte_change_adds_about_one_chunk() {
+fn one_byte_change_adds_a_small_delta_of_one_chunk() {
     let e = Env::new();
     e.init_default_chunks();
     let src = e.path("src");
@@ -152,10 +152,15 @@ fn one_byte_change_adds_about_one_chunk() {
         .json("summary")[0]
         .clone();
     let added = second["bytes_added"].as_u64().unwrap();
-    // One data chunk (at most 4 MiB) plus two small trees.
-    assert!(added <= (4 << 20) + 64 * 1024, "added {added}");
-    assert!(added >= 256 * 1024, "added {added}");
+    // One data chunk, stored as a delta on its previous version (a few KiB however large the
+    // chunk), plus two small trees.
+    assert_eq!(second["deltas"], 1, "{second}");
+    assert!(added <= 64 * 1024, "added {added}");
     assert_eq!(second["files_changed"], 1);
+    let t = e.path("restored");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let back = fs::read(t.join(src.join("big.img").strip_prefix("/").unwrap())).unwrap();
+    assert!(back == data, "the restored file differs");
 }
 
 fn snapshot_at(e: &Env, t: &str, src: &Path, content: &str) -> String {

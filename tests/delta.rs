@@ -175,3 +175,61 @@ fn unrelated_changes_make_no_deltas() {
     let s = summary(&e.ok(&["--json", "backup", src.to_str().unwrap()]));
     assert_eq!(s["deltas"], 0, "{s}");
 }
+
+/// Day after day, a dump's deltas are made on yesterday's chunks, so chains grow a step a day
+/// until they reach the maximum depth (format-spec 6.1: 6); past it, a new delta is made on a
+/// shallower base. Every day stays small and every snapshot restores byte for byte.
+#[test]
+fn daily_chains_stop_at_the_maximum_depth_and_every_day_restores() {
+    let e = Env::new();
+    e.init_small();
+    let days: Vec<Vec<u8>> = (1..=9).map(|d| table_dump(30_000, d, 4)).collect();
+    let mut sums = Vec::new();
+    for data in &days {
+        sums.push(stdin_backup(&e, data));
+    }
+    let first = sums[0]["bytes_added"].as_u64().unwrap();
+    for (d, s) in sums.iter().enumerate().skip(1) {
+        assert!(s["deltas"].as_u64().unwrap() > 0, "day {}: {s}", d + 1);
+        assert!(
+            s["bytes_added"].as_u64().unwrap() * 100 < first * 20,
+            "day {}: {s} against {first} on day 1",
+            d + 1
+        );
+    }
+    let depth = |snap: &str| -> u64 {
+        e.ok(&["--json", "stats", snap]).json("stats")[0]["delta_max_depth"]
+            .as_u64()
+            .unwrap()
+    };
+    let ids: Vec<String> = sums
+        .iter()
+        .map(|s| s["snapshot_id"].as_str().unwrap().to_string())
+        .collect();
+    // Day 2 deltas on day 1, day 3 on day 2, ...: the chains grow a step a day.
+    assert_eq!(depth(&ids[1][..8]), 1);
+    assert_eq!(depth(&ids[3][..8]), 3);
+    assert_eq!(depth(&ids[6][..8]), 6);
+    assert_eq!(depth(&ids[8][..8]), 6, "a chain went past the maximum");
+    for (id, data) in ids.iter().zip(&days) {
+        let r = e.ok(&["dump", &id[..8], "/db.sql"]);
+        assert!(r.stdout == *data, "snapshot {id} differs");
+    }
+    let c = e.ok(&["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    // Only the last day kept: its chains keep every base down to day 1 alive.
+    e.ok(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "0%",
+    ]);
+    let r = e.ok(&["dump", "latest", "/db.sql"]);
+    assert!(r.stdout == days[8], "the last day differs after prune");
+    let c = e.ok(&["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+}

@@ -76,6 +76,10 @@ struct Entry {
 
 const TOP: u32 = 1 << 31;
 
+/// The longest chain of deltas a blob may be read through (format-spec 6.1): a delta on a
+/// whole blob has depth 1, a delta on that delta depth 2, and so on.
+pub const MAX_DELTA_DEPTH: usize = 6;
+
 impl Entry {
     fn new(id: BlobId, l: &BlobLocation) -> Self {
         debug_assert!(l.pack < TOP && l.length < TOP);
@@ -272,23 +276,47 @@ impl Index {
         p.mark.is_none().then_some(p.id)
     }
 
-    /// The packs a backup may reference the blob through: its live pack and, for a delta, its
-    /// base's live pack. `None` when either is missing or marked for deletion.
-    pub fn live_packs_of(&self, id: &BlobId) -> Option<(ObjectId, Option<ObjectId>)> {
-        let l = self.location(id)?;
-        let p = &self.packs[l.pack as usize];
-        if p.mark.is_some() {
-            return None;
+    /// The packs a backup may reference the blob through: its live pack and, for a delta,
+    /// the live packs of every base down its chain. `None` when one is missing or marked for
+    /// deletion, or the chain is broken or deeper than [`MAX_DELTA_DEPTH`].
+    pub fn live_packs_of(&self, id: &BlobId) -> Option<Vec<ObjectId>> {
+        let mut out = Vec::new();
+        let mut at = *id;
+        for _ in 0..=MAX_DELTA_DEPTH {
+            let l = self.location(&at)?;
+            let p = &self.packs[l.pack as usize];
+            if p.mark.is_some() {
+                return None;
+            }
+            out.push(p.id);
+            match l.base {
+                None => return Some(out),
+                Some(b) => at = b,
+            }
         }
-        match l.base {
-            None => Some((p.id, None)),
-            Some(b) => Some((p.id, Some(self.live_pack_of(&b)?))),
-        }
+        None
     }
 
     /// The base of a delta blob (`None` for a whole blob or one not indexed).
     pub fn base_of(&self, id: &BlobId) -> Option<BlobId> {
         self.location(id)?.base
+    }
+
+    /// The bases a delta is read through, nearest first (empty for a whole blob); `None` when
+    /// a base is not indexed or the chain is deeper than [`MAX_DELTA_DEPTH`] (or loops).
+    pub fn chain_of(&self, id: &BlobId) -> Option<Vec<BlobId>> {
+        let mut out = Vec::new();
+        let mut at = *id;
+        loop {
+            match self.location(&at)?.base {
+                None => return Some(out),
+                Some(b) if out.len() < MAX_DELTA_DEPTH => {
+                    out.push(b);
+                    at = b;
+                }
+                Some(_) => return None,
+            }
+        }
     }
 
     /// Delta blobs indexed.
@@ -399,6 +427,49 @@ mod tests {
         assert_eq!(idx.live_pack_of(&id(10)), Some(Id([4; 32])));
         assert_eq!(idx.live_pack_of(&id(20)), Some(Id([4; 32])));
         assert_eq!(idx.live_pack_of(&id(13)), Some(Id([2; 32])));
+    }
+
+    #[test]
+    fn chains_are_followed_to_a_whole_blob_and_refused_past_the_maximum_depth_or_in_a_loop() {
+        let id = |b: u8| BlobId::from_bytes([b; 32]);
+        // Blob 20 whole; 21 a delta on 20, 22 on 21, ... 28 on 27 (depth 8). 40 and 41 are
+        // deltas on each other; 50 is a delta on 51, which no pack holds.
+        let mut pack = with_blobs(1, None, &[20, 21, 22, 23, 24, 25, 26, 27, 28, 40, 41, 50]);
+        for r in &mut pack.blobs {
+            let b = r.id.0[0];
+            let base = match b {
+                21..=28 => Some(b - 1),
+                40 => Some(41),
+                41 => Some(40),
+                50 => Some(51),
+                _ => None,
+            };
+            if let Some(base) = base {
+                r.compression = Compression::Delta;
+                r.kind = BlobKind::Data;
+                r.base = Some(id(base));
+            }
+        }
+        let mut idx = Index::loading(1);
+        idx.add_pack(&pack);
+        idx.add_pack(&with_blobs(2, Some((1, 2)), &[60]));
+        idx.seal();
+        assert_eq!(idx.chain_of(&id(20)), Some(vec![]));
+        assert_eq!(idx.chain_of(&id(22)), Some(vec![id(21), id(20)]));
+        let six: Vec<BlobId> = (20..26).rev().map(id).collect();
+        assert_eq!(idx.chain_of(&id(26)), Some(six), "depth 6 is allowed");
+        assert_eq!(idx.live_packs_of(&id(26)).map(|p| p.len()), Some(7));
+        assert_eq!(idx.chain_of(&id(27)), None, "depth 7 is refused");
+        assert_eq!(idx.live_packs_of(&id(27)), None);
+        assert_eq!(idx.chain_of(&id(40)), None, "a loop is refused");
+        assert_eq!(idx.live_packs_of(&id(41)), None);
+        assert_eq!(idx.chain_of(&id(50)), None, "a missing base is refused");
+        assert_eq!(
+            idx.live_packs_of(&id(60)),
+            None,
+            "a marked pack is not live"
+        );
+        assert_eq!(idx.base_of(&id(21)), Some(id(20)));
     }
 
     #[test]

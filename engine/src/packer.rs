@@ -18,7 +18,7 @@ use crate::format::pack::{encode_header_plain, BlobKind, BlobRecord};
 use crate::format::ObjectKind;
 use crate::hasher::Hasher;
 use crate::id::{BlobId, Id};
-use crate::index::Index;
+use crate::index::{Index, MAX_DELTA_DEPTH};
 
 /// One pack being written.
 pub struct Packer {
@@ -226,11 +226,9 @@ impl BlobSaver {
     /// True when the blob is already stored (in a live pack) or being stored; otherwise
     /// reserves it.
     fn known_or_reserve(&self, id: &BlobId) -> bool {
-        // A delta counts as stored only while its base is in a live pack too.
-        if let Some((p, base)) = self.index.read().expect("index lock").live_packs_of(id) {
-            let mut used = self.used_packs.lock().expect("used lock");
-            used.insert(p);
-            used.extend(base);
+        // A delta counts as stored only while every base down its chain is live too.
+        if let Some(packs) = self.index.read().expect("index lock").live_packs_of(id) {
+            self.used_packs.lock().expect("used lock").extend(packs);
             return true;
         }
         !self.reserved.lock().expect("reserved lock").insert(*id)
@@ -247,17 +245,20 @@ impl BlobSaver {
         self.level
     }
 
-    /// True when `base` may serve as a delta base: a data blob stored whole in a live pack
-    /// (its pack is remembered as used, so a concurrent prune cannot take it).
+    /// True when `base` may serve as a delta base: a data blob in a live pack, whole or a
+    /// delta less than [`MAX_DELTA_DEPTH`] deep whose bases are all live (their packs are
+    /// remembered as used, so a concurrent prune cannot take them).
     pub fn use_base(&self, base: &BlobId) -> bool {
         let idx = self.index.read().expect("index lock");
-        let Some((p, None)) = idx.live_packs_of(base) else {
+        let Some(packs) = idx.live_packs_of(base) else {
             return false;
         };
-        if idx.get(base).is_none_or(|(_, l)| l.kind != BlobKind::Data) {
+        if packs.len() > MAX_DELTA_DEPTH
+            || idx.get(base).is_none_or(|(_, l)| l.kind != BlobKind::Data)
+        {
             return false;
         }
-        self.used_packs.lock().expect("used lock").insert(p);
+        self.used_packs.lock().expect("used lock").extend(packs);
         true
     }
 
@@ -308,11 +309,12 @@ impl BlobSaver {
         let mut packs = Vec::with_capacity(ids.len().min(16));
         for id in ids {
             match idx.live_packs_of(id) {
-                Some((p, base)) => {
-                    if packs.last() != Some(&p) {
-                        packs.push(p)
+                Some(chain) => {
+                    for p in chain {
+                        if packs.last() != Some(&p) {
+                            packs.push(p)
+                        }
                     }
-                    packs.extend(base);
                 }
                 None => return false,
             }

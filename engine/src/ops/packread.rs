@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::FileKind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{BlobId, ObjectId};
 use crate::repo::Repository;
 
@@ -38,14 +38,13 @@ pub struct PackReader<'a> {
     pub served: AtomicU64,
 }
 
-/// `blobs` with each delta's base before it: the reads a [`PackReader`] makes for them.
+/// `blobs` with each delta's bases before it, deepest first: the reads a [`PackReader`] makes
+/// for them.
 pub fn with_bases(repo: &Repository, blobs: impl Iterator<Item = BlobId>) -> Vec<BlobId> {
     let idx = repo.index().read().expect("index lock");
     let mut out = Vec::new();
     for b in blobs {
-        if let Some(base) = idx.base_of(&b) {
-            out.push(base);
-        }
+        out.extend(idx.chain_of(&b).unwrap_or_default().into_iter().rev());
         out.push(b);
     }
     out
@@ -102,9 +101,31 @@ impl<'a> PackReader<'a> {
     /// Reads, decrypts and verifies one blob (a delta through its base, read first: its
     /// planned read comes right before the delta's, see [`with_bases`]).
     pub fn read(&self, id: &BlobId) -> Result<Vec<u8>> {
+        self.read_checked(id, true)
+    }
+
+    /// Reads a blob; `verify`: check its id (a base is not checked: the delta read through
+    /// it is).
+    fn read_checked(&self, id: &BlobId, verify: bool) -> Result<Vec<u8>> {
         let (pack, loc) = self.repo.locate(id)?;
         let base = match loc.base {
-            Some(b) => Some(self.read(&b)?),
+            Some(b) => {
+                // Bounded (and free of loops) before anything recurses down it.
+                if self
+                    .repo
+                    .index()
+                    .read()
+                    .expect("index lock")
+                    .chain_of(id)
+                    .is_none()
+                {
+                    return Err(Error::corrupt(
+                        format!("blob {}", id.short()),
+                        "its chain of delta bases is broken or too deep",
+                    ));
+                }
+                Some(self.read_checked(&b, false)?)
+            }
             None => None,
         };
         let off = u64::from(loc.offset);
@@ -116,7 +137,11 @@ impl<'a> PackReader<'a> {
                 self.served.fetch_add(1, Ordering::Relaxed);
                 let s = (off - range.start) as usize;
                 let ct = &b[s..s + loc.length as usize];
-                self.repo.open_blob_on(id, &pack, loc, ct, base.as_deref())
+                if verify {
+                    self.repo.open_blob_on(id, &pack, loc, ct, base.as_deref())
+                } else {
+                    self.repo.decode(id, &pack, loc, ct, base.as_deref())
+                }
             }
             Ok(None) => self.repo.read_blob(id),
             Err(e) => Err(e),
@@ -192,11 +217,22 @@ impl<'a> PackReader<'a> {
             let Ok((pack, loc)) = self.repo.locate(id) else {
                 continue;
             };
-            if let Some(b) = loc.base {
-                self.skip(&[b]);
-            }
+            let chain = self.repo.index().read().expect("index lock").chain_of(id);
+            self.skip_ranges(&chain.unwrap_or_default());
             if let Some(r) = self.range_of(&pack.id, u64::from(loc.offset), u64::from(loc.length)) {
                 self.done(r);
+            }
+        }
+    }
+
+    /// Releases one planned read of each blob (no recursion down chains: `ids` is one).
+    fn skip_ranges(&self, ids: &[BlobId]) {
+        for id in ids {
+            if let Ok((pack, loc)) = self.repo.locate(id) {
+                let (off, len) = (u64::from(loc.offset), u64::from(loc.length));
+                if let Some(r) = self.range_of(&pack.id, off, len) {
+                    self.done(r);
+                }
             }
         }
     }

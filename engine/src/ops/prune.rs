@@ -232,20 +232,26 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     // taken: a snapshot written before `now` is seen.
     progress.message("reading snapshots");
     let mut used = used_blobs(repo, &mut plan)?;
-    // A used delta needs its base: with every copy's base kept, whichever copy stays opens.
-    // (Bases are never deltas, so one pass is the whole closure.)
-    // Late packs (indexed after the plan began) are in the index only.
-    let mut bases: Vec<BlobId> = packs
-        .values()
-        .flat_map(|p| &p.blobs)
-        .filter(|b| used.contains(&b.id))
-        .filter_map(|b| b.base)
-        .collect();
+    // A used delta needs its bases, down its chain: with every copy's base kept, whichever
+    // copy stays opens. Late packs (indexed after the plan began) are in the index only.
+    let mut bases_of: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
+    for b in packs.values().flat_map(|p| &p.blobs) {
+        if let Some(base) = b.base {
+            bases_of.entry(b.id).or_default().push(base);
+        }
+    }
     {
         let idx = repo.index().read().expect("index lock");
-        bases.extend(used.iter().filter_map(|id| idx.get(id)?.1.base));
+        let mut todo: Vec<BlobId> = used.iter().copied().collect();
+        while let Some(id) = todo.pop() {
+            let more = bases_of.get(&id).into_iter().flatten().copied();
+            for base in more.chain(idx.base_of(&id)) {
+                if used.insert(base) {
+                    todo.push(base);
+                }
+            }
+        }
     }
-    used.extend(bases);
     plan.used_blobs = used.len() as u64;
 
     // Each used blob is counted in one pack: a live one that exists, when there is one.

@@ -686,10 +686,9 @@ fn packs_of<'b>(
     let idx = repo.index().read().expect("index lock");
     let mut out = Vec::new();
     for id in ids {
-        let (p, loc) = idx.get(id)?;
-        out.push(p.id);
-        // A delta is read through its base, which may sit in another pack.
-        if let Some(b) = loc.base {
+        out.push(idx.get(id)?.0.id);
+        // A delta is read through its bases, which may sit in other packs.
+        for b in idx.chain_of(id)? {
             out.push(idx.get(&b)?.0.id);
         }
     }

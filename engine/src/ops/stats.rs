@@ -40,8 +40,11 @@ pub struct Stats {
     pub delta_chunks: u64,
     pub delta_bytes: u64,
     pub delta_stored_bytes: u64,
-    /// Whole chunks kept only as the bases of those deltas (no chosen snapshot references
-    /// them itself), and their stored bytes.
+    /// The deepest of those deltas' chains (format-spec 6.1: at most 6): the most frames a
+    /// restore decodes for one chunk.
+    pub delta_max_depth: u64,
+    /// Chunks kept only as the bases of those deltas, down their chains (no chosen snapshot
+    /// references them itself), and their stored bytes.
     pub base_only_chunks: u64,
     pub base_only_stored_bytes: u64,
     /// Every object of the repository, by storage class.
@@ -175,11 +178,13 @@ pub fn stats(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<Stats> {
                     st.chunks += 1;
                     st.chunk_bytes += u64::from(loc.raw_len);
                     st.chunk_stored_bytes += u64::from(loc.length);
-                    if let Some(b) = loc.base {
+                    if loc.base.is_some() {
                         st.delta_chunks += 1;
                         st.delta_bytes += u64::from(loc.raw_len);
                         st.delta_stored_bytes += u64::from(loc.length);
-                        bases.insert(b);
+                        let chain = idx.chain_of(id).unwrap_or_default();
+                        st.delta_max_depth = st.delta_max_depth.max(chain.len() as u64);
+                        bases.extend(chain);
                     }
                 }
                 None => st.chunks_missing += 1,

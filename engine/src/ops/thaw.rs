@@ -149,9 +149,12 @@ pub fn needed_blobs(
         }
         None => walk(repo, start, &prefix, &mut visit)?,
     }
-    // A delta is read through its base, which may sit in another pack.
+    // A delta is read through its bases, which may sit in other packs.
     let idx = repo.index().read().expect("index lock");
-    let bases: Vec<BlobId> = blobs.iter().filter_map(|b| idx.base_of(b)).collect();
+    let bases: Vec<BlobId> = blobs
+        .iter()
+        .flat_map(|b| idx.chain_of(b).unwrap_or_default())
+        .collect();
     drop(idx);
     blobs.extend(bases);
     Ok((files, blobs))

@@ -1,8 +1,9 @@
 //! Delta encoding of a changed file's new chunks against its previous version's chunks.
 //!
 //! A file (or `--stdin` stream) whose parent snapshot holds a previous version keeps that
-//! version's chunks, in order, as candidate bases (a delta's own base stands in for it: bases
-//! are stored whole). Changes in a database dump are scattered every few KB, so few chunks
+//! version's chunks, in order, as candidate bases: a chunk of yesterday's dump is the closest
+//! base for today's, so chains grow a step a day, up to [`MAX_DELTA_DEPTH`] (where a chunk as
+//! deep as that stands in with its base). Changes in a database dump are scattered every few KB, so few chunks
 //! match exactly, but each new chunk resembles the old chunk at about the same place: the
 //! candidates are the few old chunks just after the last one matched (exactly, or as a base),
 //! and the one sharing most sketch features wins. Old chunks are read once each, in order, a
@@ -12,6 +13,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::compressor::{compress, compress_delta, MAX_DELTA_LEN};
+use crate::index::MAX_DELTA_DEPTH;
 use crate::resemble::{sketch, Sketch};
 
 /// Old chunks looked at behind and ahead of the cursor.
@@ -49,10 +51,14 @@ impl Bases {
         if chunks.is_empty() {
             return None;
         }
+        // Each old chunk, or where its chain is as deep as chains go, its base.
         let idx = repo.index().read().expect("index lock");
         let old: Vec<BlobId> = chunks
             .iter()
-            .map(|c| idx.get(c).and_then(|(_, l)| l.base).unwrap_or(*c))
+            .map(|c| match idx.chain_of(c) {
+                Some(chain) if chain.len() >= MAX_DELTA_DEPTH => chain[0],
+                _ => *c,
+            })
             .collect();
         drop(idx);
         let at = chunks.iter().enumerate().map(|(i, c)| (*c, i)).collect();
@@ -78,10 +84,11 @@ impl Bases {
             if !ctx.w.saver.use_base(&id) {
                 return (*i, None);
             }
-            match ctx.repo.read_base(&id) {
+            // Checked against its id: today's deltas will be decoded through it.
+            match ctx.repo.read_blob(&id) {
                 Ok(b) if b.len() <= MAX_DELTA_LEN => {
                     let s = sketch(&b);
-                    (*i, Some((b, s)))
+                    (*i, Some((Arc::new(b), s)))
                 }
                 _ => (*i, None),
             }
