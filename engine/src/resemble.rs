@@ -7,8 +7,10 @@
 /// Features per sketch.
 pub const FEATURES: usize = 12;
 
-/// Positions whose rolling hash has these bits clear are sampled (one in 16 on average).
-const SAMPLE_MASK: u64 = 0xf << 60;
+/// Positions whose rolling hash has these bits clear are sampled (one in 256 on average: a
+/// 64 KiB chunk still has about 256 samples, and the rare sample keeps the hash loop free of
+/// mispredicted branches).
+const SAMPLE_MASK: u64 = 0xff << 56;
 
 /// A chunk's features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,16 +52,35 @@ const TRANSFORMS: [(u64, u64); FEATURES] = {
 /// so an edit changes only the features whose maxima lay within 64 bytes of it.
 pub fn sketch(data: &[u8]) -> Sketch {
     let mut f = [0u64; FEATURES];
+    let take = |f: &mut [u64; FEATURES], h: u64| {
+        for (x, (m, a)) in f.iter_mut().zip(TRANSFORMS.iter()) {
+            let v = h.wrapping_mul(*m).wrapping_add(*a);
+            if v > *x {
+                *x = v;
+            }
+        }
+    };
     let mut h = 0u64;
-    for &b in data {
+    // Eight bytes at a time with one branch, taken about once in 32 blocks.
+    let mut blocks = data.chunks_exact(8);
+    for block in &mut blocks {
+        let mut hs = [0u64; 8];
+        let mut hit = false;
+        for (slot, &b) in hs.iter_mut().zip(block) {
+            h = (h << 1).wrapping_add(GEAR[b as usize]);
+            *slot = h;
+            hit |= h & SAMPLE_MASK == 0;
+        }
+        if hit {
+            for &x in hs.iter().filter(|x| **x & SAMPLE_MASK == 0) {
+                take(&mut f, x);
+            }
+        }
+    }
+    for &b in blocks.remainder() {
         h = (h << 1).wrapping_add(GEAR[b as usize]);
         if h & SAMPLE_MASK == 0 {
-            for (x, (m, a)) in f.iter_mut().zip(TRANSFORMS.iter()) {
-                let v = h.wrapping_mul(*m).wrapping_add(*a);
-                if v > *x {
-                    *x = v;
-                }
-            }
+            take(&mut f, h);
         }
     }
     Sketch(f)
@@ -95,6 +116,29 @@ mod tests {
         }
         out.truncate(n);
         out
+    }
+
+    /// The blockwise loop computes exactly the definition: the maxima over every position.
+    #[test]
+    fn the_sketch_is_the_maxima_over_every_sampled_position() {
+        let bytewise = |data: &[u8]| {
+            let mut f = [0u64; FEATURES];
+            let mut h = 0u64;
+            for &b in data {
+                h = (h << 1).wrapping_add(GEAR[b as usize]);
+                if h & SAMPLE_MASK == 0 {
+                    for (x, (m, a)) in f.iter_mut().zip(TRANSFORMS.iter()) {
+                        *x = (*x).max(h.wrapping_mul(*m).wrapping_add(*a));
+                    }
+                }
+            }
+            Sketch(f)
+        };
+        for n in [0, 1, 7, 8, 9, 4095, 65_537, 300_003] {
+            let t = text(n as u64, n);
+            assert_eq!(sketch(&t), bytewise(&t), "{n} bytes");
+        }
+        assert_ne!(sketch(&text(9, 65_536)).0, [0; FEATURES], "nothing sampled");
     }
 
     /// A chunk with a row changed shares most features with the original; an unrelated chunk
