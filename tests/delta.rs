@@ -33,6 +33,27 @@ fn stdin_backup(e: &Env, data: &[u8]) -> Value {
     summary(&r)
 }
 
+/// `forget --keep-last 1 --prune`, deleting at once whatever is unused.
+fn keep_last_and_prune(e: &Env) -> Run {
+    e.ok(&[
+        "--json",
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "0%",
+    ])
+}
+
+/// `check --read-data` decodes every blob, deltas through their bases, and finds no problem.
+fn read_data_is_clean(e: &Env) {
+    let c = e.ok(&["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+}
+
 #[test]
 fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
     let e = Env::new();
@@ -92,8 +113,7 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
     }
     let r = e.ok(&["dump", "latest:/db.sql"]);
     assert!(r.stdout == streams[2], "the last stdin snapshot differs");
-    let c = e.ok(&["check", "--read-data"]);
-    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    read_data_is_clean(&e);
 
     // Forget all but the newest file and stdin snapshots: their deltas' bases were stored by
     // the forgotten first days, and prune must keep them.
@@ -103,17 +123,7 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
             .unwrap()
     };
     let before = deltas_of(&ids[2]);
-    let r = e.ok(&[
-        "--json",
-        "forget",
-        "--keep-last",
-        "1",
-        "--prune",
-        "--grace",
-        "0s",
-        "--max-unused",
-        "0%",
-    ]);
+    let r = keep_last_and_prune(&e);
     let repacked: u64 = r
         .json("prune")
         .iter()
@@ -133,8 +143,7 @@ fn dumps_with_scattered_changes_are_stored_as_deltas_and_restore_exactly() {
         st["delta_stored_bytes"].as_u64().unwrap() * 10 < st["delta_bytes"].as_u64().unwrap(),
         "{st}"
     );
-    let c = e.ok(&["check", "--read-data"]);
-    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    read_data_is_clean(&e);
     let t = e.path("restored");
     e.ok(&[
         "restore",
@@ -215,21 +224,10 @@ fn daily_chains_stop_at_the_maximum_depth_and_every_day_restores() {
         let r = e.ok(&["dump", &id[..8], "/db.sql"]);
         assert!(r.stdout == *data, "snapshot {id} differs");
     }
-    let c = e.ok(&["check", "--read-data"]);
-    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    read_data_is_clean(&e);
     // Only the last day kept: its chains keep every base down to day 1 alive.
-    e.ok(&[
-        "forget",
-        "--keep-last",
-        "1",
-        "--prune",
-        "--grace",
-        "0s",
-        "--max-unused",
-        "0%",
-    ]);
+    keep_last_and_prune(&e);
     let r = e.ok(&["dump", "latest", "/db.sql"]);
     assert!(r.stdout == days[8], "the last day differs after prune");
-    let c = e.ok(&["check", "--read-data"]);
-    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    read_data_is_clean(&e);
 }

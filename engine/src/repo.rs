@@ -639,15 +639,7 @@ impl Repository {
         loc: BlobLocation,
         ct: &[u8],
     ) -> Result<Vec<u8>> {
-        let base = match (loc.compression, loc.base) {
-            (Compression::Delta, Some(b)) => Some(self.read_base(&b).map_err(|e| {
-                Error::corrupt(
-                    Self::blob_name(id, pack, loc),
-                    format!("its delta base {} cannot be read: {e}", b.short()),
-                )
-            })?),
-            _ => None,
-        };
+        let base = self.base_for(id, pack, loc)?;
         self.open_blob_on(id, pack, loc, ct, base.as_ref().map(|b| b.as_slice()))
     }
 
@@ -660,11 +652,26 @@ impl Repository {
         loc: BlobLocation,
         ct: &[u8],
     ) -> Result<Vec<u8>> {
-        let base = match (loc.compression, loc.base) {
-            (Compression::Delta, Some(b)) => Some(self.read_base(&b)?),
-            _ => None,
-        };
+        let base = self.base_for(id, pack, loc)?;
         self.decode(id, pack, loc, ct, base.as_ref().map(|b| b.as_slice()))
+    }
+
+    /// The plaintext of a delta's base (`None` for a whole blob), the error naming the delta.
+    fn base_for(
+        &self,
+        id: &BlobId,
+        pack: &PackInfo,
+        loc: BlobLocation,
+    ) -> Result<Option<Arc<Vec<u8>>>> {
+        match (loc.compression, loc.base) {
+            (Compression::Delta, Some(b)) => self.read_base(&b).map(Some).map_err(|e| {
+                Error::corrupt(
+                    Self::blob_name(id, pack, loc),
+                    format!("its delta base {} cannot be read: {e}", b.short()),
+                )
+            }),
+            _ => Ok(None),
+        }
     }
 
     /// As [`open_blob`](Self::open_blob), with a delta's base plaintext given (`base`, read
@@ -753,7 +760,7 @@ impl Repository {
         {
             return Ok(b.clone());
         }
-        let (_, loc) = self.locate(base)?;
+        let (pack, loc) = self.locate(base)?;
         let chain = self.index.read().expect("index lock").chain_of(base);
         if loc.kind != BlobKind::Data || chain.is_none_or(|c| c.len() >= MAX_DELTA_DEPTH) {
             return Err(Error::corrupt(
@@ -766,7 +773,6 @@ impl Repository {
         }
         // Not hashed: a base is only ever a step to the blob that was asked for, whose id is
         // checked (AES-GCM has authenticated every step's stored bytes).
-        let (pack, loc) = self.locate(base)?;
         let ct = self.backend.get_range(
             FileKind::of_pack(pack.kind),
             &pack.id.to_hex(),
