@@ -139,12 +139,25 @@ impl Chunker {
     /// As [`chunks`](Self::chunks), with the expected input length (a file's size), so the read
     /// buffer of a small input is small. Only memory use depends on the hint, never the chunks.
     pub fn chunks_sized<R: Read>(&self, reader: R, size_hint: Option<u64>) -> Chunks<R> {
-        let full = 2 * self.inner.params.max_size as usize;
+        self.chunks_spanning(reader, size_hint, 2)
+    }
+
+    /// As [`chunks_sized`](Self::chunks_sized), reading `span` maximum chunk sizes ahead
+    /// (at least 2), so each [`Chunks::next_batch`] lends at least `span - 1` of them: more
+    /// chunks at a time for work done in parallel. Only memory use depends on `span`.
+    pub fn chunks_spanning<R: Read>(
+        &self,
+        reader: R,
+        size_hint: Option<u64>,
+        span: usize,
+    ) -> Chunks<R> {
+        let full = span.max(2) * self.inner.params.max_size as usize;
         let cap = size_hint.map_or(full, |h| (h as usize).saturating_add(1).min(full));
         Chunks {
             chunker: self.clone(),
             reader,
             buf: Vec::with_capacity(cap),
+            span: full,
             pos: 0,
             eof: false,
         }
@@ -156,6 +169,8 @@ pub struct Chunks<R> {
     chunker: Chunker,
     reader: R,
     buf: Vec<u8>,
+    /// Bytes read ahead: a multiple (at least 2) of the maximum chunk size.
+    span: usize,
     pos: usize,
     eof: bool,
 }
@@ -168,7 +183,7 @@ impl<R: Read> Chunks<R> {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             }
-            let want = (2 * max - self.buf.len()) as u64;
+            let want = (self.span - self.buf.len()) as u64;
             let got = (&mut self.reader).take(want).read_to_end(&mut self.buf)?;
             if (got as u64) < want {
                 self.eof = true;
@@ -179,7 +194,8 @@ impl<R: Read> Chunks<R> {
 
     /// The next run of chunks, cut in the read-ahead buffer and lent out without copying:
     /// every chunk whose cut point is final (at least `max_size` bytes follow its start, or
-    /// the input ended), at least `max_size` bytes of input per call until the end. Empty at
+    /// the input ended), at least `(span - 1) * max_size` bytes of input per call until the
+    /// end. Empty at
     /// the end of the input. The chunks are those [`Iterator::next`] gives, one by one.
     pub fn next_batch(&mut self) -> io::Result<Vec<&[u8]>> {
         self.fill()?;
@@ -290,8 +306,15 @@ mod tests {
         let c = small();
         let data = splitmix_bytes(3, 250_000);
         let expect = c.cut_all(&data);
-        for step in [1usize, 5000, 1 << 20] {
-            let mut chunks = c.chunks(Dribble { data: &data, step });
+        for (step, span) in [
+            (1usize, 2),
+            (5000, 2),
+            (1 << 20, 2),
+            (5000, 5),
+            (1 << 20, 9),
+        ] {
+            let d = Dribble { data: &data, step };
+            let mut chunks = c.chunks_spanning(d, None, span);
             let (mut lens, mut joined, mut batches) = (Vec::new(), Vec::new(), 0);
             loop {
                 let b = chunks.next_batch().unwrap();
@@ -300,17 +323,17 @@ mod tests {
                 }
                 batches += 1;
                 let bytes: usize = b.iter().map(|c| c.len()).sum();
-                // Each batch but the last holds at least max_size bytes.
+                // Each batch but the last holds more than (span - 1) max_size bytes.
                 assert!(
-                    bytes >= 16384 || joined.len() + bytes == data.len(),
-                    "{bytes}"
+                    bytes > (span - 1) * 16384 || joined.len() + bytes == data.len(),
+                    "{bytes}, span {span}"
                 );
                 for ch in b {
                     lens.push(ch.len());
                     joined.extend_from_slice(ch);
                 }
             }
-            assert_eq!(lens, expect, "step {step}");
+            assert_eq!(lens, expect, "step {step}, span {span}");
             assert_eq!(joined, data);
             assert!(
                 batches < expect.len(),

@@ -132,42 +132,75 @@ pub fn decompress(c: Compression, data: Vec<u8>, raw_len: usize, name: &str) -> 
 
 /// Compresses `raw` as a zstd frame whose history starts with `base` (ZSTD_CCtx_refPrefix):
 /// what `raw` shares with `base` costs a few bytes per match. The frame records its content size
-/// and no dictionary id.
+/// and no dictionary id. For many frames, [`DeltaCompressor`] keeps its tables between them.
 pub fn compress_delta(raw: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
-    use zstd::zstd_safe::{CCtx, CParameter};
-    if raw.len() > MAX_DELTA_LEN || base.len() > MAX_DELTA_LEN {
-        return Err(Error::Invalid(format!(
-            "delta of {} bytes on {} bytes: above the 16 MiB limit",
-            raw.len(),
-            base.len()
-        )));
+    DeltaCompressor::new(level)?.compress(raw, base)
+}
+
+/// A zstd context for delta frames, kept between frames (one per thread): its match tables
+/// are allocated once instead of per frame.
+pub struct DeltaCompressor<'a> {
+    cx: zstd::zstd_safe::CCtx<'a>,
+    level: i32,
+}
+
+impl<'a> DeltaCompressor<'a> {
+    /// A compressor for the repository's compression `level`.
+    pub fn new(level: i32) -> Result<Self> {
+        let cx = zstd::zstd_safe::CCtx::try_create()
+            .ok_or_else(|| Error::Other("zstd: no memory".into()))?;
+        Ok(DeltaCompressor { cx, level })
     }
-    let fail = |code: usize| {
-        Error::Other(format!(
-            "zstd delta: {}",
-            zstd::zstd_safe::get_error_name(code)
-        ))
-    };
-    // A context holds a prefix for one frame only, so each delta takes a fresh one.
-    let mut c = CCtx::try_create().ok_or_else(|| Error::Other("zstd: no memory".into()))?;
-    c.set_parameter(CParameter::CompressionLevel(level.max(1)))
-        .map_err(fail)?;
-    c.set_parameter(CParameter::ContentSizeFlag(true))
-        .map_err(fail)?;
-    // The window must reach from the end of the input back to the start of the prefix.
-    let need = (raw.len() + base.len())
-        .max(1 << 10)
-        .next_power_of_two()
-        .trailing_zeros();
-    c.set_parameter(CParameter::WindowLog(need.clamp(10, MAX_DELTA_WINDOW_LOG)))
-        .map_err(fail)?;
-    // Long-distance matching finds the base's long runs that level 3's tables miss.
-    c.set_parameter(CParameter::EnableLongDistanceMatching(true))
-        .map_err(fail)?;
-    c.ref_prefix(base).map_err(fail)?;
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
-    c.compress2(&mut out, raw).map_err(fail)?;
-    Ok(out)
+
+    /// As [`compress_delta`].
+    pub fn compress(&mut self, raw: &[u8], base: &'a [u8]) -> Result<Vec<u8>> {
+        use zstd::zstd_safe::ResetDirective;
+        if raw.len() > MAX_DELTA_LEN || base.len() > MAX_DELTA_LEN {
+            return Err(Error::Invalid(format!(
+                "delta of {} bytes on {} bytes: above the 16 MiB limit",
+                raw.len(),
+                base.len()
+            )));
+        }
+        let fail = |code: usize| {
+            Error::Other(format!(
+                "zstd delta: {}",
+                zstd::zstd_safe::get_error_name(code)
+            ))
+        };
+        let c = &mut self.cx;
+        // A prefix serves one frame only; parameters are set afresh for each frame.
+        c.reset(ResetDirective::SessionAndParameters)
+            .map_err(fail)?;
+        // The window must reach from the end of the input back to the start of the prefix.
+        let need = (raw.len() + base.len())
+            .max(1 << 10)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(10, MAX_DELTA_WINDOW_LOG);
+        for p in delta_params(self.level, need) {
+            c.set_parameter(p).map_err(fail)?;
+        }
+        c.ref_prefix(base).map_err(fail)?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+        c.compress2(&mut out, raw).map_err(fail)?;
+        Ok(out)
+    }
+}
+
+/// The zstd parameters of a delta frame whose window is `2^window_log` bytes: the
+/// repository's level, with long-distance matching to find the base's long runs that level
+/// 3's tables miss. (Measured on two days of a 0.9 GB dump: level 1 with a hash table of a
+/// quarter of the window compresses in 0.53x the time but stores 9-20% more; without
+/// long-distance matching level 3 stores 7x more.)
+fn delta_params(level: i32, window_log: u32) -> [zstd::zstd_safe::CParameter; 4] {
+    use zstd::zstd_safe::CParameter;
+    [
+        CParameter::CompressionLevel(level.max(1)),
+        CParameter::ContentSizeFlag(true),
+        CParameter::WindowLog(window_log),
+        CParameter::EnableLongDistanceMatching(true),
+    ]
 }
 
 /// Largest plaintext of a delta blob and of its base (format-spec 6.1).
