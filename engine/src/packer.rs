@@ -181,6 +181,7 @@ pub struct BlobSaver {
     pack_size: [u64; 2],
     tmpdir: PathBuf,
     pools: [Mutex<Vec<Packer>>; 2],
+    /// Blobs reserved by this saver whose packs are not stored yet.
     reserved: Mutex<HashSet<BlobId>>,
     finished: Mutex<Vec<PackEntry>>,
     /// Packs holding blobs this saver referenced instead of storing, and the packs it wrote:
@@ -226,12 +227,15 @@ impl BlobSaver {
     /// True when the blob is already stored (in a live pack) or being stored; otherwise
     /// reserves it.
     fn known_or_reserve(&self, id: &BlobId) -> bool {
+        // Held across the index lookup: `upload` moves a pack's blobs from `reserved` into
+        // the index under the same lock, so a blob is always in one of the two.
+        let mut reserved = self.reserved.lock().expect("reserved lock");
         // A delta counts as stored only while every base down its chain is live too.
         if let Some(packs) = self.index.read().expect("index lock").live_packs_of(id) {
             self.used_packs.lock().expect("used lock").extend(packs);
             return true;
         }
-        !self.reserved.lock().expect("reserved lock").insert(*id)
+        !reserved.insert(*id)
     }
 
     /// Reserves a blob this saver is to store: false when it is stored (or being stored)
@@ -405,8 +409,15 @@ impl BlobSaver {
         )?;
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
         self.used_packs.lock().expect("used lock").insert(entry.id);
-        // Blobs become visible for dedup through the index once their pack is stored.
-        self.index.write().expect("index lock").add_pack(&entry);
+        // Blobs become visible for dedup through the index once their pack is stored; they
+        // leave the reserved set then, which so holds only the blobs of open packs.
+        {
+            let mut reserved = self.reserved.lock().expect("reserved lock");
+            self.index.write().expect("index lock").add_pack(&entry);
+            for b in &entry.blobs {
+                reserved.remove(&b.id);
+            }
+        }
         self.finished.lock().expect("finished lock").push(entry);
         Ok(())
     }
