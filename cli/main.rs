@@ -699,7 +699,8 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         (Some(p), false) => ParentMode::Id(p.clone()),
         (None, false) => ParentMode::Auto,
     };
-    let bar = Arc::new(progress::Bar::new(out, !g.no_progress, "backup"));
+    let bar =
+        Arc::new(progress::Bar::new(out, !g.no_progress, "backup").with_changes(out.verbose >= 1));
     let r = backup::backup(&repo, opts, bar.clone());
     bar.finish();
     let r = r?;

@@ -825,3 +825,51 @@ fn one_line_summary_and_log_file() {
     let text = fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("chunkbak backup: snapshot ").count(), 2);
 }
+
+/// `backup -v` names each file it reads, new since the parent snapshot or changed; unchanged
+/// files are not listed, and without `-v` nothing is. With `--json` they are `change` messages
+/// (docs/scripting.md).
+#[test]
+fn verbose_backup_lists_new_and_changed_files() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a"), b"alpha").unwrap();
+    fs::write(src.join("d/b"), b"bravo").unwrap();
+    let s = src.to_str().unwrap();
+    let listed = |r: &Run| -> Vec<String> {
+        r.out()
+            .lines()
+            .filter(|l| l.starts_with("new ") || l.starts_with("update "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let quiet = e.ok(&["backup", s]);
+    assert!(listed(&quiet).is_empty(), "{}", quiet.out());
+    fs::write(src.join("x"), b"x-ray").unwrap();
+    let r = e.ok(&["-v", "backup", s]);
+    assert_eq!(listed(&r), vec![format!("new    {s}/x")], "{}", r.out());
+    fs::write(src.join("a"), b"alpha, longer now").unwrap();
+    fs::write(src.join("d/c"), b"charlie").unwrap();
+    let r = e.ok(&["--json", "-v", "backup", s]);
+    let mut changes: Vec<(String, String)> = r
+        .json("change")
+        .iter()
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap().to_owned(),
+                c["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    changes.sort();
+    assert_eq!(
+        changes,
+        vec![
+            ("new".to_owned(), format!("{s}/d/c")),
+            ("update".to_owned(), format!("{s}/a")),
+        ]
+    );
+    assert_eq!(r.json("summary")[0]["files_unchanged"], 2);
+}

@@ -890,3 +890,38 @@ fn s3_copy_in_and_out_of_a_glacier_bucket() {
     let dst_cmd = || t.cmd();
     scenario::copies_while_target_prunes(&src_cmd, &dst_cmd, &turl, &e.pw, e.dir.path(), 5);
 }
+
+/// The shipped least-privilege policies (examples/iam) allow listing only under the
+/// repository's prefix, so S3 answers HeadBucket with 403: `init` then takes the bucket to
+/// exist and goes on. Into a bucket that does not exist it still fails, naming the bucket.
+#[test]
+fn s3_init_goes_on_when_head_bucket_is_forbidden() {
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    let e = Env::new();
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    let bucket = format!("iam-{}", std::process::id());
+    // The bucket exists: another repository made it.
+    Repo::s3(&e, &ep, &bucket, "first").ok(&init);
+    proxy.arm_only(1, &[Fault::Forbidden], Some(&format!("HEAD /{bucket}/ ")));
+    let r = Repo::s3(&e, &proxy.endpoint, &bucket, "second");
+    r.ok(&init);
+    assert_eq!(proxy.injected().forbidden, 1);
+    let src = e.path("src");
+    files(&src, 3, 4, 20_000);
+    r.ok(&["backup", src.to_str().unwrap()]);
+    let c = r.ok(&["check", "--read-data"]);
+    assert!(c.stderr.contains(" 0 problems"), "{}", c.stderr);
+
+    let missing = format!("iam-missing-{}", std::process::id());
+    proxy.arm_only(1, &[Fault::Forbidden], Some(&format!("HEAD /{missing}/ ")));
+    let m = Repo::s3(&e, &proxy.endpoint, &missing, "r").run(&init);
+    assert_eq!(m.code, 1, "{}", m.stderr);
+    let first = m.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&missing) && first.contains("NoSuchBucket"),
+        "{}",
+        m.stderr
+    );
+}

@@ -14,7 +14,9 @@ pub trait Progress: Send + Sync {
     fn message(&self, _message: &str) {}
     /// Something went wrong with one entry; the run goes on.
     fn warning(&self, _path: &Path, _message: &str) {}
-    /// A restore creates, updates or deletes an entry of its target (with `--dry-run`: would).
+    /// A restore creates, updates or deletes an entry of its target (with `--dry-run`: would);
+    /// a backup reads a file that is new since the parent snapshot or changed (`New`,
+    /// `Update`; unchanged files are not reported).
     fn change(&self, _change: Change, _path: &Path) {}
 }
 

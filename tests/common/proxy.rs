@@ -18,6 +18,8 @@ pub enum Fault {
     Truncate,
     /// The response comes, complete, after a pause of `SLOW` (a busy or distant store).
     Slow,
+    /// 403 AccessDenied, as an IAM policy that does not allow the call answers.
+    Forbidden,
 }
 
 /// How long a [`Fault::Slow`] response waits.
@@ -30,6 +32,7 @@ pub struct Injected {
     pub reset: u64,
     pub truncate: u64,
     pub slow: u64,
+    pub forbidden: u64,
 }
 
 struct State {
@@ -314,6 +317,10 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             Some(Fault::SlowDown) => {
                 st.injected.lock().unwrap().slowdown += 1;
                 write_message(&mut w, &error_response("503 Slow Down", "SlowDown"))?;
+            }
+            Some(Fault::Forbidden) => {
+                st.injected.lock().unwrap().forbidden += 1;
+                write_message(&mut w, &error_response("403 Forbidden", "AccessDenied"))?;
             }
             Some(Fault::InternalError) => {
                 st.injected.lock().unwrap().internal += 1;

@@ -403,11 +403,12 @@ fn held_by_min_duration(info: &ObjectInfo, now: i64, opts: &PruneOptions) -> Opt
     if days == 0 || age_days >= days || opts.ignore_min_duration {
         return None;
     }
-    let gb = info.size as f64 / 1e9;
-    Some(gb * price_per_gb_month(info.class) * (days - age_days) as f64 / 30.0)
+    // AWS bills a "GB" of 2^30 bytes, as `stats` counts.
+    let gib = info.size as f64 / (1u64 << 30) as f64;
+    Some(gib * price_per_gb_month(info.class) * (days - age_days) as f64 / 30.0)
 }
 
-/// S3 storage price, us-east-1, USD per GB-month (2026 list prices).
+/// S3 storage price, us-east-1, USD per GB-month (2026 list prices; AWS's GB is 2^30 bytes).
 pub fn price_per_gb_month(class: StorageClass) -> f64 {
     match class {
         StorageClass::Standard | StorageClass::IntelligentTiering | StorageClass::Other => 0.023,

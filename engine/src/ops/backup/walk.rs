@@ -1,6 +1,7 @@
 //! The walk: pre-order over each source path, parallel file jobs, post-order tree building.
 
 use super::*;
+use crate::progress::Change;
 
 /// Walks every source path; returns the node of each (its subtree or content stored).
 pub(super) fn backup_paths(
@@ -184,8 +185,10 @@ pub(super) fn backup_paths(
                     } else {
                         if old.is_some() {
                             ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                            ctx.progress.change(Change::Update, entry.path());
                         } else {
                             ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
+                            ctx.progress.change(Change::New, entry.path());
                         }
                         let key = node.hardlink_key();
                         if let Some(slot) = key.and_then(|k| hardlinks.get(&k)) {
