@@ -179,7 +179,7 @@ pub struct BenchmarkArgs {
 pub struct CopyArgs {
     /// Target repository: a directory, or s3:BUCKET/PREFIX (same --s3-endpoint as the source)
     #[arg(long, env = "CHUNKBAK_TO_REPOSITORY", value_name = "REPO")]
-    pub to: String,
+    pub to: OsString,
     /// File whose first line is the target's password (or CHUNKBAK_TO_PASSWORD)
     #[arg(long, env = "CHUNKBAK_TO_PASSWORD_FILE", value_name = "FILE")]
     pub to_password_file: Option<PathBuf>,
@@ -470,7 +470,7 @@ pub struct InitArgs {
         value_name = "REPO",
         requires = "copy_chunker_params"
     )]
-    pub from: Option<String>,
+    pub from: Option<OsString>,
     /// File whose first line is the password of --from (or CHUNKBAK_FROM_PASSWORD)
     #[arg(long, env = "CHUNKBAK_FROM_PASSWORD_FILE", value_name = "FILE")]
     pub from_password_file: Option<PathBuf>,

@@ -532,7 +532,7 @@ impl PasswordSource<'_> {
 /// Opens a repository named by a command's own flags (copy --to, init --from).
 pub fn open_other(
     g: &Global,
-    repo: &str,
+    repo: &std::ffi::OsStr,
     region: Option<&str>,
     pw: &PasswordSource,
 ) -> anyhow::Result<Repository> {

@@ -133,7 +133,10 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
     };
     let dst = Arc::new(open_other(g, &a.to, a.to_region.as_deref(), &pw)?);
     if dst.config().repo_id == src.config().repo_id {
-        bail!("--to {} is the repository copied from", a.to);
+        bail!(
+            "--to {} is the repository copied from",
+            std::path::Path::new(&a.to).display()
+        );
     }
     src.load_index()?;
     dst.load_index()?;

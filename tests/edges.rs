@@ -312,3 +312,82 @@ fn impossible_at_times() {
         one_line(&e.run(&["ls", "--at", at]), 1, &[at]);
     }
 }
+
+/// The commands `non_utf8_paths_in_commands` leaves out, on a repository at a non-UTF-8 path:
+/// stats, cat, key add (a new password file at a non-UTF-8 path, which then opens the
+/// repository), repair index, warmup, and init --from and copy --to with the other repository
+/// at a non-UTF-8 path.
+#[test]
+fn non_utf8_paths_in_the_other_commands() {
+    let e = Env::new();
+    let repo = e.dir.path().join(OsStr::from_bytes(b"repo-\xfe"));
+    let run = |args: &[&OsStr]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &repo).args(args);
+        e.run_cmd(c)
+    };
+    let ok = |args: &[&OsStr]| {
+        let r = run(args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        r
+    };
+    let os = |s: &str| OsStr::new(s).to_owned();
+    let small = ["--kdf-memory-kib", "256", "--kdf-iterations", "1"].map(os);
+    let mut init = vec![os("init")];
+    init.extend(small.iter().cloned());
+    ok(&init.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
+    let src = e.dir.path().join(OsStr::from_bytes(b"src-\xe9"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name").unwrap();
+    ok(&[OsStr::new("backup"), src.as_os_str()]);
+
+    let stats = ok(&[OsStr::new("--json"), OsStr::new("stats")]);
+    assert_eq!(stats.json("stats")[0]["files"], 1, "{}", stats.out());
+    let config = ok(&[OsStr::new("cat"), OsStr::new("config")]);
+    assert!(config.out().contains("repo_id"), "{}", config.out());
+
+    let pw2 = e.dir.path().join(OsStr::from_bytes(b"pw2-\xff"));
+    fs::write(&pw2, "second password\n").unwrap();
+    ok(&[
+        OsStr::new("key"),
+        OsStr::new("add"),
+        OsStr::new("--new-password-file"),
+        pw2.as_os_str(),
+    ]);
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &repo)
+        .env("CHUNKBAK_PASSWORD_FILE", &pw2)
+        .arg("snapshots");
+    assert_eq!(e.run_cmd(c).code, 0);
+
+    ok(&[OsStr::new("repair"), OsStr::new("index")]);
+    let mut spec = b"latest:".to_vec();
+    spec.extend_from_slice(src.as_os_str().as_bytes());
+    ok(&[OsStr::new("warmup"), OsStr::from_bytes(&spec)]);
+
+    let to = e.dir.path().join(OsStr::from_bytes(b"copy-\xfd"));
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &to)
+        .arg("init")
+        .args(&small)
+        .args(["--copy-chunker-params", "--from"])
+        .arg(&repo)
+        .arg("--from-password-file")
+        .arg(&e.pw);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ok(&[
+        OsStr::new("--json"),
+        OsStr::new("copy"),
+        OsStr::new("--to"),
+        to.as_os_str(),
+        OsStr::new("--to-password-file"),
+        e.pw.as_os_str(),
+    ]);
+    assert_eq!(r.json("copy")[0]["copied"], 1, "{}", r.out());
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &to)
+        .args(["check", "--read-data"]);
+    let r = e.run_cmd(c);
+    assert!(r.out().contains(" 0 problems"), "{}{}", r.out(), r.stderr);
+}
