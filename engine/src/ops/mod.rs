@@ -55,13 +55,28 @@ pub fn threads(threads: usize) -> usize {
     }
 }
 
-/// A rayon pool of `threads` workers (0: one per core) named `chunkbak-<name>-<i>`.
-pub fn thread_pool(threads: usize, name: &str) -> crate::Result<rayon::ThreadPool> {
+/// A rayon pool of `threads` workers (0: one per core) named `chunkbak-<name>-<i>`, made once
+/// per process and kept. Operations that follow one another in a process (a library user, the
+/// fuzz model, tests) reuse its threads instead of starting new ones, and what a worker keeps
+/// per thread (its zstd contexts) stays with a live thread: a dropped pool's threads exit after
+/// the operation returned, so their per-thread memory looked leaked to libFuzzer's leak check
+/// (the `model` target, 2026-12-06).
+pub fn thread_pool(threads: usize, name: &str) -> crate::Result<std::sync::Arc<rayon::ThreadPool>> {
+    type Pools = std::collections::BTreeMap<(usize, String), std::sync::Arc<rayon::ThreadPool>>;
+    static POOLS: std::sync::Mutex<Pools> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
     let n = self::threads(threads);
-    let name = name.to_string();
-    rayon::ThreadPoolBuilder::new()
+    let mut pools = POOLS.lock().expect("thread pools");
+    if let Some(p) = pools.get(&(n, name.to_string())) {
+        return Ok(p.clone());
+    }
+    let tname = name.to_string();
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
-        .thread_name(move |i| format!("chunkbak-{name}-{i}"))
+        .thread_name(move |i| format!("chunkbak-{tname}-{i}"))
         .build()
-        .map_err(|e| crate::Error::Other(format!("thread pool: {e}")))
+        .map_err(|e| crate::Error::Other(format!("thread pool: {e}")))?;
+    let pool = std::sync::Arc::new(pool);
+    pools.insert((n, name.to_string()), pool.clone());
+    Ok(pool)
 }

@@ -210,7 +210,7 @@ struct Restorer<'a> {
     /// Remote repositories: blobs come from pack ranges fetched once.
     reader: Option<PackReader<'a>>,
     /// Threads that write the chunks of one large file at once.
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
 /// Writes `data` at `off`, leaving 4 KiB blocks that are all zero as holes: in a new file (created

@@ -70,7 +70,7 @@ pub(super) struct Ctx {
     pub(super) warnings: Mutex<Vec<(PathBuf, String)>>,
     pub(super) fatal: Mutex<Option<Error>>,
     pub(super) failed: AtomicBool,
-    pub(super) pool: rayon::ThreadPool,
+    pub(super) pool: Arc<rayon::ThreadPool>,
 }
 
 impl Ctx {
