@@ -137,8 +137,8 @@ pub fn compress_delta(raw: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
     DeltaCompressor::new(level)?.compress(raw, base)
 }
 
-/// A zstd context for delta frames, kept between frames (one per thread): its match tables
-/// are allocated once instead of per frame.
+/// A zstd context for delta frames, kept between frames (a backup gives one to each rayon
+/// split of a batch): its match tables are allocated once instead of per frame.
 pub struct DeltaCompressor<'a> {
     cx: zstd::zstd_safe::CCtx<'a>,
     level: i32,

@@ -410,12 +410,18 @@ impl BlobSaver {
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
         self.used_packs.lock().expect("used lock").insert(entry.id);
         // Blobs become visible for dedup through the index once their pack is stored; they
-        // leave the reserved set then, which so holds only the blobs of open packs.
+        // leave the reserved set then, which so holds only the blobs of open packs. A blob
+        // the index does not count as stored (a delta whose base's pack is not live, or not in
+        // a private saver's index; a blob the index still finds in an older copy's pack that
+        // is not live) stays reserved, so it is never stored twice.
         {
             let mut reserved = self.reserved.lock().expect("reserved lock");
-            self.index.write().expect("index lock").add_pack(&entry);
+            let mut idx = self.index.write().expect("index lock");
+            idx.add_pack(&entry);
             for b in &entry.blobs {
-                reserved.remove(&b.id);
+                if idx.live_packs_of(&b.id).is_some() {
+                    reserved.remove(&b.id);
+                }
             }
         }
         self.finished.lock().expect("finished lock").push(entry);

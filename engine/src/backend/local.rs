@@ -367,11 +367,13 @@ mod tests {
         // Listings overlap the churn: they start once it runs (on a busy machine the thread
         // may start late) and go on until it has replaced a few hundred files meanwhile.
         while made.load(Relaxed) < 64 {
+            assert!(!churn.is_finished(), "the churn thread stopped");
             std::thread::yield_now();
         }
         let start = made.load(Relaxed);
         let mut listings = 0;
         while listings < 2000 || made.load(Relaxed) < start + 500 {
+            assert!(!churn.is_finished(), "the churn thread stopped");
             let listed = b.list(FileKind::Index).unwrap();
             assert!(listed.len() <= 66, "{}", listed.len());
             listings += 1;

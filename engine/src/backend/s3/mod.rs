@@ -750,8 +750,8 @@ impl Backend for S3Backend {
                     .map_err(|e| sdk_err(format!("creating bucket {}", s.cfg.bucket), e)),
                 // HeadBucket needs s3:ListBucket on the whole bucket; a policy that allows
                 // listing only under the repository's prefix (examples/iam) refuses it. The
-                // bucket is then taken to exist: writing the config says clearly if it does
-                // not or may not be written.
+                // bucket is then taken to exist: the first write (the key file) fails naming
+                // the bucket if it does not exist or may not be written.
                 Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => Ok(()),
                 Err(e) => Err(sdk_err(format!("bucket {}", s.cfg.bucket), e)),
             }

@@ -4,9 +4,9 @@
 use super::*;
 use crate::compressor::DeltaCompressor;
 
-/// Maximum chunk sizes read ahead in a file stored with delta bases (32 MiB at the default
-/// 4 MiB): batches of about 25 chunks instead of 4.
-const DELTA_SPAN: usize = 8;
+/// Bytes read ahead in a file stored with delta bases: 8 maximum chunk sizes at the default
+/// 4 MiB (batches of about 25 chunks instead of 4), never fewer than 2 (the plain path's).
+const DELTA_READ_AHEAD: usize = 32 << 20;
 
 #[derive(Clone)]
 pub(super) struct FileOut {
@@ -141,7 +141,12 @@ impl Ctx {
         // A file with bases is read further ahead: its batches go through three parallel
         // steps (ids and sketches, reading bases, compression), each better balanced over
         // more chunks.
-        let span = if bases.is_some() { DELTA_SPAN } else { 2 };
+        let max = self.repo.chunker().params().max_size as usize;
+        let span = if bases.is_some() {
+            (DELTA_READ_AHEAD / max).max(2)
+        } else {
+            2
+        };
         let mut chunks = self.repo.chunker().chunks_spanning(reader, size_hint, span);
         let save = |c: &&[u8]| self.w.saver.save(BlobKind::Data, c).map(|(id, _)| id);
         loop {
