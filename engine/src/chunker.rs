@@ -139,25 +139,26 @@ impl Chunker {
     /// As [`chunks`](Self::chunks), with the expected input length (a file's size), so the read
     /// buffer of a small input is small. Only memory use depends on the hint, never the chunks.
     pub fn chunks_sized<R: Read>(&self, reader: R, size_hint: Option<u64>) -> Chunks<R> {
-        self.chunks_spanning(reader, size_hint, 2)
+        self.chunks_reading(reader, size_hint, 0)
     }
 
-    /// As [`chunks_sized`](Self::chunks_sized), reading `span` maximum chunk sizes ahead
-    /// (at least 2), so each [`Chunks::next_batch`] lends at least `span - 1` of them: more
-    /// chunks at a time for work done in parallel. Only memory use depends on `span`.
-    pub fn chunks_spanning<R: Read>(
+    /// As [`chunks_sized`](Self::chunks_sized), reading `ahead` bytes ahead (at least two
+    /// maximum chunk sizes), so each [`Chunks::next_batch`] lends more than `ahead - max_size`
+    /// bytes of chunks: more chunks at a time for work done in parallel. Only memory use
+    /// depends on `ahead`.
+    pub fn chunks_reading<R: Read>(
         &self,
         reader: R,
         size_hint: Option<u64>,
-        span: usize,
+        ahead: usize,
     ) -> Chunks<R> {
-        let full = span.max(2) * self.inner.params.max_size as usize;
+        let full = ahead.max(2 * self.inner.params.max_size as usize);
         let cap = size_hint.map_or(full, |h| (h as usize).saturating_add(1).min(full));
         Chunks {
             chunker: self.clone(),
             reader,
             buf: Vec::with_capacity(cap),
-            span: full,
+            ahead: full,
             pos: 0,
             eof: false,
         }
@@ -169,8 +170,8 @@ pub struct Chunks<R> {
     chunker: Chunker,
     reader: R,
     buf: Vec<u8>,
-    /// Bytes read ahead: a multiple (at least 2) of the maximum chunk size.
-    span: usize,
+    /// Bytes read ahead: at least two maximum chunk sizes.
+    ahead: usize,
     pos: usize,
     eof: bool,
 }
@@ -183,7 +184,7 @@ impl<R: Read> Chunks<R> {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             }
-            let want = (self.span - self.buf.len()) as u64;
+            let want = (self.ahead - self.buf.len()) as u64;
             let got = (&mut self.reader).take(want).read_to_end(&mut self.buf)?;
             if (got as u64) < want {
                 self.eof = true;
@@ -194,9 +195,9 @@ impl<R: Read> Chunks<R> {
 
     /// The next run of chunks, cut in the read-ahead buffer and lent out without copying:
     /// every chunk whose cut point is final (at least `max_size` bytes follow its start, or
-    /// the input ended), at least `(span - 1) * max_size` bytes of input per call until the
-    /// end. Empty at
-    /// the end of the input. The chunks are those [`Iterator::next`] gives, one by one.
+    /// the input ended), more than (bytes read ahead - `max_size`) bytes of input per call
+    /// until the end. Empty at the end of the input. The chunks are those [`Iterator::next`]
+    /// gives, one by one.
     pub fn next_batch(&mut self) -> io::Result<Vec<&[u8]>> {
         self.fill()?;
         let max = self.chunker.inner.params.max_size as usize;
@@ -314,7 +315,7 @@ mod tests {
             (1 << 20, 9),
         ] {
             let d = Dribble { data: &data, step };
-            let mut chunks = c.chunks_spanning(d, None, span);
+            let mut chunks = c.chunks_reading(d, None, span * 16384);
             let (mut lens, mut joined, mut batches) = (Vec::new(), Vec::new(), 0);
             loop {
                 let b = chunks.next_batch().unwrap();

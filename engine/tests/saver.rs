@@ -2,26 +2,12 @@
 //! and after the pack is stored (the index), deltas whose base the saver's index does not
 //! know included.
 
-use std::sync::Arc;
-
-use chunkbak_engine::backend::local::LocalBackend;
 use chunkbak_engine::compressor::compress_delta;
-use chunkbak_engine::format::key::KdfParams;
 use chunkbak_engine::format::pack::BlobKind;
-use chunkbak_engine::repo::InitOptions;
-use chunkbak_engine::Repository;
 
-fn repo(dir: &std::path::Path) -> Repository {
-    let opts = InitOptions {
-        kdf: KdfParams {
-            m_cost_kib: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        ..Default::default()
-    };
-    Repository::init(Arc::new(LocalBackend::new(dir.join("repo"))), b"pw", &opts).unwrap()
-}
+mod common;
+
+use common::repo;
 
 #[test]
 fn blobs_are_stored_once_before_and_after_their_pack_is_uploaded() {

@@ -4,22 +4,12 @@
 use std::sync::Arc;
 
 use chunkbak_engine::backend::local::LocalBackend;
-use chunkbak_engine::format::key::KdfParams;
 use chunkbak_engine::format::tree::{Content, Node, TreeBlob};
-use chunkbak_engine::repo::InitOptions;
 use chunkbak_engine::{Id, Repository};
 
-fn repo(dir: &std::path::Path) -> Repository {
-    let opts = InitOptions {
-        kdf: KdfParams {
-            m_cost_kib: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
-        ..Default::default()
-    };
-    Repository::init(Arc::new(LocalBackend::new(dir.join("repo"))), b"pw", &opts).unwrap()
-}
+mod common;
+
+use common::repo;
 
 #[test]
 fn huge_directory_and_chunk_list_round_trip() {

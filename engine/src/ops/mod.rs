@@ -65,18 +65,19 @@ pub fn thread_pool(threads: usize, name: &str) -> crate::Result<std::sync::Arc<r
     type Pools = std::collections::BTreeMap<(usize, String), std::sync::Arc<rayon::ThreadPool>>;
     static POOLS: std::sync::Mutex<Pools> =
         std::sync::Mutex::new(std::collections::BTreeMap::new());
-    let n = self::threads(threads);
+    let key = (self::threads(threads), name.to_string());
     let mut pools = POOLS.lock().expect("thread pools");
-    if let Some(p) = pools.get(&(n, name.to_string())) {
+    if let Some(p) = pools.get(&key) {
         return Ok(p.clone());
     }
-    let tname = name.to_string();
+    let name = key.1.clone();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(move |i| format!("chunkbak-{tname}-{i}"))
+        .num_threads(key.0)
+        .thread_name(move |i| format!("chunkbak-{name}-{i}"))
         .build()
         .map_err(|e| crate::Error::Other(format!("thread pool: {e}")))?;
-    let pool = std::sync::Arc::new(pool);
-    pools.insert((n, name.to_string()), pool.clone());
-    Ok(pool)
+    Ok(pools
+        .entry(key)
+        .or_insert(std::sync::Arc::new(pool))
+        .clone())
 }

@@ -2,10 +2,9 @@
 //! one file (chunk and store) or one directory (store its tree).
 
 use super::*;
-use crate::compressor::DeltaCompressor;
 
 /// Bytes read ahead in a file stored with delta bases: 8 maximum chunk sizes at the default
-/// 4 MiB (batches of about 25 chunks instead of 4), never fewer than 2 (the plain path's).
+/// 4 MiB (batches of about 25 chunks instead of 4).
 const DELTA_READ_AHEAD: usize = 32 << 20;
 
 #[derive(Clone)]
@@ -141,13 +140,8 @@ impl Ctx {
         // A file with bases is read further ahead: its batches go through three parallel
         // steps (ids and sketches, reading bases, compression), each better balanced over
         // more chunks.
-        let max = self.repo.chunker().params().max_size as usize;
-        let span = if bases.is_some() {
-            (DELTA_READ_AHEAD / max).max(2)
-        } else {
-            2
-        };
-        let mut chunks = self.repo.chunker().chunks_spanning(reader, size_hint, span);
+        let ahead = if bases.is_some() { DELTA_READ_AHEAD } else { 0 };
+        let mut chunks = self.repo.chunker().chunks_reading(reader, size_hint, ahead);
         let save = |c: &&[u8]| self.w.saver.save(BlobKind::Data, c).map(|(id, _)| id);
         loop {
             let batch = chunks.next_batch().map_err(StreamError::Read)?;
@@ -203,11 +197,10 @@ impl Ctx {
         let sketches: Vec<_> = prepped.into_iter().map(|p| p.2).collect();
         let plans = bases.plan(self, &ids, &reserved, &sketches);
         let work: Vec<usize> = (0..batch.len()).filter(|i| reserved[*i]).collect();
-        let level = saver.level();
         let done: Vec<Result<()>> = self.pool.install(|| {
             work.par_iter()
                 .map_init(
-                    || DeltaCompressor::new(level).ok(),
+                    || None,
                     |dc, i| super::delta::store(self, ids[*i], batch[*i], &plans[*i], dc),
                 )
                 .collect()

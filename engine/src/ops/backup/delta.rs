@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::compressor::{compress, compress_delta, DeltaCompressor, MAX_DELTA_LEN};
+use crate::compressor::{compress, DeltaCompressor, MAX_DELTA_LEN};
 use crate::index::MAX_DELTA_DEPTH;
 use crate::resemble::{sketch, Sketch};
 
@@ -148,8 +148,8 @@ impl Bases {
 }
 
 /// Stores one reserved chunk as planned: as a delta when that is clearly smaller than the
-/// chunk compressed alone, otherwise whole. `dc` is the calling thread's delta compressor
-/// (`None`: one is made for this chunk).
+/// chunk compressed alone, otherwise whole. `dc` is the worker's delta compressor, made at
+/// its first delta and kept for the next ones.
 pub(super) fn store<'a>(
     ctx: &Ctx,
     id: BlobId,
@@ -159,10 +159,11 @@ pub(super) fn store<'a>(
 ) -> Result<()> {
     let saver = &ctx.w.saver;
     if let Plan::Delta(base, b) = plan {
-        let frame = match dc {
-            Some(dc) => dc.compress(data, b)?,
-            None => compress_delta(data, b, saver.level())?,
+        let dc = match dc {
+            Some(dc) => dc,
+            None => dc.insert(DeltaCompressor::new(saver.level())?),
         };
+        let frame = dc.compress(data, b)?;
         // Well under what compression alone reaches on text (3-5x): no need to compare.
         if frame.len() * 8 <= data.len() {
             return saver.store_delta(id, data.len(), frame, *base);
