@@ -872,4 +872,22 @@ fn verbose_backup_lists_new_and_changed_files() {
         ]
     );
     assert_eq!(r.json("summary")[0]["files_unchanged"], 2);
+    // Every data pack lost and the index repaired: the next backup reads every file again to
+    // store its chunks, but none of them changed, so none is listed or counted as changed.
+    for p in walkdir::WalkDir::new(e.repo.join("data"))
+        .into_iter()
+        .flatten()
+    {
+        if p.file_type().is_file() {
+            fs::remove_file(p.path()).unwrap();
+        }
+    }
+    e.ok(&["repair", "index"]);
+    let r = e.ok(&["--json", "-v", "backup", s]);
+    assert!(r.json("change").is_empty(), "{}", r.out());
+    let sum = &r.json("summary")[0];
+    assert_eq!(sum["files_unchanged"], 4, "{sum}");
+    assert_eq!(sum["files_changed"], 0, "{sum}");
+    assert!(sum["bytes_read"].as_u64().unwrap() > 0, "{sum}");
+    e.restore_subtree_and_compare(&src);
 }

@@ -776,6 +776,26 @@ fn s3_concurrent_backups_and_prunes() {
     scenario::concurrent_backups_and_prunes(&mk, e.dir.path(), 3, 5);
 }
 
+/// Backups into an S3 repository killed with SIGKILL at random moments, twenty times: after
+/// each, `check` finds nothing wrong, the next backup completes and reuses what the killed one
+/// had indexed, and every fourth snapshot restores identical (the same scenario as the local
+/// repository's in tests/maintenance.rs, over the SDK's multipart uploads and retries).
+#[test]
+fn s3_killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused() {
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let r = Repo::s3(&e, &ep, &format!("kb-{}", std::process::id()), "killed");
+    // The scenario's reuse threshold counts packs of 256 KiB, as `Env::init_small` makes them.
+    let mut init = vec!["init"];
+    init.extend(&SMALL[..10]);
+    init.extend(["--data-pack-size", "262144"]);
+    r.ok(&init);
+    let b = r.backend();
+    let data_bytes = || -> u64 { b.list(FileKind::Data).unwrap().iter().map(|o| o.1).sum() };
+    let mk = || r.cmd();
+    scenario::killed_backups(&mk, e.dir.path(), &data_bytes);
+}
+
 /// `copy` with S3 at both ends: a local repository to a GLACIER-class bucket repository made
 /// with the same chunker parameters, then out of it into another local repository (thawing
 /// exactly what it reads, and waiting), then copies into the bucket while it backs up and

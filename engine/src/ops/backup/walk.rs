@@ -163,7 +163,8 @@ pub(super) fn backup_paths(
                     ctx.counters
                         .bytes_total
                         .fetch_add(node.size, Ordering::Relaxed);
-                    let reuse = old.as_ref().filter(|o| same_file(o, &node)).filter(|o| {
+                    let same = old.as_ref().filter(|o| same_file(o, &node));
+                    let reuse = same.filter(|o| {
                         // Every blob must be live, chunk lists and the chunks they list.
                         match &o.content {
                             Content::Chunks(c) => ctx.w.saver.reuse(c),
@@ -183,7 +184,13 @@ pub(super) fn backup_paths(
                         ctx.progress.file_done(entry.path());
                         Pending::Ready(node)
                     } else {
-                        if old.is_some() {
+                        if same.is_some() {
+                            // Unchanged by its metadata, but some of its blobs are no longer
+                            // stored (a repaired or damaged repository): read again to store
+                            // them. The file did not change, so it is neither counted nor
+                            // reported as changed.
+                            ctx.counters.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                        } else if old.is_some() {
                             ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
                             ctx.progress.change(Change::Update, entry.path());
                         } else {
