@@ -240,7 +240,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
             json!({"copied": r.copied.len(), "blobs_read": r.blobs_read,
                    "bytes_read": r.bytes_read, "blobs_added": r.blobs_added,
                    "bytes_added": r.bytes_added, "packs_written": r.packs_written,
-                   "blobs_copied": r.blobs_copied}),
+                   "blobs_copied": r.blobs_copied, "deltas_added": r.deltas_added}),
         );
     } else {
         for (sid, tid, _) in &r.copied {
@@ -251,13 +251,17 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
             ));
         }
         out.line(format!(
-            "copied {} snapshots: read {} blobs ({}) from the source, added {} blobs ({}) in {} \
-             packs to the target",
+            "copied {} snapshots: read {} blobs ({}) from the source, added {} blobs ({}{}) in \
+             {} packs to the target",
             r.copied.len(),
             r.blobs_read,
             human_bytes(r.bytes_read),
             r.blobs_added,
             human_bytes(r.bytes_added),
+            match r.deltas_added {
+                0 => String::new(),
+                n => format!("; {n} as deltas"),
+            },
             r.packs_written
         ));
     }

@@ -231,3 +231,113 @@ fn daily_chains_stop_at_the_maximum_depth_and_every_day_restores() {
     assert!(r.stdout == days[8], "the last day differs after prune");
     read_data_is_clean(&e);
 }
+
+/// `copy` keeps deltas deltas: five days of a dump copied into a repository made with the same
+/// chunker parameters (shared ids) and into an unrelated one (re-hashed) take about the
+/// source's bytes, not five dumps' worth; chains keep their depth; every day restores byte for
+/// byte from both copies and `check --read-data` is clean there. Copying only the last day,
+/// whose bases a new target lacks, stores its chunks whole, and it restores too.
+#[test]
+fn copy_keeps_deltas_deltas() {
+    let e = Env::new();
+    e.init_small();
+    let days: Vec<Vec<u8>> = (1..=5).map(|d| table_dump(30_000, d, 7)).collect();
+    for data in &days {
+        stdin_backup(&e, data);
+    }
+    let on = |repo: &std::path::Path, args: &[&str]| -> Run {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_REPOSITORY", repo).args(args);
+        let r = e.run_cmd(c);
+        assert_eq!(r.code, 0, "{args:?} on {}: {}", repo.display(), r.stderr);
+        r
+    };
+    let stats = |repo: &std::path::Path| on(repo, &["--json", "stats"]).json("stats")[0].clone();
+    let copy_to = |to: &std::path::Path, extra: &[&str]| -> Value {
+        let mut args = vec!["--json", "copy", "--to", to.to_str().unwrap()];
+        args.extend(["--to-password-file", e.pw.to_str().unwrap()]);
+        args.extend(extra);
+        e.ok(&args).json("copy")[0].clone()
+    };
+    let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    let src = stats(&e.repo);
+    assert_eq!(num(&src, "delta_max_depth"), 4, "{src}");
+    let small = [
+        "--kdf-memory-kib",
+        "256",
+        "--kdf-iterations",
+        "1",
+        "--chunk-min",
+        "4096",
+        "--chunk-avg",
+        "16384",
+        "--chunk-max",
+        "65536",
+        "--data-pack-size",
+        "262144",
+    ];
+    let same = e.path("same");
+    let mut init = vec!["init", "--copy-chunker-params", "--from"];
+    init.extend([e.repo.to_str().unwrap(), "--from-password-file"]);
+    init.push(e.pw.to_str().unwrap());
+    init.extend(&small[..4]);
+    on(&same, &init);
+    let unrelated = e.path("unrelated");
+    let mut init = vec!["init"];
+    init.extend(small);
+    on(&unrelated, &init);
+    for to in [&same, &unrelated] {
+        let sum = copy_to(to, &[]);
+        assert_eq!(num(&sum, "copied"), 5, "{sum}");
+        let st = stats(to);
+        // The source's delta chunks are deltas in the copy (the unrelated repository
+        // re-chunks nothing: the same chunks under other ids).
+        assert_eq!(
+            num(&sum, "deltas_added"),
+            num(&src, "delta_chunks"),
+            "{sum}"
+        );
+        assert_eq!(st["delta_chunks"], src["delta_chunks"], "{st}");
+        assert_eq!(st["delta_max_depth"], src["delta_max_depth"], "{st}");
+        // Five dumps stored whole would take about four times the source.
+        assert!(
+            num(&st, "repository_bytes") * 4 < num(&src, "repository_bytes") * 5,
+            "{st} against the source's {src}"
+        );
+        eprintln!(
+            "copy into {}: {} bytes, the source {}",
+            to.display(),
+            num(&st, "repository_bytes"),
+            num(&src, "repository_bytes")
+        );
+        let snaps = on(to, &["--json", "snapshots"]).json("snapshot");
+        assert_eq!(snaps.len(), 5);
+        for (s, data) in snaps.iter().zip(&days) {
+            let id = s["id"].as_str().unwrap();
+            let r = on(to, &["dump", &id[..8], "/db.sql"]);
+            assert!(
+                r.stdout == *data,
+                "snapshot {id} of {} differs",
+                to.display()
+            );
+        }
+        let c = on(to, &["check", "--read-data"]);
+        assert!(c.out().contains(" 0 problems"), "{}", c.out());
+    }
+    // Only the last day, into a new repository: no base there, so no delta.
+    let last = e.path("last");
+    let mut init = vec!["init", "--copy-chunker-params", "--from"];
+    init.extend([e.repo.to_str().unwrap(), "--from-password-file"]);
+    init.push(e.pw.to_str().unwrap());
+    init.extend(&small[..4]);
+    on(&last, &init);
+    let sum = copy_to(&last, &["latest"]);
+    assert_eq!(num(&sum, "deltas_added"), 0, "{sum}");
+    let r = on(&last, &["dump", "latest", "/db.sql"]);
+    assert!(
+        r.stdout == days[4],
+        "the last day differs in a copy of it alone"
+    );
+    let c = on(&last, &["check", "--read-data"]);
+    assert!(c.out().contains(" 0 problems"), "{}", c.out());
+}

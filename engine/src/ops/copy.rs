@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use super::packread::PackReader;
 use super::writer::Writer;
 use crate::backend::FileKind;
+use crate::compressor::compress_delta;
 use crate::error::{Error, Result};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
@@ -70,6 +71,8 @@ pub struct CopyResult {
     pub blobs_added: u64,
     pub bytes_added: u64,
     pub packs_written: u64,
+    /// Data blobs stored as deltas (on the copy of their base in the source).
+    pub deltas_added: u64,
     /// Blobs copied out of target packs a concurrent prune marked for deletion.
     pub blobs_copied: u64,
 }
@@ -253,31 +256,73 @@ impl Run<'_> {
                 )));
             }
         }
-        let planned = crate::ops::packread::with_bases(self.src, need.iter().copied());
-        let reader = PackReader::new(self.src, &planned, RANGE_BUDGET)?;
+        // Waves by depth in the source, so a delta is stored after its base: the base's copy
+        // is in the target's index by then and the delta stays a delta on it.
+        let mut waves: Vec<Vec<BlobId>> = Vec::new();
+        {
+            let idx = self.src.index().read().expect("index lock");
+            for b in need {
+                let depth = idx.chain_of(&b).map_or(0, |c| c.len());
+                if waves.len() <= depth {
+                    waves.resize_with(depth + 1, Vec::new);
+                }
+                waves[depth].push(b);
+            }
+        }
         let pool = crate::ops::thread_pool(READERS, "copy")?;
-        pool.install(|| {
-            need.par_iter().try_for_each(|b| -> Result<()> {
-                check()?;
-                let data = reader.read(b).map_err(|e| self.read_error(b, e))?;
-                let stored = self
-                    .src
-                    .locate(b)
-                    .map(|(_, l)| u64::from(l.length))
-                    .unwrap_or(0);
-                let t = if self.same {
-                    self.w.saver.save_with_id(BlobKind::Data, *b, &data)?;
-                    *b
-                } else {
-                    self.w.saver.save(BlobKind::Data, &data)?.0
-                };
-                self.map.lock().expect("map lock").insert(*b, t);
-                self.blobs_read.fetch_add(1, Ordering::Relaxed);
-                self.bytes_read.fetch_add(stored, Ordering::Relaxed);
-                self.progress.bytes(stored);
-                self.w.checkpoint(false)
-            })
-        })
+        for (depth, wave) in waves.iter().enumerate() {
+            if wave.is_empty() {
+                continue;
+            }
+            if depth > 0 {
+                // The bases the earlier waves stored enter the index with their packs.
+                self.w.saver.upload_open()?;
+            }
+            let planned = crate::ops::packread::with_bases(self.src, wave.iter().copied());
+            let reader = PackReader::new(self.src, &planned, RANGE_BUDGET)?;
+            pool.install(|| wave.par_iter().try_for_each(|b| self.blob(&reader, b)))?;
+        }
+        Ok(())
+    }
+
+    /// Reads source data blob `b` and stores it in the target unless the target has it: a
+    /// delta stays a delta when its base's copy is live in the target and not too deep there
+    /// (otherwise it is stored whole).
+    fn blob(&self, reader: &PackReader, b: &BlobId) -> Result<()> {
+        check()?;
+        let (data, base_plain) = reader
+            .read_with_base(b)
+            .map_err(|e| self.read_error(b, e))?;
+        let saver = &self.w.saver;
+        let t = if self.same {
+            *b
+        } else {
+            saver.hasher().id(&data)
+        };
+        if saver.reserve(&t) {
+            let base = base_plain.and_then(|plain| {
+                let sb = self.src.index().read().expect("index lock").base_of(b)?;
+                let tb = self.mapped(&sb).or(self.same.then_some(sb))?;
+                saver.use_base(&tb).then_some((tb, plain))
+            });
+            match base {
+                Some((tb, plain)) => {
+                    let frame = compress_delta(&data, &plain, saver.level())?;
+                    saver.store_delta(t, data.len(), frame, tb)?;
+                }
+                None => saver.store_reserved(BlobKind::Data, t, &data)?,
+            }
+        }
+        self.map.lock().expect("map lock").insert(*b, t);
+        let stored = self
+            .src
+            .locate(b)
+            .map(|(_, l)| u64::from(l.length))
+            .unwrap_or(0);
+        self.blobs_read.fetch_add(1, Ordering::Relaxed);
+        self.bytes_read.fetch_add(stored, Ordering::Relaxed);
+        self.progress.bytes(stored);
+        self.w.checkpoint(false)
     }
 
     /// A failed read of a source blob, naming it and its pack (interrupts and archived packs
@@ -417,5 +462,6 @@ pub fn copy(
     out.blobs_added = st.blobs_added.load(Ordering::Relaxed);
     out.bytes_added = st.bytes_added.load(Ordering::Relaxed);
     out.packs_written = st.packs_written.load(Ordering::Relaxed);
+    out.deltas_added = st.deltas_added.load(Ordering::Relaxed);
     Ok(out)
 }

@@ -104,9 +104,20 @@ impl<'a> PackReader<'a> {
         self.read_checked(id, true)
     }
 
+    /// As [`read`](Self::read), with the plaintext of the blob's direct base when it is a
+    /// delta (a copy stores it as a delta on the same base in another repository).
+    pub fn read_with_base(&self, id: &BlobId) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        self.read_parts(id, true)
+    }
+
     /// Reads a blob; `verify`: check its id (a base is not checked: the delta read through
     /// it is).
     fn read_checked(&self, id: &BlobId, verify: bool) -> Result<Vec<u8>> {
+        self.read_parts(id, verify).map(|(plain, _)| plain)
+    }
+
+    /// A blob's plaintext and its direct base's, if it has one.
+    fn read_parts(&self, id: &BlobId, verify: bool) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let (pack, loc) = self.repo.locate(id)?;
         let base = match loc.base {
             Some(b) => {
@@ -130,7 +141,7 @@ impl<'a> PackReader<'a> {
         };
         let off = u64::from(loc.offset);
         let Some(range) = self.range_of(&pack.id, off, u64::from(loc.length)) else {
-            return self.repo.read_blob(id);
+            return Ok((self.repo.read_blob(id)?, base));
         };
         let plain = match self.range_bytes(&pack, range) {
             Ok(Some(b)) => {
@@ -148,7 +159,7 @@ impl<'a> PackReader<'a> {
         };
         // Counted done whatever happened, so the range's memory is released in time.
         self.done(range);
-        plain
+        Ok((plain?, base))
     }
 
     /// The bytes of a range: held, or fetched now when worth it and within the budget; None
