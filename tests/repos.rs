@@ -354,3 +354,93 @@ fn copies_while_the_target_backs_up_and_prunes() {
         10,
     );
 }
+
+/// Copies killed with SIGKILL at random moments, a dozen times, from a source with files and
+/// three days of a dump (deltas, copied in waves after their bases): the target passes `check`
+/// after each kill, and the copy run again completes with every snapshot restoring identical.
+#[test]
+fn killed_copies_leave_a_checkable_target_and_a_rerun_completes() {
+    use common::scenario::{kill_moment, run_and_kill_after, seed, time_complete_run, Rng};
+    use std::io::Write as _;
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let days: Vec<Vec<u8>> = (1..=3).map(|d| table_dump(20_000, d, 9)).collect();
+    for (round, day) in days.iter().enumerate() {
+        for i in 0..8u64 {
+            let seed = 100 * round as u64 + i;
+            fs::write(src.join(format!("f{round}-{i}")), splitmix(seed, 1_000_000)).unwrap();
+        }
+        e.ok(&["backup", src.to_str().unwrap()]);
+        let mut c = e.cmd();
+        c.args(["backup", "--stdin", "--stdin-filename", "db.sql"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(day).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let b = other(&e, "b");
+    init_copy_of(&e, &b);
+    let copy = || {
+        let mut c = e.cmd();
+        c.args(["copy", "--to", b.to_str().unwrap(), "--to-password-file"])
+            .arg(&e.pw);
+        c
+    };
+    let start_over = || {
+        let all = ["forget", "--keep-last", "0", "--keep-tag", "none"];
+        on(&e, &b, &all);
+        on(&e, &b, &["prune", "--grace", "0s", "--max-unused", "0%"]);
+    };
+    let full = time_complete_run(copy());
+    start_over();
+    let mut rng = Rng(seed("killed_copies"));
+    let mut killed = 0;
+    for attempt in 0..12 {
+        let wait = kill_moment(&mut rng, full);
+        if run_and_kill_after(copy(), wait) {
+            killed += 1;
+        }
+        let r = on(&e, &b, &["check"]);
+        assert!(
+            r.out().contains(" 0 problems"),
+            "after kill {attempt} at {wait:?} of {full:?}: {}",
+            r.out()
+        );
+        e.ok(&[
+            "copy",
+            "--to",
+            b.to_str().unwrap(),
+            "--to-password-file",
+            e.pw.to_str().unwrap(),
+        ]);
+        let snaps = on(&e, &b, &["--json", "snapshots"]).json("snapshot");
+        assert_eq!(snaps.len(), 6, "attempt {attempt}");
+        let dump = on(&e, &b, &["dump", "latest", "/db.sql"]);
+        assert!(
+            dump.stdout == days[2],
+            "attempt {attempt}: the dump differs"
+        );
+        if attempt % 4 == 0 {
+            let r = on(&e, &b, &["check", "--read-data"]);
+            assert!(r.out().contains(" 0 problems"), "{}", r.out());
+            let t = e.path(&format!("out-{attempt}"));
+            let files = snaps
+                .iter()
+                .rev()
+                .find(|s| s["paths"][0] == src.to_str().unwrap())
+                .unwrap();
+            let spec = format!("{}:{}", files["id"].as_str().unwrap(), src.display());
+            on(&e, &b, &["restore", &spec, "--target", t.to_str().unwrap()]);
+            e.compare(&src, &t, &[]);
+        }
+        start_over();
+    }
+    eprintln!("{killed} of 12 copies killed");
+    assert!(
+        killed >= 6,
+        "only {killed} copies were killed: the test tested little"
+    );
+}
