@@ -270,17 +270,29 @@ impl Run<'_> {
             }
         }
         let pool = crate::ops::thread_pool(READERS, "copy")?;
-        for (depth, wave) in waves.iter().enumerate() {
-            if wave.is_empty() {
-                continue;
-            }
-            if depth > 0 {
-                // The bases the earlier waves stored enter the index with their packs.
+        // Target ids stored by this call in packs that may still be open.
+        let fresh = Mutex::new(HashSet::new());
+        for wave in waves.iter().filter(|w| !w.is_empty()) {
+            let needs_fresh_base = {
+                let idx = self.src.index().read().expect("index lock");
+                let fresh = fresh.lock().expect("fresh lock");
+                wave.iter().any(|b| {
+                    idx.base_of(b)
+                        .and_then(|sb| self.mapped(&sb))
+                        .is_some_and(|tb| fresh.contains(&tb))
+                })
+            };
+            if needs_fresh_base {
+                // Bases an earlier wave stored enter the target's index with their packs.
                 self.w.saver.upload_open()?;
+                fresh.lock().expect("fresh lock").clear();
             }
             let planned = crate::ops::packread::with_bases(self.src, wave.iter().copied());
             let reader = PackReader::new(self.src, &planned, RANGE_BUDGET)?;
-            pool.install(|| wave.par_iter().try_for_each(|b| self.blob(&reader, b)))?;
+            pool.install(|| {
+                wave.par_iter()
+                    .try_for_each(|b| self.blob(&reader, b, &fresh))
+            })?;
         }
         Ok(())
     }
@@ -288,7 +300,7 @@ impl Run<'_> {
     /// Reads source data blob `b` and stores it in the target unless the target has it: a
     /// delta stays a delta when its base's copy is live in the target and not too deep there
     /// (otherwise it is stored whole).
-    fn blob(&self, reader: &PackReader, b: &BlobId) -> Result<()> {
+    fn blob(&self, reader: &PackReader, b: &BlobId, fresh: &Mutex<HashSet<BlobId>>) -> Result<()> {
         check()?;
         let (data, base_plain) = reader
             .read_with_base(b)
@@ -300,9 +312,11 @@ impl Run<'_> {
             saver.hasher().id(&data)
         };
         if saver.reserve(&t) {
+            // The base's id in the target is the hash of the very plaintext the frame is made
+            // on: with shared ids the source's, otherwise the base's copy (stored by this run
+            // or an earlier one).
             let base = base_plain.and_then(|plain| {
-                let sb = self.src.index().read().expect("index lock").base_of(b)?;
-                let tb = self.mapped(&sb).or(self.same.then_some(sb))?;
+                let tb = saver.hasher().id(&plain);
                 saver.use_base(&tb).then_some((tb, plain))
             });
             match base {
@@ -312,6 +326,7 @@ impl Run<'_> {
                 }
                 None => saver.store_reserved(BlobKind::Data, t, &data)?,
             }
+            fresh.lock().expect("fresh lock").insert(t);
         }
         self.map.lock().expect("map lock").insert(*b, t);
         let stored = self

@@ -184,21 +184,25 @@ pub(super) fn backup_paths(
                         ctx.progress.file_done(entry.path());
                         Pending::Ready(node)
                     } else {
-                        if same.is_some() {
-                            // Unchanged by its metadata, but some of its blobs are no longer
-                            // stored (a repaired or damaged repository): read again to store
-                            // them. The file did not change, so it is neither counted nor
-                            // reported as changed.
-                            ctx.counters.files_unchanged.fetch_add(1, Ordering::Relaxed);
-                        } else if old.is_some() {
-                            ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
-                            ctx.progress.change(Change::Update, entry.path());
-                        } else {
-                            ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
-                            ctx.progress.change(Change::New, entry.path());
+                        // Unchanged by its metadata, but some of its blobs are no longer
+                        // stored (a repaired or damaged repository): it is read again to store
+                        // them, and counted (and listed) by what the read finds.
+                        let recheck = same.is_some();
+                        if !recheck {
+                            if old.is_some() {
+                                ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                                ctx.progress.change(Change::Update, entry.path());
+                            } else {
+                                ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
+                                ctx.progress.change(Change::New, entry.path());
+                            }
                         }
                         let key = node.hardlink_key();
                         if let Some(slot) = key.and_then(|k| hardlinks.get(&k)) {
+                            if recheck {
+                                // Another name of a file read once: as unchanged as its metadata.
+                                ctx.counters.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                            }
                             Pending::File(node, slot.clone(), entry.path().to_path_buf())
                         } else {
                             let slot = Slot::new();
@@ -227,6 +231,14 @@ pub(super) fn backup_paths(
                                 } else {
                                     c.read_file(&p, &m, prev.as_ref())
                                 };
+                                if let (true, Ok(out)) = (recheck, &r) {
+                                    if prev.as_ref() == Some(&out.content) {
+                                        c.counters.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                                    } else {
+                                        c.counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                                        c.progress.change(Change::Update, &p);
+                                    }
+                                }
                                 c.checkpoint_or_fail();
                                 c.progress.file_done(&p);
                                 s.set(r);
