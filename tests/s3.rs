@@ -796,6 +796,78 @@ fn s3_killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused()
     scenario::killed_backups(&mk, e.dir.path(), &data_bytes);
 }
 
+/// Prunes of an S3 repository killed with SIGKILL at random moments, a dozen times (deletes,
+/// repacks and index rewrites have no atomic rename there): after each, `check` passes and the
+/// kept snapshot restores identical; prune run again finishes the job and leaves nothing to do.
+#[test]
+fn s3_killed_prunes_leave_a_consistent_repository_and_the_next_prune_finishes() {
+    use scenario::{files_of, kill_moment, run_and_kill_after, seed, time_complete_run, Rng};
+    let ep = s3_endpoint();
+    let e = Env::new();
+    let bucket = format!("kp-{}", std::process::id());
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Four snapshots of changing files, three forgotten, their packs marked by a first prune.
+    let with_garbage = |r: &Repo| {
+        let mut init = vec!["init"];
+        init.extend(SMALL);
+        r.ok(&init);
+        for round in 0..4u64 {
+            for i in 0..10u64 {
+                let data = splitmix(round * 100 + i * (round % 2), 1_000_000);
+                fs::write(src.join(format!("f{i}")), data).unwrap();
+            }
+            r.ok(&["backup", src.to_str().unwrap()]);
+        }
+        r.ok(&["forget", "--keep-last", "1"]);
+        r.ok(&["prune", "--grace", "0s"]);
+    };
+    let prune = ["prune", "--grace", "0s", "--max-unused", "0%"];
+    // A repository of the same history times a complete prune: the kills fall inside it.
+    let probe = Repo::s3(&e, &ep, &bucket, "probe");
+    with_garbage(&probe);
+    let mut c = probe.cmd();
+    c.args(prune);
+    let full = time_complete_run(c);
+    let r = Repo::s3(&e, &ep, &bucket, "killed");
+    with_garbage(&r);
+    let mut rng = Rng(seed("s3_killed_prune"));
+    let mut killed = 0;
+    for attempt in 0..12 {
+        let mut c = r.cmd();
+        c.args(prune);
+        if run_and_kill_after(c, kill_moment(&mut rng, full)) {
+            killed += 1;
+        }
+        let out = r.ok(&["check"]);
+        assert!(
+            out.out().contains(" 0 problems"),
+            "after prune kill {attempt}: {}",
+            out.out()
+        );
+        if attempt % 3 == 0 {
+            let t = e.path(&format!("r{attempt}"));
+            r.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+            assert!(files_of(&t.join(src.strip_prefix("/").unwrap())) == files_of(&src));
+        }
+    }
+    eprintln!("{killed} S3 prunes killed (a complete one takes {full:?})");
+    // Each killed run leaves less to do, so a later one may finish before its moment.
+    assert!(killed >= 2, "only {killed} prunes were killed");
+    r.ok(&prune);
+    r.ok(&prune);
+    let mut dry = vec!["--json"];
+    dry.extend(prune);
+    dry.push("--dry-run");
+    let plan = r.ok(&dry);
+    let p = &plan.json("prune_plan")[0];
+    for k in ["mark", "delete", "repack", "waiting"] {
+        assert_eq!(p[k]["packs"], 0, "{k} after a finished prune: {p}");
+    }
+    let out = r.ok(&["check", "--read-data"]);
+    assert!(out.out().contains(" 0 problems"), "{}", out.out());
+}
+
 /// `copy` with S3 at both ends: a local repository to a GLACIER-class bucket repository made
 /// with the same chunker parameters, then out of it into another local repository (thawing
 /// exactly what it reads, and waiting), then copies into the bucket while it backs up and
