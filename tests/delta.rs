@@ -245,14 +245,8 @@ fn copy_keeps_deltas_deltas() {
     for data in &days {
         stdin_backup(&e, data);
     }
-    let on = |repo: &std::path::Path, args: &[&str]| -> Run {
-        let mut c = e.cmd();
-        c.env("CHUNKBAK_REPOSITORY", repo).args(args);
-        let r = e.run_cmd(c);
-        assert_eq!(r.code, 0, "{args:?} on {}: {}", repo.display(), r.stderr);
-        r
-    };
-    let stats = |repo: &std::path::Path| on(repo, &["--json", "stats"]).json("stats")[0].clone();
+    let stats =
+        |repo: &std::path::Path| e.ok_at(repo, &["--json", "stats"]).json("stats")[0].clone();
     let copy_to = |to: &std::path::Path, extra: &[&str]| -> Value {
         let mut args = vec!["--json", "copy", "--to", to.to_str().unwrap()];
         args.extend(["--to-password-file", e.pw.to_str().unwrap()]);
@@ -262,30 +256,20 @@ fn copy_keeps_deltas_deltas() {
     let num = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
     let src = stats(&e.repo);
     assert_eq!(num(&src, "delta_max_depth"), 4, "{src}");
-    let small = [
-        "--kdf-memory-kib",
-        "256",
-        "--kdf-iterations",
-        "1",
-        "--chunk-min",
-        "4096",
-        "--chunk-avg",
-        "16384",
-        "--chunk-max",
-        "65536",
-        "--data-pack-size",
-        "262144",
-    ];
+    // A new repository with the source's chunker parameters and dedup secret (shared ids).
+    let init_copy_of_source = |to: &std::path::Path| {
+        let mut init = vec!["init", "--copy-chunker-params", "--from"];
+        init.extend([e.repo.to_str().unwrap(), "--from-password-file"]);
+        init.push(e.pw.to_str().unwrap());
+        init.extend(&INIT_SMALL[..4]);
+        e.ok_at(to, &init);
+    };
     let same = e.path("same");
-    let mut init = vec!["init", "--copy-chunker-params", "--from"];
-    init.extend([e.repo.to_str().unwrap(), "--from-password-file"]);
-    init.push(e.pw.to_str().unwrap());
-    init.extend(&small[..4]);
-    on(&same, &init);
+    init_copy_of_source(&same);
     let unrelated = e.path("unrelated");
     let mut init = vec!["init"];
-    init.extend(small);
-    on(&unrelated, &init);
+    init.extend(INIT_SMALL);
+    e.ok_at(&unrelated, &init);
     let ids: Vec<String> = e.ok(&["--json", "snapshots"]).json("snapshot")[..4]
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_owned())
@@ -320,38 +304,34 @@ fn copy_keeps_deltas_deltas() {
             num(&st, "repository_bytes"),
             num(&src, "repository_bytes")
         );
-        let snaps = on(to, &["--json", "snapshots"]).json("snapshot");
+        let snaps = e.ok_at(to, &["--json", "snapshots"]).json("snapshot");
         assert_eq!(snaps.len(), 5);
         for (s, data) in snaps.iter().zip(&days) {
             let id = s["id"].as_str().unwrap();
-            let r = on(to, &["dump", &id[..8], "/db.sql"]);
+            let r = e.ok_at(to, &["dump", &id[..8], "/db.sql"]);
             assert!(
                 r.stdout == *data,
                 "snapshot {id} of {} differs",
                 to.display()
             );
         }
-        let c = on(to, &["check", "--read-data"]);
+        let c = e.ok_at(to, &["check", "--read-data"]);
         assert!(c.out().contains(" 0 problems"), "{}", c.out());
     }
     // Only the last day, into a new repository: no base there, so no delta.
     let last = e.path("last");
-    let mut init = vec!["init", "--copy-chunker-params", "--from"];
-    init.extend([e.repo.to_str().unwrap(), "--from-password-file"]);
-    init.push(e.pw.to_str().unwrap());
-    init.extend(&small[..4]);
-    on(&last, &init);
+    init_copy_of_source(&last);
     let sum = copy_to(&last, &["latest"]);
     // Whole but for the rare delta on a base the same day holds too.
     assert!(
         num(&sum, "deltas_added") * 8 < num(&src, "delta_chunks"),
         "{sum} {src}"
     );
-    let r = on(&last, &["dump", "latest", "/db.sql"]);
+    let r = e.ok_at(&last, &["dump", "latest", "/db.sql"]);
     assert!(
         r.stdout == days[4],
         "the last day differs in a copy of it alone"
     );
-    let c = on(&last, &["check", "--read-data"]);
+    let c = e.ok_at(&last, &["check", "--read-data"]);
     assert!(c.out().contains(" 0 problems"), "{}", c.out());
 }

@@ -115,22 +115,7 @@ fn init_copy_of(e: &Env, to: &Path) {
     init.push("--from-password-file");
     init.push(e.pw.to_str().unwrap());
     init.extend(FAST_KDF);
-    on(e, to, &init);
-}
-
-fn on(e: &Env, repo: &Path, args: &[&str]) -> Run {
-    let mut c = e.cmd();
-    c.env("CHUNKBAK_REPOSITORY", repo).args(args);
-    let r = e.run_cmd(c);
-    assert_eq!(
-        r.code,
-        0,
-        "chunkbak -r {} {args:?} failed:\n{}\n{}",
-        repo.display(),
-        r.out(),
-        r.stderr
-    );
-    r
+    e.ok_at(to, &init);
 }
 
 fn copy_to(e: &Env, to: &Path, extra: &[&str]) -> Run {
@@ -153,8 +138,7 @@ fn num(v: &serde_json::Value, k: &str) -> u64 {
 /// Restores the latest snapshot of `repo` and compares it with `src`.
 fn restores_equal(e: &Env, repo: &Path, src: &Path, name: &str) {
     let t = e.path(name);
-    on(
-        e,
+    e.ok_at(
         repo,
         &["restore", "latest", "--target", t.to_str().unwrap()],
     );
@@ -189,7 +173,8 @@ fn copy_with_shared_chunker_params_moves_only_what_the_target_lacks() {
     assert_eq!(plan["same_ids"], true);
     let planned = num(&plan, "bytes");
     assert!(planned > 2_400_000, "{plan}");
-    assert!(on(&e, &b, &["--json", "snapshots"])
+    assert!(e
+        .ok_at(&b, &["--json", "snapshots"])
         .json("snapshot")
         .is_empty());
 
@@ -199,10 +184,10 @@ fn copy_with_shared_chunker_params_moves_only_what_the_target_lacks() {
     assert_eq!(num(&sum, "bytes_read"), planned);
     assert_eq!(r.json("copied").len(), 2);
     assert_eq!(
-        on(&e, &b, &["--json", "snapshots"]).json("snapshot").len(),
+        e.ok_at(&b, &["--json", "snapshots"]).json("snapshot").len(),
         2
     );
-    on(&e, &b, &["check", "--read-data"]);
+    e.ok_at(&b, &["check", "--read-data"]);
     restores_equal(&e, &b, &src, "out-b");
 
     // Again: every snapshot is there, nothing is read or written.
@@ -213,7 +198,7 @@ fn copy_with_shared_chunker_params_moves_only_what_the_target_lacks() {
     // A new snapshot with one new file: only that file's data moves.
     fs::write(src.join("sub/newer"), splitmix(4, 100_000)).unwrap();
     e.ok(&["backup", s, "--host", "web1"]);
-    let before = on(&e, &b, &["--json", "snapshots"]).json("snapshot");
+    let before = e.ok_at(&b, &["--json", "snapshots"]).json("snapshot");
     let r = copy_to(&e, &b, &["latest"]);
     let sum = r.json("copy")[0].clone();
     assert_eq!(num(&sum, "copied"), 1);
@@ -222,7 +207,7 @@ fn copy_with_shared_chunker_params_moves_only_what_the_target_lacks() {
     assert_eq!(r.json("copied")[0]["parent"], before.last().unwrap()["id"]);
 
     // Dedup carries over: backing up the same files straight into the target adds no data.
-    let r = on(&e, &b, &["--json", "backup", s, "--host", "web1"]);
+    let r = e.ok_at(&b, &["--json", "backup", s, "--host", "web1"]);
     let added = num(&r.json("summary")[0], "bytes_added");
     assert!(
         added <= ANCESTOR_TREES,
@@ -242,7 +227,7 @@ fn copy_between_unrelated_repositories_rehashes_and_selects() {
     let c = other(&e, "c");
     let mut init = vec!["init"];
     init.extend(FAST_KDF);
-    on(&e, &c, &init);
+    e.ok_at(&c, &init);
 
     // Only what the filter selects.
     let r = copy_to(&e, &c, &["--host", "db1"]);
@@ -250,7 +235,7 @@ fn copy_between_unrelated_repositories_rehashes_and_selects() {
     let copied = r.json("copied");
     assert_eq!(copied.len(), 1);
     assert_eq!(copied[0]["host"], "db1");
-    let snaps = on(&e, &c, &["--json", "snapshots"]).json("snapshot");
+    let snaps = e.ok_at(&c, &["--json", "snapshots"]).json("snapshot");
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["host"], "db1");
     // Rewritten trees: the copy's tree id is the target's own.
@@ -259,7 +244,7 @@ fn copy_between_unrelated_repositories_rehashes_and_selects() {
         e.ok(&["--json", "snapshots", "--host", "db1"])
             .json("snapshot")[0]["tree"]
     );
-    on(&e, &c, &["check", "--read-data"]);
+    e.ok_at(&c, &["check", "--read-data"]);
     restores_equal(&e, &c, &src, "out-c");
 
     // The rest, by id; the one already there is recognised.
@@ -327,10 +312,10 @@ fn copy_from_a_damaged_source_names_the_blob_and_keeps_the_target_sound() {
     );
     // The target keeps the snapshot copied before, whole.
     assert_eq!(
-        on(&e, &b, &["--json", "snapshots"]).json("snapshot").len(),
+        e.ok_at(&b, &["--json", "snapshots"]).json("snapshot").len(),
         1
     );
-    on(&e, &b, &["check", "--read-data"]);
+    e.ok_at(&b, &["check", "--read-data"]);
 }
 
 #[test]
@@ -394,9 +379,9 @@ fn killed_copies_leave_a_checkable_target_and_a_rerun_completes() {
     // next attempt copies into an empty target.
     let start_over = || {
         let all = ["forget", "--keep-last", "0", "--keep-tag", "none"];
-        on(&e, &b, &all);
-        on(&e, &b, &["prune", "--grace", "0s", "--max-unused", "0%"]);
-        on(&e, &b, &["prune", "--grace", "0s", "--max-unused", "0%"]);
+        e.ok_at(&b, &all);
+        e.ok_at(&b, &["prune", "--grace", "0s", "--max-unused", "0%"]);
+        e.ok_at(&b, &["prune", "--grace", "0s", "--max-unused", "0%"]);
     };
     let full = time_complete_run(copy());
     start_over();
@@ -407,7 +392,7 @@ fn killed_copies_leave_a_checkable_target_and_a_rerun_completes() {
         if run_and_kill_after(copy(), wait) {
             killed += 1;
         }
-        let r = on(&e, &b, &["check"]);
+        let r = e.ok_at(&b, &["check"]);
         assert!(
             r.out().contains(" 0 problems"),
             "after kill {attempt} at {wait:?} of {full:?}: {}",
@@ -420,15 +405,15 @@ fn killed_copies_leave_a_checkable_target_and_a_rerun_completes() {
             "--to-password-file",
             e.pw.to_str().unwrap(),
         ]);
-        let snaps = on(&e, &b, &["--json", "snapshots"]).json("snapshot");
+        let snaps = e.ok_at(&b, &["--json", "snapshots"]).json("snapshot");
         assert_eq!(snaps.len(), 6, "attempt {attempt}");
-        let dump = on(&e, &b, &["dump", "latest", "/db.sql"]);
+        let dump = e.ok_at(&b, &["dump", "latest", "/db.sql"]);
         assert!(
             dump.stdout == days[2],
             "attempt {attempt}: the dump differs"
         );
         if attempt % 4 == 0 {
-            let r = on(&e, &b, &["check", "--read-data"]);
+            let r = e.ok_at(&b, &["check", "--read-data"]);
             assert!(r.out().contains(" 0 problems"), "{}", r.out());
             let t = e.path(&format!("out-{attempt}"));
             let files = snaps
@@ -437,7 +422,7 @@ fn killed_copies_leave_a_checkable_target_and_a_rerun_completes() {
                 .find(|s| s["paths"][0] == src.to_str().unwrap())
                 .unwrap();
             let spec = format!("{}:{}", files["id"].as_str().unwrap(), src.display());
-            on(&e, &b, &["restore", &spec, "--target", t.to_str().unwrap()]);
+            e.ok_at(&b, &["restore", &spec, "--target", t.to_str().unwrap()]);
             e.compare(&src, &t, &[]);
         }
         start_over();

@@ -101,6 +101,22 @@ pub fn run_command(mut c: Command) -> Run {
     r
 }
 
+/// `init` flags of a small, fast repository: a cheap KDF, 16 KiB average chunks, 256 KiB packs.
+pub const INIT_SMALL: [&str; 12] = [
+    "--kdf-memory-kib",
+    "256",
+    "--kdf-iterations",
+    "1",
+    "--chunk-min",
+    "4096",
+    "--chunk-avg",
+    "16384",
+    "--chunk-max",
+    "65536",
+    "--data-pack-size",
+    "262144",
+];
+
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::Builder::new()
@@ -143,6 +159,22 @@ impl Env {
         let mut c = self.cmd();
         c.args(args);
         self.run_cmd(c)
+    }
+
+    /// As [`ok`](Self::ok), on the repository at `repo` instead of this environment's.
+    pub fn ok_at(&self, repo: &Path, args: &[&str]) -> Run {
+        let mut c = self.cmd();
+        c.env("CHUNKBAK_REPOSITORY", repo).args(args);
+        let r = self.run_cmd(c);
+        assert_eq!(
+            r.code,
+            0,
+            "chunkbak -r {} {args:?} failed:\n{}\n{}",
+            repo.display(),
+            r.out(),
+            r.stderr
+        );
+        r
     }
 
     pub fn ok(&self, args: &[&str]) -> Run {
@@ -200,21 +232,9 @@ impl Env {
     }
 
     pub fn init_small(&self) {
-        self.ok(&[
-            "init",
-            "--kdf-memory-kib",
-            "256",
-            "--kdf-iterations",
-            "1",
-            "--chunk-min",
-            "4096",
-            "--chunk-avg",
-            "16384",
-            "--chunk-max",
-            "65536",
-            "--data-pack-size",
-            "262144",
-        ]);
+        let mut init = vec!["init"];
+        init.extend(INIT_SMALL);
+        self.ok(&init);
     }
 
     pub fn init_default_chunks(&self) {

@@ -270,17 +270,14 @@ impl Run<'_> {
             }
         }
         let pool = crate::ops::thread_pool(READERS, "copy")?;
-        // Target ids stored by this call in packs that may still be open.
+        // Source blobs this call stored in target packs that may still be open.
         let fresh = Mutex::new(HashSet::new());
         for wave in waves.iter().filter(|w| !w.is_empty()) {
             let needs_fresh_base = {
                 let idx = self.src.index().read().expect("index lock");
                 let fresh = fresh.lock().expect("fresh lock");
-                wave.iter().any(|b| {
-                    idx.base_of(b)
-                        .and_then(|sb| self.mapped(&sb))
-                        .is_some_and(|tb| fresh.contains(&tb))
-                })
+                wave.iter()
+                    .any(|b| idx.base_of(b).is_some_and(|sb| fresh.contains(&sb)))
             };
             if needs_fresh_base {
                 // Bases an earlier wave stored enter the target's index with their packs.
@@ -326,7 +323,7 @@ impl Run<'_> {
                 }
                 None => saver.store_reserved(BlobKind::Data, t, &data)?,
             }
-            fresh.lock().expect("fresh lock").insert(t);
+            fresh.lock().expect("fresh lock").insert(*b);
         }
         self.map.lock().expect("map lock").insert(*b, t);
         let stored = self

@@ -188,11 +188,13 @@ pub(super) fn backup_paths(
                         // stored (a repaired or damaged repository): it is read again to store
                         // them, and counted (and listed) by what the read finds.
                         let recheck = same.is_some();
-                        if !recheck {
-                            if old.is_some() {
+                        match (recheck, old.is_some()) {
+                            (true, _) => {}
+                            (false, true) => {
                                 ctx.counters.files_changed.fetch_add(1, Ordering::Relaxed);
                                 ctx.progress.change(Change::Update, entry.path());
-                            } else {
+                            }
+                            (false, false) => {
                                 ctx.counters.files_new.fetch_add(1, Ordering::Relaxed);
                                 ctx.progress.change(Change::New, entry.path());
                             }
