@@ -60,6 +60,26 @@ pub struct Global {
     /// Do not use or write the local cache (every read goes to the repository)
     #[arg(long, env = "CHUNKBAK_NO_CACHE", global = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub no_cache: bool,
+    /// What this host remembers about repositories: the key file that opened each last, the
+    /// ids of the snapshots it wrote (only those are taken as a backup's parent).
+    /// Default: $XDG_STATE_HOME/chunkbak (~/.local/state/chunkbak)
+    #[arg(long, env = "CHUNKBAK_STATE_DIR", global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How far ahead of this host's clock a snapshot may be dated; later ones are flagged as
+    /// from the future and never taken as latest, by --at, as a parent or by --keep-within
+    #[arg(
+        long,
+        env = "CHUNKBAK_CLOCK_SKEW",
+        global = true,
+        default_value = "1h",
+        value_name = "DURATION"
+    )]
+    pub clock_skew: String,
+    /// Write even to a store that does not refuse overwrites (If-None-Match): then two hosts
+    /// may replace each other's objects, and a compromised host's overwrite of keys/ or config
+    /// is not refused by the store (docs/s3.md)
+    #[arg(long, env = "CHUNKBAK_ACCEPT_OVERWRITING_STORE", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    pub accept_overwriting_store: bool,
     /// File whose first line is the repository password
     #[arg(long, env = "CHUNKBAK_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -232,6 +252,9 @@ pub struct NewPasswordArgs {
     /// argon2id iterations for the new key file
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
+    /// Allow argon2id parameters below OWASP's minimum (19 MiB, 2 iterations)
+    #[arg(long, env = "CHUNKBAK_ALLOW_WEAK_KDF", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_weak_kdf: bool,
 }
 
 /// How archived packs are thawed (restore, warmup).
@@ -288,6 +311,10 @@ pub struct CheckArgs {
     /// random) or a size (2GiB, random)
     #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
     pub read_data_subset: Option<String>,
+    /// Also compare the CRC32C the S3 store keeps for every pack with the one recorded at
+    /// upload (one HEAD a pack, no pack bytes read): finds packs replaced in the bucket
+    #[arg(long)]
+    pub s3_checksums: bool,
 }
 
 /// A count for a keep rule: a number, or `unlimited`.
@@ -458,6 +485,10 @@ pub struct InitArgs {
     /// argon2id iterations for the key file
     #[arg(long, default_value_t = 3)]
     pub kdf_iterations: u32,
+    /// Allow argon2id parameters below OWASP's minimum (19 MiB, 2 iterations): tests and
+    /// throwaway repositories
+    #[arg(long, env = "CHUNKBAK_ALLOW_WEAK_KDF", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_weak_kdf: bool,
     /// Use the chunker parameters and dedup secret of the repository given with --from, so
     /// the same data becomes the same blobs in both and `copy` between them moves only what
     /// the target lacks

@@ -29,9 +29,10 @@ use chunkbak_engine::format::tree::{Node, NodeKind};
 use chunkbak_engine::format::ObjectKind;
 use chunkbak_engine::ops::backup::{self, BackupOptions, ParentMode, StdinSource};
 use chunkbak_engine::ops::restore::{self, Overwrite, RestoreOptions};
-use chunkbak_engine::ops::select::{self, timestamp_of, Filter, Selector};
+use chunkbak_engine::ops::select::{self, timestamp_of, Clock, Filter, Selector};
 use chunkbak_engine::ops::thaw::{self, PackGate, Thaw};
 use chunkbak_engine::repo::InitOptions;
+use chunkbak_engine::state::LocalState;
 use chunkbak_engine::{chunker::ChunkerParams, timeparse, Error, Id, Repository};
 
 use args::{Cli, Command, FilterArgs, Global};
@@ -250,7 +251,7 @@ fn final_summary(name: &str, out: &Out, code: i32, took: std::time::Duration) {
 fn exit_code(e: &anyhow::Error) -> i32 {
     match e.downcast_ref::<Error>() {
         Some(Error::NoRepository(_)) => exit::NO_REPO,
-        Some(Error::WrongPassword(_)) => exit::WRONG_PASSWORD,
+        Some(Error::WrongPassword(..)) => exit::WRONG_PASSWORD,
         Some(Error::Interrupted) => exit::INTERRUPTED,
         Some(Error::Archived { .. }) => exit::COLD,
         _ => {
@@ -260,8 +261,23 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// `--clock-skew` in seconds, set once at the start of a run.
+static CLOCK_SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// This host's clock, with the tolerance of `--clock-skew`.
+pub fn clock_now() -> Clock {
+    Clock::system(
+        CLOCK_SKEW
+            .get()
+            .copied()
+            .unwrap_or(select::DEFAULT_CLOCK_SKEW_SECS),
+    )
+}
+
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
     let g = &cli.global;
+    let skew = timeparse::parse_duration(&g.clock_skew).context("--clock-skew")?;
+    let _ = CLOCK_SKEW.set(skew.as_secs() as i64);
     let r = match &cli.command {
         Command::Init(a) => cmd_init(g, out, a),
         Command::Backup(a) => cmd_backup(g, out, a),
@@ -532,13 +548,14 @@ impl PasswordSource<'_> {
 /// Opens a repository named by a command's own flags (copy --to, init --from).
 pub fn open_other(
     g: &Global,
+    out: &Out,
     repo: &std::ffi::OsStr,
     region: Option<&str>,
     pw: &PasswordSource,
 ) -> anyhow::Result<Repository> {
     let spec = spec_of(g, repo, region)?;
     let pw = pw.require(&format!("the repository at {}", spec.display()))?;
-    let r = Repository::open(backend(&spec)?, &pw)
+    let r = open_keyed(g, out, backend(&spec)?, &pw)
         .with_context(|| format!("opening {}", spec.display()))?;
     enable_cache(g, &r);
     Ok(r)
@@ -555,6 +572,85 @@ fn enable_cache(g: &Global, repo: &Repository) {
     }
 }
 
+/// This host's local state (`--state-dir`, default `$XDG_STATE_HOME/chunkbak`).
+pub fn local_state(g: &Global) -> LocalState {
+    LocalState::new(
+        &g.state_dir
+            .clone()
+            .unwrap_or_else(|| xdg("XDG_STATE_HOME", ".local/state").join("chunkbak")),
+    )
+}
+
+/// Opens a repository, trying first the key file that opened it last time on this host, and
+/// warns about key files that were refused (parameters too costly to run).
+pub fn open_keyed(
+    g: &Global,
+    out: &Out,
+    backend: Arc<dyn Backend>,
+    pw: &[u8],
+) -> anyhow::Result<Repository> {
+    let st = local_state(g);
+    let location = backend.location();
+    let last = st.last_key(&location);
+    let repo = Repository::open_preferring(backend, pw, last.as_deref())?;
+    st.set_last_key(&location, &repo.key_id());
+    for msg in repo.refused_keys() {
+        warn(out, &msg);
+    }
+    Ok(repo)
+}
+
+/// A warning on stderr (and as a JSON message with --json).
+pub fn warn(out: &Out, msg: &str) {
+    if out.json {
+        out.json_line("warning", json!({ "message": msg }));
+    }
+    crate::elog!("chunkbak: warning: {msg}");
+}
+
+/// Before a command writes: checks once that the store refuses to overwrite an object
+/// (format-spec 12, "Trust"); a store that does not makes the command stop unless
+/// --accept-overwriting-store.
+pub fn ensure_append_only(g: &Global, out: &Out, repo: &Repository) -> anyhow::Result<()> {
+    static PROBED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let location = repo.backend().location();
+    if PROBED.lock().expect("probed").contains(&location) {
+        return Ok(());
+    }
+    if repo.store_refuses_overwrites()? {
+        PROBED.lock().expect("probed").push(location);
+        return Ok(());
+    }
+    let what = format!(
+        "the store at {} accepted a conditional write (If-None-Match: *) over an existing object \
+         instead of refusing it (412): it can silently overwrite objects, so concurrent writers \
+         may replace each other's objects and a compromised host's overwrite of keys/ or config \
+         is not refused",
+        repo.backend().location()
+    );
+    if g.accept_overwriting_store {
+        warn(
+            out,
+            &format!("{what} (accepted with --accept-overwriting-store)"),
+        );
+        Ok(())
+    } else {
+        bail!(
+            "{what}. Use a store that honours If-None-Match (AWS S3 does), or accept the risk \
+             with --accept-overwriting-store (docs/s3.md)"
+        )
+    }
+}
+
+fn humanize_secs(s: i64) -> String {
+    match s {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 fn hex_random() -> String {
     let b: [u8; 24] = chunkbak_engine::crypter::random_bytes();
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -563,7 +659,7 @@ fn hex_random() -> String {
 fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
-    let repo = Repository::open(backend(&spec)?, &pw)?;
+    let repo = open_keyed(g, out, backend(&spec)?, &pw)?;
     enable_cache(g, &repo);
     Ok(Arc::new(repo))
 }
@@ -606,7 +702,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
                 env: "CHUNKBAK_FROM_PASSWORD",
                 flags: "--from-password-file, --from-password-command or CHUNKBAK_FROM_PASSWORD",
             };
-            let src = open_other(g, from, a.from_region.as_deref(), &pw)?;
+            let src = open_other(g, out, from, a.from_region.as_deref(), &pw)?;
             let c = src.config();
             (c.chunker_params(), Some(c.dedup_secret))
         }
@@ -620,6 +716,12 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
             None,
         ),
     };
+    let kdf = KdfParams {
+        m_cost_kib: a.kdf_memory_kib,
+        t_cost: a.kdf_iterations,
+        p_cost: 1,
+    };
+    kdf.validate_new(a.allow_weak_kdf)?;
     let pw = password(g, &spec, true, out)?;
     let opts = InitOptions {
         chunker,
@@ -638,13 +740,10 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
             ),
             c => c,
         },
-        kdf: KdfParams {
-            m_cost_kib: a.kdf_memory_kib,
-            t_cost: a.kdf_iterations,
-            p_cost: 1,
-        },
+        kdf,
     };
-    init_repo(&spec, &pw, &opts, out)?;
+    let repo = init_repo(&spec, &pw, &opts, out)?;
+    ensure_append_only(g, out, &repo)?;
     Ok(exit::OK)
 }
 
@@ -659,9 +758,10 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         init_repo(&spec, &pw, &InitOptions::default(), out)?
     } else {
         let pw = password(g, &spec, false, out)?;
-        Repository::open(backend(&spec)?, &pw)?
+        open_keyed(g, out, backend(&spec)?, &pw)?
     };
     enable_cache(g, &repo);
+    ensure_append_only(g, out, &repo)?;
     let repo = Arc::new(repo);
     repo.load_index()?;
     let stdin = if a.stdin_from_command {
@@ -699,11 +799,46 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         (Some(p), false) => ParentMode::Id(p.clone()),
         (None, false) => ParentMode::Auto,
     };
+    // Only a snapshot this host wrote is trusted as the parent (format-spec 12, "Trust").
+    let state = local_state(g);
+    let repo_id = repo.config().repo_id;
+    opts.own_snapshots = Some(state.own_snapshots(&repo_id));
+    opts.clock_skew_secs = clock_now().skew_secs;
     let bar =
         Arc::new(progress::Bar::new(out, !g.no_progress, "backup").with_changes(out.verbose >= 1));
     let r = backup::backup(&repo, opts, bar.clone());
     bar.finish();
     let r = r?;
+    if let Err(e) = state.add_own_snapshot(&repo_id, &r.snapshot_id) {
+        warn(
+            out,
+            &format!(
+                "snapshot {} is saved, but recording it in this host's state under {} failed \
+                 ({e}): the next backup will read every file again",
+                r.snapshot_id.short(),
+                state.dir().display()
+            ),
+        );
+    }
+    for m in &r.claims_refuted {
+        warn(out, m);
+    }
+    if let Some(u) = r.untrusted_parent {
+        warn(
+            out,
+            &format!(
+                "snapshot {} has this host's name and paths but this host did not write it (it \
+                 is not in {}): not trusted as the parent, every file was read{}",
+                u.short(),
+                state.dir().display(),
+                match r.parent {
+                    Some(p) =>
+                        format!(" unless unchanged since this host's snapshot {}", p.short()),
+                    None => String::new(),
+                }
+            ),
+        );
+    }
     let s = &r.snapshot.summary;
     if out.json {
         out.json_line(
@@ -711,6 +846,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
             json!({
                 "snapshot_id": r.snapshot_id.to_hex(),
                 "parent": r.parent.map(|p| p.to_hex()),
+                "untrusted_parent": r.untrusted_parent.map(|p| p.to_hex()),
                 "files_new": s.files_new, "files_changed": s.files_changed,
                 "files_unchanged": s.files_unchanged, "dirs_new": s.dirs_new,
                 "dirs_changed": s.dirs_changed, "dirs_unchanged": s.dirs_unchanged,
@@ -801,6 +937,7 @@ fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
         "tree": s.tree.to_hex(),
         "parent": s.parent.map(|p| p.to_hex()),
         "program_version": s.program_version,
+        "from_future": clock_now().is_future(s),
         "summary": {
             "files_new": s.summary.files_new, "files_changed": s.summary.files_changed,
             "files_unchanged": s.summary.files_unchanged, "bytes_read": s.summary.bytes_read,
@@ -844,11 +981,19 @@ fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
         "ID", "Time", "Host", "Tags", "Size"
     ));
     out.line("-".repeat(90));
+    let clock = clock_now();
+    let mut future = 0;
     for (id, s) in &snaps {
+        let f = clock.is_future(s);
+        future += usize::from(f);
         out.line(format!(
             "{:<10} {:<20} {:<16} {:<12} {:>10}  {}",
             id.short(),
-            local_time(s),
+            if f {
+                format!("{}!", local_time(s))
+            } else {
+                local_time(s)
+            },
             s.host,
             s.tags.join(","),
             human_bytes(s.summary.bytes_total),
@@ -857,6 +1002,17 @@ fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
     }
     out.line("-".repeat(90));
     out.line(format!("{} snapshots", snaps.len()));
+    if future > 0 {
+        warn(
+            out,
+            &format!(
+                "{future} snapshot(s) marked ! are dated later than now + --clock-skew {}: \
+                 written by a host with a wrong clock, or forged; they are never taken as \
+                 latest, by --at, as a parent or by --keep-within (`chunkbak forget ID` removes one)",
+                humanize_secs(clock.skew_secs)
+            ),
+        );
+    }
     Ok(done)
 }
 
@@ -889,7 +1045,7 @@ fn choose(
         (None, None) => (Selector::Latest, Vec::new()),
     };
     let (snaps, _) = readable_snapshots(repo, out)?;
-    let i = select::select(&snaps, &sel, &filter_of(filter), jiff::Timestamp::now())?;
+    let i = select::select(&snaps, &sel, &filter_of(filter), &clock_now())?;
     let (id, s) = snaps[i].clone();
     if out.json {
         out.json_line("selected", snapshot_json(&id, &s));
@@ -1253,14 +1409,15 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
     // Without the local cache: check what the repository holds, not local copies of it.
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
-    let repo = Repository::open(backend(&spec)?, &pw)?;
+    let repo = open_keyed(g, out, backend(&spec)?, &pw)?;
     let files = repo.load_index()?;
-    let r = chunkbak_engine::ops::check::check(&repo)?;
+    let r = chunkbak_engine::ops::check::check_with(&repo, &clock_now())?;
     if out.json {
         out.json_line(
             "check",
             json!({"index_files": files, "snapshots": r.snapshots, "trees": r.trees,
                    "packs": r.packs, "blobs": r.blobs, "unindexed_packs": r.unindexed_packs,
+                   "claim_reads": r.claim_reads, "unverified_claims": r.unverified_claims,
                    "problems": r.problems}),
         );
     } else {
@@ -1275,6 +1432,16 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
             r.packs,
             r.problems.len()
         ));
+        for m in &r.unverified_claims {
+            out.line(format!("note: {m}"));
+        }
+        if r.claim_reads > 0 {
+            out.line(format!(
+                "checked the claims of packs that claim the same blobs against their headers \
+                 ({} ranged GETs)",
+                r.claim_reads
+            ));
+        }
         if r.unindexed_packs > 0 {
             out.line(format!(
                 "{} packs are in no index (left by interrupted backups; harmless)",
@@ -1291,6 +1458,53 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
         (None, false) => None,
     };
     let mut problems = r.problems.len();
+    if a.s3_checksums {
+        let before = repo.backend().requests();
+        let bar = progress::Bar::new(out, !g.no_progress, "s3-checksums");
+        let c = chunkbak_engine::ops::check::s3_checksums(&repo, &bar)?;
+        bar.finish();
+        let heads = match (before, repo.backend().requests()) {
+            (Some(b), Some(a)) => a.head - b.head,
+            _ => 0,
+        };
+        problems += c.problems.len();
+        let nothing = c.packs > 0 && c.matched == 0;
+        if nothing {
+            problems += 1;
+        }
+        if out.json {
+            out.json_line(
+                "check_s3_checksums",
+                json!({"packs": c.packs, "matched": c.matched, "unverified": c.unverified,
+                       "head_requests": heads, "problems": c.problems}),
+            );
+        } else {
+            for p in &c.problems {
+                crate::elog!("problem: {p}");
+            }
+            out.line(format!(
+                "compared the store's CRC32C of {} packs with the index ({heads} HEAD requests, \
+                 no pack read): {} match, {} problems",
+                c.packs,
+                c.matched,
+                c.problems.len()
+            ));
+            if c.unverified > 0 {
+                out.line(format!(
+                    "{} packs not verified: the store reports no CRC32C for them (uploaded in \
+                     parts without a whole-object checksum, or by a store that keeps none)",
+                    c.unverified
+                ));
+            }
+        }
+        if nothing {
+            crate::elog!(
+                "problem: the store reported no CRC32C for any of the {} packs: nothing was \
+                 verified (this store does not keep checksums; use --read-data)",
+                c.packs
+            );
+        }
+    }
     let reads = subset.is_some();
     if let Some(subset) = subset {
         let bar = progress::Bar::new(out, !g.no_progress, "read");
@@ -1386,7 +1600,7 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
                 &snaps,
                 &Selector::parse(&need_id()?),
                 &Filter::default(),
-                jiff::Timestamp::now(),
+                &clock_now(),
             )?;
             if out.json {
                 out.json_line("snapshot", snapshot_json(&snaps[i].0, &snaps[i].1));

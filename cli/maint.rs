@@ -95,7 +95,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
     let groups = if policy.is_empty() {
         Vec::new()
     } else {
-        forget::apply(&chosen, &policy, group_by, &tz)?
+        forget::apply(&chosen, &policy, group_by, &tz, &crate::clock_now())?
     };
     let time_of = |id: &Id| {
         snaps
@@ -161,6 +161,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
         ));
         return Ok(exit::OK);
     }
+    crate::ensure_append_only(g, out, &repo)?;
     let n = forget::remove(&repo, &remove)?;
     if out.json {
         out.json_line(
@@ -218,9 +219,28 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
                 "missing_unused": tally_json(p.missing_unused),
                 "requests": {"GET": p.requests_get, "PUT": p.requests_put, "DELETE": p.requests_delete},
                 "grace_seconds": opts.grace,
+                "claim_reads": p.claim_reads, "claims_refuted": p.claims_refuted,
+                "claims_unverified": p.claims_unverified,
             }),
         );
         return;
+    }
+    for m in &p.claims_refuted {
+        crate::warn(out, m);
+    }
+    for m in &p.claims_unverified {
+        crate::warn(
+            out,
+            &format!("{m}: its used blobs are kept wherever they are claimed"),
+        );
+    }
+    if p.claim_reads > 0 {
+        out.line(format!(
+            "checked the claims of disputed packs against their headers ({} ranged GETs): {} \
+             did not hold",
+            p.claim_reads,
+            p.claims_refuted.len()
+        ));
     }
     let when = jiff::Timestamp::from_second(p.now + opts.grace)
         .map(|t| {
@@ -306,6 +326,7 @@ fn run_prune(
         out.line("dry run: nothing changed");
         return Ok(exit::OK);
     }
+    crate::ensure_append_only(g, out, repo)?;
     let bar = progress::Bar::new(out, !g.no_progress, "prune");
     let r = prune::run(repo, &plan, opts, &bar)?;
     bar.finish();
@@ -343,6 +364,7 @@ fn run_prune(
 
 pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
+    crate::ensure_append_only(g, out, &repo)?;
     match c {
         RepairCommand::Index { read_all_packs } => {
             let bar = progress::Bar::new(out, !g.no_progress, "repair");
@@ -357,7 +379,7 @@ pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i3
                     json!({"packs_kept": r.packs_kept, "packs_added": r.packs_added,
                            "packs_damaged": r.packs_damaged, "blobs_salvaged": r.blobs_salvaged,
                            "blobs_lost": r.blobs_lost, "packs_missing": r.packs_missing,
-                           "index_files_unreadable": r.index_files_unreadable,
+                           "index_files_unreadable": r.index_files_unreadable, "claims_dropped": r.claims_dropped,
                            "messages": r.messages}),
                 );
             } else {

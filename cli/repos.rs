@@ -32,18 +32,20 @@ fn new_password(a: &NewPasswordArgs) -> anyhow::Result<(Vec<u8>, KdfParams)> {
     if pw.is_empty() {
         bail!("the new password is empty");
     }
-    Ok((
-        pw,
-        KdfParams {
-            m_cost_kib: a.kdf_memory_kib,
-            t_cost: a.kdf_iterations,
-            p_cost: 1,
-        },
-    ))
+    let kdf = KdfParams {
+        m_cost_kib: a.kdf_memory_kib,
+        t_cost: a.kdf_iterations,
+        p_cost: 1,
+    };
+    kdf.validate_new(a.allow_weak_kdf)?;
+    Ok((pw, kdf))
 }
 
 pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
+    if !matches!(c, KeyCommand::List) {
+        crate::ensure_append_only(g, out, &repo)?;
+    }
     match c {
         KeyCommand::List => {
             let keys = repo.keys()?;
@@ -131,7 +133,8 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         env: "CHUNKBAK_TO_PASSWORD",
         flags: "--to-password-file, --to-password-command or CHUNKBAK_TO_PASSWORD",
     };
-    let dst = Arc::new(open_other(g, &a.to, a.to_region.as_deref(), &pw)?);
+    let dst = Arc::new(open_other(g, out, &a.to, a.to_region.as_deref(), &pw)?);
+    crate::ensure_append_only(g, out, &dst)?;
     if dst.config().repo_id == src.config().repo_id {
         bail!(
             "--to {} is the repository copied from",
@@ -152,7 +155,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         // Ids and `latest`, as every other command takes them.
         let mut v: Vec<(Id, Snapshot)> = Vec::new();
         for p in &a.snapshots {
-            let i = select::select(&snaps, &Selector::parse(p), &filter, jiff::Timestamp::now())?;
+            let i = select::select(&snaps, &Selector::parse(p), &filter, &crate::clock_now())?;
             if !v.iter().any(|(id, _)| *id == snaps[i].0) {
                 v.push(snaps[i].clone());
             }

@@ -40,6 +40,7 @@ fn cmd(repo: &Path, home: &Path) -> Command {
     c.env("CHUNKBAK_REPOSITORY", repo)
         .env("CHUNKBAK_PASSWORD", "golden")
         .env("CHUNKBAK_NO_PROGRESS", "1")
+        .env("CHUNKBAK_ALLOW_WEAK_KDF", "1")
         .env("HOME", home)
         .env("XDG_CACHE_HOME", home.join("cache"));
     c

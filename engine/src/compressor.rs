@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 
 /// Compression of a stored blob, as recorded in pack headers and the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Compression {
     None = 0,

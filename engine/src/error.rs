@@ -11,8 +11,9 @@ pub enum Error {
     NoRepository(String),
     #[error("a repository already exists at {0}")]
     RepositoryExists(String),
-    #[error("wrong password: no key in {0}/keys opens with it")]
-    WrongPassword(String),
+    /// The location, and what was not tried (key files refused by name), if anything.
+    #[error("wrong password: no key in {0}/keys opens with it{1}")]
+    WrongPassword(String, String),
     #[error("object {name} is corrupt: {reason}")]
     Corrupt { name: String, reason: String },
     #[error("object {0} not found in the repository")]

@@ -369,6 +369,7 @@ pub fn model(data: &[u8]) {
                             &policy,
                             crate::ops::forget::GroupBy::default(),
                             &jiff::tz::TimeZone::UTC,
+                            &model_clock(),
                         )?;
                         groups
                             .iter()
@@ -395,7 +396,8 @@ pub fn model(data: &[u8]) {
                 Op::Check => {
                     // Over a store that may die: an error, or problems that name the failed
                     // read; never damage that is not there.
-                    let mut problems = crate::ops::check::check(&repo)?.problems;
+                    let mut problems =
+                        crate::ops::check::check_with(&repo, &model_clock())?.problems;
                     problems.extend(
                         crate::ops::check::read_data(
                             &repo,
@@ -426,6 +428,14 @@ pub fn model(data: &[u8]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The model dates its snapshots in the years ahead: none counts as from the future.
+fn model_clock() -> crate::ops::select::Clock {
+    crate::ops::select::Clock {
+        now: jiff::Timestamp::now(),
+        skew_secs: i64::MAX,
+    }
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
         "chunkbak-model-{}",
@@ -440,7 +450,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 fn verify(mem: &Arc<MemBackend>, file: &std::path::Path, confirmed: &[(crate::Id, u8)]) {
     let repo = Repository::open(mem.clone(), b"pw").expect("opens after any crash");
     repo.load_index().expect("index loads");
-    let report = crate::ops::check::check(&repo).expect("check runs");
+    let report = crate::ops::check::check_with(&repo, &model_clock()).expect("check runs");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let snaps = repo.snapshots().expect("snapshots");
     for (id, v) in confirmed {

@@ -15,6 +15,8 @@ pub struct PackInfo {
     pub id: ObjectId,
     pub kind: ObjectKind,
     pub size: u64,
+    /// CRC32C of the pack's bytes, as sent with its upload (0 where unknown).
+    pub crc32c: u32,
     pub salt: [u8; 32],
     /// Marked for deletion by prune: readable, never reused.
     pub mark: Option<Mark>,
@@ -41,6 +43,7 @@ impl PackInfo {
             id: p.id,
             kind: p.kind,
             size: p.size,
+            crc32c: p.crc32c,
             salt: p.salt,
             mark: p.mark,
         }
@@ -151,6 +154,9 @@ pub struct Index {
     bases: HashMap<(u32, BlobId), BlobId>,
     /// Index files loaded.
     pub files: Vec<Id>,
+    /// Blobs that more than one pack claims (counted at [`seal`](Index::seal)): their claims
+    /// are checked against pack headers before they are trusted (ops::claims).
+    pub disputed_blobs: usize,
 }
 
 /// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
@@ -183,6 +189,11 @@ impl Index {
         let marked = |e: &Entry| packs[e.pack() as usize].mark.is_some();
         self.sorted
             .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(marked(a).cmp(&marked(b))));
+        self.disputed_blobs = self
+            .sorted
+            .windows(2)
+            .filter(|w| w[0].id == w[1].id && w[0].pack() != w[1].pack())
+            .count();
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
     }

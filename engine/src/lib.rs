@@ -42,6 +42,7 @@ pub mod packer;
 pub mod progress;
 pub mod repo;
 pub mod resemble;
+pub mod state;
 pub mod timeparse;
 
 pub use error::{Error, Result};

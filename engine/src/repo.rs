@@ -30,7 +30,7 @@ const PARALLEL_READS: usize = 16;
 const DECODERS: usize = 2;
 
 /// `f` over `items` on up to [`PARALLEL_READS`] threads, results in order; the first error.
-fn parallel_map<T: Sync, R: Send>(
+pub(crate) fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
@@ -132,6 +132,10 @@ pub struct Repository {
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
     /// Local copies of index files, snapshots and tree packs (remote repositories only).
     cache: std::sync::OnceLock<Arc<Cache>>,
+    /// Key files not tried at open, and why (see [`Repository::open_preferring`]).
+    refused_keys: Mutex<Vec<String>>,
+    /// The `config` object's bytes as read at open (or written by init).
+    config_bytes: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Repository {
@@ -164,44 +168,101 @@ impl Repository {
         // The config is written last: its presence marks a complete repository.
         let c = envelope::seal(&key, ObjectKind::Config, &config.encode());
         backend.put(FileKind::Config, "config", &c)?;
-        Self::with_key(backend, key, key_id, config)
+        let repo = Self::with_key(backend, key, key_id, config)?;
+        let _ = repo.config_bytes.set(c);
+        Ok(repo)
     }
 
     /// Opens a repository with a password (tries every key file).
     pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Self> {
+        Self::open_preferring(backend, password, None)
+    }
+
+    /// Opens a repository with a password, trying the key file `preferred` first (the one
+    /// that opened it last time), then the others. Key files whose argon2id parameters exceed
+    /// [`key::MAX_OPEN_PARAMS`] are not run: [`refused_keys`](Self::refused_keys) names them.
+    pub fn open_preferring(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        preferred: Option<&str>,
+    ) -> Result<Self> {
         if !backend.exists(FileKind::Config, "config")? {
             return Err(Error::NoRepository(backend.location()));
         }
-        let keys = backend.list(FileKind::Key)?;
+        let mut keys = backend.list(FileKind::Key)?;
         if keys.is_empty() {
             return Err(Error::corrupt(
                 format!("{}/keys", backend.location()),
                 "the repository has no key files",
             ));
         }
+        if let Some(p) = preferred {
+            keys.sort_by_key(|(name, _)| name != p);
+        }
         let mut last_err = None;
+        let mut refused = Vec::new();
         for (name, _) in &keys {
             let bytes = backend.get(FileKind::Key, name)?;
             let kf = match KeyFile::decode(&bytes, &format!("keys/{name}")) {
                 Ok(k) => k,
                 Err(e) => {
+                    refused.push(e.to_string());
                     last_err = Some(e);
                     continue;
                 }
             };
+            if !kf.params.within_open_limits() {
+                let (p, m) = (kf.params, key::MAX_OPEN_PARAMS);
+                refused.push(format!(
+                    "key file keys/{name} asks for argon2id with {} KiB, {} iterations, {} \
+                     lanes, more than chunkbak runs (at most {} KiB, {} iterations, {} lanes): \
+                     not tried (a key file no chunkbak wrote; `chunkbak key remove` it from a \
+                     maintenance host if it is not yours)",
+                    p.m_cost_kib, p.t_cost, p.p_cost, m.m_cost_kib, m.t_cost, m.p_cost
+                ));
+                continue;
+            }
             if let Some(key) = kf.open(password)? {
                 let bytes = backend.get(FileKind::Config, "config")?;
                 let config = Config::decode(
                     &envelope::open(&key, ObjectKind::Config, &bytes, "config")?,
                     "config",
                 )?;
-                return Self::with_key(backend, key, name.clone(), config);
+                let repo = Self::with_key(backend, key, name.clone(), config)?;
+                *repo.refused_keys.lock().expect("refused keys") = refused;
+                let _ = repo.config_bytes.set(bytes);
+                return Ok(repo);
             }
         }
         match last_err {
             Some(e) if keys.len() == 1 => Err(e),
-            _ => Err(Error::WrongPassword(backend.location())),
+            _ if !refused.is_empty() => Err(Error::WrongPassword(
+                backend.location(),
+                format!(
+                    " ({} key file(s) not tried: {})",
+                    refused.len(),
+                    refused.join("; ")
+                ),
+            )),
+            _ => Err(Error::WrongPassword(backend.location(), String::new())),
         }
+    }
+
+    /// Whether the store refuses to overwrite an existing object (format-spec 12, "Trust"):
+    /// writes the `config` object's own bytes over it with the no-overwrite condition every
+    /// write carries. One PUT, answered 412 by a store that honours it.
+    pub fn store_refuses_overwrites(&self) -> Result<bool> {
+        let bytes = match self.config_bytes.get() {
+            Some(b) => b.clone(),
+            None => self.backend.get(FileKind::Config, "config")?,
+        };
+        self.backend
+            .refuses_overwrite(FileKind::Config, "config", &bytes)
+    }
+
+    /// Key files that were not tried when the repository was opened, with the reason.
+    pub fn refused_keys(&self) -> Vec<String> {
+        self.refused_keys.lock().expect("refused keys").clone()
     }
 
     fn with_key(
@@ -227,6 +288,8 @@ impl Repository {
             tree_cache: Mutex::new(HashMap::new()),
             base_cache: Mutex::new(std::collections::VecDeque::new()),
             cache: std::sync::OnceLock::new(),
+            refused_keys: Mutex::new(Vec::new()),
+            config_bytes: std::sync::OnceLock::new(),
         })
     }
 

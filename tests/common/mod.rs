@@ -145,9 +145,12 @@ impl Env {
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))
             .env("XDG_CACHE_HOME", self.path("xdg-cache"))
+            .env("XDG_STATE_HOME", self.path("xdg-state"))
             .env("CHUNKBAK_REPOSITORY", &self.repo)
             .env("CHUNKBAK_PASSWORD_FILE", &self.pw)
-            .env("CHUNKBAK_NO_PROGRESS", "1");
+            .env("CHUNKBAK_NO_PROGRESS", "1")
+            // Tests make key files with a cheap KDF (256 KiB, one pass).
+            .env("CHUNKBAK_ALLOW_WEAK_KDF", "1");
         c
     }
 

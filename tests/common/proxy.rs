@@ -35,8 +35,26 @@ pub struct Injected {
     pub forbidden: u64,
 }
 
+/// What the proxy enforces on every request, besides faults: the rules of a bucket policy, or
+/// the behaviour of a store that ignores conditional writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Forward everything.
+    #[default]
+    Open,
+    /// examples/iam/bucket-policy-append-only.json for a backup host: an object-creating
+    /// request (PutObject, CompleteMultipartUpload) without `If-None-Match` and every delete
+    /// (DeleteObject, DeleteObjects) get 403 AccessDenied.
+    AppendOnly,
+    /// A store that ignores `If-None-Match`: the header is dropped, so a PUT overwrites.
+    IgnoresConditions,
+}
+
 struct State {
     upstream: String,
+    policy: Mutex<Policy>,
+    /// Request lines the policy refused.
+    denied: Mutex<Vec<String>>,
     /// Every `every`-th request gets the next fault of `faults` (0: no faults).
     every: AtomicU64,
     faults: Mutex<Vec<Fault>>,
@@ -61,6 +79,8 @@ impl FaultProxy {
                 .trim_start_matches("http://")
                 .trim_end_matches('/')
                 .to_string(),
+            policy: Mutex::new(Policy::Open),
+            denied: Mutex::new(Vec::new()),
             every: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
             only: Mutex::new(None),
@@ -91,6 +111,16 @@ impl FaultProxy {
         *self.state.faults.lock().unwrap() = faults.to_vec();
         self.state.count.store(0, Ordering::SeqCst);
         self.state.every.store(every, Ordering::SeqCst);
+    }
+
+    /// Enforces `p` from now on.
+    pub fn set_policy(&self, p: Policy) {
+        *self.state.policy.lock().unwrap() = p;
+    }
+
+    /// The request lines the policy refused so far.
+    pub fn denied(&self) -> Vec<String> {
+        self.state.denied.lock().unwrap().clone()
     }
 
     pub fn disarm(&self) {
@@ -281,7 +311,43 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let body = read_body(&mut r, &head, true)?;
-        let req = Message { head, body };
+        let mut req = Message { head, body };
+        match *st.policy.lock().unwrap() {
+            Policy::Open => {}
+            Policy::IgnoresConditions => req
+                .head
+                .retain(|l| !l.to_ascii_lowercase().starts_with("if-none-match:")),
+            Policy::AppendOnly => {
+                let line = req.head[0].clone();
+                let (method, target) = {
+                    let mut it = line.split_whitespace();
+                    (it.next().unwrap_or(""), it.next().unwrap_or(""))
+                };
+                let query = target.split_once('?').map(|q| q.1).unwrap_or("");
+                let has = |k: &str| {
+                    query
+                        .split('&')
+                        .any(|p| p == k || p.starts_with(&format!("{k}=")))
+                };
+                // UploadPart and CreateMultipartUpload carry no conditions (the policy's
+                // s3:ObjectCreationOperation exempts them); the rest must.
+                let path = target.split('?').next().unwrap_or("");
+                let is_object = path
+                    .trim_start_matches('/')
+                    .split_once('/')
+                    .is_some_and(|(_, key)| !key.is_empty());
+                let creates =
+                    (method == "PUT" && !has("partNumber") && !has("uploadId") && is_object)
+                        || (method == "POST" && has("uploadId"));
+                let deletes = (method == "DELETE" && !has("uploadId") && is_object)
+                    || (method == "POST" && has("delete"));
+                if deletes || (creates && header(&req.head, "if-none-match").is_none()) {
+                    st.denied.lock().unwrap().push(line);
+                    write_message(&mut w, &error_response("403 Forbidden", "AccessDenied"))?;
+                    continue;
+                }
+            }
+        }
         let every = st.every.load(Ordering::SeqCst);
         let counted = match &*st.only.lock().unwrap() {
             Some(o) => req.head[0].contains(o.as_str()),

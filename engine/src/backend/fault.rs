@@ -126,6 +126,20 @@ impl Backend for FaultBackend {
         self.inner.put(kind, name, data)
     }
 
+    fn refuses_overwrite(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool> {
+        self.enter("PUT", &kind.path_of(name))?;
+        self.inner.refuses_overwrite(kind, name, data)
+    }
+
+    fn stored_crc32c(&self, kind: FileKind, name: &str) -> Result<Option<u32>> {
+        self.enter("HEAD", &kind.path_of(name))?;
+        self.inner.stored_crc32c(kind, name)
+    }
+
+    fn has_checksums(&self) -> bool {
+        self.inner.has_checksums()
+    }
+
     fn put_file(&self, kind: FileKind, name: &str, path: &Path, crc32c: u32) -> Result<()> {
         self.enter("PUT", &kind.path_of(name))?;
         self.inner.put_file(kind, name, path, crc32c)

@@ -1,5 +1,7 @@
 //! A repository in a local directory. Writes go to `tmp/` first, are fsynced and renamed into
-//! place, so a crash never leaves a partial object under its final name.
+//! place, so a crash never leaves a partial object under its final name. A rename never
+//! replaces an existing object (`renameat2(RENAME_NOREPLACE)`, else a hard link): like a
+//! conditional PUT on S3, a write to a taken name leaves the object there as it was.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -85,19 +87,68 @@ impl LocalBackend {
     }
 
     fn install_at(dest: &Path, tmp: &Path) -> Result<()> {
+        Self::install_new(dest, tmp).map(|_| ())
+    }
+
+    /// Moves a finished temp file to `dest` unless an object is there already (then the temp
+    /// file is removed and the object left as it was). Returns whether it was installed.
+    fn install_new(dest: &Path, tmp: &Path) -> Result<bool> {
         let dir = dest.parent().expect("objects live in a folder");
-        if let Err(e) = fs::rename(tmp, dest) {
-            if e.kind() != ErrorKind::NotFound {
-                return Err(Error::io(dest, e));
+        let installed = match rename_noreplace(tmp, dest) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // The folder is missing, or another install created it a moment ago: creating
+                // it again is harmless, and checking whether it exists first would race with
+                // that install (two packs with the same first byte installed at once).
+                fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                rename_noreplace(tmp, dest)
             }
-            // The folder is missing, or another install created it a moment ago: creating it
-            // again is harmless, and checking whether it exists first would race with that
-            // install (two packs with the same first byte installed at once).
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))?;
-        }
+            r => r,
+        };
+        let installed = match installed {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(tmp);
+                false
+            }
+            Err(e) => return Err(Error::io(dest, e)),
+        };
         Self::fsync_dir(dir);
-        Ok(())
+        Ok(installed)
+    }
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "path with a NUL byte"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths, AT_FDCWD for both directories.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A kernel or file system without RENAME_NOREPLACE: a hard link also refuses to
+        // replace, then the temp name goes.
+        Some(libc::ENOSYS) | Some(libc::EINVAL) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(e),
     }
 }
 
@@ -147,6 +198,16 @@ impl Backend for LocalBackend {
             return Err(Error::io(&tmp, e));
         }
         self.install(&tmp, kind, name)
+    }
+
+    fn refuses_overwrite(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool> {
+        let dir = self.temp_dir();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let tmp = dir.join(format!("probe-{}", hex::encode(random_bytes::<8>())));
+        fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
+        let installed = Self::install_new(&self.path(kind, name), &tmp);
+        let _ = fs::remove_file(&tmp);
+        Ok(!installed?)
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path, _crc32c: u32) -> Result<()> {

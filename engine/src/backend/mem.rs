@@ -80,9 +80,15 @@ impl Backend for MemBackend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        // Never overwrites, like a conditional PUT (objects are named by their contents).
         let mut o = self.objects.lock().expect("objects lock");
-        o.insert((kind, name.to_string()), (data.to_vec(), now()));
+        o.entry((kind, name.to_string()))
+            .or_insert_with(|| (data.to_vec(), now()));
         Ok(())
+    }
+
+    fn refuses_overwrite(&self, kind: FileKind, name: &str, _data: &[u8]) -> Result<bool> {
+        self.exists(kind, name)
     }
 
     fn put_file(&self, kind: FileKind, name: &str, path: &Path, _crc32c: u32) -> Result<()> {

@@ -289,6 +289,21 @@ pub trait Backend: Send + Sync {
         let _ = std::fs::remove_file(path);
         Ok(())
     }
+    /// Writes `data` under the name of an existing object, with the condition every write
+    /// carries (never replace: S3's `If-None-Match: *`), to learn whether the store honours
+    /// it: `true` when it refused (the object is unchanged), `false` when it stored `data`.
+    /// Callers pass the object's own bytes, so even a store that overwrites changes nothing.
+    fn refuses_overwrite(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool>;
+    /// The CRC32C the store keeps for an object (the one sent with its upload), without
+    /// reading it: `Ok(None)` when the store reports none, `Err` naming the object when it
+    /// is missing. Stores without checksums (local folders) report none.
+    fn stored_crc32c(&self, _kind: FileKind, _name: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
+    /// Whether [`stored_crc32c`](Self::stored_crc32c) can report anything on this store.
+    fn has_checksums(&self) -> bool {
+        false
+    }
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// `len` bytes from `offset`; an error if the object is shorter.
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;

@@ -29,6 +29,50 @@ impl Default for KdfParams {
     }
 }
 
+/// The largest argon2id parameters a reader runs (format-spec 4.1): a key file asking for more
+/// is refused by name instead of holding gigabytes for minutes on every open. Creating one
+/// that large is refused too, so every key file chunkbak writes can be opened.
+pub const MAX_OPEN_PARAMS: KdfParams = KdfParams {
+    m_cost_kib: 1 << 20,
+    t_cost: 10,
+    p_cost: 16,
+};
+
+/// OWASP's minimum for argon2id (19 MiB, two passes): weaker keys need an explicit choice.
+pub const OWASP_MIN_PARAMS: KdfParams = KdfParams {
+    m_cost_kib: 19 * 1024,
+    t_cost: 2,
+    p_cost: 1,
+};
+
+impl KdfParams {
+    /// Whether a reader runs these parameters (see [`MAX_OPEN_PARAMS`]).
+    pub fn within_open_limits(&self) -> bool {
+        let m = MAX_OPEN_PARAMS;
+        self.m_cost_kib <= m.m_cost_kib && self.t_cost <= m.t_cost && self.p_cost <= m.p_cost
+    }
+
+    /// Checks parameters for a new key file: never above what readers run, and not below
+    /// OWASP's minimum unless `allow_weak` (tests, throwaway repositories).
+    pub fn validate_new(&self, allow_weak: bool) -> Result<()> {
+        if !self.within_open_limits() {
+            let m = MAX_OPEN_PARAMS;
+            return Err(Error::Invalid(format!(
+                "argon2id with {} KiB and {} iterations ({} lanes) is more than chunkbak runs                  to open a key (at most {} KiB, {} iterations, {} lanes)",
+                self.m_cost_kib, self.t_cost, self.p_cost, m.m_cost_kib, m.t_cost, m.p_cost
+            )));
+        }
+        let o = OWASP_MIN_PARAMS;
+        if !allow_weak && (self.m_cost_kib < o.m_cost_kib || self.t_cost < o.t_cost) {
+            return Err(Error::Invalid(format!(
+                "argon2id with {} KiB and {} iterations is below OWASP's minimum ({} KiB, {}                  iterations): a stolen key file could be brute-forced cheaply; give                  --allow-weak-kdf to create it anyway",
+                self.m_cost_kib, self.t_cost, o.m_cost_kib, o.t_cost
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn kek(password: &[u8], salt: &[u8; 32], p: KdfParams) -> Result<[u8; 32]> {
     let params = argon2::Params::new(p.m_cost_kib, p.t_cost, p.p_cost, Some(32))
         .map_err(|e| Error::Config(format!("argon2 parameters {p:?}: {e}")))?;

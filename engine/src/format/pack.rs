@@ -39,7 +39,7 @@ impl BlobKind {
 }
 
 /// One blob's entry in a pack header and in the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlobRecord {
     pub id: BlobId,
     /// Offset of the blob's ciphertext from the start of the pack.

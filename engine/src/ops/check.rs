@@ -9,6 +9,7 @@ use crate::backend::FileKind;
 use crate::error::Result;
 use crate::format::tree::{Content, NodeKind};
 use crate::id::BlobId;
+use crate::ops::select::{timestamp_of, Clock};
 use crate::repo::Repository;
 
 /// What `check` found. `problems` name the object (and path) they concern.
@@ -21,11 +22,20 @@ pub struct CheckReport {
     /// Packs in the store that no index names (left by interrupted backups; prune removes
     /// them). Not a problem.
     pub unindexed_packs: u64,
+    /// Ranged reads of disputed packs' headers (see ops::claims).
+    pub claim_reads: u64,
+    /// Disputed packs whose claims could not be checked now (archived): not a problem.
+    pub unverified_claims: Vec<String>,
     pub problems: Vec<String>,
 }
 
 /// Checks the repository's structure. The index must be loaded.
 pub fn check(repo: &Repository) -> Result<CheckReport> {
+    check_with(repo, &Clock::default())
+}
+
+/// As [`check`]; snapshots dated later than the clock allows are reported as problems.
+pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let backend = repo.backend();
     let mut stored: HashMap<String, u64> = HashMap::new();
@@ -58,6 +68,18 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
         }
         r.unindexed_packs = stored.keys().filter(|n| !indexed.contains(*n)).count() as u64;
     }
+    // Claims two packs make for one blob: checked against the packs' headers, naming the
+    // index files whose claims do not hold.
+    if repo.index().read().expect("index lock").disputed_blobs > 0 {
+        let files = repo.current_index_files()?;
+        let packs =
+            crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
+        let (refuted, unverifiable, reads) =
+            crate::ops::claims::check_disputes(repo, &packs, &stored)?;
+        r.claim_reads = reads;
+        r.problems.extend(refuted.messages(&files));
+        r.unverified_claims = unverifiable;
+    }
     // A blob is there when the pack the index locates it in is stored.
     let present = |id: &BlobId| -> bool {
         let idx = repo.index().read().expect("index lock");
@@ -79,6 +101,18 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
         }
         r.snapshots += 1;
         let what = format!("snapshot {}", id.short());
+        if clock.is_future(s) {
+            r.problems.push(format!(
+                "{what} of host {:?} is dated {}, later than now + the clock skew allowed ({} s): \
+                 written by a host whose clock is wrong, or forged by a host that holds the \
+                 password; it is never taken as latest, by --at, as a parent or by \
+                 --keep-within (`chunkbak forget {}` removes it)",
+                s.host,
+                timestamp_of(s.time),
+                clock.skew_secs,
+                id.short()
+            ));
+        }
         let mut stack = vec![(s.tree, String::new())];
         while let Some((tree, path)) = stack.pop() {
             if !seen_trees.insert(tree) {
@@ -147,6 +181,77 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
         }
     }
     Ok(r)
+}
+
+/// What `check --s3-checksums` found.
+#[derive(Debug, Default)]
+pub struct ChecksumReport {
+    /// Packs whose stored CRC32C was asked for.
+    pub packs: u64,
+    /// Packs whose stored CRC32C equals the one recorded at upload.
+    pub matched: u64,
+    /// Packs for which the store reports no CRC32C (or the index recorded none).
+    pub unverified: u64,
+    /// Mismatches and missing packs, naming the pack.
+    pub problems: Vec<String>,
+}
+
+/// Compares, for every indexed pack, the CRC32C the store keeps (the one sent with its
+/// upload, which S3 verified then) with the one the index recorded: a pack replaced in the
+/// bucket shows, without reading any pack bytes (one HEAD a pack). Marked packs a prune has
+/// deleted since are skipped. An error if the store reports no checksums at all.
+pub fn s3_checksums(
+    repo: &Repository,
+    progress: &dyn crate::progress::Progress,
+) -> Result<ChecksumReport> {
+    let backend = repo.backend();
+    if !backend.has_checksums() {
+        return Err(crate::Error::Invalid(format!(
+            "the store at {} keeps no checksums of its objects (a local folder): \
+             --s3-checksums verifies nothing there; use --read-data",
+            backend.location()
+        )));
+    }
+    let packs: Vec<crate::index::PackInfo> =
+        repo.index().read().expect("index lock").packs().to_vec();
+    progress.message(&format!(
+        "asking the store for the CRC32C of {} packs",
+        packs.len()
+    ));
+    let results = crate::repo::parallel_map(&packs, |p: &crate::index::PackInfo| {
+        if crate::ops::interrupted() {
+            return Err(crate::Error::Interrupted);
+        }
+        let fk = FileKind::of_pack(p.kind);
+        let r = match backend.stored_crc32c(fk, &p.id.to_hex()) {
+            Ok(c) => Ok(c),
+            Err(crate::Error::ObjectNotFound(_)) => Err(()),
+            Err(e) => return Err(e),
+        };
+        Ok((p.clone(), r))
+    })?;
+    let mut rep = ChecksumReport::default();
+    for (p, r) in results {
+        rep.packs += 1;
+        let path = FileKind::of_pack(p.kind).path_of(&p.id.to_hex());
+        match r {
+            Err(()) if p.mark.is_some() => {}
+            Err(()) => rep.problems.push(format!(
+                "pack {path} is in the index but missing from the repository"
+            )),
+            Ok(None) => rep.unverified += 1,
+            Ok(Some(_)) if p.crc32c == 0 => rep.unverified += 1,
+            Ok(Some(c)) if c == p.crc32c => rep.matched += 1,
+            Ok(Some(c)) => rep.problems.push(format!(
+                "pack {path}: the store keeps CRC32C {c:08x}, the index recorded {:08x} at \
+                 upload: the object was replaced or damaged in the store (`chunkbak check \
+                 --read-data` reads it; `chunkbak repair index` rebuilds the index from what \
+                 the packs hold)",
+                p.crc32c
+            )),
+        }
+    }
+    Ok(rep)
 }
 
 /// Which packs `check --read-data-subset` reads.

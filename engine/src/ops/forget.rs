@@ -12,6 +12,11 @@
 //! - `keep_within D` keeps every snapshot newer than the group's latest minus D;
 //! - `keep_tags` keeps snapshots carrying all tags of one of the lists;
 //! - a count of -1 means unlimited.
+//!
+//! Unlike restic, snapshots dated later than now plus the clock skew allowed
+//! ([`Clock`](super::select::Clock)) take no part: they are kept, flagged, and neither count
+//! for a rule nor serve as the latest of `keep_within`, so one forged snapshot dated years
+//! ahead cannot make a policy remove every genuine one (format-spec 12, "Trust").
 
 use std::collections::BTreeMap;
 
@@ -162,12 +167,18 @@ fn time_of(s: &Snapshot) -> Timestamp {
     Timestamp::new(s.time.secs, s.time.nanos as i32).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// Why a snapshot from the future is kept.
+pub const FUTURE_REASON: &str =
+    "dated in the future (later than now + clock skew): kept and not counted by the policy; \
+     remove it by id if it is not genuine";
+
 /// Applies a policy to snapshots (any order). Returns the groups, each newest first.
 pub fn apply(
     snaps: &[(Id, Snapshot)],
     policy: &Policy,
     group_by: GroupBy,
     tz: &TimeZone,
+    clock: &super::select::Clock,
 ) -> Result<Vec<Group>> {
     if policy.is_empty() {
         return Err(Error::Invalid(
@@ -194,10 +205,18 @@ pub fn apply(
     let mut out = Vec::new();
     for (key, mut list) in groups {
         list.sort_by(|a, b| b.1.time.cmp(&a.1.time).then(b.0.cmp(&a.0)));
-        out.push(Group {
-            key,
-            decisions: apply_group(&list, policy, tz),
-        });
+        type Snaps<'a> = Vec<&'a (Id, Snapshot)>;
+        let (future, present): (Snaps, Snaps) = list.iter().partition(|s| clock.is_future(&s.1));
+        let mut decisions: Vec<Decision> = future
+            .iter()
+            .map(|s| Decision {
+                id: s.0,
+                keep: true,
+                reasons: vec![FUTURE_REASON.to_string()],
+            })
+            .collect();
+        decisions.extend(apply_group(&present, policy, tz));
+        out.push(Group { key, decisions });
     }
     Ok(out)
 }
@@ -289,6 +308,15 @@ pub fn remove(repo: &crate::repo::Repository, ids: &[Id]) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::select::Clock;
+
+    /// A clock after every date the tables use (so none is from the future).
+    fn far() -> Clock {
+        Clock {
+            now: "2100-01-01T00:00:00Z".parse().unwrap(),
+            skew_secs: 3600,
+        }
+    }
     use crate::format::tree::Timespec;
 
     fn snap(t: &str, host: &str, tags: &[&str]) -> Snapshot {
@@ -314,7 +342,7 @@ mod tests {
             .enumerate()
             .map(|(i, t)| (Id([i as u8; 32]), snap(t, "h", &[])))
             .collect();
-        let groups = apply(&snaps, policy, GroupBy::default(), &tz).unwrap();
+        let groups = apply(&snaps, policy, GroupBy::default(), &tz, &far()).unwrap();
         assert_eq!(groups.len(), 1);
         groups[0]
             .decisions
@@ -588,7 +616,7 @@ mod tests {
             tags: vec![vec!["keep".into()]],
             ..Default::default()
         };
-        let g = apply(&snaps, &p, GroupBy::default(), &tz).unwrap();
+        let g = apply(&snaps, &p, GroupBy::default(), &tz, &far()).unwrap();
         assert_eq!(g.len(), 2, "one group per host");
         let a = &g[0].decisions;
         assert_eq!(
@@ -599,10 +627,68 @@ mod tests {
         assert_eq!(a[2].reasons, ["tag keep"]);
         assert!(g[1].decisions[0].keep, "host b's only snapshot is its last");
         let one: GroupBy = "".parse().unwrap();
-        let g = apply(&snaps, &p, one, &tz).unwrap();
+        let g = apply(&snaps, &p, one, &tz, &far()).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].decisions.iter().filter(|d| d.keep).count(), 2);
-        assert!(apply(&snaps, &Policy::default(), one, &tz).is_err());
+        assert!(apply(&snaps, &Policy::default(), one, &tz, &far()).is_err());
         assert!("host,colour".parse::<GroupBy>().is_err());
+    }
+
+    #[test]
+    fn a_snapshot_from_the_future_neither_counts_nor_moves_keep_within() {
+        let tz = TimeZone::get("UTC").unwrap();
+        let clock = Clock {
+            now: "2026-12-06T12:00:00Z".parse().unwrap(),
+            skew_secs: 3600,
+        };
+        let snaps = vec![
+            (Id([1; 32]), snap("2026-12-04T02:00:00Z", "h", &[])),
+            (Id([2; 32]), snap("2026-12-05T02:00:00Z", "h", &[])),
+            (Id([3; 32]), snap("2026-12-06T02:00:00Z", "h", &[])),
+            // Forged, or a host whose clock is five years ahead.
+            (Id([9; 32]), snap("2031-12-06T02:00:00Z", "h", &[])),
+        ];
+        for p in [
+            Policy {
+                within: Some(90 * 86_400),
+                ..Default::default()
+            },
+            Policy {
+                last: 1,
+                ..Default::default()
+            },
+            Policy {
+                daily: 2,
+                ..Default::default()
+            },
+        ] {
+            let g = apply(&snaps, &p, GroupBy::default(), &tz, &clock).unwrap();
+            let d = &g[0].decisions;
+            let kept: Vec<u8> = d.iter().filter(|d| d.keep).map(|d| d.id.0[0]).collect();
+            assert!(kept.contains(&9) && kept.contains(&3), "{p:?}: {d:?}");
+            assert!(d[0].reasons[0].contains("future"), "{d:?}");
+            assert!(d
+                .iter()
+                .filter(|d| d.id.0[0] != 9)
+                .all(|d| d.reasons.iter().all(|r| !r.contains("future"))));
+            if p.within.is_some() {
+                assert_eq!(
+                    kept.len(),
+                    4,
+                    "90 days back from the newest genuine snapshot"
+                );
+            }
+        }
+        // Without the guard (a clock five years ahead), the real ones would fall out of 90d.
+        let late = Clock {
+            now: "2032-01-01T00:00:00Z".parse().unwrap(),
+            skew_secs: 3600,
+        };
+        let p = Policy {
+            within: Some(90 * 86_400),
+            ..Default::default()
+        };
+        let g = apply(&snaps, &p, GroupBy::default(), &tz, &late).unwrap();
+        assert_eq!(g[0].decisions.iter().filter(|d| d.keep).count(), 1);
     }
 }

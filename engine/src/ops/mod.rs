@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod benchmark;
 pub mod check;
+pub mod claims;
 pub mod copy;
 pub mod diff;
 pub mod dump;

@@ -145,6 +145,11 @@ pub struct PrunePlan {
     pub requests_get: u64,
     pub requests_put: u64,
     pub requests_delete: u64,
+    /// Ranged reads of disputed packs' headers, and what they found: claims that did not hold
+    /// (ignored, naming the index files that made them) and packs that could not be checked.
+    pub claim_reads: u64,
+    pub claims_refuted: Vec<String>,
+    pub claims_unverified: Vec<String>,
     // Decisions, by pack.
     decisions: HashMap<ObjectId, Decision>,
     /// Every pack of the index in force, marks resolved ("live wins").
@@ -215,12 +220,35 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .iter()
         .flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex()))
         .collect();
-    let packs = crate::index::merge_entries(
+    let mut packs = crate::index::merge_entries(
         files
             .into_iter()
             .filter(|(id, _)| !superseded.contains(id))
             .flat_map(|(_, f)| f.packs),
     );
+    // Claims two packs make for one blob are checked against the packs' headers before any
+    // pack is judged unused because of them: a forged index file cannot make prune delete
+    // the packs that really hold the data (format-spec 12, "Trust").
+    progress.message("checking disputed claims");
+    let sizes: HashMap<String, u64> = stored
+        .iter()
+        .map(|(n, (_, o))| (n.clone(), o.size))
+        .collect();
+    let (refuted, unverifiable, reads) = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
+    plan.claim_reads = reads;
+    if !refuted.is_empty() {
+        let all_files = repo.read_all_index_files().unwrap_or_default();
+        plan.claims_refuted = refuted.messages(&all_files);
+        crate::ops::claims::drop_refuted(&mut packs, &refuted);
+    }
+    let unverified: HashSet<ObjectId> = unverifiable
+        .iter()
+        .filter_map(|m| {
+            m.strip_prefix("pack ")
+                .and_then(|r| Id::from_hex(&r[..64.min(r.len())]))
+        })
+        .collect();
+    plan.claims_unverified = unverifiable;
     let mut index = Index::loading(packs.values().map(|p| p.blobs.len()).sum());
     for p in packs.values() {
         index.add_pack(p);
@@ -259,13 +287,16 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .values()
         .filter(|p| stored.contains_key(&p.id.to_hex()))
         .collect();
-    order.sort_by_key(|p| (p.mark.is_some(), p.id));
+    // Packs whose disputed claims could not be checked (archived) come last, and keep every
+    // used blob they claim: nothing unverified decides that another pack is unused.
+    order.sort_by_key(|p| (p.mark.is_some(), unverified.contains(&p.id), p.id));
     let mut assigned: HashSet<BlobId> = HashSet::with_capacity(used.len());
     let mut used_in: HashMap<ObjectId, (u64, u64)> = HashMap::new(); // (used blobs, used bytes)
     for p in &order {
         let mut u = (0u64, 0u64);
+        let keep_all = unverified.contains(&p.id);
         for b in &p.blobs {
-            if used.contains(&b.id) && assigned.insert(b.id) {
+            if used.contains(&b.id) && (assigned.insert(b.id) || keep_all) {
                 u.0 += 1;
                 u.1 += u64::from(b.length);
             }

@@ -37,6 +37,8 @@ pub struct IndexRepair {
     pub packs_missing: u64,
     /// Index files that could not be read.
     pub index_files_unreadable: u64,
+    /// Claims of index files that the claimed packs' headers refute, left out.
+    pub claims_dropped: u64,
     pub messages: Vec<String>,
 }
 
@@ -165,6 +167,7 @@ pub fn repair_index(
             id,
             kind: fk.pack_kind(),
             size: *size,
+            crc32c: 0,
             salt,
             mark: None,
         };
@@ -190,6 +193,20 @@ pub fn repair_index(
         ));
     }
     out.extend(saver.finish()?);
+    // Claims that other packs dispute are checked against the packs' headers; those that do
+    // not hold (a forged index file's) are left out of the new index.
+    progress.message("checking disputed claims");
+    let sizes: HashMap<String, u64> = stored.iter().map(|(_, n, s)| (n.clone(), *s)).collect();
+    let mut by_id: HashMap<Id, PackEntry> = out.into_iter().map(|e| (e.id, e)).collect();
+    let (refuted, unverifiable, _) = crate::ops::claims::check_disputes(repo, &by_id, &sizes)?;
+    if !refuted.is_empty() {
+        let files = repo.read_all_index_files().unwrap_or_default();
+        rep.messages.extend(refuted.messages(&files));
+        rep.claims_dropped += crate::ops::claims::drop_refuted(&mut by_id, &refuted) as u64;
+    }
+    rep.messages.extend(unverifiable);
+    let mut out: Vec<PackEntry> = by_id.into_values().collect();
+    out.sort_by_key(|e| e.id);
     progress.message("writing the index");
     crate::ops::prune::write_index_files(repo, out, &old_files)?;
     for id in &old_files {

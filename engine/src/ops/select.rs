@@ -32,6 +32,40 @@ impl Filter {
     }
 }
 
+/// Default of `--clock-skew`: how far ahead of this host's clock a snapshot may be dated
+/// before it counts as *from the future* (format-spec 12, "Trust").
+pub const DEFAULT_CLOCK_SKEW_SECS: i64 = 3600;
+
+/// This host's clock and the skew it allows. A snapshot dated later than `now + skew` was
+/// written by a host whose clock is wrong, or forged: it is flagged, and never taken as
+/// `latest`, by `--at`, as a parent, or as the reference point of `--keep-within`.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Timestamp,
+    pub skew_secs: i64,
+}
+
+impl Clock {
+    /// The system clock with the given tolerance.
+    pub fn system(skew_secs: i64) -> Clock {
+        Clock {
+            now: Timestamp::now(),
+            skew_secs,
+        }
+    }
+
+    /// Whether a snapshot is dated later than `now + skew`.
+    pub fn is_future(&self, s: &Snapshot) -> bool {
+        s.time.secs > self.now.as_second().saturating_add(self.skew_secs)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system(DEFAULT_CLOCK_SKEW_SECS)
+    }
+}
+
 /// How one snapshot is named.
 #[derive(Clone, Debug)]
 pub enum Selector {
@@ -85,14 +119,16 @@ pub fn find_id(snaps: &[(Id, Snapshot)], prefix: &str) -> Result<usize> {
 }
 
 /// Picks one snapshot. `snaps` must be sorted oldest first (as `Repository::snapshots` returns).
+/// Snapshots from the future (see [`Clock`]) are chosen only by an explicit id.
 pub fn select(
     snaps: &[(Id, Snapshot)],
     sel: &Selector,
     filter: &Filter,
-    now: Timestamp,
+    clock: &Clock,
 ) -> Result<usize> {
+    let now = clock.now;
     let matching: Vec<usize> = (0..snaps.len())
-        .filter(|&i| filter.matches(&snaps[i].1))
+        .filter(|&i| filter.matches(&snaps[i].1) && !clock.is_future(&snaps[i].1))
         .collect();
     match sel {
         Selector::Id(p) => find_id(snaps, p),
@@ -144,13 +180,16 @@ mod tests {
     fn at_picks_newest_not_after() {
         let snaps = vec![snap(100, "a"), snap(200, "b"), snap(300, "a")];
         let f = Filter::default();
-        let now = Timestamp::from_second(1000).unwrap();
+        let now = Clock {
+            now: Timestamp::from_second(1000).unwrap(),
+            skew_secs: 0,
+        };
         let at = |s| {
             select(
                 &snaps,
                 &Selector::At(Timestamp::from_second(s).unwrap()),
                 &f,
-                now,
+                &now,
             )
         };
         assert_eq!(at(250).unwrap(), 1);
@@ -164,7 +203,31 @@ mod tests {
             ..Default::default()
         };
         let t = Selector::At(Timestamp::from_second(250).unwrap());
-        assert_eq!(select(&snaps, &t, &fa, now).unwrap(), 0);
-        assert_eq!(select(&snaps, &Selector::Latest, &fa, now).unwrap(), 2);
+        assert_eq!(select(&snaps, &t, &fa, &now).unwrap(), 0);
+        assert_eq!(select(&snaps, &Selector::Latest, &fa, &now).unwrap(), 2);
+    }
+
+    #[test]
+    fn snapshots_from_the_future_are_chosen_only_by_id() {
+        // This host's clock reads 1000; a snapshot at 3000 is forged or from a wrong clock
+        // unless the skew allowed covers it.
+        let snaps = vec![snap(100, "a"), snap(900, "a"), snap(3000, "a")];
+        let clock = Clock {
+            now: Timestamp::from_second(1000).unwrap(),
+            skew_secs: 3600,
+        };
+        let f = Filter::default();
+        // Within the skew it counts as present.
+        assert_eq!(select(&snaps, &Selector::Latest, &f, &clock).unwrap(), 2);
+        let strict = Clock {
+            skew_secs: 60,
+            ..clock
+        };
+        assert!(strict.is_future(&snaps[2].1) && !strict.is_future(&snaps[1].1));
+        assert_eq!(select(&snaps, &Selector::Latest, &f, &strict).unwrap(), 1);
+        let at = Selector::At(Timestamp::from_second(1000).unwrap());
+        assert_eq!(select(&snaps, &at, &f, &strict).unwrap(), 1);
+        let id = Selector::Id(snaps[2].0.to_hex());
+        assert_eq!(select(&snaps, &id, &f, &strict).unwrap(), 2);
     }
 }

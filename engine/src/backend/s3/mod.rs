@@ -673,28 +673,6 @@ impl S3Backend {
         })
     }
 
-    /// The CRC32C the store keeps for an object (the one sent with its upload), without
-    /// downloading it; None when the store reports none.
-    pub fn stored_crc32c(&self, kind: FileKind, name: &str) -> Result<Option<u32>> {
-        let s = &self.shared;
-        let key = s.key(kind, name);
-        let h = self
-            .rt
-            .block_on(
-                s.client
-                    .head_object()
-                    .bucket(&s.cfg.bucket)
-                    .key(&key)
-                    .checksum_mode(ChecksumMode::Enabled)
-                    .send(),
-            )
-            .map_err(|e| sdk_err(format!("HEAD {}", s.url(&key)), e))?;
-        Ok(h.checksum_crc32_c().and_then(|c| {
-            let b = base64::engine::general_purpose::STANDARD.decode(c).ok()?;
-            Some(u32::from_be_bytes(b.try_into().ok()?))
-        }))
-    }
-
     /// Joins uploads that have finished; the first failure among them.
     fn reap(&self, all: bool) -> Result<()> {
         let handles: Vec<_> = {
@@ -761,6 +739,62 @@ impl Backend for S3Backend {
     fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
         let key = self.key(kind, name);
         Ok(self.rt.block_on(self.shared.head(&key))?.is_some())
+    }
+
+    fn refuses_overwrite(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        crc.update(data);
+        let r = self.rt.block_on(
+            s.client
+                .put_object()
+                .bucket(&s.cfg.bucket)
+                .key(&key)
+                .if_none_match("*")
+                .checksum_crc32_c(crc_header(crc.finalize() as u32))
+                .set_storage_class(s.class_of(kind))
+                .body(ByteStream::from(data.to_vec()))
+                .send(),
+        );
+        match r {
+            Ok(_) => Ok(false),
+            Err(e) if exists_already(&e) => Ok(true),
+            Err(e) => Err(sdk_err(
+                format!(
+                    "PUT {} (checking that the store refuses overwrites)",
+                    s.url(&key)
+                ),
+                e,
+            )),
+        }
+    }
+
+    fn stored_crc32c(&self, kind: FileKind, name: &str) -> Result<Option<u32>> {
+        let s = &self.shared;
+        let key = s.key(kind, name);
+        let h = self
+            .rt
+            .block_on(
+                s.client
+                    .head_object()
+                    .bucket(&s.cfg.bucket)
+                    .key(&key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send(),
+            )
+            .map_err(|e| match e.as_service_error() {
+                Some(se) if se.is_not_found() => Error::ObjectNotFound(s.url(&key)),
+                _ => sdk_err(format!("HEAD {}", s.url(&key)), e),
+            })?;
+        Ok(h.checksum_crc32_c().and_then(|c| {
+            let b = base64::engine::general_purpose::STANDARD.decode(c).ok()?;
+            Some(u32::from_be_bytes(b.try_into().ok()?))
+        }))
+    }
+
+    fn has_checksums(&self) -> bool {
+        true
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {

@@ -8,7 +8,7 @@
 //! blobs; a scanner thread counts the totals for the progress bar. Unchanged files (same size,
 //! mtime, ctime and inode as in the parent snapshot, all chunks indexed) are never opened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
@@ -82,6 +82,12 @@ pub struct BackupOptions {
     pub stdin: Option<StdinSource>,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// Snapshots this host wrote itself (its local state): with `Some`, an automatic parent
+    /// must be one of them, so a snapshot another host forged under this host's name is
+    /// never trusted to skip reading files (format-spec 12, "Trust"). `None`: any.
+    pub own_snapshots: Option<HashSet<Id>>,
+    /// Snapshots dated later than now plus this many seconds are never a parent.
+    pub clock_skew_secs: i64,
 }
 
 impl Default for BackupOptions {
@@ -97,6 +103,8 @@ impl Default for BackupOptions {
             stdin_filename: "stdin".into(),
             stdin: None,
             threads: 0,
+            own_snapshots: None,
+            clock_skew_secs: crate::ops::select::DEFAULT_CLOCK_SKEW_SECS,
         }
     }
 }
@@ -107,6 +115,12 @@ pub struct BackupResult {
     pub snapshot_id: Id,
     pub snapshot: Snapshot,
     pub parent: Option<Id>,
+    /// The newest snapshot of this host and paths, when it was not taken as the parent
+    /// because this host did not write it (not in `own_snapshots`): every file was read.
+    pub untrusted_parent: Option<Id>,
+    /// Index claims that other packs dispute and whose pack headers refute them: not
+    /// deduplicated against (see ops::claims).
+    pub claims_refuted: Vec<String>,
     /// Entries that were skipped or need attention, with the reason.
     pub warnings: Vec<(PathBuf, String)>,
     pub packs_written: u64,
@@ -127,6 +141,7 @@ pub fn backup(
 ) -> Result<BackupResult> {
     let start = Instant::now();
     let start_time = jiff::Timestamp::now();
+    let (claims_refuted, _) = super::claims::clean_index_for_dedup(repo)?;
     let pool = crate::ops::thread_pool(opts.threads, "worker")?;
     let ctx = Arc::new(Ctx {
         repo: repo.clone(),
@@ -139,6 +154,7 @@ pub fn backup(
         pool,
     });
 
+    let mut untrusted_parent = None;
     let result = (|| -> Result<BackupResult> {
         let (paths, root_nodes, parent_id) = if let Some(src) = &opts.stdin {
             let name = opts.stdin_filename.trim_start_matches('/').to_string();
@@ -150,7 +166,7 @@ pub fn backup(
             }
             let paths = vec![PathBuf::from(format!("/{name}"))];
             // The same name in the parent snapshot: its chunks are candidate delta bases.
-            let parent = find_parent(repo, &opts, &paths)?;
+            let parent = find_parent(repo, &opts, &paths, &mut untrusted_parent)?;
             let prev = match &parent {
                 Some((_, tree)) => repo
                     .load_dir(tree)?
@@ -169,7 +185,7 @@ pub fn backup(
             }
             let paths = normalize_paths(&opts.paths)?;
             let excludes = exclude_set(&opts.excludes)?;
-            let parent = find_parent(repo, &opts, &paths)?;
+            let parent = find_parent(repo, &opts, &paths, &mut untrusted_parent)?;
             let nodes = backup_paths(
                 &ctx,
                 &paths,
@@ -227,6 +243,8 @@ pub fn backup(
             snapshot_id,
             snapshot,
             parent: parent_id,
+            untrusted_parent,
+            claims_refuted,
             warnings,
             packs_written,
             blobs_copied: copied,
@@ -241,10 +259,14 @@ pub fn backup(
     result
 }
 
+/// The parent: the snapshot given, or the newest of this host with the same paths that is
+/// not from the future and (with `own_snapshots`) that this host wrote. `untrusted` gets the
+/// newest matching snapshot this host did not write, when that made the difference.
 fn find_parent(
     repo: &Repository,
     opts: &BackupOptions,
     paths: &[PathBuf],
+    untrusted: &mut Option<Id>,
 ) -> Result<Option<(Id, BlobId)>> {
     let snaps = match opts.parent {
         ParentMode::None => return Ok(None),
@@ -261,9 +283,19 @@ fn find_parent(
                 hosts: vec![opts.host.clone()],
                 ..Default::default()
             };
-            snaps
-                .iter()
-                .rposition(|(_, s)| f.matches(s) && s.paths == want)
+            let clock = super::select::Clock::system(opts.clock_skew_secs);
+            let candidate = |s: &Snapshot| f.matches(s) && s.paths == want && !clock.is_future(s);
+            let newest = snaps.iter().rposition(|(_, s)| candidate(s));
+            let trusted = match &opts.own_snapshots {
+                None => newest,
+                Some(own) => snaps
+                    .iter()
+                    .rposition(|(id, s)| candidate(s) && own.contains(id)),
+            };
+            if let Some(n) = newest.filter(|&n| Some(n) != trusted) {
+                *untrusted = Some(snaps[n].0);
+            }
+            trusted
         }
     };
     Ok(found.map(|i| (snaps[i].0, snaps[i].1.tree)))

@@ -1,0 +1,694 @@
+//! Issue 19: a compromised fleet host (its S3 credentials and the repository password) cannot
+//! destroy or silently corrupt the fleet's backups. Each test plays one attack through the
+//! real binary, against a local repository or the S3 test server on 127.0.0.1, and fails on
+//! the code before the defence.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::backend::{Backend, FileKind};
+use chunkbak_engine::format::pack::BlobKind;
+use chunkbak_engine::format::snapshot::Snapshot;
+use chunkbak_engine::format::tree::{Content, NodeKind, Timespec};
+use chunkbak_engine::{BlobId, Id, Repository};
+use common::proxy::{FaultProxy, Policy};
+use common::*;
+
+const PASSWORD: &[u8] = b"correct horse battery staple";
+
+/// An environment whose password file holds [`PASSWORD`].
+fn env() -> Env {
+    let e = Env::new();
+    fs::write(&e.pw, PASSWORD).unwrap();
+    e
+}
+
+/// A bucket of its own for one test.
+fn bucket(tag: &str) -> String {
+    format!(
+        "trust-{tag}-{}-{}",
+        std::process::id(),
+        hex::encode(chunkbak_engine::crypter::random_bytes::<4>())
+    )
+}
+
+/// A command on the S3 repository `url`, through `endpoint`.
+fn s3_cmd(e: &Env, endpoint: &str, url: &str) -> Command {
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_REPOSITORY", url)
+        .env("CHUNKBAK_S3_ENDPOINT", endpoint)
+        .env("CHUNKBAK_S3_MAX_ATTEMPTS", "2")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL");
+    c
+}
+
+fn s3_run(e: &Env, endpoint: &str, url: &str, args: &[&str]) -> Run {
+    let mut c = s3_cmd(e, endpoint, url);
+    c.args(args);
+    run_command(c)
+}
+
+fn s3_ok(e: &Env, endpoint: &str, url: &str, args: &[&str]) -> Run {
+    let r = s3_run(e, endpoint, url, args);
+    assert_eq!(
+        r.code,
+        0,
+        "chunkbak {args:?} failed:\n{}\n{}",
+        r.out(),
+        r.stderr
+    );
+    r
+}
+
+/// An unsigned PUT of `body` to `url` with extra headers, as other tooling holding the host's
+/// credentials would send it; returns the HTTP status.
+fn raw_put(url: &str, body: &[u8], headers: &[&str]) -> u16 {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::write(f.path(), body).unwrap();
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.arg("--data-binary")
+        .arg(format!("@{}", f.path().display()))
+        .arg(url);
+    let o = c.output().expect("curl");
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+fn small_tree(dir: &Path) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("a.txt"), b"genuine contents of a, 32 bytes!").unwrap();
+    fs::write(dir.join("sub/b.bin"), splitmix(7, 200_000)).unwrap();
+}
+
+fn init(e: &Env) {
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    e.ok(&init);
+}
+
+#[test]
+fn append_only_policy_refuses_overwrites_and_deletes_and_every_write_of_a_backup_host_passes() {
+    let e = env();
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    proxy.set_policy(Policy::AppendOnly);
+    let b = bucket("policy");
+    let url = format!("s3:{b}/fleet");
+    let src = e.path("src");
+    small_tree(&src);
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    s3_ok(&e, &proxy.endpoint, &url, &init);
+    let s = src.to_str().unwrap();
+    s3_ok(&e, &proxy.endpoint, &url, &["backup", s]);
+    fs::write(src.join("c.txt"), splitmix(9, 100_000)).unwrap();
+    s3_ok(&e, &proxy.endpoint, &url, &["backup", s]);
+    s3_ok(&e, &proxy.endpoint, &url, &["check"]);
+    let pw2 = e.path("pw2");
+    fs::write(&pw2, "another password for this repo").unwrap();
+    s3_ok(
+        &e,
+        &proxy.endpoint,
+        &url,
+        &["key", "add", "--new-password-file", pw2.to_str().unwrap()],
+    );
+    let t = e.path("restored");
+    s3_ok(
+        &e,
+        &proxy.endpoint,
+        &url,
+        &["restore", "latest", "--target", t.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read(t.join(src.strip_prefix("/").unwrap()).join("c.txt")).unwrap(),
+        splitmix(9, 100_000)
+    );
+    assert!(
+        proxy.denied().is_empty(),
+        "every write of init, backup, key add is conditional: {:?}",
+        proxy.denied()
+    );
+
+    // A backup host cannot forget: the store refuses its deletes, and nothing is lost.
+    let r = s3_run(&e, &proxy.endpoint, &url, &["forget", "--keep-last", "1"]);
+    assert_ne!(r.code, 0, "{}", r.out());
+    assert!(
+        proxy.denied().iter().any(|l| l.starts_with("DELETE")),
+        "{:?}",
+        proxy.denied()
+    );
+    let snaps = s3_ok(&e, &proxy.endpoint, &url, &["--json", "snapshots"]).json("snapshot");
+    assert_eq!(snaps.len(), 2);
+
+    // The attacker overwrites the key file with other tooling: without If-None-Match the
+    // policy refuses it (403); with it the store does (412). The repository still opens.
+    let key = s3_ok(&e, &proxy.endpoint, &url, &["--json", "key", "list"]).json("key")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let obj = format!("{}/{b}/fleet/keys/{key}", proxy.endpoint);
+    assert_eq!(raw_put(&obj, b"garbage", &[]), 403);
+    assert_eq!(raw_put(&obj, b"garbage", &["If-None-Match: *"]), 412);
+    let cfg = format!("{}/{b}/fleet/config", proxy.endpoint);
+    assert_eq!(raw_put(&cfg, b"garbage", &[]), 403);
+    s3_ok(&e, &proxy.endpoint, &url, &["snapshots"]);
+    // The same PUT straight to the store (no bucket policy) is what broke repositories.
+    let direct = format!("{ep}/{b}/fleet/keys/{key}");
+    assert_eq!(raw_put(&direct, b"garbage", &["If-None-Match: *"]), 412);
+}
+
+#[test]
+fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
+    let e = env();
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    let b = bucket("ignores");
+    let url = format!("s3:{b}/r");
+    let src = e.path("src");
+    small_tree(&src);
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    s3_ok(&e, &proxy.endpoint, &url, &init);
+    proxy.set_policy(Policy::IgnoresConditions);
+    let s = src.to_str().unwrap();
+    let r = s3_run(&e, &proxy.endpoint, &url, &["backup", s]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("If-None-Match") && r.stderr.contains("--accept-overwriting-store"),
+        "{}",
+        r.stderr
+    );
+    let r = s3_ok(
+        &e,
+        &proxy.endpoint,
+        &url,
+        &["--accept-overwriting-store", "backup", s],
+    );
+    assert!(
+        r.stderr
+            .contains("accepted with --accept-overwriting-store"),
+        "{}",
+        r.stderr
+    );
+    // Reading commands do not probe.
+    s3_ok(&e, &proxy.endpoint, &url, &["snapshots"]);
+    proxy.set_policy(Policy::Open);
+    s3_ok(&e, &proxy.endpoint, &url, &["backup", s]);
+    s3_ok(&e, &proxy.endpoint, &url, &["check"]);
+}
+
+#[test]
+fn local_repository_writes_never_replace_an_object() {
+    let e = env();
+    init(&e);
+    let b = LocalBackend::new(&e.repo);
+    let cfg = fs::read(e.repo.join("config")).unwrap();
+    assert!(b
+        .refuses_overwrite(FileKind::Config, "config", b"other bytes")
+        .unwrap());
+    assert_eq!(fs::read(e.repo.join("config")).unwrap(), cfg);
+    b.put(FileKind::Config, "config", b"other bytes").unwrap();
+    assert_eq!(
+        fs::read(e.repo.join("config")).unwrap(),
+        cfg,
+        "a put never replaces"
+    );
+    let leftovers: Vec<_> = fs::read_dir(e.repo.join("tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn snapshot_time(e: &Env, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = vec!["--json"];
+    a.extend(args);
+    e.ok(&a).json("snapshot")
+}
+
+#[test]
+fn a_snapshot_from_the_future_is_flagged_and_moves_neither_latest_nor_keep_within() {
+    let e = env();
+    init(&e);
+    let src = e.path("src");
+    small_tree(&src);
+    let s = src.to_str().unwrap();
+    let mut genuine = Vec::new();
+    for days in [3, 2, 1] {
+        let t = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
+        let r = e.ok(&["--json", "backup", s, "--time", &t.to_string()]);
+        genuine.push(
+            r.json("summary")[0]["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The compromised host writes a snapshot of the same host and paths, five years ahead.
+    let r = e.ok(&["--json", "backup", s, "--time", "2031-12-06T00:00:00Z"]);
+    let forged = r.json("summary")[0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let snaps = snapshot_time(&e, &["snapshots"]);
+    let flagged: Vec<_> = snaps.iter().filter(|s| s["from_future"] == true).collect();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0]["id"], forged.as_str());
+    let r = e.ok(&["snapshots"]);
+    assert!(r.stderr.contains("1 snapshot(s) marked !"), "{}", r.stderr);
+
+    // latest and --at skip it; an explicit id still reaches it.
+    let sel = e.ok(&["--json", "ls", "latest"]).json("selected");
+    assert_eq!(sel[0]["id"], genuine[2].as_str());
+    let sel = e.ok(&["--json", "ls", "--at", "now"]).json("selected");
+    assert_eq!(sel[0]["id"], genuine[2].as_str());
+    let sel = e.ok(&["--json", "ls", &forged[..12]]).json("selected");
+    assert_eq!(sel[0]["id"], forged.as_str());
+
+    // The README's retention keeps every genuine snapshot; keep-last keeps the newest genuine.
+    for policy in [&["--keep-within", "90d"][..], &["--keep-last", "1"][..]] {
+        let mut a = vec!["--json", "forget", "--dry-run"];
+        a.extend(policy);
+        let g = e.ok(&a).json("forget_group");
+        let kept: Vec<&str> = g[0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["keep"] == true)
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert!(kept.contains(&genuine[2].as_str()), "{policy:?}: {g:?}");
+        if policy[0] == "--keep-within" {
+            for id in &genuine {
+                assert!(kept.contains(&id.as_str()), "{policy:?}: {g:?}");
+            }
+        }
+    }
+    // check names it; with a clock skew that covers it, it is no longer from the future.
+    let r = e.run(&["check"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("snapshot {}", &forged[..8]))
+            && r.stderr.contains("later than now"),
+        "{}",
+        r.stderr
+    );
+    let sel = e
+        .ok(&["--json", "--clock-skew", "3650d", "ls", "latest"])
+        .json("selected");
+    assert_eq!(sel[0]["id"], forged.as_str());
+}
+
+/// Rebuilds the tree `tree` with the file at `path` (components below it) given `content`,
+/// keeping every node's metadata: what a host holding the password can forge.
+fn forge_tree(
+    repo: &Repository,
+    saver: &chunkbak_engine::packer::BlobSaver,
+    tree: &BlobId,
+    path: &[&[u8]],
+    content: &Content,
+) -> BlobId {
+    let mut nodes = repo.load_dir(tree).unwrap();
+    let n = nodes.iter_mut().find(|n| n.name == path[0]).unwrap();
+    if path.len() == 1 {
+        assert_eq!(n.kind, NodeKind::File);
+        n.content = content.clone();
+    } else {
+        n.subtree = Some(forge_tree(
+            repo,
+            saver,
+            &n.subtree.unwrap(),
+            &path[1..],
+            content,
+        ));
+    }
+    repo.save_dir(saver, nodes).unwrap()
+}
+
+#[test]
+fn a_forged_parent_does_not_make_the_next_backup_keep_forged_content() {
+    let e = env();
+    init(&e);
+    let src = e.path("src");
+    small_tree(&src);
+    let s = src.to_str().unwrap();
+    let first = e.backup_id(&src);
+
+    // Another host with the password writes a snapshot under this host's name and paths, a
+    // second newer, whose a.txt has the same metadata and other content.
+    let forged_id = {
+        let repo =
+            Repository::open(std::sync::Arc::new(LocalBackend::new(&e.repo)), PASSWORD).unwrap();
+        repo.load_index().unwrap();
+        let snaps = repo.snapshots().unwrap();
+        let (_, genuine) = snaps.iter().find(|(id, _)| id.to_hex() == first).unwrap();
+        let saver = repo.blob_saver().unwrap();
+        let forged = b"FORGED contents, also 32 bytes!!";
+        let (chunk, _) = saver.save(BlobKind::Data, forged).unwrap();
+        let file = src.join("a.txt");
+        let comps: Vec<&[u8]> = file
+            .to_str()
+            .unwrap()
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::as_bytes)
+            .collect();
+        let tree = forge_tree(
+            &repo,
+            &saver,
+            &genuine.tree,
+            &comps,
+            &Content::Chunks(vec![chunk]),
+        );
+        repo.write_index(saver.finish().unwrap()).unwrap();
+        let snap = Snapshot {
+            time: Timespec {
+                secs: genuine.time.secs + 1,
+                nanos: 0,
+            },
+            tree,
+            parent: Some(Id::from_hex(&first).unwrap()),
+            ..genuine.clone()
+        };
+        repo.write_snapshot(&snap).unwrap().to_hex()
+    };
+
+    // The genuine host's next backup (a second later: the forged one is the newest) takes its
+    // own snapshot as the parent, says why, and stores what is on its disk.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = e.ok(&["--json", "backup", s]);
+    let sum = &r.json("summary")[0];
+    assert_eq!(sum["parent"], first.as_str(), "{sum}");
+    assert_eq!(sum["untrusted_parent"], forged_id.as_str(), "{sum}");
+    assert!(r.stderr.contains("did not write it"), "{}", r.stderr);
+    let t = e.path("restored");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let restored = t.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read(restored.join("a.txt")).unwrap(),
+        b"genuine contents of a, 32 bytes!"
+    );
+
+    // Without its local state (a new host, a wiped disk) a host trusts no parent: it reads
+    // every file once, and says so.
+    let st = e.path("other-state");
+    let r = e.ok(&["--json", "--state-dir", st.to_str().unwrap(), "backup", s]);
+    let sum = &r.json("summary")[0];
+    assert!(sum["parent"].is_null(), "{sum}");
+    assert_eq!(sum["files_unchanged"], 0, "{sum}");
+}
+
+#[test]
+fn a_key_file_with_huge_kdf_parameters_is_refused_by_name_and_cannot_stall_an_open() {
+    let e = env();
+    init(&e);
+    // The attacker copies a key file and sets argon2id to 4 GiB and 100 passes (the largest
+    // the format allows), under a name that is tried first.
+    let keys = e.repo.join("keys");
+    let genuine = fs::read_dir(&keys).unwrap().next().unwrap().unwrap().path();
+    let mut heavy = fs::read(&genuine).unwrap();
+    heavy[7..11].copy_from_slice(&(4u32 << 20).to_le_bytes());
+    heavy[11..15].copy_from_slice(&100u32.to_le_bytes());
+    let name = "0".repeat(64);
+    fs::write(keys.join(&name), &heavy).unwrap();
+
+    let started = std::time::Instant::now();
+    let r = e.ok(&["snapshots"]);
+    assert!(
+        r.stderr.contains(&format!("keys/{name}")) && r.stderr.contains("not tried"),
+        "{}",
+        r.stderr
+    );
+    // Argon2id with 4 GiB and 100 passes takes many minutes; refusing it takes nothing.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // A wrong password names the refused file too.
+    let bad = e.path("bad-pw");
+    fs::write(&bad, "wrong").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_PASSWORD_FILE", &bad).arg("snapshots");
+    let r = run_command(c);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("keys/{name}")), "{}", r.stderr);
+
+    // New key files below OWASP's minimum need an explicit choice; above the open limit never.
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_ALLOW_WEAK_KDF")
+        .env("CHUNKBAK_REPOSITORY", e.path("weak"))
+        .args(["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+    let r = run_command(c);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("OWASP") && r.stderr.contains("--allow-weak-kdf"),
+        "{}",
+        r.stderr
+    );
+    assert!(!e.path("weak").exists());
+    let r = e.run(&["init", "--kdf-memory-kib", "2097152"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("more than chunkbak runs"), "{}", r.stderr);
+}
+
+#[test]
+fn s3_checksums_find_a_same_size_overwrite_of_a_pack_without_reading_it() {
+    let e = env();
+    let ep = s3_endpoint();
+    let b = bucket("crc");
+    let url = format!("s3:{b}/r");
+    let src = e.path("src");
+    small_tree(&src);
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    s3_ok(&e, &ep, &url, &init);
+    s3_ok(&e, &ep, &url, &["backup", src.to_str().unwrap()]);
+    let r = s3_ok(&e, &ep, &url, &["--json", "check", "--s3-checksums"]);
+    let c = &r.json("check_s3_checksums")[0];
+    let packs = c["packs"].as_u64().unwrap();
+    assert!(packs > 2, "{c}");
+    assert_eq!(c["matched"], packs, "{c}");
+    assert_eq!(c["head_requests"], packs, "{c}");
+
+    // Replace one data pack with other bytes of the same size, with their own valid CRC32C
+    // (the store checks what it is sent, so the attacker sends a matching one).
+    let backend = {
+        let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(&url).unwrap();
+        cfg.endpoint = Some(ep.clone());
+        cfg.static_credentials = Some(("test".into(), "test".into()));
+        chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap()
+    };
+    let (name, size) = backend
+        .list(FileKind::Data)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let garbage = splitmix(99, size as usize);
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    crc.update(&garbage);
+    let crc = crc.finalize() as u32;
+    use base64::Engine;
+    let crc_b64 = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());
+    let obj = format!("{ep}/{b}/r/{}", FileKind::Data.path_of(&name));
+    let h = format!("x-amz-checksum-crc32c: {crc_b64}");
+    assert_eq!(raw_put(&obj, &garbage, &[&h]), 200);
+
+    // The structural check cannot see it (same size); the checksums name it.
+    let r = s3_ok(&e, &ep, &url, &["check"]);
+    assert!(r.out().contains("0 problems"), "{}", r.out());
+    let r = s3_run(&e, &ep, &url, &["--json", "check", "--s3-checksums"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let c = &r.json("check_s3_checksums")[0];
+    let problems = c["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{c}");
+    assert!(problems[0].as_str().unwrap().contains(&name), "{c}");
+    let reqs = &r.json("requests")[0];
+    assert!(
+        reqs["bytes_down"].as_u64().unwrap() < size,
+        "no pack read: {reqs}"
+    );
+
+    // A local repository keeps no checksums: the option says so instead of passing.
+    init_local_and_check_checksums_refused(&e);
+}
+
+fn init_local_and_check_checksums_refused(e: &Env) {
+    init(e);
+    let r = e.run(&["check", "--s3-checksums"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("keeps no checksums"), "{}", r.stderr);
+}
+
+/// A repository on a local folder or on the S3 test server, as the tests reach it.
+struct Target<'a> {
+    e: &'a Env,
+    /// (endpoint, s3:BUCKET/PREFIX)
+    s3: Option<(String, String)>,
+}
+
+impl Target<'_> {
+    fn run(&self, args: &[&str]) -> Run {
+        match &self.s3 {
+            Some((ep, url)) => s3_run(self.e, ep, url, args),
+            None => self.e.run(args),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(
+            r.code,
+            0,
+            "chunkbak {args:?} failed:\n{}\n{}",
+            r.out(),
+            r.stderr
+        );
+        r
+    }
+
+    fn backend(&self) -> std::sync::Arc<dyn Backend> {
+        match &self.s3 {
+            Some((ep, url)) => {
+                let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(url).unwrap();
+                cfg.endpoint = Some(ep.clone());
+                cfg.static_credentials = Some(("test".into(), "test".into()));
+                std::sync::Arc::new(chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap())
+            }
+            None => std::sync::Arc::new(LocalBackend::new(&self.e.repo)),
+        }
+    }
+}
+
+/// The attack: one index file claiming that every data blob lives in a small garbage object
+/// stored as a data pack, named to sort before every real pack. Returns its index file name.
+fn poison_index(t: &Target, nr: u8) -> String {
+    use chunkbak_engine::format::index::{IndexFile, PackEntry};
+    use chunkbak_engine::format::ObjectKind;
+    let repo = Repository::open(t.backend(), PASSWORD).unwrap();
+    let mut claims = Vec::new();
+    for (_, f) in repo.current_index_files().unwrap() {
+        for p in f.packs {
+            if p.kind == ObjectKind::DataPack {
+                claims.extend(p.blobs);
+            }
+        }
+    }
+    assert!(claims.len() > 3);
+    let garbage = b"not a pack, just a few bytes".to_vec();
+    // The size it claims covers every record (an index file with records past its pack's
+    // size does not decode); the store holds 28 bytes.
+    let claimed = claims.iter().map(|b| b.end()).max().unwrap();
+    let name = format!("{:0>64}", nr);
+    repo.backend().put(FileKind::Data, &name, &garbage).unwrap();
+    let forged = IndexFile {
+        supersedes: Vec::new(),
+        packs: vec![PackEntry {
+            id: Id::from_hex(&name).unwrap(),
+            kind: ObjectKind::DataPack,
+            size: claimed,
+            crc32c: 0,
+            salt: [0; 32],
+            mark: None,
+            blobs: claims,
+        }],
+    };
+    repo.write_object(FileKind::Index, ObjectKind::Index, &forged.encode())
+        .unwrap()
+        .to_hex()
+}
+
+fn poisoned_index_round(t: &Target) {
+    let e = t.e;
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    t.ok(&init);
+    let src = e.path("src");
+    small_tree(&src);
+    for i in 0..4 {
+        fs::write(src.join(format!("f{i}.bin")), splitmix(100 + i, 120_000)).unwrap();
+    }
+    let s = src.to_str().unwrap();
+    t.ok(&["backup", s]);
+    let forged = poison_index(t, 1);
+
+    // check names the forged index file; the claims cost a few ranged reads, no pack body.
+    let r = t.run(&["--json", "check"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.out(), r.stderr);
+    assert!(!r.json("check").is_empty(), "{}\n{}", r.out(), r.stderr);
+    let c = &r.json("check")[0];
+    let problems = c["problems"].to_string();
+    assert!(problems.contains(&format!("index/{forged}")), "{c}");
+    assert!(c["claim_reads"].as_u64().unwrap() > 0, "{c}");
+
+    // A backup in the meantime does not deduplicate against the forged claims.
+    fs::write(src.join("new.bin"), splitmix(200, 90_000)).unwrap();
+    let r = t.ok(&["backup", s]);
+    assert!(
+        r.stderr.contains(&format!("index/{forged}")),
+        "{}",
+        r.stderr
+    );
+
+    // repair index drops the false claims; check is clean again.
+    let r = t.ok(&["--json", "repair", "index"]);
+    let rep = &r.json("repair_index")[0];
+    // (the garbage object does not match its name: repair leaves it out of the index whole)
+    let garbage = format!("{:0>64}", 1);
+    assert!(rep["messages"].to_string().contains(&garbage), "{rep}");
+    assert_eq!(
+        rep["packs_kept"].as_u64().unwrap() + 1,
+        t.backend().list(FileKind::Data).unwrap().len() as u64
+            + t.backend().list(FileKind::Tree).unwrap().len() as u64,
+        "{rep}"
+    );
+    let _ = forged;
+    t.ok(&["check"]);
+
+    // Poisoned again; two prunes a grace period apart mark and delete nothing live.
+    let forged = poison_index(t, 2);
+    let r = t.ok(&["--json", "prune", "--grace", "1s"]);
+    let plan = &r.json("prune_plan")[0];
+    assert_eq!(plan["mark"]["packs"], 0, "{plan}");
+    assert_eq!(plan["repack"]["packs"], 0, "{plan}");
+    assert!(
+        plan["claims_refuted"]
+            .to_string()
+            .contains(&format!("index/{forged}")),
+        "{plan}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let r = t.ok(&["--json", "prune", "--grace", "1s"]);
+    let plan = &r.json("prune_plan")[0];
+    assert_eq!(plan["delete"]["packs"], 0, "{plan}");
+    let r = t.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(": 0 problems"), "{}", r.out());
+    fs::write(src.join("later.bin"), splitmix(300, 70_000)).unwrap();
+    t.ok(&["backup", s]);
+    let out = e.path("restored");
+    t.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    e.compare(&src, &out.join(src.strip_prefix("/").unwrap()), &[]);
+}
+
+#[test]
+fn a_poisoned_index_makes_prune_delete_nothing_live_local() {
+    let e = env();
+    poisoned_index_round(&Target { e: &e, s3: None });
+}
+
+#[test]
+fn a_poisoned_index_makes_prune_delete_nothing_live_s3() {
+    let e = env();
+    let ep = s3_endpoint();
+    let url = format!("s3:{}/r", bucket("poison"));
+    poisoned_index_round(&Target {
+        e: &e,
+        s3: Some((ep, url)),
+    });
+}
