@@ -642,15 +642,6 @@ pub fn ensure_append_only(g: &Global, out: &Out, repo: &Repository) -> anyhow::R
     }
 }
 
-fn humanize_secs(s: i64) -> String {
-    match s {
-        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 fn hex_random() -> String {
     let b: [u8; 24] = chunkbak_engine::crypter::random_bytes();
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -956,10 +947,7 @@ fn readable_snapshots(repo: &Repository, out: &Out) -> anyhow::Result<(Vec<(Id, 
             "{path} cannot be read, skipped: {e} (`chunkbak check` reports it, `chunkbak repair \
              snapshots` removes it)"
         );
-        if out.json {
-            out.json_line("warning", json!({ "message": msg }));
-        }
-        crate::elog!("chunkbak: warning: {msg}");
+        warn(out, &msg);
     }
     Ok((snaps, !damaged.is_empty()))
 }
@@ -1009,7 +997,7 @@ fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
                 "{future} snapshot(s) marked ! are dated later than now + --clock-skew {}: \
                  written by a host with a wrong clock, or forged; they are never taken as \
                  latest, by --at, as a parent or by --keep-within (`chunkbak forget ID` removes one)",
-                humanize_secs(clock.skew_secs)
+                timeparse::format_secs(clock.skew_secs)
             ),
         );
     }

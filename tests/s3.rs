@@ -67,15 +67,7 @@ impl<'a> Repo<'a> {
     }
 
     fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(
-            r.code,
-            0,
-            "chunkbak {args:?} failed:\n{}\n{}",
-            r.out(),
-            r.stderr
-        );
-        r
+        expect_ok(self.run(args), args)
     }
 
     /// The engine's view of the same bucket (to inspect objects and simulate lifecycle rules).

@@ -36,36 +36,67 @@ fn bucket(tag: &str) -> String {
     )
 }
 
-/// A command on the S3 repository `url`, through `endpoint`.
-fn s3_cmd(e: &Env, endpoint: &str, url: &str) -> Command {
-    let mut c = e.cmd();
-    c.env("CHUNKBAK_REPOSITORY", url)
-        .env("CHUNKBAK_S3_ENDPOINT", endpoint)
-        .env("CHUNKBAK_S3_MAX_ATTEMPTS", "2")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL");
-    c
+/// A repository on a local folder or on the S3 test server, as the tests reach it.
+struct Target<'a> {
+    e: &'a Env,
+    /// (endpoint, s3:BUCKET/PREFIX)
+    s3: Option<(String, String)>,
 }
 
-fn s3_run(e: &Env, endpoint: &str, url: &str, args: &[&str]) -> Run {
-    let mut c = s3_cmd(e, endpoint, url);
-    c.args(args);
-    run_command(c)
-}
+impl<'a> Target<'a> {
+    fn local(e: &'a Env) -> Self {
+        Target { e, s3: None }
+    }
 
-fn s3_ok(e: &Env, endpoint: &str, url: &str, args: &[&str]) -> Run {
-    let r = s3_run(e, endpoint, url, args);
-    assert_eq!(
-        r.code,
-        0,
-        "chunkbak {args:?} failed:\n{}\n{}",
-        r.out(),
-        r.stderr
-    );
-    r
+    fn s3(e: &'a Env, endpoint: &str, url: &str) -> Self {
+        Target {
+            e,
+            s3: Some((endpoint.to_string(), url.to_string())),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = self.e.cmd();
+        if let Some((ep, url)) = &self.s3 {
+            c.env("CHUNKBAK_REPOSITORY", url)
+                .env("CHUNKBAK_S3_ENDPOINT", ep)
+                .env("CHUNKBAK_S3_MAX_ATTEMPTS", "2")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1")
+                .env_remove("AWS_PROFILE")
+                .env_remove("AWS_ENDPOINT_URL");
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.cmd();
+        c.args(args);
+        run_command(c)
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        expect_ok(self.run(args), args)
+    }
+
+    fn init(&self) {
+        let mut init = vec!["init"];
+        init.extend(INIT_SMALL);
+        self.ok(&init);
+    }
+
+    fn backend(&self) -> std::sync::Arc<dyn Backend> {
+        match &self.s3 {
+            Some((ep, url)) => {
+                let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(url).unwrap();
+                cfg.endpoint = Some(ep.clone());
+                cfg.static_credentials = Some(("test".into(), "test".into()));
+                std::sync::Arc::new(chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap())
+            }
+            None => std::sync::Arc::new(LocalBackend::new(&self.e.repo)),
+        }
+    }
 }
 
 /// An unsigned PUT of `body` to `url` with extra headers, as other tooling holding the host's
@@ -91,12 +122,6 @@ fn small_tree(dir: &Path) {
     fs::write(dir.join("sub/b.bin"), splitmix(7, 200_000)).unwrap();
 }
 
-fn init(e: &Env) {
-    let mut init = vec!["init"];
-    init.extend(INIT_SMALL);
-    e.ok(&init);
-}
-
 #[test]
 fn append_only_policy_refuses_overwrites_and_deletes_and_every_write_of_a_backup_host_passes() {
     let e = env();
@@ -105,33 +130,22 @@ fn append_only_policy_refuses_overwrites_and_deletes_and_every_write_of_a_backup
     proxy.set_policy(Policy::AppendOnly);
     let b = bucket("policy");
     let url = format!("s3:{b}/fleet");
+    let t = Target::s3(&e, &proxy.endpoint, &url);
     let src = e.path("src");
     small_tree(&src);
-    let mut init = vec!["init"];
-    init.extend(INIT_SMALL);
-    s3_ok(&e, &proxy.endpoint, &url, &init);
+    t.init();
     let s = src.to_str().unwrap();
-    s3_ok(&e, &proxy.endpoint, &url, &["backup", s]);
+    t.ok(&["backup", s]);
     fs::write(src.join("c.txt"), splitmix(9, 100_000)).unwrap();
-    s3_ok(&e, &proxy.endpoint, &url, &["backup", s]);
-    s3_ok(&e, &proxy.endpoint, &url, &["check"]);
+    t.ok(&["backup", s]);
+    t.ok(&["check"]);
     let pw2 = e.path("pw2");
     fs::write(&pw2, "another password for this repo").unwrap();
-    s3_ok(
-        &e,
-        &proxy.endpoint,
-        &url,
-        &["key", "add", "--new-password-file", pw2.to_str().unwrap()],
-    );
-    let t = e.path("restored");
-    s3_ok(
-        &e,
-        &proxy.endpoint,
-        &url,
-        &["restore", "latest", "--target", t.to_str().unwrap()],
-    );
+    t.ok(&["key", "add", "--new-password-file", pw2.to_str().unwrap()]);
+    let target = e.path("restored");
+    t.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(
-        fs::read(t.join(src.strip_prefix("/").unwrap()).join("c.txt")).unwrap(),
+        fs::read(target.join(src.strip_prefix("/").unwrap()).join("c.txt")).unwrap(),
         splitmix(9, 100_000)
     );
     assert!(
@@ -141,19 +155,19 @@ fn append_only_policy_refuses_overwrites_and_deletes_and_every_write_of_a_backup
     );
 
     // A backup host cannot forget: the store refuses its deletes, and nothing is lost.
-    let r = s3_run(&e, &proxy.endpoint, &url, &["forget", "--keep-last", "1"]);
+    let r = t.run(&["forget", "--keep-last", "1"]);
     assert_ne!(r.code, 0, "{}", r.out());
     assert!(
         proxy.denied().iter().any(|l| l.starts_with("DELETE")),
         "{:?}",
         proxy.denied()
     );
-    let snaps = s3_ok(&e, &proxy.endpoint, &url, &["--json", "snapshots"]).json("snapshot");
+    let snaps = t.ok(&["--json", "snapshots"]).json("snapshot");
     assert_eq!(snaps.len(), 2);
 
     // The attacker overwrites the key file with other tooling: without If-None-Match the
     // policy refuses it (403); with it the store does (412). The repository still opens.
-    let key = s3_ok(&e, &proxy.endpoint, &url, &["--json", "key", "list"]).json("key")[0]["id"]
+    let key = t.ok(&["--json", "key", "list"]).json("key")[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -162,7 +176,7 @@ fn append_only_policy_refuses_overwrites_and_deletes_and_every_write_of_a_backup
     assert_eq!(raw_put(&obj, b"garbage", &["If-None-Match: *"]), 412);
     let cfg = format!("{}/{b}/fleet/config", proxy.endpoint);
     assert_eq!(raw_put(&cfg, b"garbage", &[]), 403);
-    s3_ok(&e, &proxy.endpoint, &url, &["snapshots"]);
+    t.ok(&["snapshots"]);
     // The same PUT straight to the store (no bucket policy) is what broke repositories.
     let direct = format!("{ep}/{b}/fleet/keys/{key}");
     assert_eq!(raw_put(&direct, b"garbage", &["If-None-Match: *"]), 412);
@@ -175,26 +189,20 @@ fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
     let proxy = FaultProxy::start(&ep);
     let b = bucket("ignores");
     let url = format!("s3:{b}/r");
+    let t = Target::s3(&e, &proxy.endpoint, &url);
     let src = e.path("src");
     small_tree(&src);
-    let mut init = vec!["init"];
-    init.extend(INIT_SMALL);
-    s3_ok(&e, &proxy.endpoint, &url, &init);
+    t.init();
     proxy.set_policy(Policy::IgnoresConditions);
     let s = src.to_str().unwrap();
-    let r = s3_run(&e, &proxy.endpoint, &url, &["backup", s]);
+    let r = t.run(&["backup", s]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("If-None-Match") && r.stderr.contains("--accept-overwriting-store"),
         "{}",
         r.stderr
     );
-    let r = s3_ok(
-        &e,
-        &proxy.endpoint,
-        &url,
-        &["--accept-overwriting-store", "backup", s],
-    );
+    let r = t.ok(&["--accept-overwriting-store", "backup", s]);
     assert!(
         r.stderr
             .contains("accepted with --accept-overwriting-store"),
@@ -202,16 +210,16 @@ fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
         r.stderr
     );
     // Reading commands do not probe.
-    s3_ok(&e, &proxy.endpoint, &url, &["snapshots"]);
+    t.ok(&["snapshots"]);
     proxy.set_policy(Policy::Open);
-    s3_ok(&e, &proxy.endpoint, &url, &["backup", s]);
-    s3_ok(&e, &proxy.endpoint, &url, &["check"]);
+    t.ok(&["backup", s]);
+    t.ok(&["check"]);
 }
 
 #[test]
 fn local_repository_writes_never_replace_an_object() {
     let e = env();
-    init(&e);
+    e.init_small();
     let b = LocalBackend::new(&e.repo);
     let cfg = fs::read(e.repo.join("config")).unwrap();
     assert!(b
@@ -237,7 +245,7 @@ fn snapshot_time(e: &Env, args: &[&str]) -> Vec<serde_json::Value> {
 #[test]
 fn a_snapshot_from_the_future_is_flagged_and_moves_neither_latest_nor_keep_within() {
     let e = env();
-    init(&e);
+    e.init_small();
     let src = e.path("src");
     small_tree(&src);
     let s = src.to_str().unwrap();
@@ -337,7 +345,7 @@ fn forge_tree(
 #[test]
 fn a_forged_parent_does_not_make_the_next_backup_keep_forged_content() {
     let e = env();
-    init(&e);
+    e.init_small();
     let src = e.path("src");
     small_tree(&src);
     let s = src.to_str().unwrap();
@@ -410,7 +418,7 @@ fn a_forged_parent_does_not_make_the_next_backup_keep_forged_content() {
 #[test]
 fn a_key_file_with_huge_kdf_parameters_is_refused_by_name_and_cannot_stall_an_open() {
     let e = env();
-    init(&e);
+    e.init_small();
     // The attacker copies a key file and sets argon2id to 4 GiB and 100 passes (the largest
     // the format allows), under a name that is tried first.
     let keys = e.repo.join("keys");
@@ -463,13 +471,12 @@ fn s3_checksums_find_a_same_size_overwrite_of_a_pack_without_reading_it() {
     let ep = s3_endpoint();
     let b = bucket("crc");
     let url = format!("s3:{b}/r");
+    let t = Target::s3(&e, &ep, &url);
     let src = e.path("src");
     small_tree(&src);
-    let mut init = vec!["init"];
-    init.extend(INIT_SMALL);
-    s3_ok(&e, &ep, &url, &init);
-    s3_ok(&e, &ep, &url, &["backup", src.to_str().unwrap()]);
-    let r = s3_ok(&e, &ep, &url, &["--json", "check", "--s3-checksums"]);
+    t.init();
+    t.ok(&["backup", src.to_str().unwrap()]);
+    let r = t.ok(&["--json", "check", "--s3-checksums"]);
     let c = &r.json("check_s3_checksums")[0];
     let packs = c["packs"].as_u64().unwrap();
     assert!(packs > 2, "{c}");
@@ -478,13 +485,8 @@ fn s3_checksums_find_a_same_size_overwrite_of_a_pack_without_reading_it() {
 
     // Replace one data pack with other bytes of the same size, with their own valid CRC32C
     // (the store checks what it is sent, so the attacker sends a matching one).
-    let backend = {
-        let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(&url).unwrap();
-        cfg.endpoint = Some(ep.clone());
-        cfg.static_credentials = Some(("test".into(), "test".into()));
-        chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap()
-    };
-    let (name, size) = backend
+    let (name, size) = t
+        .backend()
         .list(FileKind::Data)
         .unwrap()
         .into_iter()
@@ -501,9 +503,9 @@ fn s3_checksums_find_a_same_size_overwrite_of_a_pack_without_reading_it() {
     assert_eq!(raw_put(&obj, &garbage, &[&h]), 200);
 
     // The structural check cannot see it (same size); the checksums name it.
-    let r = s3_ok(&e, &ep, &url, &["check"]);
+    let r = t.ok(&["check"]);
     assert!(r.out().contains("0 problems"), "{}", r.out());
-    let r = s3_run(&e, &ep, &url, &["--json", "check", "--s3-checksums"]);
+    let r = t.run(&["--json", "check", "--s3-checksums"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     let c = &r.json("check_s3_checksums")[0];
     let problems = c["problems"].as_array().unwrap();
@@ -520,50 +522,10 @@ fn s3_checksums_find_a_same_size_overwrite_of_a_pack_without_reading_it() {
 }
 
 fn init_local_and_check_checksums_refused(e: &Env) {
-    init(e);
+    e.init_small();
     let r = e.run(&["check", "--s3-checksums"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("keeps no checksums"), "{}", r.stderr);
-}
-
-/// A repository on a local folder or on the S3 test server, as the tests reach it.
-struct Target<'a> {
-    e: &'a Env,
-    /// (endpoint, s3:BUCKET/PREFIX)
-    s3: Option<(String, String)>,
-}
-
-impl Target<'_> {
-    fn run(&self, args: &[&str]) -> Run {
-        match &self.s3 {
-            Some((ep, url)) => s3_run(self.e, ep, url, args),
-            None => self.e.run(args),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(
-            r.code,
-            0,
-            "chunkbak {args:?} failed:\n{}\n{}",
-            r.out(),
-            r.stderr
-        );
-        r
-    }
-
-    fn backend(&self) -> std::sync::Arc<dyn Backend> {
-        match &self.s3 {
-            Some((ep, url)) => {
-                let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(url).unwrap();
-                cfg.endpoint = Some(ep.clone());
-                cfg.static_credentials = Some(("test".into(), "test".into()));
-                std::sync::Arc::new(chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap())
-            }
-            None => std::sync::Arc::new(LocalBackend::new(&self.e.repo)),
-        }
-    }
 }
 
 /// The attack: one index file claiming that every data blob lives in a small garbage object
@@ -606,9 +568,7 @@ fn poison_index(t: &Target, nr: u8) -> String {
 
 fn poisoned_index_round(t: &Target) {
     let e = t.e;
-    let mut init = vec!["init"];
-    init.extend(INIT_SMALL);
-    t.ok(&init);
+    t.init();
     let src = e.path("src");
     small_tree(&src);
     for i in 0..4 {
@@ -679,7 +639,7 @@ fn poisoned_index_round(t: &Target) {
 #[test]
 fn a_poisoned_index_makes_prune_delete_nothing_live_local() {
     let e = env();
-    poisoned_index_round(&Target { e: &e, s3: None });
+    poisoned_index_round(&Target::local(&e));
 }
 
 #[test]
@@ -687,8 +647,5 @@ fn a_poisoned_index_makes_prune_delete_nothing_live_s3() {
     let e = env();
     let ep = s3_endpoint();
     let url = format!("s3:{}/r", bucket("poison"));
-    poisoned_index_round(&Target {
-        e: &e,
-        s3: Some((ep, url)),
-    });
+    poisoned_index_round(&Target::s3(&e, &ep, &url));
 }

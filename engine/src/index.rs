@@ -178,6 +178,16 @@ impl Index {
         }
     }
 
+    /// A sealed index of these pack entries.
+    pub fn of_packs<'a>(packs: impl Iterator<Item = &'a PackEntry> + Clone) -> Self {
+        let mut idx = Index::loading(packs.clone().map(|p| p.blobs.len()).sum());
+        for p in packs {
+            idx.add_pack(p);
+        }
+        idx.seal();
+        idx
+    }
+
     /// Ends loading: sorts the entries and keeps one per blob, in a live pack when there is
     /// one. Lookups are valid from here on.
     pub fn seal(&mut self) {

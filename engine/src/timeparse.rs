@@ -76,6 +76,16 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
         .ok_or_else(bad)
 }
 
+/// Seconds as the largest whole unit, the way durations are given (`7d`, `90d`, `1h`, `45s`).
+pub fn format_secs(s: i64) -> String {
+    for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s >= n && s % n == 0 {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
 /// Parses a size: bytes, or a number with a unit, `500K`, `64MiB`, `2GiB`, `1.5T` (units
 /// are binary: K = KiB = 1024).
 pub fn parse_size(s: &str) -> Result<u64> {

@@ -61,6 +61,18 @@ impl Run {
 /// The longest one chunkbak command may run in a test (the slowest takes well under a minute):
 /// a hang fails its test with what the command printed, instead of stalling the suite until
 /// CI's time runs out.
+/// `r`, after asserting that `chunkbak args` exited 0 (its output in the message otherwise).
+pub fn expect_ok(r: Run, args: &[&str]) -> Run {
+    assert_eq!(
+        r.code,
+        0,
+        "chunkbak {args:?} failed:\n{}\n{}",
+        r.out(),
+        r.stderr
+    );
+    r
+}
+
 pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub fn run_command(mut c: Command) -> Run {
@@ -181,15 +193,7 @@ impl Env {
     }
 
     pub fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(
-            r.code,
-            0,
-            "chunkbak {args:?} failed:\n{}\n{}",
-            r.out(),
-            r.stderr
-        );
-        r
+        expect_ok(self.run(args), args)
     }
 
     /// A command that runs the binary as nobody (root reads and writes everything, so tests of

@@ -58,14 +58,17 @@ impl KdfParams {
         if !self.within_open_limits() {
             let m = MAX_OPEN_PARAMS;
             return Err(Error::Invalid(format!(
-                "argon2id with {} KiB and {} iterations ({} lanes) is more than chunkbak runs                  to open a key (at most {} KiB, {} iterations, {} lanes)",
+                "argon2id with {} KiB and {} iterations ({} lanes) is more than chunkbak runs \
+                 to open a key (at most {} KiB, {} iterations, {} lanes)",
                 self.m_cost_kib, self.t_cost, self.p_cost, m.m_cost_kib, m.t_cost, m.p_cost
             )));
         }
         let o = OWASP_MIN_PARAMS;
         if !allow_weak && (self.m_cost_kib < o.m_cost_kib || self.t_cost < o.t_cost) {
             return Err(Error::Invalid(format!(
-                "argon2id with {} KiB and {} iterations is below OWASP's minimum ({} KiB, {}                  iterations): a stolen key file could be brute-forced cheaply; give                  --allow-weak-kdf to create it anyway",
+                "argon2id with {} KiB and {} iterations is below OWASP's minimum ({} KiB, {} \
+                 iterations): a stolen key file could be brute-forced cheaply; give \
+                 --allow-weak-kdf to create it anyway",
                 self.m_cost_kib, self.t_cost, o.m_cost_kib, o.t_cost
             )));
         }

@@ -74,11 +74,10 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         let files = repo.current_index_files()?;
         let packs =
             crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
-        let (refuted, unverifiable, reads) =
-            crate::ops::claims::check_disputes(repo, &packs, &stored)?;
-        r.claim_reads = reads;
-        r.problems.extend(refuted.messages(&files));
-        r.unverified_claims = unverifiable;
+        let d = crate::ops::claims::check_disputes(repo, &packs, &stored)?;
+        r.claim_reads = d.reads;
+        r.problems.extend(d.refuted.messages(&files));
+        r.unverified_claims = d.unverified_messages();
     }
     // A blob is there when the pack the index locates it in is stored.
     let present = |id: &BlobId| -> bool {
@@ -103,13 +102,13 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         let what = format!("snapshot {}", id.short());
         if clock.is_future(s) {
             r.problems.push(format!(
-                "{what} of host {:?} is dated {}, later than now + the clock skew allowed ({} s): \
+                "{what} of host {:?} is dated {}, later than now + the clock skew allowed ({}): \
                  written by a host whose clock is wrong, or forged by a host that holds the \
                  password; it is never taken as latest, by --at, as a parent or by \
                  --keep-within (`chunkbak forget {}` removes it)",
                 s.host,
                 timestamp_of(s.time),
-                clock.skew_secs,
+                crate::timeparse::format_secs(clock.skew_secs),
                 id.short()
             ));
         }

@@ -139,10 +139,6 @@ impl Refuted {
         self.by_pack.is_empty()
     }
 
-    pub fn claims(&self) -> usize {
-        self.by_pack.values().map(Vec::len).sum()
-    }
-
     /// One message per refuted pack, naming the index files (`files`) that claim it.
     pub fn messages(&self, files: &[(Id, crate::format::index::IndexFile)]) -> Vec<String> {
         let mut packs: Vec<&ObjectId> = self.by_pack.keys().collect();
@@ -181,14 +177,39 @@ impl Refuted {
     }
 }
 
+/// What checking the disputed claims found.
+#[derive(Clone, Debug, Default)]
+pub struct Disputes {
+    pub refuted: Refuted,
+    /// Disputed packs whose headers could not be read now (archived, a failed read), and why:
+    /// their claims are neither confirmed nor refuted.
+    pub unverified: Vec<(ObjectId, String)>,
+    /// Ranged reads sent.
+    pub reads: u64,
+}
+
+impl Disputes {
+    /// One line per unverified pack.
+    pub fn unverified_messages(&self) -> Vec<String> {
+        self.unverified
+            .iter()
+            .map(|(id, why)| {
+                format!(
+                    "pack {}: its claims could not be checked now: {why}",
+                    id.to_hex()
+                )
+            })
+            .collect()
+    }
+}
+
 /// Checks every disputed claim among `entries` (one per pack; `sizes` as the store lists
-/// them, packs missing there are skipped) against headers. Returns the refuted claims, the
-/// unverifiable packs' reasons and the ranged reads sent.
+/// them, packs missing there are skipped) against the packs' headers.
 pub fn check_disputes(
     repo: &Repository,
     entries: &HashMap<ObjectId, PackEntry>,
     sizes: &HashMap<String, u64>,
-) -> Result<(Refuted, Vec<String>, u64)> {
+) -> Result<Disputes> {
     let disputed = disputed(
         entries
             .values()
@@ -199,34 +220,31 @@ pub fn check_disputes(
         .map(|id| (*id, entries[id].kind, sizes[&id.to_hex()]))
         .collect();
     list.sort_by_key(|p| p.0);
-    let (verdicts, requests) = verify(repo, &list)?;
-    let mut refuted = Refuted::default();
-    let mut unverifiable = Vec::new();
-    for (id, v) in &verdicts {
-        let e = &entries[id];
-        match v {
-            Verdict::Unreadable(why) => unverifiable.push(format!(
-                "pack {}: its claims could not be checked now: {why}",
-                id.to_hex()
-            )),
-            _ => {
-                let bad: Vec<BlobId> = e
-                    .blobs
-                    .iter()
-                    .filter(|b| v.holds(b) == Some(false))
-                    .map(|b| b.id)
-                    .collect();
-                if !bad.is_empty() {
-                    if let Verdict::NotAPack(why) = v {
-                        refuted.why.insert(*id, why.clone());
-                    }
-                    refuted.by_pack.insert(*id, bad);
-                }
+    let (verdicts, reads) = verify(repo, &list)?;
+    let mut d = Disputes {
+        reads,
+        ..Default::default()
+    };
+    for (id, v) in verdicts {
+        if let Verdict::Unreadable(why) = v {
+            d.unverified.push((id, why));
+            continue;
+        }
+        let bad: Vec<BlobId> = entries[&id]
+            .blobs
+            .iter()
+            .filter(|b| v.holds(b) == Some(false))
+            .map(|b| b.id)
+            .collect();
+        if !bad.is_empty() {
+            if let Verdict::NotAPack(why) = v {
+                d.refuted.why.insert(id, why);
             }
+            d.refuted.by_pack.insert(id, bad);
         }
     }
-    unverifiable.sort();
-    Ok((refuted, unverifiable, requests))
+    d.unverified.sort();
+    Ok(d)
 }
 
 /// Drops refuted claims from pack entries (in place), and the entries of objects that are no
@@ -251,7 +269,7 @@ pub fn drop_refuted(entries: &mut HashMap<ObjectId, PackEntry>, refuted: &Refute
 /// than one pack, checks the disputed claims against headers and reloads the index without
 /// those that do not hold, so no new snapshot references a blob through a false claim.
 /// Nothing is read when no blob is disputed (the usual case). Returns the messages naming
-/// refuted claims, and the ranged reads sent.
+/// refuted and unverified claims, and the ranged reads sent.
 pub fn clean_index_for_dedup(repo: &Repository) -> Result<(Vec<String>, u64)> {
     if repo.index().read().expect("index lock").disputed_blobs == 0 {
         return Ok((Vec::new(), 0));
@@ -264,21 +282,15 @@ pub fn clean_index_for_dedup(repo: &Repository) -> Result<(Vec<String>, u64)> {
     for fk in [FileKind::Data, FileKind::Tree] {
         sizes.extend(repo.backend().list(fk)?);
     }
-    let (refuted, unverifiable, reads) = check_disputes(repo, &packs, &sizes)?;
-    let mut messages = refuted.messages(&files);
-    messages.extend(unverifiable);
-    if !refuted.is_empty() {
-        drop_refuted(&mut packs, &refuted);
-        let mut fresh = crate::index::Index::loading(packs.values().map(|p| p.blobs.len()).sum());
-        let mut sorted: Vec<&PackEntry> = packs.values().collect();
-        sorted.sort_by_key(|p| p.id);
-        for p in sorted {
-            fresh.add_pack(p);
-        }
-        fresh.seal();
+    let d = check_disputes(repo, &packs, &sizes)?;
+    let mut messages = d.refuted.messages(&files);
+    messages.extend(d.unverified_messages());
+    if !d.refuted.is_empty() {
+        drop_refuted(&mut packs, &d.refuted);
+        let mut fresh = crate::index::Index::of_packs(packs.values());
         let mut idx = repo.index().write().expect("index lock");
         fresh.files = std::mem::take(&mut idx.files);
         *idx = fresh;
     }
-    Ok((messages, reads))
+    Ok((messages, d.reads))
 }

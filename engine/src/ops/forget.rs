@@ -264,7 +264,10 @@ fn apply_group(list: &[&(Id, Snapshot)], policy: &Policy, tz: &TimeZone) -> Vec<
         }
         if let (Some(w), Some(latest)) = (policy.within, latest) {
             if t.as_second() > latest.as_second() - w {
-                reasons.push(format!("within {} of the latest", human_secs(w)));
+                reasons.push(format!(
+                    "within {} of the latest",
+                    crate::timeparse::format_secs(w)
+                ));
             }
         }
         for tl in &policy.tags {
@@ -279,15 +282,6 @@ fn apply_group(list: &[&(Id, Snapshot)], policy: &Policy, tz: &TimeZone) -> Vec<
         });
     }
     out
-}
-
-fn human_secs(s: i64) -> String {
-    for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s >= n && s % n == 0 {
-            return format!("{}{unit}", s / n);
-        }
-    }
-    format!("{s}s")
 }
 
 /// Deletes snapshots. A snapshot already gone (another `forget`) counts as deleted.
@@ -308,6 +302,7 @@ pub fn remove(repo: &crate::repo::Repository, ids: &[Id]) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::tree::Timespec;
     use crate::ops::select::Clock;
 
     /// A clock after every date the tables use (so none is from the future).
@@ -317,7 +312,6 @@ mod tests {
             skew_secs: 3600,
         }
     }
-    use crate::format::tree::Timespec;
 
     fn snap(t: &str, host: &str, tags: &[&str]) -> Snapshot {
         let ts: Timestamp = t.parse().unwrap();

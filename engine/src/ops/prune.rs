@@ -234,26 +234,16 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .iter()
         .map(|(n, (_, o))| (n.clone(), o.size))
         .collect();
-    let (refuted, unverifiable, reads) = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
-    plan.claim_reads = reads;
-    if !refuted.is_empty() {
+    let disputes = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
+    plan.claim_reads = disputes.reads;
+    if !disputes.refuted.is_empty() {
         let all_files = repo.read_all_index_files().unwrap_or_default();
-        plan.claims_refuted = refuted.messages(&all_files);
-        crate::ops::claims::drop_refuted(&mut packs, &refuted);
+        plan.claims_refuted = disputes.refuted.messages(&all_files);
+        crate::ops::claims::drop_refuted(&mut packs, &disputes.refuted);
     }
-    let unverified: HashSet<ObjectId> = unverifiable
-        .iter()
-        .filter_map(|m| {
-            m.strip_prefix("pack ")
-                .and_then(|r| Id::from_hex(&r[..64.min(r.len())]))
-        })
-        .collect();
-    plan.claims_unverified = unverifiable;
-    let mut index = Index::loading(packs.values().map(|p| p.blobs.len()).sum());
-    for p in packs.values() {
-        index.add_pack(p);
-    }
-    index.seal();
+    plan.claims_unverified = disputes.unverified_messages();
+    let unverified: HashSet<ObjectId> = disputes.unverified.iter().map(|u| u.0).collect();
+    let index = Index::of_packs(packs.values());
     *repo.index().write().expect("index lock") = index;
 
     // Used blobs, from every snapshot's trees. Snapshots are listed after the time `now` is

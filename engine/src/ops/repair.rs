@@ -198,13 +198,13 @@ pub fn repair_index(
     progress.message("checking disputed claims");
     let sizes: HashMap<String, u64> = stored.iter().map(|(_, n, s)| (n.clone(), *s)).collect();
     let mut by_id: HashMap<Id, PackEntry> = out.into_iter().map(|e| (e.id, e)).collect();
-    let (refuted, unverifiable, _) = crate::ops::claims::check_disputes(repo, &by_id, &sizes)?;
-    if !refuted.is_empty() {
+    let d = crate::ops::claims::check_disputes(repo, &by_id, &sizes)?;
+    if !d.refuted.is_empty() {
         let files = repo.read_all_index_files().unwrap_or_default();
-        rep.messages.extend(refuted.messages(&files));
-        rep.claims_dropped += crate::ops::claims::drop_refuted(&mut by_id, &refuted) as u64;
+        rep.messages.extend(d.refuted.messages(&files));
+        rep.claims_dropped += crate::ops::claims::drop_refuted(&mut by_id, &d.refuted) as u64;
     }
-    rep.messages.extend(unverifiable);
+    rep.messages.extend(d.unverified_messages());
     let mut out: Vec<PackEntry> = by_id.into_values().collect();
     out.sort_by_key(|e| e.id);
     progress.message("writing the index");

@@ -284,6 +284,40 @@ impl Shared {
         }
     }
 
+    /// One PutObject that never replaces (`If-None-Match: *`; names are contents, and a lost
+    /// response retried is a 412): `Ok(true)` stored, `Ok(false)` the key was taken.
+    async fn put_new(
+        &self,
+        kind: FileKind,
+        key: &str,
+        data: &[u8],
+    ) -> std::result::Result<
+        bool,
+        SdkError<
+            aws_sdk_s3::operation::put_object::PutObjectError,
+            aws_sdk_s3::config::http::HttpResponse,
+        >,
+    > {
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        crc.update(data);
+        match self
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .if_none_match("*")
+            .checksum_crc32_c(crc_header(crc.finalize() as u32))
+            .set_storage_class(self.class_of(kind))
+            .body(ByteStream::from(data.to_vec()))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if exists_already(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Uploads a finished local file: one PutObject, or a multipart upload above the threshold.
     async fn upload_file(&self, kind: FileKind, key: &str, path: &Path, crc: u32) -> Result<()> {
         let size = tokio::fs::metadata(path)
@@ -742,28 +776,13 @@ impl Backend for S3Backend {
     }
 
     fn refuses_overwrite(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool> {
-        let s = &self.shared;
-        let key = s.key(kind, name);
-        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        crc.update(data);
-        let r = self.rt.block_on(
-            s.client
-                .put_object()
-                .bucket(&s.cfg.bucket)
-                .key(&key)
-                .if_none_match("*")
-                .checksum_crc32_c(crc_header(crc.finalize() as u32))
-                .set_storage_class(s.class_of(kind))
-                .body(ByteStream::from(data.to_vec()))
-                .send(),
-        );
-        match r {
-            Ok(_) => Ok(false),
-            Err(e) if exists_already(&e) => Ok(true),
+        let key = self.shared.key(kind, name);
+        match self.rt.block_on(self.shared.put_new(kind, &key, data)) {
+            Ok(stored) => Ok(!stored),
             Err(e) => Err(sdk_err(
                 format!(
                     "PUT {} (checking that the store refuses overwrites)",
-                    s.url(&key)
+                    self.shared.url(&key)
                 ),
                 e,
             )),
@@ -800,30 +819,17 @@ impl Backend for S3Backend {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let s = &self.shared;
         let key = s.key(kind, name);
-        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        crc.update(data);
-        let r = self.rt.block_on(
-            s.client
-                .put_object()
-                .bucket(&s.cfg.bucket)
-                .key(&key)
-                // Never overwrite: names are contents, and a lost response retried is a 412.
-                .if_none_match("*")
-                .checksum_crc32_c(crc_header(crc.finalize() as u32))
-                .set_storage_class(s.class_of(kind))
-                .body(ByteStream::from(data.to_vec()))
-                .send(),
-        );
+        let r = self.rt.block_on(s.put_new(kind, &key, data));
         match r {
-            Ok(_) => Ok(()),
-            Err(e) if exists_already(&e) && kind == FileKind::Config => {
+            Ok(true) => Ok(()),
+            Ok(false) if kind == FileKind::Config => {
                 // Ours, when a first attempt was stored but its response lost; else another's.
                 match self.rt.block_on(s.fetch(&key, None)) {
                     Ok(stored) if stored == data => Ok(()),
                     _ => Err(Error::RepositoryExists(self.location())),
                 }
             }
-            Err(e) if exists_already(&e) => Ok(()),
+            Ok(false) => Ok(()),
             Err(e) => Err(sdk_err(format!("PUT {}", s.url(&key)), e)),
         }
     }
