@@ -104,16 +104,18 @@ impl LocalBackend {
             }
             r => r,
         };
-        let installed = match installed {
-            Ok(()) => true,
+        match installed {
+            Ok(()) => {
+                Self::fsync_dir(dir);
+                Ok(true)
+            }
+            // Nothing changed in the folder: nothing to sync.
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 let _ = fs::remove_file(tmp);
-                false
+                Ok(false)
             }
-            Err(e) => return Err(Error::io(dest, e)),
-        };
-        Self::fsync_dir(dir);
-        Ok(installed)
+            Err(e) => Err(Error::io(dest, e)),
+        }
     }
 }
 
