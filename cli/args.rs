@@ -138,6 +138,9 @@ pub enum Command {
     /// Show, apply or check the S3 bucket lifecycle rule that archives data packs
     #[command(subcommand)]
     Lifecycle(LifecycleCommand),
+    /// S3 Object Lock: extend the retention of everything the snapshots still reference
+    #[command(subcommand)]
+    Lock(LockCommand),
     /// Copy snapshots to another repository, uploading only the data it lacks
     Copy(CopyArgs),
     /// Manage the passwords (key files) that open the repository
@@ -419,6 +422,18 @@ pub enum RepairCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum LockCommand {
+    /// Renew, to now + the repository's retention, the lock of every object the snapshots
+    /// reference (config, keys, snapshots, index, used packs) whose lock ends within half of
+    /// it; unreferenced packs run out. `prune` does the same after it has deleted.
+    Extend {
+        /// Retain for this many days from now instead of the repository's retention
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LifecycleCommand {
     /// Print the bucket's lifecycle rules, marking this repository's
     Show,
@@ -479,6 +494,15 @@ pub struct InitArgs {
     /// STANDARD, STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR)
     #[arg(long, default_value = "STANDARD", value_name = "CLASS")]
     pub metadata_storage_class: String,
+    /// Lock every object written (config, keys, snapshots, index, packs) with S3 Object Lock
+    /// for this many days from its upload; prune and `lock extend` renew what the snapshots
+    /// still reference. Needs a bucket with Object Lock enabled (created so if missing)
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub object_lock_days: Option<u32>,
+    /// Object Lock mode: governance (users granted s3:BypassGovernanceRetention may still
+    /// delete) or compliance (nobody can delete before the date, the account's root included)
+    #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock_days")]
+    pub object_lock_mode: String,
     /// argon2id memory cost in KiB for the key file
     #[arg(long, default_value_t = 64 * 1024)]
     pub kdf_memory_kib: u32,

@@ -294,6 +294,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Prune(a) => maint::cmd_prune(g, out, a),
         Command::Repair(c) => maint::cmd_repair(g, out, c),
         Command::Lifecycle(c) => cmd_lifecycle(g, out, c),
+        Command::Lock(c) => maint::cmd_lock(g, out, c),
         Command::Copy(a) => repos::cmd_copy(g, out, a),
         Command::Key(c) => repos::cmd_key(g, out, c),
         Command::Benchmark(a) => cmd_benchmark(g, out, a),
@@ -732,8 +733,40 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
             c => c,
         },
         kdf,
+        object_lock: match a.object_lock_days {
+            Some(days) => Some(chunkbak_engine::backend::ObjectLock {
+                mode: chunkbak_engine::backend::LockMode::parse(&a.object_lock_mode)?,
+                days,
+            }),
+            None => None,
+        },
     };
     let repo = init_repo(&spec, &pw, &opts, out)?;
+    if let Some(l) = opts.object_lock {
+        let who = match l.mode {
+            chunkbak_engine::backend::LockMode::Governance => {
+                "only users granted s3:BypassGovernanceRetention can delete an object before"
+            }
+            chunkbak_engine::backend::LockMode::Compliance => {
+                "nobody, the account's root user included, can delete an object or shorten \
+                 its lock before"
+            }
+        };
+        if out.json {
+            out.json_line(
+                "object_lock",
+                json!({"mode": l.mode.name(), "days": l.days}),
+            );
+        } else if !out.quiet {
+            crate::elog!(
+                "chunkbak: S3 Object Lock {} for {} days: {who} {} days after its upload (or \
+                 its last renewal by prune / lock extend)",
+                l.mode.name(),
+                l.days,
+                l.days
+            );
+        }
+    }
     ensure_append_only(g, out, &repo)?;
     Ok(exit::OK)
 }

@@ -1,14 +1,15 @@
-//! Maintenance commands: forget, prune, repair.
+//! Maintenance commands: forget, prune, lock, repair.
 
 use anyhow::bail;
 use serde_json::json;
 
 use chunkbak_engine::ops::forget::{self, GroupBy, Policy};
 use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions, PrunePlan, Tally};
-use chunkbak_engine::ops::repair;
+use chunkbak_engine::ops::{repair, retention};
+use chunkbak_engine::timeparse::format_time;
 use chunkbak_engine::{timeparse, Id, Repository};
 
-use crate::args::{ForgetArgs, PruneArgs, PruneOpts, RepairCommand};
+use crate::args::{ForgetArgs, LockCommand, PruneArgs, PruneOpts, RepairCommand};
 use crate::output::{human_bytes, Out};
 use crate::{exit, filter_of, local_time, open_repo, progress, Global};
 
@@ -162,14 +163,26 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
         return Ok(exit::OK);
     }
     crate::ensure_append_only(g, out, &repo)?;
-    let n = forget::remove(&repo, &remove)?;
+    let r = forget::remove(&repo, &remove)?;
+    let n = r.removed;
     if out.json {
         out.json_line(
             "forget",
-            json!({"removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>()}),
+            json!({"removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                   "locked": r.locked.iter().map(|(id, until)| json!({
+                       "id": id.to_hex(), "until": format_time(*until)})).collect::<Vec<_>>()}),
         );
     } else {
         out.line(format!("removed {n} snapshots"));
+        if let Some(last) = r.locked.iter().map(|l| l.1).max() {
+            out.line(format!(
+                "  {} of them S3 Object Lock still retains (until {} at the latest): hidden \
+                 behind a delete marker, no command lists them; their stored copies stay until \
+                 their retention ends, and a prune after that deletes what only they used",
+                r.locked.len(),
+                format_time(last)
+            ));
+        }
     }
     let kept: usize = groups
         .iter()
@@ -221,6 +234,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
                 "grace_seconds": opts.grace,
                 "claim_reads": p.claim_reads, "claims_refuted": p.claims_refuted,
                 "claims_unverified": p.claims_unverified,
+                "locked": locked_json(&p.locked), "lock_heads": p.lock_heads,
             }),
         );
         return;
@@ -302,6 +316,17 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
             tally(p.missing_unused)
         ));
     }
+    if !p.locked.is_empty() {
+        out.line(format!(
+            "  locked:             {} ({}; {} HEAD requests)",
+            tally(Tally {
+                packs: p.locked.packs,
+                bytes: p.locked.bytes
+            }),
+            locked_text(&p.locked),
+            p.lock_heads
+        ));
+    }
     out.line(format!(
         "  unused space left:  {}; requests: {} GET, {} PUT, {} DELETE",
         human_bytes(p.unused_after),
@@ -336,7 +361,9 @@ fn run_prune(
             json!({"packs_written": r.packs_written, "blobs_repacked": r.blobs_repacked,
                    "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted,
                    "index_files_written": r.index_files_written,
-                   "index_files_deleted": r.index_files_deleted}),
+                   "index_files_deleted": r.index_files_deleted,
+                   "locked": locked_json(&r.locked),
+                   "retention": r.retention.as_ref().map(extension_json)}),
         );
     } else {
         out.line(format!(
@@ -349,6 +376,19 @@ fn run_prune(
             r.index_files_deleted,
             r.index_files_written
         ));
+        if !r.locked.is_empty() {
+            out.line(format!(
+                "  not deleted, S3 Object Lock retains them: {} packs ({}), {} superseded \
+                 index files ({})",
+                r.locked.packs,
+                human_bytes(r.locked.bytes),
+                r.locked.index_files,
+                locked_text(&r.locked)
+            ));
+        }
+        if let Some(e) = &r.retention {
+            print_extension(out, e);
+        }
     }
     let before = crate::output::take_summary()
         .map(|s| s + ", ")
@@ -358,6 +398,99 @@ fn run_prune(
         r.packs_deleted,
         human_bytes(r.bytes_deleted),
         r.blobs_repacked
+    ));
+    Ok(exit::OK)
+}
+
+fn locked_text(l: &prune::Locked) -> String {
+    match (l.first_until, l.last_until) {
+        (Some(a), Some(b)) if a == b => format!("deletable after {}", format_time(a)),
+        (Some(a), Some(b)) => format!(
+            "deletable from {} to {}",
+            format_time(a),
+            format_time(b)
+        ),
+        _ => String::new(),
+    }
+}
+
+fn locked_json(l: &prune::Locked) -> serde_json::Value {
+    json!({"packs": l.packs, "bytes": l.bytes, "index_files": l.index_files,
+           "first_until": l.first_until.map(format_time),
+           "last_until": l.last_until.map(format_time)})
+}
+
+fn extension_json(e: &retention::Extension) -> serde_json::Value {
+    json!({"until": format_time(e.until), "renew_before": format_time(e.renew_before),
+           "objects": e.objects, "packs": e.packs, "extended": e.extended,
+           "retained": e.retained, "gone": e.gone, "unprotected": e.unprotected,
+           "requests": {"HEAD": e.heads, "PUT": e.puts}})
+}
+
+fn print_extension(out: &Out, e: &retention::Extension) {
+    out.line(format!(
+        "Object Lock: {} referenced objects ({} packs): {} retained until {}, {} already \
+         retained past {}{}; requests: {} HEAD, {} PUT",
+        e.objects,
+        e.packs,
+        e.extended,
+        format_time(e.until),
+        e.retained,
+        format_time(e.renew_before),
+        if e.gone > 0 {
+            format!(", {} gone meanwhile", e.gone)
+        } else {
+            String::new()
+        },
+        e.heads,
+        e.puts
+    ));
+    if e.unprotected > 0 {
+        crate::warn(
+            out,
+            &format!(
+                "{} referenced objects were no longer retained (their lock had ended): run \
+                 `chunkbak prune` or `chunkbak lock extend` more often than every half \
+                 retention period",
+                e.unprotected
+            ),
+        );
+    }
+}
+
+/// `lock extend`: renews the retention of everything the snapshots reference.
+pub fn cmd_lock(g: &Global, out: &Out, c: &LockCommand) -> anyhow::Result<i32> {
+    let LockCommand::Extend { days } = c;
+    let repo = open_repo(g, out)?;
+    if repo.config().object_lock.is_none() {
+        anyhow::bail!(
+            "{} has no Object Lock: it is set when the repository is created (`chunkbak init \
+             --object-lock-days N` on a bucket with Object Lock enabled)",
+            repo.backend().location()
+        );
+    }
+    crate::ensure_append_only(g, out, &repo)?;
+    let bar = progress::Bar::new(out, !g.no_progress, "lock");
+    let plan = prune::plan(&repo, &PruneOptions::default(), &bar)?;
+    let targets = plan.retention_targets(&repo, false)?;
+    chunkbak_engine::progress::Progress::message(&bar, "extending retention");
+    let e = retention::extend(
+        &repo,
+        &targets,
+        *days,
+        jiff::Timestamp::now().as_second(),
+        &bar,
+    )?;
+    bar.finish();
+    if out.json {
+        out.json_line("lock_extend", extension_json(&e));
+    } else {
+        print_extension(out, &e);
+    }
+    crate::output::set_summary(format!(
+        "{} objects retained until {}",
+        e.extended,
+        format_time(e.until)
     ));
     Ok(exit::OK)
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::bail;
+use chunkbak_engine::timeparse::format_time;
 use serde_json::json;
 
 use chunkbak_engine::format::key::KdfParams;
@@ -97,11 +98,23 @@ pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         KeyCommand::Remove { id } => {
-            let removed = repo.remove_key(id)?;
+            let (removed, locked) = repo.remove_key(id)?;
             if out.json {
-                out.json_line("key_removed", json!({"id": removed}));
+                out.json_line(
+                    "key_removed",
+                    json!({"id": removed, "locked_until": locked.map(format_time)}),
+                );
             } else {
                 out.line(format!("removed key {}", &removed[..16.min(removed.len())]));
+                if let Some(until) = locked {
+                    out.line(format!(
+                        "  S3 Object Lock retains the key file until {}: it is hidden (no \
+                         chunkbak lists or tries it), but its stored version opens the \
+                         repository with the old password for whoever may read object \
+                         versions until then",
+                        format_time(until)
+                    ));
+                }
             }
             Ok(exit::OK)
         }

@@ -253,20 +253,6 @@ fn s3_dump_deltas_round_trip() {
     assert!(c.out().contains(" 0 problems"), "{}", c.out());
 }
 
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 /// Writes `n` files of `size` random bytes under `dir`, seeded by `seed`.
 fn files(dir: &Path, seed: u64, n: usize, size: usize) {

@@ -649,3 +649,259 @@ fn a_poisoned_index_makes_prune_delete_nothing_live_s3() {
     let url = format!("s3:{}/r", bucket("poison"));
     poisoned_index_round(&Target::s3(&e, &ep, &url));
 }
+
+// ---------------------------------------------------------------------------------------------
+// S3 Object Lock (issue 19, part 2), against the S3 test server's Object Lock (ministack
+// enforces governance retention, refuses deletes of retained versions and shortening).
+
+/// The SDK client on the test server, to look at objects as S3 keeps them.
+fn s3_backend(ep: &str, url: &str) -> chunkbak_engine::backend::s3::S3Backend {
+    let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(url).unwrap();
+    cfg.endpoint = Some(ep.to_string());
+    cfg.static_credentials = Some(("test".into(), "test".into()));
+    chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap()
+}
+
+/// (mode, retain-until) of the current version of an object, as HeadObject reports them.
+fn lock_of(be: &chunkbak_engine::backend::s3::S3Backend, key: &str) -> (String, Option<i64>) {
+    let c = be.client().clone();
+    let bucket = be.config().bucket.clone();
+    let key = key.to_string();
+    let h = be
+        .block_on(async move { c.head_object().bucket(bucket).key(key).send().await })
+        .unwrap();
+    (
+        h.object_lock_mode()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default(),
+        h.object_lock_retain_until_date().map(|d| d.secs()),
+    )
+}
+
+/// Every version (not delete marker) stored under `prefix`: (key, version id).
+fn versions(be: &chunkbak_engine::backend::s3::S3Backend, prefix: &str) -> Vec<(String, String)> {
+    let c = be.client().clone();
+    let bucket = be.config().bucket.clone();
+    let prefix = prefix.to_string();
+    let out = be
+        .block_on(async move {
+            c.list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .send()
+                .await
+        })
+        .unwrap();
+    out.versions()
+        .iter()
+        .map(|v| {
+            (
+                v.key().unwrap_or_default().to_string(),
+                v.version_id().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Names of the data and tree packs, with their keys.
+fn pack_keys(be: &chunkbak_engine::backend::s3::S3Backend) -> Vec<String> {
+    [FileKind::Data, FileKind::Tree]
+        .into_iter()
+        .flat_map(|k| be.list(k).unwrap().into_iter().map(move |(n, _)| be.key(k, &n)))
+        .collect()
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+#[test]
+fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_only_what_is_referenced(
+) {
+    let e = env();
+    let ep = s3_endpoint();
+    let mut init = vec!["init", "--object-lock-days", "2"];
+    init.extend(INIT_SMALL);
+
+    // A local folder cannot lock; nor can a bucket without Object Lock.
+    let r = Target::local(&e).run(&init);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!e.repo.exists(), "a refused init left a folder");
+    assert!(r.stderr.contains("Object Lock"), "{}", r.stderr);
+    let plain = bucket("nolock");
+    let pb = s3_backend(&ep, &format!("s3:{plain}/r"));
+    pb.create().unwrap();
+    let r = Target::s3(&e, &ep, &format!("s3:{plain}/r")).run(&init);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("Object Lock must be enabled on the bucket"),
+        "{}",
+        r.stderr
+    );
+
+    // init creates the missing bucket with Object Lock; every object carries a retention.
+    let b = bucket("lock");
+    let url = format!("s3:{b}/fleet");
+    let t = Target::s3(&e, &ep, &url);
+    let before = now();
+    let r = t.ok(&init);
+    assert!(r.stderr.contains("Object Lock GOVERNANCE for 2 days"), "{}", r.stderr);
+    let be = s3_backend(&ep, &url);
+    let one = e.path("one");
+    fs::create_dir_all(&one).unwrap();
+    fs::write(one.join("a.bin"), splitmix(31, 300_000)).unwrap();
+    let s1 = t.ok(&["--json", "backup", one.to_str().unwrap()]).json("summary")[0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_packs = pack_keys(&be);
+    let two = e.path("two");
+    fs::create_dir_all(&two).unwrap();
+    fs::write(two.join("b.bin"), splitmix(32, 300_000)).unwrap();
+    t.ok(&["backup", two.to_str().unwrap()]);
+    let second_packs: Vec<String> = pack_keys(&be)
+        .into_iter()
+        .filter(|k| !first_packs.contains(k))
+        .collect();
+    assert!(!first_packs.is_empty() && !second_packs.is_empty());
+    let after = now();
+    let mut all = 0;
+    for kind in [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Data,
+        FileKind::Tree,
+    ] {
+        for (name, _) in be.list(kind).unwrap() {
+            let (mode, until) = lock_of(&be, &be.key(kind, &name));
+            let until = until.unwrap_or_else(|| panic!("{kind:?} {name} is not locked"));
+            assert_eq!(mode, "GOVERNANCE", "{kind:?} {name}");
+            assert!(
+                (before + 2 * 86_400 - 5..=after + 2 * 86_400 + 5).contains(&until),
+                "{kind:?} {name}: retained until {until}"
+            );
+            all += 1;
+        }
+    }
+    assert!(all >= 8, "{all} objects");
+
+    // A retained object cannot be deleted, not even by the maintenance credentials'
+    // DeleteObject of its version: S3 refuses.
+    let key = first_packs[0].clone();
+    let vid = versions(&be, &key)[0].1.clone();
+    let (c, bk) = (be.client().clone(), b.clone());
+    let refused = be.block_on(async move {
+        c.delete_object()
+            .bucket(bk)
+            .key(key)
+            .version_id(vid)
+            .send()
+            .await
+    });
+    assert!(refused.is_err(), "a locked version was deleted");
+
+    // forget: the retained snapshot is hidden (no command lists it), its version stays.
+    let r = t.ok(&["--json", "forget", &s1]);
+    let f = &r.json("forget")[0];
+    assert_eq!(f["locked"][0]["id"], s1.as_str(), "{}", r.out());
+    let listed = t.ok(&["--json", "snapshots"]).json("snapshot");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0]["id"].as_str().unwrap() != s1);
+    let snap_key = be.key(FileKind::Snapshot, &s1);
+    assert_eq!(versions(&be, &snap_key).len(), 1, "the locked copy stays");
+    let r = t.ok(&["forget", "--keep-last", "1"]);
+    assert!(r.out().contains("removed 0 snapshots"), "{}", r.out());
+
+    // prune: marks the forgotten packs, then finds them retained and leaves them, saying
+    // until when; superseded index files stay too. Nothing is deleted.
+    t.ok(&["prune", "--grace", "0s"]);
+    let r = t.ok(&["--json", "prune", "--grace", "0s"]);
+    let plan = &r.json("prune_plan")[0];
+    assert_eq!(
+        plan["locked"]["packs"].as_u64().unwrap(),
+        first_packs.len() as u64,
+        "{}",
+        r.out()
+    );
+    assert_eq!(plan["delete"]["packs"], 0, "{}", r.out());
+    assert!(plan["locked"]["last_until"].as_str().unwrap().ends_with('Z'));
+    let res = &r.json("prune")[0];
+    assert_eq!(res["packs_deleted"], 0, "{}", r.out());
+    for k in &first_packs {
+        assert_eq!(versions(&be, k).len(), 1, "{k} was deleted");
+    }
+    let text = t.ok(&["prune", "--grace", "0s"]).out();
+    assert!(text.contains("locked:") && text.contains("deletable after"), "{text}");
+
+    // lock extend: every referenced object is retained 5 days from now; the forgotten packs
+    // and the hidden snapshot are not extended.
+    let before = now();
+    let r = t.ok(&["--json", "lock", "extend", "--days", "5"]);
+    let x = &r.json("lock_extend")[0];
+    assert_eq!(x["packs"].as_u64().unwrap(), second_packs.len() as u64, "{}", r.out());
+    assert!(x["extended"].as_u64().unwrap() >= second_packs.len() as u64 + 3);
+    assert_eq!(
+        x["requests"]["PUT"], x["extended"],
+        "one PutObjectRetention per renewed object"
+    );
+    let long = before + 5 * 86_400 - 5;
+    for k in &second_packs {
+        assert!(lock_of(&be, k).1.unwrap() >= long, "{k} not extended");
+    }
+    for kind in [FileKind::Config, FileKind::Key, FileKind::Snapshot] {
+        for (name, _) in be.list(kind).unwrap() {
+            assert!(lock_of(&be, &be.key(kind, &name)).1.unwrap() >= long, "{name}");
+        }
+    }
+    for k in &first_packs {
+        assert!(
+            lock_of(&be, k).1.unwrap() < before + 3 * 86_400,
+            "{k} is unreferenced but was extended"
+        );
+    }
+    // The snapshot is whole: restore it.
+    let dst = e.path("restored");
+    t.ok(&["restore", "latest", "--target", dst.to_str().unwrap()]);
+    let restored = walk_files(&dst);
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(fs::read(&restored[0]).unwrap(), splitmix(32, 300_000));
+
+    // Once the retention ends (shortened here, with the governance bypass, instead of
+    // waiting two days), prune deletes the versions themselves: the space comes back.
+    for k in &first_packs {
+        let (c, bk, k) = (be.client().clone(), b.clone(), k.clone());
+        be.block_on(async move {
+            use chunkbak_engine::backend::s3::sdk::primitives::DateTime;
+            use chunkbak_engine::backend::s3::sdk::types::{
+                ObjectLockRetention, ObjectLockRetentionMode,
+            };
+            c.put_object_retention()
+                .bucket(bk)
+                .key(k)
+                .bypass_governance_retention(true)
+                .retention(
+                    ObjectLockRetention::builder()
+                        .mode(ObjectLockRetentionMode::Governance)
+                        .retain_until_date(DateTime::from_secs(now() + 2))
+                        .build(),
+                )
+                .send()
+                .await
+        })
+        .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let r = t.ok(&["--json", "prune", "--grace", "0s"]);
+    assert_eq!(
+        r.json("prune")[0]["packs_deleted"].as_u64().unwrap(),
+        first_packs.len() as u64,
+        "{}",
+        r.out()
+    );
+    for k in &first_packs {
+        assert!(versions(&be, k).is_empty(), "{k}: a version is left");
+    }
+    t.ok(&["check", "--read-data"]);
+}

@@ -22,6 +22,10 @@ pub enum Error {
     NotFound(String),
     #[error("{object} is in storage class {class} and must be thawed before it can be read: `chunkbak restore` thaws what it needs, `chunkbak warmup` thaws ahead")]
     Archived { object: String, class: String },
+    /// Retained by S3 Object Lock until `until` (seconds since the epoch): cannot be deleted
+    /// before then.
+    #[error("{object} is locked (S3 Object Lock) until {}: it can be deleted after that", crate::timeparse::format_time(*until))]
+    Locked { object: String, until: i64 },
     /// The cause is part of the message (not a `source`), so it is printed once.
     #[error("backend: {context}: {cause}")]
     Backend {

@@ -86,6 +86,8 @@ pub struct InitOptions {
     /// Another repository's dedup secret (with its chunker parameters in `chunker`), so blobs
     /// have the same ids in both; `None`: a fresh random secret.
     pub dedup_secret: Option<[u8; 32]>,
+    /// S3 Object Lock for every object written (the bucket must have Object Lock enabled).
+    pub object_lock: Option<crate::backend::ObjectLock>,
 }
 
 impl Default for InitOptions {
@@ -99,6 +101,7 @@ impl Default for InitOptions {
             data_class: StorageClass::Standard,
             meta_class: StorageClass::Standard,
             dedup_secret: None,
+            object_lock: None,
         }
     }
 }
@@ -158,8 +161,13 @@ impl Repository {
             data_storage_class: opts.data_class.code(),
             meta_storage_class: opts.meta_class.code(),
             dedup_secret: opts.dedup_secret.unwrap_or_else(random_bytes),
+            object_lock: opts.object_lock,
         };
         config.validate()?;
+        backend.set_object_lock(config.object_lock);
+        if config.object_lock.is_some() {
+            backend.supports_object_lock()?;
+        }
         backend.create()?;
         let key = MasterKey::generate();
         let kf = key::seal(&key, password, opts.kdf)?;
@@ -272,6 +280,7 @@ impl Repository {
         config: Config,
     ) -> Result<Self> {
         backend.set_storage_class(FileKind::Data, config.data_class());
+        backend.set_object_lock(config.object_lock);
         for k in [FileKind::Tree, FileKind::Index, FileKind::Snapshot] {
             backend.set_storage_class(k, config.meta_class());
         }
@@ -348,8 +357,10 @@ impl Repository {
 
     /// Removes a key file by name or unique prefix; returns its name. The key file that opened
     /// the repository is refused: remove it from a session opened with another password (or
-    /// use `key passwd`), so at least one known password always remains.
-    pub fn remove_key(&self, prefix: &str) -> Result<String> {
+    /// use `key passwd`), so at least one known password always remains. Under Object Lock a
+    /// retained key file is hidden instead (no chunkbak tries it; its stored copy stays until
+    /// the returned time).
+    pub fn remove_key(&self, prefix: &str) -> Result<(String, Option<i64>)> {
         let names: Vec<String> = self
             .backend
             .list(FileKind::Key)?
@@ -378,8 +389,8 @@ impl Repository {
                  password you know: use `chunkbak key passwd`, or open with another password"
             )));
         }
-        self.backend.delete(FileKind::Key, &name)?;
-        Ok(name)
+        let locked = crate::backend::delete_or_hide(self.backend.as_ref(), FileKind::Key, &name)?;
+        Ok((name, locked))
     }
 
     /// Replaces the password in use: adds a key file for `password`, then removes the one that
@@ -389,7 +400,7 @@ impl Repository {
         let new = self.add_key(password, kdf)?;
         if new != old {
             *self.key_id.lock().expect("key id") = new.clone();
-            self.backend.delete(FileKind::Key, &old)?;
+            crate::backend::delete_or_hide(self.backend.as_ref(), FileKind::Key, &old)?;
         }
         Ok((new, old))
     }

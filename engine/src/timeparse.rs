@@ -86,6 +86,13 @@ pub fn format_secs(s: i64) -> String {
     format!("{s}s")
 }
 
+/// A time (seconds since the epoch) as UTC RFC 3339, `2026-12-06T11:40:22Z`.
+pub fn format_time(secs: i64) -> String {
+    Timestamp::from_second(secs)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| format!("@{secs}"))
+}
+
 /// Parses a size: bytes, or a number with a unit, `500K`, `64MiB`, `2GiB`, `1.5T` (units
 /// are binary: K = KiB = 1024).
 pub fn parse_size(s: &str) -> Result<u64> {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
+use chunkbak_engine::backend::{LockMode, ObjectLock};
 use chunkbak_engine::compressor::Compression;
 use chunkbak_engine::crypter::{DedupKey, MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
 use chunkbak_engine::format::config::Config;
@@ -167,8 +168,17 @@ fn compute() -> BTreeMap<String, String> {
         data_storage_class: 4,
         meta_storage_class: 0,
         dedup_secret: [0x77; 32],
+        object_lock: None,
     };
     v.insert("config_payload".into(), hex::encode(config.encode()));
+    let locked = Config {
+        object_lock: Some(ObjectLock {
+            mode: LockMode::Compliance,
+            days: 30,
+        }),
+        ..config.clone()
+    };
+    v.insert("config_payload_locked".into(), hex::encode(locked.encode()));
 
     let node = Node {
         name: b"a.txt".to_vec(),
@@ -263,6 +273,22 @@ fn vectors_decode() {
     assert_eq!(idx.packs[0].blobs, recs);
     let c = Config::decode(&hex::decode(&v["config_payload"]).unwrap(), "c").unwrap();
     assert_eq!(c.dedup_secret, [0x77; 32]);
+    assert_eq!(c.object_lock, None);
+    let c = Config::decode(&hex::decode(&v["config_payload_locked"]).unwrap(), "c").unwrap();
+    assert_eq!(
+        c.object_lock,
+        Some(ObjectLock {
+            mode: LockMode::Compliance,
+            days: 30
+        })
+    );
+    // An extension record this version does not know is refused, not skipped.
+    let mut unknown = hex::decode(&v["config_payload"]).unwrap();
+    unknown.extend_from_slice(&[9, 1, 0, 0, 0, 0]);
+    assert!(Config::decode(&unknown, "c")
+        .unwrap_err()
+        .to_string()
+        .contains("does not know"));
     let t = TreeBlob::decode(&hex::decode(&v["tree_one_file"]).unwrap(), "t").unwrap();
     assert!(matches!(t, TreeBlob::Dir(ref n) if n[0].name == b"a.txt"));
 

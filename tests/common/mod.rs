@@ -415,3 +415,19 @@ pub fn table_dump(rows: u64, day: u64, seed: u64) -> Vec<u8> {
     out.extend_from_slice(b"\\.\n");
     out
 }
+
+/// Every file under `dir`, recursively.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -179,6 +179,29 @@ impl Backend for FaultBackend {
         self.inner.set_storage_class(kind, class)
     }
 
+    fn set_object_lock(&self, lock: Option<super::ObjectLock>) {
+        self.inner.set_object_lock(lock)
+    }
+
+    fn supports_object_lock(&self) -> Result<()> {
+        self.inner.supports_object_lock()
+    }
+
+    fn retention(&self, kind: FileKind, name: &str) -> Result<Option<i64>> {
+        self.enter("HEAD", &kind.path_of(name))?;
+        self.inner.retention(kind, name)
+    }
+
+    fn extend_retention(&self, kind: FileKind, name: &str, until: i64) -> Result<super::Extended> {
+        self.enter("PUT", &kind.path_of(name))?;
+        self.inner.extend_retention(kind, name, until)
+    }
+
+    fn hide(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.enter("DELETE", &kind.path_of(name))?;
+        self.inner.hide(kind, name)
+    }
+
     fn list_info(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
         self.enter("LIST", kind.dir())?;
         self.inner.list_info(kind)

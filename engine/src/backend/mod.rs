@@ -166,6 +166,96 @@ impl StorageClass {
     }
 }
 
+/// S3 Object Lock retention mode: who may shorten or lift a lock before it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may lift it; nobody else.
+    Governance,
+    /// Nobody may lift or shorten it, the account's root user included.
+    Compliance,
+}
+
+impl LockMode {
+    /// The code in the repository config (format-spec 9).
+    pub fn code(self) -> u8 {
+        match self {
+            LockMode::Governance => 0,
+            LockMode::Compliance => 1,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<LockMode> {
+        match c {
+            0 => Some(LockMode::Governance),
+            1 => Some(LockMode::Compliance),
+            _ => None,
+        }
+    }
+
+    /// The S3 name (`GOVERNANCE`, `COMPLIANCE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+
+    pub fn parse(s: &str) -> crate::Result<LockMode> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Ok(LockMode::Governance),
+            "compliance" => Ok(LockMode::Compliance),
+            _ => Err(crate::Error::Invalid(format!(
+                "unknown Object Lock mode {s:?}: use governance or compliance"
+            ))),
+        }
+    }
+}
+
+/// The Object Lock a repository asks of its store: every object it writes (but lock files)
+/// is retained, undeletable, for `days` days from its upload, and maintenance extends the
+/// retention of what the kept snapshots still reference (format-spec 9 and 14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+impl ObjectLock {
+    /// The longest retention the config may ask for (100 years, S3's own limit).
+    pub const MAX_DAYS: u32 = 36_500;
+
+    /// Whether objects of this kind are locked: everything but lock files, which every run
+    /// creates and removes.
+    pub fn covers(kind: FileKind) -> bool {
+        kind != FileKind::Lock
+    }
+}
+
+/// What extending an object's retention did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extended {
+    /// Retained until the new date now.
+    Extended,
+    /// Already retained at least that long (or longer: S3 refuses to shorten a lock).
+    AlreadyLonger,
+    /// The object is gone (deleted, or hidden behind a delete marker).
+    Gone,
+}
+
+/// Deletes an object, or, while S3 Object Lock retains it, hides it behind a delete marker
+/// (it leaves every listing; the locked version stays until its retention ends and a later
+/// `prune` deletes it). `Ok(None)` deleted (or already gone), `Ok(Some(until))` hidden.
+pub fn delete_or_hide(backend: &dyn Backend, kind: FileKind, name: &str) -> Result<Option<i64>> {
+    match backend.delete(kind, name) {
+        Ok(()) | Err(crate::Error::ObjectNotFound(_)) => Ok(None),
+        Err(crate::Error::Locked { until, .. }) => {
+            backend.hide(kind, name)?;
+            Ok(Some(until))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// An object as a listing shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -304,11 +394,41 @@ pub trait Backend: Send + Sync {
     fn has_checksums(&self) -> bool {
         false
     }
+    /// Sets the Object Lock every later write carries (stores without it ignore it; `init`
+    /// checks [`supports_object_lock`](Self::supports_object_lock) first).
+    fn set_object_lock(&self, _lock: Option<ObjectLock>) {}
+    /// Whether the store can lock objects: on S3, a bucket with Object Lock enabled, or none
+    /// yet ([`create`](Self::create) then makes it with Object Lock). `Err` says why not,
+    /// naming the store. Called before `create`.
+    fn supports_object_lock(&self) -> Result<()> {
+        Err(crate::Error::Invalid(format!(
+            "{} cannot lock objects: S3 Object Lock needs an S3 bucket (created with Object \
+             Lock enabled)",
+            self.location()
+        )))
+    }
+    /// The time (seconds since the epoch) until which an object is retained, `None` when it
+    /// is not locked; `Err(ObjectNotFound)` when it is missing. One HEAD on S3.
+    fn retention(&self, _kind: FileKind, _name: &str) -> Result<Option<i64>> {
+        Ok(None)
+    }
+    /// Retains an object until `until` (seconds since the epoch) at least.
+    fn extend_retention(&self, _kind: FileKind, _name: &str, _until: i64) -> Result<Extended> {
+        Ok(Extended::AlreadyLonger)
+    }
+    /// Removes an object from the listing without deleting a locked copy: on a bucket with
+    /// Object Lock, a delete marker (the locked version stays until its retention ends); on
+    /// other stores the same as [`delete`](Self::delete).
+    fn hide(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.delete(kind, name)
+    }
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// `len` bytes from `offset`; an error if the object is shorter.
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
     /// Names and sizes of all objects of a kind.
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// Deletes an object for good. Under Object Lock, `Err(Locked)` while it is retained
+    /// (nothing is changed), and the locked version itself once its retention has ended.
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
     /// Waits until every object handed to `put_file` is stored; the first failure, if any.
     fn flush(&self) -> Result<()> {

@@ -284,19 +284,32 @@ fn apply_group(list: &[&(Id, Snapshot)], policy: &Policy, tz: &TimeZone) -> Vec<
     out
 }
 
-/// Deletes snapshots. A snapshot already gone (another `forget`) counts as deleted.
-pub fn remove(repo: &crate::repo::Repository, ids: &[Id]) -> Result<u64> {
-    let mut n = 0;
+/// What [`remove`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Removed {
+    /// Snapshots gone from the repository (deleted, hidden, or already gone).
+    pub removed: u64,
+    /// Snapshots S3 Object Lock still retains: hidden behind a delete marker (no command
+    /// sees them any more), stored until the given time (seconds since the epoch).
+    pub locked: Vec<(Id, i64)>,
+}
+
+/// Deletes snapshots. A snapshot already gone (another `forget`) counts as deleted; one that
+/// Object Lock retains is hidden (its stored copy stays until its retention ends).
+pub fn remove(repo: &crate::repo::Repository, ids: &[Id]) -> Result<Removed> {
+    let mut r = Removed::default();
     for id in ids {
-        match repo
-            .backend()
-            .delete(crate::backend::FileKind::Snapshot, &id.to_hex())
-        {
-            Ok(()) | Err(Error::ObjectNotFound(_)) => n += 1,
-            Err(e) => return Err(e),
+        let hidden = crate::backend::delete_or_hide(
+            repo.backend().as_ref(),
+            crate::backend::FileKind::Snapshot,
+            &id.to_hex(),
+        )?;
+        r.removed += 1;
+        if let Some(until) = hidden {
+            r.locked.push((*id, until));
         }
     }
-    Ok(n)
+    Ok(r)
 }
 
 #[cfg(test)]

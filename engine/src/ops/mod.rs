@@ -18,6 +18,7 @@ pub mod pattern;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod retention;
 pub mod select;
 pub mod stats;
 pub mod thaw;

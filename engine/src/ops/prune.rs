@@ -105,6 +105,41 @@ impl Tally {
     }
 }
 
+/// Objects S3 Object Lock retains, which prune therefore leaves (format-spec 14): packs
+/// (indexed ones stay indexed and marked; orphans stay orphans) and superseded index files.
+/// A later prune deletes them once their retention has ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Locked {
+    pub packs: u64,
+    pub bytes: u64,
+    pub index_files: u64,
+    /// When the first and the last of them become deletable (seconds since the epoch).
+    pub first_until: Option<i64>,
+    pub last_until: Option<i64>,
+}
+
+impl Locked {
+    fn until(&mut self, until: i64) {
+        self.first_until = Some(self.first_until.map_or(until, |f| f.min(until)));
+        self.last_until = Some(self.last_until.map_or(until, |l| l.max(until)));
+    }
+
+    pub fn add_pack(&mut self, bytes: u64, until: i64) {
+        self.packs += 1;
+        self.bytes += bytes;
+        self.until(until);
+    }
+
+    pub fn add_index(&mut self, until: i64) {
+        self.index_files += 1;
+        self.until(until);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packs == 0 && self.index_files == 0
+    }
+}
+
 /// What a prune will do and what it costs. Counts are packs and bytes.
 #[derive(Clone, Debug, Default)]
 pub struct PrunePlan {
@@ -150,6 +185,9 @@ pub struct PrunePlan {
     pub claim_reads: u64,
     pub claims_refuted: Vec<String>,
     pub claims_unverified: Vec<String>,
+    /// Packs due for deletion that S3 Object Lock still retains (one HEAD each to learn it).
+    pub locked: Locked,
+    pub lock_heads: u64,
     // Decisions, by pack.
     decisions: HashMap<ObjectId, Decision>,
     /// Every pack of the index in force, marks resolved ("live wins").
@@ -159,6 +197,10 @@ pub struct PrunePlan {
     late_blobs: HashSet<BlobId>,
     /// Every index file read (superseded by the new one).
     read_files: Vec<Id>,
+    /// The index files read that no other supersedes.
+    live_index: Vec<Id>,
+    /// Packs that hold a used blob (the one copy counted), with their upload times.
+    referenced: Vec<(ObjectId, FileKind, Option<i64>)>,
     orphan_names: Vec<(FileKind, String, u64)>,
 }
 
@@ -185,6 +227,10 @@ pub struct PruneResult {
     pub bytes_deleted: u64,
     pub index_files_written: u64,
     pub index_files_deleted: u64,
+    /// Objects found retained only when deleted (the plan's HEAD saw them deletable).
+    pub locked: Locked,
+    /// Retention extended on what the kept snapshots reference (Object Lock repositories).
+    pub retention: Option<crate::ops::retention::Extension>,
 }
 
 /// Plans a prune. The repository's index is loaded by this call.
@@ -219,6 +265,12 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     let named: HashSet<String> = files
         .iter()
         .flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex()))
+        .collect();
+    plan.live_index = plan
+        .read_files
+        .iter()
+        .filter(|id| !superseded.contains(id))
+        .copied()
         .collect();
     let mut packs = crate::index::merge_entries(
         files
@@ -355,6 +407,10 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         if matches!(decision, Decision::Keep) {
             plan.used_bytes += used_bytes;
         }
+        if nused > 0 {
+            plan.referenced
+                .push((e.id, FileKind::of_pack(e.kind), info.modified));
+        }
         plan.decisions.insert(e.id, decision);
     }
 
@@ -403,6 +459,9 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         }
     }
     plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
+    if repo.config().object_lock.is_some() {
+        skip_locked(repo, &mut plan, &packs, now)?;
+    }
     let mut all: Vec<PackEntry> = packs.into_values().collect();
     all.sort_by_key(|p| p.id);
     let repack_packs = plan
@@ -414,6 +473,86 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     plan.packs = all;
     plan.used = used;
     Ok(plan)
+}
+
+impl PrunePlan {
+    /// What the kept snapshots reference, for [`crate::ops::retention::extend`]: the packs
+    /// that hold a used blob (after [`run`]: those that stay; packs it repacked are marked
+    /// and run out) and the metadata every reader needs.
+    pub fn retention_targets(
+        &self,
+        repo: &Repository,
+        after_run: bool,
+    ) -> Result<Vec<crate::ops::retention::Target>> {
+        let live_index: Vec<Id> = if after_run {
+            // The files prune wrote and those backups wrote meanwhile.
+            let read: HashSet<&Id> = self.read_files.iter().collect();
+            repo.backend()
+                .list(FileKind::Index)?
+                .iter()
+                .filter_map(|(n, _)| Id::from_hex(n))
+                .filter(|id| !read.contains(id))
+                .collect()
+        } else {
+            self.live_index.clone()
+        };
+        let mut out = crate::ops::retention::metadata_targets(repo, Some(&live_index))?;
+        out.extend(
+            self.referenced
+                .iter()
+                .filter(|(id, _, _)| {
+                    !after_run || self.decisions.get(id) != Some(&Decision::Repack)
+                })
+                .map(|(id, fk, m)| (*fk, id.to_hex(), *m)),
+        );
+        Ok(out)
+    }
+}
+
+/// Under Object Lock: packs due for deletion that are still retained stay (indexed and
+/// marked, or orphans), and are counted with the date they become deletable.
+fn skip_locked(
+    repo: &Repository,
+    plan: &mut PrunePlan,
+    packs: &HashMap<ObjectId, PackEntry>,
+    now: i64,
+) -> Result<()> {
+    let due: Vec<(FileKind, String, u64, Option<ObjectId>)> = packs
+        .values()
+        .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Delete))
+        .map(|p| (FileKind::of_pack(p.kind), p.id.to_hex(), p.size, Some(p.id)))
+        .chain(
+            plan.orphan_names
+                .iter()
+                .map(|(fk, n, size)| (*fk, n.clone(), *size, None)),
+        )
+        .collect();
+    let backend = repo.backend();
+    let until = crate::repo::parallel_map(&due, |(fk, name, _, _)| {
+        match backend.retention(*fk, name) {
+            Ok(u) => Ok(u.filter(|u| *u > now)),
+            Err(Error::ObjectNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })?;
+    plan.lock_heads = due.len() as u64;
+    let mut held: HashSet<String> = HashSet::new();
+    for ((_, name, size, id), until) in due.iter().zip(until) {
+        let Some(until) = until else { continue };
+        plan.locked.add_pack(*size, until);
+        held.insert(name.clone());
+        if let Some(id) = id {
+            let mark = packs[id].mark.expect("a pack due for deletion is marked");
+            plan.delete.packs -= 1;
+            plan.delete.bytes -= size;
+            plan.decisions.insert(*id, Decision::Marked(mark));
+        } else {
+            plan.orphans.packs -= 1;
+            plan.orphans.bytes -= size;
+        }
+    }
+    plan.orphan_names.retain(|(_, n, _)| !held.contains(n));
+    Ok(())
 }
 
 /// `Some(cost in USD)` when deleting this pack now would be billed for the rest of its class's
@@ -616,6 +755,8 @@ pub fn run(
     for id in &plan.read_files {
         match backend.delete(FileKind::Index, &id.to_hex()) {
             Ok(()) | Err(Error::ObjectNotFound(_)) => res.index_files_deleted += 1,
+            // Superseded by the file just written: harmless until a later prune deletes it.
+            Err(Error::Locked { until, .. }) => res.locked.add_index(until),
             Err(e) => return Err(e),
         }
     }
@@ -629,8 +770,25 @@ pub fn run(
                 res.packs_deleted += 1;
                 res.bytes_deleted += size;
             }
+            // Locked after all (its retention was extended since the plan): an orphan the
+            // next prune deletes once the lock ends.
+            Err(Error::Locked { until, .. }) => res.locked.add_pack(size, until),
             Err(e) => return Err(e),
         }
+    }
+
+    // 4. Object Lock: what stays referenced stays retained.
+    if repo.config().object_lock.is_some() {
+        progress.message("extending Object Lock retention");
+        let targets = plan.retention_targets(repo, true)?;
+        let now = jiff::Timestamp::now().as_second().max(plan.now);
+        res.retention = Some(crate::ops::retention::extend(
+            repo,
+            &targets,
+            None,
+            now,
+            &crate::progress::NoProgress,
+        )?);
     }
     Ok(res)
 }

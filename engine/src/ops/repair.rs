@@ -211,7 +211,9 @@ pub fn repair_index(
     crate::ops::prune::write_index_files(repo, out, &old_files)?;
     for id in &old_files {
         match backend.delete(FileKind::Index, &id.to_hex()) {
-            Ok(()) | Err(Error::ObjectNotFound(_)) => {}
+            // Superseded by the file just written; Object Lock may keep it until prune can
+            // delete it.
+            Ok(()) | Err(Error::ObjectNotFound(_) | Error::Locked { .. }) => {}
             Err(e) => return Err(e),
         }
     }

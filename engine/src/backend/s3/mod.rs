@@ -16,6 +16,7 @@
 //! - An interceptor counts every request attempt by type and the bytes sent.
 
 pub mod lifecycle;
+mod lock;
 
 /// The SDK, for callers that need its types (tests, lifecycle output).
 pub use aws_sdk_s3 as sdk;
@@ -40,7 +41,10 @@ use aws_sdk_s3::Client;
 use base64::Engine as _;
 use tokio::sync::Semaphore;
 
-use super::{Backend, FileKind, ObjectInfo, RequestCounter, StorageClass, ThawState, Tier};
+use super::{
+    Backend, Extended, FileKind, ObjectInfo, ObjectLock, RequestCounter, StorageClass, ThawState,
+    Tier,
+};
 use crate::error::{Error, Result};
 
 /// Where an S3 repository is and how to reach it.
@@ -181,6 +185,8 @@ struct Shared {
     client: Client,
     counters: Arc<RequestCounter>,
     classes: RwLock<HashMap<FileKind, StorageClass>>,
+    /// The repository's Object Lock (from its config), applied to every write.
+    lock: RwLock<Option<ObjectLock>>,
 }
 
 pub struct S3Backend {
@@ -300,6 +306,7 @@ impl Shared {
     > {
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         crc.update(data);
+        let lock = self.lock_for(kind);
         match self
             .client
             .put_object()
@@ -308,6 +315,8 @@ impl Shared {
             .if_none_match("*")
             .checksum_crc32_c(crc_header(crc.finalize() as u32))
             .set_storage_class(self.class_of(kind))
+            .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.1))
             .body(ByteStream::from(data.to_vec()))
             .send()
             .await
@@ -330,6 +339,7 @@ impl Shared {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+        let lock = self.lock_for(kind);
         match self
             .client
             .put_object()
@@ -338,6 +348,8 @@ impl Shared {
             .if_none_match("*")
             .checksum_crc32_c(crc_header(crc))
             .set_storage_class(self.class_of(kind))
+            .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.1))
             .body(body)
             .send()
             .await
@@ -357,6 +369,7 @@ impl Shared {
         crc: u32,
     ) -> Result<()> {
         let what = format!("multipart upload of {}", self.url(key));
+        let lock = self.lock_for(kind);
         let created = self
             .client
             .create_multipart_upload()
@@ -366,6 +379,8 @@ impl Shared {
             // The whole object's CRC32C (not a checksum of part checksums), as for single PUTs.
             .checksum_type(ChecksumType::FullObject)
             .set_storage_class(self.class_of(kind))
+            .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
+            .set_object_lock_retain_until_date(lock.map(|l| l.1))
             .send()
             .await
             .map_err(|e| sdk_err(what.clone(), e))?;
@@ -386,6 +401,9 @@ impl Shared {
                 .upload_id(&upload_id)
                 .send()
                 .await;
+        }
+        if matches!(result, Ok(true)) {
+            self.lock_completed(kind, key).await?;
         }
         result.map(|_| ())
     }
@@ -662,6 +680,7 @@ impl S3Backend {
                 client,
                 counters,
                 classes: RwLock::new(HashMap::new()),
+                lock: RwLock::new(None),
             }),
             rt,
             slots,
@@ -752,14 +771,18 @@ impl Backend for S3Backend {
         self.rt.block_on(async {
             match s.client.head_bucket().bucket(&s.cfg.bucket).send().await {
                 Ok(_) => Ok(()),
-                Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => s
-                    .client
-                    .create_bucket()
-                    .bucket(&s.cfg.bucket)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| sdk_err(format!("creating bucket {}", s.cfg.bucket), e)),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                    if s.lock.read().expect("lock setting").is_some() {
+                        return s.create_locked_bucket().await;
+                    }
+                    s.client
+                        .create_bucket()
+                        .bucket(&s.cfg.bucket)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| sdk_err(format!("creating bucket {}", s.cfg.bucket), e))
+                }
                 // HeadBucket needs s3:ListBucket on the whole bucket; a policy that allows
                 // listing only under the repository's prefix (examples/iam) refuses it. The
                 // bucket is then taken to exist: the first write (the key file) fails naming
@@ -1035,7 +1058,44 @@ impl Backend for S3Backend {
             .insert(kind, class);
     }
 
+    fn set_object_lock(&self, lock: Option<ObjectLock>) {
+        *self.shared.lock.write().expect("lock setting") = lock;
+    }
+
+    fn supports_object_lock(&self) -> Result<()> {
+        self.rt.block_on(self.shared.check_lock_enabled())
+    }
+
+    fn retention(&self, kind: FileKind, name: &str) -> Result<Option<i64>> {
+        let key = self.key(kind, name);
+        match self.rt.block_on(self.shared.head_lock(&key))? {
+            Some(h) => Ok(h.until),
+            None => Err(Error::ObjectNotFound(self.shared.url(&key))),
+        }
+    }
+
+    fn extend_retention(&self, kind: FileKind, name: &str, until: i64) -> Result<Extended> {
+        let key = self.key(kind, name);
+        self.rt.block_on(self.shared.extend(&key, until))
+    }
+
+    fn hide(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.delete_unversioned(kind, name)
+    }
+
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        if self.shared.lock.read().expect("lock setting").is_some() {
+            let key = self.key(kind, name);
+            return self.rt.block_on(self.shared.delete_locked(&key));
+        }
+        self.delete_unversioned(kind, name)
+    }
+}
+
+impl S3Backend {
+    /// DeleteObject without a version: deletes the object, or on a versioned bucket adds a
+    /// delete marker in front of it.
+    fn delete_unversioned(&self, kind: FileKind, name: &str) -> Result<()> {
         let s = &self.shared;
         let key = s.key(kind, name);
         self.rt.block_on(async {
