@@ -363,6 +363,8 @@ fn run_prune(
                    "index_files_written": r.index_files_written,
                    "index_files_deleted": r.index_files_deleted,
                    "locked": locked_json(&r.locked),
+                   "hidden": {"deleted": r.hidden.deleted, "locked": r.hidden.locked,
+                              "last_until": r.hidden.last_until.map(format_time)},
                    "retention": r.retention.as_ref().map(extension_json)}),
         );
     } else {
@@ -384,6 +386,18 @@ fn run_prune(
                 human_bytes(r.locked.bytes),
                 r.locked.index_files,
                 locked_text(&r.locked)
+            ));
+        }
+        if r.hidden.deleted + r.hidden.locked > 0 {
+            out.line(format!(
+                "  forgotten snapshots and removed keys: {} stored versions deleted, {} still \
+                 retained{}",
+                r.hidden.deleted,
+                r.hidden.locked,
+                r.hidden
+                    .last_until
+                    .map(|t| format!(" (until {} at the latest)", format_time(t)))
+                    .unwrap_or_default()
             ));
         }
         if let Some(e) = &r.retention {

@@ -678,7 +678,8 @@ fn lock_of(be: &chunkbak_engine::backend::s3::S3Backend, key: &str) -> (String, 
     )
 }
 
-/// Every version (not delete marker) stored under `prefix`: (key, version id).
+/// Every version stored under `prefix`, then every delete marker (`marker <id>`):
+/// (key, version id).
 fn versions(be: &chunkbak_engine::backend::s3::S3Backend, prefix: &str) -> Vec<(String, String)> {
     let c = be.client().clone();
     let bucket = be.config().bucket.clone();
@@ -700,6 +701,12 @@ fn versions(be: &chunkbak_engine::backend::s3::S3Backend, prefix: &str) -> Vec<(
                 v.version_id().unwrap_or_default().to_string(),
             )
         })
+        .chain(out.delete_markers().iter().map(|m| {
+            (
+                m.key().unwrap_or_default().to_string(),
+                format!("marker {}", m.version_id().unwrap_or_default()),
+            )
+        }))
         .collect()
 }
 
@@ -810,7 +817,9 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
     assert_eq!(listed.len(), 1);
     assert!(listed[0]["id"].as_str().unwrap() != s1);
     let snap_key = be.key(FileKind::Snapshot, &s1);
-    assert_eq!(versions(&be, &snap_key).len(), 1, "the locked copy stays");
+    let v = versions(&be, &snap_key);
+    assert_eq!(v.len(), 2, "the locked copy stays, behind a marker: {v:?}");
+    assert!(!v[0].1.starts_with("marker") && v[1].1.starts_with("marker"));
     let r = t.ok(&["forget", "--keep-last", "1"]);
     assert!(r.out().contains("removed 0 snapshots"), "{}", r.out());
 
@@ -870,8 +879,12 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
 
     // Once the retention ends (shortened here, with the governance bypass, instead of
     // waiting two days), prune deletes the versions themselves: the space comes back.
-    for k in &first_packs {
-        let (c, bk, k) = (be.client().clone(), b.clone(), k.clone());
+    let hidden_snapshot = versions(&be, &snap_key)[0].1.clone();
+    let mut expiring: Vec<(String, Option<String>)> =
+        first_packs.iter().map(|k| (k.clone(), None)).collect();
+    expiring.push((snap_key.clone(), Some(hidden_snapshot)));
+    for (k, vid) in expiring {
+        let (c, bk) = (be.client().clone(), b.clone());
         be.block_on(async move {
             use chunkbak_engine::backend::s3::sdk::primitives::DateTime;
             use chunkbak_engine::backend::s3::sdk::types::{
@@ -880,6 +893,7 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
             c.put_object_retention()
                 .bucket(bk)
                 .key(k)
+                .set_version_id(vid)
                 .bypass_governance_retention(true)
                 .retention(
                     ObjectLockRetention::builder()
@@ -900,7 +914,8 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
         "{}",
         r.out()
     );
-    for k in &first_packs {
+    assert_eq!(r.json("prune")[0]["hidden"]["deleted"], 1, "{}", r.out());
+    for k in first_packs.iter().chain([&snap_key]) {
         assert!(versions(&be, k).is_empty(), "{k}: a version is left");
     }
     t.ok(&["check", "--read-data"]);

@@ -316,3 +316,85 @@ fn s3_archived_objects_thaw_on_request() {
     let r = b.requests().unwrap();
     assert!(r.restore >= 2 && r.copy == 1, "{r:?}");
 }
+
+#[test]
+fn s3_object_lock_at_upload_multipart_included_delete_hide_and_extend() {
+    use chunkbak_engine::backend::{Extended, LockMode, ObjectLock};
+    let bucket = format!("objlock-{}", std::process::id());
+    let b = S3Backend::new(S3Config {
+        bucket: bucket.clone(),
+        prefix: "r".into(),
+        endpoint: Some(s3_endpoint()),
+        static_credentials: Some(("test".into(), "test".into())),
+        multipart_threshold: 6 << 20,
+        part_size: 5 << 20,
+        multipart_full_crc: false,
+        ..S3Config::default()
+    })
+    .unwrap();
+    b.set_object_lock(Some(ObjectLock {
+        mode: LockMode::Governance,
+        days: 1,
+    }));
+    // The bucket is missing: supported (create makes it with Object Lock), then created so.
+    b.supports_object_lock().unwrap();
+    b.create().unwrap();
+    b.supports_object_lock().unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let day = now + 86_400;
+
+    // A single PUT and a multipart upload (the emulator drops the lock headers of
+    // CreateMultipartUpload: the backend sets the retention after completion) are locked.
+    let tmp = b.temp_dir();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let data: Vec<u8> = (0..(7u32 << 20)).map(|i| (i >> 5) as u8).collect();
+    let f = tmp.join(format!("pack-lock-{}", std::process::id()));
+    std::fs::write(&f, &data).unwrap();
+    let big = "ab".repeat(32);
+    b.put_file(FileKind::Data, &big, &f, crc32c(&data)).unwrap();
+    b.flush().unwrap();
+    let snap = "cd".repeat(32);
+    b.put(FileKind::Snapshot, &snap, b"snapshot").unwrap();
+    b.put(FileKind::Lock, "l1", b"lock file").unwrap();
+    for (kind, name) in [(FileKind::Data, &big), (FileKind::Snapshot, &snap)] {
+        let until = b.retention(kind, name).unwrap().expect("locked");
+        assert!((day - 5..=day + 60).contains(&until), "{name}: {until}");
+    }
+    assert_eq!(b.retention(FileKind::Lock, "l1").unwrap(), None);
+    b.delete(FileKind::Lock, "l1").unwrap();
+
+    // A retained object is not deleted: Locked, with its date, and it stays.
+    match b.delete(FileKind::Data, &big) {
+        Err(Error::Locked { object, until }) => {
+            assert!(object.contains(&big));
+            assert!(until >= day - 5);
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(b.exists(FileKind::Data, &big).unwrap());
+
+    // Extension: longer is set, shorter is refused by S3 and read back as already longer.
+    assert_eq!(
+        b.extend_retention(FileKind::Data, &big, now + 3 * 86_400)
+            .unwrap(),
+        Extended::Extended
+    );
+    assert!(b.retention(FileKind::Data, &big).unwrap().unwrap() >= now + 3 * 86_400);
+    assert_eq!(
+        b.extend_retention(FileKind::Data, &big, now + 2 * 86_400)
+            .unwrap(),
+        Extended::AlreadyLonger
+    );
+
+    // Hidden: gone from the listing, its version kept; nothing to purge while retained.
+    b.hide(FileKind::Snapshot, &snap).unwrap();
+    assert!(b.list(FileKind::Snapshot).unwrap().is_empty());
+    let p = b.purge_hidden(FileKind::Snapshot).unwrap();
+    assert_eq!((p.deleted, p.locked), (0, 1));
+    assert!(p.last_until.unwrap() >= day - 5);
+    assert_eq!(
+        b.extend_retention(FileKind::Snapshot, &snap, now + 5 * 86_400)
+            .unwrap(),
+        Extended::Gone
+    );
+}

@@ -197,6 +197,11 @@ impl Backend for FaultBackend {
         self.inner.extend_retention(kind, name, until)
     }
 
+    fn purge_hidden(&self, kind: FileKind) -> Result<super::Purge> {
+        self.enter("LIST", kind.dir())?;
+        self.inner.purge_hidden(kind)
+    }
+
     fn hide(&self, kind: FileKind, name: &str) -> Result<()> {
         self.enter("DELETE", &kind.path_of(name))?;
         self.inner.hide(kind, name)

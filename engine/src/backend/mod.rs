@@ -231,6 +231,16 @@ impl ObjectLock {
     }
 }
 
+/// What [`Backend::purge_hidden`] did with objects hidden behind delete markers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purge {
+    /// Versions deleted (their retention had ended), with the markers that hid them.
+    pub deleted: u64,
+    /// Versions still retained, and when the last of them becomes deletable.
+    pub locked: u64,
+    pub last_until: Option<i64>,
+}
+
 /// What extending an object's retention did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extended {
@@ -415,6 +425,12 @@ pub trait Backend: Send + Sync {
     /// Retains an object until `until` (seconds since the epoch) at least.
     fn extend_retention(&self, _kind: FileKind, _name: &str, _until: i64) -> Result<Extended> {
         Ok(Extended::AlreadyLonger)
+    }
+    /// Deletes the versions of hidden objects of a kind (those whose current version is a
+    /// delete marker, left by [`hide`](Self::hide)) whose retention has ended, and then
+    /// their markers. Stores without versions have nothing hidden.
+    fn purge_hidden(&self, _kind: FileKind) -> Result<Purge> {
+        Ok(Purge::default())
     }
     /// Removes an object from the listing without deleting a locked copy: on a bucket with
     /// Object Lock, a delete marker (the locked version stays until its retention ends); on

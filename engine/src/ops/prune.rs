@@ -229,6 +229,8 @@ pub struct PruneResult {
     pub index_files_deleted: u64,
     /// Objects found retained only when deleted (the plan's HEAD saw them deletable).
     pub locked: Locked,
+    /// Hidden snapshots and key files: versions deleted, and still retained.
+    pub hidden: crate::backend::Purge,
     /// Retention extended on what the kept snapshots reference (Object Lock repositories).
     pub retention: Option<crate::ops::retention::Extension>,
 }
@@ -777,8 +779,16 @@ pub fn run(
         }
     }
 
-    // 4. Object Lock: what stays referenced stays retained.
+    // 4. Object Lock: snapshots and key files forget / key remove hid while they were
+    // retained go for good once their retention has ended; what stays referenced stays
+    // retained.
     if repo.config().object_lock.is_some() {
+        for kind in [FileKind::Snapshot, FileKind::Key] {
+            let p = backend.purge_hidden(kind)?;
+            res.hidden.deleted += p.deleted;
+            res.hidden.locked += p.locked;
+            res.hidden.last_until = res.hidden.last_until.max(p.last_until);
+        }
         progress.message("extending Object Lock retention");
         let targets = plan.retention_targets(repo, true)?;
         let now = jiff::Timestamp::now().as_second().max(plan.now);

@@ -10,7 +10,7 @@ use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{ObjectLockEnabled, ObjectLockRetention, ObjectLockRetentionMode};
 
 use super::{sdk_err, Shared};
-use crate::backend::{Extended, FileKind, LockMode, ObjectLock};
+use crate::backend::{Extended, FileKind, LockMode, ObjectLock, Purge};
 use crate::error::{Error, Result};
 
 /// The SDK's mode of a PutObject/CreateMultipartUpload.
@@ -222,5 +222,98 @@ impl Shared {
             }
             Err(e) => Err(sdk_err(format!("DELETE {}", self.url(key)), e)),
         }
+    }
+
+    /// The retention of one version of an object.
+    async fn version_until(&self, key: &str, version: &str) -> Result<Option<i64>> {
+        self.client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .version_id(version)
+            .send()
+            .await
+            .map(|h| h.object_lock_retain_until_date().map(|d| d.secs()))
+            .map_err(|e| sdk_err(format!("HEAD {} version {version}", self.url(key)), e))
+    }
+
+    async fn delete_version(&self, key: &str, version: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .version_id(version)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_err(format!("DELETE {} version {version}", self.url(key)), e))
+    }
+
+    /// Deletes, under `prefix`, the versions of objects hidden behind a delete marker whose
+    /// retention has ended, then the markers of objects with no version left.
+    pub(super) async fn purge_hidden(&self, prefix: &str) -> Result<Purge> {
+        use std::collections::BTreeMap;
+        // key -> (versions, delete markers, whether the latest is a marker)
+        let mut keys: BTreeMap<String, (Vec<String>, Vec<String>, bool)> = BTreeMap::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.cfg.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err(format!("LIST versions {}", self.url(prefix)), e))?;
+            for v in out.versions() {
+                if let (Some(k), Some(id)) = (v.key(), v.version_id()) {
+                    keys.entry(k.to_string()).or_default().0.push(id.to_string());
+                }
+            }
+            for m in out.delete_markers() {
+                if let (Some(k), Some(id)) = (m.key(), m.version_id()) {
+                    let e = keys.entry(k.to_string()).or_default();
+                    e.1.push(id.to_string());
+                    e.2 |= m.is_latest() == Some(true);
+                }
+            }
+            if out.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            version_marker = out.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        let now = now();
+        let mut p = Purge::default();
+        for (key, (versions, markers, hidden)) in keys {
+            if !hidden {
+                continue;
+            }
+            let mut left = 0;
+            for v in &versions {
+                match self.version_until(&key, v).await? {
+                    Some(until) if until > now => {
+                        left += 1;
+                        p.locked += 1;
+                        p.last_until = Some(p.last_until.map_or(until, |l| l.max(until)));
+                    }
+                    _ => {
+                        self.delete_version(&key, v).await?;
+                        p.deleted += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                for m in &markers {
+                    self.delete_version(&key, m).await?;
+                }
+            }
+        }
+        Ok(p)
     }
 }

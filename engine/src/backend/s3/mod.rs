@@ -1083,6 +1083,14 @@ impl Backend for S3Backend {
         self.delete_unversioned(kind, name)
     }
 
+    fn purge_hidden(&self, kind: FileKind) -> Result<super::Purge> {
+        if self.shared.lock.read().expect("lock setting").is_none() {
+            return Ok(super::Purge::default());
+        }
+        let prefix = self.shared.cfg.folder(kind);
+        self.rt.block_on(self.shared.purge_hidden(&prefix))
+    }
+
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         if self.shared.lock.read().expect("lock setting").is_some() {
             let key = self.key(kind, name);
