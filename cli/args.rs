@@ -501,7 +501,12 @@ pub struct InitArgs {
     pub object_lock_days: Option<u32>,
     /// Object Lock mode: governance (users granted s3:BypassGovernanceRetention may still
     /// delete) or compliance (nobody can delete before the date, the account's root included)
-    #[arg(long, value_name = "MODE", default_value = "governance", requires = "object_lock_days")]
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "governance",
+        requires = "object_lock_days"
+    )]
     pub object_lock_mode: String,
     /// argon2id memory cost in KiB for the key file
     #[arg(long, default_value_t = 64 * 1024)]

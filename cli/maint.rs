@@ -419,11 +419,7 @@ fn run_prune(
 fn locked_text(l: &prune::Locked) -> String {
     match (l.first_until, l.last_until) {
         (Some(a), Some(b)) if a == b => format!("deletable after {}", format_time(a)),
-        (Some(a), Some(b)) => format!(
-            "deletable from {} to {}",
-            format_time(a),
-            format_time(b)
-        ),
+        (Some(a), Some(b)) => format!("deletable from {} to {}", format_time(a), format_time(b)),
         _ => String::new(),
     }
 }

@@ -335,11 +335,26 @@ fn iam_action(call: &str) -> &'static [&'static str] {
             &["s3:PutObject"]
         }
         "abort_multipart_upload" => &["s3:AbortMultipartUpload"],
-        "get_object" | "head_object" => &["s3:GetObject"],
+        "get_object" => &["s3:GetObject"],
+        // HEAD reports an object's Object Lock retention only with GetObjectRetention, and
+        // a HEAD naming a version (prune's purge of hidden objects) needs GetObjectVersion.
+        "head_object" => &[
+            "s3:GetObject",
+            "s3:GetObjectRetention",
+            "s3:GetObjectVersion",
+        ],
         "list_objects_v2" | "head_bucket" => &["s3:ListBucket"],
-        "delete_object" => &["s3:DeleteObject"],
+        "list_object_versions" => &["s3:ListBucketVersions"],
+        "delete_object" => &["s3:DeleteObject", "s3:DeleteObjectVersion"],
         "restore_object" => &["s3:RestoreObject"],
-        "create_bucket" => &["s3:CreateBucket"],
+        // init creates a missing bucket with Object Lock (which turns versioning on).
+        "create_bucket" => &[
+            "s3:CreateBucket",
+            "s3:PutBucketObjectLockConfiguration",
+            "s3:PutBucketVersioning",
+        ],
+        "get_object_lock_configuration" => &["s3:GetBucketObjectLockConfiguration"],
+        "put_object_retention" => &["s3:PutObjectRetention"],
         "get_bucket_lifecycle_configuration" => &["s3:GetLifecycleConfiguration"],
         "put_bucket_lifecycle_configuration" => &["s3:PutLifecycleConfiguration"],
         other => panic!("the backend calls S3 `{other}`: add it to iam_action and the policies"),
@@ -372,6 +387,7 @@ fn backend_calls() -> BTreeSet<String> {
     for f in [
         "engine/src/backend/s3/mod.rs",
         "engine/src/backend/s3/lifecycle.rs",
+        "engine/src/backend/s3/lock.rs",
     ] {
         let src = fs::read_to_string(repo_root().join(f)).unwrap();
         for line in src.lines() {
@@ -418,18 +434,30 @@ fn iam_policies_allow_exactly_what_the_backend_calls() {
         maintenance, needed,
         "maintenance-host.json vs the backend's calls"
     );
-    // A backup host reads, adds and thaws; it never deletes nor changes the bucket.
+    // A backup host reads, adds (with the retention of an Object Lock repository) and
+    // thaws; it never deletes nor changes the bucket.
     let never = [
         "s3:DeleteObject",
+        "s3:DeleteObjectVersion",
         "s3:PutLifecycleConfiguration",
         "s3:CreateBucket",
+        "s3:PutBucketObjectLockConfiguration",
+        "s3:PutBucketVersioning",
     ];
     for a in never {
         assert!(!backup.contains(a), "backup-host.json allows {a}");
     }
+    // Maintenance only: lifecycle rules, init's lock check, the purge of hidden versions.
+    let maintenance_only = [
+        "s3:GetLifecycleConfiguration",
+        "s3:GetBucketObjectLockConfiguration",
+        "s3:ListBucketVersions",
+        "s3:GetObjectVersion",
+        "s3:GetObjectRetention",
+    ];
     let backup_needs: BTreeSet<String> = needed
         .iter()
-        .filter(|a| !never.contains(&a.as_str()) && *a != "s3:GetLifecycleConfiguration")
+        .filter(|a| !never.contains(&a.as_str()) && !maintenance_only.contains(&a.as_str()))
         .cloned()
         .collect();
     assert_eq!(backup, backup_needs, "backup-host.json");

@@ -253,7 +253,6 @@ fn s3_dump_deltas_round_trip() {
     assert!(c.out().contains(" 0 problems"), "{}", c.out());
 }
 
-
 /// Writes `n` files of `size` random bytes under `dir`, seeded by `seed`.
 fn files(dir: &Path, seed: u64, n: usize, size: usize) {
     fs::create_dir_all(dir).unwrap();

@@ -714,7 +714,12 @@ fn versions(be: &chunkbak_engine::backend::s3::S3Backend, prefix: &str) -> Vec<(
 fn pack_keys(be: &chunkbak_engine::backend::s3::S3Backend) -> Vec<String> {
     [FileKind::Data, FileKind::Tree]
         .into_iter()
-        .flat_map(|k| be.list(k).unwrap().into_iter().map(move |(n, _)| be.key(k, &n)))
+        .flat_map(|k| {
+            be.list(k)
+                .unwrap()
+                .into_iter()
+                .map(move |(n, _)| be.key(k, &n))
+        })
         .collect()
 }
 
@@ -741,7 +746,8 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
     let r = Target::s3(&e, &ep, &format!("s3:{plain}/r")).run(&init);
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains("Object Lock must be enabled on the bucket"),
+        r.stderr
+            .contains("Object Lock must be enabled on the bucket"),
         "{}",
         r.stderr
     );
@@ -752,12 +758,18 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
     let t = Target::s3(&e, &ep, &url);
     let before = now();
     let r = t.ok(&init);
-    assert!(r.stderr.contains("Object Lock GOVERNANCE for 2 days"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Object Lock GOVERNANCE for 2 days"),
+        "{}",
+        r.stderr
+    );
     let be = s3_backend(&ep, &url);
     let one = e.path("one");
     fs::create_dir_all(&one).unwrap();
     fs::write(one.join("a.bin"), splitmix(31, 300_000)).unwrap();
-    let s1 = t.ok(&["--json", "backup", one.to_str().unwrap()]).json("summary")[0]["snapshot_id"]
+    let s1 = t
+        .ok(&["--json", "backup", one.to_str().unwrap()])
+        .json("summary")[0]["snapshot_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -835,21 +847,32 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
         r.out()
     );
     assert_eq!(plan["delete"]["packs"], 0, "{}", r.out());
-    assert!(plan["locked"]["last_until"].as_str().unwrap().ends_with('Z'));
+    assert!(plan["locked"]["last_until"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
     let res = &r.json("prune")[0];
     assert_eq!(res["packs_deleted"], 0, "{}", r.out());
     for k in &first_packs {
         assert_eq!(versions(&be, k).len(), 1, "{k} was deleted");
     }
     let text = t.ok(&["prune", "--grace", "0s"]).out();
-    assert!(text.contains("locked:") && text.contains("deletable after"), "{text}");
+    assert!(
+        text.contains("locked:") && text.contains("deletable after"),
+        "{text}"
+    );
 
     // lock extend: every referenced object is retained 5 days from now; the forgotten packs
     // and the hidden snapshot are not extended.
     let before = now();
     let r = t.ok(&["--json", "lock", "extend", "--days", "5"]);
     let x = &r.json("lock_extend")[0];
-    assert_eq!(x["packs"].as_u64().unwrap(), second_packs.len() as u64, "{}", r.out());
+    assert_eq!(
+        x["packs"].as_u64().unwrap(),
+        second_packs.len() as u64,
+        "{}",
+        r.out()
+    );
     assert!(x["extended"].as_u64().unwrap() >= second_packs.len() as u64 + 3);
     assert_eq!(
         x["requests"]["PUT"], x["extended"],
@@ -861,7 +884,10 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
     }
     for kind in [FileKind::Config, FileKind::Key, FileKind::Snapshot] {
         for (name, _) in be.list(kind).unwrap() {
-            assert!(lock_of(&be, &be.key(kind, &name)).1.unwrap() >= long, "{name}");
+            assert!(
+                lock_of(&be, &be.key(kind, &name)).1.unwrap() >= long,
+                "{name}"
+            );
         }
     }
     for k in &first_packs {

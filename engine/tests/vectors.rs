@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
 use chunkbak_engine::backend::{LockMode, ObjectLock};
+use chunkbak_engine::chunker::{splitmix_bytes, Chunker, ChunkerParams};
 use chunkbak_engine::compressor::Compression;
 use chunkbak_engine::crypter::{DedupKey, MasterKey, CTX_ENC, CTX_GEAR, CTX_ID};
 use chunkbak_engine::format::config::Config;

@@ -168,11 +168,9 @@ impl Config {
     }
 
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
-        let (b, used): (Base, usize) = bincode::decode_from_slice(
-            bytes,
-            super::BINCODE.with_limit::<{ 64 << 10 }>(),
-        )
-        .map_err(|e| Error::corrupt(name, format!("decoding: {e}")))?;
+        let (b, used): (Base, usize) =
+            bincode::decode_from_slice(bytes, super::BINCODE.with_limit::<{ 64 << 10 }>())
+                .map_err(|e| Error::corrupt(name, format!("decoding: {e}")))?;
         let mut c = Config {
             version: b.version,
             repo_id: b.repo_id,

@@ -54,7 +54,11 @@ pub fn metadata_targets(repo: &Repository, live_index: Option<&[Id]>) -> Result<
     let b = repo.backend();
     let mut out: Vec<Target> = Vec::new();
     for kind in [FileKind::Config, FileKind::Key, FileKind::Snapshot] {
-        out.extend(b.list_info(kind)?.into_iter().map(|o| (kind, o.name, o.modified)));
+        out.extend(
+            b.list_info(kind)?
+                .into_iter()
+                .map(|o| (kind, o.name, o.modified)),
+        );
     }
     let live: HashSet<String> = match live_index {
         Some(ids) => ids.iter().map(|i| i.to_hex()).collect(),
@@ -100,10 +104,7 @@ pub fn extend(
         until: now + days * 86_400,
         renew_before: now + days * 86_400 / 2,
         objects: targets.len() as u64,
-        packs: targets
-            .iter()
-            .filter(|t| t.0.fanned_out())
-            .count() as u64,
+        packs: targets.iter().filter(|t| t.0.fanned_out()).count() as u64,
         ..Default::default()
     };
     // Uploaded after this, an object is retained past `renew_before` by its upload alone.

@@ -89,10 +89,9 @@ impl Shared {
             .await
         {
             Ok(out) => {
-                let on = out
-                    .object_lock_configuration()
-                    .and_then(|c| c.object_lock_enabled())
-                    == Some(&ObjectLockEnabled::Enabled);
+                let cfg = out.object_lock_configuration();
+                let on =
+                    cfg.and_then(|c| c.object_lock_enabled()) == Some(&ObjectLockEnabled::Enabled);
                 if on {
                     Ok(())
                 } else {
@@ -123,7 +122,12 @@ impl Shared {
     }
 
     /// Sets the retention of the current version to `until` (never shortens: S3 refuses).
-    pub(super) async fn put_retention(&self, key: &str, mode: LockMode, until: i64) -> Result<Extended> {
+    pub(super) async fn put_retention(
+        &self,
+        key: &str,
+        mode: LockMode,
+        until: i64,
+    ) -> Result<Extended> {
         let r = self
             .client
             .put_object_retention()
@@ -269,7 +273,10 @@ impl Shared {
                 .map_err(|e| sdk_err(format!("LIST versions {}", self.url(prefix)), e))?;
             for v in out.versions() {
                 if let (Some(k), Some(id)) = (v.key(), v.version_id()) {
-                    keys.entry(k.to_string()).or_default().0.push(id.to_string());
+                    keys.entry(k.to_string())
+                        .or_default()
+                        .0
+                        .push(id.to_string());
                 }
             }
             for m in out.delete_markers() {
