@@ -898,7 +898,15 @@ impl Repository {
                 let mut out = Vec::new();
                 for p in parts {
                     match &*self.load_tree(p)? {
-                        TreeBlob::Dir(nodes) => out.extend(nodes.iter().cloned()),
+                        TreeBlob::Dir(nodes) => {
+                            if let (Some(last), Some(first)) = (out.last(), nodes.first()) {
+                                crate::format::tree::check_order(
+                                    &[Node::clone(last), first.clone()],
+                                    &format!("tree {id}"),
+                                )?;
+                            }
+                            out.extend(nodes.iter().cloned())
+                        }
                         _ => {
                             return Err(Error::corrupt(
                                 format!("tree {p}"),

@@ -115,12 +115,36 @@ impl TreeBlob {
 
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         match bytes.split_first() {
-            Some((&TREE_VERSION, rest)) => bincode_decode(rest, name),
+            Some((&TREE_VERSION, rest)) => {
+                let t: TreeBlob = bincode_decode(rest, name)?;
+                if let TreeBlob::Dir(nodes) = &t {
+                    check_order(nodes, name)?;
+                }
+                Ok(t)
+            }
             Some((v, _)) => Err(Error::corrupt(
                 name,
                 format!("tree version {v} not supported"),
             )),
             None => Err(Error::corrupt(name, "empty tree blob")),
         }
+    }
+}
+
+/// A directory's entries must be in strictly increasing name order (format-spec 8.2): two
+/// entries of one name (a symlink, then a file through it) are refused wherever the tree is
+/// read.
+pub fn check_order(nodes: &[Node], name: &str) -> Result<()> {
+    match nodes.windows(2).find(|w| w[0].name >= w[1].name) {
+        None => Ok(()),
+        Some(w) => Err(Error::corrupt(
+            name,
+            format!(
+                "entry {:?} follows {:?}: directory entries must be in strictly increasing \
+                 name order, each name once (damaged or forged tree?)",
+                w[1].name_lossy(),
+                w[0].name_lossy()
+            ),
+        )),
     }
 }

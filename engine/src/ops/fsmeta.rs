@@ -164,17 +164,20 @@ fn times_of(t: Timespec) -> [libc::timespec; 2] {
 
 /// Sets mtime and atime (= mtime) of a path without following symlinks.
 pub fn set_times(path: &Path, t: Timespec) -> std::io::Result<()> {
+    utimens(path, t, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// As [`set_times`], following a last symlink (restore names a special file by
+/// `/proc/self/fd/<handle>`, a link to exactly that inode).
+pub fn set_times_following(path: &Path, t: Timespec) -> std::io::Result<()> {
+    utimens(path, t, 0)
+}
+
+fn utimens(path: &Path, t: Timespec, flags: libc::c_int) -> std::io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())?;
     let times = times_of(t);
     // SAFETY: c is a valid C string, times has two entries.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
     if rc == 0 {
         Ok(())
     } else {
@@ -197,6 +200,26 @@ pub fn set_times_fd(f: &std::fs::File, t: Timespec) -> std::io::Result<()> {
 /// lchown.
 pub fn set_owner(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// The owner of the file a handle holds (an `O_PATH` handle too: fchownat with an empty path).
+pub fn set_owner_fd(f: &std::fs::File, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the call; the path is a valid empty C string.
+    let rc = unsafe {
+        libc::fchownat(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// mkfifo / mknod for special files.

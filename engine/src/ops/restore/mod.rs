@@ -11,14 +11,16 @@
 //! never looks complete to `--overwrite if-changed`.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
+
+mod at;
 
 use super::fsmeta;
 use super::ls::{components, find, walk};
@@ -100,6 +102,12 @@ pub struct RestoreResult {
 /// A file to write, kept until the walk is over: only what writing it needs, since a restore
 /// holds one per file of the snapshot (a `Node` costs about twice as much).
 struct FileJob {
+    /// Links the file may have to be rewritten in place: 1, or the snapshot's count for the
+    /// first name of a hard link group.
+    links: u64,
+    /// (device, inode) of the empty file the walk created for the first name of a hard link
+    /// group: the writer opens that very file or nothing.
+    created: Option<(u64, u64)>,
     path: Box<Path>,
     content: Content,
     size: u64,
@@ -147,7 +155,6 @@ impl FilePlan {
 
 /// The metadata a restore applies to an entry, owners already resolved to this system's ids.
 struct Meta {
-    symlink: bool,
     mode: u32,
     uid: u32,
     gid: u32,
@@ -184,7 +191,6 @@ impl OwnerIds {
             )
         };
         Meta {
-            symlink: n.kind == NodeKind::Symlink,
             mode: n.mode,
             uid,
             gid,
@@ -196,6 +202,8 @@ impl OwnerIds {
 
 struct Restorer<'a> {
     repo: &'a Repository,
+    /// Handles of the target and its directories (None on a dry run of a missing target).
+    target: Option<at::Target>,
     opts: &'a RestoreOptions,
     progress: &'a dyn Progress,
     root: bool,
@@ -260,6 +268,16 @@ fn punch(f: &fs::File, zeros: &[u8], off: u64) -> std::io::Result<()> {
     }
 }
 
+/// What metadata is applied through.
+enum On<'a> {
+    /// A regular file or directory, open.
+    File(&'a fs::File),
+    /// A symlink (its parent's handle).
+    Link,
+    /// A FIFO or device node of this kind (an `O_PATH` handle of it).
+    Node(NodeKind),
+}
+
 fn same_type(kind: NodeKind, t: fs::FileType) -> bool {
     match kind {
         NodeKind::File => t.is_file(),
@@ -286,51 +304,128 @@ impl Restorer<'_> {
         self.warn(path, msg);
     }
 
+    /// The entry at target path `path`, through its parent directory's handle.
+    fn entry(&self, path: &Path) -> std::io::Result<at::Entry> {
+        match &self.target {
+            Some(t) => t.entry(path),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// The directory at target path `path`, opened without following any symlink below the
+    /// target.
+    fn dir(&self, path: &Path) -> std::io::Result<std::sync::Arc<at::Dir>> {
+        match &self.target {
+            Some(t) => t.dir(path),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
     /// chown (when root), chmod, xattrs, times: in this order, since chown clears set-id bits.
-    /// With `file` (a regular file just written) through its descriptor: a restore of many
-    /// small files would otherwise spend much of its kernel time looking up their paths.
-    fn apply_meta(&self, path: &Path, file: Option<&fs::File>, n: &Meta) {
+    /// Through a handle of the entry itself (files, directories, special files) or, for a
+    /// symlink, through its parent's handle with calls that never follow it.
+    fn apply_meta(&self, path: &Path, on: On<'_>, n: &Meta) {
         if self.opts.dry_run {
             return;
         }
+        match on {
+            On::File(f) => self.meta_fd(path, f, n),
+            On::Link => match self.entry(path) {
+                Ok(e) => self.meta_link(path, &e.path, n),
+                Err(err) => self.warn(path, format!("cannot set metadata: {err}")),
+            },
+            On::Node(kind) => {
+                let fd = match self.entry(path).and_then(|e| e.dir.open_node(&e.name)) {
+                    Ok(fd) => fd,
+                    Err(err) => return self.warn(path, format!("cannot set metadata: {err}")),
+                };
+                let f = fs::File::from(fd);
+                // The node made a moment ago, or nothing: never another file put in its place.
+                match f.metadata() {
+                    Ok(m) if same_type(kind, m.file_type()) => {}
+                    _ => {
+                        return self.error(
+                            path,
+                            "not restored: replaced by something else while being restored".into(),
+                        )
+                    }
+                }
+                self.meta_node(path, &f, n);
+            }
+        }
+    }
+
+    fn meta_fd(&self, path: &Path, f: &fs::File, n: &Meta) {
         if self.root {
             let (uid, gid) = (n.uid, n.gid);
-            let r = match file {
-                Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
-                None => fsmeta::set_owner(path, uid, gid),
-            };
-            if let Err(e) = r {
+            if let Err(e) = std::os::unix::fs::fchown(f, Some(uid), Some(gid)) {
                 self.warn(path, format!("cannot set owner {uid}:{gid}: {e}"));
             }
         }
-        if !n.symlink {
-            let mode = fs::Permissions::from_mode(n.mode & 0o7777);
-            let r = match file {
-                Some(f) => f.set_permissions(mode),
-                None => fs::set_permissions(path, mode),
-            };
-            if let Err(e) = r {
-                self.warn(path, format!("cannot set mode {:o}: {e}", n.mode & 0o7777));
-            }
+        let mode = fs::Permissions::from_mode(n.mode & 0o7777);
+        if let Err(e) = f.set_permissions(mode) {
+            self.warn(path, format!("cannot set mode {:o}: {e}", n.mode & 0o7777));
         }
         for (k, v) in n.xattrs.iter() {
             let name = std::ffi::OsStr::from_bytes(k);
-            let r = match file {
-                Some(f) => xattr::FileExt::set_xattr(f, name, v),
-                None => xattr::set(path, name, v),
-            };
-            if let Err(e) = r {
+            if let Err(e) = xattr::FileExt::set_xattr(f, name, v) {
                 self.warn(
                     path,
                     format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)),
                 );
             }
         }
-        let r = match file {
-            Some(f) => fsmeta::set_times_fd(f, n.mtime),
-            None => fsmeta::set_times(path, n.mtime),
-        };
-        if let Err(e) = r {
+        if let Err(e) = fsmeta::set_times_fd(f, n.mtime) {
+            self.warn(path, format!("cannot set times: {e}"));
+        }
+    }
+
+    /// A symlink's owner, xattrs and times, by a name resolved through its parent's handle
+    /// with calls that act on the link itself.
+    fn meta_link(&self, path: &Path, entry: &Path, n: &Meta) {
+        if self.root {
+            let (uid, gid) = (n.uid, n.gid);
+            if let Err(e) = fsmeta::set_owner(entry, uid, gid) {
+                self.warn(path, format!("cannot set owner {uid}:{gid}: {e}"));
+            }
+        }
+        for (k, v) in n.xattrs.iter() {
+            if let Err(e) = xattr::set(entry, std::ffi::OsStr::from_bytes(k), v) {
+                self.warn(
+                    path,
+                    format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)),
+                );
+            }
+        }
+        if let Err(e) = fsmeta::set_times(entry, n.mtime) {
+            self.warn(path, format!("cannot set times: {e}"));
+        }
+    }
+
+    /// A special file's metadata through an `O_PATH` handle of it (FIFOs and devices are not
+    /// opened for I/O): `/proc/self/fd/<handle>` reaches exactly that inode.
+    fn meta_node(&self, path: &Path, f: &fs::File, n: &Meta) {
+        use std::os::fd::AsRawFd;
+        let node = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        if self.root {
+            let (uid, gid) = (n.uid, n.gid);
+            if let Err(e) = fsmeta::set_owner_fd(f, uid, gid) {
+                self.warn(path, format!("cannot set owner {uid}:{gid}: {e}"));
+            }
+        }
+        let mode = fs::Permissions::from_mode(n.mode & 0o7777);
+        if let Err(e) = fs::set_permissions(&node, mode) {
+            self.warn(path, format!("cannot set mode {:o}: {e}", n.mode & 0o7777));
+        }
+        for (k, v) in n.xattrs.iter() {
+            if let Err(e) = xattr::set_deref(&node, std::ffi::OsStr::from_bytes(k), v) {
+                self.warn(
+                    path,
+                    format!("cannot set xattr {}: {e}", String::from_utf8_lossy(k)),
+                );
+            }
+        }
+        if let Err(e) = fsmeta::set_times_following(&node, n.mtime) {
             self.warn(path, format!("cannot set times: {e}"));
         }
     }
@@ -363,7 +458,15 @@ impl Restorer<'_> {
             let todo = write_all(false);
             return Ok(FilePlan { ids, lens, todo });
         }
-        let m = match fs::symlink_metadata(path) {
+        let entry = match self.entry(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let todo = write_all(false);
+                return Ok(FilePlan { ids, lens, todo });
+            }
+            Err(e) => return Err(Error::io(path, e)),
+            Ok(e) => e,
+        };
+        let m = match fs::symlink_metadata(&entry.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let todo = write_all(false);
                 return Ok(FilePlan { ids, lens, todo });
@@ -378,14 +481,17 @@ impl Restorer<'_> {
                 todo: Todo::Skip,
             });
         }
-        if !m.is_file() {
+        // Only a regular file with one link (or as many as its hard link group has in the
+        // snapshot) is rewritten in place; anything else is replaced (a file with more links
+        // shares its inode with a name outside this file's place).
+        if !m.is_file() || m.nlink() > job.links.max(1) {
             if m.is_dir() {
                 return Err(Error::Invalid(
                     "a directory is in the way (restore with --delete to replace it)".into(),
                 ));
             }
             if !self.opts.dry_run {
-                fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+                fs::remove_file(&entry.path).map_err(|e| Error::io(path, e))?;
             }
             let todo = write_all(false);
             return Ok(FilePlan { ids, lens, todo });
@@ -405,7 +511,10 @@ impl Restorer<'_> {
             return Ok(FilePlan { ids, lens, todo });
         };
         // Chunk by chunk: which ranges already hold the right bytes.
-        let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let f = entry
+            .dir
+            .open_plain(&entry.name, false, job.links)
+            .map_err(|e| Error::io(path, e))?;
         let mut need = Vec::with_capacity(ids.len());
         let (mut off, mut buf) = (0u64, Vec::new());
         for (id, &len) in ids.iter().zip(ls) {
@@ -443,14 +552,24 @@ impl Restorer<'_> {
         read: &[AtomicBool],
     ) -> Result<(fs::File, u64)> {
         let ids = &plan.ids;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!existing)
-            .mode(0o600)
-            .open(&job.path)
-            .map_err(|e| Error::io(&*job.path, e))?;
+        let path = &*job.path;
+        let e = self.entry(path).map_err(|e| Error::io(path, e))?;
+        let f = match job.created {
+            _ if existing => e.dir.open_plain(&e.name, true, job.links),
+            // The first name of a hard link group, created empty by the walk: that file.
+            Some((dev, ino)) => e.dir.open_plain_linked(&e.name).and_then(|f| {
+                let m = f.metadata()?;
+                if (m.dev(), m.ino()) == (dev, ino) {
+                    Ok(f)
+                } else {
+                    Err(std::io::Error::other(
+                        "replaced by another file while being restored",
+                    ))
+                }
+            }),
+            None => e.dir.create_new(&e.name),
+        }
+        .map_err(|e| Error::io(path, e))?;
         let put = |i: usize, off: u64| -> Result<u64> {
             if !need[i] {
                 let len = plan
@@ -562,11 +681,14 @@ impl Restorer<'_> {
                 self.reused.fetch_add(job.size, Ordering::Relaxed);
                 self.progress.bytes(job.size);
                 if !self.opts.dry_run {
-                    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                    let f = self
+                        .entry(path)
+                        .and_then(|e| e.dir.open_plain(&e.name, false, job.links))
+                        .map_err(|e| Error::io(path, e))?;
                     if self.opts.verify {
                         self.verify_file(&f, path, plan)?;
                     }
-                    self.apply_meta(path, Some(&f), &job.meta);
+                    self.apply_meta(path, On::File(&f), &job.meta);
                 }
                 return Ok(());
             }
@@ -617,7 +739,7 @@ impl Restorer<'_> {
             self.verify_file(&f, path, plan)?;
         }
         // Last: the modification time tells a complete file from one a kill interrupted.
-        self.apply_meta(path, Some(&f), &job.meta);
+        self.apply_meta(path, On::File(&f), &job.meta);
         drop(f);
         self.files.fetch_add(1, Ordering::Relaxed);
         self.progress.file_done(path);
@@ -741,7 +863,7 @@ impl Walker<'_, '_> {
     fn look(&self, path: &Path) -> std::io::Result<fs::Metadata> {
         match path.parent() {
             Some(p) if self.new_dirs.contains(p) => Err(std::io::ErrorKind::NotFound.into()),
-            _ => fs::symlink_metadata(path),
+            _ => fs::symlink_metadata(self.r.entry(path)?.path),
         }
     }
 
@@ -775,10 +897,13 @@ impl Walker<'_, '_> {
                 r.progress
                     .change(if exists { Change::Update } else { Change::New }, &path);
                 if !opts.dry_run {
-                    if exists {
-                        let _ = fs::remove_file(&path);
-                    }
-                    if let Err(e) = fs::create_dir(&path) {
+                    let made = r.entry(&path).and_then(|e| {
+                        if exists {
+                            let _ = fs::remove_file(&e.path);
+                        }
+                        fs::create_dir(&e.path)
+                    });
+                    if let Err(e) = made {
                         r.error(&path, format!("cannot create directory: {e}"));
                         return false;
                     }
@@ -787,7 +912,19 @@ impl Walker<'_, '_> {
             }
         }
         if !opts.dry_run {
-            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
+            // Its handle (never through a symlink): private until its own mode is set last
+            // (where this user may change it).
+            match r.dir(&path) {
+                Ok(d) => {
+                    let _ = d
+                        .file()
+                        .and_then(|f| f.set_permissions(fs::Permissions::from_mode(0o700)));
+                }
+                Err(e) => {
+                    r.error(&path, format!("cannot enter directory: {e}"));
+                    return false;
+                }
+            }
         }
         self.res.dirs += 1;
         self.dirs.push((path.into_boxed_path(), meta));
@@ -800,7 +937,15 @@ impl Walker<'_, '_> {
         let r = self.r;
         let want: HashMap<&[u8], NodeKind> =
             kids.iter().map(|n| (n.name.as_slice(), n.kind)).collect();
-        let rd = match fs::read_dir(dir) {
+        let handle = match r.dir(dir) {
+            Ok(h) => h,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                r.error(dir, format!("cannot list for --delete: {e}"));
+                return;
+            }
+        };
+        let rd = match fs::read_dir(handle.entry(std::ffi::OsStr::new("."))) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => {
@@ -827,14 +972,20 @@ impl Walker<'_, '_> {
             if self.sel.excluded(&child) {
                 continue;
             }
-            let p = e.path();
+            let p = dir.join(&name);
             r.progress.change(Change::Delete, &p);
             self.res.deleted += 1;
             if !self.opts().dry_run {
+                // std's remove_dir_all never follows a symlink inside what it removes.
+                let at = handle.entry(&name);
                 let gone = if ft.is_dir() {
-                    fs::remove_dir_all(&p)
+                    let gone = fs::remove_dir_all(&at);
+                    if let Some(t) = &r.target {
+                        t.forget_dirs();
+                    }
+                    gone
                 } else {
-                    fs::remove_file(&p)
+                    fs::remove_file(&at)
                 };
                 if let Err(err) = gone {
                     r.error(&p, format!("cannot delete: {err}"));
@@ -895,10 +1046,12 @@ impl Walker<'_, '_> {
             NodeKind::Symlink => {
                 let target = std::ffi::OsStr::from_bytes(&n.link_target);
                 if found.as_ref().is_ok_and(|m| m.is_symlink())
-                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target)
+                    && r.entry(&path)
+                        .and_then(|e| fs::read_link(&e.path))
+                        .is_ok_and(|t| t.as_os_str() == target)
                 {
                     self.res.links += 1;
-                    r.apply_meta(&path, None, &meta);
+                    r.apply_meta(&path, On::Link, &meta);
                     return Ok(false);
                 }
                 if !self.replace(&path, found) {
@@ -907,10 +1060,13 @@ impl Walker<'_, '_> {
                 if opts.dry_run {
                     return Ok(false);
                 }
-                match std::os::unix::fs::symlink(target, &path) {
+                match r
+                    .entry(&path)
+                    .and_then(|e| std::os::unix::fs::symlink(target, &e.path))
+                {
                     Ok(()) => {
                         self.res.links += 1;
-                        r.apply_meta(&path, None, &meta);
+                        r.apply_meta(&path, On::Link, &meta);
                     }
                     Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
                 }
@@ -925,17 +1081,20 @@ impl Walker<'_, '_> {
                         && (n.kind == NodeKind::Fifo || m.rdev() == n.rdev)
                     {
                         self.res.specials += 1;
-                        r.apply_meta(&path, None, &meta);
+                        r.apply_meta(&path, On::Node(n.kind), &meta);
                         return Ok(false);
                     }
                 }
                 if !self.replace(&path, found) || opts.dry_run {
                     return Ok(false);
                 }
-                match fsmeta::make_special(&path, n) {
+                match r
+                    .entry(&path)
+                    .and_then(|e| fsmeta::make_special(&e.path, n))
+                {
                     Ok(()) => {
                         self.res.specials += 1;
-                        r.apply_meta(&path, None, &meta);
+                        r.apply_meta(&path, On::Node(n.kind), &meta);
                     }
                     Err(e) => r.error(&path, format!("cannot create special file: {e}")),
                 }
@@ -961,7 +1120,9 @@ impl Walker<'_, '_> {
             Ok(_) => {
                 r.progress.change(Change::Update, path);
                 if !r.opts.dry_run {
-                    let _ = fs::remove_file(path);
+                    if let Ok(e) = r.entry(path) {
+                        let _ = fs::remove_file(&e.path);
+                    }
                 }
                 true
             }
@@ -976,10 +1137,12 @@ impl Walker<'_, '_> {
         let (r, opts) = (self.r, self.r.opts);
         // Nothing at the path: written without looking again.
         let mut fresh = found.is_none();
+        let mut created = None;
         if let Some(k) = n.hardlink_key() {
             if let Some(first) = self.links.get(&k) {
                 // Another name of a file restored already.
-                if let (Some(a), Ok(b)) = (&found, fs::metadata(first)) {
+                let first_now = r.entry(first).and_then(|e| fs::symlink_metadata(&e.path));
+                if let (Some(a), Ok(b)) = (&found, first_now) {
                     if a.ino() == b.ino() && a.dev() == b.dev() {
                         self.res.links += 1;
                         return;
@@ -1000,8 +1163,12 @@ impl Walker<'_, '_> {
                     r.error(&path, "not restored: a directory is in the way (restore with --delete to replace it)".into());
                     return;
                 }
-                let _ = fs::remove_file(&path);
-                match fs::hard_link(first, &path) {
+                let linked = r.entry(first).and_then(|from| {
+                    let to = r.entry(&path)?;
+                    let _ = fs::remove_file(&to.path);
+                    fs::hard_link(&from.path, &to.path)
+                });
+                match linked {
                     Ok(()) => self.res.links += 1,
                     Err(e) => r.error(
                         &path,
@@ -1013,14 +1180,16 @@ impl Walker<'_, '_> {
             // Create the first name now, so later names can link to it. A name that is there
             // already is kept (a rerun may find it complete) and compared as any file is.
             if found.is_none() && !opts.dry_run {
-                if let Err(e) = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                {
-                    r.error(&path, format!("cannot create file: {e}"));
-                    return;
+                let made = r
+                    .entry(&path)
+                    .and_then(|e| e.dir.create_new(&e.name))
+                    .and_then(|f| f.metadata());
+                match made {
+                    Ok(m) => created = Some((m.dev(), m.ino())),
+                    Err(e) => {
+                        r.error(&path, format!("cannot create file: {e}"));
+                        return;
+                    }
                 }
                 fresh = true;
             }
@@ -1028,6 +1197,12 @@ impl Walker<'_, '_> {
         }
         self.total_bytes += n.size;
         let job = FileJob {
+            links: if n.hardlink_key().is_some() {
+                n.nlink
+            } else {
+                1
+            },
+            created,
             path: path.into_boxed_path(),
             content: n.content.clone(),
             size: n.size,
@@ -1060,6 +1235,7 @@ pub fn restore_gated(
 ) -> Result<RestoreResult> {
     let sel = Selection::new(&opts.includes, &opts.excludes)?;
     let r = Restorer {
+        target: None,
         repo,
         opts,
         progress,
@@ -1086,6 +1262,13 @@ pub fn restore_gated(
         }
     }
     prepare_target(&opts.target, opts.dry_run)?;
+    let mut r = r;
+    r.target = match at::Target::open(&opts.target) {
+        Ok(t) => Some(t),
+        Err(e) if opts.dry_run && e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&opts.target, e)),
+    };
+    let r = r;
 
     // A local restore writes files while the walk goes on: workers take them in tree order
     // from a bounded queue. A remote or gated one plans every read before it writes.
@@ -1228,8 +1411,13 @@ pub fn restore_gated(
     if crate::ops::interrupted() {
         return Err(Error::Interrupted);
     }
-    for (path, n) in dirs.iter().rev() {
-        r.apply_meta(path, None, n);
+    if !opts.dry_run {
+        for (path, n) in dirs.iter().rev() {
+            match r.dir(path).and_then(|d| d.file()) {
+                Ok(f) => r.apply_meta(path, On::File(&f), n),
+                Err(e) => r.warn(path, format!("cannot set metadata: {e}")),
+            }
+        }
     }
     res.bytes = r.bytes.load(Ordering::Relaxed);
     res.files = r.files.load(Ordering::Relaxed);

@@ -1,0 +1,275 @@
+//! Issue 20: restores that hold against a hostile repository (a tree crafted by a host that
+//! holds the password) and a hostile local user (racing a root restore). Each test plays the
+//! attack through the real binary and fails on the code before the defence.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+
+use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::format::snapshot::Snapshot;
+use chunkbak_engine::format::tree::{Content, Node, NodeKind, Timespec};
+use chunkbak_engine::Repository;
+use common::*;
+
+fn env() -> Env {
+    let e = Env::new();
+    fs::write(&e.pw, b"hostile").unwrap();
+    e
+}
+
+/// A node of kind `kind` named `name`, owned by root, mode 0644 (0755 for directories).
+fn node(name: &str, kind: NodeKind) -> Node {
+    let mode = match kind {
+        NodeKind::Dir => 0o040755,
+        NodeKind::Symlink => 0o120777,
+        _ => 0o100644,
+    };
+    Node {
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime: Timespec {
+            secs: 1_700_000_000,
+            nanos: 0,
+        },
+        ctime: Timespec {
+            secs: 1_700_000_000,
+            nanos: 0,
+        },
+        size: 0,
+        inode: 0,
+        device: 0,
+        nlink: 1,
+        rdev: 0,
+        link_target: Vec::new(),
+        xattrs: Vec::new(),
+        content: Content::Chunks(Vec::new()),
+        subtree: None,
+    }
+}
+
+/// Writes a snapshot whose root directory lists `nodes` as given (in this order, whatever
+/// the format says), as a host holding the password could; returns the tree's id and the
+/// snapshot's.
+fn forge(e: &Env, nodes: Vec<Node>, file_data: &[u8]) -> (String, String) {
+    let repo = Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"hostile").unwrap();
+    repo.load_index().unwrap();
+    let saver = repo.blob_saver().unwrap();
+    let (chunk, _) = saver
+        .save(chunkbak_engine::format::pack::BlobKind::Data, file_data)
+        .unwrap();
+    let nodes: Vec<Node> = nodes
+        .into_iter()
+        .map(|mut n| {
+            if n.kind == NodeKind::File {
+                n.content = Content::Chunks(vec![chunk]);
+                n.size = file_data.len() as u64;
+            }
+            n
+        })
+        .collect();
+    let tree = saver
+        .save(
+            chunkbak_engine::format::pack::BlobKind::Tree,
+            &chunkbak_engine::format::tree::TreeBlob::Dir(nodes).encode(),
+        )
+        .unwrap()
+        .0;
+    repo.write_index(saver.finish().unwrap()).unwrap();
+    let snap = Snapshot {
+        time: Timespec {
+            secs: jiff::Timestamp::now().as_second(),
+            nanos: 0,
+        },
+        tree,
+        paths: vec![b"/forged".to_vec()],
+        host: "forger".into(),
+        username: "root".into(),
+        ..Snapshot::default()
+    };
+    (
+        tree.to_string(),
+        repo.write_snapshot(&snap).unwrap().to_hex(),
+    )
+}
+
+#[test]
+fn a_tree_listing_a_symlink_then_a_file_of_the_same_name_writes_nothing_outside_the_target() {
+    let e = env();
+    e.init_small();
+    let outside = e.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut link = node("x", NodeKind::Symlink);
+    link.link_target = victim.to_str().unwrap().as_bytes().to_vec();
+    let mut dlink = node("d", NodeKind::Symlink);
+    dlink.link_target = outside.to_str().unwrap().as_bytes().to_vec();
+    let (tree, snap) = forge(
+        &e,
+        vec![
+            dlink,
+            node("d", NodeKind::Dir),
+            link,
+            node("x", NodeKind::File),
+        ],
+        b"written by the attacker",
+    );
+    let target = e.path("target");
+    let r = e.run(&["restore", &snap, "--target", target.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "a crafted tree restored without error");
+    assert!(r.stderr.contains(&tree[..16]), "{}", r.stderr);
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    // dump and ls refuse it too; check names the tree.
+    for args in [vec!["ls", &snap], vec!["dump", &snap, "/x"]] {
+        let r = e.run(&args);
+        assert_ne!(r.code, 0, "{args:?}");
+        assert!(r.stderr.contains(&tree[..16]), "{args:?}: {}", r.stderr);
+    }
+    let r = e.run(&["check"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        format!("{}{}", r.out(), r.stderr).contains(&tree[..16]),
+        "{}{}",
+        r.out(),
+        r.stderr
+    );
+}
+
+/// A local user who owns a directory of the target swaps each of its entries for a symlink
+/// to a root-owned file, over and over, while root restores into it: nothing outside the
+/// target is written, chmodded or chowned.
+#[test]
+fn a_local_user_racing_a_root_restore_never_reaches_outside_the_target() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (a root restore raced by another user)");
+        return;
+    }
+    let e = env();
+    e.init_small();
+    let src = e.path("src");
+    let files = 64;
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..files {
+        fs::write(
+            src.join(format!("d/f{i:02}")),
+            format!("snapshot file {i}\n"),
+        )
+        .unwrap();
+    }
+    // Every folder on the way is searchable by the attacker, and `d` is theirs in the
+    // snapshot too (the restore gives it back to them).
+    for p in [e.dir.path(), src.as_path(), src.join("d").as_path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::os::unix::fs::chown(src.join("d"), Some(65534), Some(65534)).unwrap();
+    let id = e.backup_id(&src);
+    let outside = e.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, b"root's secret\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let before = fs::metadata(&victim).unwrap();
+
+    // Root restores the attacker's folder `d` into its place, a folder they own (as root
+    // restores /home/alice for alice).
+    let d = e.path("home-of-attacker");
+    fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    let target = d.clone();
+    let spec = format!("{id}:{}", src.join("d").display());
+    let racer = r#"
+import os, sys, time
+d, victim, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+end = time.time() + float(sys.argv[4])
+swaps = 0
+while time.time() < end:
+    for i in range(n):
+        tmp = os.path.join(d, ".t%d" % i)
+        try:
+            os.symlink(victim, tmp)
+        except FileExistsError:
+            pass
+        try:
+            os.rename(tmp, os.path.join(d, "f%02d" % i))
+            swaps += 1
+        except OSError:
+            pass
+print(swaps)
+"#;
+    let script = e.path("racer.py");
+    fs::write(&script, racer).unwrap();
+    let mut swaps = 0u64;
+    for round in 0..6 {
+        let child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&d)
+            .arg(&victim)
+            .arg(files.to_string())
+            .arg("1.5")
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        // Restores while the racer runs: some files may be reported as not restored (the
+        // racer replaced them), none may be written elsewhere.
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(1400) {
+            let _ = e.run(&["restore", &spec, "--target", target.to_str().unwrap()]);
+        }
+        let out = child.wait_with_output().unwrap();
+        swaps += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
+        let now = fs::metadata(&victim).unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"root's secret\n",
+            "round {round}: the victim was written"
+        );
+        assert_eq!(
+            now.mode(),
+            before.mode(),
+            "round {round}: chmod reached the victim"
+        );
+        assert_eq!(
+            (now.uid(), now.gid()),
+            (before.uid(), before.gid()),
+            "round {round}: chown reached the victim"
+        );
+        assert_eq!(
+            now.mtime(),
+            before.mtime(),
+            "round {round}: times reached the victim"
+        );
+    }
+    assert!(swaps > 1000, "the racer swapped only {swaps} times");
+    // Without the racer the restore completes, every file as in the snapshot.
+    e.ok(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    for i in 0..files {
+        let f = d.join(format!("f{i:02}"));
+        assert!(
+            fs::symlink_metadata(&f).unwrap().is_file(),
+            "{}",
+            f.display()
+        );
+        assert_eq!(
+            fs::read(&f).unwrap(),
+            format!("snapshot file {i}\n").as_bytes()
+        );
+    }
+}
