@@ -738,6 +738,10 @@ pub struct CatArgs {
     /// Id (or prefix, for snapshots) of the object
     #[arg(value_name = "ID")]
     pub id: Option<String>,
+    /// `cat config`: print the dedup secret too (anyone holding it can test whether a known
+    /// file is stored)
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 #[cfg(test)]

@@ -203,7 +203,7 @@ fn main() {
         let args: Vec<String> = std::env::args_os()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        output::log_line(&format!("start: {}", args.join(" ")));
+        output::log_line(&format!("start: {}", output::redact_args(&args).join(" ")));
     }
     let code = match run(&cli, &out) {
         Ok(code) => code,
@@ -220,6 +220,7 @@ fn main() {
         }
     };
     final_summary(&name, &out, code, started.elapsed());
+    chunkbak_engine::tmp::remove();
     std::process::exit(code);
 }
 
@@ -504,18 +505,25 @@ impl PasswordSource<'_> {
     /// The password, or None when no source is set.
     pub fn read(&self) -> anyhow::Result<Option<Vec<u8>>> {
         if let Some(cmd) = self.command {
-            let o = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .with_context(|| format!("running password command {cmd:?}"))?;
+            // The command is not repeated in messages (they reach the log file), and the
+            // child sees no password variable.
+            let what = self
+                .flags
+                .split([',', ' '])
+                .find(|f| f.ends_with("-command"))
+                .unwrap_or("the password command");
+            let o = chunkbak_engine::child::without_secrets(
+                std::process::Command::new("sh").arg("-c").arg(cmd),
+            )
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running the password command ({what})"))?;
             if !o.status.success() {
-                bail!("password command {cmd:?} failed ({})", o.status);
+                bail!("the password command ({what}) failed ({})", o.status);
             }
             let pw = first_line(&o.stdout);
             if pw.is_empty() {
-                bail!("password command {cmd:?} printed an empty password");
+                bail!("the password command ({what}) printed an empty password");
             }
             return Ok(Some(pw));
         }
@@ -558,17 +566,27 @@ pub fn open_other(
     let pw = pw.require(&format!("the repository at {}", spec.display()))?;
     let r = open_keyed(g, out, backend(&spec)?, &pw)
         .with_context(|| format!("opening {}", spec.display()))?;
-    enable_cache(g, &r);
+    enable_cache(g, out, &r);
     Ok(r)
 }
 
 /// Uses the metadata cache for remote repositories, unless --no-cache.
-fn enable_cache(g: &Global, repo: &Repository) {
+fn enable_cache(g: &Global, out: &Out, repo: &Repository) {
     if !g.no_cache {
         let root = g
             .cache_dir
             .clone()
             .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("chunkbak"));
+        // Cached index files and trees are as private as the repository.
+        if let Ok(true) = chunkbak_engine::fsperm::tighten(&root) {
+            warn(
+                out,
+                &format!(
+                    "cache folder {} was readable by other users: made private (0700)",
+                    root.display()
+                ),
+            );
+        }
         repo.use_cache(&root);
     }
 }
@@ -596,6 +614,9 @@ pub fn open_keyed(
     let repo = Repository::open_preferring(backend, pw, last.as_deref())?;
     st.set_last_key(&location, &repo.key_id());
     for msg in repo.refused_keys() {
+        warn(out, &msg);
+    }
+    for msg in repo.backend().tighten() {
         warn(out, &msg);
     }
     Ok(repo)
@@ -652,7 +673,7 @@ fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
     let repo = open_keyed(g, out, backend(&spec)?, &pw)?;
-    enable_cache(g, &repo);
+    enable_cache(g, out, &repo);
     Ok(Arc::new(repo))
 }
 
@@ -784,7 +805,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         let pw = password(g, &spec, false, out)?;
         open_keyed(g, out, backend(&spec)?, &pw)?
     };
-    enable_cache(g, &repo);
+    enable_cache(g, out, &repo);
     ensure_append_only(g, out, &repo)?;
     let repo = Arc::new(repo);
     repo.load_index()?;
@@ -1607,6 +1628,29 @@ fn cmd_lifecycle(g: &Global, out: &Out, c: &args::LifecycleCommand) -> anyhow::R
 // ---------------------------------------------------------------------------------------------
 // cat
 
+/// The config as JSON; the dedup secret (which lets its holder test whether a known file is
+/// stored) only with `--show-secrets`.
+fn config_json(c: &chunkbak_engine::format::config::Config, secrets: bool) -> serde_json::Value {
+    json!({
+        "version": c.version,
+        "id": Id(c.repo_id).to_hex(),
+        "created": jiff::Timestamp::from_second(c.created).map(|t| t.to_string()).ok(),
+        "chunker": {"min": c.chunk_min, "avg": c.chunk_avg, "max": c.chunk_max,
+                    "normalization": c.chunk_normalization},
+        "data_pack_size": c.data_pack_size,
+        "tree_pack_size": c.tree_pack_size,
+        "compression_level": c.compression_level,
+        "data_storage_class": c.data_class().name(),
+        "metadata_storage_class": c.meta_class().name(),
+        "object_lock": c.object_lock.map(|l| json!({"mode": l.mode.name(), "days": l.days})),
+        "dedup_secret": if secrets {
+            json!(Id(c.dedup_secret).to_hex())
+        } else {
+            json!("<redacted: --show-secrets>")
+        },
+    })
+}
+
 fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     let need_id = || {
@@ -1614,7 +1658,14 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
             .ok_or_else(|| anyhow!("`cat {}` needs an ID", a.what))
     };
     let text = match a.what.as_str() {
-        "config" => format!("{:#?}", repo.config()),
+        "config" => {
+            let v = config_json(repo.config(), a.show_secrets);
+            if out.json {
+                out.json_line("config", v);
+                return Ok(exit::OK);
+            }
+            serde_json::to_string_pretty(&v)?
+        }
         "snapshot" => {
             let snaps = repo.snapshots()?;
             let i = select::select(

@@ -1,6 +1,6 @@
 //! Human and JSON Lines output. A broken pipe ends the program quietly with exit code 0.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::{Mutex, OnceLock};
 
 use base64::Engine as _;
@@ -28,16 +28,17 @@ impl Out {
     /// A line of text for humans (suppressed by --quiet and --json).
     pub fn line(&self, s: impl AsRef<str>) {
         if !self.json && !self.quiet {
-            let mut b = s.as_ref().as_bytes().to_vec();
+            let mut b = on_terminal(s.as_ref().as_bytes(), std::io::stdout().is_terminal());
             b.push(b'\n');
             self.write(&b);
         }
     }
 
-    /// Raw bytes plus newline (file names that are not UTF-8 are printed as they are).
+    /// Raw bytes plus newline (file names that are not UTF-8 are printed as they are; on a
+    /// terminal, control characters are escaped).
     pub fn raw_line(&self, bytes: &[u8]) {
         if !self.json && !self.quiet {
-            let mut b = bytes.to_vec();
+            let mut b = on_terminal(bytes, std::io::stdout().is_terminal());
             b.push(b'\n');
             self.write(&b);
         }
@@ -88,14 +89,46 @@ pub fn human_bytes(n: u64) -> String {
 /// with a UTC time and the process id, and each run ends with its summary line.
 static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
 
-/// Opens (appending, creating) the log file.
+/// Opens (appending, creating) the log file, readable by its owner only.
 pub fn open_log(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)?;
+    // An older log may be readable by others: tighten it (it names hosts, paths and snapshots).
+    if f.metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    {
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     let _ = LOG.set(Mutex::new(f));
     Ok(())
+}
+
+/// The command line as the log shows it: the values of options that name a password source
+/// (its command, its file) replaced by `<redacted>`.
+pub fn redact_args(args: &[String]) -> Vec<String> {
+    let secret = |a: &str| {
+        a.starts_with("--")
+            && a.contains("password")
+            && (a.ends_with("-command") || a.ends_with("-file"))
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("<redacted>".to_string());
+            hide_next = false;
+        } else if let Some((k, _)) = a.split_once('=').filter(|(k, _)| secret(k)) {
+            out.push(format!("{k}=<redacted>"));
+        } else {
+            hide_next = secret(a);
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 /// Appends one line to the log file, if there is one (each line of a multi-line message on
@@ -131,7 +164,86 @@ pub fn take_summary() -> Option<String> {
 macro_rules! elog {
     ($($t:tt)*) => {{
         let m = format!($($t)*);
-        eprintln!("{m}");
+        $crate::output::eprint_line(&m);
         $crate::output::log_line(&m);
     }};
+}
+
+/// One message line on stderr, control characters escaped when stderr is a terminal.
+pub fn eprint_line(m: &str) {
+    let mut b = on_terminal(m.as_bytes(), std::io::stderr().is_terminal());
+    b.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&b);
+}
+
+/// `bytes` as they may reach a terminal: control characters (C0 but newline, DEL, and the C1
+/// range as UTF-8 encodes it) become `\xNN` escapes, so a file name cannot move the cursor,
+/// retitle the window or fake output. Elsewhere (a pipe, a file, `--json`) bytes are kept.
+pub fn on_terminal(bytes: &[u8], terminal: bool) -> Vec<u8> {
+    if !terminal {
+        return bytes.to_vec();
+    }
+    escape_controls(bytes)
+}
+
+/// Every control character but newline as `\xNN` (C1 controls as their two UTF-8 bytes).
+pub fn escape_controls(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let c1 = b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n));
+        if (b < 0x20 && b != b'\n') || b == 0x7f {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else if c1 {
+            out.extend_from_slice(format!("\\x{b:02x}\\x{:02x}", bytes[i + 1]).as_bytes());
+            i += 1;
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_a_terminal_only() {
+        let name = b"a\x1b]0;owned\x07b\tc\x7f\xc2\x9bd\xff\xc3\xa9";
+        assert_eq!(
+            escape_controls(name),
+            b"a\\x1b]0;owned\\x07b\\x09c\\x7f\\xc2\\x9bd\xff\xc3\xa9".to_vec()
+        );
+        assert_eq!(on_terminal(name, false), name.to_vec());
+        assert_eq!(escape_controls(b"line\n"), b"line\n".to_vec());
+    }
+
+    #[test]
+    fn password_sources_are_redacted_from_the_logged_command_line() {
+        let args: Vec<String> = [
+            "chunkbak",
+            "--password-command",
+            "vault read secret",
+            "--new-password-file=/root/pw",
+            "backup",
+            "/srv",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            redact_args(&args),
+            [
+                "chunkbak",
+                "--password-command",
+                "<redacted>",
+                "--new-password-file=<redacted>",
+                "backup",
+                "/srv"
+            ]
+        );
+    }
 }

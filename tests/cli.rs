@@ -542,7 +542,7 @@ fn password_command_json_names_and_cat() {
     assert_eq!(odd["type"], "file");
     // cat shows decrypted objects.
     let cfg = e.ok(&["cat", "config"]).out();
-    assert!(cfg.contains("chunk_avg: 16384"), "{cfg}");
+    assert!(cfg.contains("\"avg\": 16384"), "{cfg}");
     let snap = e
         .ok(&["--json", "cat", "snapshot", "latest"])
         .json("snapshot");

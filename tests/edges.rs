@@ -344,7 +344,7 @@ fn non_utf8_paths_in_the_other_commands() {
     let stats = ok(&[OsStr::new("--json"), OsStr::new("stats")]);
     assert_eq!(stats.json("stats")[0]["files"], 1, "{}", stats.out());
     let config = ok(&[OsStr::new("cat"), OsStr::new("config")]);
-    assert!(config.out().contains("repo_id"), "{}", config.out());
+    assert!(config.out().contains("\"id\""), "{}", config.out());
 
     let pw2 = e.dir.path().join(OsStr::from_bytes(b"pw2-\xff"));
     fs::write(&pw2, "second password\n").unwrap();

@@ -273,3 +273,168 @@ print(swaps)
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Local hygiene (issue 20 part 4)
+
+fn mode(p: &std::path::Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn local_repositories_and_caches_are_private_and_tightened_when_loose() {
+    let e = env();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), splitmix(3, 100_000)).unwrap();
+    e.backup_id(&src);
+    assert_eq!(mode(&e.repo), 0o700);
+    for dir in ["keys", "data", "index", "snapshots"] {
+        assert_eq!(mode(&e.repo.join(dir)), 0o700, "{dir}");
+    }
+    let mut files = 0;
+    for f in walk_files(&e.repo) {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+        files += 1;
+    }
+    assert!(files >= 5, "{files} files");
+    // Loosened by someone: the next command makes them private again, and says so.
+    fs::set_permissions(&e.repo, fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = e.path("xdg-cache").join("chunkbak");
+    fs::create_dir_all(&cache).unwrap();
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
+    let r = e.ok(&["snapshots"]);
+    assert!(
+        r.stderr.contains("repository folder") && r.stderr.contains("made private"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("cache folder"), "{}", r.stderr);
+    assert_eq!(mode(&e.repo), 0o700);
+    assert_eq!(mode(&cache), 0o700);
+    let r = e.ok(&["snapshots"]);
+    assert!(!r.stderr.contains("made private"), "{}", r.stderr);
+}
+
+#[test]
+fn children_never_see_a_password_and_the_log_file_is_private_without_password_sources() {
+    let e = env();
+    e.init_small();
+    // A dump command's environment ends up in the backup: no password variable in it.
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_FROM_PASSWORD", "from-secret")
+        .env("CHUNKBAK_NEW_PASSWORD", "new-secret")
+        .args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "env.txt",
+            "--",
+            "env",
+        ]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dumped = e.ok(&["dump", "latest", "/env.txt"]).stdout;
+    let text = String::from_utf8_lossy(&dumped);
+    assert!(
+        text.contains("XDG_STATE_HOME="),
+        "the command's environment: {text}"
+    );
+    assert!(!text.contains("PASSWORD"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+
+    // A password command sees none either; the log file is 0600 and does not repeat the
+    // command.
+    let seen = e.path("seen-env");
+    let log = e.path("chunkbak.log");
+    let cmd = format!("env > {}; cat {}", seen.display(), e.pw.display());
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE")
+        .env("CHUNKBAK_NEW_PASSWORD", "new-secret")
+        .args([
+            "--log-file",
+            log.to_str().unwrap(),
+            "--password-command",
+            &cmd,
+            "snapshots",
+        ]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env_seen = fs::read_to_string(&seen).unwrap();
+    assert!(env_seen.contains("HOME="), "{env_seen}");
+    assert!(!env_seen.contains("PASSWORD"), "{env_seen}");
+    assert_eq!(mode(&log), 0o600);
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("--password-command <redacted>"), "{logged}");
+    assert!(!logged.contains(&cmd), "{logged}");
+    // A failing command is named by its option, not by its text.
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE").args([
+        "--log-file",
+        log.to_str().unwrap(),
+        "--password-command",
+        "echo hunter2-cmd >/dev/null; exit 3",
+        "snapshots",
+    ]);
+    let r = e.run_cmd(c);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--password-command"), "{}", r.stderr);
+    assert!(!fs::read_to_string(&log).unwrap().contains("hunter2"));
+}
+
+#[test]
+fn cat_config_redacts_the_dedup_secret_and_terminal_output_escapes_control_characters() {
+    let e = env();
+    e.init_small();
+    let secret = {
+        let repo = Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"hostile").unwrap();
+        hex::encode(repo.config().dedup_secret)
+    };
+    let text = e.ok(&["cat", "config"]).out();
+    assert!(
+        text.contains("\"chunker\"") && text.contains("redacted"),
+        "{text}"
+    );
+    assert!(!text.contains(&secret), "{text}");
+    let v = &e.ok(&["--json", "cat", "config"]).json("config")[0];
+    assert_eq!(v["dedup_secret"], "<redacted: --show-secrets>");
+    let v = &e
+        .ok(&["--json", "cat", "config", "--show-secrets"])
+        .json("config")[0];
+    assert_eq!(v["dedup_secret"], secret.as_str());
+
+    // A file name with an escape sequence (set the terminal's title) and a bell.
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let evil = "t\u{1b}]0;owned\u{7}x";
+    fs::write(src.join(evil), b"x").unwrap();
+    e.backup_id(&src);
+    // Piped: the name as it is; --json: raw too (JSON escapes it).
+    let piped = e.ok(&["ls", "latest"]).out();
+    assert!(piped.contains(evil), "{piped:?}");
+    let j = e.ok(&["--json", "ls", "latest"]).json("node");
+    assert!(j.iter().any(|n| n["name"] == evil), "{j:?}");
+    // On a terminal (a pty from script(1)): escaped.
+    let mut c = std::process::Command::new("script");
+    let inner = e.cmd();
+    let mut shell = String::new();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            shell.push_str(&format!(
+                "{}='{}' ",
+                k.to_string_lossy(),
+                v.to_string_lossy()
+            ));
+        }
+    }
+    shell.push_str(&format!(
+        "{} ls latest",
+        inner.get_program().to_string_lossy()
+    ));
+    c.args(["-qec", &format!("env {shell}"), "/dev/null"]);
+    let o = c.output().unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(tty.contains("t\\x1b]0;owned\\x07x"), "{tty:?}");
+    assert!(!tty.contains('\u{1b}'), "{tty:?}");
+}

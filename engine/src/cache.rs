@@ -76,11 +76,11 @@ impl Cache {
         let Some(parent) = p.parent() else {
             return false;
         };
-        if fs::create_dir_all(parent).is_err() {
+        if crate::fsperm::mkdir_private(parent).is_err() {
             return false;
         }
         let tmp = parent.join(temp_name(name));
-        if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, &p).is_ok() {
+        if crate::fsperm::write_private(&tmp, bytes).is_ok() && fs::rename(&tmp, &p).is_ok() {
             return true;
         }
         let _ = fs::remove_file(&tmp);
@@ -96,11 +96,12 @@ impl Cache {
     pub fn put_file(&self, fk: FileKind, name: &str, src: &Path) {
         let p = self.path(fk, name);
         let Some(parent) = p.parent() else { return };
-        if fs::create_dir_all(parent).is_err() {
+        if crate::fsperm::mkdir_private(parent).is_err() {
             return;
         }
         let tmp = parent.join(temp_name(name));
-        if fs::copy(src, &tmp).is_ok() && fs::rename(&tmp, &p).is_ok() {
+        let copied = fs::read(src).and_then(|b| crate::fsperm::write_private(&tmp, &b));
+        if copied.is_ok() && fs::rename(&tmp, &p).is_ok() {
             return;
         }
         let _ = fs::remove_file(&tmp);

@@ -27,11 +27,13 @@
 
 pub mod backend;
 pub mod cache;
+pub mod child;
 pub mod chunker;
 pub mod compressor;
 pub mod crypter;
 pub mod error;
 pub mod format;
+pub mod fsperm;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hasher;
@@ -44,6 +46,7 @@ pub mod repo;
 pub mod resemble;
 pub mod state;
 pub mod timeparse;
+pub mod tmp;
 
 pub use error::{Error, Result};
 pub use id::{BlobId, Id};

@@ -3,7 +3,7 @@
 //! backend. Memory stays bounded by the blobs in flight, not the pack size.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,11 +47,7 @@ impl Packer {
         salt: [u8; 32],
     ) -> Result<Self> {
         let path = tmpdir.join(format!("pack-{}", hex::encode(&salt[..12])));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let f = crate::fsperm::create_private(&path).map_err(|e| Error::io(&path, e))?;
         let prefix = kind.pack_kind().prefix();
         let mut p = Packer {
             kind,
@@ -199,7 +195,7 @@ impl BlobSaver {
         config: &crate::format::config::Config,
     ) -> Result<Self> {
         let tmpdir = backend.temp_dir();
-        std::fs::create_dir_all(&tmpdir).map_err(|e| Error::io(&tmpdir, e))?;
+        crate::fsperm::mkdir_private(&tmpdir).map_err(|e| Error::io(&tmpdir, e))?;
         Ok(BlobSaver {
             hasher,
             backend,

@@ -412,7 +412,7 @@ impl Repository {
             return false;
         }
         let cache = Cache::new(root, &self.config.repo_id);
-        if std::fs::create_dir_all(cache.dir()).is_err() {
+        if crate::fsperm::mkdir_private(cache.dir()).is_err() {
             // An unwritable cache would only add downloads.
             return false;
         }

@@ -202,6 +202,10 @@ impl Backend for FaultBackend {
         self.inner.purge_hidden(kind)
     }
 
+    fn tighten(&self) -> Vec<String> {
+        self.inner.tighten()
+    }
+
     fn hide(&self, kind: FileKind, name: &str) -> Result<()> {
         self.enter("DELETE", &kind.path_of(name))?;
         self.inner.hide(kind, name)

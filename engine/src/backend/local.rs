@@ -4,7 +4,7 @@
 //! conditional PUT on S3, a write to a taken name leaves the object there as it was.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,7 @@ impl LocalBackend {
                 // The folder is missing, or another install created it a moment ago: creating
                 // it again is harmless, and checking whether it exists first would race with
                 // that install (two packs with the same first byte installed at once).
-                fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                crate::fsperm::mkdir_private(dir).map_err(|e| Error::io(dir, e))?;
                 rename_noreplace(tmp, dest)
             }
             r => r,
@@ -165,10 +165,10 @@ impl Backend for LocalBackend {
         }
         for k in FileKind::ALL {
             let d = self.root.join(k.dir());
-            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            crate::fsperm::mkdir_private(&d).map_err(|e| Error::io(&d, e))?;
         }
         let t = self.temp_dir();
-        fs::create_dir_all(&t).map_err(|e| Error::io(&t, e))?;
+        crate::fsperm::mkdir_private(&t).map_err(|e| Error::io(&t, e))?;
         Ok(())
     }
 
@@ -188,7 +188,7 @@ impl Backend for LocalBackend {
         let tmpdir = self.temp_dir();
         let tmp = tmpdir.join(format!("put-{}", hex::encode(random_bytes::<8>())));
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = crate::fsperm::create_private(&tmp)?;
             f.write_all(data)?;
             f.sync_all()
         };
@@ -204,9 +204,9 @@ impl Backend for LocalBackend {
 
     fn refuses_overwrite(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool> {
         let dir = self.temp_dir();
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::fsperm::mkdir_private(&dir).map_err(|e| Error::io(&dir, e))?;
         let tmp = dir.join(format!("probe-{}", hex::encode(random_bytes::<8>())));
-        fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
+        crate::fsperm::write_private(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
         let installed = Self::install_new(&self.path(kind, name), &tmp);
         let _ = fs::remove_file(&tmp);
         Ok(!installed?)
@@ -346,6 +346,16 @@ impl Backend for LocalBackend {
 
     fn temp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn tighten(&self) -> Vec<String> {
+        match crate::fsperm::tighten(&self.root) {
+            Ok(true) => vec![format!(
+                "repository folder {} was readable by other users: made private (0700)",
+                self.root.display()
+            )],
+            _ => Vec::new(),
+        }
     }
 
     fn flush(&self) -> Result<()> {

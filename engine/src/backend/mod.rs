@@ -490,6 +490,11 @@ pub trait Backend: Send + Sync {
     fn requests(&self) -> Option<RequestCounts> {
         self.request_counter().map(|c| c.snapshot())
     }
+    /// Makes a local repository private (0700) where it is readable by other users; what it
+    /// changed, for a warning. Remote stores have nothing to tighten.
+    fn tighten(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// A local folder for temporary pack files, on the same file system as the repository
     /// where that makes `put_file` a rename.
     fn temp_dir(&self) -> PathBuf {

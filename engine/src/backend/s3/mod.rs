@@ -1044,10 +1044,11 @@ impl Backend for S3Backend {
         Some(self.shared.counters.clone())
     }
 
-    /// Packs are built in a folder of their own, so the system temp folder (often an ancestor
-    /// of backed-up paths) does not change with every pack.
+    /// Packs are built in this process's private folder (mode 0700, random name: another
+    /// local user can neither plant a symlink there nor read the packs), not in the system
+    /// temp folder itself, which is often an ancestor of backed-up paths.
     fn temp_dir(&self) -> PathBuf {
-        std::env::temp_dir().join("chunkbak-packs")
+        crate::tmp::dir().unwrap_or_else(|_| std::env::temp_dir().join("chunkbak-unavailable"))
     }
 
     fn set_storage_class(&self, kind: FileKind, class: StorageClass) {

@@ -32,8 +32,7 @@ pub(super) fn backup_stdin(
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
                 .join(" ");
-            let mut child = Command::new(prog)
-                .args(args)
+            let mut child = crate::child::without_secrets(Command::new(prog).args(args))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
