@@ -75,6 +75,10 @@ pub struct Global {
         value_name = "DURATION"
     )]
     pub clock_skew: String,
+    /// When the snapshot `latest`, `--at` or an id would choose cannot be read, choose the
+    /// newest readable one before it instead of stopping (the damaged one is named either way)
+    #[arg(long, env = "CHUNKBAK_SKIP_DAMAGED", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    pub skip_damaged: bool,
     /// Write even to a store that does not refuse overwrites (If-None-Match): then two hosts
     /// may replace each other's objects, and a compromised host's overwrite of keys/ or config
     /// is not refused by the store (docs/s3.md)

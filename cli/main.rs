@@ -262,6 +262,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// `--skip-damaged`, for the snapshot choice of every command.
+static SKIP_DAMAGED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// `--clock-skew` in seconds, set once at the start of a run.
 static CLOCK_SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
 
@@ -279,6 +282,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
     let g = &cli.global;
     let skew = timeparse::parse_duration(&g.clock_skew).context("--clock-skew")?;
     let _ = CLOCK_SKEW.set(skew.as_secs() as i64);
+    let _ = SKIP_DAMAGED.set(g.skip_damaged);
     let r = match &cli.command {
         Command::Init(a) => cmd_init(g, out, a),
         Command::Backup(a) => cmd_backup(g, out, a),
@@ -994,7 +998,11 @@ fn snapshot_json(id: &Id, s: &Snapshot) -> Value {
 
 /// The snapshots that can be read; a warning for each one that cannot (the run goes on
 /// without it). The second value is whether any was unreadable.
-fn readable_snapshots(repo: &Repository, out: &Out) -> anyhow::Result<(Vec<(Id, Snapshot)>, bool)> {
+/// Snapshots that could be read, with their ids; names (under `snapshots/`) of those that not.
+type Readable = (Vec<(Id, Snapshot)>, Vec<String>);
+
+/// The snapshots that can be read, and the names (under `snapshots/`) of those that cannot.
+fn readable_snapshots(repo: &Repository, out: &Out) -> anyhow::Result<Readable> {
     let (snaps, damaged) = repo.snapshots_and_damaged()?;
     for (path, e) in &damaged {
         let msg = format!(
@@ -1003,14 +1011,22 @@ fn readable_snapshots(repo: &Repository, out: &Out) -> anyhow::Result<(Vec<(Id, 
         );
         warn(out, &msg);
     }
-    Ok((snaps, !damaged.is_empty()))
+    let names = damaged
+        .into_iter()
+        .map(|(p, _)| p.trim_start_matches("snapshots/").to_string())
+        .collect();
+    Ok((snaps, names))
 }
 
 fn cmd_snapshots(g: &Global, out: &Out, f: &FilterArgs) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     let filter = filter_of(f);
     let (all, damaged) = readable_snapshots(&repo, out)?;
-    let done = if damaged { exit::PARTIAL } else { exit::OK };
+    let done = if damaged.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    };
     let snaps: Vec<(Id, Snapshot)> = all.into_iter().filter(|(_, s)| filter.matches(s)).collect();
     if out.json {
         for (id, s) in &snaps {
@@ -1086,9 +1102,18 @@ fn choose(
         }
         (None, None) => (Selector::Latest, Vec::new()),
     };
-    let (snaps, _) = readable_snapshots(repo, out)?;
+    let (snaps, damaged) = readable_snapshots(repo, out)?;
+    if let Selector::Id(p) = &sel {
+        if let Some(n) = damaged.iter().find(|n| n.starts_with(p.as_str())) {
+            bail!(
+                "snapshot {p:?} is snapshots/{n}, which cannot be read (`chunkbak check` says \
+                 why; `chunkbak repair snapshots` removes it)"
+            );
+        }
+    }
     let i = select::select(&snaps, &sel, &filter_of(filter), &clock_now())?;
     let (id, s) = snaps[i].clone();
+    refuse_damaged_choice(repo, &damaged, &sel, &s, out)?;
     if out.json {
         out.json_line("selected", snapshot_json(&id, &s));
     } else if !out.quiet {
@@ -1101,6 +1126,71 @@ fn choose(
         );
     }
     Ok((id, s, sub))
+}
+
+/// A damaged snapshot may be the one the user asked for: an id it matches, or, for `latest` and
+/// `--at`, one uploaded after the readable snapshot chosen (and, for `--at`, not after that
+/// time). Then nothing is substituted silently: an error names it, unless `--skip-damaged`.
+fn refuse_damaged_choice(
+    repo: &Repository,
+    names: &[String],
+    sel: &Selector,
+    chosen: &Snapshot,
+    out: &Out,
+) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let uploaded: std::collections::HashMap<String, Option<i64>> = repo
+        .backend()
+        .list_info(FileKind::Snapshot)?
+        .into_iter()
+        .map(|o| (o.name, o.modified))
+        .collect();
+    let after_chosen = |n: &String| {
+        // Unknown upload time: it may be newer.
+        uploaded
+            .get(n)
+            .copied()
+            .flatten()
+            .is_none_or(|t| t >= chosen.time.secs)
+    };
+    let suspect: Vec<&String> = match sel {
+        Selector::Latest => names.iter().filter(|n| after_chosen(n)).collect(),
+        Selector::At(t) => names
+            .iter()
+            .filter(|n| {
+                after_chosen(n)
+                    && uploaded
+                        .get(*n)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|u| u <= t.as_second())
+            })
+            .collect(),
+        Selector::Id(p) => names.iter().filter(|n| n.starts_with(p.as_str())).collect(),
+    };
+    let Some(first) = suspect.first() else {
+        return Ok(());
+    };
+    let what = match sel {
+        Selector::Id(p) => format!("snapshot {p:?} matches snapshots/{first}, which"),
+        _ => {
+            format!("snapshots/{first} (written after the one chosen) may be the one asked for; it")
+        }
+    };
+    if crate::SKIP_DAMAGED.get().copied().unwrap_or(false) && !matches!(sel, Selector::Id(_)) {
+        warn(
+            out,
+            &format!("{what} cannot be read: --skip-damaged takes the newest readable one"),
+        );
+        return Ok(());
+    }
+    bail!(
+        "{what} cannot be read (`chunkbak check` says why; `chunkbak repair snapshots` removes it); \
+         nothing is restored in its place: give --skip-damaged to take the newest readable \
+         snapshot before it, or name one by id"
+    )
 }
 
 fn mode_string(n: &Node) -> String {

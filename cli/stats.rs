@@ -33,7 +33,7 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
         let (all, damaged) = readable_snapshots(&repo, out)?;
         (
             all.into_iter().filter(|(_, s)| filter.matches(s)).collect(),
-            damaged,
+            !damaged.is_empty(),
         )
     };
     let st = stats::stats(&repo, &snaps)?;

@@ -17,8 +17,12 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-v1")
 }
 
+/// Copies a fixture folder; the copy is private (0700), as chunkbak makes repositories (a
+/// looser one would add a warning to every pinned output).
 fn copy_dir(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let t = to.join(e.file_name());

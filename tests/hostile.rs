@@ -438,3 +438,72 @@ fn cat_config_redacts_the_dedup_secret_and_terminal_output_escapes_control_chara
     assert!(tty.contains("t\\x1b]0;owned\\x07x"), "{tty:?}");
     assert!(!tty.contains('\u{1b}'), "{tty:?}");
 }
+
+/// A newest snapshot that cannot be read is never silently replaced by the one before it.
+#[test]
+fn a_damaged_latest_snapshot_is_an_error_unless_skip_damaged() {
+    let e = env();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"first").unwrap();
+    let old = e.backup_id(&src);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(src.join("f"), b"second").unwrap();
+    let new = e.backup_id(&src);
+    let snap = e.repo.join("snapshots").join(&new);
+    let mut bytes = fs::read(&snap).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::remove_file(&snap).unwrap();
+    fs::write(&snap, &bytes).unwrap();
+
+    let t = e.path("t");
+    for args in [
+        vec!["restore", "latest", "--target", t.to_str().unwrap()],
+        vec!["restore", &new[..8], "--target", t.to_str().unwrap()],
+        vec!["restore", "--at", "now", "--target", t.to_str().unwrap()],
+        vec!["ls", "latest"],
+    ] {
+        let r = e.run(&args);
+        assert_ne!(r.code, 0, "{args:?}");
+        assert!(r.stderr.contains(&new), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("cannot be read"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        if args[1] != &new[..8] {
+            assert!(
+                r.stderr.contains("--skip-damaged"),
+                "{args:?}: {}",
+                r.stderr
+            );
+        }
+    }
+    assert!(!t.exists(), "nothing is restored in its place");
+    // Asked for: the newest readable one, said so.
+    let r = e.ok(&[
+        "--skip-damaged",
+        "restore",
+        "latest",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert!(
+        r.stderr.contains(&old[..8]) && r.stderr.contains(&new),
+        "{}",
+        r.stderr
+    );
+    let restored = walk_files(&t);
+    assert_eq!(fs::read(&restored[0]).unwrap(), b"first");
+    // An id stays an id: never substituted.
+    let r = e.run(&[
+        "--skip-damaged",
+        "restore",
+        &new[..8],
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0);
+}
