@@ -507,3 +507,140 @@ fn a_damaged_latest_snapshot_is_an_error_unless_skip_damaged() {
     ]);
     assert_ne!(r.code, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounded decoding (issue 20 part 3)
+
+/// Peak RSS of the largest child process waited for so far, in MiB.
+fn children_peak_mib() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    ru.ru_maxrss as u64 / 1024
+}
+
+#[test]
+fn a_tree_nested_100000_deep_is_a_clean_error_for_every_reader() {
+    let e = env();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"genuine").unwrap();
+    let genuine = e.backup_id(&src);
+    let deep = {
+        let repo = Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"hostile").unwrap();
+        repo.load_index().unwrap();
+        let saver = repo.blob_saver().unwrap();
+        let mut tree = saver
+            .save(
+                chunkbak_engine::format::pack::BlobKind::Tree,
+                &chunkbak_engine::format::tree::TreeBlob::Dir(Vec::new()).encode(),
+            )
+            .unwrap()
+            .0;
+        for _ in 0..100_000 {
+            let mut n = node("a", NodeKind::Dir);
+            n.subtree = Some(tree);
+            tree = saver
+                .save(
+                    chunkbak_engine::format::pack::BlobKind::Tree,
+                    &chunkbak_engine::format::tree::TreeBlob::Dir(vec![n]).encode(),
+                )
+                .unwrap()
+                .0;
+        }
+        repo.write_index(saver.finish().unwrap()).unwrap();
+        let snap = Snapshot {
+            time: Timespec {
+                secs: jiff::Timestamp::now().as_second() + 1,
+                nanos: 0,
+            },
+            tree,
+            paths: vec![b"/a".to_vec()],
+            host: "forger".into(),
+            ..Snapshot::default()
+        };
+        repo.write_snapshot(&snap).unwrap().to_hex()
+    };
+    let t = e.path("t");
+    for args in [
+        vec!["ls", &deep],
+        vec!["restore", &deep, "--target", t.to_str().unwrap()],
+        vec!["dump", "--archive", "tar", &deep, "/"],
+        vec!["find", "--snapshot", &deep, "zzz"],
+        vec!["diff", &genuine, &deep],
+        vec!["stats", &deep],
+        vec!["check"],
+    ] {
+        let r = e.run(&args);
+        assert!(
+            r.code == 1 || r.code == 3,
+            "{args:?}: exit {} (a crash?): {}",
+            r.code,
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("deeper than 1024 levels")
+                || r.out().contains("deeper than 1024 levels"),
+            "{args:?}: {}{}",
+            r.out(),
+            r.stderr
+        );
+    }
+    assert!(
+        children_peak_mib() < 300,
+        "peak RSS {} MiB",
+        children_peak_mib()
+    );
+}
+
+#[test]
+fn a_forged_plaintext_length_is_refused_before_anything_is_allocated() {
+    let e = env();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), splitmix(5, 30_000)).unwrap();
+    e.backup_id(&src);
+    // Another host with the password rewrites the index: the file's chunk claims 900 MiB.
+    {
+        let repo = Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"hostile").unwrap();
+        let files = repo.read_all_index_files().unwrap();
+        let mut packs = Vec::new();
+        for (_, f) in &files {
+            packs.extend(f.packs.iter().cloned());
+        }
+        for p in &mut packs {
+            for b in &mut p.blobs {
+                if b.kind == chunkbak_engine::format::pack::BlobKind::Data {
+                    b.raw_len = 900 << 20;
+                }
+            }
+        }
+        let forged = chunkbak_engine::format::index::IndexFile {
+            supersedes: files.iter().map(|(id, _)| *id).collect(),
+            packs,
+        };
+        repo.write_object(
+            chunkbak_engine::backend::FileKind::Index,
+            chunkbak_engine::format::ObjectKind::Index,
+            &forged.encode(),
+        )
+        .unwrap();
+    }
+    let t = e.path("t");
+    let r = e.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("above the limit of a data blob"),
+        "{}",
+        r.stderr
+    );
+    let r = e.run(&["dump", "latest", &format!("{}/f", src.display())]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("above the limit"), "{}", r.stderr);
+    assert!(
+        children_peak_mib() < 300,
+        "peak RSS {} MiB",
+        children_peak_mib()
+    );
+}

@@ -778,6 +778,27 @@ impl Repository {
         base: Option<&[u8]>,
     ) -> Result<Vec<u8>> {
         let what = Self::blob_name(id, pack, loc);
+        // Bounded before anything is allocated for it: a data blob is one chunk, a tree blob
+        // at most MAX_TREE_BLOB (format-spec 6.1 and 8.2).
+        let limit = match loc.kind {
+            BlobKind::Data => self.config.chunk_max,
+            BlobKind::Tree => crate::format::tree::MAX_TREE_BLOB,
+        };
+        if loc.raw_len > limit {
+            return Err(Error::corrupt(
+                &what,
+                format!(
+                    "its plaintext length {} is above the limit of a {} blob ({limit} bytes): \
+                     damaged or forged header",
+                    loc.raw_len,
+                    if loc.kind == BlobKind::Data {
+                        "data"
+                    } else {
+                        "tree"
+                    }
+                ),
+            ));
+        }
         let stored = self.open_stored(id, pack, loc, ct)?;
         let plain = match (loc.compression, base) {
             (Compression::Delta, Some(b)) => {
@@ -988,8 +1009,9 @@ impl Repository {
 
     /// Saves a directory's nodes as tree blobs (split when huge); returns the top tree id.
     pub fn save_dir(&self, saver: &BlobSaver, nodes: Vec<Node>) -> Result<BlobId> {
-        use crate::format::tree::SPLIT_THRESHOLD;
-        if nodes.len() <= SPLIT_THRESHOLD {
+        use crate::format::tree::{encoded_size, PART_BYTES, SPLIT_THRESHOLD};
+        let total: usize = nodes.iter().map(encoded_size).sum();
+        if nodes.len() <= SPLIT_THRESHOLD && total <= PART_BYTES {
             return Ok(saver
                 .save(BlobKind::Tree, &TreeBlob::Dir(nodes).encode())?
                 .0);
@@ -997,11 +1019,14 @@ impl Repository {
         // Content-defined split points over entry names, so one new entry changes one part.
         let mut parts = Vec::new();
         let mut cur = Vec::new();
+        let mut bytes = 0usize;
         for n in nodes {
             let h = blake3::hash(&n.name);
             let cut = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]).is_multiple_of(2048);
+            bytes += encoded_size(&n);
             cur.push(n);
-            if cut || cur.len() >= 4 * SPLIT_THRESHOLD / 2 {
+            if cut || cur.len() >= 4 * SPLIT_THRESHOLD / 2 || bytes >= PART_BYTES {
+                bytes = 0;
                 parts.push(
                     saver
                         .save(

@@ -80,6 +80,15 @@ impl BlobRecord {
         if (length as usize) < TAG_LEN {
             return Err(r.corrupt(format!("blob {} shorter than its tag", id.short())));
         }
+        // No blob and no pack reaches 1 GiB (format-spec 6.2): larger lengths are forged, and
+        // would overflow the flags the index keeps in their top bits.
+        let cap = crate::format::config::MAX_PACK_SIZE;
+        if length > cap || raw_len > cap {
+            return Err(r.corrupt(format!(
+                "blob {} claims {length} stored / {raw_len} plain bytes, above 1 GiB",
+                id.short()
+            )));
+        }
         if compression == Compression::Delta && kind != BlobKind::Data {
             return Err(r.corrupt(format!("tree blob {} stored as a delta", id.short())));
         }

@@ -11,6 +11,44 @@ use crate::id::BlobId;
 pub const TREE_VERSION: u8 = 1;
 /// Directories with more entries than this are split into several `Dir` blobs.
 pub const SPLIT_THRESHOLD: usize = 8192;
+/// Largest plaintext of a tree blob (format-spec 8.2): readers refuse longer ones before they
+/// allocate; writers cut a directory's parts well below it.
+pub const MAX_TREE_BLOB: u32 = 64 << 20;
+/// Writers start a new part of a split directory once a part's entries take this much.
+pub const PART_BYTES: usize = 16 << 20;
+/// Deepest directory nesting a snapshot may hold (format-spec 8.2); deeper trees are refused
+/// by readers (a clean error, not a stack overflow) and never written by backups.
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// Refuses a snapshot path deeper than [`MAX_TREE_DEPTH`] (names hold no `/`, so the slashes
+/// count the levels).
+pub fn check_depth(path: &[u8]) -> Result<()> {
+    let depth = path.iter().filter(|&&b| b == b'/').count();
+    if depth > MAX_TREE_DEPTH {
+        let shown = String::from_utf8_lossy(&path[..path.len().min(120)]).into_owned();
+        return Err(Error::corrupt(
+            format!("tree at {shown}..."),
+            format!(
+                "directories nest deeper than {MAX_TREE_DEPTH} levels (damaged or forged tree?)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// About how many bytes a node takes encoded (for cutting parts by size).
+pub fn encoded_size(n: &Node) -> usize {
+    let ids = match &n.content {
+        Content::Chunks(c) | Content::Indirect(c) => c.len(),
+    };
+    128 + n.name.len()
+        + n.link_target.len()
+        + n.xattrs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+        + 32 * ids
+}
 /// Files with more chunks than this keep their chunk list in `ChunkList` blobs.
 pub const INLINE_CHUNKS: usize = 8192;
 

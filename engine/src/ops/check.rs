@@ -114,6 +114,10 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         }
         let mut stack = vec![(s.tree, String::new())];
         while let Some((tree, path)) = stack.pop() {
+            if let Err(e) = crate::format::tree::check_depth(path.as_bytes()) {
+                r.problems.push(format!("{what}: {e}"));
+                continue;
+            }
             if !seen_trees.insert(tree) {
                 continue;
             }

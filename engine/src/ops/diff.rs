@@ -108,6 +108,7 @@ impl Differ<'_, '_> {
         if a == b {
             return Ok(());
         }
+        crate::format::tree::check_depth(prefix)?;
         let load = |t: Option<BlobId>| -> Result<Vec<Node>> {
             t.map_or(Ok(Vec::new()), |t| self.repo.load_dir(&t))
         };

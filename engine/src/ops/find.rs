@@ -45,6 +45,7 @@ impl<'a> Finder<'a> {
         if let Some(m) = self.memo.get(&key) {
             return Ok(m.clone());
         }
+        crate::format::tree::check_depth(prefix)?;
         let mut out = Vec::new();
         for n in self.repo.load_dir(&tree)? {
             if crate::ops::interrupted() {

@@ -50,6 +50,7 @@ pub fn walk(
     prefix: &[u8],
     visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
 ) -> Result<()> {
+    crate::format::tree::check_depth(prefix)?;
     for n in repo.load_dir(&tree)? {
         let mut path = prefix.to_vec();
         path.push(b'/');

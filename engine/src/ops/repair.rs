@@ -292,6 +292,7 @@ struct Fixer<'a> {
 impl Fixer<'_> {
     /// The id of the repaired directory tree (the same id when nothing under it is damaged).
     fn dir(&mut self, tree: BlobId, path: &str) -> Result<BlobId> {
+        crate::format::tree::check_depth(path.as_bytes())?;
         if let Some((id, dmg)) = self.memo.get(&tree) {
             let (id, dmg) = (*id, dmg.clone());
             self.damaged.extend(dmg);

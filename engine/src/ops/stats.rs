@@ -165,7 +165,7 @@ pub fn stats(repo: &Repository, snaps: &[(Id, Snapshot)]) -> Result<Stats> {
     // Files and bytes below each tree, so a subtree shared by snapshots is read once.
     let mut sizes: HashMap<BlobId, (u64, u64)> = HashMap::new();
     for (_, s) in snaps {
-        let (files, bytes) = tree_size(repo, s.tree, &mut sizes, &mut seen_chunks)?;
+        let (files, bytes) = tree_size(repo, s.tree, &mut sizes, &mut seen_chunks, 0)?;
         st.files += files;
         st.logical_bytes += bytes;
     }
@@ -225,9 +225,19 @@ fn tree_size(
     tree: BlobId,
     sizes: &mut HashMap<BlobId, (u64, u64)>,
     chunks: &mut HashSet<BlobId>,
+    depth: usize,
 ) -> Result<(u64, u64)> {
     if let Some(s) = sizes.get(&tree) {
         return Ok(*s);
+    }
+    if depth > crate::format::tree::MAX_TREE_DEPTH {
+        return Err(Error::corrupt(
+            format!("tree {tree}"),
+            format!(
+                "directories nest deeper than {} levels (damaged or forged tree?)",
+                crate::format::tree::MAX_TREE_DEPTH
+            ),
+        ));
     }
     if crate::ops::interrupted() {
         return Err(Error::Interrupted);
@@ -237,7 +247,7 @@ fn tree_size(
         match n.kind {
             NodeKind::Dir => {
                 if let Some(t) = n.subtree {
-                    let (f, b) = tree_size(repo, t, sizes, chunks)?;
+                    let (f, b) = tree_size(repo, t, sizes, chunks, depth + 1)?;
                     files += f;
                     bytes += b;
                 }

@@ -80,7 +80,10 @@ pub(super) fn backup_paths(
             .same_file_system(one_fs)
             .into_iter()
             .filter_entry(|e| e.depth() == 0 || !excludes.is_match(e.path()));
-        for entry in walker {
+        // Levels of the snapshot tree above this source's entries.
+        let above = root.components().count().saturating_sub(1);
+        let mut walker = walker;
+        while let Some(entry) = walker.next() {
             if let Err(e) = ctx.check() {
                 walk_result = Err(e);
                 break 'paths;
@@ -106,6 +109,17 @@ pub(super) fn backup_paths(
                 }
             };
             let depth = entry.depth();
+            if depth + above >= crate::format::tree::MAX_TREE_DEPTH && entry.file_type().is_dir() {
+                walker.skip_current_dir();
+                ctx.skip(
+                    entry.path(),
+                    format!(
+                        "nested deeper than {} levels: not in this snapshot",
+                        crate::format::tree::MAX_TREE_DEPTH
+                    ),
+                );
+                continue;
+            }
             while stack.last().is_some_and(|f| f.depth >= depth) {
                 let f = stack.pop().expect("checked");
                 let _ = tx.send(f);
