@@ -644,3 +644,61 @@ fn a_forged_plaintext_length_is_refused_before_anything_is_allocated() {
         children_peak_mib()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sources through symlinks (issue 20 part 5)
+
+/// A source path that is a symlink is followed (`find -H`); a symlink on the way to a source is
+/// resolved; the summary counts what the snapshot holds and a restore brings each back.
+#[test]
+fn sources_given_through_symlinks_are_backed_up_as_what_they_point_to() {
+    let e = env();
+    e.init_small();
+    let base = e.path("s");
+    fs::create_dir_all(base.join("real/sub")).unwrap();
+    fs::write(base.join("real/f.txt"), b"hello").unwrap();
+    fs::write(base.join("real/sub/g"), b"deeper").unwrap();
+    for d in ["t1", "t2", "t3"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("../real", base.join("t1/alias")).unwrap();
+    std::os::unix::fs::symlink("../real", base.join("t2/lnk")).unwrap();
+    std::os::unix::fs::symlink("../real/f.txt", base.join("t3/flink")).unwrap();
+    type Case<'a> = (&'a str, u64, &'a [(&'a str, &'a [u8])]);
+    let cases: [Case; 3] = [
+        (
+            "t1/alias",
+            2,
+            &[("t1/alias/f.txt", b"hello"), ("t1/alias/sub/g", b"deeper")],
+        ),
+        ("t2/lnk/f.txt", 1, &[("t2/lnk/f.txt", b"hello")]),
+        ("t3/flink", 1, &[("t3/flink", b"hello")]),
+    ];
+    for (given, files, expect) in cases {
+        let p = base.join(given);
+        let r = e.ok(&["--json", "backup", p.to_str().unwrap()]);
+        let sum = &r.json("summary")[0];
+        assert_eq!(sum["files_new"], files, "{given}: {sum}");
+        let id = sum["snapshot_id"].as_str().unwrap().to_string();
+        let t = e.path(&format!("restored-{}", given.replace('/', "-")));
+        e.ok(&["restore", &id, "--target", t.to_str().unwrap()]);
+        let root = t.join(base.strip_prefix("/").unwrap());
+        for (rel, content) in expect {
+            let f = root.join(rel);
+            let m = fs::symlink_metadata(&f)
+                .unwrap_or_else(|err| panic!("{given}: {} missing: {err}", f.display()));
+            assert!(m.is_file(), "{given}: {} is not a file", f.display());
+            assert_eq!(fs::read(&f).unwrap(), *content, "{given}: {rel}");
+        }
+        assert_eq!(
+            walk_files(&t).len(),
+            expect.len(),
+            "{given}: {:?}",
+            walk_files(&t)
+        );
+        // The snapshot records the path as given.
+        let snaps = e.ok(&["--json", "snapshots"]).json("snapshot");
+        let s = snaps.iter().find(|s| s["id"] == id.as_str()).unwrap();
+        assert_eq!(s["paths"][0], p.to_str().unwrap(), "{s}");
+    }
+}

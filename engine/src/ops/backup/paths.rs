@@ -69,7 +69,9 @@ pub(super) fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Resu
             cur.push(c);
             d = d.children.entry(c.as_bytes().to_vec()).or_default();
             if d.node.is_none() {
-                let m = std::fs::symlink_metadata(&cur).map_err(|e| Error::io(&cur, e))?;
+                // A symlink on the way to a source is resolved: the snapshot holds the folder
+                // it leads to under the name given (the path recorded is the one given).
+                let m = std::fs::metadata(&cur).map_err(|e| Error::io(&cur, e))?;
                 d.node = Some(node_from_metadata(c, &m, &owners));
             }
         }

@@ -124,7 +124,12 @@ pub(super) fn backup_paths(
                 let f = stack.pop().expect("checked");
                 let _ = tx.send(f);
             }
-            let meta = match entry.metadata() {
+            // A source path that is a symlink is followed, as `find -H` does: the snapshot holds
+            // what it points to under the name given (a dangling one is kept as a link).
+            let followed = (depth == 0 && entry.path_is_symlink())
+                .then(|| std::fs::metadata(entry.path()).ok())
+                .flatten();
+            let meta = match followed.map_or_else(|| entry.metadata(), Ok) {
                 Ok(m) => m,
                 Err(e) => {
                     ctx.skip(
