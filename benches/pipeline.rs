@@ -19,7 +19,7 @@ fn inputs() -> Vec<(&'static str, Vec<u8>)> {
 fn stages(c: &mut Criterion) {
     let mk = MasterKey::from_material([7; 32]);
     let dk = DedupKey::from_secret(&[7; 32]);
-    let chunker = Chunker::new(ChunkerParams::default(), dk.gear_seed()).unwrap();
+    let chunker = Chunker::with_table(ChunkerParams::default(), dk.gear_table()).unwrap();
     let hasher = dk.hasher();
     let cipher = mk.object_cipher(&[9; 32]);
     let data = inputs();

@@ -711,7 +711,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
     let spec = repo_spec(g)?;
     // The chunker of another repository (its parameters and dedup secret), so the same data
     // becomes the same blobs in both.
-    let (chunker, dedup_secret) = match (&a.from, a.copy_chunker_params) {
+    let (chunker, dedup_secret, keyed_gear) = match (&a.from, a.copy_chunker_params) {
         (Some(from), true) => {
             let pw = PasswordSource {
                 command: a.from_password_command.as_deref(),
@@ -721,7 +721,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
             };
             let src = open_other(g, out, from, a.from_region.as_deref(), &pw)?;
             let c = src.config();
-            (c.chunker_params(), Some(c.dedup_secret))
+            (c.chunker_params(), Some(c.dedup_secret), c.keyed_gear)
         }
         _ => (
             ChunkerParams {
@@ -731,6 +731,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
                 normalization: 1,
             },
             None,
+            true,
         ),
     };
     let kdf = KdfParams {
@@ -758,6 +759,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
             c => c,
         },
         kdf,
+        keyed_gear,
         object_lock: match a.object_lock_days {
             Some(days) => Some(chunkbak_engine::backend::ObjectLock {
                 mode: chunkbak_engine::backend::LockMode::parse(&a.object_lock_mode)?,
@@ -1726,7 +1728,8 @@ fn config_json(c: &chunkbak_engine::format::config::Config, secrets: bool) -> se
         "id": Id(c.repo_id).to_hex(),
         "created": jiff::Timestamp::from_second(c.created).map(|t| t.to_string()).ok(),
         "chunker": {"min": c.chunk_min, "avg": c.chunk_avg, "max": c.chunk_max,
-                    "normalization": c.chunk_normalization},
+                    "normalization": c.chunk_normalization,
+                    "gear": if c.keyed_gear { "keyed table" } else { "v1 seed" }},
         "data_pack_size": c.data_pack_size,
         "tree_pack_size": c.tree_pack_size,
         "compression_level": c.compression_level,

@@ -397,6 +397,8 @@ fn cat_config_redacts_the_dedup_secret_and_terminal_output_escapes_control_chara
         "{text}"
     );
     assert!(!text.contains(&secret), "{text}");
+    // New repositories use the keyed gear table (format-spec 5).
+    assert!(text.contains("\"gear\": \"keyed table\""), "{text}");
     let v = &e.ok(&["--json", "cat", "config"]).json("config")[0];
     assert_eq!(v["dedup_secret"], "<redacted: --show-secrets>");
     let v = &e

@@ -1,4 +1,6 @@
-//! Stage 1: content-defined chunking (FastCDC 2020, normalized, gear table seeded from the key).
+//! Stage 1: content-defined chunking (FastCDC 2020, normalized, with a gear table derived from
+//! the repository's dedup secret: all 256 entries keyed, or in repositories made before
+//! 2026-12-06 the public table XOR a 64-bit seed).
 //!
 //! The cut-point function is `fastcdc::v2020::cut_gear`; this module only feeds it from a reader
 //! with a buffer of twice the maximum chunk size, so the result is independent of how the reader
@@ -93,6 +95,29 @@ impl Chunker {
                 mask_l,
                 gear,
                 gear_ls,
+            }),
+        })
+    }
+
+    /// A chunker whose gear table is `table` (every entry keyed: format-spec 5).
+    pub fn with_table(params: ChunkerParams, table: &[u64; 256]) -> Result<Self> {
+        params.validate()?;
+        let level = match params.normalization {
+            0 => Normalization::Level0,
+            1 => Normalization::Level1,
+            2 => Normalization::Level2,
+            _ => Normalization::Level3,
+        };
+        let (mask_s, mask_l) = v2020::select_masks(params.avg_size as usize, level);
+        let gear: Vec<u64> = table.to_vec();
+        let gear_ls: Vec<u64> = table.iter().map(|g| g << 1).collect();
+        Ok(Chunker {
+            inner: Arc::new(Inner {
+                params,
+                mask_s,
+                mask_l,
+                gear: Cow::Owned(gear),
+                gear_ls: Cow::Owned(gear_ls),
             }),
         })
     }

@@ -15,6 +15,8 @@ use crate::hasher::Hasher;
 pub const CTX_ENC: &str = "chunkbak 2026-11-22 v1 encryption key";
 pub const CTX_ID: &str = "chunkbak 2026-11-22 v1 blob id key";
 pub const CTX_GEAR: &str = "chunkbak 2026-11-22 v1 chunker gear seed";
+/// The keyed gear table of repositories with config extension 2 (format-spec 5).
+pub const CTX_GEAR_TABLE: &str = "chunkbak 2026-12-06 v1 chunker gear table";
 
 /// Length of the AES-GCM authentication tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
@@ -36,14 +38,27 @@ pub struct MasterKey {
 pub struct DedupKey {
     id_key: [u8; 32],
     gear_seed: u64,
+    gear_table: Box<[u64; 256]>,
 }
 
 impl DedupKey {
     pub fn from_secret(secret: &[u8; 32]) -> Self {
         let g = blake3::derive_key(CTX_GEAR, secret);
+        // 256 entries of 64 bits, all from the secret: the BLAKE3 XOF of the secret in
+        // derive-key mode with its own context.
+        let mut bytes = [0u8; 256 * 8];
+        blake3::Hasher::new_derive_key(CTX_GEAR_TABLE)
+            .update(secret)
+            .finalize_xof()
+            .fill(&mut bytes);
+        let mut gear_table = Box::new([0u64; 256]);
+        for (t, b) in gear_table.iter_mut().zip(bytes.chunks_exact(8)) {
+            *t = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
         DedupKey {
             id_key: blake3::derive_key(CTX_ID, secret),
             gear_seed: u64::from_le_bytes(g[..8].try_into().expect("8 bytes")),
+            gear_table,
         }
     }
 
@@ -51,8 +66,28 @@ impl DedupKey {
         Hasher::new(self.id_key)
     }
 
+    /// The seed of the v1 chunker: the public table XOR one 64-bit value (repositories
+    /// without config extension 2).
     pub fn gear_seed(&self) -> u64 {
         self.gear_seed
+    }
+
+    /// The keyed gear table (repositories with config extension 2).
+    pub fn gear_table(&self) -> &[u64; 256] {
+        &self.gear_table
+    }
+
+    /// The chunker of a repository: keyed table or legacy seed, as its config says.
+    pub fn chunker(
+        &self,
+        params: crate::chunker::ChunkerParams,
+        keyed: bool,
+    ) -> crate::Result<crate::chunker::Chunker> {
+        if keyed {
+            crate::chunker::Chunker::with_table(params, &self.gear_table)
+        } else {
+            crate::chunker::Chunker::new(params, self.gear_seed)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //!  file / stdin
 //!      │ read (ops::backup, walkdir + rayon)
 //!      ▼
-//!  chunker     FastCDC 2020, normalized, gear table seeded from the key
+//!  chunker     FastCDC 2020, normalized, gear table keyed from the dedup secret
 //!      ▼
 //!  hasher      keyed BLAKE3 → BlobId
 //!      │        ── dedup short-circuits here: a known id is never compressed or stored again

@@ -88,6 +88,9 @@ pub struct InitOptions {
     pub dedup_secret: Option<[u8; 32]>,
     /// S3 Object Lock for every object written (the bucket must have Object Lock enabled).
     pub object_lock: Option<crate::backend::ObjectLock>,
+    /// A gear table keyed whole (true for new repositories; `--copy-chunker-params` takes
+    /// the source's).
+    pub keyed_gear: bool,
 }
 
 impl Default for InitOptions {
@@ -102,6 +105,7 @@ impl Default for InitOptions {
             meta_class: StorageClass::Standard,
             dedup_secret: None,
             object_lock: None,
+            keyed_gear: true,
         }
     }
 }
@@ -162,6 +166,7 @@ impl Repository {
             meta_storage_class: opts.meta_class.code(),
             dedup_secret: opts.dedup_secret.unwrap_or_else(random_bytes),
             object_lock: opts.object_lock,
+            keyed_gear: opts.keyed_gear,
         };
         config.validate()?;
         backend.set_object_lock(config.object_lock);
@@ -285,7 +290,7 @@ impl Repository {
             backend.set_storage_class(k, config.meta_class());
         }
         let dedup = config.dedup_key();
-        let chunker = Chunker::new(config.chunker_params(), dedup.gear_seed())?;
+        let chunker = dedup.chunker(config.chunker_params(), config.keyed_gear)?;
         Ok(Repository {
             hasher: dedup.hasher(),
             backend,

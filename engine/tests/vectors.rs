@@ -57,6 +57,16 @@ fn compute() -> BTreeMap<String, String> {
     let data = splitmix_bytes(1, 1 << 20);
     let c = Chunker::new(small, dk.gear_seed()).unwrap();
     v.insert("cuts_small_1MiB".into(), join(&c.cut_all(&data)));
+    let ck = dk.chunker(small, true).unwrap();
+    v.insert("cuts_small_1MiB_keyed".into(), join(&ck.cut_all(&data)));
+    v.insert(
+        "gear_table_first4".into(),
+        dk.gear_table()[..4]
+            .iter()
+            .map(|g| format!("{g:#018x}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     let c0 = Chunker::new(small, 0).unwrap();
     v.insert("cuts_small_1MiB_seed0".into(), join(&c0.cut_all(&data)));
     // Default parameters over 16 MiB.
@@ -169,6 +179,7 @@ fn compute() -> BTreeMap<String, String> {
         meta_storage_class: 0,
         dedup_secret: [0x77; 32],
         object_lock: None,
+        keyed_gear: false,
     };
     v.insert("config_payload".into(), hex::encode(config.encode()));
     let locked = Config {
@@ -179,6 +190,11 @@ fn compute() -> BTreeMap<String, String> {
         ..config.clone()
     };
     v.insert("config_payload_locked".into(), hex::encode(locked.encode()));
+    let keyed = Config {
+        keyed_gear: true,
+        ..config.clone()
+    };
+    v.insert("config_payload_keyed".into(), hex::encode(keyed.encode()));
 
     let node = Node {
         name: b"a.txt".to_vec(),
@@ -282,6 +298,8 @@ fn vectors_decode() {
             days: 30
         })
     );
+    let c = Config::decode(&hex::decode(&v["config_payload_keyed"]).unwrap(), "c").unwrap();
+    assert!(c.keyed_gear && c.object_lock.is_none());
     // An extension record this version does not know is refused, not skipped.
     let mut unknown = hex::decode(&v["config_payload"]).unwrap();
     unknown.extend_from_slice(&[9, 1, 0, 0, 0, 0]);

@@ -34,6 +34,9 @@ pub struct Config {
     pub dedup_secret: [u8; 32],
     /// S3 Object Lock every writer applies (format-spec 9, extension record 1).
     pub object_lock: Option<ObjectLock>,
+    /// The chunker's gear table is keyed whole (format-spec 5; extension record 2). False in
+    /// repositories made before 2026-12-06, which keep their chunker.
+    pub keyed_gear: bool,
 }
 
 /// The fixed part of the config payload (format-spec 9), before its extension records.
@@ -56,6 +59,8 @@ struct Base {
 
 /// Extension record tag of the Object Lock settings: `u8 mode || u32 days`.
 const EXT_OBJECT_LOCK: u8 = 1;
+/// Extension record tag of the keyed gear table (empty body).
+const EXT_KEYED_GEAR: u8 = 2;
 /// Longest extension record a reader accepts.
 const MAX_EXT_LEN: u32 = 4096;
 
@@ -129,7 +134,15 @@ impl Config {
 
     /// Whether blobs of `other` have the same ids here: same secret and chunker parameters.
     pub fn same_dedup(&self, other: &Config) -> bool {
-        self.dedup_secret == other.dedup_secret && self.chunker_params() == other.chunker_params()
+        self.dedup_secret == other.dedup_secret
+            && self.chunker_params() == other.chunker_params()
+            && self.keyed_gear == other.keyed_gear
+    }
+
+    /// This repository's chunker.
+    pub fn chunker(&self) -> Result<crate::chunker::Chunker> {
+        self.dedup_key()
+            .chunker(self.chunker_params(), self.keyed_gear)
     }
 
     pub fn data_class(&self) -> StorageClass {
@@ -158,6 +171,10 @@ impl Config {
             meta_storage_class: self.meta_storage_class,
             dedup_secret: self.dedup_secret,
         });
+        if self.keyed_gear {
+            out.push(EXT_KEYED_GEAR);
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
         if let Some(l) = self.object_lock {
             out.push(EXT_OBJECT_LOCK);
             out.extend_from_slice(&5u32.to_le_bytes());
@@ -186,6 +203,7 @@ impl Config {
             meta_storage_class: b.meta_storage_class,
             dedup_secret: b.dedup_secret,
             object_lock: None,
+            keyed_gear: false,
         };
         let mut rest = &bytes[used..];
         while let [tag, l0, l1, l2, l3, tail @ ..] = rest {
@@ -209,6 +227,10 @@ impl Config {
                 }
                 (EXT_OBJECT_LOCK, _) => {
                     return Err(Error::corrupt(name, "malformed Object Lock record"))
+                }
+                (EXT_KEYED_GEAR, []) if !c.keyed_gear => c.keyed_gear = true,
+                (EXT_KEYED_GEAR, _) => {
+                    return Err(Error::corrupt(name, "malformed keyed gear record"))
                 }
                 // A setting this version does not know may oblige every writer (as the
                 // Object Lock does): refuse rather than write without it.

@@ -135,7 +135,7 @@ fn best(rounds: usize, mut f: impl FnMut() -> usize) -> Duration {
 pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<BenchReport> {
     let mk = MasterKey::from_material([7; 32]);
     let dk = DedupKey::from_secret(&[7; 32]);
-    let chunker = Chunker::new(opts.chunker, dk.gear_seed())?;
+    let chunker = Chunker::with_table(opts.chunker, dk.gear_table())?;
     let hasher = dk.hasher();
     let cipher = mk.object_cipher(&[9; 32]);
     let pool = crate::ops::thread_pool(opts.threads, "bench")?;
