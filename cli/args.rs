@@ -709,6 +709,13 @@ pub struct RestoreArgs {
     /// (every chunk is always verified before it is written)
     #[arg(long)]
     pub verify: bool,
+    /// Restore no extended attributes (ACLs, file capabilities, SELinux labels included)
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// For a snapshot you do not trust, restored as root: no device nodes or FIFOs, no
+    /// set-user-id, set-group-id or sticky bits, no file capabilities
+    #[arg(long)]
+    pub no_special: bool,
     /// Set owners by numeric uid/gid instead of by user and group name
     #[arg(long)]
     pub numeric_owner: bool,

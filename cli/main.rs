@@ -1374,6 +1374,8 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         delete: a.delete,
         dry_run: a.dry_run,
         verify: a.verify,
+        no_xattrs: a.no_xattrs,
+        no_special: a.no_special,
     };
     let poll = a.thaw.poll()?;
     let max_wait = a.thaw.max_wait()?;

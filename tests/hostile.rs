@@ -704,3 +704,72 @@ fn sources_given_through_symlinks_are_backed_up_as_what_they_point_to() {
         assert_eq!(s["paths"][0], p.to_str().unwrap(), "{s}");
     }
 }
+
+/// `--no-special` and `--no-xattrs` restore an untrusted snapshot without its set-id bits,
+/// device nodes, FIFOs, capabilities or extended attributes; without them, root gets them all
+/// back as `tar -p` would.
+#[test]
+fn no_special_and_no_xattrs_leave_out_what_an_untrusted_snapshot_could_plant() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (device nodes, capabilities)");
+        return;
+    }
+    let e = env();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let suid = src.join("suid-tool");
+    fs::write(&suid, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
+    xattr::set(&suid, "user.note", b"kept").unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let dev = std::ffi::CString::new(src.join("null").to_str().unwrap()).unwrap();
+    assert_eq!(
+        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+        0
+    );
+    let id = e.backup_id(&src);
+    let root_of = |t: &std::path::Path| t.join(src.strip_prefix("/").unwrap());
+
+    let full = e.path("full");
+    e.ok(&["restore", &id, "--target", full.to_str().unwrap()]);
+    let f = root_of(&full);
+    assert_eq!(
+        fs::symlink_metadata(f.join("suid-tool"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    assert!(fs::symlink_metadata(f.join("fifo")).is_ok());
+    assert!(fs::symlink_metadata(f.join("null")).is_ok());
+    assert_eq!(
+        xattr::get(f.join("suid-tool"), "user.note").unwrap(),
+        Some(b"kept".to_vec())
+    );
+
+    let safe = e.path("safe");
+    e.ok(&[
+        "restore",
+        &id,
+        "--target",
+        safe.to_str().unwrap(),
+        "--no-special",
+        "--no-xattrs",
+    ]);
+    let s = root_of(&safe);
+    assert_eq!(fs::read(s.join("suid-tool")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        fs::symlink_metadata(s.join("suid-tool"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    assert!(fs::symlink_metadata(s.join("fifo")).is_err());
+    assert!(fs::symlink_metadata(s.join("null")).is_err());
+    assert_eq!(xattr::get(s.join("suid-tool"), "user.note").unwrap(), None);
+}

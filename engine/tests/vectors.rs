@@ -224,7 +224,138 @@ fn compute() -> BTreeMap<String, String> {
     };
     v.insert(
         "tree_one_file".into(),
-        hex::encode(TreeBlob::Dir(vec![node]).encode()),
+        hex::encode(TreeBlob::Dir(vec![node.clone()]).encode()),
+    );
+
+    // Every node kind that carries more than a file: a directory, a character device, a file
+    // with Indirect content, a symlink (names in increasing order).
+    let base = Node {
+        user: None,
+        xattrs: vec![],
+        size: 0,
+        inode: 0,
+        device: 0,
+        content: Content::Chunks(vec![]),
+        ..node.clone()
+    };
+    let kinds = vec![
+        Node {
+            name: b"d".to_vec(),
+            kind: NodeKind::Dir,
+            mode: 0o040755,
+            subtree: Some(Id([0x51; 32])),
+            ..base.clone()
+        },
+        Node {
+            name: b"dev".to_vec(),
+            kind: NodeKind::CharDevice,
+            mode: 0o020666,
+            rdev: 0x103,
+            ..base.clone()
+        },
+        Node {
+            name: b"f".to_vec(),
+            kind: NodeKind::File,
+            size: 1 << 40,
+            content: Content::Indirect(vec![Id([0x61; 32]), Id([0x62; 32])]),
+            ..base.clone()
+        },
+        Node {
+            name: b"l".to_vec(),
+            kind: NodeKind::Symlink,
+            mode: 0o120777,
+            link_target: b"../t".to_vec(),
+            ..base.clone()
+        },
+    ];
+    v.insert(
+        "tree_node_kinds".into(),
+        hex::encode(TreeBlob::Dir(kinds).encode()),
+    );
+    v.insert(
+        "tree_split".into(),
+        hex::encode(TreeBlob::Split(vec![Id([0x31; 32]), Id([0x32; 32])]).encode()),
+    );
+    v.insert(
+        "tree_chunk_list".into(),
+        hex::encode(TreeBlob::ChunkList(vec![Id([0x41; 32]), Id([0x42; 32])]).encode()),
+    );
+
+    // A snapshot payload, and whole envelopes of a config, an index and a compressible payload.
+    let snap = chunkbak_engine::format::snapshot::Snapshot {
+        time: Timespec {
+            secs: 1_800_000_000,
+            nanos: 500_000_000,
+        },
+        host: "web1".into(),
+        username: "root".into(),
+        uid: 0,
+        gid: 0,
+        paths: vec![b"/srv".to_vec()],
+        tags: vec!["nightly".into()],
+        excludes: vec!["*.log".into()],
+        tree: Id([0x99; 32]),
+        parent: Some(Id([0xaa; 32])),
+        program_version: "0.1.0".into(),
+        ..Default::default()
+    };
+    v.insert("snapshot_payload".into(), hex::encode(snap.encode()));
+    v.insert(
+        "config_object".into(),
+        hex::encode(envelope::seal_with_salt(
+            &mk,
+            ObjectKind::Config,
+            &config.encode(),
+            [0x25; 32],
+        )),
+    );
+    v.insert(
+        "index_object".into(),
+        hex::encode(envelope::seal_with_salt(
+            &mk,
+            ObjectKind::Index,
+            &idx.encode(),
+            [0x26; 32],
+        )),
+    );
+    v.insert(
+        "envelope_zstd".into(),
+        hex::encode(envelope::seal_with_salt(
+            &mk,
+            ObjectKind::Snapshot,
+            "chunkbak ".repeat(40).as_bytes(),
+            [0x27; 32],
+        )),
+    );
+
+    // A tree pack holding tree_one_file.
+    let tree_blob = TreeBlob::Dir(vec![node]).encode();
+    let mut tp = Packer::with_salt(&mk, BlobKind::Tree, dir.path(), [0x12; 32]).unwrap();
+    let (ct, st) = chunkbak_engine::compressor::compress(&tree_blob, 3);
+    tp.add(dk.hasher().id(&tree_blob), ct, tree_blob.len() as u32, st)
+        .unwrap();
+    let (_, path) = tp.finish().unwrap();
+    v.insert(
+        "pack_tree".into(),
+        hex::encode(std::fs::read(path).unwrap()),
+    );
+
+    // A delta chain two deep: d2 on d (itself a delta on b2).
+    let d2 = [d.as_slice(), b" and again"].concat();
+    let frame2 = chunkbak_engine::compressor::compress_delta(&d2, &d, 3).unwrap();
+    let mut p = Packer::with_salt(&mk, BlobKind::Data, dir.path(), [0x14; 32]).unwrap();
+    p.add_with_base(
+        dk.hasher().id(&d2),
+        Compression::Delta,
+        d2.len() as u32,
+        frame2,
+        Some(dk.hasher().id(&d)),
+    )
+    .unwrap();
+    let (_, path) = p.finish().unwrap();
+    v.insert(
+        "pack_delta_depth2".into(),
+        hex::encode(std::fs::read(path).unwrap()),
     );
     v
 }
@@ -335,4 +466,72 @@ fn vectors_decode() {
     assert_eq!(didx.packs[0].blobs, drecs);
     let (_, n) = IndexFile::peek(&hex::decode(&v["index_payload_delta"]).unwrap(), "i").unwrap();
     assert_eq!(n, 1);
+
+    // The depth-2 chain decodes from the whole blob up.
+    let d1 = plain;
+    let p2 = hex::decode(&v["pack_delta_depth2"]).unwrap();
+    let (salt2, r2) = decode_header(&mk, ObjectKind::DataPack, &p2, "vector").unwrap();
+    assert_eq!(r2[0].base, Some(dk_of().hasher().id(&d1)));
+    let stored2 = mk
+        .object_cipher(&salt2)
+        .open(
+            u64::from(r2[0].offset),
+            &ObjectKind::DataPack.prefix(),
+            &p2[r2[0].offset as usize..r2[0].end() as usize],
+        )
+        .unwrap();
+    let top =
+        chunkbak_engine::compressor::decompress_delta(&stored2, &d1, r2[0].raw_len as usize, "v")
+            .unwrap();
+    assert_eq!(top, [d1.as_slice(), b" and again"].concat());
+
+    // Node kinds, Split, ChunkList, the snapshot payload and the whole objects decode.
+    let t = TreeBlob::decode(&hex::decode(&v["tree_node_kinds"]).unwrap(), "t").unwrap();
+    let TreeBlob::Dir(k) = t else {
+        panic!("not a Dir")
+    };
+    assert_eq!(k.len(), 4);
+    assert_eq!((k[1].kind, k[1].rdev), (NodeKind::CharDevice, 0x103));
+    assert!(matches!(k[2].content, Content::Indirect(ref l) if l.len() == 2));
+    assert_eq!(k[3].link_target, b"../t");
+    assert!(matches!(
+        TreeBlob::decode(&hex::decode(&v["tree_split"]).unwrap(), "t").unwrap(),
+        TreeBlob::Split(ref p) if p.len() == 2
+    ));
+    assert!(matches!(
+        TreeBlob::decode(&hex::decode(&v["tree_chunk_list"]).unwrap(), "t").unwrap(),
+        TreeBlob::ChunkList(ref p) if p.len() == 2
+    ));
+    let snap = chunkbak_engine::format::snapshot::Snapshot::decode(
+        &hex::decode(&v["snapshot_payload"]).unwrap(),
+        "s",
+    )
+    .unwrap();
+    assert_eq!((snap.host.as_str(), snap.time.nanos), ("web1", 500_000_000));
+    let cobj = hex::decode(&v["config_object"]).unwrap();
+    let c = Config::decode(
+        &envelope::open(&mk, ObjectKind::Config, &cobj, "config").unwrap(),
+        "config",
+    )
+    .unwrap();
+    assert_eq!(c.repo_id, [0x66; 32]);
+    let iobj = hex::decode(&v["index_object"]).unwrap();
+    let i = IndexFile::decode(
+        &envelope::open(&mk, ObjectKind::Index, &iobj, "index").unwrap(),
+        "index",
+    )
+    .unwrap();
+    assert_eq!(i.packs[0].blobs, recs);
+    let z = hex::decode(&v["envelope_zstd"]).unwrap();
+    assert_eq!(
+        envelope::open(&mk, ObjectKind::Snapshot, &z, "z").unwrap(),
+        "chunkbak ".repeat(40).as_bytes()
+    );
+    let tp = hex::decode(&v["pack_tree"]).unwrap();
+    let (_, tr) = decode_header(&mk, ObjectKind::TreePack, &tp, "tree pack").unwrap();
+    assert_eq!(tr.len(), 1);
+}
+
+fn dk_of() -> DedupKey {
+    DedupKey::from_secret(&material())
 }

@@ -73,6 +73,11 @@ pub struct RestoreOptions {
     /// Re-read every restored file from the disk after writing it and compare it with the
     /// chunk ids (chunks are always verified before they are written).
     pub verify: bool,
+    /// Restore no extended attributes (ACLs, capabilities, SELinux labels included).
+    pub no_xattrs: bool,
+    /// For snapshots not trusted: no device nodes or FIFOs, no set-user-id, set-group-id or
+    /// sticky bits, no file capabilities (`security.capability`).
+    pub no_special: bool,
 }
 
 #[derive(Debug, Default)]
@@ -171,7 +176,7 @@ struct OwnerIds {
 }
 
 impl OwnerIds {
-    fn meta(&mut self, n: &Node, numeric: bool) -> Meta {
+    fn meta(&mut self, n: &Node, numeric: bool, opts: &RestoreOptions) -> Meta {
         /// The id of `name` on this system (looked up once per name), else `stored`.
         fn resolve(
             cache: &mut HashMap<String, Option<u32>>,
@@ -190,12 +195,25 @@ impl OwnerIds {
                 resolve(&mut self.groups, n.group.as_ref(), fsmeta::gid_of, n.gid),
             )
         };
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = if opts.no_xattrs {
+            Vec::new()
+        } else {
+            n.xattrs
+                .iter()
+                .filter(|(k, _)| !(opts.no_special && k.as_slice() == b"security.capability"))
+                .cloned()
+                .collect()
+        };
         Meta {
-            mode: n.mode,
+            mode: if opts.no_special {
+                n.mode & !0o7000
+            } else {
+                n.mode
+            },
             uid,
             gid,
             mtime: n.mtime,
-            xattrs: n.xattrs.clone().into_boxed_slice(),
+            xattrs: xattrs.into_boxed_slice(),
         }
     }
 }
@@ -1013,7 +1031,7 @@ impl Walker<'_, '_> {
             return Ok(false);
         }
         let path = self.target_path(rel);
-        let meta = self.owners.meta(n, self.numeric);
+        let meta = self.owners.meta(n, self.numeric, opts);
         if n.kind == NodeKind::Dir {
             if !take {
                 self.pending.insert(path, meta);
@@ -1072,6 +1090,10 @@ impl Walker<'_, '_> {
                 }
             }
             NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                if opts.no_special {
+                    r.skipped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(false);
+                }
                 if n.kind != NodeKind::Fifo && !r.root {
                     r.warn(&path, "device node not restored (needs root)".into());
                     return Ok(false);
