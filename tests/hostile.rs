@@ -773,3 +773,101 @@ fn no_special_and_no_xattrs_leave_out_what_an_untrusted_snapshot_could_plant() {
     assert!(fs::symlink_metadata(s.join("null")).is_err());
     assert_eq!(xattr::get(s.join("suid-tool"), "user.note").unwrap(), None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// What an observer of requests learns (issue 20 part 2)
+
+/// Restores and dumps from S3 read whole aligned 1 MiB windows (or up to a pack's end): no
+/// request's length is one blob's.
+#[test]
+fn remote_reads_never_request_a_single_blobs_length() {
+    let e = env();
+    let ep = s3_endpoint();
+    let proxy = common::proxy::FaultProxy::start(&ep);
+    let url = format!(
+        "s3:hostile-{}-{}/r",
+        std::process::id(),
+        hex::encode(chunkbak_engine::crypter::random_bytes::<4>())
+    );
+    let s3 = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_REPOSITORY", &url)
+            .env("CHUNKBAK_S3_ENDPOINT", &proxy.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("CHUNKBAK_NO_CACHE", "1")
+            .args(args);
+        let r = e.run_cmd(c);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        r
+    };
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    init.retain(|a| *a != "--data-pack-size" && *a != "262144");
+    init.extend(["--data-pack-size", "4194304"]);
+    s3(&init);
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), splitmix(21, 12 << 20)).unwrap();
+    fs::write(src.join("small"), splitmix(22, 20_000)).unwrap();
+    s3(&["backup", src.to_str().unwrap()]);
+    let sizes: std::collections::HashMap<String, u64> = {
+        let mut cfg = chunkbak_engine::backend::s3::S3Config::parse(&url).unwrap();
+        cfg.endpoint = Some(ep.clone());
+        cfg.static_credentials = Some(("test".into(), "test".into()));
+        let b = chunkbak_engine::backend::s3::S3Backend::new(cfg).unwrap();
+        use chunkbak_engine::backend::Backend;
+        b.list(chunkbak_engine::backend::FileKind::Data)
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let before = proxy.requests().len();
+    let t = e.path("t");
+    s3(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let t2 = e.path("t2");
+    let small = format!("{}/small", src.display());
+    s3(&[
+        "restore",
+        "latest",
+        "--target",
+        t2.to_str().unwrap(),
+        "--include",
+        &small,
+    ]);
+    let dumped = s3(&["dump", "latest", &small]).stdout;
+    assert_eq!(dumped, splitmix(22, 20_000));
+    let restored = fs::read(t.join(src.strip_prefix("/").unwrap()).join("big")).unwrap();
+    assert!(restored == splitmix(21, 12 << 20));
+
+    let mut data_gets = 0;
+    for line in &proxy.requests()[before..] {
+        let mut it = line.split_whitespace();
+        let (method, target) = (it.next().unwrap(), it.next().unwrap());
+        if method != "GET" || !target.contains("/r/data/") {
+            continue;
+        }
+        let name = target
+            .split('?')
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
+        let size = sizes[name];
+        let range = line.rsplit_once("bytes=").map(|x| x.1).unwrap_or("");
+        data_gets += 1;
+        if range.is_empty() {
+            continue; // the whole pack
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(a % (1 << 20), 0, "{line}: not window-aligned");
+        assert!(
+            (b + 1) % (1 << 20) == 0 || b + 1 == size,
+            "{line}: ends inside a window (pack of {size} bytes)"
+        );
+    }
+    assert!(data_gets >= 4, "{data_gets} data reads");
+}

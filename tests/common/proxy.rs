@@ -62,6 +62,8 @@ struct State {
     only: Mutex<Option<String>>,
     count: AtomicU64,
     injected: Mutex<Injected>,
+    /// Every request line, with its Range header when it has one.
+    log: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -86,6 +88,7 @@ impl FaultProxy {
             only: Mutex::new(None),
             count: AtomicU64::new(0),
             injected: Mutex::new(Injected::default()),
+            log: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -121,6 +124,11 @@ impl FaultProxy {
     /// The request lines the policy refused so far.
     pub fn denied(&self) -> Vec<String> {
         self.state.denied.lock().unwrap().clone()
+    }
+
+    /// Every request so far: `METHOD TARGET HTTP/1.1 [range]`.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.log.lock().unwrap().clone()
     }
 
     pub fn disarm(&self) {
@@ -311,6 +319,11 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let body = read_body(&mut r, &head, true)?;
+        st.log.lock().unwrap().push(format!(
+            "{} {}",
+            head[0],
+            header(&head, "range").unwrap_or("")
+        ));
         let mut req = Message { head, body };
         match *st.policy.lock().unwrap() {
             Policy::Open => {}
