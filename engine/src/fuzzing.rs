@@ -476,6 +476,126 @@ fn verify(mem: &Arc<MemBackend>, file: &std::path::Path, confirmed: &[(crate::Id
     }
 }
 
+/// Hostile trees: names, kinds, link targets and duplicates as anyone holding the password
+/// could write them, restored into a scratch folder next to a folder `outside` holding a
+/// `victim`: whatever the tree, nothing outside the target is created, written or changed, and
+/// nothing panics (format-spec 14).
+pub fn restore_tree(data: &[u8]) {
+    use crate::format::pack::BlobKind;
+    use crate::format::tree::{Content, Node, NodeKind};
+    let mem = Arc::new(MemBackend::new());
+    let opts = InitOptions {
+        kdf: KdfParams {
+            m_cost_kib: 8,
+            t_cost: 1,
+            p_cost: 1,
+        },
+        ..Default::default()
+    };
+    let repo = Repository::init(mem, b"pw", &opts).expect("init in memory");
+    let scratch = tempfile_dir();
+    let outside = scratch.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"victim").expect("victim");
+    let target = scratch.join("target");
+    let names: [&[u8]; 10] = [
+        b"a", b"b", b"x", b"..", b".", b"", b"a/b", b"victim", b"outside", b"d\0",
+    ];
+    let abs = victim.to_string_lossy().into_owned();
+    let targets: [&[u8]; 5] = [
+        b"../outside",
+        b"../../outside/victim",
+        abs.as_bytes(),
+        b"a",
+        b"/",
+    ];
+    let saver = repo.blob_saver().expect("saver");
+    let (chunk, _) = saver.save(BlobKind::Data, b"written").expect("chunk");
+    let mut bytes = data.iter().copied();
+    fn dir(
+        it: &mut dyn Iterator<Item = u8>,
+        saver: &crate::packer::BlobSaver,
+        chunk: crate::BlobId,
+        names: &[&[u8]],
+        targets: &[&[u8]],
+        depth: u32,
+    ) -> crate::BlobId {
+        let mut nodes = Vec::new();
+        let count = it.next().unwrap_or(0) % 6;
+        for _ in 0..count {
+            let b = it.next().unwrap_or(0);
+            let name = names[usize::from(b) % names.len()].to_vec();
+            let mut n = Node {
+                name,
+                mode: 0o100644,
+                nlink: 1,
+                ..Node::default()
+            };
+            match (b >> 4) % 4 {
+                0 => {
+                    n.kind = NodeKind::File;
+                    n.size = 7;
+                    n.content = Content::Chunks(vec![chunk]);
+                }
+                1 => {
+                    n.kind = NodeKind::Dir;
+                    n.mode = 0o040755;
+                    n.subtree =
+                        (depth < 4).then(|| dir(it, saver, chunk, names, targets, depth + 1));
+                }
+                2 => {
+                    n.kind = NodeKind::Symlink;
+                    n.mode = 0o120777;
+                    n.link_target =
+                        targets[usize::from(it.next().unwrap_or(0)) % targets.len()].to_vec();
+                }
+                _ => {
+                    n.kind = NodeKind::Fifo;
+                    n.mode = 0o010644;
+                }
+            }
+            nodes.push(n);
+        }
+        // Half the trees are in the format's order (so the restore walks them); the others
+        // as they come, duplicates included (refused by the decoder).
+        if it.next().unwrap_or(0) & 1 == 0 {
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes.dedup_by(|a, b| a.name == b.name);
+        }
+        saver
+            .save(BlobKind::Tree, &TreeBlob::Dir(nodes).encode())
+            .expect("tree")
+            .0
+    }
+    let root = dir(&mut bytes, &saver, chunk, &names, &targets, 0);
+    repo.write_index(saver.finish().expect("finish"))
+        .expect("index");
+    let ropts = crate::ops::restore::RestoreOptions {
+        target: target.clone(),
+        threads: 1,
+        ..Default::default()
+    };
+    let _ = crate::ops::restore::restore(&repo, root, &ropts, &crate::progress::NoProgress);
+    let mut top: Vec<String> = std::fs::read_dir(&scratch)
+        .expect("scratch")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    let out: Vec<String> = std::fs::read_dir(&outside)
+        .expect("outside")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let intact = std::fs::read(&victim).ok() == Some(b"victim".to_vec());
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        top.iter().all(|n| n == "outside" || n == "target"),
+        "created beside the target: {top:?}"
+    );
+    assert_eq!(out, ["victim"], "created outside the target");
+    assert!(intact, "the victim outside the target was written");
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

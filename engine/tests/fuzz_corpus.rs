@@ -173,3 +173,8 @@ fn sealed_seeds_open_with_the_fuzz_key() {
         assert!(ok, "{} does not decode", p.display());
     }
 }
+
+#[test]
+fn restore_tree() {
+    replay("restore_tree", fuzzing::restore_tree);
+}
