@@ -147,6 +147,42 @@ fn a_tree_listing_a_symlink_then_a_file_of_the_same_name_writes_nothing_outside_
     );
 }
 
+/// Names that are not plain file names (`..`, `.`, empty, with `/`, absolute) in a tree that
+/// is otherwise in order: each is refused by name, the rest restores, nothing lands outside.
+#[test]
+fn a_tree_with_dot_dot_and_absolute_names_writes_nothing_outside_the_target() {
+    let e = env();
+    e.init_small();
+    let outside = e.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), b"precious").unwrap();
+    let mut dotdot = node("..", NodeKind::File);
+    dotdot.name = b"..".to_vec();
+    let abs = node("/etc-x", NodeKind::File);
+    let slash = node("a/../../outside/victim", NodeKind::File);
+    let mut empty = node("", NodeKind::File);
+    empty.name = Vec::new();
+    let mut nodes = vec![empty, abs, dotdot, slash, node("ok", NodeKind::File)];
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let (_, snap) = forge(&e, nodes, b"written by the attacker");
+    let target = e.path("target");
+    let r = e.run(&["restore", &snap, "--target", target.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refusing to restore an entry named"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        fs::read(target.join("ok")).unwrap(),
+        b"written by the attacker"
+    );
+    assert_eq!(walk_files(&target).len(), 1, "{:?}", walk_files(&target));
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"precious");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    assert!(!e.dir.path().join("etc-x").exists());
+}
+
 /// A local user who owns a directory of the target swaps each of its entries for a symlink
 /// to a root-owned file, over and over, while root restores into it: nothing outside the
 /// target is written, chmodded or chowned.
