@@ -397,15 +397,23 @@ fn spec_of(
     region: Option<&str>,
 ) -> anyhow::Result<RepoSpec> {
     let r = r.as_ref();
-    if r.as_bytes().starts_with(b"s3:") {
+    if r.as_bytes()
+        .get(..3)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"s3:"))
+    {
         let r = r
             .to_str()
             .ok_or_else(|| anyhow!("S3 repository {:?}: not UTF-8", r.to_string_lossy()))?;
         let mut c = S3Config::parse(r)?;
-        c.endpoint = g.s3_endpoint.clone();
+        // An endpoint or region in the repository string is that repository's own.
+        if c.endpoint.is_none() {
+            c.endpoint = g.s3_endpoint.clone();
+        }
         c.connections = g.s3_connections.max(1);
         c.max_attempts = g.s3_max_attempts.max(1);
-        c.region = region.map(str::to_string);
+        if let Some(r) = region {
+            c.region = Some(r.to_string());
+        }
         Ok(RepoSpec {
             location: PathBuf::new(),
             s3: Some(c),

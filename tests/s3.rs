@@ -1008,3 +1008,68 @@ fn s3_init_goes_on_when_head_bucket_is_forbidden() {
         m.stderr
     );
 }
+
+/// Issue 21: a repository string carries its own endpoint (`s3:http://HOST:PORT/BUCKET/PREFIX`,
+/// restic's form), used without --s3-endpoint; a malformed one fails at once, listing the
+/// accepted forms, without a request.
+#[test]
+fn repository_strings_carry_their_own_endpoint_and_malformed_ones_fail_at_once() {
+    let e = Env::new();
+    let ep = s3_endpoint();
+    let url = format!(
+        "s3:{ep}/urlform-{}-{}/fleet/web1",
+        std::process::id(),
+        hex::encode(chunkbak_engine::crypter::random_bytes::<3>())
+    );
+    let run = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env_remove("CHUNKBAK_S3_ENDPOINT")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("CHUNKBAK_REPOSITORY", &url)
+            .env("CHUNKBAK_S3_MAX_ATTEMPTS", "1")
+            .args(args);
+        e.run_cmd(c)
+    };
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    let r = run(&init);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"through the string's endpoint").unwrap();
+    assert_eq!(run(&["backup", src.to_str().unwrap()]).code, 0);
+    let t = e.path("t");
+    let r = run(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        fs::read(t.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        b"through the string's endpoint"
+    );
+    // Upper-case prefix: still S3, not a local folder named "S3:...".
+    let upper = url.replacen("s3:", "S3:", 1);
+    let mut c = e.cmd();
+    c.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .args(["-r", &upper, "snapshots"]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!Path::new(&upper).exists());
+    for bad in ["s3:https:", "s3:https:/bucket", "s3:My_Bucket/x"] {
+        let started = std::time::Instant::now();
+        let r = e.run(&["-r", bad, "snapshots"]);
+        assert_ne!(r.code, 0, "{bad}");
+        assert!(
+            r.stderr.contains("s3:https://HOST[:PORT]/BUCKET"),
+            "{bad}: {}",
+            r.stderr
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{bad}: slow"
+        );
+    }
+}

@@ -203,6 +203,60 @@ fn s3_urls_parse() {
     assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bucket", ""));
     assert!(S3Config::parse("s3:").is_err());
     assert!(S3Config::parse("/local/path").is_err());
+    // restic's forms: an endpoint of its own, or an AWS host naming the region.
+    let parse = |u: &str| {
+        let c = S3Config::parse(u).unwrap_or_else(|e| panic!("{u}: {e}"));
+        (c.endpoint, c.region, c.bucket, c.prefix)
+    };
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(
+        parse("s3:https://minio.example.com:9000/backups/hosts/web1"),
+        (
+            s("https://minio.example.com:9000"),
+            None,
+            "backups".into(),
+            "hosts/web1".into()
+        )
+    );
+    assert_eq!(
+        parse("s3:http://127.0.0.1:8333/bk1"),
+        (
+            s("http://127.0.0.1:8333"),
+            None,
+            "bk1".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        parse("s3:s3.amazonaws.com/cbtest/x"),
+        (None, None, "cbtest".into(), "x".into())
+    );
+    assert_eq!(
+        parse("s3:s3.eu-west-1.amazonaws.com/cbtest/x/y"),
+        (None, s("eu-west-1"), "cbtest".into(), "x/y".into())
+    );
+    assert_eq!(
+        parse("S3:https://s3-us-west-2.amazonaws.com/my.bucket"),
+        (None, s("us-west-2"), "my.bucket".into(), String::new())
+    );
+    assert_eq!(
+        parse("s3://bucket-1/p"),
+        (None, None, "bucket-1".into(), "p".into())
+    );
+    // Malformed: each names the accepted forms, at once.
+    for bad in [
+        "s3:https:",
+        "s3:https:/bucket",
+        "s3:https:///bucket",
+        "s3:Bucket/x",
+        "s3:ab",
+        "s3:http://host",
+        "s3:bucket_name/x",
+        "s3:s3.amazonaws.com/",
+    ] {
+        let e = S3Config::parse(bad).unwrap_err().to_string();
+        assert!(e.contains("s3:https://HOST[:PORT]/BUCKET"), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -94,21 +94,64 @@ impl Default for S3Config {
 }
 
 impl S3Config {
-    /// Parses `s3:BUCKET[/PREFIX]` or `s3://BUCKET[/PREFIX]`.
+    /// Parses a repository string (the `s3:` prefix in any case):
+    /// - `s3:BUCKET[/PREFIX]` and `s3://BUCKET[/PREFIX]`: AWS, or the `--s3-endpoint`;
+    /// - `s3:https://HOST[:PORT]/BUCKET[/PREFIX]` and `s3:http://…`: a store of its own;
+    /// - `s3:s3.amazonaws.com/BUCKET[/PREFIX]`, `s3:s3.REGION.amazonaws.com/…` (also with
+    ///   `https://`): AWS, in that region.
+    ///
+    /// A malformed string is an error listing these forms (nothing is sent anywhere).
     pub fn parse(url: &str) -> Result<S3Config> {
-        let rest = url
-            .strip_prefix("s3://")
-            .or_else(|| url.strip_prefix("s3:"))
-            .ok_or_else(|| Error::Invalid(format!("{url:?} is not an s3: repository URL")))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        const FORMS: &str = "use s3:BUCKET[/PREFIX], s3:https://HOST[:PORT]/BUCKET[/PREFIX], \
+                             s3:http://HOST[:PORT]/BUCKET[/PREFIX] or \
+                             s3:s3.REGION.amazonaws.com/BUCKET[/PREFIX]";
+        let bad = |why: String| Error::Invalid(format!("S3 repository {url:?}: {why}; {FORMS}"));
+        let strip = |s: &'_ str, p: &str| -> Option<usize> {
+            s.get(..p.len())
+                .filter(|h| h.eq_ignore_ascii_case(p))
+                .map(|_| p.len())
+        };
+        let rest = match strip(url, "s3://").or_else(|| strip(url, "s3:")) {
+            Some(n) => &url[n..],
+            None => return Err(bad("not an s3: repository".into())),
+        };
+        let mut endpoint = None;
+        let mut region = None;
+        let mut path = rest;
+        let scheme = strip(rest, "https://")
+            .map(|n| ("https", n))
+            .or_else(|| strip(rest, "http://").map(|n| ("http", n)));
+        if let Some((scheme, n)) = scheme {
+            let (host, p) = rest[n..].split_once('/').unwrap_or((&rest[n..], ""));
+            if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+                return Err(bad(format!("{host:?} is not a host")));
+            }
+            match aws_host(host) {
+                Some(r) => region = r,
+                None => endpoint = Some(format!("{scheme}://{host}")),
+            }
+            path = p;
+        } else if let Some((first, p)) = rest.split_once('/') {
+            if let Some(r) = aws_host(first) {
+                region = r;
+                path = p;
+            }
+        }
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         if bucket.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{url:?} names no bucket: use s3:BUCKET/PREFIX"
+            return Err(bad("no bucket named".into()));
+        }
+        if !valid_bucket(bucket) {
+            return Err(bad(format!(
+                "{bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, dots and \
+                 hyphens)"
             )));
         }
         Ok(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            endpoint,
+            region,
             ..S3Config::default()
         })
     }
@@ -122,6 +165,35 @@ impl S3Config {
             (false, false) => format!("{}/{dir}/", self.prefix),
         }
     }
+}
+
+/// `Some(region)` when `host` is an AWS S3 endpoint (`s3.amazonaws.com`: no region implied;
+/// `s3.REGION.amazonaws.com`, `s3-REGION.amazonaws.com`, `s3.dualstack.REGION.amazonaws.com`).
+fn aws_host(host: &str) -> Option<Option<String>> {
+    let h = host.to_ascii_lowercase();
+    let inner = h.strip_suffix(".amazonaws.com")?;
+    if inner == "s3" {
+        return Some(None);
+    }
+    let region = inner
+        .strip_prefix("s3.dualstack.")
+        .or_else(|| inner.strip_prefix("s3."))
+        .or_else(|| inner.strip_prefix("s3-"))?;
+    (!region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    .then(|| Some(region.to_string()))
+}
+
+/// S3's bucket naming rules (the general-purpose ones).
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+        && !b.contains("..")
 }
 
 /// Counts each request attempt as it goes on the wire, by S3 request type.
