@@ -35,6 +35,10 @@ pub struct Global {
     /// Endpoint of an S3-compatible store for s3: repositories (AWS_ENDPOINT_URL works too)
     #[arg(long, env = "CHUNKBAK_S3_ENDPOINT", global = true, value_name = "URL")]
     pub s3_endpoint: Option<String>,
+    /// AWS region of the repository's bucket (default: the AWS chain's, AWS_REGION or the
+    /// profile; a region in the repository string wins); `init` creates a missing bucket there
+    #[arg(long, env = "CHUNKBAK_S3_REGION", global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
     /// S3 requests in flight at once (uploads of packs; each holds one pack file in $TMPDIR)
     #[arg(
         long,

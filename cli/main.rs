@@ -413,6 +413,8 @@ fn spec_of(
         c.max_attempts = g.s3_max_attempts.max(1);
         if let Some(r) = region {
             c.region = Some(r.to_string());
+        } else if c.region.is_none() {
+            c.region = g.s3_region.clone();
         }
         Ok(RepoSpec {
             location: PathBuf::new(),

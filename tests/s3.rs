@@ -1073,3 +1073,69 @@ fn repository_strings_carry_their_own_endpoint_and_malformed_ones_fail_at_once()
         );
     }
 }
+
+/// The moto server (pinned in its own venv by the project's script, not the system's), for what
+/// the S3 emulator does not model: bucket regions.
+fn moto_endpoint() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-test-server");
+    let o = Command::new("bash")
+        .arg(script)
+        .env("S3_SERVER", "moto")
+        // Its own state, so it runs beside the emulator the other tests use.
+        .env(
+            "S3_STATE_DIR",
+            std::env::temp_dir().join(format!("s3-test-server-moto-{}", unsafe {
+                libc::geteuid()
+            })),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ep = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
+    ep
+}
+
+/// Issue 21: `init` creates a missing bucket in the region asked for (AWS_REGION, or
+/// --s3-region), with the LocationConstraint every region but us-east-1 needs.
+#[test]
+fn init_creates_the_bucket_in_its_region() {
+    let e = Env::new();
+    let ep = moto_endpoint();
+    let tag = hex::encode(chunkbak_engine::crypter::random_bytes::<3>());
+    let location = |bucket: &str| {
+        let mut cfg = S3Config::parse(&format!("s3:{bucket}/r")).unwrap();
+        cfg.endpoint = Some(ep.clone());
+        cfg.static_credentials = Some(("test".into(), "test".into()));
+        cfg.region = Some("us-east-1".into());
+        let b = S3Backend::new(cfg).unwrap();
+        let (c, name) = (b.client().clone(), bucket.to_string());
+        b.block_on(async move { c.get_bucket_location().bucket(name).send().await })
+            .unwrap()
+            .location_constraint()
+            .map(|l| l.as_str().to_string())
+            .unwrap_or_default()
+    };
+    for (bucket, env_region, flag) in [
+        (format!("region-env-{tag}"), "eu-west-1", None),
+        (
+            format!("region-flag-{tag}"),
+            "us-east-1",
+            Some("eu-central-1"),
+        ),
+    ] {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_S3_ENDPOINT", &ep)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", env_region)
+            .env("CHUNKBAK_REPOSITORY", format!("s3:{bucket}/r"));
+        if let Some(f) = flag {
+            c.args(["--s3-region", f]);
+        }
+        c.arg("init").args(INIT_SMALL);
+        let r = e.run_cmd(c);
+        assert_eq!(r.code, 0, "{bucket}: {}", r.stderr);
+        assert_eq!(location(&bucket), flag.unwrap_or(env_region), "{bucket}");
+    }
+}

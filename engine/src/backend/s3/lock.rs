@@ -56,6 +56,7 @@ impl Shared {
         self.client
             .create_bucket()
             .bucket(&self.cfg.bucket)
+            .set_create_bucket_configuration(self.bucket_location())
             .object_lock_enabled_for_bucket(true)
             .send()
             .await

@@ -302,6 +302,22 @@ where
             if se.raw().status().is_server_error() || err.code() == Some("SlowDown") {
                 m.push_str(" (still failing after the retries of --s3-max-attempts)");
             }
+            // A bucket in another region: S3 redirects and says which.
+            let moved = se.raw().status().as_u16() == 301
+                || matches!(
+                    err.code(),
+                    Some("PermanentRedirect" | "AuthorizationHeaderMalformed")
+                );
+            if let Some(r) = se
+                .raw()
+                .headers()
+                .get("x-amz-bucket-region")
+                .filter(|_| moved)
+            {
+                m.push_str(&format!(
+                    " (the bucket is in region {r}: give --s3-region {r} or CHUNKBAK_S3_REGION)"
+                ));
+            }
             m
         }
         SdkError::TimeoutError(_) => "timed out".to_string(),
@@ -341,6 +357,19 @@ impl Shared {
         } else {
             format!("{}/{rel}", self.cfg.prefix)
         }
+    }
+
+    /// Where a new bucket goes: the client's region (us-east-1 takes no constraint, as AWS
+    /// requires; every other region must be named or CreateBucket fails).
+    pub(super) fn bucket_location(&self) -> Option<aws_sdk_s3::types::CreateBucketConfiguration> {
+        let region = self.client.config().region()?.as_ref().to_string();
+        (region != "us-east-1").then(|| {
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    region.as_str(),
+                ))
+                .build()
+        })
     }
 
     fn url(&self, key: &str) -> String {
@@ -850,6 +879,7 @@ impl Backend for S3Backend {
                     s.client
                         .create_bucket()
                         .bucket(&s.cfg.bucket)
+                        .set_create_bucket_configuration(s.bucket_location())
                         .send()
                         .await
                         .map(|_| ())
