@@ -1139,3 +1139,51 @@ fn init_creates_the_bucket_in_its_region() {
         assert_eq!(location(&bucket), flag.unwrap_or(env_region), "{bucket}");
     }
 }
+
+/// Issue 21 (part 7): a store without an operation (501) is said to lack it, once, not to be
+/// "still failing after the retries".
+#[test]
+fn a_501_is_reported_as_not_implemented_without_retries() {
+    let e = Env::new();
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    let url = format!(
+        "s3:notimpl-{}-{}/r",
+        std::process::id(),
+        hex::encode(chunkbak_engine::crypter::random_bytes::<3>())
+    );
+    let run = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_S3_ENDPOINT", &proxy.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("CHUNKBAK_REPOSITORY", &url)
+            .args(args);
+        e.run_cmd(c)
+    };
+    let mut init = vec!["init"];
+    init.extend(INIT_SMALL);
+    assert_eq!(run(&init).code, 0);
+    let before = proxy.requests().len();
+    proxy.arm_only(1, &[Fault::NotImplemented], Some("GET "));
+    let r = run(&["snapshots"]);
+    proxy.disarm();
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("HTTP 501") && r.stderr.contains("not implemented by this store"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("still failing"), "{}", r.stderr);
+    let gets = proxy.requests()[before..]
+        .iter()
+        .filter(|l| l.starts_with("GET "))
+        .count();
+    assert_eq!(
+        gets,
+        1,
+        "a 501 is not retried: {:?}",
+        &proxy.requests()[before..]
+    );
+}

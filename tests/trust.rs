@@ -157,6 +157,14 @@ fn append_only_policy_refuses_overwrites_and_deletes_and_every_write_of_a_backup
     // A backup host cannot forget: the store refuses its deletes, and nothing is lost.
     let r = t.run(&["forget", "--keep-last", "1"]);
     assert_ne!(r.code, 0, "{}", r.out());
+    // The refusal says what was refused and where to look.
+    assert!(
+        r.stderr.contains("HTTP 403")
+            && r.stderr.contains("access denied")
+            && r.stderr.contains("s3:DeleteObject"),
+        "{}",
+        r.stderr
+    );
     assert!(
         proxy.denied().iter().any(|l| l.starts_with("DELETE")),
         "{:?}",

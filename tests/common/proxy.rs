@@ -20,6 +20,8 @@ pub enum Fault {
     Slow,
     /// 403 AccessDenied, as an IAM policy that does not allow the call answers.
     Forbidden,
+    /// 501 NotImplemented, as a store without the operation answers.
+    NotImplemented,
 }
 
 /// How long a [`Fault::Slow`] response waits.
@@ -400,6 +402,12 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             Some(Fault::Forbidden) => {
                 st.injected.lock().unwrap().forbidden += 1;
                 write_message(&mut w, &error_response("403 Forbidden", "AccessDenied"))?;
+            }
+            Some(Fault::NotImplemented) => {
+                write_message(
+                    &mut w,
+                    &error_response("501 Not Implemented", "NotImplemented"),
+                )?;
             }
             Some(Fault::InternalError) => {
                 st.injected.lock().unwrap().internal += 1;

@@ -299,8 +299,27 @@ where
             if let Some(t) = err.message().filter(|t| !t.is_empty()) {
                 m.push_str(&format!(": {t}"));
             }
-            if se.raw().status().is_server_error() || err.code() == Some("SlowDown") {
+            let status = se.raw().status().as_u16();
+            if status == 501 {
+                // Not transient, and not retried: the store lacks the operation.
+                m.push_str(" (not implemented by this store)");
+            } else if se.raw().status().is_server_error() || err.code() == Some("SlowDown") {
                 m.push_str(" (still failing after the retries of --s3-max-attempts)");
+            }
+            if status == 403 {
+                let action = match context.split_whitespace().next() {
+                    Some("DELETE") => "s3:DeleteObject",
+                    Some("PUT") => "s3:PutObject",
+                    Some("GET" | "HEAD") => "s3:GetObject",
+                    Some("LIST") => "s3:ListBucket",
+                    Some("RESTORE") => "s3:RestoreObject",
+                    _ => "this action",
+                };
+                m.push_str(&format!(
+                    " (access denied: the credentials in use (AWS_PROFILE, AWS_ACCESS_KEY_ID or \
+                     the instance role) may not do {action} here, or a bucket policy refuses \
+                     it; see docs/s3.md for the policies)"
+                ));
             }
             // A bucket in another region: S3 redirects and says which.
             let moved = se.raw().status().as_u16() == 301
