@@ -1140,9 +1140,10 @@ fn choose(
     Ok((id, s, sub))
 }
 
-/// A damaged snapshot may be the one the user asked for: an id it matches, or, for `latest` and
-/// `--at`, one uploaded after the readable snapshot chosen (and, for `--at`, not after that
-/// time). Then nothing is substituted silently: an error names it, unless `--skip-damaged`.
+/// For `latest` and `--at`: a damaged snapshot uploaded after the readable one chosen (and,
+/// for `--at`, not after that time) may be the one asked for. Then nothing is substituted
+/// silently: an error names it, unless `--skip-damaged`. (An id matching a damaged snapshot is
+/// refused before the choice.)
 fn refuse_damaged_choice(
     repo: &Repository,
     names: &[String],
@@ -1150,48 +1151,31 @@ fn refuse_damaged_choice(
     chosen: &Snapshot,
     out: &Out,
 ) -> anyhow::Result<()> {
-    if names.is_empty() {
-        return Ok(());
-    }
+    let until = match sel {
+        _ if names.is_empty() => return Ok(()),
+        Selector::Id(_) => return Ok(()),
+        Selector::Latest => i64::MAX,
+        Selector::At(t) => t.as_second(),
+    };
     let uploaded: std::collections::HashMap<String, Option<i64>> = repo
         .backend()
         .list_info(FileKind::Snapshot)?
         .into_iter()
         .map(|o| (o.name, o.modified))
         .collect();
-    let after_chosen = |n: &String| {
-        // Unknown upload time: it may be newer.
+    // An unknown upload time may be any.
+    let Some(first) = names.iter().find(|n| {
         uploaded
-            .get(n)
+            .get(*n)
             .copied()
             .flatten()
-            .is_none_or(|t| t >= chosen.time.secs)
-    };
-    let suspect: Vec<&String> = match sel {
-        Selector::Latest => names.iter().filter(|n| after_chosen(n)).collect(),
-        Selector::At(t) => names
-            .iter()
-            .filter(|n| {
-                after_chosen(n)
-                    && uploaded
-                        .get(*n)
-                        .copied()
-                        .flatten()
-                        .is_none_or(|u| u <= t.as_second())
-            })
-            .collect(),
-        Selector::Id(p) => names.iter().filter(|n| n.starts_with(p.as_str())).collect(),
-    };
-    let Some(first) = suspect.first() else {
+            .is_none_or(|t| t >= chosen.time.secs && t <= until)
+    }) else {
         return Ok(());
     };
-    let what = match sel {
-        Selector::Id(p) => format!("snapshot {p:?} matches snapshots/{first}, which"),
-        _ => {
-            format!("snapshots/{first} (written after the one chosen) may be the one asked for; it")
-        }
-    };
-    if crate::SKIP_DAMAGED.get().copied().unwrap_or(false) && !matches!(sel, Selector::Id(_)) {
+    let what =
+        format!("snapshots/{first} (written after the one chosen) may be the one asked for; it");
+    if crate::SKIP_DAMAGED.get().copied().unwrap_or(false) {
         warn(
             out,
             &format!("{what} cannot be read: --skip-damaged takes the newest readable one"),

@@ -820,18 +820,10 @@ fn remote_reads_never_request_a_single_blobs_length() {
     let e = env();
     let ep = s3_endpoint();
     let proxy = common::proxy::FaultProxy::start(&ep);
-    let url = format!(
-        "s3:hostile-{}-{}/r",
-        std::process::id(),
-        hex::encode(chunkbak_engine::crypter::random_bytes::<4>())
-    );
+    let url = format!("s3:{}/r", test_bucket("hostile"));
     let s3 = |args: &[&str]| {
         let mut c = e.cmd();
-        c.env("CHUNKBAK_REPOSITORY", &url)
-            .env("CHUNKBAK_S3_ENDPOINT", &proxy.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
+        with_s3(&mut c, Some(&proxy.endpoint), &url)
             .env("CHUNKBAK_NO_CACHE", "1")
             .args(args);
         let r = e.run_cmd(c);

@@ -1016,19 +1016,10 @@ fn s3_init_goes_on_when_head_bucket_is_forbidden() {
 fn repository_strings_carry_their_own_endpoint_and_malformed_ones_fail_at_once() {
     let e = Env::new();
     let ep = s3_endpoint();
-    let url = format!(
-        "s3:{ep}/urlform-{}-{}/fleet/web1",
-        std::process::id(),
-        hex::encode(chunkbak_engine::crypter::random_bytes::<3>())
-    );
+    let url = format!("s3:{ep}/{}/fleet/web1", test_bucket("urlform"));
     let run = |args: &[&str]| {
         let mut c = e.cmd();
-        c.env_remove("CHUNKBAK_S3_ENDPOINT")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("CHUNKBAK_REPOSITORY", &url)
+        with_s3(&mut c, None, &url)
             .env("CHUNKBAK_S3_MAX_ATTEMPTS", "1")
             .args(args);
         e.run_cmd(c)
@@ -1102,7 +1093,7 @@ fn moto_endpoint() -> String {
 fn init_creates_the_bucket_in_its_region() {
     let e = Env::new();
     let ep = moto_endpoint();
-    let tag = hex::encode(chunkbak_engine::crypter::random_bytes::<3>());
+    let tag = test_bucket("region");
     let location = |bucket: &str| {
         let mut cfg = S3Config::parse(&format!("s3:{bucket}/r")).unwrap();
         cfg.endpoint = Some(ep.clone());
@@ -1117,19 +1108,11 @@ fn init_creates_the_bucket_in_its_region() {
             .unwrap_or_default()
     };
     for (bucket, env_region, flag) in [
-        (format!("region-env-{tag}"), "eu-west-1", None),
-        (
-            format!("region-flag-{tag}"),
-            "us-east-1",
-            Some("eu-central-1"),
-        ),
+        (format!("{tag}-env"), "eu-west-1", None),
+        (format!("{tag}-flag"), "us-east-1", Some("eu-central-1")),
     ] {
         let mut c = e.cmd();
-        c.env("CHUNKBAK_S3_ENDPOINT", &ep)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", env_region)
-            .env("CHUNKBAK_REPOSITORY", format!("s3:{bucket}/r"));
+        with_s3(&mut c, Some(&ep), &format!("s3:{bucket}/r")).env("AWS_REGION", env_region);
         if let Some(f) = flag {
             c.args(["--s3-region", f]);
         }
@@ -1147,19 +1130,10 @@ fn a_501_is_reported_as_not_implemented_without_retries() {
     let e = Env::new();
     let ep = s3_endpoint();
     let proxy = FaultProxy::start(&ep);
-    let url = format!(
-        "s3:notimpl-{}-{}/r",
-        std::process::id(),
-        hex::encode(chunkbak_engine::crypter::random_bytes::<3>())
-    );
+    let url = format!("s3:{}/r", test_bucket("notimpl"));
     let run = |args: &[&str]| {
         let mut c = e.cmd();
-        c.env("CHUNKBAK_S3_ENDPOINT", &proxy.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("CHUNKBAK_REPOSITORY", &url)
-            .args(args);
+        with_s3(&mut c, Some(&proxy.endpoint), &url).args(args);
         e.run_cmd(c)
     };
     let mut init = vec!["init"];

@@ -29,11 +29,7 @@ fn env() -> Env {
 
 /// A bucket of its own for one test.
 fn bucket(tag: &str) -> String {
-    format!(
-        "trust-{tag}-{}-{}",
-        std::process::id(),
-        hex::encode(chunkbak_engine::crypter::random_bytes::<4>())
-    )
+    test_bucket(&format!("trust-{tag}"))
 }
 
 /// A repository on a local folder or on the S3 test server, as the tests reach it.
@@ -58,14 +54,7 @@ impl<'a> Target<'a> {
     fn cmd(&self) -> Command {
         let mut c = self.e.cmd();
         if let Some((ep, url)) = &self.s3 {
-            c.env("CHUNKBAK_REPOSITORY", url)
-                .env("CHUNKBAK_S3_ENDPOINT", ep)
-                .env("CHUNKBAK_S3_MAX_ATTEMPTS", "2")
-                .env("AWS_ACCESS_KEY_ID", "test")
-                .env("AWS_SECRET_ACCESS_KEY", "test")
-                .env("AWS_REGION", "us-east-1")
-                .env_remove("AWS_PROFILE")
-                .env_remove("AWS_ENDPOINT_URL");
+            with_s3(&mut c, Some(ep), url).env("CHUNKBAK_S3_MAX_ATTEMPTS", "2");
         }
         c
     }
@@ -793,14 +782,10 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
     assert!(!first_packs.is_empty() && !second_packs.is_empty());
     let after = now();
     let mut all = 0;
-    for kind in [
-        FileKind::Config,
-        FileKind::Key,
-        FileKind::Snapshot,
-        FileKind::Index,
-        FileKind::Data,
-        FileKind::Tree,
-    ] {
+    for kind in FileKind::ALL
+        .into_iter()
+        .filter(|k| chunkbak_engine::backend::ObjectLock::covers(*k))
+    {
         for (name, _) in be.list(kind).unwrap() {
             let (mode, until) = lock_of(&be, &be.key(kind, &name));
             let until = until.unwrap_or_else(|| panic!("{kind:?} {name} is not locked"));

@@ -78,7 +78,24 @@ struct Inner {
 }
 
 impl Chunker {
+    /// The v1 chunker: the public gear table XOR `gear_seed` (repositories without config
+    /// extension 2).
     pub fn new(params: ChunkerParams, gear_seed: u64) -> Result<Self> {
+        let (gear, gear_ls) = v2020::get_gear_with_seed(gear_seed);
+        Self::with_tables(params, gear, gear_ls)
+    }
+
+    /// A chunker whose gear table is `table` (every entry keyed: format-spec 5).
+    pub fn with_table(params: ChunkerParams, table: &[u64; 256]) -> Result<Self> {
+        let gear_ls: Vec<u64> = table.iter().map(|g| g << 1).collect();
+        Self::with_tables(params, Cow::Owned(table.to_vec()), Cow::Owned(gear_ls))
+    }
+
+    fn with_tables(
+        params: ChunkerParams,
+        gear: Cow<'static, [u64]>,
+        gear_ls: Cow<'static, [u64]>,
+    ) -> Result<Self> {
         params.validate()?;
         let level = match params.normalization {
             0 => Normalization::Level0,
@@ -87,7 +104,6 @@ impl Chunker {
             _ => Normalization::Level3,
         };
         let (mask_s, mask_l) = v2020::select_masks(params.avg_size as usize, level);
-        let (gear, gear_ls) = v2020::get_gear_with_seed(gear_seed);
         Ok(Chunker {
             inner: Arc::new(Inner {
                 params,
@@ -95,29 +111,6 @@ impl Chunker {
                 mask_l,
                 gear,
                 gear_ls,
-            }),
-        })
-    }
-
-    /// A chunker whose gear table is `table` (every entry keyed: format-spec 5).
-    pub fn with_table(params: ChunkerParams, table: &[u64; 256]) -> Result<Self> {
-        params.validate()?;
-        let level = match params.normalization {
-            0 => Normalization::Level0,
-            1 => Normalization::Level1,
-            2 => Normalization::Level2,
-            _ => Normalization::Level3,
-        };
-        let (mask_s, mask_l) = v2020::select_masks(params.avg_size as usize, level);
-        let gear: Vec<u64> = table.to_vec();
-        let gear_ls: Vec<u64> = table.iter().map(|g| g << 1).collect();
-        Ok(Chunker {
-            inner: Arc::new(Inner {
-                params,
-                mask_s,
-                mask_l,
-                gear: Cow::Owned(gear),
-                gear_ls: Cow::Owned(gear_ls),
             }),
         })
     }

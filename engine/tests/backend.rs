@@ -259,11 +259,10 @@ fn s3_urls_parse() {
     }
 }
 
-#[test]
-fn s3_multipart_uploads_checksums_and_request_counts() {
-    let bucket = format!("multipart-{}", std::process::id());
-    let b = S3Backend::new(S3Config {
-        bucket: bucket.clone(),
+/// An S3 backend that uploads objects over 6 MiB in 5 MiB parts.
+fn s3_small_parts(bucket: &str) -> S3Backend {
+    S3Backend::new(S3Config {
+        bucket: bucket.into(),
         prefix: "r".into(),
         endpoint: Some(s3_endpoint()),
         static_credentials: Some(("test".into(), "test".into())),
@@ -274,7 +273,13 @@ fn s3_multipart_uploads_checksums_and_request_counts() {
         multipart_full_crc: false,
         ..S3Config::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn s3_multipart_uploads_checksums_and_request_counts() {
+    let bucket = format!("multipart-{}", std::process::id());
+    let b = s3_small_parts(&bucket);
     b.create().unwrap();
     let tmp = b.temp_dir();
     std::fs::create_dir_all(&tmp).unwrap();
@@ -374,18 +379,7 @@ fn s3_archived_objects_thaw_on_request() {
 #[test]
 fn s3_object_lock_at_upload_multipart_included_delete_hide_and_extend() {
     use chunkbak_engine::backend::{Extended, LockMode, ObjectLock};
-    let bucket = format!("objlock-{}", std::process::id());
-    let b = S3Backend::new(S3Config {
-        bucket: bucket.clone(),
-        prefix: "r".into(),
-        endpoint: Some(s3_endpoint()),
-        static_credentials: Some(("test".into(), "test".into())),
-        multipart_threshold: 6 << 20,
-        part_size: 5 << 20,
-        multipart_full_crc: false,
-        ..S3Config::default()
-    })
-    .unwrap();
+    let b = s3_small_parts(&format!("objlock-{}", std::process::id()));
     b.set_object_lock(Some(ObjectLock {
         mode: LockMode::Governance,
         days: 1,

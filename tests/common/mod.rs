@@ -431,3 +431,27 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A bucket of its own for one test: `TAG-PID-RANDOM`.
+pub fn test_bucket(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        hex::encode(chunkbak_engine::crypter::random_bytes::<4>())
+    )
+}
+
+/// `c` pointed at the S3 repository `url` with the test server's credentials and region, through
+/// `endpoint` (None: the endpoint the repository string names, or none at all).
+pub fn with_s3<'c>(c: &'c mut Command, endpoint: Option<&str>, url: &str) -> &'c mut Command {
+    c.env("CHUNKBAK_REPOSITORY", url)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL");
+    match endpoint {
+        Some(ep) => c.env("CHUNKBAK_S3_ENDPOINT", ep),
+        None => c.env_remove("CHUNKBAK_S3_ENDPOINT"),
+    }
+}

@@ -27,11 +27,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
@@ -410,22 +412,29 @@ impl Shared {
         }
     }
 
-    /// One PutObject that never replaces (`If-None-Match: *`; names are contents, and a lost
-    /// response retried is a 412): `Ok(true)` stored, `Ok(false)` the key was taken.
+    /// One PutObject of `data` that never replaces (`If-None-Match: *`; names are contents,
+    /// and a lost response retried is a 412): `Ok(true)` stored, `Ok(false)` the key was taken.
     async fn put_new(
         &self,
         kind: FileKind,
         key: &str,
         data: &[u8],
-    ) -> std::result::Result<
-        bool,
-        SdkError<
-            aws_sdk_s3::operation::put_object::PutObjectError,
-            aws_sdk_s3::config::http::HttpResponse,
-        >,
-    > {
+    ) -> std::result::Result<bool, SdkError<PutObjectError, HttpResponse>> {
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         crc.update(data);
+        let body = ByteStream::from(data.to_vec());
+        self.put_body(kind, key, body, crc.finalize() as u32).await
+    }
+
+    /// The PutObject every single-request upload sends: conditional, with its CRC32C, storage
+    /// class and Object Lock retention.
+    async fn put_body(
+        &self,
+        kind: FileKind,
+        key: &str,
+        body: ByteStream,
+        crc: u32,
+    ) -> std::result::Result<bool, SdkError<PutObjectError, HttpResponse>> {
         let lock = self.lock_for(kind);
         match self
             .client
@@ -433,11 +442,11 @@ impl Shared {
             .bucket(&self.cfg.bucket)
             .key(key)
             .if_none_match("*")
-            .checksum_crc32_c(crc_header(crc.finalize() as u32))
+            .checksum_crc32_c(crc_header(crc))
             .set_storage_class(self.class_of(kind))
             .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
             .set_object_lock_retain_until_date(lock.map(|l| l.1))
-            .body(ByteStream::from(data.to_vec()))
+            .body(body)
             .send()
             .await
         {
@@ -459,25 +468,10 @@ impl Shared {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        let lock = self.lock_for(kind);
-        match self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .if_none_match("*")
-            .checksum_crc32_c(crc_header(crc))
-            .set_storage_class(self.class_of(kind))
-            .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
-            .set_object_lock_retain_until_date(lock.map(|l| l.1))
-            .body(body)
-            .send()
+        self.put_body(kind, key, body, crc)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if exists_already(&e) => Ok(()),
-            Err(e) => Err(sdk_err(format!("PUT {}", self.url(key)), e)),
-        }
+            .map(|_| ())
+            .map_err(|e| sdk_err(format!("PUT {}", self.url(key)), e))
     }
 
     async fn upload_multipart(
@@ -1169,7 +1163,9 @@ impl Backend for S3Backend {
     /// local user can neither plant a symlink there nor read the packs), not in the system
     /// temp folder itself, which is often an ancestor of backed-up paths.
     fn temp_dir(&self) -> PathBuf {
-        crate::tmp::dir().unwrap_or_else(|_| std::env::temp_dir().join("chunkbak-unavailable"))
+        // Without it, the temp folder itself (packs are created there with O_EXCL, 0600,
+        // under random names), never a fixed shared subfolder.
+        crate::tmp::dir().unwrap_or_else(|_| std::env::temp_dir())
     }
 
     fn set_storage_class(&self, kind: FileKind, class: StorageClass) {

@@ -154,26 +154,6 @@ impl Dir {
         Ok(f)
     }
 
-    /// Opens the regular file `name` for writing (never through a symlink), whatever its
-    /// link count: the first name of a hard link group, which the caller identifies by inode.
-    pub fn open_plain_linked(&self, name: &OsStr) -> io::Result<File> {
-        let f = File::from(openat(
-            self,
-            name,
-            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-            0,
-        )?);
-        if !f.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
-        // SAFETY: the descriptor is open for the call.
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) };
-        Ok(f)
-    }
-
     /// A handle of the entry `name` itself (`O_PATH | O_NOFOLLOW`), for the metadata of a
     /// special file: set through `/proc/self/fd/<handle>`, which reaches exactly that inode.
     pub fn open_node(&self, name: &OsStr) -> io::Result<OwnedFd> {

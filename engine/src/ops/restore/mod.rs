@@ -574,8 +574,9 @@ impl Restorer<'_> {
         let e = self.entry(path).map_err(|e| Error::io(path, e))?;
         let f = match job.created {
             _ if existing => e.dir.open_plain(&e.name, true, job.links),
-            // The first name of a hard link group, created empty by the walk: that file.
-            Some((dev, ino)) => e.dir.open_plain_linked(&e.name).and_then(|f| {
+            // The first name of a hard link group, created empty by the walk: that file (its
+            // other names may already link to it).
+            Some((dev, ino)) => e.dir.open_plain(&e.name, true, u64::MAX).and_then(|f| {
                 let m = f.metadata()?;
                 if (m.dev(), m.ino()) == (dev, ino) {
                     Ok(f)
