@@ -39,6 +39,40 @@ pub struct Global {
     /// profile; a region in the repository string wins); `init` creates a missing bucket there
     #[arg(long, env = "CHUNKBAK_S3_REGION", global = true, value_name = "REGION")]
     pub s3_region: Option<String>,
+    /// How an archived pack is recognised: auto (ask the store: a GLACIER-labelled object it
+    /// serves is read directly, one it refuses is thawed), aws (the storage class decides:
+    /// always thaw), never (ignore storage classes, never thaw)
+    #[arg(
+        long,
+        env = "CHUNKBAK_S3_ARCHIVE",
+        global = true,
+        default_value = "auto",
+        value_name = "MODE"
+    )]
+    pub s3_archive: chunkbak_engine::backend::s3::ArchiveMode,
+    /// How requests name the bucket: auto (path style for a store of its own, however its
+    /// endpoint is given; virtual-hosted for AWS), path (HOST/BUCKET/KEY) or virtual
+    /// (BUCKET.HOST/KEY)
+    #[arg(
+        long,
+        env = "CHUNKBAK_S3_ADDRESSING",
+        global = true,
+        default_value = "auto",
+        value_name = "STYLE"
+    )]
+    pub s3_addressing: chunkbak_engine::backend::s3::Addressing,
+    /// How long an S3 request waits for the first byte of its answer (after sending its body).
+    /// When the store answers nothing for this long (at most 10 s) while requests fail
+    /// (refused, reset, timed out), the run stops with one error and a rerun goes on from
+    /// there. Raise it for large packs on slow links
+    #[arg(
+        long,
+        env = "CHUNKBAK_S3_TIMEOUT",
+        global = true,
+        default_value = "120s",
+        value_name = "DURATION"
+    )]
+    pub s3_timeout: String,
     /// S3 requests in flight at once (uploads of packs; each holds one pack file in $TMPDIR)
     #[arg(
         long,

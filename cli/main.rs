@@ -411,6 +411,9 @@ fn spec_of(
         }
         c.connections = g.s3_connections.max(1);
         c.max_attempts = g.s3_max_attempts.max(1);
+        c.archive = g.s3_archive;
+        c.addressing = g.s3_addressing;
+        c.timeout = timeparse::parse_duration(&g.s3_timeout).context("--s3-timeout")?;
         if let Some(r) = region {
             c.region = Some(r.to_string());
         } else if c.region.is_none() {

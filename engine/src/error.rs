@@ -22,6 +22,19 @@ pub enum Error {
     NotFound(String),
     #[error("{object} is in storage class {class} and must be thawed before it can be read: `chunkbak restore` thaws what it needs, `chunkbak warmup` thaws ahead")]
     Archived { object: String, class: String },
+    /// The store did not keep an upload as it was sent (a store that keeps aws-chunked
+    /// framing as data, or a proxy that alters bodies).
+    #[error("{object}: the store did not keep the upload as sent ({detail}); it was deleted and sent again with the same result: this store (or a proxy before it) alters uploads and cannot hold a repository (docs/s3.md, compatible stores)")]
+    Altered { object: String, detail: String },
+    /// The store stopped answering (no response to `failures` attempts in a row): the run
+    /// stopped; `done` says what it finished before (may be empty).
+    #[error("{store} stopped answering: {failures} requests in a row got no answer (last: {last}){done}; the run stopped there, and what it finished is kept: run the same command again when the store answers")]
+    StoreDown {
+        store: String,
+        failures: u32,
+        last: String,
+        done: String,
+    },
     /// Retained by S3 Object Lock until `until` (seconds since the epoch): cannot be deleted
     /// before then.
     #[error("{object} is locked (S3 Object Lock) until {}: it can be deleted after that", crate::timeparse::format_time(*until))]

@@ -45,6 +45,7 @@ pub mod progress;
 pub mod repo;
 pub mod resemble;
 pub mod state;
+pub mod stop;
 pub mod timeparse;
 pub mod tmp;
 

@@ -142,13 +142,21 @@ fn local_put_file_installs_in_background_and_reports_failures() {
     b.flush().unwrap();
 }
 
-/// Starts (or reuses) the project's S3 test server and returns its endpoint.
-pub fn s3_endpoint() -> String {
+/// Starts (or reuses) one of the project's S3 servers (`.ci/s3-test-server`): the emulator
+/// (`ministack`), or `seaweedfs` with its own state folder.
+pub fn s3_server(server: &str) -> String {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/s3-test-server");
-    let o = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .unwrap();
+    let mut c = std::process::Command::new("bash");
+    c.arg(script);
+    if server != "ministack" {
+        c.env("S3_SERVER", server).env(
+            "S3_STATE_DIR",
+            std::env::temp_dir().join(format!("s3-test-server-{server}-{}", unsafe {
+                libc::geteuid()
+            })),
+        );
+    }
+    let o = c.output().unwrap();
     assert!(
         o.status.success(),
         "S3 test server: {}",
@@ -159,16 +167,25 @@ pub fn s3_endpoint() -> String {
     ep
 }
 
-fn s3(bucket: &str, prefix: &str) -> S3Backend {
+/// The store under test: the emulator, or `CHUNKBAK_TEST_S3_SERVER`'s (CI: also seaweedfs).
+pub fn s3_endpoint() -> String {
+    s3_server(&std::env::var("CHUNKBAK_TEST_S3_SERVER").unwrap_or_else(|_| "ministack".into()))
+}
+
+fn s3_at(endpoint: String, bucket: &str, prefix: &str) -> S3Backend {
     S3Backend::new(S3Config {
         bucket: bucket.into(),
         prefix: prefix.into(),
-        endpoint: Some(s3_endpoint()),
+        endpoint: Some(endpoint),
         region: Some("us-east-1".into()),
         static_credentials: Some(("test".into(), "test".into())),
         ..S3Config::default()
     })
     .unwrap()
+}
+
+fn s3(bucket: &str, prefix: &str) -> S3Backend {
+    s3_at(s3_endpoint(), bucket, prefix)
 }
 
 #[test]
@@ -261,16 +278,17 @@ fn s3_urls_parse() {
 
 /// An S3 backend that uploads objects over 6 MiB in 5 MiB parts.
 fn s3_small_parts(bucket: &str) -> S3Backend {
+    s3_small_parts_at(s3_endpoint(), bucket)
+}
+
+fn s3_small_parts_at(endpoint: String, bucket: &str) -> S3Backend {
     S3Backend::new(S3Config {
         bucket: bucket.into(),
         prefix: "r".into(),
-        endpoint: Some(s3_endpoint()),
+        endpoint: Some(endpoint),
         static_credentials: Some(("test".into(), "test".into())),
         multipart_threshold: 6 << 20,
         part_size: 5 << 20,
-        // ministack 1.5.33 computes only composite multipart checksums and refuses the
-        // whole-object CRC32C that AWS accepts (checksum type FULL_OBJECT).
-        multipart_full_crc: false,
         ..S3Config::default()
     })
     .unwrap()
@@ -295,8 +313,10 @@ fn s3_multipart_uploads_checksums_and_request_counts() {
         .unwrap();
     b.flush().unwrap();
     let after = b.requests().unwrap();
-    // Create, three parts, complete: five PUT-class requests, no DELETE.
+    // Create, three parts, complete: five PUT-class requests, no DELETE; one HEAD checks
+    // that the store kept the size and composite CRC32C sent.
     assert_eq!(after.put - before.put, 5, "{after:?}");
+    assert_eq!(after.head - before.head, 1, "{after:?}");
     assert_eq!(after.delete, 0);
     assert!(after.bytes_up - before.bytes_up >= data.len() as u64);
     assert_eq!(b.get(FileKind::Data, &name).unwrap(), data);
@@ -337,7 +357,8 @@ fn s3_multipart_uploads_checksums_and_request_counts() {
 #[test]
 fn s3_archived_objects_thaw_on_request() {
     let bucket = format!("glacier-{}", std::process::id());
-    let b = s3(&bucket, "g");
+    // The emulator: only it refuses to serve an archived object before a thaw.
+    let b = s3_at(s3_server("ministack"), &bucket, "g");
     b.create().unwrap();
     let name = "56".repeat(32);
     b.put(FileKind::Data, &name, b"cold data").unwrap();
@@ -379,7 +400,10 @@ fn s3_archived_objects_thaw_on_request() {
 #[test]
 fn s3_object_lock_at_upload_multipart_included_delete_hide_and_extend() {
     use chunkbak_engine::backend::{Extended, LockMode, ObjectLock};
-    let b = s3_small_parts(&format!("objlock-{}", std::process::id()));
+    let b = s3_small_parts_at(
+        s3_server("ministack"),
+        &format!("objlock-{}", std::process::id()),
+    );
     b.set_object_lock(Some(ObjectLock {
         mode: LockMode::Governance,
         days: 1,

@@ -337,14 +337,39 @@ pub fn torture(root: &Path) {
     xattr::set(root.join("text"), "user.note", b"kept").unwrap();
 }
 
-/// Starts (or reuses) the project's S3 test server on 127.0.0.1 and returns its endpoint.
-pub fn s3_endpoint() -> String {
+/// Starts (or reuses) one of the project's S3 servers on 127.0.0.1 (`.ci/s3-test-server`) and
+/// returns its endpoint: `ministack` (the emulator: Glacier simulation, Object Lock),
+/// `seaweedfs` (a production store) or `moto` (bucket regions). Each but the emulator keeps its
+/// own state folder, so they run side by side.
+pub fn s3_server(server: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-test-server");
-    let o = Command::new("bash").arg(script).output().unwrap();
+    let mut c = Command::new("bash");
+    c.arg(script);
+    if server != "ministack" {
+        c.env("S3_SERVER", server).env(
+            "S3_STATE_DIR",
+            std::env::temp_dir().join(format!("s3-test-server-{server}-{}", unsafe {
+                libc::geteuid()
+            })),
+        );
+    }
+    let o = c.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ep = String::from_utf8(o.stdout).unwrap().trim().to_string();
     assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
     ep
+}
+
+/// The store the S3 tests run against: the emulator, or the server named by
+/// `CHUNKBAK_TEST_S3_SERVER` (CI runs the S3 tests a second time with `seaweedfs`).
+pub fn s3_endpoint() -> String {
+    s3_server(&std::env::var("CHUNKBAK_TEST_S3_SERVER").unwrap_or_else(|_| "ministack".into()))
+}
+
+/// The emulator, for what only it models: Glacier (GET of an archived object refused until a
+/// thaw), lifecycle rules stored as given, Object Lock.
+pub fn emulator_endpoint() -> String {
+    s3_server("ministack")
 }
 
 /// A table dump as `pg_dump` writes it (COPY rows of ids, times, amounts, codes and text) on

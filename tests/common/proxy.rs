@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,10 @@ pub enum Policy {
     AppendOnly,
     /// A store that ignores `If-None-Match`: the header is dropped, so a PUT overwrites.
     IgnoresConditions,
+    /// A store that keeps chunk framing as object data (s3rver with aws-chunked bodies) and
+    /// checks no checksum: the body of every PUT under `/data/` reaches the store wrapped in
+    /// a chunk header and trailer, without its checksum headers.
+    KeepsFraming,
 }
 
 struct State {
@@ -66,6 +70,13 @@ struct State {
     injected: Mutex<Injected>,
     /// Every request line, with its Range header when it has one.
     log: Mutex<Vec<String>>,
+    /// The store is gone: connections are refused (the listening socket is closed) and open
+    /// ones are reset, as when the server process is killed.
+    dead: AtomicBool,
+    /// The store hangs: requests are read and never answered, as a stopped (SIGSTOP) server.
+    hung: AtomicBool,
+    /// After this many more requests whose line contains `stop_on`, the store dies or hangs.
+    stop_after: Mutex<Option<(u64, String, bool)>>,
 }
 
 pub struct FaultProxy {
@@ -91,18 +102,53 @@ impl FaultProxy {
             count: AtomicU64::new(0),
             injected: Mutex::new(Injected::default()),
             log: Mutex::new(Vec::new()),
+            dead: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
+            stop_after: Mutex::new(None),
         });
         let st = state.clone();
+        let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &st);
+            let mut listener = Some(listener);
+            loop {
+                // Dead: the port is closed (connections refused) until revived.
+                if st.dead.load(Ordering::SeqCst) {
+                    listener = None;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                let l = listener.get_or_insert_with(|| {
+                    let l = TcpListener::bind(addr).unwrap();
+                    l.set_nonblocking(true).unwrap();
+                    l
                 });
+                l.set_nonblocking(true).unwrap();
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        let st = st.clone();
+                        std::thread::spawn(move || {
+                            let _ = serve(conn, &st);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                }
             }
         });
         FaultProxy { endpoint, state }
+    }
+
+    /// The store dies (`hang` false: its port refuses connections, open ones are reset) or
+    /// hangs (requests are never answered) once `n` more requests containing `only` came.
+    pub fn stop_after(&self, n: u64, only: &str, hang: bool) {
+        *self.state.stop_after.lock().unwrap() = Some((n, only.to_string(), hang));
+    }
+
+    /// The store answers again.
+    pub fn revive(&self) {
+        *self.state.stop_after.lock().unwrap() = None;
+        self.state.hung.store(false, Ordering::SeqCst);
+        self.state.dead.store(false, Ordering::SeqCst);
     }
 
     /// From now on every `every`-th request gets the next of `faults`, in turn.
@@ -128,7 +174,7 @@ impl FaultProxy {
         self.state.denied.lock().unwrap().clone()
     }
 
-    /// Every request so far: `METHOD TARGET HTTP/1.1 [range]`.
+    /// Every request so far: `METHOD TARGET HTTP/1.1 [range][ aws-chunked][ region=R]`.
     pub fn requests(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()
     }
@@ -321,10 +367,47 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let body = read_body(&mut r, &head, true)?;
+        {
+            let mut stop = st.stop_after.lock().unwrap();
+            if let Some((n, only, hang)) = stop.as_mut() {
+                if head[0].contains(only.as_str()) {
+                    if *n == 0 {
+                        let which = if *hang { &st.hung } else { &st.dead };
+                        which.store(true, Ordering::SeqCst);
+                        *stop = None;
+                    } else {
+                        *n -= 1;
+                    }
+                }
+            }
+        }
+        if st.dead.load(Ordering::SeqCst) {
+            reset(conn);
+            return Ok(());
+        }
+        if st.hung.load(Ordering::SeqCst) {
+            // Never answered; the connection closes once the store is revived.
+            while st.hung.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            return Ok(());
+        }
+        // Bodies sent with aws-chunked framing (a trailing checksum) are marked: some stores
+        // refuse them or keep the framing.
+        let chunked = header(&head, "x-amz-content-sha256")
+            .is_some_and(|v| v.starts_with("STREAMING"))
+            || header(&head, "content-encoding").is_some_and(|v| v.contains("aws-chunked"));
+        // The region the request is signed for (SigV4 credential scope KEY/DATE/REGION/s3/…).
+        let region = header(&head, "authorization")
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').nth(2))
+            .map(|r| format!(" region={r}"))
+            .unwrap_or_default();
         st.log.lock().unwrap().push(format!(
-            "{} {}",
+            "{} {}{}{region}",
             head[0],
-            header(&head, "range").unwrap_or("")
+            header(&head, "range").unwrap_or(""),
+            if chunked { " aws-chunked" } else { "" }
         ));
         let mut req = Message { head, body };
         match *st.policy.lock().unwrap() {
@@ -332,6 +415,24 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             Policy::IgnoresConditions => req
                 .head
                 .retain(|l| !l.to_ascii_lowercase().starts_with("if-none-match:")),
+            Policy::KeepsFraming => {
+                if req.head[0].starts_with("PUT ") && req.head[0].contains("/data/") {
+                    let mut framed =
+                        format!("{:x};chunk-signature=0\r\n", req.body.len()).into_bytes();
+                    framed.extend_from_slice(&req.body);
+                    framed.extend_from_slice(b"\r\n0;chunk-signature=0\r\n\r\n");
+                    req.head.retain(|l| {
+                        let k = l.to_ascii_lowercase();
+                        !(k.starts_with("x-amz-checksum")
+                            || k.starts_with("x-amz-sdk-checksum")
+                            || k.starts_with("x-amz-trailer")
+                            || k.starts_with("content-md5")
+                            || k.starts_with("content-length"))
+                    });
+                    req.head.push(format!("Content-Length: {}", framed.len()));
+                    req.body = framed;
+                }
+            }
             Policy::AppendOnly => {
                 let line = req.head[0].clone();
                 let (method, target) = {

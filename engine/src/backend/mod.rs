@@ -473,6 +473,13 @@ pub trait Backend: Send + Sync {
     fn has_archive_classes(&self) -> bool {
         false
     }
+    /// Whether objects labelled with an archive class can be read without a thaw here, as far
+    /// as known without a request: Some(true) on a store that serves them (or told to ignore
+    /// classes), Some(false) on one that obeys them, None before the store was asked (by
+    /// [`thaw_state`](Self::thaw_state) of a cold object).
+    fn archive_readable(&self) -> Option<bool> {
+        Some(true)
+    }
     /// Whether an object can be read now (one HEAD on S3).
     fn thaw_state(&self, _kind: FileKind, _name: &str) -> Result<ThawState> {
         Ok(ThawState::Hot)

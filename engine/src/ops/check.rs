@@ -96,7 +96,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     let mut seen_blobs: HashSet<BlobId> = HashSet::new();
     for (id, s) in &snaps {
         if crate::ops::interrupted() {
-            return Err(crate::Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         r.snapshots += 1;
         let what = format!("snapshot {}", id.short());
@@ -223,7 +223,7 @@ pub fn s3_checksums(
     ));
     let results = crate::repo::parallel_map(&packs, |p: &crate::index::PackInfo| {
         if crate::ops::interrupted() {
-            return Err(crate::Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         let fk = FileKind::of_pack(p.kind);
         let r = match backend.stored_crc32c(fk, &p.id.to_hex()) {
@@ -343,13 +343,26 @@ pub fn read_data(
         .filter(|p| classes.contains_key(&p.id.to_hex()))
         .collect();
     packs.sort_by_key(|p| p.id);
-    packs.retain(|p| {
-        let cold = classes.get(&p.id.to_hex()).is_some_and(|c| c.is_archive());
-        if cold {
+    // Archive-labelled packs are read when the store serves them (asked with the first one
+    // that has no thaw) or when they are thawed; the others would need a thaw.
+    let mut kept = Vec::with_capacity(packs.len());
+    for p in packs {
+        let name = p.id.to_hex();
+        let labelled = classes.get(&name).is_some_and(|c| c.is_archive());
+        let readable = !labelled
+            || match backend.archive_readable() {
+                Some(r) => r,
+                None => backend
+                    .thaw_state(FileKind::of_pack(p.kind), &name)?
+                    .readable(),
+            };
+        if readable {
+            kept.push(p);
+        } else {
             report.archived_skipped += 1;
         }
-        !cold
-    });
+    }
+    let mut packs = kept;
     // A random order (seeded from the OS), so repeated subsets cover different packs.
     let mut seed = u64::from_le_bytes(crate::crypter::random_bytes());
     let mut rnd = move || {
@@ -401,7 +414,7 @@ pub fn read_data(
         }
     });
     if crate::ops::interrupted() {
-        return Err(crate::Error::Interrupted);
+        return Err(crate::stop::error(String::new));
     }
     for r in results.into_inner().expect("results") {
         report.packs_read += 1;

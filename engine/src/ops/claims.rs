@@ -112,12 +112,12 @@ pub fn verify(
 ) -> Result<(HashMap<ObjectId, Verdict>, u64)> {
     let results = crate::repo::parallel_map(packs, |&(id, kind, size)| {
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         let v = match read_header(repo, kind, &id.to_hex(), size) {
             Ok(recs) => Verdict::Header(recs.into_iter().collect()),
             Err(e @ Error::Corrupt { .. }) => Verdict::NotAPack(e.to_string()),
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e @ (Error::Interrupted | Error::StoreDown { .. })) => return Err(e),
             Err(e) => Verdict::Unreadable(e.to_string()),
         };
         Ok((id, v))

@@ -192,7 +192,7 @@ struct Run<'a> {
 
 fn check() -> Result<()> {
     if crate::ops::interrupted() {
-        return Err(Error::Interrupted);
+        return Err(crate::stop::error(String::new));
     }
     Ok(())
 }
@@ -341,7 +341,7 @@ impl Run<'_> {
     /// keep their kind, for the exit code).
     fn read_error(&self, b: &BlobId, e: Error) -> Error {
         match e {
-            Error::Interrupted | Error::Archived { .. } => e,
+            Error::Interrupted | Error::StoreDown { .. } | Error::Archived { .. } => e,
             e => {
                 let pack = self
                     .src

@@ -81,7 +81,7 @@ impl std::io::Read for ChunkReader<'_> {
                 return Ok(0);
             };
             if crate::ops::interrupted() {
-                return Err(std::io::Error::other(Error::Interrupted));
+                return Err(std::io::Error::other(crate::stop::error(String::new)));
             }
             self.buf = self.repo.read_blob(&id).map_err(std::io::Error::other)?;
             self.pos = 0;

@@ -49,7 +49,7 @@ impl<'a> Finder<'a> {
         let mut out = Vec::new();
         for n in self.repo.load_dir(&tree)? {
             if crate::ops::interrupted() {
-                return Err(crate::Error::Interrupted);
+                return Err(crate::stop::error(String::new));
             }
             let mut path = prefix.to_vec();
             path.push(b'/');

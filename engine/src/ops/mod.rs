@@ -24,19 +24,7 @@ pub mod stats;
 pub mod thaw;
 pub(crate) mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Asks every running operation to stop at the next safe point (from a signal handler).
-pub fn interrupt() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Whether [`interrupt`] was called.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
-}
+pub use crate::stop::{interrupt, interrupted};
 
 /// Runs a worker thread's loop. A panic there is a bug, and the threads waiting on the worker
 /// would wait forever, so it ends the process, as a panic in a rayon pool does.

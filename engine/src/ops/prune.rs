@@ -601,7 +601,7 @@ fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>
         let mut stack = vec![s.tree];
         while let Some(tree) = stack.pop() {
             if crate::ops::interrupted() {
-                return Err(Error::Interrupted);
+                return Err(crate::stop::error(String::new));
             }
             if !used.insert(tree) {
                 continue;
@@ -663,7 +663,7 @@ pub fn run(
         let saver = repo.private_saver()?;
         for p in &repack {
             if crate::ops::interrupted() {
-                return Err(Error::Interrupted);
+                return Err(crate::stop::error(String::new));
             }
             let fk = FileKind::of_pack(p.kind);
             let name = p.id.to_hex();
@@ -765,7 +765,7 @@ pub fn run(
     to_delete.extend(plan.orphan_names.iter().cloned());
     for (fk, name, size) in to_delete {
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         match backend.delete(fk, &name) {
             Ok(()) | Err(Error::ObjectNotFound(_)) => {

@@ -93,7 +93,7 @@ pub fn repair_index(
     progress.total(stored.len() as u64, stored.iter().map(|s| s.2).sum());
     for (fk, name, size) in &stored {
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         progress.bytes(*size);
         let Some(id) = Id::from_hex(name) else {

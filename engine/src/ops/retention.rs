@@ -117,7 +117,7 @@ pub fn extend(
     let backend = repo.backend();
     for batch in old.chunks(BATCH) {
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         let results = parallel_map(batch, |(kind, name, _)| {
             let current = match backend.retention(*kind, name) {

@@ -240,7 +240,7 @@ fn tree_size(
         ));
     }
     if crate::ops::interrupted() {
-        return Err(Error::Interrupted);
+        return Err(crate::stop::error(String::new));
     }
     let (mut files, mut bytes) = (0, 0);
     for n in repo.load_dir(&tree)? {

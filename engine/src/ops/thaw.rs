@@ -257,7 +257,7 @@ pub fn request(repo: &Repository, plan: &mut Plan, tier: Tier, days: u32) -> Res
     let mut n = 0;
     for p in plan.packs.iter_mut().filter(|p| needs_request(&p.state)) {
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         repo.backend()
             .request_thaw(p.kind, &p.id.to_hex(), tier, days)?;
@@ -331,7 +331,7 @@ impl PackGate for Thaw<'_> {
             let until = Instant::now() + self.poll;
             while Instant::now() < until {
                 if crate::ops::interrupted() {
-                    return Err(Error::Interrupted);
+                    return Err(crate::stop::error(String::new));
                 }
                 std::thread::sleep(Duration::from_millis(100).min(self.poll));
             }

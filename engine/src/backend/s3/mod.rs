@@ -36,8 +36,8 @@ use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
-    GlacierJobParameters, RestoreRequest,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
+    RestoreRequest,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
@@ -65,16 +65,83 @@ pub struct S3Config {
     pub connections: usize,
     /// Attempts per request (1 = no retries).
     pub max_attempts: u32,
-    /// First retry delay; later ones double, with full jitter, up to 20 s.
+    /// First retry delay; later ones double, with full jitter, up to 10 s.
     pub initial_backoff: Duration,
     /// Objects larger than this are uploaded in parts.
     pub multipart_threshold: u64,
     /// Part size of multipart uploads (S3: at least 5 MiB, at most 10,000 parts).
     pub part_size: u64,
-    /// Send the whole object's CRC32C when completing a multipart upload (checksum type
-    /// FULL_OBJECT), so S3 refuses an object that does not match the pack. Emulators that only
-    /// know composite checksums (ministack 1.5.33) refuse it: tests against them turn it off.
-    pub multipart_full_crc: bool,
+    /// How to tell an archived object from a readable one (`--s3-archive`).
+    pub archive: ArchiveMode,
+    /// How long a request may wait for the first byte of its answer (its body sent); also how
+    /// long requests may go unanswered, with no answer in between, before the run stops.
+    pub timeout: Duration,
+    /// Path-style (`HOST/BUCKET/KEY`) or virtual-hosted (`BUCKET.HOST/KEY`) requests.
+    pub addressing: Addressing,
+}
+
+/// How requests name the bucket (`--s3-addressing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Addressing {
+    /// Path style for a store of its own, however its endpoint is given (`--s3-endpoint`, a
+    /// repository string, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, a profile's `services`
+    /// section): such stores rarely have a DNS name per bucket. Virtual-hosted for AWS.
+    #[default]
+    Auto,
+    Path,
+    Virtual,
+}
+
+impl std::str::FromStr for Addressing {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Addressing::Auto),
+            "path" => Ok(Addressing::Path),
+            "virtual" => Ok(Addressing::Virtual),
+            _ => Err(format!(
+                "{s:?}: use auto (path style for a store of its own, virtual-hosted for AWS), \
+                 path or virtual"
+            )),
+        }
+    }
+}
+
+/// How long a store may stay silent (no answer to any request, at least three attempts in a
+/// row unanswered: connection refused, reset, timed out) before the run stops, when
+/// `--s3-timeout` is longer: a store restarting for a few seconds is ridden out by the retries;
+/// one that is down stops the run in about this time, not file after failing file.
+pub const MAX_SILENCE: Duration = Duration::from_secs(10);
+
+/// How chunkbak decides that an object labelled with an archive storage class (GLACIER,
+/// DEEP_ARCHIVE) needs a thaw before it can be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArchiveMode {
+    /// Ask the store: the first archive-labelled object without a thaw is read with a one-byte
+    /// GET; refused as archived (403 InvalidObjectState, as AWS) means the label is obeyed and
+    /// thaws are requested; answered means this store serves archive classes directly
+    /// (SeaweedFS, Ceph radosgw) and every pack is read as it is.
+    #[default]
+    Auto,
+    /// The label is the truth (AWS S3): archived objects are thawed, never probed.
+    Aws,
+    /// Storage-class labels are ignored: every object is read directly, nothing is thawed.
+    Never,
+}
+
+impl std::str::FromStr for ArchiveMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(ArchiveMode::Auto),
+            "aws" => Ok(ArchiveMode::Aws),
+            "never" => Ok(ArchiveMode::Never),
+            _ => Err(format!(
+                "{s:?}: use auto (ask the store), aws (archive classes need a thaw) or never \
+                 (read every object directly)"
+            )),
+        }
+    }
 }
 
 impl Default for S3Config {
@@ -90,7 +157,9 @@ impl Default for S3Config {
             initial_backoff: Duration::from_secs(1),
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
-            multipart_full_crc: true,
+            archive: ArchiveMode::Auto,
+            timeout: Duration::from_secs(120),
+            addressing: Addressing::Auto,
         }
     }
 }
@@ -198,9 +267,44 @@ fn valid_bucket(b: &str) -> bool {
         && !b.contains("..")
 }
 
-/// Counts each request attempt as it goes on the wire, by S3 request type.
+/// Counts each request attempt as it goes on the wire, by S3 request type, and watches for a
+/// store that stopped answering (see [`Watch`]).
 #[derive(Debug)]
-struct CountRequests(Arc<RequestCounter>);
+struct CountRequests(Arc<RequestCounter>, Arc<Watch>);
+
+/// Whether the store answers: attempts without any answer in a row, and when it last answered.
+/// Three of them with no answer for the timeout (at most [`MAX_SILENCE`]) stop the run
+/// (`crate::stop`); later requests then fail at once, without going on the wire.
+#[derive(Debug)]
+struct Watch {
+    store: String,
+    timeout: Duration,
+    unanswered: std::sync::atomic::AtomicU32,
+    last_answer: Mutex<std::time::Instant>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Watch {
+    fn answered(&self) {
+        self.unanswered.store(0, Ordering::Relaxed);
+        *self.last_answer.lock().expect("watch lock") = std::time::Instant::now();
+    }
+
+    fn unanswered(&self, why: String) {
+        let n = self.unanswered.fetch_add(1, Ordering::Relaxed) + 1;
+        let silent = self.last_answer.lock().expect("watch lock").elapsed();
+        if n >= 3
+            && silent >= self.timeout.min(MAX_SILENCE)
+            && !self.down.swap(true, Ordering::SeqCst)
+        {
+            crate::stop::store_down(crate::stop::StoreDown {
+                store: self.store.clone(),
+                failures: n,
+                last: why,
+            });
+        }
+    }
+}
 
 /// The S3 request type of an HTTP request (as AWS bills it: multipart create/complete are PUTs).
 fn request_type(method: &str, uri: &str, copy_source: bool) -> usize {
@@ -235,6 +339,9 @@ impl Intercept for CountRequests {
         _rc: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> std::result::Result<(), BoxError> {
+        if self.1.down.load(Ordering::Relaxed) {
+            return Err(format!("{} stopped answering", self.1.store).into());
+        }
         let req = ctx.request();
         let h = req.headers();
         let t = request_type(
@@ -251,6 +358,30 @@ impl Intercept for CountRequests {
         self.0.up.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
+
+    fn read_after_attempt(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        if ctx.response().is_some() {
+            // Any answer, an error status included: the store is there.
+            self.1.answered();
+        } else if !self.1.down.load(Ordering::Relaxed) {
+            if let Some(Err(e)) = ctx.output_or_error() {
+                let why = if e.is_timeout_error()
+                    || e.as_connector_error().is_some_and(|c| c.is_timeout())
+                {
+                    format!("no answer within {} s", self.1.timeout.as_secs())
+                } else {
+                    causes(e)
+                };
+                self.1.unanswered(why);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the background uploads share with the backend.
@@ -261,6 +392,9 @@ struct Shared {
     classes: RwLock<HashMap<FileKind, StorageClass>>,
     /// The repository's Object Lock (from its config), applied to every write.
     lock: RwLock<Option<ObjectLock>>,
+    /// What the store answered about archive-labelled objects (see [`ArchiveMode::Auto`]):
+    /// Some(true) when it serves them without a thaw.
+    archive_readable: Mutex<Option<bool>>,
 }
 
 pub struct S3Backend {
@@ -366,6 +500,48 @@ fn s3_class(c: StorageClass) -> Option<aws_sdk_s3::types::StorageClass> {
     }
 }
 
+/// The region a bucket is in, as the store says (one HeadBucket); None when it does not say.
+async fn discover_region(client: &Client, bucket: &str) -> Option<String> {
+    let r = match client.head_bucket().bucket(bucket).send().await {
+        Ok(o) => o.bucket_region().map(str::to_string),
+        Err(e) => e
+            .raw_response()
+            .and_then(|r| r.headers().get("x-amz-bucket-region"))
+            .map(str::to_string),
+    };
+    r.filter(|r| !r.is_empty() && r.len() < 64)
+}
+
+/// CRC32C of `len` bytes of a file from `offset`.
+async fn file_crc32c(path: &Path, offset: u64, len: u64) -> Result<u32> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    f.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = f
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "shorter than its size"),
+            ));
+        }
+        d.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(d.finalize() as u32)
+}
+
 fn crc_header(crc: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
@@ -423,18 +599,23 @@ impl Shared {
         let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         crc.update(data);
         let body = ByteStream::from(data.to_vec());
-        self.put_body(kind, key, body, crc.finalize() as u32).await
+        self.put_body(kind, key, body, crc.finalize() as u32)
+            .await
+            .map(|o| o.is_some())
     }
 
     /// The PutObject every single-request upload sends: conditional, with its CRC32C, storage
-    /// class and Object Lock retention.
+    /// class and Object Lock retention. None when the key was taken (412).
     async fn put_body(
         &self,
         kind: FileKind,
         key: &str,
         body: ByteStream,
         crc: u32,
-    ) -> std::result::Result<bool, SdkError<PutObjectError, HttpResponse>> {
+    ) -> std::result::Result<
+        Option<aws_sdk_s3::operation::put_object::PutObjectOutput>,
+        SdkError<PutObjectError, HttpResponse>,
+    > {
         let lock = self.lock_for(kind);
         match self
             .client
@@ -450,28 +631,105 @@ impl Shared {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if exists_already(&e) => Ok(false),
+            Ok(o) => Ok(Some(o)),
+            Err(e) if exists_already(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Uploads a finished local file: one PutObject, or a multipart upload above the threshold.
+    /// Uploads a finished local file (one PutObject, or a multipart upload above the
+    /// threshold) and checks that the store kept what was sent. An upload the store altered
+    /// is deleted and sent once more; altered again, it is an error.
     async fn upload_file(&self, kind: FileKind, key: &str, path: &Path, crc: u32) -> Result<()> {
         let size = tokio::fs::metadata(path)
             .await
             .map_err(|e| Error::io(path, e))?
             .len();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self.upload_once(kind, key, path, size, crc).await;
+            match r {
+                Err(Error::Altered { .. }) if attempt == 1 => {
+                    self.client
+                        .delete_object()
+                        .bucket(&self.cfg.bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            sdk_err(
+                                format!(
+                                    "DELETE {} (an upload the store did not keep as sent)",
+                                    self.url(key)
+                                ),
+                                e,
+                            )
+                        })?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        kind: FileKind,
+        key: &str,
+        path: &Path,
+        size: u64,
+        crc: u32,
+    ) -> Result<()> {
         if size > self.cfg.multipart_threshold {
-            return self.upload_multipart(kind, key, path, size, crc).await;
+            return self.upload_multipart(kind, key, path, size).await;
         }
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        self.put_body(kind, key, body, crc)
+        let out = self
+            .put_body(kind, key, body, crc)
             .await
-            .map(|_| ())
-            .map_err(|e| sdk_err(format!("PUT {}", self.url(key)), e))
+            .map_err(|e| sdk_err(format!("PUT {}", self.url(key)), e))?;
+        // Named by its content: an object already there is this pack.
+        let Some(out) = out else { return Ok(()) };
+        let sent = crc_header(crc);
+        match out.checksum_crc32_c() {
+            // The store checked the body against the CRC32C it was sent and says so.
+            Some(c) if c == sent => Ok(()),
+            Some(c) => Err(self.altered(key, size, &sent, size, c)),
+            // No word on what it kept: ask.
+            None => self.verify_stored(key, size, &sent).await,
+        }
+    }
+
+    /// HEAD after an upload: the size, and the CRC32C when the store reports one, must be
+    /// what was sent (`crc`: the full object's, or a multipart composite `…-N`).
+    async fn verify_stored(&self, key: &str, size: u64, crc: &str) -> Result<()> {
+        let h = self
+            .client
+            .head_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| sdk_err(format!("HEAD {} (after its upload)", self.url(key)), e))?;
+        let kept = h.content_length().unwrap_or(-1);
+        let kept_crc = h.checksum_crc32_c().unwrap_or(crc);
+        if kept != size as i64 || kept_crc != crc {
+            return Err(self.altered(key, size, crc, kept.max(0) as u64, kept_crc));
+        }
+        Ok(())
+    }
+
+    fn altered(&self, key: &str, size: u64, crc: &str, kept: u64, kept_crc: &str) -> Error {
+        Error::Altered {
+            object: self.url(key),
+            detail: format!(
+                "sent {size} bytes (CRC32C {crc}), the store reports {kept} bytes (CRC32C \
+                 {kept_crc})"
+            ),
+        }
     }
 
     async fn upload_multipart(
@@ -480,18 +738,18 @@ impl Shared {
         key: &str,
         path: &Path,
         size: u64,
-        crc: u32,
     ) -> Result<()> {
         let what = format!("multipart upload of {}", self.url(key));
         let lock = self.lock_for(kind);
+        // Composite CRC32C: each part carries its own, computed here before it is sent (a
+        // header, not an aws-chunked trailer, which Ceph radosgw refuses and s3rver stores as
+        // data); S3 checks each part and reports the checksum of the part checksums.
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.cfg.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            // The whole object's CRC32C (not a checksum of part checksums), as for single PUTs.
-            .checksum_type(ChecksumType::FullObject)
             .set_storage_class(self.class_of(kind))
             .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
             .set_object_lock_retain_until_date(lock.map(|l| l.1))
@@ -502,10 +760,11 @@ impl Shared {
             .upload_id()
             .ok_or_else(|| Error::Other(format!("{what}: the store returned no upload id")))?
             .to_string();
-        let result = self
-            .upload_parts(key, path, size, crc, &upload_id, &what)
-            .await;
-        if !matches!(result, Ok(true)) {
+        let result = self.upload_parts(key, path, size, &upload_id, &what).await;
+        if result.as_ref().is_ok_and(|r| r.is_none()) {
+            return Ok(());
+        }
+        if result.is_err() {
             // Leave no orphaned parts behind (the lifecycle rule would also clean them up).
             let _ = self
                 .client
@@ -516,32 +775,44 @@ impl Shared {
                 .send()
                 .await;
         }
-        if matches!(result, Ok(true)) {
-            self.lock_completed(kind, key).await?;
+        let (composite, reported) = result?.expect("stored");
+        if reported.as_deref().is_some_and(|r| r != composite) {
+            return Err(self.altered(
+                key,
+                size,
+                &composite,
+                size,
+                reported.as_deref().unwrap_or_default(),
+            ));
         }
-        result.map(|_| ())
+        self.verify_stored(key, size, &composite).await?;
+        self.lock_completed(kind, key).await
     }
 
-    /// Uploads the parts and completes the upload: Ok(false) when the object already existed.
+    /// Uploads the parts and completes the upload: None when the object already existed,
+    /// else the composite CRC32C sent (`BASE64-N`) and the one the store reported.
     async fn upload_parts(
         &self,
         key: &str,
         path: &Path,
         size: u64,
-        crc: u32,
         upload_id: &str,
         what: &str,
-    ) -> Result<bool> {
+    ) -> Result<Option<(String, Option<String>)>> {
         let part_size = self.cfg.part_size.max(5 << 20);
         let n = size.div_ceil(part_size);
         let mut parts = Vec::with_capacity(n as usize);
+        let mut crcs = vec![0u32; n as usize];
         let mut set = tokio::task::JoinSet::new();
         let mut next = 0u64;
-        // Up to four parts of one object in flight; each is read from the file when sent.
+        // Up to four parts of one object in flight; each is read from the file twice (its
+        // CRC32C, then the body as it is sent), never held in memory whole.
         while next < n || !set.is_empty() {
             while next < n && set.len() < 4 {
                 let offset = next * part_size;
                 let len = part_size.min(size - offset);
+                let crc = file_crc32c(path, offset, len).await?;
+                crcs[next as usize] = crc;
                 let body = ByteStream::read_from()
                     .path(path)
                     .offset(offset)
@@ -556,25 +827,30 @@ impl Shared {
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(next as i32 + 1)
-                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .checksum_crc32_c(crc_header(crc))
                     .body(body);
                 let number = next as i32 + 1;
-                set.spawn(async move { (number, req.send().await) });
+                set.spawn(async move { (number, crc, req.send().await) });
                 next += 1;
             }
             if let Some(done) = set.join_next().await {
-                let (number, r) = done.map_err(|e| Error::Other(format!("{what}: {e}")))?;
+                let (number, crc, r) = done.map_err(|e| Error::Other(format!("{what}: {e}")))?;
                 let out = r.map_err(|e| sdk_err(format!("{what}, part {number}"), e))?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(out.e_tag().map(str::to_string))
-                        .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
+                        .checksum_crc32_c(crc_header(crc))
                         .build(),
                 );
             }
         }
         parts.sort_by_key(|p| p.part_number());
+        let mut all = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        for c in &crcs {
+            all.update(&c.to_be_bytes());
+        }
+        let composite = format!("{}-{n}", crc_header(all.finalize() as u32));
         match self
             .client
             .complete_multipart_upload()
@@ -582,8 +858,6 @@ impl Shared {
             .key(key)
             .upload_id(upload_id)
             .if_none_match("*")
-            .checksum_type(ChecksumType::FullObject)
-            .set_checksum_crc32_c(self.cfg.multipart_full_crc.then(|| crc_header(crc)))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -592,8 +866,8 @@ impl Shared {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if exists_already(&e) => Ok(false),
+            Ok(o) => Ok(Some((composite, o.checksum_crc32_c().map(str::to_string)))),
+            Err(e) if exists_already(&e) => Ok(None),
             Err(e) => Err(sdk_err(what.to_string(), e)),
         }
     }
@@ -749,6 +1023,16 @@ impl S3Backend {
             .build()
             .map_err(|e| Error::Other(format!("tokio runtime: {e}")))?;
         let counters = Arc::new(RequestCounter::default());
+        let watch = Arc::new(Watch {
+            store: match &cfg.endpoint {
+                Some(ep) => format!("the S3 store at {ep} (bucket {})", cfg.bucket),
+                None => format!("S3 (bucket {})", cfg.bucket),
+            },
+            timeout: cfg.timeout.max(Duration::from_secs(1)),
+            unanswered: Default::default(),
+            last_answer: Mutex::new(std::time::Instant::now()),
+            down: Default::default(),
+        });
         let client = rt.block_on(async {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = &cfg.region {
@@ -769,25 +1053,60 @@ impl S3Backend {
                     RetryConfig::standard()
                         .with_max_attempts(cfg.max_attempts.max(1))
                         .with_initial_backoff(cfg.initial_backoff)
-                        .with_max_backoff(Duration::from_secs(20)),
+                        .with_max_backoff(Duration::from_secs(10)),
                 )
                 .timeout_config(
                     TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(10))
+                        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+                        .read_timeout(cfg.timeout)
                         .build(),
                 )
-                .interceptor(CountRequests(counters.clone()));
+                .interceptor(CountRequests(counters.clone(), watch.clone()));
             if shared.region().is_none() {
                 b = b.region(aws_config::Region::new("us-east-1"));
             }
+            // An endpoint of its own, however it was given (the S3-specific environment
+            // variable and a profile's `services` section included).
+            let own_endpoint = cfg.endpoint.is_some()
+                || shared.endpoint_url().is_some()
+                || shared.service_config().is_some_and(|c| {
+                    aws_types::service_config::ServiceConfigKey::builder()
+                        .service_id("S3")
+                        .env("AWS_ENDPOINT_URL")
+                        .profile("endpoint_url")
+                        .build()
+                        .is_ok_and(|k| c.load_config(k).is_some())
+                });
             if let Some(ep) = &cfg.endpoint {
-                b = b.endpoint_url(ep.clone()).force_path_style(true);
-            } else if shared.endpoint_url().is_some() {
-                b = b.force_path_style(true);
+                b = b.endpoint_url(ep.clone());
             }
-            Client::from_conf(b.build())
+            b = b.force_path_style(match cfg.addressing {
+                Addressing::Auto => own_endpoint,
+                Addressing::Path => true,
+                Addressing::Virtual => false,
+            });
+            let client = Client::from_conf(b.build());
+            if cfg.region.is_some() {
+                return client;
+            }
+            // No region asked for: the bucket's own, when the store names it (HeadBucket's
+            // x-amz-bucket-region, also on a 403 or a redirect), so AWS_REGION of the host
+            // need not be the bucket's.
+            match discover_region(&client, &cfg.bucket).await {
+                Some(r) if client.config().region().is_none_or(|c| c.as_ref() != r) => {
+                    Client::from_conf(
+                        client
+                            .config()
+                            .to_builder()
+                            .region(aws_config::Region::new(r))
+                            .build(),
+                    )
+                }
+                _ => client,
+            }
         });
         let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
+        let cfg_archive = cfg.archive;
         Ok(S3Backend {
             shared: Arc::new(Shared {
                 cfg,
@@ -795,6 +1114,11 @@ impl S3Backend {
                 counters,
                 classes: RwLock::new(HashMap::new()),
                 lock: RwLock::new(None),
+                archive_readable: Mutex::new(match cfg_archive {
+                    ArchiveMode::Auto => None,
+                    ArchiveMode::Aws => Some(false),
+                    ArchiveMode::Never => Some(true),
+                }),
             }),
             rt,
             slots,
@@ -838,6 +1162,28 @@ impl S3Backend {
                 .map(|_| ())
                 .map_err(|e| sdk_err(format!("COPY {} to {}", s.url(&key), class.name()), e))
         })
+    }
+
+    /// Whether the store serves objects labelled with an archive class without a thaw. Asked of
+    /// the store once per run (see [`ArchiveMode::Auto`]), with `key`, an archive-labelled
+    /// object that has no thaw (HEAD shows no `x-amz-restore`).
+    fn store_serves_archived(&self, key: &str) -> Result<bool> {
+        if let Some(v) = *self.shared.archive_readable.lock().expect("archive lock") {
+            return Ok(v);
+        }
+        self.probe_archived(key)
+    }
+
+    /// One-byte GET of `key`: answered means readable (and remembered for the store), refused
+    /// as archived means the store obeys its archive classes.
+    fn probe_archived(&self, key: &str) -> Result<bool> {
+        let readable = match self.rt.block_on(self.shared.fetch(key, Some((0, 1)))) {
+            Ok(_) => true,
+            Err(Error::Archived { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        *self.shared.archive_readable.lock().expect("archive lock") = Some(readable);
+        Ok(readable)
     }
 
     /// Joins uploads that have finished; the first failure among them.
@@ -1083,7 +1429,7 @@ impl Backend for S3Backend {
     }
 
     fn has_archive_classes(&self) -> bool {
-        true
+        self.shared.cfg.archive != ArchiveMode::Never
     }
 
     fn is_remote(&self) -> bool {
@@ -1101,6 +1447,7 @@ impl Backend for S3Backend {
         });
         Ok(match h.restore() {
             _ if !class.is_archive() => ThawState::Hot,
+            None if self.store_serves_archived(&key)? => ThawState::Hot,
             None => ThawState::Cold,
             Some(r) if r.contains("ongoing-request=\"true\"") => ThawState::Thawing,
             Some(r) => ThawState::Thawed {
@@ -1110,6 +1457,10 @@ impl Backend for S3Backend {
                     .map(|(d, _)| d.to_string()),
             },
         })
+    }
+
+    fn archive_readable(&self) -> Option<bool> {
+        *self.shared.archive_readable.lock().expect("archive lock")
     }
 
     fn request_thaw(&self, kind: FileKind, name: &str, tier: Tier, days: u32) -> Result<()> {
@@ -1147,6 +1498,16 @@ impl Backend for S3Backend {
                             Some("RestoreAlreadyInProgress" | "ObjectAlreadyInActiveTierError")
                         )
                     }) =>
+                {
+                    Ok(())
+                }
+                // A store without RestoreObject (SeaweedFS: 405, radosgw: 501) that serves
+                // the object anyway: nothing to thaw.
+                Err(e)
+                    if s.cfg.archive == ArchiveMode::Auto
+                        && e.raw_response()
+                            .is_some_and(|r| matches!(r.status().as_u16(), 405 | 501))
+                        && self.probe_archived(&key)? =>
                 {
                     Ok(())
                 }

@@ -117,7 +117,7 @@ impl Ctx {
                 .unwrap_or_else(|| Error::Other("backup aborted".into())));
         }
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         Ok(())
     }

@@ -286,6 +286,15 @@ fn punch(f: &fs::File, zeros: &[u8], off: u64) -> std::io::Result<()> {
     }
 }
 
+/// What a stopped restore finished, for its error.
+fn restored_so_far(r: &Restorer) -> String {
+    format!(
+        ", after {} files were restored ({} already right)",
+        r.files.load(Ordering::Relaxed),
+        r.unchanged.load(Ordering::Relaxed)
+    )
+}
+
 /// What metadata is applied through.
 enum On<'a> {
     /// A regular file or directory, open.
@@ -310,6 +319,11 @@ fn same_type(kind: NodeKind, t: fs::FileType) -> bool {
 
 impl Restorer<'_> {
     fn warn(&self, path: &Path, msg: String) {
+        // A run that is stopping ends with one error saying why; the files it could not
+        // finish meanwhile are the rerun's.
+        if crate::stop::interrupted() {
+            return;
+        }
         self.progress.warning(path, &msg);
         self.warnings
             .lock()
@@ -537,7 +551,7 @@ impl Restorer<'_> {
         let (mut off, mut buf) = (0u64, Vec::new());
         for (id, &len) in ids.iter().zip(ls) {
             if crate::ops::interrupted() {
-                return Err(Error::Interrupted);
+                return Err(crate::stop::error(String::new));
             }
             let right = off + len <= m.len() && {
                 buf.resize(len as usize, 0);
@@ -600,7 +614,7 @@ impl Restorer<'_> {
                 return Ok(len);
             }
             if crate::ops::interrupted() {
-                return Err(Error::Interrupted);
+                return Err(crate::stop::error(String::new));
             }
             read[i].store(true, Ordering::Relaxed);
             let data = self.read_chunk(&ids[i])?;
@@ -1016,7 +1030,7 @@ impl Walker<'_, '_> {
     /// Handles one entry of the walk; whether to walk into it.
     fn visit(&mut self, rel: &[u8], n: &Node) -> Result<bool> {
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(String::new));
         }
         let r = self.r;
         let opts = r.opts;
@@ -1424,7 +1438,7 @@ pub fn restore_gated(
             }
         });
         if crate::ops::interrupted() {
-            return Err(Error::Interrupted);
+            return Err(crate::stop::error(|| restored_so_far(&r)));
         }
         pending = waiting;
         if let (Some(g), false) = (gate, pending.is_empty()) {
@@ -1432,7 +1446,7 @@ pub fn restore_gated(
         }
     }
     if crate::ops::interrupted() {
-        return Err(Error::Interrupted);
+        return Err(crate::stop::error(|| restored_so_far(&r)));
     }
     if !opts.dry_run {
         for (path, n) in dirs.iter().rev() {

@@ -1,0 +1,57 @@
+//! Stopping a run at its next safe point: on Ctrl-C (the CLI's signal handler calls
+//! [`interrupt`]), or when a store stopped answering (the S3 backend calls [`store_down`]).
+//! Operations check [`interrupted`] between units of work, say nothing more about the units
+//! that failed meanwhile, and end with [`error`]: one error that says why.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::error::Error;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static DOWN: Mutex<Option<StoreDown>> = Mutex::new(None);
+
+/// A store that stopped answering: which, how many attempts in a row got no answer, the last
+/// failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreDown {
+    pub store: String,
+    pub failures: u32,
+    pub last: String,
+}
+
+/// Asks every running operation to stop at the next safe point (async-signal-safe).
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether the run is stopping (interrupted, or its store is down).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Stops the run because its store stopped answering (the first report wins).
+pub fn store_down(d: StoreDown) {
+    DOWN.lock().expect("stop lock").get_or_insert(d);
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// The store that stopped answering, if one did.
+pub fn down() -> Option<StoreDown> {
+    DOWN.lock().expect("stop lock").clone()
+}
+
+/// The error a stopped run ends with: [`Error::StoreDown`] naming the store and `done` (what
+/// the run finished before, e.g. "412 of 2,300 files restored"; may be empty), or
+/// [`Error::Interrupted`].
+pub fn error(done: impl FnOnce() -> String) -> Error {
+    match down() {
+        Some(d) => Error::StoreDown {
+            store: d.store,
+            failures: d.failures,
+            last: d.last,
+            done: done(),
+        },
+        None => Error::Interrupted,
+    }
+}
