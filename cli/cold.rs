@@ -1,7 +1,7 @@
 //! Archived data and S3 bucket settings: restore plans, thaws (`restore`, `warmup`), request
 //! accounting, and `lifecycle show|apply|check`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use chunkbak_engine::backend::s3::lifecycle;
 use chunkbak_engine::backend::s3::S3Backend;
-use chunkbak_engine::backend::{Backend, RequestCounter, StorageClass, Tier};
+use chunkbak_engine::backend::{Backend, RequestCounter, RequestCounts, StorageClass, Tier};
 use chunkbak_engine::ops::thaw::{self, Plan, TIER_COSTS};
 use chunkbak_engine::{timeparse, Repository};
 
@@ -17,49 +17,104 @@ use crate::args::{ThawArgs, TierArg};
 use crate::output::{human_bytes, Out};
 use crate::progress::Bar;
 
-/// The request counter of this run's backend, read at the end (the backend itself is dropped
-/// with the repository, which stops and cleans up uploads of a failed run).
-pub static REQUESTS: OnceLock<Arc<RequestCounter>> = OnceLock::new();
+/// The request counters of this run's backends (the repository, and for `copy` the other
+/// one), with their locations, read at the end (the backends themselves are dropped with the
+/// repositories, which stops and cleans up uploads of a failed run).
+pub static REQUESTS: Mutex<Vec<(String, Arc<RequestCounter>)>> = Mutex::new(Vec::new());
 
-/// Remembers the request counter of the run's backend.
+/// Remembers the request counter of one of the run's backends.
 pub fn track(b: &dyn Backend) {
     if let Some(c) = b.request_counter() {
-        let _ = REQUESTS.set(c);
+        let mut v = REQUESTS.lock().expect("requests lock");
+        if !v.iter().any(|(_, x)| Arc::ptr_eq(x, &c)) {
+            v.push((b.location(), c));
+        }
     }
 }
 
+/// Each tracked repository's requests, and their sum.
+fn counted() -> Option<(Vec<(String, RequestCounts)>, RequestCounts)> {
+    let v: Vec<(String, RequestCounts)> = REQUESTS
+        .lock()
+        .expect("requests lock")
+        .iter()
+        .map(|(l, c)| (l.clone(), c.snapshot()))
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    let mut all = RequestCounts::default();
+    for (_, r) in &v {
+        all.put += r.put;
+        all.get += r.get;
+        all.head += r.head;
+        all.list += r.list;
+        all.delete += r.delete;
+        all.copy += r.copy;
+        all.restore += r.restore;
+        all.bytes_up += r.bytes_up;
+        all.bytes_down += r.bytes_down;
+    }
+    Some((v, all))
+}
+
+fn counts_json(r: &RequestCounts) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for (k, v) in r.by_type() {
+        m.insert(k.to_string(), v.into());
+    }
+    m.insert("bytes_up".into(), r.bytes_up.into());
+    m.insert("bytes_down".into(), r.bytes_down.into());
+    m
+}
+
 /// Reports the S3 requests of this run (nothing for local repositories): a `requests` JSON
-/// line, or one line on stderr.
+/// line (the sum, and `repositories`: each S3 repository's own, by location).
 pub fn report_requests(out: &Out) {
-    let Some(r) = REQUESTS.get().map(|c| c.snapshot()) else {
+    let Some((each, all)) = counted() else {
         return;
     };
     if out.json {
-        let mut m = serde_json::Map::new();
-        for (k, v) in r.by_type() {
-            m.insert(k.to_string(), v.into());
-        }
-        m.insert("bytes_up".into(), r.bytes_up.into());
-        m.insert("bytes_down".into(), r.bytes_down.into());
+        let mut m = counts_json(&all);
+        let repos: Vec<Value> = each
+            .iter()
+            .map(|(l, r)| {
+                let mut x = counts_json(r);
+                x.insert("location".into(), l.clone().into());
+                Value::Object(x)
+            })
+            .collect();
+        m.insert("repositories".into(), repos.into());
         out.json_line("requests", Value::Object(m));
     }
 }
 
-/// The run's S3 requests and bytes on one line, for the final summary (None for local
-/// repositories).
-pub fn requests_line() -> Option<String> {
-    let r = REQUESTS.get().map(|c| c.snapshot())?;
+fn counts_text(r: &RequestCounts) -> String {
     let counts: Vec<String> = r
         .by_type()
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    Some(format!(
-        "S3 requests: {}; sent {}, received {}",
+    format!(
+        "{}; sent {}, received {}",
         counts.join(", "),
         human_bytes(r.bytes_up),
         human_bytes(r.bytes_down)
-    ))
+    )
+}
+
+/// The run's S3 requests and bytes on one line, for the final summary (None for local
+/// repositories); each repository's own when the run used two (`copy`).
+pub fn requests_line() -> Option<String> {
+    let (each, all) = counted()?;
+    if each.len() == 1 {
+        return Some(format!("S3 requests: {}", counts_text(&all)));
+    }
+    let parts: Vec<String> = each
+        .iter()
+        .map(|(l, r)| format!("{l}: {}", counts_text(r)))
+        .collect();
+    Some(format!("S3 requests: {}", parts.join("; ")))
 }
 
 pub fn tier(t: TierArg) -> Tier {

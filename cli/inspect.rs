@@ -233,6 +233,9 @@ pub fn cmd_diff(g: &Global, out: &Out, a: &DiffArgs) -> anyhow::Result<i32> {
 
 pub fn cmd_mount(g: &Global, out: &Out, a: &MountArgs) -> anyhow::Result<i32> {
     use chunkbak_engine::ops::mount;
+    // A mount lives for hours: a store gone for a while fails the reads of the moment, not
+    // the whole mount.
+    chunkbak_engine::stop::never_stop_on_silence();
     let mp = &a.mountpoint;
     if !mp.is_dir() {
         bail!(

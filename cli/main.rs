@@ -589,6 +589,10 @@ pub fn open_other(
 
 /// Uses the metadata cache for remote repositories, unless --no-cache.
 fn enable_cache(g: &Global, out: &Out, repo: &Repository) {
+    enable_cache_with(g, out, repo, false)
+}
+
+fn enable_cache_with(g: &Global, out: &Out, repo: &Repository, trees_only: bool) {
     if !g.no_cache {
         let root = g
             .cache_dir
@@ -604,7 +608,11 @@ fn enable_cache(g: &Global, out: &Out, repo: &Repository) {
                 ),
             );
         }
-        repo.use_cache(&root);
+        if trees_only {
+            repo.use_cache_for_trees(&root);
+        } else {
+            repo.use_cache(&root);
+        }
     }
 }
 
@@ -1539,10 +1547,12 @@ fn cmd_warmup(g: &Global, out: &Out, a: &args::WarmupArgs) -> anyhow::Result<i32
 }
 
 fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> {
-    // Without the local cache: check what the repository holds, not local copies of it.
+    // Index files and snapshots come from the repository (what it holds, not local copies);
+    // tree packs through the cache, verified against their names like every cached object.
     let spec = repo_spec(g)?;
     let pw = password(g, &spec, false, out)?;
     let repo = open_keyed(g, out, backend(&spec)?, &pw)?;
+    enable_cache_with(g, out, &repo, true);
     let files = repo.load_index()?;
     let r = chunkbak_engine::ops::check::check_with(&repo, &clock_now())?;
     if out.json {

@@ -884,7 +884,10 @@ fn remote_reads_never_request_a_single_blobs_length() {
             .next()
             .unwrap();
         let size = sizes[name];
-        let range = line.rsplit_once("bytes=").map(|x| x.1).unwrap_or("");
+        let range = line
+            .rsplit_once("bytes=")
+            .and_then(|x| x.1.split_whitespace().next())
+            .unwrap_or("");
         data_gets += 1;
         if range.is_empty() {
             continue; // the whole pack

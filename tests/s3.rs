@@ -147,6 +147,16 @@ fn round_trip(r: &Repo, src: &Path) {
         }
         assert!(damaged > 0, "tree packs are cached");
         assert_eq!(r.ok(&["ls", "latest"]).out(), listing);
+        // check reads trees through the cache (was: one GET per directory, every time).
+        let gets = |args: &[&str]| requests(&r.ok(args))["GET"].as_u64().unwrap();
+        let (cached, uncached) = (
+            gets(&["--json", "check"]),
+            gets(&["--json", "--no-cache", "check"]),
+        );
+        assert!(
+            cached + 5 < uncached,
+            "check GETs: cached {cached}, uncached {uncached}"
+        );
     } else {
         assert!(
             first.json("requests").is_empty(),
@@ -1377,4 +1387,85 @@ fn a_dead_or_hung_store_stops_the_restore_with_one_error_and_the_rerun_completes
         r.ok(&["restore", "latest", "--target", t]);
         e.compare(&src, &target.join(src.strip_prefix("/").unwrap()), &[]);
     }
+}
+
+/// Issue 21: `copy` between two S3 repositories counts each one's requests (was: one counter,
+/// the source's; the target's PUTs were missing). The target's, in the `requests` message's
+/// `repositories`, equal what its store received.
+#[test]
+fn copy_counts_each_repositorys_requests_as_its_store_received_them() {
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    let e = Env::new();
+    let bucket = format!("copycount-{}", std::process::id());
+    let src = Repo::s3(&e, &ep, &bucket, "src");
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    src.ok(&init);
+    let data = e.path("data");
+    files(&data, 11, 20, 30_000);
+    src.ok(&["backup", data.to_str().unwrap()]);
+    // The target through the proxy, named by a repository string with its own endpoint.
+    let target = format!("s3:{}/{bucket}/dst", proxy.endpoint);
+    let mut c = src.cmd();
+    c.env("CHUNKBAK_REPOSITORY", &target)
+        .env("CHUNKBAK_FROM_PASSWORD_FILE", &e.pw)
+        .args([
+            "init",
+            "--copy-chunker-params",
+            "--from",
+            &src.url.clone().unwrap(),
+        ])
+        .args(["--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = proxy.requests().len();
+    let out = src.ok(&[
+        "--json",
+        "copy",
+        "--to",
+        &target,
+        "--to-password-file",
+        e.pw.to_str().unwrap(),
+    ]);
+    assert_eq!(out.json("copied").len(), 1, "{}", out.out());
+    let req = requests(&out);
+    let repos = req["repositories"].as_array().unwrap();
+    assert_eq!(repos.len(), 2, "{req}");
+    let dst = repos
+        .iter()
+        .find(|x| x["location"] == format!("s3:{bucket}/dst"))
+        .unwrap_or_else(|| panic!("{req}"));
+    let srcs = repos
+        .iter()
+        .find(|x| x["location"] == format!("s3:{bucket}/src"))
+        .unwrap_or_else(|| panic!("{req}"));
+    // What the target's store received, by S3 request type.
+    let log = proxy.requests()[before..].to_vec();
+    let count = |f: &dyn Fn(&str, &str) -> bool| {
+        log.iter()
+            .filter(|l| {
+                let mut it = l.split_whitespace();
+                f(it.next().unwrap_or(""), it.next().unwrap_or(""))
+            })
+            .count() as u64
+    };
+    let list = count(&|m, t| m == "GET" && t.contains("list-type"));
+    let get = count(&|m, t| m == "GET" && !t.contains("list-type"));
+    let put = count(&|m, t| m == "PUT" || (m == "POST" && t.contains("upload")));
+    let head = count(&|m, _| m == "HEAD");
+    assert!(
+        put > 3,
+        "the copy wrote packs, an index and a snapshot: {log:?}"
+    );
+    for (k, v) in [("PUT", put), ("GET", get), ("LIST", list), ("HEAD", head)] {
+        assert_eq!(dst[k].as_u64().unwrap(), v, "{k}: {dst} vs {log:?}");
+    }
+    // The source was read, and written nothing; the sum is in the top-level fields.
+    assert_eq!(srcs["PUT"], 0, "{srcs}");
+    assert!(srcs["GET"].as_u64().unwrap() > 0, "{srcs}");
+    assert_eq!(
+        req["PUT"].as_u64().unwrap(),
+        put + srcs["PUT"].as_u64().unwrap()
+    );
 }

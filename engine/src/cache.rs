@@ -17,6 +17,9 @@ use crate::id::Id;
 
 pub struct Cache {
     dir: PathBuf,
+    /// Only tree packs are read from and kept in it (`check`: index files and snapshots come
+    /// from the repository, which it checks).
+    trees_only: bool,
 }
 
 /// Files younger than this are never removed by [`Cache::retain`]: another process may have
@@ -38,7 +41,21 @@ impl Cache {
     pub fn new(root: &Path, repo_id: &[u8; 32]) -> Cache {
         Cache {
             dir: root.join(hex::encode(repo_id)),
+            trees_only: false,
         }
+    }
+
+    /// The same cache, used for tree packs only.
+    pub fn trees_only(self) -> Cache {
+        Cache {
+            trees_only: true,
+            ..self
+        }
+    }
+
+    /// Whether objects of this kind go through the cache.
+    fn keeps(&self, fk: FileKind) -> bool {
+        !self.trees_only || fk == FileKind::Tree
     }
 
     pub fn dir(&self) -> &Path {
@@ -51,6 +68,9 @@ impl Cache {
 
     /// The whole object, if cached and intact (its BLAKE3 is its name).
     pub fn get(&self, fk: FileKind, name: &str) -> Option<Vec<u8>> {
+        if !self.keeps(fk) {
+            return None;
+        }
         let p = self.path(fk, name);
         let bytes = fs::read(&p).ok()?;
         if Id::of_object(&bytes).to_hex() == name {
@@ -63,6 +83,9 @@ impl Cache {
 
     /// `len` bytes at `offset` of a cached object (a blob of a cached pack).
     pub fn get_range(&self, fk: FileKind, name: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
+        if !self.keeps(fk) {
+            return None;
+        }
         let f = fs::File::open(self.path(fk, name)).ok()?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset).ok()?;
@@ -72,6 +95,9 @@ impl Cache {
     /// Stores an object (best effort: a cache that cannot be written is just not used).
     /// Returns whether it is stored.
     pub fn put(&self, fk: FileKind, name: &str, bytes: &[u8]) -> bool {
+        if !self.keeps(fk) {
+            return false;
+        }
         let p = self.path(fk, name);
         let Some(parent) = p.parent() else {
             return false;
@@ -94,6 +120,9 @@ impl Cache {
 
     /// Stores a copy of a local file (a tree pack this process just wrote).
     pub fn put_file(&self, fk: FileKind, name: &str, src: &Path) {
+        if !self.keeps(fk) {
+            return;
+        }
         let p = self.path(fk, name);
         let Some(parent) = p.parent() else { return };
         if crate::fsperm::mkdir_private(parent).is_err() {
@@ -109,6 +138,9 @@ impl Cache {
 
     /// Removes cached objects of a kind that are not in `keep` (deleted from the repository).
     pub fn retain(&self, fk: FileKind, keep: &HashSet<String>) {
+        if !self.keeps(fk) {
+            return;
+        }
         let base = self.dir.join(fk.dir());
         let dirs: Vec<PathBuf> = if fk.fanned_out() {
             fs::read_dir(&base)

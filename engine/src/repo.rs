@@ -413,10 +413,20 @@ impl Repository {
     /// Keeps local copies of metadata under `root/<repository id>/` when the repository is
     /// remote (a local repository is its own cache). Returns whether the cache is in use.
     pub fn use_cache(&self, root: &std::path::Path) -> bool {
+        self.use_cache_as(Cache::new(root, &self.config.repo_id))
+    }
+
+    /// As [`use_cache`](Self::use_cache), for tree packs only (`check`: one GET per tree pack
+    /// not cached, not one per directory; index files and snapshots are read from the
+    /// repository it checks, and `--read-data` reads every pack from it).
+    pub fn use_cache_for_trees(&self, root: &std::path::Path) -> bool {
+        self.use_cache_as(Cache::new(root, &self.config.repo_id).trees_only())
+    }
+
+    fn use_cache_as(&self, cache: Cache) -> bool {
         if !self.backend.is_remote() {
             return false;
         }
-        let cache = Cache::new(root, &self.config.repo_id);
         if crate::fsperm::mkdir_private(cache.dir()).is_err() {
             // An unwritable cache would only add downloads.
             return false;

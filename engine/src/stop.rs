@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use crate::error::Error;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static NEVER_STOP: AtomicBool = AtomicBool::new(false);
 static DOWN: Mutex<Option<StoreDown>> = Mutex::new(None);
 
 /// A store that stopped answering: which, how many attempts in a row got no answer, the last
@@ -28,6 +29,17 @@ pub fn interrupt() {
 /// Whether the run is stopping (interrupted, or its store is down).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// For long-lived sessions (`mount`): a store that stops answering fails the requests of the
+/// moment, and the session goes on (the next request tries again).
+pub fn never_stop_on_silence() {
+    NEVER_STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether a store that stopped answering stops the run.
+pub fn stops_on_silence() -> bool {
+    !NEVER_STOP.load(Ordering::Relaxed)
 }
 
 /// Stops the run because its store stopped answering (the first report wins).

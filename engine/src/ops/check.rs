@@ -344,18 +344,17 @@ pub fn read_data(
         .collect();
     packs.sort_by_key(|p| p.id);
     // Archive-labelled packs are read when the store serves them (asked with the first one
-    // that has no thaw) or when they are thawed; the others would need a thaw.
+    // that has no thaw) or when they are thawed (one HEAD each); the others would need a
+    // thaw.
     let mut kept = Vec::with_capacity(packs.len());
     for p in packs {
         let name = p.id.to_hex();
         let labelled = classes.get(&name).is_some_and(|c| c.is_archive());
         let readable = !labelled
-            || match backend.archive_readable() {
-                Some(r) => r,
-                None => backend
-                    .thaw_state(FileKind::of_pack(p.kind), &name)?
-                    .readable(),
-            };
+            || backend.archive_readable() == Some(true)
+            || backend
+                .thaw_state(FileKind::of_pack(p.kind), &name)?
+                .readable();
         if readable {
             kept.push(p);
         } else {

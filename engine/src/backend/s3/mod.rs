@@ -36,8 +36,8 @@ use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, GlacierJobParameters,
-    RestoreRequest,
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
+    GlacierJobParameters, RestoreRequest,
 };
 use aws_sdk_s3::Client;
 use base64::Engine as _;
@@ -272,29 +272,34 @@ fn valid_bucket(b: &str) -> bool {
 #[derive(Debug)]
 struct CountRequests(Arc<RequestCounter>, Arc<Watch>);
 
-/// Whether the store answers: attempts without any answer in a row, and when it last answered.
-/// Three of them with no answer for the timeout (at most [`MAX_SILENCE`]) stop the run
+/// Whether the store answers: attempts in a row that got no answer at all (refused, reset,
+/// timed out), and when the first of them failed. Three of them over the timeout (at most
+/// [`MAX_SILENCE`]) since that first failure, with no answer in between, stop the run
 /// (`crate::stop`); later requests then fail at once, without going on the wire.
 #[derive(Debug)]
 struct Watch {
     store: String,
     timeout: Duration,
-    unanswered: std::sync::atomic::AtomicU32,
-    last_answer: Mutex<std::time::Instant>,
+    /// Unanswered attempts in a row, and when the first of them failed.
+    streak: Mutex<(u32, Option<std::time::Instant>)>,
     down: std::sync::atomic::AtomicBool,
 }
 
 impl Watch {
     fn answered(&self) {
-        self.unanswered.store(0, Ordering::Relaxed);
-        *self.last_answer.lock().expect("watch lock") = std::time::Instant::now();
+        *self.streak.lock().expect("watch lock") = (0, None);
     }
 
     fn unanswered(&self, why: String) {
-        let n = self.unanswered.fetch_add(1, Ordering::Relaxed) + 1;
-        let silent = self.last_answer.lock().expect("watch lock").elapsed();
+        let (n, silent) = {
+            let mut s = self.streak.lock().expect("watch lock");
+            s.0 += 1;
+            let since = *s.1.get_or_insert_with(std::time::Instant::now);
+            (s.0, since.elapsed())
+        };
         if n >= 3
             && silent >= self.timeout.min(MAX_SILENCE)
+            && crate::stop::stops_on_silence()
             && !self.down.swap(true, Ordering::SeqCst)
         {
             crate::stop::store_down(crate::stop::StoreDown {
@@ -369,15 +374,21 @@ impl Intercept for CountRequests {
             // Any answer, an error status included: the store is there.
             self.1.answered();
         } else if !self.1.down.load(Ordering::Relaxed) {
-            if let Some(Err(e)) = ctx.output_or_error() {
-                let why = if e.is_timeout_error()
-                    || e.as_connector_error().is_some_and(|c| c.is_timeout())
-                {
-                    format!("no answer within {} s", self.1.timeout.as_secs())
-                } else {
-                    causes(e)
-                };
-                self.1.unanswered(why);
+            // Only failures to reach the store count (not, say, credentials that could not
+            // be loaded).
+            match ctx.output_or_error() {
+                Some(Err(e)) if e.is_timeout_error() => self
+                    .1
+                    .unanswered(format!("no answer within {} s", self.1.timeout.as_secs())),
+                Some(Err(e)) if e.as_connector_error().is_some() => {
+                    let c = e.as_connector_error().expect("connector error");
+                    self.1.unanswered(if c.is_timeout() {
+                        format!("no answer within {} s", self.1.timeout.as_secs())
+                    } else {
+                        causes(e)
+                    })
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -395,6 +406,9 @@ struct Shared {
     /// What the store answered about archive-labelled objects (see [`ArchiveMode::Auto`]):
     /// Some(true) when it serves them without a thaw.
     archive_readable: Mutex<Option<bool>>,
+    /// AWS itself (no endpoint of its own): multipart uploads carry the whole object's CRC32C
+    /// (FULL_OBJECT), which other stores refuse or ignore.
+    aws: bool,
 }
 
 pub struct S3Backend {
@@ -617,6 +631,7 @@ impl Shared {
         SdkError<PutObjectError, HttpResponse>,
     > {
         let lock = self.lock_for(kind);
+        let len = body.size_hint().0;
         match self
             .client
             .put_object()
@@ -628,6 +643,8 @@ impl Shared {
             .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
             .set_object_lock_retain_until_date(lock.map(|l| l.1))
             .body(body)
+            .customize()
+            .config_override(self.upload_timeout(len))
             .send()
             .await
         {
@@ -635,6 +652,17 @@ impl Shared {
             Err(e) if exists_already(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The read timeout of a request that sends `len` bytes: the timeout counts from the
+    /// start of the request, so the body's time at a slow uplink (1 Mbit/s) is added.
+    fn upload_timeout(&self, len: u64) -> aws_sdk_s3::config::Builder {
+        let body = Duration::from_secs(len / (128 << 10));
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .read_timeout(self.cfg.timeout + body)
+                .build(),
+        )
     }
 
     /// Uploads a finished local file (one PutObject, or a multipart upload above the
@@ -650,22 +678,25 @@ impl Shared {
             attempt += 1;
             let r = self.upload_once(kind, key, path, size, crc).await;
             match r {
-                Err(Error::Altered { .. }) if attempt == 1 => {
-                    self.client
+                Err(Error::Altered { object, detail }) if attempt == 1 => {
+                    if let Err(e) = self
+                        .client
                         .delete_object()
                         .bucket(&self.cfg.bucket)
                         .key(key)
                         .send()
                         .await
-                        .map_err(|e| {
-                            sdk_err(
-                                format!(
-                                    "DELETE {} (an upload the store did not keep as sent)",
-                                    self.url(key)
-                                ),
-                                e,
-                            )
-                        })?;
+                    {
+                        // Append-only credentials may not delete: the altered object stays,
+                        // and the backup fails naming it.
+                        return Err(Error::Altered {
+                            object,
+                            detail: format!(
+                                "{detail}; deleting it to send it again failed: {}",
+                                sdk_err(String::new(), e)
+                            ),
+                        });
+                    }
                 }
                 r => return r,
             }
@@ -681,7 +712,7 @@ impl Shared {
         crc: u32,
     ) -> Result<()> {
         if size > self.cfg.multipart_threshold {
-            return self.upload_multipart(kind, key, path, size).await;
+            return self.upload_multipart(kind, key, path, size, crc).await;
         }
         let body = ByteStream::from_path(path)
             .await
@@ -714,10 +745,11 @@ impl Shared {
             .send()
             .await
             .map_err(|e| sdk_err(format!("HEAD {} (after its upload)", self.url(key)), e))?;
-        let kept = h.content_length().unwrap_or(-1);
+        // What the store does not report cannot be compared.
+        let kept = h.content_length().map_or(size, |n| n.max(0) as u64);
         let kept_crc = h.checksum_crc32_c().unwrap_or(crc);
-        if kept != size as i64 || kept_crc != crc {
-            return Err(self.altered(key, size, crc, kept.max(0) as u64, kept_crc));
+        if kept != size || kept_crc != crc {
+            return Err(self.altered(key, size, crc, kept, kept_crc));
         }
         Ok(())
     }
@@ -738,18 +770,22 @@ impl Shared {
         key: &str,
         path: &Path,
         size: u64,
+        crc: u32,
     ) -> Result<()> {
         let what = format!("multipart upload of {}", self.url(key));
         let lock = self.lock_for(kind);
-        // Composite CRC32C: each part carries its own, computed here before it is sent (a
-        // header, not an aws-chunked trailer, which Ceph radosgw refuses and s3rver stores as
-        // data); S3 checks each part and reports the checksum of the part checksums.
+        // Each part carries its CRC32C, computed here before it is sent (a header, not an
+        // aws-chunked trailer, which Ceph radosgw refuses and s3rver stores as data). AWS
+        // also gets the whole object's (FULL_OBJECT: the CRC32C the index keeps, which `check
+        // --s3-checksums` compares); other stores the composite checksum of the part
+        // checksums (ministack refuses FULL_OBJECT).
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.cfg.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .set_checksum_type(self.aws.then_some(ChecksumType::FullObject))
             .set_storage_class(self.class_of(kind))
             .set_object_lock_mode(lock.map(|l| lock::put_mode(l.0)))
             .set_object_lock_retain_until_date(lock.map(|l| l.1))
@@ -760,12 +796,12 @@ impl Shared {
             .upload_id()
             .ok_or_else(|| Error::Other(format!("{what}: the store returned no upload id")))?
             .to_string();
-        let result = self.upload_parts(key, path, size, &upload_id, &what).await;
-        if result.as_ref().is_ok_and(|r| r.is_none()) {
-            return Ok(());
-        }
-        if result.is_err() {
-            // Leave no orphaned parts behind (the lifecycle rule would also clean them up).
+        let result = self
+            .upload_parts(key, path, size, crc, &upload_id, &what)
+            .await;
+        if !matches!(result, Ok(Some(_))) {
+            // Failed, or the object was there already: leave no orphaned parts behind (the
+            // lifecycle rule would also clean them up).
             let _ = self
                 .client
                 .abort_multipart_upload()
@@ -775,7 +811,9 @@ impl Shared {
                 .send()
                 .await;
         }
-        let (composite, reported) = result?.expect("stored");
+        let Some((composite, reported)) = result? else {
+            return Ok(());
+        };
         if reported.as_deref().is_some_and(|r| r != composite) {
             return Err(self.altered(
                 key,
@@ -790,12 +828,14 @@ impl Shared {
     }
 
     /// Uploads the parts and completes the upload: None when the object already existed,
-    /// else the composite CRC32C sent (`BASE64-N`) and the one the store reported.
+    /// else the object's CRC32C as the store should report it (the whole object's `crc` on
+    /// AWS, else the composite `BASE64-N`) and the one it reported.
     async fn upload_parts(
         &self,
         key: &str,
         path: &Path,
         size: u64,
+        crc: u32,
         upload_id: &str,
         what: &str,
     ) -> Result<Option<(String, Option<String>)>> {
@@ -828,7 +868,9 @@ impl Shared {
                     .upload_id(upload_id)
                     .part_number(next as i32 + 1)
                     .checksum_crc32_c(crc_header(crc))
-                    .body(body);
+                    .body(body)
+                    .customize()
+                    .config_override(self.upload_timeout(len));
                 let number = next as i32 + 1;
                 set.spawn(async move { (number, crc, req.send().await) });
                 next += 1;
@@ -850,7 +892,11 @@ impl Shared {
         for c in &crcs {
             all.update(&c.to_be_bytes());
         }
-        let composite = format!("{}-{n}", crc_header(all.finalize() as u32));
+        let expected = if self.aws {
+            crc_header(crc)
+        } else {
+            format!("{}-{n}", crc_header(all.finalize() as u32))
+        };
         match self
             .client
             .complete_multipart_upload()
@@ -858,6 +904,8 @@ impl Shared {
             .key(key)
             .upload_id(upload_id)
             .if_none_match("*")
+            .set_checksum_type(self.aws.then_some(ChecksumType::FullObject))
+            .set_checksum_crc32_c(self.aws.then(|| crc_header(crc)))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -866,7 +914,7 @@ impl Shared {
             .send()
             .await
         {
-            Ok(o) => Ok(Some((composite, o.checksum_crc32_c().map(str::to_string)))),
+            Ok(o) => Ok(Some((expected, o.checksum_crc32_c().map(str::to_string)))),
             Err(e) if exists_already(&e) => Ok(None),
             Err(e) => Err(sdk_err(what.to_string(), e)),
         }
@@ -1029,11 +1077,10 @@ impl S3Backend {
                 None => format!("S3 (bucket {})", cfg.bucket),
             },
             timeout: cfg.timeout.max(Duration::from_secs(1)),
-            unanswered: Default::default(),
-            last_answer: Mutex::new(std::time::Instant::now()),
+            streak: Mutex::new((0, None)),
             down: Default::default(),
         });
-        let client = rt.block_on(async {
+        let (client, aws) = rt.block_on(async {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = &cfg.region {
                 loader = loader.region(aws_config::Region::new(r.clone()));
@@ -1087,12 +1134,12 @@ impl S3Backend {
             });
             let client = Client::from_conf(b.build());
             if cfg.region.is_some() {
-                return client;
+                return (client, !own_endpoint);
             }
             // No region asked for: the bucket's own, when the store names it (HeadBucket's
             // x-amz-bucket-region, also on a 403 or a redirect), so AWS_REGION of the host
             // need not be the bucket's.
-            match discover_region(&client, &cfg.bucket).await {
+            let client = match discover_region(&client, &cfg.bucket).await {
                 Some(r) if client.config().region().is_none_or(|c| c.as_ref() != r) => {
                     Client::from_conf(
                         client
@@ -1103,7 +1150,8 @@ impl S3Backend {
                     )
                 }
                 _ => client,
-            }
+            };
+            (client, !own_endpoint)
         });
         let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
         let cfg_archive = cfg.archive;
@@ -1119,6 +1167,7 @@ impl S3Backend {
                     ArchiveMode::Aws => Some(false),
                     ArchiveMode::Never => Some(true),
                 }),
+                aws,
             }),
             rt,
             slots,
@@ -1479,41 +1528,39 @@ impl Backend for S3Backend {
             .days(days.max(1) as i32)
             .glacier_job_parameters(params)
             .build();
-        self.rt.block_on(async {
-            match s
-                .client
+        let sent = self.rt.block_on(
+            s.client
                 .restore_object()
                 .bucket(&s.cfg.bucket)
                 .key(&key)
                 .restore_request(req)
-                .send()
-                .await
+                .send(),
+        );
+        match sent {
+            Ok(_) => Ok(()),
+            // Already thawing, or not archived (any more): nothing to do.
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    matches!(
+                        s.code(),
+                        Some("RestoreAlreadyInProgress" | "ObjectAlreadyInActiveTierError")
+                    )
+                }) =>
             {
-                Ok(_) => Ok(()),
-                // Already thawing, or not archived (any more): nothing to do.
-                Err(e)
-                    if e.as_service_error().is_some_and(|s| {
-                        matches!(
-                            s.code(),
-                            Some("RestoreAlreadyInProgress" | "ObjectAlreadyInActiveTierError")
-                        )
-                    }) =>
-                {
-                    Ok(())
-                }
-                // A store without RestoreObject (SeaweedFS: 405, radosgw: 501) that serves
-                // the object anyway: nothing to thaw.
-                Err(e)
-                    if s.cfg.archive == ArchiveMode::Auto
-                        && e.raw_response()
-                            .is_some_and(|r| matches!(r.status().as_u16(), 405 | 501))
-                        && self.probe_archived(&key)? =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(sdk_err(format!("RESTORE {}", s.url(&key)), e)),
+                Ok(())
             }
-        })
+            // A store without RestoreObject (SeaweedFS: 405, radosgw: 501) that serves the
+            // object anyway: nothing to thaw.
+            Err(e)
+                if s.cfg.archive == ArchiveMode::Auto
+                    && e.raw_response()
+                        .is_some_and(|r| matches!(r.status().as_u16(), 405 | 501))
+                    && self.probe_archived(&key)? =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_err(format!("RESTORE {}", s.url(&key)), e)),
+        }
     }
 
     fn request_counter(&self) -> Option<Arc<RequestCounter>> {
