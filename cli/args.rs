@@ -50,6 +50,15 @@ pub struct Global {
         value_name = "MODE"
     )]
     pub s3_archive: chunkbak_engine::backend::s3::ArchiveMode,
+    /// AWS profile whose credentials and settings reach the repository's bucket (default:
+    /// the AWS chain's: AWS_PROFILE, the environment, the instance role)
+    #[arg(
+        long,
+        env = "CHUNKBAK_S3_PROFILE",
+        global = true,
+        value_name = "PROFILE"
+    )]
+    pub s3_profile: Option<String>,
     /// How requests name the bucket: auto (path style for a store of its own, however its
     /// endpoint is given; virtual-hosted for AWS), path (HOST/BUCKET/KEY) or virtual
     /// (BUCKET.HOST/KEY)
@@ -254,6 +263,10 @@ pub struct CopyArgs {
     /// AWS region of the target bucket (default: the region of the AWS configuration)
     #[arg(long, env = "CHUNKBAK_TO_REGION", value_name = "REGION")]
     pub to_region: Option<String>,
+    /// AWS profile (credentials, config) that reaches the target bucket, when it is not the
+    /// source's (another account or provider; its endpoint goes in the repository string)
+    #[arg(long, env = "CHUNKBAK_TO_S3_PROFILE", value_name = "PROFILE")]
+    pub to_s3_profile: Option<String>,
     /// Snapshots to copy: id prefixes or 'latest' (default: every snapshot the filters select)
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
@@ -582,6 +595,9 @@ pub struct InitArgs {
     /// AWS region of the --from bucket
     #[arg(long, env = "CHUNKBAK_FROM_REGION", value_name = "REGION")]
     pub from_region: Option<String>,
+    /// AWS profile (credentials, config) that reaches the --from bucket
+    #[arg(long, env = "CHUNKBAK_FROM_S3_PROFILE", value_name = "PROFILE")]
+    pub from_s3_profile: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -381,7 +381,7 @@ fn default_password_file() -> PathBuf {
 
 fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
     match &g.repo {
-        Some(r) => spec_of(g, r, None),
+        Some(r) => spec_of(g, r, &Other::default()),
         None => Ok(RepoSpec {
             location: default_repo(),
             s3: None,
@@ -390,12 +390,18 @@ fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
     }
 }
 
-/// A repository named on the command line (the S3 settings are the global ones).
-fn spec_of(
-    g: &Global,
-    r: impl AsRef<std::ffi::OsStr>,
-    region: Option<&str>,
-) -> anyhow::Result<RepoSpec> {
+/// What sets a second repository (`copy --to`, `init --from`) apart from the first: its
+/// bucket's region and the AWS profile whose credentials reach it.
+#[derive(Default)]
+pub struct Other<'a> {
+    pub region: Option<&'a str>,
+    pub profile: Option<&'a str>,
+}
+
+/// A repository named on the command line (the S3 settings are the global ones, but for what
+/// `other` gives).
+fn spec_of(g: &Global, r: impl AsRef<std::ffi::OsStr>, other: &Other) -> anyhow::Result<RepoSpec> {
+    let region = other.region;
     let r = r.as_ref();
     if r.as_bytes()
         .get(..3)
@@ -413,6 +419,10 @@ fn spec_of(
         c.max_attempts = g.s3_max_attempts.max(1);
         c.archive = g.s3_archive;
         c.addressing = g.s3_addressing;
+        c.profile = other
+            .profile
+            .map(str::to_string)
+            .or_else(|| g.s3_profile.clone());
         c.timeout = timeparse::parse_duration(&g.s3_timeout).context("--s3-timeout")?;
         if let Some(r) = region {
             c.region = Some(r.to_string());
@@ -576,10 +586,10 @@ pub fn open_other(
     g: &Global,
     out: &Out,
     repo: &std::ffi::OsStr,
-    region: Option<&str>,
+    other: &Other,
     pw: &PasswordSource,
 ) -> anyhow::Result<Repository> {
-    let spec = spec_of(g, repo, region)?;
+    let spec = spec_of(g, repo, other)?;
     let pw = pw.require(&format!("the repository at {}", spec.display()))?;
     let r = open_keyed(g, out, backend(&spec)?, &pw)
         .with_context(|| format!("opening {}", spec.display()))?;
@@ -655,6 +665,81 @@ pub fn warn(out: &Out, msg: &str) {
     crate::elog!("chunkbak: warning: {msg}");
 }
 
+/// Asks the store what it does with uploads (`init`, and the first write of a run on a host
+/// that has not asked this store before: the answers are kept in the local state) and reports
+/// each missing capability in one line with its consequence. A storage class the store
+/// refuses stops the command. (Conditional writes are checked by [`ensure_append_only`] at
+/// every write: a store that starts to ignore them must be caught at once.)
+pub fn probe_store(
+    g: &Global,
+    out: &Out,
+    b: &dyn Backend,
+    classes: &[StorageClass],
+    again: bool,
+) -> anyhow::Result<()> {
+    if !b.is_remote() {
+        return Ok(());
+    }
+    let state = local_state(g);
+    let location = b.location();
+    if !again && state.store_capabilities(&location).is_some() {
+        return Ok(());
+    }
+    let caps = b.probe(classes)?;
+    let word = |v: Option<bool>| match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    if out.json {
+        out.json_line(
+            "store_capabilities",
+            json!({"repository": location, "checks_checksums": caps.checks_checksums,
+                   "lifecycle": caps.lifecycle,
+                   "refused_classes": caps.refused_classes.iter().map(|(c, _)| c.name()).collect::<Vec<_>>()}),
+        );
+    }
+    if let Some((c, why)) = caps.refused_classes.first() {
+        bail!(
+            "the store at {location} refuses uploads in storage class {} ({why}): nothing was \
+             written; choose a class it accepts (--data-storage-class, \
+             --metadata-storage-class; STANDARD always works)",
+            c.name()
+        );
+    }
+    if caps.checks_checksums == Some(false) {
+        warn(
+            out,
+            &format!(
+                "the store at {location} keeps uploads whose CRC32C does not match (it checks no \
+                 checksums): data damaged on the way is stored as is; chunkbak compares each \
+                 pack's stored size and checksum with what it sent, and `check --read-data` \
+                 finds damage later"
+            ),
+        );
+    }
+    if caps.lifecycle == Some(false) {
+        warn(
+            out,
+            &format!(
+                "the store at {location} has no lifecycle rules (not implemented): `chunkbak \
+                 lifecycle apply` cannot move packs to an archive class or abort stale \
+                 multipart uploads; give --data-storage-class at init instead"
+            ),
+        );
+    }
+    state.set_store_capabilities(
+        &location,
+        &format!(
+            "checked={}\nchecksums={}\nlifecycle={}\n",
+            jiff::Timestamp::now().as_second(),
+            word(caps.checks_checksums),
+            word(caps.lifecycle)
+        ),
+    );
+    Ok(())
+}
+
 /// Before a command writes: checks once that the store refuses to overwrite an object
 /// (format-spec 12, "Trust"); a store that does not makes the command stop unless
 /// --accept-overwriting-store.
@@ -664,6 +749,14 @@ pub fn ensure_append_only(g: &Global, out: &Out, repo: &Repository) -> anyhow::R
     if PROBED.lock().expect("probed").contains(&location) {
         return Ok(());
     }
+    let c = repo.config();
+    probe_store(
+        g,
+        out,
+        repo.backend().as_ref(),
+        &[c.data_class(), c.meta_class()],
+        false,
+    )?;
     if repo.store_refuses_overwrites()? {
         PROBED.lock().expect("probed").push(location);
         return Ok(());
@@ -706,12 +799,18 @@ fn open_repo(g: &Global, out: &Out) -> anyhow::Result<Arc<Repository>> {
 // init
 
 fn init_repo(
+    g: &Global,
     spec: &RepoSpec,
     pw: &[u8],
     opts: &InitOptions,
     out: &Out,
 ) -> anyhow::Result<Repository> {
-    let repo = Repository::init(backend(spec)?, pw, opts)?;
+    // What the store does with uploads, before anything is written: a storage class it
+    // refuses stops here, not at the first backup's first pack.
+    let repo = Repository::init_with(backend(spec)?, pw, opts, |b| {
+        probe_store(g, out, b, &[opts.data_class, opts.meta_class], true)
+            .map_err(|e| chunkbak_engine::Error::Other(format!("{e:#}")))
+    })?;
     let id = Id(repo.config().repo_id);
     if out.json {
         out.json_line(
@@ -740,7 +839,11 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
                 env: "CHUNKBAK_FROM_PASSWORD",
                 flags: "--from-password-file, --from-password-command or CHUNKBAK_FROM_PASSWORD",
             };
-            let src = open_other(g, out, from, a.from_region.as_deref(), &pw)?;
+            let other = Other {
+                region: a.from_region.as_deref(),
+                profile: a.from_s3_profile.as_deref(),
+            };
+            let src = open_other(g, out, from, &other, &pw)?;
             let c = src.config();
             (c.chunker_params(), Some(c.dedup_secret), c.keyed_gear)
         }
@@ -789,7 +892,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
             None => None,
         },
     };
-    let repo = init_repo(&spec, &pw, &opts, out)?;
+    let repo = init_repo(g, &spec, &pw, &opts, out)?;
     if let Some(l) = opts.object_lock {
         let who = match l.mode {
             chunkbak_engine::backend::LockMode::Governance => {
@@ -827,7 +930,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
     let repo = if spec.default && !spec.location.join("config").exists() {
         // First use without any configuration: create the default repository.
         let pw = password(g, &spec, true, out)?;
-        init_repo(&spec, &pw, &InitOptions::default(), out)?
+        init_repo(g, &spec, &pw, &InitOptions::default(), out)?
     } else {
         let pw = password(g, &spec, false, out)?;
         open_keyed(g, out, backend(&spec)?, &pw)?

@@ -146,7 +146,11 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         env: "CHUNKBAK_TO_PASSWORD",
         flags: "--to-password-file, --to-password-command or CHUNKBAK_TO_PASSWORD",
     };
-    let dst = Arc::new(open_other(g, out, &a.to, a.to_region.as_deref(), &pw)?);
+    let other = crate::Other {
+        region: a.to_region.as_deref(),
+        profile: a.to_s3_profile.as_deref(),
+    };
+    let dst = Arc::new(open_other(g, out, &a.to, &other, &pw)?);
     crate::ensure_append_only(g, out, &dst)?;
     if dst.config().repo_id == src.config().repo_id {
         bail!(

@@ -1000,7 +1000,9 @@ fn s3_init_goes_on_when_head_bucket_is_forbidden() {
     proxy.arm_only(1, &[Fault::Forbidden], Some(&format!("HEAD /{bucket}/ ")));
     let r = Repo::s3(&e, &proxy.endpoint, &bucket, "second");
     r.ok(&init);
-    assert_eq!(proxy.injected().forbidden, 1);
+    // Both HeadBuckets refused: the region discovery's and init's check that the bucket is
+    // there.
+    assert_eq!(proxy.injected().forbidden, 2);
     let src = e.path("src");
     files(&src, 3, 4, 20_000);
     r.ok(&["backup", src.to_str().unwrap()]);
@@ -1467,5 +1469,128 @@ fn copy_counts_each_repositorys_requests_as_its_store_received_them() {
     assert_eq!(
         req["PUT"].as_u64().unwrap(),
         put + srcs["PUT"].as_u64().unwrap()
+    );
+}
+
+/// Issue 21: `init` asks the store what it does with uploads and says, one line each, what is
+/// missing and what it costs: SeaweedFS has no lifecycle rules, moto keeps a PUT whose CRC32C
+/// is wrong, a store that refuses the storage class asked for stops `init` before anything is
+/// written (was: accepted, then the first backup's first pack failed with a bare HTTP 400).
+/// The answers are kept per host and store: later runs send no probe.
+#[test]
+fn init_asks_the_store_what_it_does_with_uploads() {
+    let e = Env::new();
+    let mut init = vec!["--json", "init"];
+    init.extend(SMALL);
+    let caps = |r: &Run| r.json("store_capabilities")[0].clone();
+
+    let sw = Repo::s3(&e, &s3_server("seaweedfs"), &test_bucket("probe-sw"), "r");
+    let r = sw.ok(&init);
+    assert_eq!(caps(&r)["checks_checksums"], true, "{}", r.out());
+    assert_eq!(r.json("warning").len(), 0, "{}", r.out());
+    // A store without lifecycle rules (501 to GetBucketLifecycleConfiguration).
+    let proxy = FaultProxy::start(&emulator_endpoint());
+    let bucket = test_bucket("probe-lc");
+    proxy.arm_only(
+        1,
+        &[Fault::NotImplemented],
+        Some(&format!("GET /{bucket}/?lifecycle")),
+    );
+    let r = Repo::s3(&e, &proxy.endpoint, &bucket, "r").ok(&init);
+    assert_eq!(caps(&r)["lifecycle"], false, "{}", r.out());
+    assert!(r.stderr.contains("has no lifecycle rules"), "{}", r.stderr);
+
+    let moto = Repo::s3(&e, &s3_server("moto"), &test_bucket("probe-moto"), "r");
+    let r = moto.ok(&init);
+    assert_eq!(caps(&r)["checks_checksums"], false, "{}", r.out());
+    assert!(r.stderr.contains("CRC32C does not match"), "{}", r.stderr);
+
+    let proxy = FaultProxy::start(&emulator_endpoint());
+    let bucket = test_bucket("probe-class");
+    let refused = Repo::s3(&e, &proxy.endpoint, &bucket, "r");
+    proxy.arm_only(1, &[Fault::InvalidArgument], Some("-DEEP_ARCHIVE?"));
+    let mut deep = init.clone();
+    deep.extend(["--data-storage-class", "DEEP_ARCHIVE"]);
+    let r = refused.run(&deep);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("refuses uploads in storage class DEEP_ARCHIVE")
+            && r.stderr.contains("InvalidArgument"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|l| l.contains("/r/config") && l.starts_with("PUT ")),
+        "nothing written"
+    );
+    proxy.disarm();
+    // Accepted: init goes on; the next runs of this host send no probe.
+    refused.ok(&init);
+    let before = proxy.requests().len();
+    let src = e.path("src");
+    files(&src, 2, 3, 10_000);
+    refused.ok(&["backup", src.to_str().unwrap()]);
+    let probes: Vec<String> = proxy.requests()[before..]
+        .iter()
+        .filter(|l| l.contains("/probe/"))
+        .cloned()
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
+}
+
+/// Issue 21: each repository of a `copy` has its own credentials: `--to-s3-profile` signs the
+/// target's requests with that profile's keys, though the environment holds the source's.
+#[test]
+fn copy_signs_the_target_with_its_own_profile() {
+    let ep = s3_endpoint();
+    let proxy = FaultProxy::start(&ep);
+    let e = Env::new();
+    let bucket = test_bucket("profiles");
+    let src = Repo::s3(&e, &ep, &bucket, "src");
+    let mut init = vec!["init"];
+    init.extend(SMALL);
+    src.ok(&init);
+    let data = e.path("data");
+    files(&data, 4, 5, 20_000);
+    src.ok(&["backup", data.to_str().unwrap()]);
+    let creds = e.path("aws-credentials");
+    fs::write(
+        &creds,
+        "[dr]\naws_access_key_id = DRACCOUNTKEY\naws_secret_access_key = drsecret\n",
+    )
+    .unwrap();
+    let config = e.path("aws-config");
+    fs::write(&config, "[profile dr]\nregion = us-east-1\n").unwrap();
+    let target = format!("s3:{}/{bucket}/dst", proxy.endpoint);
+    let with_files = |c: &mut Command| {
+        c.env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", &config);
+    };
+    // The target made with the dr profile (the environment keeps the source's keys).
+    let mut c = src.cmd();
+    with_files(&mut c);
+    c.env("CHUNKBAK_REPOSITORY", &target)
+        .env("CHUNKBAK_S3_PROFILE", "dr")
+        .args(&init);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = proxy.requests().len();
+    let mut c = src.cmd();
+    with_files(&mut c);
+    c.args(["--json", "copy", "--to", &target, "--to-s3-profile", "dr"])
+        .arg("--to-password-file")
+        .arg(&e.pw);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json("copied").len(), 1, "{}", r.out());
+    let log = proxy.requests()[before..].to_vec();
+    assert!(log.iter().any(|l| l.starts_with("PUT ")), "{log:?}");
+    assert!(
+        log.iter().all(|l| l.contains(" key=DRACCOUNTKEY ")),
+        "every request to the target signed with the dr profile's key: {log:?}"
     );
 }

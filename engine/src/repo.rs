@@ -148,6 +148,17 @@ pub struct Repository {
 impl Repository {
     /// Creates a new repository and returns it opened.
     pub fn init(backend: Arc<dyn Backend>, password: &[u8], opts: &InitOptions) -> Result<Self> {
+        Self::init_with(backend, password, opts, |_| Ok(()))
+    }
+
+    /// As [`init`](Self::init), running `before_write` once the bucket or folder exists and
+    /// before anything is written (the CLI asks the store what it does with uploads there).
+    pub fn init_with(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        opts: &InitOptions,
+        before_write: impl FnOnce(&dyn Backend) -> Result<()>,
+    ) -> Result<Self> {
         if backend.exists(FileKind::Config, "config")? {
             return Err(Error::RepositoryExists(backend.location()));
         }
@@ -174,6 +185,7 @@ impl Repository {
             backend.supports_object_lock()?;
         }
         backend.create()?;
+        before_write(backend.as_ref())?;
         let key = MasterKey::generate();
         let kf = key::seal(&key, password, opts.kdf)?;
         let key_id = Id::of_object(&kf).to_hex();

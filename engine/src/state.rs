@@ -63,6 +63,26 @@ impl LocalState {
         let _ = write_atomic(&p, format!("{key}\n").as_bytes());
     }
 
+    fn store_file(&self, location: &str) -> PathBuf {
+        self.dir
+            .join("stores")
+            .join(blake3::hash(location.as_bytes()).to_hex().as_str())
+    }
+
+    /// What the store at `location` answered to the probes of uploads (`key=value` lines),
+    /// if this host asked it before.
+    pub fn store_capabilities(&self, location: &str) -> Option<String> {
+        fs::read_to_string(self.store_file(location))
+            .ok()
+            .filter(|s| s.len() < 4096)
+    }
+
+    /// Remembers the store's answers (best effort: a state that cannot be written costs a
+    /// few probe requests next time).
+    pub fn set_store_capabilities(&self, location: &str, text: &str) {
+        let _ = write_atomic(&self.store_file(location), text.as_bytes());
+    }
+
     /// Ids of the snapshots this host wrote into repository `repo_id`.
     pub fn own_snapshots(&self, repo_id: &[u8; 32]) -> HashSet<Id> {
         let Ok(s) = fs::read_to_string(self.own_file(repo_id)) else {

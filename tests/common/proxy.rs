@@ -22,6 +22,8 @@ pub enum Fault {
     Forbidden,
     /// 501 NotImplemented, as a store without the operation answers.
     NotImplemented,
+    /// 400 InvalidArgument, as radosgw answers a storage class it does not know.
+    InvalidArgument,
 }
 
 /// How long a [`Fault::Slow`] response waits.
@@ -174,7 +176,7 @@ impl FaultProxy {
         self.state.denied.lock().unwrap().clone()
     }
 
-    /// Every request so far: `METHOD TARGET HTTP/1.1 [range][ aws-chunked][ region=R]`.
+    /// Every request so far: `METHOD TARGET HTTP/1.1 [range][ aws-chunked][ key=K region=R]`.
     pub fn requests(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()
     }
@@ -397,12 +399,16 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
         let chunked = header(&head, "x-amz-content-sha256")
             .is_some_and(|v| v.starts_with("STREAMING"))
             || header(&head, "content-encoding").is_some_and(|v| v.contains("aws-chunked"));
-        // The region the request is signed for (SigV4 credential scope KEY/DATE/REGION/s3/…).
-        let region = header(&head, "authorization")
+        // The access key and the region the request is signed with (SigV4 credential scope
+        // KEY/DATE/REGION/s3/…).
+        let scope: Vec<&str> = header(&head, "authorization")
             .and_then(|a| a.split("Credential=").nth(1))
-            .and_then(|c| c.split('/').nth(2))
-            .map(|r| format!(" region={r}"))
+            .map(|c| c.split('/').collect())
             .unwrap_or_default();
+        let region = match scope.as_slice() {
+            [key, _, region, ..] => format!(" key={key} region={region}"),
+            _ => String::new(),
+        };
         st.log.lock().unwrap().push(format!(
             "{} {}{}{region}",
             head[0],
@@ -503,6 +509,12 @@ fn serve(conn: TcpStream, st: &State) -> std::io::Result<()> {
             Some(Fault::Forbidden) => {
                 st.injected.lock().unwrap().forbidden += 1;
                 write_message(&mut w, &error_response("403 Forbidden", "AccessDenied"))?;
+            }
+            Some(Fault::InvalidArgument) => {
+                write_message(
+                    &mut w,
+                    &error_response("400 Bad Request", "InvalidArgument"),
+                )?;
             }
             Some(Fault::NotImplemented) => {
                 write_message(

@@ -295,6 +295,18 @@ impl ThawState {
     }
 }
 
+/// What a store does with uploads, as it answered probes ([`Backend::probe`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A PUT whose CRC32C does not match its body is refused (None: could not tell).
+    pub checks_checksums: Option<bool>,
+    /// Storage classes asked for that uploads may not use, with the store's answer.
+    pub refused_classes: Vec<(StorageClass, String)>,
+    /// Lifecycle rules: Some(true) supported, Some(false) not implemented, None unknown (the
+    /// credentials may not read them, or a local folder).
+    pub lifecycle: Option<bool>,
+}
+
 /// Retrieval tier of a thaw: how fast, at what price.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -472,6 +484,16 @@ pub trait Backend: Send + Sync {
     /// Whether objects of this store can be in an archive class (then restores plan thaws).
     fn has_archive_classes(&self) -> bool {
         false
+    }
+    /// Asks the store what it does with uploads (`init`, and once per host and store; S3:
+    /// a few PUTs of probe objects under `PREFIX/probe/`, deleted again where allowed). A
+    /// local folder does everything.
+    fn probe(&self, _classes: &[StorageClass]) -> Result<Capabilities> {
+        Ok(Capabilities {
+            checks_checksums: Some(true),
+            refused_classes: Vec::new(),
+            lifecycle: None,
+        })
     }
     /// Whether objects labelled with an archive class can be read without a thaw here, as far
     /// as known without a request: Some(true) on a store that serves them (or told to ignore

@@ -44,8 +44,8 @@ use base64::Engine as _;
 use tokio::sync::Semaphore;
 
 use super::{
-    Backend, Extended, FileKind, ObjectInfo, ObjectLock, RequestCounter, StorageClass, ThawState,
-    Tier,
+    Backend, Capabilities, Extended, FileKind, ObjectInfo, ObjectLock, RequestCounter,
+    StorageClass, ThawState, Tier,
 };
 use crate::error::{Error, Result};
 
@@ -78,6 +78,9 @@ pub struct S3Config {
     pub timeout: Duration,
     /// Path-style (`HOST/BUCKET/KEY`) or virtual-hosted (`BUCKET.HOST/KEY`) requests.
     pub addressing: Addressing,
+    /// The AWS profile (shared config and credentials files) to take credentials and settings
+    /// from, instead of the default chain's: each repository of a `copy` may have its own.
+    pub profile: Option<String>,
 }
 
 /// How requests name the bucket (`--s3-addressing`).
@@ -160,6 +163,7 @@ impl Default for S3Config {
             archive: ArchiveMode::Auto,
             timeout: Duration::from_secs(120),
             addressing: Addressing::Auto,
+            profile: None,
         }
     }
 }
@@ -1082,6 +1086,15 @@ impl S3Backend {
         });
         let (client, aws) = rt.block_on(async {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(p) = &cfg.profile {
+                // The profile's credentials, even where the environment has others (those are
+                // the other repository's).
+                loader = loader.profile_name(p).credentials_provider(
+                    aws_config::profile::ProfileFileCredentialsProvider::builder()
+                        .profile_name(p)
+                        .build(),
+                );
+            }
             if let Some(r) = &cfg.region {
                 loader = loader.region(aws_config::Region::new(r.clone()));
             }
@@ -1347,6 +1360,112 @@ impl Backend for S3Backend {
 
     fn has_checksums(&self) -> bool {
         true
+    }
+
+    fn probe(&self, classes: &[StorageClass]) -> Result<Capabilities> {
+        let s = &self.shared;
+        let name: [u8; 8] = crate::crypter::random_bytes();
+        let base = match s.cfg.prefix.as_str() {
+            "" => format!("probe/{}", hex::encode(name)),
+            p => format!("{p}/probe/{}", hex::encode(name)),
+        };
+        let body = b"chunkbak store probe".to_vec();
+        let crc = |b: &[u8]| {
+            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            d.update(b);
+            d.finalize() as u32
+        };
+        let put = |key: String, sum: u32, class: Option<aws_sdk_s3::types::StorageClass>| {
+            let body = body.clone();
+            async move {
+                let r = s
+                    .client
+                    .put_object()
+                    .bucket(&s.cfg.bucket)
+                    .key(&key)
+                    .if_none_match("*")
+                    .checksum_crc32_c(crc_header(sum))
+                    .set_storage_class(class)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await;
+                if r.is_ok() {
+                    // Best effort: append-only credentials leave the few bytes there.
+                    let _ = s
+                        .client
+                        .delete_object()
+                        .bucket(&s.cfg.bucket)
+                        .key(&key)
+                        .send()
+                        .await;
+                }
+                r
+            }
+        };
+        self.rt.block_on(async {
+            // A wrong CRC32C: refused (400 BadDigest and the like) by a store that checks.
+            let checks_checksums = match put(format!("{base}-crc"), crc(b"other bytes"), None).await
+            {
+                Ok(_) => Some(false),
+                Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                    Some(400 | 422) => Some(true),
+                    Some(403) | None => None,
+                    Some(_) => {
+                        return Err(sdk_err(
+                            format!("PUT s3://{}/{base}-crc (probe)", s.cfg.bucket),
+                            e,
+                        ))
+                    }
+                },
+            };
+            let mut caps = Capabilities {
+                checks_checksums,
+                ..Capabilities::default()
+            };
+            let mut seen = Vec::new();
+            for &c in classes {
+                let Some(class) = s3_class(c).filter(|_| !seen.contains(&c)) else {
+                    continue;
+                };
+                seen.push(c);
+                match put(format!("{base}-{}", c.name()), crc(&body), Some(class)).await {
+                    Ok(_) => {}
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 400) => {
+                        let why = match &e {
+                            SdkError::ServiceError(se) => {
+                                format!("HTTP 400 {}", se.err().code().unwrap_or("Bad Request"))
+                            }
+                            _ => "HTTP 400".into(),
+                        };
+                        caps.refused_classes.push((c, why));
+                    }
+                    Err(e) => {
+                        return Err(sdk_err(
+                            format!("PUT s3://{}/{base}-{} (probe)", s.cfg.bucket, c.name()),
+                            e,
+                        ))
+                    }
+                }
+            }
+            // Read only (a write would change the bucket's rules): a store that answers the
+            // GET may still refuse a PUT (SeaweedFS: 404 here, 501 at `lifecycle apply`).
+            caps.lifecycle = match s
+                .client
+                .get_bucket_lifecycle_configuration()
+                .bucket(&s.cfg.bucket)
+                .send()
+                .await
+            {
+                Ok(_) => Some(true),
+                Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                    // No rules yet.
+                    Some(404) => Some(true),
+                    Some(405 | 501) => Some(false),
+                    _ => None,
+                },
+            };
+            Ok(caps)
+        })
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
