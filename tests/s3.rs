@@ -1546,7 +1546,8 @@ fn init_asks_the_store_what_it_does_with_uploads() {
 /// target's requests with that profile's keys, though the environment holds the source's.
 #[test]
 fn copy_signs_the_target_with_its_own_profile() {
-    let ep = s3_endpoint();
+    // The emulator: it takes any key (SeaweedFS knows only the test identity).
+    let ep = emulator_endpoint();
     let proxy = FaultProxy::start(&ep);
     let e = Env::new();
     let bucket = test_bucket("profiles");
