@@ -21,6 +21,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Configuration file (TOML) with named profiles. Default: $XDG_CONFIG_HOME/chunkbak/config.toml,
     /// else /etc/chunkbak/config.toml

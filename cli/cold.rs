@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
 
 use chunkbak_engine::backend::s3::lifecycle;
@@ -353,12 +353,12 @@ pub fn lifecycle_apply(
 ) -> anyhow::Result<()> {
     let class = StorageClass::parse(to)?;
     if class == StorageClass::Standard {
-        bail!("--to STANDARD moves nothing: name the class data packs should move to");
+        crate::usage!("--to STANDARD moves nothing: name the class data packs should move to");
     }
     let after = timeparse::parse_duration(transition_after).context("--transition-after")?;
     let days = (after.as_secs() / 86_400) as u32;
     if after.as_secs() % 86_400 != 0 {
-        bail!("--transition-after must be whole days (S3 lifecycle rules count days)");
+        crate::usage!("--transition-after must be whole days (S3 lifecycle rules count days)");
     }
     let existing = s3.lifecycle_rules()?;
     let kept = existing.len();

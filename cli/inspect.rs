@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::bail;
 use serde_json::{json, Value};
 
 use chunkbak_engine::format::tree::{Node, NodeKind};
@@ -108,7 +107,7 @@ fn tree_at(
         None => Ok(s.tree),
         Some(n) => match (n.kind, n.subtree) {
             (NodeKind::Dir, Some(t)) => Ok(t),
-            _ => bail!(
+            _ => crate::usage!(
                 "{} is not a directory: diff compares snapshots or folders in them",
                 String::from_utf8_lossy(sub)
             ),
@@ -118,10 +117,10 @@ fn tree_at(
 
 pub fn cmd_diff(g: &Global, out: &Out, a: &DiffArgs) -> anyhow::Result<i32> {
     if a.snapshots.len() + a.at.len() > 2 {
-        bail!("diff compares two snapshots: give two of SNAPSHOT and --at TIME");
+        crate::usage!("diff compares two snapshots: give two of SNAPSHOT and --at TIME");
     }
     if a.snapshots.len() + a.at.len() == 0 {
-        bail!("give the snapshots to compare: diff OLD NEW, diff --at TIME [NEW], or diff OLD (with the latest)");
+        crate::usage!("give the snapshots to compare: diff OLD NEW, diff --at TIME [NEW], or diff OLD (with the latest)");
     }
     let repo = open_repo(g, out)?;
     repo.load_index()?;
@@ -238,7 +237,7 @@ pub fn cmd_mount(g: &Global, out: &Out, a: &MountArgs) -> anyhow::Result<i32> {
     chunkbak_engine::stop::never_stop_on_silence();
     let mp = &a.mountpoint;
     if !mp.is_dir() {
-        bail!(
+        crate::usage!(
             "mount point {} is not a folder (create an empty one)",
             mp.display()
         );

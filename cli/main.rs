@@ -109,15 +109,41 @@ fn parse_args() -> (Cli, String) {
     ) {
         e.exit();
     }
-    usage_error(format!("{} (see `chunkbak --help`)", first_paragraph(&e)))
+    usage_error(format!(
+        "{} (see `{}`)",
+        first_paragraph(&e),
+        help_of(&std::env::args_os().collect::<Vec<_>>())
+    ))
 }
 
-/// The first paragraph of clap's message, on one line ("... not provided: --target <DIR>").
+/// The help that covers a mistaken command line: `chunkbak forget --help` when it names a
+/// command (`chunkbak lifecycle apply --help` for a subcommand of one), else `chunkbak --help`.
+fn help_of(argv: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["chunkbak".to_string()];
+    for a in argv.iter().skip(1).filter_map(|a| a.to_str()) {
+        let Some(sub) = cmd.find_subcommand(a).cloned() else {
+            continue;
+        };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    format!("{} --help", path.join(" "))
+}
+
+/// The first paragraph of clap's message, on one line ("... not provided: --target <DIR>"),
+/// with its suggestion when it has one ("tip: a similar argument exists: '--keep-daily'").
 fn first_paragraph(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let first = text.split("\n\n").next().unwrap_or("invalid arguments");
     let first: Vec<&str> = first.lines().map(str::trim).collect();
-    first.join(" ").trim_start_matches("error: ").to_string()
+    let mut line = first.join(" ").trim_start_matches("error: ").to_string();
+    if let Some(tip) = text.lines().map(str::trim).find(|l| l.starts_with("tip: ")) {
+        line.push_str("; ");
+        line.push_str(tip.trim_start_matches("tip: "));
+    }
+    line
 }
 
 enum Parse {
@@ -249,8 +275,34 @@ fn final_summary(name: &str, out: &Out, code: i32, took: std::time::Duration) {
     output::log_line(&line);
 }
 
+/// A mistake in how chunkbak was called (exit code 2), found after the command line was
+/// parsed: options that exclude each other, a value of the wrong form.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns a [`Usage`] error (exit code 2).
+#[macro_export]
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err($crate::Usage(format!($($t)*)).into())
+    };
+}
+
 fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<Usage>().is_some() {
+        return exit::USAGE;
+    }
     match e.downcast_ref::<Error>() {
+        // A value of the wrong form (a time, a duration, a pattern, a path), however deep.
+        Some(Error::Invalid(_)) => exit::USAGE,
         Some(Error::NoRepository(_)) => exit::NO_REPO,
         Some(Error::WrongPassword(..)) => exit::WRONG_PASSWORD,
         Some(Error::Interrupted) => exit::INTERRUPTED,
@@ -875,7 +927,7 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
         meta_class: match StorageClass::parse(&a.metadata_storage_class)
             .context("--metadata-storage-class")?
         {
-            c if c.is_archive() => bail!(
+            c if c.is_archive() => usage!(
                 "--metadata-storage-class {}: metadata must stay readable at once (STANDARD, \
                  STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR); only data packs may be archived",
                 c.name()
@@ -941,7 +993,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
     repo.load_index()?;
     let stdin = if a.stdin_from_command {
         if a.paths.is_empty() {
-            bail!("--stdin-from-command needs the command after `--`, e.g. `-- pg_dump mydb`");
+            usage!("--stdin-from-command needs the command after `--`, e.g. `-- pg_dump mydb`");
         }
         Some(StdinSource::Command(a.paths.clone()))
     } else if a.stdin {
@@ -1209,7 +1261,7 @@ fn choose(
     out: &Out,
 ) -> anyhow::Result<(Id, Snapshot, Vec<u8>)> {
     let (sel, sub) = match (arg, at) {
-        (Some(_), Some(_)) => bail!("give either a SNAPSHOT or --at TIME, not both"),
+        (Some(_), Some(_)) => usage!("give either a SNAPSHOT or --at TIME, not both"),
         (None, Some(t)) => (Selector::At(timeparse::parse_time_now(t)?), Vec::new()),
         (Some(a), None) => {
             // ID:PATH; the path may be any bytes, as file names are.
@@ -1337,14 +1389,14 @@ fn kind_name(k: NodeKind) -> &'static str {
 
 fn cmd_dump(g: &Global, out: &Out, a: &args::DumpArgs) -> anyhow::Result<i32> {
     if out.json {
-        bail!("dump writes the file itself to standard output: --json does not apply");
+        usage!("dump writes the file itself to standard output: --json does not apply");
     }
     let repo = open_repo(g, out)?;
     repo.load_index()?;
     let (s, sub) = choose_path(&repo, &a.snapshot, &a.path, &a.at, &a.filter, out)?;
     let stdout = std::io::stdout();
     if a.archive.is_some() && stdout.is_terminal() {
-        bail!("refusing to write a tar archive to a terminal: redirect it (> backup.tar) or pipe it (| tar -x)");
+        usage!("refusing to write a tar archive to a terminal: redirect it (> backup.tar) or pipe it (| tar -x)");
     }
     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     match a.archive {
@@ -1698,7 +1750,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
     let subset = match (&a.read_data_subset, a.read_data) {
         (Some(s), _) => Some(
             s.parse::<chunkbak_engine::ops::check::Subset>()
-                .map_err(|e| anyhow!("--read-data-subset {e}"))?,
+                .map_err(|e| Usage(format!("--read-data-subset {e}")))?,
         ),
         (None, true) => Some(chunkbak_engine::ops::check::Subset::All),
         (None, false) => None,
@@ -1801,7 +1853,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
 fn cmd_lifecycle(g: &Global, out: &Out, c: &args::LifecycleCommand) -> anyhow::Result<i32> {
     let spec = repo_spec(g)?;
     let Some(cfg) = &spec.s3 else {
-        bail!("lifecycle rules are a setting of S3 buckets: use -r s3:BUCKET/PREFIX");
+        usage!("lifecycle rules are a setting of S3 buckets: use -r s3:BUCKET/PREFIX");
     };
     let s3 = Arc::new(S3Backend::new(cfg.clone())?);
     cold::track(s3.as_ref());
@@ -1930,7 +1982,7 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
             )
         }
         other => {
-            bail!("cannot cat {other:?}: use config, key, snapshot, index, tree, blob or pack")
+            usage!("cannot cat {other:?}: use config, key, snapshot, index, tree, blob or pack")
         }
     };
     out.line(text);
@@ -1944,11 +1996,11 @@ fn cmd_benchmark(g: &Global, out: &Out, a: &args::BenchmarkArgs) -> anyhow::Resu
     use chunkbak_engine::ops::benchmark::{self, BenchOptions, SAMPLES};
     let samples: Vec<String> = a.samples.split(',').map(|s| s.trim().to_string()).collect();
     if let Some(bad) = samples.iter().find(|s| !SAMPLES.contains(&s.as_str())) {
-        bail!("--samples: unknown sample {bad:?} (random, text, zeros, mixed)");
+        usage!("--samples: unknown sample {bad:?} (random, text, zeros, mixed)");
     }
     let size = timeparse::parse_size(&a.size).context("--size")?;
     if !(1 << 20..=4 << 30).contains(&size) {
-        bail!("--size {}: between 1MiB and 4GiB", a.size);
+        usage!("--size {}: between 1MiB and 4GiB", a.size);
     }
     let opts = BenchOptions {
         size: size as usize,

@@ -1,6 +1,5 @@
 //! Maintenance commands: forget, prune, lock, repair.
 
-use anyhow::bail;
 use serde_json::json;
 
 use chunkbak_engine::ops::forget::{self, GroupBy, Policy};
@@ -34,7 +33,7 @@ fn prune_options(o: &PruneOpts, out: &Out) -> anyhow::Result<PruneOptions> {
     let max_unused: MaxUnused = o
         .max_unused
         .parse()
-        .map_err(|e: String| anyhow::anyhow!("--max-unused {e}"))?;
+        .map_err(|e: String| crate::Usage(format!("--max-unused {e}")))?;
     let max_repack = o
         .max_repack
         .as_deref()
@@ -73,7 +72,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
     let group_by: GroupBy = a
         .group_by
         .parse()
-        .map_err(|e: String| anyhow::anyhow!("--group-by: {e}"))?;
+        .map_err(|e: String| crate::Usage(format!("--group-by: {e}")))?;
     let prune_opts = prune_options(&a.prune_opts, out)?;
     let snaps = repo.snapshots()?;
     let filter = filter_of(&a.filter);
@@ -82,7 +81,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
         remove.push(chunkbak_engine::ops::select::find_id(&snaps, p).map(|i| snaps[i].0)?);
     }
     if policy.is_empty() && remove.is_empty() {
-        bail!(
+        crate::usage!(
             "no policy given: say what to keep (--keep-last, --keep-daily, --keep-within 90d, \
              ...) or name the snapshots to remove"
         );

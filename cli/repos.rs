@@ -153,7 +153,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
     let dst = Arc::new(open_other(g, out, &a.to, &other, &pw)?);
     crate::ensure_append_only(g, out, &dst)?;
     if dst.config().repo_id == src.config().repo_id {
-        bail!(
+        crate::usage!(
             "--to {} is the repository copied from",
             std::path::Path::new(&a.to).display()
         );

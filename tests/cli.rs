@@ -219,10 +219,11 @@ fn at_chooses_the_snapshot_in_force() {
         "--target",
         t.to_str().unwrap(),
     ]);
-    assert_eq!(r.code, 1);
+    // A usage mistake (issue 22): exit 2.
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("future"), "{}", r.stderr);
     let r = e.run(&["ls", "--at", "last tuesday-ish"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("cannot read time"), "{}", r.stderr);
 }
 
@@ -636,7 +637,7 @@ fn benchmark_needs_no_repository_and_measures_every_stage() {
     assert_eq!(r.json("benchmark_efficiency").len(), 2);
     assert!(!e.repo.exists());
     let bad = e.run(&["benchmark", "--samples", "noise"]);
-    assert_eq!(bad.code, 1);
+    assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("unknown sample"), "{}", bad.stderr);
 }
 
@@ -682,12 +683,12 @@ fn dump_writes_one_file_to_stdout() {
     assert_eq!(r.json("node").len(), 1, "{}", r.out());
 
     let r = e.run(&["dump", &format!("latest:{}", src.join("sub").display())]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
     let r = e.run(&["dump", &format!("latest:{}/nope", src.display())]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("not in the snapshot"), "{}", r.stderr);
     let r = e.run(&["--json", "dump", &spec]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--json"), "{}", r.stderr);
 }

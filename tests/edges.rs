@@ -50,6 +50,101 @@ fn malformed_arguments_exit_2_with_one_line() {
     assert!(r.out().contains("Usage"), "{}", r.out());
 }
 
+/// Issue 22: the mistakes operators make, each with its exit code (2: how chunkbak was called;
+/// 1, 10, 12: what it found) and the first words of its one line. Usage mistakes found after
+/// parsing (options that exclude each other, a value of the wrong form) exit 2 like clap's own,
+/// and clap's suggestion and the command's own help are kept in the line.
+#[test]
+fn the_mistake_table() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("dir/f"), b"f").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let s = src.to_str().unwrap().to_string();
+    let t = e.path("t");
+    let t = t.to_str().unwrap().to_string();
+    let dir = format!("latest:{s}/dir");
+    let missing = e.path("nowhere");
+    let table: Vec<(Vec<&str>, i32, &[&str])> = vec![
+        (
+            vec!["forget", "--keep-dayly", "3"],
+            2,
+            &["--keep-dayly", "'--keep-daily'", "chunkbak forget --help"],
+        ),
+        (vec!["snapshot"], 2, &["'snapshots'", "chunkbak --help"]),
+        (
+            vec!["lifecycle", "apply", "--bogus"],
+            2,
+            &["--bogus", "chunkbak lifecycle apply --help"],
+        ),
+        (vec!["restore", "latest"], 2, &["--target"]),
+        (
+            vec!["restore", "latest", "--at", "2026-01-01", "--target", &t],
+            2,
+            &["either a SNAPSHOT or --at"],
+        ),
+        (
+            vec!["restore", "--at", "tomorrowish", "--target", &t],
+            2,
+            &["tomorrowish"],
+        ),
+        (vec!["forget"], 2, &["no policy given"]),
+        (vec!["prune", "--grace", "banana"], 2, &["banana"]),
+        (
+            vec!["--clock-skew", "soon", "snapshots"],
+            2,
+            &["--clock-skew", "soon"],
+        ),
+        (
+            vec!["--s3-archive", "sometimes", "snapshots"],
+            2,
+            &["sometimes"],
+        ),
+        (vec!["check", "--read-data-subset", "0/10"], 2, &["0/10"]),
+        (vec!["backup", "--exclude", "[", &s], 2, &["pattern"]),
+        (vec!["dump", &dir], 2, &["dir"]),
+        (vec!["cat", "bogus"], 2, &["cannot cat"]),
+        (vec!["lifecycle", "show"], 2, &["s3:BUCKET"]),
+        (vec!["diff"], 2, &["give the snapshots to compare"]),
+        (
+            vec!["backup", "--stdin-from-command"],
+            2,
+            &["--stdin-from-command"],
+        ),
+        (
+            vec!["restore", "deadbeef", "--target", &t],
+            1,
+            &["deadbeef"],
+        ),
+        (
+            vec!["-r", missing.to_str().unwrap(), "snapshots"],
+            10,
+            &["nowhere"],
+        ),
+    ];
+    assert!(table.len() >= 12);
+    for (args, code, needles) in &table {
+        let r = e.run(args);
+        assert_eq!(r.code, *code, "{args:?}: {}", r.stderr);
+        let first = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("chunkbak: "))
+            .unwrap_or_else(|| panic!("{args:?}: no error line in {}", r.stderr));
+        for n in *needles {
+            assert!(first.contains(n), "{args:?}: {n:?} not in {first:?}");
+        }
+    }
+    // A wrong password: 12.
+    let wrong = e.path("wrong-pw");
+    fs::write(&wrong, "not it\n").unwrap();
+    let mut c = e.cmd();
+    c.arg("--password-file").arg(&wrong).arg("snapshots");
+    assert_eq!(e.run_cmd(c).code, 12);
+}
+
 #[test]
 fn repository_path_that_is_a_file() {
     let e = Env::new();
@@ -57,7 +152,7 @@ fn repository_path_that_is_a_file() {
     fs::write(&f, b"not a repository").unwrap();
     let mut c = e.cmd();
     c.env("CHUNKBAK_REPOSITORY", &f).arg("snapshots");
-    one_line(&e.run_cmd(c), 1, &[f.to_str().unwrap(), "is a file"]);
+    one_line(&e.run_cmd(c), 2, &[f.to_str().unwrap(), "is a file"]);
     let mut c = e.cmd();
     c.env("CHUNKBAK_REPOSITORY", &f).args([
         "init",
@@ -66,7 +161,7 @@ fn repository_path_that_is_a_file() {
         "--kdf-iterations",
         "1",
     ]);
-    one_line(&e.run_cmd(c), 1, &[f.to_str().unwrap(), "is a file"]);
+    one_line(&e.run_cmd(c), 2, &[f.to_str().unwrap(), "is a file"]);
     assert_eq!(
         fs::read(&f).unwrap(),
         b"not a repository",
@@ -115,7 +210,7 @@ fn restore_target_that_is_a_file_or_not_writable() {
     fs::write(&file, b"keep me").unwrap();
     one_line(
         &e.run(&["restore", "latest", "--target", file.to_str().unwrap()]),
-        1,
+        2,
         &[file.to_str().unwrap(), "not a folder"],
     );
     assert_eq!(fs::read(&file).unwrap(), b"keep me");
@@ -299,17 +394,19 @@ fn impossible_at_times() {
     e.ok(&["backup", src.to_str().unwrap()]);
     let t = e.path("t");
     let target = t.to_str().unwrap();
-    for at in [
-        "2001-01-01",
-        "not a time",
-        "2026-02-30",
-        "2026-13-01 10:00",
-        "99 parsecs ago",
+    // A time before every snapshot is an error (1); one that is no time at all a usage
+    // mistake (2).
+    for (at, code) in [
+        ("2001-01-01", 1),
+        ("not a time", 2),
+        ("2026-02-30", 2),
+        ("2026-13-01 10:00", 2),
+        ("99 parsecs ago", 2),
     ] {
         let r = e.run(&["restore", "--at", at, "--target", target]);
-        one_line(&r, 1, &[at]);
+        one_line(&r, code, &[at]);
         assert!(!t.exists(), "{at}: nothing is written");
-        one_line(&e.run(&["ls", "--at", at]), 1, &[at]);
+        one_line(&e.run(&["ls", "--at", at]), code, &[at]);
     }
 }
 

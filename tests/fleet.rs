@@ -783,7 +783,7 @@ fn stats_reports_dedup_compression_and_the_monthly_bill() {
     let usd = st["usd_per_month"].as_f64().unwrap();
     assert!((usd - on_disk as f64 / (1u64 << 30) as f64).abs() < 1e-9);
     let bad = e.run(&["stats", "--price", "TAPE=1"]);
-    assert_eq!(bad.code, 1);
+    assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("TAPE"), "{}", bad.stderr);
     let human = e.ok(&["stats"]).out();
     assert!(
@@ -814,7 +814,7 @@ fn one_line_summary_and_log_file() {
     );
     // A failing run is logged with its error and exit code.
     let bad = e.run(&["--log-file", l, "restore", "nope", "--target", "/tmp/x"]);
-    assert_eq!(bad.code, 1);
+    assert_eq!(bad.code, 2);
     let text = fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(
@@ -837,7 +837,7 @@ fn one_line_summary_and_log_file() {
         lines
             .last()
             .unwrap()
-            .contains("chunkbak restore: failed, exit 1"),
+            .contains("chunkbak restore: failed, exit 2"),
         "{text}"
     );
     // Every line: time, process id, message.

@@ -534,7 +534,7 @@ fn diff_lists_what_changed_between_two_snapshots() {
     let same = e.ok(&["--json", "diff", &b, &b]);
     assert!(same.json("diff").is_empty());
     let bad = e.run(&["diff", "--at", &between, &a, &b]);
-    assert_eq!(bad.code, 1);
+    assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("two snapshots"), "{}", bad.stderr);
 }
 

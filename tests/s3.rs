@@ -436,7 +436,7 @@ fn s3_deep_archive_data_class_restores_through_warmup_and_wait() {
     }
     // Deep Archive has no expedited tier: a clear error, nothing requested.
     let exp = r.run(&["restore", "--target", "x", "--tier", "expedited"]);
-    assert_eq!(exp.code, 1);
+    assert_eq!(exp.code, 2);
     assert!(
         exp.stderr.contains("DEEP_ARCHIVE has no expedited"),
         "{}",
@@ -550,7 +550,7 @@ fn s3_lifecycle_apply_keeps_other_rules_and_check_finds_dangerous_ones() {
     assert!(bad.stderr.contains("expire-all"), "{}", bad.stderr);
     // A local repository has no bucket.
     let local = Repo::local(&e).run(&["lifecycle", "show"]);
-    assert_eq!(local.code, 1);
+    assert_eq!(local.code, 2);
     assert!(local.stderr.contains("S3"), "{}", local.stderr);
 }
 

@@ -300,7 +300,7 @@ impl S3Backend {
         let conf = BucketLifecycleConfiguration::builder()
             .set_rules(Some(rules))
             .build()
-            .map_err(|e| Error::Invalid(format!("lifecycle configuration: {e}")))?;
+            .map_err(|e| Error::Other(format!("lifecycle configuration: {e}")))?;
         self.block_on(async {
             self.client()
                 .put_bucket_lifecycle_configuration()

@@ -73,8 +73,9 @@ impl Shared {
     /// so); an error that says how to get it if not.
     pub(super) async fn check_lock_enabled(&self) -> Result<()> {
         let b = &self.cfg.bucket;
+        // The bucket's setting, not how chunkbak was called: an error (1), not a usage one.
         let refuse = |why: String| {
-            Error::Invalid(format!(
+            Error::Other(format!(
                 "bucket {b} {why}: Object Lock must be enabled on the bucket (at creation: \
                  `aws s3api create-bucket --bucket {b} --object-lock-enabled-for-bucket`, or \
                  on a versioned bucket: `aws s3api put-object-lock-configuration --bucket {b} \

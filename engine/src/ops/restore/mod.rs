@@ -797,7 +797,8 @@ fn prepare_target(t: &Path, dry_run: bool) -> Result<()> {
         .map_err(|_| Error::Invalid(format!("restore target {} holds a NUL byte", t.display())))?;
     // SAFETY: `c` is a NUL-terminated path that lives across the call.
     if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-        return Err(Error::Invalid(format!(
+        // What the host allows, not how chunkbak was called: an error (1), not a usage one.
+        return Err(Error::Other(format!(
             "cannot write into restore target {}: {}",
             t.display(),
             std::io::Error::last_os_error()
