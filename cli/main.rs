@@ -1137,6 +1137,34 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
 // ---------------------------------------------------------------------------------------------
 // snapshots, ls, restore
 
+/// The hosts `latest` and `--at` choose among, when no --host is given: all of them when the
+/// matching snapshots are of one host; this host's own when several hosts share the repository
+/// and it has snapshots there; otherwise a usage error listing the hosts (a fleet repository's
+/// `latest` is never another host's by accident).
+fn this_hosts_by_default(snaps: &[(Id, Snapshot)], f: &Filter) -> anyhow::Result<Vec<String>> {
+    if !f.hosts.is_empty() {
+        return Ok(f.hosts.clone());
+    }
+    let hosts: std::collections::BTreeSet<&str> = snaps
+        .iter()
+        .filter(|(_, s)| f.matches(s))
+        .map(|(_, s)| s.host.as_str())
+        .collect();
+    if hosts.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    let me = chunkbak_engine::ops::fsmeta::hostname();
+    if hosts.contains(me.as_str()) {
+        return Ok(vec![me]);
+    }
+    usage!(
+        "the repository holds snapshots of {} hosts ({}) and none of this host ({me}): name \
+         the one meant with --host HOST, or give a snapshot id",
+        hosts.len(),
+        hosts.iter().copied().collect::<Vec<_>>().join(", ")
+    )
+}
+
 fn filter_of(f: &FilterArgs) -> Filter {
     Filter {
         hosts: f.hosts.clone(),
@@ -1289,7 +1317,11 @@ fn choose(
             );
         }
     }
-    let i = select::select(&snaps, &sel, &filter_of(filter), &clock_now())?;
+    let mut f = filter_of(filter);
+    if !matches!(sel, Selector::Id(_)) {
+        f.hosts = this_hosts_by_default(&snaps, &f)?;
+    }
+    let i = select::select(&snaps, &sel, &f, &clock_now())?;
     let (id, s) = snaps[i].clone();
     refuse_damaged_choice(repo, &damaged, &sel, &s, out)?;
     if out.json {

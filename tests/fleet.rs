@@ -1042,3 +1042,42 @@ fn verbose_backup_lists_new_and_changed_files() {
     assert!(sum["bytes_read"].as_u64().unwrap() > 0, "{sum}");
     e.restore_subtree_and_compare(&src);
 }
+
+/// Issue 22: on a repository several hosts share, `latest` and `--at` are this host's when it
+/// has snapshots there (it restored another host's before), and an error listing the hosts
+/// when it has none; on a repository of one host (a restore onto a new machine) they are that
+/// host's.
+#[test]
+fn latest_on_a_fleet_repository_is_this_hosts() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"web1").unwrap();
+    let s = src.to_str().unwrap();
+    e.ok(&["backup", s, "--host", "web1"]);
+    // One host, not this one: its latest.
+    let r = e.ok(&["--json", "ls", "latest"]);
+    assert_eq!(r.json("selected")[0]["host"], "web1", "{}", r.out());
+    fs::write(src.join("f"), b"db1").unwrap();
+    e.ok(&["backup", s, "--host", "db1"]);
+    let r = e.run(&["ls", "latest"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("db1, web1") && r.stderr.contains("--host"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(e.run(&["ls", "--at", "now"]).code, 2);
+    let r = e.ok(&["--json", "ls", "latest", "--host", "web1"]);
+    assert_eq!(r.json("selected")[0]["host"], "web1");
+    // This host backs up too: its own latest, though another host's is newer.
+    fs::write(src.join("f"), b"mine").unwrap();
+    e.ok(&["backup", s]);
+    fs::write(src.join("f"), b"db1 again").unwrap();
+    e.ok(&["backup", s, "--host", "db1"]);
+    let r = e.ok(&["dump", &format!("latest:{s}/f")]);
+    assert_eq!(r.stdout, b"mine");
+    let r = e.ok(&["dump", "--host", "db1", &format!("latest:{s}/f")]);
+    assert_eq!(r.stdout, b"db1 again");
+}

@@ -56,7 +56,7 @@ fn keys_add_remove_and_change_passwords() {
     // The key in use cannot be removed (it might be the only password anyone knows).
     let first = one[0]["id"].as_str().unwrap().to_string();
     let r = e.run(&["key", "remove", &first[..10]]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("key passwd"), "{}", r.stderr);
     let r = e.run(&["key", "remove", "zz"]);
     assert!(

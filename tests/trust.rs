@@ -488,7 +488,7 @@ fn a_key_file_with_huge_kdf_parameters_is_refused_by_name_and_cannot_stall_an_op
         .env("CHUNKBAK_REPOSITORY", e.path("weak"))
         .args(["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
     let r = run_command(c);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(
         r.stderr.contains("OWASP") && r.stderr.contains("--allow-weak-kdf"),
         "{}",
@@ -496,7 +496,7 @@ fn a_key_file_with_huge_kdf_parameters_is_refused_by_name_and_cannot_stall_an_op
     );
     assert!(!e.path("weak").exists());
     let r = e.run(&["init", "--kdf-memory-kib", "2097152"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("more than chunkbak runs"), "{}", r.stderr);
 }
 
@@ -559,7 +559,7 @@ fn s3_checksums_find_a_same_size_overwrite_of_a_pack_without_reading_it() {
 fn init_local_and_check_checksums_refused(e: &Env) {
     e.init_small();
     let r = e.run(&["check", "--s3-checksums"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("keeps no checksums"), "{}", r.stderr);
 }
 
@@ -772,7 +772,7 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
 
     // A local folder cannot lock; nor can a bucket without Object Lock.
     let r = Target::local(&e).run(&init);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!e.repo.exists(), "a refused init left a folder");
     assert!(r.stderr.contains("Object Lock"), "{}", r.stderr);
     let plain = bucket("nolock");

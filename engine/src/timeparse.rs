@@ -1,8 +1,10 @@
 //! Parsing of the TIME arguments of `--at` and `backup --time`.
 //!
 //! Accepted: RFC 3339 (`2026-11-20T14:00:00Z`, `...+01:00`), local civil time
-//! `YYYY-MM-DD[ HH:MM[:SS]]` (also with `T`; missing fields are zero), `now`, and relative
-//! forms `3 days ago`, `36h ago`, `-36h`, `-2 weeks`.
+//! `YYYY-MM-DD[ HH:MM[:SS]]` (also with `T`; missing fields are zero; `2026-12-06 8:30`),
+//! `now`, `today` and `yesterday` (midnight), each with a time of day (`yesterday 18:00`), a
+//! time of day alone (`8:30`, `18:00:15`: today), and relative forms `3 days ago`, `36h ago`,
+//! `-36h`, `-2 weeks`.
 
 use jiff::{civil, tz::TimeZone, Span, Timestamp, Zoned};
 
@@ -14,7 +16,8 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
     let bad = |why: &str| {
         Error::Invalid(format!(
             "cannot read time {s:?}: {why}; use RFC 3339 (2026-11-20T14:00:00Z), local \
-             'YYYY-MM-DD[ HH:MM[:SS]]', or a relative time like '3 days ago' or '-36h'"
+             'YYYY-MM-DD[ HH:MM[:SS]]', 'today', 'yesterday 18:00', '8:30', 'now', or a \
+             relative time like '3 days ago' or '-36h'"
         ))
     };
     if t.eq_ignore_ascii_case("now") {
@@ -32,12 +35,35 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
         let z = now.checked_sub(span).map_err(|e| bad(&format!("{e}")))?;
         return Ok(z.timestamp());
     }
-    let civil = if t.len() == 10 {
-        t.parse::<civil::Date>()
-            .map(|d| d.to_datetime(civil::Time::midnight()))
-    } else {
-        t.replacen(' ', "T", 1).parse::<civil::DateTime>()
+    // A day (a date, `today`, `yesterday`) and an optional time of day; a time of day alone
+    // is today's.
+    let (day, time) = match t.split_once(' ') {
+        Some((d, tod)) if !d.contains(':') => (Some(d), Some(tod.trim())),
+        _ if t.len() > 11 && t.as_bytes()[10] == b'T' => (Some(&t[..10]), Some(&t[11..])),
+        _ if t.contains(':') => (None, Some(t)),
+        _ => (Some(t), None),
     };
+    let today = now.date();
+    let date = match day.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("today") => Ok(today),
+        Some("yesterday") => today.yesterday(),
+        Some(d) => d.parse::<civil::Date>(),
+    };
+    let civil = date.and_then(|d| {
+        let tod = match time {
+            None => civil::Time::midnight(),
+            // `8:30` as well as `08:30`.
+            Some(x) => {
+                let padded = if x.find(':') == Some(1) {
+                    format!("0{x}")
+                } else {
+                    x.to_string()
+                };
+                padded.parse::<civil::Time>()?
+            }
+        };
+        Ok(d.to_datetime(tod))
+    });
     match civil {
         Ok(dt) => dt
             .to_zoned(now.time_zone().clone())
@@ -167,7 +193,26 @@ mod tests {
         assert_eq!(p("-36h"), "2026-11-21T00:00:00Z");
         assert_eq!(p("2 weeks ago"), "2026-11-08T12:00:00Z");
         assert_eq!(p("now"), "2026-11-22T12:00:00Z");
-        for bad in ["yesterday-ish", "2026-13-01", "", "-", "3 parsecs ago"] {
+        assert_eq!(p("today"), "2026-11-22T00:00:00Z");
+        assert_eq!(p("yesterday"), "2026-11-21T00:00:00Z");
+        assert_eq!(p("yesterday 18:00"), "2026-11-21T18:00:00Z");
+        assert_eq!(p("Yesterday 8:30"), "2026-11-21T08:30:00Z");
+        assert_eq!(p("8:30"), "2026-11-22T08:30:00Z");
+        assert_eq!(p("18:00:15"), "2026-11-22T18:00:15Z");
+        assert_eq!(p("2026-12-06 8:30"), "2026-12-06T08:30:00Z");
+        assert_eq!(p("today 23:59"), "2026-11-22T23:59:00Z");
+        assert_eq!(p("Today"), "2026-11-22T00:00:00Z");
+        assert_eq!(p("2026-11-20T14:30"), "2026-11-20T14:30:00Z");
+        for bad in [
+            "yesterday-ish",
+            "2026-13-01",
+            "",
+            "-",
+            "3 parsecs ago",
+            "yesterday 25:00",
+            "tomorrow 8:00",
+            "8:61",
+        ] {
             assert!(parse_time(bad, &now()).is_err(), "{bad}");
         }
     }
