@@ -753,8 +753,9 @@ pub struct RestoreArgs {
     /// leave them as they are (never)
     #[arg(long, value_enum, default_value_t = OverwriteArg::Always)]
     pub overwrite: OverwriteArg,
-    /// Remove from the target what the snapshot does not hold (in the restored folders;
-    /// entries matching --exclude are kept), so the target matches the snapshot exactly
+    /// Remove from the target what the snapshot does not hold, within the paths the snapshot
+    /// was taken of (or :PATH) and never in the folders above them; entries matching
+    /// --exclude are kept. The target then matches the snapshot exactly there
     #[arg(long)]
     pub delete: bool,
     /// Change nothing: list what would be created (new), updated and deleted

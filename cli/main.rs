@@ -1549,9 +1549,17 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         out,
     )?;
     let s3 = repo.backend().has_archive_classes();
+    // --delete works within the paths the snapshot was taken of (or within :PATH), never in
+    // the folders above them, which hold what the snapshot never saw.
+    let delete_within = if sub.is_empty() {
+        s.paths.clone()
+    } else {
+        Vec::new()
+    };
     let opts = RestoreOptions {
         target: a.target.clone(),
         subpath: sub,
+        delete_within,
         includes: path_bytes(&a.includes),
         excludes: a.excludes.clone(),
         numeric_owner: a.numeric_owner,

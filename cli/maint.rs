@@ -104,6 +104,14 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
             .map(|s| local_time(&s.1))
             .unwrap_or_default()
     };
+    // JSON carries RFC 3339 times, as `snapshots --json` does.
+    let rfc3339_of = |id: &Id| {
+        snaps
+            .iter()
+            .find(|s| s.0 == *id)
+            .map(|s| chunkbak_engine::ops::select::timestamp_of(s.1.time).to_string())
+            .unwrap_or_default()
+    };
     for grp in &groups {
         let mut what = Vec::new();
         if let Some(h) = &grp.key.host {
@@ -123,7 +131,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
             let d: Vec<serde_json::Value> = grp
                 .decisions
                 .iter()
-                .map(|d| json!({"id": d.id.to_hex(), "time": time_of(&d.id), "keep": d.keep, "reasons": d.reasons}))
+                .map(|d| json!({"id": d.id.to_hex(), "time": rfc3339_of(&d.id), "keep": d.keep, "reasons": d.reasons}))
                 .collect();
             out.json_line(
                 "forget_group",

@@ -432,6 +432,11 @@ fn start_big_backup(e: &Env, packs: usize) -> (PathBuf, std::process::Child) {
     for i in 0..8 {
         fs::write(src.join(format!("f{i}")), splitmix(100 + i, 32 << 20)).unwrap();
     }
+    // And many small ones still queued when the run stops.
+    fs::create_dir(src.join("small")).unwrap();
+    for i in 0..200 {
+        fs::write(src.join(format!("small/s{i}")), format!("small {i}")).unwrap();
+    }
     let mut c = e.cmd();
     c.args(["backup", src.to_str().unwrap()])
         .stderr(std::process::Stdio::piped());
@@ -453,6 +458,14 @@ fn interrupted_backup_exits_130_and_writes_no_snapshot() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
+    // One line says why (issue 22: was a line per file, "backup aborted; not in this
+    // snapshot"), then at most the summary.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("chunkbak: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(!stderr.contains("not in this snapshot"), "{stderr}");
     assert!(e.ok(&["--json", "snapshots"]).json("snapshot").is_empty());
     // Nothing half-written is left in the repository's temp folder, and the next run completes.
     assert_eq!(fs::read_dir(e.repo.join("tmp")).unwrap().count(), 0);

@@ -1081,3 +1081,70 @@ fn latest_on_a_fleet_repository_is_this_hosts() {
     let r = e.ok(&["dump", "--host", "db1", &format!("latest:{s}/f")]);
     assert_eq!(r.stdout, b"db1 again");
 }
+
+/// Issue 22: every line of docs/scripting.md's jq cookbook runs as written (with `/srv` the
+/// scratch source), exits 0 and prints what it promises.
+#[test]
+fn jq_cookbook_runs() {
+    if Command::new("jq").arg("--version").output().is_err() {
+        panic!("jq is needed (CI installs it)");
+    }
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("srv");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), vec![7u8; 4096]).unwrap();
+    fs::write(src.join("small"), b"s").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let doc = fs::read_to_string(repo_root().join("docs/scripting.md")).unwrap();
+    let section = doc.split("## jq cookbook").nth(1).unwrap();
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let lines: Vec<&str> = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(lines.len() >= 6, "{lines:?}");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_chunkbak")).parent().unwrap();
+    for line in lines {
+        let cmdline = line.replace("/srv", src.to_str().unwrap());
+        let mut c = e.cmd();
+        c.env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        );
+        // The command line as an operator types it, in bash, with the test's environment.
+        let mut sh = Command::new("bash");
+        sh.args(["-o", "pipefail", "-c", &cmdline]);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        let r = sh.output().unwrap();
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        assert!(
+            r.status.success(),
+            "{line}: {}{}",
+            out,
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(!out.trim().is_empty(), "{line}: printed nothing");
+        if line.contains(".data.size > 1024") {
+            assert!(out.contains("/big") && !out.contains("/small"), "{out}");
+        }
+        if line.contains("forget_group") {
+            assert!(
+                out.contains('T') && out.trim_end().ends_with('Z'),
+                "RFC 3339: {out}"
+            );
+        }
+    }
+}

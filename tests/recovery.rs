@@ -752,3 +752,41 @@ fn mount_browses_snapshots_with_ordinary_tools() {
     assert!(!mp.join("snapshots").exists(), "still mounted after Ctrl-C");
     eprintln!("mount ended with {st}");
 }
+
+/// Issue 22: `restore --delete` without `:PATH` removes extras only within the paths the
+/// snapshot was taken of, never in the folders above them (before: it wiped an unrelated tree
+/// in the target and a sibling of the backed-up folder, reporting "2 deleted").
+#[test]
+fn restore_delete_stays_within_the_snapshot_paths() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("www");
+    fs::create_dir_all(src.join("site")).unwrap();
+    fs::write(src.join("site/index.html"), b"hello").unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    let t = e.path("t");
+    let inside = t.join(src.strip_prefix("/").unwrap());
+    fs::create_dir_all(inside.join("site")).unwrap();
+    fs::write(inside.join("site/stale.html"), b"old").unwrap();
+    fs::write(inside.join("extra"), b"old").unwrap();
+    fs::create_dir_all(t.join("unrelated")).unwrap();
+    fs::write(t.join("unrelated/keep"), b"mine").unwrap();
+    let sibling = inside.parent().unwrap().join("sibling");
+    fs::create_dir_all(&sibling).unwrap();
+    fs::write(sibling.join("keep"), b"mine").unwrap();
+    let r = e.ok(&[
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        t.to_str().unwrap(),
+        "--delete",
+    ]);
+    let sum = &r.json("summary")[0];
+    assert_eq!(sum["deleted"], 2, "{}", r.out());
+    assert!(!inside.join("site/stale.html").exists());
+    assert!(!inside.join("extra").exists());
+    assert_eq!(fs::read(inside.join("site/index.html")).unwrap(), b"hello");
+    assert_eq!(fs::read(t.join("unrelated/keep")).unwrap(), b"mine");
+    assert_eq!(fs::read(sibling.join("keep")).unwrap(), b"mine");
+}

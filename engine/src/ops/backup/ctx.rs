@@ -74,6 +74,11 @@ pub(super) struct Ctx {
 
 impl Ctx {
     pub(super) fn warn(&self, path: &Path, msg: String) {
+        // A backup that is stopping (interrupted, its store down, or failed) ends with one
+        // error saying why; the files it did not finish were never going to be in a snapshot.
+        if self.failed.load(Ordering::Relaxed) || crate::stop::interrupted() {
+            return;
+        }
         self.progress.warning(path, &msg);
         self.warnings
             .lock()

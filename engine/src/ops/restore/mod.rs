@@ -68,6 +68,10 @@ pub struct RestoreOptions {
     /// Remove what the target holds and the snapshot does not (in the restored folders;
     /// entries matching `excludes` are kept).
     pub delete: bool,
+    /// With `delete`: only within these snapshot paths (the paths the snapshot was taken
+    /// of, `/srv/www`), never in the folders above them (`target/`, `target/srv/`), which
+    /// hold what the snapshot never saw. Empty: everywhere the restore writes.
+    pub delete_within: Vec<Vec<u8>>,
     /// Change nothing: report what would be created, updated and deleted.
     pub dry_run: bool,
     /// Re-read every restored file from the disk after writing it and compare it with the
@@ -284,6 +288,16 @@ fn punch(f: &fs::File, zeros: &[u8], off: u64) -> std::io::Result<()> {
     } else {
         f.write_all_at(zeros, off)
     }
+}
+
+/// Whether `--delete` may remove extras from the restored folder at snapshot path `rel`:
+/// at or below one of `delete_within` (a path of the snapshot, or `:PATH` when given).
+fn deletes_in(opts: &RestoreOptions, rel: &[u8]) -> bool {
+    opts.delete_within.is_empty()
+        || opts.delete_within.iter().any(|root| {
+            let root = root.strip_suffix(b"/").unwrap_or(root);
+            rel == root || (rel.starts_with(root) && rel.get(root.len()) == Some(&b'/'))
+        })
 }
 
 /// What a stopped restore finished, for its error.
@@ -1057,7 +1071,7 @@ impl Walker<'_, '_> {
             if !self.make_dir(path.clone(), meta) {
                 return Ok(false);
             }
-            if opts.delete {
+            if opts.delete && deletes_in(opts, rel) {
                 let kids = match n.subtree {
                     Some(t) => self.r.repo.load_dir(&t)?,
                     None => Vec::new(),
@@ -1333,7 +1347,7 @@ pub fn restore_gated(
     if opts.delete {
         match &single {
             Some(n) => w.delete_extras(&opts.target, b"", std::slice::from_ref(n)),
-            None if opts.includes.is_empty() => {
+            None if opts.includes.is_empty() && deletes_in(opts, &prefix) => {
                 let kids = repo.load_dir(&start_tree)?;
                 w.delete_extras(&opts.target, &prefix, &kids);
             }
