@@ -38,7 +38,7 @@ use chunkbak_engine::{chunker::ChunkerParams, timeparse, Error, Id, Repository};
 use args::{Cli, Command, FilterArgs, Global};
 use output::{human_bytes, path_json, Out};
 
-/// Exit codes (a documented API: README, "Exit codes").
+/// Exit codes (a documented API: docs/usage.md and docs/scripting.md, "Exit codes").
 mod exit {
     pub const OK: i32 = 0;
     pub const ERROR: i32 = 1;
@@ -1138,18 +1138,17 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
 // snapshots, ls, restore
 
 /// The hosts `latest` and `--at` choose among, when no --host is given: all of them when the
-/// matching snapshots are of one host; this host's own when several hosts share the repository
+/// repository's snapshots are of one host; this host's own when several hosts share the repository
 /// and it has snapshots there; otherwise a usage error listing the hosts (a fleet repository's
 /// `latest` is never another host's by accident).
 fn this_hosts_by_default(snaps: &[(Id, Snapshot)], f: &Filter) -> anyhow::Result<Vec<String>> {
     if !f.hosts.is_empty() {
         return Ok(f.hosts.clone());
     }
-    let hosts: std::collections::BTreeSet<&str> = snaps
-        .iter()
-        .filter(|(_, s)| f.matches(s))
-        .map(|(_, s)| s.host.as_str())
-        .collect();
+    // Over every snapshot, not only those the other filters match: a --path or --tag that
+    // only another host's snapshots match must not quietly choose that host's.
+    let hosts: std::collections::BTreeSet<&str> =
+        snaps.iter().map(|(_, s)| s.host.as_str()).collect();
     if hosts.len() <= 1 {
         return Ok(Vec::new());
     }
@@ -1549,13 +1548,9 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         out,
     )?;
     let s3 = repo.backend().has_archive_classes();
-    // --delete works within the paths the snapshot was taken of (or within :PATH), never in
-    // the folders above them, which hold what the snapshot never saw.
-    let delete_within = if sub.is_empty() {
-        s.paths.clone()
-    } else {
-        Vec::new()
-    };
+    // --delete works within the paths the snapshot was taken of (a :PATH at or below one of
+    // them included), never in the folders above them, which hold what it never saw.
+    let delete_within = s.paths.clone();
     let opts = RestoreOptions {
         target: a.target.clone(),
         subpath: sub,

@@ -1,5 +1,5 @@
 //! Bad input at the edges, through the real binary: each case gives one clear line on stderr
-//! that names what is wrong, and the exit code the README documents (1 error, 2 usage,
+//! that names what is wrong, and the exit code docs/scripting.md documents (1 error, 2 usage,
 //! 10 no repository).
 
 use std::ffi::OsStr;

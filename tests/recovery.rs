@@ -789,4 +789,22 @@ fn restore_delete_stays_within_the_snapshot_paths() {
     assert_eq!(fs::read(inside.join("site/index.html")).unwrap(), b"hello");
     assert_eq!(fs::read(t.join("unrelated/keep")).unwrap(), b"mine");
     assert_eq!(fs::read(sibling.join("keep")).unwrap(), b"mine");
+    // A :PATH above the snapshot's path (its parent folder) deletes nothing up there either.
+    let parent = src.parent().unwrap();
+    let t2 = e.path("t2");
+    fs::create_dir_all(t2.join("www/site")).unwrap();
+    fs::write(t2.join("www/site/stale.html"), b"old").unwrap();
+    fs::write(t2.join("other-file"), b"mine").unwrap();
+    let spec = format!("latest:{}", parent.display());
+    let r = e.ok(&[
+        "--json",
+        "restore",
+        &spec,
+        "--target",
+        t2.to_str().unwrap(),
+        "--delete",
+    ]);
+    assert_eq!(r.json("summary")[0]["deleted"], 1, "{}", r.out());
+    assert!(!t2.join("www/site/stale.html").exists());
+    assert_eq!(fs::read(t2.join("other-file")).unwrap(), b"mine");
 }

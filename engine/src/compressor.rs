@@ -156,7 +156,7 @@ impl<'a> DeltaCompressor<'a> {
     pub fn compress(&mut self, raw: &[u8], base: &'a [u8]) -> Result<Vec<u8>> {
         use zstd::zstd_safe::ResetDirective;
         if raw.len() > MAX_DELTA_LEN || base.len() > MAX_DELTA_LEN {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Other(format!(
                 "delta of {} bytes on {} bytes: above the 16 MiB limit",
                 raw.len(),
                 base.len()

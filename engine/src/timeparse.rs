@@ -39,7 +39,9 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
     // is today's.
     let (day, time) = match t.split_once(' ') {
         Some((d, tod)) if !d.contains(':') => (Some(d), Some(tod.trim())),
-        _ if t.len() > 11 && t.as_bytes()[10] == b'T' => (Some(&t[..10]), Some(&t[11..])),
+        _ if t.len() > 11 && matches!(t.as_bytes()[10], b'T' | b't') => {
+            (Some(&t[..10]), Some(&t[11..]))
+        }
         _ if t.contains(':') => (None, Some(t)),
         _ => (Some(t), None),
     };
@@ -53,6 +55,14 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
         let tod = match time {
             None => civil::Time::midnight(),
             // `8:30` as well as `08:30`.
+            // Digits, colons and a fraction only: an offset or a zone would be dropped.
+            Some(x)
+                if !x
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b':' || b == b'.') =>
+            {
+                "not a time of day".parse::<civil::Time>()?
+            }
             Some(x) => {
                 let padded = if x.find(':') == Some(1) {
                     format!("0{x}")
@@ -203,6 +213,7 @@ mod tests {
         assert_eq!(p("today 23:59"), "2026-11-22T23:59:00Z");
         assert_eq!(p("Today"), "2026-11-22T00:00:00Z");
         assert_eq!(p("2026-11-20T14:30"), "2026-11-20T14:30:00Z");
+        assert_eq!(p("2026-11-20t14:30"), "2026-11-20T14:30:00Z");
         for bad in [
             "yesterday-ish",
             "2026-13-01",
@@ -212,6 +223,8 @@ mod tests {
             "yesterday 25:00",
             "tomorrow 8:00",
             "8:61",
+            "8:30+05:00",
+            "yesterday 18:00-08:00",
         ] {
             assert!(parse_time(bad, &now()).is_err(), "{bad}");
         }
