@@ -427,7 +427,7 @@ fn default_repo() -> PathBuf {
 }
 
 /// `$XDG_CONFIG_HOME/chunkbak/password` (default `~/.config/chunkbak/password`).
-fn default_password_file() -> PathBuf {
+pub fn default_password_file() -> PathBuf {
     xdg("XDG_CONFIG_HOME", ".config").join("chunkbak/password")
 }
 

@@ -1,6 +1,7 @@
 //! Commands over more than the repository's data: `key` (its passwords) and `copy` (into
 //! another repository).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use anyhow::bail;
@@ -130,9 +131,69 @@ pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
                     &old[..16.min(old.len())]
                 ));
             }
+            update_password_source(g, out, &pw)?;
             Ok(exit::OK)
         }
     }
+}
+
+/// After `key passwd` the old password opens nothing: the source that gave it is brought up to
+/// date when it is a file (the one named, or the default repository's), written whole to a
+/// private temp file and renamed over it; a command or the environment is the operator's to
+/// change, and the message says so.
+fn update_password_source(g: &Global, out: &Out, pw: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file = match (&g.password_command, &g.password_file) {
+        (Some(c), _) => {
+            crate::warn(
+                out,
+                &format!(
+                    "--password-command ({c}) still prints the old password: change what it \
+                     prints to the new one, or every later command fails with a wrong password"
+                ),
+            );
+            return Ok(());
+        }
+        (None, Some(f)) => f.clone(),
+        (None, None) if std::env::var_os("CHUNKBAK_PASSWORD").is_some() => {
+            crate::warn(
+                out,
+                "CHUNKBAK_PASSWORD still holds the old password: set it to the new one",
+            );
+            return Ok(());
+        }
+        (None, None) => crate::default_password_file(),
+    };
+    if !file.is_file() {
+        return Ok(());
+    }
+    let tmp = file.with_extension(format!("chunkbak-new-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(pw)?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        })
+        .and_then(|_| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!(
+            "the password changed, but the password file {} could not be updated ({e}): it \
+             still holds the old password; write the new one into it",
+            file.display()
+        );
+    }
+    if !out.json {
+        out.line(format!(
+            "password file {} now holds the new password",
+            file.display()
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -74,8 +75,26 @@ fn keys_add_remove_and_change_passwords() {
     let mut passwd = vec!["key", "passwd", "--new-password-file"];
     passwd.push(p3.to_str().unwrap());
     passwd.extend(FAST_KDF);
-    e.ok(&passwd);
-    let r = e.run(&["snapshots"]);
+    let old_pw = e.path("old-password");
+    fs::copy(&e.pw, &old_pw).unwrap();
+    let r = e.ok(&passwd);
+    // The password file that opened the repository now holds the new password (issue 22:
+    // it was left stale and every later command exited 12); the old password opens nothing.
+    assert!(
+        r.out().contains("now holds the new password"),
+        "{}",
+        r.out()
+    );
+    assert_eq!(
+        fs::read_to_string(&e.pw).unwrap().trim_end(),
+        fs::read_to_string(&p3).unwrap().trim_end()
+    );
+    assert_eq!(
+        fs::metadata(&e.pw).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    e.ok(&["snapshots"]);
+    let r = with_password(&e, &old_pw, &["snapshots"]);
     assert_eq!(r.code, 12, "the old password still opens: {}", r.stderr);
     let keys = list(&p3);
     assert_eq!(keys.len(), 1);
