@@ -52,6 +52,18 @@ pub struct Profile {
     table: toml::Table,
 }
 
+impl Profile {
+    /// A string the profile sets for a command's option (`["backup", "host"]`), if any.
+    pub fn string(&self, path: &[&str]) -> Option<String> {
+        let (last, tables) = path.split_last()?;
+        let mut t = &self.table;
+        for k in tables {
+            t = t.get(*k)?.as_table()?;
+        }
+        t.get(*last)?.as_str().map(str::to_string)
+    }
+}
+
 /// Reads the configuration file and picks the profile. `None` when no file exists (and none
 /// was named) or the file has no profile of that name and none was asked for.
 pub fn load(explicit: Option<&Path>, profile: Option<&str>) -> Result<Option<Profile>, String> {

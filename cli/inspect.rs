@@ -132,7 +132,12 @@ pub fn cmd_diff(g: &Global, out: &Out, a: &DiffArgs) -> anyhow::Result<i32> {
         chosen.push(choose(&repo, Some(s.as_ref()), None, &a.filter, out)?);
     }
     if chosen.len() == 1 {
-        chosen.push(choose(&repo, None, None, &a.filter, out)?);
+        // The latest of OLD's own host (not this host's, on a repository several share).
+        let mut f = a.filter.clone();
+        if f.hosts.is_empty() {
+            f.hosts.push(chosen[0].1.host.clone());
+        }
+        chosen.push(choose(&repo, None, None, &f, out)?);
     }
     let (ta, tb) = (
         tree_at(&repo, &chosen[0].1, &chosen[0].2)?,

@@ -215,6 +215,7 @@ fn usage_error(msg: String) -> ! {
 fn main() {
     tune_allocator();
     let (cli, name) = parse_args();
+    set_this_host(&cli.global);
     install_sigint();
     let out = Out {
         json: cli.global.json,
@@ -1137,6 +1138,28 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
 // ---------------------------------------------------------------------------------------------
 // snapshots, ls, restore
 
+/// The name this host's backups are recorded under: the profile's `[backup] host` when it sets
+/// one (hosts with random machine names), else the machine's host name.
+fn this_host() -> String {
+    THIS_HOST
+        .get()
+        .cloned()
+        .unwrap_or_else(chunkbak_engine::ops::fsmeta::hostname)
+}
+
+/// See [`this_host`]; set once the command line is parsed.
+static THIS_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn set_this_host(g: &Global) {
+    let profile_host = config::load(g.config.as_deref(), g.profile.as_deref())
+        .ok()
+        .flatten()
+        .and_then(|p| p.string(&["backup", "host"]));
+    if let Some(h) = profile_host {
+        let _ = THIS_HOST.set(h);
+    }
+}
+
 /// The hosts `latest` and `--at` choose among, when no --host is given: all of them when the
 /// repository's snapshots are of one host; this host's own when several hosts share the repository
 /// and it has snapshots there; otherwise a usage error listing the hosts (a fleet repository's
@@ -1152,7 +1175,7 @@ fn this_hosts_by_default(snaps: &[(Id, Snapshot)], f: &Filter) -> anyhow::Result
     if hosts.len() <= 1 {
         return Ok(Vec::new());
     }
-    let me = chunkbak_engine::ops::fsmeta::hostname();
+    let me = this_host();
     if hosts.contains(me.as_str()) {
         return Ok(vec![me]);
     }

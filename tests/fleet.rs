@@ -1080,6 +1080,16 @@ fn latest_on_a_fleet_repository_is_this_hosts() {
     assert_eq!(r.stdout, b"mine");
     let r = e.ok(&["dump", "--host", "db1", &format!("latest:{s}/f")]);
     assert_eq!(r.stdout, b"db1 again");
+    // A host whose backups are recorded under a profile's name (random machine names) means
+    // that name.
+    let conf = e.path("named.toml");
+    fs::write(&conf, "[profiles.default.backup]\nhost = \"db1\"\n").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_CONFIG", &conf)
+        .args(["dump", &format!("latest:{s}/f")]);
+    let r = e.run_cmd(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, b"db1 again");
 }
 
 /// Issue 22: every line of docs/scripting.md's jq cookbook runs as written (with `/srv` the
