@@ -211,8 +211,13 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), made from the same definitions as --help:
-    /// `chunkbak man | man -l -`
-    Man,
+    /// `chunkbak man | man -l -`; with --dir, write chunkbak.1 and a chunkbak-COMMAND.1 per
+    /// command there (`chunkbak man --dir /usr/local/share/man/man1`)
+    Man {
+        /// Folder to write the pages into (one per command) instead of one page to stdout
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -364,7 +364,30 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
             clap_complete::generate(*shell, &mut cmd, "chunkbak", &mut std::io::stdout());
             Ok(exit::OK)
         }
-        Command::Man => {
+        Command::Man { dir: Some(dir) } => {
+            use clap::CommandFactory;
+            // One page per command, as the main page's SEE ALSO names them (`help` included:
+            // clap adds it when the command is built).
+            let mut cmd = Cli::command();
+            cmd.build();
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut pages = vec![("chunkbak.1".to_string(), cmd.clone())];
+            for sub in cmd.get_subcommands() {
+                // clap names are &'static str (without its `string` feature); this runs once.
+                let name: &'static str =
+                    Box::leak(format!("chunkbak-{}", sub.get_name()).into_boxed_str());
+                pages.push((format!("{name}.1"), sub.clone().name(name)));
+            }
+            for (file, page) in pages {
+                let mut buf = Vec::new();
+                clap_mangen::Man::new(page).render(&mut buf)?;
+                let p = dir.join(&file);
+                std::fs::write(&p, buf).with_context(|| format!("writing {}", p.display()))?;
+                out.line(p.display().to_string());
+            }
+            Ok(exit::OK)
+        }
+        Command::Man { dir: None } => {
             use clap::CommandFactory;
             let mut buf = Vec::new();
             let cmd = Cli::command();

@@ -606,6 +606,23 @@ fn completions_and_man_page_come_from_the_command_definitions() {
         }
         assert!(out.contains("keep-daily"), "{shell} completes options");
     }
+    // `man --dir`: a page per command, so every page the main page's SEE ALSO names exists
+    // (issue 22: it named chunkbak-init(1) and others that did not).
+    let dir = e.path("man1");
+    e.ok(&["man", "--dir", dir.to_str().unwrap()]);
+    let main = fs::read_to_string(dir.join("chunkbak.1")).unwrap();
+    let named: BTreeSet<String> = main
+        .split("chunkbak\\-")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("(1)").map(|(n, _)| n.to_string()))
+        .filter(|n| n.chars().all(|c| c.is_ascii_lowercase()))
+        .collect();
+    assert!(named.len() >= 20 && named.contains("restore"), "{named:?}");
+    for n in &named {
+        let page = fs::read_to_string(dir.join(format!("chunkbak-{n}.1")))
+            .unwrap_or_else(|_| panic!("chunkbak-{n}.1 is named but missing"));
+        assert!(page.contains(&format!(".TH chunkbak-{n}")), "{n}");
+    }
     let man = e.ok(&["man"]).out();
     assert!(
         man.starts_with(".ie") || man.contains(".TH chunkbak"),

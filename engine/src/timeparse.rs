@@ -54,7 +54,6 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
     let civil = date.and_then(|d| {
         let tod = match time {
             None => civil::Time::midnight(),
-            // `8:30` as well as `08:30`.
             // Digits, colons and a fraction only: an offset or a zone would be dropped.
             Some(x)
                 if !x
@@ -63,6 +62,7 @@ pub fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp> {
             {
                 "not a time of day".parse::<civil::Time>()?
             }
+            // `8:30` as well as `08:30`.
             Some(x) => {
                 let padded = if x.find(':') == Some(1) {
                     format!("0{x}")
