@@ -45,15 +45,7 @@ fn counted() -> Option<(Vec<(String, RequestCounts)>, RequestCounts)> {
     }
     let mut all = RequestCounts::default();
     for (_, r) in &v {
-        all.put += r.put;
-        all.get += r.get;
-        all.head += r.head;
-        all.list += r.list;
-        all.delete += r.delete;
-        all.copy += r.copy;
-        all.restore += r.restore;
-        all.bytes_up += r.bytes_up;
-        all.bytes_down += r.bytes_down;
+        all += *r;
     }
     Some((v, all))
 }

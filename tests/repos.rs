@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-const FAST_KDF: [&str; 4] = ["--kdf-memory-kib", "256", "--kdf-iterations", "1"];
-
 fn with_password(e: &Env, pw: &Path, args: &[&str]) -> Run {
     let mut c = e.cmd();
     c.env("CHUNKBAK_PASSWORD_FILE", pw).args(args);

@@ -1210,17 +1210,16 @@ fn seaweedfs_multipart_packs_and_a_glacier_labelled_repository() {
     let e = Env::new();
     let bucket = format!("seaweed-{}", std::process::id());
     let r = Repo::s3(&e, &proxy.endpoint, &bucket, "r");
-    r.ok(&[
+    let pack = (100u32 << 20).to_string();
+    let mut init = vec![
         "init",
-        "--kdf-memory-kib",
-        "256",
-        "--kdf-iterations",
-        "1",
         "--data-pack-size",
-        &(100u32 << 20).to_string(),
+        &pack,
         "--data-storage-class",
         "GLACIER",
-    ]);
+    ];
+    init.extend(FAST_KDF);
+    r.ok(&init);
     let src = e.path("src");
     fs::create_dir_all(&src).unwrap();
     // 230 MiB that does not compress: two full 100 MiB packs and a remainder.
@@ -1292,13 +1291,9 @@ fn seaweedfs_multipart_packs_and_a_glacier_labelled_repository() {
     // Copy out of it into a local repository: read directly, nothing thawed.
     let back = e.path("back");
     let mut c = r.cmd();
-    c.env("CHUNKBAK_REPOSITORY", &back).args([
-        "init",
-        "--kdf-memory-kib",
-        "256",
-        "--kdf-iterations",
-        "1",
-    ]);
+    c.env("CHUNKBAK_REPOSITORY", &back)
+        .arg("init")
+        .args(FAST_KDF);
     assert_eq!(e.run_cmd(c).code, 0);
     let url = r.url.clone().unwrap();
     let mut c = r.cmd();
@@ -1418,7 +1413,7 @@ fn copy_counts_each_repositorys_requests_as_its_store_received_them() {
             "--from",
             &src.url.clone().unwrap(),
         ])
-        .args(["--kdf-memory-kib", "256", "--kdf-iterations", "1"]);
+        .args(FAST_KDF);
     let r = e.run_cmd(c);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let before = proxy.requests().len();

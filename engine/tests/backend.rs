@@ -142,35 +142,9 @@ fn local_put_file_installs_in_background_and_reports_failures() {
     b.flush().unwrap();
 }
 
-/// Starts (or reuses) one of the project's S3 servers (`.ci/s3-test-server`): the emulator
-/// (`ministack`), or `seaweedfs` with its own state folder.
-pub fn s3_server(server: &str) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/s3-test-server");
-    let mut c = std::process::Command::new("bash");
-    c.arg(script);
-    if server != "ministack" {
-        c.env("S3_SERVER", server).env(
-            "S3_STATE_DIR",
-            std::env::temp_dir().join(format!("s3-test-server-{server}-{}", unsafe {
-                libc::geteuid()
-            })),
-        );
-    }
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "S3 test server: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let ep = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
-    ep
-}
-
-/// The store under test: the emulator, or `CHUNKBAK_TEST_S3_SERVER`'s (CI: also seaweedfs).
-pub fn s3_endpoint() -> String {
-    s3_server(&std::env::var("CHUNKBAK_TEST_S3_SERVER").unwrap_or_else(|_| "ministack".into()))
-}
+#[path = "../../tests/common/s3_server.rs"]
+mod s3_server;
+use s3_server::{s3_endpoint, s3_server};
 
 fn s3_at(endpoint: String, bucket: &str, prefix: &str) -> S3Backend {
     S3Backend::new(S3Config {

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+mod s3_server;
+#[allow(unused_imports)]
+pub use s3_server::{s3_endpoint, s3_server};
 pub mod scenario;
 
 use std::fs;
@@ -114,6 +117,9 @@ pub fn run_command(mut c: Command) -> Run {
 }
 
 /// `init` flags of a small, fast repository: a cheap KDF, 16 KiB average chunks, 256 KiB packs.
+/// A cheap KDF for test key files (256 KiB, one pass).
+pub const FAST_KDF: [&str; 4] = ["--kdf-memory-kib", "256", "--kdf-iterations", "1"];
+
 pub const INIT_SMALL: [&str; 12] = [
     "--kdf-memory-kib",
     "256",
@@ -335,35 +341,6 @@ pub fn torture(root: &Path) {
         }
     }
     xattr::set(root.join("text"), "user.note", b"kept").unwrap();
-}
-
-/// Starts (or reuses) one of the project's S3 servers on 127.0.0.1 (`.ci/s3-test-server`) and
-/// returns its endpoint: `ministack` (the emulator: Glacier simulation, Object Lock),
-/// `seaweedfs` (a production store) or `moto` (bucket regions). Each but the emulator keeps its
-/// own state folder, so they run side by side.
-pub fn s3_server(server: &str) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-test-server");
-    let mut c = Command::new("bash");
-    c.arg(script);
-    if server != "ministack" {
-        c.env("S3_SERVER", server).env(
-            "S3_STATE_DIR",
-            std::env::temp_dir().join(format!("s3-test-server-{server}-{}", unsafe {
-                libc::geteuid()
-            })),
-        );
-    }
-    let o = c.output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ep = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
-    ep
-}
-
-/// The store the S3 tests run against: the emulator, or the server named by
-/// `CHUNKBAK_TEST_S3_SERVER` (CI runs the S3 tests a second time with `seaweedfs`).
-pub fn s3_endpoint() -> String {
-    s3_server(&std::env::var("CHUNKBAK_TEST_S3_SERVER").unwrap_or_else(|_| "ministack".into()))
 }
 
 /// The emulator, for what only it models: Glacier (GET of an archived object refused until a

@@ -339,6 +339,21 @@ pub struct RequestCounts {
     pub bytes_down: u64,
 }
 
+impl std::ops::AddAssign for RequestCounts {
+    /// The requests of two backends together (`copy`'s two repositories).
+    fn add_assign(&mut self, o: RequestCounts) {
+        self.put += o.put;
+        self.get += o.get;
+        self.head += o.head;
+        self.list += o.list;
+        self.delete += o.delete;
+        self.copy += o.copy;
+        self.restore += o.restore;
+        self.bytes_up += o.bytes_up;
+        self.bytes_down += o.bytes_down;
+    }
+}
+
 impl RequestCounts {
     /// `(name, count)` for each request type, in a fixed order.
     pub fn by_type(&self) -> [(&'static str, u64); 7] {

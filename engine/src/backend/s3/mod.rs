@@ -530,6 +530,13 @@ async fn discover_region(client: &Client, bucket: &str) -> Option<String> {
     r.filter(|r| !r.is_empty() && r.len() < 64)
 }
 
+/// CRC32C (Castagnoli) of `data`, as S3's `x-amz-checksum-crc32c` and the index carry it.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    d.update(data);
+    d.finalize() as u32
+}
+
 /// CRC32C of `len` bytes of a file from `offset`.
 async fn file_crc32c(path: &Path, offset: u64, len: u64) -> Result<u32> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -566,7 +573,11 @@ fn crc_header(crc: u32) -> String {
 
 impl Shared {
     fn key(&self, kind: FileKind, name: &str) -> String {
-        let rel = kind.path_of(name);
+        self.prefixed(kind.path_of(name))
+    }
+
+    /// The key of `rel` under the repository's prefix.
+    fn prefixed(&self, rel: String) -> String {
         if self.cfg.prefix.is_empty() {
             rel
         } else {
@@ -614,10 +625,8 @@ impl Shared {
         key: &str,
         data: &[u8],
     ) -> std::result::Result<bool, SdkError<PutObjectError, HttpResponse>> {
-        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        crc.update(data);
         let body = ByteStream::from(data.to_vec());
-        self.put_body(kind, key, body, crc.finalize() as u32)
+        self.put_body(kind, key, body, crc32c(data))
             .await
             .map(|o| o.is_some())
     }
@@ -1365,16 +1374,8 @@ impl Backend for S3Backend {
     fn probe(&self, classes: &[StorageClass]) -> Result<Capabilities> {
         let s = &self.shared;
         let name: [u8; 8] = crate::crypter::random_bytes();
-        let base = match s.cfg.prefix.as_str() {
-            "" => format!("probe/{}", hex::encode(name)),
-            p => format!("{p}/probe/{}", hex::encode(name)),
-        };
+        let base = s.prefixed(format!("probe/{}", hex::encode(name)));
         let body = b"chunkbak store probe".to_vec();
-        let crc = |b: &[u8]| {
-            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-            d.update(b);
-            d.finalize() as u32
-        };
         let put = |key: String, sum: u32, class: Option<aws_sdk_s3::types::StorageClass>| {
             let body = body.clone();
             async move {
@@ -1404,20 +1405,20 @@ impl Backend for S3Backend {
         };
         self.rt.block_on(async {
             // A wrong CRC32C: refused (400 BadDigest and the like) by a store that checks.
-            let checks_checksums = match put(format!("{base}-crc"), crc(b"other bytes"), None).await
-            {
-                Ok(_) => Some(false),
-                Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
-                    Some(400 | 422) => Some(true),
-                    Some(403) | None => None,
-                    Some(_) => {
-                        return Err(sdk_err(
-                            format!("PUT s3://{}/{base}-crc (probe)", s.cfg.bucket),
-                            e,
-                        ))
-                    }
-                },
-            };
+            let checks_checksums =
+                match put(format!("{base}-crc"), crc32c(b"other bytes"), None).await {
+                    Ok(_) => Some(false),
+                    Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                        Some(400 | 422) => Some(true),
+                        Some(403) | None => None,
+                        Some(_) => {
+                            return Err(sdk_err(
+                                format!("PUT s3://{}/{base}-crc (probe)", s.cfg.bucket),
+                                e,
+                            ))
+                        }
+                    },
+                };
             let mut caps = Capabilities {
                 checks_checksums,
                 ..Capabilities::default()
@@ -1428,7 +1429,7 @@ impl Backend for S3Backend {
                     continue;
                 };
                 seen.push(c);
-                match put(format!("{base}-{}", c.name()), crc(&body), Some(class)).await {
+                match put(format!("{base}-{}", c.name()), crc32c(&body), Some(class)).await {
                     Ok(_) => {}
                     Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 400) => {
                         let why = match &e {
