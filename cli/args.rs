@@ -439,10 +439,16 @@ pub struct ForgetArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct PruneOpts {
-    /// Time between marking an unused pack and deleting it; must exceed the time any backup
-    /// takes to write its snapshot after its last look at the index (seconds)
+    /// Time from marking an unused pack (at once, by the first prune that finds it unused) to
+    /// deleting it (by the first prune after that); at least twice the time any backup takes
+    /// from its last look at the index to its snapshot
     #[arg(long, default_value = "24h", value_name = "DURATION")]
     pub grace: String,
+    /// Delete unused packs in this run, without a grace period: only when no backup, copy or
+    /// other prune writes to the repository meanwhile (a backup running now may commit a
+    /// snapshot whose data this deletes)
+    #[arg(long, conflicts_with = "grace")]
+    pub now: bool,
     /// Unused space allowed to stay in partly used packs: a percentage of all pack bytes, or
     /// a size
     #[arg(long, default_value = "5%", value_name = "LIMIT")]

@@ -17,7 +17,16 @@ const SHORT_GRACE: i64 = 3600;
 
 fn prune_options(o: &PruneOpts, out: &Out) -> anyhow::Result<PruneOptions> {
     let grace = timeparse::parse_duration(&o.grace)?.as_secs() as i64;
-    if grace < SHORT_GRACE {
+    if o.now {
+        let msg = "--now: unused packs are deleted in this run, without a grace period; a \
+                   backup or copy running now on any host may commit a snapshot whose data is \
+                   gone (check finds it; the next backup stores it again)";
+        if out.json {
+            out.json_line("warning", serde_json::json!({ "message": msg }));
+        } else if !out.quiet {
+            crate::elog!("warning: {msg}");
+        }
+    } else if grace < SHORT_GRACE {
         let msg = format!(
             "--grace {} is short: a backup, copy or restore running meanwhile is safe only if it \
              commits within half of it after its last look at the index (format-spec.md 12); \
@@ -45,6 +54,7 @@ fn prune_options(o: &PruneOpts, out: &Out) -> anyhow::Result<PruneOptions> {
         max_repack,
         ignore_min_duration: o.ignore_min_duration,
         now: None,
+        delete_now: o.now,
     })
 }
 
@@ -208,6 +218,17 @@ pub fn cmd_prune(g: &Global, out: &Out, a: &PruneArgs) -> anyhow::Result<i32> {
     run_prune(g, out, &repo, &opts, a.dry_run)
 }
 
+/// A time (unix seconds) in the local zone, to the minute.
+fn local_minute(t: i64) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("@{t}"))
+}
+
 fn tally(t: Tally) -> String {
     format!(
         "{} pack{}, {}",
@@ -228,6 +249,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
             json!({
                 "snapshots": p.snapshots, "used_blobs": p.used_blobs, "index_files": p.index_files,
                 "total": tally_json(p.total), "used_bytes": p.used_bytes,
+                "kept": tally_json(p.kept), "kept_unused": p.kept_unused,
                 "mark": tally_json(p.mark), "revive": tally_json(p.revive),
                 "delete": tally_json(p.delete), "waiting": tally_json(p.waiting),
                 "min_duration_held": tally_json(p.min_duration_held),
@@ -242,6 +264,11 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
                 "claim_reads": p.claim_reads, "claims_refuted": p.claims_refuted,
                 "claims_unverified": p.claims_unverified,
                 "locked": locked_json(&p.locked), "lock_heads": p.lock_heads,
+                "frees_later": p.frees_later().map(|((t1, a), (t2, b))| json!({
+                    "first": {"after": format_time(t1), "packs": a.packs, "bytes": a.bytes},
+                    "all": {"after": format_time(t2), "packs": b.packs, "bytes": b.bytes},
+                })),
+                "delete_now": opts.delete_now,
             }),
         );
         return;
@@ -263,46 +290,62 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
             p.claims_refuted.len()
         ));
     }
-    let when = jiff::Timestamp::from_second(p.now + opts.grace)
-        .map(|t| {
-            t.to_zoned(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let when = local_minute;
     out.line(format!(
-        "{} snapshots use {} blobs; {} in the index ({} used)",
+        "{} snapshots use {} blobs; the index holds {}:",
         p.snapshots,
         p.used_blobs,
         tally(p.total),
-        human_bytes(p.used_bytes)
     ));
     out.line(format!(
-        "  mark for deletion:  {} (unused; a prune after {when} deletes them if still unused)",
-        tally(p.mark)
+        "  kept:               {} ({} used, {} unused)",
+        tally(p.kept),
+        human_bytes(p.kept.bytes - p.kept_unused),
+        human_bytes(p.kept_unused)
     ));
-    out.line(format!(
-        "  delete now:         {} (marked, grace period over, still unused)",
-        tally(p.delete)
-    ));
-    out.line(format!("  in grace period:    {}", tally(p.waiting)));
     if p.revive.packs > 0 {
         out.line(format!(
-            "  revive:             {} (marked, but a newer snapshot uses them)",
+            "    of them revived:  {} (were marked, a newer snapshot uses them)",
             tally(p.revive)
         ));
     }
-    out.line(format!(
-        "  repack:             {} (download {}, upload {})",
-        tally(p.repack),
-        human_bytes(p.repack_download),
-        human_bytes(p.repack_upload)
-    ));
-    out.line(format!(
-        "  unindexed packs:    {} deleted, {} too young to judge",
-        tally(p.orphans),
-        tally(p.orphans_young)
-    ));
+    let fate = if opts.delete_now {
+        "deleted now".to_string()
+    } else {
+        format!("deletable by a prune after {}", when(p.now + opts.grace))
+    };
+    // Each pack of the index is on one line; lines of no pack are left out.
+    if p.repack.packs > 0 {
+        out.line(format!(
+            "  repack:             {} (download {}, upload {}; {fate})",
+            tally(p.repack),
+            human_bytes(p.repack_download),
+            human_bytes(p.repack_upload)
+        ));
+    }
+    if p.mark.packs > 0 {
+        out.line(format!(
+            "  mark for deletion:  {} (unused; {fate})",
+            tally(p.mark)
+        ));
+    }
+    if p.waiting.packs > 0 {
+        out.line(format!(
+            "  in grace period:    {} (marked earlier, still unused)",
+            tally(p.waiting)
+        ));
+    }
+    if p.delete.packs > 0 {
+        out.line(format!(
+            "  delete now:         {} ({})",
+            tally(p.delete),
+            if opts.delete_now {
+                "unused, --now"
+            } else {
+                "marked, grace period over, still unused"
+            }
+        ));
+    }
     if p.cold_partly_used.packs > 0 {
         out.line(format!(
             "  archived, partly used: {} (never downloaded to repack)",
@@ -334,8 +377,32 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
             p.lock_heads
         ));
     }
+    if p.orphans.packs + p.orphans_young.packs > 0 {
+        out.line(format!(
+            "not in the index: {} deleted, {} too young to judge (a backup may be writing them)",
+            tally(p.orphans),
+            tally(p.orphans_young)
+        ));
+    }
+    if let Some(((t1, first), (t2, all))) = p.frees_later() {
+        if t1 == t2 {
+            out.line(format!(
+                "later: a prune after {} frees {}",
+                when(t1),
+                tally(all)
+            ));
+        } else {
+            out.line(format!(
+                "later: a prune after {} frees {}; one after {} frees all {}",
+                when(t1),
+                tally(first),
+                when(t2),
+                tally(all)
+            ));
+        }
+    }
     out.line(format!(
-        "  unused space left:  {}; requests: {} GET, {} PUT, {} DELETE",
+        "unused space left in kept packs: {}; requests: {} GET, {} PUT, {} DELETE",
         human_bytes(p.unused_after),
         p.requests_get,
         p.requests_put,

@@ -421,3 +421,103 @@ fn deleted_index_file_is_named_and_repair_brings_everything_back() {
     // Nothing was physically lost: everything restores, nothing is marked damaged.
     assert!(restore_after_repair(&e, &src, "out").is_empty());
 }
+
+/// Every indexed pack is on one line of the plan: the lines add up to the total.
+fn assert_plan_adds_up(p: &serde_json::Value) {
+    let lines = [
+        "kept",
+        "repack",
+        "mark",
+        "waiting",
+        "delete",
+        "min_duration_held",
+    ];
+    for unit in ["packs", "bytes"] {
+        let sum: u64 = lines
+            .iter()
+            .map(|k| p[k][unit].as_u64().unwrap())
+            .sum::<u64>()
+            + p["locked"][unit].as_u64().unwrap_or(0);
+        assert_eq!(sum, p["total"][unit].as_u64().unwrap(), "{unit}: {p}");
+    }
+}
+
+#[test]
+fn forget_then_prune_frees_the_space_one_grace_period_later_and_the_plan_adds_up() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("old"), splitmix(1, 3_000_000)).unwrap();
+    fs::write(src.join("kept"), splitmix(2, 1_000_000)).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    fs::remove_file(src.join("old")).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    e.ok(&["forget", "--keep-last", "1"]);
+    let before = dir_bytes(&e.repo.join("data"));
+
+    // The first prune marks the packs the forgotten snapshot alone used, young as they are.
+    let r = e.ok(&["--json", "prune", "--grace", "3s", "--max-unused", "0%"]);
+    let started = std::time::Instant::now();
+    let p = &r.json("prune_plan")[0];
+    assert_plan_adds_up(p);
+    let gone = p["mark"]["bytes"].as_u64().unwrap() + p["repack"]["bytes"].as_u64().unwrap();
+    assert!(gone >= 3_000_000, "marked at once: {p}");
+    assert_eq!(p["delete"]["bytes"], 0, "{p}");
+    assert_eq!(p["frees_later"]["all"]["bytes"], gone, "{p}");
+    assert_eq!(r.json("prune")[0]["bytes_deleted"], 0);
+
+    // Within the grace period they wait; the plan says when they go.
+    let r = e.ok(&["prune", "--grace", "3s", "--dry-run"]);
+    assert!(r.out().contains("  in grace period:"), "{}", r.out());
+    assert!(r.out().contains("later: a prune after "), "{}", r.out());
+    let p = &e
+        .ok(&["--json", "prune", "--grace", "3s"])
+        .json("prune_plan")[0];
+    assert_plan_adds_up(p);
+    assert!(p["waiting"]["bytes"].as_u64().unwrap() >= gone, "{p}");
+
+    // One grace period after the marks, one prune deletes them.
+    std::thread::sleep(std::time::Duration::from_secs(4).saturating_sub(started.elapsed()));
+    let r = e.ok(&["--json", "prune", "--grace", "3s"]);
+    let p = &r.json("prune_plan")[0];
+    assert_plan_adds_up(p);
+    assert!(p["delete"]["bytes"].as_u64().unwrap() >= gone, "{p}");
+    assert!(p["frees_later"].is_null(), "nothing left marked: {p}");
+    let after = dir_bytes(&e.repo.join("data"));
+    assert!(
+        after + 3_000_000 <= before,
+        "{before} bytes of data packs before, {after} after"
+    );
+    let r = e.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+
+    // `--now` deletes in one run; `--grace 0` is a duration like any other.
+    fs::write(src.join("new"), splitmix(3, 2_000_000)).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    fs::remove_file(src.join("new")).unwrap();
+    e.ok(&["backup", src.to_str().unwrap()]);
+    e.ok(&["forget", "--keep-last", "1"]);
+    e.ok(&["prune", "--grace", "0", "--dry-run"]);
+    let r = e.ok(&["--json", "prune", "--now", "--max-unused", "0%"]);
+    assert_plan_adds_up(&r.json("prune_plan")[0]);
+    let deleted = r.json("prune")[0]["bytes_deleted"].as_u64().unwrap();
+    assert!(deleted >= 2_000_000, "{deleted}");
+    assert!(
+        r.json("warning")[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("--now: unused packs are deleted"),
+        "{}",
+        r.out()
+    );
+    assert!(dir_bytes(&e.repo.join("data")) <= after + 100_000);
+    let r = e.ok(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    let t = e.path("t");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(
+        files_of(&t.join(src.strip_prefix("/").unwrap())),
+        files_of(&src)
+    );
+}

@@ -100,6 +100,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let secs = match unit.trim() {
+        // Zero needs no unit.
+        "" if n == 0 => 1,
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hour" | "hours" => 3600,
@@ -179,6 +181,8 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
         assert_eq!(parse_duration("2 weeks").unwrap().as_secs(), 14 * 86_400);
         assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("0").unwrap().as_secs(), 0);
+        assert_eq!(parse_duration("0s").unwrap().as_secs(), 0);
         for bad in ["", "d", "30", "3x", "-1d", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

@@ -3,14 +3,16 @@
 //!
 //! The plan comes from the index, the snapshots' trees and the store's listing only: no data
 //! pack is read to decide. Each run:
-//! - marks live packs that hold no used blob (and are older than the grace period, so the
-//!   packs of a backup still running are left alone) for deletion after the grace period;
+//! - marks live packs that hold no used blob for deletion after the grace period, whatever
+//!   their age (a backup still running protects its own packs at its commit step);
 //! - deletes packs whose mark is due and that still hold no used blob, and revives marked
 //!   packs that a snapshot written meanwhile uses;
 //! - repacks partly used packs (not archived ones) until the unused space left is below
 //!   `--max-unused`: their used blobs are copied to new packs and the old pack is marked;
 //! - deletes packs no index file names that are older than the grace period and an hour
 //!   (left by killed backups or a killed prune);
+//! - with `delete_now` (`prune --now`, for a repository no other command writes), deletes
+//!   every unused pack at once instead of marking it;
 //! - writes one consolidated index that supersedes every index file it read, then deletes
 //!   those files.
 //!
@@ -77,6 +79,9 @@ pub struct PruneOptions {
     pub ignore_min_duration: bool,
     /// The current time (unix seconds); the clock when `None` (tests set it).
     pub now: Option<i64>,
+    /// Delete unused packs (and unindexed ones) in this run, without a grace period: safe only
+    /// while no other command writes to the repository.
+    pub delete_now: bool,
 }
 
 impl Default for PruneOptions {
@@ -87,6 +92,7 @@ impl Default for PruneOptions {
             max_repack: None,
             ignore_min_duration: false,
             now: None,
+            delete_now: false,
         }
     }
 }
@@ -147,13 +153,17 @@ pub struct PrunePlan {
     pub snapshots: u64,
     pub used_blobs: u64,
     pub index_files: u64,
-    /// Every indexed pack that exists.
+    /// Every indexed pack that exists: the sum of `kept`, `repack`, `mark`, `delete`,
+    /// `waiting`, `min_duration_held` and `locked`, each pack in exactly one of them.
     pub total: Tally,
     /// Used bytes in packs that stay (live packs only).
     pub used_bytes: u64,
+    /// Packs that stay live (they hold used blobs), and the unused bytes in them.
+    pub kept: Tally,
+    pub kept_unused: u64,
     /// Newly marked for deletion: hold no used blob.
     pub mark: Tally,
-    /// Marked packs that a snapshot uses again: live again.
+    /// Marked packs that a snapshot uses again: live again (counted in `kept`).
     pub revive: Tally,
     /// Marked packs whose grace period has ended: deleted now.
     pub delete: Tally,
@@ -188,6 +198,10 @@ pub struct PrunePlan {
     /// Packs due for deletion that S3 Object Lock still retains (one HEAD each to learn it).
     pub locked: Locked,
     pub lock_heads: u64,
+    /// Packs that stay marked or are marked by this run (`mark`, `waiting`, `repack`,
+    /// `min_duration_held`, `locked`): the earliest time a prune may delete each (unix
+    /// seconds; new marks count from the plan's time), and its size.
+    pub later: Vec<(i64, u64)>,
     // Decisions, by pack.
     decisions: HashMap<ObjectId, Decision>,
     /// Every pack of the index in force, marks resolved ("live wins").
@@ -362,6 +376,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
 
     // Decide each pack.
     let mut candidates: Vec<(ObjectId, u64, u64)> = Vec::new(); // (pack, unused, size)
+    let mut kept_used: HashMap<ObjectId, u64> = HashMap::new();
     for e in packs.values() {
         let name = e.id.to_hex();
         let Some((_, info)) = stored.get(&name) else {
@@ -375,7 +390,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             if nused > 0 {
                 plan.revive.add(e.size);
                 Decision::Keep
-            } else if now < mark.delete_after {
+            } else if now < mark.delete_after && !opts.delete_now {
                 plan.waiting.add(e.size);
                 Decision::Marked(mark)
             } else if let Some(cost) = held_by_min_duration(info, now, opts) {
@@ -387,13 +402,18 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
                 Decision::Delete
             }
         } else if nused == 0 {
-            // Without a time from the store, a pack counts as young.
-            if info.modified.is_none_or(|m| now - m < opts.grace) {
-                // Possibly a backup still running: its snapshot is not written yet.
-                Decision::Keep
-            } else {
+            if !opts.delete_now {
+                // Marked at once, whatever its age: a backup still running that stored it
+                // commits within half the grace period or copies the blobs (section 12).
                 plan.mark.add(e.size);
                 Decision::Mark
+            } else if let Some(cost) = held_by_min_duration(info, now, opts) {
+                plan.min_duration_held.add(e.size);
+                plan.early_deletion_usd += cost;
+                Decision::Mark
+            } else {
+                plan.delete.add(e.size);
+                Decision::Delete
             }
         } else {
             let unused = e.size.saturating_sub(used_bytes + 38 + 4);
@@ -408,6 +428,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         };
         if matches!(decision, Decision::Keep) {
             plan.used_bytes += used_bytes;
+            kept_used.insert(e.id, used_bytes);
         }
         if nused > 0 {
             plan.referenced
@@ -444,15 +465,34 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         }
     }
     plan.unused_after = unused_left;
+    // What stays, and when what goes becomes deletable.
+    let grace_end = now + if opts.delete_now { 0 } else { opts.grace };
+    for e in packs.values() {
+        let min_duration_end = stored
+            .get(&e.id.to_hex())
+            .and_then(|(_, info)| Some(info.modified? + 86_400 * i64::from(info.class.min_days())));
+        let at = |t: i64| t.max(min_duration_end.unwrap_or(t));
+        match plan.decisions.get(&e.id) {
+            Some(Decision::Keep) => {
+                plan.kept.add(e.size);
+                plan.kept_unused += e.size - kept_used.get(&e.id).copied().unwrap_or(0);
+            }
+            Some(Decision::Marked(m)) => plan.later.push((at(m.delete_after), e.size)),
+            Some(Decision::Mark) => plan.later.push((at(grace_end), e.size)),
+            Some(Decision::Repack) if !opts.delete_now => plan.later.push((at(grace_end), e.size)),
+            _ => {}
+        }
+    }
 
     // Orphans: packs no index file names.
     for (name, (fk, info)) in &stored {
         if named.contains(name) {
             continue;
         }
-        let old = info
-            .modified
-            .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
+        let old = opts.delete_now
+            || info
+                .modified
+                .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
         if old {
             plan.orphans.add(info.size);
             plan.orphan_names.push((*fk, name.clone(), info.size));
@@ -472,12 +512,31 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     let index_blobs: u64 = all.iter().map(|p| p.blobs.len() as u64).sum();
     plan.requests_put = repack_packs + 1 + index_blobs / BLOBS_PER_INDEX_FILE as u64;
     plan.requests_delete = plan.delete.packs + plan.orphans.packs + plan.index_files;
+    if opts.delete_now {
+        plan.requests_delete += plan.repack.packs;
+    }
     plan.packs = all;
     plan.used = used;
     Ok(plan)
 }
 
 impl PrunePlan {
+    /// When what stays marked can go: the earliest time a prune may delete some of it and
+    /// what it frees then, and the time by which all of it is deletable and the total.
+    pub fn frees_later(&self) -> Option<((i64, Tally), (i64, Tally))> {
+        let first = self.later.iter().map(|l| l.0).min()?;
+        let last = self.later.iter().map(|l| l.0).max()?;
+        let mut early = Tally::default();
+        let mut all = Tally::default();
+        for (t, bytes) in &self.later {
+            all.add(*bytes);
+            if *t == first {
+                early.add(*bytes);
+            }
+        }
+        Some(((first, early), (last, all)))
+    }
+
     /// What the kept snapshots reference, for [`crate::ops::retention::extend`]: the packs
     /// that hold a used blob (after [`run`]: those that stay; packs it repacked are marked
     /// and run out) and the metadata every reader needs.
@@ -544,7 +603,12 @@ fn skip_locked(
         plan.locked.add_pack(*size, until);
         held.insert(name.clone());
         if let Some(id) = id {
-            let mark = packs[id].mark.expect("a pack due for deletion is marked");
+            plan.later.push((until, *size));
+            // Unmarked only with `delete_now`: marked as due, for the prune after the lock.
+            let mark = packs[id].mark.unwrap_or(Mark {
+                at: now,
+                delete_after: now,
+            });
             plan.delete.packs -= 1;
             plan.delete.bytes -= size;
             plan.decisions.insert(*id, Decision::Marked(mark));
@@ -739,11 +803,16 @@ pub fn run(
                 p.mark = Some(m);
                 out.push(p);
             }
-            Decision::Repack | Decision::Mark => {
+            // With `delete_now`, Mark is only for packs a minimum storage duration holds.
+            Decision::Mark => {
                 p.mark = Some(mark_now);
                 out.push(p);
             }
-            Decision::Delete => {
+            Decision::Repack if !opts.delete_now => {
+                p.mark = Some(mark_now);
+                out.push(p);
+            }
+            Decision::Repack | Decision::Delete => {
                 to_delete.push((FileKind::of_pack(p.kind), p.id.to_hex(), p.size));
             }
             Decision::Drop => {}
