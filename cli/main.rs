@@ -1839,7 +1839,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
     let mut problems = r.problems.len();
     if a.s3_checksums {
         let before = repo.backend().requests();
-        let bar = progress::Bar::new(out, !g.no_progress, "s3-checksums");
+        let bar = progress::Bar::new(out, !g.no_progress, "s3-checksums").unit("objects");
         let c = chunkbak_engine::ops::check::s3_checksums(&repo, &bar)?;
         bar.finish();
         let heads = match (before, repo.backend().requests()) {
@@ -1886,7 +1886,7 @@ fn cmd_check(g: &Global, out: &Out, a: &args::CheckArgs) -> anyhow::Result<i32> 
     }
     let reads = subset.is_some();
     if let Some(subset) = subset {
-        let bar = progress::Bar::new(out, !g.no_progress, "read");
+        let bar = progress::Bar::new(out, !g.no_progress, "read").unit("packs");
         let d = chunkbak_engine::ops::check::read_data(&repo, subset, &bar)?;
         bar.finish();
         problems += d.problems.len();

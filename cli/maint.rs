@@ -426,7 +426,7 @@ fn run_prune(
         return Ok(exit::OK);
     }
     crate::ensure_append_only(g, out, repo)?;
-    let bar = progress::Bar::new(out, !g.no_progress, "prune");
+    let bar = progress::Bar::new(out, !g.no_progress, "prune").unit("packs");
     let r = prune::run(repo, &plan, opts, &bar)?;
     bar.finish();
     if out.json {
@@ -554,7 +554,7 @@ pub fn cmd_lock(g: &Global, out: &Out, c: &LockCommand) -> anyhow::Result<i32> {
         );
     }
     crate::ensure_append_only(g, out, &repo)?;
-    let bar = progress::Bar::new(out, !g.no_progress, "lock");
+    let bar = progress::Bar::new(out, !g.no_progress, "lock").unit("objects");
     let plan = prune::plan(&repo, &PruneOptions::default(), &bar)?;
     let targets = plan.retention_targets(&repo, false)?;
     chunkbak_engine::progress::Progress::message(&bar, "extending retention");
@@ -584,7 +584,7 @@ pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i3
     crate::ensure_append_only(g, out, &repo)?;
     match c {
         RepairCommand::Index { read_all_packs } => {
-            let bar = progress::Bar::new(out, !g.no_progress, "repair");
+            let bar = progress::Bar::new(out, !g.no_progress, "repair").unit("packs");
             let r = repair::repair_index(&repo, *read_all_packs, &bar)?;
             bar.finish();
             for m in &r.messages {

@@ -306,7 +306,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
             plan = copy::plan(&src, &dst, &snaps, chosen)?;
         }
     }
-    let bar = progress::Bar::new(out, !g.no_progress, "copy");
+    let bar = progress::Bar::new(out, !g.no_progress, "copy").unit("snapshots");
     let r = copy::copy(&src, &dst, &plan, &bar);
     bar.finish();
     let r = r?;

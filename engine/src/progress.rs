@@ -4,8 +4,14 @@
 use std::path::Path;
 
 pub trait Progress: Send + Sync {
-    /// Totals found by the scanner (may arrive while work is under way).
+    /// Totals found so far by the scanner (may arrive, growing, while work is under way).
     fn total(&self, _files: u64, _bytes: u64) {}
+    /// The totals, complete: the work is `files` items (files, packs, snapshots) of `bytes`.
+    fn final_total(&self, files: u64, bytes: u64) {
+        self.total(files, bytes)
+    }
+    /// Work on one file begins (the path shown as the current one).
+    fn started(&self, _path: &Path) {}
     /// Bytes read from source files (backup) or written (restore).
     fn bytes(&self, _n: u64) {}
     /// A file was finished.

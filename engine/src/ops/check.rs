@@ -395,7 +395,7 @@ pub fn read_data(
         }
     };
     let total: u64 = selected.iter().map(|p| p.size).sum();
-    progress.total(selected.len() as u64, total);
+    progress.final_total(selected.len() as u64, total);
     let results = std::sync::Mutex::new(Vec::new());
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -408,6 +408,9 @@ pub fn read_data(
                 }
                 let r = verify_pack(repo, p);
                 progress.bytes(p.size);
+                progress.file_done(std::path::Path::new(
+                    &FileKind::of_pack(p.kind).path_of(&p.id.to_hex()),
+                ));
                 results.lock().expect("results").push(r);
             });
         }

@@ -434,7 +434,7 @@ pub fn copy(
         bytes_read: AtomicU64::new(0),
         progress,
     };
-    progress.total(plan.todo.len() as u64, plan.bytes);
+    progress.final_total(plan.todo.len() as u64, plan.bytes);
     let mut ids: HashMap<Id, Id> = plan.known.clone();
     let mut out = CopyResult::default();
     let mut loaded = Instant::now();
@@ -456,6 +456,7 @@ pub fn copy(
             let tid = dst.write_snapshot(&copy)?;
             ids.insert(*sid, tid);
             out.copied.push((*sid, tid, copy));
+            progress.file_done(std::path::Path::new(&sid.short()));
             progress.message(&format!(
                 "snapshot {} copied as {}",
                 sid.short(),

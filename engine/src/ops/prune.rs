@@ -723,6 +723,7 @@ pub fn run(
     // 1. Repack: used blobs of partly used packs into new packs.
     if !repack.is_empty() {
         progress.message("repacking");
+        progress.final_total(repack.len() as u64, repack.iter().map(|p| p.size).sum());
         let used = &plan.used;
         let saver = repo.private_saver()?;
         for p in &repack {
@@ -772,6 +773,7 @@ pub fn run(
                 i = j;
             }
             progress.bytes(p.size);
+            progress.file_done(std::path::Path::new(&fk.path_of(&name)));
             // New packs are indexed as they pile up, so none stays unindexed for long.
             if saver.finished_count() >= 32 {
                 let done = saver.take_finished();

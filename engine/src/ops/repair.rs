@@ -90,12 +90,13 @@ pub fn repair_index(
     }
     let saver = repo.private_saver()?;
     let mut out: Vec<PackEntry> = Vec::new();
-    progress.total(stored.len() as u64, stored.iter().map(|s| s.2).sum());
+    progress.final_total(stored.len() as u64, stored.iter().map(|s| s.2).sum());
     for (fk, name, size) in &stored {
         if crate::ops::interrupted() {
             return Err(crate::stop::error(String::new));
         }
         progress.bytes(*size);
+        progress.file_done(std::path::Path::new(&fk.path_of(name)));
         let Some(id) = Id::from_hex(name) else {
             continue;
         };

@@ -113,7 +113,7 @@ pub fn extend(
         .iter()
         .partition(|t| t.2.is_some_and(|m| m > young_since));
     ext.retained += young.len() as u64;
-    progress.total(old.len() as u64, 0);
+    progress.final_total(old.len() as u64, 0);
     let backend = repo.backend();
     for batch in old.chunks(BATCH) {
         if crate::ops::interrupted() {

@@ -250,6 +250,7 @@ pub(super) fn backup_paths(
                                 {
                                     Err("backup aborted".to_string())
                                 } else {
+                                    c.progress.started(&p);
                                     c.read_file(&p, &m, prev.as_ref())
                                 };
                                 if let (true, Ok(out)) = (recheck, &r) {
@@ -349,7 +350,7 @@ pub(super) fn scan(
             }
         }
     }
-    progress.total(files, bytes);
+    progress.final_total(files, bytes);
 }
 
 /// Files up to this size are read ahead as they are queued.

@@ -699,6 +699,7 @@ impl Restorer<'_> {
 
     /// Restores one file; a failure is reported and counted, and the restore goes on.
     fn write_file(&self, job: &FileJob) {
+        self.progress.started(&job.path);
         let planned;
         let plan = match &job.plan {
             Some(Ok(p)) => Ok(p),
@@ -1322,6 +1323,26 @@ pub fn restore_gated(
     };
     let r = r;
 
+    // The totals before the first write, so progress counts down against the real figures:
+    // one walk of the trees (loaded once, kept in memory for the restore's own walk).
+    // Hard links are counted by name here; the figures after the walk replace these.
+    let (mut files, mut bytes) = (0u64, 0u64);
+    match &single {
+        Some(n) => (files, bytes) = (1, n.size),
+        None => {
+            let mut count = Selection::new(&opts.includes, &opts.excludes)?;
+            walk(repo, start_tree, &prefix, &mut |p, n| {
+                let (take, descend) = count.decide(p, n.kind == NodeKind::Dir);
+                if take && n.kind == NodeKind::File {
+                    files += 1;
+                    bytes += n.size;
+                }
+                Ok(descend || take)
+            })?;
+        }
+    }
+    progress.final_total(files, bytes);
+
     // A local restore writes files while the walk goes on: workers take them in tree order
     // from a bounded queue. A remote or gated one plans every read before it writes.
     let streaming = !repo.backend().is_remote() && gate.is_none();
@@ -1397,7 +1418,7 @@ pub fn restore_gated(
             "no entry of the snapshot matches the --include patterns".into(),
         );
     }
-    progress.total(w.queued, w.total_bytes);
+    progress.final_total(w.queued, w.total_bytes);
     let mut jobs = std::mem::take(&mut w.jobs);
     let (dirs, mut res) = (std::mem::take(&mut w.dirs), std::mem::take(&mut w.res));
     drop(w);
