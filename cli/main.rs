@@ -457,13 +457,29 @@ pub fn default_password_file() -> PathBuf {
 
 fn repo_spec(g: &Global) -> anyhow::Result<RepoSpec> {
     match &g.repo {
-        Some(r) => spec_of(g, r, &Other::default()),
+        Some(r) => {
+            let mut spec = spec_of(g, r, &Other::default())?;
+            // `-r` naming the default repository: its default password file serves it too.
+            spec.default = spec.s3.is_none() && same_place(&spec.location, &default_repo());
+            Ok(spec)
+        }
         None => Ok(RepoSpec {
             location: default_repo(),
             s3: None,
             default: true,
         }),
     }
+}
+
+/// Whether two local paths name one place: compared resolved where they exist, as absolute
+/// paths otherwise.
+fn same_place(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    resolve(a) == resolve(b)
 }
 
 /// What sets a second repository (`copy --to`, `init --from`) apart from the first: its
@@ -588,11 +604,31 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
             }
         }
     }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        return prompt_password(&spec.display(), create);
+    }
     bail!(
         "no password given for the repository at {}: use {}",
         spec.display(),
         given.flags
     )
+}
+
+/// Asks on the terminal, without echo; twice for a new repository.
+fn prompt_password(repo: &str, create: bool) -> anyhow::Result<Vec<u8>> {
+    let ask =
+        |q: &str| rpassword::prompt_password(q).context("reading the password from the terminal");
+    if !create {
+        return Ok(ask(&format!("password for {repo}: "))?.into_bytes());
+    }
+    let pw = ask(&format!("new password for {repo}: "))?;
+    if pw.is_empty() {
+        usage!("an empty password: nothing was created");
+    }
+    if ask("the same password again: ")? != pw {
+        usage!("the two passwords differ: nothing was created");
+    }
+    Ok(pw.into_bytes())
 }
 
 /// Where one password comes from: a command, a file, or an environment variable, in order.
@@ -1002,6 +1038,20 @@ fn cmd_init(g: &Global, out: &Out, a: &args::InitArgs) -> anyhow::Result<i32> {
 // backup
 
 fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32> {
+    // A source that is not there is a mistake in the command: said before anything (the
+    // default repository included) is created.
+    if !a.stdin && !a.stdin_from_command {
+        for p in &a.paths {
+            if let Err(e) = std::fs::symlink_metadata(p) {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    usage!(
+                        "backup source {}: no such file or directory; nothing was backed up",
+                        Path::new(p).display()
+                    );
+                }
+            }
+        }
+    }
     let spec = repo_spec(g)?;
     let repo = if spec.default && !spec.location.join("config").exists() {
         // First use without any configuration: create the default repository.

@@ -123,6 +123,11 @@ fn the_mistake_table() {
             10,
             &["nowhere"],
         ),
+        (
+            vec!["backup", missing.to_str().unwrap()],
+            2,
+            &["backup source", "nowhere", "no such file"],
+        ),
     ];
     assert!(table.len() >= 12);
     for (args, code, needles) in &table {
@@ -487,4 +492,111 @@ fn non_utf8_paths_in_the_other_commands() {
         .args(["check", "--read-data"]);
     let r = e.run_cmd(c);
     assert!(r.out().contains(" 0 problems"), "{}{}", r.out(), r.stderr);
+}
+
+/// `chunkbak ARGS` on a pseudo-terminal (util-linux `script`), `typed` on its keyboard, with
+/// the environment of `e` but no password source.
+fn on_terminal(e: &Env, args: &[&str], typed: &str) -> (i32, String) {
+    let base = e.cmd();
+    let mut c = std::process::Command::new("script");
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.env_remove("CHUNKBAK_PASSWORD_FILE")
+        .env_remove("CHUNKBAK_PASSWORD")
+        .env_remove("CHUNKBAK_PASSWORD_COMMAND");
+    let mut line = base.get_program().to_string_lossy().into_owned();
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let mut child = c
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script runs");
+    use std::io::Write;
+    // Typed slowly enough for each prompt to have turned echo off first.
+    let mut stdin = child.stdin.take().unwrap();
+    for l in typed.lines() {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stdin.write_all(format!("{l}\n").as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// First runs as issue 22 part 10 asks: a password prompt on a terminal (twice at init, never
+/// echoed), the default password file serving `-r` that names the default repository, and a
+/// missing source said before the default repository is created.
+#[test]
+fn first_run_prompts_on_a_terminal_and_creates_nothing_for_a_missing_source() {
+    let e = Env::new();
+    let repo = e.path("r");
+    let r = repo.to_str().unwrap();
+    let mut init = vec!["-r", r, "init"];
+    init.extend(FAST_KDF);
+    // Two different answers: nothing is created.
+    let (code, text) = on_terminal(&e, &init, "first\nsecond\n");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("new password for "), "{text}");
+    assert!(text.contains("the two passwords differ"), "{text}");
+    assert!(!repo.join("config").exists());
+    let (code, text) = on_terminal(&e, &init, "s3cret-pw\ns3cret-pw\n");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains("s3cret-pw"),
+        "the password was echoed: {text}"
+    );
+    // The password typed opens it; a wrong one is refused with 12.
+    let (code, text) = on_terminal(&e, &["-r", r, "snapshots"], "s3cret-pw\n");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("password for "), "{text}");
+    let (code, text) = on_terminal(&e, &["-r", r, "snapshots"], "wrong\n");
+    assert_eq!(code, 12, "{text}");
+    // Without a terminal: the error names the ways to give one.
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_PASSWORD_FILE")
+        .args(["-r", r, "snapshots"]);
+    let out = run_command(c);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("--password-file"), "{}", out.stderr);
+
+    // The default repository: a missing source is said first, and nothing is created.
+    let default_repo = e.path("xdg-data").join("chunkbak/repo");
+    let pwfile = e.path("xdg-config").join("chunkbak/password");
+    let bare = || {
+        let mut c = e.cmd();
+        c.env_remove("CHUNKBAK_REPOSITORY")
+            .env_remove("CHUNKBAK_PASSWORD_FILE");
+        c
+    };
+    let mut c = bare();
+    c.args(["backup", e.path("nowhere").to_str().unwrap()]);
+    let out = run_command(c);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("nowhere"), "{}", out.stderr);
+    assert!(!default_repo.exists() && !pwfile.exists());
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let mut c = bare();
+    c.args(["backup", src.to_str().unwrap()]);
+    let out = run_command(c);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(pwfile.exists() && default_repo.join("config").exists());
+    // `-r` naming the default repository (by another spelling) uses its password file.
+    let other_spelling = e.path("xdg-data").join("chunkbak/../chunkbak/repo");
+    let mut c = bare();
+    c.args(["-r", other_spelling.to_str().unwrap(), "snapshots"]);
+    let out = run_command(c);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.out().contains(src.to_str().unwrap()), "{}", out.out());
 }
