@@ -1175,3 +1175,149 @@ fn jq_cookbook_runs() {
         }
     }
 }
+
+/// The `sh` blocks of the README under `heading`, joined.
+fn readme_block(heading: &str) -> String {
+    let doc = fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = doc
+        .split(&format!("## {heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has no section {heading:?}"));
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect()
+}
+
+/// Runs `script` in bash (`set -euo pipefail`, each line traced) with `c`'s environment and
+/// `bin` first in PATH; fails with what it printed.
+fn run_script(c: &Command, bin: &Path, script: &str) -> String {
+    let mut sh = Command::new("bash");
+    sh.args(["-c", &format!("set -euxo pipefail\n{script}")]);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh.env(
+        "PATH",
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+    );
+    let r = sh.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        r.status.success(),
+        "README example failed:\n{script}\n---\n{text}"
+    );
+    text
+}
+
+/// `text` with `from` replaced by `to`; `from` must be there (a README edit that drops it
+/// makes this test say so, instead of silently testing less).
+fn subst(text: &str, from: &str, to: &str) -> String {
+    assert!(
+        text.contains(from),
+        "{from:?} is no longer in the README example"
+    );
+    text.replace(from, to)
+}
+
+/// Issue 22: the README's examples run as written, in bash, against scratch directories (the
+/// quick start on the default repository of a scratch home; the server block against the S3
+/// emulator, with stand-ins for pg_dump and psql), and do what their comments say.
+#[test]
+fn readme_examples_run() {
+    let e = Env::new();
+    let bin = e.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_chunkbak"), bin.join("chunkbak")).unwrap();
+    let stand_in = |name: &str, body: &str| {
+        let p = bin.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stand_in(
+        "pg_dump",
+        "echo \"-- dump of $1\"; echo 'CREATE TABLE t (id int);'",
+    );
+    let got = e.path("psql-got");
+    stand_in("psql", &format!("cat > '{}'", got.display()));
+
+    // Quick start: HOME is the scratch directory, nothing configured.
+    let home = e.path("");
+    fs::create_dir_all(home.join("data/sub")).unwrap();
+    fs::write(home.join("data/sub/notes.txt"), b"quick start").unwrap();
+    let restored = e.path("restored");
+    let quick = subst(
+        &readme_block("Quick start"),
+        "/tmp/restored",
+        restored.to_str().unwrap(),
+    );
+    let mut c = e.cmd();
+    c.env_remove("CHUNKBAK_REPOSITORY")
+        .env_remove("CHUNKBAK_PASSWORD_FILE");
+    let text = run_script(&c, &bin, &quick);
+    assert!(text.contains("created the password file"), "{text}");
+    let back = restored.join(home.join("data/sub/notes.txt").strip_prefix("/").unwrap());
+    assert_eq!(fs::read(&back).unwrap(), b"quick start");
+
+    // The server block: /etc/chunkbak, /srv and /etc are scratch directories, the bucket is on
+    // the S3 emulator, and a snapshot from yesterday noon is there for `--at 'yesterday 18:00'`.
+    let etc = e.path("etc");
+    let srv = e.path("srv");
+    fs::create_dir_all(srv.join("www")).unwrap();
+    fs::create_dir_all(&etc).unwrap();
+    fs::write(srv.join("www/index.html"), b"yesterday's page").unwrap();
+    fs::write(srv.join("www/cache.tmp"), b"excluded").unwrap();
+    fs::write(etc.join("hosts"), b"127.0.0.1 localhost").unwrap();
+    let bucket = test_bucket("readme");
+    let mut script = readme_block("A server, a bucket, a fleet");
+    for (from, to) in [
+        ("/etc/chunkbak", e.path("etc-chunkbak").to_str().unwrap()),
+        ("s3:my-backups/", &format!("s3:{bucket}/")),
+        ("/srv/restore", e.path("srv-restore").to_str().unwrap()),
+        (" /srv", &format!(" {}", srv.display())),
+        (" /etc ", &format!(" {} ", etc.display())),
+    ] {
+        script = subst(&script, from, to);
+    }
+    let endpoint = emulator_endpoint();
+    let mut c = e.cmd();
+    with_s3(&mut c, Some(&endpoint), "unset").env_remove("CHUNKBAK_REPOSITORY");
+    c.env_remove("CHUNKBAK_PASSWORD_FILE");
+    let yesterday = format!(
+        "chunkbak -r s3:{bucket}/hosts/web1 --password-file {}/password backup {} --time 'yesterday 12:00'",
+        e.path("etc-chunkbak").display(),
+        srv.display()
+    );
+    // The README's init comes first; the snapshot of yesterday goes in right after it.
+    let script = subst(
+        &script,
+        "chunkbak init ",
+        &format!(
+            "chunkbak init && {yesterday} && printf \"today's page\" > {}/www/index.html && true ",
+            srv.display()
+        ),
+    );
+    let text = run_script(&c, &bin, &script);
+    let page = e
+        .path("srv-restore")
+        .join(srv.join("www/index.html").strip_prefix("/").unwrap());
+    assert_eq!(fs::read(&page).unwrap(), b"yesterday's page", "{text}");
+    assert_eq!(
+        fs::read(srv.join("www/index.html")).unwrap(),
+        b"today's page"
+    );
+    assert_eq!(
+        fs::read_to_string(&got).unwrap(),
+        "-- dump of mydb\nCREATE TABLE t (id int);\n"
+    );
+    assert!(text.contains("GLACIER"), "{text}");
+}
