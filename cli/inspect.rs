@@ -89,9 +89,10 @@ pub fn cmd_find(g: &Global, out: &Out, a: &FindArgs) -> anyhow::Result<i32> {
     }
     if !out.json && !out.quiet {
         crate::elog!(
-            "{} paths matched, {hits} times, in {} snapshots searched",
-            by_path.len(),
-            snaps.len()
+            "{} matched, {} in all, {} searched",
+            crate::output::count(by_path.len() as u64, "path"),
+            crate::output::count(hits as u64, "time"),
+            crate::output::count(snaps.len() as u64, "snapshot")
         );
     }
     Ok(exit::OK)

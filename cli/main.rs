@@ -258,20 +258,27 @@ fn main() {
 fn final_summary(name: &str, out: &Out, code: i32, took: std::time::Duration) {
     let detail = output::take_summary();
     let mut line = format!("chunkbak {name}: ");
-    match (&detail, code) {
-        (Some(d), exit::OK) => line.push_str(d),
-        (Some(d), c) => line.push_str(&format!("{d}; exit {c}")),
-        (None, exit::OK) => line.push_str("ok"),
-        (None, c) => line.push_str(&format!("failed, exit {c}")),
-    }
-    line.push_str(&format!("; {:.1} s", took.as_secs_f64()));
+    let what = match (&detail, code) {
+        (Some(d), exit::OK) => d.clone(),
+        (Some(d), c) => format!("{d}; exit {c}"),
+        (None, exit::OK) => "ok".to_string(),
+        (None, c) => format!("failed, exit {c}"),
+    };
+    let mut cost = format!("{:.1} s", took.as_secs_f64());
     let requests = cold::requests_line();
     if let Some(r) = &requests {
-        line.push_str("; ");
-        line.push_str(r);
+        cost.push_str("; ");
+        cost.push_str(r);
     }
+    line.push_str(&format!("{what}; {cost}"));
     if (detail.is_some() || requests.is_some()) && !out.json && !out.quiet {
-        eprintln!("{line}");
+        // On one terminal the report above already says what was done: only the time and
+        // the requests are new there. A journal, a cron mail and a log get the whole line.
+        if code == exit::OK && detail.is_some() && output::one_terminal() {
+            eprintln!("chunkbak {name}: {cost}");
+        } else {
+            eprintln!("{line}");
+        }
     }
     output::log_line(&line);
 }
@@ -1170,11 +1177,11 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
             s.dirs_unchanged
         ));
         out.line(format!(
-            "Read {} of {}, added {} to the repository in {} packs, {:.1}s",
+            "Read {} of {}, added {} to the repository in {}, {:.1}s",
             human_bytes(s.bytes_read),
             human_bytes(s.bytes_total),
             human_bytes(s.bytes_added),
-            r.packs_written,
+            output::count(r.packs_written, "pack"),
             s.duration_ms as f64 / 1000.0
         ));
         if r.deltas > 0 {
@@ -1188,10 +1195,10 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         out.line(format!("snapshot {} saved", r.snapshot_id.short()));
     }
     output::set_summary(format!(
-        "snapshot {} saved ({}), {} files ({} new, {} changed), {} added, {} read",
+        "snapshot {} saved ({}), {} ({} new, {} changed), {} added, {} read",
         r.snapshot_id.short(),
         r.snapshot.host,
-        s.files_new + s.files_changed + s.files_unchanged,
+        output::count(s.files_new + s.files_changed + s.files_unchanged, "file"),
         s.files_new,
         s.files_changed,
         human_bytes(s.bytes_added),
@@ -1727,21 +1734,28 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
             "summary",
             json!({
                 "snapshot_id": id.to_hex(), "dry_run": a.dry_run, "files": r.files,
-                "dirs": r.dirs, "links": r.links, "specials": r.specials, "bytes": r.bytes,
+                "dirs": r.dirs, "links": r.links, "hardlinks": r.hardlinks,
+                "symlinks": r.links - r.hardlinks, "specials": r.specials, "bytes": r.bytes,
                 "files_unchanged": r.files_unchanged, "files_skipped": r.files_skipped,
                 "bytes_reused": r.bytes_reused, "deleted": r.deleted, "verified": r.verified,
                 "errors": r.errors,
             }),
         );
     } else {
+        // Files as a backup counts them: every name of a hard-linked file is one.
         let mut line = format!(
-            "{} {} files ({}), {} dirs, {} links, {} special files",
+            "{} {} ({}{}), {}, {}, {}",
             if a.dry_run { "Would write" } else { "Restored" },
-            r.files,
+            output::count(r.files + r.hardlinks, "file"),
             human_bytes(r.bytes),
-            r.dirs,
-            r.links,
-            r.specials,
+            match r.hardlinks {
+                0 => String::new(),
+                1 => "; 1 of them a hard link".to_string(),
+                n => format!("; {n} of them hard links"),
+            },
+            output::count(r.dirs, "dir"),
+            output::count(r.links - r.hardlinks, "symlink"),
+            output::count(r.specials, "special file"),
         );
         if r.files_unchanged > 0 || r.bytes_reused > 0 {
             line += &format!(
@@ -1769,7 +1783,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         out.line(line);
     }
     output::set_summary(format!(
-        "snapshot {} {} {}, {} files ({} written, {} already right), {} errors",
+        "snapshot {} {} {}, {} ({} written, {} already right), {}",
         id.short(),
         if a.dry_run {
             "would restore to"
@@ -1777,10 +1791,10 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
             "restored to"
         },
         opts.target.display(),
-        r.files,
+        output::count(r.files + r.hardlinks, "file"),
         human_bytes(r.bytes),
         r.files_unchanged,
-        r.errors
+        output::count(r.errors, "error")
     ));
     if r.errors > 0 {
         crate::elog!(

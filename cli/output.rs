@@ -151,6 +151,29 @@ pub fn log_line(msg: &str) {
 /// What a command says of its run in the one-line summary (snapshot, files, bytes, ...).
 static SUMMARY: Mutex<Option<String>> = Mutex::new(None);
 
+/// `1 file`, `2 files`: a count and its noun (`one` singular; the plural adds an s).
+pub fn count(n: u64, one: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// Standard output and standard error are the same terminal (an interactive run).
+pub fn one_terminal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (o, e) = (std::io::stdout(), std::io::stderr());
+    if !o.is_terminal() || !e.is_terminal() {
+        return false;
+    }
+    let meta = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok();
+    match (meta(1), meta(2)) {
+        (Some(a), Some(b)) => a.dev() == b.dev() && a.ino() == b.ino() && a.rdev() == b.rdev(),
+        _ => true,
+    }
+}
+
 pub fn set_summary(s: String) {
     *SUMMARY.lock().expect("summary lock") = Some(s);
 }

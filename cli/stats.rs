@@ -43,6 +43,12 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
         .map(|(c, u)| (*c, *u, prices.monthly(*c, *u)))
         .collect();
     let monthly: f64 = classes.iter().map(|c| c.2).sum();
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let whole_ratio = ratio(
+        st.chunk_bytes - st.delta_bytes,
+        st.chunk_stored_bytes - st.delta_stored_bytes,
+    );
+    let delta_ratio = ratio(st.delta_bytes, st.delta_stored_bytes);
     if out.json {
         let mut by_class = Map::new();
         for (c, u, usd) in &classes {
@@ -69,6 +75,7 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
                 "base_only_chunks": st.base_only_chunks,
                 "base_only_stored_bytes": st.base_only_stored_bytes,
                 "dedup_ratio": st.dedup_ratio(), "compression_ratio": st.compression_ratio(),
+                "whole_chunk_compression_ratio": whole_ratio, "delta_ratio": delta_ratio,
                 "total_ratio": st.total_ratio(),
                 "repository_bytes": st.repository_bytes(),
                 "storage_classes": Value::Object(by_class),
@@ -78,9 +85,9 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
         );
     } else {
         out.line(format!(
-            "{} snapshots, {} files, {} as restored",
-            st.snapshots,
-            st.files,
+            "{}, {}, {} as restored",
+            crate::output::count(st.snapshots, "snapshot"),
+            crate::output::count(st.files, "file"),
             human_bytes(st.logical_bytes)
         ));
         out.line(format!(
@@ -91,8 +98,8 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
         ));
         if st.delta_chunks > 0 {
             out.line(format!(
-                "deltas: {} chunks ({}) stored as {}, chains at most {} deep, on {} base chunks \
-                 no chosen snapshot references itself ({})",
+                "deltas: {} chunks ({}) stored as {}, chains at most {} deep; {} more base \
+                 chunks ({}) that only deltas use",
                 st.delta_chunks,
                 human_bytes(st.delta_bytes),
                 human_bytes(st.delta_stored_bytes),
@@ -101,10 +108,16 @@ pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
                 human_bytes(st.base_only_stored_bytes)
             ));
         }
+        // Deltas are stored at a few percent of their size: counted apart, so the compression
+        // ratio is zstd's on whole chunks.
+        let deltas = if st.delta_chunks > 0 {
+            format!(", deltas {delta_ratio:.2}")
+        } else {
+            String::new()
+        };
         out.line(format!(
-            "dedup ratio {:.2}, compression ratio {:.2}, together {:.2}",
+            "dedup ratio {:.2}, compression ratio {whole_ratio:.2}{deltas}, together {:.2}",
             st.dedup_ratio(),
-            st.compression_ratio(),
             st.total_ratio()
         ));
         out.line(format!(

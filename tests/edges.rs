@@ -600,3 +600,61 @@ fn first_run_prompts_on_a_terminal_and_creates_nothing_for_a_missing_source() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.out().contains(src.to_str().unwrap()), "{}", out.out());
 }
+
+/// Backup and restore count files alike (every name of a hard-linked file is a file; symlinks
+/// are not files), and say "1 file", not "1 files".
+#[test]
+fn backup_and_restore_count_files_alike() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("one"), b"1").unwrap();
+    fs::hard_link(src.join("one"), src.join("d/again")).unwrap();
+    fs::write(src.join("two"), b"2").unwrap();
+    std::os::unix::fs::symlink("one", src.join("link")).unwrap();
+    let b = e.ok(&["backup", src.to_str().unwrap()]);
+    assert!(
+        b.stderr.contains(", 3 files (3 new, 0 changed)"),
+        "{}",
+        b.stderr
+    );
+    let t = e.path("t");
+    let r = e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert!(
+        r.out()
+            .contains("Restored 3 files (2 B; 1 of them a hard link)")
+            && r.out().contains(", 1 symlink, 0 special files"),
+        "{}",
+        r.out()
+    );
+    assert!(r.stderr.contains(", 3 files (2 B written"), "{}", r.stderr);
+    let j = e.ok(&[
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        e.path("t2").to_str().unwrap(),
+    ]);
+    let d = &j.json("summary")[0];
+    assert_eq!(
+        (d["hardlinks"].as_u64(), d["symlinks"].as_u64()),
+        (Some(1), Some(1)),
+        "{d}"
+    );
+    fs::remove_file(src.join("two")).unwrap();
+    fs::remove_file(src.join("d/again")).unwrap();
+    let b = e.ok(&["backup", src.to_str().unwrap()]);
+    assert!(
+        b.stderr.contains(", 1 file (0 new, 1 changed)"),
+        "{}",
+        b.stderr
+    );
+    let f = e.ok(&["find", "two"]);
+    assert!(
+        f.stderr
+            .contains("1 path matched, 1 time in all, 2 snapshots searched"),
+        "{}",
+        f.stderr
+    );
+}

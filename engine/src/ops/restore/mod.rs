@@ -89,7 +89,10 @@ pub struct RestoreResult {
     /// Files written (created or updated).
     pub files: u64,
     pub dirs: u64,
+    /// Symbolic links, and further names of hard-linked files (not in `files`).
     pub links: u64,
+    /// Of `links`: further names of hard-linked files (a backup counts them as files).
+    pub hardlinks: u64,
     pub specials: u64,
     /// Bytes written.
     pub bytes: u64,
@@ -1198,6 +1201,7 @@ impl Walker<'_, '_> {
                 if let (Some(a), Ok(b)) = (&found, first_now) {
                     if a.ino() == b.ino() && a.dev() == b.dev() {
                         self.res.links += 1;
+                        self.res.hardlinks += 1;
                         return;
                     }
                 }
@@ -1222,7 +1226,10 @@ impl Walker<'_, '_> {
                     fs::hard_link(&from.path, &to.path)
                 });
                 match linked {
-                    Ok(()) => self.res.links += 1,
+                    Ok(()) => {
+                        self.res.links += 1;
+                        self.res.hardlinks += 1;
+                    }
                     Err(e) => r.error(
                         &path,
                         format!("cannot create hard link to {}: {e}", first.display()),
