@@ -236,13 +236,11 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             let code = exit_code(&e);
+            let message = disk_full_message(&cli.global, &e).unwrap_or_else(|| format!("{e:#}"));
             if out.json {
-                out.json_line(
-                    "error",
-                    json!({"message": format!("{e:#}"), "exit_code": code}),
-                );
+                out.json_line("error", json!({"message": message, "exit_code": code}));
             }
-            crate::elog!("chunkbak: {e:#}");
+            crate::elog!("chunkbak: {message}");
             code
         }
     };
@@ -302,6 +300,25 @@ macro_rules! usage {
     ($($t:tt)*) => {
         return Err($crate::Usage(format!($($t)*)).into())
     };
+}
+
+/// A write refused for lack of space in a local repository, said as that first: the cause
+/// (the disk), where (the repository), then what to do.
+fn disk_full_message(g: &Global, e: &anyhow::Error) -> Option<String> {
+    let Some(Error::Io { path, cause }) = e.downcast_ref::<Error>() else {
+        return None;
+    };
+    if !chunkbak_engine::stop::is_disk_full(cause) {
+        return None;
+    }
+    let repo = repo_spec(g).ok().filter(|s| s.s3.is_none())?.location;
+    let inside = path.strip_prefix(&repo).ok()?;
+    Some(format!(
+        "disk full at the repository {}: writing {}: {cause}; nothing was committed: free space \
+         there and run the command again (what it stored is reused)",
+        repo.display(),
+        inside.display()
+    ))
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {

@@ -172,8 +172,22 @@ fn disk_full_on_repository_and_on_restore_target() {
     };
     let r = with_repo(&["backup", src.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{}", r.stderr);
+    // One line, the cause first, naming the repository (not a source file), no warnings.
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("chunkbak backup: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].starts_with(&format!(
+            "chunkbak: disk full at the repository {}: writing tmp/",
+            repo.display()
+        )),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
-    assert!(r.stderr.contains(repo.to_str().unwrap()), "{}", r.stderr);
     assert!(
         !r.stderr.contains("(os error 28): No space"),
         "the cause is said once: {}",
@@ -198,8 +212,21 @@ fn disk_full_on_repository_and_on_restore_target() {
     // The restore target: 12 MB into 4 MB.
     let tfs = SmallFs::mount(&e.path("target"), 4).unwrap();
     let r = with_repo(&["restore", "latest", "--target", tfs.0.to_str().unwrap()]);
-    assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    // The first refused write stops the restore: one error naming the target, no warning per
+    // file that could not fit.
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let first = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("chunkbak: "))
+        .unwrap();
+    assert!(
+        first.starts_with(&format!("chunkbak: disk full at {}: ", tfs.0.display()))
+            && first.contains("No space left on device"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("warning:"), "{}", r.stderr);
     let c = with_repo(&["check"]);
     assert_eq!(c.code, 0, "{}", c.out());
 }

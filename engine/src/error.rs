@@ -28,6 +28,13 @@ pub enum Error {
     Altered { object: String, detail: String },
     /// The store stopped answering (no response to `failures` attempts in a row): the run
     /// stopped; `done` says what it finished before (may be empty).
+    /// The file system under `at` is full: the run stopped at the first refused write.
+    #[error("disk full at {}: {first}{done}; the run stopped there: free space (or choose another place) and run the same command again: what is already right is kept", at.display())]
+    DiskFull {
+        at: PathBuf,
+        first: String,
+        done: String,
+    },
     #[error("{store} stopped answering: {failures} requests in a row got no answer (last: {last}){done}; the run stopped there, and what it finished is kept: run the same command again when the store answers")]
     StoreDown {
         store: String,

@@ -11,6 +11,16 @@ use crate::error::Error;
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static NEVER_STOP: AtomicBool = AtomicBool::new(false);
 static DOWN: Mutex<Option<StoreDown>> = Mutex::new(None);
+static FULL: Mutex<Option<DiskFull>> = Mutex::new(None);
+
+/// A file system that ran out of space under a path the run writes to (a restore target).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskFull {
+    /// The directory the run writes under.
+    pub at: std::path::PathBuf,
+    /// The first write refused, and how.
+    pub first: String,
+}
 
 /// A store that stopped answering: which, how many attempts in a row got no answer, the last
 /// failure.
@@ -48,6 +58,21 @@ pub fn store_down(d: StoreDown) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// Stops the run because the file system under `d.at` is full (the first report wins): every
+/// later write there would fail the same way.
+pub fn disk_full(d: DiskFull) {
+    FULL.lock().expect("stop lock").get_or_insert(d);
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether `e` is the file system's "no space left" (ENOSPC) or "quota exceeded" (EDQUOT).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// The store that stopped answering, if one did.
 pub fn down() -> Option<StoreDown> {
     DOWN.lock().expect("stop lock").clone()
@@ -57,6 +82,13 @@ pub fn down() -> Option<StoreDown> {
 /// the run finished before, e.g. "412 of 2,300 files restored"; may be empty), or
 /// [`Error::Interrupted`].
 pub fn error(done: impl FnOnce() -> String) -> Error {
+    if let Some(f) = FULL.lock().expect("stop lock").clone() {
+        return Error::DiskFull {
+            at: f.at,
+            first: f.first,
+            done: done(),
+        };
+    }
     match down() {
         Some(d) => Error::StoreDown {
             store: d.store,

@@ -353,6 +353,17 @@ impl Restorer<'_> {
         self.warn(path, msg);
     }
 
+    /// As [`Self::error`] for a failed file system call: a full disk stops the restore.
+    fn io_error(&self, path: &Path, what: &str, e: &std::io::Error) {
+        if crate::stop::is_disk_full(e) {
+            crate::stop::disk_full(crate::stop::DiskFull {
+                at: self.opts.target.clone(),
+                first: format!("{what} {}: {e}", path.display()),
+            });
+        }
+        self.error(path, format!("{what}: {e}"));
+    }
+
     /// The entry at target path `path`, through its parent directory's handle.
     fn entry(&self, path: &Path) -> std::io::Result<at::Entry> {
         match &self.target {
@@ -712,9 +723,20 @@ impl Restorer<'_> {
                 planned.as_ref().map_err(|e| e.to_string())
             }
         };
-        let r = plan
-            .map_err(|e| e.to_string())
-            .and_then(|p| self.restore_file(job, p).map_err(|e| e.to_string()));
+        let r = plan.map_err(|e| e.to_string()).and_then(|p| {
+            self.restore_file(job, p).map_err(|e| {
+                if let Error::Io { cause, path } = &e {
+                    if crate::stop::is_disk_full(cause) {
+                        // Every later file would fail the same way: one error says it.
+                        crate::stop::disk_full(crate::stop::DiskFull {
+                            at: self.opts.target.clone(),
+                            first: format!("writing {}: {cause}", path.display()),
+                        });
+                    }
+                }
+                e.to_string()
+            })
+        });
         if let Err(e) = r {
             self.error(&job.path, format!("not restored: {e}"));
         }
@@ -956,7 +978,7 @@ impl Walker<'_, '_> {
                         fs::create_dir(&e.path)
                     });
                     if let Err(e) = made {
-                        r.error(&path, format!("cannot create directory: {e}"));
+                        r.io_error(&path, "cannot create directory", &e);
                         return false;
                     }
                 }
@@ -973,7 +995,7 @@ impl Walker<'_, '_> {
                         .and_then(|f| f.set_permissions(fs::Permissions::from_mode(0o700)));
                 }
                 Err(e) => {
-                    r.error(&path, format!("cannot enter directory: {e}"));
+                    r.io_error(&path, "cannot enter directory", &e);
                     return false;
                 }
             }
@@ -1120,7 +1142,7 @@ impl Walker<'_, '_> {
                         self.res.links += 1;
                         r.apply_meta(&path, On::Link, &meta);
                     }
-                    Err(e) => r.error(&path, format!("cannot create symlink: {e}")),
+                    Err(e) => r.io_error(&path, "cannot create symlink", &e),
                 }
             }
             NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
@@ -1152,7 +1174,7 @@ impl Walker<'_, '_> {
                         self.res.specials += 1;
                         r.apply_meta(&path, On::Node(n.kind), &meta);
                     }
-                    Err(e) => r.error(&path, format!("cannot create special file: {e}")),
+                    Err(e) => r.io_error(&path, "cannot create special file", &e),
                 }
             }
             NodeKind::Socket | NodeKind::Dir => {}
@@ -1247,7 +1269,7 @@ impl Walker<'_, '_> {
                 match made {
                     Ok(m) => created = Some((m.dev(), m.ino())),
                     Err(e) => {
-                        r.error(&path, format!("cannot create file: {e}"));
+                        r.io_error(&path, "cannot create file", &e);
                         return;
                     }
                 }
