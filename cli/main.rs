@@ -1675,6 +1675,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         target: a.target.clone(),
         subpath: sub,
         delete_within,
+        delete_keeps: s.excludes.clone(),
         includes: path_bytes(&a.includes),
         excludes: a.excludes.clone(),
         numeric_owner: a.numeric_owner,
@@ -1755,6 +1756,13 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
                 "symlinks": r.links - r.hardlinks, "specials": r.specials, "bytes": r.bytes,
                 "files_unchanged": r.files_unchanged, "files_skipped": r.files_skipped,
                 "bytes_reused": r.bytes_reused, "deleted": r.deleted, "verified": r.verified,
+                "deletions": r.deletions.iter().map(|d| {
+                    let mut m = serde_json::Map::new();
+                    output::path_json(&mut m, "path", d.path.as_os_str().as_bytes());
+                    m.insert("entries".into(), d.entries.into());
+                    m.insert("bytes".into(), d.bytes.into());
+                    Value::Object(m)
+                }).collect::<Vec<_>>(),
                 "errors": r.errors,
             }),
         );
@@ -1798,6 +1806,25 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
             line += &format!("; {} files read back and verified", r.verified);
         }
         out.line(line);
+        if a.delete && a.dry_run && !r.deletions.is_empty() {
+            // What --delete would remove, by entry with what it holds, largest first.
+            let mut d = r.deletions.clone();
+            d.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.path.cmp(&b.path)));
+            let n: u64 = d.iter().map(|d| d.entries).sum();
+            out.line(format!(
+                "--delete would remove {n} {} (entries, file bytes, path):",
+                if n == 1 { "entry" } else { "entries" }
+            ));
+            for x in &d {
+                let mut l =
+                    format!("  {:>8}  {:>10}  ", x.entries, human_bytes(x.bytes)).into_bytes();
+                l.extend_from_slice(x.path.as_os_str().as_bytes());
+                out.raw_line(&l);
+            }
+            if r.deleted > d.len() as u64 {
+                out.line(format!("  … and {} more", r.deleted - d.len() as u64));
+            }
+        }
     }
     output::set_summary(format!(
         "snapshot {} {} {}, {} ({} written, {} already right), {}",

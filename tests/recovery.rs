@@ -808,3 +808,63 @@ fn restore_delete_stays_within_the_snapshot_paths() {
     assert!(!t2.join("www/site/stale.html").exists());
     assert_eq!(fs::read(t2.join("other-file")).unwrap(), b"mine");
 }
+
+/// Issue 22 part 7: `restore --delete` keeps what the snapshot's own excludes match (it was
+/// never backed up, so its absence says nothing), and its dry run lists what it would remove
+/// by entry, with what each folder holds.
+#[test]
+fn restore_delete_keeps_what_the_backup_excluded_and_the_dry_run_counts() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("www");
+    fs::create_dir_all(src.join("site")).unwrap();
+    fs::write(src.join("site/index.html"), b"hello").unwrap();
+    e.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        &format!("{}/cache", src.display()),
+    ]);
+    let t = e.path("t");
+    let inside = t.join(src.strip_prefix("/").unwrap());
+    fs::create_dir_all(inside.join("cache/a")).unwrap();
+    fs::write(inside.join("cache/a/blob"), b"cached").unwrap();
+    fs::create_dir_all(inside.join("site")).unwrap();
+    fs::write(inside.join("site/upload.tmp"), b"half").unwrap();
+    fs::create_dir_all(inside.join("old/deep")).unwrap();
+    fs::write(inside.join("old/deep/x"), b"12345").unwrap();
+    fs::write(inside.join("old/y"), b"123").unwrap();
+    fs::write(inside.join("stale.html"), b"stale").unwrap();
+    let ts = t.to_str().unwrap();
+    let dry = e.ok(&["restore", "latest", "--target", ts, "--delete", "--dry-run"]);
+    let text = dry.out();
+    // old/ (itself, deep/, deep/x, y: 4 entries, 8 bytes) and stale.html: 5 entries.
+    assert!(
+        text.contains("--delete would remove 5 entries (entries, file bytes, path):"),
+        "{text}"
+    );
+    let old = format!("{}", inside.join("old").display());
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("4 ") && l.contains(" 8 B ") && l.ends_with(&old)),
+        "{text}"
+    );
+    assert!(
+        !text.contains("cache") && !text.contains("upload.tmp"),
+        "{text}"
+    );
+    assert!(
+        inside.join("old/deep/x").exists(),
+        "a dry run deletes nothing"
+    );
+    let r = e.ok(&["--json", "restore", "latest", "--target", ts, "--delete"]);
+    let sum = &r.json("summary")[0];
+    assert_eq!(sum["deleted"], 2, "{}", r.out());
+    assert_eq!(sum["deletions"].as_array().unwrap().len(), 2, "{sum}");
+    assert!(!inside.join("old").exists() && !inside.join("stale.html").exists());
+    assert_eq!(fs::read(inside.join("cache/a/blob")).unwrap(), b"cached");
+    assert_eq!(fs::read(inside.join("site/upload.tmp")).unwrap(), b"half");
+    assert_eq!(fs::read(inside.join("site/index.html")).unwrap(), b"hello");
+}

@@ -51,6 +51,18 @@ pub enum Overwrite {
     Never,
 }
 
+/// An entry `--delete` removes: its path in the target, and (dry run) the entries and file
+/// bytes it holds, itself included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub path: PathBuf,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// How many deletions a restore result lists (the count goes on).
+pub const DELETIONS_LISTED: usize = 1000;
+
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -72,6 +84,9 @@ pub struct RestoreOptions {
     /// of, `/srv/www`), never in the folders above them (`target/`, `target/srv/`), which
     /// hold what the snapshot never saw. Empty: everywhere the restore writes.
     pub delete_within: Vec<Vec<u8>>,
+    /// With `delete`: the exclude patterns the snapshot was taken with. What they match was
+    /// never in the snapshot (a cache, `*.tmp`), so its absence says nothing: it is kept.
+    pub delete_keeps: Vec<String>,
     /// Change nothing: report what would be created, updated and deleted.
     pub dry_run: bool,
     /// Re-read every restored file from the disk after writing it and compare it with the
@@ -102,8 +117,11 @@ pub struct RestoreResult {
     pub files_skipped: u64,
     /// Bytes of files already in the target that held the right chunks (not written again).
     pub bytes_reused: u64,
-    /// Entries removed by `--delete`.
+    /// Entries removed by `--delete` (a folder counts once).
     pub deleted: u64,
+    /// What `--delete` removes, by entry it removes (a folder with all it holds): at most
+    /// [`DELETIONS_LISTED`]; counted with what they hold in a dry run.
+    pub deletions: Vec<Deletion>,
     /// Files re-read and found right by `--verify`.
     pub verified: u64,
     /// Entries that could not be restored (the run went on without them).
@@ -301,6 +319,23 @@ fn deletes_in(opts: &RestoreOptions, rel: &[u8]) -> bool {
             let root = root.strip_suffix(b"/").unwrap_or(root);
             rel == root || (rel.starts_with(root) && rel.get(root.len()) == Some(&b'/'))
         })
+}
+
+/// The entries under folder `dir` (itself included) and the bytes of its files, never
+/// following a symlink.
+fn held(dir: &Path) -> (u64, u64) {
+    let mut n = (0u64, 0u64);
+    for e in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        n.0 += 1;
+        if e.file_type().is_file() {
+            n.1 += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    n
 }
 
 /// What a stopped restore finished, for its error.
@@ -898,6 +933,8 @@ fn packs_of<'b>(
 struct Walker<'w, 'a> {
     r: &'w Restorer<'a>,
     sel: Selection,
+    /// The snapshot's own exclude patterns: `--delete` keeps what they match.
+    keeps: Option<globset::GlobSet>,
     /// The snapshot path of the tree the restore starts at ("" for the root).
     prefix: Vec<u8>,
     owners: OwnerIds,
@@ -1043,12 +1080,35 @@ impl Walker<'_, '_> {
             let mut child = rel.to_vec();
             child.push(b'/');
             child.extend_from_slice(name.as_bytes());
-            if self.sel.excluded(&child) {
+            if self.sel.excluded(&child)
+                || self
+                    .keeps
+                    .as_ref()
+                    .is_some_and(|k| super::pattern::matches(k, &child))
+            {
                 continue;
             }
             let p = dir.join(&name);
             r.progress.change(Change::Delete, &p);
             self.res.deleted += 1;
+            if self.res.deletions.len() < DELETIONS_LISTED {
+                // A dry run says what a folder holds; a real one removes it.
+                let (entries, bytes) = if self.opts().dry_run && ft.is_dir() {
+                    held(&handle.entry(&name))
+                } else {
+                    (
+                        1,
+                        e.metadata()
+                            .map(|m| if ft.is_file() { m.len() } else { 0 })
+                            .unwrap_or(0),
+                    )
+                };
+                self.res.deletions.push(Deletion {
+                    path: p.clone(),
+                    entries,
+                    bytes,
+                });
+            }
             if !self.opts().dry_run {
                 // std's remove_dir_all never follows a symlink inside what it removes.
                 let at = handle.entry(&name);
@@ -1380,6 +1440,9 @@ pub fn restore_gated(
     let mut w = Walker {
         r: &r,
         sel,
+        keeps: (!opts.delete_keeps.is_empty())
+            .then(|| super::pattern::pattern_set(&opts.delete_keeps, "exclude"))
+            .transpose()?,
         prefix: prefix.clone(),
         owners: OwnerIds::default(),
         // Owners are only set by root: nobody else needs the names looked up.
