@@ -1261,7 +1261,10 @@ fn set_this_host(g: &Global) {
 /// repository's snapshots are of one host; this host's own when several hosts share the repository
 /// and it has snapshots there; otherwise a usage error listing the hosts (a fleet repository's
 /// `latest` is never another host's by accident).
-fn this_hosts_by_default(snaps: &[(Id, Snapshot)], f: &Filter) -> anyhow::Result<Vec<String>> {
+pub(crate) fn this_hosts_by_default(
+    snaps: &[(Id, Snapshot)],
+    f: &Filter,
+) -> anyhow::Result<Vec<String>> {
     if !f.hosts.is_empty() {
         return Ok(f.hosts.clone());
     }
@@ -1407,6 +1410,31 @@ fn choose(
     filter: &FilterArgs,
     out: &Out,
 ) -> anyhow::Result<(Id, Snapshot, Vec<u8>)> {
+    choose_for(repo, arg, at, filter, out, None)
+}
+
+/// Whether snapshot `s` was taken of `path`, of a folder above it or of one below it.
+fn covers(s: &Snapshot, path: &[u8]) -> bool {
+    let path = path.strip_suffix(b"/").unwrap_or(path);
+    let under =
+        |a: &[u8], b: &[u8]| a.starts_with(b) && (b == b"/" || a.get(b.len()) == Some(&b'/'));
+    s.paths
+        .iter()
+        .map(|p| p.strip_suffix(b"/").filter(|q| !q.is_empty()).unwrap_or(p))
+        .any(|p| p == path || under(path, p) || under(p, path))
+}
+
+/// As [`choose`]; `latest` and `--at` prefer the snapshots taken of `path` (the PATH of `ls
+/// latest PATH`; a `:PATH` counts too), so `latest` after a database dump still lists a
+/// folder backed up before it.
+fn choose_for(
+    repo: &Repository,
+    arg: Option<&std::ffi::OsStr>,
+    at: Option<&str>,
+    filter: &FilterArgs,
+    out: &Out,
+    path: Option<&[u8]>,
+) -> anyhow::Result<(Id, Snapshot, Vec<u8>)> {
     let (sel, sub) = match (arg, at) {
         (Some(_), Some(_)) => usage!("give either a SNAPSHOT or --at TIME, not both"),
         (None, Some(t)) => (Selector::At(timeparse::parse_time_now(t)?), Vec::new()),
@@ -1440,8 +1468,19 @@ fn choose(
     if !matches!(sel, Selector::Id(_)) {
         f.hosts = this_hosts_by_default(&snaps, &f)?;
     }
-    let i = select::select(&snaps, &sel, &f, &clock_now())?;
-    let (id, s) = snaps[i].clone();
+    let hint = path.or((!sub.is_empty()).then_some(sub.as_slice()));
+    let of_path: Vec<(Id, Snapshot)> = match hint {
+        Some(p) if !matches!(sel, Selector::Id(_)) => snaps
+            .iter()
+            .filter(|(_, s)| covers(s, p))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let (id, s) = match select::select(&of_path, &sel, &f, &clock_now()) {
+        Ok(i) => of_path[i].clone(),
+        Err(_) => snaps[select::select(&snaps, &sel, &f, &clock_now())?].clone(),
+    };
     refuse_damaged_choice(repo, &damaged, &sel, &s, out)?;
     if out.json {
         out.json_line("selected", snapshot_json(&id, &s));
@@ -1582,7 +1621,8 @@ fn choose_path(
         (Some(p), None, Some(_)) => (None, Some(p)),
         _ => (snapshot.as_deref(), path.as_ref()),
     };
-    let (_, s, sub) = choose(repo, snap, at.as_deref(), filter, out)?;
+    let wanted = path.map(|p| p.as_bytes());
+    let (_, s, sub) = choose_for(repo, snap, at.as_deref(), filter, out, wanted)?;
     Ok((s, path.map_or(sub, |p| p.as_bytes().to_vec())))
 }
 
@@ -2114,12 +2154,12 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
         }
         "snapshot" => {
             let snaps = repo.snapshots()?;
-            let i = select::select(
-                &snaps,
-                &Selector::parse(&need_id()?),
-                &Filter::default(),
-                &clock_now(),
-            )?;
+            let sel = Selector::parse(&need_id()?);
+            let mut f = Filter::default();
+            if !matches!(sel, Selector::Id(_)) {
+                f.hosts = this_hosts_by_default(&snaps, &f)?;
+            }
+            let i = select::select(&snaps, &sel, &f, &clock_now())?;
             if out.json {
                 out.json_line("snapshot", snapshot_json(&snaps[i].0, &snaps[i].1));
                 return Ok(exit::OK);

@@ -233,7 +233,13 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         // Ids and `latest`, as every other command takes them.
         let mut v: Vec<(Id, Snapshot)> = Vec::new();
         for p in &a.snapshots {
-            let i = select::select(&snaps, &Selector::parse(p), &filter, &crate::clock_now())?;
+            let sel = Selector::parse(p);
+            // `latest`: this host's, as every command means it on a shared repository.
+            let mut f = filter.clone();
+            if !matches!(sel, Selector::Id(_)) {
+                f.hosts = crate::this_hosts_by_default(&snaps, &f)?;
+            }
+            let i = select::select(&snaps, &sel, &f, &crate::clock_now())?;
             if !v.iter().any(|(id, _)| *id == snaps[i].0) {
                 v.push(snaps[i].clone());
             }

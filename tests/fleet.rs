@@ -1097,6 +1097,32 @@ fn latest_on_a_fleet_repository_is_this_hosts() {
     assert_eq!(r.stdout, b"mine");
     let r = e.ok(&["dump", "--host", "db1", &format!("latest:{s}/f")]);
     assert_eq!(r.stdout, b"db1 again");
+    // `cat snapshot latest` and `copy latest` mean the same snapshot.
+    let mine = e.ok(&["--json", "ls", "latest"]).json("selected")[0]["id"].clone();
+    let r = e.ok(&["--json", "cat", "snapshot", "latest"]);
+    assert_eq!(r.json("snapshot")[0]["id"], mine, "{}", r.out());
+    let other = e.path("other");
+    let mut init = vec!["-r", other.to_str().unwrap(), "init"];
+    init.extend(INIT_SMALL);
+    e.ok(&init);
+    let r = e.ok(&[
+        "--json",
+        "copy",
+        "latest",
+        "--to",
+        other.to_str().unwrap(),
+        "--to-password-file",
+        e.pw.to_str().unwrap(),
+    ]);
+    assert_eq!(r.json("copy_plan")[0]["snapshots"], 1, "{}", r.out());
+    let copied = e.ok(&["-r", other.to_str().unwrap(), "--json", "snapshots"]);
+    let hosts: Vec<_> = copied
+        .json("snapshot")
+        .iter()
+        .map(|s| s["host"].clone())
+        .collect();
+    assert_eq!(hosts.len(), 1);
+    assert_ne!(hosts[0], "db1", "copy latest took another host's snapshot");
     // A host whose backups are recorded under a profile's name (random machine names) means
     // that name.
     let conf = e.path("named.toml");
@@ -1320,4 +1346,60 @@ fn readme_examples_run() {
         "-- dump of mydb\nCREATE TABLE t (id int);\n"
     );
     assert!(text.contains("GLACIER"), "{text}");
+}
+
+/// Issue 22 part 4: `latest` with a path (`ls latest PATH`, `restore latest:PATH`) means the
+/// newest snapshot taken of that path, so a database dump backed up after a folder does not
+/// hide the folder; without a path, `latest` is the newest snapshot.
+#[test]
+fn latest_with_a_path_prefers_the_snapshots_of_that_path() {
+    let e = Env::new();
+    e.init_small();
+    let srv = e.path("srv");
+    fs::create_dir_all(srv.join("www")).unwrap();
+    fs::write(srv.join("www/index.html"), b"page").unwrap();
+    e.ok(&["backup", srv.to_str().unwrap()]);
+    let mut c = e.cmd();
+    c.args(["backup", "--stdin", "--stdin-filename", "db.sql"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"CREATE TABLE t;")
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let www = format!("{}/www", srv.display());
+    let r = e.ok(&["ls", "latest", &www]);
+    assert!(r.out().contains("/www/index.html"), "{}", r.out());
+    assert!(
+        r.stderr.contains(&format!("of [{}]", srv.display())),
+        "{}",
+        r.stderr
+    );
+    let t = e.path("t");
+    e.ok(&[
+        "restore",
+        &format!("latest:{www}"),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(t.join("index.html")).unwrap(), b"page");
+    // Without a path, latest is the newest: the dump.
+    let r = e.ok(&["ls", "latest"]);
+    assert!(
+        r.out().contains("db.sql") && !r.out().contains("www"),
+        "{}",
+        r.out()
+    );
+    let r = e.ok(&["dump", "latest:/db.sql"]);
+    assert_eq!(r.stdout, b"CREATE TABLE t;");
+    // A path no snapshot holds: the newest snapshot is searched, and the error names the path.
+    let r = e.run(&["ls", "latest", "/nowhere/at/all"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nowhere/at/all"), "{}", r.stderr);
 }
