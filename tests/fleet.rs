@@ -623,6 +623,21 @@ fn completions_and_man_page_come_from_the_command_definitions() {
             .unwrap_or_else(|_| panic!("chunkbak-{n}.1 is named but missing"));
         assert!(page.contains(&format!(".TH chunkbak-{n}")), "{n}");
     }
+    // No page has an empty section (issue 22: the single page had three).
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let page = fs::read_to_string(&path).unwrap();
+        let sections: Vec<&str> = page.split("\n.SH ").skip(1).collect();
+        assert!(sections.len() >= 3, "{}", path.display());
+        for sec in sections {
+            let (title, body) = sec.split_once('\n').unwrap_or((sec, ""));
+            assert!(
+                body.lines().any(|l| !l.trim().is_empty() && !l.starts_with(".SH")),
+                "{}: section {title} is empty",
+                path.display()
+            );
+        }
+    }
     let man = e.ok(&["man"]).out();
     assert!(
         man.starts_with(".ie") || man.contains(".TH chunkbak"),
