@@ -120,9 +120,33 @@ fn parse_args() -> (Cli, String) {
 /// command (`chunkbak lifecycle apply --help` for a subcommand of one), else `chunkbak --help`.
 fn help_of(argv: &[std::ffi::OsString]) -> String {
     use clap::CommandFactory;
-    let mut cmd = Cli::command();
+    let root = Cli::command();
+    let mut cmd = root.clone();
     let mut path = vec!["chunkbak".to_string()];
-    for a in argv.iter().skip(1).filter_map(|a| a.to_str()) {
+    // Whether option `a` (no `=VALUE` in it) takes the next argument as its value: an option
+    // value is never read as a command name (`-r backup snapshots`).
+    let takes_value = |cmd: &clap::Command, a: &str| {
+        let found = |c: &clap::Command| {
+            c.get_arguments()
+                .find(|x| match a.strip_prefix("--") {
+                    Some(long) => x.get_long() == Some(long),
+                    None => a.len() == 2 && x.get_short() == a.chars().nth(1),
+                })
+                .map(|x| x.get_action().takes_values())
+        };
+        found(cmd).or_else(|| found(&root)).unwrap_or(false)
+    };
+    let mut args = argv.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(a) = args.next() {
+        if a == "--" {
+            break;
+        }
+        if a.starts_with('-') {
+            if !a.contains('=') && takes_value(&cmd, a) {
+                args.next();
+            }
+            continue;
+        }
         let Some(sub) = cmd.find_subcommand(a).cloned() else {
             continue;
         };

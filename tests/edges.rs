@@ -79,6 +79,11 @@ fn the_mistake_table() {
             2,
             &["--bogus", "chunkbak lifecycle apply --help"],
         ),
+        (
+            vec!["-r", "backup", "snapshots", "--bogus"],
+            2,
+            &["--bogus", "(see `chunkbak snapshots --help`)"],
+        ),
         (vec!["restore", "latest"], 2, &["--target"]),
         (
             vec!["restore", "latest", "--at", "2026-01-01", "--target", &t],

@@ -632,7 +632,8 @@ fn completions_and_man_page_come_from_the_command_definitions() {
         for sec in sections {
             let (title, body) = sec.split_once('\n').unwrap_or((sec, ""));
             assert!(
-                body.lines().any(|l| !l.trim().is_empty() && !l.starts_with(".SH")),
+                body.lines()
+                    .any(|l| !l.trim().is_empty() && !l.starts_with(".SH")),
                 "{}: section {title} is empty",
                 path.display()
             );
