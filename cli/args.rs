@@ -446,8 +446,8 @@ pub struct PruneOpts {
     pub grace: String,
     /// Delete unused packs in this run, without a grace period: only when no backup, copy or
     /// other prune writes to the repository meanwhile (a backup running now may commit a
-    /// snapshot whose data this deletes)
-    #[arg(long, conflicts_with = "grace")]
+    /// snapshot whose data this deletes); --grace does not apply. Never taken from a profile
+    #[arg(long)]
     pub now: bool,
     /// Unused space allowed to stay in partly used packs: a percentage of all pack bytes, or
     /// a size
@@ -820,6 +820,9 @@ pub struct CatArgs {
     /// file is stored)
     #[arg(long)]
     pub show_secrets: bool,
+    /// For `cat snapshot latest`: which snapshots `latest` is the newest of
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Command};
 
 /// Keys a profile may not set: they choose the profile, or only print.
-const NOT_IN_PROFILES: &[&str] = &["config", "profile", "help", "version"];
+/// `now` (`prune --now`) is for an operator at a terminal who knows no writer runs: a profile
+/// must not make a timed prune skip the grace period.
+const NOT_IN_PROFILES: &[&str] = &["config", "profile", "help", "version", "now"];
 
 /// Where the configuration file is, when none is named: the user's, then the system's.
 pub fn default_paths() -> Vec<PathBuf> {

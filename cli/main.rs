@@ -652,7 +652,10 @@ fn password(g: &Global, spec: &RepoSpec, create: bool, out: &Out) -> anyhow::Res
             }
         }
     }
-    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+    // A prompt only for a repository that may be there: a local one without its config gets
+    // "no repository" from opening it, not a question first.
+    let may_exist = create || spec.s3.is_some() || spec.location.join("config").exists();
+    if may_exist && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         return prompt_password(&spec.display(), create);
     }
     bail!(
@@ -1089,7 +1092,13 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
     // A source that is not there is a mistake in the command: said before anything (the
     // default repository included) is created.
     if !a.stdin && !a.stdin_from_command {
-        for p in &a.paths {
+        // A path with `..` is resolved by the backup as written (lexically): not judged here.
+        let plain = |p: &&std::ffi::OsString| {
+            !Path::new(p)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        };
+        for p in a.paths.iter().filter(plain) {
             if let Err(e) = std::fs::symlink_metadata(p) {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     usage!(
@@ -2179,7 +2188,7 @@ fn cmd_cat(g: &Global, out: &Out, a: &args::CatArgs) -> anyhow::Result<i32> {
         "snapshot" => {
             let snaps = repo.snapshots()?;
             let sel = Selector::parse(&need_id()?);
-            let mut f = Filter::default();
+            let mut f = filter_of(&a.filter);
             if !matches!(sel, Selector::Id(_)) {
                 f.hosts = this_hosts_by_default(&snaps, &f)?;
             }

@@ -264,6 +264,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
                 "claim_reads": p.claim_reads, "claims_refuted": p.claims_refuted,
                 "claims_unverified": p.claims_unverified,
                 "locked": locked_json(&p.locked), "lock_heads": p.lock_heads,
+                "orphans_locked": locked_json(&p.orphans_locked),
                 "frees_later": p.frees_later().map(|((t1, a), (t2, b))| json!({
                     "first": {"after": format_time(t1), "packs": a.packs, "bytes": a.bytes},
                     "all": {"after": format_time(t2), "packs": b.packs, "bytes": b.bytes},
@@ -300,7 +301,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
     out.line(format!(
         "  kept:               {} ({} used, {} unused)",
         tally(p.kept),
-        human_bytes(p.kept.bytes - p.kept_unused),
+        human_bytes(p.kept.bytes.saturating_sub(p.kept_unused)),
         human_bytes(p.kept_unused)
     ));
     if p.revive.packs > 0 {
@@ -346,24 +347,12 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
             }
         ));
     }
-    if p.cold_partly_used.packs > 0 {
-        out.line(format!(
-            "  archived, partly used: {} (never downloaded to repack)",
-            tally(p.cold_partly_used)
-        ));
-    }
     if p.min_duration_held.packs > 0 {
         out.line(format!(
             "  held for the minimum storage duration: {}: deleting them now would cost about \
              ${:.2} (--ignore-min-duration)",
             tally(p.min_duration_held),
             p.early_deletion_usd
-        ));
-    }
-    if p.missing_unused.packs > 0 {
-        out.line(format!(
-            "  gone from the store, unused: {} (dropped from the index)",
-            tally(p.missing_unused)
         ));
     }
     if !p.locked.is_empty() {
@@ -377,12 +366,35 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
             p.lock_heads
         ));
     }
-    if p.orphans.packs + p.orphans_young.packs > 0 {
+    if p.cold_partly_used.packs > 0 {
         out.line(format!(
+            "    of the kept, archived and partly used: {} (never downloaded to repack)",
+            tally(p.cold_partly_used)
+        ));
+    }
+    if p.missing_unused.packs > 0 {
+        out.line(format!(
+            "gone from the store, unused: {} (dropped from the index)",
+            tally(p.missing_unused)
+        ));
+    }
+    if p.orphans.packs + p.orphans_young.packs + p.orphans_locked.packs > 0 {
+        let mut line = format!(
             "not in the index: {} deleted, {} too young to judge (a backup may be writing them)",
             tally(p.orphans),
             tally(p.orphans_young)
-        ));
+        );
+        if !p.orphans_locked.is_empty() {
+            line += &format!(
+                ", {} locked ({})",
+                tally(Tally {
+                    packs: p.orphans_locked.packs,
+                    bytes: p.orphans_locked.bytes
+                }),
+                locked_text(&p.orphans_locked)
+            );
+        }
+        out.line(line);
     }
     if let Some(((t1, first), (t2, all))) = p.frees_later() {
         if t1 == t2 {

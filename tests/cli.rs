@@ -576,7 +576,10 @@ fn password_command_json_names_and_cat() {
     assert!(r.stderr.contains("/no/such/path"), "{}", r.stderr);
     // A source path that does not exist is an error naming it.
     let r = e.run(&["backup", "/no/such/source"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.code, 2,
+        "a usage mistake, said before anything is written"
+    );
     assert!(r.stderr.contains("/no/such/source"), "{}", r.stderr);
 }
 

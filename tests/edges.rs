@@ -528,7 +528,7 @@ fn on_terminal(e: &Env, args: &[&str], typed: &str) -> (i32, String) {
     // Typed slowly enough for each prompt to have turned echo off first.
     let mut stdin = child.stdin.take().unwrap();
     for l in typed.lines() {
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(std::time::Duration::from_millis(1000));
         stdin.write_all(format!("{l}\n").as_bytes()).unwrap();
     }
     let o = child.wait_with_output().unwrap();
@@ -634,6 +634,23 @@ fn backup_and_restore_count_files_alike() {
         r.out()
     );
     assert!(r.stderr.contains(", 3 files (2 B written"), "{}", r.stderr);
+    // Again into the same target: every name already right, the hard link too.
+    let again = e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert!(
+        again.out().contains("Restored 0 files (0 B)")
+            && again.out().contains("; 3 files already right"),
+        "{}",
+        again.out()
+    );
+    // A dry run counts as the run would.
+    let dry = e.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        e.path("t3").to_str().unwrap(),
+        "-n",
+    ]);
+    assert!(dry.out().contains("Would write 3 files"), "{}", dry.out());
     let j = e.ok(&[
         "--json",
         "restore",

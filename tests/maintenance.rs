@@ -484,7 +484,7 @@ fn forget_then_prune_frees_the_space_one_grace_period_later_and_the_plan_adds_up
     let before = dir_bytes(&e.repo.join("data"));
 
     // The first prune marks the packs the forgotten snapshot alone used, young as they are.
-    let r = e.ok(&["--json", "prune", "--grace", "3s", "--max-unused", "0%"]);
+    let r = e.ok(&["--json", "prune", "--grace", "8s", "--max-unused", "0%"]);
     let started = std::time::Instant::now();
     let p = &r.json("prune_plan")[0];
     assert_plan_adds_up(p);
@@ -495,18 +495,18 @@ fn forget_then_prune_frees_the_space_one_grace_period_later_and_the_plan_adds_up
     assert_eq!(r.json("prune")[0]["bytes_deleted"], 0);
 
     // Within the grace period they wait; the plan says when they go.
-    let r = e.ok(&["prune", "--grace", "3s", "--dry-run"]);
+    let r = e.ok(&["prune", "--grace", "8s", "--dry-run"]);
     assert!(r.out().contains("  in grace period:"), "{}", r.out());
     assert!(r.out().contains("later: a prune after "), "{}", r.out());
     let p = &e
-        .ok(&["--json", "prune", "--grace", "3s"])
+        .ok(&["--json", "prune", "--grace", "8s"])
         .json("prune_plan")[0];
     assert_plan_adds_up(p);
     assert!(p["waiting"]["bytes"].as_u64().unwrap() >= gone, "{p}");
 
     // One grace period after the marks, one prune deletes them.
-    std::thread::sleep(std::time::Duration::from_secs(4).saturating_sub(started.elapsed()));
-    let r = e.ok(&["--json", "prune", "--grace", "3s"]);
+    std::thread::sleep(std::time::Duration::from_secs(9).saturating_sub(started.elapsed()));
+    let r = e.ok(&["--json", "prune", "--grace", "8s"]);
     let p = &r.json("prune_plan")[0];
     assert_plan_adds_up(p);
     assert!(p["delete"]["bytes"].as_u64().unwrap() >= gone, "{p}");
@@ -526,6 +526,17 @@ fn forget_then_prune_frees_the_space_one_grace_period_later_and_the_plan_adds_up
     e.ok(&["backup", src.to_str().unwrap()]);
     e.ok(&["forget", "--keep-last", "1"]);
     e.ok(&["prune", "--grace", "0", "--dry-run"]);
+    // A profile's grace does not stand in the way of --now; a profile cannot set --now.
+    let conf = e.path("conf.toml");
+    fs::write(&conf, "[profiles.default.prune]\ngrace = \"24h\"\n").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_CONFIG", &conf)
+        .args(["prune", "--now", "--dry-run"]);
+    assert_eq!(e.run_cmd(c).code, 0);
+    fs::write(&conf, "[profiles.default.prune]\nnow = true\n").unwrap();
+    let mut c = e.cmd();
+    c.env("CHUNKBAK_CONFIG", &conf).args(["prune", "--dry-run"]);
+    assert_eq!(e.run_cmd(c).code, 2);
     let r = e.ok(&["--json", "prune", "--now", "--max-unused", "0%"]);
     assert_plan_adds_up(&r.json("prune_plan")[0]);
     let deleted = r.json("prune")[0]["bytes_deleted"].as_u64().unwrap();

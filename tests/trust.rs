@@ -886,6 +886,26 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
         r.out()
     );
     assert_eq!(plan["delete"]["packs"], 0, "{}", r.out());
+    // Locked packs are one line of the plan: the lines still add up to the index's packs.
+    for unit in ["packs", "bytes"] {
+        let lines: u64 = [
+            "kept",
+            "repack",
+            "mark",
+            "waiting",
+            "delete",
+            "min_duration_held",
+            "locked",
+        ]
+        .iter()
+        .map(|k| plan[k][unit].as_u64().unwrap())
+        .sum();
+        assert_eq!(
+            lines,
+            plan["total"][unit].as_u64().unwrap(),
+            "{unit}: {plan}"
+        );
+    }
     assert!(plan["locked"]["last_until"]
         .as_str()
         .unwrap()

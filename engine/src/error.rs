@@ -26,15 +26,16 @@ pub enum Error {
     /// framing as data, or a proxy that alters bodies).
     #[error("{object}: the store did not keep the upload as sent ({detail}); it was deleted and sent again with the same result: this store (or a proxy before it) alters uploads and cannot hold a repository (docs/s3.md, compatible stores)")]
     Altered { object: String, detail: String },
-    /// The store stopped answering (no response to `failures` attempts in a row): the run
-    /// stopped; `done` says what it finished before (may be empty).
-    /// The file system under `at` is full: the run stopped at the first refused write.
+    /// The file system under `at` is full: the run stopped at the first refused write;
+    /// `done` says what it finished before (may be empty).
     #[error("disk full at {}: {first}{done}; the run stopped there: free space (or choose another place) and run the same command again: what is already right is kept", at.display())]
     DiskFull {
         at: PathBuf,
         first: String,
         done: String,
     },
+    /// The store stopped answering (no response to `failures` attempts in a row): the run
+    /// stopped; `done` says what it finished before (may be empty).
     #[error("{store} stopped answering: {failures} requests in a row got no answer (last: {last}){done}; the run stopped there, and what it finished is kept: run the same command again when the store answers")]
     StoreDown {
         store: String,

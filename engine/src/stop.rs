@@ -78,9 +78,9 @@ pub fn down() -> Option<StoreDown> {
     DOWN.lock().expect("stop lock").clone()
 }
 
-/// The error a stopped run ends with: [`Error::StoreDown`] naming the store and `done` (what
-/// the run finished before, e.g. "412 of 2,300 files restored"; may be empty), or
-/// [`Error::Interrupted`].
+/// The error a stopped run ends with: [`Error::DiskFull`] naming where, or
+/// [`Error::StoreDown`] naming the store, each with `done` (what the run finished before, e.g.
+/// "412 of 2,300 files restored"; may be empty), or [`Error::Interrupted`].
 pub fn error(done: impl FnOnce() -> String) -> Error {
     if let Some(f) = FULL.lock().expect("stop lock").clone() {
         return Error::DiskFull {

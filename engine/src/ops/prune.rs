@@ -195,8 +195,11 @@ pub struct PrunePlan {
     pub claim_reads: u64,
     pub claims_refuted: Vec<String>,
     pub claims_unverified: Vec<String>,
-    /// Packs due for deletion that S3 Object Lock still retains (one HEAD each to learn it).
+    /// Indexed packs due for deletion that S3 Object Lock still retains (one HEAD each to
+    /// learn it); they stay marked.
     pub locked: Locked,
+    /// Unindexed packs old enough to delete that Object Lock still retains (not in `total`).
+    pub orphans_locked: Locked,
     pub lock_heads: u64,
     /// Packs that stay marked or are marked by this run (`mark`, `waiting`, `repack`,
     /// `min_duration_held`, `locked`): the earliest time a prune may delete each (unix
@@ -471,11 +474,17 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         let min_duration_end = stored
             .get(&e.id.to_hex())
             .and_then(|(_, info)| Some(info.modified? + 86_400 * i64::from(info.class.min_days())));
-        let at = |t: i64| t.max(min_duration_end.unwrap_or(t));
+        let at = |t: i64| match min_duration_end {
+            Some(end) if !opts.ignore_min_duration => t.max(end),
+            _ => t,
+        };
         match plan.decisions.get(&e.id) {
             Some(Decision::Keep) => {
                 plan.kept.add(e.size);
-                plan.kept_unused += e.size - kept_used.get(&e.id).copied().unwrap_or(0);
+                // Saturating: a forged index may claim overlapping records.
+                plan.kept_unused += e
+                    .size
+                    .saturating_sub(kept_used.get(&e.id).copied().unwrap_or(0));
             }
             Some(Decision::Marked(m)) => plan.later.push((at(m.delete_after), e.size)),
             Some(Decision::Mark) => plan.later.push((at(grace_end), e.size)),
@@ -600,9 +609,9 @@ fn skip_locked(
     let mut held: HashSet<String> = HashSet::new();
     for ((_, name, size, id), until) in due.iter().zip(until) {
         let Some(until) = until else { continue };
-        plan.locked.add_pack(*size, until);
         held.insert(name.clone());
         if let Some(id) = id {
+            plan.locked.add_pack(*size, until);
             plan.later.push((until, *size));
             // Unmarked only with `delete_now`: marked as due, for the prune after the lock.
             let mark = packs[id].mark.unwrap_or(Mark {
@@ -613,6 +622,7 @@ fn skip_locked(
             plan.delete.bytes -= size;
             plan.decisions.insert(*id, Decision::Marked(mark));
         } else {
+            plan.orphans_locked.add_pack(*size, until);
             plan.orphans.packs -= 1;
             plan.orphans.bytes -= size;
         }

@@ -1282,8 +1282,8 @@ impl Walker<'_, '_> {
                 let first_now = r.entry(first).and_then(|e| fs::symlink_metadata(&e.path));
                 if let (Some(a), Ok(b)) = (&found, first_now) {
                     if a.ino() == b.ino() && a.dev() == b.dev() {
-                        self.res.links += 1;
-                        self.res.hardlinks += 1;
+                        // Already right: counted with the files already right.
+                        r.unchanged.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }
@@ -1296,6 +1296,9 @@ impl Walker<'_, '_> {
                     &path,
                 );
                 if opts.dry_run {
+                    // Counted as the real run would count it.
+                    self.res.links += 1;
+                    self.res.hardlinks += 1;
                     return;
                 }
                 if found.as_ref().is_some_and(|m| m.is_dir()) {
@@ -1440,7 +1443,7 @@ pub fn restore_gated(
     let mut w = Walker {
         r: &r,
         sel,
-        keeps: (!opts.delete_keeps.is_empty())
+        keeps: (opts.delete && !opts.delete_keeps.is_empty())
             .then(|| super::pattern::pattern_set(&opts.delete_keeps, "exclude"))
             .transpose()?,
         prefix: prefix.clone(),
