@@ -18,7 +18,9 @@ use crate::output::{human_bytes, path_json, Out};
 pub struct Model {
     /// What the counted items are: "files", "packs", "snapshots".
     unit: &'static str,
-    start: Instant,
+    /// When the first byte was done: the rate counts from then, not from planning or a wait
+    /// for archived data before it.
+    start: Option<Instant>,
     files_total: u64,
     bytes_total: u64,
     /// The totals are complete (the scan ended, or the plan knew them).
@@ -34,10 +36,10 @@ pub struct Model {
 const PATH_CHARS: usize = 40;
 
 impl Model {
-    pub fn new(unit: &'static str, start: Instant) -> Self {
+    pub fn new(unit: &'static str) -> Self {
         Model {
             unit,
-            start,
+            start: None,
             files_total: 0,
             bytes_total: 0,
             known: false,
@@ -57,7 +59,7 @@ impl Model {
     /// Seconds left at the rate so far: only once the totals are complete, some work is done
     /// and a second has passed (before that, any figure would be a guess).
     pub fn eta(&self, now: Instant) -> Option<Duration> {
-        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        let elapsed = self.elapsed(now);
         if !self.known || self.bytes_done == 0 || elapsed < 1.0 {
             return None;
         }
@@ -70,7 +72,7 @@ impl Model {
     pub fn render(&self, now: Instant) -> String {
         let mut parts: Vec<String> = Vec::new();
         let so_far = if self.known { "" } else { " so far" };
-        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        let elapsed = self.elapsed(now);
         if self.bytes_total > 0 {
             parts.push(format!(
                 "{}/{}{so_far}",
@@ -124,7 +126,14 @@ impl Model {
         self.bytes_total = bytes;
         self.known |= known;
     }
-    pub fn bytes(&mut self, n: u64) {
+    /// Seconds since the first byte.
+    fn elapsed(&self, now: Instant) -> f64 {
+        self.start
+            .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64())
+    }
+
+    pub fn bytes(&mut self, n: u64, now: Instant) {
+        self.start.get_or_insert(now);
         self.bytes_done += n;
     }
     pub fn done(&mut self) {
@@ -188,7 +197,7 @@ impl Bar {
             });
         Bar {
             bar,
-            model: Mutex::new((Model::new("files", Instant::now()), None)),
+            model: Mutex::new((Model::new("files"), None)),
             out: out.clone(),
             lock: Mutex::new(()),
             changes: false,
@@ -210,12 +219,12 @@ impl Bar {
 
     /// Applies a change to the model and redraws (at most every [`RENDER_EVERY`], unless
     /// `force`).
-    fn update(&self, force: bool, f: impl FnOnce(&mut Model)) {
+    fn update(&self, force: bool, f: impl FnOnce(&mut Model, Instant)) {
         let Some(b) = &self.bar else { return };
         let mut g = self.model.lock().expect("progress");
         let was_measured = g.0.measured();
-        f(&mut g.0);
         let now = Instant::now();
+        f(&mut g.0, now);
         if !was_measured && g.0.measured() {
             b.set_style(bar_style());
             b.set_length(g.0.bytes_total);
@@ -262,27 +271,27 @@ fn bar_style() -> ProgressStyle {
 
 impl Progress for Bar {
     fn total(&self, files: u64, bytes: u64) {
-        self.update(false, |m| m.total(files, bytes, false));
+        self.update(false, |m, _| m.total(files, bytes, false));
     }
 
     fn final_total(&self, files: u64, bytes: u64) {
-        self.update(true, |m| m.total(files, bytes, true));
+        self.update(true, |m, _| m.total(files, bytes, true));
     }
 
     fn bytes(&self, n: u64) {
-        self.update(false, |m| m.bytes(n));
+        self.update(false, |m, now| m.bytes(n, now));
     }
 
     fn started(&self, path: &Path) {
-        self.update(false, |m| m.started(path));
+        self.update(false, |m, _| m.started(path));
     }
 
     fn message(&self, message: &str) {
-        self.update(true, |m| m.message(message));
+        self.update(true, |m, _| m.message(message));
     }
 
     fn file_done(&self, path: &Path) {
-        self.update(false, |m| m.done());
+        self.update(false, |m, _| m.done());
         if self.out.verbose >= 2 {
             let _g = self.lock.lock();
             let line = format!("{}", path.display());
@@ -315,7 +324,7 @@ impl Progress for Bar {
     }
 
     fn warning(&self, path: &Path, message: &str) {
-        self.update(true, |m| m.error());
+        self.update(true, |m, _| m.error());
         let _g = self.lock.lock();
         if self.out.json {
             let mut d = serde_json::Map::new();
@@ -345,11 +354,11 @@ mod tests {
     #[test]
     fn backup_shows_done_of_total_and_an_eta_only_once_the_total_is_known() {
         let t0 = Instant::now();
-        let mut m = Model::new("files", t0);
+        let mut m = Model::new("files");
         assert_eq!(m.render(t0), "", "nothing to show yet");
         m.total(1000, 10_000_000, false);
         m.started(Path::new("/data/a"));
-        m.bytes(1_000_000);
+        m.bytes(1_000_000, t0);
         for _ in 0..100 {
             m.done();
         }
@@ -361,17 +370,17 @@ mod tests {
         assert!(!s.contains("ETA"), "an ETA against a growing total: {s}");
         // The scan ends: 2000 files, 20 MB.
         m.total(2000, 20_000_000, true);
-        m.bytes(1_000_000);
+        m.bytes(1_000_000, at(t0, 3.0));
         let s = m.render(at(t0, 4.0));
         assert!(s.contains("1.91 MiB/19.07 MiB · "), "{s}");
         assert!(s.contains("ETA 36s"), "18 MB left at 0.5 MB/s: {s}");
         assert!(s.contains("100/2000 files"), "{s}");
-        m.bytes(8_000_000);
+        m.bytes(8_000_000, at(t0, 19.0));
         assert!(
             m.render(at(t0, 20.0)).contains("ETA 20s"),
             "10 MB left at 0.5 MB/s"
         );
-        m.bytes(10_000_000);
+        m.bytes(10_000_000, at(t0, 39.0));
         assert_eq!(m.eta(at(t0, 40.0)), Some(Duration::ZERO));
         // A later `total` with a scan's running figures changes nothing.
         m.total(500, 5_000_000, false);
@@ -379,21 +388,23 @@ mod tests {
         assert!(m.render(at(t0, 40.0)).contains("100/2000 files"));
     }
 
-    /// A restore: the plan knows its totals before the first byte; errors are counted; a
+    /// A restore: the plan knows its totals before the first byte, and the rate counts from
+    /// that byte (not from the planning or a wait for archived data); errors are counted; a
     /// long path is shown by its end.
     #[test]
     fn restore_counts_errors_and_shows_the_current_path_by_its_end() {
         let t0 = Instant::now();
-        let mut m = Model::new("files", t0);
+        let mut m = Model::new("files");
         m.total(10, 1 << 30, true);
         assert!(m.eta(at(t0, 5.0)).is_none(), "no rate yet");
-        m.bytes(1 << 28);
+        // Thirty seconds of planning and thawing, then a minute of writing.
+        m.bytes(1 << 28, at(t0, 30.0));
         m.done();
         m.error();
         m.started(Path::new(
             "/srv/www/releases/2026-12-06/assets/images/large-banner.png",
         ));
-        let s = m.render(at(t0, 60.0));
+        let s = m.render(at(t0, 90.0));
         assert!(s.contains("256.00 MiB/1.00 GiB"), "{s}");
         assert!(s.contains("ETA 3m 00s"), "{s}");
         assert!(s.contains("1/10 files · 1 error · "), "{s}");
@@ -404,7 +415,7 @@ mod tests {
         let shown = s.rsplit(" · ").next().unwrap();
         assert_eq!(shown.chars().count(), PATH_CHARS);
         m.error();
-        assert!(m.render(at(t0, 61.0)).contains("2 errors"));
+        assert!(m.render(at(t0, 91.0)).contains("2 errors"));
         assert_eq!(short_duration(Duration::from_secs(3725)), "1h 02m");
     }
 
@@ -412,7 +423,7 @@ mod tests {
     #[test]
     fn nothing_to_measure_shows_the_message_and_no_bar() {
         let t0 = Instant::now();
-        let mut m = Model::new("packs", t0);
+        let mut m = Model::new("packs");
         m.message("reading the index");
         assert!(!m.measured());
         assert_eq!(m.render(at(t0, 3.0)), "reading the index");
