@@ -652,6 +652,31 @@ pub struct BackupArgs {
     /// Worker threads (default: one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Back up this EBS snapshot (snap-…) through the EBS direct APIs, as one image file
+    /// /ebs/VOLUME/SNAPSHOT.img (with SNAPSHOT.json beside it); needs --ebs-volume
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["paths", "stdin", "stdin_from_command"], requires = "ebs_volume", help_heading = "AWS sources")]
+    pub ebs_snapshot: Option<String>,
+    /// The volume the EBS snapshot is of (vol-…, or any name): the folder under /ebs, and the
+    /// snapshots whose image the next backup of it compares with
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "ebs_snapshot",
+        help_heading = "AWS sources"
+    )]
+    pub ebs_volume: Option<String>,
+    /// Fetch only the blocks that changed since this EBS snapshot (default: the one the
+    /// previous backup of the volume read)
+    #[arg(
+        long,
+        value_name = "SNAPSHOT",
+        requires = "ebs_snapshot",
+        help_heading = "AWS sources"
+    )]
+    pub ebs_parent_snapshot: Option<String>,
+    /// AWS region of the EBS snapshot (default: the AWS configuration's)
+    #[arg(long, value_name = "REGION", help_heading = "AWS sources")]
+    pub aws_region: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -749,8 +774,25 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Directory to restore into
-    #[arg(short, long, value_name = "DIR")]
-    pub target: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "DIR",
+        required_unless_present = "to_ebs_snapshot"
+    )]
+    pub target: Option<PathBuf>,
+    /// Write the image file SNAPSHOT:PATH names as a new EBS snapshot (EBS direct APIs;
+    /// blocks of zeros are not written) instead of restoring into a directory
+    #[arg(long, conflicts_with = "target", help_heading = "AWS sources")]
+    pub to_ebs_snapshot: bool,
+    /// AWS region of the EBS snapshot written (default: the AWS configuration's)
+    #[arg(
+        long,
+        value_name = "REGION",
+        requires = "to_ebs_snapshot",
+        help_heading = "AWS sources"
+    )]
+    pub aws_region: Option<String>,
     /// Restore only this path of the snapshot and what is below it: an absolute path, or a
     /// pattern ('*.sql', '/srv/*/conf') (repeatable)
     #[arg(short = 'i', long = "include", value_name = "PATH")]

@@ -1132,7 +1132,27 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
     } else {
         None
     };
+    #[cfg(feature = "aws-sources")]
+    let ebs_client = match &a.ebs_snapshot {
+        Some(_) => Some(Arc::new(chunkbak_engine::ebs::Ebs::new(
+            &chunkbak_engine::ebs::EbsConfig {
+                region: a.aws_region.clone(),
+                ..Default::default()
+            },
+        )?)),
+        None => None,
+    };
     let mut opts = BackupOptions {
+        #[cfg(feature = "aws-sources")]
+        ebs: match (&a.ebs_snapshot, &a.ebs_volume, &ebs_client) {
+            (Some(snap), Some(vol), Some(c)) => Some(backup::ebs::EbsSource {
+                client: c.clone(),
+                snapshot: snap.clone(),
+                parent: a.ebs_parent_snapshot.clone(),
+                volume: vol.clone(),
+            }),
+            _ => None,
+        },
         paths: if stdin.is_some() {
             Vec::new()
         } else {
@@ -1198,6 +1218,21 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         );
     }
     let s = &r.snapshot.summary;
+    #[cfg(feature = "aws-sources")]
+    if let Some(c) = &ebs_client {
+        let (list, get, _, _, read, _) = c.counts.snapshot();
+        if out.json {
+            out.json_line(
+                "ebs_requests",
+                json!({"list": list, "GetSnapshotBlock": get, "bytes_read": read}),
+            );
+        } else {
+            out.line(format!(
+                "EBS direct APIs: {list} list requests, {get} GetSnapshotBlock requests ({})",
+                human_bytes(read)
+            ));
+        }
+    }
     if out.json {
         out.json_line(
             "summary",
@@ -1725,6 +1760,75 @@ fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
+/// `restore SNAPSHOT:PATH --to-ebs-snapshot`: the image file written as a new EBS snapshot.
+#[cfg(feature = "aws-sources")]
+fn restore_to_ebs(
+    out: &Out,
+    repo: &Repository,
+    id: &Id,
+    s: &Snapshot,
+    sub: &[u8],
+    region: Option<&str>,
+) -> anyhow::Result<i32> {
+    use chunkbak_engine::ebs::{Ebs, EbsConfig};
+    if sub.is_empty() {
+        usage!("--to-ebs-snapshot writes one image file: give it as SNAPSHOT:PATH, e.g. latest:/ebs/vol-1/snap-1.img");
+    }
+    let ebs = Ebs::new(&EbsConfig {
+        region: region.map(str::to_string),
+        ..Default::default()
+    })?;
+    let description = format!(
+        "chunkbak restore of {}:{} ({} of {})",
+        id.short(),
+        String::from_utf8_lossy(sub),
+        local_time(s),
+        s.host
+    );
+    let w = chunkbak_engine::ops::ebs::write_image(repo, s.tree, sub, &ebs, &description)?;
+    let (_, _, put, other, _, bytes) = ebs.counts.snapshot();
+    if out.json {
+        out.json_line(
+            "ebs_snapshot",
+            json!({"snapshot_id": w.snapshot_id, "volume_size_gib": w.volume_gib,
+                   "blocks_written": w.blocks_written, "blocks_total": w.blocks_total,
+                   "status": w.status, "requests": {"PutSnapshotBlock": put, "other": other},
+                   "bytes_written": bytes}),
+        );
+    } else {
+        out.line(format!(
+            "EBS snapshot {} ({} GiB, {}): {} of {} blocks written ({}), {} PutSnapshotBlock requests",
+            w.snapshot_id,
+            w.volume_gib,
+            w.status,
+            w.blocks_written,
+            w.blocks_total,
+            human_bytes(bytes),
+            put
+        ));
+    }
+    output::set_summary(format!(
+        "{}:{} written as EBS snapshot {} ({} blocks)",
+        id.short(),
+        String::from_utf8_lossy(sub),
+        w.snapshot_id,
+        w.blocks_written
+    ));
+    Ok(exit::OK)
+}
+
+#[cfg(not(feature = "aws-sources"))]
+fn restore_to_ebs(
+    _: &Out,
+    _: &Repository,
+    _: &Id,
+    _: &Snapshot,
+    _: &[u8],
+    _: Option<&str>,
+) -> anyhow::Result<i32> {
+    usage!("this chunkbak was built without the aws-sources feature: no EBS snapshots")
+}
+
 /// Snapshot paths given on the command line, as the engine takes them.
 fn path_bytes(paths: &[std::ffi::OsString]) -> Vec<Vec<u8>> {
     paths.iter().map(|p| p.as_bytes().to_vec()).collect()
@@ -1740,12 +1844,18 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         &a.filter,
         out,
     )?;
+    if a.to_ebs_snapshot {
+        return restore_to_ebs(out, &repo, &id, &s, &sub, a.aws_region.as_deref());
+    }
+    let Some(target) = a.target.clone() else {
+        usage!("give the directory to restore into with --target DIR");
+    };
     let s3 = repo.backend().has_archive_classes();
     // --delete works within the paths the snapshot was taken of (a :PATH at or below one of
     // them included), never in the folders above them, which hold what it never saw.
     let delete_within = s.paths.clone();
     let opts = RestoreOptions {
-        target: a.target.clone(),
+        target,
         subpath: sub,
         delete_within,
         delete_keeps: s.excludes.clone(),

@@ -31,6 +31,8 @@ pub mod child;
 pub mod chunker;
 pub mod compressor;
 pub mod crypter;
+#[cfg(feature = "aws-sources")]
+pub mod ebs;
 pub mod error;
 pub mod format;
 pub mod fsperm;

@@ -7,6 +7,8 @@ pub mod claims;
 pub mod copy;
 pub mod diff;
 pub mod dump;
+#[cfg(feature = "aws-sources")]
+pub mod ebs;
 pub mod find;
 pub mod forget;
 pub mod fsmeta;

@@ -36,6 +36,8 @@ use crate::repo::Repository;
 
 mod ctx;
 mod delta;
+#[cfg(feature = "aws-sources")]
+pub mod ebs;
 mod paths;
 mod sparse;
 mod stdin;
@@ -88,6 +90,9 @@ pub struct BackupOptions {
     pub own_snapshots: Option<HashSet<Id>>,
     /// Snapshots dated later than now plus this many seconds are never a parent.
     pub clock_skew_secs: i64,
+    /// An EBS snapshot instead of paths or a stream.
+    #[cfg(feature = "aws-sources")]
+    pub ebs: Option<ebs::EbsSource>,
 }
 
 impl Default for BackupOptions {
@@ -105,6 +110,8 @@ impl Default for BackupOptions {
             threads: 0,
             own_snapshots: None,
             clock_skew_secs: crate::ops::select::DEFAULT_CLOCK_SKEW_SECS,
+            #[cfg(feature = "aws-sources")]
+            ebs: None,
         }
     }
 }
@@ -156,7 +163,24 @@ pub fn backup(
 
     let mut untrusted_parent = None;
     let result = (|| -> Result<BackupResult> {
-        let (paths, root_nodes, parent_id) = if let Some(src) = &opts.stdin {
+        #[cfg(feature = "aws-sources")]
+        let ebs_source = opts.ebs.as_ref();
+        #[cfg(not(feature = "aws-sources"))]
+        let ebs_source: Option<&()> = None;
+        let (paths, root_nodes, parent_id) = if let Some(src) = ebs_source {
+            #[cfg(feature = "aws-sources")]
+            {
+                let paths = vec![PathBuf::from(format!("/ebs/{}", src.volume))];
+                let parent = find_parent(repo, &opts, &paths, &mut untrusted_parent)?;
+                let node = ebs::backup_ebs(&ctx, src, parent.map(|p| p.1))?;
+                (paths, vec![node], parent.map(|p| p.0))
+            }
+            #[cfg(not(feature = "aws-sources"))]
+            {
+                let _ = src;
+                unreachable!()
+            }
+        } else if let Some(src) = &opts.stdin {
             let name = opts.stdin_filename.trim_start_matches('/').to_string();
             if name.is_empty() || name.contains('/') {
                 return Err(Error::Invalid(format!(
@@ -198,7 +222,7 @@ pub fn backup(
         ctx.check()?;
 
         // The root tree mirrors the absolute paths: /srv/data is root → srv → data.
-        let root = build_root(&ctx, &paths, root_nodes)?;
+        let root = build_root(&ctx, &paths, root_nodes, ebs_source.is_some())?;
         // No pack this snapshot relies on may be deleted by a prune running meanwhile.
         let copied = ctx.w.commit_ready(&|| ctx.check())?;
         let packs_written = ctx.w.saver.stats.packs_written.load(Ordering::Relaxed);

@@ -38,7 +38,14 @@ pub(super) fn normalize_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Builds the trees above the source paths (their metadata read from the live file system).
-pub(super) fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Result<BlobId> {
+/// `virtual_parents`: the folders above the paths are not on this host (an EBS snapshot's
+/// `/ebs`): made up, owned by this user, mode 0700.
+pub(super) fn build_root(
+    ctx: &Ctx,
+    paths: &[PathBuf],
+    nodes: Vec<Node>,
+    virtual_parents: bool,
+) -> Result<BlobId> {
     // A tiny in-memory trie of path components.
     #[derive(Default)]
     struct Dir {
@@ -68,7 +75,23 @@ pub(super) fn build_root(ctx: &Ctx, paths: &[PathBuf], nodes: Vec<Node>) -> Resu
         for c in &comps[..comps.len() - 1] {
             cur.push(c);
             d = d.children.entry(c.as_bytes().to_vec()).or_default();
-            if d.node.is_none() {
+            if d.node.is_none() && virtual_parents {
+                let now = super::timespec_of(jiff::Timestamp::now());
+                let (uid, gid) = fsmeta::current_ids();
+                d.node = Some(Node {
+                    name: c.as_bytes().to_vec(),
+                    kind: NodeKind::Dir,
+                    mode: 0o40700,
+                    uid,
+                    gid,
+                    user: owners.user(uid),
+                    group: owners.group(gid),
+                    mtime: now,
+                    ctime: now,
+                    nlink: 1,
+                    ..Node::default()
+                });
+            } else if d.node.is_none() {
                 // A symlink on the way to a source is resolved: the snapshot holds the folder
                 // it leads to under the name given (the path recorded is the one given).
                 let m = std::fs::metadata(&cur).map_err(|e| Error::io(&cur, e))?;
