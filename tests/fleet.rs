@@ -1419,3 +1419,66 @@ fn latest_with_a_path_prefers_the_snapshots_of_that_path() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("/nowhere/at/all"), "{}", r.stderr);
 }
+
+/// The IAM actions of an EBS direct API call.
+fn ebs_action(call: &str) -> &'static str {
+    match call {
+        "list_snapshot_blocks" => "ebs:ListSnapshotBlocks",
+        "list_changed_blocks" => "ebs:ListChangedBlocks",
+        "get_snapshot_block" => "ebs:GetSnapshotBlock",
+        "start_snapshot" => "ebs:StartSnapshot",
+        "put_snapshot_block" => "ebs:PutSnapshotBlock",
+        "complete_snapshot" => "ebs:CompleteSnapshot",
+        other => panic!("the EBS client calls `{other}`: add it to ebs_action and the policies"),
+    }
+}
+
+/// examples/iam/ebs-read.json allows exactly the EBS direct API calls a backup makes, and
+/// ebs-write.json exactly those `restore --to-ebs-snapshot` makes (read from the client's
+/// source: every `.name()` call on the SDK client).
+#[test]
+fn ebs_iam_policies_allow_exactly_what_the_client_calls() {
+    let src = fs::read_to_string(repo_root().join("engine/src/ebs.rs")).unwrap();
+    let mut calls = BTreeSet::new();
+    for line in src.lines() {
+        let t = line.trim();
+        let t = t
+            .strip_prefix("c.")
+            .map(|r| format!(".{r}"))
+            .unwrap_or(t.to_string());
+        if let Some(name) = t.strip_prefix('.').and_then(|r| r.strip_suffix("()")) {
+            let sdk_op = ["snapshot", "blocks"].iter().any(|k| name.contains(k))
+                && !name.contains("snapshot_id")
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if sdk_op {
+                calls.insert(name.to_string());
+            }
+        }
+    }
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    let actions = |name: &str| -> BTreeSet<String> {
+        let p = repo_root().join("examples/iam").join(name);
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        let mut out = BTreeSet::new();
+        for st in v["Statement"].as_array().unwrap() {
+            assert_eq!(st["Effect"], "Allow");
+            assert!(st["Resource"].as_str().unwrap().ends_with("::snapshot/*"));
+            for a in st["Action"].as_array().unwrap() {
+                out.insert(a.as_str().unwrap().to_string());
+            }
+        }
+        out
+    };
+    let read: BTreeSet<String> = calls
+        .iter()
+        .filter(|c| c.starts_with("list_") || c.starts_with("get_"))
+        .map(|c| ebs_action(c).to_string())
+        .collect();
+    let write: BTreeSet<String> = calls
+        .iter()
+        .filter(|c| !(c.starts_with("list_") || c.starts_with("get_")))
+        .map(|c| ebs_action(c).to_string())
+        .collect();
+    assert_eq!(actions("ebs-read.json"), read);
+    assert_eq!(actions("ebs-write.json"), write);
+}
