@@ -35,6 +35,8 @@ pub struct EbsConfig {
     pub region: Option<String>,
     pub profile: Option<String>,
     pub endpoint: Option<String>,
+    /// Keys to sign with instead of the AWS chain's (access key id, secret).
+    pub static_credentials: Option<(String, String)>,
 }
 
 /// Requests sent and bytes moved, for the run's summary.
@@ -112,6 +114,15 @@ impl Ebs {
             }
             if let Some(r) = &cfg.region {
                 loader = loader.region(aws_config::Region::new(r.clone()));
+            }
+            if let Some((id, secret)) = &cfg.static_credentials {
+                loader = loader.credentials_provider(aws_sdk_ebs::config::Credentials::new(
+                    id.clone(),
+                    secret.clone(),
+                    None,
+                    None,
+                    "chunkbak-static",
+                ));
             }
             let shared = loader.load().await;
             let mut b = aws_sdk_ebs::config::Builder::from(&shared)
