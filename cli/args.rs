@@ -195,6 +195,9 @@ pub enum Command {
     Lock(LockCommand),
     /// Copy snapshots to another repository, uploading only the data it lacks
     Copy(CopyArgs),
+    /// Bring AWS configuration back to what a snapshot holds (a plan first; --dry-run)
+    #[command(subcommand, name = "aws-apply")]
+    AwsApply(AwsApplyCommand),
     /// Manage the passwords (key files) that open the repository
     #[command(subcommand)]
     Key(KeyCommand),
@@ -501,6 +504,29 @@ pub enum LockCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AwsApplyCommand {
+    /// UPSERT a hosted zone's record sets to those of a snapshot (records the snapshot does
+    /// not hold, and the zone's SOA and apex NS, are left as they are)
+    Route53(Route53ApplyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Route53ApplyArgs {
+    /// The hosted zone to change (its id, Z…)
+    #[arg(long, value_name = "ZONE_ID")]
+    pub zone: String,
+    /// The snapshot and its zone folder (default: latest, /aws/route53/ZONE_ID)
+    #[arg(long, value_name = "SNAPSHOT[:PATH]", default_value = "latest")]
+    pub from: std::ffi::OsString,
+    /// Print the plan; change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// AWS region (Route53 is global; signing uses us-east-1 by default)
+    #[arg(long, value_name = "REGION")]
+    pub aws_region: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LifecycleCommand {
     /// Print the bucket's lifecycle rules, marking this repository's
     Show,
@@ -677,6 +703,10 @@ pub struct BackupArgs {
     /// AWS region of the EBS snapshot (default: the AWS configuration's)
     #[arg(long, value_name = "REGION", help_heading = "AWS sources")]
     pub aws_region: Option<String>,
+    /// Back up AWS configuration as documents under /aws: route53 (every hosted zone and its
+    /// record sets, and a BIND zone file each)
+    #[arg(long, value_name = "SERVICES", value_delimiter = ',', conflicts_with_all = ["paths", "stdin", "stdin_from_command", "ebs_snapshot"], help_heading = "AWS sources")]
+    pub aws_config: Vec<String>,
 }
 
 #[derive(Args, Debug)]

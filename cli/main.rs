@@ -402,6 +402,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Lifecycle(c) => cmd_lifecycle(g, out, c),
         Command::Lock(c) => maint::cmd_lock(g, out, c),
         Command::Copy(a) => repos::cmd_copy(g, out, a),
+        Command::AwsApply(c) => cmd_aws_apply(g, out, c),
         Command::Key(c) => repos::cmd_key(g, out, c),
         Command::Benchmark(a) => cmd_benchmark(g, out, a),
         Command::Cat(a) => cmd_cat(g, out, a),
@@ -1142,7 +1143,32 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         )?)),
         None => None,
     };
+    #[cfg(feature = "aws-sources")]
+    let aws_config = if a.aws_config.is_empty() {
+        None
+    } else {
+        let mut src = backup::awsconfig::AwsConfigSource { route53: None };
+        for s in &a.aws_config {
+            match s.as_str() {
+                "route53" => {
+                    src.route53 = Some(Arc::new(chunkbak_engine::route53::Route53::new(
+                        &chunkbak_engine::aws::AwsConfig {
+                            region: a.aws_region.clone(),
+                            ..Default::default()
+                        },
+                    )?))
+                }
+                other => usage!(
+                    "--aws-config {other}: not a source chunkbak reads (route53; elb and elbv2 \
+                     are not built yet)"
+                ),
+            }
+        }
+        Some(src)
+    };
     let mut opts = BackupOptions {
+        #[cfg(feature = "aws-sources")]
+        aws_config,
         #[cfg(feature = "aws-sources")]
         ebs: match (&a.ebs_snapshot, &a.ebs_volume, &ebs_client) {
             (Some(snap), Some(vol), Some(c)) => Some(backup::ebs::EbsSource {
@@ -1827,6 +1853,99 @@ fn restore_to_ebs(
     _: Option<&str>,
 ) -> anyhow::Result<i32> {
     usage!("this chunkbak was built without the aws-sources feature: no EBS snapshots")
+}
+
+/// `aws-apply route53`: a zone's record sets back to a snapshot's, after a plan.
+#[cfg(feature = "aws-sources")]
+fn cmd_aws_apply(g: &Global, out: &Out, c: &args::AwsApplyCommand) -> anyhow::Result<i32> {
+    use chunkbak_engine::ops::awsapply;
+    let args::AwsApplyCommand::Route53(a) = c;
+    let repo = open_repo(g, out)?;
+    repo.load_index()?;
+    let (id, s, sub) = choose(
+        &repo,
+        Some(a.from.as_os_str()),
+        None,
+        &FilterArgs::default(),
+        out,
+    )?;
+    let dir = if sub.is_empty() {
+        format!("/aws/route53/{}", a.zone).into_bytes()
+    } else {
+        sub
+    };
+    let r53 = chunkbak_engine::route53::Route53::new(&chunkbak_engine::aws::AwsConfig {
+        region: a.aws_region.clone(),
+        ..Default::default()
+    })?;
+    let plan = awsapply::plan_route53(&repo, s.tree, &dir, &r53, &a.zone)?;
+    let name = |v: &Value| {
+        let mut n = format!(
+            "{} {}",
+            v["Name"].as_str().unwrap_or_default(),
+            v["Type"].as_str().unwrap_or_default()
+        );
+        if let Some(i) = v["SetIdentifier"].as_str() {
+            n.push_str(&format!(" ({i})"));
+        }
+        n
+    };
+    if out.json {
+        out.json_line(
+            "aws_apply_plan",
+            json!({"zone": plan.zone_id, "snapshot": id.to_hex(),
+                   "upserts": plan.upserts.iter().map(|(v, cur)| json!({"record": v, "now": cur})).collect::<Vec<_>>(),
+                   "unchanged": plan.unchanged, "extra": plan.extra, "dry_run": a.dry_run}),
+        );
+    } else {
+        for (v, cur) in &plan.upserts {
+            out.line(format!(
+                "{} {}",
+                if cur.is_some() { "update" } else { "create" },
+                name(v)
+            ));
+        }
+        for v in &plan.extra {
+            out.line(format!("keep   {} (not in the snapshot)", name(v)));
+        }
+        out.line(format!(
+            "plan for zone {}: {} record sets to upsert, {} unchanged, {} not in the snapshot (kept)",
+            plan.zone_id,
+            plan.upserts.len(),
+            plan.unchanged,
+            plan.extra.len()
+        ));
+    }
+    if a.dry_run {
+        out.line("dry run: nothing changed");
+        return Ok(exit::OK);
+    }
+    let comment = format!("chunkbak aws-apply from snapshot {}", id.short());
+    let requests = awsapply::apply_route53(&plan, &r53, &comment)?;
+    if out.json {
+        out.json_line(
+            "aws_apply",
+            json!({"zone": plan.zone_id, "upserted": plan.upserts.len(), "requests": requests}),
+        );
+    } else {
+        out.line(format!(
+            "zone {}: {} record sets upserted in {requests} ChangeResourceRecordSets requests",
+            plan.zone_id,
+            plan.upserts.len()
+        ));
+    }
+    output::set_summary(format!(
+        "zone {}: {} record sets upserted from snapshot {}",
+        plan.zone_id,
+        plan.upserts.len(),
+        id.short()
+    ));
+    Ok(exit::OK)
+}
+
+#[cfg(not(feature = "aws-sources"))]
+fn cmd_aws_apply(_: &Global, _: &Out, _: &args::AwsApplyCommand) -> anyhow::Result<i32> {
+    usage!("this chunkbak was built without the aws-sources feature")
 }
 
 /// Snapshot paths given on the command line, as the engine takes them.

@@ -23,7 +23,8 @@ fn with_ebs(c: &mut Command, endpoint: &str) {
         .env("AWS_REGION", "us-east-1")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL")
-        .env("AWS_ENDPOINT_URL_EBS", endpoint);
+        .env("AWS_ENDPOINT_URL_EBS", endpoint)
+        .env("AWS_ENDPOINT_URL_ROUTE_53", endpoint);
 }
 
 fn run_ebs(e: &Env, endpoint: &str, repo: &Path, args: &[&str]) -> Run {
@@ -249,4 +250,217 @@ fn block_hashes(data: &[u8]) -> Vec<u64> {
             h.finish()
         })
         .collect()
+}
+
+/// A Route53 client on the moto server, for the test to make and change zones.
+fn route53(endpoint: &str) -> chunkbak_engine::route53::Route53 {
+    chunkbak_engine::route53::Route53::new(&chunkbak_engine::aws::AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.to_string()),
+        static_credentials: Some(("test".into(), "test".into())),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn upsert(r: &chunkbak_engine::route53::Route53, zone: &str, docs: &[serde_json::Value]) {
+    let sets = docs
+        .iter()
+        .map(|d| chunkbak_engine::route53::record_from_json(d).unwrap())
+        .collect();
+    r.upsert(zone, sets, "test").unwrap();
+}
+
+/// The paths `diff A B` reports, with their change letter.
+fn diff_lines(e: &Env, endpoint: &str, a: &str, b: &str) -> Vec<String> {
+    let r = run_ebs(e, endpoint, &e.repo, &["diff", a, b]);
+    r.out()
+        .lines()
+        .filter(|l| l.contains("/aws/"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Route53 zones (over 200 record sets of several types, aliases and weighted sets among
+/// them) backed up twice (the second adds nothing), three records changed: `diff` names
+/// exactly those (and the zone's BIND file), `aws-apply --dry-run` plans exactly those, and
+/// the apply brings them back.
+#[test]
+fn route53_zones_back_up_diff_and_apply() {
+    use serde_json::json;
+    let endpoint = s3_server("moto");
+    let r = route53(&endpoint);
+    let tag = test_bucket("zone");
+    let mut zones = Vec::new();
+    for name in [format!("{tag}.example.com."), format!("{tag}.internal.")] {
+        let z = r
+            .block_on(
+                r.client()
+                    .create_hosted_zone()
+                    .name(&name)
+                    .caller_reference(&name)
+                    .send(),
+            )
+            .unwrap();
+        let id = z
+            .hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string();
+        zones.push((id, name));
+    }
+    let (zone, zname) = zones[0].clone();
+    let mut docs = Vec::new();
+    for i in 0..120 {
+        docs.push(
+            json!({"Name": format!("host{i}.{zname}"), "Type": "A", "TTL": 300,
+                         "ResourceRecords": [format!("10.0.{}.{}", i / 200, i % 200 + 1)]}),
+        );
+    }
+    for i in 0..40 {
+        docs.push(
+            json!({"Name": format!("v6-{i}.{zname}"), "Type": "AAAA", "TTL": 60,
+                         "ResourceRecords": [format!("2001:db8::{:x}", i + 1)]}),
+        );
+        docs.push(
+            json!({"Name": format!("alias{i}.{zname}"), "Type": "CNAME", "TTL": 300,
+                         "ResourceRecords": [format!("host{i}.{zname}")]}),
+        );
+    }
+    docs.push(json!({"Name": zname, "Type": "MX", "TTL": 3600,
+                     "ResourceRecords": [format!("10 mail.{zname}"), format!("20 mail2.{zname}")]}));
+    docs.push(json!({"Name": zname, "Type": "TXT", "TTL": 300,
+                     "ResourceRecords": ["\"v=spf1 -all\""]}));
+    for i in 0..4 {
+        docs.push(
+            json!({"Name": format!("www.{zname}"), "Type": "A", "TTL": 60,
+                         "SetIdentifier": format!("w{i}"), "Weight": 10 * (i + 1),
+                         "ResourceRecords": [format!("192.0.2.{}", i + 1)]}),
+        );
+    }
+    for i in 0..3 {
+        docs.push(json!({"Name": format!("apex-alias{i}.{zname}"), "Type": "A",
+                         "AliasTarget": {"HostedZoneId": zone, "DNSName": format!("host{i}.{zname}"),
+                                         "EvaluateTargetHealth": false}}));
+    }
+    upsert(&r, &zone, &docs);
+    upsert(
+        &r,
+        &zones[1].0,
+        &[
+            json!({"Name": format!("db.{}", zones[1].1), "Type": "A", "TTL": 30,
+                 "ResourceRecords": ["10.9.9.9"]}),
+        ],
+    );
+    assert!(docs.len() >= 200, "{}", docs.len());
+
+    let e = Env::new();
+    e.init_small();
+    let backup = |e: &Env| {
+        let r = run_ebs(
+            e,
+            &endpoint,
+            &e.repo,
+            &["--json", "backup", "--aws-config", "route53"],
+        );
+        (
+            r.json("summary")[0]["snapshot_id"].as_str().unwrap()[..8].to_string(),
+            r.json("summary")[0]["blobs_added"].as_u64().unwrap(),
+        )
+    };
+    let mut c = e.cmd();
+    with_ebs(&mut c, &endpoint);
+    let (s1, _) = backup(&e);
+    let ls = run_ebs(
+        &e,
+        &endpoint,
+        &e.repo,
+        &["ls", &s1, &format!("/aws/route53/{zone}/records")],
+    );
+    assert!(ls.out().lines().count() >= docs.len(), "{}", ls.out());
+    let bind = run_ebs(
+        &e,
+        &endpoint,
+        &e.repo,
+        &["dump", &format!("{s1}:/aws/route53/{zone}/{zname}zone")],
+    );
+    assert!(
+        bind.out()
+            .contains(&format!("host7.{zname}\t300\tIN\tA\t10.0.0.8")),
+        "{}",
+        bind.out()
+    );
+    // Nothing changed: nothing added.
+    let (s2, added) = backup(&e);
+    assert_eq!(added, 0, "an unchanged configuration adds no blob");
+    assert!(diff_lines(&e, &endpoint, &s1, &s2).is_empty());
+
+    // Three records change.
+    let changed = [
+        json!({"Name": format!("host5.{zname}"), "Type": "A", "TTL": 300, "ResourceRecords": ["10.1.1.1"]}),
+        json!({"Name": format!("v6-3.{zname}"), "Type": "AAAA", "TTL": 120, "ResourceRecords": ["2001:db8::ff"]}),
+        json!({"Name": format!("www.{zname}"), "Type": "A", "TTL": 60, "SetIdentifier": "w2",
+               "Weight": 99, "ResourceRecords": ["192.0.2.3"]}),
+    ];
+    upsert(&r, &zone, &changed);
+    let (s3, _) = backup(&e);
+    let d = diff_lines(&e, &endpoint, &s2, &s3);
+    let records: Vec<&String> = d.iter().filter(|l| l.contains("/records/")).collect();
+    assert_eq!(records.len(), 3, "{d:?}");
+    for f in ["host5.", "v6-3.", "_w2.json"] {
+        assert!(
+            records.iter().any(|l| l.contains(f) && l.starts_with('M')),
+            "{f}: {d:?}"
+        );
+    }
+    assert!(
+        d.len() <= 4,
+        "the records and the zone's BIND file only: {d:?}"
+    );
+
+    // The plan names exactly those three; the apply restores them.
+    let from = format!("{s2}:/aws/route53/{zone}");
+    let p = run_ebs(
+        &e,
+        &endpoint,
+        &e.repo,
+        &[
+            "--json",
+            "aws-apply",
+            "route53",
+            "--zone",
+            &zone,
+            "--from",
+            &from,
+            "--dry-run",
+        ],
+    );
+    let plan = &p.json("aws_apply_plan")[0];
+    let names: Vec<String> = plan["upserts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            format!(
+                "{} {}",
+                u["record"]["Name"].as_str().unwrap(),
+                u["record"]["SetIdentifier"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(plan["extra"].as_array().unwrap().is_empty(), "{plan}");
+    run_ebs(
+        &e,
+        &endpoint,
+        &e.repo,
+        &["aws-apply", "route53", "--zone", &zone, "--from", &from],
+    );
+    let (s4, _) = backup(&e);
+    let back: Vec<String> = diff_lines(&e, &endpoint, &s2, &s4);
+    assert!(
+        back.is_empty(),
+        "after the apply the zone is as in {s2}: {back:?}"
+    );
 }

@@ -27,17 +27,8 @@ const CONCURRENCY: usize = 16;
 /// Blocks per list request (the API's maximum is 10,000).
 const PAGE: i32 = 10_000;
 
-/// How to reach the EBS direct APIs: the region (else the AWS chain's), an AWS profile, and an
-/// endpoint of its own (tests; else `AWS_ENDPOINT_URL_EBS` / `AWS_ENDPOINT_URL` as the SDK
-/// reads them).
-#[derive(Clone, Debug, Default)]
-pub struct EbsConfig {
-    pub region: Option<String>,
-    pub profile: Option<String>,
-    pub endpoint: Option<String>,
-    /// Keys to sign with instead of the AWS chain's (access key id, secret).
-    pub static_credentials: Option<(String, String)>,
-}
+/// How to reach the EBS direct APIs (`AWS_ENDPOINT_URL_EBS` for an endpoint of their own).
+pub use crate::aws::AwsConfig as EbsConfig;
 
 /// Requests sent and bytes moved, for the run's summary.
 #[derive(Debug, Default)]
@@ -101,30 +92,9 @@ pub fn checksum(data: &[u8]) -> String {
 
 impl Ebs {
     pub fn new(cfg: &EbsConfig) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("chunkbak-ebs")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Other(format!("tokio runtime: {e}")))?;
+        let rt = crate::aws::runtime("chunkbak-ebs")?;
         let client = rt.block_on(async {
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-            if let Some(p) = &cfg.profile {
-                loader = loader.profile_name(p);
-            }
-            if let Some(r) = &cfg.region {
-                loader = loader.region(aws_config::Region::new(r.clone()));
-            }
-            if let Some((id, secret)) = &cfg.static_credentials {
-                loader = loader.credentials_provider(aws_sdk_ebs::config::Credentials::new(
-                    id.clone(),
-                    secret.clone(),
-                    None,
-                    None,
-                    "chunkbak-static",
-                ));
-            }
-            let shared = loader.load().await;
+            let shared = crate::aws::shared_config(cfg).await;
             let mut b = aws_sdk_ebs::config::Builder::from(&shared)
                 .retry_config(
                     aws_config::retry::RetryConfig::standard()
@@ -170,7 +140,7 @@ impl Ebs {
                     .map_err(|e| {
                         sdk_error(
                             &format!("listing the blocks of {snapshot}"),
-                            e.into_service_error(),
+                            aws_sdk_ebs::error::DisplayErrorContext(&e),
                         )
                     })?;
                 if let Some(v) = r.volume_size() {
@@ -213,7 +183,7 @@ impl Ebs {
                     .map_err(|e| {
                         sdk_error(
                             &format!("listing the blocks that changed from {first} to {second}"),
-                            e.into_service_error(),
+                            aws_sdk_ebs::error::DisplayErrorContext(&e),
                         )
                     })?;
                 if let Some(v) = r.volume_size() {
@@ -281,7 +251,12 @@ impl Ebs {
                 .timeout(60)
                 .send()
                 .await
-                .map_err(|e| sdk_error("starting a snapshot", e.into_service_error()))?;
+                .map_err(|e| {
+                    sdk_error(
+                        "starting a snapshot",
+                        aws_sdk_ebs::error::DisplayErrorContext(&e),
+                    )
+                })?;
             r.snapshot_id()
                 .map(str::to_string)
                 .ok_or_else(|| Error::Other("EBS direct APIs: StartSnapshot returned no id".into()))
@@ -314,7 +289,7 @@ impl Ebs {
                             .map_err(|e| {
                                 sdk_error(
                                     &format!("writing block {i} of {snap}"),
-                                    e.into_service_error(),
+                                    aws_sdk_ebs::error::DisplayErrorContext(&e),
                                 )
                             })
                     });
@@ -342,7 +317,10 @@ impl Ebs {
                 .send()
                 .await
                 .map_err(|e| {
-                    sdk_error(&format!("completing {snapshot}"), e.into_service_error())
+                    sdk_error(
+                        &format!("completing {snapshot}"),
+                        aws_sdk_ebs::error::DisplayErrorContext(&e),
+                    )
                 })?;
             Ok(r.status()
                 .map(|s| s.as_str().to_string())
@@ -360,7 +338,12 @@ async fn get_block(c: &Client, snapshot: &str, index: u32, token: &str) -> Resul
         .block_token(token)
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("reading {}", what()), e.into_service_error()))?;
+        .map_err(|e| {
+            sdk_error(
+                &format!("reading {}", what()),
+                aws_sdk_ebs::error::DisplayErrorContext(&e),
+            )
+        })?;
     let want = r.checksum().map(str::to_string);
     let data = r
         .block_data

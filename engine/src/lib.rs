@@ -25,6 +25,8 @@
 //! last, commits the backup. `format/` holds every on-disk structure; `format-spec.md` is the
 //! normative description of their bytes.
 
+#[cfg(feature = "aws-sources")]
+pub mod aws;
 pub mod backend;
 pub mod cache;
 pub mod child;
@@ -46,6 +48,8 @@ pub mod packer;
 pub mod progress;
 pub mod repo;
 pub mod resemble;
+#[cfg(feature = "aws-sources")]
+pub mod route53;
 pub mod state;
 pub mod stop;
 pub mod timeparse;

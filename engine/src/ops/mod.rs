@@ -1,5 +1,7 @@
 //! Operations, one per command.
 
+#[cfg(feature = "aws-sources")]
+pub mod awsapply;
 pub mod backup;
 pub mod benchmark;
 pub mod check;

@@ -34,6 +34,8 @@ use crate::id::{BlobId, Id};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
+#[cfg(feature = "aws-sources")]
+pub mod awsconfig;
 mod ctx;
 mod delta;
 #[cfg(feature = "aws-sources")]
@@ -93,6 +95,9 @@ pub struct BackupOptions {
     /// An EBS snapshot instead of paths or a stream.
     #[cfg(feature = "aws-sources")]
     pub ebs: Option<ebs::EbsSource>,
+    /// AWS configuration (Route53) instead of paths.
+    #[cfg(feature = "aws-sources")]
+    pub aws_config: Option<awsconfig::AwsConfigSource>,
 }
 
 impl Default for BackupOptions {
@@ -112,6 +117,8 @@ impl Default for BackupOptions {
             clock_skew_secs: crate::ops::select::DEFAULT_CLOCK_SKEW_SECS,
             #[cfg(feature = "aws-sources")]
             ebs: None,
+            #[cfg(feature = "aws-sources")]
+            aws_config: None,
         }
     }
 }
@@ -167,7 +174,24 @@ pub fn backup(
         let ebs_source = opts.ebs.as_ref();
         #[cfg(not(feature = "aws-sources"))]
         let ebs_source: Option<&()> = None;
-        let (paths, root_nodes, parent_id) = if let Some(src) = ebs_source {
+        #[cfg(feature = "aws-sources")]
+        let aws_source = opts.aws_config.as_ref();
+        #[cfg(not(feature = "aws-sources"))]
+        let aws_source: Option<&()> = None;
+        let (paths, root_nodes, parent_id) = if let Some(src) = aws_source {
+            #[cfg(feature = "aws-sources")]
+            {
+                let paths = vec![PathBuf::from("/aws")];
+                let parent = find_parent(repo, &opts, &paths, &mut untrusted_parent)?;
+                let node = awsconfig::backup_aws_config(&ctx, src)?;
+                (paths, vec![node], parent.map(|p| p.0))
+            }
+            #[cfg(not(feature = "aws-sources"))]
+            {
+                let _ = src;
+                unreachable!()
+            }
+        } else if let Some(src) = ebs_source {
             #[cfg(feature = "aws-sources")]
             {
                 let paths = vec![PathBuf::from(format!("/ebs/{}", src.volume))];
