@@ -1482,3 +1482,57 @@ fn ebs_iam_policies_allow_exactly_what_the_client_calls() {
     assert_eq!(actions("ebs-read.json"), read);
     assert_eq!(actions("ebs-write.json"), write);
 }
+
+/// examples/iam/route53-read.json allows exactly the Route53 calls a backup makes, and
+/// route53-apply.json exactly those `aws-apply route53` makes (the client's source and the
+/// apply's: every `.name()` call on the SDK client).
+#[test]
+fn route53_iam_policies_allow_exactly_what_the_client_calls() {
+    let src = fs::read_to_string(repo_root().join("engine/src/route53.rs")).unwrap();
+    let mut calls = BTreeSet::new();
+    for line in src.lines() {
+        if let Some(name) = line
+            .trim()
+            .strip_prefix('.')
+            .and_then(|r| r.strip_suffix("()"))
+        {
+            if ["list_", "change_", "create_", "delete_", "get_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                calls.insert(name.to_string());
+            }
+        }
+    }
+    let action = |c: &str| match c {
+        "list_hosted_zones" => "route53:ListHostedZones",
+        "list_resource_record_sets" => "route53:ListResourceRecordSets",
+        "change_resource_record_sets" => "route53:ChangeResourceRecordSets",
+        other => panic!("the Route53 client calls `{other}`: add it here and to the policies"),
+    };
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let policy = |name: &str| -> BTreeSet<String> {
+        let p = repo_root().join("examples/iam").join(name);
+        let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        v["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|st| st["Action"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    // A backup lists; the apply lists the zone's records (for its plan) and changes them.
+    let read: BTreeSet<String> = ["list_hosted_zones", "list_resource_record_sets"]
+        .iter()
+        .map(|c| action(c).to_string())
+        .collect();
+    let apply: BTreeSet<String> = ["list_resource_record_sets", "change_resource_record_sets"]
+        .iter()
+        .map(|c| action(c).to_string())
+        .collect();
+    let all: BTreeSet<String> = calls.iter().map(|c| action(c).to_string()).collect();
+    assert_eq!(&read | &apply, all);
+    assert_eq!(policy("route53-read.json"), read);
+    assert_eq!(policy("route53-apply.json"), apply);
+}
