@@ -317,7 +317,9 @@ fn systemd_units_verify() {
             "chunkbak-backup.service",
             "chunkbak-backup.timer",
             "chunkbak-prune.service",
-            "chunkbak-prune.timer"
+            "chunkbak-prune.timer",
+            "chunkbak-rds-dr.service",
+            "chunkbak-rds-dr.timer"
         ]
     );
     let o = Command::new("systemd-analyze")
