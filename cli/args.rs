@@ -704,7 +704,8 @@ pub struct BackupArgs {
     #[arg(long, value_name = "REGION", help_heading = "AWS sources")]
     pub aws_region: Option<String>,
     /// Back up AWS configuration as documents under /aws: route53 (every hosted zone and its
-    /// record sets, and a BIND zone file each)
+    /// record sets, and a BIND zone file each), elb (classic load balancers), elbv2 (ALB/NLB
+    /// with listeners, rules and target groups) of --aws-region
     #[arg(long, value_name = "SERVICES", value_delimiter = ',', conflicts_with_all = ["paths", "stdin", "stdin_from_command", "ebs_snapshot"], help_heading = "AWS sources")]
     pub aws_config: Vec<String>,
 }

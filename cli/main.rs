@@ -1147,9 +1147,26 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
     let aws_config = if a.aws_config.is_empty() {
         None
     } else {
-        let mut src = backup::awsconfig::AwsConfigSource { route53: None };
+        let mut src = backup::awsconfig::AwsConfigSource {
+            route53: None,
+            elb: None,
+            elbv2: None,
+        };
+        let aws = chunkbak_engine::aws::AwsConfig {
+            region: a.aws_region.clone(),
+            ..Default::default()
+        };
+        let mut elb = None;
+        let mut elb_client = || -> anyhow::Result<Arc<chunkbak_engine::elb::Elb>> {
+            if elb.is_none() {
+                elb = Some(Arc::new(chunkbak_engine::elb::Elb::new(&aws)?));
+            }
+            Ok(elb.clone().expect("made"))
+        };
         for s in &a.aws_config {
             match s.as_str() {
+                "elb" => src.elb = Some(elb_client()?),
+                "elbv2" => src.elbv2 = Some(elb_client()?),
                 "route53" => {
                     src.route53 = Some(Arc::new(chunkbak_engine::route53::Route53::new(
                         &chunkbak_engine::aws::AwsConfig {
@@ -1159,8 +1176,7 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
                     )?))
                 }
                 other => usage!(
-                    "--aws-config {other}: not a source chunkbak reads (route53; elb and elbv2 \
-                     are not built yet)"
+                    "--aws-config {other}: not a source chunkbak reads (route53, elb, elbv2)"
                 ),
             }
         }

@@ -24,7 +24,9 @@ fn with_ebs(c: &mut Command, endpoint: &str) {
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL")
         .env("AWS_ENDPOINT_URL_EBS", endpoint)
-        .env("AWS_ENDPOINT_URL_ROUTE_53", endpoint);
+        .env("AWS_ENDPOINT_URL_ROUTE_53", endpoint)
+        .env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING", endpoint)
+        .env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", endpoint);
 }
 
 fn run_ebs(e: &Env, endpoint: &str, repo: &Path, args: &[&str]) -> Run {
@@ -653,5 +655,206 @@ fn rds_recipe_dumps_into_a_dr_region_repository() {
     assert!(
         lines(&dumped.stdout) == lines(&direct.stdout),
         "the snapshot's dump differs from pg_dump's"
+    );
+}
+
+/// An EC2 query API call to moto without an EC2 client (moto routes by the credential scope
+/// and does not check signatures); the response body.
+fn moto_ec2(endpoint: &str, body: &str) -> String {
+    use std::io::Read;
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=test/20261206/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         X-Amz-Date: 20261206T000000Z\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The values of every `<tag>…</tag>` in `xml`.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    xml.split(&format!("<{tag}>"))
+        .skip(1)
+        .filter_map(|p| p.split(&format!("</{tag}>")).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Classic ELBs and ALB/NLB with listeners, a rule and target groups, backed up as documents:
+/// a second backup adds nothing, and a changed health check is the one document `diff` names.
+#[test]
+fn load_balancers_back_up_as_documents() {
+    use chunkbak_engine::elb::{sdk_classic, sdk_v2};
+    let endpoint = s3_server("moto");
+    let elb = chunkbak_engine::elb::Elb::new(&chunkbak_engine::aws::AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.clone()),
+        static_credentials: Some(("test".into(), "test".into())),
+        ..Default::default()
+    })
+    .unwrap();
+    let tag = test_bucket("lb");
+    let xml = moto_ec2(&endpoint, "Action=DescribeSubnets&Version=2016-11-15");
+    let subnets = xml_values(&xml, "subnetId");
+    let vpcs = xml_values(&xml, "vpcId");
+    assert!(subnets.len() >= 2, "{xml}");
+    let c = elb.classic_client();
+    elb.block_on(
+        c.create_load_balancer()
+            .load_balancer_name(format!("{tag}-classic"))
+            .listeners(
+                sdk_classic::types::Listener::builder()
+                    .protocol("HTTP")
+                    .load_balancer_port(80)
+                    .instance_protocol("HTTP")
+                    .instance_port(8080)
+                    .build()
+                    .unwrap(),
+            )
+            .availability_zones("us-east-1a")
+            .send(),
+    )
+    .unwrap();
+    let v2 = elb.v2_client();
+    let tg = elb
+        .block_on(
+            v2.create_target_group()
+                .name(format!("{tag}-tg"))
+                .protocol(sdk_v2::types::ProtocolEnum::Http)
+                .port(80)
+                .vpc_id(&vpcs[0])
+                .health_check_path("/health")
+                .send(),
+        )
+        .unwrap();
+    let tg_arn = tg.target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_string();
+    let alb = elb
+        .block_on(
+            v2.create_load_balancer()
+                .name(format!("{tag}-alb"))
+                .subnets(&subnets[0])
+                .subnets(&subnets[1])
+                .r#type(sdk_v2::types::LoadBalancerTypeEnum::Application)
+                .send(),
+        )
+        .unwrap();
+    let alb_arn = alb.load_balancers()[0]
+        .load_balancer_arn()
+        .unwrap()
+        .to_string();
+    let forward = sdk_v2::types::Action::builder()
+        .r#type(sdk_v2::types::ActionTypeEnum::Forward)
+        .target_group_arn(&tg_arn)
+        .build();
+    let listener = elb
+        .block_on(
+            v2.create_listener()
+                .load_balancer_arn(&alb_arn)
+                .port(80)
+                .protocol(sdk_v2::types::ProtocolEnum::Http)
+                .default_actions(forward.clone())
+                .send(),
+        )
+        .unwrap();
+    let listener_arn = listener.listeners()[0].listener_arn().unwrap().to_string();
+    elb.block_on(
+        v2.create_rule()
+            .listener_arn(&listener_arn)
+            .priority(10)
+            .conditions(
+                sdk_v2::types::RuleCondition::builder()
+                    .field("path-pattern")
+                    .values("/api/*")
+                    .build(),
+            )
+            .actions(forward)
+            .send(),
+    )
+    .unwrap();
+    elb.block_on(
+        v2.create_load_balancer()
+            .name(format!("{tag}-nlb"))
+            .subnets(&subnets[0])
+            .r#type(sdk_v2::types::LoadBalancerTypeEnum::Network)
+            .send(),
+    )
+    .unwrap();
+
+    let e = Env::new();
+    e.init_small();
+    let backup = |e: &Env| {
+        let r = run_ebs(
+            e,
+            &endpoint,
+            &e.repo,
+            &[
+                "--json",
+                "backup",
+                "--aws-config",
+                "elb,elbv2",
+                "--aws-region",
+                "us-east-1",
+            ],
+        );
+        let s = &r.json("summary")[0];
+        (
+            s["snapshot_id"].as_str().unwrap()[..8].to_string(),
+            s["blobs_added"].as_u64().unwrap(),
+        )
+    };
+    let (s1, _) = backup(&e);
+    let region = "/aws/elbv2/us-east-1";
+    let doc = |snap: &str, path: &str| -> serde_json::Value {
+        let d = run_ebs(&e, &endpoint, &e.repo, &["dump", &format!("{snap}:{path}")]);
+        serde_json::from_slice(&d.stdout).unwrap()
+    };
+    let a = doc(&s1, &format!("{region}/load-balancers/{tag}-alb.json"));
+    assert_eq!(a["Type"], "application", "{a}");
+    let l = &a["Listeners"][0];
+    assert_eq!(l["Port"], 80, "{a}");
+    assert_eq!(
+        l["DefaultActions"][0]["TargetGroupArn"],
+        tg_arn.as_str(),
+        "{a}"
+    );
+    assert!(
+        l["Rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["Conditions"][0]["Values"][0] == "/api/*"),
+        "{a}"
+    );
+    let n = doc(&s1, &format!("{region}/load-balancers/{tag}-nlb.json"));
+    assert_eq!(n["Type"], "network", "{n}");
+    let t = doc(&s1, &format!("{region}/target-groups/{tag}-tg.json"));
+    assert_eq!(t["HealthCheck"]["Path"], "/health", "{t}");
+    let cl = doc(&s1, &format!("/aws/elb/us-east-1/{tag}-classic.json"));
+    assert_eq!(cl["Listeners"][0]["InstancePort"], 8080, "{cl}");
+
+    let (s2, added) = backup(&e);
+    assert_eq!(added, 0, "unchanged load balancers add no blob");
+    assert!(diff_lines(&e, &endpoint, &s1, &s2).is_empty());
+    elb.block_on(
+        v2.modify_target_group()
+            .target_group_arn(&tg_arn)
+            .health_check_path("/healthz")
+            .send(),
+    )
+    .unwrap();
+    let (s3, _) = backup(&e);
+    let d = diff_lines(&e, &endpoint, &s2, &s3);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].starts_with('M') && d[0].contains(&format!("{tag}-tg.json ")),
+        "{d:?}"
     );
 }

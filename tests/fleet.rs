@@ -1538,3 +1538,39 @@ fn route53_iam_policies_allow_exactly_what_the_client_calls() {
     assert_eq!(policy("route53-read.json"), read);
     assert_eq!(policy("route53-apply.json"), apply);
 }
+
+/// examples/iam/elb-read.json allows exactly the Elastic Load Balancing calls a backup makes
+/// (classic and v2 share the `elasticloadbalancing:` actions), read from the client's source.
+#[test]
+fn elb_iam_policy_allows_exactly_what_the_client_calls() {
+    let src = fs::read_to_string(repo_root().join("engine/src/elb.rs")).unwrap();
+    let mut needed = BTreeSet::new();
+    for line in src.lines() {
+        if let Some(name) = line
+            .trim()
+            .strip_prefix(".describe_")
+            .and_then(|r| r.strip_suffix("()"))
+        {
+            let camel: String = name
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            needed.insert(format!("elasticloadbalancing:Describe{camel}"));
+        }
+    }
+    assert!(needed.len() >= 6, "{needed:?}");
+    let p = repo_root().join("examples/iam/elb-read.json");
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+    let allowed: BTreeSet<String> = v["Statement"][0]["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(allowed, needed);
+}

@@ -35,6 +35,8 @@ pub mod compressor;
 pub mod crypter;
 #[cfg(feature = "aws-sources")]
 pub mod ebs;
+#[cfg(feature = "aws-sources")]
+pub mod elb;
 pub mod error;
 pub mod format;
 pub mod fsperm;

@@ -1,4 +1,10 @@
-//! `backup --aws-config route53`: AWS configuration as deterministic documents under `/aws`.
+//! `backup --aws-config route53,elb,elbv2`: AWS configuration as deterministic documents
+//! under `/aws`.
+//!
+//! `/aws/elb/REGION/NAME.json` (a classic load balancer with its listeners, health check,
+//! instances, attributes and tags) and `/aws/elbv2/REGION/load-balancers/NAME.json` (an
+//! ALB/NLB with its listeners, their rules and actions, attributes and tags),
+//! `/aws/elbv2/REGION/target-groups/NAME.json` (with health check, attributes and tags).
 //!
 //! `/aws/route53/ZONE_ID/zone.json` (name, comment, privacy), `records/NAME_TYPE[_SET].json`
 //! (one document per record set, so `diff` names each record that changed) and `ZONE.zone` (a
@@ -14,6 +20,9 @@ use crate::route53::{bind_file, record_file_name, record_json, Route53};
 /// What `--aws-config` reads.
 pub struct AwsConfigSource {
     pub route53: Option<Arc<Route53>>,
+    /// Classic load balancers, and ALB/NLB (v2), of the client's region.
+    pub elb: Option<Arc<crate::elb::Elb>>,
+    pub elbv2: Option<Arc<crate::elb::Elb>>,
 }
 
 /// A folder of files held in memory: path components → contents.
@@ -109,6 +118,25 @@ pub(super) fn backup_aws_config(ctx: &Ctx, src: &AwsConfigSource) -> Result<Node
     if let Some(r) = &src.route53 {
         ctx.progress.message("reading Route53");
         route53_files(r, &mut files)?;
+    }
+    if let Some(e) = &src.elb {
+        ctx.progress.message("reading classic load balancers");
+        for (_, name, doc) in e.classic_documents()? {
+            files.insert(
+                vec!["elb".into(), e.region.clone(), name],
+                json_bytes(&doc)?,
+            );
+        }
+    }
+    if let Some(e) = &src.elbv2 {
+        ctx.progress
+            .message("reading load balancers and target groups");
+        for (folder, name, doc) in e.v2_documents()? {
+            files.insert(
+                vec!["elbv2".into(), e.region.clone(), folder.into(), name],
+                json_bytes(&doc)?,
+            );
+        }
     }
     let total: u64 = files.values().map(|f| f.len() as u64).sum();
     ctx.progress.final_total(files.len() as u64, total);
