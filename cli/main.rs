@@ -1143,6 +1143,10 @@ fn cmd_backup(g: &Global, out: &Out, a: &args::BackupArgs) -> anyhow::Result<i32
         )?)),
         None => None,
     };
+    #[cfg(not(feature = "aws-sources"))]
+    if a.ebs_snapshot.is_some() || !a.aws_config.is_empty() {
+        usage!("this chunkbak was built without the aws-sources feature: no EBS or AWS configuration sources");
+    }
     #[cfg(feature = "aws-sources")]
     let aws_config = if a.aws_config.is_empty() {
         None
@@ -1878,12 +1882,15 @@ fn cmd_aws_apply(g: &Global, out: &Out, c: &args::AwsApplyCommand) -> anyhow::Re
     let args::AwsApplyCommand::Route53(a) = c;
     let repo = open_repo(g, out)?;
     repo.load_index()?;
-    let (id, s, sub) = choose(
+    // `latest` means the newest snapshot holding the zone (not a file backup of this host).
+    let zone_dir = format!("/aws/route53/{}", a.zone);
+    let (id, s, sub) = choose_for(
         &repo,
         Some(a.from.as_os_str()),
         None,
         &FilterArgs::default(),
         out,
+        Some(zone_dir.as_bytes()),
     )?;
     let dir = if sub.is_empty() {
         format!("/aws/route53/{}", a.zone).into_bytes()

@@ -341,6 +341,14 @@ fn route53_zones_back_up_diff_and_apply() {
                          "ResourceRecords": [format!("192.0.2.{}", i + 1)]}),
         );
     }
+    // Geolocation sets: a routing policy the documents must keep (or an apply would fail).
+    for (id, cont) in [("eu", "EU"), ("na", "NA")] {
+        docs.push(
+            json!({"Name": format!("geo.{zname}"), "Type": "A", "TTL": 60,
+                         "SetIdentifier": id, "GeoLocation": {"ContinentCode": cont},
+                         "ResourceRecords": [format!("198.51.100.{}", id.len() + cont.len())]}),
+        );
+    }
     for i in 0..3 {
         docs.push(json!({"Name": format!("apex-alias{i}.{zname}"), "Type": "A",
                          "AliasTarget": {"HostedZoneId": zone, "DNSName": format!("host{i}.{zname}"),
@@ -392,6 +400,20 @@ fn route53_zones_back_up_diff_and_apply() {
             .contains(&format!("host7.{zname}\t300\tIN\tA\t10.0.0.8")),
         "{}",
         bind.out()
+    );
+    let geo = run_ebs(
+        &e,
+        &endpoint,
+        &e.repo,
+        &[
+            "dump",
+            &format!("{s1}:/aws/route53/{zone}/records/geo.{zname}_A_eu.json"),
+        ],
+    );
+    assert!(
+        geo.out().contains("\"ContinentCode\": \"EU\""),
+        "{}",
+        geo.out()
     );
     // Nothing changed: nothing added.
     let (s2, added) = backup(&e);

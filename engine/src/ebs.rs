@@ -127,6 +127,8 @@ impl Ebs {
         self.rt.block_on(async {
             let mut out = SnapshotBlocks::default();
             let mut next: Option<String> = None;
+            let mut seen = std::collections::HashSet::new();
+            let snapshot_of = snapshot;
             loop {
                 self.counts.list.fetch_add(1, Ordering::Relaxed);
                 let r = self
@@ -152,7 +154,16 @@ impl Ebs {
                     }
                 }
                 match r.next_token() {
-                    Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                    Some(t) if !t.is_empty() => {
+                        // A service that hands back a token it gave before would page forever.
+                        if !seen.insert(t.to_string()) {
+                            return Err(Error::Other(format!(
+                                "EBS direct APIs: listing {snapshot_of} returned the page token \
+                                 {t} twice: stopped"
+                            )));
+                        }
+                        next = Some(t.to_string())
+                    }
                     _ => break,
                 }
             }
@@ -169,6 +180,8 @@ impl Ebs {
             let mut out = Vec::new();
             let mut gib = 0;
             let mut next: Option<String> = None;
+            let mut seen = std::collections::HashSet::new();
+            let snapshot_of = second;
             loop {
                 self.counts.list.fetch_add(1, Ordering::Relaxed);
                 let r = self
@@ -195,7 +208,16 @@ impl Ebs {
                     }
                 }
                 match r.next_token() {
-                    Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                    Some(t) if !t.is_empty() => {
+                        // A service that hands back a token it gave before would page forever.
+                        if !seen.insert(t.to_string()) {
+                            return Err(Error::Other(format!(
+                                "EBS direct APIs: listing {snapshot_of} returned the page token \
+                                 {t} twice: stopped"
+                            )));
+                        }
+                        next = Some(t.to_string())
+                    }
                     _ => break,
                 }
             }

@@ -2,7 +2,8 @@
 //! records in the service's order, nothing volatile), and back (ChangeResourceRecordSets).
 
 use aws_sdk_route53::types::{
-    AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    AliasTarget, Change, ChangeAction, ChangeBatch, CidrRoutingConfig, Coordinates, GeoLocation,
+    GeoProximityLocation, ResourceRecord, ResourceRecordSet, RrType,
 };
 use aws_sdk_route53::Client;
 use serde_json::{json, Map, Value};
@@ -12,8 +13,10 @@ use crate::error::{Error, Result};
 
 pub use aws_sdk_route53 as sdk;
 
-/// Changes per ChangeResourceRecordSets request (the API allows 1,000).
-const BATCH: usize = 500;
+/// What one ChangeResourceRecordSets request may carry: 1,000 ResourceRecord elements and
+/// 32,000 characters of values, an UPSERT counting twice.
+const BATCH_RECORDS: usize = 1000;
+const BATCH_CHARS: usize = 32_000;
 
 /// A hosted zone: its id (without `/hostedzone/`), name, comment and privacy.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +143,12 @@ impl Route53 {
                 if !r.is_truncated() {
                     break;
                 }
+                if r.next_record_name().is_none() {
+                    return Err(Error::Other(format!(
+                        "Route53: the records of {zone_id} are truncated without a next name: \
+                         not backed up incomplete"
+                    )));
+                }
                 next = (
                     r.next_record_name().map(str::to_string),
                     r.next_record_type().cloned(),
@@ -160,8 +169,30 @@ impl Route53 {
         sets: Vec<ResourceRecordSet>,
         comment: &str,
     ) -> Result<u64> {
+        // Batches within the request quotas (an UPSERT's records and characters count twice).
+        let weight = |s: &ResourceRecordSet| {
+            let rs = s.resource_records();
+            (
+                2 * rs.len().max(1),
+                2 * rs.iter().map(|r| r.value().len()).sum::<usize>(),
+            )
+        };
+        let mut batches: Vec<Vec<ResourceRecordSet>> = vec![Vec::new()];
+        let (mut records, mut chars) = (0, 0);
+        for s in sets {
+            let (r, c) = weight(&s);
+            let last = batches.last_mut().expect("one batch");
+            if !last.is_empty() && (records + r > BATCH_RECORDS || chars + c > BATCH_CHARS) {
+                batches.push(Vec::new());
+                (records, chars) = (0, 0);
+            }
+            records += r;
+            chars += c;
+            batches.last_mut().expect("one batch").push(s);
+        }
+        let total = batches.len();
         let mut n = 0;
-        for batch in sets.chunks(BATCH) {
+        for (k, batch) in batches.iter().filter(|b| !b.is_empty()).enumerate() {
             let changes: Vec<Change> = batch
                 .iter()
                 .map(|s| {
@@ -188,7 +219,11 @@ impl Route53 {
                 )
                 .map_err(|e| {
                     sdk_error(
-                        &format!("changing the records of {zone_id}"),
+                        &format!(
+                            "changing the records of {zone_id} (request {} of {total}; the {k} \
+                             before it were applied)",
+                            k + 1
+                        ),
                         aws_sdk_route53::error::DisplayErrorContext(&e),
                     )
                 })?;
@@ -238,6 +273,29 @@ pub fn record_json(s: &ResourceRecordSet) -> Value {
     }
     if let Some(v) = s.health_check_id() {
         m.insert("HealthCheckId".into(), v.into());
+    }
+    if let Some(g) = s.geo_location() {
+        m.insert(
+            "GeoLocation".into(),
+            json!({"ContinentCode": g.continent_code(), "CountryCode": g.country_code(),
+                   "SubdivisionCode": g.subdivision_code()}),
+        );
+    }
+    if let Some(g) = s.geo_proximity_location() {
+        m.insert(
+            "GeoProximityLocation".into(),
+            json!({"AWSRegion": g.aws_region(), "LocalZoneGroup": g.local_zone_group(), "Bias": g.bias(),
+                   "Coordinates": g.coordinates().map(|c| json!({"Latitude": c.latitude(), "Longitude": c.longitude()}))}),
+        );
+    }
+    if let Some(c) = s.cidr_routing_config() {
+        m.insert(
+            "CidrRoutingConfig".into(),
+            json!({"CollectionId": c.collection_id(), "LocationName": c.location_name()}),
+        );
+    }
+    if let Some(v) = s.traffic_policy_instance_id() {
+        m.insert("TrafficPolicyInstanceId".into(), v.into());
     }
     Value::Object(m)
 }
@@ -297,6 +355,48 @@ pub fn record_from_json(v: &Value) -> Result<ResourceRecordSet> {
     }
     if let Some(x) = s("HealthCheckId") {
         b = b.health_check_id(x);
+    }
+    let text = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    if let Some(g) = v.get("GeoLocation") {
+        b = b.geo_location(
+            GeoLocation::builder()
+                .set_continent_code(text(g, "ContinentCode"))
+                .set_country_code(text(g, "CountryCode"))
+                .set_subdivision_code(text(g, "SubdivisionCode"))
+                .build(),
+        );
+    }
+    if let Some(g) = v.get("GeoProximityLocation") {
+        let coordinates = match g.get("Coordinates").filter(|c| !c.is_null()) {
+            Some(c) => Some(
+                Coordinates::builder()
+                    .set_latitude(text(c, "Latitude"))
+                    .set_longitude(text(c, "Longitude"))
+                    .build()
+                    .map_err(|e| bad(&e.to_string()))?,
+            ),
+            None => None,
+        };
+        b = b.geo_proximity_location(
+            GeoProximityLocation::builder()
+                .set_aws_region(text(g, "AWSRegion"))
+                .set_local_zone_group(text(g, "LocalZoneGroup"))
+                .set_bias(g.get("Bias").and_then(Value::as_i64).map(|x| x as i32))
+                .set_coordinates(coordinates)
+                .build(),
+        );
+    }
+    if let Some(c) = v.get("CidrRoutingConfig") {
+        b = b.cidr_routing_config(
+            CidrRoutingConfig::builder()
+                .set_collection_id(text(c, "CollectionId"))
+                .set_location_name(text(c, "LocationName"))
+                .build()
+                .map_err(|e| bad(&e.to_string()))?,
+        );
+    }
+    if let Some(x) = s("TrafficPolicyInstanceId") {
+        b = b.traffic_policy_instance_id(x);
     }
     b.build().map_err(|e| bad(&e.to_string()))
 }

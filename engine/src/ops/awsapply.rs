@@ -27,14 +27,15 @@ pub struct ZonePlan {
 
 /// (name, type, set identifier): what identifies a record set in a zone.
 fn key(v: &Value) -> (String, String, String) {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_lowercase();
-    (s("Name"), s("Type"), s("SetIdentifier"))
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    // Names are case-insensitive; set identifiers are not.
+    (s("Name").to_lowercase(), s("Type"), s("SetIdentifier"))
 }
 
 /// Route53's own records of the zone: its SOA and the NS at its apex.
 fn managed(v: &Value, zone_name: &str) -> bool {
     let (name, ty, _) = key(v);
-    (ty == "soa" || ty == "ns")
+    (ty == "SOA" || ty == "NS")
         && name.trim_end_matches('.') == zone_name.to_lowercase().trim_end_matches('.')
 }
 

@@ -75,63 +75,95 @@ pub(super) fn backup_ebs(ctx: &Ctx, src: &EbsSource, parent_tree: Option<BlobId>
     let repo = &ctx.repo;
     let prev = parent_tree.and_then(|t| previous(repo, t, &src.volume));
     let ebs = &src.client;
-    let listed = ebs.list_blocks(&src.snapshot)?;
-    let n_blocks = listed.block_count() as usize;
-    if n_blocks == 0 {
-        return Err(Error::Other(format!(
-            "EBS snapshot {}: the service reports a volume of 0 GiB",
-            src.snapshot
-        )));
-    }
     // Pieces per block: one, unless the repository's chunks are smaller than a block.
     let max = ctx.repo.chunker().params().max_size.max(1) as usize;
     let per = BLOCK_SIZE.div_ceil(max).next_power_of_two();
     let piece = BLOCK_SIZE / per;
+    let zeros = vec![0u8; piece];
+    let zero_id = ctx.w.saver.save(BlobKind::Data, &zeros)?.0;
+    let blocks_of = |gib: u64| -> Result<usize> {
+        // EBS volumes are 1 GiB to 64 TiB.
+        if !(1..=65_536).contains(&gib) {
+            return Err(Error::Other(format!(
+                "EBS snapshot {}: the service reports a volume of {gib} GiB (1 GiB to 64 TiB \
+                 expected): not read",
+                src.snapshot
+            )));
+        }
+        Ok((gib << 30) as usize / BLOCK_SIZE)
+    };
     // The parent: the one given, or the one the previous image was read from. Its image is
-    // used only when it is that parent's and of the same size.
+    // used when it is that parent's, of the same size, and every blob of it is still live.
+    if let (Some(given), Some((meta, _))) = (&src.parent, &prev) {
+        if &meta.snapshot_id != given {
+            ctx.warn(
+                Path::new(&src.snapshot),
+                format!(
+                    "--ebs-parent-snapshot {given}: the previous backup of {} read {}, not \
+                     {given}: every block is read",
+                    src.volume, meta.snapshot_id
+                ),
+            );
+        }
+    }
     let parent_id = src
         .parent
         .clone()
         .or_else(|| prev.as_ref().map(|p| p.0.snapshot_id.clone()));
-    let base = match (&parent_id, &prev) {
-        (Some(pid), Some((meta, chunks)))
-            if &meta.snapshot_id == pid
-                && chunks.len() == n_blocks * per
-                && pid != &src.snapshot =>
-        {
-            Some((pid.clone(), chunks.clone()))
-        }
-        _ => None,
-    };
-    let zeros = vec![0u8; piece];
-    let zero_id = ctx.w.saver.save(BlobKind::Data, &zeros)?.0;
-    // Start from the parent's image (or zeros), then fetch what differs.
-    let (mut ids, fetch, parent_used): (Vec<BlobId>, Vec<(u32, String)>, Option<String>) =
-        match base {
-            Some((pid, chunks)) => match ebs.changed_blocks(&pid, &src.snapshot) {
-                Ok((_, changed)) => {
-                    let mut ids = chunks;
-                    let mut fetch = Vec::new();
-                    for (i, token) in changed {
-                        let at = i as usize * per;
-                        match (token, ids.get_mut(at..at + per)) {
-                            (Some(t), Some(_)) => fetch.push((i, t)),
-                            (None, Some(slots)) => slots.fill(zero_id),
-                            (_, None) => {}
-                        }
+    let mut incremental = None;
+    if let (Some(pid), Some((meta, chunks))) = (parent_id, prev) {
+        if meta.snapshot_id == pid && pid != src.snapshot {
+            match ebs.changed_blocks(&pid, &src.snapshot) {
+                Ok((gib, changed)) => {
+                    let n = blocks_of(gib)?;
+                    let mut unique = chunks.clone();
+                    unique.sort();
+                    unique.dedup();
+                    if chunks.len() == n * per && ctx.w.saver.reuse(&unique) {
+                        incremental = Some((pid, gib, chunks, changed));
+                    } else {
+                        ctx.warn(
+                            Path::new(&src.snapshot),
+                            format!(
+                                "the image of {pid} is not whole in the repository (another \
+                                 size, or blobs no longer stored): every block is read"
+                            ),
+                        );
                     }
-                    (ids, fetch, Some(pid))
                 }
-                Err(e) => {
-                    ctx.warn(
-                        Path::new(&src.snapshot),
-                        format!("cannot compare with {pid} ({e}): every block is read"),
-                    );
-                    full(&listed, n_blocks, per, zero_id)
+                Err(e) => ctx.warn(
+                    Path::new(&src.snapshot),
+                    format!("cannot compare with {pid} ({e}): every block is read"),
+                ),
+            }
+        }
+    }
+    // Start from the parent's image (or zeros), then fetch what differs.
+    let (volume_gib, mut ids, fetch, parent_used) = match incremental {
+        Some((pid, gib, mut ids, changed)) => {
+            let mut fetch = Vec::new();
+            for (i, token) in changed {
+                let at = i as usize * per;
+                match (token, ids.get_mut(at..at + per)) {
+                    (Some(t), Some(_)) => fetch.push((i, t)),
+                    (None, Some(slots)) => slots.fill(zero_id),
+                    (_, None) => {}
                 }
-            },
-            None => full(&listed, n_blocks, per, zero_id),
-        };
+            }
+            (gib, ids, fetch, Some(pid))
+        }
+        None => {
+            let listed = ebs.list_blocks(&src.snapshot)?;
+            let n = blocks_of(listed.volume_gib)?;
+            let fetch: Vec<(u32, String)> = listed
+                .blocks
+                .into_iter()
+                .filter(|(i, _)| (*i as usize) < n)
+                .collect();
+            (listed.volume_gib, vec![zero_id; n * per], fetch, None)
+        }
+    };
+    let n_blocks = ids.len() / per;
     let image_bytes = (n_blocks * BLOCK_SIZE) as u64;
     ctx.progress.final_total(1, image_bytes);
     ctx.progress
@@ -167,7 +199,7 @@ pub(super) fn backup_ebs(ctx: &Ctx, src: &EbsSource, parent_tree: Option<BlobId>
     let meta = EbsImage {
         snapshot_id: src.snapshot.clone(),
         volume: src.volume.clone(),
-        volume_size_gib: listed.volume_gib,
+        volume_size_gib: volume_gib,
         block_size: BLOCK_SIZE as u64,
         parent_snapshot_id: parent_used.clone(),
         blocks_fetched: fetch.len() as u64,
@@ -226,20 +258,4 @@ pub(super) fn backup_ebs(ctx: &Ctx, src: &EbsSource, parent_tree: Option<BlobId>
         subtree: Some(subtree),
         ..Node::default()
     })
-}
-
-/// Every written block fetched; the rest zeros.
-fn full(
-    listed: &crate::ebs::SnapshotBlocks,
-    n_blocks: usize,
-    per: usize,
-    zero_id: BlobId,
-) -> (Vec<BlobId>, Vec<(u32, String)>, Option<String>) {
-    let fetch: Vec<(u32, String)> = listed
-        .blocks
-        .iter()
-        .filter(|(i, _)| (*i as usize) < n_blocks)
-        .cloned()
-        .collect();
-    (vec![zero_id; n_blocks * per], fetch, None)
 }
