@@ -40,6 +40,20 @@ fn strings(v: &[String]) -> Value {
     v.into()
 }
 
+/// Attributes or tags as one sorted JSON object (a missing value is "").
+fn key_values<'a>(
+    pairs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> serde_json::Map<String, Value> {
+    pairs
+        .map(|(k, v)| {
+            (
+                k.unwrap_or_default().to_string(),
+                v.unwrap_or_default().into(),
+            )
+        })
+        .collect()
+}
+
 /// A file name for a resource name (letters, digits, `.-_` kept; the rest escaped).
 fn file(name: &str) -> String {
     name.chars()
@@ -207,18 +221,12 @@ impl Elb {
                     .send()
                     .await
                     .map_err(v2_error(format!("tags of {arn}")))?;
-                Ok::<Value, Error>(Value::Object(
+                Ok::<Value, Error>(Value::Object(key_values(
                     t.tag_descriptions()
                         .iter()
                         .flat_map(|d| d.tags())
-                        .map(|t| {
-                            (
-                                t.key().unwrap_or_default().to_string(),
-                                t.value().unwrap_or_default().into(),
-                            )
-                        })
-                        .collect(),
-                ))
+                        .map(|t| (t.key(), t.value())),
+                )))
             };
             let action = |a: &elbv2::types::Action| {
                 json!({"Type": a.r#type().map(|t| t.as_str()), "Order": a.order(),
@@ -274,11 +282,7 @@ impl Elb {
                     .send()
                     .await
                     .map_err(v2_error(format!("attributes of {name}")))?;
-                let attributes: serde_json::Map<String, Value> = attrs
-                    .attributes()
-                    .iter()
-                    .map(|a| (a.key().unwrap_or_default().to_string(), a.value().unwrap_or_default().into()))
-                    .collect();
+                let attributes = key_values(attrs.attributes().iter().map(|a| (a.key(), a.value())));
                 let mut azs: Vec<Value> = lb
                     .availability_zones()
                     .iter()
@@ -315,11 +319,8 @@ impl Elb {
                         .send()
                         .await
                         .map_err(v2_error(format!("attributes of {name}")))?;
-                    let attributes: serde_json::Map<String, Value> = attrs
-                        .attributes()
-                        .iter()
-                        .map(|a| (a.key().unwrap_or_default().to_string(), a.value().unwrap_or_default().into()))
-                        .collect();
+                    let attributes =
+                        key_values(attrs.attributes().iter().map(|a| (a.key(), a.value())));
                     out.push((
                         "target-groups",
                         file(&name),
