@@ -195,7 +195,8 @@ pub enum Command {
     Lock(LockCommand),
     /// Copy snapshots to another repository, uploading only the data it lacks
     Copy(CopyArgs),
-    /// Bring AWS configuration back to what a snapshot holds (a plan first; --dry-run)
+    /// Bring AWS configuration back to what a snapshot holds (a plan first: route53 --dry-run,
+    /// elb without --apply)
     #[command(subcommand, name = "aws-apply")]
     AwsApply(AwsApplyCommand),
     /// Manage the passwords (key files) that open the repository
@@ -508,6 +509,28 @@ pub enum AwsApplyCommand {
     /// UPSERT a hosted zone's record sets to those of a snapshot (records the snapshot does
     /// not hold, and the zone's SOA and apex NS, are left as they are)
     Route53(Route53ApplyArgs),
+    /// Re-create classic ELBs and ALB/NLB/GWLB (target groups, load balancers, listeners,
+    /// rules) from a snapshot's documents, here or in another region: prints the plan, and
+    /// creates what is missing only with --apply
+    Elb(ElbApplyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ElbApplyArgs {
+    /// The snapshot and its region's folder (default: latest, the one region it holds;
+    /// else latest:/aws/elbv2/REGION)
+    #[arg(long, value_name = "SNAPSHOT[:PATH]", default_value = "latest")]
+    pub from: std::ffi::OsString,
+    /// The region to create them in (default: the AWS configuration's)
+    #[arg(long, value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// A JSON object {"OLD_ID": "NEW_ID", ...} giving the target region's subnets, security
+    /// groups, VPCs, certificates (and zones of classic ELBs); required in another region
+    #[arg(long, value_name = "FILE")]
+    pub map: Option<std::path::PathBuf>,
+    /// Create what the plan shows is missing (without it, nothing changes)
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Args, Debug)]

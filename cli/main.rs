@@ -2,6 +2,7 @@
 //! and results, and maps errors to exit codes. All logic lives in `chunkbak-engine`.
 
 mod args;
+mod aws;
 mod cold;
 mod config;
 mod inspect;
@@ -402,7 +403,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<i32> {
         Command::Lifecycle(c) => cmd_lifecycle(g, out, c),
         Command::Lock(c) => maint::cmd_lock(g, out, c),
         Command::Copy(a) => repos::cmd_copy(g, out, a),
-        Command::AwsApply(c) => cmd_aws_apply(g, out, c),
+        Command::AwsApply(c) => aws::cmd_aws_apply(g, out, c),
         Command::Key(c) => repos::cmd_key(g, out, c),
         Command::Benchmark(a) => cmd_benchmark(g, out, a),
         Command::Cat(a) => cmd_cat(g, out, a),
@@ -1806,171 +1807,6 @@ fn cmd_ls(g: &Global, out: &Out, a: &args::LsArgs) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-/// `restore SNAPSHOT:PATH --to-ebs-snapshot`: the image file written as a new EBS snapshot.
-#[cfg(feature = "aws-sources")]
-fn restore_to_ebs(
-    out: &Out,
-    repo: &Repository,
-    id: &Id,
-    s: &Snapshot,
-    sub: &[u8],
-    region: Option<&str>,
-) -> anyhow::Result<i32> {
-    use chunkbak_engine::ebs::{Ebs, EbsConfig};
-    if sub.is_empty() {
-        usage!("--to-ebs-snapshot writes one image file: give it as SNAPSHOT:PATH, e.g. latest:/ebs/vol-1/snap-1.img");
-    }
-    let ebs = Ebs::new(&EbsConfig {
-        region: region.map(str::to_string),
-        ..Default::default()
-    })?;
-    let description = format!(
-        "chunkbak restore of {}:{} ({} of {})",
-        id.short(),
-        String::from_utf8_lossy(sub),
-        local_time(s),
-        s.host
-    );
-    let w = chunkbak_engine::ops::ebs::write_image(repo, s.tree, sub, &ebs, &description)?;
-    let (_, _, put, other, _, bytes) = ebs.counts.snapshot();
-    if out.json {
-        out.json_line(
-            "ebs_snapshot",
-            json!({"snapshot_id": w.snapshot_id, "volume_size_gib": w.volume_gib,
-                   "blocks_written": w.blocks_written, "blocks_total": w.blocks_total,
-                   "status": w.status, "requests": {"PutSnapshotBlock": put, "other": other},
-                   "bytes_written": bytes}),
-        );
-    } else {
-        out.line(format!(
-            "EBS snapshot {} ({} GiB, {}): {} of {} blocks written ({}), {} PutSnapshotBlock requests",
-            w.snapshot_id,
-            w.volume_gib,
-            w.status,
-            w.blocks_written,
-            w.blocks_total,
-            human_bytes(bytes),
-            put
-        ));
-    }
-    output::set_summary(format!(
-        "{}:{} written as EBS snapshot {} ({} blocks)",
-        id.short(),
-        String::from_utf8_lossy(sub),
-        w.snapshot_id,
-        w.blocks_written
-    ));
-    Ok(exit::OK)
-}
-
-#[cfg(not(feature = "aws-sources"))]
-fn restore_to_ebs(
-    _: &Out,
-    _: &Repository,
-    _: &Id,
-    _: &Snapshot,
-    _: &[u8],
-    _: Option<&str>,
-) -> anyhow::Result<i32> {
-    usage!("this chunkbak was built without the aws-sources feature: no EBS snapshots")
-}
-
-/// `aws-apply route53`: a zone's record sets back to a snapshot's, after a plan.
-#[cfg(feature = "aws-sources")]
-fn cmd_aws_apply(g: &Global, out: &Out, c: &args::AwsApplyCommand) -> anyhow::Result<i32> {
-    use chunkbak_engine::ops::awsapply;
-    let args::AwsApplyCommand::Route53(a) = c;
-    let repo = open_repo(g, out)?;
-    repo.load_index()?;
-    // `latest` means the newest snapshot holding the zone (not a file backup of this host).
-    let zone_dir = format!("/aws/route53/{}", a.zone);
-    let (id, s, sub) = choose_for(
-        &repo,
-        Some(a.from.as_os_str()),
-        None,
-        &FilterArgs::default(),
-        out,
-        Some(zone_dir.as_bytes()),
-    )?;
-    let dir = if sub.is_empty() {
-        format!("/aws/route53/{}", a.zone).into_bytes()
-    } else {
-        sub
-    };
-    let r53 = chunkbak_engine::route53::Route53::new(&chunkbak_engine::aws::AwsConfig {
-        region: a.aws_region.clone(),
-        ..Default::default()
-    })?;
-    let plan = awsapply::plan_route53(&repo, s.tree, &dir, &r53, &a.zone)?;
-    let name = |v: &Value| {
-        let mut n = format!(
-            "{} {}",
-            v["Name"].as_str().unwrap_or_default(),
-            v["Type"].as_str().unwrap_or_default()
-        );
-        if let Some(i) = v["SetIdentifier"].as_str() {
-            n.push_str(&format!(" ({i})"));
-        }
-        n
-    };
-    if out.json {
-        out.json_line(
-            "aws_apply_plan",
-            json!({"zone": plan.zone_id, "snapshot": id.to_hex(),
-                   "upserts": plan.upserts.iter().map(|(v, cur)| json!({"record": v, "now": cur})).collect::<Vec<_>>(),
-                   "unchanged": plan.unchanged, "extra": plan.extra, "dry_run": a.dry_run}),
-        );
-    } else {
-        for (v, cur) in &plan.upserts {
-            out.line(format!(
-                "{} {}",
-                if cur.is_some() { "update" } else { "create" },
-                name(v)
-            ));
-        }
-        for v in &plan.extra {
-            out.line(format!("keep   {} (not in the snapshot)", name(v)));
-        }
-        out.line(format!(
-            "plan for zone {}: {} record sets to upsert, {} unchanged, {} not in the snapshot (kept)",
-            plan.zone_id,
-            plan.upserts.len(),
-            plan.unchanged,
-            plan.extra.len()
-        ));
-    }
-    if a.dry_run {
-        out.line("dry run: nothing changed");
-        return Ok(exit::OK);
-    }
-    let comment = format!("chunkbak aws-apply from snapshot {}", id.short());
-    let requests = awsapply::apply_route53(&plan, &r53, &comment)?;
-    if out.json {
-        out.json_line(
-            "aws_apply",
-            json!({"zone": plan.zone_id, "upserted": plan.upserts.len(), "requests": requests}),
-        );
-    } else {
-        out.line(format!(
-            "zone {}: {} record sets upserted in {requests} ChangeResourceRecordSets requests",
-            plan.zone_id,
-            plan.upserts.len()
-        ));
-    }
-    output::set_summary(format!(
-        "zone {}: {} record sets upserted from snapshot {}",
-        plan.zone_id,
-        plan.upserts.len(),
-        id.short()
-    ));
-    Ok(exit::OK)
-}
-
-#[cfg(not(feature = "aws-sources"))]
-fn cmd_aws_apply(_: &Global, _: &Out, _: &args::AwsApplyCommand) -> anyhow::Result<i32> {
-    usage!("this chunkbak was built without the aws-sources feature")
-}
-
 /// Snapshot paths given on the command line, as the engine takes them.
 fn path_bytes(paths: &[std::ffi::OsString]) -> Vec<Vec<u8>> {
     paths.iter().map(|p| p.as_bytes().to_vec()).collect()
@@ -1987,7 +1823,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         out,
     )?;
     if a.to_ebs_snapshot {
-        return restore_to_ebs(out, &repo, &id, &s, &sub, a.aws_region.as_deref());
+        return aws::restore_to_ebs(out, &repo, &id, &s, &sub, a.aws_region.as_deref());
     }
     let Some(target) = a.target.clone() else {
         usage!("give the directory to restore into with --target DIR");

@@ -683,12 +683,16 @@ fn rds_recipe_dumps_into_a_dr_region_repository() {
 /// An EC2 query API call to moto without an EC2 client (moto routes by the credential scope
 /// and does not check signatures); the response body.
 fn moto_ec2(endpoint: &str, body: &str) -> String {
+    moto_ec2_in(endpoint, "us-east-1", body)
+}
+
+fn moto_ec2_in(endpoint: &str, region: &str, body: &str) -> String {
     use std::io::Read;
     let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(hostport).unwrap();
     let req = format!(
         "POST / HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=test/20261206/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=test/20261206/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
          X-Amz-Date: 20261206T000000Z\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -879,4 +883,455 @@ fn load_balancers_back_up_as_documents() {
         d[0].starts_with('M') && d[0].contains(&format!("{tag}-tg.json ")),
         "{d:?}"
     );
+}
+
+fn elb_in(endpoint: &str, region: &str) -> chunkbak_engine::elb::Elb {
+    chunkbak_engine::elb::Elb::new(&chunkbak_engine::aws::AwsConfig {
+        region: Some(region.into()),
+        endpoint: Some(endpoint.into()),
+        static_credentials: Some(("test".into(), "test".into())),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Deletes every load balancer and target group of `elb`'s region.
+fn clear_load_balancers(elb: &chunkbak_engine::elb::Elb) {
+    let (v2, classic) = (elb.v2_client(), elb.classic_client());
+    let lbs = elb.block_on(v2.describe_load_balancers().send()).unwrap();
+    for l in lbs.load_balancers() {
+        elb.block_on(
+            v2.delete_load_balancer()
+                .load_balancer_arn(l.load_balancer_arn().unwrap())
+                .send(),
+        )
+        .unwrap();
+    }
+    let tgs = elb.block_on(v2.describe_target_groups().send()).unwrap();
+    for t in tgs.target_groups() {
+        elb.block_on(
+            v2.delete_target_group()
+                .target_group_arn(t.target_group_arn().unwrap())
+                .send(),
+        )
+        .unwrap();
+    }
+    let cl = elb
+        .block_on(classic.describe_load_balancers().send())
+        .unwrap();
+    for l in cl.load_balancer_descriptions() {
+        elb.block_on(
+            classic
+                .delete_load_balancer()
+                .load_balancer_name(l.load_balancer_name().unwrap())
+                .send(),
+        )
+        .unwrap();
+    }
+}
+
+/// A document as it should read in any region: ids mapped by `map`, target group ARNs by
+/// their names, and what a region gives a new resource (ARNs, DNS names, zone names) left out.
+fn comparable(
+    v: &serde_json::Value,
+    map: &serde_json::Value,
+    tg_names: &std::collections::BTreeMap<String, String>,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if let Some(n) = tg_names.get(s) {
+                Value::String(format!("tg:{n}"))
+            } else {
+                map.get(s).cloned().unwrap_or_else(|| v.clone())
+            }
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| comparable(x, map, tg_names)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "LoadBalancerArn"
+                            | "TargetGroupArn"
+                            | "DNSName"
+                            | "CanonicalHostedZoneId"
+                            | "ZoneName"
+                            | "AvailabilityZones"
+                    ) || (k.as_str() == "AvailabilityZones" && !o.contains_key("Subnets"))
+                })
+                .map(|(k, x)| (k.clone(), comparable(x, map, tg_names)))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// Load balancers of one region re-created in another from a snapshot: the plan lists the ids
+/// that need a mapping and the apply refuses without one; a dry run changes nothing; the
+/// apply creates target groups, load balancers, listeners and rules whose documents, backed up
+/// in the new region, read as the originals (ids mapped); a second apply creates nothing.
+#[test]
+fn load_balancers_recreated_in_another_region() {
+    use chunkbak_engine::elb::sdk_v2::types::*;
+    let endpoint = s3_server("moto");
+    let (from, to) = ("eu-west-1", "eu-central-1");
+    let elb = elb_in(&endpoint, from);
+    let subnets_of = |region: &str| {
+        let xml = moto_ec2_in(
+            &endpoint,
+            region,
+            "Action=DescribeSubnets&Version=2016-11-15",
+        );
+        let mut s: Vec<(String, String)> = xml_values(&xml, "availabilityZone")
+            .into_iter()
+            .zip(xml_values(&xml, "subnetId"))
+            .collect();
+        s.sort();
+        (s, xml_values(&xml, "vpcId")[0].clone())
+    };
+    let default_group = |region: &str| {
+        let xml = moto_ec2_in(
+            &endpoint,
+            region,
+            "Action=DescribeSecurityGroups&GroupName.1=default&Version=2016-11-15",
+        );
+        xml_values(&xml, "groupId")[0].clone()
+    };
+    // The test owns both regions: what an earlier run left there goes.
+    for region in [from, to] {
+        clear_load_balancers(&elb_in(&endpoint, region));
+    }
+    let (src_subnets, src_vpc) = subnets_of(from);
+    let (dst_subnets, dst_vpc) = subnets_of(to);
+    assert!(src_subnets.len() >= 2 && dst_subnets.len() >= 2);
+    let v2 = elb.v2_client();
+    let tg = |name: &str, protocol: ProtocolEnum, port: i32| {
+        let r = elb
+            .block_on(
+                v2.create_target_group()
+                    .name(name)
+                    .protocol(protocol)
+                    .port(port)
+                    .vpc_id(&src_vpc)
+                    .health_check_path("/ready")
+                    .tags(Tag::builder().key("team").value("web").build())
+                    .send(),
+            )
+            .unwrap();
+        r.target_groups()[0].target_group_arn().unwrap().to_string()
+    };
+    let web = tg("dr-web", ProtocolEnum::Http, 8080);
+    let api = tg("dr-api", ProtocolEnum::Http, 9000);
+    let tcp = tg("dr-tcp", ProtocolEnum::Tcp, 5432);
+    elb.block_on(
+        v2.modify_target_group_attributes()
+            .target_group_arn(&web)
+            .attributes(
+                TargetGroupAttribute::builder()
+                    .key("deregistration_delay.timeout_seconds")
+                    .value("30")
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let lb = |name: &str, ty: LoadBalancerTypeEnum| {
+        let r = elb
+            .block_on(
+                v2.create_load_balancer()
+                    .name(name)
+                    .subnets(&src_subnets[0].1)
+                    .subnets(&src_subnets[1].1)
+                    .r#type(ty)
+                    .tags(Tag::builder().key("env").value("prod").build())
+                    .send(),
+            )
+            .unwrap();
+        r.load_balancers()[0]
+            .load_balancer_arn()
+            .unwrap()
+            .to_string()
+    };
+    let alb = lb("dr-alb", LoadBalancerTypeEnum::Application);
+    let nlb = lb("dr-nlb", LoadBalancerTypeEnum::Network);
+    elb.block_on(
+        v2.modify_load_balancer_attributes()
+            .load_balancer_arn(&alb)
+            .attributes(
+                LoadBalancerAttribute::builder()
+                    .key("idle_timeout.timeout_seconds")
+                    .value("120")
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let forward = |arn: &str| {
+        Action::builder()
+            .r#type(ActionTypeEnum::Forward)
+            .target_group_arn(arn)
+            .build()
+    };
+    let listener = |lb: &str, port: i32, protocol: ProtocolEnum, action: Action| {
+        let r = elb
+            .block_on(
+                v2.create_listener()
+                    .load_balancer_arn(lb)
+                    .port(port)
+                    .protocol(protocol)
+                    .default_actions(action)
+                    .send(),
+            )
+            .unwrap();
+        r.listeners()[0].listener_arn().unwrap().to_string()
+    };
+    let http = listener(&alb, 80, ProtocolEnum::Http, forward(&web));
+    listener(
+        &alb,
+        8081,
+        ProtocolEnum::Http,
+        Action::builder()
+            .r#type(ActionTypeEnum::Redirect)
+            .redirect_config(
+                RedirectActionConfig::builder()
+                    .protocol("HTTPS")
+                    .port("443")
+                    .status_code(RedirectActionStatusCodeEnum::Http301)
+                    .build(),
+            )
+            .build(),
+    );
+    listener(&nlb, 5432, ProtocolEnum::Tcp, forward(&tcp));
+    let rule = |prio: i32, cond: RuleCondition, action: Action| {
+        elb.block_on(
+            v2.create_rule()
+                .listener_arn(&http)
+                .priority(prio)
+                .conditions(cond)
+                .actions(action)
+                .send(),
+        )
+        .unwrap();
+    };
+    rule(
+        10,
+        RuleCondition::builder()
+            .field("path-pattern")
+            .values("/api/*")
+            .build(),
+        forward(&api),
+    );
+    rule(
+        20,
+        RuleCondition::builder()
+            .field("host-header")
+            .values("status.example.com")
+            .build(),
+        Action::builder()
+            .r#type(ActionTypeEnum::FixedResponse)
+            .fixed_response_config(
+                FixedResponseActionConfig::builder()
+                    .status_code("503")
+                    .content_type("text/plain")
+                    .message_body("down for maintenance")
+                    .build(),
+            )
+            .build(),
+    );
+    let classic = elb.classic_client();
+    elb.block_on(
+        classic
+            .create_load_balancer()
+            .load_balancer_name("dr-classic")
+            .listeners(
+                chunkbak_engine::elb::sdk_classic::types::Listener::builder()
+                    .protocol("HTTP")
+                    .load_balancer_port(80)
+                    .instance_protocol("HTTP")
+                    .instance_port(8080)
+                    .build()
+                    .unwrap(),
+            )
+            .subnets(&src_subnets[0].1)
+            .send(),
+    )
+    .unwrap();
+    elb.block_on(
+        classic
+            .configure_health_check()
+            .load_balancer_name("dr-classic")
+            .health_check(
+                chunkbak_engine::elb::sdk_classic::types::HealthCheck::builder()
+                    .target("HTTP:8080/ping")
+                    .interval(15)
+                    .timeout(5)
+                    .unhealthy_threshold(3)
+                    .healthy_threshold(2)
+                    .build()
+                    .unwrap(),
+            )
+            .send(),
+    )
+    .unwrap();
+
+    let e = Env::new();
+    e.init_small();
+    let backup = |region: &str| {
+        let r = run_ebs(
+            &e,
+            &endpoint,
+            &e.repo,
+            &[
+                "--json",
+                "backup",
+                "--aws-config",
+                "elb,elbv2",
+                "--aws-region",
+                region,
+            ],
+        );
+        r.json("summary")[0]["snapshot_id"].as_str().unwrap()[..8].to_string()
+    };
+    let s1 = backup(from);
+    let doc = |snap: &str, path: String| -> serde_json::Value {
+        let d = run_ebs(&e, &endpoint, &e.repo, &["dump", &format!("{snap}:{path}")]);
+        serde_json::from_slice(&d.stdout).unwrap()
+    };
+    let apply = |args: &[&str]| {
+        let mut c = e.cmd();
+        with_ebs(&mut c, &endpoint);
+        c.env("CHUNKBAK_REPOSITORY", &e.repo)
+            .args(["aws-apply", "elb", "--from", &s1, "--aws-region", to])
+            .args(args);
+        e.run_cmd(c)
+    };
+
+    // Without a mapping: the plan names every id of the source region, and nothing is made.
+    let r = apply(&["--apply"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.out(), r.stderr);
+    for (_, id) in &src_subnets[..2] {
+        assert!(r.out().contains(&format!("unmapped {id} (")), "{}", r.out());
+    }
+    assert!(
+        r.out()
+            .contains(&format!("unmapped {src_vpc} (VPC of target group")),
+        "{}",
+        r.out()
+    );
+    assert!(
+        r.stderr.contains("have no mapping for region eu-central-1"),
+        "{}",
+        r.stderr
+    );
+    let lbs_in = |region: &str| {
+        let e = elb_in(&endpoint, region);
+        e.block_on(e.v2_client().describe_load_balancers().send())
+            .unwrap()
+            .load_balancers()
+            .len()
+    };
+    assert_eq!(lbs_in(to), 0);
+
+    // A map of every id, written as an operator would.
+    let mut map = serde_json::Map::new();
+    map.insert(src_vpc.clone(), dst_vpc.clone().into());
+    // The group a classic ELB in a VPC gets when given none (default_elb_…).
+    let classic_doc = doc(&s1, format!("/aws/elb/{from}/dr-classic.json"));
+    let group = classic_doc["SecurityGroups"][0].as_str().unwrap();
+    map.insert(group.into(), default_group(to).into());
+    for ((_, a), (_, b)) in src_subnets.iter().zip(&dst_subnets) {
+        map.insert(a.clone(), b.clone().into());
+    }
+    let map_file = e.path("dr-map.json");
+    fs::write(&map_file, serde_json::to_vec(&map).unwrap()).unwrap();
+    let map_arg = map_file.to_str().unwrap();
+
+    let r = apply(&["--map", map_arg]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    let out = r.out();
+    for line in [
+        "create target group dr-web (HTTP:8080 instance targets)",
+        "create load balancer dr-alb (application",
+        "create listener dr-alb:80 (HTTP)",
+        "create listener dr-alb:8081 (HTTP)",
+        "create rule dr-alb:80 priority 10 (path-pattern /api/*)",
+        "create rule dr-alb:80 priority 20 (host-header status.example.com)",
+        "create listener dr-nlb:5432 (TCP)",
+        "create classic load balancer dr-classic (1 listener",
+        "plan for eu-central-1 from eu-west-1's documents",
+        "nothing changed: run again with --apply",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from\n{out}");
+    }
+    assert!(!out.contains("unmapped"), "{out}");
+    assert_eq!(lbs_in(to), 0, "a plan creates nothing");
+
+    let r = apply(&["--map", map_arg, "--apply", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    let done = &r.json("aws_apply")[0];
+    // 3 target groups, 2 load balancers, 3 listeners, 2 rules, 1 classic.
+    assert_eq!(done["created"], 11, "{done}");
+    assert!(
+        done["load_balancers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "dr-alb" && l["dns_name"].as_str().unwrap().contains(to)),
+        "{done}"
+    );
+
+    // The new region's documents read as the old ones, ids mapped.
+    let s2 = backup(to);
+    let tg_names = |snap: &str, region: &str| {
+        ["dr-web", "dr-api", "dr-tcp"]
+            .iter()
+            .map(|n| {
+                let d = doc(snap, format!("/aws/elbv2/{region}/target-groups/{n}.json"));
+                (
+                    d["TargetGroupArn"].as_str().unwrap().to_string(),
+                    n.to_string(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (old_tgs, new_tgs) = (tg_names(&s1, from), tg_names(&s2, to));
+    let none = serde_json::json!({});
+    let map = serde_json::Value::Object(map);
+    for path in [
+        "elbv2/REGION/target-groups/dr-web.json",
+        "elbv2/REGION/target-groups/dr-api.json",
+        "elbv2/REGION/target-groups/dr-tcp.json",
+        "elbv2/REGION/load-balancers/dr-alb.json",
+        "elbv2/REGION/load-balancers/dr-nlb.json",
+        "elb/REGION/dr-classic.json",
+    ] {
+        let old = doc(&s1, format!("/aws/{}", path.replace("REGION", from)));
+        let new = doc(&s2, format!("/aws/{}", path.replace("REGION", to)));
+        assert_eq!(
+            comparable(&old, &map, &old_tgs),
+            comparable(&new, &none, &new_tgs),
+            "{path}"
+        );
+    }
+    let a = doc(&s2, format!("/aws/elbv2/{to}/load-balancers/dr-alb.json"));
+    assert_eq!(
+        a["Attributes"]["idle_timeout.timeout_seconds"], "120",
+        "{a}"
+    );
+    assert_eq!(
+        a["Listeners"][0]["Rules"].as_array().unwrap().len(),
+        3,
+        "{a}"
+    );
+
+    // Everything is there: a second apply creates nothing.
+    let r = apply(&["--map", map_arg, "--apply", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    assert_eq!(r.json("aws_apply")[0]["created"], 0);
+    assert!(r.json("aws_apply_plan")[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["exists"] == true));
 }

@@ -1539,38 +1539,77 @@ fn route53_iam_policies_allow_exactly_what_the_client_calls() {
     assert_eq!(policy("route53-apply.json"), apply);
 }
 
-/// examples/iam/elb-read.json allows exactly the Elastic Load Balancing calls a backup makes
-/// (classic and v2 share the `elasticloadbalancing:` actions), read from the client's source.
-#[test]
-fn elb_iam_policy_allows_exactly_what_the_client_calls() {
-    let src = fs::read_to_string(repo_root().join("engine/src/elb.rs")).unwrap();
+/// The `elasticloadbalancing:` actions a source file calls (classic and v2 share them):
+/// every `.describe_x()`, `.create_x()`, `.modify_x()` and `.configure_x()` on the SDK
+/// clients, and AddTags where it creates with tags.
+fn elb_actions(file: &str) -> BTreeSet<String> {
+    let src = fs::read_to_string(repo_root().join(file)).unwrap();
     let mut needed = BTreeSet::new();
     for line in src.lines() {
-        if let Some(name) = line
+        // `.create_rule()` on its own line, or `c.create_rule()`.
+        let Some(name) = line
             .trim()
-            .strip_prefix(".describe_")
-            .and_then(|r| r.strip_suffix("()"))
+            .strip_suffix("()")
+            .and_then(|r| r.rsplit('.').next())
+        else {
+            continue;
+        };
+        if !["describe_", "create_", "modify_", "configure_"]
+            .iter()
+            .any(|p| name.starts_with(p))
         {
-            let camel: String = name
-                .split('_')
-                .map(|w| {
-                    let mut c = w.chars();
-                    c.next()
-                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                        .unwrap_or_default()
-                })
-                .collect();
-            needed.insert(format!("elasticloadbalancing:Describe{camel}"));
+            continue;
         }
+        let camel: String = name
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        needed.insert(format!("elasticloadbalancing:{camel}"));
     }
-    assert!(needed.len() >= 6, "{needed:?}");
-    let p = repo_root().join("examples/iam/elb-read.json");
+    if src.contains(".set_tags(") {
+        needed.insert("elasticloadbalancing:AddTags".into());
+    }
+    needed
+}
+
+/// Every action a policy of examples/iam allows, whatever its resources.
+fn policy_allows(name: &str) -> BTreeSet<String> {
+    let p = repo_root().join("examples/iam").join(name);
     let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-    let allowed: BTreeSet<String> = v["Statement"][0]["Action"]
+    v["Statement"]
         .as_array()
         .unwrap()
         .iter()
+        .flat_map(|st| st["Action"].as_array().unwrap().clone())
         .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(allowed, needed);
+        .collect()
+}
+
+/// examples/iam/elb-read.json allows exactly the Elastic Load Balancing calls a backup makes,
+/// and elb-apply.json exactly those `aws-apply elb` makes, read from the sources.
+#[test]
+fn elb_iam_policies_allow_exactly_what_the_client_calls() {
+    let read = elb_actions("engine/src/elb.rs");
+    assert!(read.len() >= 6, "{read:?}");
+    assert!(read.iter().all(|a| a.contains(":Describe")), "{read:?}");
+    assert_eq!(policy_allows("elb-read.json"), read);
+    let apply = &elb_actions("engine/src/ops/awsapply/elb/mod.rs")
+        | &elb_actions("engine/src/ops/awsapply/elb/create.rs");
+    for a in [
+        "CreateLoadBalancer",
+        "CreateRule",
+        "ConfigureHealthCheck",
+        "AddTags",
+    ] {
+        assert!(
+            apply.contains(&format!("elasticloadbalancing:{a}")),
+            "{apply:?}"
+        );
+    }
+    assert_eq!(policy_allows("elb-apply.json"), apply);
 }

@@ -54,6 +54,28 @@ fn key_values<'a>(
         .collect()
 }
 
+/// A classic load balancer's attributes as its document holds them.
+pub(crate) fn classic_attributes(a: &elb::types::LoadBalancerAttributes) -> Value {
+    json!({
+        "CrossZoneLoadBalancing": a.cross_zone_load_balancing().map(|x| x.enabled()),
+        "ConnectionDraining": a.connection_draining().map(|x| json!({"Enabled": x.enabled(), "Timeout": x.timeout()})),
+        "ConnectionSettings": a.connection_settings().map(|x| json!({"IdleTimeout": x.idle_timeout()})),
+        "AccessLog": a.access_log().map(|x| json!({"Enabled": x.enabled(), "S3BucketName": x.s3_bucket_name(),
+                                                     "EmitInterval": x.emit_interval(), "S3BucketPrefix": x.s3_bucket_prefix()})),
+    })
+}
+
+/// A rule condition: its field and values, and the settings of the fields whose values are
+/// not plain (http-header, query-string, http-request-method, source-ip).
+fn condition(c: &elbv2::types::RuleCondition) -> Value {
+    json!({"Field": c.field(), "Values": strings(c.values()),
+           "HttpHeader": c.http_header_config().map(|h| json!({"Name": h.http_header_name(), "Values": h.values()})),
+           "QueryString": c.query_string_config().map(|q| q.values().iter()
+                .map(|p| json!({"Key": p.key(), "Value": p.value()})).collect::<Vec<_>>()),
+           "HttpRequestMethod": c.http_request_method_config().map(|m| strings(m.values())),
+           "SourceIp": c.source_ip_config().map(|s| strings(s.values()))})
+}
+
 /// A file name for a resource name (letters, digits, `.-_` kept; the rest escaped).
 fn file(name: &str) -> String {
     name.chars()
@@ -149,15 +171,7 @@ impl Elb {
                     .await
                     .map_err(|e| sdk_error(&format!("attributes of {name}"), elb::error::DisplayErrorContext(&e)))?;
                 let a = attrs.load_balancer_attributes();
-                let attributes = a.map(|a| {
-                    json!({
-                        "CrossZoneLoadBalancing": a.cross_zone_load_balancing().map(|x| x.enabled()),
-                        "ConnectionDraining": a.connection_draining().map(|x| json!({"Enabled": x.enabled(), "Timeout": x.timeout()})),
-                        "ConnectionSettings": a.connection_settings().map(|x| json!({"IdleTimeout": x.idle_timeout()})),
-                        "AccessLog": a.access_log().map(|x| json!({"Enabled": x.enabled(), "S3BucketName": x.s3_bucket_name(),
-                                                                     "EmitInterval": x.emit_interval(), "S3BucketPrefix": x.s3_bucket_prefix()})),
-                    })
-                });
+                let attributes = a.map(classic_attributes);
                 let tags = c
                     .describe_tags()
                     .load_balancer_names(&name)
@@ -237,7 +251,9 @@ impl Elb {
                        "FixedResponse": a.fixed_response_config().map(|f| json!({"StatusCode": f.status_code(),
                             "ContentType": f.content_type(), "MessageBody": f.message_body()})),
                        "Forward": a.forward_config().map(|f| f.target_groups().iter().map(|t|
-                            json!({"TargetGroupArn": t.target_group_arn(), "Weight": t.weight()})).collect::<Vec<_>>())})
+                            json!({"TargetGroupArn": t.target_group_arn(), "Weight": t.weight()})).collect::<Vec<_>>()),
+                       "ForwardStickiness": a.forward_config().and_then(|f| f.target_group_stickiness_config())
+                            .map(|s| json!({"Enabled": s.enabled(), "DurationSeconds": s.duration_seconds()}))})
             };
             for lb in lbs {
                 let arn = lb.load_balancer_arn().unwrap_or_default().to_string();
@@ -262,8 +278,7 @@ impl Elb {
                         .iter()
                         .map(|r| {
                             json!({"Priority": r.priority(), "IsDefault": r.is_default(),
-                                   "Conditions": r.conditions().iter().map(|c| json!({"Field": c.field(),
-                                        "Values": strings(c.values())})).collect::<Vec<_>>(),
+                                   "Conditions": r.conditions().iter().map(condition).collect::<Vec<_>>(),
                                    "Actions": r.actions().iter().map(action).collect::<Vec<_>>()})
                         })
                         .collect();

@@ -3,6 +3,10 @@
 //! missing or differ, which are the same, and which the zone has that the snapshot does not
 //! (left as they are). The zone's own SOA and apex NS records are Route53's and never
 //! changed.
+//!
+//! `aws-apply elb` ([`elb`]): load balancers re-created from their documents.
+
+pub mod elb;
 
 use std::collections::BTreeMap;
 
@@ -39,6 +43,43 @@ fn managed(v: &Value, zone_name: &str) -> bool {
         && name.trim_end_matches('.') == zone_name.to_lowercase().trim_end_matches('.')
 }
 
+/// The JSON document at `path` of the snapshot tree `root`.
+pub(crate) fn read_json(repo: &Repository, root: BlobId, path: &[u8]) -> Result<Value> {
+    let mut b = Vec::new();
+    crate::ops::dump::dump_file(repo, root, path, &mut b)?;
+    serde_json::from_slice(&b).map_err(|e| {
+        Error::corrupt(
+            String::from_utf8_lossy(path),
+            format!("not a JSON document: {e}"),
+        )
+    })
+}
+
+/// The names in a folder of a snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Folder {
+    pub files: Vec<Vec<u8>>,
+    pub dirs: Vec<Vec<u8>>,
+}
+
+/// The names of the files and of the folders in folder `dir` of the snapshot tree `root`
+/// (both empty when there is no such folder).
+pub(crate) fn folder(repo: &Repository, root: BlobId, dir: &[u8]) -> Result<Folder> {
+    let Some(node) = crate::ops::ls::find(repo, root, dir)?.filter(|n| n.kind == NodeKind::Dir)
+    else {
+        return Ok(Default::default());
+    };
+    let mut f = Folder::default();
+    for n in repo.load_dir(&node.subtree.unwrap_or_default())? {
+        match n.kind {
+            NodeKind::File => f.files.push(n.name),
+            NodeKind::Dir => f.dirs.push(n.name),
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
 /// Plans bringing zone `zone_id` to the records under `dir` (a zone folder of the snapshot
 /// tree `root`, e.g. `/aws/route53/Z123`). The repository's index must be loaded.
 pub fn plan_route53(
@@ -56,16 +97,7 @@ pub fn plan_route53(
                 "{shown}: no such folder in the snapshot (a zone's folder is /aws/route53/ZONE_ID)"
             ))
         })?;
-    let read = |path: Vec<u8>| -> Result<Value> {
-        let mut b = Vec::new();
-        crate::ops::dump::dump_file(repo, root, &path, &mut b)?;
-        serde_json::from_slice(&b).map_err(|e| {
-            Error::corrupt(
-                String::from_utf8_lossy(&path),
-                format!("not a JSON document: {e}"),
-            )
-        })
-    };
+    let read = |path: Vec<u8>| read_json(repo, root, &path);
     let kids = repo.load_dir(&node.subtree.unwrap_or_default())?;
     let records = kids
         .iter()
