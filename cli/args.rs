@@ -847,6 +847,26 @@ pub struct RestoreArgs {
         help_heading = "AWS sources"
     )]
     pub aws_region: Option<String>,
+    /// Encrypt the EBS snapshot written with this KMS key (ARN, id or alias; EBS encryption)
+    #[arg(
+        long,
+        value_name = "KEY",
+        requires = "to_ebs_snapshot",
+        help_heading = "AWS sources"
+    )]
+    pub ebs_kms_key: Option<String>,
+    /// Encrypt the EBS snapshot written with the account's default EBS key
+    #[arg(long, requires = "to_ebs_snapshot", help_heading = "AWS sources")]
+    pub ebs_encrypted: bool,
+    /// A tag of the EBS snapshot written (repeatable)
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        requires = "to_ebs_snapshot",
+        value_parser = key_value,
+        help_heading = "AWS sources"
+    )]
+    pub ebs_tag: Vec<(String, String)>,
     /// Restore only this path of the snapshot and what is below it: an absolute path, or a
     /// pattern ('*.sql', '/srv/*/conf') (repeatable)
     #[arg(short = 'i', long = "include", value_name = "PATH")]
@@ -927,5 +947,13 @@ mod tests {
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+}
+
+/// KEY=VALUE (the value may hold '=' and be empty; the key may not).
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: give KEY=VALUE")),
     }
 }

@@ -20,9 +20,10 @@ pub(crate) fn restore_to_ebs(
     id: &Id,
     s: &Snapshot,
     sub: &[u8],
-    region: Option<&str>,
+    a: &args::RestoreArgs,
 ) -> anyhow::Result<i32> {
     use chunkbak_engine::ebs::{Ebs, EbsConfig};
+    let region = a.aws_region.as_deref();
     if sub.is_empty() {
         usage!("--to-ebs-snapshot writes one image file: give it as SNAPSHOT:PATH, e.g. latest:/ebs/vol-1/snap-1.img");
     }
@@ -37,7 +38,13 @@ pub(crate) fn restore_to_ebs(
         local_time(s),
         s.host
     );
-    let w = chunkbak_engine::ops::ebs::write_image(repo, s.tree, sub, &ebs, &description)?;
+    let new = chunkbak_engine::ebs::NewSnapshot {
+        description,
+        encrypted: a.ebs_encrypted,
+        kms_key_arn: a.ebs_kms_key.clone(),
+        tags: a.ebs_tag.clone(),
+    };
+    let w = chunkbak_engine::ops::ebs::write_image(repo, s.tree, sub, &ebs, &new)?;
     let (_, _, put, other, _, bytes) = ebs.counts.snapshot();
     if out.json {
         out.json_line(
@@ -76,7 +83,7 @@ pub(crate) fn restore_to_ebs(
     _: &Id,
     _: &Snapshot,
     _: &[u8],
-    _: Option<&str>,
+    _: &args::RestoreArgs,
 ) -> anyhow::Result<i32> {
     usage!("this chunkbak was built without the aws-sources feature: no EBS snapshots")
 }

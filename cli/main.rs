@@ -1823,7 +1823,7 @@ fn cmd_restore(g: &Global, out: &Out, a: &args::RestoreArgs) -> anyhow::Result<i
         out,
     )?;
     if a.to_ebs_snapshot {
-        return aws::restore_to_ebs(out, &repo, &id, &s, &sub, a.aws_region.as_deref());
+        return aws::restore_to_ebs(out, &repo, &id, &s, &sub, a);
     }
     let Some(target) = a.target.clone() else {
         usage!("give the directory to restore into with --target DIR");

@@ -205,11 +205,30 @@ fn ebs_snapshots_by_changed_blocks_and_back() {
         &e,
         &endpoint,
         &repo,
-        &["--json", "restore", &img_b, "--to-ebs-snapshot"],
+        &[
+            "--json",
+            "restore",
+            &img_b,
+            "--to-ebs-snapshot",
+            "--ebs-tag",
+            "team=dr",
+            "--ebs-kms-key",
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ],
     );
     let w = &r.json("ebs_snapshot")[0];
     assert_eq!(w["blocks_written"], written.len() as u64, "{w}");
     let snap_c = w["snapshot_id"].as_str().unwrap().to_string();
+    // The tag asked for is on the snapshot (moto keeps tags; it ignores KmsKeyArn, whose
+    // request engine/tests/ebs_stub.rs checks).
+    let xml = moto_ec2(
+        &endpoint,
+        &format!("Action=DescribeSnapshots&SnapshotId.1={snap_c}&Version=2016-11-15"),
+    );
+    assert!(
+        xml.contains("<key>team</key>") && xml.contains("<value>dr</value>"),
+        "{xml}"
+    );
     let r = run_ebs(
         &e,
         &endpoint,

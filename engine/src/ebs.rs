@@ -30,6 +30,16 @@ const PAGE: i32 = 10_000;
 /// How to reach the EBS direct APIs (`AWS_ENDPOINT_URL_EBS` for an endpoint of their own).
 pub use crate::aws::AwsConfig as EbsConfig;
 
+/// What a snapshot written through StartSnapshot is made with.
+#[derive(Clone, Debug, Default)]
+pub struct NewSnapshot {
+    pub description: String,
+    /// Encrypted with the account's default EBS key (or with `kms_key_arn`, which implies it).
+    pub encrypted: bool,
+    pub kms_key_arn: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
 /// Requests sent and bytes moved, for the run's summary.
 #[derive(Debug, Default)]
 pub struct EbsCounts {
@@ -262,14 +272,22 @@ impl Ebs {
     }
 
     /// Starts a snapshot of a `volume_gib` GiB volume; its id.
-    pub fn start_snapshot(&self, volume_gib: u64, description: &str) -> Result<String> {
+    pub fn start_snapshot(&self, volume_gib: u64, new: &NewSnapshot) -> Result<String> {
         self.counts.other.fetch_add(1, Ordering::Relaxed);
+        let tags: Vec<aws_sdk_ebs::types::Tag> = new
+            .tags
+            .iter()
+            .map(|(k, v)| aws_sdk_ebs::types::Tag::builder().key(k).value(v).build())
+            .collect();
         self.rt.block_on(async {
             let r = self
                 .client
                 .start_snapshot()
                 .volume_size(volume_gib as i64)
-                .description(description)
+                .description(&new.description)
+                .set_encrypted((new.encrypted || new.kms_key_arn.is_some()).then_some(true))
+                .set_kms_key_arn(new.kms_key_arn.clone())
+                .set_tags((!tags.is_empty()).then_some(tags))
                 .timeout(60)
                 .send()
                 .await

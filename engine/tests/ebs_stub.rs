@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use chunkbak_engine::ebs::{checksum, Ebs, EbsConfig, BLOCK_SIZE};
+use chunkbak_engine::ebs::{checksum, Ebs, EbsConfig, NewSnapshot, BLOCK_SIZE};
 
 /// Blocks per page, whatever MaxResults asks for.
 const PAGE: usize = 2;
@@ -22,6 +22,8 @@ struct Stub {
     damage: Option<u32>,
     /// Every request line seen.
     log: Vec<String>,
+    /// The bodies of StartSnapshot requests.
+    started: Vec<serde_json::Value>,
 }
 
 fn block(seed: u8) -> Vec<u8> {
@@ -62,6 +64,7 @@ fn respond(
     stub: &Mutex<Stub>,
     method: &str,
     target: &str,
+    body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut st = stub.lock().unwrap();
     st.log.push(format!("{method} {target}"));
@@ -75,6 +78,15 @@ fn respond(
         )
     };
     match (method, parts.as_slice()) {
+        ("POST", ["snapshots"]) => {
+            st.started.push(serde_json::from_slice(body).unwrap());
+            let mut r = json(
+                serde_json::json!({"SnapshotId": "snap-new", "Status": "pending",
+                                                "BlockSize": BLOCK_SIZE, "VolumeSize": 1}),
+            );
+            r.0 = 201;
+            r
+        }
         ("GET", ["snapshots", id, "blocks"]) => {
             let blocks = &st.snapshots[*id];
             let (items, next) = page(blocks, &params);
@@ -157,7 +169,7 @@ fn serve(conn: TcpStream, stub: Arc<Mutex<Stub>>) {
         }
         let mut body = vec![0u8; len];
         r.read_exact(&mut body).unwrap();
-        let (code, headers, body) = respond(&stub, &method, &target);
+        let (code, headers, body) = respond(&stub, &method, &target, &body);
         let mut out = format!("HTTP/1.1 {code} X\r\ncontent-length: {}\r\n", body.len());
         for (k, v) in headers {
             out.push_str(&format!("{k}: {v}\r\n"));
@@ -247,5 +259,55 @@ fn listings_are_paged_and_a_damaged_block_is_refused() {
     assert!(
         err.contains("block 6 of snap-a") && err.contains("SHA-256"),
         "{err}"
+    );
+}
+
+/// A snapshot written back is started encrypted with the KMS key asked for, with its tags and
+/// description (moto ignores Encrypted and KmsKeyArn; the request is what AWS acts on).
+#[test]
+fn a_written_snapshot_is_started_encrypted_and_tagged() {
+    let (ebs, stub) = start(Stub::default());
+    let key = "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let id = ebs
+        .start_snapshot(
+            8,
+            &NewSnapshot {
+                description: "chunkbak restore of 3f6250af".into(),
+                encrypted: false,
+                kms_key_arn: Some(key.into()),
+                tags: vec![
+                    ("team".into(), "dr".into()),
+                    ("source".into(), "vol-1".into()),
+                ],
+            },
+        )
+        .unwrap();
+    assert_eq!(id, "snap-new");
+    let plain = ebs
+        .start_snapshot(
+            8,
+            &NewSnapshot {
+                description: "plain".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(plain, "snap-new");
+    let started = stub.lock().unwrap().started.clone();
+    let b = &started[0];
+    assert_eq!(b["Encrypted"], true, "{b}");
+    assert_eq!(b["KmsKeyArn"], key, "{b}");
+    assert_eq!(b["VolumeSize"], 8, "{b}");
+    assert_eq!(b["Description"], "chunkbak restore of 3f6250af", "{b}");
+    assert_eq!(
+        b["Tags"],
+        serde_json::json!([{"Key": "team", "Value": "dr"}, {"Key": "source", "Value": "vol-1"}]),
+        "{b}"
+    );
+    // Nothing asked: no encryption fields (the account's default decides), no tags.
+    let p = &started[1];
+    assert!(
+        p.get("Encrypted").is_none() && p.get("KmsKeyArn").is_none() && p.get("Tags").is_none(),
+        "{p}"
     );
 }

@@ -90,7 +90,7 @@ pub fn write_image(
     root: BlobId,
     path: &[u8],
     ebs: &Ebs,
-    description: &str,
+    new: &crate::ebs::NewSnapshot,
 ) -> Result<Written> {
     let shown = String::from_utf8_lossy(path).into_owned();
     let node = crate::ops::ls::find(repo, root, path)?
@@ -106,7 +106,7 @@ pub fn write_image(
         )));
     }
     let volume_gib = node.size.div_ceil(1 << 30);
-    let snapshot_id = ebs.start_snapshot(volume_gib, description)?;
+    let snapshot_id = ebs.start_snapshot(volume_gib, new)?;
     let mut blocks = Blocks {
         ebs,
         snapshot: &snapshot_id,
