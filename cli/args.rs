@@ -941,19 +941,19 @@ pub struct CatArgs {
     pub filter: FilterArgs,
 }
 
+/// KEY=VALUE (the value may hold '=' and be empty; the key may not).
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: give KEY=VALUE")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
-    }
-}
-
-/// KEY=VALUE (the value may hold '=' and be empty; the key may not).
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?}: give KEY=VALUE")),
     }
 }
