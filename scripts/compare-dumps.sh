@@ -13,7 +13,7 @@
 #   WORKDIR  the repositories, the dumps and results.tsv (its repositories are wiped first).
 # Tools: CHUNKBAK (default /work/main/target/release/chunkbak; required), RESTIC=restic,
 # RUSTIC=/tmp/rustic/bin/rustic, BORG=borg; a tool that is not there gets "-" in its columns.
-# Prints a table and writes the same figures to WORKDIR/results.tsv (tab-separated, "-" = none).
+# Each backup's peak RSS (GNU time) is recorded too. Prints tables and writes the same figures to WORKDIR/results.tsv (tab-separated, "-" = none).
 # KEEP_DUMPS=1 keeps each day's dump as WORKDIR/dayN.sql. DUMPS=DIR takes day N's dump from
 # DIR/dayN.sql instead (made before, e.g. by a KEEP_DUMPS run; DATADIR is then not used), so
 # runs of different builds back up the very same bytes.
@@ -49,13 +49,15 @@ export BORG_REPO=$work/borg BORG_PASSPHRASE=pw BORG_BASE_DIR=$work/cache/borg
 
 # NAME_init and NAME_backup PATH DAY for each tool; a tool whose init fails is left out.
 chunkbak_init() { "$chunkbak" init -q; }
-chunkbak_backup() { "$chunkbak" --json backup "$1" > "$work/chunkbak.json"; }
+# Each backup runs under GNU time: its peak resident memory (KiB) goes to WORKDIR/rss.
+timed() { /usr/bin/time -f %M -o "$work/rss" "$@"; }
+chunkbak_backup() { timed "$chunkbak" --json backup "$1" > "$work/chunkbak.json"; }
 restic_init() { "$restic" init -q --repository-version 2; }
-restic_backup() { "$restic" backup -q "$1"; }
+restic_backup() { timed "$restic" backup -q "$1"; }
 rustic_init() { "$rustic" init; }
-rustic_backup() { "$rustic" backup --no-progress "$1"; }
+rustic_backup() { timed "$rustic" backup --no-progress "$1"; }
 borg_init() { "$borg" init --encryption=repokey; }
-borg_backup() { "$borg" create --compression zstd,3 "::day$2" "$1"; }
+borg_backup() { timed "$borg" create --compression zstd,3 "::day$2" "$1"; }
 
 tools=()
 for t in chunkbak restic rustic borg; do
@@ -87,7 +89,9 @@ echo "versions: $("$chunkbak" --version) (built $chunkbak_built)$(ran restic && 
 tsv=$work/results.tsv
 printf 'day\tdataset_day\tdump_bytes\tzstd3_bytes\tpatch_from_bytes' > "$tsv"
 for t in chunkbak restic rustic borg; do printf '\t%s_added\t%s_seconds' "$t" "$t" >> "$tsv"; done
-printf '\tchunkbak_reported_added\tchunkbak_over_restic\n' >> "$tsv"
+printf '\tchunkbak_reported_added\tchunkbak_over_restic' >> "$tsv"
+for t in chunkbak restic rustic borg; do printf '\t%s_peak_rss_kb' "$t" >> "$tsv"; done
+printf '\n' >> "$tsv"
 
 for day in $(seq 1 "$days"); do
   dday=$(( day0 + day - 1 ))
@@ -112,7 +116,7 @@ for day in $(seq 1 "$days"); do
   fi
   row=$(printf '%s\t%s\t%s\t%s\t%s' "$day" "$dday" "$size" "$z3" "$patch")
   reported=-
-  declare -A added=()
+  declare -A added=() rss=()
   for t in chunkbak restic rustic borg; do
     if ! ran "$t"; then row+=$'\t-\t-'; continue; fi
     before=$(du -sb "$work/$t" | cut -f1)
@@ -120,6 +124,7 @@ for day in $(seq 1 "$days"); do
     if ! "${t}_backup" "$dump" "$day" >"$err" 2>&1; then
       echo "$t backup of day $day failed:" >&2; tail -5 "$err" >&2; row+=$'\t-\t-'; continue
     fi
+    rss[$t]=$(tail -1 "$work/rss")
     secs=$(echo "$(date +%s.%N) - $s" | bc)
     added[$t]=$(( $(du -sb "$work/$t" | cut -f1) - before ))
     row+=$(printf '\t%s\t%.2f' "${added[$t]}" "$secs")
@@ -135,9 +140,11 @@ for l in open(sys.argv[1]):
   if [ "$day" -gt 1 ] && [ -n "${added[chunkbak]:-}" ] && [ -n "${added[restic]:-}" ] && [ "${added[restic]}" -gt 0 ]; then
     ratio=$(echo "scale=3; ${added[chunkbak]} / ${added[restic]}" | bc | sed 's/^\./0./')
   fi
-  unset added
-  printf '%s\t%s\t%s\n' "$row" "$reported" "$ratio" >> "$tsv"
-  tail -1 "$tsv" | awk -F'\t' '{ printf "day %s done: dump %s bytes, patch-from %s, chunkbak added %s, restic added %s\n", $1, $3, $5, $6, $8 }' >&2
+  peaks=""
+  for t in chunkbak restic rustic borg; do peaks+=$'\t'"${rss[$t]:--}"; done
+  unset added rss
+  printf '%s\t%s\t%s%s\n' "$row" "$reported" "$ratio" "$peaks" >> "$tsv"
+  tail -1 "$tsv" | awk -F'\t' '{ printf "day %s done: dump %s bytes, patch-from %s, chunkbak added %s (peak RSS %s KiB), restic added %s\n", $1, $3, $5, $6, $17, $8 }' >&2
 done
 rm -f "$work/prev.sql"
 
@@ -156,6 +163,15 @@ awk -F'\t' '
       printf "%4s %13s %12s %11s", f[1], f[3], f[4], f[5]
       for (i = 0; i < 4; i++) printf " %13s %7s", f[6 + 2 * i], f[7 + 2 * i]
       printf " %9s\n", f[15]
+    }
+    printf "\npeak resident memory of each backup (MiB)\n%4s", "day"
+    for (i = 1; i <= 4; i++) printf " %9s", t[i]
+    printf "\n"
+    for (n = 2; n <= NR; n++) {
+      split(r[n], f, "\t")
+      printf "%4s", f[1]
+      for (i = 0; i < 4; i++) printf " %9s", (f[17 + i] == "-" ? "-" : sprintf("%.1f", f[17 + i] / 1024))
+      printf "\n"
     }
   }' "$tsv"
 echo "(results: $tsv; chunkbak_reported_added there is the backup summary's bytes_added)"
