@@ -237,8 +237,11 @@ fn apply_elb(g: &Global, out: &Out, a: &args::ElbApplyArgs) -> anyhow::Result<i3
                 s.detail
             ));
         }
-        for (id, place) in &plan.unmapped {
-            out.line(format!("unmapped {id} ({place})"));
+        // In the same region the ids are the ones that exist there.
+        if plan.region != plan.source_region {
+            for (id, place) in &plan.unmapped {
+                out.line(format!("unmapped {id} ({place})"));
+            }
         }
         for w in &plan.skipped {
             out.line(format!("not re-created: {w}"));

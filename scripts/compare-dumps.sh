@@ -144,7 +144,7 @@ for l in open(sys.argv[1]):
   for t in chunkbak restic rustic borg; do peaks+=$'\t'"${rss[$t]:--}"; done
   unset added rss
   printf '%s\t%s\t%s%s\n' "$row" "$reported" "$ratio" "$peaks" >> "$tsv"
-  tail -1 "$tsv" | awk -F'\t' '{ printf "day %s done: dump %s bytes, patch-from %s, chunkbak added %s (peak RSS %s KiB), restic added %s\n", $1, $3, $5, $6, $17, $8 }' >&2
+  tail -1 "$tsv" | awk -F'\t' '{ printf "day %s done: dump %s bytes, patch-from %s, chunkbak added %s (peak RSS %s KiB), restic added %s\n", $1, $3, $5, $6, $16, $8 }' >&2
 done
 rm -f "$work/prev.sql"
 
@@ -170,7 +170,7 @@ awk -F'\t' '
     for (n = 2; n <= NR; n++) {
       split(r[n], f, "\t")
       printf "%4s", f[1]
-      for (i = 0; i < 4; i++) printf " %9s", (f[17 + i] == "-" ? "-" : sprintf("%.1f", f[17 + i] / 1024))
+      for (i = 0; i < 4; i++) printf " %9s", (f[16 + i] == "-" ? "-" : sprintf("%.1f", f[16 + i] / 1024))
       printf "\n"
     }
   }' "$tsv"

@@ -26,6 +26,7 @@
 //! normative description of their bytes.
 
 #[cfg(feature = "aws-sources")]
+pub mod alloc;
 pub mod aws;
 pub mod backend;
 pub mod cache;

@@ -135,7 +135,8 @@ pub struct Repository {
     hasher: Hasher,
     index: Arc<RwLock<Index>>,
     tree_cache: Mutex<HashMap<BlobId, Arc<TreeBlob>>>,
-    /// The plaintexts of the latest delta bases read (a few MiB), newest last.
+    /// The plaintexts of the latest delta bases read (at most 4 MiB, or the newest one),
+    /// newest last.
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
     /// Local copies of index files, snapshots and tree packs (remote repositories only).
     cache: std::sync::OnceLock<Arc<Cache>>,
@@ -881,7 +882,10 @@ impl Repository {
     /// The plaintext of a delta's base: a data blob stored whole or a delta itself, read
     /// through its own bases (format-spec 6.1: no chain is deeper than [`MAX_DELTA_DEPTH`]).
     pub fn read_base(&self, base: &BlobId) -> Result<Arc<Vec<u8>>> {
-        const KEEP: usize = 32;
+        // Bytes of plaintext kept, whatever the chunk sizes: a delta chain is mostly read
+        // once (each of a dump's chunks has its own), so the cache serves bases shared by
+        // nearby deltas, and a count of entries would hold up to 32 maximum chunks.
+        const KEEP_BYTES: usize = 4 << 20;
         if let Some((_, b)) = self
             .base_cache
             .lock()
@@ -912,10 +916,11 @@ impl Repository {
         )?;
         let b = Arc::new(self.open_blob_unverified(base, &pack, loc, &ct)?);
         let mut c = self.base_cache.lock().expect("base cache");
-        if c.len() >= KEEP {
-            c.pop_front();
-        }
         c.push_back((*base, b.clone()));
+        let mut held: usize = c.iter().map(|(_, b)| b.len()).sum();
+        while held > KEEP_BYTES && c.len() > 1 {
+            held -= c.pop_front().map_or(0, |(_, b)| b.len());
+        }
         Ok(b)
     }
 

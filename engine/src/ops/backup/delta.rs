@@ -19,6 +19,13 @@ use crate::resemble::{sketch, Sketch};
 /// Old chunks looked at behind and ahead of the cursor.
 const BEHIND: usize = 2;
 const AHEAD: usize = 8;
+/// Old chunks read ahead of the cursor, in parallel, when the window needs one not read yet:
+/// the window and 4 beyond it, at most 15 chunks held. Reading a whole batch's worth at once
+/// (about 25 chunks of 1.3 MiB for a dump) held as much again as the batch, and day after day
+/// more as the chains they are decoded through grew: 30 daily dumps peaked at 217-275 MB RSS
+/// from day 3 on; with this window, 16 MiB batches and the allocator trimmed after each batch,
+/// at 85-97 MB (docs/benchmarks.md).
+const PRELOAD: usize = AHEAD + 4;
 /// Features a candidate must share with the new chunk.
 const MIN_SHARED: usize = 3;
 /// Files smaller than this are stored whole (too little to gain per file).
@@ -70,14 +77,15 @@ impl Bases {
         })
     }
 
-    /// Reads the old chunks in `range` not read yet, in parallel.
+    /// Reads the old chunks in `range` not read yet, in parallel; when one is missing, those up
+    /// to [`PRELOAD`] ahead of the cursor too.
     fn load(&mut self, ctx: &Ctx, range: std::ops::Range<usize>) {
-        let want: Vec<usize> = range
-            .filter(|i| *i < self.old.len() && !self.loaded.contains_key(i))
-            .collect();
-        if want.is_empty() {
+        let missing = |i: &usize| *i < self.old.len() && !self.loaded.contains_key(i);
+        if !range.clone().any(|i| missing(&i)) {
             return;
         }
+        let end = range.end.max(self.cursor + PRELOAD + 1);
+        let want: Vec<usize> = (range.start..end).filter(missing).collect();
         let read = |i: &usize| {
             let id = self.old[*i];
             // Only a live whole data blob may be a base (the saver records its pack as used).
@@ -108,9 +116,10 @@ impl Bases {
         reserved: &[bool],
         sketches: &[Option<Sketch>],
     ) -> Vec<Plan> {
-        let new = reserved.iter().filter(|r| **r).count();
-        let start = self.cursor.saturating_sub(BEHIND);
-        self.load(ctx, start..self.cursor + new + AHEAD + 1);
+        if reserved.iter().any(|r| *r) {
+            let start = self.cursor.saturating_sub(BEHIND);
+            self.load(ctx, start..self.cursor + AHEAD + 1);
+        }
         let mut out = Vec::with_capacity(ids.len());
         for ((id, r), sk) in ids.iter().zip(reserved).zip(sketches) {
             if !*r {
