@@ -25,8 +25,8 @@
 //! last, commits the backup. `format/` holds every on-disk structure; `format-spec.md` is the
 //! normative description of their bytes.
 
-#[cfg(feature = "aws-sources")]
 pub mod alloc;
+#[cfg(feature = "aws-sources")]
 pub mod aws;
 pub mod backend;
 pub mod cache;
