@@ -108,6 +108,11 @@ pub struct Global {
     /// Do not use or write the local cache (every read goes to the repository)
     #[arg(long, env = "CHUNKBAK_NO_CACHE", global = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub no_cache: bool,
+    /// Memory budget. An index larger than a third of it (48 bytes a blob: about a million
+    /// blobs at the default) is kept in a sorted file in the cache folder ($TMPDIR with
+    /// --no-cache), read a block at a time, so memory does not grow with the repository
+    #[arg(long, env = "CHUNKBAK_MEMORY", global = true, value_name = "SIZE", default_value = "150MiB", value_parser = memory_size)]
+    pub memory: u64,
     /// What this host remembers about repositories: the key file that opened each last, the
     /// ids of the snapshots it wrote (only those are taken as a backup's parent).
     /// Default: $XDG_STATE_HOME/chunkbak (~/.local/state/chunkbak)
@@ -939,6 +944,15 @@ pub struct CatArgs {
     /// For `cat snapshot latest`: which snapshots `latest` is the newest of
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+/// A memory size: 150MiB, 1GiB, 2000000 (bytes); at least 64 KiB.
+fn memory_size(s: &str) -> Result<u64, String> {
+    let n = chunkbak_engine::timeparse::parse_size(s).map_err(|e| e.to_string())?;
+    if n < 64 << 10 {
+        return Err(format!("{s}: at least 64KiB"));
+    }
+    Ok(n)
 }
 
 /// KEY=VALUE (the value may hold '=' and be empty; the key may not).

@@ -680,3 +680,61 @@ fn backup_and_restore_count_files_alike() {
         f.stderr
     );
 }
+
+/// A repository whose index is over the memory budget keeps it in a run file on disk: with
+/// `--memory 64KiB` (an index of more than 455 blobs goes to disk), a forced re-backup of
+/// 1,500 files finds every chunk through it and adds no file data, a restore and `check
+/// --read-data` read through it, and no run folder is left. With the index folder made
+/// unusable, the small budget fails naming it (the run file was in use) while the default
+/// budget, in memory, does not need it.
+#[test]
+fn an_index_over_the_memory_budget_is_kept_on_disk() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..1500u64 {
+        let data = splitmix(i, 300 + (i as usize % 700));
+        fs::write(src.join(format!("f{i:04}")), data).unwrap();
+    }
+    let s = src.to_str().unwrap();
+    e.ok(&["backup", s]);
+    let small = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_MEMORY", "64KiB").args(args);
+        e.run_cmd(c)
+    };
+    let r = small(&["--json", "backup", "--force", s]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    let sum = &r.json("summary")[0];
+    assert!(
+        sum["bytes_added"].as_u64().unwrap() < ANCESTOR_TREES,
+        "every chunk is found through the index on disk: {sum}"
+    );
+    let t = e.path("restored");
+    let r = small(&[
+        "restore",
+        &format!("latest:{s}"),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    e.compare(&src, &t, &[]);
+    let r = small(&["check", "--read-data"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    let index_dir = e.path("xdg-cache/chunkbak/index");
+    let left: Vec<_> = fs::read_dir(&index_dir).unwrap().collect();
+    assert!(left.is_empty(), "run folders left: {left:?}");
+
+    fs::remove_dir_all(&index_dir).unwrap();
+    fs::write(&index_dir, "not a folder").unwrap();
+    let r = small(&["check"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.out(), r.stderr);
+    assert!(
+        r.stderr.contains("xdg-cache/chunkbak/index"),
+        "{}",
+        r.stderr
+    );
+    e.ok(&["check"]);
+}

@@ -2,12 +2,16 @@
 //! structural checks use it alone, never reading a pack.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
 
 use crate::compressor::Compression;
+use crate::error::{Error, Result};
 use crate::format::index::{IndexFile, Mark, PackEntry};
 use crate::format::pack::BlobKind;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
+use crate::indexrun::{self, RunFile};
 
 /// A pack known to the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +113,27 @@ impl Entry {
         self.pack & !TOP
     }
 
+    /// As a run file keeps it (the same fields and flags).
+    fn record(&self) -> indexrun::Record {
+        indexrun::Record {
+            id: self.id.0,
+            pack: self.pack,
+            offset: self.offset,
+            length: self.length,
+            raw_len: self.raw_len,
+        }
+    }
+
+    fn of_record(r: &indexrun::Record) -> Self {
+        Entry {
+            id: Id(r.id),
+            pack: r.pack,
+            offset: r.offset,
+            length: r.length,
+            raw_len: r.raw_len,
+        }
+    }
+
     /// Where the blob is; the base of a delta is looked up in `bases`.
     fn location(&self, bases: &HashMap<(u32, BlobId), BlobId>) -> BlobLocation {
         let delta = self.raw_len & TOP != 0;
@@ -139,8 +164,9 @@ impl Entry {
 }
 
 /// Where every blob is. Loading an index collects its blobs into one sorted array of 48-byte
-/// entries (binary search, no per-entry overhead); blobs added afterwards (a backup's new packs)
-/// go into a small hash map, searched first.
+/// entries (binary search, no per-entry overhead), or, for a repository larger than the memory
+/// allowed, into a sorted run file read a block at a time ([`Index::loading_on_disk`]); blobs
+/// added afterwards (a backup's new packs) go into a small hash map, searched first.
 #[derive(Default)]
 pub struct Index {
     packs: Vec<PackInfo>,
@@ -157,6 +183,14 @@ pub struct Index {
     /// Blobs that more than one pack claims (counted at [`seal`](Index::seal)): their claims
     /// are checked against pack headers before they are trusted (ops::claims).
     pub disputed_blobs: usize,
+    /// The loaded blobs of a large repository, in a run file instead of `sorted`.
+    run: Option<RunFile>,
+    /// The run file's private folder, removed with the index.
+    run_dir: Option<tempfile::TempDir>,
+    /// While loading into a run file.
+    builder: Option<indexrun::Builder>,
+    /// The first error writing or reading the run file (a lookup then finds nothing).
+    run_error: Mutex<Option<String>>,
 }
 
 /// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
@@ -178,6 +212,61 @@ impl Index {
         }
     }
 
+    /// An index being loaded into a run file, in a new private folder under `dir` (removed
+    /// with the index; one left by a process killed is removed by the next load). At most
+    /// `mem_records` entries are sorted in memory at a time: what the index costs in memory
+    /// then does not grow with the repository (format-spec 16).
+    pub fn loading_on_disk(dir: &Path, mem_records: usize) -> Result<Self> {
+        crate::fsperm::mkdir_private(dir)
+            .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+        // The run file decides what a backup stores: it must be this user's alone (a folder
+        // another user made first, in a shared $TMPDIR, is refused).
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(dir)
+                .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+                return Err(Error::Other(format!(
+                    "{}: not a folder private to this user (owner {}, mode {:o}): the index                      cannot be kept there; give --cache-dir a folder of your own",
+                    dir.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                )));
+            }
+        }
+        remove_stale_runs(dir);
+        let run_dir = tempfile::Builder::new()
+            .prefix(&format!("index-run-{}-", std::process::id()))
+            .tempdir_in(dir)
+            .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+        let builder = indexrun::Builder::new(&run_dir.path().join("tmp"), mem_records)?;
+        Ok(Index {
+            loading: true,
+            run_dir: Some(run_dir),
+            builder: Some(builder),
+            ..Self::default()
+        })
+    }
+
+    /// The loaded blobs are in a run file on disk.
+    pub fn on_disk(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// The first error writing or reading the run file, if any.
+    pub fn run_error(&self) -> Option<String> {
+        self.run_error.lock().expect("run error").clone()
+    }
+
+    fn note_run_error(&self, e: &Error) {
+        self.run_error
+            .lock()
+            .expect("run error")
+            .get_or_insert_with(|| e.to_string());
+    }
+
     /// A sealed index of these pack entries.
     pub fn of_packs<'a>(packs: impl Iterator<Item = &'a PackEntry> + Clone) -> Self {
         let mut idx = Index::loading(packs.clone().map(|p| p.blobs.len()).sum());
@@ -195,6 +284,10 @@ impl Index {
             return;
         }
         self.loading = false;
+        if let Some(builder) = self.builder.take() {
+            self.seal_run(builder);
+            return;
+        }
         let packs = &self.packs;
         let marked = |e: &Entry| packs[e.pack() as usize].mark.is_some();
         self.sorted
@@ -208,9 +301,32 @@ impl Index {
         self.sorted.shrink_to_fit();
     }
 
+    /// Merges what was collected into the run file and opens it.
+    fn seal_run(&mut self, builder: indexrun::Builder) {
+        let packs = &self.packs;
+        // A copy in a pack marked for deletion is kept only when no live pack has one.
+        let rank = |r: &indexrun::Record| u8::from(packs[(r.pack & !TOP) as usize].mark.is_some());
+        let path = self
+            .run_dir
+            .as_ref()
+            .expect("a run has its folder")
+            .path()
+            .join("index.run");
+        let done = builder
+            .finish(&path, [0u8; 32], &rank)
+            .and_then(|built| Ok((built, RunFile::open(&path)?)));
+        match done {
+            Ok((built, file)) => {
+                self.disputed_blobs = built.disputed as usize;
+                self.run = Some(file);
+            }
+            Err(e) => self.note_run_error(&e),
+        }
+    }
+
     /// Blobs indexed.
     pub fn len(&self) -> usize {
-        self.sorted.len() + self.recent.len()
+        self.sorted.len() + self.recent.len() + self.run.as_ref().map_or(0, |r| r.len() as usize)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -254,7 +370,18 @@ impl Index {
                 self.bases.insert((pos, b.id), base);
             }
             if self.loading {
-                self.sorted.push(Entry::new(b.id, &loc));
+                let e = Entry::new(b.id, &loc);
+                match &mut self.builder {
+                    Some(builder) => {
+                        if let Err(err) = builder.push(e.record()) {
+                            self.run_error
+                                .lock()
+                                .expect("run error")
+                                .get_or_insert_with(|| err.to_string());
+                        }
+                    }
+                    None => self.sorted.push(e),
+                }
                 continue;
             }
             match self.get(&b.id) {
@@ -273,6 +400,15 @@ impl Index {
         debug_assert!(!self.loading, "index lookup before seal()");
         if let Some(l) = self.recent.get(id) {
             return Some(*l);
+        }
+        if let Some(run) = &self.run {
+            return match run.get(&id.0) {
+                Ok(r) => r.map(|r| Entry::of_record(&r).location(&self.bases)),
+                Err(e) => {
+                    self.note_run_error(&e);
+                    None
+                }
+            };
         }
         self.sorted
             .binary_search_by(|e| e.id.cmp(id))
@@ -350,6 +486,26 @@ impl Index {
     }
 }
 
+/// Removes the run folders under `dir` of processes that are gone (killed before they could).
+fn remove_stale_runs(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("index-run-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// One entry per pack out of index files: a pack listed live in any of them is live ("live
 /// wins"); of several marks, the one with the latest deletion time, so nothing is deleted
 /// earlier than any backup was told.
@@ -413,10 +569,59 @@ mod tests {
         }
     }
 
+    /// An index loaded into a run file (2 entries sorted in memory at a time: several runs)
+    /// in a folder that lives as long as the test.
+    fn on_disk(dir: &tempfile::TempDir) -> Index {
+        let idx = Index::loading_on_disk(&dir.path().join("index"), 2).unwrap();
+        assert!(idx.builder.is_some());
+        idx
+    }
+
     #[test]
     fn a_loaded_index_is_48_bytes_a_blob_and_finds_live_copies_first() {
         assert_eq!(BYTES_PER_BLOB, 48);
-        let mut idx = Index::loading(6);
+        live_copies_first(Index::loading(6));
+    }
+
+    /// The same answers from an index kept on disk, whose folder goes with it.
+    #[test]
+    fn an_index_on_disk_answers_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        live_copies_first(on_disk(&dir));
+        chains(on_disk(&dir));
+        let runs: Vec<_> = std::fs::read_dir(dir.path().join("index"))
+            .unwrap()
+            .collect();
+        assert!(runs.is_empty(), "run folders left: {runs:?}");
+    }
+
+    /// A folder another process left (it was killed) is removed by the next load; a live
+    /// process's is not.
+    #[test]
+    fn run_folders_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("index");
+        std::fs::create_dir_all(root.join("index-run-999999999-abc/tmp")).unwrap();
+        let mine = format!("index-run-{}-kept", std::process::id());
+        std::fs::create_dir_all(root.join(&mine)).unwrap();
+        let _idx = on_disk(&dir);
+        assert!(!root.join("index-run-999999999-abc").exists());
+        assert!(root.join(&mine).exists());
+    }
+
+    /// A folder writable by others is refused (its run file decides what a backup stores).
+    #[test]
+    fn a_shared_folder_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("index");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Index::loading_on_disk(&root, 2).err().unwrap().to_string();
+        assert!(e.contains("not a folder private to this user"), "{e}");
+    }
+
+    fn live_copies_first(mut idx: Index) {
         idx.add_pack(&with_blobs(1, Some((1, 2)), &[10, 11, 12]));
         idx.add_pack(&with_blobs(2, None, &[12, 13]));
         // Listed marked, then live elsewhere: revived (live wins).
@@ -448,10 +653,17 @@ mod tests {
         assert_eq!(idx.live_pack_of(&id(10)), Some(Id([4; 32])));
         assert_eq!(idx.live_pack_of(&id(20)), Some(Id([4; 32])));
         assert_eq!(idx.live_pack_of(&id(13)), Some(Id([2; 32])));
+        // Blob 10's live copy in pack 4 is a second entry for it.
+        assert_eq!(idx.len(), 7);
+        assert!(idx.run_error().is_none());
     }
 
     #[test]
     fn chains_are_followed_to_a_whole_blob_and_refused_past_the_maximum_depth_or_in_a_loop() {
+        chains(Index::loading(1));
+    }
+
+    fn chains(mut idx: Index) {
         let id = |b: u8| BlobId::from_bytes([b; 32]);
         // Blob 20 whole; 21 a delta on 20, 22 on 21, ... 28 on 27 (depth 8). 40 and 41 are
         // deltas on each other; 50 is a delta on 51, which no pack holds.
@@ -471,7 +683,6 @@ mod tests {
                 r.base = Some(id(base));
             }
         }
-        let mut idx = Index::loading(1);
         idx.add_pack(&pack);
         idx.add_pack(&with_blobs(2, Some((1, 2)), &[60]));
         idx.seal();

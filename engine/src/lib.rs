@@ -46,6 +46,7 @@ pub mod fuzzing;
 pub mod hasher;
 pub mod id;
 pub mod index;
+pub mod indexrun;
 pub mod ops;
 pub mod packer;
 pub mod progress;

@@ -140,6 +140,8 @@ pub struct Repository {
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
     /// Local copies of index files, snapshots and tree packs (remote repositories only).
     cache: std::sync::OnceLock<Arc<Cache>>,
+    /// Where, and above how many blobs, a loaded index is kept in a run file on disk.
+    index_on_disk: std::sync::OnceLock<(std::path::PathBuf, usize)>,
     /// Key files not tried at open, and why (see [`Repository::open_preferring`]).
     refused_keys: Mutex<Vec<String>>,
     /// The `config` object's bytes as read at open (or written by init).
@@ -315,6 +317,7 @@ impl Repository {
             tree_cache: Mutex::new(HashMap::new()),
             base_cache: Mutex::new(std::collections::VecDeque::new()),
             cache: std::sync::OnceLock::new(),
+            index_on_disk: std::sync::OnceLock::new(),
             refused_keys: Mutex::new(Vec::new()),
             config_bytes: std::sync::OnceLock::new(),
         })
@@ -560,7 +563,19 @@ impl Repository {
             .collect())
     }
 
-    /// Loads every index file into memory. Returns the number of files read.
+    /// Keeps a loaded index of more than `above_blobs` blobs in a sorted run file in a private
+    /// folder under `dir` (removed when the repository is dropped) instead of in memory, with
+    /// at most `above_blobs` entries sorted in memory at a time (48 bytes each).
+    pub fn keep_index_on_disk(&self, dir: &std::path::Path, above_blobs: usize) {
+        let _ = self
+            .index_on_disk
+            .set((dir.to_path_buf(), above_blobs.max(1)));
+    }
+
+    /// Loads every index file into memory (or, when [`keep_index_on_disk`] says so, into a
+    /// run file on disk). Returns the number of files read.
+    ///
+    /// [`keep_index_on_disk`]: Repository::keep_index_on_disk
     ///
     /// Two passes keep memory at the index itself (48 bytes a blob) plus a few files in
     /// flight: the first reads each file's header (what it supersedes, how many blobs), the
@@ -617,7 +632,11 @@ impl Repository {
             .filter(|(id, _, _)| !superseded.contains(id))
             .map(|(_, _, n)| n)
             .sum();
-        let fresh = Mutex::new(Index::loading(blobs));
+        let on_disk = self.index_on_disk.get().filter(|(_, above)| blobs > *above);
+        let fresh = Mutex::new(match on_disk {
+            Some((dir, above)) => Index::loading_on_disk(dir, *above)?,
+            None => Index::loading(blobs),
+        });
         // The first pass downloaded what was remote (into the cache): decoding is the work now.
         let threads = if self.cache().is_some() || local {
             DECODERS
@@ -631,6 +650,12 @@ impl Repository {
         })?;
         let mut fresh = fresh.into_inner().expect("index lock");
         fresh.seal();
+        if let (Some(e), Some((dir, _))) = (fresh.run_error(), on_disk) {
+            return Err(Error::Other(format!(
+                "the index kept on disk under {}: {e}",
+                dir.display()
+            )));
+        }
         // Superseded files count as read too, so a later look for new files skips them.
         fresh.files = names.iter().map(|(id, _)| *id).collect();
         Ok((fresh, names.len()))
@@ -734,10 +759,13 @@ impl Repository {
     /// Where a blob is: its pack and location (an error naming the blob when not indexed).
     pub fn locate(&self, id: &BlobId) -> Result<(PackInfo, BlobLocation)> {
         let idx = self.index.read().expect("index lock");
-        let (p, l) = idx.get(id).ok_or_else(|| {
-            Error::NotFound(format!(
+        let (p, l) = idx.get(id).ok_or_else(|| match idx.run_error() {
+            Some(e) => Error::Other(format!(
+                "blob {id}: the index kept on disk cannot be read ({e}); run again"
+            )),
+            None => Error::NotFound(format!(
                 "blob {id} is not in the index (missing data: run `chunkbak check`)"
-            ))
+            )),
         })?;
         Ok((p.clone(), l))
     }

@@ -1,0 +1,709 @@
+//! The index as an immutable sorted run file in the local cache: every blob's location in 48
+//! bytes, sorted by id, in blocks of [`BLOCK_ENTRIES`] records with a checksum each, and a
+//! table of each block's first id. Opening reads the header and that table (48 bytes a block:
+//! 4.7 MB at 100 million blobs); a lookup reads one block (a few blocks are kept), so the
+//! memory a lookup needs does not grow with the repository. Built by external sorting: records
+//! are sorted in memory a bounded number at a time into temporary runs, which one k-way merge
+//! writes out.
+//!
+//! This is the cache's format, not the repository's (format-spec 16): a file that does not
+//! check out (magic, version, sizes, the table's checksum, a block's checksum) is an error the
+//! caller answers by rebuilding it from the repository's index files, never by trusting it. It
+//! is written to a temporary name and renamed into place after an fsync, so a crash leaves the
+//! old file or the new one, and at worst a temporary file the next build removes.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"CBIXRUN1";
+pub const VERSION: u32 = 1;
+/// Bytes of one record.
+pub const RECORD: usize = 48;
+/// Records in a block (48 KiB).
+pub const BLOCK_ENTRIES: usize = 1024;
+const HEADER: usize = 64;
+/// A fence entry: the block's first id and the first 16 bytes of its BLAKE3 hash.
+const FENCE: usize = 48;
+/// The footer: BLAKE3 of the header and the fence table, then the magic again.
+const FOOTER: usize = 40;
+/// Blocks kept in memory by a reader.
+const CACHED_BLOCKS: usize = 32;
+
+/// One blob's location, as the in-memory index keeps it: the id, the pack's position in the
+/// pack table, offset, length and raw length (flags in the top bits, as `index::Entry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Record {
+    pub id: [u8; 32],
+    pub pack: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+impl Record {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id);
+        for v in [self.pack, self.offset, self.length, self.raw_len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode(b: &[u8]) -> Record {
+        let u = |i: usize| u32::from_le_bytes(b[32 + 4 * i..36 + 4 * i].try_into().expect("4"));
+        Record {
+            id: b[..32].try_into().expect("32"),
+            pack: u(0),
+            offset: u(1),
+            length: u(2),
+            raw_len: u(3),
+        }
+    }
+}
+
+fn hash16(b: &[u8]) -> [u8; 16] {
+    blake3::hash(b).as_bytes()[..16].try_into().expect("16")
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(
+        path.display().to_string(),
+        format!("{what} (a cache file: it is rebuilt from the repository's index files)"),
+    )
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Other(format!("{}: {e}", path.display()))
+}
+
+/// What a build wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Built {
+    /// Records in the file (one per id).
+    pub records: u64,
+    /// Ids given more than once with different packs (the first of each kept).
+    pub disputed: u64,
+    /// Temporary runs merged.
+    pub runs: usize,
+}
+
+/// Collects records in any order, at most `mem_records` in memory at a time, and writes the
+/// sorted run file. Of records with the same id, the one of lowest rank (a function of the
+/// record given to [`Builder::finish`], then the lowest record) is kept, as `Index::seal`
+/// keeps a live pack's copy over a marked one's: ranks are known only once every index file
+/// has been read (a later file may revive a marked pack).
+pub struct Builder {
+    tmp: PathBuf,
+    mem_records: usize,
+    buf: Vec<Record>,
+    runs: Vec<PathBuf>,
+}
+
+impl Builder {
+    /// Temporary runs go to `tmp_dir` (the cache's folder, so they are removed with it).
+    pub fn new(tmp_dir: &Path, mem_records: usize) -> Result<Builder> {
+        std::fs::create_dir_all(tmp_dir).map_err(|e| io(tmp_dir, e))?;
+        Ok(Builder {
+            tmp: tmp_dir.to_path_buf(),
+            mem_records: mem_records.max(1),
+            buf: Vec::new(),
+            runs: Vec::new(),
+        })
+    }
+
+    pub fn push(&mut self, r: Record) -> Result<()> {
+        self.buf.push(r);
+        if self.buf.len() >= self.mem_records {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Sorts what is in memory into a temporary run of records.
+    fn spill(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.buf.sort_unstable();
+        let path = self.tmp.join(format!(
+            "run-{}-{}.tmp",
+            std::process::id(),
+            self.runs.len()
+        ));
+        let f = File::create(&path).map_err(|e| io(&path, e))?;
+        let mut w = BufWriter::with_capacity(1 << 16, f);
+        let mut b = Vec::with_capacity(RECORD);
+        for r in self.buf.drain(..) {
+            b.clear();
+            r.encode(&mut b);
+            w.write_all(&b).map_err(|e| io(&path, e))?;
+        }
+        w.flush().map_err(|e| io(&path, e))?;
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// Merges everything into the run file `out` (written as `out.tmp`, synced, renamed);
+    /// `covers` names what it was built from (the caller's choice, e.g. a hash of the index
+    /// files' ids).
+    pub fn finish(
+        mut self,
+        out: &Path,
+        covers: [u8; 32],
+        rank: &dyn Fn(&Record) -> u8,
+    ) -> Result<Built> {
+        let sorted_in_memory = self.runs.is_empty();
+        if !sorted_in_memory {
+            self.spill()?;
+        } else {
+            self.buf.sort_unstable();
+        }
+        let tmp = out.with_extension("tmp");
+        let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let mut w = Writer::new(BufWriter::with_capacity(1 << 16, f), &tmp)?;
+        let mut built = Built {
+            runs: self.runs.len(),
+            ..Built::default()
+        };
+        // The records of one id, in order; the best is written when the id changes.
+        let mut group: Vec<Record> = Vec::new();
+        let mut emit = |group: &mut Vec<Record>, w: &mut Writer| -> Result<()> {
+            let Some(best) = group.iter().min_by_key(|r| (rank(r), **r)).copied() else {
+                return Ok(());
+            };
+            built.records += 1;
+            built.disputed += group.iter().filter(|r| r.pack != best.pack).count() as u64;
+            group.clear();
+            w.push(&best)
+        };
+        let mut take = |r: Record, w: &mut Writer| -> Result<()> {
+            if group.first().is_some_and(|g| g.id != r.id) {
+                emit(&mut group, w)?;
+            }
+            group.push(r);
+            Ok(())
+        };
+        if sorted_in_memory {
+            for r in std::mem::take(&mut self.buf) {
+                take(r, &mut w)?;
+            }
+        } else {
+            let mut readers = Vec::new();
+            for p in &self.runs {
+                let f = File::open(p).map_err(|e| io(p, e))?;
+                readers.push(BufReader::with_capacity(1 << 14, f));
+            }
+            let next = |rd: &mut BufReader<File>, p: &Path| -> Result<Option<Record>> {
+                let mut b = [0u8; RECORD];
+                match rd.read_exact(&mut b) {
+                    Ok(()) => Ok(Some(Record::decode(&b))),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                    Err(e) => Err(io(p, e)),
+                }
+            };
+            let mut heap = BinaryHeap::new();
+            for (i, rd) in readers.iter_mut().enumerate() {
+                if let Some(x) = next(rd, &self.runs[i])? {
+                    heap.push(Reverse((x, i)));
+                }
+            }
+            while let Some(Reverse((r, i))) = heap.pop() {
+                take(r, &mut w)?;
+                if let Some(x) = next(&mut readers[i], &self.runs[i])? {
+                    heap.push(Reverse((x, i)));
+                }
+            }
+        }
+        emit(&mut group, &mut w)?;
+        let f = w.finish(covers)?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, out).map_err(|e| io(out, e))?;
+        if let Some(dir) = out.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(built)
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        for p in &self.runs {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Writes blocks as records come, then the fence table and the footer.
+struct Writer {
+    w: BufWriter<File>,
+    path: PathBuf,
+    block: Vec<u8>,
+    first: Option<[u8; 32]>,
+    fence: Vec<u8>,
+    count: u64,
+    last: Option<[u8; 32]>,
+}
+
+impl Writer {
+    fn new(mut w: BufWriter<File>, path: &Path) -> Result<Writer> {
+        // The header is written last, at offset 0, once the counts are known.
+        w.write_all(&[0u8; HEADER]).map_err(|e| io(path, e))?;
+        Ok(Writer {
+            w,
+            path: path.to_path_buf(),
+            block: Vec::with_capacity(BLOCK_ENTRIES * RECORD),
+            first: None,
+            fence: Vec::new(),
+            count: 0,
+            last: None,
+        })
+    }
+
+    fn push(&mut self, r: &Record) -> Result<()> {
+        debug_assert!(self.last.is_none_or(|l| l < r.id), "records in order");
+        self.last = Some(r.id);
+        if self.first.is_none() {
+            self.first = Some(r.id);
+        }
+        r.encode(&mut self.block);
+        self.count += 1;
+        if self.block.len() == BLOCK_ENTRIES * RECORD {
+            self.end_block()?;
+        }
+        Ok(())
+    }
+
+    fn end_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        self.fence
+            .extend_from_slice(&self.first.take().expect("a block has a first record"));
+        self.fence.extend_from_slice(&hash16(&self.block));
+        self.w
+            .write_all(&self.block)
+            .map_err(|e| io(&self.path, e))?;
+        self.block.clear();
+        Ok(())
+    }
+
+    fn finish(mut self, covers: [u8; 32]) -> Result<File> {
+        self.end_block()?;
+        let blocks = (self.fence.len() / FENCE) as u64;
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
+        header.extend_from_slice(&self.count.to_le_bytes());
+        header.extend_from_slice(&blocks.to_le_bytes());
+        header.extend_from_slice(&covers);
+        debug_assert_eq!(header.len(), HEADER);
+        let mut h = blake3::Hasher::new();
+        h.update(&header);
+        h.update(&self.fence);
+        let p = self.path.clone();
+        self.w.write_all(&self.fence).map_err(|e| io(&p, e))?;
+        self.w
+            .write_all(h.finalize().as_bytes())
+            .map_err(|e| io(&p, e))?;
+        self.w.write_all(MAGIC).map_err(|e| io(&p, e))?;
+        let f = self.w.into_inner().map_err(|e| io(&p, e.into_error()))?;
+        f.write_all_at(&header, 0).map_err(|e| io(&p, e))?;
+        Ok(f)
+    }
+}
+
+/// The blocks read last (block number → its records), oldest first in the queue.
+type BlockCache = (HashMap<u64, std::sync::Arc<Vec<u8>>>, VecDeque<u64>);
+
+/// An open run file: its fence table in memory, blocks read on demand.
+pub struct RunFile {
+    file: File,
+    path: PathBuf,
+    count: u64,
+    covers: [u8; 32],
+    /// Per block: first id, then the block's hash.
+    fence: Vec<([u8; 32], [u8; 16])>,
+    cache: Mutex<BlockCache>,
+}
+
+impl RunFile {
+    /// Opens and checks a run file: magic, version, sizes, and the checksum of its header and
+    /// fence table (each block is checked when it is read).
+    pub fn open(path: &Path) -> Result<RunFile> {
+        let file = File::open(path).map_err(|e| io(path, e))?;
+        let len = file.metadata().map_err(|e| io(path, e))?.len();
+        if len < (HEADER + FOOTER) as u64 {
+            return Err(corrupt(
+                path,
+                format!("{len} bytes: too short for a run file"),
+            ));
+        }
+        let mut header = [0u8; HEADER];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| io(path, e))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt(path, "not an index run file (magic)"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
+        let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
+        let (version, per_block, count, blocks) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
+        if version != VERSION || per_block as usize != BLOCK_ENTRIES {
+            return Err(corrupt(
+                path,
+                format!("version {version}, {per_block} records a block: not this build's"),
+            ));
+        }
+        if blocks != count.div_ceil(BLOCK_ENTRIES as u64) {
+            return Err(corrupt(
+                path,
+                format!("{count} records cannot fill {blocks} blocks"),
+            ));
+        }
+        // Every size is checked against the file's length before anything is allocated.
+        let want = (HEADER as u64)
+            .checked_add(count.saturating_mul(RECORD as u64))
+            .and_then(|n| n.checked_add(blocks.checked_mul(FENCE as u64)?))
+            .and_then(|n| n.checked_add(FOOTER as u64));
+        if want != Some(len) {
+            return Err(corrupt(
+                path,
+                format!("{len} bytes where {count} records need {want:?}"),
+            ));
+        }
+        let fence_at = HEADER as u64 + count * RECORD as u64;
+        let mut fence = vec![0u8; blocks as usize * FENCE];
+        file.read_exact_at(&mut fence, fence_at)
+            .map_err(|e| io(path, e))?;
+        let mut footer = [0u8; FOOTER];
+        file.read_exact_at(&mut footer, len - FOOTER as u64)
+            .map_err(|e| io(path, e))?;
+        let mut h = blake3::Hasher::new();
+        h.update(&header);
+        h.update(&fence);
+        if h.finalize().as_bytes() != &footer[..32] || &footer[32..] != MAGIC {
+            return Err(corrupt(path, "header or block table damaged (checksum)"));
+        }
+        let fence: Vec<([u8; 32], [u8; 16])> = fence
+            .chunks_exact(FENCE)
+            .map(|f| {
+                (
+                    f[..32].try_into().expect("32"),
+                    f[32..].try_into().expect("16"),
+                )
+            })
+            .collect();
+        if fence.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(corrupt(path, "blocks out of order"));
+        }
+        Ok(RunFile {
+            file,
+            path: path.to_path_buf(),
+            count,
+            covers: header[32..64].try_into().expect("32"),
+            fence,
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// What the file was built from, as given to [`Builder::finish`].
+    pub fn covers(&self) -> [u8; 32] {
+        self.covers
+    }
+
+    /// Bytes of memory the open file holds (its fence table), blocks cached aside.
+    pub fn resident_bytes(&self) -> usize {
+        self.fence.len() * FENCE
+    }
+
+    /// Block `b`, checked against its hash.
+    fn block(&self, b: u64) -> Result<std::sync::Arc<Vec<u8>>> {
+        if let Some(x) = self.cache.lock().expect("run cache").0.get(&b) {
+            return Ok(x.clone());
+        }
+        let records = (self.count - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
+        let mut buf = vec![0u8; records as usize * RECORD];
+        self.file
+            .read_exact_at(
+                &mut buf,
+                HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64,
+            )
+            .map_err(|e| io(&self.path, e))?;
+        let (first, sum) = &self.fence[b as usize];
+        if hash16(&buf) != *sum || buf[..32] != first[..] {
+            return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
+        }
+        let buf = std::sync::Arc::new(buf);
+        let mut c = self.cache.lock().expect("run cache");
+        if c.1.len() >= CACHED_BLOCKS {
+            if let Some(old) = c.1.pop_front() {
+                c.0.remove(&old);
+            }
+        }
+        c.0.insert(b, buf.clone());
+        c.1.push_back(b);
+        Ok(buf)
+    }
+
+    /// The record of `id`, if the file holds one.
+    pub fn get(&self, id: &[u8; 32]) -> Result<Option<Record>> {
+        // The last block whose first id is not above `id`.
+        let b = self.fence.partition_point(|(first, _)| first <= id);
+        if b == 0 {
+            return Ok(None);
+        }
+        let block = self.block(b as u64 - 1)?;
+        let n = block.len() / RECORD;
+        let at = |i: usize| &block[i * RECORD..i * RECORD + 32];
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match at(mid).cmp(&id[..]) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    return Ok(Some(Record::decode(
+                        &block[mid * RECORD..(mid + 1) * RECORD],
+                    )))
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every record in id order, a block at a time (for check and prune).
+    pub fn for_each(&self, mut f: impl FnMut(&Record) -> Result<()>) -> Result<()> {
+        for b in 0..self.fence.len() as u64 {
+            let block = self.block(b)?;
+            for r in block.chunks_exact(RECORD) {
+                f(&Record::decode(r))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn id_of(i: u64) -> [u8; 32] {
+        *blake3::hash(&i.to_le_bytes()).as_bytes()
+    }
+
+    fn rec(i: u64, pack: u32) -> Record {
+        Record {
+            id: id_of(i),
+            pack,
+            offset: (i % 1000) as u32,
+            length: 100,
+            raw_len: 200,
+        }
+    }
+
+    fn no_rank(_: &Record) -> u8 {
+        0
+    }
+
+    fn build(
+        dir: &Path,
+        recs: &[Record],
+        mem: usize,
+        rank: &dyn Fn(&Record) -> u8,
+    ) -> (RunFile, Built) {
+        let out = dir.join("index.run");
+        let mut b = Builder::new(&dir.join("tmp"), mem).unwrap();
+        for r in recs {
+            b.push(*r).unwrap();
+        }
+        let built = b.finish(&out, [7u8; 32], rank).unwrap();
+        // No temporary run is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        (RunFile::open(&out).unwrap(), built)
+    }
+
+    #[test]
+    fn every_record_is_found_and_others_are_not_whatever_the_memory() {
+        for (n, mem) in [
+            (0u64, 10),
+            (1, 10),
+            (1023, 100_000),
+            (1025, 1024),
+            (5000, 333),
+            (5000, 100_000),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let recs: Vec<Record> = (0..n).map(|i| rec(i, (i % 7) as u32)).collect();
+            let (f, built) = build(dir.path(), &recs, mem, &no_rank);
+            assert_eq!(built.records, n);
+            assert_eq!(
+                built.runs,
+                if n as usize >= mem {
+                    (n as usize).div_ceil(mem)
+                } else {
+                    0
+                }
+            );
+            assert_eq!(f.len(), n);
+            assert_eq!(f.covers(), [7u8; 32]);
+            assert_eq!(
+                f.resident_bytes(),
+                (n as usize).div_ceil(BLOCK_ENTRIES) * FENCE
+            );
+            for r in &recs {
+                assert_eq!(f.get(&r.id).unwrap(), Some(*r), "{n} {mem}");
+            }
+            for i in n..n + 200 {
+                assert_eq!(f.get(&id_of(i)).unwrap(), None);
+            }
+            assert_eq!(f.get(&[0u8; 32]).unwrap(), None);
+            assert_eq!(f.get(&[0xffu8; 32]).unwrap(), None);
+            let mut seen = Vec::new();
+            f.for_each(|r| {
+                seen.push(r.id);
+                Ok(())
+            })
+            .unwrap();
+            let mut want: Vec<[u8; 32]> = recs.iter().map(|r| r.id).collect();
+            want.sort();
+            assert_eq!(seen, want);
+        }
+    }
+
+    /// Of several records of one id, the lowest rank wins (then the lowest record), across
+    /// temporary runs; the others count as disputed when their pack differs.
+    #[test]
+    fn duplicates_keep_the_best_ranked_copy() {
+        for mem in [2, 3, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            // Pack 9 is "marked" (rank 1): its copies lose to any other pack's.
+            let rank = |r: &Record| u8::from(r.pack == 9);
+            let recs = vec![
+                rec(1, 9),
+                rec(2, 4),
+                rec(1, 5),
+                rec(2, 4),
+                rec(3, 9),
+                rec(1, 6),
+            ];
+            let (f, built) = build(dir.path(), &recs, mem, &rank);
+            assert_eq!(built.records, 3);
+            // id 1: kept pack 5; packs 9 and 6 differ. id 2: the same pack twice.
+            assert_eq!(built.disputed, 2);
+            assert_eq!(f.get(&id_of(1)).unwrap().unwrap().pack, 5);
+            assert_eq!(f.get(&id_of(2)).unwrap().unwrap().pack, 4);
+            assert_eq!(f.get(&id_of(3)).unwrap().unwrap().pack, 9);
+        }
+    }
+
+    /// A damaged cache file is an error naming it, never a wrong answer: a changed byte in a
+    /// block fails that block's lookups; in the header or the block table, the open.
+    #[test]
+    fn damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs: Vec<Record> = (0..3000).map(|i| rec(i, 1)).collect();
+        let (_, _) = build(dir.path(), &recs, 1000, &no_rank);
+        let path = dir.path().join("index.run");
+        let good = std::fs::read(&path).unwrap();
+        let flip = |at: usize| {
+            let mut b = good.clone();
+            b[at] ^= 1;
+            std::fs::write(&path, &b).unwrap();
+        };
+        // A record in block 1.
+        flip(HEADER + (BLOCK_ENTRIES + 5) * RECORD + 40);
+        let f = RunFile::open(&path).unwrap();
+        let in_block_1 = f.fence[1].0;
+        let e = f.get(&in_block_1).unwrap_err().to_string();
+        assert!(
+            e.contains("index.run") && e.contains("block 1 damaged"),
+            "{e}"
+        );
+        // Block 0 still answers.
+        assert!(f.get(&f.fence[0].0).unwrap().is_some());
+        for at in [3, 20, HEADER + 3000 * RECORD + 10, good.len() - 1] {
+            flip(at);
+            let e = RunFile::open(&path).err().expect("refused").to_string();
+            assert!(e.contains("rebuilt"), "{at}: {e}");
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(RunFile::open(&path).is_err());
+        std::fs::write(&path, b"short").unwrap();
+        assert!(RunFile::open(&path).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Any records, any memory bound: the file answers as a map keeping each id's first
+        /// record in order.
+        #[test]
+        fn answers_as_a_map(ids in proptest::collection::vec((0u64..300, 0u32..5), 0..600), mem in 1usize..200) {
+            let dir = tempfile::tempdir().unwrap();
+            let recs: Vec<Record> = ids.iter().map(|(i, p)| rec(*i, *p)).collect();
+            let (f, built) = build(dir.path(), &recs, mem, &no_rank);
+            let mut model: BTreeMap<[u8; 32], Record> = BTreeMap::new();
+            for r in &recs {
+                model.entry(r.id).and_modify(|m| if r < m { *m = *r }).or_insert(*r);
+            }
+            proptest::prop_assert_eq!(built.records, model.len() as u64);
+            for i in 0..300u64 {
+                proptest::prop_assert_eq!(f.get(&id_of(i)).unwrap(), model.get(&id_of(i)).copied());
+            }
+        }
+    }
+
+    /// format-spec.md 16's test vector: three records, one block.
+    #[test]
+    fn the_spec_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs: Vec<Record> = (1u8..=3)
+            .map(|i| Record {
+                id: [i; 32],
+                pack: u32::from(i) - 1,
+                offset: 100 * (u32::from(i) - 1),
+                length: 10 * u32::from(i),
+                raw_len: 10 * u32::from(i) + 1,
+            })
+            .collect();
+        let out = dir.path().join("index.run");
+        let mut b = Builder::new(&dir.path().join("tmp"), 10).unwrap();
+        // In reverse: the builder sorts.
+        for r in recs.iter().rev() {
+            b.push(*r).unwrap();
+        }
+        b.finish(&out, [0u8; 32], &no_rank).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes.len(), 296);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let spec = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md"),
+        )
+        .unwrap();
+        let flat: String = spec.split_whitespace().collect();
+        assert!(
+            flat.contains(&hex),
+            "format-spec.md 16 lacks the run file vector {hex}"
+        );
+        let f = RunFile::open(&out).unwrap();
+        assert_eq!(f.get(&[2; 32]).unwrap(), Some(recs[1]));
+    }
+}
