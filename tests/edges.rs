@@ -684,9 +684,9 @@ fn backup_and_restore_count_files_alike() {
 /// A repository whose index is over the memory budget keeps it in a run file on disk: with
 /// `--memory 64KiB` (an index of more than 455 blobs goes to disk), a forced re-backup of
 /// 1,500 files finds every chunk through it and adds no file data, a restore and `check
-/// --read-data` read through it, and no run folder is left. With the index folder made
-/// unusable, the small budget fails naming it (the run file was in use) while the default
-/// budget, in memory, does not need it.
+/// --read-data` read through it. The file is kept for the next run, which reads no index
+/// file it covers (they are damaged, and the restore still works). With the index folder made
+/// unusable, the small budget fails naming it.
 #[test]
 fn an_index_over_the_memory_budget_is_kept_on_disk() {
     let e = Env::new();
@@ -723,9 +723,26 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
     let r = small(&["check", "--read-data"]);
     assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
     assert!(r.out().contains(" 0 problems"), "{}", r.out());
+    // Kept for the next run, per repository: one run file and its companion, no temporary
+    // folder or file.
     let index_dir = e.path("xdg-cache/chunkbak/index");
-    let left: Vec<_> = fs::read_dir(&index_dir).unwrap().collect();
-    assert!(left.is_empty(), "run folders left: {left:?}");
+    let repos: Vec<_> = fs::read_dir(&index_dir).unwrap().flatten().collect();
+    assert_eq!(repos.len(), 1, "{repos:?}");
+    let mut kept: Vec<String> = fs::read_dir(repos[0].path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept[0].starts_with("run-") && kept[0].ends_with(".meta"),
+        "{kept:?}"
+    );
+    assert!(
+        kept[1].starts_with("run-") && kept[1].ends_with(".run"),
+        "{kept:?}"
+    );
 
     fs::remove_dir_all(&index_dir).unwrap();
     fs::write(&index_dir, "not a folder").unwrap();
@@ -736,5 +753,32 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
         "{}",
         r.stderr
     );
-    e.ok(&["check"]);
+    // Back to a folder: the next small run builds and keeps the file again.
+    fs::remove_file(&index_dir).unwrap();
+    let r = small(&["check"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+
+    // The next run reads no index file the kept one covers: with every index file damaged, a
+    // restore still finds every chunk through it, while an index loaded into memory cannot.
+    let mut index_files = 0;
+    for f in fs::read_dir(e.repo.join("index")).unwrap().flatten() {
+        let mut b = fs::read(f.path()).unwrap();
+        let n = b.len();
+        b[n / 2] ^= 0xff;
+        fs::write(f.path(), b).unwrap();
+        index_files += 1;
+    }
+    assert!(index_files > 0);
+    let t2 = e.path("restored-again");
+    let r = small(&[
+        "restore",
+        &format!("latest:{s}"),
+        "--target",
+        t2.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+    e.compare(&src, &t2, &[]);
+    // Without the cache folder, the index is read from the damaged files.
+    let r = e.run(&["--no-cache", "ls", "latest"]);
+    assert_ne!(r.code, 0, "an index loaded from the files reads the damage");
 }

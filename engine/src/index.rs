@@ -191,6 +191,8 @@ pub struct Index {
     builder: Option<indexrun::Builder>,
     /// The first error writing or reading the run file (a lookup then finds nothing).
     run_error: Mutex<Option<String>>,
+    /// Where the run file is kept for later loads, and the index files it covers.
+    keep: Option<(std::path::PathBuf, Vec<Id>)>,
 }
 
 /// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
@@ -217,26 +219,9 @@ impl Index {
     /// `mem_records` entries are sorted in memory at a time: what the index costs in memory
     /// then does not grow with the repository (format-spec 16).
     pub fn loading_on_disk(dir: &Path, mem_records: usize) -> Result<Self> {
-        crate::fsperm::mkdir_private(dir)
-            .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
-        // The run file decides what a backup stores: it must be this user's alone (a folder
-        // another user made first, in a shared $TMPDIR, is refused).
-        {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::symlink_metadata(dir)
-                .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let me = unsafe { libc::geteuid() };
-            if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
-                return Err(Error::Other(format!(
-                    "{}: not a folder private to this user (owner {}, mode {:o}): the index                      cannot be kept there; give --cache-dir a folder of your own",
-                    dir.display(),
-                    m.uid(),
-                    m.mode() & 0o7777
-                )));
-            }
-        }
+        private_dir(dir)?;
         remove_stale_runs(dir);
+        remove_stale_tmp(dir);
         let run_dir = tempfile::Builder::new()
             .prefix(&format!("index-run-{}-", std::process::id()))
             .tempdir_in(dir)
@@ -248,6 +233,93 @@ impl Index {
             builder: Some(builder),
             ..Self::default()
         })
+    }
+
+    /// As [`loading_on_disk`](Index::loading_on_disk), keeping the run file in `dir` for later
+    /// loads ([`open_kept`](Index::open_kept)) with what they need beside it: the index files
+    /// it `covered`, the pack table, the delta bases (format-spec 16).
+    pub fn loading_to_keep(dir: &Path, mem_records: usize, covered: Vec<Id>) -> Result<Self> {
+        let mut idx = Index::loading_on_disk(dir, mem_records)?;
+        idx.keep = Some((dir.to_path_buf(), covered));
+        Ok(idx)
+    }
+
+    /// An index from the run file an earlier load kept in `dir`, when it and its companion
+    /// file check out and every index file it covers is among `names` (none was removed by a
+    /// prune since); with the files it covers. Files that do not check out are removed.
+    pub fn open_kept(dir: &Path, names: &[Id]) -> Option<(Index, Vec<Id>)> {
+        private_dir(dir).ok()?;
+        let listed: std::collections::HashSet<&Id> = names.iter().collect();
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name
+                .strip_prefix("run-")
+                .and_then(|n| n.strip_suffix(".meta"))
+            else {
+                continue;
+            };
+            let run_path = dir.join(format!("run-{hex}.run"));
+            let drop_both = || {
+                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_file(&run_path);
+            };
+            let Ok(Some(meta)) = std::fs::read(e.path()).map(|b| Meta::decode(&b)) else {
+                drop_both();
+                continue;
+            };
+            let covers = covers_of(&meta.covered);
+            if crate::id::Id(covers).to_hex() != hex {
+                drop_both();
+                continue;
+            }
+            if !meta.covered.iter().all(|id| listed.contains(id)) {
+                continue;
+            }
+            let run = match RunFile::open(&run_path) {
+                Ok(r) if r.covers() == covers => r,
+                _ => {
+                    drop_both();
+                    continue;
+                }
+            };
+            let mut idx = Index {
+                run: Some(run),
+                disputed_blobs: meta.disputed as usize,
+                bases: meta.bases,
+                ..Index::default()
+            };
+            for p in &meta.table.packs {
+                idx.pack_pos.insert(p.id, idx.packs.len() as u32);
+                idx.packs.push(PackInfo::of_entry(p));
+            }
+            return Some((idx, meta.covered));
+        }
+        None
+    }
+
+    /// The companion of a kept run file.
+    fn meta(&self, covered: &[Id]) -> Meta {
+        Meta {
+            disputed: self.disputed_blobs as u64,
+            covered: covered.to_vec(),
+            bases: self.bases.clone(),
+            table: IndexFile {
+                supersedes: Vec::new(),
+                packs: self
+                    .packs
+                    .iter()
+                    .map(|p| PackEntry {
+                        id: p.id,
+                        kind: p.kind,
+                        size: p.size,
+                        crc32c: p.crc32c,
+                        salt: p.salt,
+                        mark: p.mark,
+                        blobs: Vec::new(),
+                    })
+                    .collect(),
+            },
+        }
     }
 
     /// The loaded blobs are in a run file on disk.
@@ -306,21 +378,47 @@ impl Index {
         let packs = &self.packs;
         // A copy in a pack marked for deletion is kept only when no live pack has one.
         let rank = |r: &indexrun::Record| u8::from(packs[(r.pack & !TOP) as usize].mark.is_some());
-        let path = self
-            .run_dir
-            .as_ref()
-            .expect("a run has its folder")
-            .path()
-            .join("index.run");
+        let (path, covers) = match &self.keep {
+            Some((dir, covered)) => {
+                let covers = covers_of(covered);
+                (dir.join(format!("run-{}.run", Id(covers).to_hex())), covers)
+            }
+            None => (
+                self.run_dir
+                    .as_ref()
+                    .expect("a run has its folder")
+                    .path()
+                    .join("index.run"),
+                [0u8; 32],
+            ),
+        };
         let done = builder
-            .finish(&path, [0u8; 32], &rank)
+            .finish(&path, covers, &rank)
             .and_then(|built| Ok((built, RunFile::open(&path)?)));
         match done {
             Ok((built, file)) => {
                 self.disputed_blobs = built.disputed as usize;
                 self.run = Some(file);
             }
-            Err(e) => self.note_run_error(&e),
+            Err(e) => return self.note_run_error(&e),
+        }
+        if let Some((dir, covered)) = &self.keep {
+            let meta = dir.join(format!("run-{}.meta", Id(covers).to_hex()));
+            let tmp = meta.with_extension(format!("meta-tmp{}", std::process::id()));
+            let written = std::fs::write(&tmp, self.meta(covered).encode())
+                .and_then(|_| std::fs::rename(&tmp, &meta));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return self.note_run_error(&Error::Other(format!("{}: {e}", meta.display())));
+            }
+            // Older kept files of this repository go (a reader that has one open keeps it).
+            let ours = format!("run-{}.", Id(covers).to_hex());
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("run-") && !n.starts_with(&ours) && !n.contains("tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 
@@ -486,6 +584,124 @@ impl Index {
     }
 }
 
+/// Makes `dir` (mode 0700) and checks that it is this user's alone: a run file decides what
+/// a backup stores, so a folder another user made first (in a shared $TMPDIR) is refused.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    crate::fsperm::mkdir_private(dir)
+        .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    let m = std::fs::symlink_metadata(dir)
+        .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(Error::Other(format!(
+            "{}: not a folder private to this user (owner {}, mode {:o}): the index cannot be \
+             kept there; give --cache-dir a folder of your own",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// What the index files a kept run file covers hash to (sorted ids).
+fn covers_of(covered: &[Id]) -> [u8; 32] {
+    let mut ids = covered.to_vec();
+    ids.sort();
+    let mut h = blake3::Hasher::new();
+    for id in &ids {
+        h.update(&id.0);
+    }
+    *h.finalize().as_bytes()
+}
+
+const META_MAGIC: &[u8; 8] = b"CBIXMETA";
+
+/// The companion file of a kept run file (format-spec 16): the index files it covers, the pack
+/// table in position order (as an index file without blob records), the delta bases and the
+/// disputed blobs, with a BLAKE3 of it all at the end.
+struct Meta {
+    disputed: u64,
+    covered: Vec<Id>,
+    bases: HashMap<(u32, BlobId), BlobId>,
+    table: IndexFile,
+}
+
+impl Meta {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(META_MAGIC);
+        out.extend_from_slice(&indexrun::VERSION.to_le_bytes());
+        out.extend_from_slice(&self.disputed.to_le_bytes());
+        out.extend_from_slice(&(self.covered.len() as u64).to_le_bytes());
+        for id in &self.covered {
+            out.extend_from_slice(&id.0);
+        }
+        let mut bases: Vec<_> = self.bases.iter().collect();
+        bases.sort();
+        out.extend_from_slice(&(bases.len() as u64).to_le_bytes());
+        for ((pos, id), base) in bases {
+            out.extend_from_slice(&pos.to_le_bytes());
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&base.0);
+        }
+        let table = self.table.encode();
+        out.extend_from_slice(&(table.len() as u64).to_le_bytes());
+        out.extend_from_slice(&table);
+        let h = blake3::hash(&out);
+        out.extend_from_slice(h.as_bytes());
+        out
+    }
+
+    /// `None` for anything that does not check out (every length against what remains).
+    fn decode(b: &[u8]) -> Option<Meta> {
+        let (body, sum) = b.split_at_checked(b.len().checked_sub(32)?)?;
+        if blake3::hash(body).as_bytes() != sum {
+            return None;
+        }
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = body.get(at..at.checked_add(n)?)?;
+            at += n;
+            Some(s)
+        };
+        if take(8)? != META_MAGIC
+            || u32::from_le_bytes(take(4)?.try_into().ok()?) != indexrun::VERSION
+        {
+            return None;
+        }
+        let u64_of = |s: &[u8]| s.try_into().ok().map(u64::from_le_bytes);
+        let disputed = u64_of(take(8)?)?;
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let covered = take(n.checked_mul(32)?)?
+            .chunks_exact(32)
+            .map(|c| Id(c.try_into().expect("32")))
+            .collect();
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let mut bases = HashMap::new();
+        for c in take(n.checked_mul(68)?)?.chunks_exact(68) {
+            let pos = u32::from_le_bytes(c[..4].try_into().ok()?);
+            bases.insert(
+                (pos, Id(c[4..36].try_into().ok()?)),
+                Id(c[36..].try_into().ok()?),
+            );
+        }
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let table = IndexFile::decode(take(n)?, "kept index table").ok()?;
+        if at != body.len() || bases.keys().any(|(p, _)| *p as usize >= table.packs.len()) {
+            return None;
+        }
+        Some(Meta {
+            disputed,
+            covered,
+            bases,
+            table,
+        })
+    }
+}
+
 /// Removes the run folders under `dir` of processes that are gone (killed before they could).
 fn remove_stale_runs(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -502,6 +718,25 @@ fn remove_stale_runs(dir: &Path) {
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Removes the temporary files a process that is gone left in `dir` (`….tmpPID`).
+fn remove_stale_tmp(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .rsplit_once("tmp")
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -619,6 +854,55 @@ mod tests {
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = Index::loading_on_disk(&root, 2).err().unwrap().to_string();
         assert!(e.contains("not a folder private to this user"), "{e}");
+    }
+
+    /// A kept run file is used again by a load that lists every index file it covers, with
+    /// the pack table and marks of the first; not after a covered file is gone; and a damaged
+    /// companion file is dropped with its run file.
+    #[test]
+    fn a_kept_run_is_used_again_and_a_damaged_one_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("kept");
+        let covered = vec![Id([1; 32]), Id([2; 32])];
+        let mut idx = Index::loading_to_keep(&d, 2, covered.clone()).unwrap();
+        idx.add_pack(&with_blobs(1, Some((1, 2)), &[10, 11, 12]));
+        idx.add_pack(&with_blobs(2, None, &[12, 13]));
+        idx.seal();
+        assert!(idx.run_error().is_none());
+        drop(idx);
+        let id = |b: u8| BlobId::from_bytes([b; 32]);
+        let names = vec![Id([1; 32]), Id([2; 32]), Id([3; 32])];
+        let (kept, cov) = Index::open_kept(&d, &names).expect("kept");
+        assert_eq!(cov, covered);
+        assert_eq!(kept.len(), 4);
+        assert_eq!(kept.live_pack_of(&id(12)), Some(Id([2; 32])));
+        assert_eq!(kept.live_pack_of(&id(10)), None, "only in a marked pack");
+        assert!(kept.contains(&id(10)));
+        assert_eq!(kept.packs().len(), 2);
+        drop(kept);
+        assert!(
+            Index::open_kept(&d, &[Id([1; 32])]).is_none(),
+            "a covered index file is gone"
+        );
+        let files = || {
+            let mut v: Vec<_> = std::fs::read_dir(&d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("run-"))
+                .collect();
+            v.sort();
+            v
+        };
+        let meta = files()
+            .into_iter()
+            .find(|p| p.extension().unwrap() == "meta")
+            .unwrap();
+        let mut b = std::fs::read(&meta).unwrap();
+        b[20] ^= 1;
+        std::fs::write(&meta, b).unwrap();
+        assert!(Index::open_kept(&d, &names).is_none());
+        assert!(files().is_empty(), "{:?}", files());
     }
 
     fn live_copies_first(mut idx: Index) {

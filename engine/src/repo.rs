@@ -608,6 +608,16 @@ impl Repository {
 
     fn load_index_once(&self) -> Result<(Index, usize)> {
         let names = self.list_named(FileKind::Index)?;
+        // A large index is kept on disk between runs, per repository.
+        let keep = self
+            .index_on_disk
+            .get()
+            .map(|(dir, above)| (dir.join(Id(self.config.repo_id).to_hex()), *above));
+        if let Some((dir, above)) = &keep {
+            if let Some(idx) = self.load_kept(dir, *above, &names)? {
+                return Ok((idx, names.len()));
+            }
+        }
         // Many reads in flight pay off only over a network; each holds a whole file.
         let local = !self.backend.is_remote();
         let heads = parallel_map_n(
@@ -632,9 +642,11 @@ impl Repository {
             .filter(|(id, _, _)| !superseded.contains(id))
             .map(|(_, _, n)| n)
             .sum();
-        let on_disk = self.index_on_disk.get().filter(|(_, above)| blobs > *above);
+        let on_disk = keep.as_ref().filter(|(_, above)| blobs > *above);
         let fresh = Mutex::new(match on_disk {
-            Some((dir, above)) => Index::loading_on_disk(dir, *above)?,
+            Some((dir, above)) => {
+                Index::loading_to_keep(dir, *above, names.iter().map(|(id, _)| *id).collect())?
+            }
             None => Index::loading(blobs),
         });
         // The first pass downloaded what was remote (into the cache): decoding is the work now.
@@ -659,6 +671,60 @@ impl Repository {
         // Superseded files count as read too, so a later look for new files skips them.
         fresh.files = names.iter().map(|(id, _)| *id).collect();
         Ok((fresh, names.len()))
+    }
+
+    /// The index from the run file an earlier load kept in `dir`, with the index files written
+    /// since added (they go to memory). `None` when there is none to use, when a new file
+    /// supersedes one it covers (a prune or a repair rewrote the index), or when the new files
+    /// hold more than `above` blobs: the caller then builds it again.
+    fn load_kept(
+        &self,
+        dir: &std::path::Path,
+        above: usize,
+        names: &[(Id, String)],
+    ) -> Result<Option<Index>> {
+        let ids: Vec<Id> = names.iter().map(|(id, _)| *id).collect();
+        let Some((mut idx, covered)) = Index::open_kept(dir, &ids) else {
+            return Ok(None);
+        };
+        let covered: std::collections::HashSet<Id> = covered.into_iter().collect();
+        let new: Vec<&(Id, String)> = names
+            .iter()
+            .filter(|(id, _)| !covered.contains(id))
+            .collect();
+        let threads = if self.backend.is_remote() && self.cache().is_none() {
+            PARALLEL_READS
+        } else {
+            DECODERS
+        };
+        let files = parallel_map_n(threads, &new, |(id, name)| {
+            Ok((*id, self.read_index_file(name)?))
+        })?;
+        let superseded: std::collections::HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        if superseded.iter().any(|id| covered.contains(id)) {
+            return Ok(None);
+        }
+        let in_force = || files.iter().filter(|(id, _)| !superseded.contains(id));
+        let blobs: usize = in_force()
+            .map(|(_, f)| f.packs.iter().map(|p| p.blobs.len()).sum::<usize>())
+            .sum();
+        if blobs > above {
+            return Ok(None);
+        }
+        for (id, f) in in_force() {
+            idx.add_file(*id, f);
+        }
+        if let Some(e) = idx.run_error() {
+            return Err(Error::Other(format!(
+                "the index kept on disk under {}: {e}",
+                dir.display()
+            )));
+        }
+        idx.files = ids;
+        Ok(Some(idx))
     }
 
     /// Writes an index file for packs a session stored.
