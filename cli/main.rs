@@ -768,22 +768,20 @@ fn enable_cache(g: &Global, out: &Out, repo: &Repository) {
 }
 
 fn enable_cache_with(g: &Global, out: &Out, repo: &Repository, trees_only: bool) {
-    // A third of the memory budget for the index; beyond that, a run file on disk.
-    let index_dir = if g.no_cache {
-        std::env::temp_dir().join(format!(
-            "chunkbak-{}",
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            unsafe { libc::geteuid() }
-        ))
+    // A third of the memory budget for the index; beyond that, a run file on disk: kept in
+    // the cache folder for the next run, or with --no-cache in a private folder of this run.
+    let above = (g.memory / 3 / chunkbak_engine::index::BYTES_PER_BLOB as u64) as usize;
+    if g.no_cache {
+        if let Err(e) = repo.index_on_disk_for_this_run(&std::env::temp_dir(), above) {
+            warn(out, &format!("{e}: a large index stays in memory"));
+        }
     } else {
-        g.cache_dir
+        let root = g
+            .cache_dir
             .clone()
-            .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("chunkbak"))
-    };
-    repo.keep_index_on_disk(
-        &index_dir.join("index"),
-        (g.memory / 3 / chunkbak_engine::index::BYTES_PER_BLOB as u64) as usize,
-    );
+            .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("chunkbak"));
+        repo.keep_index_on_disk(&root.join("index"), above);
+    }
     if !g.no_cache {
         let root = g
             .cache_dir

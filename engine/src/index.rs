@@ -590,18 +590,21 @@ fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     crate::fsperm::mkdir_private(dir)
         .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
-    let m = std::fs::symlink_metadata(dir)
-        .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
-        return Err(Error::Other(format!(
-            "{}: not a folder private to this user (owner {}, mode {:o}): the index cannot be \
-             kept there; give --cache-dir a folder of your own",
-            dir.display(),
-            m.uid(),
-            m.mode() & 0o7777
-        )));
+    // The folder and the one above it (whose owner could rename it away).
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let m = std::fs::symlink_metadata(d)
+            .map_err(|e| Error::Other(format!("{}: {e}", d.display())))?;
+        if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+            return Err(Error::Other(format!(
+                "{}: not a folder private to this user (owner {}, mode {:o}): the index cannot \
+                 be kept there; give --cache-dir a folder of your own",
+                d.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            )));
+        }
     }
     Ok(())
 }

@@ -142,6 +142,9 @@ pub struct Repository {
     cache: std::sync::OnceLock<Arc<Cache>>,
     /// Where, and above how many blobs, a loaded index is kept in a run file on disk.
     index_on_disk: std::sync::OnceLock<(std::path::PathBuf, usize)>,
+    /// A private folder of this process for the index on disk (`--no-cache`), removed with
+    /// the repository.
+    index_tmp: std::sync::OnceLock<tempfile::TempDir>,
     /// Key files not tried at open, and why (see [`Repository::open_preferring`]).
     refused_keys: Mutex<Vec<String>>,
     /// The `config` object's bytes as read at open (or written by init).
@@ -318,6 +321,7 @@ impl Repository {
             base_cache: Mutex::new(std::collections::VecDeque::new()),
             cache: std::sync::OnceLock::new(),
             index_on_disk: std::sync::OnceLock::new(),
+            index_tmp: std::sync::OnceLock::new(),
             refused_keys: Mutex::new(Vec::new()),
             config_bytes: std::sync::OnceLock::new(),
         })
@@ -570,6 +574,23 @@ impl Repository {
         let _ = self
             .index_on_disk
             .set((dir.to_path_buf(), above_blobs.max(1)));
+    }
+
+    /// As [`keep_index_on_disk`](Self::keep_index_on_disk), in a new private folder under
+    /// `tmp` (made with an unpredictable name, so no other user can have made it first) that
+    /// goes with the repository: nothing is kept for a later run (`--no-cache`).
+    pub fn index_on_disk_for_this_run(
+        &self,
+        tmp: &std::path::Path,
+        above_blobs: usize,
+    ) -> Result<()> {
+        let d = tempfile::Builder::new()
+            .prefix("chunkbak-index-")
+            .tempdir_in(tmp)
+            .map_err(|e| Error::Other(format!("{}: {e}", tmp.display())))?;
+        self.keep_index_on_disk(d.path(), above_blobs);
+        let _ = self.index_tmp.set(d);
+        Ok(())
     }
 
     /// Loads every index file into memory (or, when [`keep_index_on_disk`] says so, into a
