@@ -718,25 +718,31 @@ impl Repository {
         } else {
             DECODERS
         };
-        let files = parallel_map_n(threads, &new, |(id, name)| {
-            Ok((*id, self.read_index_file(name)?))
+        // Headers first (what each supersedes, how many blobs): the files are decoded only
+        // when they fit the budget, one at a time.
+        let heads = parallel_map_n(threads, &new, |(id, name)| {
+            let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
+            let (supersedes, blobs) = IndexFile::peek(&plain, &format!("index/{name}"))?;
+            Ok((*id, supersedes, blobs))
         })?;
-        let superseded: std::collections::HashSet<Id> = files
+        let superseded: std::collections::HashSet<Id> = heads
             .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .flat_map(|(_, s, _)| s.iter().copied())
             .collect();
         if superseded.iter().any(|id| covered.contains(id)) {
             return Ok(None);
         }
-        let in_force = || files.iter().filter(|(id, _)| !superseded.contains(id));
-        let blobs: usize = in_force()
-            .map(|(_, f)| f.packs.iter().map(|p| p.blobs.len()).sum::<usize>())
+        let blobs: usize = heads
+            .iter()
+            .filter(|(id, _, _)| !superseded.contains(id))
+            .map(|(_, _, n)| n)
             .sum();
         if blobs > above {
             return Ok(None);
         }
-        for (id, f) in in_force() {
-            idx.add_file(*id, f);
+        for (id, name) in new.iter().filter(|(id, _)| !superseded.contains(id)) {
+            let f = self.read_index_file(name)?;
+            idx.add_file(*id, &f);
         }
         if let Some(e) = idx.run_error() {
             return Err(Error::Other(format!(
