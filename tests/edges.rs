@@ -782,3 +782,84 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
     let r = e.run(&["--no-cache", "ls", "latest"]);
     assert_ne!(r.code, 0, "an index loaded from the files reads the damage");
 }
+
+/// A prune makes the index kept on disk stale: the next run must not use it (a backup
+/// deduplicating against pruned chunks would lose data). Files backed up, their snapshot
+/// forgotten and pruned at once, then backed up again with a small budget: the kept file is
+/// replaced, the data is stored again and restores, and `check --read-data` finds nothing
+/// missing. (The prune's rewritten index supersedes the covered file and lists more blobs than
+/// the budget: either makes the next run build again; `index.rs` tests the covered-file rule.)
+#[test]
+fn a_prune_retires_the_index_kept_on_disk() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..800u64 {
+        fs::write(src.join(format!("f{i:04}")), splitmix(i + 7, 500)).unwrap();
+    }
+    let s = src.to_str().unwrap();
+    let small = |args: &[&str]| {
+        let mut c = e.cmd();
+        c.env("CHUNKBAK_MEMORY", "64KiB").args(args);
+        let r = e.run_cmd(c);
+        assert_eq!(r.code, 0, "{args:?}: {}\n{}", r.out(), r.stderr);
+        r
+    };
+    let first = small(&["--json", "backup", s]).json("summary")[0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Builds the run file and keeps it (the index now holds 800 data blobs).
+    small(&["check"]);
+    let repo_dir = fs::read_dir(e.path("xdg-cache/chunkbak/index"))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a kept index")
+        .path();
+    let kept = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".run"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = kept(&repo_dir);
+    assert_eq!(before.len(), 1, "{before:?}");
+    // Another source's backup, then forget the first snapshot and prune what it alone used.
+    let other = e.path("other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("x"), splitmix(99_999, 700)).unwrap();
+    small(&["backup", other.to_str().unwrap()]);
+    small(&[
+        "forget",
+        &first,
+        "--prune",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "0%",
+    ]);
+    let r = small(&["--json", "backup", s]);
+    let sum = &r.json("summary")[0];
+    assert!(
+        sum["bytes_added"].as_u64().unwrap() > 800 * 100,
+        "the pruned chunks are stored again: {sum}"
+    );
+    let after = kept(&repo_dir);
+    assert_ne!(after, before, "the stale run file was replaced");
+    let t = e.path("restored");
+    small(&[
+        "restore",
+        &format!("latest:{s}"),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    e.compare(&src, &t, &[]);
+    let r = small(&["check", "--read-data"]);
+    assert!(r.out().contains(" 0 problems"), "{}", r.out());
+}
