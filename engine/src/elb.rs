@@ -17,8 +17,15 @@ fn sdk_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Other(format!("Elastic Load Balancing: {what}: {e}"))
 }
 
+/// The error of a classic request about `what`, with its context.
+pub(crate) fn classic_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    what: String,
+) -> impl FnOnce(elb::error::SdkError<E, R>) -> Error {
+    move |e| sdk_error(&what, elb::error::DisplayErrorContext(&e))
+}
+
 /// The error of a v2 request about `what`, with its context.
-fn v2_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+pub(crate) fn v2_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
     what: String,
 ) -> impl FnOnce(elbv2::error::SdkError<E, R>) -> Error {
     move |e| sdk_error(&what, elbv2::error::DisplayErrorContext(&e))

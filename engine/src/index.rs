@@ -220,8 +220,7 @@ impl Index {
     /// then does not grow with the repository (format-spec 16).
     pub fn loading_on_disk(dir: &Path, mem_records: usize) -> Result<Self> {
         private_dir(dir)?;
-        remove_stale_runs(dir);
-        remove_stale_tmp(dir);
+        remove_left_by_dead_processes(dir);
         let run_dir = tempfile::Builder::new()
             .prefix(&format!("index-run-{}-", std::process::id()))
             .tempdir_in(dir)
@@ -320,11 +319,6 @@ impl Index {
                     .collect(),
             },
         }
-    }
-
-    /// The loaded blobs are in a run file on disk.
-    pub fn on_disk(&self) -> bool {
-        self.run.is_some()
     }
 
     /// The first error writing or reading the run file, if any.
@@ -705,41 +699,28 @@ impl Meta {
     }
 }
 
-/// Removes the run folders under `dir` of processes that are gone (killed before they could).
-fn remove_stale_runs(dir: &Path) {
+/// Removes what processes that are gone left in `dir` when killed: their run folders
+/// (`index-run-PID-…`) and temporary files (`…tmpPID`).
+fn remove_left_by_dead_processes(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("index-run-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let folder = name.strip_prefix("index-run-");
+        let pid = match folder {
+            Some(r) => r.split('-').next(),
+            None => name.rsplit_once("tmp").map(|(_, p)| p),
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-/// Removes the temporary files a process that is gone left in `dir` (`….tmpPID`).
-fn remove_stale_tmp(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .rsplit_once("tmp")
-            .and_then(|(_, p)| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(e.path());
+            let _ = if folder.is_some() {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
         }
     }
 }

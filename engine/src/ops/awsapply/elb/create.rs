@@ -7,8 +7,9 @@ use aws_sdk_elasticloadbalancing as classic;
 use aws_sdk_elasticloadbalancingv2 as v2;
 use serde_json::Value;
 
-use super::{classic_err, has_auth, s, strs, v2_err, ElbPlan};
+use super::{has_auth, s, strs, ElbPlan};
 use crate::elb::Elb;
+use crate::elb::{classic_error, v2_error};
 use crate::error::{Error, Result};
 
 /// A load balancer the apply created or found: name, DNS name, hosted zone (for the alias
@@ -224,7 +225,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                         .set_tags(v2_tags(&t["Tags"]))
                         .send()
                         .await
-                        .map_err(v2_err(format!("creating target group {name}")))?;
+                        .map_err(v2_error(format!("creating target group {name}")))?;
                     done.requests += 1;
                     done.created += 1;
                     let arn = r
@@ -238,7 +239,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                         .target_group_arn(&arn)
                         .send()
                         .await
-                        .map_err(v2_err(format!("attributes of target group {name}")))?;
+                        .map_err(v2_error(format!("attributes of target group {name}")))?;
                     let set = changed_attributes(
                         &t["Attributes"],
                         now.attributes().iter().map(|a| (a.key(), a.value())),
@@ -255,7 +256,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                             ))
                             .send()
                             .await
-                            .map_err(v2_err(format!("attributes of target group {name}")))?;
+                            .map_err(v2_error(format!("attributes of target group {name}")))?;
                         done.requests += 1;
                     }
                     arn
@@ -301,7 +302,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                         .set_tags(v2_tags(&lb["Tags"]))
                         .send()
                         .await
-                        .map_err(v2_err(format!("creating load balancer {name}")))?;
+                        .map_err(v2_error(format!("creating load balancer {name}")))?;
                     done.requests += 1;
                     done.created += 1;
                     let arn = r
@@ -315,7 +316,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                         .load_balancer_arn(&arn)
                         .send()
                         .await
-                        .map_err(v2_err(format!("attributes of {name}")))?;
+                        .map_err(v2_error(format!("attributes of {name}")))?;
                     let set = changed_attributes(
                         &lb["Attributes"],
                         now.attributes().iter().map(|a| (a.key(), a.value())),
@@ -332,7 +333,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                             ))
                             .send()
                             .await
-                            .map_err(v2_err(format!("attributes of {name}")))?;
+                            .map_err(v2_error(format!("attributes of {name}")))?;
                         done.requests += 1;
                     }
                     (arn, BTreeSet::new())
@@ -363,7 +364,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                     .set_default_actions(Some(defaults))
                     .send()
                     .await
-                    .map_err(v2_err(format!("creating listener {name}:{port}")))?;
+                    .map_err(v2_error(format!("creating listener {name}:{port}")))?;
                 done.requests += 1;
                 done.created += 1;
                 let larn = r
@@ -401,7 +402,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                         .set_actions(Some(actions))
                         .send()
                         .await
-                        .map_err(v2_err(format!(
+                        .map_err(v2_error(format!(
                             "creating rule {name}:{port} priority {prio}"
                         )))?;
                     done.requests += 1;
@@ -413,7 +414,7 @@ pub fn apply_elb(plan: &ElbPlan, elb: &Elb) -> Result<ElbApplied> {
                 .load_balancer_arns(&arn)
                 .send()
                 .await
-                .map_err(v2_err(format!("describing load balancer {name}")))?;
+                .map_err(v2_error(format!("describing load balancer {name}")))?;
             let l = r.load_balancers().first();
             done.load_balancers.push(Created {
                 name,
@@ -487,7 +488,7 @@ fn apply_classic(plan: &ElbPlan, elb: &Elb, done: &mut ElbApplied) -> Result<()>
                 .set_tags((!tags.is_empty()).then_some(tags))
                 .send()
                 .await
-                .map_err(classic_err(format!(
+                .map_err(classic_error(format!(
                     "creating classic load balancer {name}"
                 )))?;
             done.requests += 1;
@@ -508,7 +509,7 @@ fn apply_classic(plan: &ElbPlan, elb: &Elb, done: &mut ElbApplied) -> Result<()>
                     )
                     .send()
                     .await
-                    .map_err(classic_err(format!("health check of {name}")))?;
+                    .map_err(classic_error(format!("health check of {name}")))?;
                 done.requests += 1;
             }
             let a = &d["Attributes"];
@@ -517,7 +518,7 @@ fn apply_classic(plan: &ElbPlan, elb: &Elb, done: &mut ElbApplied) -> Result<()>
                 .load_balancer_name(&name)
                 .send()
                 .await
-                .map_err(classic_err(format!("attributes of {name}")))?;
+                .map_err(classic_error(format!("attributes of {name}")))?;
             let now = now
                 .load_balancer_attributes()
                 .map(crate::elb::classic_attributes)
@@ -582,7 +583,7 @@ fn apply_classic(plan: &ElbPlan, elb: &Elb, done: &mut ElbApplied) -> Result<()>
                     .load_balancer_attributes(attrs.build())
                     .send()
                     .await
-                    .map_err(classic_err(format!("attributes of {name}")))?;
+                    .map_err(classic_error(format!("attributes of {name}")))?;
                 done.requests += 1;
             }
             done.load_balancers.push(Created {

@@ -15,14 +15,12 @@ mod create;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_elasticloadbalancing as classic;
-use aws_sdk_elasticloadbalancingv2 as v2;
 use serde_json::Value;
 
 pub use create::{apply_elb, Created, ElbApplied};
 
 use super::{folder, read_json};
-use crate::elb::Elb;
+use crate::elb::{classic_error, v2_error, Elb};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::repo::Repository;
@@ -376,28 +374,6 @@ pub fn plan_elb(src: &ElbSource, map: &Mapping, elb: &Elb) -> Result<ElbPlan> {
     })
 }
 
-fn v2_err<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    what: String,
-) -> impl FnOnce(v2::error::SdkError<E, R>) -> Error {
-    move |e| {
-        Error::Other(format!(
-            "Elastic Load Balancing: {what}: {}",
-            v2::error::DisplayErrorContext(&e)
-        ))
-    }
-}
-
-fn classic_err<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    what: String,
-) -> impl FnOnce(classic::error::SdkError<E, R>) -> Error {
-    move |e| {
-        Error::Other(format!(
-            "Elastic Load Balancing: {what}: {}",
-            classic::error::DisplayErrorContext(&e)
-        ))
-    }
-}
-
 fn existing(elb: &Elb) -> Result<Existing> {
     let c = elb.v2_client();
     let cl = elb.classic_client();
@@ -410,7 +386,7 @@ fn existing(elb: &Elb) -> Result<Existing> {
                 .set_marker(marker.take())
                 .send()
                 .await
-                .map_err(v2_err("describing target groups".into()))?;
+                .map_err(v2_error("describing target groups".into()))?;
             for t in r.target_groups() {
                 ex.target_groups.insert(
                     t.target_group_name().unwrap_or_default().into(),
@@ -428,7 +404,7 @@ fn existing(elb: &Elb) -> Result<Existing> {
                 .set_marker(marker.take())
                 .send()
                 .await
-                .map_err(v2_err("describing load balancers".into()))?;
+                .map_err(v2_error("describing load balancers".into()))?;
             for lb in r.load_balancers() {
                 let arn = lb.load_balancer_arn().unwrap_or_default().to_string();
                 let ls = c
@@ -436,7 +412,7 @@ fn existing(elb: &Elb) -> Result<Existing> {
                     .load_balancer_arn(&arn)
                     .send()
                     .await
-                    .map_err(v2_err(format!("listeners of {arn}")))?;
+                    .map_err(v2_error(format!("listeners of {arn}")))?;
                 let ports = ls
                     .listeners()
                     .iter()
@@ -458,7 +434,7 @@ fn existing(elb: &Elb) -> Result<Existing> {
                 .set_marker(marker.take())
                 .send()
                 .await
-                .map_err(classic_err("describing classic load balancers".into()))?;
+                .map_err(classic_error("describing classic load balancers".into()))?;
             for lb in r.load_balancer_descriptions() {
                 ex.classic
                     .insert(lb.load_balancer_name().unwrap_or_default().into());
