@@ -270,6 +270,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
                     "all": {"after": format_time(t2), "packs": b.packs, "bytes": b.bytes},
                 })),
                 "delete_now": opts.delete_now,
+                "index_on_disk": p.on_disk(),
             }),
         );
         return;
@@ -292,6 +293,9 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
         ));
     }
     let when = local_minute;
+    if p.on_disk() {
+        out.line("the index is above --memory: planned by sorting on disk".to_string());
+    }
     out.line(format!(
         "{} snapshots use {} blobs; the index holds {}:",
         p.snapshots,

@@ -863,3 +863,138 @@ fn a_prune_retires_the_index_kept_on_disk() {
     let r = small(&["check", "--read-data"]);
     assert!(r.out().contains(" 0 problems"), "{}", r.out());
 }
+
+/// prune plans alike with the index in memory and above `--memory` (claims and used blobs
+/// sorted on disk): after a forget; after a repack, which leaves blobs in two packs (disputed
+/// claims, judged by the packs' headers) and marks in their grace time; and after a prune run
+/// on disk, which leaves nothing to do, a clean `check --read-data` and a restorable snapshot.
+#[test]
+fn prune_plans_alike_with_the_index_in_memory_and_on_disk() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let run = |memory: Option<&str>, args: &[&str]| {
+        let mut c = e.cmd();
+        if let Some(m) = memory {
+            c.env("CHUNKBAK_MEMORY", m);
+        }
+        c.args(args);
+        let r = e.run_cmd(c);
+        assert_eq!(r.code, 0, "{args:?}: {}\n{}", r.out(), r.stderr);
+        r
+    };
+    // In memory: without the cache, which may hold a run file kept by a run on disk (a load
+    // uses one whatever the budget).
+    let plan = |memory: Option<&str>, extra: &[&str]| {
+        let mut args = vec!["--json", "prune", "--dry-run", "--max-unused", "0%"];
+        if memory.is_none() {
+            args.insert(1, "--no-cache");
+        }
+        args.extend(extra);
+        let mut p = run(memory, &args).json("prune_plan")[0].clone();
+        let on_disk = p.as_object_mut().unwrap().remove("index_on_disk").unwrap();
+        assert_eq!(on_disk, memory.is_some(), "{p}");
+        // When marks become due counts from each run's clock.
+        let later = p.as_object_mut().unwrap().remove("frees_later").unwrap();
+        (p, later.is_null())
+    };
+    let alike = |when: &str, extra: &[&str]| {
+        let (a, a_later) = plan(None, extra);
+        let (b, b_later) = plan(Some("64KiB"), extra);
+        assert_eq!(a, b, "{when}: in memory, then on disk");
+        assert_eq!(a_later, b_later, "{when}");
+        a
+    };
+    // Three generations of 600 files (more blobs than 64KiB keeps in memory, 455), a third
+    // of them changed each time.
+    let mut snaps = Vec::new();
+    for generation in 0..3u64 {
+        for i in 0..600u64 {
+            let seed = if i % 3 == generation { 1000 * generation + i } else { i };
+            fs::write(src.join(format!("f{i:03}")), splitmix(seed, 900)).unwrap();
+        }
+        snaps.push(e.backup_id(&src));
+    }
+    run(None, &["forget", &snaps[0]]);
+    let p = alike("after a forget", &[]);
+    assert!(p["mark"]["packs"].as_u64().unwrap() + p["repack"]["packs"].as_u64().unwrap() > 0);
+    run(None, &["prune", "--grace", "1h", "--max-unused", "0%"]);
+    run(None, &["forget", &snaps[1]]);
+    let p = alike("after a second forget", &[]);
+    assert!(p["repack"]["packs"].as_u64().unwrap() > 0, "{p}");
+    run(None, &["prune", "--grace", "1h", "--max-unused", "0%"]);
+    let p = alike("after a repack", &[]);
+    assert!(p["claim_reads"].as_u64().unwrap() > 0, "repacked blobs are in two packs: {p}");
+    assert!(p["waiting"]["packs"].as_u64().unwrap() > 0, "{p}");
+    alike("deleting at once", &["--now"]);
+    run(Some("64KiB"), &["prune", "--now", "--max-unused", "0%"]);
+    let p = alike("after the prune on disk", &[]);
+    for k in ["mark", "delete", "repack", "waiting", "orphans"] {
+        assert_eq!(p[k]["packs"], 0, "{k}: {p}");
+    }
+    let r = run(None, &["--json", "check", "--read-data"]);
+    let problems = r.json("check")[0]["problems"].as_array().unwrap().len();
+    assert_eq!(problems, 0, "{}", r.out());
+    e.restore_subtree_and_compare(&src);
+}
+
+/// `check` with the index above `--memory` (chunks sorted, then looked up in one pass over the
+/// run file) counts and finds what it finds in memory: a clean repository has no problem, and
+/// a deleted data pack gives the same problems, each naming the snapshot, the file and the
+/// chunk.
+#[test]
+fn check_finds_alike_with_the_index_in_memory_and_on_disk() {
+    let e = Env::new();
+    e.init_small();
+    let src = e.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..600u64 {
+        fs::write(src.join(format!("f{i:03}")), splitmix(i + 31, 900)).unwrap();
+    }
+    e.backup_id(&src);
+    fs::write(src.join("f000"), splitmix(5, 3000)).unwrap();
+    e.backup_id(&src);
+    let check = |memory: Option<&str>| {
+        let mut c = e.cmd();
+        match memory {
+            Some(m) => c.env("CHUNKBAK_MEMORY", m),
+            None => c.arg("--no-cache"),
+        };
+        c.args(["--json", "check"]);
+        let r = e.run_cmd(c);
+        let mut v = r.json("check")[0].clone();
+        let mut problems: Vec<String> = v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        problems.sort();
+        v.as_object_mut().unwrap().remove("problems");
+        (r.code, v, problems)
+    };
+    let (code, clean, problems) = check(Some("64KiB"));
+    assert_eq!((code, &problems), (0, &Vec::<String>::new()), "{clean}");
+    assert_eq!(check(None), (0, clean.clone(), problems));
+    assert!(clean["blobs"].as_u64().unwrap() > 600, "{clean}");
+    // A data pack goes: its chunks are missing in both snapshots.
+    let pack = fs::read_dir(e.repo.join("data"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(&pack).unwrap();
+    let on_disk = check(Some("64KiB"));
+    assert_ne!(on_disk.0, 0);
+    assert!(!on_disk.2.is_empty());
+    assert!(
+        on_disk.2.iter().all(|p| p.contains("/f") && p.contains(": chunk ")
+            || p.contains(&pack.file_name().unwrap().to_string_lossy().to_string())),
+        "{:#?}",
+        on_disk.2
+    );
+    assert_eq!(on_disk, check(None));
+}

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::format::index::PackEntry;
 use chunkbak_engine::format::key::KdfParams;
 use chunkbak_engine::format::pack::BlobKind;
 use chunkbak_engine::format::snapshot::Snapshot;
@@ -33,10 +34,29 @@ fn main() {
     let repo = Repository::init(Arc::new(LocalBackend::new(dir)), b"bench", &opts).unwrap();
     let files = 1000u64;
     let per_file = blobs / 2 / files;
+    // Packs are indexed as they pile up, in files of at most 100,000 blobs (as prune writes
+    // them; backups write smaller ones), and each file's blobs go through a saver of its own:
+    // nothing held grows with BLOBS, so 100 million blobs fit in a few hundred MiB.
+    let mut batch = Vec::new();
+    let mut in_batch = 0;
+    let mut index = |packs: Vec<PackEntry>, last: bool| {
+        for p in packs {
+            in_batch += p.blobs.len();
+            batch.push(p);
+            if in_batch >= 100_000 {
+                repo.write_index(std::mem::take(&mut batch)).unwrap();
+                in_batch = 0;
+            }
+        }
+        if last {
+            repo.write_index(std::mem::take(&mut batch)).unwrap();
+            in_batch = 0;
+        }
+    };
     for half in 0..2u64 {
-        let saver = repo.blob_saver().unwrap();
         let mut nodes = Vec::new();
         for f in 0..files {
+            let saver = repo.private_saver().unwrap();
             let mut chunks = Vec::with_capacity(per_file as usize);
             for c in 0..per_file {
                 // 64 bytes, unique per blob.
@@ -54,7 +74,9 @@ fn main() {
                 content: repo.save_content(&saver, chunks).unwrap(),
                 ..Default::default()
             });
+            index(saver.finish().unwrap(), false);
         }
+        let saver = repo.private_saver().unwrap();
         let root = repo.save_dir(&saver, nodes).unwrap();
         let top = repo
             .save_dir(
@@ -68,18 +90,7 @@ fn main() {
                 }],
             )
             .unwrap();
-        // Index files of at most 100,000 blobs, as prune writes them (backups write smaller ones).
-        let mut batch = Vec::new();
-        let mut n = 0;
-        for p in saver.finish().unwrap() {
-            n += p.blobs.len();
-            batch.push(p);
-            if n >= 100_000 {
-                repo.write_index(std::mem::take(&mut batch)).unwrap();
-                n = 0;
-            }
-        }
-        repo.write_index(batch).unwrap();
+        index(saver.finish().unwrap(), true);
         let id = repo
             .write_snapshot(&Snapshot {
                 time: Timespec {

@@ -81,7 +81,7 @@ struct Entry {
     raw_len: u32,
 }
 
-const TOP: u32 = 1 << 31;
+pub(crate) const TOP: u32 = 1 << 31;
 
 /// The longest chain of deltas a blob may be read through (format-spec 6.1): a delta on a
 /// whole blob has depth 1, a delta on that delta depth 2, and so on.
@@ -161,6 +161,40 @@ impl Entry {
             },
         }
     }
+}
+
+/// A pack's blob record as a run record of the pack at position `pos` (flags as in [`Entry`]).
+pub(crate) fn record_of(pos: u32, b: &crate::format::pack::BlobRecord) -> indexrun::Record {
+    Entry::new(
+        b.id,
+        &BlobLocation {
+            pack: pos,
+            ..BlobLocation::of_record(b)
+        },
+    )
+    .record()
+}
+
+/// The pack position of a run record made by [`record_of`] and the blob record it stands for,
+/// with `base` for a delta (run records do not hold bases).
+pub(crate) fn blob_record_of(
+    r: &indexrun::Record,
+    base: Option<BlobId>,
+) -> (u32, crate::format::pack::BlobRecord) {
+    let l = Entry::of_record(r).location(&HashMap::new());
+    let delta = l.compression == Compression::Delta;
+    (
+        l.pack,
+        crate::format::pack::BlobRecord {
+            id: Id(r.id),
+            kind: l.kind,
+            compression: l.compression,
+            offset: l.offset,
+            length: l.length,
+            raw_len: l.raw_len,
+            base: if delta { base } else { None },
+        },
+    )
 }
 
 /// Where every blob is. Loading an index collects its blobs into one sorted array of 48-byte
@@ -414,6 +448,24 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// The loaded blobs are in a run file on disk (the index is above the memory allowed).
+    pub fn on_disk(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Every blob of the run file on disk in id order, with its pack's position in
+    /// [`packs`](Index::packs) (nothing when the index is in memory; blobs added since it was
+    /// built are not in it). A block at a time: for passes in id order (check's).
+    pub fn for_each_on_disk(
+        &self,
+        f: &mut dyn FnMut(&BlobId, u32) -> Result<()>,
+    ) -> Result<()> {
+        let Some(run) = &self.run else {
+            return Ok(());
+        };
+        run.for_each(|r| f(&Id(r.id), r.pack & !TOP))
     }
 
     /// Blobs indexed.
@@ -701,7 +753,7 @@ impl Meta {
 
 /// Removes what processes that are gone left in `dir` when killed: their run folders
 /// (`index-run-PID-…`) and temporary files (`…tmpPID`).
-fn remove_left_by_dead_processes(dir: &Path) {
+pub(crate) fn remove_left_by_dead_processes(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };

@@ -149,79 +149,56 @@ impl Builder {
         Ok(())
     }
 
+    /// Ends collecting: the records sorted, for as many passes in id order as the caller
+    /// needs ([`Sorted::merge`]); in memory when they never exceeded `mem_records`, else in
+    /// temporary runs (removed with the [`Sorted`]).
+    pub fn into_sorted(mut self) -> Result<Sorted> {
+        if self.runs.is_empty() {
+            let mut mem = std::mem::take(&mut self.buf);
+            mem.sort_unstable();
+            return Ok(Sorted {
+                runs: Vec::new(),
+                mem,
+            });
+        }
+        self.spill()?;
+        Ok(Sorted {
+            runs: std::mem::take(&mut self.runs),
+            mem: Vec::new(),
+        })
+    }
+
     /// Merges everything into the run file `out` (written as `out.tmp`, synced, renamed);
     /// `covers` names what it was built from (the caller's choice, e.g. a hash of the index
     /// files' ids).
     pub fn finish(
-        mut self,
+        self,
         out: &Path,
         covers: [u8; 32],
         rank: &dyn Fn(&Record) -> u8,
     ) -> Result<Built> {
-        let sorted_in_memory = self.runs.is_empty();
-        if !sorted_in_memory {
-            self.spill()?;
-        } else {
-            self.buf.sort_unstable();
-        }
+        let sorted = self.into_sorted()?;
         // Two processes may build the same file at once: each writes its own.
         let tmp = out.with_extension(format!("tmp{}", std::process::id()));
         let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = Writer::new(BufWriter::with_capacity(1 << 16, f), &tmp)?;
         let mut built = Built {
-            runs: self.runs.len(),
+            runs: sorted.runs.len(),
             ..Built::default()
         };
-        // The records of one id, in order; the best is written when the id changes.
+        let mut merge = sorted.merge()?;
         let mut group: Vec<Record> = Vec::new();
-        let mut emit = |group: &mut Vec<Record>, w: &mut Writer| -> Result<()> {
-            let Some(best) = group.iter().min_by_key(|r| (rank(r), **r)).copied() else {
-                return Ok(());
-            };
+        while merge.next_group(&mut group)? {
+            // Of the records of one id, the best is written.
+            let best = group
+                .iter()
+                .min_by_key(|r| (rank(r), **r))
+                .copied()
+                .expect("a group is not empty");
             built.records += 1;
             built.disputed += group.iter().filter(|r| r.pack != best.pack).count() as u64;
-            group.clear();
-            w.push(&best)
-        };
-        let mut take = |r: Record, w: &mut Writer| -> Result<()> {
-            if group.first().is_some_and(|g| g.id != r.id) {
-                emit(&mut group, w)?;
-            }
-            group.push(r);
-            Ok(())
-        };
-        if sorted_in_memory {
-            for r in std::mem::take(&mut self.buf) {
-                take(r, &mut w)?;
-            }
-        } else {
-            let mut readers = Vec::new();
-            for p in &self.runs {
-                let f = File::open(p).map_err(|e| io(p, e))?;
-                readers.push(BufReader::with_capacity(1 << 14, f));
-            }
-            let next = |rd: &mut BufReader<File>, p: &Path| -> Result<Option<Record>> {
-                let mut b = [0u8; RECORD];
-                match rd.read_exact(&mut b) {
-                    Ok(()) => Ok(Some(Record::decode(&b))),
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-                    Err(e) => Err(io(p, e)),
-                }
-            };
-            let mut heap = BinaryHeap::new();
-            for (i, rd) in readers.iter_mut().enumerate() {
-                if let Some(x) = next(rd, &self.runs[i])? {
-                    heap.push(Reverse((x, i)));
-                }
-            }
-            while let Some(Reverse((r, i))) = heap.pop() {
-                take(r, &mut w)?;
-                if let Some(x) = next(&mut readers[i], &self.runs[i])? {
-                    heap.push(Reverse((x, i)));
-                }
-            }
+            w.push(&best)?;
         }
-        emit(&mut group, &mut w)?;
         let f = w.finish(covers)?;
         f.sync_all().map_err(|e| io(&tmp, e))?;
         drop(f);
@@ -232,6 +209,107 @@ impl Builder {
             }
         }
         Ok(built)
+    }
+}
+
+/// Records sorted by a [`Builder`]: in memory, or in temporary runs merged on every pass.
+pub struct Sorted {
+    runs: Vec<PathBuf>,
+    mem: Vec<Record>,
+}
+
+impl Sorted {
+    /// A pass over every record in order (records of one id in record order).
+    pub fn merge(&self) -> Result<Merge<'_>> {
+        let mut m = Merge {
+            sorted: self,
+            readers: Vec::new(),
+            heap: BinaryHeap::new(),
+            at: 0,
+            peeked: None,
+        };
+        for (i, p) in self.runs.iter().enumerate() {
+            let f = File::open(p).map_err(|e| io(p, e))?;
+            m.readers.push(BufReader::with_capacity(1 << 14, f));
+            if let Some(x) = m.read(i)? {
+                m.heap.push(Reverse((x, i)));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Temporary runs on disk (0: every record was sorted in memory).
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+impl Drop for Sorted {
+    fn drop(&mut self) {
+        for p in &self.runs {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// One pass over a [`Sorted`]: a k-way merge of its runs.
+pub struct Merge<'a> {
+    sorted: &'a Sorted,
+    readers: Vec<BufReader<File>>,
+    heap: BinaryHeap<Reverse<(Record, usize)>>,
+    /// The next record of an in-memory sort.
+    at: usize,
+    peeked: Option<Record>,
+}
+
+impl Merge<'_> {
+    fn read(&mut self, i: usize) -> Result<Option<Record>> {
+        let mut b = [0u8; RECORD];
+        match self.readers[i].read_exact(&mut b) {
+            Ok(()) => Ok(Some(Record::decode(&b))),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(io(&self.sorted.runs[i], e)),
+        }
+    }
+
+    /// The next record in order.
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if let Some(r) = self.peeked.take() {
+            return Ok(Some(r));
+        }
+        if self.sorted.runs.is_empty() {
+            let r = self.sorted.mem.get(self.at).copied();
+            self.at += 1;
+            return Ok(r);
+        }
+        let Some(Reverse((r, i))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        if let Some(x) = self.read(i)? {
+            self.heap.push(Reverse((x, i)));
+        }
+        Ok(Some(r))
+    }
+
+    /// The id of the next record, without taking it.
+    pub fn peek_id(&mut self) -> Result<Option<[u8; 32]>> {
+        if self.peeked.is_none() {
+            self.peeked = self.next_record()?;
+        }
+        Ok(self.peeked.map(|r| r.id))
+    }
+
+    /// The records of the next id into `group` (cleared first); false at the end.
+    pub fn next_group(&mut self, group: &mut Vec<Record>) -> Result<bool> {
+        group.clear();
+        let Some(first) = self.next_record()? else {
+            return Ok(false);
+        };
+        group.push(first);
+        while self.peek_id()? == Some(first.id) {
+            group.push(self.peeked.take().expect("peeked"));
+        }
+        Ok(true)
     }
 }
 
@@ -550,6 +628,41 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.join("tmp")).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
         (RunFile::open(&out).unwrap(), built)
+    }
+
+    /// A sort gives every record in order, records of one id together, the same on every pass,
+    /// whether it stayed in memory or went to temporary runs (removed with it).
+    #[test]
+    fn a_sort_passes_every_record_in_groups_as_often_as_asked() {
+        let recs: Vec<Record> = (0..500u64).map(|i| rec(i % 170, (i % 7) as u32)).collect();
+        let mut want = recs.clone();
+        want.sort();
+        for mem in [1, 13, 499, 500, 10_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = Builder::new(&dir.path().join("tmp"), mem).unwrap();
+            for r in &recs {
+                b.push(*r).unwrap();
+            }
+            let sorted = b.into_sorted().unwrap();
+            assert_eq!(sorted.runs() == 0, mem > 500, "mem {mem}");
+            for _ in 0..2 {
+                let mut m = sorted.merge().unwrap();
+                let mut all = Vec::new();
+                let mut g = Vec::new();
+                let mut groups = 0;
+                while m.next_group(&mut g).unwrap() {
+                    assert!(g.iter().all(|r| r.id == g[0].id));
+                    assert!(all.last().is_none_or(|l: &Record| l.id < g[0].id));
+                    all.extend_from_slice(&g);
+                    groups += 1;
+                }
+                assert_eq!(all, want, "mem {mem}");
+                assert_eq!(groups, 170);
+            }
+            drop(sorted);
+            let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
     }
 
     #[test]

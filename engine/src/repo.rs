@@ -27,7 +27,11 @@ const PARALLEL_READS: usize = 16;
 
 /// Threads that decode index files into the index being loaded (the adding is serialized, so
 /// more would only hold more decoded files in memory).
-const DECODERS: usize = 2;
+pub(crate) const DECODERS: usize = 2;
+/// Trees kept decoded by [`Repository::load_tree`]: at most this many, of at most this many
+/// encoded bytes together.
+const TREE_CACHE_ENTRIES: usize = 4096;
+const TREE_CACHE_BYTES: usize = 32 << 20;
 
 /// `f` over `items` on up to [`PARALLEL_READS`] threads, results in order; the first error.
 pub(crate) fn parallel_map<T: Sync, R: Send>(
@@ -38,7 +42,7 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(
 }
 
 /// As [`parallel_map`], on up to `threads` threads.
-fn parallel_map_n<T: Sync, R: Send>(
+pub(crate) fn parallel_map_n<T: Sync, R: Send>(
     threads: usize,
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
@@ -134,7 +138,8 @@ pub struct Repository {
     chunker: Chunker,
     hasher: Hasher,
     index: Arc<RwLock<Index>>,
-    tree_cache: Mutex<HashMap<BlobId, Arc<TreeBlob>>>,
+    /// Trees loaded lately, and their encoded bytes.
+    tree_cache: Mutex<(HashMap<BlobId, Arc<TreeBlob>>, usize)>,
     /// The plaintexts of the latest delta bases read (at most 4 MiB, or the newest one),
     /// newest last.
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
@@ -317,7 +322,7 @@ impl Repository {
             config,
             chunker,
             index: Arc::new(RwLock::new(Index::new())),
-            tree_cache: Mutex::new(HashMap::new()),
+            tree_cache: Mutex::new((HashMap::new(), 0)),
             base_cache: Mutex::new(std::collections::VecDeque::new()),
             cache: std::sync::OnceLock::new(),
             index_on_disk: std::sync::OnceLock::new(),
@@ -513,7 +518,7 @@ impl Repository {
     }
 
     /// The objects of a kind with well-formed names (hex ids); the cache forgets the others.
-    fn list_named(&self, fk: FileKind) -> Result<Vec<(Id, String)>> {
+    pub(crate) fn list_named(&self, fk: FileKind) -> Result<Vec<(Id, String)>> {
         let names: Vec<(Id, String)> = self
             .backend
             .list(fk)?
@@ -576,6 +581,15 @@ impl Repository {
             .set((dir.to_path_buf(), above_blobs.max(1)));
     }
 
+    /// Where this repository's index is kept on disk and how many entries may be sorted in
+    /// memory at a time, when [`keep_index_on_disk`](Self::keep_index_on_disk) said so: the
+    /// folder for other sorts of the same size (prune's).
+    pub(crate) fn index_scratch(&self) -> Option<(std::path::PathBuf, usize)> {
+        self.index_on_disk
+            .get()
+            .map(|(dir, above)| (dir.join(Id(self.config.repo_id).to_hex()), *above))
+    }
+
     /// As [`keep_index_on_disk`](Self::keep_index_on_disk), in a new private folder under
     /// `tmp` (made with an unpredictable name, so no other user can have made it first) that
     /// goes with the repository: nothing is kept for a later run (`--no-cache`).
@@ -630,10 +644,7 @@ impl Repository {
     fn load_index_once(&self) -> Result<(Index, usize)> {
         let names = self.list_named(FileKind::Index)?;
         // A large index is kept on disk between runs, per repository.
-        let keep = self
-            .index_on_disk
-            .get()
-            .map(|(dir, above)| (dir.join(Id(self.config.repo_id).to_hex()), *above));
+        let keep = self.index_scratch();
         if let Some((dir, above)) = &keep {
             if let Some(idx) = self.load_kept(dir, *above, &names)? {
                 return Ok((idx, names.len()));
@@ -1060,16 +1071,21 @@ impl Repository {
 
     /// Loads a tree blob (cached).
     pub fn load_tree(&self, id: &BlobId) -> Result<Arc<TreeBlob>> {
-        if let Some(t) = self.tree_cache.lock().expect("tree cache").get(id) {
+        if let Some(t) = self.tree_cache.lock().expect("tree cache").0.get(id) {
             return Ok(t.clone());
         }
         let bytes = self.read_blob(id)?;
         let t = Arc::new(TreeBlob::decode(&bytes, &format!("tree {id}"))?);
         let mut c = self.tree_cache.lock().expect("tree cache");
-        if c.len() > 4096 {
-            c.clear();
+        // Bounded by bytes too: chunk lists of large files are up to hundreds of KiB each, and
+        // 4096 of them held 1.1 GB in a walk of 100 million chunks.
+        if c.0.len() >= TREE_CACHE_ENTRIES || c.1 + bytes.len() > TREE_CACHE_BYTES {
+            c.0.clear();
+            c.1 = 0;
         }
-        c.insert(*id, t.clone());
+        if c.0.insert(*id, t.clone()).is_none() {
+            c.1 += bytes.len();
+        }
         Ok(t)
     }
 

@@ -207,7 +207,16 @@ fn backup_killed_at_every_call_leaves_a_consistent_repository() {
     );
 }
 
-fn prune_all(repo: &Repository, now: i64) -> chunkbak_engine::Result<()> {
+/// A prune that marks and repacks everything unused; with the index kept on disk (prune's
+/// bounded plan) in `index_dir` when it is `Some`.
+fn prune_all_with(
+    repo: &Repository,
+    now: i64,
+    index_dir: Option<&Path>,
+) -> chunkbak_engine::Result<()> {
+    if let Some(d) = index_dir {
+        repo.keep_index_on_disk(d, 2);
+    }
     let opts = PruneOptions {
         grace: 60,
         max_unused: prune::MaxUnused::Bytes(0),
@@ -215,6 +224,7 @@ fn prune_all(repo: &Repository, now: i64) -> chunkbak_engine::Result<()> {
         ..Default::default()
     };
     let plan = prune::plan(repo, &opts, &NoProgress)?;
+    assert_eq!(plan.on_disk(), index_dir.is_some());
     prune::run(repo, &plan, &opts, &NoProgress).map(|_| ())
 }
 
@@ -222,7 +232,21 @@ fn prune_all(repo: &Repository, now: i64) -> chunkbak_engine::Result<()> {
 /// the kept snapshot restores, `check` passes, and two more prunes finish the job.
 #[test]
 fn prune_killed_at_every_call_leaves_a_consistent_repository() {
+    prune_killed_at_every_call(false);
+}
+
+/// The same with the index above the memory allowed: the plan sorts on disk and the new index
+/// is written while the old files are read again.
+#[test]
+fn prune_killed_at_every_call_with_the_index_on_disk() {
+    prune_killed_at_every_call(true);
+}
+
+fn prune_killed_at_every_call(on_disk: bool) {
     let d = tempfile::tempdir().unwrap();
+    let index_dir = d.path().join("index");
+    let idx = on_disk.then_some(index_dir.as_path());
+    let prune_all = |repo: &Repository, now: i64| prune_all_with(repo, now, idx);
     let src = d.path().join("src");
     let out = d.path().join("out");
     let (v1, v2) = (model(1), model(2));

@@ -159,6 +159,11 @@ impl Env {
                 c.env_remove(k);
             }
         }
+        // The whole suite can run with a small memory budget (the index on disk, prune's
+        // bounded plan): `CHUNKBAK_TEST_MEMORY=64KiB cargo test`.
+        if let Ok(m) = std::env::var("CHUNKBAK_TEST_MEMORY") {
+            c.env("CHUNKBAK_MEMORY", m);
+        }
         c.env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))

@@ -92,9 +92,130 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
              (`chunkbak repair snapshots` removes the object)"
         ));
     }
+    let missing_chunk = |what: &str, p: &str, c: &BlobId| {
+        format!(
+            "{what}: {p}: chunk {} is not in the index (or its pack is gone)",
+            c.short()
+        )
+    };
+    let on_disk = repo.index().read().expect("index lock").on_disk();
+    match repo.index_scratch().filter(|_| on_disk) {
+        None => {
+            // Each chunk looked up once, as it is reached.
+            let mut seen_blobs: HashSet<BlobId> = HashSet::new();
+            walk(repo, &snaps, clock, &mut r, &present, &mut |what, p, c, r| {
+                if seen_blobs.insert(c) {
+                    r.blobs += 1;
+                    if !present(&c) {
+                        r.problems.push(missing_chunk(what, p, &c));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Some((dir, mem)) => {
+            // The index is on disk: the chunks are sorted, then looked up in one pass over
+            // the index in the same order (random lookups would read a block each). Paths
+            // are named by a second walk, only when a chunk is missing.
+            let scratch = tempfile::Builder::new()
+                .prefix(&format!("index-run-{}-", std::process::id()))
+                .tempdir_in(&dir)
+                .map_err(|e| crate::error::Error::Other(format!("{}: {e}", dir.display())))?;
+            let mut sort = crate::indexrun::Builder::new(scratch.path(), mem)?;
+            walk(repo, &snaps, clock, &mut r, &present, &mut |_, _, c, _| {
+                sort.push(crate::indexrun::Record {
+                    id: c.0,
+                    pack: 0,
+                    offset: 0,
+                    length: 0,
+                    raw_len: 0,
+                })
+            })?;
+            let sorted = sort.into_sorted()?;
+            let (count, missing) = missing_in_order(repo, &sorted, &stored, &present)?;
+            r.blobs = count;
+            if !missing.is_empty() {
+                let mut named: HashSet<BlobId> = HashSet::new();
+                let mut again = CheckReport::default();
+                walk(repo, &snaps, clock, &mut again, &present, &mut |what, p, c, _| {
+                    if missing.contains(&c) && named.insert(c) {
+                        r.problems.push(missing_chunk(what, p, &c));
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Of the sorted chunk ids, how many distinct ones there are and those that are not present,
+/// from one pass over the index kept on disk in id order (an id the pass does not settle, one
+/// added since the file was built for instance, is looked up).
+fn missing_in_order(
+    repo: &Repository,
+    sorted: &crate::indexrun::Sorted,
+    stored: &HashMap<String, u64>,
+    present: &dyn Fn(&BlobId) -> bool,
+) -> Result<(u64, HashSet<BlobId>)> {
+    let mut merge = sorted.merge()?;
+    let mut count = 0u64;
+    let mut last: Option<[u8; 32]> = None;
+    let mut next = || -> Result<Option<[u8; 32]>> {
+        while let Some(r) = merge.next_record()? {
+            if last != Some(r.id) {
+                last = Some(r.id);
+                count += 1;
+                return Ok(Some(r.id));
+            }
+        }
+        Ok(None)
+    };
+    let mut unsettled: Vec<BlobId> = Vec::new();
+    let mut at = next()?;
+    {
+        let idx = repo.index().read().expect("index lock");
+        let stored_pack: Vec<bool> = idx
+            .packs()
+            .iter()
+            .map(|p| stored.contains_key(&p.id.to_hex()))
+            .collect();
+        idx.for_each_on_disk(&mut |id, pack| {
+            while let Some(c) = at.filter(|c| *c < id.0) {
+                unsettled.push(BlobId::from_bytes(c));
+                at = next()?;
+            }
+            if at == Some(id.0) {
+                if !stored_pack[pack as usize] {
+                    unsettled.push(*id);
+                }
+                at = next()?;
+            }
+            Ok(())
+        })?;
+    }
+    while let Some(c) = at {
+        unsettled.push(BlobId::from_bytes(c));
+        at = next()?;
+    }
+    drop(next);
+    let missing = unsettled.into_iter().filter(|c| !present(c)).collect();
+    Ok((count, missing))
+}
+
+/// Walks every snapshot's trees: checks each tree and chunk list (present, loads), counts
+/// snapshots and trees into `r`, and hands each file chunk to `chunk` (with the snapshot and
+/// the file's path), as often as files reference it.
+fn walk(
+    repo: &Repository,
+    snaps: &[(crate::id::Id, crate::format::snapshot::Snapshot)],
+    clock: &Clock,
+    r: &mut CheckReport,
+    present: &dyn Fn(&BlobId) -> bool,
+    chunk: &mut dyn FnMut(&str, &str, BlobId, &mut CheckReport) -> Result<()>,
+) -> Result<()> {
     let mut seen_trees: HashSet<BlobId> = HashSet::new();
-    let mut seen_blobs: HashSet<BlobId> = HashSet::new();
-    for (id, s) in &snaps {
+    for (id, s) in snaps {
         if crate::ops::interrupted() {
             return Err(crate::stop::error(String::new));
         }
@@ -167,15 +288,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
                             }
                         };
                         for c in chunks {
-                            if seen_blobs.insert(c) {
-                                r.blobs += 1;
-                                if !present(&c) {
-                                    r.problems.push(format!(
-                                        "{what}: {p}: chunk {} is not in the index (or its pack is gone)",
-                                        c.short()
-                                    ));
-                                }
-                            }
+                            chunk(&what, &p, c, r)?;
                         }
                     }
                     _ => {}
@@ -183,7 +296,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             }
         }
     }
-    Ok(r)
+    Ok(())
 }
 
 /// What `check --s3-checksums` found.

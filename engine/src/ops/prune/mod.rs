@@ -24,14 +24,18 @@ use std::sync::Arc;
 
 use crate::backend::{FileKind, ObjectInfo, StorageClass};
 use crate::error::{Error, Result};
-use crate::format::index::{IndexFile, Mark, PackEntry};
+use crate::format::index::{Mark, PackEntry};
 use crate::format::tree::NodeKind;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
-use crate::index::{BlobLocation, Index, PackInfo};
-use crate::ops::packread::MERGE_GAP;
+use crate::index::Index;
 use crate::progress::Progress;
 use crate::repo::Repository;
+
+mod bounded;
+mod run;
+
+pub use run::{run, write_index_files};
 
 /// Unindexed packs younger than this are never deleted, whatever the grace period: a backup
 /// indexes its packs within minutes of storing them.
@@ -219,6 +223,9 @@ pub struct PrunePlan {
     /// Packs that hold a used blob (the one copy counted), with their upload times.
     referenced: Vec<(ObjectId, FileKind, Option<i64>)>,
     orphan_names: Vec<(FileKind, String, u64)>,
+    /// For an index above the memory allowed: what the plan sorted on disk instead of
+    /// `packs` and `used` (which stay empty).
+    bounded: Option<Arc<bounded::State>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +264,9 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     let now = opts
         .now
         .unwrap_or_else(|| jiff::Timestamp::now().as_second());
+    if let Some(plan) = bounded::plan(repo, opts, progress, now)? {
+        return Ok(plan);
+    }
     let backend = repo.backend();
     // The index is read before the store is listed: every pack an index file read here names
     // is in the listing unless it is really gone (a pack stored later and indexed later looks
@@ -377,10 +387,57 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     drop(assigned);
     plan.late_blobs = HashSet::new();
 
+    let sums: Vec<PackSum> = packs
+        .values()
+        .map(|e| {
+            let (used, used_bytes) = used_in.get(&e.id).copied().unwrap_or((0, 0));
+            PackSum {
+                id: e.id,
+                kind: e.kind,
+                size: e.size,
+                mark: e.mark,
+                blobs: e.blobs.len() as u64,
+                used,
+                used_bytes,
+            }
+        })
+        .collect();
+    decide(repo, &mut plan, opts, &sums, &stored, &named)?;
+    let mut all: Vec<PackEntry> = packs.into_values().collect();
+    all.sort_by_key(|p| p.id);
+    plan.packs = all;
+    plan.used = used;
+    Ok(plan)
+}
+
+/// One pack as the decisions see it: the merged entry's id, kind, size and mark, its blob
+/// records, and the used blobs counted in it (each used blob in one pack) and their bytes.
+#[derive(Clone, Debug)]
+struct PackSum {
+    id: ObjectId,
+    kind: ObjectKind,
+    size: u64,
+    mark: Option<Mark>,
+    blobs: u64,
+    used: u64,
+    used_bytes: u64,
+}
+
+/// Decides every pack (keep, mark, delete, repack, drop), the orphans, and what Object Lock
+/// still holds; counts the requests.
+fn decide(
+    repo: &Repository,
+    plan: &mut PrunePlan,
+    opts: &PruneOptions,
+    sums: &[PackSum],
+    stored: &HashMap<String, (FileKind, ObjectInfo)>,
+    named: &HashSet<String>,
+) -> Result<()> {
+    let now = plan.now;
     // Decide each pack.
     let mut candidates: Vec<(ObjectId, u64, u64)> = Vec::new(); // (pack, unused, size)
     let mut kept_used: HashMap<ObjectId, u64> = HashMap::new();
-    for e in packs.values() {
+    for e in sums {
         let name = e.id.to_hex();
         let Some((_, info)) = stored.get(&name) else {
             plan.missing_unused.add(e.size);
@@ -388,7 +445,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             continue;
         };
         plan.total.add(e.size);
-        let (nused, used_bytes) = used_in.get(&e.id).copied().unwrap_or((0, 0));
+        let (nused, used_bytes) = (e.used, e.used_bytes);
         let decision = if let Some(mark) = e.mark {
             if nused > 0 {
                 plan.revive.add(e.size);
@@ -420,7 +477,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             }
         } else {
             let unused = e.size.saturating_sub(used_bytes + 38 + 4);
-            if unused > 0 && e.blobs.len() as u64 > nused {
+            if unused > 0 && e.blobs > nused {
                 if info.class.is_archive() {
                     plan.cold_partly_used.add(e.size);
                 } else {
@@ -470,7 +527,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     plan.unused_after = unused_left;
     // What stays, and when what goes becomes deletable.
     let grace_end = now + if opts.delete_now { 0 } else { opts.grace };
-    for e in packs.values() {
+    for e in sums {
         let min_duration_end = stored
             .get(&e.id.to_hex())
             .and_then(|(_, info)| Some(info.modified? + 86_400 * i64::from(info.class.min_days())));
@@ -494,7 +551,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     }
 
     // Orphans: packs no index file names.
-    for (name, (fk, info)) in &stored {
+    for (name, (fk, info)) in stored {
         if named.contains(name) {
             continue;
         }
@@ -511,25 +568,27 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     }
     plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
     if repo.config().object_lock.is_some() {
-        skip_locked(repo, &mut plan, &packs, now)?;
+        skip_locked(repo, plan, sums, now)?;
     }
-    let mut all: Vec<PackEntry> = packs.into_values().collect();
-    all.sort_by_key(|p| p.id);
     let repack_packs = plan
         .repack_upload
         .div_ceil(u64::from(repo.config().data_pack_size).max(1));
-    let index_blobs: u64 = all.iter().map(|p| p.blobs.len() as u64).sum();
+    let index_blobs: u64 = sums.iter().map(|p| p.blobs).sum();
     plan.requests_put = repack_packs + 1 + index_blobs / BLOBS_PER_INDEX_FILE as u64;
     plan.requests_delete = plan.delete.packs + plan.orphans.packs + plan.index_files;
     if opts.delete_now {
         plan.requests_delete += plan.repack.packs;
     }
-    plan.packs = all;
-    plan.used = used;
-    Ok(plan)
+    Ok(())
 }
 
+
 impl PrunePlan {
+    /// Planned with the index above the memory allowed: sorted on disk, in bounded memory.
+    pub fn on_disk(&self) -> bool {
+        self.bounded.is_some()
+    }
+
     /// When what stays marked can go: the earliest time a prune may delete some of it and
     /// what it frees then, and the time by which all of it is deletable and the total.
     pub fn frees_later(&self) -> Option<((i64, Tally), (i64, Tally))> {
@@ -584,13 +643,16 @@ impl PrunePlan {
 fn skip_locked(
     repo: &Repository,
     plan: &mut PrunePlan,
-    packs: &HashMap<ObjectId, PackEntry>,
+    sums: &[PackSum],
     now: i64,
 ) -> Result<()> {
-    let due: Vec<(FileKind, String, u64, Option<ObjectId>)> = packs
-        .values()
+    let due: Vec<(FileKind, String, u64, Option<(ObjectId, Option<Mark>)>)> = sums
+        .iter()
         .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Delete))
-        .map(|p| (FileKind::of_pack(p.kind), p.id.to_hex(), p.size, Some(p.id)))
+        .map(|p| {
+            let fk = FileKind::of_pack(p.kind);
+            (fk, p.id.to_hex(), p.size, Some((p.id, p.mark)))
+        })
         .chain(
             plan.orphan_names
                 .iter()
@@ -610,11 +672,11 @@ fn skip_locked(
     for ((_, name, size, id), until) in due.iter().zip(until) {
         let Some(until) = until else { continue };
         held.insert(name.clone());
-        if let Some(id) = id {
+        if let Some((id, mark)) = id {
             plan.locked.add_pack(*size, until);
             plan.later.push((until, *size));
             // Unmarked only with `delete_now`: marked as due, for the prune after the lock.
-            let mark = packs[id].mark.unwrap_or(Mark {
+            let mark = mark.unwrap_or(Mark {
                 at: now,
                 delete_after: now,
             });
@@ -655,8 +717,33 @@ pub fn price_per_gb_month(class: StorageClass) -> f64 {
     }
 }
 
+/// Where a walk of the snapshots puts the blobs it finds used.
+trait UsedSink {
+    /// A tree blob reached (it is used): false when it was reached before (not walked again).
+    fn tree(&mut self, id: BlobId) -> Result<bool>;
+    fn blob(&mut self, id: BlobId) -> Result<()>;
+}
+
+impl UsedSink for HashSet<BlobId> {
+    fn tree(&mut self, id: BlobId) -> Result<bool> {
+        Ok(self.insert(id))
+    }
+
+    fn blob(&mut self, id: BlobId) -> Result<()> {
+        self.insert(id);
+        Ok(())
+    }
+}
+
 /// Every blob the snapshots use: trees, chunk lists and data chunks.
 fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>> {
+    let mut used: HashSet<BlobId> = HashSet::new();
+    walk_used(repo, plan, &mut used)?;
+    Ok(used)
+}
+
+/// Walks every snapshot's trees into `used`.
+fn walk_used(repo: &Repository, plan: &mut PrunePlan, used: &mut dyn UsedSink) -> Result<()> {
     let snaps = repo.snapshots()?;
     plan.snapshots = snaps.len() as u64;
     // Backups that committed after the index was read wrote index files prune has not seen:
@@ -670,18 +757,19 @@ fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>
             plan.late_blobs.extend(p.blobs.iter().map(|b| b.id));
         }
     }
-    let mut used: HashSet<BlobId> = HashSet::new();
     for (sid, s) in &snaps {
         let mut stack = vec![s.tree];
         while let Some(tree) = stack.pop() {
             if crate::ops::interrupted() {
                 return Err(crate::stop::error(String::new));
             }
-            if !used.insert(tree) {
+            if !used.tree(tree)? {
                 continue;
             }
             if let crate::format::tree::TreeBlob::Split(parts) = &*load(repo, sid, &tree)? {
-                used.extend(parts.iter().copied());
+                for p in parts {
+                    used.blob(*p)?;
+                }
             }
             let nodes = repo.load_dir(&tree).map_err(|e| stop(sid, e))?;
             for n in nodes {
@@ -689,16 +777,20 @@ fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>
                     NodeKind::Dir => stack.extend(n.subtree),
                     NodeKind::File => {
                         if let crate::format::tree::Content::Indirect(lists) = &n.content {
-                            used.extend(lists.iter().copied());
+                            for l in lists {
+                                used.blob(*l)?;
+                            }
                         }
-                        used.extend(repo.file_chunks(&n.content).map_err(|e| stop(sid, e))?);
+                        for c in repo.file_chunks(&n.content).map_err(|e| stop(sid, e))? {
+                            used.blob(c)?;
+                        }
                     }
                     _ => {}
                 }
             }
         }
     }
-    Ok(used)
+    Ok(())
 }
 
 fn load(repo: &Repository, sid: &Id, tree: &BlobId) -> Result<Arc<crate::format::tree::TreeBlob>> {
@@ -711,207 +803,4 @@ fn stop(sid: &Id, e: Error) -> Error {
          then `chunkbak repair index` / `chunkbak repair snapshots`",
         sid.short()
     ))
-}
-
-/// Carries out a plan.
-pub fn run(
-    repo: &Repository,
-    plan: &PrunePlan,
-    opts: &PruneOptions,
-    progress: &dyn Progress,
-) -> Result<PruneResult> {
-    let mut res = PruneResult::default();
-    let backend = repo.backend();
-    let mut out: Vec<PackEntry> = Vec::new();
-    let mut to_delete: Vec<(FileKind, String, u64)> = Vec::new();
-    let repack: Vec<&PackEntry> = plan
-        .packs
-        .iter()
-        .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Repack))
-        .collect();
-
-    // 1. Repack: used blobs of partly used packs into new packs.
-    if !repack.is_empty() {
-        progress.message("repacking");
-        progress.final_total(repack.len() as u64, repack.iter().map(|p| p.size).sum());
-        let used = &plan.used;
-        let saver = repo.private_saver()?;
-        for p in &repack {
-            if crate::ops::interrupted() {
-                return Err(crate::stop::error(String::new));
-            }
-            let fk = FileKind::of_pack(p.kind);
-            let name = p.id.to_hex();
-            let info = PackInfo::of_entry(p);
-            let wanted: Vec<&crate::format::pack::BlobRecord> =
-                p.blobs.iter().filter(|b| used.contains(&b.id)).collect();
-            // Ranged reads of the used blobs, neighbours merged into one request.
-            let mut i = 0;
-            while i < wanted.len() {
-                let mut j = i + 1;
-                while j < wanted.len()
-                    && u64::from(wanted[j].offset) <= wanted[j - 1].end() + MERGE_GAP
-                {
-                    j += 1;
-                }
-                let start = u64::from(wanted[i].offset);
-                let end = wanted[i..j].iter().map(|b| b.end()).max().unwrap_or(start);
-                let bytes = backend.get_range(fk, &name, start, end - start)?;
-                for b in &wanted[i..j] {
-                    let from = (u64::from(b.offset) - start) as usize;
-                    let ct = bytes.get(from..from + b.length as usize).ok_or_else(|| {
-                        Error::corrupt(fk.path_of(&name), "shorter than the index says")
-                    })?;
-                    let loc = BlobLocation::of_record(b);
-                    // Opened in full either way: a repack copies only what verifies.
-                    let plain = repo.open_blob(&b.id, &info, loc, ct)?;
-                    match b.base {
-                        // A delta stays a delta (its base is used, so it stays too).
-                        Some(base) if saver.reserve(&b.id) => {
-                            let frame = repo.open_stored(&b.id, &info, loc, ct)?;
-                            saver.store_delta(b.id, plain.len(), frame, base)?;
-                            res.blobs_repacked += 1;
-                        }
-                        Some(_) => {}
-                        None => {
-                            if saver.save_with_id(b.kind, b.id, &plain)? {
-                                res.blobs_repacked += 1;
-                            }
-                        }
-                    }
-                }
-                i = j;
-            }
-            progress.bytes(p.size);
-            progress.file_done(std::path::Path::new(&fk.path_of(&name)));
-            // New packs are indexed as they pile up, so none stays unindexed for long.
-            if saver.finished_count() >= 32 {
-                let done = saver.take_finished();
-                repo.write_index(done.clone())?;
-                out.extend(done);
-            }
-        }
-        let written = saver.finish()?;
-        backend.flush()?;
-        out.extend(written);
-        res.packs_written = out.len() as u64;
-    }
-
-    // 2. The consolidated index. New marks carry the time they are written, not the time of
-    // the plan: a backup's safety margin counts from when it can see them.
-    let written_at = jiff::Timestamp::now().as_second().max(plan.now);
-    let mark_now = Mark {
-        at: written_at,
-        delete_after: written_at + opts.grace,
-    };
-    for p in &plan.packs {
-        let mut p = p.clone();
-        match plan.decisions.get(&p.id).copied().unwrap_or(Decision::Keep) {
-            Decision::Keep => {
-                p.mark = None;
-                out.push(p);
-            }
-            Decision::Marked(m) => {
-                p.mark = Some(m);
-                out.push(p);
-            }
-            // With `delete_now`, Mark is only for packs a minimum storage duration holds.
-            Decision::Mark => {
-                p.mark = Some(mark_now);
-                out.push(p);
-            }
-            Decision::Repack if !opts.delete_now => {
-                p.mark = Some(mark_now);
-                out.push(p);
-            }
-            Decision::Repack | Decision::Delete => {
-                to_delete.push((FileKind::of_pack(p.kind), p.id.to_hex(), p.size));
-            }
-            Decision::Drop => {}
-        }
-    }
-    progress.message("writing the index");
-    res.index_files_written = write_index_files(repo, out, &plan.read_files)?;
-
-    // 3. Old index files, then packs.
-    progress.message("deleting");
-    for id in &plan.read_files {
-        match backend.delete(FileKind::Index, &id.to_hex()) {
-            Ok(()) | Err(Error::ObjectNotFound(_)) => res.index_files_deleted += 1,
-            // Superseded by the file just written: harmless until a later prune deletes it.
-            Err(Error::Locked { until, .. }) => res.locked.add_index(until),
-            Err(e) => return Err(e),
-        }
-    }
-    to_delete.extend(plan.orphan_names.iter().cloned());
-    for (fk, name, size) in to_delete {
-        if crate::ops::interrupted() {
-            return Err(crate::stop::error(String::new));
-        }
-        match backend.delete(fk, &name) {
-            Ok(()) | Err(Error::ObjectNotFound(_)) => {
-                res.packs_deleted += 1;
-                res.bytes_deleted += size;
-            }
-            // Locked after all (its retention was extended since the plan): an orphan the
-            // next prune deletes once the lock ends.
-            Err(Error::Locked { until, .. }) => res.locked.add_pack(size, until),
-            Err(e) => return Err(e),
-        }
-    }
-
-    // 4. Object Lock: snapshots and key files forget / key remove hid while they were
-    // retained go for good once their retention has ended; what stays referenced stays
-    // retained.
-    if repo.config().object_lock.is_some() {
-        for kind in [FileKind::Snapshot, FileKind::Key] {
-            let p = backend.purge_hidden(kind)?;
-            res.hidden.deleted += p.deleted;
-            res.hidden.locked += p.locked;
-            res.hidden.last_until = res.hidden.last_until.max(p.last_until);
-        }
-        progress.message("extending Object Lock retention");
-        let targets = plan.retention_targets(repo, true)?;
-        let now = jiff::Timestamp::now().as_second().max(plan.now);
-        res.retention = Some(crate::ops::retention::extend(
-            repo,
-            &targets,
-            None,
-            now,
-            &crate::progress::NoProgress,
-        )?);
-    }
-    Ok(res)
-}
-
-/// Writes index files for `packs`, the last one superseding `old`: until it is stored the old
-/// files stay in force, so a prune killed before it changes nothing that matters.
-pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -> Result<u64> {
-    let mut batches: Vec<Vec<PackEntry>> = vec![Vec::new()];
-    let mut n = 0;
-    for p in packs {
-        if n >= BLOBS_PER_INDEX_FILE {
-            batches.push(Vec::new());
-            n = 0;
-        }
-        n += p.blobs.len();
-        batches.last_mut().expect("one batch").push(p);
-    }
-    let count = batches.len();
-    repo.backend().flush()?;
-    for (i, b) in batches.into_iter().enumerate() {
-        let f = IndexFile {
-            supersedes: if i + 1 == count {
-                old.to_vec()
-            } else {
-                Vec::new()
-            },
-            packs: b,
-        };
-        if f.packs.is_empty() && f.supersedes.is_empty() {
-            continue;
-        }
-        repo.write_object(FileKind::Index, ObjectKind::Index, &f.encode())?;
-    }
-    Ok(count as u64)
 }

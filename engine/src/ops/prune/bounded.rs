@@ -1,0 +1,563 @@
+//! Prune's plan for an index above the memory allowed (`--memory`, format-spec 16): the same
+//! decisions as the in-memory plan, with memory that does not grow with the number of blobs.
+//!
+//! - Every blob claim of the index files in force (one per pack listing, as
+//!   [`crate::index::merge_entries`] keeps the first) is sorted on disk by blob id, and so is
+//!   every blob the snapshots use ([`crate::indexrun::Builder`], at most as many records in
+//!   memory at a time as the index may keep).
+//! - One merge of the claims finds the disputed packs (they claim a blob another pack claims);
+//!   their headers are read and judged as the in-memory plan does (`ops::claims`).
+//! - One merge of the claims with the used blobs, both in id order, counts each used blob in
+//!   one pack (live before marked, checked before unverified, then lowest pack id) and finds a
+//!   used blob no stored pack holds.
+//! - Running it, the repacked packs' used blobs come from one more merge, and the consolidated
+//!   index is written while the index files are read again, one at a time.
+//!
+//! What stays in memory grows with packs, not blobs: the pack table, the store's listing, the
+//! decisions; and with the trees walked (directories, not files) and the delta bases.
+//!
+//! Trees are loaded through the index as loaded ([`Repository::load_index`]), before disputed
+//! claims are judged: a tree a false claim hides stops the prune before it deletes anything
+//! (the in-memory plan reads it through the true claim).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::backend::{FileKind, ObjectInfo};
+use crate::error::{Error, Result};
+use crate::format::index::{IndexFile, PackEntry};
+use crate::format::pack::BlobRecord;
+use crate::format::ObjectKind;
+use crate::id::{BlobId, Id, ObjectId};
+use crate::index::{blob_record_of, record_of, PackInfo};
+use crate::indexrun::{Builder, Record, Sorted};
+use crate::ops::claims::{Refuted, Verdict};
+use crate::progress::Progress;
+use crate::repo::{parallel_map_n, Repository, DECODERS};
+
+use super::{decide, walk_used, Decision, PackSum, PruneOptions, PrunePlan, UsedSink};
+
+/// What a bounded plan keeps for [`super::run`].
+pub(super) struct State {
+    /// The pack table: every pack the index files in force list, marks merged.
+    packs: Vec<PackInfo>,
+    /// Every claim (blob record) of the files in force, by blob id.
+    claims: Sorted,
+    /// Every blob the snapshots use, by id (repeats allowed), as records of pack 0.
+    used: Sorted,
+    /// Bases of used deltas, down their chains (sorted): used too.
+    bases_used: Vec<BlobId>,
+    /// The base of each delta claim, by (pack position, blob id).
+    bases: HashMap<(u32, BlobId), BlobId>,
+    /// Judged claims: refuted blobs by pack, and packs that are no pack at all.
+    refuted: Refuted,
+    /// The index files in force, in listing order: read again to write the new index.
+    in_force: Vec<(Id, String)>,
+    /// The sorts' temporary folder (removed with the state).
+    _scratch: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("bounded::State")
+            .field("packs", &self.packs.len())
+            .field("claim_runs", &self.claims.runs())
+            .field("used_runs", &self.used.runs())
+            .finish()
+    }
+}
+
+/// The walk's used blobs into a sort; trees reached are remembered (to walk each once).
+struct SortedUsed {
+    trees: HashSet<BlobId>,
+    sort: Builder,
+}
+
+impl UsedSink for SortedUsed {
+    fn tree(&mut self, id: BlobId) -> Result<bool> {
+        if !self.trees.insert(id) {
+            return Ok(false);
+        }
+        self.blob(id)?;
+        Ok(true)
+    }
+
+    fn blob(&mut self, id: BlobId) -> Result<()> {
+        self.sort.push(Record {
+            id: id.0,
+            pack: 0,
+            offset: 0,
+            length: 0,
+            raw_len: 0,
+        })
+    }
+}
+
+/// The ids of a sort of used blobs, each once, merged with `extra` (sorted).
+struct UsedIds<'a> {
+    merge: crate::indexrun::Merge<'a>,
+    extra: std::iter::Peekable<std::slice::Iter<'a, BlobId>>,
+    last: Option<[u8; 32]>,
+}
+
+impl UsedIds<'_> {
+    fn next(&mut self) -> Result<Option<[u8; 32]>> {
+        loop {
+            let from_sort = self.merge.peek_id()?;
+            let from_extra = self.extra.peek().map(|b| b.0);
+            let id = match (from_sort, from_extra) {
+                (None, None) => return Ok(None),
+                (Some(a), Some(b)) if b < a => {
+                    self.extra.next();
+                    b
+                }
+                (Some(a), _) => {
+                    self.merge.next_record()?;
+                    a
+                }
+                (None, Some(b)) => {
+                    self.extra.next();
+                    b
+                }
+            };
+            if self.last != Some(id) {
+                self.last = Some(id);
+                return Ok(Some(id));
+            }
+        }
+    }
+}
+
+/// The plan, when the index is kept on disk (above the memory allowed); `None` otherwise
+/// (the caller plans in memory).
+pub(super) fn plan(
+    repo: &Repository,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+    now: i64,
+) -> Result<Option<PrunePlan>> {
+    let Some((dir, mem)) = repo.index_scratch() else {
+        return Ok(None);
+    };
+    progress.message("reading the index");
+    // The index for loading trees (kept on disk when large: built now or used again).
+    repo.load_index()?;
+    if !repo.index().read().expect("index lock").on_disk() {
+        return Ok(None);
+    }
+    // Sorts of a prune killed earlier (several GB at 100 million blobs) go first.
+    crate::index::remove_left_by_dead_processes(&dir);
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("index-run-{}-", std::process::id()))
+        .tempdir_in(&dir)
+        .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    let backend = repo.backend();
+
+    // Which files are in force: each file's header (what it supersedes).
+    let names = repo.list_named(FileKind::Index)?;
+    let heads = parallel_map_n(DECODERS, &names, |(id, name)| {
+        let plain = repo.read_object(FileKind::Index, ObjectKind::Index, name)?;
+        let (supersedes, _) = IndexFile::peek(&plain, &format!("index/{name}"))?;
+        Ok((*id, supersedes))
+    })?;
+    let superseded: HashSet<Id> = heads.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    let mut plan = PrunePlan {
+        now,
+        index_files: names.len() as u64,
+        read_files: names.iter().map(|(id, _)| *id).collect(),
+        ..Default::default()
+    };
+    plan.live_index = plan
+        .read_files
+        .iter()
+        .filter(|id| !superseded.contains(id))
+        .copied()
+        .collect();
+
+    // Every claim into the sort, files read a few at a time in listing order; each pack's
+    // first listing gives its claims, later ones only revive or extend its mark.
+    let mut packs: Vec<PackInfo> = Vec::new();
+    let mut pos_of: HashMap<ObjectId, u32> = HashMap::new();
+    let mut named: HashSet<String> = HashSet::new();
+    let mut bases: HashMap<(u32, BlobId), BlobId> = HashMap::new();
+    let mut claims = Builder::new(&scratch.path().join("claims"), mem)?;
+    let mut in_force = Vec::new();
+    for group in names.chunks(DECODERS * 2) {
+        let files = parallel_map_n(DECODERS, group, |(id, name)| {
+            Ok((*id, repo.read_index_file(name)?))
+        })?;
+        for ((id, f), (_, name)) in files.into_iter().zip(group) {
+            let live = !superseded.contains(&id);
+            if live {
+                in_force.push((id, name.clone()));
+            }
+            for p in f.packs {
+                // Superseded files' packs are not orphans.
+                named.insert(p.id.to_hex());
+                if !live {
+                    continue;
+                }
+                if let Some(&pos) = pos_of.get(&p.id) {
+                    merge_mark(&mut packs[pos as usize], &p);
+                    continue;
+                }
+                let pos = packs.len() as u32;
+                pos_of.insert(p.id, pos);
+                packs.push(PackInfo::of_entry(&p));
+                for b in &p.blobs {
+                    claims.push(record_of(pos, b))?;
+                    if let Some(base) = b.base {
+                        bases.insert((pos, b.id), base);
+                    }
+                }
+            }
+        }
+    }
+    let claims = claims.into_sorted()?;
+
+    progress.message("listing packs");
+    let mut stored: HashMap<String, (FileKind, ObjectInfo)> = HashMap::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        for o in backend.list_info(fk)? {
+            stored.insert(o.name.clone(), (fk, o));
+        }
+    }
+    let is_stored: Vec<bool> = packs
+        .iter()
+        .map(|p| stored.contains_key(&p.id.to_hex()))
+        .collect();
+
+    // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
+    progress.message("checking disputed claims");
+    let mut disputed: HashSet<u32> = HashSet::new();
+    {
+        let mut m = claims.merge()?;
+        let mut g = Vec::new();
+        while m.next_group(&mut g)? {
+            if g.len() < 2 {
+                continue;
+            }
+            let mut at: Vec<u32> = g
+                .iter()
+                .map(|r| pack_pos(r))
+                .filter(|p| is_stored[*p as usize])
+                .collect();
+            at.sort_unstable();
+            at.dedup();
+            if at.len() > 1 {
+                disputed.extend(at);
+            }
+        }
+    }
+    let mut list: Vec<(ObjectId, ObjectKind, u64)> = disputed
+        .iter()
+        .map(|&p| {
+            let info = &packs[p as usize];
+            (info.id, info.kind, stored[&info.id.to_hex()].1.size)
+        })
+        .collect();
+    list.sort_by_key(|p| p.0);
+    let (verdicts, reads) = crate::ops::claims::verify(repo, &list)?;
+    plan.claim_reads = reads;
+    let mut unverified: HashSet<u32> = HashSet::new();
+    let mut headers: HashMap<u32, Verdict> = HashMap::new();
+    let mut refuted = Refuted::default();
+    let mut disputes = crate::ops::claims::Disputes::default();
+    for (id, v) in verdicts {
+        let pos = pos_of[&id];
+        match v {
+            Verdict::Unreadable(why) => {
+                disputes.unverified.push((id, why));
+                unverified.insert(pos);
+            }
+            Verdict::NotAPack(why) => {
+                refuted.why.insert(id, why);
+                headers.insert(pos, Verdict::NotAPack(String::new()));
+            }
+            h @ Verdict::Header(_) => {
+                headers.insert(pos, h);
+            }
+        }
+    }
+    disputes.unverified.sort();
+    plan.claims_unverified = disputes.unverified_messages();
+
+    // Used blobs, from every snapshot's trees, sorted on disk.
+    progress.message("reading snapshots");
+    let mut sink = SortedUsed {
+        trees: HashSet::new(),
+        sort: Builder::new(&scratch.path().join("used"), mem)?,
+    };
+    walk_used(repo, &mut plan, &mut sink)?;
+    drop(sink.trees);
+    let used = sink.sort.into_sorted()?;
+
+    // A used delta needs its bases, down its chain, of every copy (whichever copy stays
+    // opens). Late packs (indexed after the plan began) are in the loaded index only.
+    let mut bases_used: Vec<BlobId> = Vec::new();
+    let mut late_bases: HashMap<BlobId, BlobId> = HashMap::new();
+    {
+        let idx = repo.index().read().expect("index lock");
+        for b in &plan.late_blobs {
+            if let Some(base) = idx.base_of(b) {
+                late_bases.insert(*b, base);
+            }
+        }
+    }
+    if !bases.is_empty() || !late_bases.is_empty() {
+        let mut of: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
+        for ((_, id), base) in &bases {
+            of.entry(*id).or_default().push(*base);
+        }
+        for (id, base) in &late_bases {
+            of.entry(*id).or_default().push(*base);
+        }
+        let mut reached: HashSet<BlobId> = HashSet::new();
+        let mut todo: Vec<BlobId> = Vec::new();
+        let none: &[BlobId] = &[];
+        let mut ids = UsedIds {
+            merge: used.merge()?,
+            extra: none.iter().peekable(),
+            last: None,
+        };
+        while let Some(id) = ids.next()? {
+            todo.extend(of.get(&Id(id)).into_iter().flatten());
+        }
+        while let Some(b) = todo.pop() {
+            if reached.insert(b) {
+                todo.extend(of.get(&b).into_iter().flatten());
+            }
+        }
+        bases_used = reached.into_iter().collect();
+        bases_used.sort_unstable();
+    }
+
+    // Each used blob counted in one stored pack; claims counted per pack (refuted ones not).
+    let mut blobs = vec![0u64; packs.len()];
+    let mut used_in = vec![(0u64, 0u64); packs.len()];
+    let mut ids = UsedIds {
+        merge: used.merge()?,
+        extra: bases_used.iter().peekable(),
+        last: None,
+    };
+    let mut next_used = ids.next()?;
+    let mut m = claims.merge()?;
+    let mut g = Vec::new();
+    let missing = |id: [u8; 32], plan: &PrunePlan| -> Result<()> {
+        if plan.late_blobs.contains(&Id(id)) {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "blob {} is used by a snapshot but is in no stored pack: prune stops before it \
+             deletes anything. Run `chunkbak check`, then `chunkbak repair index` and \
+             `chunkbak repair snapshots`",
+            Id(id)
+        )))
+    };
+    while m.next_group(&mut g)? {
+        if crate::ops::interrupted() {
+            return Err(crate::stop::error(String::new));
+        }
+        let id = g[0].id;
+        keep_holding(&mut g, &headers, &bases, &packs, &mut refuted);
+        for r in &g {
+            blobs[pack_pos(r) as usize] += 1;
+        }
+        while let Some(u) = next_used.filter(|u| *u < id) {
+            missing(u, &plan)?;
+            plan.used_blobs += 1;
+            next_used = ids.next()?;
+        }
+        if next_used != Some(id) {
+            continue;
+        }
+        plan.used_blobs += 1;
+        next_used = ids.next()?;
+        g.retain(|r| is_stored[pack_pos(r) as usize]);
+        if g.is_empty() {
+            missing(id, &plan)?;
+            continue;
+        }
+        // Live before marked, checked before unverified, then by pack id; every copy an
+        // unverified pack claims counts as used too (nothing unverified decides).
+        g.sort_by_key(|r| {
+            let p = pack_pos(r);
+            let info = &packs[p as usize];
+            (info.mark.is_some(), unverified.contains(&p), info.id)
+        });
+        for (i, r) in g.iter().enumerate() {
+            let p = pack_pos(r);
+            if i == 0 || unverified.contains(&p) {
+                let u = &mut used_in[p as usize];
+                u.0 += 1;
+                u.1 += u64::from(r.length & !crate::index::TOP);
+            }
+        }
+    }
+    while let Some(u) = next_used {
+        missing(u, &plan)?;
+        plan.used_blobs += 1;
+        next_used = ids.next()?;
+    }
+    drop(m);
+    drop(ids);
+    plan.claims_refuted = refuted.messages(&[]);
+    plan.late_blobs = HashSet::new();
+
+    let sums: Vec<PackSum> = packs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !refuted.why.contains_key(&p.id))
+        .map(|(i, p)| PackSum {
+            id: p.id,
+            kind: p.kind,
+            size: p.size,
+            mark: p.mark,
+            blobs: blobs[i],
+            used: used_in[i].0,
+            used_bytes: used_in[i].1,
+        })
+        .collect();
+    decide(repo, &mut plan, opts, &sums, &stored, &named)?;
+    plan.bounded = Some(Arc::new(State {
+        packs,
+        claims,
+        used,
+        bases_used,
+        bases,
+        refuted,
+        in_force,
+        _scratch: scratch,
+    }));
+    Ok(Some(plan))
+}
+
+/// The position in the pack table of a claim.
+fn pack_pos(r: &Record) -> u32 {
+    r.pack & !crate::index::TOP
+}
+
+/// Of one blob's claims, keeps those that hold: a pack's first listing of it, not refuted by
+/// the pack's header (refuted ones are recorded), not of an object that is no pack.
+fn keep_holding(
+    g: &mut Vec<Record>,
+    headers: &HashMap<u32, Verdict>,
+    bases: &HashMap<(u32, BlobId), BlobId>,
+    packs: &[PackInfo],
+    refuted: &mut Refuted,
+) {
+    g.dedup_by_key(|r| pack_pos(r));
+    if headers.is_empty() {
+        return;
+    }
+    g.retain(|r| {
+        let p = pack_pos(r);
+        let Some(v) = headers.get(&p) else {
+            return true;
+        };
+        let (_, rec) = blob_record_of(r, bases.get(&(p, Id(r.id))).copied());
+        if v.holds(&rec) == Some(false) {
+            let id = packs[p as usize].id;
+            refuted.by_pack.entry(id).or_default().push(rec.id);
+            return false;
+        }
+        true
+    });
+}
+
+/// A later listing of a pack: live anywhere is live; of two marks the later deletion counts
+/// (as [`crate::index::merge_entries`]).
+fn merge_mark(known: &mut PackInfo, p: &PackEntry) {
+    match (known.mark, p.mark) {
+        (Some(_), None) => known.mark = None,
+        (Some(a), Some(b)) if b.delete_after > a.delete_after => known.mark = Some(b),
+        _ => {}
+    }
+}
+
+impl State {
+    /// The packs the plan repacks, each with the used blobs it claims (in offset order).
+    pub(super) fn repack_blobs(&self, plan: &PrunePlan) -> Result<Vec<(PackInfo, Vec<BlobRecord>)>> {
+        let repack: HashSet<u32> = (0..self.packs.len() as u32)
+            .filter(|p| {
+                plan.decisions.get(&self.packs[*p as usize].id) == Some(&Decision::Repack)
+            })
+            .collect();
+        if repack.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut wanted: HashMap<u32, Vec<BlobRecord>> = HashMap::new();
+        let mut ids = UsedIds {
+            merge: self.used.merge()?,
+            extra: self.bases_used.iter().peekable(),
+            last: None,
+        };
+        let mut next_used = ids.next()?;
+        let mut m = self.claims.merge()?;
+        let mut g = Vec::new();
+        while m.next_group(&mut g)? {
+            let id = g[0].id;
+            while next_used.is_some_and(|u| u < id) {
+                next_used = ids.next()?;
+            }
+            if next_used != Some(id) {
+                continue;
+            }
+            g.dedup_by_key(|r| pack_pos(r));
+            for r in &g {
+                let p = pack_pos(r);
+                let bad = self
+                    .refuted
+                    .by_pack
+                    .get(&self.packs[p as usize].id)
+                    .is_some_and(|b| b.contains(&Id(r.id)));
+                if repack.contains(&p) && !bad {
+                    let base = self.bases.get(&(p, Id(r.id))).copied();
+                    wanted.entry(p).or_default().push(blob_record_of(r, base).1);
+                }
+            }
+        }
+        let mut out: Vec<(PackInfo, Vec<BlobRecord>)> = repack
+            .into_iter()
+            .map(|p| {
+                let mut w = wanted.remove(&p).unwrap_or_default();
+                w.sort_by_key(|b| b.offset);
+                (self.packs[p as usize].clone(), w)
+            })
+            .collect();
+        out.sort_by_key(|(p, _)| p.id);
+        Ok(out)
+    }
+
+    /// Every pack entry of the index files in force, once (its first listing, with its
+    /// merged mark; refuted claims and objects that are no pack left out), read a file at a
+    /// time.
+    pub(super) fn for_each_entry(
+        &self,
+        repo: &Repository,
+        f: &mut dyn FnMut(PackEntry) -> Result<()>,
+    ) -> Result<()> {
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        let pos_of: HashMap<ObjectId, usize> = self
+            .packs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id, i))
+            .collect();
+        for (_, name) in &self.in_force {
+            for mut p in repo.read_index_file(name)?.packs {
+                if !seen.insert(p.id) || self.refuted.why.contains_key(&p.id) {
+                    continue;
+                }
+                if let Some(bad) = self.refuted.by_pack.get(&p.id) {
+                    p.blobs.retain(|b| !bad.contains(&b.id));
+                }
+                if let Some(&i) = pos_of.get(&p.id) {
+                    p.mark = self.packs[i].mark;
+                }
+                f(p)?;
+            }
+        }
+        Ok(())
+    }
+}
