@@ -270,7 +270,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
                     "all": {"after": format_time(t2), "packs": b.packs, "bytes": b.bytes},
                 })),
                 "delete_now": opts.delete_now,
-                "index_on_disk": p.on_disk(),
+                "planned_on_disk": p.on_disk(),
             }),
         );
         return;
@@ -294,7 +294,7 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
     }
     let when = local_minute;
     if p.on_disk() {
-        out.line("the index is above --memory: planned by sorting on disk".to_string());
+        out.line("planned by sorting on disk (the index is too large to plan within --memory)");
     }
     out.line(format!(
         "{} snapshots use {} blobs; the index holds {}:",

@@ -876,9 +876,8 @@ fn prune_plans_alike_with_the_index_in_memory_and_on_disk() {
     fs::create_dir_all(&src).unwrap();
     let run = |memory: Option<&str>, args: &[&str]| {
         let mut c = e.cmd();
-        if let Some(m) = memory {
-            c.env("CHUNKBAK_MEMORY", m);
-        }
+        // In memory: a budget well above the index (also under CHUNKBAK_TEST_MEMORY).
+        c.env("CHUNKBAK_MEMORY", memory.unwrap_or("1GiB"));
         c.args(args);
         let r = e.run_cmd(c);
         assert_eq!(r.code, 0, "{args:?}: {}\n{}", r.out(), r.stderr);
@@ -893,7 +892,11 @@ fn prune_plans_alike_with_the_index_in_memory_and_on_disk() {
         }
         args.extend(extra);
         let mut p = run(memory, &args).json("prune_plan")[0].clone();
-        let on_disk = p.as_object_mut().unwrap().remove("index_on_disk").unwrap();
+        let on_disk = p
+            .as_object_mut()
+            .unwrap()
+            .remove("planned_on_disk")
+            .unwrap();
         assert_eq!(on_disk, memory.is_some(), "{p}");
         // When marks become due counts from each run's clock.
         let later = p.as_object_mut().unwrap().remove("frees_later").unwrap();
@@ -911,7 +914,11 @@ fn prune_plans_alike_with_the_index_in_memory_and_on_disk() {
     let mut snaps = Vec::new();
     for generation in 0..3u64 {
         for i in 0..600u64 {
-            let seed = if i % 3 == generation { 1000 * generation + i } else { i };
+            let seed = if i % 3 == generation {
+                1000 * generation + i
+            } else {
+                i
+            };
             fs::write(src.join(format!("f{i:03}")), splitmix(seed, 900)).unwrap();
         }
         snaps.push(e.backup_id(&src));
@@ -925,7 +932,10 @@ fn prune_plans_alike_with_the_index_in_memory_and_on_disk() {
     assert!(p["repack"]["packs"].as_u64().unwrap() > 0, "{p}");
     run(None, &["prune", "--grace", "1h", "--max-unused", "0%"]);
     let p = alike("after a repack", &[]);
-    assert!(p["claim_reads"].as_u64().unwrap() > 0, "repacked blobs are in two packs: {p}");
+    assert!(
+        p["claim_reads"].as_u64().unwrap() > 0,
+        "repacked blobs are in two packs: {p}"
+    );
     assert!(p["waiting"]["packs"].as_u64().unwrap() > 0, "{p}");
     alike("deleting at once", &["--now"]);
     run(Some("64KiB"), &["prune", "--now", "--max-unused", "0%"]);
@@ -959,7 +969,7 @@ fn check_finds_alike_with_the_index_in_memory_and_on_disk() {
         let mut c = e.cmd();
         match memory {
             Some(m) => c.env("CHUNKBAK_MEMORY", m),
-            None => c.arg("--no-cache"),
+            None => c.env("CHUNKBAK_MEMORY", "1GiB").arg("--no-cache"),
         };
         c.args(["--json", "check"]);
         let r = e.run_cmd(c);
@@ -991,8 +1001,11 @@ fn check_finds_alike_with_the_index_in_memory_and_on_disk() {
     assert_ne!(on_disk.0, 0);
     assert!(!on_disk.2.is_empty());
     assert!(
-        on_disk.2.iter().all(|p| p.contains("/f") && p.contains(": chunk ")
-            || p.contains(&pack.file_name().unwrap().to_string_lossy().to_string())),
+        on_disk
+            .2
+            .iter()
+            .all(|p| p.contains("/f") && p.contains(": chunk ")
+                || p.contains(&pack.file_name().unwrap().to_string_lossy().to_string())),
         "{:#?}",
         on_disk.2
     );

@@ -455,17 +455,17 @@ impl Index {
         self.run.is_some()
     }
 
-    /// Every blob of the run file on disk in id order, with its pack's position in
-    /// [`packs`](Index::packs) (nothing when the index is in memory; blobs added since it was
-    /// built are not in it). A block at a time: for passes in id order (check's).
-    pub fn for_each_on_disk(
-        &self,
-        f: &mut dyn FnMut(&BlobId, u32) -> Result<()>,
-    ) -> Result<()> {
-        let Some(run) = &self.run else {
-            return Ok(());
-        };
-        run.for_each(|r| f(&Id(r.id), r.pack & !TOP))
+    /// Every loaded blob in id order (the run file's, a block at a time, or the sorted
+    /// entries'), with its pack's position in [`packs`](Index::packs); blobs added since the
+    /// load are not among them. For passes in id order (check's).
+    pub fn for_each_loaded(&self, f: &mut dyn FnMut(&BlobId, u32) -> Result<()>) -> Result<()> {
+        if let Some(run) = &self.run {
+            return run.for_each(|r| f(&Id(r.id), r.pack & !TOP));
+        }
+        for e in &self.sorted {
+            f(&e.id, e.pack())?;
+        }
+        Ok(())
     }
 
     /// Blobs indexed.

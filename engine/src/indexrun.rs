@@ -118,6 +118,15 @@ impl Builder {
     }
 
     pub fn push(&mut self, r: Record) -> Result<()> {
+        if self.buf.len() == self.buf.capacity() {
+            // Grown by doubling up to `mem_records` exactly, not past it (a doubling past it
+            // held up to twice the memory allowed).
+            let want = (self.buf.capacity() * 2)
+                .max(1024)
+                .min(self.mem_records.max(1));
+            self.buf
+                .reserve_exact(want.saturating_sub(self.buf.len()).max(1));
+        }
         self.buf.push(r);
         if self.buf.len() >= self.mem_records {
             self.spill()?;

@@ -98,25 +98,35 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             c.short()
         )
     };
-    let on_disk = repo.index().read().expect("index lock").on_disk();
-    match repo.index_scratch().filter(|_| on_disk) {
+    let sort = repo
+        .index_scratch()
+        .filter(|(_, mem)| crate::ops::prune::sorts_pay(repo, *mem));
+    match sort {
         None => {
             // Each chunk looked up once, as it is reached.
             let mut seen_blobs: HashSet<BlobId> = HashSet::new();
-            walk(repo, &snaps, clock, &mut r, &present, &mut |what, p, c, r| {
-                if seen_blobs.insert(c) {
-                    r.blobs += 1;
-                    if !present(&c) {
-                        r.problems.push(missing_chunk(what, p, &c));
+            walk(
+                repo,
+                &snaps,
+                clock,
+                &mut r,
+                &present,
+                &mut |what, p, c, r| {
+                    if seen_blobs.insert(c) {
+                        r.blobs += 1;
+                        if !present(&c) {
+                            r.problems.push(missing_chunk(what, p, &c));
+                        }
                     }
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
         }
         Some((dir, mem)) => {
-            // The index is on disk: the chunks are sorted, then looked up in one pass over
-            // the index in the same order (random lookups would read a block each). Paths
-            // are named by a second walk, only when a chunk is missing.
+            // A large index: the chunks are sorted on disk, then looked up in one pass over
+            // the index in the same order (no set of every chunk in memory; random lookups in
+            // a run file would read a block each). Paths are named by a second walk, only
+            // when a chunk is missing.
             let scratch = tempfile::Builder::new()
                 .prefix(&format!("index-run-{}-", std::process::id()))
                 .tempdir_in(&dir)
@@ -137,12 +147,19 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             if !missing.is_empty() {
                 let mut named: HashSet<BlobId> = HashSet::new();
                 let mut again = CheckReport::default();
-                walk(repo, &snaps, clock, &mut again, &present, &mut |what, p, c, _| {
-                    if missing.contains(&c) && named.insert(c) {
-                        r.problems.push(missing_chunk(what, p, &c));
-                    }
-                    Ok(())
-                })?;
+                walk(
+                    repo,
+                    &snaps,
+                    clock,
+                    &mut again,
+                    &present,
+                    &mut |what, p, c, _| {
+                        if missing.contains(&c) && named.insert(c) {
+                            r.problems.push(missing_chunk(what, p, &c));
+                        }
+                        Ok(())
+                    },
+                )?;
             }
         }
     }
@@ -150,8 +167,8 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
 }
 
 /// Of the sorted chunk ids, how many distinct ones there are and those that are not present,
-/// from one pass over the index kept on disk in id order (an id the pass does not settle, one
-/// added since the file was built for instance, is looked up).
+/// from one pass over the loaded index in id order (an id the pass does not settle, one added
+/// since it was loaded for instance, is looked up).
 fn missing_in_order(
     repo: &Repository,
     sorted: &crate::indexrun::Sorted,
@@ -180,7 +197,7 @@ fn missing_in_order(
             .iter()
             .map(|p| stored.contains_key(&p.id.to_hex()))
             .collect();
-        idx.for_each_on_disk(&mut |id, pack| {
+        idx.for_each_loaded(&mut |id, pack| {
             while let Some(c) = at.filter(|c| *c < id.0) {
                 unsettled.push(BlobId::from_bytes(c));
                 at = next()?;
@@ -198,7 +215,6 @@ fn missing_in_order(
         unsettled.push(BlobId::from_bytes(c));
         at = next()?;
     }
-    drop(next);
     let missing = unsettled.into_iter().filter(|c| !present(c)).collect();
     Ok((count, missing))
 }

@@ -1,5 +1,6 @@
-//! Prune's plan for an index above the memory allowed (`--memory`, format-spec 16): the same
-//! decisions as the in-memory plan, with memory that does not grow with the number of blobs.
+//! Prune's plan for an index above the memory allowed (`--memory`, format-spec 16), or too
+//! large for planning in memory within it ([`sorts_pay`]): the same decisions as the
+//! in-memory plan, with memory that does not grow with the number of blobs.
 //!
 //! - Every blob claim of the index files in force (one per pack listing, as
 //!   [`crate::index::merge_entries`] keeps the first) is sorted on disk by blob id, and so is
@@ -142,7 +143,7 @@ pub(super) fn plan(
     progress.message("reading the index");
     // The index for loading trees (kept on disk when large: built now or used again).
     repo.load_index()?;
-    if !repo.index().read().expect("index lock").on_disk() {
+    if !sorts_pay(repo, mem) {
         return Ok(None);
     }
     // Sorts of a prune killed earlier (several GB at 100 million blobs) go first.
@@ -239,7 +240,7 @@ pub(super) fn plan(
             }
             let mut at: Vec<u32> = g
                 .iter()
-                .map(|r| pack_pos(r))
+                .map(pack_pos)
                 .filter(|p| is_stored[*p as usize])
                 .collect();
             at.sort_unstable();
@@ -432,6 +433,16 @@ pub(super) fn plan(
     Ok(Some(plan))
 }
 
+/// Whether a pass over the repository's blobs (prune's plan, check) should sort on disk: when
+/// the index is kept on disk, or when the loaded index holds more than half of the `mem`
+/// blobs it may keep in memory. Planning in memory costs about 300 bytes a blob (the merged
+/// entries, a second index, the used set), six times the index's 48: above half of the index's
+/// share, that is more than the whole budget (a million blobs took 340 MiB).
+pub(crate) fn sorts_pay(repo: &Repository, mem: usize) -> bool {
+    let idx = repo.index().read().expect("index lock");
+    idx.on_disk() || idx.len() > mem / 2
+}
+
 /// The position in the pack table of a claim.
 fn pack_pos(r: &Record) -> u32 {
     r.pack & !crate::index::TOP
@@ -477,11 +488,12 @@ fn merge_mark(known: &mut PackInfo, p: &PackEntry) {
 
 impl State {
     /// The packs the plan repacks, each with the used blobs it claims (in offset order).
-    pub(super) fn repack_blobs(&self, plan: &PrunePlan) -> Result<Vec<(PackInfo, Vec<BlobRecord>)>> {
+    pub(super) fn repack_blobs(
+        &self,
+        plan: &PrunePlan,
+    ) -> Result<Vec<(PackInfo, Vec<BlobRecord>)>> {
         let repack: HashSet<u32> = (0..self.packs.len() as u32)
-            .filter(|p| {
-                plan.decisions.get(&self.packs[*p as usize].id) == Some(&Decision::Repack)
-            })
+            .filter(|p| plan.decisions.get(&self.packs[*p as usize].id) == Some(&Decision::Repack))
             .collect();
         if repack.is_empty() {
             return Ok(Vec::new());

@@ -35,6 +35,8 @@ use crate::repo::Repository;
 mod bounded;
 mod run;
 
+pub(crate) use bounded::sorts_pay;
+
 pub use run::{run, write_index_files};
 
 /// Unindexed packs younger than this are never deleted, whatever the grace period: a backup
@@ -582,9 +584,9 @@ fn decide(
     Ok(())
 }
 
-
 impl PrunePlan {
-    /// Planned with the index above the memory allowed: sorted on disk, in bounded memory.
+    /// Planned by sorting on disk, in bounded memory (the index is above the memory allowed,
+    /// or planning in memory would be).
     pub fn on_disk(&self) -> bool {
         self.bounded.is_some()
     }
@@ -640,13 +642,10 @@ impl PrunePlan {
 
 /// Under Object Lock: packs due for deletion that are still retained stay (indexed and
 /// marked, or orphans), and are counted with the date they become deletable.
-fn skip_locked(
-    repo: &Repository,
-    plan: &mut PrunePlan,
-    sums: &[PackSum],
-    now: i64,
-) -> Result<()> {
-    let due: Vec<(FileKind, String, u64, Option<(ObjectId, Option<Mark>)>)> = sums
+fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &[PackSum], now: i64) -> Result<()> {
+    // Kind, name, size, and for an indexed pack its id and mark.
+    type Due = (FileKind, String, u64, Option<(ObjectId, Option<Mark>)>);
+    let due: Vec<Due> = sums
         .iter()
         .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Delete))
         .map(|p| {

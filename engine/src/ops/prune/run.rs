@@ -11,7 +11,7 @@ use crate::ops::packread::MERGE_GAP;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-use super::{Decision, PrunePlan, PruneOptions, PruneResult, BLOBS_PER_INDEX_FILE};
+use super::{Decision, PruneOptions, PrunePlan, PruneResult, BLOBS_PER_INDEX_FILE};
 
 /// Carries out a plan.
 pub fn run(
