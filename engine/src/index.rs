@@ -468,6 +468,12 @@ impl Index {
         Ok(())
     }
 
+    /// The blob has a location added since the load (a file written since, a new pack):
+    /// the one lookups find first.
+    pub fn added_since_load(&self, id: &BlobId) -> bool {
+        self.recent.contains_key(id)
+    }
+
     /// Blobs indexed.
     pub fn len(&self) -> usize {
         self.sorted.len() + self.recent.len() + self.run.as_ref().map_or(0, |r| r.len() as usize)

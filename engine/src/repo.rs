@@ -518,7 +518,7 @@ impl Repository {
     }
 
     /// The objects of a kind with well-formed names (hex ids); the cache forgets the others.
-    pub(crate) fn list_named(&self, fk: FileKind) -> Result<Vec<(Id, String)>> {
+    fn list_named(&self, fk: FileKind) -> Result<Vec<(Id, String)>> {
         let names: Vec<(Id, String)> = self
             .backend
             .list(fk)?

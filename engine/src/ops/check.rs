@@ -203,7 +203,8 @@ fn missing_in_order(
                 at = next()?;
             }
             if at == Some(id.0) {
-                if !stored_pack[pack as usize] {
+                // A copy added since the load is the one a lookup finds first: looked up.
+                if !stored_pack[pack as usize] || idx.added_since_load(id) {
                     unsettled.push(*id);
                 }
                 at = next()?;

@@ -121,7 +121,7 @@ pub fn plan(
     }
     let idx = dst.index().read().expect("index lock");
     let has = |b: &BlobId| same_ids && idx.live_pack_of(b).is_some();
-    let mut seen = HashSet::new();
+    let mut seen = (HashSet::new(), HashSet::new());
     let mut need = Vec::new();
     for (_, s) in &p.todo {
         collect(src, s.tree, &has, &mut seen, &mut need)?;
@@ -136,22 +136,26 @@ pub fn plan(
 }
 
 /// The data blobs under source tree `id` that are not in `seen` and that the target lacks
-/// (`has` says which it holds), in walk order; every tree and blob visited goes into `seen`.
+/// (`has` says which it holds), in walk order; every tree and blob visited goes into `seen`,
+/// and every tree walked into `seen.1` too (a data blob of a tree's id, a file whose bytes
+/// are the tree blob, must not stop the tree from being walked).
 fn collect(
     src: &Repository,
     id: BlobId,
     has: &dyn Fn(&BlobId) -> bool,
-    seen: &mut HashSet<BlobId>,
+    seen: &mut (HashSet<BlobId>, HashSet<BlobId>),
     need: &mut Vec<BlobId>,
 ) -> Result<()> {
-    if !seen.insert(id) {
+    if !seen.1.insert(id) {
         return Ok(());
     }
-    let want = |b: &BlobId, seen: &mut HashSet<BlobId>, need: &mut Vec<BlobId>| {
-        if seen.insert(*b) && !has(b) {
-            need.push(*b);
-        }
-    };
+    seen.0.insert(id);
+    let want =
+        |b: &BlobId, seen: &mut (HashSet<BlobId>, HashSet<BlobId>), need: &mut Vec<BlobId>| {
+            if seen.0.insert(*b) && !has(b) {
+                need.push(*b);
+            }
+        };
     match &*src.load_tree(&id)? {
         TreeBlob::Dir(nodes) => {
             for n in nodes {
@@ -183,8 +187,11 @@ struct Run<'a> {
     src: &'a Repository,
     w: Writer,
     same: bool,
-    /// Source blob id → target blob id, for every blob this run stored or referenced.
+    /// Source blob id → target blob id, for every data blob this run stored or referenced.
     map: Mutex<HashMap<BlobId, BlobId>>,
+    /// The same for trees, apart: a data blob may have a tree's id (a file whose bytes are the
+    /// tree blob), and its copy is not the tree's re-encoded copy.
+    trees: Mutex<HashMap<BlobId, BlobId>>,
     blobs_read: AtomicU64,
     bytes_read: AtomicU64,
     progress: &'a dyn Progress,
@@ -203,10 +210,11 @@ impl Run<'_> {
     fn reload(&self, dst: &Repository) -> Result<()> {
         dst.load_index()?;
         let idx = dst.index().read().expect("index lock");
-        self.map
-            .lock()
-            .expect("map lock")
-            .retain(|_, t| idx.live_pack_of(t).is_some());
+        for map in [&self.map, &self.trees] {
+            map.lock()
+                .expect("map lock")
+                .retain(|_, t| idx.live_pack_of(t).is_some());
+        }
         Ok(())
     }
 
@@ -217,7 +225,7 @@ impl Run<'_> {
     /// Reads the data blobs the target lacks under `root` from the source (neighbours in one
     /// request) and stores them, several at once.
     fn data(&self, root: BlobId) -> Result<()> {
-        let mut seen = HashSet::new();
+        let mut seen = (HashSet::new(), HashSet::new());
         let mut need = Vec::new();
         {
             // With shared ids, a blob the target holds live is referenced (and its pack
@@ -368,7 +376,7 @@ impl Run<'_> {
     /// Stores source tree `id` in the target (children first, with their target ids); returns
     /// its target id.
     fn tree(&self, id: BlobId) -> Result<BlobId> {
-        if let Some(t) = self.mapped(&id) {
+        if let Some(t) = self.trees.lock().expect("map lock").get(&id).copied() {
             return Ok(t);
         }
         check()?;
@@ -411,7 +419,7 @@ impl Run<'_> {
         }
         // Stored unless the target holds it live (then its pack is remembered as used).
         self.w.saver.save_with_id(BlobKind::Tree, tid, &bytes)?;
-        self.map.lock().expect("map lock").insert(id, tid);
+        self.trees.lock().expect("map lock").insert(id, tid);
         self.w.checkpoint(false)?;
         Ok(tid)
     }
@@ -430,6 +438,7 @@ pub fn copy(
         w: Writer::new(dst)?,
         same: plan.same_ids,
         map: Mutex::new(HashMap::new()),
+        trees: Mutex::new(HashMap::new()),
         blobs_read: AtomicU64::new(0),
         bytes_read: AtomicU64::new(0),
         progress,

@@ -154,8 +154,17 @@ pub(super) fn plan(
         .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
     let backend = repo.backend();
 
-    // Which files are in force: each file's header (what it supersedes).
-    let names = repo.list_named(FileKind::Index)?;
+    // Which files are in force: each file's header (what it supersedes). The files are those
+    // the index was loaded from: one a backup writes from now on is read by the walk (as the
+    // in-memory plan does), so its trees load.
+    let names: Vec<(Id, String)> = repo
+        .index()
+        .read()
+        .expect("index lock")
+        .files
+        .iter()
+        .map(|id| (*id, id.to_hex()))
+        .collect();
     let heads = parallel_map_n(DECODERS, &names, |(id, name)| {
         let plain = repo.read_object(FileKind::Index, ObjectKind::Index, name)?;
         let (supersedes, _) = IndexFile::peek(&plain, &format!("index/{name}"))?;
@@ -306,9 +315,18 @@ pub(super) fn plan(
         }
     }
     if !bases.is_empty() || !late_bases.is_empty() {
+        // Of claims in disputed packs, only those the header confirms give bases (as the
+        // in-memory plan drops refuted claims first).
+        let holds = |pos: u32, id: &BlobId, base: &BlobId| match headers.get(&pos) {
+            None => true,
+            Some(Verdict::Header(h)) => h.iter().any(|r| r.id == *id && r.base == Some(*base)),
+            Some(_) => false,
+        };
         let mut of: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
-        for ((_, id), base) in &bases {
-            of.entry(*id).or_default().push(*base);
+        for ((pos, id), base) in &bases {
+            if holds(*pos, id, base) {
+                of.entry(*id).or_default().push(*base);
+            }
         }
         for (id, base) in &late_bases {
             of.entry(*id).or_default().push(*base);
@@ -457,6 +475,8 @@ fn keep_holding(
     packs: &[PackInfo],
     refuted: &mut Refuted,
 ) {
+    // A pack's records of one id together (a forged file may give them different kinds).
+    g.sort_by_key(|r| (pack_pos(r), *r));
     g.dedup_by_key(|r| pack_pos(r));
     if headers.is_empty() {
         return;
@@ -515,6 +535,7 @@ impl State {
             if next_used != Some(id) {
                 continue;
             }
+            g.sort_by_key(|r| (pack_pos(r), *r));
             g.dedup_by_key(|r| pack_pos(r));
             for r in &g {
                 let p = pack_pos(r);

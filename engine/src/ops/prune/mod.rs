@@ -723,22 +723,38 @@ trait UsedSink {
     fn blob(&mut self, id: BlobId) -> Result<()>;
 }
 
-impl UsedSink for HashSet<BlobId> {
+/// The used blobs in memory, and the trees walked apart from them: a file whose bytes are a
+/// directory's tree blob has that tree's id (ids hash the plaintext, whatever the kind), and
+/// reached first as a chunk it must not stop the tree from being walked, or everything under
+/// the directory would look unused (tests/prune_walk.rs).
+struct UsedInMemory {
+    trees: HashSet<BlobId>,
+    used: HashSet<BlobId>,
+}
+
+impl UsedSink for UsedInMemory {
     fn tree(&mut self, id: BlobId) -> Result<bool> {
-        Ok(self.insert(id))
+        if !self.trees.insert(id) {
+            return Ok(false);
+        }
+        self.used.insert(id);
+        Ok(true)
     }
 
     fn blob(&mut self, id: BlobId) -> Result<()> {
-        self.insert(id);
+        self.used.insert(id);
         Ok(())
     }
 }
 
 /// Every blob the snapshots use: trees, chunk lists and data chunks.
 fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>> {
-    let mut used: HashSet<BlobId> = HashSet::new();
-    walk_used(repo, plan, &mut used)?;
-    Ok(used)
+    let mut sink = UsedInMemory {
+        trees: HashSet::new(),
+        used: HashSet::new(),
+    };
+    walk_used(repo, plan, &mut sink)?;
+    Ok(sink.used)
 }
 
 /// Walks every snapshot's trees into `used`.

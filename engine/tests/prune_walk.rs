@@ -1,0 +1,143 @@
+//! What prune counts as used when a file's bytes are a directory's tree blob: blob ids hash
+//! the plaintext whatever the kind, so the file's chunk and the directory's tree share an id.
+//! The directory must still be walked, or everything under it looks unused and is deleted.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chunkbak_engine::backend::FileKind;
+use chunkbak_engine::format::tree::NodeKind;
+use chunkbak_engine::id::BlobId;
+use chunkbak_engine::ops::backup::{backup, BackupOptions};
+use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions};
+use chunkbak_engine::progress::NoProgress;
+use chunkbak_engine::Repository;
+
+fn run_backup(repo: &Arc<Repository>, src: &Path) {
+    repo.load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![src.to_path_buf()],
+        host: "h".into(),
+        threads: 2,
+        ..Default::default()
+    };
+    backup(repo, opts, Arc::new(NoProgress)).unwrap();
+}
+
+/// The subtree of the directory named `name` anywhere under `tree`.
+fn find_dir(repo: &Repository, tree: BlobId, name: &[u8]) -> Option<BlobId> {
+    for n in repo.load_dir(&tree).unwrap() {
+        if n.kind == NodeKind::Dir {
+            let sub = n.subtree?;
+            if n.name == name {
+                return Some(sub);
+            }
+            if let Some(found) = find_dir(repo, sub, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree(on_disk: bool) {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Arc::new(common::repo(d.path()));
+    let src = d.path().join("src");
+    let dir = src.join("the-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..5u8 {
+        std::fs::write(dir.join(format!("f{i}")), vec![i; 3000 + usize::from(i)]).unwrap();
+    }
+    run_backup(&repo, &src);
+    let first = repo.snapshots().unwrap()[0].clone();
+    let tree = find_dir(&repo, first.1.tree, b"the-directory").unwrap();
+    // A sibling file (walked before the directory's subtree) holding the tree's bytes.
+    std::fs::write(src.join("copy-of-a-tree"), repo.read_blob(&tree).unwrap()).unwrap();
+    run_backup(&repo, &src);
+    let snaps = repo.snapshots().unwrap();
+    assert_eq!(snaps.len(), 2);
+    let second = snaps
+        .iter()
+        .find(|(id, _)| *id != first.0)
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(find_dir(&repo, second.tree, b"the-directory"), Some(tree));
+    // Only the second snapshot stays; everything it does not use goes at once.
+    repo.backend()
+        .delete(FileKind::Snapshot, &first.0.to_hex())
+        .unwrap();
+    let again = Repository::open(repo.backend().clone(), b"pw").unwrap();
+    if on_disk {
+        again.keep_index_on_disk(&d.path().join("index"), 2);
+    }
+    let opts = PruneOptions {
+        grace: 0,
+        max_unused: MaxUnused::Bytes(0),
+        delete_now: true,
+        ..Default::default()
+    };
+    let plan = prune::plan(&again, &opts, &NoProgress).unwrap();
+    assert_eq!(plan.on_disk(), on_disk);
+    prune::run(&again, &plan, &opts, &NoProgress).unwrap();
+    let after = Repository::open(repo.backend().clone(), b"pw").unwrap();
+    after.load_index().unwrap();
+    let report = chunkbak_engine::ops::check::check(&after).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    for n in after.load_dir(&tree).unwrap() {
+        for c in after.file_chunks(&n.content).unwrap() {
+            after.read_blob(&c).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree_in_memory() {
+    a_file_equal_to_a_tree_blob_does_not_hide_the_tree(false);
+}
+
+#[test]
+fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree_on_disk() {
+    a_file_equal_to_a_tree_blob_does_not_hide_the_tree(true);
+}
+
+/// `copy` walks the directory too: the copied snapshot checks clean in the target and its
+/// files there read back.
+#[test]
+fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree_from_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Arc::new(common::repo(d.path()));
+    let src = d.path().join("src");
+    let dir = src.join("the-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..5u8 {
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            vec![i + 40; 3000 + usize::from(i)],
+        )
+        .unwrap();
+    }
+    run_backup(&repo, &src);
+    let first = repo.snapshots().unwrap()[0].clone();
+    let tree = find_dir(&repo, first.1.tree, b"the-directory").unwrap();
+    std::fs::write(src.join("copy-of-a-tree"), repo.read_blob(&tree).unwrap()).unwrap();
+    run_backup(&repo, &src);
+    let target = Arc::new(common::repo(&d.path().join("target")));
+    target.load_index().unwrap();
+    repo.load_index().unwrap();
+    let all = repo.snapshots().unwrap();
+    let second: Vec<_> = all
+        .iter()
+        .filter(|(id, _)| *id != first.0)
+        .cloned()
+        .collect();
+    let plan = chunkbak_engine::ops::copy::plan(&repo, &target, &all, second).unwrap();
+    chunkbak_engine::ops::copy::copy(&repo, &target, &plan, &NoProgress).unwrap();
+    let after = Repository::open(target.backend().clone(), b"pw").unwrap();
+    after.load_index().unwrap();
+    let report = chunkbak_engine::ops::check::check(&after).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
