@@ -939,7 +939,29 @@ fn prune_plans_alike_with_the_index_in_memory_and_on_disk() {
     assert!(p["waiting"]["packs"].as_u64().unwrap() > 0, "{p}");
     alike("deleting at once", &["--now"]);
     run(Some("64KiB"), &["prune", "--now", "--max-unused", "0%"]);
+    // The prune kept the index it wrote: later loads build nothing (the same file, inode).
+    let kept = || -> Vec<(std::path::PathBuf, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut v: Vec<_> = fs::read_dir(e.path("xdg-cache/chunkbak/index"))
+            .unwrap()
+            .flatten()
+            .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "run"))
+            .map(|p| (p.clone(), fs::metadata(&p).unwrap().ino()))
+            .collect();
+        v.sort();
+        v
+    };
+    let after_prune = kept();
+    assert_eq!(after_prune.len(), 1, "{after_prune:?}");
     let p = alike("after the prune on disk", &[]);
+    run(Some("64KiB"), &["check"]);
+    assert_eq!(
+        kept(),
+        after_prune,
+        "the next loads used the file the prune kept"
+    );
     for k in ["mark", "delete", "repack", "waiting", "orphans"] {
         assert_eq!(p[k]["packs"], 0, "{k}: {p}");
     }

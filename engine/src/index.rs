@@ -277,6 +277,13 @@ impl Index {
         Ok(idx)
     }
 
+    /// Keeps the run file this index is being loaded into for later loads, as covering the
+    /// index files `covered` (before [`seal`](Index::seal); as
+    /// [`loading_to_keep`](Index::loading_to_keep) when they are known only at the end).
+    pub fn keep_as(&mut self, dir: &Path, covered: Vec<Id>) {
+        self.keep = Some((dir.to_path_buf(), covered));
+    }
+
     /// An index from the run file an earlier load kept in `dir`, when it and its companion
     /// file check out and every index file it covers is among `names` (none was removed by a
     /// prune since); with the files it covers. Files that do not check out are removed.

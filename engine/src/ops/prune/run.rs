@@ -113,7 +113,18 @@ pub fn run(
     };
     progress.message("writing the index");
     let mut index = IndexWriter::new(repo, &plan.read_files);
+    // A plan sorted on disk keeps the index it writes on disk for the next load as well
+    // (format-spec 16): the next run on this host need not build it from every index file.
+    let mut next = match (&plan.bounded, repo.index_scratch()) {
+        (Some(_), Some((dir, mem))) => crate::index::Index::loading_on_disk(&dir, mem)
+            .ok()
+            .map(|i| (i, dir)),
+        _ => None,
+    };
     for p in out {
+        if let Some((n, _)) = next.as_mut() {
+            n.add_pack(&p);
+        }
         index.push(p)?;
     }
     let mut entry = |mut p: PackEntry| -> Result<()> {
@@ -129,6 +140,9 @@ pub fn run(
             }
             Decision::Drop => return Ok(()),
         }
+        if let Some((n, _)) = next.as_mut() {
+            n.add_pack(&p);
+        }
         index.push(p)
     };
     match &plan.bounded {
@@ -139,7 +153,8 @@ pub fn run(
         }
         Some(b) => b.for_each_entry(repo, &mut entry)?,
     }
-    res.index_files_written = index.finish()?;
+    let (count, written) = index.finish()?;
+    res.index_files_written = count;
 
     // 3. Old index files, then packs.
     progress.message("deleting");
@@ -150,6 +165,12 @@ pub fn run(
             Err(Error::Locked { until, .. }) => res.locked.add_index(until),
             Err(e) => return Err(e),
         }
+    }
+    // Kept only when no superseded file stays: a later load takes the files it does not
+    // cover as new ones. A failure leaves nothing usable behind; the next load builds.
+    if let Some((mut n, dir)) = next.take().filter(|_| res.locked.index_files == 0) {
+        n.keep_as(&dir, written);
+        n.seal();
     }
     to_delete.extend(plan.orphan_names.iter().cloned());
     for (fk, name, size) in to_delete {
@@ -199,7 +220,7 @@ pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -
     for p in packs {
         w.push(p)?;
     }
-    w.finish()
+    w.finish().map(|(count, _)| count)
 }
 
 /// Writes index files of at most about [`BLOBS_PER_INDEX_FILE`] blobs as pack entries come,
@@ -210,6 +231,8 @@ struct IndexWriter<'a> {
     batch: Vec<PackEntry>,
     blobs: usize,
     files: u64,
+    /// The files written.
+    ids: Vec<Id>,
     flushed: bool,
 }
 
@@ -221,6 +244,7 @@ impl<'a> IndexWriter<'a> {
             batch: Vec::new(),
             blobs: 0,
             files: 0,
+            ids: Vec::new(),
             flushed: false,
         }
     }
@@ -249,14 +273,16 @@ impl<'a> IndexWriter<'a> {
         if f.packs.is_empty() && f.supersedes.is_empty() {
             return Ok(());
         }
-        self.repo
+        let id = self
+            .repo
             .write_object(FileKind::Index, ObjectKind::Index, &f.encode())?;
+        self.ids.push(id);
         Ok(())
     }
 
-    /// Writes the last file; returns how many were written.
-    fn finish(mut self) -> Result<u64> {
+    /// Writes the last file; returns how many were written, and their ids.
+    fn finish(mut self) -> Result<(u64, Vec<Id>)> {
         self.write(true)?;
-        Ok(self.files)
+        Ok((self.files, self.ids))
     }
 }
