@@ -129,8 +129,8 @@ impl UsedIds<'_> {
     }
 }
 
-/// The plan, when the index is kept on disk (above the memory allowed); `None` otherwise
-/// (the caller plans in memory).
+/// The plan, when sorting on disk pays ([`sorts_pay`]: the index is on disk, or too large to
+/// plan in memory within the budget); `None` otherwise (the caller plans in memory).
 pub(super) fn plan(
     repo: &Repository,
     opts: &PruneOptions,

@@ -225,7 +225,7 @@ pub struct PrunePlan {
     /// Packs that hold a used blob (the one copy counted), with their upload times.
     referenced: Vec<(ObjectId, FileKind, Option<i64>)>,
     orphan_names: Vec<(FileKind, String, u64)>,
-    /// For an index above the memory allowed: what the plan sorted on disk instead of
+    /// For a plan sorted on disk (an index too large to plan in memory): what it sorted instead of
     /// `packs` and `used` (which stay empty).
     bounded: Option<Arc<bounded::State>>,
 }
