@@ -41,6 +41,19 @@ pub struct BlobLocation {
 }
 
 impl PackInfo {
+    /// The pack's index entry without blob records (the inverse of [`of_entry`](Self::of_entry)).
+    pub fn entry(&self) -> PackEntry {
+        PackEntry {
+            id: self.id,
+            kind: self.kind,
+            size: self.size,
+            crc32c: self.crc32c,
+            salt: self.salt,
+            mark: self.mark,
+            blobs: Vec::new(),
+        }
+    }
+
     /// The pack an index entry describes.
     pub fn of_entry(p: &PackEntry) -> Self {
         PackInfo {
@@ -254,11 +267,7 @@ impl Index {
     /// then does not grow with the repository (format-spec 16).
     pub fn loading_on_disk(dir: &Path, mem_records: usize) -> Result<Self> {
         private_dir(dir)?;
-        remove_left_by_dead_processes(dir);
-        let run_dir = tempfile::Builder::new()
-            .prefix(&format!("index-run-{}-", std::process::id()))
-            .tempdir_in(dir)
-            .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+        let run_dir = sort_folder(dir)?;
         let builder = indexrun::Builder::new(&run_dir.path().join("tmp"), mem_records)?;
         Ok(Index {
             loading: true,
@@ -345,19 +354,7 @@ impl Index {
             bases: self.bases.clone(),
             table: IndexFile {
                 supersedes: Vec::new(),
-                packs: self
-                    .packs
-                    .iter()
-                    .map(|p| PackEntry {
-                        id: p.id,
-                        kind: p.kind,
-                        size: p.size,
-                        crc32c: p.crc32c,
-                        salt: p.salt,
-                        mark: p.mark,
-                        blobs: Vec::new(),
-                    })
-                    .collect(),
+                packs: self.packs.iter().map(PackInfo::entry).collect(),
             },
         }
     }
@@ -764,9 +761,19 @@ impl Meta {
     }
 }
 
+/// A new private folder `index-run-PID-XXXXXX` under `dir` for an external sort (removed when
+/// dropped), after removing those of processes that are gone (a killed run's sorts).
+pub(crate) fn sort_folder(dir: &Path) -> Result<tempfile::TempDir> {
+    remove_left_by_dead_processes(dir);
+    tempfile::Builder::new()
+        .prefix(&format!("index-run-{}-", std::process::id()))
+        .tempdir_in(dir)
+        .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))
+}
+
 /// Removes what processes that are gone left in `dir` when killed: their run folders
 /// (`index-run-PID-…`) and temporary files (`…tmpPID`).
-pub(crate) fn remove_left_by_dead_processes(dir: &Path) {
+fn remove_left_by_dead_processes(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chunkbak_engine::backend::FileKind;
+use chunkbak_engine::format::snapshot::Snapshot;
 use chunkbak_engine::format::tree::NodeKind;
-use chunkbak_engine::id::BlobId;
+use chunkbak_engine::id::{BlobId, Id};
 use chunkbak_engine::ops::backup::{backup, BackupOptions};
 use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions};
 use chunkbak_engine::progress::NoProgress;
@@ -42,19 +43,21 @@ fn find_dir(repo: &Repository, tree: BlobId, name: &[u8]) -> Option<BlobId> {
     None
 }
 
-fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree(on_disk: bool) {
-    let d = tempfile::tempdir().unwrap();
-    let repo = Arc::new(common::repo(d.path()));
-    let src = d.path().join("src");
+/// A repository in `d` with two snapshots of `src`: the first of a directory of five files,
+/// the second also of a sibling file (walked before the directory's subtree) holding the
+/// directory's tree blob. Returns the repository, the first snapshot and the tree's id.
+fn with_a_copy_of_a_tree(d: &Path, fill: u8) -> (Arc<Repository>, (Id, Snapshot), BlobId) {
+    let repo = Arc::new(common::repo(d));
+    let src = d.join("src");
     let dir = src.join("the-directory");
     std::fs::create_dir_all(&dir).unwrap();
     for i in 0..5u8 {
-        std::fs::write(dir.join(format!("f{i}")), vec![i; 3000 + usize::from(i)]).unwrap();
+        let data = vec![i + fill; 3000 + usize::from(i)];
+        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
     }
     run_backup(&repo, &src);
     let first = repo.snapshots().unwrap()[0].clone();
     let tree = find_dir(&repo, first.1.tree, b"the-directory").unwrap();
-    // A sibling file (walked before the directory's subtree) holding the tree's bytes.
     std::fs::write(src.join("copy-of-a-tree"), repo.read_blob(&tree).unwrap()).unwrap();
     run_backup(&repo, &src);
     let snaps = repo.snapshots().unwrap();
@@ -66,6 +69,12 @@ fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree(on_disk: bool) {
         .1
         .clone();
     assert_eq!(find_dir(&repo, second.tree, b"the-directory"), Some(tree));
+    (repo, first, tree)
+}
+
+fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree(on_disk: bool) {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, first, tree) = with_a_copy_of_a_tree(d.path(), 0);
     // Only the second snapshot stays; everything it does not use goes at once.
     repo.backend()
         .delete(FileKind::Snapshot, &first.0.to_hex())
@@ -109,22 +118,7 @@ fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree_on_disk() {
 #[test]
 fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree_from_copy() {
     let d = tempfile::tempdir().unwrap();
-    let repo = Arc::new(common::repo(d.path()));
-    let src = d.path().join("src");
-    let dir = src.join("the-directory");
-    std::fs::create_dir_all(&dir).unwrap();
-    for i in 0..5u8 {
-        std::fs::write(
-            dir.join(format!("f{i}")),
-            vec![i + 40; 3000 + usize::from(i)],
-        )
-        .unwrap();
-    }
-    run_backup(&repo, &src);
-    let first = repo.snapshots().unwrap()[0].clone();
-    let tree = find_dir(&repo, first.1.tree, b"the-directory").unwrap();
-    std::fs::write(src.join("copy-of-a-tree"), repo.read_blob(&tree).unwrap()).unwrap();
-    run_backup(&repo, &src);
+    let (repo, first, _) = with_a_copy_of_a_tree(d.path(), 40);
     let target = Arc::new(common::repo(&d.path().join("target")));
     target.load_index().unwrap();
     repo.load_index().unwrap();

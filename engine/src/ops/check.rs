@@ -127,10 +127,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             // the index in the same order (no set of every chunk in memory; random lookups in
             // a run file would read a block each). Paths are named by a second walk, only
             // when a chunk is missing.
-            let scratch = tempfile::Builder::new()
-                .prefix(&format!("index-run-{}-", std::process::id()))
-                .tempdir_in(&dir)
-                .map_err(|e| crate::error::Error::Other(format!("{}: {e}", dir.display())))?;
+            let scratch = crate::index::sort_folder(&dir)?;
             let mut sort = crate::indexrun::Builder::new(scratch.path(), mem)?;
             walk(repo, &snaps, clock, &mut r, &present, &mut |_, _, c, _| {
                 sort.push(crate::indexrun::Record {

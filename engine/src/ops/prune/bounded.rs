@@ -24,9 +24,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::backend::{FileKind, ObjectInfo};
-use crate::error::{Error, Result};
-use crate::format::index::{IndexFile, PackEntry};
+use crate::error::Result;
+use crate::format::index::PackEntry;
 use crate::format::pack::BlobRecord;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
@@ -147,16 +146,11 @@ pub(super) fn plan(
         return Ok(None);
     }
     // Sorts of a prune killed earlier (several GB at 100 million blobs) go first.
-    crate::index::remove_left_by_dead_processes(&dir);
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("index-run-{}-", std::process::id()))
-        .tempdir_in(&dir)
-        .map_err(|e| Error::Other(format!("{}: {e}", dir.display())))?;
+    let scratch = crate::index::sort_folder(&dir)?;
     let backend = repo.backend();
 
-    // Which files are in force: each file's header (what it supersedes). The files are those
-    // the index was loaded from: one a backup writes from now on is read by the walk (as the
-    // in-memory plan does), so its trees load.
+    // The files are those the index was loaded from: one a backup writes from now on is read
+    // by the walk (as the in-memory plan does), so its trees load.
     let names: Vec<(Id, String)> = repo
         .index()
         .read()
@@ -165,73 +159,39 @@ pub(super) fn plan(
         .iter()
         .map(|id| (*id, id.to_hex()))
         .collect();
-    let heads = parallel_map_n(DECODERS, &names, |(id, name)| {
-        let plain = repo.read_object(FileKind::Index, ObjectKind::Index, name)?;
-        let (supersedes, _) = IndexFile::peek(&plain, &format!("index/{name}"))?;
-        Ok((*id, supersedes))
-    })?;
-    let superseded: HashSet<Id> = heads.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    // Read once, all taken as in force; read again without the superseded ones only when a
+    // listed file is superseded (a prune killed before it deleted the files it replaced, or
+    // Object Lock retaining them).
+    let claims_dir = scratch.path().join("claims");
+    let mut read = read_claims(repo, &names, &HashSet::new(), &claims_dir, mem)?;
+    let superseded: HashSet<Id> = names
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| read.supersedes.contains(id))
+        .collect();
+    if !superseded.is_empty() {
+        drop(read);
+        read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
+    }
+    let Claims {
+        packs,
+        pos_of,
+        named,
+        bases,
+        sorted: claims,
+        in_force,
+        ..
+    } = read;
     let mut plan = PrunePlan {
         now,
         index_files: names.len() as u64,
         read_files: names.iter().map(|(id, _)| *id).collect(),
+        live_index: in_force.iter().map(|(id, _)| *id).collect(),
         ..Default::default()
     };
-    plan.live_index = plan
-        .read_files
-        .iter()
-        .filter(|id| !superseded.contains(id))
-        .copied()
-        .collect();
-
-    // Every claim into the sort, files read a few at a time in listing order; each pack's
-    // first listing gives its claims, later ones only revive or extend its mark.
-    let mut packs: Vec<PackInfo> = Vec::new();
-    let mut pos_of: HashMap<ObjectId, u32> = HashMap::new();
-    let mut named: HashSet<String> = HashSet::new();
-    let mut bases: HashMap<(u32, BlobId), BlobId> = HashMap::new();
-    let mut claims = Builder::new(&scratch.path().join("claims"), mem)?;
-    let mut in_force = Vec::new();
-    for group in names.chunks(DECODERS * 2) {
-        let files = parallel_map_n(DECODERS, group, |(id, name)| {
-            Ok((*id, repo.read_index_file(name)?))
-        })?;
-        for ((id, f), (_, name)) in files.into_iter().zip(group) {
-            let live = !superseded.contains(&id);
-            if live {
-                in_force.push((id, name.clone()));
-            }
-            for p in f.packs {
-                // Superseded files' packs are not orphans.
-                named.insert(p.id.to_hex());
-                if !live {
-                    continue;
-                }
-                if let Some(&pos) = pos_of.get(&p.id) {
-                    merge_mark(&mut packs[pos as usize], &p);
-                    continue;
-                }
-                let pos = packs.len() as u32;
-                pos_of.insert(p.id, pos);
-                packs.push(PackInfo::of_entry(&p));
-                for b in &p.blobs {
-                    claims.push(record_of(pos, b))?;
-                    if let Some(base) = b.base {
-                        bases.insert((pos, b.id), base);
-                    }
-                }
-            }
-        }
-    }
-    let claims = claims.into_sorted()?;
 
     progress.message("listing packs");
-    let mut stored: HashMap<String, (FileKind, ObjectInfo)> = HashMap::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        for o in backend.list_info(fk)? {
-            stored.insert(o.name.clone(), (fk, o));
-        }
-    }
+    let stored = super::list_packs(backend)?;
     let is_stored: Vec<bool> = packs
         .iter()
         .map(|p| stored.contains_key(&p.id.to_hex()))
@@ -366,12 +326,7 @@ pub(super) fn plan(
         if plan.late_blobs.contains(&Id(id)) {
             return Ok(());
         }
-        Err(Error::Other(format!(
-            "blob {} is used by a snapshot but is in no stored pack: prune stops before it \
-             deletes anything. Run `chunkbak check`, then `chunkbak repair index` and \
-             `chunkbak repair snapshots`",
-            Id(id)
-        )))
+        Err(super::in_no_stored_pack(&Id(id)))
     };
     while m.next_group(&mut g)? {
         if crate::ops::interrupted() {
@@ -449,6 +404,80 @@ pub(super) fn plan(
         _scratch: scratch,
     }));
     Ok(Some(plan))
+}
+
+/// The claims of index files, read in listing order a few at a time.
+struct Claims {
+    /// The pack table: every pack the files in force list, marks merged.
+    packs: Vec<PackInfo>,
+    pos_of: HashMap<ObjectId, u32>,
+    /// Every pack any file names (superseded files' packs are not orphans).
+    named: HashSet<String>,
+    /// The base of each delta claim, by (pack position, blob id).
+    bases: HashMap<(u32, BlobId), BlobId>,
+    /// Every claim of the files in force, by blob id.
+    sorted: Sorted,
+    in_force: Vec<(Id, String)>,
+    /// What any file read supersedes.
+    supersedes: HashSet<Id>,
+}
+
+/// Reads `names`, taking all but `superseded` as in force: each pack's first listing gives its
+/// claims (into a sort in `dir`), later ones only revive or extend its mark.
+fn read_claims(
+    repo: &Repository,
+    names: &[(Id, String)],
+    superseded: &HashSet<Id>,
+    dir: &std::path::Path,
+    mem: usize,
+) -> Result<Claims> {
+    let mut packs: Vec<PackInfo> = Vec::new();
+    let mut pos_of: HashMap<ObjectId, u32> = HashMap::new();
+    let mut named: HashSet<String> = HashSet::new();
+    let mut bases: HashMap<(u32, BlobId), BlobId> = HashMap::new();
+    let mut supersedes: HashSet<Id> = HashSet::new();
+    let mut claims = Builder::new(dir, mem)?;
+    let mut in_force = Vec::new();
+    for group in names.chunks(DECODERS * 2) {
+        let files = parallel_map_n(DECODERS, group, |(id, name)| {
+            Ok((*id, repo.read_index_file(name)?))
+        })?;
+        for ((id, f), (_, name)) in files.into_iter().zip(group) {
+            supersedes.extend(f.supersedes.iter().copied());
+            let live = !superseded.contains(&id);
+            if live {
+                in_force.push((id, name.clone()));
+            }
+            for p in f.packs {
+                named.insert(p.id.to_hex());
+                if !live {
+                    continue;
+                }
+                if let Some(&pos) = pos_of.get(&p.id) {
+                    merge_mark(&mut packs[pos as usize], &p);
+                    continue;
+                }
+                let pos = packs.len() as u32;
+                pos_of.insert(p.id, pos);
+                packs.push(PackInfo::of_entry(&p));
+                for b in &p.blobs {
+                    claims.push(record_of(pos, b))?;
+                    if let Some(base) = b.base {
+                        bases.insert((pos, b.id), base);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Claims {
+        packs,
+        pos_of,
+        named,
+        bases,
+        sorted: claims.into_sorted()?,
+        in_force,
+        supersedes,
+    })
 }
 
 /// Whether a pass over the repository's blobs (prune's plan, check) should sort on disk: when

@@ -276,12 +276,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     progress.message("reading the index");
     let files = repo.read_all_index_files()?;
     progress.message("listing packs");
-    let mut stored: HashMap<String, (FileKind, ObjectInfo)> = HashMap::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        for o in backend.list_info(fk)? {
-            stored.insert(o.name.clone(), (fk, o));
-        }
-    }
+    let stored = list_packs(backend)?;
     let superseded: HashSet<Id> = files
         .iter()
         .flat_map(|(_, f)| f.supersedes.iter().copied())
@@ -380,11 +375,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .iter()
         .find(|b| !assigned.contains(*b) && !plan.late_blobs.contains(*b))
     {
-        return Err(Error::Other(format!(
-            "blob {b} is used by a snapshot but is in no stored pack: prune stops before it \
-             deletes anything. Run `chunkbak check`, then `chunkbak repair index` and \
-             `chunkbak repair snapshots`"
-        )));
+        return Err(in_no_stored_pack(b));
     }
     drop(assigned);
     plan.late_blobs = HashSet::new();
@@ -410,6 +401,28 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     plan.packs = all;
     plan.used = used;
     Ok(plan)
+}
+
+/// Every data and tree pack the store lists, by name.
+fn list_packs(
+    backend: &Arc<dyn crate::backend::Backend>,
+) -> Result<HashMap<String, (FileKind, ObjectInfo)>> {
+    let mut stored = HashMap::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        for o in backend.list_info(fk)? {
+            stored.insert(o.name.clone(), (fk, o));
+        }
+    }
+    Ok(stored)
+}
+
+/// A used blob that no stored pack holds: prune stops.
+fn in_no_stored_pack(b: &BlobId) -> Error {
+    Error::Other(format!(
+        "blob {b} is used by a snapshot but is in no stored pack: prune stops before it \
+         deletes anything. Run `chunkbak check`, then `chunkbak repair index` and \
+         `chunkbak repair snapshots`"
+    ))
 }
 
 /// One pack as the decisions see it: the merged entry's id, kind, size and mark, its blob
