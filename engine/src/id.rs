@@ -3,10 +3,27 @@
 use std::fmt;
 
 /// A 32-byte identifier, shown as 64 lowercase hex digits.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bincode::Encode, bincode::Decode,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, bincode::Encode, bincode::Decode)]
 pub struct Id(pub [u8; 32]);
+
+/// Byte order (lexicographic, as the hex), compared as two big-endian 128-bit words: sorting
+/// and merging the index's tens of millions of ids spent a sixth of their time in `memcmp`.
+pub fn cmp_bytes(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
+    let w = |x: &[u8; 32], i: usize| u128::from_be_bytes(x[i..i + 16].try_into().expect("16"));
+    w(a, 0).cmp(&w(b, 0)).then_with(|| w(a, 16).cmp(&w(b, 16)))
+}
+
+impl Ord for Id {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        cmp_bytes(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Id of a blob: keyed BLAKE3 of its plaintext.
 pub type BlobId = Id;

@@ -286,6 +286,14 @@ impl Index {
         Ok(idx)
     }
 
+    /// Says about how many blobs the load will add, before the first: a load on disk then
+    /// sorts them by ranges of ids instead of merging runs ([`indexrun::Builder::expect`]).
+    pub fn expect(&mut self, blobs: usize) {
+        if let Some(b) = self.builder.as_mut() {
+            b.expect(blobs as u64);
+        }
+    }
+
     /// Keeps the run file this index is being loaded into for later loads, as covering the
     /// index files `covered` (before [`seal`](Index::seal); as
     /// [`loading_to_keep`](Index::loading_to_keep) when they are known only at the end).

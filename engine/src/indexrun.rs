@@ -4,7 +4,11 @@
 //! 4.7 MB at 100 million blobs); a lookup reads one block (a few blocks are kept), so the
 //! memory a lookup needs does not grow with the repository. Built by external sorting: records
 //! are sorted in memory a bounded number at a time into temporary runs, which one k-way merge
-//! writes out.
+//! writes out; or, when the builder is told how many records to expect
+//! ([`Builder::expect`]), dealt by their id's first bits into ranges small enough to sort in
+//! memory, which are sorted and written out in order, one range read and sorted while the one
+//! before it is written (ids are keyed hashes, so ranges are about even; one that is not is
+//! sorted by runs like the rest).
 //!
 //! This is the cache's format, not the repository's (format-spec 16): a file that does not
 //! check out (magic, version, sizes, the table's checksum, a block's checksum) is an error the
@@ -38,13 +42,29 @@ const CACHED_BLOCKS: usize = 64;
 
 /// One blob's location, as the in-memory index keeps it: the id, the pack's position in the
 /// pack table, offset, length and raw length (flags in the top bits, as `index::Entry`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     pub id: [u8; 32],
     pub pack: u32,
     pub offset: u32,
     pub length: u32,
     pub raw_len: u32,
+}
+
+/// By id (byte order), then pack, offset, length and raw length.
+impl Ord for Record {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        crate::id::cmp_bytes(&self.id, &o.id).then_with(|| {
+            (self.pack, self.offset, self.length, self.raw_len)
+                .cmp(&(o.pack, o.offset, o.length, o.raw_len))
+        })
+    }
+}
+
+impl PartialOrd for Record {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl Record {
@@ -103,7 +123,27 @@ pub struct Builder {
     mem_records: usize,
     buf: Vec<Record>,
     runs: Vec<PathBuf>,
+    /// Ranges of ids by their first bits ([`Builder::expect`]); empty: sorted runs.
+    parts: Vec<Part>,
+    /// Bits of the id that choose the range.
+    part_bits: u32,
+    /// Bytes a range collects before they are appended to its file.
+    part_buffer: usize,
+    /// Names temporary files apart from other builders' in the same folder.
+    prefix: String,
 }
+
+/// One range of ids of a partitioned build: its temporary file (appended to as its buffer
+/// fills; not held open, so thousands of ranges need no more file descriptors) and the
+/// records in it and in the buffer.
+struct Part {
+    path: PathBuf,
+    buf: Vec<u8>,
+    n: u64,
+}
+
+/// At most 2^12 ranges: 200 million records at the default budget.
+const MAX_PART_BITS: u32 = 12;
 
 impl Builder {
     /// Temporary runs go to `tmp_dir` (the cache's folder, so they are removed with it).
@@ -114,10 +154,57 @@ impl Builder {
             mem_records: mem_records.max(1),
             buf: Vec::new(),
             runs: Vec::new(),
+            parts: Vec::new(),
+            part_bits: 0,
+            part_buffer: 0,
+            prefix: "run".into(),
         })
     }
 
+    /// Says about how many records will come, before the first: when they are more than
+    /// fit in memory, [`finish`](Builder::finish) deals them by their ids' first bits into
+    /// ranges of an eighth of `mem_records` expected, instead of merging sorted runs. Two
+    /// ranges are in memory at a time, each sorted in memory up to a quarter of
+    /// `mem_records`, beyond that by runs; the ranges' buffers hold another quarter. It
+    /// writes the same file with less work: no merge, and one range is read and sorted while
+    /// the one before it is written.
+    pub fn expect(&mut self, records: u64) {
+        if !self.buf.is_empty() || !self.runs.is_empty() || !self.parts.is_empty() {
+            return;
+        }
+        if records <= self.mem_records as u64 {
+            return;
+        }
+        let want = records.div_ceil((self.mem_records as u64 / 8).max(1));
+        let bits = (64 - (want - 1).leading_zeros()).clamp(1, MAX_PART_BITS);
+        self.part_bits = bits;
+        self.part_buffer = ((self.mem_records * RECORD / 4) >> bits).clamp(4 << 10, 1 << 20);
+        self.parts = (0..1usize << bits)
+            .map(|i| Part {
+                path: self
+                    .tmp
+                    .join(format!("part-{}-{i}.tmp", std::process::id())),
+                buf: Vec::new(),
+                n: 0,
+            })
+            .collect();
+    }
+
     pub fn push(&mut self, r: Record) -> Result<()> {
+        if !self.parts.is_empty() {
+            let i = (u32::from_be_bytes(r.id[..4].try_into().expect("4")) >> (32 - self.part_bits))
+                as usize;
+            let p = &mut self.parts[i];
+            if p.buf.capacity() == 0 {
+                p.buf.reserve_exact(self.part_buffer);
+            }
+            r.encode(&mut p.buf);
+            p.n += 1;
+            if p.buf.len() + RECORD > self.part_buffer {
+                p.flush()?;
+            }
+            return Ok(());
+        }
         if self.buf.len() == self.buf.capacity() {
             // Grown by doubling up to `mem_records` exactly, not past it (a doubling past it
             // held up to twice the memory allowed).
@@ -141,7 +228,8 @@ impl Builder {
         }
         self.buf.sort_unstable();
         let path = self.tmp.join(format!(
-            "run-{}-{}.tmp",
+            "{}-{}-{}.tmp",
+            self.prefix,
             std::process::id(),
             self.runs.len()
         ));
@@ -162,6 +250,20 @@ impl Builder {
     /// needs ([`Sorted::merge`]); in memory when they never exceeded `mem_records`, else in
     /// temporary runs (removed with the [`Sorted`]).
     pub fn into_sorted(mut self) -> Result<Sorted> {
+        if !self.parts.is_empty() {
+            // Dealt into ranges: each range sorted, in order, as one sort of runs.
+            let parts = std::mem::take(&mut self.parts);
+            let mut all = Builder::new(&self.tmp, self.mem_records)?;
+            all.prefix = "all-run".into();
+            for (i, mut p) in parts.into_iter().enumerate() {
+                let sorted = Self::sort_part(&self.tmp, &mut p, self.mem_records, i)?;
+                let mut m = sorted.merge()?;
+                while let Some(r) = m.next_record()? {
+                    all.push(r)?;
+                }
+            }
+            return all.into_sorted();
+        }
         if self.runs.is_empty() {
             let mut mem = std::mem::take(&mut self.buf);
             mem.sort_unstable();
@@ -181,32 +283,56 @@ impl Builder {
     /// `covers` names what it was built from (the caller's choice, e.g. a hash of the index
     /// files' ids).
     pub fn finish(
-        self,
+        mut self,
         out: &Path,
         covers: [u8; 32],
         rank: &dyn Fn(&Record) -> u8,
     ) -> Result<Built> {
-        let sorted = self.into_sorted()?;
         // Two processes may build the same file at once: each writes its own.
         let tmp = out.with_extension(format!("tmp{}", std::process::id()));
         let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = Writer::new(BufWriter::with_capacity(1 << 16, f), &tmp)?;
-        let mut built = Built {
-            runs: sorted.runs.len(),
-            ..Built::default()
+        let mut built = Built::default();
+        let mut write = |sorted: &Sorted| -> Result<()> {
+            built.runs += sorted.runs.len();
+            let mut merge = sorted.merge()?;
+            let mut group: Vec<Record> = Vec::new();
+            while merge.next_group(&mut group)? {
+                // Of the records of one id, the best is written.
+                let best = group
+                    .iter()
+                    .min_by_key(|r| (rank(r), **r))
+                    .copied()
+                    .expect("a group is not empty");
+                built.records += 1;
+                built.disputed += group.iter().filter(|r| r.pack != best.pack).count() as u64;
+                w.push(&best)?;
+            }
+            Ok(())
         };
-        let mut merge = sorted.merge()?;
-        let mut group: Vec<Record> = Vec::new();
-        while merge.next_group(&mut group)? {
-            // Of the records of one id, the best is written.
-            let best = group
-                .iter()
-                .min_by_key(|r| (rank(r), **r))
-                .copied()
-                .expect("a group is not empty");
-            built.records += 1;
-            built.disputed += group.iter().filter(|r| r.pack != best.pack).count() as u64;
-            w.push(&best)?;
+        if self.parts.is_empty() {
+            write(&self.into_sorted()?)?;
+        } else {
+            // Each range read and sorted on a thread of its own while the one before it is
+            // written: two ranges in memory at a time.
+            let parts = std::mem::take(&mut self.parts);
+            let (tmp_dir, mem) = (self.tmp.clone(), self.mem_records);
+            std::thread::scope(|s| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Sorted>>(0);
+                let sorter = s.spawn(move || {
+                    for (i, mut p) in parts.into_iter().enumerate() {
+                        let r = Self::sort_part(&tmp_dir, &mut p, mem, i);
+                        let stop = r.is_err();
+                        if tx.send(r).is_err() || stop {
+                            break;
+                        }
+                    }
+                });
+                let r = rx.iter().try_for_each(|sorted| write(&sorted?));
+                drop(rx);
+                sorter.join().expect("the range sorter does not panic");
+                r
+            })?;
         }
         let f = w.finish(covers)?;
         f.sync_all().map_err(|e| io(&tmp, e))?;
@@ -218,6 +344,67 @@ impl Builder {
             }
         }
         Ok(built)
+    }
+}
+
+impl Part {
+    /// Appends the buffer to the range's file.
+    fn flush(&mut self) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| io(&self.path, e))?;
+        f.write_all(&self.buf).map_err(|e| io(&self.path, e))?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Builder {
+    /// The records of one range of a partitioned build, sorted: in memory when they are no
+    /// more than a quarter of `mem` (twice what is expected), else by runs of that size; its
+    /// file removed.
+    fn sort_part(tmp: &Path, p: &mut Part, mem: usize, i: usize) -> Result<Sorted> {
+        let in_file = p.n - (p.buf.len() / RECORD) as u64;
+        let mut file = match in_file {
+            0 => None,
+            _ => {
+                let f = File::open(&p.path).map_err(|e| io(&p.path, e))?;
+                let _ = std::fs::remove_file(&p.path);
+                Some(BufReader::with_capacity(1 << 16, f))
+            }
+        };
+        let tail = std::mem::take(&mut p.buf);
+        let path = p.path.clone();
+        let mut b = [0u8; RECORD];
+        let mut records = (0..p.n).map(move |k| -> Result<Record> {
+            match (&mut file, k < in_file) {
+                (Some(f), true) => {
+                    f.read_exact(&mut b).map_err(|e| io(&path, e))?;
+                    Ok(Record::decode(&b))
+                }
+                _ => {
+                    let at = (k - in_file) as usize * RECORD;
+                    Ok(Record::decode(&tail[at..at + RECORD]))
+                }
+            }
+        });
+        let quarter = (mem / 4).max(1);
+        if p.n <= quarter as u64 {
+            let mut recs = records.collect::<Result<Vec<Record>>>()?;
+            recs.sort_unstable();
+            return Ok(Sorted {
+                runs: Vec::new(),
+                mem: recs,
+            });
+        }
+        // More than twice what was expected (ids chosen to fall in one range): by runs.
+        let mut sub = Builder::new(tmp, quarter)?;
+        sub.prefix = format!("part{i}-run");
+        records
+            .try_for_each(|r| sub.push(r?))
+            .and_then(|()| sub.into_sorted())
     }
 }
 
@@ -326,6 +513,9 @@ impl Drop for Builder {
     fn drop(&mut self) {
         for p in &self.runs {
             let _ = std::fs::remove_file(p);
+        }
+        for p in &self.parts {
+            let _ = std::fs::remove_file(&p.path);
         }
     }
 }
@@ -802,6 +992,51 @@ mod tests {
                 proptest::prop_assert_eq!(f.get(&id_of(i)).unwrap(), model.get(&id_of(i)).copied());
             }
         }
+    }
+
+    /// Told how many records to expect, the builder deals them into ranges of ids and writes
+    /// the very same file as a merge of runs: as expected, with fewer than expected, with
+    /// more (ranges past twice their share are sorted by runs), and with every id in one
+    /// range (chosen by someone who can pick ids). Nothing temporary is left.
+    #[test]
+    fn ranges_write_the_same_file_as_runs() {
+        let spread: Vec<Record> = (0..3000u64)
+            .map(|i| rec(i % 1900, (i % 5) as u32))
+            .collect();
+        let mut one_range = spread.clone();
+        for r in &mut one_range {
+            r.id[0] = 0x17;
+        }
+        let rank = |r: &Record| u8::from(r.pack == 2);
+        for recs in [&spread, &one_range] {
+            let plain = tempfile::tempdir().unwrap();
+            let (_, want) = build(plain.path(), recs, 100, &rank);
+            let want_bytes = std::fs::read(plain.path().join("index.run")).unwrap();
+            for (mem, expect) in [(100, 3000), (100, 700), (100, 30_000), (40, 3000)] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut b = Builder::new(&dir.path().join("tmp"), mem).unwrap();
+                b.expect(expect);
+                assert!(!b.parts.is_empty());
+                for r in recs.iter() {
+                    b.push(*r).unwrap();
+                }
+                let out = dir.path().join("index.run");
+                let got = b.finish(&out, [7u8; 32], &rank).unwrap();
+                assert_eq!((got.records, got.disputed), (want.records, want.disputed));
+                assert_eq!(
+                    std::fs::read(&out).unwrap(),
+                    want_bytes,
+                    "mem {mem} expect {expect}"
+                );
+                let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+                assert!(left.is_empty(), "{left:?}");
+            }
+        }
+        // As many as fit in memory: no ranges.
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Builder::new(dir.path(), 100).unwrap();
+        b.expect(100);
+        assert!(b.parts.is_empty());
     }
 
     /// format-spec.md 16's test vector: three records, one block.

@@ -677,7 +677,10 @@ impl Repository {
         let on_disk = keep.as_ref().filter(|(_, above)| blobs > *above);
         let fresh = Mutex::new(match on_disk {
             Some((dir, above)) => {
-                Index::loading_to_keep(dir, *above, names.iter().map(|(id, _)| *id).collect())?
+                let mut idx =
+                    Index::loading_to_keep(dir, *above, names.iter().map(|(id, _)| *id).collect())?;
+                idx.expect(blobs);
+                idx
             }
             None => Index::loading(blobs),
         });

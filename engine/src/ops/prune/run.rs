@@ -116,9 +116,15 @@ pub fn run(
     // A plan sorted on disk keeps the index it writes on disk for the next load as well
     // (format-spec 16): the next run on this host need not build it from every index file.
     let mut next = match (&plan.bounded, repo.index_scratch()) {
-        (Some(_), Some((dir, mem))) => crate::index::Index::loading_on_disk(&dir, mem)
-            .ok()
-            .map(|i| (i, dir)),
+        (Some(_), Some((dir, mem))) => {
+            let blobs = repo.index().read().expect("index lock").len();
+            crate::index::Index::loading_on_disk(&dir, mem)
+                .ok()
+                .map(|mut i| {
+                    i.expect(blobs);
+                    (i, dir)
+                })
+        }
         _ => None,
     };
     for p in out {
