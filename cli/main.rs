@@ -771,6 +771,7 @@ fn enable_cache_with(g: &Global, out: &Out, repo: &Repository, trees_only: bool)
     // A third of the memory budget for the index; beyond that, a run file on disk: kept in
     // the cache folder for the next run, or with --no-cache in a private folder of this run.
     let above = (g.memory / 3 / chunkbak_engine::index::BYTES_PER_BLOB as u64) as usize;
+    repo.set_memory(g.memory);
     if g.no_cache {
         if let Err(e) = repo.index_on_disk_for_this_run(&std::env::temp_dir(), above) {
             warn(out, &format!("{e}: a large index stays in memory"));

@@ -24,6 +24,8 @@ use crate::packer::BlobSaver;
 /// Reads in flight at once when loading many small objects (index files, snapshots): on S3
 /// each read is a round trip, so they overlap; on a local disk it costs nothing.
 const PARALLEL_READS: usize = 16;
+/// The memory budget of a repository nobody set one for: the CLI's `--memory` default.
+pub const DEFAULT_MEMORY: u64 = 150 << 20;
 
 /// Threads that decode index files into the index being loaded (the adding is serialized, so
 /// more would only hold more decoded files in memory).
@@ -140,9 +142,11 @@ pub struct Repository {
     index: Arc<RwLock<Index>>,
     /// Trees loaded lately, and their encoded bytes.
     tree_cache: Mutex<(HashMap<BlobId, Arc<TreeBlob>>, usize)>,
-    /// The plaintexts of the latest delta bases read (at most 4 MiB, or the newest one),
-    /// newest last.
+    /// The plaintexts of the latest delta bases read (at most a 64th of the memory budget,
+    /// or the newest one), newest last.
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
+    /// The memory budget ([`set_memory`](Self::set_memory)).
+    memory: std::sync::atomic::AtomicU64,
     /// Local copies of index files, snapshots and tree packs (remote repositories only).
     cache: std::sync::OnceLock<Arc<Cache>>,
     /// Where, and above how many blobs, a loaded index is kept in a run file on disk.
@@ -324,6 +328,7 @@ impl Repository {
             index: Arc::new(RwLock::new(Index::new())),
             tree_cache: Mutex::new((HashMap::new(), 0)),
             base_cache: Mutex::new(std::collections::VecDeque::new()),
+            memory: std::sync::atomic::AtomicU64::new(DEFAULT_MEMORY),
             cache: std::sync::OnceLock::new(),
             index_on_disk: std::sync::OnceLock::new(),
             index_tmp: std::sync::OnceLock::new(),
@@ -570,6 +575,18 @@ impl Repository {
             .into_iter()
             .map(|(id, _)| id)
             .collect())
+    }
+
+    /// The memory budget the buffers that scale with it follow (the delta path's read-ahead
+    /// and its cache of bases; the index's share is set by
+    /// [`keep_index_on_disk`](Self::keep_index_on_disk)). Default [`DEFAULT_MEMORY`].
+    pub fn set_memory(&self, bytes: u64) {
+        self.memory
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn memory(&self) -> u64 {
+        self.memory.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keeps a loaded index of more than `above_blobs` blobs in a sorted run file in a private
@@ -1019,8 +1036,9 @@ impl Repository {
     pub fn read_base(&self, base: &BlobId) -> Result<Arc<Vec<u8>>> {
         // Bytes of plaintext kept, whatever the chunk sizes: a delta chain is mostly read
         // once (each of a dump's chunks has its own), so the cache serves bases shared by
-        // nearby deltas, and a count of entries would hold up to 32 maximum chunks.
-        const KEEP_BYTES: usize = 4 << 20;
+        // nearby deltas, and a count of entries would hold up to 32 maximum chunks. A 64th
+        // of the budget: 2.3 MiB at the default (no cache at all measured about the same).
+        let keep_bytes = (self.memory() / 64).clamp(1 << 20, 16 << 20) as usize;
         if let Some((_, b)) = self
             .base_cache
             .lock()
@@ -1053,7 +1071,7 @@ impl Repository {
         let mut c = self.base_cache.lock().expect("base cache");
         c.push_back((*base, b.clone()));
         let mut held: usize = c.iter().map(|(_, b)| b.len()).sum();
-        while held > KEEP_BYTES && c.len() > 1 {
+        while held > keep_bytes && c.len() > 1 {
             held -= c.pop_front().map_or(0, |(_, b)| b.len());
         }
         Ok(b)

@@ -20,12 +20,13 @@ use crate::resemble::{sketch, Sketch};
 const BEHIND: usize = 2;
 const AHEAD: usize = 8;
 /// Old chunks read ahead of the cursor, in parallel, when the window needs one not read yet:
-/// the window and 4 beyond it, at most 15 chunks held. Reading a whole batch's worth at once
+/// the window and 2 beyond it, at most 13 chunks held. Reading a whole batch's worth at once
 /// (about 25 chunks of 1.3 MiB for a dump) held as much again as the batch, and day after day
 /// more as the chains they are decoded through grew: 30 daily dumps peaked at 217-275 MB RSS
-/// from day 3 on; with this window, 16 MiB batches and the allocator trimmed after each batch,
-/// at 85-97 MB (docs/benchmarks.md).
-const PRELOAD: usize = AHEAD + 4;
+/// from day 3 on; with 4 beyond the window, 16 MiB batches and the allocator trimmed after
+/// each batch, at 85-97 MB; with 2 beyond it and batches of a sixteenth of the memory budget
+/// (9.4 MiB), at 74-82 MiB, day 30 as day 2 (docs/benchmarks.md).
+const PRELOAD: usize = AHEAD + 2;
 /// Features a candidate must share with the new chunk.
 const MIN_SHARED: usize = 3;
 /// Files smaller than this are stored whole (too little to gain per file).
