@@ -128,15 +128,9 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             // a run file would read a block each). Paths are named by a second walk, only
             // when a chunk is missing.
             let scratch = crate::index::sort_folder(&dir)?;
-            let mut sort = crate::indexrun::Builder::new(scratch.path(), mem)?;
+            let mut sort = crate::indexrun::Builder::ids_only(scratch.path(), mem)?;
             walk(repo, &snaps, clock, &mut r, &present, &mut |_, _, c, _| {
-                sort.push(crate::indexrun::Record {
-                    id: c.0,
-                    pack: 0,
-                    offset: 0,
-                    length: 0,
-                    raw_len: 0,
-                })
+                sort.push(crate::indexrun::Record::of_id(c.0))
             })?;
             let sorted = sort.into_sorted()?;
             let (count, missing) = missing_in_order(repo, &sorted, &stored, &present)?;

@@ -83,13 +83,7 @@ impl UsedSink for SortedUsed {
     }
 
     fn blob(&mut self, id: BlobId) -> Result<()> {
-        self.sort.push(Record {
-            id: id.0,
-            pack: 0,
-            offset: 0,
-            length: 0,
-            raw_len: 0,
-        })
+        self.sort.push(Record::of_id(id.0))
     }
 }
 
@@ -256,7 +250,7 @@ pub(super) fn plan(
     progress.message("reading snapshots");
     let mut sink = SortedUsed {
         trees: HashSet::new(),
-        sort: Builder::new(&scratch.path().join("used"), mem)?,
+        sort: Builder::ids_only(&scratch.path().join("used"), mem)?,
     };
     walk_used(repo, &mut plan, &mut sink)?;
     drop(sink.trees);
