@@ -274,6 +274,13 @@ pub fn clean_index_for_dedup(repo: &Repository) -> Result<(Vec<String>, u64)> {
     if repo.index().read().expect("index lock").disputed_blobs == 0 {
         return Ok((Vec::new(), 0));
     }
+    // A large index (a repack leaves blobs in two packs until the old one goes): the claims
+    // sorted on disk, not every index file in memory.
+    if let Some((dir, mem)) = repo.index_scratch() {
+        if crate::ops::prune::sorts_pay(repo, mem) {
+            return crate::ops::prune::clean_for_dedup(repo, &dir, mem);
+        }
+    }
     let files = repo.current_index_files()?;
     let mut packs =
         crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));

@@ -14,6 +14,9 @@
 //! - Running it, the repacked packs' used blobs come from one more merge, and the consolidated
 //!   index is written while the index files are read again, one at a time.
 //!
+//! A backup into an index with disputed blobs (a repack leaves blobs in two packs until the
+//! old one goes) judges them the same way before it deduplicates ([`clean_for_dedup`]).
+//!
 //! What stays in memory grows with packs, not blobs: the pack table, the store's listing, the
 //! decisions; and with the trees walked (directories, not files) and the delta bases.
 //!
@@ -139,110 +142,34 @@ pub(super) fn plan(
     if !sorts_pay(repo, mem) {
         return Ok(None);
     }
-    // Sorts of a prune killed earlier (several GB at 100 million blobs) go first.
-    let scratch = crate::index::sort_folder(&dir)?;
-    let backend = repo.backend();
-
-    // The files are those the index was loaded from: one a backup writes from now on is read
-    // by the walk (as the in-memory plan does), so its trees load.
-    let names: Vec<(Id, String)> = repo
-        .index()
-        .read()
-        .expect("index lock")
-        .files
-        .iter()
-        .map(|id| (*id, id.to_hex()))
-        .collect();
-    // Read once, all taken as in force; read again without the superseded ones only when a
-    // listed file is superseded (a prune killed before it deleted the files it replaced, or
-    // Object Lock retaining them).
-    let claims_dir = scratch.path().join("claims");
-    let mut read = read_claims(repo, &names, &HashSet::new(), &claims_dir, mem)?;
-    let superseded: HashSet<Id> = names
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| read.supersedes.contains(id))
-        .collect();
-    if !superseded.is_empty() {
-        drop(read);
-        read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
-    }
+    let Judged {
+        scratch,
+        claims: read,
+        stored,
+        is_stored,
+        headers,
+        unverified,
+        mut refuted,
+        mut disputes,
+        reads,
+    } = judge(repo, &dir, mem, progress)?;
     let Claims {
         packs,
-        pos_of,
         named,
         bases,
         sorted: claims,
         in_force,
         ..
     } = read;
+    let names = repo.index().read().expect("index lock").files.clone();
     let mut plan = PrunePlan {
         now,
         index_files: names.len() as u64,
-        read_files: names.iter().map(|(id, _)| *id).collect(),
+        read_files: names,
         live_index: in_force.iter().map(|(id, _)| *id).collect(),
+        claim_reads: reads,
         ..Default::default()
     };
-
-    progress.message("listing packs");
-    let stored = super::list_packs(backend)?;
-    let is_stored: Vec<bool> = packs
-        .iter()
-        .map(|p| stored.contains_key(&p.id.to_hex()))
-        .collect();
-
-    // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
-    progress.message("checking disputed claims");
-    let mut disputed: HashSet<u32> = HashSet::new();
-    {
-        let mut m = claims.merge()?;
-        let mut g = Vec::new();
-        while m.next_group(&mut g)? {
-            if g.len() < 2 {
-                continue;
-            }
-            let mut at: Vec<u32> = g
-                .iter()
-                .map(pack_pos)
-                .filter(|p| is_stored[*p as usize])
-                .collect();
-            at.sort_unstable();
-            at.dedup();
-            if at.len() > 1 {
-                disputed.extend(at);
-            }
-        }
-    }
-    let mut list: Vec<(ObjectId, ObjectKind, u64)> = disputed
-        .iter()
-        .map(|&p| {
-            let info = &packs[p as usize];
-            (info.id, info.kind, stored[&info.id.to_hex()].1.size)
-        })
-        .collect();
-    list.sort_by_key(|p| p.0);
-    let (verdicts, reads) = crate::ops::claims::verify(repo, &list)?;
-    plan.claim_reads = reads;
-    let mut unverified: HashSet<u32> = HashSet::new();
-    let mut headers: HashMap<u32, Verdict> = HashMap::new();
-    let mut refuted = Refuted::default();
-    let mut disputes = crate::ops::claims::Disputes::default();
-    for (id, v) in verdicts {
-        let pos = pos_of[&id];
-        match v {
-            Verdict::Unreadable(why) => {
-                disputes.unverified.push((id, why));
-                unverified.insert(pos);
-            }
-            Verdict::NotAPack(why) => {
-                refuted.why.insert(id, why);
-                headers.insert(pos, Verdict::NotAPack(String::new()));
-            }
-            h @ Verdict::Header(_) => {
-                headers.insert(pos, h);
-            }
-        }
-    }
     disputes.unverified.sort();
     plan.claims_unverified = disputes.unverified_messages();
 
@@ -482,6 +409,209 @@ fn read_claims(
 pub(crate) fn sorts_pay(repo: &Repository, mem: usize) -> bool {
     let idx = repo.index().read().expect("index lock");
     idx.on_disk() || idx.len() > mem / 2
+}
+
+/// The claims of the index files the index was loaded from, sorted on disk, with the
+/// disputed ones (two stored packs claim one blob) judged against the packs' headers.
+pub(crate) struct Judged {
+    scratch: tempfile::TempDir,
+    claims: Claims,
+    stored: HashMap<String, (crate::backend::FileKind, crate::backend::ObjectInfo)>,
+    is_stored: Vec<bool>,
+    /// The verdict on each disputed pack whose header was read (by position).
+    headers: HashMap<u32, Verdict>,
+    /// Disputed packs whose header could not be read.
+    unverified: HashSet<u32>,
+    /// Objects that are no pack (their claims are all refuted).
+    refuted: Refuted,
+    disputes: crate::ops::claims::Disputes,
+    /// Header reads.
+    reads: u64,
+}
+
+/// Reads the claims (in a sort folder under `dir`, `mem` records in memory at a time) and
+/// judges the disputed ones.
+fn judge(
+    repo: &Repository,
+    dir: &std::path::Path,
+    mem: usize,
+    progress: &dyn Progress,
+) -> Result<Judged> {
+    // Sorts of a prune killed earlier (several GB at 100 million blobs) go first.
+    let scratch = crate::index::sort_folder(dir)?;
+    let backend = repo.backend();
+
+    // The files are those the index was loaded from: one a backup writes from now on is read
+    // by the walk (as the in-memory plan does), so its trees load.
+    let names: Vec<(Id, String)> = repo
+        .index()
+        .read()
+        .expect("index lock")
+        .files
+        .iter()
+        .map(|id| (*id, id.to_hex()))
+        .collect();
+    // Read once, all taken as in force; read again without the superseded ones only when a
+    // listed file is superseded (a prune killed before it deleted the files it replaced, or
+    // Object Lock retaining them).
+    let claims_dir = scratch.path().join("claims");
+    let mut read = read_claims(repo, &names, &HashSet::new(), &claims_dir, mem)?;
+    let superseded: HashSet<Id> = names
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| read.supersedes.contains(id))
+        .collect();
+    if !superseded.is_empty() {
+        drop(read);
+        read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
+    }
+    progress.message("listing packs");
+    let stored = super::list_packs(backend)?;
+    let is_stored: Vec<bool> = read
+        .packs
+        .iter()
+        .map(|p| stored.contains_key(&p.id.to_hex()))
+        .collect();
+
+    // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
+    progress.message("checking disputed claims");
+    let mut disputed: HashSet<u32> = HashSet::new();
+    {
+        let mut m = read.sorted.merge()?;
+        let mut g = Vec::new();
+        while m.next_group(&mut g)? {
+            if g.len() < 2 {
+                continue;
+            }
+            let mut at: Vec<u32> = g
+                .iter()
+                .map(pack_pos)
+                .filter(|p| is_stored[*p as usize])
+                .collect();
+            at.sort_unstable();
+            at.dedup();
+            if at.len() > 1 {
+                disputed.extend(at);
+            }
+        }
+    }
+    let mut list: Vec<(ObjectId, ObjectKind, u64)> = disputed
+        .iter()
+        .map(|&p| {
+            let info = &read.packs[p as usize];
+            (info.id, info.kind, stored[&info.id.to_hex()].1.size)
+        })
+        .collect();
+    list.sort_by_key(|p| p.0);
+    let (verdicts, reads) = crate::ops::claims::verify(repo, &list)?;
+    let mut unverified: HashSet<u32> = HashSet::new();
+    let mut headers: HashMap<u32, Verdict> = HashMap::new();
+    let mut refuted = Refuted::default();
+    let mut disputes = crate::ops::claims::Disputes::default();
+    for (id, v) in verdicts {
+        let pos = read.pos_of[&id];
+        match v {
+            Verdict::Unreadable(why) => {
+                disputes.unverified.push((id, why));
+                unverified.insert(pos);
+            }
+            Verdict::NotAPack(why) => {
+                refuted.why.insert(id, why);
+                headers.insert(pos, Verdict::NotAPack(String::new()));
+            }
+            h @ Verdict::Header(_) => {
+                headers.insert(pos, h);
+            }
+        }
+    }
+    disputes.unverified.sort();
+    Ok(Judged {
+        scratch,
+        claims: read,
+        stored,
+        is_stored,
+        headers,
+        unverified,
+        refuted,
+        disputes,
+        reads,
+    })
+}
+
+/// What a backup does before deduplicating against an index with disputed blobs
+/// (`ops::claims::clean_index_for_dedup`), with the claims sorted on disk instead of every
+/// index file in memory: the disputed claims judged, and when some do not hold, the index
+/// loaded again without them (on disk, one index file in memory at a time). Returns the
+/// messages (refuted claims, packs that could not be checked) and the header reads.
+pub(crate) fn clean_for_dedup(
+    repo: &Repository,
+    dir: &std::path::Path,
+    mem: usize,
+) -> Result<(Vec<String>, u64)> {
+    let j = judge(repo, dir, mem, &crate::progress::NoProgress)?;
+    let mut refuted = j.refuted;
+    if !j.headers.is_empty() {
+        let mut m = j.claims.sorted.merge()?;
+        let mut g = Vec::new();
+        while m.next_group(&mut g)? {
+            keep_holding(
+                &mut g,
+                &j.headers,
+                &j.claims.bases,
+                &j.claims.packs,
+                &mut refuted,
+            );
+        }
+    }
+    let mut messages = Vec::new();
+    if !refuted.is_empty() {
+        let blobs = repo.index().read().expect("index lock").len();
+        let mut fresh = crate::index::Index::loading_on_disk(dir, mem)?;
+        fresh.expect(blobs);
+        // The files that make the refuted claims, with those claims only (for the messages).
+        let mut makers: Vec<(Id, crate::format::index::IndexFile)> = Vec::new();
+        for (id, name) in &j.claims.in_force {
+            let f = repo.read_index_file(name)?;
+            let mut made = Vec::new();
+            for p in &f.packs {
+                if let Some(bad) = refuted.by_pack.get(&p.id) {
+                    let mut claimed = p.clone();
+                    claimed.blobs.retain(|b| bad.contains(&b.id));
+                    made.push(claimed);
+                }
+                if refuted.why.contains_key(&p.id) {
+                    continue;
+                }
+                let mut p = p.clone();
+                if let Some(bad) = refuted.by_pack.get(&p.id) {
+                    p.blobs.retain(|b| !bad.contains(&b.id));
+                }
+                fresh.add_pack(&p);
+            }
+            if !made.is_empty() {
+                makers.push((
+                    *id,
+                    crate::format::index::IndexFile {
+                        supersedes: Vec::new(),
+                        packs: made,
+                    },
+                ));
+            }
+        }
+        fresh.seal();
+        if let Some(e) = fresh.run_error() {
+            return Err(crate::error::Error::Other(format!(
+                "the index kept on disk under {}: {e}",
+                dir.display()
+            )));
+        }
+        let mut idx = repo.index().write().expect("index lock");
+        fresh.files = std::mem::take(&mut idx.files);
+        *idx = fresh;
+        messages = refuted.messages(&makers);
+    }
+    messages.extend(j.disputes.unverified_messages());
+    Ok((messages, j.reads))
 }
 
 /// The position in the pack table of a claim.

@@ -35,7 +35,7 @@ use crate::repo::Repository;
 mod bounded;
 mod run;
 
-pub(crate) use bounded::sorts_pay;
+pub(crate) use bounded::{clean_for_dedup, sorts_pay};
 
 pub use run::{run, write_index_files};
 

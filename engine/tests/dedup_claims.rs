@@ -1,0 +1,129 @@
+//! A backup into an index with disputed blobs judges the claims before it deduplicates
+//! (`ops::claims::clean_index_for_dedup`). With the index kept on disk it does so by sorting
+//! the claims on disk (`ops::prune::clean_for_dedup`), not by reading every index file into
+//! memory, and must come to the same answer: forged claims named and dropped, the index still
+//! on disk, every blob found where it truly is.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chunkbak_engine::backend::FileKind;
+use chunkbak_engine::format::index::{IndexFile, PackEntry};
+use chunkbak_engine::format::ObjectKind;
+use chunkbak_engine::id::Id;
+use chunkbak_engine::ops::backup::{backup, BackupOptions};
+use chunkbak_engine::ops::claims::clean_index_for_dedup;
+use chunkbak_engine::progress::NoProgress;
+use chunkbak_engine::Repository;
+
+/// A repository with a few files backed up, then one index file claiming that every data
+/// blob lives in a small garbage object stored as a data pack whose name sorts first.
+/// Returns the repository and the forged index file's name.
+fn poisoned(d: &Path) -> (Arc<Repository>, String) {
+    let repo = Arc::new(common::repo(d));
+    let src = d.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6u64 {
+        let mut x = i + 1;
+        let data: Vec<u8> = (0..150_000)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+    }
+    repo.load_index().unwrap();
+    let opts = BackupOptions {
+        paths: vec![src],
+        host: "h".into(),
+        threads: 2,
+        ..Default::default()
+    };
+    backup(&repo, opts, Arc::new(NoProgress)).unwrap();
+    let mut claims = Vec::new();
+    for (_, f) in repo.current_index_files().unwrap() {
+        for p in f.packs {
+            if p.kind == ObjectKind::DataPack {
+                claims.extend(p.blobs);
+            }
+        }
+    }
+    assert!(claims.len() > 3);
+    let name = format!("{:0>64}", 1);
+    repo.backend()
+        .put(FileKind::Data, &name, b"not a pack, just a few bytes")
+        .unwrap();
+    let forged = IndexFile {
+        supersedes: Vec::new(),
+        packs: vec![PackEntry {
+            id: Id::from_hex(&name).unwrap(),
+            kind: ObjectKind::DataPack,
+            size: claims.iter().map(|b| b.end()).max().unwrap(),
+            crc32c: 0,
+            salt: [0; 32],
+            mark: None,
+            blobs: claims,
+        }],
+    };
+    let file = repo
+        .write_object(FileKind::Index, ObjectKind::Index, &forged.encode())
+        .unwrap()
+        .to_hex();
+    (repo, file)
+}
+
+/// Cleans a fresh load of the poisoned repository (index on disk or in memory); returns the
+/// messages and whether the index is on disk after.
+fn clean(d: &Path, repo: &Repository, on_disk: bool) -> (Vec<String>, bool) {
+    let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
+    if on_disk {
+        r.keep_index_on_disk(&d.join(format!("index-{on_disk}")), 2);
+    }
+    r.load_index().unwrap();
+    assert!(r.index().read().unwrap().disputed_blobs > 0);
+    let (messages, reads) = clean_index_for_dedup(&r).unwrap();
+    assert!(reads > 0);
+    // Every data blob is found in a real pack, and reads back.
+    let garbage = format!("{:0>64}", 1);
+    let idx = r.index().read().unwrap();
+    let ids: Vec<_> = idx
+        .packs()
+        .iter()
+        .filter(|p| p.kind == ObjectKind::DataPack && p.id.to_hex() != garbage)
+        .map(|p| p.id)
+        .collect();
+    assert!(!ids.is_empty());
+    let on = idx.on_disk();
+    drop(idx);
+    for (_, f) in r.current_index_files().unwrap() {
+        for p in f.packs.iter().filter(|p| p.id.to_hex() != garbage) {
+            for b in &p.blobs {
+                let (pack, _) = r.locate(&b.id).unwrap();
+                assert_eq!(pack.id, p.id, "blob {} located in {}", b.id, pack.id);
+                r.read_blob(&b.id).unwrap();
+            }
+        }
+    }
+    (messages, on)
+}
+
+#[test]
+fn forged_claims_are_dropped_alike_with_the_index_on_disk_and_in_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, forged) = poisoned(d.path());
+    let (in_memory, on) = clean(d.path(), &repo, false);
+    assert!(!on);
+    let (on_disk, on) = clean(d.path(), &repo, true);
+    assert!(on, "the cleaned index stays on disk");
+    assert_eq!(on_disk, in_memory);
+    assert_eq!(on_disk.len(), 1, "{on_disk:?}");
+    assert!(
+        on_disk[0].contains(&format!("index/{forged}")),
+        "{on_disk:?}"
+    );
+}
