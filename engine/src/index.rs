@@ -415,6 +415,10 @@ impl Index {
 
     /// Merges what was collected into the run file and opens it.
     fn seal_run(&mut self, builder: indexrun::Builder) {
+        // A record that could not be sorted is lost: no file, above all none kept.
+        if self.run_error().is_some() {
+            return;
+        }
         let packs = &self.packs;
         // A copy in a pack marked for deletion is kept only when no live pack has one.
         let rank = |r: &indexrun::Record| u8::from(packs[(r.pack & !TOP) as usize].mark.is_some());

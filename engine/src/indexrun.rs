@@ -144,6 +144,9 @@ pub struct Builder {
     prefix: String,
     /// Bytes of each record written to temporary runs: all of it, or the id only.
     width: usize,
+    /// The first error writing a temporary file: every later call fails with it (a range's
+    /// file may hold part of a buffer, a run part of a batch).
+    broken: Option<String>,
 }
 
 /// One range of ids of a partitioned build: its temporary file (appended to as its buffer
@@ -155,7 +158,8 @@ struct Part {
     n: u64,
 }
 
-/// At most 2^12 ranges: 200 million records at the default budget.
+/// At most 2^12 ranges: ranges of their expected size up to about 560 million records at the
+/// default budget (beyond that, each range is sorted by runs).
 const MAX_PART_BITS: u32 = 12;
 
 impl Builder {
@@ -172,6 +176,7 @@ impl Builder {
             part_buffer: 0,
             prefix: "run".into(),
             width: RECORD,
+            broken: None,
         })
     }
 
@@ -188,7 +193,8 @@ impl Builder {
     /// fit in memory, [`finish`](Builder::finish) deals them by their ids' first bits into
     /// ranges of an eighth of `mem_records` expected, instead of merging sorted runs. Two
     /// ranges are in memory at a time, each sorted in memory up to a quarter of
-    /// `mem_records`, beyond that by runs; the ranges' buffers hold another quarter. It
+    /// `mem_records`, beyond that by runs; the ranges' buffers hold about another quarter
+    /// (at least 4 KiB each). It
     /// writes the same file with less work: no merge, and one range is read and sorted while
     /// the one before it is written.
     pub fn expect(&mut self, records: u64) {
@@ -214,6 +220,23 @@ impl Builder {
     }
 
     pub fn push(&mut self, r: Record) -> Result<()> {
+        self.check()?;
+        let done = self.push_unchecked(r);
+        if let Err(e) = &done {
+            self.broken = Some(e.to_string());
+        }
+        done
+    }
+
+    /// The error that broke this builder, if any.
+    fn check(&self) -> Result<()> {
+        match &self.broken {
+            Some(e) => Err(Error::Other(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn push_unchecked(&mut self, r: Record) -> Result<()> {
         if !self.parts.is_empty() {
             let i = (u32::from_be_bytes(r.id[..4].try_into().expect("4")) >> (32 - self.part_bits))
                 as usize;
@@ -273,6 +296,7 @@ impl Builder {
     /// needs ([`Sorted::merge`]); in memory when they never exceeded `mem_records`, else in
     /// temporary runs (removed with the [`Sorted`]).
     pub fn into_sorted(mut self) -> Result<Sorted> {
+        self.check()?;
         if !self.parts.is_empty() {
             // Dealt into ranges: each range sorted, in order, as one sort of runs.
             let parts = std::mem::take(&mut self.parts);
@@ -319,6 +343,7 @@ impl Builder {
         covers: [u8; 32],
         rank: &dyn Fn(&Record) -> u8,
     ) -> Result<Built> {
+        self.check()?;
         // Two processes may build the same file at once: each writes its own.
         let tmp = out.with_extension(format!("tmp{}", std::process::id()));
         let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
@@ -378,6 +403,12 @@ impl Builder {
     }
 }
 
+impl Drop for Part {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Part {
     /// Appends the buffer to the range's file.
     fn flush(&mut self) -> Result<()> {
@@ -423,7 +454,11 @@ impl Builder {
         });
         let quarter = (mem / 4).max(1);
         if p.n <= quarter as u64 {
-            let mut recs = records.collect::<Result<Vec<Record>>>()?;
+            // Sized at once: a collect through `Result` would grow it by doubling.
+            let mut recs = Vec::with_capacity(p.n as usize);
+            for r in records {
+                recs.push(r?);
+            }
             recs.sort_unstable();
             return Ok(Sorted {
                 runs: Vec::new(),
@@ -547,9 +582,6 @@ impl Drop for Builder {
     fn drop(&mut self) {
         for p in &self.runs {
             let _ = std::fs::remove_file(p);
-        }
-        for p in &self.parts {
-            let _ = std::fs::remove_file(&p.path);
         }
     }
 }
@@ -1071,6 +1103,37 @@ mod tests {
         let mut b = Builder::new(dir.path(), 100).unwrap();
         b.expect(100);
         assert!(b.parts.is_empty());
+    }
+
+    /// A failed write to a range's file breaks the builder: every later push and the finish
+    /// fail (a file of part of a buffer, read as whole records, would be garbage).
+    #[test]
+    fn a_failed_write_breaks_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        let mut b = Builder::new(&tmp, 100).unwrap();
+        b.expect(3000);
+        // The folder replaced by a file: appending to a range's file fails.
+        std::fs::remove_dir(&tmp).unwrap();
+        std::fs::write(&tmp, b"in the way").unwrap();
+        let mut failed = None;
+        for i in 0..3000u64 {
+            let mut r = rec(i, 1);
+            r.id[0] = 0x17;
+            if let Err(e) = b.push(r) {
+                failed = Some(i);
+                assert!(e.to_string().contains("part-"), "{e}");
+                break;
+            }
+        }
+        let failed = failed.expect("a push failed");
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        // The folder is back, the builder stays broken.
+        assert!(b.push(rec(failed + 1, 1)).is_err());
+        let out = dir.path().join("index.run");
+        assert!(b.finish(&out, [7u8; 32], &no_rank).is_err());
+        assert!(!out.exists());
     }
 
     /// A sort of ids only gives the same ids in the same groups as a sort of records, with

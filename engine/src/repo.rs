@@ -142,8 +142,8 @@ pub struct Repository {
     index: Arc<RwLock<Index>>,
     /// Trees loaded lately, and their encoded bytes.
     tree_cache: Mutex<(HashMap<BlobId, Arc<TreeBlob>>, usize)>,
-    /// The plaintexts of the latest delta bases read (at most a 64th of the memory budget,
-    /// or the newest one), newest last.
+    /// The plaintexts of the latest delta bases read (a 64th of the memory budget, 1 to 16
+    /// MiB, or the newest one), newest last.
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
     /// The memory budget ([`set_memory`](Self::set_memory)).
     memory: std::sync::atomic::AtomicU64,

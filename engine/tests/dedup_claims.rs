@@ -127,3 +127,109 @@ fn forged_claims_are_dropped_alike_with_the_index_on_disk_and_in_memory() {
         "{on_disk:?}"
     );
 }
+
+/// A pack listed twice: first marked (its claims are the ones judged), then live with a claim
+/// of a blob another pack holds. The later listing revives the pack but claims nothing (as
+/// `merge_entries` keeps listings), also when the index is rebuilt on disk without refuted
+/// claims: the blob stays located in the pack that holds it.
+#[test]
+fn a_later_listing_of_a_pack_adds_no_claims_when_the_index_is_rebuilt_on_disk() {
+    use chunkbak_engine::format::index::Mark;
+    for on_disk in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Arc::new(common::repo(d.path()));
+        let opts = |src: &Path| BackupOptions {
+            paths: vec![src.to_path_buf()],
+            host: "h".into(),
+            threads: 2,
+            ..Default::default()
+        };
+        // Two backups, two data packs.
+        for n in 0..2u64 {
+            let src = d.path().join(format!("src{n}"));
+            std::fs::create_dir_all(&src).unwrap();
+            let mut x = n + 7;
+            let data: Vec<u8> = (0..200_000)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 56) as u8
+                })
+                .collect();
+            std::fs::write(src.join("f"), data).unwrap();
+            repo.load_index().unwrap();
+            backup(&repo, opts(&src), Arc::new(NoProgress)).unwrap();
+        }
+        let files = repo.current_index_files().unwrap();
+        let mut data: Vec<PackEntry> = Vec::new();
+        let mut trees: Vec<PackEntry> = Vec::new();
+        for (id, f) in &files {
+            repo.backend()
+                .delete(FileKind::Index, &id.to_hex())
+                .unwrap();
+            for p in &f.packs {
+                match p.kind {
+                    ObjectKind::DataPack => data.push(p.clone()),
+                    _ => trees.push(p.clone()),
+                }
+            }
+        }
+        assert_eq!(data.len(), 2);
+        let mark = Some(Mark {
+            at: 1,
+            delete_after: i64::MAX / 2,
+        });
+        let (p1, p2) = (data[0].clone(), data[1].clone());
+        let x = p2.blobs[0];
+        let b = *p2.blobs.last().unwrap();
+        // The garbage object claims a blob of P2: a refuted claim, so the index is rebuilt.
+        let garbage = format!("{:0>64}", 1);
+        repo.backend()
+            .put(FileKind::Data, &garbage, b"not a pack, just a few bytes")
+            .unwrap();
+        let mut packs = vec![
+            PackEntry { mark, ..p1.clone() },
+            PackEntry {
+                mark: None,
+                size: p1.size.max(x.end()),
+                blobs: vec![x],
+                ..p1.clone()
+            },
+            PackEntry { mark, ..p2.clone() },
+            PackEntry {
+                id: Id::from_hex(&garbage).unwrap(),
+                kind: ObjectKind::DataPack,
+                size: b.end(),
+                crc32c: 0,
+                salt: [0; 32],
+                mark: None,
+                blobs: vec![b],
+            },
+        ];
+        packs.extend(trees);
+        let forged = IndexFile {
+            supersedes: Vec::new(),
+            packs,
+        };
+        repo.write_object(FileKind::Index, ObjectKind::Index, &forged.encode())
+            .unwrap();
+
+        let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
+        if on_disk {
+            r.keep_index_on_disk(&d.path().join("index"), 2);
+        }
+        r.load_index().unwrap();
+        let (messages, _) = clean_index_for_dedup(&r).unwrap();
+        assert!(
+            messages.iter().any(|m| m.contains(&garbage)),
+            "{messages:?}"
+        );
+        assert_eq!(r.index().read().unwrap().on_disk(), on_disk);
+        for blob in [x.id, b.id] {
+            let (pack, _) = r.locate(&blob).unwrap();
+            assert_eq!(pack.id, p2.id, "on disk {on_disk}: blob {blob}");
+            r.read_blob(&blob).unwrap();
+        }
+    }
+}

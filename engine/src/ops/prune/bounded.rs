@@ -568,13 +568,21 @@ pub(crate) fn clean_for_dedup(
         let blobs = repo.index().read().expect("index lock").len();
         let mut fresh = crate::index::Index::loading_on_disk(dir, mem)?;
         fresh.expect(blobs);
+        let bad: HashMap<ObjectId, HashSet<BlobId>> = refuted
+            .by_pack
+            .iter()
+            .map(|(p, ids)| (*p, ids.iter().copied().collect()))
+            .collect();
+        // A pack's first listing gives its claims (the ones judged); a later one only its
+        // mark, as `merge_entries` keeps them.
+        let mut listed: HashSet<ObjectId> = HashSet::new();
         // The files that make the refuted claims, with those claims only (for the messages).
         let mut makers: Vec<(Id, crate::format::index::IndexFile)> = Vec::new();
         for (id, name) in &j.claims.in_force {
             let f = repo.read_index_file(name)?;
             let mut made = Vec::new();
             for p in &f.packs {
-                if let Some(bad) = refuted.by_pack.get(&p.id) {
+                if let Some(bad) = bad.get(&p.id) {
                     let mut claimed = p.clone();
                     claimed.blobs.retain(|b| bad.contains(&b.id));
                     made.push(claimed);
@@ -583,7 +591,9 @@ pub(crate) fn clean_for_dedup(
                     continue;
                 }
                 let mut p = p.clone();
-                if let Some(bad) = refuted.by_pack.get(&p.id) {
+                if !listed.insert(p.id) {
+                    p.blobs.clear();
+                } else if let Some(bad) = bad.get(&p.id) {
                     p.blobs.retain(|b| !bad.contains(&b.id));
                 }
                 fresh.add_pack(&p);
