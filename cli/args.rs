@@ -112,7 +112,7 @@ pub struct Global {
     /// blobs at the default) is kept in a sorted file in the cache folder ($TMPDIR with
     /// --no-cache), read a block at a time, so memory does not grow with the repository. A
     /// file stored as deltas (a database dump) is read ahead by a sixteenth of it (4-32 MiB):
-    /// more is faster
+    /// more is faster. Directory trees are cached up to a fifth of it
     #[arg(long, env = "CHUNKBAK_MEMORY", global = true, value_name = "SIZE", default_value = "150MiB", value_parser = memory_size)]
     pub memory: u64,
     /// What this host remembers about repositories: the key file that opened each last, the

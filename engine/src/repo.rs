@@ -30,10 +30,9 @@ pub const DEFAULT_MEMORY: u64 = 150 << 20;
 /// Threads that decode index files into the index being loaded (the adding is serialized, so
 /// more would only hold more decoded files in memory).
 pub(crate) const DECODERS: usize = 2;
-/// Trees kept decoded by [`Repository::load_tree`]: at most this many, of at most this many
-/// encoded bytes together.
+/// Trees kept decoded by [`Repository::load_tree`]: at most this many, of at most a fifth of
+/// the memory budget in encoded bytes together (4 MiB to 512 MiB; 30 MiB at the default).
 const TREE_CACHE_ENTRIES: usize = 4096;
-const TREE_CACHE_BYTES: usize = 32 << 20;
 
 /// `f` over `items` on up to [`PARALLEL_READS`] threads, results in order; the first error.
 pub(crate) fn parallel_map<T: Sync, R: Send>(
@@ -1100,7 +1099,8 @@ impl Repository {
         let mut c = self.tree_cache.lock().expect("tree cache");
         // Bounded by bytes too: chunk lists of large files are up to hundreds of KiB each, and
         // 4096 of them held 1.1 GB in a walk of 100 million chunks.
-        if c.0.len() >= TREE_CACHE_ENTRIES || c.1 + bytes.len() > TREE_CACHE_BYTES {
+        let most = (self.memory() / 5).clamp(4 << 20, 512 << 20) as usize;
+        if c.0.len() >= TREE_CACHE_ENTRIES || c.1 + bytes.len() > most {
             c.0.clear();
             c.1 = 0;
         }
