@@ -183,23 +183,19 @@ impl<'a> DeltaCompressor<'a> {
         }
         // A delta worth storing is a fraction of the chunk (a backup keeps one only when it
         // is under 3/4 of the chunk compressed alone), and the bound of a 2 MiB chunk held by
-        // every worker at once showed in a dump's peak memory: a quarter first, then the
-        // bound (the prefix is given again: a frame consumes it, even one that failed).
-        for cap in [
-            raw.len() / 4 + 1024,
-            zstd::zstd_safe::compress_bound(raw.len()),
-        ] {
-            c.ref_prefix(base).map_err(fail)?;
-            let mut out = Vec::with_capacity(cap);
-            match c.compress2(&mut out, raw) {
-                Ok(_) => return Ok(out),
-                Err(code) if zstd::zstd_safe::get_error_name(code).contains("too small") => {
-                    c.reset(ResetDirective::SessionOnly).map_err(fail)?;
-                }
-                Err(code) => return Err(fail(code)),
-            }
+        // every worker at once showed in a dump's peak memory: a quarter first, then, after
+        // any failure, the bound (the prefix is given again: a frame consumes it, even one
+        // that failed; an error that is not about room comes again and is returned).
+        c.ref_prefix(base).map_err(fail)?;
+        let mut out = Vec::with_capacity(raw.len() / 4 + 1024);
+        if c.compress2(&mut out, raw).is_ok() {
+            return Ok(out);
         }
-        Err(Error::Other("zstd delta: no room in the bound".into()))
+        c.reset(ResetDirective::SessionOnly).map_err(fail)?;
+        c.ref_prefix(base).map_err(fail)?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+        c.compress2(&mut out, raw).map_err(fail)?;
+        Ok(out)
     }
 }
 
@@ -300,13 +296,7 @@ mod tests {
     /// again in the bound and decodes; the context then makes the same frames as a new one.
     #[test]
     fn a_delta_past_a_quarter_of_the_chunk_round_trips() {
-        let mut x = 99u64;
-        let raw: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                (x >> 56) as u8
-            })
-            .collect();
+        let raw = crate::chunker::splitmix_bytes(99, 300_000);
         let base = rows(2_000);
         let (small, mut base2) = (rows(3_000), rows(3_000));
         base2[5_000..5_010].copy_from_slice(b"0123456789");

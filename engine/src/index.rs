@@ -264,11 +264,14 @@ impl Index {
     /// An index being loaded into a run file, in a new private folder under `dir` (removed
     /// with the index; one left by a process killed is removed by the next load). At most
     /// `mem_records` entries are sorted in memory at a time: what the index costs in memory
-    /// then does not grow with the repository (format-spec 16).
-    pub fn loading_on_disk(dir: &Path, mem_records: usize) -> Result<Self> {
+    /// then does not grow with the repository (format-spec 16). `blobs`: about how many the
+    /// load adds (0: not known), so that it sorts them by ranges of ids instead of merging
+    /// runs ([`indexrun::Builder::expect`]).
+    pub fn loading_on_disk(dir: &Path, mem_records: usize, blobs: usize) -> Result<Self> {
         private_dir(dir)?;
         let run_dir = sort_folder(dir)?;
-        let builder = indexrun::Builder::new(&run_dir.path().join("tmp"), mem_records)?;
+        let mut builder = indexrun::Builder::new(&run_dir.path().join("tmp"), mem_records)?;
+        builder.expect(blobs as u64);
         Ok(Index {
             loading: true,
             run_dir: Some(run_dir),
@@ -280,18 +283,15 @@ impl Index {
     /// As [`loading_on_disk`](Index::loading_on_disk), keeping the run file in `dir` for later
     /// loads ([`open_kept`](Index::open_kept)) with what they need beside it: the index files
     /// it `covered`, the pack table, the delta bases (format-spec 16).
-    pub fn loading_to_keep(dir: &Path, mem_records: usize, covered: Vec<Id>) -> Result<Self> {
-        let mut idx = Index::loading_on_disk(dir, mem_records)?;
+    pub fn loading_to_keep(
+        dir: &Path,
+        mem_records: usize,
+        blobs: usize,
+        covered: Vec<Id>,
+    ) -> Result<Self> {
+        let mut idx = Index::loading_on_disk(dir, mem_records, blobs)?;
         idx.keep = Some((dir.to_path_buf(), covered));
         Ok(idx)
-    }
-
-    /// Says about how many blobs the load will add, before the first: a load on disk then
-    /// sorts them by ranges of ids instead of merging runs ([`indexrun::Builder::expect`]).
-    pub fn expect(&mut self, blobs: usize) {
-        if let Some(b) = self.builder.as_mut() {
-            b.expect(blobs as u64);
-        }
     }
 
     /// Keeps the run file this index is being loaded into for later loads, as covering the
@@ -875,7 +875,7 @@ mod tests {
     /// An index loaded into a run file (2 entries sorted in memory at a time: several runs)
     /// in a folder that lives as long as the test.
     fn on_disk(dir: &tempfile::TempDir) -> Index {
-        let idx = Index::loading_on_disk(&dir.path().join("index"), 2).unwrap();
+        let idx = Index::loading_on_disk(&dir.path().join("index"), 2, 0).unwrap();
         assert!(idx.builder.is_some());
         idx
     }
@@ -920,7 +920,10 @@ mod tests {
         let root = dir.path().join("index");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = Index::loading_on_disk(&root, 2).err().unwrap().to_string();
+        let e = Index::loading_on_disk(&root, 2, 0)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not a folder private to this user"), "{e}");
     }
 
@@ -932,7 +935,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("kept");
         let covered = vec![Id([1; 32]), Id([2; 32])];
-        let mut idx = Index::loading_to_keep(&d, 2, covered.clone()).unwrap();
+        let mut idx = Index::loading_to_keep(&d, 2, 0, covered.clone()).unwrap();
         idx.add_pack(&with_blobs(1, Some((1, 2)), &[10, 11, 12]));
         idx.add_pack(&with_blobs(2, None, &[12, 13]));
         idx.seal();

@@ -196,7 +196,8 @@ impl Builder {
     /// `mem_records`, beyond that by runs; the ranges' buffers hold about another quarter
     /// (at least 4 KiB each). It
     /// writes the same file with less work: no merge, and one range is read and sorted while
-    /// the one before it is written.
+    /// the one before it is written. For a build [`finish`](Builder::finish)ed into a run
+    /// file only ([`into_sorted`](Builder::into_sorted) refuses ranges).
     pub fn expect(&mut self, records: u64) {
         if !self.buf.is_empty() || !self.runs.is_empty() || !self.parts.is_empty() {
             return;
@@ -298,19 +299,10 @@ impl Builder {
     pub fn into_sorted(mut self) -> Result<Sorted> {
         self.check()?;
         if !self.parts.is_empty() {
-            // Dealt into ranges: each range sorted, in order, as one sort of runs.
-            let parts = std::mem::take(&mut self.parts);
-            let mut all = Builder::new(&self.tmp, self.mem_records)?;
-            all.prefix = "all-run".into();
-            all.width = self.width;
-            for (i, mut p) in parts.into_iter().enumerate() {
-                let sorted = Self::sort_part(&self.tmp, &mut p, self.mem_records, i)?;
-                let mut m = sorted.merge()?;
-                while let Some(r) = m.next_record()? {
-                    all.push(r)?;
-                }
-            }
-            return all.into_sorted();
+            // Ranges are for one pass, into a run file: `finish`.
+            return Err(Error::Other(
+                "a sort by ranges of ids is finished into a run file, not passed over".into(),
+            ));
         }
         if self.runs.is_empty() {
             let mut mem = std::mem::take(&mut self.buf);

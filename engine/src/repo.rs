@@ -692,12 +692,12 @@ impl Repository {
             .sum();
         let on_disk = keep.as_ref().filter(|(_, above)| blobs > *above);
         let fresh = Mutex::new(match on_disk {
-            Some((dir, above)) => {
-                let mut idx =
-                    Index::loading_to_keep(dir, *above, names.iter().map(|(id, _)| *id).collect())?;
-                idx.expect(blobs);
-                idx
-            }
+            Some((dir, above)) => Index::loading_to_keep(
+                dir,
+                *above,
+                blobs,
+                names.iter().map(|(id, _)| *id).collect(),
+            )?,
             None => Index::loading(blobs),
         });
         // The first pass downloaded what was remote (into the cache): decoding is the work now.

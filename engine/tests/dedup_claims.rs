@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chunkbak_engine::backend::FileKind;
+use chunkbak_engine::chunker::splitmix_bytes;
 use chunkbak_engine::format::index::{IndexFile, PackEntry};
 use chunkbak_engine::format::ObjectKind;
 use chunkbak_engine::id::Id;
@@ -26,16 +27,7 @@ fn poisoned(d: &Path) -> (Arc<Repository>, String) {
     let src = d.join("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..6u64 {
-        let mut x = i + 1;
-        let data: Vec<u8> = (0..150_000)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .collect();
-        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+        std::fs::write(src.join(format!("f{i}")), splitmix_bytes(i + 1, 150_000)).unwrap();
     }
     repo.load_index().unwrap();
     let opts = BackupOptions {
@@ -148,16 +140,7 @@ fn a_later_listing_of_a_pack_adds_no_claims_when_the_index_is_rebuilt_on_disk() 
         for n in 0..2u64 {
             let src = d.path().join(format!("src{n}"));
             std::fs::create_dir_all(&src).unwrap();
-            let mut x = n + 7;
-            let data: Vec<u8> = (0..200_000)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (x >> 56) as u8
-                })
-                .collect();
-            std::fs::write(src.join("f"), data).unwrap();
+            std::fs::write(src.join("f"), splitmix_bytes(n + 7, 200_000)).unwrap();
             repo.load_index().unwrap();
             backup(&repo, opts(&src), Arc::new(NoProgress)).unwrap();
         }

@@ -566,8 +566,7 @@ pub(crate) fn clean_for_dedup(
     let mut messages = Vec::new();
     if !refuted.is_empty() {
         let blobs = repo.index().read().expect("index lock").len();
-        let mut fresh = crate::index::Index::loading_on_disk(dir, mem)?;
-        fresh.expect(blobs);
+        let mut fresh = crate::index::Index::loading_on_disk(dir, mem, blobs)?;
         let bad: HashMap<ObjectId, HashSet<BlobId>> = refuted
             .by_pack
             .iter()

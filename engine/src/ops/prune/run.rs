@@ -118,12 +118,9 @@ pub fn run(
     let mut next = match (&plan.bounded, repo.index_scratch()) {
         (Some(_), Some((dir, mem))) => {
             let blobs = repo.index().read().expect("index lock").len();
-            crate::index::Index::loading_on_disk(&dir, mem)
+            crate::index::Index::loading_on_disk(&dir, mem, blobs)
                 .ok()
-                .map(|mut i| {
-                    i.expect(blobs);
-                    (i, dir)
-                })
+                .map(|i| (i, dir))
         }
         _ => None,
     };
