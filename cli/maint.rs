@@ -55,6 +55,7 @@ fn prune_options(o: &PruneOpts, out: &Out) -> anyhow::Result<PruneOptions> {
         ignore_min_duration: o.ignore_min_duration,
         now: None,
         delete_now: o.now,
+        ..PruneOptions::default()
     })
 }
 
@@ -452,6 +453,7 @@ fn run_prune(
                    "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted,
                    "index_files_written": r.index_files_written,
                    "index_files_deleted": r.index_files_deleted,
+                   "index_files_kept": r.index_files_kept,
                    "locked": locked_json(&r.locked),
                    "hidden": {"deleted": r.hidden.deleted, "locked": r.hidden.locked,
                               "last_until": r.hidden.last_until.map(format_time)},
@@ -460,13 +462,14 @@ fn run_prune(
     } else {
         out.line(format!(
             "pruned: {} packs deleted ({}), {} blobs repacked into {} packs, {} index files \
-             replaced by {}",
+             replaced by {} ({} left as they were)",
             r.packs_deleted,
             human_bytes(r.bytes_deleted),
             r.blobs_repacked,
             r.packs_written,
             r.index_files_deleted,
-            r.index_files_written
+            r.index_files_written,
+            r.index_files_kept
         ));
         if !r.locked.is_empty() {
             out.line(format!(
@@ -572,7 +575,7 @@ pub fn cmd_lock(g: &Global, out: &Out, c: &LockCommand) -> anyhow::Result<i32> {
     crate::ensure_append_only(g, out, &repo)?;
     let bar = progress::Bar::new(out, !g.no_progress, "lock").unit("objects");
     let plan = prune::plan(&repo, &PruneOptions::default(), &bar)?;
-    let targets = plan.retention_targets(&repo, false)?;
+    let targets = plan.retention_targets(&repo, None)?;
     chunkbak_engine::progress::Progress::message(&bar, "extending retention");
     let e = retention::extend(
         &repo,

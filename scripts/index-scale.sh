@@ -44,15 +44,34 @@ for mode in $MODES; do
   # The next mode's backup of new data: other files.
   for f in "$DIR.src"/f*; do head -c $((64 << 20)) /dev/urandom > "$f"; done
 done
-# PRUNE=1: a real prune at the end (changes the repository): forget the second synthetic
-# snapshot, so half of the packs are unused, then prune (marks them, writes the new index).
+# PRUNE=1: prunes at the end (they change the repository), with another host beside this
+# one: its own cache, whose kept index it builds before the prunes. First a small prune, as
+# a nightly one: this host's snapshots are forgotten (the new data above goes); the other
+# host's next backup then uses its kept index with the rewritten files buried. Then a large
+# one: the second synthetic snapshot forgotten, half of the packs unused, most index files
+# rewritten; the other host then builds its kept index again.
 if [ -n "${PRUNE:-}" ]; then
   unset CHUNKBAK_MEMORY
-  id=$($B --json snapshots | python3 -c 'import json,sys
+  other() { CHUNKBAK_CACHE_DIR="$DIR.cache2" $B backup -q --host other "$DIR.src"; }
+  rm -rf "$DIR.cache2"
+  /usr/bin/time -f "another host's first backup (builds its kept index): %e s, %M KiB max RSS" \
+    bash -c "$(declare -f other); DIR='$DIR' B='$B' other"
+  ids_of() { $B --json snapshots | python3 -c 'import json,sys
 for l in sys.stdin:
     d=json.loads(l)
-    if d.get("type")=="snapshot" and d["data"]["host"]=="synth1": print(d["data"]["id"])')
-  $B forget -q "$id"
+    if d.get("type")=="snapshot" and d["data"]["host"]==sys.argv[1]: print(d["data"]["id"])' "$1"; }
+  $B forget -q $(ids_of "$(hostname)")
+  /usr/bin/time -f "prune (this host's snapshots forgotten): %e s, %M KiB max RSS" $B --json prune \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    d=json.loads(l)
+    if d.get("type")=="prune": x=d["data"]; print("  index files: %d replaced by %d, %d left" % (x["index_files_deleted"], x["index_files_written"], x["index_files_kept"]))'
+  /usr/bin/time -f "another host's backup after it: %e s, %M KiB max RSS" \
+    bash -c "$(declare -f other); DIR='$DIR' B='$B' other"
+  $B forget -q $(ids_of synth1)
   /usr/bin/time -f "prune (half the packs unused): %e s, %M KiB max RSS" $B prune -q
+  /usr/bin/time -f "another host's backup after it (builds again): %e s, %M KiB max RSS" \
+    bash -c "$(declare -f other); DIR='$DIR' B='$B' other"
+  rm -rf "$DIR.cache2"
 fi
 rm -rf "$DIR.src" "$DIR.cache"

@@ -240,6 +240,16 @@ pub struct Index {
     run_error: Mutex<Option<String>>,
     /// Where the run file is kept for later loads, and the index files it covers.
     keep: Option<(std::path::PathBuf, Vec<Id>)>,
+    /// The packs each index file added lists, by position (for a kept run file: a later load
+    /// buries the packs of the files a prune rewrote).
+    file_packs: Vec<(Id, Vec<u32>)>,
+    /// Packs whose records in the run file are buried (their index files were rewritten
+    /// since it was built): lookups pass them by, a pack listed again has a new position.
+    dead: Vec<bool>,
+    /// Of the run file's disputed blobs: the packs whose copy won (a lookup finds it) and,
+    /// for blobs of two packs, how many copies each losing pack holds.
+    won: std::collections::HashSet<u32>,
+    lost: HashMap<u32, u64>,
 }
 
 /// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
@@ -295,18 +305,28 @@ impl Index {
     }
 
     /// Keeps the run file this index is being loaded into for later loads, as covering the
-    /// index files `covered` (before [`seal`](Index::seal); as
-    /// [`loading_to_keep`](Index::loading_to_keep) when they are known only at the end).
-    pub fn keep_as(&mut self, dir: &Path, covered: Vec<Id>) {
-        self.keep = Some((dir.to_path_buf(), covered));
+    /// index files `files`, each with the packs it lists (before [`seal`](Index::seal), after
+    /// the last pack is added; as [`loading_to_keep`](Index::loading_to_keep) when they are
+    /// known only at the end).
+    pub fn keep_as(&mut self, dir: &Path, files: Vec<(Id, Vec<ObjectId>)>) {
+        self.file_packs = files
+            .iter()
+            .map(|(id, packs)| {
+                let pos = packs.iter().filter_map(|p| self.pack_pos.get(p).copied());
+                (*id, pos.collect())
+            })
+            .collect();
+        self.keep = Some((
+            dir.to_path_buf(),
+            files.into_iter().map(|(id, _)| id).collect(),
+        ));
     }
 
     /// An index from the run file an earlier load kept in `dir`, when it and its companion
-    /// file check out and every index file it covers is among `names` (none was removed by a
-    /// prune since); with the files it covers. Files that do not check out are removed.
-    pub fn open_kept(dir: &Path, names: &[Id]) -> Option<(Index, Vec<Id>)> {
+    /// file check out; with the index files it covers. Files that do not check out are
+    /// removed. Covered files a prune rewrote since are then [`bury`](Index::bury)'d.
+    pub fn open_kept(dir: &Path) -> Option<(Index, Vec<Id>)> {
         private_dir(dir).ok()?;
-        let listed: std::collections::HashSet<&Id> = names.iter().collect();
         for e in std::fs::read_dir(dir).ok()?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(hex) = name
@@ -324,12 +344,10 @@ impl Index {
                 drop_both();
                 continue;
             };
-            let covers = covers_of(&meta.covered);
+            let covered: Vec<Id> = meta.files.iter().map(|(id, _)| *id).collect();
+            let covers = covers_of(&covered);
             if crate::id::Id(covers).to_hex() != hex {
                 drop_both();
-                continue;
-            }
-            if !meta.covered.iter().all(|id| listed.contains(id)) {
                 continue;
             }
             let run = match RunFile::open(&run_path) {
@@ -343,22 +361,94 @@ impl Index {
                 run: Some(run),
                 disputed_blobs: meta.disputed as usize,
                 bases: meta.bases,
+                file_packs: meta.files,
+                won: meta.won.into_iter().collect(),
+                lost: meta.lost.into_iter().collect(),
                 ..Index::default()
             };
             for p in &meta.table.packs {
                 idx.pack_pos.insert(p.id, idx.packs.len() as u32);
                 idx.packs.push(PackInfo::of_entry(p));
             }
-            return Some((idx, meta.covered));
+            return Some((idx, covered));
         }
         None
     }
 
+    /// Buries what the run file holds of the packs the index files `gone` list (a prune
+    /// rewrote those files): lookups pass their records by, and a pack listed again (by the
+    /// files that replaced them, added next) is added anew. A pack another covered file
+    /// still lists stays. Blobs two packs claimed stop counting as disputed when the losing
+    /// pack is buried. Returns the buried packs whose copy of a disputed blob won: unless
+    /// each is listed live again, a lookup could miss a copy the run file did not keep (the
+    /// caller then builds the index again).
+    pub fn bury(&mut self, gone: &[Id]) -> Vec<ObjectId> {
+        let gone: std::collections::HashSet<&Id> = gone.iter().collect();
+        let mut stays = std::collections::HashSet::new();
+        let mut buried = std::collections::HashSet::new();
+        for (id, packs) in &self.file_packs {
+            let set = if gone.contains(id) {
+                &mut buried
+            } else {
+                &mut stays
+            };
+            set.extend(packs.iter().copied());
+        }
+        self.file_packs.retain(|(id, _)| !gone.contains(id));
+        let mut winners = Vec::new();
+        for pos in buried.into_iter().filter(|p| !stays.contains(p)) {
+            let Some(p) = self.packs.get(pos as usize) else {
+                continue;
+            };
+            if self.dead.len() < self.packs.len() {
+                self.dead.resize(self.packs.len(), false);
+            }
+            self.dead[pos as usize] = true;
+            self.pack_pos.remove(&p.id);
+            if self.won.contains(&pos) {
+                winners.push(p.id);
+            }
+            let settled = self.lost.remove(&pos).unwrap_or(0) as usize;
+            self.disputed_blobs = self.disputed_blobs.saturating_sub(settled);
+        }
+        winners
+    }
+
+    /// The index in force lists the pack live.
+    pub fn is_live_pack(&self, id: &ObjectId) -> bool {
+        self.pack_pos
+            .get(id)
+            .is_some_and(|p| self.packs[*p as usize].mark.is_none())
+    }
+
+    fn is_dead(&self, pos: u32) -> bool {
+        self.dead.get(pos as usize).copied().unwrap_or(false)
+    }
+
+    /// The packs of the index in force (those of index files a prune rewrote since the
+    /// index was kept are not; [`packs`](Index::packs) is the table by position).
+    pub fn known_packs(&self) -> impl Iterator<Item = &PackInfo> {
+        (0..self.packs.len() as u32)
+            .filter(|p| !self.is_dead(*p))
+            .map(|p| &self.packs[p as usize])
+    }
+
     /// The companion of a kept run file.
     fn meta(&self, covered: &[Id]) -> Meta {
+        let packs_of: HashMap<&Id, &Vec<u32>> =
+            self.file_packs.iter().map(|(id, p)| (id, p)).collect();
+        let mut won: Vec<u32> = self.won.iter().copied().collect();
+        won.sort_unstable();
+        let mut lost: Vec<(u32, u64)> = self.lost.iter().map(|(p, n)| (*p, *n)).collect();
+        lost.sort_unstable();
         Meta {
             disputed: self.disputed_blobs as u64,
-            covered: covered.to_vec(),
+            files: covered
+                .iter()
+                .map(|id| (*id, packs_of.get(id).map_or_else(Vec::new, |p| p.to_vec())))
+                .collect(),
+            won,
+            lost,
             bases: self.bases.clone(),
             table: IndexFile {
                 supersedes: Vec::new(),
@@ -442,6 +532,8 @@ impl Index {
         match done {
             Ok((built, file)) => {
                 self.disputed_blobs = built.disputed as usize;
+                self.won = built.won.iter().map(|p| p & !TOP).collect();
+                self.lost = built.lost.iter().map(|(p, n)| (p & !TOP, *n)).collect();
                 self.run = Some(file);
             }
             Err(e) => return self.note_run_error(&e),
@@ -476,7 +568,13 @@ impl Index {
     /// load are not among them. For passes in id order (check's).
     pub fn for_each_loaded(&self, f: &mut dyn FnMut(&BlobId, u32) -> Result<()>) -> Result<()> {
         if let Some(run) = &self.run {
-            return run.for_each(|r| f(&Id(r.id), r.pack & !TOP));
+            return run.for_each(|r| {
+                let pack = r.pack & !TOP;
+                if self.is_dead(pack) {
+                    return Ok(());
+                }
+                f(&Id(r.id), pack)
+            });
         }
         for e in &self.sorted {
             f(&e.id, e.pack())?;
@@ -504,6 +602,13 @@ impl Index {
         self.files.push(id);
         for p in &file.packs {
             self.add_pack(p);
+        }
+        if self.keep.is_some() {
+            let pos = file
+                .packs
+                .iter()
+                .filter_map(|p| self.pack_pos.get(&p.id).copied());
+            self.file_packs.push((id, pos.collect()));
         }
     }
 
@@ -550,14 +655,19 @@ impl Index {
                 }
                 continue;
             }
-            match self.get(&b.id) {
+            match self.get(&b.id).map(|(p, l)| (p.mark.is_some(), l.pack)) {
                 None => {
                     self.recent.insert(b.id, loc);
                 }
-                Some((old, _)) if live && old.mark.is_some() => {
-                    self.recent.insert(b.id, loc);
+                Some((marked, at)) => {
+                    // Claimed by two packs: judged before a backup trusts it (ops::claims).
+                    if at != pos {
+                        self.disputed_blobs += 1;
+                    }
+                    if live && marked {
+                        self.recent.insert(b.id, loc);
+                    }
                 }
-                Some(_) => {}
             }
         }
     }
@@ -569,7 +679,9 @@ impl Index {
         }
         if let Some(run) = &self.run {
             return match run.get(&id.0) {
-                Ok(r) => r.map(|r| Entry::of_record(&r).location(&self.bases)),
+                Ok(r) => r
+                    .filter(|r| !self.is_dead(r.pack & !TOP))
+                    .map(|r| Entry::of_record(&r).location(&self.bases)),
                 Err(e) => {
                     self.note_run_error(&e);
                     None
@@ -689,13 +801,18 @@ fn covers_of(covered: &[Id]) -> [u8; 32] {
 }
 
 const META_MAGIC: &[u8; 8] = b"CBIXMETA";
+/// Version 2 adds each covered file's packs and the disputes' winners and losers.
+const META_VERSION: u32 = 2;
 
-/// The companion file of a kept run file (format-spec 16): the index files it covers, the pack
-/// table in position order (as an index file without blob records), the delta bases and the
-/// disputed blobs, with a BLAKE3 of it all at the end.
+/// The companion file of a kept run file (format-spec 16): the index files it covers with the
+/// packs each lists, the pack table in position order (as an index file without blob
+/// records), the delta bases, the disputed blobs with the packs that won and lost them, and a
+/// BLAKE3 of it all at the end.
 struct Meta {
     disputed: u64,
-    covered: Vec<Id>,
+    files: Vec<(Id, Vec<u32>)>,
+    won: Vec<u32>,
+    lost: Vec<(u32, u64)>,
     bases: HashMap<(u32, BlobId), BlobId>,
     table: IndexFile,
 }
@@ -703,12 +820,25 @@ struct Meta {
 impl Meta {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        let u32s = |out: &mut Vec<u8>, v: &[u32]| {
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            for p in v {
+                out.extend_from_slice(&p.to_le_bytes());
+            }
+        };
         out.extend_from_slice(META_MAGIC);
-        out.extend_from_slice(&indexrun::VERSION.to_le_bytes());
+        out.extend_from_slice(&META_VERSION.to_le_bytes());
         out.extend_from_slice(&self.disputed.to_le_bytes());
-        out.extend_from_slice(&(self.covered.len() as u64).to_le_bytes());
-        for id in &self.covered {
+        out.extend_from_slice(&(self.files.len() as u64).to_le_bytes());
+        for (id, packs) in &self.files {
             out.extend_from_slice(&id.0);
+            u32s(&mut out, packs);
+        }
+        u32s(&mut out, &self.won);
+        out.extend_from_slice(&(self.lost.len() as u64).to_le_bytes());
+        for (p, n) in &self.lost {
+            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
         }
         let mut bases: Vec<_> = self.bases.iter().collect();
         bases.sort();
@@ -726,7 +856,8 @@ impl Meta {
         out
     }
 
-    /// `None` for anything that does not check out (every length against what remains).
+    /// `None` for anything that does not check out (every length against what remains, every
+    /// pack position against the table).
     fn decode(b: &[u8]) -> Option<Meta> {
         let (body, sum) = b.split_at_checked(b.len().checked_sub(32)?)?;
         if blake3::hash(body).as_bytes() != sum {
@@ -738,18 +869,34 @@ impl Meta {
             at += n;
             Some(s)
         };
-        if take(8)? != META_MAGIC
-            || u32::from_le_bytes(take(4)?.try_into().ok()?) != indexrun::VERSION
-        {
+        if take(8)? != META_MAGIC || u32::from_le_bytes(take(4)?.try_into().ok()?) != META_VERSION {
             return None;
         }
         let u64_of = |s: &[u8]| s.try_into().ok().map(u64::from_le_bytes);
+        let u32_of = |s: &[u8]| s.try_into().ok().map(u32::from_le_bytes);
         let disputed = u64_of(take(8)?)?;
         let n = usize::try_from(u64_of(take(8)?)?).ok()?;
-        let covered = take(n.checked_mul(32)?)?
-            .chunks_exact(32)
-            .map(|c| Id(c.try_into().expect("32")))
-            .collect();
+        // Each file takes at least 40 bytes: no count beyond what remains is believed.
+        let mut files = Vec::with_capacity(n.min(body.len() / 40));
+        for _ in 0..n {
+            let id = Id(take(32)?.try_into().ok()?);
+            let k = usize::try_from(u64_of(take(8)?)?).ok()?;
+            let packs = take(k.checked_mul(4)?)?
+                .chunks_exact(4)
+                .map(u32_of)
+                .collect::<Option<_>>()?;
+            files.push((id, packs));
+        }
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let won: Vec<u32> = take(n.checked_mul(4)?)?
+            .chunks_exact(4)
+            .map(u32_of)
+            .collect::<Option<_>>()?;
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let lost: Vec<(u32, u64)> = take(n.checked_mul(12)?)?
+            .chunks_exact(12)
+            .map(|c| Some((u32_of(&c[..4])?, u64_of(&c[4..])?)))
+            .collect::<Option<_>>()?;
         let n = usize::try_from(u64_of(take(8)?)?).ok()?;
         let mut bases = HashMap::new();
         for c in take(n.checked_mul(68)?)?.chunks_exact(68) {
@@ -761,12 +908,21 @@ impl Meta {
         }
         let n = usize::try_from(u64_of(take(8)?)?).ok()?;
         let table = IndexFile::decode(take(n)?, "kept index table").ok()?;
-        if at != body.len() || bases.keys().any(|(p, _)| *p as usize >= table.packs.len()) {
+        let packs = table.packs.len();
+        let in_table = |p: &u32| (*p as usize) < packs;
+        if at != body.len()
+            || !bases.keys().all(|(p, _)| in_table(p))
+            || !files.iter().flat_map(|(_, p)| p).all(in_table)
+            || !won.iter().all(in_table)
+            || !lost.iter().all(|(p, _)| in_table(p))
+        {
             return None;
         }
         Some(Meta {
             disputed,
-            covered,
+            files,
+            won,
+            lost,
             bases,
             table,
         })
@@ -927,9 +1083,8 @@ mod tests {
         assert!(e.contains("not a folder private to this user"), "{e}");
     }
 
-    /// A kept run file is used again by a load that lists every index file it covers, with
-    /// the pack table and marks of the first; not after a covered file is gone; and a damaged
-    /// companion file is dropped with its run file.
+    /// A kept run file is opened again with the pack table and marks of the first, and the
+    /// files it covers; a damaged companion file is dropped with its run file.
     #[test]
     fn a_kept_run_is_used_again_and_a_damaged_one_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -942,8 +1097,7 @@ mod tests {
         assert!(idx.run_error().is_none());
         drop(idx);
         let id = |b: u8| BlobId::from_bytes([b; 32]);
-        let names = vec![Id([1; 32]), Id([2; 32]), Id([3; 32])];
-        let (kept, cov) = Index::open_kept(&d, &names).expect("kept");
+        let (kept, cov) = Index::open_kept(&d).expect("kept");
         assert_eq!(cov, covered);
         assert_eq!(kept.len(), 4);
         assert_eq!(kept.live_pack_of(&id(12)), Some(Id([2; 32])));
@@ -951,10 +1105,6 @@ mod tests {
         assert!(kept.contains(&id(10)));
         assert_eq!(kept.packs().len(), 2);
         drop(kept);
-        assert!(
-            Index::open_kept(&d, &[Id([1; 32])]).is_none(),
-            "a covered index file is gone"
-        );
         let files = || {
             let mut v: Vec<_> = std::fs::read_dir(&d)
                 .unwrap()
@@ -972,8 +1122,42 @@ mod tests {
         let mut b = std::fs::read(&meta).unwrap();
         b[20] ^= 1;
         std::fs::write(&meta, b).unwrap();
-        assert!(Index::open_kept(&d, &names).is_none());
+        assert!(Index::open_kept(&d).is_none());
         assert!(files().is_empty(), "{:?}", files());
+    }
+
+    /// A companion file decodes only when every pack position it names is in its table and
+    /// every count fits what remains (the hash alone does not make it so).
+    #[test]
+    fn a_companion_file_names_only_packs_of_its_table() {
+        let meta = |files: Vec<u32>, won: Vec<u32>, lost: Vec<(u32, u64)>| Meta {
+            disputed: 1,
+            files: vec![(Id([1; 32]), files)],
+            won,
+            lost,
+            bases: HashMap::new(),
+            table: IndexFile {
+                supersedes: Vec::new(),
+                packs: vec![entry(1, None), entry(2, None)],
+            },
+        };
+        let ok = Meta::decode(&meta(vec![0, 1], vec![1], vec![(0, 3)]).encode()).unwrap();
+        assert_eq!(ok.files, vec![(Id([1; 32]), vec![0, 1])]);
+        assert_eq!((ok.won, ok.lost), (vec![1], vec![(0, 3)]));
+        for bad in [
+            meta(vec![2], vec![], vec![]),
+            meta(vec![], vec![2], vec![]),
+            meta(vec![], vec![], vec![(7, 1)]),
+        ] {
+            assert!(Meta::decode(&bad.encode()).is_none());
+        }
+        // A count beyond what remains, with a hash that matches.
+        let mut b = meta(vec![0], vec![], vec![]).encode();
+        b.truncate(b.len() - 32);
+        b[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
+        let h = blake3::hash(&b);
+        b.extend_from_slice(h.as_bytes());
+        assert!(Meta::decode(&b).is_none());
     }
 
     fn live_copies_first(mut idx: Index) {

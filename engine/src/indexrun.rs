@@ -114,12 +114,16 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// What a build wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Built {
     /// Records in the file (one per id).
     pub records: u64,
     /// Ids given more than once with different packs (the first of each kept).
     pub disputed: u64,
+    /// The packs (record `pack` fields) whose copy of such an id was kept.
+    pub won: std::collections::HashSet<u32>,
+    /// For ids given with exactly two packs: the copies of the pack not kept, by pack.
+    pub lost: HashMap<u32, u64>,
     /// Temporary runs merged.
     pub runs: usize,
 }
@@ -353,7 +357,15 @@ impl Builder {
                     .copied()
                     .expect("a group is not empty");
                 built.records += 1;
-                built.disputed += group.iter().filter(|r| r.pack != best.pack).count() as u64;
+                let mut lost = group.iter().filter(|r| r.pack != best.pack);
+                if let Some(first) = lost.next() {
+                    let n = 1 + lost.clone().count() as u64;
+                    built.disputed += n;
+                    built.won.insert(best.pack);
+                    if lost.all(|r| r.pack == first.pack) {
+                        *built.lost.entry(first.pack).or_default() += n;
+                    }
+                }
                 w.push(&best)?;
             }
             Ok(())

@@ -647,8 +647,7 @@ impl Repository {
             // Forget tree packs the repository no longer has (pruned).
             c.retain(
                 FileKind::Tree,
-                &idx.packs()
-                    .iter()
+                &idx.known_packs()
                     .filter(|p| p.kind == ObjectKind::TreePack)
                     .map(|p| p.id.to_hex())
                     .collect(),
@@ -725,9 +724,12 @@ impl Repository {
     }
 
     /// The index from the run file an earlier load kept in `dir`, with the index files written
-    /// since added (they go to memory). `None` when there is none to use, when a new file
-    /// supersedes one it covers (a prune or a repair rewrote the index), or when the new files
-    /// hold more than `above` blobs: the caller then builds it again.
+    /// since added (they go to memory). Covered files that new ones supersede (a prune
+    /// rewrote them) are buried: their packs' records in the run file are passed by, and the
+    /// files that replace them are added like any new one. `None` when there is none to use,
+    /// when a covered file is gone that no file supersedes, when the new files hold more than
+    /// `above` blobs, or when a buried pack held a disputed blob's kept copy and is not listed
+    /// live again: the caller then builds it again.
     fn load_kept(
         &self,
         dir: &std::path::Path,
@@ -735,7 +737,7 @@ impl Repository {
         names: &[(Id, String)],
     ) -> Result<Option<Index>> {
         let ids: Vec<Id> = names.iter().map(|(id, _)| *id).collect();
-        let Some((mut idx, covered)) = Index::open_kept(dir, &ids) else {
+        let Some((mut idx, covered)) = Index::open_kept(dir) else {
             return Ok(None);
         };
         let covered: std::collections::HashSet<Id> = covered.into_iter().collect();
@@ -759,8 +761,15 @@ impl Repository {
             .iter()
             .flat_map(|(_, s, _)| s.iter().copied())
             .collect();
-        if superseded.iter().any(|id| covered.contains(id)) {
-            return Ok(None);
+        let listed: std::collections::HashSet<&Id> = ids.iter().collect();
+        let mut gone = Vec::new();
+        for id in &covered {
+            match (superseded.contains(id), listed.contains(id)) {
+                (true, _) => gone.push(*id),
+                (false, true) => {}
+                // Removed, and nothing says what replaces it.
+                (false, false) => return Ok(None),
+            }
         }
         let blobs: usize = heads
             .iter()
@@ -770,9 +779,13 @@ impl Repository {
         if blobs > above {
             return Ok(None);
         }
+        let winners = idx.bury(&gone);
         for (id, name) in new.iter().filter(|(id, _)| !superseded.contains(id)) {
             let f = self.read_index_file(name)?;
             idx.add_file(*id, &f);
+        }
+        if !winners.iter().all(|p| idx.is_live_pack(p)) {
+            return Ok(None);
         }
         if let Some(e) = idx.run_error() {
             return Err(Error::Other(format!(

@@ -47,7 +47,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     {
         let idx = repo.index().read().expect("index lock");
         let mut indexed = HashSet::new();
-        for p in idx.packs() {
+        for p in idx.known_packs() {
             r.packs += 1;
             let name = p.id.to_hex();
             let path = FileKind::of_pack(p.kind).path_of(&name);
@@ -336,8 +336,13 @@ pub fn s3_checksums(
             backend.location()
         )));
     }
-    let packs: Vec<crate::index::PackInfo> =
-        repo.index().read().expect("index lock").packs().to_vec();
+    let packs: Vec<crate::index::PackInfo> = repo
+        .index()
+        .read()
+        .expect("index lock")
+        .known_packs()
+        .cloned()
+        .collect();
     progress.message(&format!(
         "asking the store for the CRC32C of {} packs",
         packs.len()

@@ -35,6 +35,8 @@ use crate::id::{BlobId, Id, ObjectId};
 use crate::index::{blob_record_of, record_of, PackInfo};
 use crate::indexrun::{Builder, Record, Sorted};
 use crate::ops::claims::{Refuted, Verdict};
+
+use super::{Listed, Listings};
 use crate::progress::Progress;
 use crate::repo::{parallel_map_n, Repository, DECODERS};
 
@@ -724,13 +726,13 @@ impl State {
         Ok(out)
     }
 
-    /// Every pack entry of the index files in force, once (its first listing, with its
-    /// merged mark; refuted claims and objects that are no pack left out), read a file at a
-    /// time.
-    pub(super) fn for_each_entry(
+    /// Every index file in force, read one at a time, with how it lists each pack and, for
+    /// a pack's first listing, its entry (merged mark; refuted claims left out; `None` for
+    /// a later listing, a refuted pack or an object that is no pack).
+    pub(super) fn for_each_file(
         &self,
         repo: &Repository,
-        f: &mut dyn FnMut(PackEntry) -> Result<()>,
+        f: &mut dyn FnMut(Id, Listings) -> Result<()>,
     ) -> Result<()> {
         let mut seen: HashSet<ObjectId> = HashSet::new();
         let pos_of: HashMap<ObjectId, usize> = self
@@ -739,9 +741,12 @@ impl State {
             .enumerate()
             .map(|(i, p)| (p.id, i))
             .collect();
-        for (_, name) in &self.in_force {
+        for (id, name) in &self.in_force {
+            let mut out = Vec::new();
             for mut p in repo.read_index_file(name)?.packs {
+                let listed = Listed::of(&p);
                 if !seen.insert(p.id) || self.refuted.why.contains_key(&p.id) {
+                    out.push((listed, None));
                     continue;
                 }
                 if let Some(bad) = self.refuted.by_pack.get(&p.id) {
@@ -750,8 +755,9 @@ impl State {
                 if let Some(&i) = pos_of.get(&p.id) {
                     p.mark = self.packs[i].mark;
                 }
-                f(p)?;
+                out.push((listed, Some(p)));
             }
+            f(*id, out)?;
         }
         Ok(())
     }

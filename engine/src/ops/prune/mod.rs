@@ -13,11 +13,14 @@
 //!   (left by killed backups or a killed prune);
 //! - with `delete_now` (`prune --now`, for a repository no other command writes), deletes
 //!   every unused pack at once instead of marking it;
-//! - writes one consolidated index that supersedes every index file it read, then deletes
-//!   those files.
+//! - rewrites the index files whose listings change (a pack deleted, marked, revived or
+//!   repacked away, a refuted claim, a pack listed twice) and the small ones (a backup's),
+//!   consolidated into files of about [`BLOBS_PER_INDEX_FILE`] blobs that supersede them,
+//!   then deletes them. Files that stay as they are stay in force: other hosts keep the index
+//!   built from them (format-spec 16) and need only the rewritten ones.
 //!
-//! A killed prune leaves the old index files in force (the new one is written last and
-//! supersedes them in one step) or the new one in force; either way the next run finishes.
+//! A killed prune leaves the old index files in force (the new ones are written last and
+//! supersede them in one step) or the new ones in force; either way the next run finishes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,6 +48,36 @@ pub const ORPHAN_MIN_AGE: i64 = 3600;
 
 /// Blobs per index file written by prune (about 5 MiB each).
 const BLOBS_PER_INDEX_FILE: usize = 100_000;
+
+/// Index files with fewer blobs are rewritten by every prune, consolidated (a backup writes a
+/// small file each run).
+pub const SMALL_INDEX_FILE: usize = BLOBS_PER_INDEX_FILE / 2;
+
+/// How an index file in force lists a pack: enough to tell whether prune's entry for the pack
+/// is the same (its claims are the first listing's, less refuted ones).
+#[derive(Clone, Debug)]
+struct Listed {
+    id: ObjectId,
+    mark: Option<Mark>,
+    blobs: usize,
+}
+
+/// How an index file lists each of its packs and, for a pack's first listing, the entry
+/// prune starts from.
+type Listings = Vec<(Listed, Option<PackEntry>)>;
+
+/// An index file and the packs it lists.
+type FilePacks = (Id, Vec<ObjectId>);
+
+impl Listed {
+    fn of(p: &PackEntry) -> Self {
+        Listed {
+            id: p.id,
+            mark: p.mark,
+            blobs: p.blobs.len(),
+        }
+    }
+}
 
 /// How much unused space may stay in partly used packs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,6 +121,9 @@ pub struct PruneOptions {
     /// Delete unused packs (and unindexed ones) in this run, without a grace period: safe only
     /// while no other command writes to the repository.
     pub delete_now: bool,
+    /// Index files in force with fewer blobs are rewritten, consolidated, even when none of
+    /// their listings changes ([`SMALL_INDEX_FILE`]; tests set it).
+    pub small_index_file: usize,
 }
 
 impl Default for PruneOptions {
@@ -99,6 +135,7 @@ impl Default for PruneOptions {
             ignore_min_duration: false,
             now: None,
             delete_now: false,
+            small_index_file: SMALL_INDEX_FILE,
         }
     }
 }
@@ -222,6 +259,8 @@ pub struct PrunePlan {
     read_files: Vec<Id>,
     /// The index files read that no other supersedes.
     live_index: Vec<Id>,
+    /// How each of them lists its packs, in reading order (a plan in memory).
+    listed: Vec<(Id, Vec<Listed>)>,
     /// Packs that hold a used blob (the one copy counted), with their upload times.
     referenced: Vec<(ObjectId, FileKind, Option<i64>)>,
     orphan_names: Vec<(FileKind, String, u64)>,
@@ -252,6 +291,8 @@ pub struct PruneResult {
     pub packs_deleted: u64,
     pub bytes_deleted: u64,
     pub index_files_written: u64,
+    /// Index files in force left as they were (none of their listings changed).
+    pub index_files_kept: u64,
     pub index_files_deleted: u64,
     /// Objects found retained only when deleted (the plan's HEAD saw them deletable).
     pub locked: Locked,
@@ -297,6 +338,11 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .iter()
         .filter(|id| !superseded.contains(id))
         .copied()
+        .collect();
+    plan.listed = files
+        .iter()
+        .filter(|(id, _)| !superseded.contains(id))
+        .map(|(id, f)| (*id, f.packs.iter().map(Listed::of).collect()))
         .collect();
     let mut packs = crate::index::merge_entries(
         files
@@ -621,25 +667,26 @@ impl PrunePlan {
     }
 
     /// What the kept snapshots reference, for [`crate::ops::retention::extend`]: the packs
-    /// that hold a used blob (after [`run`]: those that stay; packs it repacked are marked
-    /// and run out) and the metadata every reader needs.
+    /// that hold a used blob (after [`run`], given the index files it superseded: those that
+    /// stay; packs it repacked are marked and run out) and the metadata every reader needs.
     pub fn retention_targets(
         &self,
         repo: &Repository,
-        after_run: bool,
+        after_run: Option<&[Id]>,
     ) -> Result<Vec<crate::ops::retention::Target>> {
-        let live_index: Vec<Id> = if after_run {
-            // The files prune wrote and those backups wrote meanwhile.
-            let read: HashSet<&Id> = self.read_files.iter().collect();
+        let live_index: Vec<Id> = if let Some(gone) = after_run {
+            // The files prune wrote or left as they were, and those backups wrote meanwhile.
+            let gone: HashSet<&Id> = gone.iter().collect();
             repo.backend()
                 .list(FileKind::Index)?
                 .iter()
                 .filter_map(|(n, _)| Id::from_hex(n))
-                .filter(|id| !read.contains(id))
+                .filter(|id| !gone.contains(id))
                 .collect()
         } else {
             self.live_index.clone()
         };
+        let after_run = after_run.is_some();
         let mut out = crate::ops::retention::metadata_targets(repo, Some(&live_index))?;
         out.extend(
             self.referenced

@@ -11,7 +11,11 @@ use crate::ops::packread::MERGE_GAP;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-use super::{Decision, PruneOptions, PrunePlan, PruneResult, BLOBS_PER_INDEX_FILE};
+use super::{
+    Decision, FilePacks, Listings, PruneOptions, PrunePlan, PruneResult, BLOBS_PER_INDEX_FILE,
+};
+use crate::id::ObjectId;
+use std::collections::HashMap;
 
 /// Carries out a plan.
 pub fn run(
@@ -104,15 +108,15 @@ pub fn run(
         res.packs_written = out.len() as u64;
     }
 
-    // 2. The consolidated index. New marks carry the time they are written, not the time of
-    // the plan: a backup's safety margin counts from when it can see them.
+    // 2. The index. New marks carry the time they are written, not the time of the plan: a
+    // backup's safety margin counts from when it can see them.
     let written_at = jiff::Timestamp::now().as_second().max(plan.now);
     let mark_now = Mark {
         at: written_at,
         delete_after: written_at + opts.grace,
     };
     progress.message("writing the index");
-    let mut index = IndexWriter::new(repo, &plan.read_files);
+    let mut index = IndexWriter::new(repo);
     // A plan sorted on disk keeps the index it writes on disk for the next load as well
     // (format-spec 16): the next run on this host need not build it from every index file.
     let mut next = match (&plan.bounded, repo.index_scratch()) {
@@ -130,38 +134,83 @@ pub fn run(
         }
         index.push(p)?;
     }
-    let mut entry = |mut p: PackEntry| -> Result<()> {
-        match plan.decisions.get(&p.id).copied().unwrap_or(Decision::Keep) {
-            Decision::Keep => p.mark = None,
-            Decision::Marked(m) => p.mark = Some(m),
-            // With `delete_now`, Mark is only for packs a minimum storage duration holds.
-            Decision::Mark => p.mark = Some(mark_now),
-            Decision::Repack if !opts.delete_now => p.mark = Some(mark_now),
-            Decision::Repack | Decision::Delete => {
-                to_delete.push((FileKind::of_pack(p.kind), p.id.to_hex(), p.size));
-                return Ok(());
+    // The files read that another one supersedes go again; those in force go when one of
+    // their listings changes or they are small; the others stay as they are.
+    let in_force: std::collections::HashSet<&Id> = plan.live_index.iter().collect();
+    let mut gone: Vec<Id> = plan
+        .read_files
+        .iter()
+        .filter(|id| !in_force.contains(id))
+        .copied()
+        .collect();
+    let mut stay: Vec<FilePacks> = Vec::new();
+    let mut file = |id: Id, listings: Listings| -> Result<()> {
+        let mut same =
+            listings.iter().map(|(l, _)| l.blobs).sum::<usize>() >= opts.small_index_file;
+        let mut entries = Vec::new();
+        for (listed, merged) in listings {
+            let Some(mut p) = merged else {
+                same = false;
+                continue;
+            };
+            match plan.decisions.get(&p.id).copied().unwrap_or(Decision::Keep) {
+                Decision::Keep => p.mark = None,
+                Decision::Marked(m) => p.mark = Some(m),
+                // With `delete_now`, Mark is only for packs a minimum storage duration holds.
+                Decision::Mark => p.mark = Some(mark_now),
+                Decision::Repack if !opts.delete_now => p.mark = Some(mark_now),
+                Decision::Repack | Decision::Delete => {
+                    to_delete.push((FileKind::of_pack(p.kind), p.id.to_hex(), p.size));
+                    same = false;
+                    continue;
+                }
+                Decision::Drop => {
+                    same = false;
+                    continue;
+                }
             }
-            Decision::Drop => return Ok(()),
+            same &= p.mark == listed.mark && p.blobs.len() == listed.blobs;
+            if let Some((n, _)) = next.as_mut() {
+                n.add_pack(&p);
+            }
+            entries.push(p);
         }
-        if let Some((n, _)) = next.as_mut() {
-            n.add_pack(&p);
+        if same {
+            stay.push((id, entries.iter().map(|p| p.id).collect()));
+            return Ok(());
         }
-        index.push(p)
+        gone.push(id);
+        for p in entries {
+            index.push(p)?;
+        }
+        Ok(())
     };
     match &plan.bounded {
         None => {
-            for p in &plan.packs {
-                entry(p.clone())?;
+            let packs: HashMap<ObjectId, &PackEntry> =
+                plan.packs.iter().map(|p| (p.id, p)).collect();
+            let mut seen = std::collections::HashSet::new();
+            for (id, listed) in &plan.listed {
+                let listings = listed
+                    .iter()
+                    .map(|l| {
+                        let first = seen.insert(l.id);
+                        let merged = packs.get(&l.id).filter(|_| first).map(|p| (*p).clone());
+                        (l.clone(), merged)
+                    })
+                    .collect();
+                file(*id, listings)?;
             }
         }
-        Some(b) => b.for_each_entry(repo, &mut entry)?,
+        Some(b) => b.for_each_file(repo, &mut file)?,
     }
-    let (count, written) = index.finish()?;
+    let (count, written) = index.finish(&gone)?;
     res.index_files_written = count;
+    res.index_files_kept = stay.len() as u64;
 
     // 3. Old index files, then packs.
     progress.message("deleting");
-    for id in &plan.read_files {
+    for id in &gone {
         match backend.delete(FileKind::Index, &id.to_hex()) {
             Ok(()) | Err(Error::ObjectNotFound(_)) => res.index_files_deleted += 1,
             // Superseded by the file just written: harmless until a later prune deletes it.
@@ -172,7 +221,7 @@ pub fn run(
     // Kept only when no superseded file stays: a later load takes the files it does not
     // cover as new ones. A failure leaves nothing usable behind; the next load builds.
     if let Some((mut n, dir)) = next.take().filter(|_| res.locked.index_files == 0) {
-        n.keep_as(&dir, written);
+        n.keep_as(&dir, stay.into_iter().chain(written).collect());
         n.seal();
     }
     to_delete.extend(plan.orphan_names.iter().cloned());
@@ -203,7 +252,7 @@ pub fn run(
             res.hidden.last_until = res.hidden.last_until.max(p.last_until);
         }
         progress.message("extending Object Lock retention");
-        let targets = plan.retention_targets(repo, true)?;
+        let targets = plan.retention_targets(repo, Some(&gone))?;
         let now = jiff::Timestamp::now().as_second().max(plan.now);
         res.retention = Some(crate::ops::retention::extend(
             repo,
@@ -219,31 +268,29 @@ pub fn run(
 /// Writes index files for `packs`, the last one superseding `old`: until it is stored the old
 /// files stay in force, so a prune killed before it changes nothing that matters.
 pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -> Result<u64> {
-    let mut w = IndexWriter::new(repo, old);
+    let mut w = IndexWriter::new(repo);
     for p in packs {
         w.push(p)?;
     }
-    w.finish().map(|(count, _)| count)
+    w.finish(old).map(|(count, _)| count)
 }
 
 /// Writes index files of at most about [`BLOBS_PER_INDEX_FILE`] blobs as pack entries come,
-/// the last one (written by [`finish`](IndexWriter::finish)) superseding `old`.
+/// the last one (written by [`finish`](IndexWriter::finish)) superseding the old ones.
 struct IndexWriter<'a> {
     repo: &'a Repository,
-    old: &'a [Id],
     batch: Vec<PackEntry>,
     blobs: usize,
     files: u64,
-    /// The files written.
-    ids: Vec<Id>,
+    /// The files written, with the packs each lists.
+    ids: Vec<FilePacks>,
     flushed: bool,
 }
 
 impl<'a> IndexWriter<'a> {
-    fn new(repo: &'a Repository, old: &'a [Id]) -> Self {
+    fn new(repo: &'a Repository) -> Self {
         IndexWriter {
             repo,
-            old,
             batch: Vec::new(),
             blobs: 0,
             files: 0,
@@ -254,38 +301,39 @@ impl<'a> IndexWriter<'a> {
 
     fn push(&mut self, p: PackEntry) -> Result<()> {
         if self.blobs >= BLOBS_PER_INDEX_FILE {
-            self.write(false)?;
+            self.write(&[])?;
         }
         self.blobs += p.blobs.len();
         self.batch.push(p);
         Ok(())
     }
 
-    fn write(&mut self, last: bool) -> Result<()> {
+    fn write(&mut self, supersedes: &[Id]) -> Result<()> {
         if !self.flushed {
             // An index names only packs that are stored.
             self.repo.backend().flush()?;
             self.flushed = true;
         }
         let f = IndexFile {
-            supersedes: if last { self.old.to_vec() } else { Vec::new() },
+            supersedes: supersedes.to_vec(),
             packs: std::mem::take(&mut self.batch),
         };
         self.blobs = 0;
-        self.files += 1;
         if f.packs.is_empty() && f.supersedes.is_empty() {
             return Ok(());
         }
         let id = self
             .repo
             .write_object(FileKind::Index, ObjectKind::Index, &f.encode())?;
-        self.ids.push(id);
+        self.files += 1;
+        self.ids.push((id, f.packs.iter().map(|p| p.id).collect()));
         Ok(())
     }
 
-    /// Writes the last file; returns how many were written, and their ids.
-    fn finish(mut self) -> Result<(u64, Vec<Id>)> {
-        self.write(true)?;
+    /// Writes the last file, superseding `old`; returns how many were written, and their ids
+    /// with the packs each lists.
+    fn finish(mut self, old: &[Id]) -> Result<(u64, Vec<FilePacks>)> {
+        self.write(old)?;
         Ok((self.files, self.ids))
     }
 }
