@@ -120,7 +120,8 @@ pub struct Built {
     pub records: u64,
     /// Ids given more than once with different packs (the first of each kept).
     pub disputed: u64,
-    /// The packs (record `pack` fields) whose copy of such an id was kept.
+    /// The packs (record `pack` fields, the top bit, a tree blob's flag, cleared) whose copy
+    /// of such an id was kept.
     pub won: std::collections::HashSet<u32>,
     /// For ids given with exactly two packs: the copies of the pack not kept, by pack.
     pub lost: HashMap<u32, u64>,
@@ -357,13 +358,15 @@ impl Builder {
                     .copied()
                     .expect("a group is not empty");
                 built.records += 1;
-                let mut lost = group.iter().filter(|r| r.pack != best.pack);
+                // Packs compare without the top bit (a tree blob's flag), as `Index::seal`.
+                let pack = |r: &Record| r.pack & !(1 << 31);
+                let mut lost = group.iter().filter(|r| pack(r) != pack(&best));
                 if let Some(first) = lost.next() {
                     let n = 1 + lost.clone().count() as u64;
                     built.disputed += n;
-                    built.won.insert(best.pack);
-                    if lost.all(|r| r.pack == first.pack) {
-                        *built.lost.entry(first.pack).or_default() += n;
+                    built.won.insert(pack(&best));
+                    if lost.all(|r| pack(r) == pack(first)) {
+                        *built.lost.entry(pack(first)).or_default() += n;
                     }
                 }
                 w.push(&best)?;

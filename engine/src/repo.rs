@@ -784,7 +784,10 @@ impl Repository {
             let f = self.read_index_file(name)?;
             idx.add_file(*id, &f);
         }
-        if !winners.iter().all(|p| idx.is_live_pack(p)) {
+        if !winners
+            .iter()
+            .all(|(p, claims)| idx.lists_again(p, *claims))
+        {
             return Ok(None);
         }
         if let Some(e) = idx.run_error() {

@@ -160,6 +160,38 @@ fn a_buried_winner_of_a_disputed_blob_makes_the_index_built_again() {
     assert_ne!(runs(&kept), built, "built again");
 }
 
+/// As above, when the winner's file is rewritten listing it live again but without the
+/// claim it won (prune dropped a claim it refuted): built again too.
+#[test]
+fn a_winner_listed_again_without_its_claim_makes_the_index_built_again() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = common::repo(d.path());
+    let kept = d.path().join("index");
+    let a = indexed(&repo, 1, 20);
+    let file_a = repo.index_file_ids().unwrap();
+    let pa = entries(&repo, &file_a[0]).remove(0);
+    let mut other = pa.clone();
+    other.id = Id([7; 32]);
+    other.blobs.retain(|b| a[..10].contains(&b.id));
+    prune::write_index_files(&repo, vec![other.clone()], &[]).unwrap();
+    let file_o = files_since(&repo, &file_a);
+    let first = reopened_above(&repo, &kept, 25);
+    let winner = first.index().read().unwrap().live_pack_of(&a[0]).unwrap();
+    drop(first);
+    let built = runs(&kept);
+    let (mut again, gone, survivor) = if winner == other.id {
+        (other, &file_o, pa.id)
+    } else {
+        (pa, &file_a, Id([7; 32]))
+    };
+    again.blobs.retain(|b| b.id != a[0]);
+    prune::write_index_files(&repo, vec![again], gone).unwrap();
+    let host = reopened_above(&repo, &kept, 25);
+    let idx = host.index().read().unwrap();
+    assert_eq!(idx.live_pack_of(&a[0]), Some(survivor));
+    assert_ne!(runs(&kept), built, "built again");
+}
+
 /// A dispute whose losing pack is buried is settled (no judging of claims for nothing), and
 /// a new file that claims a blob the kept run holds elsewhere is a dispute: a backup judges
 /// it before trusting it (a file forged by a compromised host, written after the host built
@@ -216,6 +248,54 @@ fn disputes_are_counted_across_the_kept_run_and_new_files() {
     );
 }
 
+/// A host that missed a prune: its kept index covers a file the first prune rewrote and the
+/// second rewrote again. The second's last file supersedes the first's files again, so the
+/// host buries instead of building. A prune with nothing to change (one small file in force)
+/// writes nothing.
+#[test]
+fn a_host_that_missed_a_prune_buries_what_two_prunes_rewrote() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = common::repo(d.path());
+    let kept = d.path().join("index");
+    let a = indexed(&repo, 1, 20);
+    let file_a = repo.index_file_ids().unwrap();
+    let b = indexed(&repo, 2, 20);
+    let file_b = files_since(&repo, &file_a);
+    drop(reopened_above(&repo, &kept, 25));
+    let built = runs(&kept);
+    // The first prune (missed by the host): B's pack marked long ago, B's file replaced.
+    let mut marked = entries(&repo, &file_b[0]);
+    for p in &mut marked {
+        p.mark = Some(Mark {
+            at: 1,
+            delete_after: 2,
+        });
+    }
+    prune::write_index_files(&repo, marked, &file_b).unwrap();
+    repo.backend()
+        .delete(FileKind::Index, &file_b[0].to_hex())
+        .unwrap();
+    // The second: no snapshot uses anything; every pack goes, every file is rewritten.
+    let opts = PruneOptions {
+        grace: 0,
+        delete_now: true,
+        ..Default::default()
+    };
+    let pruner = Repository::open(repo.backend().clone(), b"pw").unwrap();
+    let plan = prune::plan(&pruner, &opts, &NoProgress).unwrap();
+    let res = prune::run(&pruner, &plan, &opts, &NoProgress).unwrap();
+    assert_eq!(res.index_files_deleted, 2);
+    let host = reopened_above(&repo, &kept, 25);
+    assert_eq!(runs(&kept), built, "buried, not built again");
+    let idx = host.index().read().unwrap();
+    assert!(a.iter().chain(&b).all(|id| !idx.contains(id)));
+    drop(idx);
+    // Nothing left to change: nothing written, whatever the size of the one file left.
+    let plan = prune::plan(&pruner, &opts, &NoProgress).unwrap();
+    let res = prune::run(&pruner, &plan, &opts, &NoProgress).unwrap();
+    assert_eq!((res.index_files_written, res.index_files_deleted), (0, 0));
+}
+
 fn run_backup(repo: &Arc<Repository>, src: &Path) -> Id {
     repo.load_index().unwrap();
     let opts = BackupOptions {
@@ -249,8 +329,6 @@ fn prune_rewrites_only_what_changes(plan_on_disk: bool) {
     let drop_snap = run_backup(&repo, &src.join("two"));
     let two: Vec<Id> = {
         let idx = repo.index().read().unwrap();
-        let keep_blobs: Vec<Id> = Vec::new();
-        drop(keep_blobs);
         files_since(&repo, &file_keep)
             .iter()
             .flat_map(|f| entries(&repo, f))

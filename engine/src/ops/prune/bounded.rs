@@ -161,6 +161,7 @@ pub(super) fn plan(
         bases,
         sorted: claims,
         in_force,
+        heads,
         ..
     } = read;
     let names = repo.index().read().expect("index lock").files.clone();
@@ -169,6 +170,7 @@ pub(super) fn plan(
         index_files: names.len() as u64,
         read_files: names,
         live_index: in_force.iter().map(|(id, _)| *id).collect(),
+        heads,
         claim_reads: reads,
         ..Default::default()
     };
@@ -341,6 +343,8 @@ struct Claims {
     /// Every claim of the files in force, by blob id.
     sorted: Sorted,
     in_force: Vec<(Id, String)>,
+    /// Each file in force: the blobs it lists and the files it supersedes.
+    heads: HashMap<Id, (usize, Vec<Id>)>,
     /// What any file read supersedes.
     supersedes: HashSet<Id>,
 }
@@ -361,6 +365,7 @@ fn read_claims(
     let mut supersedes: HashSet<Id> = HashSet::new();
     let mut claims = Builder::new(dir, mem)?;
     let mut in_force = Vec::new();
+    let mut heads = HashMap::new();
     for group in names.chunks(DECODERS * 2) {
         let files = parallel_map_n(DECODERS, group, |(id, name)| {
             Ok((*id, repo.read_index_file(name)?))
@@ -370,6 +375,8 @@ fn read_claims(
             let live = !superseded.contains(&id);
             if live {
                 in_force.push((id, name.clone()));
+                let blobs = f.packs.iter().map(|p| p.blobs.len()).sum();
+                heads.insert(id, (blobs, f.supersedes.clone()));
             }
             for p in f.packs {
                 named.insert(p.id.to_hex());
@@ -399,6 +406,7 @@ fn read_claims(
         bases,
         sorted: claims.into_sorted()?,
         in_force,
+        heads,
         supersedes,
     })
 }

@@ -49,9 +49,14 @@ pub const ORPHAN_MIN_AGE: i64 = 3600;
 /// Blobs per index file written by prune (about 5 MiB each).
 const BLOBS_PER_INDEX_FILE: usize = 100_000;
 
-/// Index files with fewer blobs are rewritten by every prune, consolidated (a backup writes a
-/// small file each run).
+/// Index files with fewer blobs are rewritten, consolidated, when there are two or more (a
+/// backup writes a small file each run).
 pub const SMALL_INDEX_FILE: usize = BLOBS_PER_INDEX_FILE / 2;
+
+/// At most this many ids of files that rewritten files superseded are superseded again by the
+/// last file a prune writes (128 KiB): a host whose kept index covers a file that two prunes
+/// in a row rewrote learns from it what replaced that file, without building again.
+const CARRIED_SUPERSEDES: usize = 4096;
 
 /// How an index file in force lists a pack: enough to tell whether prune's entry for the pack
 /// is the same (its claims are the first listing's, less refuted ones).
@@ -122,7 +127,8 @@ pub struct PruneOptions {
     /// while no other command writes to the repository.
     pub delete_now: bool,
     /// Index files in force with fewer blobs are rewritten, consolidated, even when none of
-    /// their listings changes ([`SMALL_INDEX_FILE`]; tests set it).
+    /// their listings changes, when there are two or more ([`SMALL_INDEX_FILE`]; tests set
+    /// it).
     pub small_index_file: usize,
 }
 
@@ -261,6 +267,8 @@ pub struct PrunePlan {
     live_index: Vec<Id>,
     /// How each of them lists its packs, in reading order (a plan in memory).
     listed: Vec<(Id, Vec<Listed>)>,
+    /// Each of them: the blobs it lists and the files it supersedes.
+    heads: HashMap<Id, (usize, Vec<Id>)>,
     /// Packs that hold a used blob (the one copy counted), with their upload times.
     referenced: Vec<(ObjectId, FileKind, Option<i64>)>,
     orphan_names: Vec<(FileKind, String, u64)>,
@@ -343,6 +351,19 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .iter()
         .filter(|(id, _)| !superseded.contains(id))
         .map(|(id, f)| (*id, f.packs.iter().map(Listed::of).collect()))
+        .collect();
+    plan.heads = files
+        .iter()
+        .filter(|(id, _)| !superseded.contains(id))
+        .map(|(id, f)| {
+            (
+                *id,
+                (
+                    f.packs.iter().map(|p| p.blobs.len()).sum(),
+                    f.supersedes.clone(),
+                ),
+            )
+        })
         .collect();
     let mut packs = crate::index::merge_entries(
         files

@@ -13,6 +13,7 @@ use crate::repo::Repository;
 
 use super::{
     Decision, FilePacks, Listings, PruneOptions, PrunePlan, PruneResult, BLOBS_PER_INDEX_FILE,
+    CARRIED_SUPERSEDES,
 };
 use crate::id::ObjectId;
 use std::collections::HashMap;
@@ -144,9 +145,17 @@ pub fn run(
         .copied()
         .collect();
     let mut stay: Vec<FilePacks> = Vec::new();
+    // Small files are consolidated when there are two or more.
+    let small = |id: &Id| {
+        plan.heads
+            .get(id)
+            .is_some_and(|h| h.0 < opts.small_index_file)
+    };
+    let consolidate = plan.live_index.iter().filter(|id| small(id)).count() >= 2;
+    // What the rewritten files superseded is superseded again (a host may cover those).
+    let mut carried: Vec<Id> = Vec::new();
     let mut file = |id: Id, listings: Listings| -> Result<()> {
-        let mut same =
-            listings.iter().map(|(l, _)| l.blobs).sum::<usize>() >= opts.small_index_file;
+        let mut same = !(consolidate && small(&id));
         let mut entries = Vec::new();
         for (listed, merged) in listings {
             let Some(mut p) = merged else {
@@ -180,6 +189,10 @@ pub fn run(
             return Ok(());
         }
         gone.push(id);
+        if let Some((_, s)) = plan.heads.get(&id) {
+            let room = CARRIED_SUPERSEDES.saturating_sub(carried.len());
+            carried.extend(s.iter().take(room).copied());
+        }
         for p in entries {
             index.push(p)?;
         }
@@ -204,7 +217,13 @@ pub fn run(
         }
         Some(b) => b.for_each_file(repo, &mut file)?,
     }
-    let (count, written) = index.finish(&gone)?;
+    let mut supersedes = gone.clone();
+    let known: std::collections::HashSet<Id> = gone.iter().copied().collect();
+    carried.retain(|id| !known.contains(id));
+    carried.sort();
+    carried.dedup();
+    supersedes.extend(carried);
+    let (count, written) = index.finish(&supersedes)?;
     res.index_files_written = count;
     res.index_files_kept = stay.len() as u64;
 
