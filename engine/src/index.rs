@@ -246,14 +246,10 @@ pub struct Index {
     /// Packs whose records in the run file are buried (their index files were rewritten
     /// since it was built): lookups pass them by, a pack listed again has a new position.
     dead: Vec<bool>,
-    /// Of the run file's disputed blobs: the packs whose copy won (a lookup finds it), with
-    /// the claims each made, and, for blobs of two packs, how many copies each losing pack
-    /// holds.
-    won: HashMap<u32, u64>,
+    /// Of the run file's disputed blobs: the packs whose copy won (a lookup finds it) and,
+    /// for blobs of two packs, how many copies each losing pack holds.
+    won: std::collections::HashSet<u32>,
     lost: HashMap<u32, u64>,
-    /// The claims (blob records) of each pack's first listing, by position (0 for the packs
-    /// of a kept run file's table).
-    claims: Vec<u32>,
 }
 
 /// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
@@ -374,7 +370,6 @@ impl Index {
                 idx.pack_pos.insert(p.id, idx.packs.len() as u32);
                 idx.packs.push(PackInfo::of_entry(p));
             }
-            idx.claims = vec![0; idx.packs.len()];
             return Some((idx, covered));
         }
         None
@@ -384,11 +379,11 @@ impl Index {
     /// rewrote those files): lookups pass their records by, and a pack listed again (by the
     /// files that replaced them, added next) is added anew. A pack another covered file
     /// still lists stays. Blobs two packs claimed stop counting as disputed when the losing
-    /// pack is buried. Returns the buried packs whose copy of a disputed blob won, with the
-    /// claims each made: unless each is listed live again with as many
-    /// ([`lists_again`](Index::lists_again)), a lookup could miss a copy the run file did
-    /// not keep (the caller then builds the index again).
-    pub fn bury(&mut self, gone: &[Id]) -> Vec<(ObjectId, u64)> {
+    /// pack is buried. Returns `false`, burying nothing, when one of the files lists a pack
+    /// whose copy of a disputed blob the run file kept: the file that made that claim may be
+    /// the one rewritten without it (refuted, or the pack deleted), and the run file did not
+    /// keep the other copies, so the caller builds the index again.
+    pub fn bury(&mut self, gone: &[Id]) -> bool {
         let gone: std::collections::HashSet<&Id> = gone.iter().collect();
         let mut stays = std::collections::HashSet::new();
         let mut buried = std::collections::HashSet::new();
@@ -400,8 +395,10 @@ impl Index {
             };
             set.extend(packs.iter().copied());
         }
+        if buried.iter().any(|p| self.won.contains(p)) {
+            return false;
+        }
         self.file_packs.retain(|(id, _)| !gone.contains(id));
-        let mut winners = Vec::new();
         for pos in buried.into_iter().filter(|p| !stays.contains(p)) {
             let Some(p) = self.packs.get(pos as usize) else {
                 continue;
@@ -411,21 +408,10 @@ impl Index {
             }
             self.dead[pos as usize] = true;
             self.pack_pos.remove(&p.id);
-            if let Some(claims) = self.won.get(&pos) {
-                winners.push((p.id, *claims));
-            }
             let settled = self.lost.remove(&pos).unwrap_or(0) as usize;
             self.disputed_blobs = self.disputed_blobs.saturating_sub(settled);
         }
-        winners
-    }
-
-    /// The index in force lists the pack live, with at least `claims` blob records.
-    pub fn lists_again(&self, id: &ObjectId, claims: u64) -> bool {
-        self.pack_pos.get(id).is_some_and(|p| {
-            self.packs[*p as usize].mark.is_none()
-                && u64::from(self.claims.get(*p as usize).copied().unwrap_or(0)) >= claims
-        })
+        true
     }
 
     fn is_dead(&self, pos: u32) -> bool {
@@ -444,7 +430,7 @@ impl Index {
     fn meta(&self, covered: &[Id]) -> Meta {
         let packs_of: HashMap<&Id, &Vec<u32>> =
             self.file_packs.iter().map(|(id, p)| (id, p)).collect();
-        let mut won: Vec<(u32, u64)> = self.won.iter().map(|(p, n)| (*p, *n)).collect();
+        let mut won: Vec<u32> = self.won.iter().copied().collect();
         won.sort_unstable();
         let mut lost: Vec<(u32, u64)> = self.lost.iter().map(|(p, n)| (*p, *n)).collect();
         lost.sort_unstable();
@@ -539,8 +525,7 @@ impl Index {
         match done {
             Ok((built, file)) => {
                 self.disputed_blobs = built.disputed as usize;
-                let claims = |p: u32| u64::from(self.claims.get(p as usize).copied().unwrap_or(0));
-                self.won = built.won.iter().map(|p| (*p, claims(*p))).collect();
+                self.won = built.won;
                 self.lost = built.lost;
                 self.run = Some(file);
             }
@@ -636,9 +621,6 @@ impl Index {
                 let pos = self.packs.len() as u32;
                 self.packs.push(PackInfo::of_entry(p));
                 self.pack_pos.insert(p.id, pos);
-                self.claims.resize(pos as usize, 0);
-                self.claims
-                    .push(u32::try_from(p.blobs.len()).unwrap_or(u32::MAX));
                 pos
             }
         };
@@ -812,8 +794,9 @@ fn covers_of(covered: &[Id]) -> [u8; 32] {
 }
 
 const META_MAGIC: &[u8; 8] = b"CBIXMETA";
-/// Version 2 adds each covered file's packs and the disputes' winners and losers.
-const META_VERSION: u32 = 2;
+/// Version 3 adds each covered file's packs and the disputes' winners and losers (version 2
+/// was a layout of them that main carried for a day).
+const META_VERSION: u32 = 3;
 
 /// The companion file of a kept run file (format-spec 16): the index files it covers with the
 /// packs each lists, the pack table in position order (as an index file without blob
@@ -822,7 +805,7 @@ const META_VERSION: u32 = 2;
 struct Meta {
     disputed: u64,
     files: Vec<(Id, Vec<u32>)>,
-    won: Vec<(u32, u64)>,
+    won: Vec<u32>,
     lost: Vec<(u32, u64)>,
     bases: HashMap<(u32, BlobId), BlobId>,
     table: IndexFile,
@@ -845,12 +828,11 @@ impl Meta {
             out.extend_from_slice(&id.0);
             u32s(&mut out, packs);
         }
-        for pairs in [&self.won, &self.lost] {
-            out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
-            for (p, n) in pairs {
-                out.extend_from_slice(&p.to_le_bytes());
-                out.extend_from_slice(&n.to_le_bytes());
-            }
+        u32s(&mut out, &self.won);
+        out.extend_from_slice(&(self.lost.len() as u64).to_le_bytes());
+        for (p, n) in &self.lost {
+            out.extend_from_slice(&p.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
         }
         let mut bases: Vec<_> = self.bases.iter().collect();
         bases.sort();
@@ -899,15 +881,16 @@ impl Meta {
                 .collect::<Option<_>>()?;
             files.push((id, packs));
         }
-        let mut pairs = || -> Option<Vec<(u32, u64)>> {
-            let n = usize::try_from(u64_of(take(8)?)?).ok()?;
-            take(n.checked_mul(12)?)?
-                .chunks_exact(12)
-                .map(|c| Some((u32_of(&c[..4])?, u64_of(&c[4..])?)))
-                .collect()
-        };
-        let won = pairs()?;
-        let lost = pairs()?;
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let won: Vec<u32> = take(n.checked_mul(4)?)?
+            .chunks_exact(4)
+            .map(u32_of)
+            .collect::<Option<_>>()?;
+        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
+        let lost: Vec<(u32, u64)> = take(n.checked_mul(12)?)?
+            .chunks_exact(12)
+            .map(|c| Some((u32_of(&c[..4])?, u64_of(&c[4..])?)))
+            .collect::<Option<_>>()?;
         let n = usize::try_from(u64_of(take(8)?)?).ok()?;
         let mut bases = HashMap::new();
         for c in take(n.checked_mul(68)?)?.chunks_exact(68) {
@@ -924,7 +907,8 @@ impl Meta {
         if at != body.len()
             || !bases.keys().all(|(p, _)| in_table(p))
             || !files.iter().flat_map(|(_, p)| p).all(in_table)
-            || !won.iter().chain(&lost).all(|(p, _)| in_table(p))
+            || !won.iter().all(in_table)
+            || !lost.iter().all(|(p, _)| in_table(p))
         {
             return None;
         }
@@ -1140,7 +1124,7 @@ mod tests {
     /// every count fits what remains (the hash alone does not make it so).
     #[test]
     fn a_companion_file_names_only_packs_of_its_table() {
-        let meta = |files: Vec<u32>, won: Vec<(u32, u64)>, lost: Vec<(u32, u64)>| Meta {
+        let meta = |files: Vec<u32>, won: Vec<u32>, lost: Vec<(u32, u64)>| Meta {
             disputed: 1,
             files: vec![(Id([1; 32]), files)],
             won,
@@ -1151,12 +1135,12 @@ mod tests {
                 packs: vec![entry(1, None), entry(2, None)],
             },
         };
-        let ok = Meta::decode(&meta(vec![0, 1], vec![(1, 9)], vec![(0, 3)]).encode()).unwrap();
+        let ok = Meta::decode(&meta(vec![0, 1], vec![1], vec![(0, 3)]).encode()).unwrap();
         assert_eq!(ok.files, vec![(Id([1; 32]), vec![0, 1])]);
-        assert_eq!((ok.won, ok.lost), (vec![(1, 9)], vec![(0, 3)]));
+        assert_eq!((ok.won, ok.lost), (vec![1], vec![(0, 3)]));
         for bad in [
             meta(vec![2], vec![], vec![]),
-            meta(vec![], vec![(2, 1)], vec![]),
+            meta(vec![], vec![2], vec![]),
             meta(vec![], vec![], vec![(7, 1)]),
         ] {
             assert!(Meta::decode(&bad.encode()).is_none());

@@ -728,8 +728,8 @@ impl Repository {
     /// rewrote them) are buried: their packs' records in the run file are passed by, and the
     /// files that replace them are added like any new one. `None` when there is none to use,
     /// when a covered file is gone that no file supersedes, when the new files hold more than
-    /// `above` blobs, or when a buried pack held a disputed blob's kept copy and is not listed
-    /// live again: the caller then builds it again.
+    /// `above` blobs, or when a superseded file lists a pack whose copy of a disputed blob the
+    /// run file kept: the caller then builds it again.
     fn load_kept(
         &self,
         dir: &std::path::Path,
@@ -779,16 +779,12 @@ impl Repository {
         if blobs > above {
             return Ok(None);
         }
-        let winners = idx.bury(&gone);
+        if !idx.bury(&gone) {
+            return Ok(None);
+        }
         for (id, name) in new.iter().filter(|(id, _)| !superseded.contains(id)) {
             let f = self.read_index_file(name)?;
             idx.add_file(*id, &f);
-        }
-        if !winners
-            .iter()
-            .all(|(p, claims)| idx.lists_again(p, *claims))
-        {
-            return Ok(None);
         }
         if let Some(e) = idx.run_error() {
             return Err(Error::Other(format!(

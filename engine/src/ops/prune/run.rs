@@ -144,6 +144,7 @@ pub fn run(
         .filter(|id| !in_force.contains(id))
         .copied()
         .collect();
+    let superseded_read = gone.len();
     let mut stay: Vec<FilePacks> = Vec::new();
     // Small files are consolidated when there are two or more.
     let small = |id: &Id| {
@@ -154,6 +155,7 @@ pub fn run(
     let consolidate = plan.live_index.iter().filter(|id| small(id)).count() >= 2;
     // What the rewritten files superseded is superseded again (a host may cover those).
     let mut carried: Vec<Id> = Vec::new();
+    let mut carried_set: std::collections::HashSet<Id> = std::collections::HashSet::new();
     let mut file = |id: Id, listings: Listings| -> Result<()> {
         let mut same = !(consolidate && small(&id));
         let mut entries = Vec::new();
@@ -190,8 +192,11 @@ pub fn run(
         }
         gone.push(id);
         if let Some((_, s)) = plan.heads.get(&id) {
-            let room = CARRIED_SUPERSEDES.saturating_sub(carried.len());
-            carried.extend(s.iter().take(room).copied());
+            for old in s {
+                if carried.len() < CARRIED_SUPERSEDES && carried_set.insert(*old) {
+                    carried.push(*old);
+                }
+            }
         }
         for p in entries {
             index.push(p)?;
@@ -217,12 +222,17 @@ pub fn run(
         }
         Some(b) => b.for_each_file(repo, &mut file)?,
     }
-    let mut supersedes = gone.clone();
-    let known: std::collections::HashSet<Id> = gone.iter().copied().collect();
-    carried.retain(|id| !known.contains(id));
-    carried.sort();
-    carried.dedup();
-    supersedes.extend(carried);
+    // The files read that another supersedes need superseding again only with those it
+    // rewrites (a file left as it was keeps superseding them): with nothing rewritten and no
+    // pack written, nothing is written.
+    let rewrote = gone.len() > superseded_read;
+    let mut supersedes = Vec::new();
+    if rewrote || index.has_written() {
+        let known: std::collections::HashSet<Id> = gone.iter().copied().collect();
+        carried.retain(|id| !known.contains(id));
+        supersedes = gone.clone();
+        supersedes.extend(carried);
+    }
     let (count, written) = index.finish(&supersedes)?;
     res.index_files_written = count;
     res.index_files_kept = stay.len() as u64;
@@ -347,6 +357,11 @@ impl<'a> IndexWriter<'a> {
         self.files += 1;
         self.ids.push((id, f.packs.iter().map(|p| p.id).collect()));
         Ok(())
+    }
+
+    /// Some pack was pushed (the last file will list packs).
+    fn has_written(&self) -> bool {
+        self.files > 0 || !self.batch.is_empty()
     }
 
     /// Writes the last file, superseding `old`; returns how many were written, and their ids
