@@ -37,6 +37,9 @@ impl StreamError {
 }
 pub(super) type DirResult = std::result::Result<BlobId, String>;
 
+/// What [`Ctx::check`] says when the run failed and another thread holds its first error.
+pub(super) const ABORTED: &str = "backup aborted";
+
 pub(super) enum Pending {
     Ready(Node),
     File(Node, Slot<FileResult>, PathBuf),
@@ -98,6 +101,20 @@ impl Ctx {
         self.warn(path, msg);
     }
 
+    /// `e`, or the run's first error in its place when `e` only says that the run stopped
+    /// ([`ABORTED`]) and a worker has put the first error back since.
+    pub(super) fn first_error(&self, e: Error) -> Error {
+        match e {
+            Error::Other(m) if m == ABORTED => self
+                .fatal
+                .lock()
+                .expect("fatal")
+                .take()
+                .unwrap_or(Error::Other(m)),
+            e => e,
+        }
+    }
+
     pub(super) fn fail(&self, e: Error) {
         self.failed.store(true, Ordering::SeqCst);
         let mut f = self.fatal.lock().expect("fatal");
@@ -118,14 +135,20 @@ impl Ctx {
         }
     }
 
+    /// The run's first error, once (a worker that takes it puts it back with
+    /// [`fail`](Self::fail)): a caller that comes while another holds it gets the
+    /// interruption, when that is what stopped the run, or [`ABORTED`] (see
+    /// [`first_error`](Self::first_error)).
     pub(super) fn check(&self) -> Result<()> {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(self
-                .fatal
-                .lock()
-                .expect("fatal")
-                .take()
-                .unwrap_or_else(|| Error::Other("backup aborted".into())));
+            let first = self.fatal.lock().expect("fatal").take();
+            return Err(first.unwrap_or_else(|| {
+                if crate::ops::interrupted() {
+                    crate::stop::error(String::new)
+                } else {
+                    Error::Other(ABORTED.into())
+                }
+            }));
         }
         if crate::ops::interrupted() {
             return Err(crate::stop::error(String::new));

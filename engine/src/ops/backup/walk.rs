@@ -297,7 +297,7 @@ pub(super) fn backup_paths(
     }
     scanner_stop.store(true, Ordering::SeqCst);
     let _ = scanner.join();
-    walk_result?;
+    walk_result.map_err(|e| ctx.first_error(e))?;
     ctx.check()?;
 
     let mut out = Vec::new();
