@@ -1008,7 +1008,32 @@ mod tests {
             assert_eq!(f.get(&id_of(1)).unwrap().unwrap().pack, 5);
             assert_eq!(f.get(&id_of(2)).unwrap().unwrap().pack, 4);
             assert_eq!(f.get(&id_of(3)).unwrap().unwrap().pack, 9);
+            // The winner of id 1's dispute; no loser of a two-pack dispute (three packs).
+            assert_eq!(built.won, [5].into());
+            assert!(built.lost.is_empty());
         }
+    }
+
+    /// The disputes' winners and losers: a pack's tree flag (the top bit) does not make it
+    /// another pack, and the copies a pack loses add up over ids.
+    #[test]
+    fn disputes_name_their_packs_without_the_tree_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = 1 << 31;
+        let recs = vec![
+            // One pack holding id 1 as a tree and as data: no dispute.
+            rec(1, 3 | tree),
+            rec(1, 3),
+            // Pack 4 wins ids 2 (trees) and 3 (data) over pack 6.
+            rec(2, 4 | tree),
+            rec(2, 6 | tree),
+            rec(3, 4),
+            rec(3, 6),
+        ];
+        let (_, built) = build(dir.path(), &recs, 1000, &no_rank);
+        assert_eq!(built.disputed, 2);
+        assert_eq!(built.won, [4].into());
+        assert_eq!(built.lost, [(6, 2)].into());
     }
 
     /// A damaged cache file is an error naming it, never a wrong answer: a changed byte in a
