@@ -399,13 +399,11 @@ impl Index {
             return false;
         }
         self.file_packs.retain(|(id, _)| !gone.contains(id));
+        self.dead.resize(self.packs.len(), false);
         for pos in buried.into_iter().filter(|p| !stays.contains(p)) {
             let Some(p) = self.packs.get(pos as usize) else {
                 continue;
             };
-            if self.dead.len() < self.packs.len() {
-                self.dead.resize(self.packs.len(), false);
-            }
             self.dead[pos as usize] = true;
             self.pack_pos.remove(&p.id);
             let settled = self.lost.remove(&pos).unwrap_or(0) as usize;

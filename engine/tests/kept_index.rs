@@ -11,7 +11,6 @@ use chunkbak_engine::backend::FileKind;
 use chunkbak_engine::format::index::{Mark, PackEntry};
 use chunkbak_engine::format::pack::BlobKind;
 use chunkbak_engine::id::Id;
-use chunkbak_engine::ops::backup::{backup, BackupOptions};
 use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions};
 use chunkbak_engine::progress::NoProgress;
 use chunkbak_engine::Repository;
@@ -125,45 +124,23 @@ fn a_file_superseding_covered_files_buries_their_packs() {
     }
 }
 
-/// A blob two packs claim: the kept run holds the copy that won. When the file that listed
-/// the winner is rewritten without it, the other copy must be found: the run does not hold
-/// it, so the index is built again.
-#[test]
-fn a_buried_winner_of_a_disputed_blob_makes_the_index_built_again() {
-    let d = tempfile::tempdir().unwrap();
-    let repo = common::repo(d.path());
-    let kept = d.path().join("index");
-    let a = indexed(&repo, 1, 20);
-    let file_a = repo.index_file_ids().unwrap();
-    // Another pack (a second host's copy) holds a[..10] too.
-    let mut other = entries(&repo, &file_a[0]).remove(0);
-    other.id = Id([7; 32]);
-    other.blobs.retain(|b| a[..10].contains(&b.id));
-    prune::write_index_files(&repo, vec![other], &[]).unwrap();
-    let file_o = files_since(&repo, &file_a);
-    let first = reopened(&repo, &kept);
-    let idx = first.index().read().unwrap();
-    assert!(idx.disputed_blobs > 0);
-    let winner = idx.live_pack_of(&a[0]).unwrap();
-    drop(idx);
-    drop(first);
-    let built = runs(&kept);
-    let (gone, survivor) = if winner == Id([7; 32]) {
-        (&file_o, entries(&repo, &file_a[0])[0].id)
-    } else {
-        (&file_a, Id([7; 32]))
-    };
-    prune::write_index_files(&repo, Vec::new(), gone).unwrap();
-    let again = reopened(&repo, &kept);
-    let idx = again.index().read().unwrap();
-    assert_eq!(idx.live_pack_of(&a[0]), Some(survivor));
-    assert_ne!(runs(&kept), built, "built again");
+/// A repository whose 20 blobs `a` are in A's pack (`pa`, in `file_a`), with `a[..10]` also
+/// claimed live by a pack of id 7 (`other`, in `file_o`); a host's index kept in `kept` above
+/// `above` blobs, and the pack whose copy of `a[0]` the run file kept.
+struct TwoCopies {
+    _d: tempfile::TempDir,
+    repo: Repository,
+    kept: std::path::PathBuf,
+    a: Vec<Id>,
+    pa: PackEntry,
+    other: PackEntry,
+    file_a: Vec<Id>,
+    file_o: Vec<Id>,
+    winner: Id,
+    built: Vec<String>,
 }
 
-/// As above, when the winner's file is rewritten listing it live again but without the
-/// claim it won (prune dropped a claim it refuted): built again too.
-#[test]
-fn a_winner_listed_again_without_its_claim_makes_the_index_built_again() {
+fn two_copies(above: usize) -> TwoCopies {
     let d = tempfile::tempdir().unwrap();
     let repo = common::repo(d.path());
     let kept = d.path().join("index");
@@ -175,21 +152,61 @@ fn a_winner_listed_again_without_its_claim_makes_the_index_built_again() {
     other.blobs.retain(|b| a[..10].contains(&b.id));
     prune::write_index_files(&repo, vec![other.clone()], &[]).unwrap();
     let file_o = files_since(&repo, &file_a);
-    let first = reopened_above(&repo, &kept, 25);
-    let winner = first.index().read().unwrap().live_pack_of(&a[0]).unwrap();
+    let first = reopened_above(&repo, &kept, above);
+    let idx = first.index().read().unwrap();
+    assert!(idx.disputed_blobs > 0);
+    let winner = idx.live_pack_of(&a[0]).unwrap();
+    drop(idx);
     drop(first);
     let built = runs(&kept);
-    let (mut again, gone, survivor) = if winner == other.id {
-        (other, &file_o, pa.id)
+    TwoCopies {
+        _d: d,
+        repo,
+        kept,
+        a,
+        pa,
+        other,
+        file_a,
+        file_o,
+        winner,
+        built,
+    }
+}
+
+/// A blob two packs claim: the kept run holds the copy that won. When the file that listed
+/// the winner is rewritten without it, the other copy must be found: the run does not hold
+/// it, so the index is built again.
+#[test]
+fn a_buried_winner_of_a_disputed_blob_makes_the_index_built_again() {
+    let t = two_copies(5);
+    let (gone, survivor) = if t.winner == t.other.id {
+        (&t.file_o, t.pa.id)
     } else {
-        (pa, &file_a, Id([7; 32]))
+        (&t.file_a, t.other.id)
     };
-    again.blobs.retain(|b| b.id != a[0]);
-    prune::write_index_files(&repo, vec![again], gone).unwrap();
-    let host = reopened_above(&repo, &kept, 25);
+    prune::write_index_files(&t.repo, Vec::new(), gone).unwrap();
+    let again = reopened(&t.repo, &t.kept);
+    let idx = again.index().read().unwrap();
+    assert_eq!(idx.live_pack_of(&t.a[0]), Some(survivor));
+    assert_ne!(runs(&t.kept), t.built, "built again");
+}
+
+/// As above, when the winner's file is rewritten listing it live again but without the
+/// claim it won (prune dropped a claim it refuted): built again too.
+#[test]
+fn a_winner_listed_again_without_its_claim_makes_the_index_built_again() {
+    let t = two_copies(25);
+    let (mut again, gone, survivor) = if t.winner == t.other.id {
+        (t.other.clone(), &t.file_o, t.pa.id)
+    } else {
+        (t.pa.clone(), &t.file_a, t.other.id)
+    };
+    again.blobs.retain(|b| b.id != t.a[0]);
+    prune::write_index_files(&t.repo, vec![again], gone).unwrap();
+    let host = reopened_above(&t.repo, &t.kept, 25);
     let idx = host.index().read().unwrap();
-    assert_eq!(idx.live_pack_of(&a[0]), Some(survivor));
-    assert_ne!(runs(&kept), built, "built again");
+    assert_eq!(idx.live_pack_of(&t.a[0]), Some(survivor));
+    assert_ne!(runs(&t.kept), t.built, "built again");
 }
 
 /// A dispute whose losing pack is buried is settled (no judging of claims for nothing), and
@@ -296,19 +313,6 @@ fn a_host_that_missed_a_prune_buries_what_two_prunes_rewrote() {
     assert_eq!((res.index_files_written, res.index_files_deleted), (0, 0));
 }
 
-fn run_backup(repo: &Arc<Repository>, src: &Path) -> Id {
-    repo.load_index().unwrap();
-    let opts = BackupOptions {
-        paths: vec![src.to_path_buf()],
-        host: "h".into(),
-        threads: 2,
-        ..Default::default()
-    };
-    backup(repo, opts, Arc::new(NoProgress)).unwrap();
-    let snaps = repo.snapshots().unwrap();
-    snaps.iter().map(|(id, s)| (s.time, *id)).max().unwrap().1
-}
-
 /// prune rewrites only the index files whose listings change: another host's kept index
 /// survives it (no build), finds what stays, not what went, and checks clean; a prune with
 /// nothing to do writes no index file. With the plan in memory and sorted on disk.
@@ -324,9 +328,9 @@ fn prune_rewrites_only_what_changes(plan_on_disk: bool) {
             std::fs::write(src.join(dir).join(format!("f{i}")), data).unwrap();
         }
     }
-    let keep = run_backup(&repo, &src.join("one"));
+    let keep = common::backup(&repo, &src.join("one"));
     let file_keep = repo.index_file_ids().unwrap();
-    let drop_snap = run_backup(&repo, &src.join("two"));
+    let drop_snap = common::backup(&repo, &src.join("two"));
     let two: Vec<Id> = {
         let idx = repo.index().read().unwrap();
         files_since(&repo, &file_keep)

@@ -11,21 +11,9 @@ use chunkbak_engine::backend::FileKind;
 use chunkbak_engine::format::snapshot::Snapshot;
 use chunkbak_engine::format::tree::NodeKind;
 use chunkbak_engine::id::{BlobId, Id};
-use chunkbak_engine::ops::backup::{backup, BackupOptions};
 use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions};
 use chunkbak_engine::progress::NoProgress;
 use chunkbak_engine::Repository;
-
-fn run_backup(repo: &Arc<Repository>, src: &Path) {
-    repo.load_index().unwrap();
-    let opts = BackupOptions {
-        paths: vec![src.to_path_buf()],
-        host: "h".into(),
-        threads: 2,
-        ..Default::default()
-    };
-    backup(repo, opts, Arc::new(NoProgress)).unwrap();
-}
 
 /// The subtree of the directory named `name` anywhere under `tree`.
 fn find_dir(repo: &Repository, tree: BlobId, name: &[u8]) -> Option<BlobId> {
@@ -55,11 +43,11 @@ fn with_a_copy_of_a_tree(d: &Path, fill: u8) -> (Arc<Repository>, (Id, Snapshot)
         let data = vec![i + fill; 3000 + usize::from(i)];
         std::fs::write(dir.join(format!("f{i}")), data).unwrap();
     }
-    run_backup(&repo, &src);
+    common::backup(&repo, &src);
     let first = repo.snapshots().unwrap()[0].clone();
     let tree = find_dir(&repo, first.1.tree, b"the-directory").unwrap();
     std::fs::write(src.join("copy-of-a-tree"), repo.read_blob(&tree).unwrap()).unwrap();
-    run_backup(&repo, &src);
+    common::backup(&repo, &src);
     let snaps = repo.snapshots().unwrap();
     assert_eq!(snaps.len(), 2);
     let second = snaps
