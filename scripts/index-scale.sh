@@ -17,8 +17,10 @@ cargo build --release --quiet --bin chunkbak --example synth_repo --example load
 rm -rf "$DIR.src" "$DIR.cache"
 if [ -z "${REUSE:-}" ] || [ ! -d "$DIR" ]; then
   rm -rf "$DIR"
-  # 64 KiB packs of 64-byte blobs: about 800 blobs a pack, index files of 100,000 blobs.
-  /usr/bin/time -f "synth: %e s, %M KiB" target/release/examples/synth_repo "$DIR" "$BLOBS" 65536
+  # 64 KiB packs of 64-byte blobs, index files of 100,000 blobs: about 800 blobs a pack, or
+  # PER_PACK (32: as 32 MiB packs of 1 MiB chunks, a real repository's number of packs).
+  /usr/bin/time -f "synth: %e s, %M KiB" target/release/examples/synth_repo "$DIR" "$BLOBS" \
+    65536 "${PER_PACK:-0}"
 fi
 MODES=${MODES:-memory disk}
 mkdir -p "$DIR.src"

@@ -1,6 +1,8 @@
 //! Writes a local repository of many small blobs, for measuring prune and the index at scale
-//! (`scripts/prune-scale.sh`, `scripts/index-scale.sh`): `synth_repo DIR BLOBS [PACK_SIZE]`
-//! (a small pack size gives as many blobs per pack as real 1 MiB chunks do). Password: "bench".
+//! (`scripts/prune-scale.sh`, `scripts/index-scale.sh`): `synth_repo DIR BLOBS [PACK_SIZE
+//! [BLOBS_PER_PACK]]` (a small pack size gives more blobs per pack than real 1 MiB chunks do;
+//! BLOBS_PER_PACK closes each pack after that many blobs: 32, as 32 MiB packs of 1 MiB chunks,
+//! gives a real repository's number of packs). Password: "bench".
 //!
 //! Two snapshots, each with its own half of the blobs (1000 files of BLOBS/2000 chunks each);
 //! the script forgets one, so a prune finds half of the packs unused.
@@ -32,6 +34,7 @@ fn main() {
         opts.data_pack_size = size.parse().unwrap();
     }
     let repo = Repository::init(Arc::new(LocalBackend::new(dir)), b"bench", &opts).unwrap();
+    let per_pack: u64 = args.get(4).map_or(0, |n| n.parse().unwrap());
     let files = 1000u64;
     let per_file = blobs / 2 / files;
     // Packs are indexed as they pile up, in files of at most 100,000 blobs (as prune writes
@@ -65,6 +68,9 @@ fn main() {
                     .flat_map(|i| (n ^ (i << 56)).to_le_bytes())
                     .collect();
                 chunks.push(saver.save(BlobKind::Data, &data).unwrap().0);
+                if per_pack > 0 && (c + 1) % per_pack == 0 {
+                    index(saver.finish().unwrap(), false);
+                }
             }
             nodes.push(Node {
                 name: format!("f{f:04}").into_bytes(),

@@ -12,6 +12,7 @@ use crate::format::pack::BlobKind;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
 use crate::indexrun::{self, RunFile};
+use crate::packtable;
 
 /// A pack known to the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,12 +213,24 @@ pub(crate) fn blob_record_of(
 
 /// Where every blob is. Loading an index collects its blobs into one sorted array of 48-byte
 /// entries (binary search, no per-entry overhead), or, for a repository larger than the memory
-/// allowed, into a sorted run file read a block at a time ([`Index::loading_on_disk`]); blobs
-/// added afterwards (a backup's new packs) go into a small hash map, searched first.
+/// allowed, into a sorted run file read a block at a time ([`Index::loading_on_disk`]), with
+/// its pack table in a file too ([`packtable`]); blobs added afterwards (a backup's new packs)
+/// go into a small hash map, searched first.
 #[derive(Default)]
 pub struct Index {
+    /// The packs in memory: every pack of an index in memory; of an index on disk, those
+    /// added after it was sealed, from position `table.len()` on.
     packs: Vec<PackInfo>,
+    /// Positions of the packs in `packs`.
     pack_pos: HashMap<ObjectId, u32>,
+    /// An index on disk: the packs it was sealed with, by position.
+    table: Option<packtable::Table>,
+    /// The ids of `table`'s packs, sorted, each with its position (record field `pack`).
+    table_ids: Option<RunFile>,
+    /// Packs of `table` listed live since it was written (their record is marked).
+    revived: std::collections::HashSet<u32>,
+    /// While an index on disk loads: its pack table being written.
+    table_out: Option<TableOut>,
     /// Sorted by id, one entry per id (after [`seal`](Index::seal)).
     sorted: Vec<Entry>,
     /// While loading: entries are appended to `sorted` unsorted, and sorted once at the end.
@@ -252,6 +265,18 @@ pub struct Index {
     lost: HashMap<u32, u64>,
 }
 
+/// The pack table of an index on disk while it loads: the records (in a file), the packs'
+/// positions by id, which are marked, and the ids' sort (written as a run file at the seal).
+struct TableOut {
+    writer: packtable::Writer,
+    positions: packtable::Positions,
+    marked: Vec<bool>,
+    ids: indexrun::Builder,
+}
+
+/// Ids of packs sorted in memory at a time for an index on disk's table (3 MiB).
+const TABLE_SORT_RECORDS: usize = 1 << 16;
+
 /// Bytes of memory per indexed blob in the loaded (sorted) part of an index.
 pub const BYTES_PER_BLOB: usize = std::mem::size_of::<Entry>();
 
@@ -282,10 +307,17 @@ impl Index {
         let run_dir = sort_folder(dir)?;
         let mut builder = indexrun::Builder::new(&run_dir.path().join("tmp"), mem_records)?;
         builder.expect(blobs as u64);
+        let table_out = TableOut {
+            writer: packtable::Writer::new(&run_dir.path().join("packs.tmp"))?,
+            positions: packtable::Positions::default(),
+            marked: Vec::new(),
+            ids: indexrun::Builder::new(&run_dir.path().join("tmp-packs"), TABLE_SORT_RECORDS)?,
+        };
         Ok(Index {
             loading: true,
             run_dir: Some(run_dir),
             builder: Some(builder),
+            table_out: Some(table_out),
             ..Self::default()
         })
     }
@@ -309,13 +341,12 @@ impl Index {
     /// the last pack is added; as [`loading_to_keep`](Index::loading_to_keep) when they are
     /// known only at the end).
     pub fn keep_as(&mut self, dir: &Path, files: Vec<(Id, Vec<ObjectId>)>) {
-        self.file_packs = files
-            .iter()
-            .map(|(id, packs)| {
-                let pos = packs.iter().filter_map(|p| self.pack_pos.get(p).copied());
-                (*id, pos.collect())
-            })
-            .collect();
+        let mut file_packs = Vec::with_capacity(files.len());
+        for (id, packs) in &files {
+            let pos = packs.iter().filter_map(|p| self.pos_of(p));
+            file_packs.push((*id, pos.collect()));
+        }
+        self.file_packs = file_packs;
         self.keep = Some((
             dir.to_path_buf(),
             files.into_iter().map(|(id, _)| id).collect(),
@@ -336,9 +367,12 @@ impl Index {
                 continue;
             };
             let run_path = dir.join(format!("run-{hex}.run"));
+            let table_path = dir.join(format!("run-{hex}.packs"));
+            let ids_path = dir.join(format!("run-{hex}.pids"));
             let drop_both = || {
-                let _ = std::fs::remove_file(e.path());
-                let _ = std::fs::remove_file(&run_path);
+                for p in [e.path(), run_path.clone(), table_path.clone(), ids_path.clone()] {
+                    let _ = std::fs::remove_file(p);
+                }
             };
             let Ok(Some(meta)) = std::fs::read(e.path()).map(|b| Meta::decode(&b)) else {
                 drop_both();
@@ -350,15 +384,28 @@ impl Index {
                 drop_both();
                 continue;
             }
-            let run = match RunFile::open(&run_path) {
-                Ok(r) if r.covers() == covers => r,
-                _ => {
-                    drop_both();
-                    continue;
-                }
+            let opened = (
+                RunFile::open(&run_path),
+                packtable::Table::open(&table_path),
+                RunFile::open(&ids_path),
+            );
+            let (Ok(run), Ok(table), Ok(ids)) = opened else {
+                drop_both();
+                continue;
             };
-            let mut idx = Index {
+            if run.covers() != covers
+                || table.covers() != covers
+                || ids.covers() != covers
+                || table.len() != meta.packs
+                || ids.len() != meta.packs
+            {
+                drop_both();
+                continue;
+            }
+            let idx = Index {
                 run: Some(run),
+                table: Some(table),
+                table_ids: Some(ids),
                 disputed_blobs: meta.disputed as usize,
                 bases: meta.bases,
                 file_packs: meta.files,
@@ -366,10 +413,6 @@ impl Index {
                 lost: meta.lost.into_iter().collect(),
                 ..Index::default()
             };
-            for p in &meta.table.packs {
-                idx.pack_pos.insert(p.id, idx.packs.len() as u32);
-                idx.packs.push(PackInfo::of_entry(p));
-            }
             return Some((idx, covered));
         }
         None
@@ -399,13 +442,16 @@ impl Index {
             return false;
         }
         self.file_packs.retain(|(id, _)| !gone.contains(id));
-        self.dead.resize(self.packs.len(), false);
+        let count = self.pack_count();
+        self.dead.resize(count, false);
         for pos in buried.into_iter().filter(|p| !stays.contains(p)) {
-            let Some(p) = self.packs.get(pos as usize) else {
+            if pos as usize >= count {
                 continue;
-            };
+            }
             self.dead[pos as usize] = true;
-            self.pack_pos.remove(&p.id);
+            if let Some(id) = self.packs_in_memory_at(pos).map(|p| p.id) {
+                self.pack_pos.remove(&id);
+            }
             let settled = self.lost.remove(&pos).unwrap_or(0) as usize;
             self.disputed_blobs = self.disputed_blobs.saturating_sub(settled);
         }
@@ -417,11 +463,86 @@ impl Index {
     }
 
     /// The packs of the index in force (those of index files a prune rewrote since the
-    /// index was kept are not; [`packs`](Index::packs) is the table by position).
-    pub fn known_packs(&self) -> impl Iterator<Item = &PackInfo> {
-        (0..self.packs.len() as u32)
+    /// index was kept are not; [`pack`](Index::pack) reads the table by position).
+    pub fn known_packs(&self) -> impl Iterator<Item = PackInfo> + '_ {
+        (0..self.pack_count() as u32)
             .filter(|p| !self.is_dead(*p))
-            .map(|p| &self.packs[p as usize])
+            .filter_map(|p| self.pack(p))
+    }
+
+    /// Packs in the table (positions `0..pack_count()`).
+    pub fn pack_count(&self) -> usize {
+        self.disk_packs() as usize + self.packs.len()
+    }
+
+    /// Packs of the table in a file (the first positions).
+    fn disk_packs(&self) -> u32 {
+        match (&self.table, &self.table_out) {
+            (Some(t), _) => t.len() as u32,
+            (None, Some(o)) => o.writer.len() as u32,
+            (None, None) => 0,
+        }
+    }
+
+    fn packs_in_memory_at(&self, pos: u32) -> Option<&PackInfo> {
+        let n = self.disk_packs();
+        pos.checked_sub(n)
+            .and_then(|i| self.packs.get(i as usize))
+    }
+
+    /// The pack at position `pos` (`None` past the table, while loading for a pack in a
+    /// file, or when the file cannot be read: [`run_error`](Index::run_error) says why).
+    pub fn pack(&self, pos: u32) -> Option<PackInfo> {
+        if pos >= self.disk_packs() {
+            return self.packs_in_memory_at(pos).cloned();
+        }
+        match self.table.as_ref()?.get(pos) {
+            Ok(mut p) => {
+                if self.revived.contains(&pos) {
+                    p.mark = None;
+                }
+                Some(p)
+            }
+            Err(e) => {
+                self.note_run_error(&e);
+                None
+            }
+        }
+    }
+
+    /// The pack at `pos` is marked for deletion (one that cannot be read counts as marked:
+    /// nothing is stored through it).
+    fn is_marked(&self, pos: u32) -> bool {
+        if let Some(o) = &self.table_out {
+            if let Some(m) = o.marked.get(pos as usize) {
+                return *m;
+            }
+        }
+        self.pack(pos).is_none_or(|p| p.mark.is_some())
+    }
+
+    /// The position of pack `id`, if the index in force has it.
+    fn pos_of(&mut self, id: &ObjectId) -> Option<u32> {
+        if let Some(p) = self.pack_pos.get(id) {
+            return Some(*p);
+        }
+        let found = if let Some(o) = &mut self.table_out {
+            let TableOut {
+                writer, positions, ..
+            } = o;
+            positions.get(id, &mut |p| writer.id_at(p))
+        } else if let Some(ids) = &self.table_ids {
+            ids.get(&id.0).map(|r| {
+                r.map(|r| r.pack)
+                    .filter(|p| *p < self.disk_packs() && !self.is_dead(*p))
+            })
+        } else {
+            Ok(None)
+        };
+        found.unwrap_or_else(|e| {
+            self.note_run_error(&e);
+            None
+        })
     }
 
     /// The companion of a kept run file.
@@ -441,10 +562,7 @@ impl Index {
             won,
             lost,
             bases: self.bases.clone(),
-            table: IndexFile {
-                supersedes: Vec::new(),
-                packs: self.packs.iter().map(PackInfo::entry).collect(),
-            },
+            packs: self.pack_count() as u64,
         }
     }
 
@@ -500,32 +618,47 @@ impl Index {
         if self.run_error().is_some() {
             return;
         }
-        let packs = &self.packs;
+        let Some(out) = self.table_out.take() else {
+            return self.note_run_error(&Error::Other("an index on disk without its pack table".into()));
+        };
+        let marked = &out.marked;
         // A copy in a pack marked for deletion is kept only when no live pack has one.
-        let rank = |r: &indexrun::Record| u8::from(packs[(r.pack & !TOP) as usize].mark.is_some());
-        let (path, covers) = match &self.keep {
+        let rank = |r: &indexrun::Record| u8::from(marked[(r.pack & !TOP) as usize]);
+        let (base, covers) = match &self.keep {
             Some((dir, covered)) => {
                 let covers = covers_of(covered);
-                (dir.join(format!("run-{}.run", Id(covers).to_hex())), covers)
+                (dir.join(format!("run-{}", Id(covers).to_hex())), covers)
             }
             None => (
                 self.run_dir
                     .as_ref()
                     .expect("a run has its folder")
                     .path()
-                    .join("index.run"),
+                    .join("index"),
                 [0u8; 32],
             ),
         };
+        let [path, table_path, ids_path] =
+            ["run", "packs", "pids"].map(|ext| base.with_extension(ext));
         let done = builder
             .finish(&path, covers, &rank)
-            .and_then(|built| Ok((built, RunFile::open(&path)?)));
+            .and_then(|built| Ok((built, RunFile::open(&path)?)))
+            .and_then(|(built, file)| {
+                let TableOut { writer, ids, .. } = out;
+                // Of a pack pushed marked, one no longer marked was listed live since.
+                writer.finish(&table_path, covers, &|p| !marked[p as usize])?;
+                ids.finish(&ids_path, covers, &|_| 0)?;
+                let table = packtable::Table::open(&table_path)?;
+                Ok((built, file, table, RunFile::open(&ids_path)?))
+            });
         match done {
-            Ok((built, file)) => {
+            Ok((built, file, table, ids)) => {
                 self.disputed_blobs = built.disputed as usize;
                 self.won = built.won;
                 self.lost = built.lost;
                 self.run = Some(file);
+                self.table = Some(table);
+                self.table_ids = Some(ids);
             }
             Err(e) => return self.note_run_error(&e),
         }
@@ -591,36 +724,25 @@ impl Index {
     /// Adds every pack of an index file. A pack listed live anywhere is live ("live wins").
     pub fn add_file(&mut self, id: Id, file: &IndexFile) {
         self.files.push(id);
-        for p in &file.packs {
-            self.add_pack(p);
-        }
+        let pos: Vec<u32> = file.packs.iter().map(|p| self.add_pack(p)).collect();
         if self.keep.is_some() {
-            let pos = file
-                .packs
-                .iter()
-                .filter_map(|p| self.pack_pos.get(&p.id).copied());
-            self.file_packs.push((id, pos.collect()));
+            self.file_packs.push((id, pos));
         }
     }
 
-    /// Adds a pack. A pack already known is skipped, except that a live listing revives a
-    /// marked one. A blob stored in several packs is located in a live one when there is one.
-    pub fn add_pack(&mut self, p: &PackEntry) {
-        let pos = match self.pack_pos.get(&p.id) {
-            Some(&pos) => {
-                let known = &mut self.packs[pos as usize];
-                if known.mark.is_none() || p.mark.is_some() {
-                    return;
+    /// Adds a pack, and returns its position. A pack already known is skipped, except that a
+    /// live listing revives a marked one. A blob stored in several packs is located in a
+    /// live one when there is one.
+    pub fn add_pack(&mut self, p: &PackEntry) -> u32 {
+        let pos = match self.pos_of(&p.id) {
+            Some(pos) => {
+                if !self.is_marked(pos) || p.mark.is_some() {
+                    return pos;
                 }
-                known.mark = None;
+                self.revive(pos);
                 pos
             }
-            None => {
-                let pos = self.packs.len() as u32;
-                self.packs.push(PackInfo::of_entry(p));
-                self.pack_pos.insert(p.id, pos);
-                pos
-            }
+            None => self.push_pack(p),
         };
         let live = p.mark.is_none();
         for b in &p.blobs {
@@ -646,7 +768,7 @@ impl Index {
                 }
                 continue;
             }
-            match self.get(&b.id).map(|(p, l)| (p.mark.is_some(), l.pack)) {
+            match self.location(&b.id).map(|l| (self.is_marked(l.pack), l.pack)) {
                 None => {
                     self.recent.insert(b.id, loc);
                 }
@@ -659,6 +781,58 @@ impl Index {
                         self.recent.insert(b.id, loc);
                     }
                 }
+            }
+        }
+        pos
+    }
+
+    /// A new pack at the table's end: in its file while an index on disk loads, else in
+    /// memory.
+    fn push_pack(&mut self, p: &PackEntry) -> u32 {
+        let pos = self.pack_count() as u32;
+        let info = PackInfo::of_entry(p);
+        match &mut self.table_out {
+            Some(o) => {
+                let pushed = o.writer.push(&info).and_then(|()| {
+                    o.ids.push(indexrun::Record {
+                        pack: pos,
+                        ..indexrun::Record::of_id(p.id.0)
+                    })
+                });
+                if let Err(e) = pushed {
+                    self.note_run_error(&e);
+                    return pos;
+                }
+                o.positions.insert(&p.id, pos);
+                o.marked.push(p.mark.is_some());
+            }
+            None => {
+                self.packs.push(info);
+                self.pack_pos.insert(p.id, pos);
+            }
+        }
+        pos
+    }
+
+    /// A marked pack listed live: live from now on.
+    fn revive(&mut self, pos: u32) {
+        if let Some(m) = self
+            .table_out
+            .as_mut()
+            .and_then(|o| o.marked.get_mut(pos as usize))
+        {
+            *m = false;
+            return;
+        }
+        let n = self.disk_packs();
+        match pos.checked_sub(n) {
+            Some(i) => {
+                if let Some(p) = self.packs.get_mut(i as usize) {
+                    p.mark = None;
+                }
+            }
+            None => {
+                self.revived.insert(pos);
             }
         }
     }
@@ -686,8 +860,9 @@ impl Index {
     }
 
     /// Where a blob can be read (live packs first, then packs marked for deletion).
-    pub fn get(&self, id: &BlobId) -> Option<(&PackInfo, BlobLocation)> {
-        self.location(id).map(|l| (&self.packs[l.pack as usize], l))
+    pub fn get(&self, id: &BlobId) -> Option<(PackInfo, BlobLocation)> {
+        let l = self.location(id)?;
+        Some((self.pack(l.pack)?, l))
     }
 
     /// The blob can be read (it is in a live or a marked pack).
@@ -698,7 +873,7 @@ impl Index {
     /// The pack holding a live copy of the blob.
     pub fn live_pack_of(&self, id: &BlobId) -> Option<ObjectId> {
         let l = self.location(id)?;
-        let p = &self.packs[l.pack as usize];
+        let p = self.pack(l.pack)?;
         p.mark.is_none().then_some(p.id)
     }
 
@@ -710,7 +885,7 @@ impl Index {
         let mut at = *id;
         for _ in 0..=MAX_DELTA_DEPTH {
             let l = self.location(&at)?;
-            let p = &self.packs[l.pack as usize];
+            let p = self.pack(l.pack)?;
             if p.mark.is_some() {
                 return None;
             }
@@ -748,10 +923,6 @@ impl Index {
     /// Delta blobs indexed.
     pub fn deltas(&self) -> usize {
         self.bases.len()
-    }
-
-    pub fn packs(&self) -> &[PackInfo] {
-        &self.packs
     }
 }
 
@@ -806,7 +977,8 @@ struct Meta {
     won: Vec<u32>,
     lost: Vec<(u32, u64)>,
     bases: HashMap<(u32, BlobId), BlobId>,
-    table: IndexFile,
+    /// Packs in the pack table (`run-….packs`).
+    packs: u64,
 }
 
 impl Meta {
@@ -840,9 +1012,7 @@ impl Meta {
             out.extend_from_slice(&id.0);
             out.extend_from_slice(&base.0);
         }
-        let table = self.table.encode();
-        out.extend_from_slice(&(table.len() as u64).to_le_bytes());
-        out.extend_from_slice(&table);
+        out.extend_from_slice(&self.packs.to_le_bytes());
         let h = blake3::hash(&out);
         out.extend_from_slice(h.as_bytes());
         out
@@ -898,10 +1068,8 @@ impl Meta {
                 Id(c[36..].try_into().ok()?),
             );
         }
-        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
-        let table = IndexFile::decode(take(n)?, "kept index table").ok()?;
-        let packs = table.packs.len();
-        let in_table = |p: &u32| (*p as usize) < packs;
+        let packs = u64_of(take(8)?)?;
+        let in_table = |p: &u32| u64::from(*p) < packs;
         if at != body.len()
             || !bases.keys().all(|(p, _)| in_table(p))
             || !files.iter().flat_map(|(_, p)| p).all(in_table)
@@ -916,7 +1084,7 @@ impl Meta {
             won,
             lost,
             bases,
-            table,
+            packs,
         })
     }
 }
@@ -1076,26 +1244,41 @@ mod tests {
     }
 
     /// A kept run file is opened again with the pack table and marks of the first, and the
-    /// files it covers; a damaged companion file is dropped with its run file.
+    /// files it covers; a damaged companion file, pack table or table of pack ids is dropped
+    /// with the run file.
     #[test]
     fn a_kept_run_is_used_again_and_a_damaged_one_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("kept");
         let covered = vec![Id([1; 32]), Id([2; 32])];
-        let mut idx = Index::loading_to_keep(&d, 2, 0, covered.clone()).unwrap();
-        idx.add_pack(&with_blobs(1, Some((1, 2)), &[10, 11, 12]));
-        idx.add_pack(&with_blobs(2, None, &[12, 13]));
-        idx.seal();
-        assert!(idx.run_error().is_none());
-        drop(idx);
+        let build = || {
+            let mut idx = Index::loading_to_keep(&d, 2, 0, covered.clone()).unwrap();
+            idx.add_pack(&with_blobs(1, Some((1, 2)), &[10, 11, 12]));
+            idx.add_pack(&with_blobs(2, None, &[12, 13]));
+            // Listed marked, then live: revived in the table written.
+            idx.add_pack(&with_blobs(3, Some((1, 2)), &[14]));
+            idx.add_pack(&with_blobs(3, None, &[14]));
+            idx.seal();
+            assert!(idx.run_error().is_none());
+        };
+        build();
         let id = |b: u8| BlobId::from_bytes([b; 32]);
-        let (kept, cov) = Index::open_kept(&d).expect("kept");
+        let (mut kept, cov) = Index::open_kept(&d).expect("kept");
         assert_eq!(cov, covered);
-        assert_eq!(kept.len(), 4);
+        assert_eq!(kept.len(), 5);
         assert_eq!(kept.live_pack_of(&id(12)), Some(Id([2; 32])));
         assert_eq!(kept.live_pack_of(&id(10)), None, "only in a marked pack");
+        assert_eq!(kept.live_pack_of(&id(14)), Some(Id([3; 32])));
         assert!(kept.contains(&id(10)));
-        assert_eq!(kept.packs().len(), 2);
+        assert_eq!(kept.pack_count(), 3);
+        // A pack of the table found by its id: listed again, it is not added again; listed
+        // live, a marked one is revived.
+        assert_eq!(kept.add_pack(&with_blobs(2, None, &[12, 13])), 1);
+        assert_eq!(kept.add_pack(&with_blobs(1, None, &[10])), 0);
+        assert_eq!(kept.pack_count(), 3);
+        assert_eq!(kept.live_pack_of(&id(10)), Some(Id([1; 32])));
+        assert_eq!(kept.add_pack(&with_blobs(4, None, &[15])), 3);
+        assert_eq!(kept.get(&id(15)).unwrap().0.id, Id([4; 32]));
         drop(kept);
         let files = || {
             let mut v: Vec<_> = std::fs::read_dir(&d)
@@ -1111,11 +1294,17 @@ mod tests {
             .into_iter()
             .find(|p| p.extension().unwrap() == "meta")
             .unwrap();
-        let mut b = std::fs::read(&meta).unwrap();
-        b[20] ^= 1;
-        std::fs::write(&meta, b).unwrap();
-        assert!(Index::open_kept(&d).is_none());
-        assert!(files().is_empty(), "{:?}", files());
+        for (ext, at) in [("meta", 20), ("packs", 20), ("pids", 20), ("run", 20)] {
+            let f = meta.with_extension(ext);
+            let mut b = std::fs::read(&f).unwrap();
+            b[at] ^= 1;
+            std::fs::write(&f, b).unwrap();
+            assert!(Index::open_kept(&d).is_none(), "{ext}");
+            assert!(files().is_empty(), "{ext}: {:?}", files());
+            build();
+            assert_eq!(files().len(), 4);
+            assert!(Index::open_kept(&d).is_some());
+        }
     }
 
     /// A companion file decodes only when every pack position it names is in its table and
@@ -1128,10 +1317,7 @@ mod tests {
             won,
             lost,
             bases: HashMap::new(),
-            table: IndexFile {
-                supersedes: Vec::new(),
-                packs: vec![entry(1, None), entry(2, None)],
-            },
+            packs: 2,
         };
         let ok = Meta::decode(&meta(vec![0, 1], vec![1], vec![(0, 3)]).encode()).unwrap();
         assert_eq!(ok.files, vec![(Id([1; 32]), vec![0, 1])]);

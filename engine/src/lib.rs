@@ -49,6 +49,7 @@ pub mod index;
 pub mod indexrun;
 pub mod ops;
 pub mod packer;
+pub mod packtable;
 pub mod progress;
 pub mod repo;
 pub mod resemble;

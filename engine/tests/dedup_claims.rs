@@ -84,8 +84,7 @@ fn clean(d: &Path, repo: &Repository, on_disk: bool) -> (Vec<String>, bool) {
     let garbage = format!("{:0>64}", 1);
     let idx = r.index().read().unwrap();
     let ids: Vec<_> = idx
-        .packs()
-        .iter()
+        .known_packs()
         .filter(|p| p.kind == ObjectKind::DataPack && p.id.to_hex() != garbage)
         .map(|p| p.id)
         .collect();

@@ -183,10 +183,8 @@ fn missing_in_order(
     let mut at = next()?;
     {
         let idx = repo.index().read().expect("index lock");
-        let stored_pack: Vec<bool> = idx
-            .packs()
-            .iter()
-            .map(|p| stored.contains_key(&p.id.to_hex()))
+        let stored_pack: Vec<bool> = (0..idx.pack_count() as u32)
+            .map(|p| idx.pack(p).is_some_and(|p| stored.contains_key(&p.id.to_hex())))
             .collect();
         idx.for_each_loaded(&mut |id, pack| {
             while let Some(c) = at.filter(|c| *c < id.0) {
@@ -341,7 +339,6 @@ pub fn s3_checksums(
         .read()
         .expect("index lock")
         .known_packs()
-        .cloned()
         .collect();
     progress.message(&format!(
         "asking the store for the CRC32C of {} packs",

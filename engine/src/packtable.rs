@@ -1,0 +1,540 @@
+//! The pack table of an index on disk (format-spec 16): every pack's id, kind, size, CRC32C,
+//! salt and mark in a fixed record of [`RECORD`] bytes, by position, in blocks of
+//! [`BLOCK_ENTRIES`] records with a checksum each. A lookup reads one block (a few are
+//! kept), so an index on disk holds no pack table in memory: a repository of 100 TB has
+//! about 3 million packs of 32 MiB, 300 MB as a table in memory.
+//!
+//! While an index loads, [`Writer`] appends the records to a temporary file (a pack is found
+//! again by its id through [`Positions`], a few bytes a pack), and writes the table when it
+//! is sealed. The ids, sorted, go to a run file ([`crate::indexrun::RunFile`], the pack's
+//! position in the record's `pack` field), through which a later load finds a pack's
+//! position by its id.
+//!
+//! As the run file, this is the cache's format: a file that does not check out (magic,
+//! version, sizes, the checksum of the header and block table, a block's checksum) is an
+//! error the caller answers by rebuilding it, never by trusting it.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::format::index::Mark;
+use crate::format::ObjectKind;
+use crate::id::{Id, ObjectId};
+use crate::index::PackInfo;
+
+pub const MAGIC: &[u8; 8] = b"CBPACKT1";
+pub const VERSION: u32 = 1;
+/// Bytes of one record.
+pub const RECORD: usize = 96;
+/// Records in a block (12 KiB).
+pub const BLOCK_ENTRIES: usize = 128;
+const HEADER: usize = 64;
+/// The footer: BLAKE3 of the header and the block table, then the magic again.
+const FOOTER: usize = 40;
+/// Blocks kept in memory by a reader (768 KiB).
+const CACHED_BLOCKS: usize = 64;
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(
+        path.display().to_string(),
+        format!("{what} (a cache file: it is rebuilt from the repository's index files)"),
+    )
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Other(format!("{}: {e}", path.display()))
+}
+
+fn hash16(b: &[u8]) -> [u8; 16] {
+    blake3::hash(b).as_bytes()[..16].try_into().expect("16")
+}
+
+/// A pack's record: id, size, CRC32C, kind, marked (0 or 1), two zero bytes, the mark's
+/// times (zero when not marked), salt; little-endian.
+pub fn encode(p: &PackInfo) -> [u8; RECORD] {
+    let mut r = [0u8; RECORD];
+    r[..32].copy_from_slice(&p.id.0);
+    r[32..40].copy_from_slice(&p.size.to_le_bytes());
+    r[40..44].copy_from_slice(&p.crc32c.to_le_bytes());
+    r[44] = p.kind as u8;
+    if let Some(m) = p.mark {
+        r[45] = 1;
+        r[48..56].copy_from_slice(&m.at.to_le_bytes());
+        r[56..64].copy_from_slice(&m.delete_after.to_le_bytes());
+    }
+    r[64..].copy_from_slice(&p.salt);
+    r
+}
+
+/// `None` for a record no [`encode`] wrote (a kind that is not a pack's, a flag not 0 or 1).
+pub fn decode(r: &[u8]) -> Option<PackInfo> {
+    let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8"));
+    let kind = ObjectKind::from_u8(r[44])?;
+    if r.len() != RECORD
+        || !matches!(kind, ObjectKind::DataPack | ObjectKind::TreePack)
+        || r[46..48] != [0, 0]
+    {
+        return None;
+    }
+    let mark = match r[45] {
+        0 => None,
+        1 => Some(Mark {
+            at: u64_at(48) as i64,
+            delete_after: u64_at(56) as i64,
+        }),
+        _ => return None,
+    };
+    Some(PackInfo {
+        id: Id(r[..32].try_into().expect("32")),
+        size: u64_at(32),
+        crc32c: u32::from_le_bytes(r[40..44].try_into().expect("4")),
+        kind,
+        salt: r[64..].try_into().expect("32"),
+        mark,
+    })
+}
+
+/// Collects a pack table's records in position order while an index loads, in a temporary
+/// file, then writes the table ([`finish`](Writer::finish)).
+pub struct Writer {
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    n: u64,
+}
+
+impl Writer {
+    pub fn new(tmp: &Path) -> Result<Writer> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(tmp)
+            .map_err(|e| io(tmp, e))?;
+        Ok(Writer {
+            tmp: tmp.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 16, f),
+            n: 0,
+        })
+    }
+
+    /// Appends the record of the pack at position [`len`](Writer::len).
+    pub fn push(&mut self, p: &PackInfo) -> Result<()> {
+        self.out
+            .write_all(&encode(p))
+            .map_err(|e| io(&self.tmp, e))?;
+        self.n += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The id of the pack at `pos` (pushed before).
+    pub fn id_at(&mut self, pos: u32) -> Result<ObjectId> {
+        self.out.flush().map_err(|e| io(&self.tmp, e))?;
+        let mut id = [0u8; 32];
+        self.out
+            .get_ref()
+            .read_exact_at(&mut id, u64::from(pos) * RECORD as u64)
+            .map_err(|e| io(&self.tmp, e))?;
+        Ok(Id(id))
+    }
+
+    /// Writes the table to `path` (as a temporary file, synced, renamed into place), naming
+    /// what it was built from with `covers`; `revived(pos)`: the pack at `pos` was listed
+    /// live after it was pushed marked, and is written unmarked.
+    pub fn finish(self, path: &Path, covers: [u8; 32], revived: &dyn Fn(u32) -> bool) -> Result<()> {
+        let mut input = self
+            .out
+            .into_inner()
+            .map_err(|e| io(&self.tmp, e.into_error()))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = (|| {
+            use std::io::Seek;
+            input
+                .seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| io(&self.tmp, e))?;
+            let mut input = std::io::BufReader::with_capacity(1 << 16, input);
+            let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+            let mut out = BufWriter::with_capacity(1 << 16, f);
+            let blocks = self.n.div_ceil(BLOCK_ENTRIES as u64);
+            let mut header = [0u8; HEADER];
+            header[..8].copy_from_slice(MAGIC);
+            header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+            header[12..16].copy_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
+            header[16..24].copy_from_slice(&self.n.to_le_bytes());
+            header[24..32].copy_from_slice(&blocks.to_le_bytes());
+            header[32..64].copy_from_slice(&covers);
+            out.write_all(&header).map_err(|e| io(&tmp, e))?;
+            let mut fence = Vec::with_capacity(blocks as usize * 16);
+            let mut block = Vec::with_capacity(BLOCK_ENTRIES * RECORD);
+            for b in 0..blocks {
+                let records = (self.n - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
+                block.resize(records as usize * RECORD, 0);
+                input
+                    .read_exact(&mut block)
+                    .map_err(|e| io(&self.tmp, e))?;
+                for (i, r) in block.chunks_exact_mut(RECORD).enumerate() {
+                    if r[45] == 1 && revived((b * BLOCK_ENTRIES as u64) as u32 + i as u32) {
+                        r[45..64].fill(0);
+                    }
+                }
+                fence.extend_from_slice(&hash16(&block));
+                out.write_all(&block).map_err(|e| io(&tmp, e))?;
+            }
+            out.write_all(&fence).map_err(|e| io(&tmp, e))?;
+            let mut h = blake3::Hasher::new();
+            h.update(&header);
+            h.update(&fence);
+            out.write_all(h.finalize().as_bytes())
+                .map_err(|e| io(&tmp, e))?;
+            out.write_all(MAGIC).map_err(|e| io(&tmp, e))?;
+            let f = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+            f.sync_all().map_err(|e| io(&tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+        })();
+        let _ = std::fs::remove_file(&self.tmp);
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+}
+
+type BlockCache = (HashMap<u64, std::sync::Arc<Vec<u8>>>, VecDeque<u64>);
+
+/// A pack table written by [`Writer::finish`], read a block at a time.
+pub struct Table {
+    file: File,
+    path: PathBuf,
+    count: u64,
+    covers: [u8; 32],
+    fence: Vec<[u8; 16]>,
+    cache: Mutex<BlockCache>,
+}
+
+impl Table {
+    /// Opens and checks a table: magic, version, sizes, and the checksum of its header and
+    /// block table (each block is checked when it is read).
+    pub fn open(path: &Path) -> Result<Table> {
+        let file = File::open(path).map_err(|e| io(path, e))?;
+        let len = file.metadata().map_err(|e| io(path, e))?.len();
+        if len < (HEADER + FOOTER) as u64 {
+            return Err(corrupt(path, format!("{len} bytes: too short for a pack table")));
+        }
+        let mut header = [0u8; HEADER];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| io(path, e))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt(path, "not a pack table (magic)"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
+        let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
+        let (version, per_block, count, blocks) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
+        if version != VERSION || per_block as usize != BLOCK_ENTRIES {
+            return Err(corrupt(
+                path,
+                format!("version {version}, {per_block} records a block: not this build's"),
+            ));
+        }
+        if blocks != count.div_ceil(BLOCK_ENTRIES as u64) || count > u64::from(u32::MAX) {
+            return Err(corrupt(path, format!("{count} records in {blocks} blocks")));
+        }
+        // Every size is checked against the file's length before anything is allocated.
+        let want = (HEADER as u64)
+            .checked_add(count.saturating_mul(RECORD as u64))
+            .and_then(|n| n.checked_add(blocks.checked_mul(16)?))
+            .and_then(|n| n.checked_add(FOOTER as u64));
+        if want != Some(len) {
+            return Err(corrupt(
+                path,
+                format!("{len} bytes where {count} records need {want:?}"),
+            ));
+        }
+        let mut fence = vec![0u8; blocks as usize * 16];
+        file.read_exact_at(&mut fence, HEADER as u64 + count * RECORD as u64)
+            .map_err(|e| io(path, e))?;
+        let mut footer = [0u8; FOOTER];
+        file.read_exact_at(&mut footer, len - FOOTER as u64)
+            .map_err(|e| io(path, e))?;
+        let mut h = blake3::Hasher::new();
+        h.update(&header);
+        h.update(&fence);
+        if h.finalize().as_bytes() != &footer[..32] || &footer[32..] != MAGIC {
+            return Err(corrupt(path, "header or block table damaged (checksum)"));
+        }
+        Ok(Table {
+            file,
+            path: path.to_path_buf(),
+            count,
+            covers: header[32..64].try_into().expect("32"),
+            fence: fence
+                .chunks_exact(16)
+                .map(|f| f.try_into().expect("16"))
+                .collect(),
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// What the table was built from, as given to [`Writer::finish`].
+    pub fn covers(&self) -> [u8; 32] {
+        self.covers
+    }
+
+    /// Block `b`, checked against its hash.
+    fn block(&self, b: u64) -> Result<std::sync::Arc<Vec<u8>>> {
+        if let Some(x) = self.cache.lock().expect("table cache").0.get(&b) {
+            return Ok(x.clone());
+        }
+        let records = (self.count - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
+        let mut buf = vec![0u8; records as usize * RECORD];
+        self.file
+            .read_exact_at(&mut buf, HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64)
+            .map_err(|e| io(&self.path, e))?;
+        if hash16(&buf) != self.fence[b as usize] {
+            return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
+        }
+        let buf = std::sync::Arc::new(buf);
+        let mut c = self.cache.lock().expect("table cache");
+        if c.1.len() >= CACHED_BLOCKS {
+            if let Some(old) = c.1.pop_front() {
+                c.0.remove(&old);
+            }
+        }
+        c.0.insert(b, buf.clone());
+        c.1.push_back(b);
+        Ok(buf)
+    }
+
+    /// The pack at position `pos` (an error past the end, or for a damaged record).
+    pub fn get(&self, pos: u32) -> Result<PackInfo> {
+        let pos = u64::from(pos);
+        if pos >= self.count {
+            return Err(corrupt(
+                &self.path,
+                format!("pack position {pos} past the table's {} packs", self.count),
+            ));
+        }
+        let block = self.block(pos / BLOCK_ENTRIES as u64)?;
+        let i = (pos % BLOCK_ENTRIES as u64) as usize * RECORD;
+        decode(&block[i..i + RECORD])
+            .ok_or_else(|| corrupt(&self.path, format!("pack record {pos} invalid")))
+    }
+}
+
+/// Pack ids to positions while an index loads, in 8 bytes a pack: the ids' first four bytes
+/// (keyed hashes: they spread evenly), sorted, with those added since the last merge in a
+/// small map. A key found is checked against the pack's id (by the caller's `id_at`); ids that
+/// share their first four bytes with one already here are kept whole, aside.
+#[derive(Default)]
+pub struct Positions {
+    keys: Vec<u32>,
+    pos: Vec<u32>,
+    recent: HashMap<u32, u32>,
+    whole: HashMap<ObjectId, u32>,
+}
+
+/// Keys added before they are merged into the sorted ones.
+const RECENT: usize = 1 << 16;
+
+fn key(id: &ObjectId) -> u32 {
+    u32::from_be_bytes(id.0[..4].try_into().expect("4"))
+}
+
+impl Positions {
+    /// The position of pack `id`; `id_at(pos)` reads the id of the pack at `pos`.
+    pub fn get(
+        &self,
+        id: &ObjectId,
+        id_at: &mut dyn FnMut(u32) -> Result<ObjectId>,
+    ) -> Result<Option<u32>> {
+        if let Some(p) = self.whole.get(id) {
+            return Ok(Some(*p));
+        }
+        let k = key(id);
+        let found = match self.recent.get(&k) {
+            Some(p) => Some(*p),
+            None => self.keys.binary_search(&k).ok().map(|i| self.pos[i]),
+        };
+        match found {
+            Some(p) if id_at(p)? == *id => Ok(Some(p)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds pack `id` at `pos` (not added before: [`get`](Positions::get) found nothing).
+    pub fn insert(&mut self, id: &ObjectId, pos: u32) {
+        let k = key(id);
+        if self.recent.contains_key(&k) || self.keys.binary_search(&k).is_ok() {
+            self.whole.insert(*id, pos);
+            return;
+        }
+        self.recent.insert(k, pos);
+        if self.recent.len() >= RECENT {
+            self.merge();
+        }
+    }
+
+    /// Merges the recent keys into the sorted ones, in place from the back.
+    fn merge(&mut self) {
+        let mut add: Vec<(u32, u32)> = self.recent.drain().collect();
+        add.sort_unstable();
+        let old = self.keys.len();
+        self.keys.resize(old + add.len(), 0);
+        self.pos.resize(old + add.len(), 0);
+        let (mut i, mut j) = (old, add.len());
+        let mut w = self.keys.len();
+        while j > 0 {
+            w -= 1;
+            if i > 0 && self.keys[i - 1] > add[j - 1].0 {
+                i -= 1;
+                self.keys[w] = self.keys[i];
+                self.pos[w] = self.pos[i];
+            } else {
+                j -= 1;
+                (self.keys[w], self.pos[w]) = add[j];
+            }
+        }
+    }
+
+    /// Bytes of memory held.
+    pub fn resident_bytes(&self) -> usize {
+        self.keys.capacity() * 8 + self.recent.capacity() * 9 + self.whole.capacity() * 37
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(i: u32, marked: bool) -> PackInfo {
+        PackInfo {
+            id: Id(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+            kind: if i % 3 == 0 {
+                ObjectKind::TreePack
+            } else {
+                ObjectKind::DataPack
+            },
+            size: u64::from(i) * 1000 + 7,
+            crc32c: i.wrapping_mul(2_654_435_761),
+            salt: [i as u8; 32],
+            mark: marked.then_some(Mark {
+                at: i64::from(i),
+                delete_after: i64::from(i) + 86_400,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_table_reads_back_every_pack_and_revived_ones_unmarked() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [0u32, 1, 127, 128, 129, 1000] {
+            let mut w = Writer::new(&dir.path().join("t.tmp")).unwrap();
+            for i in 0..n {
+                w.push(&pack(i, i % 2 == 1)).unwrap();
+            }
+            if n > 5 {
+                assert_eq!(w.id_at(5).unwrap(), pack(5, true).id);
+            }
+            let path = dir.path().join("t.packs");
+            w.finish(&path, [n as u8; 32], &|p| p % 4 == 1).unwrap();
+            let t = Table::open(&path).unwrap();
+            assert_eq!((t.len(), t.covers()), (u64::from(n), [n as u8; 32]));
+            for i in 0..n {
+                let marked = i % 2 == 1 && i % 4 != 1;
+                assert_eq!(t.get(i).unwrap(), pack(i, marked), "{n} {i}");
+            }
+            assert!(t.get(n).is_err());
+            assert!(!dir.path().join("t.tmp").exists());
+        }
+    }
+
+    #[test]
+    fn a_damaged_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.packs");
+        let mut w = Writer::new(&dir.path().join("t.tmp")).unwrap();
+        for i in 0..300 {
+            w.push(&pack(i, false)).unwrap();
+        }
+        w.finish(&path, [0; 32], &|_| false).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        // A record's byte: that block is refused, the others read.
+        let mut b = good.clone();
+        b[HEADER + 130 * RECORD + 40] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        let t = Table::open(&path).unwrap();
+        let e = t.get(130).unwrap_err().to_string();
+        assert!(e.contains("block 1 damaged") && e.contains("t.packs"), "{e}");
+        assert_eq!(t.get(3).unwrap(), pack(3, false));
+        // The header, the block table, a truncation: refused at open.
+        for at in [20, good.len() - FOOTER - 3] {
+            let mut b = good.clone();
+            b[at] ^= 1;
+            std::fs::write(&path, &b).unwrap();
+            assert!(Table::open(&path).is_err(), "{at}");
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(Table::open(&path).is_err());
+        // A record with a kind that is not a pack's, its block's checksum made good.
+        let mut b = good.clone();
+        b[HEADER + 2 * RECORD + 44] = ObjectKind::Index as u8;
+        let sum = hash16(&b[HEADER..HEADER + BLOCK_ENTRIES * RECORD]);
+        let fence = HEADER + 300 * RECORD;
+        b[fence..fence + 16].copy_from_slice(&sum);
+        let mut h = blake3::Hasher::new();
+        h.update(&b[..HEADER]);
+        h.update(&b[fence..fence + 3 * 16]);
+        let foot = b.len() - FOOTER;
+        b[foot..foot + 32].copy_from_slice(h.finalize().as_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let t = Table::open(&path).unwrap();
+        assert!(t.get(2).unwrap_err().to_string().contains("record 2 invalid"));
+        assert_eq!(t.get(1).unwrap(), pack(1, false));
+    }
+
+    #[test]
+    fn positions_find_every_pack_and_tell_ids_that_share_a_key_apart() {
+        let mut ids: Vec<ObjectId> = (0..200_000u32).map(|i| pack(i, false).id).collect();
+        // Ids whose first four bytes are another's.
+        for i in 0..50u32 {
+            let mut x = ids[i as usize];
+            x.0[31] ^= 0xff;
+            ids.push(x);
+        }
+        let mut p = Positions::default();
+        let mut id_at = |pos: u32| Ok(ids[pos as usize]);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(p.get(id, &mut id_at).unwrap(), None, "{i}");
+            p.insert(id, i as u32);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(p.get(id, &mut id_at).unwrap(), Some(i as u32), "{i}");
+        }
+        let mut other = ids[7];
+        other.0[20] ^= 1;
+        assert_eq!(p.get(&other, &mut id_at).unwrap(), None);
+        assert!(p.whole.len() >= 50);
+        assert!(p.keys.windows(2).all(|w| w[0] < w[1]));
+        assert!(p.resident_bytes() < 250_050 * 12 + (1 << 16) * 20);
+    }
+}
