@@ -30,7 +30,7 @@ pub struct PackInfo {
 /// Where one blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLocation {
-    /// Position of the pack in [`Index::packs`].
+    /// Position of the pack in the index's pack table ([`Index::pack`]).
     pub pack: u32,
     pub offset: u32,
     pub length: u32,
@@ -370,7 +370,12 @@ impl Index {
             let table_path = dir.join(format!("run-{hex}.packs"));
             let ids_path = dir.join(format!("run-{hex}.pids"));
             let drop_both = || {
-                for p in [e.path(), run_path.clone(), table_path.clone(), ids_path.clone()] {
+                for p in [
+                    e.path(),
+                    run_path.clone(),
+                    table_path.clone(),
+                    ids_path.clone(),
+                ] {
                     let _ = std::fs::remove_file(p);
                 }
             };
@@ -486,8 +491,7 @@ impl Index {
 
     fn packs_in_memory_at(&self, pos: u32) -> Option<&PackInfo> {
         let n = self.disk_packs();
-        pos.checked_sub(n)
-            .and_then(|i| self.packs.get(i as usize))
+        pos.checked_sub(n).and_then(|i| self.packs.get(i as usize))
     }
 
     /// The pack at position `pos` (`None` past the table, while loading for a pack in a
@@ -619,7 +623,9 @@ impl Index {
             return;
         }
         let Some(out) = self.table_out.take() else {
-            return self.note_run_error(&Error::Other("an index on disk without its pack table".into()));
+            return self.note_run_error(&Error::Other(
+                "an index on disk without its pack table".into(),
+            ));
         };
         let marked = &out.marked;
         // A copy in a pack marked for deletion is kept only when no live pack has one.
@@ -768,7 +774,10 @@ impl Index {
                 }
                 continue;
             }
-            match self.location(&b.id).map(|l| (self.is_marked(l.pack), l.pack)) {
+            match self
+                .location(&b.id)
+                .map(|l| (self.is_marked(l.pack), l.pack))
+            {
                 None => {
                     self.recent.insert(b.id, loc);
                 }
@@ -963,14 +972,14 @@ fn covers_of(covered: &[Id]) -> [u8; 32] {
 }
 
 const META_MAGIC: &[u8; 8] = b"CBIXMETA";
-/// Version 3 adds each covered file's packs and the disputes' winners and losers (version 2
+/// Version 4 moves the pack table to a file of its own (`packtable`). Version 3 added each
+/// covered file's packs and the disputes' winners and losers (version 2
 /// was a layout of them that main carried for a day).
-const META_VERSION: u32 = 3;
+const META_VERSION: u32 = 4;
 
 /// The companion file of a kept run file (format-spec 16): the index files it covers with the
-/// packs each lists, the pack table in position order (as an index file without blob
-/// records), the delta bases, the disputed blobs with the packs that won and lost them, and a
-/// BLAKE3 of it all at the end.
+/// packs each lists, the delta bases, the disputed blobs with the packs that won and lost
+/// them, the number of packs in the pack table, and a BLAKE3 of it all at the end.
 struct Meta {
     disputed: u64,
     files: Vec<(Id, Vec<u32>)>,

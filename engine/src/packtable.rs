@@ -154,7 +154,12 @@ impl Writer {
     /// Writes the table to `path` (as a temporary file, synced, renamed into place), naming
     /// what it was built from with `covers`; `revived(pos)`: the pack at `pos` was listed
     /// live after it was pushed marked, and is written unmarked.
-    pub fn finish(self, path: &Path, covers: [u8; 32], revived: &dyn Fn(u32) -> bool) -> Result<()> {
+    pub fn finish(
+        self,
+        path: &Path,
+        covers: [u8; 32],
+        revived: &dyn Fn(u32) -> bool,
+    ) -> Result<()> {
         let mut input = self
             .out
             .into_inner()
@@ -182,9 +187,7 @@ impl Writer {
             for b in 0..blocks {
                 let records = (self.n - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
                 block.resize(records as usize * RECORD, 0);
-                input
-                    .read_exact(&mut block)
-                    .map_err(|e| io(&self.tmp, e))?;
+                input.read_exact(&mut block).map_err(|e| io(&self.tmp, e))?;
                 for (i, r) in block.chunks_exact_mut(RECORD).enumerate() {
                     if r[45] == 1 && revived((b * BLOCK_ENTRIES as u64) as u32 + i as u32) {
                         r[45..64].fill(0);
@@ -231,7 +234,10 @@ impl Table {
         let file = File::open(path).map_err(|e| io(path, e))?;
         let len = file.metadata().map_err(|e| io(path, e))?.len();
         if len < (HEADER + FOOTER) as u64 {
-            return Err(corrupt(path, format!("{len} bytes: too short for a pack table")));
+            return Err(corrupt(
+                path,
+                format!("{len} bytes: too short for a pack table"),
+            ));
         }
         let mut header = [0u8; HEADER];
         file.read_exact_at(&mut header, 0)
@@ -308,7 +314,10 @@ impl Table {
         let records = (self.count - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
         let mut buf = vec![0u8; records as usize * RECORD];
         self.file
-            .read_exact_at(&mut buf, HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64)
+            .read_exact_at(
+                &mut buf,
+                HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64,
+            )
             .map_err(|e| io(&self.path, e))?;
         if hash16(&buf) != self.fence[b as usize] {
             return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
@@ -484,7 +493,10 @@ mod tests {
         std::fs::write(&path, &b).unwrap();
         let t = Table::open(&path).unwrap();
         let e = t.get(130).unwrap_err().to_string();
-        assert!(e.contains("block 1 damaged") && e.contains("t.packs"), "{e}");
+        assert!(
+            e.contains("block 1 damaged") && e.contains("t.packs"),
+            "{e}"
+        );
         assert_eq!(t.get(3).unwrap(), pack(3, false));
         // The header, the block table, a truncation: refused at open.
         for at in [20, good.len() - FOOTER - 3] {
@@ -508,8 +520,62 @@ mod tests {
         b[foot..foot + 32].copy_from_slice(h.finalize().as_bytes());
         std::fs::write(&path, &b).unwrap();
         let t = Table::open(&path).unwrap();
-        assert!(t.get(2).unwrap_err().to_string().contains("record 2 invalid"));
+        assert!(t
+            .get(2)
+            .unwrap_err()
+            .to_string()
+            .contains("record 2 invalid"));
         assert_eq!(t.get(1).unwrap(), pack(1, false));
+    }
+
+    /// format-spec.md 16's pack table vector: two packs, one marked, one block.
+    #[test]
+    fn the_spec_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(&dir.path().join("t.tmp")).unwrap();
+        let packs = [
+            PackInfo {
+                id: Id([0xa1; 32]),
+                kind: ObjectKind::DataPack,
+                size: 33_554_432,
+                crc32c: 0x0102_0304,
+                salt: [0x5a; 32],
+                mark: None,
+            },
+            PackInfo {
+                id: Id([0xb2; 32]),
+                kind: ObjectKind::TreePack,
+                size: 4096,
+                crc32c: 0,
+                salt: [0x6b; 32],
+                mark: Some(Mark {
+                    at: 1_767_225_600,
+                    delete_after: 1_767_830_400,
+                }),
+            },
+        ];
+        for p in &packs {
+            w.push(p).unwrap();
+        }
+        let path = dir.path().join("t.packs");
+        w.finish(&path, [0; 32], &|_| false).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), HEADER + 2 * RECORD + 16 + FOOTER);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let spec = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md"),
+        )
+        .unwrap();
+        let flat: String = spec.split_whitespace().collect();
+        assert!(
+            flat.contains(&hex),
+            "format-spec.md 16 lacks the pack table vector {hex}"
+        );
+        let t = Table::open(&path).unwrap();
+        assert_eq!(
+            (t.get(0).unwrap(), t.get(1).unwrap()),
+            (packs[0].clone(), packs[1].clone())
+        );
     }
 
     #[test]

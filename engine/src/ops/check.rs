@@ -184,7 +184,10 @@ fn missing_in_order(
     {
         let idx = repo.index().read().expect("index lock");
         let stored_pack: Vec<bool> = (0..idx.pack_count() as u32)
-            .map(|p| idx.pack(p).is_some_and(|p| stored.contains_key(&p.id.to_hex())))
+            .map(|p| {
+                idx.pack(p)
+                    .is_some_and(|p| stored.contains_key(&p.id.to_hex()))
+            })
             .collect();
         idx.for_each_loaded(&mut |id, pack| {
             while let Some(c) = at.filter(|c| *c < id.0) {
