@@ -433,23 +433,26 @@ impl Index {
     /// keep the other copies, so the caller builds the index again.
     pub fn bury(&mut self, gone: &[Id]) -> bool {
         let gone: std::collections::HashSet<&Id> = gone.iter().collect();
-        let mut stays = std::collections::HashSet::new();
-        let mut buried = std::collections::HashSet::new();
-        for (id, packs) in &self.file_packs {
-            let set = if gone.contains(id) {
-                &mut buried
-            } else {
-                &mut stays
-            };
-            set.extend(packs.iter().copied());
-        }
+        // The packs of the files gone (few), less those another covered file lists (of
+        // millions of packs, only these are collected).
+        let mut buried: std::collections::HashSet<u32> = self
+            .file_packs
+            .iter()
+            .filter(|(id, _)| gone.contains(id))
+            .flat_map(|(_, packs)| packs.iter().copied())
+            .collect();
         if buried.iter().any(|p| self.won.contains(p)) {
             return false;
         }
+        let mut stays: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        for (_, packs) in self.file_packs.iter().filter(|(id, _)| !gone.contains(id)) {
+            stays.extend(packs.iter().filter(|p| buried.contains(*p)).copied());
+        }
+        buried.retain(|p| !stays.contains(p));
         self.file_packs.retain(|(id, _)| !gone.contains(id));
         let count = self.pack_count();
         self.dead.resize(count, false);
-        for pos in buried.into_iter().filter(|p| !stays.contains(p)) {
+        for pos in buried {
             if pos as usize >= count {
                 continue;
             }
