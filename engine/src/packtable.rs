@@ -438,7 +438,7 @@ mod tests {
     fn pack(i: u32, marked: bool) -> PackInfo {
         PackInfo {
             id: Id(*blake3::hash(&i.to_le_bytes()).as_bytes()),
-            kind: if i % 3 == 0 {
+            kind: if i.is_multiple_of(3) {
                 ObjectKind::TreePack
             } else {
                 ObjectKind::DataPack
