@@ -723,8 +723,8 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
     let r = small(&["check", "--read-data"]);
     assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
     assert!(r.out().contains(" 0 problems"), "{}", r.out());
-    // Kept for the next run, per repository: one run file and its companion, no temporary
-    // folder or file.
+    // Kept for the next run, per repository: the run file, its pack table and pack ids, and
+    // their companion; no temporary folder or file.
     let index_dir = e.path("xdg-cache/chunkbak/index");
     let repos: Vec<_> = fs::read_dir(&index_dir).unwrap().flatten().collect();
     assert_eq!(repos.len(), 1, "{repos:?}");
@@ -734,15 +734,45 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     kept.sort();
-    assert_eq!(kept.len(), 2, "{kept:?}");
-    assert!(
-        kept[0].starts_with("run-") && kept[0].ends_with(".meta"),
-        "{kept:?}"
-    );
-    assert!(
-        kept[1].starts_with("run-") && kept[1].ends_with(".run"),
-        "{kept:?}"
-    );
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    for (k, ext) in kept.iter().zip([".meta", ".packs", ".pids", ".run"]) {
+        assert!(k.starts_with("run-") && k.ends_with(ext), "{kept:?}");
+    }
+
+    // A block of a kept file damaged after it was opened and checked: the run that reads it
+    // stops, naming the file, and the next run builds the kept files again instead of
+    // reading the damage again.
+    for (i, ext) in [".packs", ".run"].into_iter().enumerate() {
+        let name = kept.iter().find(|k| k.ends_with(ext)).unwrap();
+        let f = repos[0].path().join(name);
+        let mut b = fs::read(&f).unwrap();
+        // The first record of the first block (the header is 64 bytes).
+        b[64 + 40] ^= 0xff;
+        b[64 + 10] ^= 0xff;
+        fs::write(&f, b).unwrap();
+        let t = e.path(&format!("damaged-{i}"));
+        let r = small(&[
+            "restore",
+            &format!("latest:{s}"),
+            "--target",
+            t.to_str().unwrap(),
+        ]);
+        assert_ne!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+        assert!(
+            r.stderr.contains(name.as_str()) && r.stderr.contains("damaged"),
+            "{}",
+            r.stderr
+        );
+        let t = e.path(&format!("rebuilt-{i}"));
+        let r = small(&[
+            "restore",
+            &format!("latest:{s}"),
+            "--target",
+            t.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
+        e.compare(&src, &t, &[]);
+    }
 
     fs::remove_dir_all(&index_dir).unwrap();
     fs::write(&index_dir, "not a folder").unwrap();

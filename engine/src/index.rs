@@ -253,6 +253,9 @@ pub struct Index {
     run_error: Mutex<Option<String>>,
     /// Where the run file is kept for later loads, and the index files it covers.
     keep: Option<(std::path::PathBuf, Vec<Id>)>,
+    /// The kept files this index reads (companion first): removed at its first read error,
+    /// so that the next load builds them again instead of reading the damage again.
+    kept_files: Vec<std::path::PathBuf>,
     /// The packs each index file added lists, by position (for a kept run file: a later load
     /// buries the packs of the files a prune rewrote).
     file_packs: Vec<(Id, Vec<u32>)>,
@@ -408,6 +411,7 @@ impl Index {
                 continue;
             }
             let idx = Index {
+                kept_files: vec![e.path(), run_path, table_path, ids_path],
                 run: Some(run),
                 table: Some(table),
                 table_ids: Some(ids),
@@ -579,10 +583,13 @@ impl Index {
     }
 
     fn note_run_error(&self, e: &Error) {
-        self.run_error
-            .lock()
-            .expect("run error")
-            .get_or_insert_with(|| e.to_string());
+        let mut first = self.run_error.lock().expect("run error");
+        if first.is_none() {
+            *first = Some(e.to_string());
+            for f in &self.kept_files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
     }
 
     /// A sealed index of these pack entries.
@@ -680,6 +687,7 @@ impl Index {
                 let _ = std::fs::remove_file(&tmp);
                 return self.note_run_error(&Error::Other(format!("{}: {e}", meta.display())));
             }
+            self.kept_files = vec![meta, path, table_path, ids_path];
             // Older kept files of this repository go (a reader that has one open keeps it).
             let ours = format!("run-{}.", Id(covers).to_hex());
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
