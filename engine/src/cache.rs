@@ -138,6 +138,11 @@ impl Cache {
 
     /// Removes cached objects of a kind that are not in `keep` (deleted from the repository).
     pub fn retain(&self, fk: FileKind, keep: &HashSet<String>) {
+        self.retain_by(fk, &|name| keep.contains(name));
+    }
+
+    /// As [`retain`](Cache::retain), keeping the objects `keep` says yes to.
+    pub fn retain_by(&self, fk: FileKind, keep: &dyn Fn(&str) -> bool) {
         if !self.keeps(fk) {
             return;
         }
@@ -162,7 +167,7 @@ impl Cache {
                     .and_then(|t| SystemTime::now().duration_since(t).ok())
                     .is_none_or(|age| age < KEEP_YOUNG);
                 // Temp files of crashed runs go when old; cached objects when gone and old.
-                if !young && (name.starts_with(".tmp-") || !keep.contains(&name)) {
+                if !young && (name.starts_with(".tmp-") || !keep(&name)) {
                     let _ = fs::remove_file(e.path());
                 }
             }

@@ -253,9 +253,10 @@ pub struct Index {
     run_error: Mutex<Option<String>>,
     /// Where the run file is kept for later loads, and the index files it covers.
     keep: Option<(std::path::PathBuf, Vec<Id>)>,
-    /// The kept files this index reads (companion first): removed at its first read error,
-    /// so that the next load builds them again instead of reading the damage again.
-    kept_files: Vec<std::path::PathBuf>,
+    /// The kept files this index reads (companion first), with their device and inode:
+    /// removed at its first read error, so that the next load builds them again instead of
+    /// reading the damage again (unless another build replaced them meanwhile).
+    kept_files: Vec<(std::path::PathBuf, u64, u64)>,
     /// The packs each index file added lists, by position (for a kept run file: a later load
     /// buries the packs of the files a prune rewrote).
     file_packs: Vec<(Id, Vec<u32>)>,
@@ -401,17 +402,22 @@ impl Index {
                 drop_both();
                 continue;
             };
+            // Two builds of the same index files share COVERS but not positions: the four
+            // files must be of one build (a crash or another process between the renames
+            // could mix them).
+            let prints = [run.fingerprint(), table.fingerprint(), ids.fingerprint()];
             if run.covers() != covers
                 || table.covers() != covers
                 || ids.covers() != covers
                 || table.len() != meta.packs
                 || ids.len() != meta.packs
+                || prints != meta.prints
             {
                 drop_both();
                 continue;
             }
             let idx = Index {
-                kept_files: vec![e.path(), run_path, table_path, ids_path],
+                kept_files: identified(vec![e.path(), run_path, table_path, ids_path]),
                 run: Some(run),
                 table: Some(table),
                 table_ids: Some(ids),
@@ -468,6 +474,12 @@ impl Index {
             self.disputed_blobs = self.disputed_blobs.saturating_sub(settled);
         }
         true
+    }
+
+    /// Frees the packs each covered file lists, once [`bury`](Index::bury) has used them (4
+    /// bytes a pack; a loaded kept index buries once).
+    pub fn forget_file_packs(&mut self) {
+        self.file_packs = Vec::new();
     }
 
     fn is_dead(&self, pos: u32) -> bool {
@@ -574,6 +586,41 @@ impl Index {
             lost,
             bases: self.bases.clone(),
             packs: self.pack_count() as u64,
+            prints: [
+                self.run.as_ref().map_or([0; 32], RunFile::fingerprint),
+                self.table
+                    .as_ref()
+                    .map_or([0; 32], packtable::Table::fingerprint),
+                self.table_ids.as_ref().map_or([0; 32], RunFile::fingerprint),
+            ],
+        }
+    }
+
+    /// An error when a kept file could not be read (lookups since found nothing in it): the
+    /// kept files are gone, and the next run builds them again.
+    pub fn check_read(&self) -> Result<()> {
+        match self.run_error() {
+            None => Ok(()),
+            Some(e) => Err(Error::Other(format!(
+                "the index kept on disk cannot be read ({e}); it was removed: run again"
+            ))),
+        }
+    }
+
+    /// The index in force has pack `id` (one of the kept files' buried since does not count).
+    pub fn has_pack(&self, id: &ObjectId) -> bool {
+        if self.pack_pos.contains_key(id) {
+            return true;
+        }
+        let Some(ids) = &self.table_ids else {
+            return false;
+        };
+        match ids.get(&id.0) {
+            Ok(r) => r.is_some_and(|r| r.pack < self.disk_packs() && !self.is_dead(r.pack)),
+            Err(e) => {
+                self.note_run_error(&e);
+                false
+            }
         }
     }
 
@@ -586,8 +633,11 @@ impl Index {
         let mut first = self.run_error.lock().expect("run error");
         if first.is_none() {
             *first = Some(e.to_string());
-            for f in &self.kept_files {
-                let _ = std::fs::remove_file(f);
+            use std::os::unix::fs::MetadataExt;
+            for (f, dev, ino) in &self.kept_files {
+                if std::fs::metadata(f).is_ok_and(|m| (m.dev(), m.ino()) == (*dev, *ino)) {
+                    let _ = std::fs::remove_file(f);
+                }
             }
         }
     }
@@ -682,12 +732,13 @@ impl Index {
             let meta = dir.join(format!("run-{}.meta", Id(covers).to_hex()));
             let tmp = meta.with_extension(format!("meta-tmp{}", std::process::id()));
             let written = std::fs::write(&tmp, self.meta(covered).encode())
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
                 .and_then(|_| std::fs::rename(&tmp, &meta));
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&tmp);
                 return self.note_run_error(&Error::Other(format!("{}: {e}", meta.display())));
             }
-            self.kept_files = vec![meta, path, table_path, ids_path];
+            self.kept_files = identified(vec![meta, path, table_path, ids_path]);
             // Older kept files of this repository go (a reader that has one open keeps it).
             let ours = format!("run-{}.", Id(covers).to_hex());
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -705,7 +756,7 @@ impl Index {
     }
 
     /// Every loaded blob in id order (the run file's, a block at a time, or the sorted
-    /// entries'), with its pack's position in [`packs`](Index::packs); blobs added since the
+    /// entries'), with its pack's position in the table ([`pack`](Index::pack)); blobs added since the
     /// load are not among them. For passes in id order (check's).
     pub fn for_each_loaded(&self, f: &mut dyn FnMut(&BlobId, u32) -> Result<()>) -> Result<()> {
         if let Some(run) = &self.run {
@@ -971,6 +1022,18 @@ fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Paths with their device and inode now (those that exist).
+fn identified(paths: Vec<std::path::PathBuf>) -> Vec<(std::path::PathBuf, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, m.dev(), m.ino()))
+        })
+        .collect()
+}
+
 /// What the index files a kept run file covers hash to (sorted ids).
 fn covers_of(covered: &[Id]) -> [u8; 32] {
     let mut ids = covered.to_vec();
@@ -999,6 +1062,8 @@ struct Meta {
     bases: HashMap<(u32, BlobId), BlobId>,
     /// Packs in the pack table (`run-….packs`).
     packs: u64,
+    /// The footer hashes of the run file, the pack table and the pack ids of this build.
+    prints: [[u8; 32]; 3],
 }
 
 impl Meta {
@@ -1033,6 +1098,9 @@ impl Meta {
             out.extend_from_slice(&base.0);
         }
         out.extend_from_slice(&self.packs.to_le_bytes());
+        for p in &self.prints {
+            out.extend_from_slice(p);
+        }
         let h = blake3::hash(&out);
         out.extend_from_slice(h.as_bytes());
         out
@@ -1089,6 +1157,10 @@ impl Meta {
             );
         }
         let packs = u64_of(take(8)?)?;
+        let mut prints = [[0u8; 32]; 3];
+        for p in &mut prints {
+            *p = take(32)?.try_into().ok()?;
+        }
         let in_table = |p: &u32| u64::from(*p) < packs;
         if at != body.len()
             || !bases.keys().all(|(p, _)| in_table(p))
@@ -1105,6 +1177,7 @@ impl Meta {
             lost,
             bases,
             packs,
+            prints,
         })
     }
 }
@@ -1327,6 +1400,54 @@ mod tests {
         }
     }
 
+    /// Two builds of the same index files (same COVERS, same counts) in another order give
+    /// other positions: one build's pack table with the other's run file is refused (the
+    /// files are renamed one by one; a crash between could mix them). A block found damaged
+    /// after the open removes the kept files: the next load builds them again.
+    #[test]
+    fn kept_files_of_two_builds_are_not_mixed_and_damaged_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("kept");
+        let covered = vec![Id([1; 32]), Id([2; 32])];
+        let build = |order: &[u8]| {
+            let mut idx = Index::loading_to_keep(&d, 2, 0, covered.clone()).unwrap();
+            for p in order {
+                idx.add_pack(&with_blobs(*p, None, &[10 * p, 10 * p + 1]));
+            }
+            idx.seal();
+            assert!(idx.run_error().is_none());
+        };
+        let with = |ext: &str| {
+            std::fs::read_dir(&d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == ext))
+                .unwrap()
+        };
+        build(&[1, 2]);
+        let table_a = std::fs::read(with("packs")).unwrap();
+        build(&[2, 1]);
+        let id = |b: u8| BlobId::from_bytes([b; 32]);
+        let (kept, _) = Index::open_kept(&d).expect("one build's files");
+        assert_eq!(kept.live_pack_of(&id(10)), Some(Id([1; 32])));
+        drop(kept);
+        std::fs::write(with("packs"), &table_a).unwrap();
+        assert!(Index::open_kept(&d).is_none(), "a table of another build");
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+
+        build(&[1, 2]);
+        let (kept, _) = Index::open_kept(&d).unwrap();
+        let path = with("packs");
+        let mut b = std::fs::read(&path).unwrap();
+        b[64 + 40] ^= 1;
+        std::fs::write(&path, b).unwrap();
+        assert_eq!(kept.known_packs().count(), 0, "the one block is damaged");
+        let e = kept.check_read().unwrap_err().to_string();
+        assert!(e.contains("block 0 damaged") && e.contains("run again"), "{e}");
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "removed");
+    }
+
     /// A companion file decodes only when every pack position it names is in its table and
     /// every count fits what remains (the hash alone does not make it so).
     #[test]
@@ -1338,6 +1459,7 @@ mod tests {
             lost,
             bases: HashMap::new(),
             packs: 2,
+            prints: [[7; 32], [8; 32], [9; 32]],
         };
         let ok = Meta::decode(&meta(vec![0, 1], vec![1], vec![(0, 3)]).encode()).unwrap();
         assert_eq!(ok.files, vec![(Id([1; 32]), vec![0, 1])]);

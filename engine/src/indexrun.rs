@@ -682,6 +682,8 @@ pub struct RunFile {
     path: PathBuf,
     count: u64,
     covers: [u8; 32],
+    /// The footer's hash: which build wrote the file.
+    fingerprint: [u8; 32],
     /// Per block: first id, then the block's hash.
     fence: Vec<([u8; 32], [u8; 16])>,
     cache: Mutex<BlockCache>,
@@ -764,6 +766,7 @@ impl RunFile {
             path: path.to_path_buf(),
             count,
             covers: header[32..64].try_into().expect("32"),
+            fingerprint: footer[..32].try_into().expect("32"),
             verified: (0..fence.len())
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
@@ -783,6 +786,12 @@ impl RunFile {
     /// What the file was built from, as given to [`Builder::finish`].
     pub fn covers(&self) -> [u8; 32] {
         self.covers
+    }
+
+    /// The hash in the footer (of the header and the block table): tells this build's file
+    /// from another build's of the same index files.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// Bytes of memory the open file holds (its fence table), blocks cached aside.

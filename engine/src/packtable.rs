@@ -38,6 +38,9 @@ const HEADER: usize = 64;
 const FOOTER: usize = 40;
 /// Blocks kept in memory by a reader (768 KiB).
 const CACHED_BLOCKS: usize = 64;
+/// Packs a table holds at most: positions are below 2^31 (a run record's top bit is a tree
+/// blob's flag).
+pub const MAX_PACKS: u64 = (1 << 31) - 1;
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::corrupt(
@@ -74,15 +77,15 @@ pub fn encode(p: &PackInfo) -> [u8; RECORD] {
 /// `None` for a record no [`encode`] wrote (a kind that is not a pack's, a flag not 0 or 1).
 pub fn decode(r: &[u8]) -> Option<PackInfo> {
     let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8"));
+    if r.len() != RECORD {
+        return None;
+    }
     let kind = ObjectKind::from_u8(r[44])?;
-    if r.len() != RECORD
-        || !matches!(kind, ObjectKind::DataPack | ObjectKind::TreePack)
-        || r[46..48] != [0, 0]
-    {
+    if !matches!(kind, ObjectKind::DataPack | ObjectKind::TreePack) || r[46..48] != [0, 0] {
         return None;
     }
     let mark = match r[45] {
-        0 => None,
+        0 if r[48..64].iter().all(|b| *b == 0) => None,
         1 => Some(Mark {
             at: u64_at(48) as i64,
             delete_after: u64_at(56) as i64,
@@ -125,6 +128,12 @@ impl Writer {
 
     /// Appends the record of the pack at position [`len`](Writer::len).
     pub fn push(&mut self, p: &PackInfo) -> Result<()> {
+        if self.n >= MAX_PACKS {
+            return Err(Error::Other(format!(
+                "{}: more than {MAX_PACKS} packs in one index",
+                self.tmp.display()
+            )));
+        }
         self.out
             .write_all(&encode(p))
             .map_err(|e| io(&self.tmp, e))?;
@@ -164,7 +173,7 @@ impl Writer {
             .out
             .into_inner()
             .map_err(|e| io(&self.tmp, e.into_error()))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = path.with_extension(format!("packs-tmp{}", std::process::id()));
         let written = (|| {
             use std::io::Seek;
             input
@@ -223,8 +232,12 @@ pub struct Table {
     path: PathBuf,
     count: u64,
     covers: [u8; 32],
+    /// The footer's hash: which build wrote the file.
+    fingerprint: [u8; 32],
     fence: Vec<[u8; 16]>,
     cache: Mutex<BlockCache>,
+    /// Blocks whose hash was checked (one read again is not hashed again).
+    verified: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Table {
@@ -254,7 +267,8 @@ impl Table {
                 format!("version {version}, {per_block} records a block: not this build's"),
             ));
         }
-        if blocks != count.div_ceil(BLOCK_ENTRIES as u64) || count > u64::from(u32::MAX) {
+        // Positions are below 2^31 (a run record's top bit is a tree blob's flag).
+        if blocks != count.div_ceil(BLOCK_ENTRIES as u64) || count > MAX_PACKS {
             return Err(corrupt(path, format!("{count} records in {blocks} blocks")));
         }
         // Every size is checked against the file's length before anything is allocated.
@@ -285,6 +299,10 @@ impl Table {
             path: path.to_path_buf(),
             count,
             covers: header[32..64].try_into().expect("32"),
+            fingerprint: footer[..32].try_into().expect("32"),
+            verified: (0..blocks)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
             fence: fence
                 .chunks_exact(16)
                 .map(|f| f.try_into().expect("16"))
@@ -306,6 +324,12 @@ impl Table {
         self.covers
     }
 
+    /// The hash in the footer (of the header and the block table): tells this build's file
+    /// from another build's of the same index files.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
     /// Block `b`, checked against its hash.
     fn block(&self, b: u64) -> Result<std::sync::Arc<Vec<u8>>> {
         if let Some(x) = self.cache.lock().expect("table cache").0.get(&b) {
@@ -319,11 +343,19 @@ impl Table {
                 HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64,
             )
             .map_err(|e| io(&self.path, e))?;
-        if hash16(&buf) != self.fence[b as usize] {
-            return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
+        let seen = &self.verified[b as usize];
+        if !seen.load(std::sync::atomic::Ordering::Relaxed) {
+            if hash16(&buf) != self.fence[b as usize] {
+                return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
+            }
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let buf = std::sync::Arc::new(buf);
         let mut c = self.cache.lock().expect("table cache");
+        // Another thread may have read it meanwhile: cached once.
+        if let Some(x) = c.0.get(&b) {
+            return Ok(x.clone());
+        }
         if c.1.len() >= CACHED_BLOCKS {
             if let Some(old) = c.1.pop_front() {
                 c.0.remove(&old);

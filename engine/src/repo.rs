@@ -644,15 +644,13 @@ impl Repository {
         let mut idx = self.index.write().expect("index lock");
         *idx = fresh;
         if let Some(c) = self.cache() {
-            // Forget tree packs the repository no longer has (pruned).
-            c.retain(
-                FileKind::Tree,
-                &idx.known_packs()
-                    .filter(|p| p.kind == ObjectKind::TreePack)
-                    .map(|p| p.id.to_hex())
-                    .collect(),
-            );
+            // Forget tree packs the repository no longer has (pruned): each cached one is
+            // looked up (the table of every pack is not read).
+            c.retain_by(FileKind::Tree, &|name| {
+                Id::from_hex(name).is_some_and(|id| idx.has_pack(&id))
+            });
         }
+        idx.check_read()?;
         Ok(n)
     }
 
@@ -782,6 +780,7 @@ impl Repository {
         if !idx.bury(&gone) {
             return Ok(None);
         }
+        idx.forget_file_packs();
         for (id, name) in new.iter().filter(|(id, _)| !superseded.contains(id)) {
             let f = self.read_index_file(name)?;
             idx.add_file(*id, &f);

@@ -66,6 +66,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             }
             indexed.insert(name);
         }
+        idx.check_read()?;
         r.unindexed_packs = stored.keys().filter(|n| !indexed.contains(*n)).count() as u64;
     }
     // Claims two packs make for one blob: checked against the packs' headers, naming the
@@ -189,6 +190,7 @@ fn missing_in_order(
                     .is_some_and(|p| stored.contains_key(&p.id.to_hex()))
             })
             .collect();
+        idx.check_read()?;
         idx.for_each_loaded(&mut |id, pack| {
             while let Some(c) = at.filter(|c| *c < id.0) {
                 unsettled.push(BlobId::from_bytes(c));
@@ -337,12 +339,12 @@ pub fn s3_checksums(
             backend.location()
         )));
     }
-    let packs: Vec<crate::index::PackInfo> = repo
-        .index()
-        .read()
-        .expect("index lock")
-        .known_packs()
-        .collect();
+    let packs: Vec<crate::index::PackInfo> = {
+        let idx = repo.index().read().expect("index lock");
+        let packs = idx.known_packs().collect();
+        idx.check_read()?;
+        packs
+    };
     progress.message(&format!(
         "asking the store for the CRC32C of {} packs",
         packs.len()
