@@ -591,7 +591,9 @@ impl Index {
                 self.table
                     .as_ref()
                     .map_or([0; 32], packtable::Table::fingerprint),
-                self.table_ids.as_ref().map_or([0; 32], RunFile::fingerprint),
+                self.table_ids
+                    .as_ref()
+                    .map_or([0; 32], RunFile::fingerprint),
             ],
         }
     }
@@ -1444,7 +1446,10 @@ mod tests {
         std::fs::write(&path, b).unwrap();
         assert_eq!(kept.known_packs().count(), 0, "the one block is damaged");
         let e = kept.check_read().unwrap_err().to_string();
-        assert!(e.contains("block 0 damaged") && e.contains("run again"), "{e}");
+        assert!(
+            e.contains("block 0 damaged") && e.contains("run again"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "removed");
     }
 
