@@ -704,6 +704,14 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
         c.env("CHUNKBAK_MEMORY", "64KiB").args(args);
         e.run_cmd(c)
     };
+    let restore = |to: &std::path::Path| {
+        small(&[
+            "restore",
+            &format!("latest:{s}"),
+            "--target",
+            to.to_str().unwrap(),
+        ])
+    };
     let r = small(&["--json", "backup", "--force", s]);
     assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
     let sum = &r.json("summary")[0];
@@ -712,12 +720,7 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
         "every chunk is found through the index on disk: {sum}"
     );
     let t = e.path("restored");
-    let r = small(&[
-        "restore",
-        &format!("latest:{s}"),
-        "--target",
-        t.to_str().unwrap(),
-    ]);
+    let r = restore(&t);
     assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
     e.compare(&src, &t, &[]);
     let r = small(&["check", "--read-data"]);
@@ -751,12 +754,7 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
         b[64 + 10] ^= 0xff;
         fs::write(&f, b).unwrap();
         let t = e.path(&format!("damaged-{i}"));
-        let r = small(&[
-            "restore",
-            &format!("latest:{s}"),
-            "--target",
-            t.to_str().unwrap(),
-        ]);
+        let r = restore(&t);
         assert_ne!(r.code, 0, "{}\n{}", r.out(), r.stderr);
         assert!(
             r.stderr.contains(name.as_str()) && r.stderr.contains("damaged"),
@@ -764,12 +762,7 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
             r.stderr
         );
         let t = e.path(&format!("rebuilt-{i}"));
-        let r = small(&[
-            "restore",
-            &format!("latest:{s}"),
-            "--target",
-            t.to_str().unwrap(),
-        ]);
+        let r = restore(&t);
         assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
         e.compare(&src, &t, &[]);
     }
@@ -800,12 +793,7 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
     }
     assert!(index_files > 0);
     let t2 = e.path("restored-again");
-    let r = small(&[
-        "restore",
-        &format!("latest:{s}"),
-        "--target",
-        t2.to_str().unwrap(),
-    ]);
+    let r = restore(&t2);
     assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
     e.compare(&src, &t2, &[]);
     // Without the cache folder, the index is read from the damaged files.

@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::cachefile::{corrupt, hash16, io, Framed, Layout, HEADER};
 use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"CBIXRUN1";
@@ -32,13 +33,17 @@ pub const VERSION: u32 = 1;
 pub const RECORD: usize = 48;
 /// Records in a block (48 KiB).
 pub const BLOCK_ENTRIES: usize = 1024;
-const HEADER: usize = 64;
 /// A fence entry: the block's first id and the first 16 bytes of its BLAKE3 hash.
 const FENCE: usize = 48;
-/// The footer: BLAKE3 of the header and the fence table, then the magic again.
-const FOOTER: usize = 40;
-/// Blocks kept in memory by a reader (3 MiB).
-const CACHED_BLOCKS: usize = 64;
+/// The frame of a run file (blocks of 48 KiB; a reader keeps 64, 3 MiB).
+const LAYOUT: Layout = Layout {
+    magic: MAGIC,
+    version: VERSION,
+    record: RECORD,
+    per_block: BLOCK_ENTRIES,
+    entry: FENCE,
+    what: "an index run file",
+};
 
 /// One blob's location, as the in-memory index keeps it: the id, the pack's position in the
 /// pack table, offset, length and raw length (flags in the top bits, as `index::Entry`).
@@ -98,20 +103,6 @@ impl Record {
     }
 }
 
-fn hash16(b: &[u8]) -> [u8; 16] {
-    blake3::hash(b).as_bytes()[..16].try_into().expect("16")
-}
-
-fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::corrupt(
-        path.display().to_string(),
-        format!("{what} (a cache file: it is rebuilt from the repository's index files)"),
-    )
-}
-
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Other(format!("{}: {e}", path.display()))
-}
 
 /// What a build wrote.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -650,196 +641,79 @@ impl Writer {
     fn finish(mut self, covers: [u8; 32]) -> Result<File> {
         self.end_block()?;
         let blocks = (self.fence.len() / FENCE) as u64;
-        let mut header = Vec::with_capacity(HEADER);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
-        header.extend_from_slice(&self.count.to_le_bytes());
-        header.extend_from_slice(&blocks.to_le_bytes());
-        header.extend_from_slice(&covers);
-        debug_assert_eq!(header.len(), HEADER);
-        let mut h = blake3::Hasher::new();
-        h.update(&header);
-        h.update(&self.fence);
+        let header = LAYOUT.header(self.count, blocks, covers);
         let p = self.path.clone();
         self.w.write_all(&self.fence).map_err(|e| io(&p, e))?;
         self.w
-            .write_all(h.finalize().as_bytes())
+            .write_all(&LAYOUT.footer(&header, &self.fence))
             .map_err(|e| io(&p, e))?;
-        self.w.write_all(MAGIC).map_err(|e| io(&p, e))?;
         let f = self.w.into_inner().map_err(|e| io(&p, e.into_error()))?;
         f.write_all_at(&header, 0).map_err(|e| io(&p, e))?;
         Ok(f)
     }
 }
 
-/// The blocks read last (block number → its records), oldest first in the queue.
-type BlockCache = (HashMap<u64, std::sync::Arc<Vec<u8>>>, VecDeque<u64>);
-
 /// An open run file: its fence table in memory, blocks read on demand.
 pub struct RunFile {
-    file: File,
-    path: PathBuf,
-    count: u64,
-    covers: [u8; 32],
-    /// The footer's hash: which build wrote the file.
-    fingerprint: [u8; 32],
-    /// Per block: first id, then the block's hash.
-    fence: Vec<([u8; 32], [u8; 16])>,
-    cache: Mutex<BlockCache>,
-    /// Blocks whose hash was checked (a block read again is not hashed again: `check` looks up
-    /// every blob, block after block at random).
-    verified: Vec<std::sync::atomic::AtomicBool>,
+    f: Framed,
 }
 
 impl RunFile {
     /// Opens and checks a run file: magic, version, sizes, and the checksum of its header and
     /// fence table (each block is checked when it is read).
     pub fn open(path: &Path) -> Result<RunFile> {
-        let file = File::open(path).map_err(|e| io(path, e))?;
-        let len = file.metadata().map_err(|e| io(path, e))?.len();
-        if len < (HEADER + FOOTER) as u64 {
-            return Err(corrupt(
-                path,
-                format!("{len} bytes: too short for a run file"),
-            ));
-        }
-        let mut header = [0u8; HEADER];
-        file.read_exact_at(&mut header, 0)
-            .map_err(|e| io(path, e))?;
-        if &header[..8] != MAGIC {
-            return Err(corrupt(path, "not an index run file (magic)"));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
-        let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
-        let (version, per_block, count, blocks) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
-        if version != VERSION || per_block as usize != BLOCK_ENTRIES {
-            return Err(corrupt(
-                path,
-                format!("version {version}, {per_block} records a block: not this build's"),
-            ));
-        }
-        if blocks != count.div_ceil(BLOCK_ENTRIES as u64) {
-            return Err(corrupt(
-                path,
-                format!("{count} records cannot fill {blocks} blocks"),
-            ));
-        }
-        // Every size is checked against the file's length before anything is allocated.
-        let want = (HEADER as u64)
-            .checked_add(count.saturating_mul(RECORD as u64))
-            .and_then(|n| n.checked_add(blocks.checked_mul(FENCE as u64)?))
-            .and_then(|n| n.checked_add(FOOTER as u64));
-        if want != Some(len) {
-            return Err(corrupt(
-                path,
-                format!("{len} bytes where {count} records need {want:?}"),
-            ));
-        }
-        let fence_at = HEADER as u64 + count * RECORD as u64;
-        let mut fence = vec![0u8; blocks as usize * FENCE];
-        file.read_exact_at(&mut fence, fence_at)
-            .map_err(|e| io(path, e))?;
-        let mut footer = [0u8; FOOTER];
-        file.read_exact_at(&mut footer, len - FOOTER as u64)
-            .map_err(|e| io(path, e))?;
-        let mut h = blake3::Hasher::new();
-        h.update(&header);
-        h.update(&fence);
-        if h.finalize().as_bytes() != &footer[..32] || &footer[32..] != MAGIC {
-            return Err(corrupt(path, "header or block table damaged (checksum)"));
-        }
-        let fence: Vec<([u8; 32], [u8; 16])> = fence
-            .chunks_exact(FENCE)
-            .map(|f| {
-                (
-                    f[..32].try_into().expect("32"),
-                    f[32..].try_into().expect("16"),
-                )
-            })
-            .collect();
-        if fence.windows(2).any(|w| w[0].0 >= w[1].0) {
+        let f = Framed::open(path, LAYOUT)?;
+        if (1..f.blocks()).any(|b| f.entry(b - 1)[..32] >= f.entry(b)[..32]) {
             return Err(corrupt(path, "blocks out of order"));
         }
-        Ok(RunFile {
-            file,
-            path: path.to_path_buf(),
-            count,
-            covers: header[32..64].try_into().expect("32"),
-            fingerprint: footer[..32].try_into().expect("32"),
-            verified: (0..fence.len())
-                .map(|_| std::sync::atomic::AtomicBool::new(false))
-                .collect(),
-            fence,
-            cache: Mutex::new((HashMap::new(), VecDeque::new())),
-        })
+        Ok(RunFile { f })
     }
 
     pub fn len(&self) -> u64 {
-        self.count
+        self.f.count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.f.count() == 0
     }
 
     /// What the file was built from, as given to [`Builder::finish`].
     pub fn covers(&self) -> [u8; 32] {
-        self.covers
+        self.f.covers()
     }
 
     /// The hash in the footer (of the header and the block table): tells this build's file
     /// from another build's of the same index files.
     pub fn fingerprint(&self) -> [u8; 32] {
-        self.fingerprint
+        self.f.fingerprint()
     }
 
     /// Bytes of memory the open file holds (its fence table), blocks cached aside.
     pub fn resident_bytes(&self) -> usize {
-        self.fence.len() * FENCE
+        self.f.table_bytes()
     }
 
-    /// Block `b`, checked against its hash.
+    /// Block `b`, checked against its first id and its hash.
     fn block(&self, b: u64) -> Result<std::sync::Arc<Vec<u8>>> {
-        if let Some(x) = self.cache.lock().expect("run cache").0.get(&b) {
-            return Ok(x.clone());
-        }
-        let records = (self.count - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
-        let mut buf = vec![0u8; records as usize * RECORD];
-        self.file
-            .read_exact_at(
-                &mut buf,
-                HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64,
-            )
-            .map_err(|e| io(&self.path, e))?;
-        let (first, sum) = &self.fence[b as usize];
-        let seen = &self.verified[b as usize];
-        if buf[..32] != first[..]
-            || (!seen.load(std::sync::atomic::Ordering::Relaxed) && hash16(&buf) != *sum)
-        {
-            return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
-        }
-        seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        let buf = std::sync::Arc::new(buf);
-        let mut c = self.cache.lock().expect("run cache");
-        if c.1.len() >= CACHED_BLOCKS {
-            if let Some(old) = c.1.pop_front() {
-                c.0.remove(&old);
-            }
-        }
-        c.0.insert(b, buf.clone());
-        c.1.push_back(b);
-        Ok(buf)
+        self.f.block(b, &|buf, entry| buf[..32] == entry[..32])
     }
 
     /// The record of `id`, if the file holds one.
     pub fn get(&self, id: &[u8; 32]) -> Result<Option<Record>> {
         // The last block whose first id is not above `id`.
-        let b = self.fence.partition_point(|(first, _)| first <= id);
-        if b == 0 {
+        let (mut lo, mut hi) = (0usize, self.f.blocks());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.f.entry(mid)[..32] <= id[..] {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
             return Ok(None);
         }
-        let block = self.block(b as u64 - 1)?;
+        let block = self.block(lo as u64 - 1)?;
         let n = block.len() / RECORD;
         let at = |i: usize| &block[i * RECORD..i * RECORD + 32];
         let (mut lo, mut hi) = (0usize, n);
@@ -860,7 +734,7 @@ impl RunFile {
 
     /// Every record in id order, a block at a time (for check and prune).
     pub fn for_each(&self, mut f: impl FnMut(&Record) -> Result<()>) -> Result<()> {
-        for b in 0..self.fence.len() as u64 {
+        for b in 0..self.f.blocks() as u64 {
             let block = self.block(b)?;
             for r in block.chunks_exact(RECORD) {
                 f(&Record::decode(r))?;

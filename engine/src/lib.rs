@@ -30,6 +30,7 @@ pub mod alloc;
 pub mod aws;
 pub mod backend;
 pub mod cache;
+pub mod cachefile;
 pub mod child;
 pub mod chunker;
 pub mod compressor;

@@ -14,13 +14,13 @@
 //! version, sizes, the checksum of the header and block table, a block's checksum) is an
 //! error the caller answers by rebuilding it, never by trusting it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use crate::cachefile::{corrupt, hash16, io, Framed, Layout};
 use crate::error::{Error, Result};
 use crate::format::index::Mark;
 use crate::format::ObjectKind;
@@ -33,29 +33,18 @@ pub const VERSION: u32 = 1;
 pub const RECORD: usize = 96;
 /// Records in a block (12 KiB).
 pub const BLOCK_ENTRIES: usize = 128;
-const HEADER: usize = 64;
-/// The footer: BLAKE3 of the header and the block table, then the magic again.
-const FOOTER: usize = 40;
-/// Blocks kept in memory by a reader (768 KiB).
-const CACHED_BLOCKS: usize = 64;
+/// The frame of a pack table (blocks of 12 KiB; a reader keeps 64, 768 KiB).
+const LAYOUT: Layout = Layout {
+    magic: MAGIC,
+    version: VERSION,
+    record: RECORD,
+    per_block: BLOCK_ENTRIES,
+    entry: 16,
+    what: "a pack table",
+};
 /// Packs a table holds at most: positions are below 2^31 (a run record's top bit is a tree
 /// blob's flag).
 pub const MAX_PACKS: u64 = (1 << 31) - 1;
-
-fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::corrupt(
-        path.display().to_string(),
-        format!("{what} (a cache file: it is rebuilt from the repository's index files)"),
-    )
-}
-
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Other(format!("{}: {e}", path.display()))
-}
-
-fn hash16(b: &[u8]) -> [u8; 16] {
-    blake3::hash(b).as_bytes()[..16].try_into().expect("16")
-}
 
 /// A pack's record: id, size, CRC32C, kind, marked (0 or 1), two zero bytes, the mark's
 /// times (zero when not marked), salt; little-endian.
@@ -183,13 +172,7 @@ impl Writer {
             let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
             let mut out = BufWriter::with_capacity(1 << 16, f);
             let blocks = self.n.div_ceil(BLOCK_ENTRIES as u64);
-            let mut header = [0u8; HEADER];
-            header[..8].copy_from_slice(MAGIC);
-            header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-            header[12..16].copy_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
-            header[16..24].copy_from_slice(&self.n.to_le_bytes());
-            header[24..32].copy_from_slice(&blocks.to_le_bytes());
-            header[32..64].copy_from_slice(&covers);
+            let header = LAYOUT.header(self.n, blocks, covers);
             out.write_all(&header).map_err(|e| io(&tmp, e))?;
             let mut fence = Vec::with_capacity(blocks as usize * 16);
             let mut block = Vec::with_capacity(BLOCK_ENTRIES * RECORD);
@@ -206,12 +189,8 @@ impl Writer {
                 out.write_all(&block).map_err(|e| io(&tmp, e))?;
             }
             out.write_all(&fence).map_err(|e| io(&tmp, e))?;
-            let mut h = blake3::Hasher::new();
-            h.update(&header);
-            h.update(&fence);
-            out.write_all(h.finalize().as_bytes())
+            out.write_all(&LAYOUT.footer(&header, &fence))
                 .map_err(|e| io(&tmp, e))?;
-            out.write_all(MAGIC).map_err(|e| io(&tmp, e))?;
             let f = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
             f.sync_all().map_err(|e| io(&tmp, e))?;
             std::fs::rename(&tmp, path).map_err(|e| io(path, e))
@@ -224,161 +203,54 @@ impl Writer {
     }
 }
 
-type BlockCache = (HashMap<u64, std::sync::Arc<Vec<u8>>>, VecDeque<u64>);
-
 /// A pack table written by [`Writer::finish`], read a block at a time.
 pub struct Table {
-    file: File,
-    path: PathBuf,
-    count: u64,
-    covers: [u8; 32],
-    /// The footer's hash: which build wrote the file.
-    fingerprint: [u8; 32],
-    fence: Vec<[u8; 16]>,
-    cache: Mutex<BlockCache>,
-    /// Blocks whose hash was checked (one read again is not hashed again).
-    verified: Vec<std::sync::atomic::AtomicBool>,
+    f: Framed,
 }
 
 impl Table {
     /// Opens and checks a table: magic, version, sizes, and the checksum of its header and
-    /// block table (each block is checked when it is read).
+    /// block table (each block is checked when it is first read).
     pub fn open(path: &Path) -> Result<Table> {
-        let file = File::open(path).map_err(|e| io(path, e))?;
-        let len = file.metadata().map_err(|e| io(path, e))?.len();
-        if len < (HEADER + FOOTER) as u64 {
-            return Err(corrupt(
-                path,
-                format!("{len} bytes: too short for a pack table"),
-            ));
+        let f = Framed::open(path, LAYOUT)?;
+        if f.count() > MAX_PACKS {
+            return Err(corrupt(path, format!("{} packs: too many", f.count())));
         }
-        let mut header = [0u8; HEADER];
-        file.read_exact_at(&mut header, 0)
-            .map_err(|e| io(path, e))?;
-        if &header[..8] != MAGIC {
-            return Err(corrupt(path, "not a pack table (magic)"));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4"));
-        let u64_at = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().expect("8"));
-        let (version, per_block, count, blocks) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
-        if version != VERSION || per_block as usize != BLOCK_ENTRIES {
-            return Err(corrupt(
-                path,
-                format!("version {version}, {per_block} records a block: not this build's"),
-            ));
-        }
-        // Positions are below 2^31 (a run record's top bit is a tree blob's flag).
-        if blocks != count.div_ceil(BLOCK_ENTRIES as u64) || count > MAX_PACKS {
-            return Err(corrupt(path, format!("{count} records in {blocks} blocks")));
-        }
-        // Every size is checked against the file's length before anything is allocated.
-        let want = (HEADER as u64)
-            .checked_add(count.saturating_mul(RECORD as u64))
-            .and_then(|n| n.checked_add(blocks.checked_mul(16)?))
-            .and_then(|n| n.checked_add(FOOTER as u64));
-        if want != Some(len) {
-            return Err(corrupt(
-                path,
-                format!("{len} bytes where {count} records need {want:?}"),
-            ));
-        }
-        let mut fence = vec![0u8; blocks as usize * 16];
-        file.read_exact_at(&mut fence, HEADER as u64 + count * RECORD as u64)
-            .map_err(|e| io(path, e))?;
-        let mut footer = [0u8; FOOTER];
-        file.read_exact_at(&mut footer, len - FOOTER as u64)
-            .map_err(|e| io(path, e))?;
-        let mut h = blake3::Hasher::new();
-        h.update(&header);
-        h.update(&fence);
-        if h.finalize().as_bytes() != &footer[..32] || &footer[32..] != MAGIC {
-            return Err(corrupt(path, "header or block table damaged (checksum)"));
-        }
-        Ok(Table {
-            file,
-            path: path.to_path_buf(),
-            count,
-            covers: header[32..64].try_into().expect("32"),
-            fingerprint: footer[..32].try_into().expect("32"),
-            verified: (0..blocks)
-                .map(|_| std::sync::atomic::AtomicBool::new(false))
-                .collect(),
-            fence: fence
-                .chunks_exact(16)
-                .map(|f| f.try_into().expect("16"))
-                .collect(),
-            cache: Mutex::new((HashMap::new(), VecDeque::new())),
-        })
+        Ok(Table { f })
     }
 
     pub fn len(&self) -> u64 {
-        self.count
+        self.f.count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.f.count() == 0
     }
 
     /// What the table was built from, as given to [`Writer::finish`].
     pub fn covers(&self) -> [u8; 32] {
-        self.covers
+        self.f.covers()
     }
 
     /// The hash in the footer (of the header and the block table): tells this build's file
     /// from another build's of the same index files.
     pub fn fingerprint(&self) -> [u8; 32] {
-        self.fingerprint
-    }
-
-    /// Block `b`, checked against its hash.
-    fn block(&self, b: u64) -> Result<std::sync::Arc<Vec<u8>>> {
-        if let Some(x) = self.cache.lock().expect("table cache").0.get(&b) {
-            return Ok(x.clone());
-        }
-        let records = (self.count - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
-        let mut buf = vec![0u8; records as usize * RECORD];
-        self.file
-            .read_exact_at(
-                &mut buf,
-                HEADER as u64 + b * (BLOCK_ENTRIES * RECORD) as u64,
-            )
-            .map_err(|e| io(&self.path, e))?;
-        let seen = &self.verified[b as usize];
-        if !seen.load(std::sync::atomic::Ordering::Relaxed) {
-            if hash16(&buf) != self.fence[b as usize] {
-                return Err(corrupt(&self.path, format!("block {b} damaged (checksum)")));
-            }
-            seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let buf = std::sync::Arc::new(buf);
-        let mut c = self.cache.lock().expect("table cache");
-        // Another thread may have read it meanwhile: cached once.
-        if let Some(x) = c.0.get(&b) {
-            return Ok(x.clone());
-        }
-        if c.1.len() >= CACHED_BLOCKS {
-            if let Some(old) = c.1.pop_front() {
-                c.0.remove(&old);
-            }
-        }
-        c.0.insert(b, buf.clone());
-        c.1.push_back(b);
-        Ok(buf)
+        self.f.fingerprint()
     }
 
     /// The pack at position `pos` (an error past the end, or for a damaged record).
     pub fn get(&self, pos: u32) -> Result<PackInfo> {
         let pos = u64::from(pos);
-        if pos >= self.count {
+        if pos >= self.f.count() {
             return Err(corrupt(
-                &self.path,
-                format!("pack position {pos} past the table's {} packs", self.count),
+                self.f.path(),
+                format!("pack position {pos} past the table's {} packs", self.f.count()),
             ));
         }
-        let block = self.block(pos / BLOCK_ENTRIES as u64)?;
+        let block = self.f.block(pos / BLOCK_ENTRIES as u64, &|_, _| true)?;
         let i = (pos % BLOCK_ENTRIES as u64) as usize * RECORD;
         decode(&block[i..i + RECORD])
-            .ok_or_else(|| corrupt(&self.path, format!("pack record {pos} invalid")))
+            .ok_or_else(|| corrupt(self.f.path(), format!("pack record {pos} invalid")))
     }
 }
 
@@ -466,6 +338,7 @@ impl Positions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cachefile::{FOOTER, HEADER};
 
     fn pack(i: u32, marked: bool) -> PackInfo {
         PackInfo {
