@@ -205,7 +205,10 @@ impl Framed {
         let records = (self.count - b * per).min(per);
         let mut buf = vec![0u8; records as usize * self.layout.record];
         self.file
-            .read_exact_at(&mut buf, HEADER as u64 + b * per * self.layout.record as u64)
+            .read_exact_at(
+                &mut buf,
+                HEADER as u64 + b * per * self.layout.record as u64,
+            )
             .map_err(|e| io(&self.path, e))?;
         let entry = self.entry(b as usize);
         let seen = &self.verified[b as usize];

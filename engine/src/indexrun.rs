@@ -17,12 +17,11 @@
 //! old file or the new one, and at worst a temporary file the next build removes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::cachefile::{corrupt, hash16, io, Framed, Layout, HEADER};
 use crate::error::{Error, Result};
@@ -102,7 +101,6 @@ impl Record {
         }
     }
 }
-
 
 /// What a build wrote.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -936,14 +934,17 @@ mod tests {
         // A record in block 1.
         flip(HEADER + (BLOCK_ENTRIES + 5) * RECORD + 40);
         let f = RunFile::open(&path).unwrap();
-        let in_block_1 = f.fence[1].0;
+        let in_block_1: [u8; 32] = f.f.entry(1)[..32].try_into().unwrap();
         let e = f.get(&in_block_1).unwrap_err().to_string();
         assert!(
             e.contains("index.run") && e.contains("block 1 damaged"),
             "{e}"
         );
         // Block 0 still answers.
-        assert!(f.get(&f.fence[0].0).unwrap().is_some());
+        assert!(f
+            .get(&f.f.entry(0)[..32].try_into().unwrap())
+            .unwrap()
+            .is_some());
         for at in [3, 20, HEADER + 3000 * RECORD + 10, good.len() - 1] {
             flip(at);
             let e = RunFile::open(&path).err().expect("refused").to_string();

@@ -244,7 +244,10 @@ impl Table {
         if pos >= self.f.count() {
             return Err(corrupt(
                 self.f.path(),
-                format!("pack position {pos} past the table's {} packs", self.f.count()),
+                format!(
+                    "pack position {pos} past the table's {} packs",
+                    self.f.count()
+                ),
             ));
         }
         let block = self.f.block(pos / BLOCK_ENTRIES as u64, &|_, _| true)?;
