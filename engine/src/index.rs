@@ -546,22 +546,33 @@ impl Index {
 
     /// The position of pack `id`, if the index in force has it.
     fn pos_of(&mut self, id: &ObjectId) -> Option<u32> {
+        let Some(o) = &mut self.table_out else {
+            return self.sealed_pos_of(id);
+        };
         if let Some(p) = self.pack_pos.get(id) {
             return Some(*p);
         }
-        let found = if let Some(o) = &mut self.table_out {
-            let TableOut {
-                writer, positions, ..
-            } = o;
-            positions.get(id, &mut |p| writer.id_at(p))
-        } else if let Some(ids) = &self.table_ids {
-            ids.get(&id.0).map(|r| {
-                r.map(|r| r.pack)
-                    .filter(|p| *p < self.disk_packs() && !self.is_dead(*p))
+        let TableOut {
+            writer, positions, ..
+        } = o;
+        positions
+            .get(id, &mut |p| writer.id_at(p))
+            .unwrap_or_else(|e| {
+                self.note_run_error(&e);
+                None
             })
-        } else {
-            Ok(None)
-        };
+    }
+
+    /// [`pos_of`](Index::pos_of) once loaded: the packs in memory, then the table's ids (a
+    /// dead pack's position does not count).
+    fn sealed_pos_of(&self, id: &ObjectId) -> Option<u32> {
+        if let Some(p) = self.pack_pos.get(id) {
+            return Some(*p);
+        }
+        let found = self.table_ids.as_ref()?.get(&id.0).map(|r| {
+            r.map(|r| r.pack)
+                .filter(|p| *p < self.disk_packs() && !self.is_dead(*p))
+        });
         found.unwrap_or_else(|e| {
             self.note_run_error(&e);
             None
@@ -611,19 +622,7 @@ impl Index {
 
     /// The index in force has pack `id` (one of the kept files' buried since does not count).
     pub fn has_pack(&self, id: &ObjectId) -> bool {
-        if self.pack_pos.contains_key(id) {
-            return true;
-        }
-        let Some(ids) = &self.table_ids else {
-            return false;
-        };
-        match ids.get(&id.0) {
-            Ok(r) => r.is_some_and(|r| r.pack < self.disk_packs() && !self.is_dead(r.pack)),
-            Err(e) => {
-                self.note_run_error(&e);
-                false
-            }
-        }
+        self.sealed_pos_of(id).is_some()
     }
 
     /// The first error writing or reading the run file, if any.
