@@ -341,20 +341,13 @@ impl Index {
     }
 
     /// Keeps the run file this index is being loaded into for later loads, as covering the
-    /// index files `files`, each with the packs it lists (before [`seal`](Index::seal), after
-    /// the last pack is added; as [`loading_to_keep`](Index::loading_to_keep) when they are
-    /// known only at the end).
-    pub fn keep_as(&mut self, dir: &Path, files: Vec<(Id, Vec<ObjectId>)>) {
-        let mut file_packs = Vec::with_capacity(files.len());
-        for (id, packs) in &files {
-            let pos = packs.iter().filter_map(|p| self.pos_of(p));
-            file_packs.push((*id, pos.collect()));
-        }
-        self.file_packs = file_packs;
-        self.keep = Some((
-            dir.to_path_buf(),
-            files.into_iter().map(|(id, _)| id).collect(),
-        ));
+    /// index files `files`, each with the positions of the packs it lists (as
+    /// [`add_pack`](Index::add_pack) returned them; before [`seal`](Index::seal), after the
+    /// last pack is added; as [`loading_to_keep`](Index::loading_to_keep) when they are known
+    /// only at the end).
+    pub fn keep_as(&mut self, dir: &Path, files: Vec<(Id, Vec<u32>)>) {
+        self.keep = Some((dir.to_path_buf(), files.iter().map(|(id, _)| *id).collect()));
+        self.file_packs = files;
     }
 
     /// An index from the run file an earlier load kept in `dir`, when it and its companion

@@ -216,6 +216,15 @@ impl Backend for FaultBackend {
         self.inner.list_info(kind)
     }
 
+    fn list_info_each(
+        &self,
+        kind: FileKind,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        self.enter("LIST", kind.dir())?;
+        self.inner.list_info_each(kind, f)
+    }
+
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }

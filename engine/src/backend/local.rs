@@ -65,6 +65,64 @@ impl LocalBackend {
         self.root.join(kind.path_of(name))
     }
 
+    /// The files of a kind, one folder at a time (a fanned-out kind's folders in name order),
+    /// with their metadata: a listing of millions of packs is never held at once.
+    fn list_folders(
+        &self,
+        kind: FileKind,
+        f: &mut dyn FnMut(Vec<(String, fs::Metadata)>) -> Result<()>,
+    ) -> Result<()> {
+        if kind == FileKind::Config {
+            if let Ok(m) = fs::metadata(self.root.join("config")) {
+                f(vec![("config".to_string(), m)])?;
+            }
+            return Ok(());
+        }
+        let base = self.root.join(kind.dir());
+        let mut dirs = vec![base.clone()];
+        if kind.fanned_out() {
+            dirs.clear();
+            match fs::read_dir(&base) {
+                Ok(rd) => {
+                    for e in rd {
+                        let e = e.map_err(|e| Error::io(&base, e))?;
+                        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                            dirs.push(e.path());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(&base, e)),
+            }
+            dirs.sort();
+        }
+        for d in dirs {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&d, e)),
+            };
+            let mut out = Vec::new();
+            for e in rd {
+                let e = e.map_err(|e| Error::io(&d, e))?;
+                let m = match e.metadata() {
+                    Ok(m) => m,
+                    // Deleted between reading the folder and looking at the entry (a prune
+                    // replacing index files, another host's prune): not there any more.
+                    Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                    Err(err) => return Err(Error::io(e.path(), err)),
+                };
+                if m.is_file() {
+                    if let Some(n) = e.file_name().to_str() {
+                        out.push((n.to_string(), m));
+                    }
+                }
+            }
+            f(out)?;
+        }
+        Ok(())
+    }
+
     fn not_found_or(&self, kind: FileKind, name: &str, e: std::io::Error) -> Error {
         let p = self.path(kind, name);
         if e.kind() == ErrorKind::NotFound {
@@ -267,72 +325,43 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
-        let base = self.root.join(kind.dir());
         let mut out = Vec::new();
-        if kind == FileKind::Config {
-            if let Ok(m) = fs::metadata(self.root.join("config")) {
-                out.push(("config".to_string(), m.len()));
-            }
-            return Ok(out);
-        }
-        let mut dirs = vec![base.clone()];
-        if kind.fanned_out() {
-            dirs.clear();
-            match fs::read_dir(&base) {
-                Ok(rd) => {
-                    for e in rd {
-                        let e = e.map_err(|e| Error::io(&base, e))?;
-                        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                            dirs.push(e.path());
-                        }
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
-                Err(e) => return Err(Error::io(&base, e)),
-            }
-        }
-        for d in dirs {
-            let rd = match fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&d, e)),
-            };
-            for e in rd {
-                let e = e.map_err(|e| Error::io(&d, e))?;
-                let m = match e.metadata() {
-                    Ok(m) => m,
-                    // Deleted between reading the folder and looking at the entry (a prune
-                    // replacing index files, another host's prune): not there any more.
-                    Err(err) if err.kind() == ErrorKind::NotFound => continue,
-                    Err(err) => return Err(Error::io(e.path(), err)),
-                };
-                if m.is_file() {
-                    if let Some(n) = e.file_name().to_str() {
-                        out.push((n.to_string(), m.len()));
-                    }
-                }
-            }
-        }
+        self.list_folders(kind, &mut |objects| {
+            out.extend(objects.into_iter().map(|(n, m)| (n, m.len())));
+            Ok(())
+        })?;
         out.sort();
         Ok(out)
     }
 
     fn list_info(&self, kind: FileKind) -> Result<Vec<super::ObjectInfo>> {
-        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
-        for (name, size) in self.list(kind)? {
-            // Deleted since the listing (a prune): not there any more.
-            let Ok(m) = fs::metadata(self.path(kind, &name)) else {
-                continue;
-            };
-            out.push(super::ObjectInfo {
-                name,
-                size,
-                class: super::StorageClass::Standard,
-                modified: Some(m.mtime()),
-            });
-        }
+        self.list_info_each(kind, &mut |o| {
+            out.push(o);
+            Ok(())
+        })?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn list_info_each(
+        &self,
+        kind: FileKind,
+        f: &mut dyn FnMut(super::ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        self.list_folders(kind, &mut |mut objects| {
+            objects.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, m) in objects {
+                f(super::ObjectInfo {
+                    name,
+                    size: m.len(),
+                    class: super::StorageClass::Standard,
+                    modified: Some(m.mtime()),
+                })?;
+            }
+            Ok(())
+        })
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {

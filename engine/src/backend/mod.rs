@@ -492,6 +492,18 @@ pub trait Backend: Send + Sync {
             })
             .collect())
     }
+    /// As [`list_info`](Self::list_info), handing each object to `f` as it is listed: a store
+    /// of millions of packs is never held as one listing (prune, format-spec 16).
+    fn list_info_each(
+        &self,
+        kind: FileKind,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        for o in self.list_info(kind)? {
+            f(o)?;
+        }
+        Ok(())
+    }
     /// Whether reads cross a network (then a local cache of metadata pays off).
     fn is_remote(&self) -> bool {
         false

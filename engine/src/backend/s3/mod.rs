@@ -1567,9 +1567,29 @@ impl Backend for S3Backend {
                 .into_iter()
                 .collect());
         }
+        let mut out = Vec::new();
+        self.list_info_each(kind, &mut |o| {
+            out.push(o);
+            Ok(())
+        })?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn list_info_each(
+        &self,
+        kind: FileKind,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        let s = &self.shared;
+        if kind == FileKind::Config {
+            for o in self.list_info(kind)? {
+                f(o)?;
+            }
+            return Ok(());
+        }
         let prefix = s.cfg.folder(kind);
         self.rt.block_on(async {
-            let mut out = Vec::new();
             let mut pages = s
                 .client
                 .list_objects_v2()
@@ -1582,18 +1602,17 @@ impl Backend for S3Backend {
                 for o in page.contents() {
                     let Some(key) = o.key() else { continue };
                     let name = key.rsplit('/').next().unwrap_or(key);
-                    out.push(ObjectInfo {
+                    f(ObjectInfo {
                         name: name.to_string(),
                         size: o.size().unwrap_or(0) as u64,
                         class: o.storage_class().map_or(StorageClass::Standard, |c| {
                             StorageClass::from_name(c.as_str())
                         }),
                         modified: o.last_modified().map(|t| t.secs()),
-                    });
+                    })?;
                 }
             }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            Ok(())
         })
     }
 

@@ -17,8 +17,11 @@
 //! A backup into an index with disputed blobs (a repack leaves blobs in two packs until the
 //! old one goes) judges them the same way before it deduplicates ([`clean_for_dedup`]).
 //!
-//! What stays in memory grows with packs, not blobs: the pack table, the store's listing, the
-//! decisions; and with the trees walked (directories, not files) and the delta bases.
+//! What stays in memory grows with packs, not blobs, by a few dozen bytes a pack: the pack
+//! table is a scratch file ([`Table`]: 8 bytes a pack find a position), the store's listing is
+//! kept by position ([`Listing`], 17 bytes a pack), the counts by position (16), a decision a
+//! byte. It grows too with the trees walked (directories, not files), the delta bases, the
+//! stored packs no index file in force names, and the repacked packs' used blobs.
 //!
 //! Trees are loaded through the index as loaded ([`Repository::load_index`]), before disputed
 //! claims are judged: a tree a false claim hides stops the prune before it deletes anything
@@ -36,16 +39,17 @@ use crate::index::{blob_record_of, record_of, PackInfo};
 use crate::indexrun::{Builder, Record, Sorted};
 use crate::ops::claims::{Refuted, Verdict};
 
-use super::{Listed, Listings};
+use super::packs::{Listing, Table};
+use super::{EachSum, Listed, Listings, Sums};
 use crate::progress::Progress;
 use crate::repo::{parallel_map_n, Repository, DECODERS};
 
-use super::{decide, walk_used, Decision, PackSum, PruneOptions, PrunePlan, UsedSink};
+use super::{decide, walk_used, PackSum, PruneOptions, PrunePlan, UsedSink};
 
 /// What a bounded plan keeps for [`super::run`].
 pub(super) struct State {
     /// The pack table: every pack the index files in force list, marks merged.
-    packs: Vec<PackInfo>,
+    packs: Table,
     /// Every claim (blob record) of the files in force, by blob id.
     claims: Sorted,
     /// Every blob the snapshots use, by id (repeats allowed), as records of pack 0.
@@ -147,8 +151,8 @@ pub(super) fn plan(
     let Judged {
         scratch,
         claims: read,
-        stored,
-        is_stored,
+        mut listing,
+        superseded,
         headers,
         unverified,
         mut refuted,
@@ -157,7 +161,6 @@ pub(super) fn plan(
     } = judge(repo, &dir, mem, progress)?;
     let Claims {
         packs,
-        named,
         bases,
         sorted: claims,
         in_force,
@@ -237,8 +240,12 @@ pub(super) fn plan(
     }
 
     // Each used blob counted in one stored pack; claims counted per pack (refuted ones not).
-    let mut blobs = vec![0u64; packs.len()];
-    let mut used_in = vec![(0u64, 0u64); packs.len()];
+    let n = packs.len() as usize;
+    let mut counts = Counts {
+        blobs: vec![0; n],
+        used: vec![0; n],
+        used_bytes: vec![0; n],
+    };
     let mut ids = UsedIds {
         merge: used.merge()?,
         extra: bases_used.iter().peekable(),
@@ -258,9 +265,10 @@ pub(super) fn plan(
             return Err(crate::stop::error(String::new));
         }
         let id = g[0].id;
-        keep_holding(&mut g, &headers, &bases, &packs, &mut refuted);
+        keep_holding(&mut g, &headers, &bases, &packs, &mut refuted)?;
         for r in &g {
-            blobs[pack_pos(r) as usize] += 1;
+            let b = &mut counts.blobs[pack_pos(r) as usize];
+            *b = b.saturating_add(1);
         }
         while let Some(u) = next_used.filter(|u| *u < id) {
             missing(u, &plan)?;
@@ -272,24 +280,28 @@ pub(super) fn plan(
         }
         plan.used_blobs += 1;
         next_used = ids.next()?;
-        g.retain(|r| is_stored[pack_pos(r) as usize]);
+        g.retain(|r| listing.is_stored(pack_pos(r)));
         if g.is_empty() {
             missing(id, &plan)?;
             continue;
         }
         // Live before marked, checked before unverified, then by pack id; every copy an
         // unverified pack claims counts as used too (nothing unverified decides).
-        g.sort_by_key(|r| {
-            let p = pack_pos(r);
-            let info = &packs[p as usize];
-            (info.mark.is_some(), unverified.contains(&p), info.id)
-        });
+        if g.len() > 1 {
+            let mut keyed = Vec::with_capacity(g.len());
+            for r in &g {
+                let p = pack_pos(r);
+                let info = packs.get(p)?;
+                keyed.push(((info.mark.is_some(), unverified.contains(&p), info.id), *r));
+            }
+            keyed.sort_by_key(|k| k.0);
+            g = keyed.into_iter().map(|k| k.1).collect();
+        }
         for (i, r) in g.iter().enumerate() {
-            let p = pack_pos(r);
-            if i == 0 || unverified.contains(&p) {
-                let u = &mut used_in[p as usize];
-                u.0 += 1;
-                u.1 += u64::from(r.length & !crate::index::TOP);
+            let p = pack_pos(r) as usize;
+            if i == 0 || unverified.contains(&(p as u32)) {
+                counts.used[p] = counts.used[p].saturating_add(1);
+                counts.used_bytes[p] += u64::from(r.length & !crate::index::TOP);
             }
         }
     }
@@ -303,21 +315,16 @@ pub(super) fn plan(
     plan.claims_refuted = refuted.messages(&[]);
     plan.late_blobs = HashSet::new();
 
-    let sums: Vec<PackSum> = packs
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !refuted.why.contains_key(&p.id))
-        .map(|(i, p)| PackSum {
-            id: p.id,
-            kind: p.kind,
-            size: p.size,
-            mark: p.mark,
-            blobs: blobs[i],
-            used: used_in[i].0,
-            used_bytes: used_in[i].1,
-        })
-        .collect();
-    decide(repo, &mut plan, opts, &sums, &stored, &named)?;
+    let orphans = orphans(repo, listing.others.split_off(0), &superseded)?;
+    let sums = OnDisk {
+        packs: &packs,
+        listing: &listing,
+        refuted: &refuted,
+        counts: &counts,
+    };
+    decide(repo, &mut plan, opts, &sums, orphans)?;
+    drop(counts);
+    drop(listing);
     plan.bounded = Some(Arc::new(State {
         packs,
         claims,
@@ -331,13 +338,76 @@ pub(super) fn plan(
     Ok(Some(plan))
 }
 
+/// Claims and used blobs counted by pack position.
+struct Counts {
+    blobs: Vec<u32>,
+    used: Vec<u32>,
+    used_bytes: Vec<u64>,
+}
+
+/// The packs of a plan on disk for [`decide`], keyed by position: the table read in order
+/// (objects that are no pack left out).
+struct OnDisk<'a> {
+    packs: &'a Table,
+    listing: &'a Listing,
+    refuted: &'a Refuted,
+    counts: &'a Counts,
+}
+
+impl Sums for OnDisk<'_> {
+    fn keys(&self) -> usize {
+        self.packs.len() as usize
+    }
+
+    fn each(&self, f: &mut EachSum) -> Result<()> {
+        self.packs.scan(&mut |pos, p| {
+            if self.refuted.why.contains_key(&p.id) {
+                return Ok(());
+            }
+            let i = pos as usize;
+            let sum = PackSum {
+                id: p.id,
+                kind: p.kind,
+                size: p.size,
+                mark: p.mark,
+                blobs: u64::from(self.counts.blobs[i]),
+                used: u64::from(self.counts.used[i]),
+                used_bytes: self.counts.used_bytes[i],
+            };
+            f(pos, &sum, self.listing.stored(pos))
+        })
+    }
+}
+
+/// Of the stored packs no index file in force names, those no superseded file names either
+/// (their packs are not orphans): the superseded files are read again only when there are
+/// both.
+fn orphans(
+    repo: &Repository,
+    mut others: Vec<(crate::backend::FileKind, crate::backend::ObjectInfo)>,
+    superseded: &[(Id, String)],
+) -> Result<Vec<(crate::backend::FileKind, crate::backend::ObjectInfo)>> {
+    if others.is_empty() || superseded.is_empty() {
+        return Ok(others);
+    }
+    let mut named: HashSet<String> = HashSet::new();
+    let candidates: HashSet<String> = others.iter().map(|(_, o)| o.name.clone()).collect();
+    for (_, name) in superseded {
+        for p in repo.read_index_file(name)?.packs {
+            let hex = p.id.to_hex();
+            if candidates.contains(&hex) {
+                named.insert(hex);
+            }
+        }
+    }
+    others.retain(|(_, o)| !named.contains(&o.name));
+    Ok(others)
+}
+
 /// The claims of index files, read in listing order a few at a time.
 struct Claims {
     /// The pack table: every pack the files in force list, marks merged.
-    packs: Vec<PackInfo>,
-    pos_of: HashMap<ObjectId, u32>,
-    /// Every pack any file names (superseded files' packs are not orphans).
-    named: HashSet<String>,
+    packs: Table,
     /// The base of each delta claim, by (pack position, blob id).
     bases: HashMap<(u32, BlobId), BlobId>,
     /// Every claim of the files in force, by blob id.
@@ -350,7 +420,8 @@ struct Claims {
 }
 
 /// Reads `names`, taking all but `superseded` as in force: each pack's first listing gives its
-/// claims (into a sort in `dir`), later ones only revive or extend its mark.
+/// claims (into a sort in `dir`, and its record into a table there), later ones only revive or
+/// extend its mark.
 fn read_claims(
     repo: &Repository,
     names: &[(Id, String)],
@@ -358,12 +429,11 @@ fn read_claims(
     dir: &std::path::Path,
     mem: usize,
 ) -> Result<Claims> {
-    let mut packs: Vec<PackInfo> = Vec::new();
-    let mut pos_of: HashMap<ObjectId, u32> = HashMap::new();
-    let mut named: HashSet<String> = HashSet::new();
+    std::fs::create_dir_all(dir).map_err(|e| crate::cachefile::io(dir, e))?;
+    let mut packs = Table::new(&dir.join("packs"))?;
     let mut bases: HashMap<(u32, BlobId), BlobId> = HashMap::new();
     let mut supersedes: HashSet<Id> = HashSet::new();
-    let mut claims = Builder::new(dir, mem)?;
+    let mut claims = Builder::new(&dir.join("claims"), mem)?;
     let mut in_force = Vec::new();
     let mut heads = HashMap::new();
     for group in names.chunks(DECODERS * 2) {
@@ -372,24 +442,21 @@ fn read_claims(
         })?;
         for ((id, f), (_, name)) in files.into_iter().zip(group) {
             supersedes.extend(f.supersedes.iter().copied());
-            let live = !superseded.contains(&id);
-            if live {
-                in_force.push((id, name.clone()));
-                let blobs = f.packs.iter().map(|p| p.blobs.len()).sum();
-                heads.insert(id, (blobs, f.supersedes.clone()));
+            if superseded.contains(&id) {
+                continue;
             }
+            in_force.push((id, name.clone()));
+            let blobs = f.packs.iter().map(|p| p.blobs.len()).sum();
+            heads.insert(id, (blobs, f.supersedes.clone()));
             for p in f.packs {
-                named.insert(p.id.to_hex());
-                if !live {
+                if let Some(pos) = packs.pos_of(&p.id)? {
+                    let mut known = packs.get(pos)?;
+                    if merge_mark(&mut known, &p) {
+                        packs.set(pos, &known)?;
+                    }
                     continue;
                 }
-                if let Some(&pos) = pos_of.get(&p.id) {
-                    merge_mark(&mut packs[pos as usize], &p);
-                    continue;
-                }
-                let pos = packs.len() as u32;
-                pos_of.insert(p.id, pos);
-                packs.push(PackInfo::of_entry(&p));
+                let pos = packs.push(&PackInfo::of_entry(&p))?;
                 for b in &p.blobs {
                     claims.push(record_of(pos, b))?;
                     if let Some(base) = b.base {
@@ -401,8 +468,6 @@ fn read_claims(
     }
     Ok(Claims {
         packs,
-        pos_of,
-        named,
         bases,
         sorted: claims.into_sorted()?,
         in_force,
@@ -426,8 +491,10 @@ pub(crate) fn sorts_pay(repo: &Repository, mem: usize) -> bool {
 pub(crate) struct Judged {
     scratch: tempfile::TempDir,
     claims: Claims,
-    stored: HashMap<String, (crate::backend::FileKind, crate::backend::ObjectInfo)>,
-    is_stored: Vec<bool>,
+    /// What the store lists of each pack, and of the stored packs no file in force names.
+    listing: Listing,
+    /// The files read that another supersedes.
+    superseded: Vec<(Id, String)>,
     /// The verdict on each disputed pack whose header was read (by position).
     headers: HashMap<u32, Verdict>,
     /// Disputed packs whose header could not be read.
@@ -476,12 +543,7 @@ fn judge(
         read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
     }
     progress.message("listing packs");
-    let stored = super::list_packs(backend)?;
-    let is_stored: Vec<bool> = read
-        .packs
-        .iter()
-        .map(|p| stored.contains_key(&p.id.to_hex()))
-        .collect();
+    let listing = Listing::of(backend.as_ref(), &read.packs)?;
 
     // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
     progress.message("checking disputed claims");
@@ -496,7 +558,7 @@ fn judge(
             let mut at: Vec<u32> = g
                 .iter()
                 .map(pack_pos)
-                .filter(|p| is_stored[*p as usize])
+                .filter(|p| listing.is_stored(*p))
                 .collect();
             at.sort_unstable();
             at.dedup();
@@ -505,13 +567,12 @@ fn judge(
             }
         }
     }
-    let mut list: Vec<(ObjectId, ObjectKind, u64)> = disputed
-        .iter()
-        .map(|&p| {
-            let info = &read.packs[p as usize];
-            (info.id, info.kind, stored[&info.id.to_hex()].1.size)
-        })
-        .collect();
+    let mut list: Vec<(ObjectId, ObjectKind, u64)> = Vec::with_capacity(disputed.len());
+    for &p in &disputed {
+        let info = read.packs.get(p)?;
+        let size = listing.stored(p).map_or(0, |s| s.size);
+        list.push((info.id, info.kind, size));
+    }
     list.sort_by_key(|p| p.0);
     let (verdicts, reads) = crate::ops::claims::verify(repo, &list)?;
     let mut unverified: HashSet<u32> = HashSet::new();
@@ -519,7 +580,9 @@ fn judge(
     let mut refuted = Refuted::default();
     let mut disputes = crate::ops::claims::Disputes::default();
     for (id, v) in verdicts {
-        let pos = read.pos_of[&id];
+        let pos = read.packs.pos_of(&id)?.ok_or_else(|| {
+            crate::error::Error::Other(format!("pack {id} judged but not in the plan's table"))
+        })?;
         match v {
             Verdict::Unreadable(why) => {
                 disputes.unverified.push((id, why));
@@ -535,11 +598,15 @@ fn judge(
         }
     }
     disputes.unverified.sort();
+    let superseded = names
+        .into_iter()
+        .filter(|(id, _)| superseded.contains(id))
+        .collect();
     Ok(Judged {
         scratch,
         claims: read,
-        stored,
-        is_stored,
+        listing,
+        superseded,
         headers,
         unverified,
         refuted,
@@ -570,7 +637,7 @@ pub(crate) fn clean_for_dedup(
                 &j.claims.bases,
                 &j.claims.packs,
                 &mut refuted,
-            );
+            )?;
         }
     }
     let mut messages = Vec::new();
@@ -644,48 +711,56 @@ fn keep_holding(
     g: &mut Vec<Record>,
     headers: &HashMap<u32, Verdict>,
     bases: &HashMap<(u32, BlobId), BlobId>,
-    packs: &[PackInfo],
+    packs: &Table,
     refuted: &mut Refuted,
-) {
+) -> Result<()> {
     // A pack's records of one id together (a forged file may give them different kinds).
     g.sort_by_key(|r| (pack_pos(r), *r));
     g.dedup_by_key(|r| pack_pos(r));
     if headers.is_empty() {
-        return;
+        return Ok(());
     }
-    g.retain(|r| {
-        let p = pack_pos(r);
-        let Some(v) = headers.get(&p) else {
-            return true;
-        };
-        let (_, rec) = blob_record_of(r, bases.get(&(p, Id(r.id))).copied());
-        if v.holds(&rec) == Some(false) {
-            let id = packs[p as usize].id;
-            refuted.by_pack.entry(id).or_default().push(rec.id);
-            return false;
+    let mut held = Vec::with_capacity(g.len());
+    for r in g.drain(..) {
+        let p = pack_pos(&r);
+        if let Some(v) = headers.get(&p) {
+            let (_, rec) = blob_record_of(&r, bases.get(&(p, Id(r.id))).copied());
+            if v.holds(&rec) == Some(false) {
+                let id = packs.id_at(p)?;
+                refuted.by_pack.entry(id).or_default().push(rec.id);
+                continue;
+            }
         }
-        true
-    });
+        held.push(r);
+    }
+    *g = held;
+    Ok(())
 }
 
 /// A later listing of a pack: live anywhere is live; of two marks the later deletion counts
-/// (as [`crate::index::merge_entries`]).
-fn merge_mark(known: &mut PackInfo, p: &PackEntry) {
+/// (as [`crate::index::merge_entries`]). Whether the mark changed.
+fn merge_mark(known: &mut PackInfo, p: &PackEntry) -> bool {
     match (known.mark, p.mark) {
         (Some(_), None) => known.mark = None,
         (Some(a), Some(b)) if b.delete_after > a.delete_after => known.mark = Some(b),
-        _ => {}
+        _ => return false,
     }
+    true
 }
 
 impl State {
+    /// The plan's pack table.
+    pub(super) fn packs(&self) -> &Table {
+        &self.packs
+    }
+
     /// The packs the plan repacks, each with the used blobs it claims (in offset order).
     pub(super) fn repack_blobs(
         &self,
         plan: &PrunePlan,
     ) -> Result<Vec<(PackInfo, Vec<BlobRecord>)>> {
-        let repack: HashSet<u32> = (0..self.packs.len() as u32)
-            .filter(|p| plan.decisions.get(&self.packs[*p as usize].id) == Some(&Decision::Repack))
+        let repack: HashSet<u32> = (0..self.packs.len())
+            .filter(|p| plan.decisions.is_repack(*p))
             .collect();
         if repack.is_empty() {
             return Ok(Vec::new());
@@ -711,25 +786,27 @@ impl State {
             g.dedup_by_key(|r| pack_pos(r));
             for r in &g {
                 let p = pack_pos(r);
-                let bad = self
-                    .refuted
-                    .by_pack
-                    .get(&self.packs[p as usize].id)
-                    .is_some_and(|b| b.contains(&Id(r.id)));
-                if repack.contains(&p) && !bad {
+                if !repack.contains(&p) {
+                    continue;
+                }
+                let bad = !self.refuted.by_pack.is_empty()
+                    && self
+                        .refuted
+                        .by_pack
+                        .get(&self.packs.id_at(p)?)
+                        .is_some_and(|b| b.contains(&Id(r.id)));
+                if !bad {
                     let base = self.bases.get(&(p, Id(r.id))).copied();
                     wanted.entry(p).or_default().push(blob_record_of(r, base).1);
                 }
             }
         }
-        let mut out: Vec<(PackInfo, Vec<BlobRecord>)> = repack
-            .into_iter()
-            .map(|p| {
-                let mut w = wanted.remove(&p).unwrap_or_default();
-                w.sort_by_key(|b| b.offset);
-                (self.packs[p as usize].clone(), w)
-            })
-            .collect();
+        let mut out: Vec<(PackInfo, Vec<BlobRecord>)> = Vec::with_capacity(repack.len());
+        for p in repack {
+            let mut w = wanted.remove(&p).unwrap_or_default();
+            w.sort_by_key(|b| b.offset);
+            out.push((self.packs.get(p)?, w));
+        }
         out.sort_by_key(|(p, _)| p.id);
         Ok(out)
     }
@@ -742,28 +819,29 @@ impl State {
         repo: &Repository,
         f: &mut dyn FnMut(Id, Listings) -> Result<()>,
     ) -> Result<()> {
-        let mut seen: HashSet<ObjectId> = HashSet::new();
-        let pos_of: HashMap<ObjectId, usize> = self
-            .packs
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id, i))
-            .collect();
+        // Whether a position's first listing was seen.
+        let mut seen = vec![false; self.packs.len() as usize];
         for (id, name) in &self.in_force {
             let mut out = Vec::new();
             for mut p in repo.read_index_file(name)?.packs {
                 let listed = Listed::of(&p);
-                if !seen.insert(p.id) || self.refuted.why.contains_key(&p.id) {
+                // Every pack of a file in force is in the table (index files do not change).
+                let pos = self.packs.pos_of(&p.id)?.ok_or_else(|| {
+                    crate::error::Error::Other(format!(
+                        "index file {name}: pack {} not in prune's table: run prune again",
+                        p.id
+                    ))
+                })?;
+                let first = !std::mem::replace(&mut seen[pos as usize], true);
+                if !first || self.refuted.why.contains_key(&p.id) {
                     out.push((listed, None));
                     continue;
                 }
                 if let Some(bad) = self.refuted.by_pack.get(&p.id) {
                     p.blobs.retain(|b| !bad.contains(&b.id));
                 }
-                if let Some(&i) = pos_of.get(&p.id) {
-                    p.mark = self.packs[i].mark;
-                }
-                out.push((listed, Some(p)));
+                p.mark = self.packs.get(pos)?.mark;
+                out.push((listed, Some((pos, p))));
             }
             f(*id, out)?;
         }

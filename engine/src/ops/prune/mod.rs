@@ -36,6 +36,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 
 mod bounded;
+mod packs;
 mod run;
 
 pub(crate) use bounded::{clean_for_dedup, sorts_pay};
@@ -67,12 +68,12 @@ struct Listed {
     blobs: usize,
 }
 
-/// How an index file lists each of its packs and, for a pack's first listing, the entry
-/// prune starts from.
-type Listings = Vec<(Listed, Option<PackEntry>)>;
+/// How an index file lists each of its packs and, for a pack's first listing, its key in the
+/// plan ([`Decisions`]) and the entry prune starts from.
+type Listings = Vec<(Listed, Option<(u32, PackEntry)>)>;
 
-/// An index file and the packs it lists.
-type FilePacks = (Id, Vec<ObjectId>);
+/// An index file and the positions of the packs it lists in the index kept next.
+type FilePacks = (Id, Vec<u32>);
 
 impl Listed {
     fn of(p: &PackEntry) -> Self {
@@ -251,11 +252,11 @@ pub struct PrunePlan {
     pub orphans_locked: Locked,
     pub lock_heads: u64,
     /// Packs that stay marked or are marked by this run (`mark`, `waiting`, `repack`,
-    /// `min_duration_held`, `locked`): the earliest time a prune may delete each (unix
-    /// seconds; new marks count from the plan's time), and its size.
-    pub later: Vec<(i64, u64)>,
-    // Decisions, by pack.
-    decisions: HashMap<ObjectId, Decision>,
+    /// `min_duration_held`, `locked`): when a prune may delete them (unix seconds; new marks
+    /// count from the plan's time), and their sizes.
+    later: Later,
+    /// Decisions, by pack.
+    decisions: Decisions,
     /// Every pack of the index in force, marks resolved ("live wins").
     packs: Vec<PackEntry>,
     used: HashSet<BlobId>,
@@ -269,12 +270,98 @@ pub struct PrunePlan {
     listed: Vec<(Id, Vec<Listed>)>,
     /// Each of them: the blobs it lists and the files it supersedes.
     heads: HashMap<Id, (usize, Vec<Id>)>,
-    /// Packs that hold a used blob (the one copy counted), with their upload times.
-    referenced: Vec<(ObjectId, FileKind, Option<i64>)>,
+    /// Under Object Lock, packs that hold a used blob (the one copy counted): key, id, kind
+    /// and upload time.
+    referenced: Vec<(u32, ObjectId, FileKind, Option<i64>)>,
     orphan_names: Vec<(FileKind, String, u64)>,
     /// For a plan sorted on disk (an index too large to plan in memory): what it sorted instead of
     /// `packs` and `used` (which stay empty).
     bounded: Option<Arc<bounded::State>>,
+}
+
+/// When packs that stay marked can be deleted: the earliest time and what is deletable then,
+/// and the latest and the total.
+#[derive(Clone, Copy, Debug, Default)]
+struct Later {
+    first: Option<(i64, Tally)>,
+    last: Option<(i64, Tally)>,
+}
+
+impl Later {
+    fn push(&mut self, at: i64, bytes: u64) {
+        match &mut self.first {
+            Some((t, tally)) if *t == at => tally.add(bytes),
+            Some((t, _)) if *t < at => {}
+            first => *first = Some((at, Tally { packs: 1, bytes })),
+        }
+        let (t, all) = self.last.get_or_insert((at, Tally::default()));
+        *t = (*t).max(at);
+        all.add(bytes);
+    }
+}
+
+/// The decision on each pack, a byte by key (its position in a plan on disk, its place in
+/// `packs` in memory): a repository of millions of packs holds no map of them. A mark other
+/// than the pack's own (Object Lock's) is kept aside.
+#[derive(Clone, Debug, Default)]
+struct Decisions {
+    codes: Vec<u8>,
+    marks: HashMap<u32, Mark>,
+}
+
+impl Decisions {
+    fn new(keys: usize) -> Self {
+        Decisions {
+            codes: vec![0; keys],
+            marks: HashMap::new(),
+        }
+    }
+
+    /// Decides the pack at `key`, whose own mark is `own`.
+    fn set(&mut self, key: u32, d: Decision, own: Option<Mark>) {
+        self.marks.remove(&key);
+        self.codes[key as usize] = match d {
+            Decision::Keep => 1,
+            Decision::Marked(m) if own == Some(m) => 2,
+            Decision::Marked(m) => {
+                self.marks.insert(key, m);
+                3
+            }
+            Decision::Mark => 4,
+            Decision::Delete => 5,
+            Decision::Repack => 6,
+            Decision::Drop => 7,
+        };
+    }
+
+    /// The decision on the pack at `key`, whose own mark is `own` (as given to `set`); `None`
+    /// for a pack not decided.
+    fn get(&self, key: u32, own: Option<Mark>) -> Option<Decision> {
+        Some(match *self.codes.get(key as usize)? {
+            1 => Decision::Keep,
+            // Given its own mark when it was decided: keeping it live is the safe side.
+            2 => own.map_or(Decision::Keep, Decision::Marked),
+            3 => Decision::Marked(self.marks[&key]),
+            4 => Decision::Mark,
+            5 => Decision::Delete,
+            6 => Decision::Repack,
+            7 => Decision::Drop,
+            _ => return None,
+        })
+    }
+
+    fn is_repack(&self, key: u32) -> bool {
+        self.codes.get(key as usize) == Some(&6)
+    }
+
+    /// Deleted by this run: due, or repacked without a grace period.
+    fn deletes(&self, key: u32, delete_now: bool) -> bool {
+        match self.codes.get(key as usize) {
+            Some(5) => true,
+            Some(6) => delete_now,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,8 +534,10 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     drop(assigned);
     plan.late_blobs = HashSet::new();
 
-    let sums: Vec<PackSum> = packs
-        .values()
+    let mut all: Vec<PackEntry> = packs.into_values().collect();
+    all.sort_by_key(|p| p.id);
+    let sums: Vec<PackSum> = all
+        .iter()
         .map(|e| {
             let (used, used_bytes) = used_in.get(&e.id).copied().unwrap_or((0, 0));
             PackSum {
@@ -462,9 +551,16 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             }
         })
         .collect();
-    decide(repo, &mut plan, opts, &sums, &stored, &named)?;
-    let mut all: Vec<PackEntry> = packs.into_values().collect();
-    all.sort_by_key(|p| p.id);
+    let orphans = stored
+        .iter()
+        .filter(|(name, _)| !named.contains(*name))
+        .map(|(_, (fk, o))| (*fk, o.clone()))
+        .collect();
+    let in_memory = InMemory {
+        sums: &sums,
+        stored: &stored,
+    };
+    decide(repo, &mut plan, opts, &in_memory, orphans)?;
     plan.packs = all;
     plan.used = used;
     Ok(plan)
@@ -505,26 +601,77 @@ struct PackSum {
     used_bytes: u64,
 }
 
-/// Decides every pack (keep, mark, delete, repack, drop), the orphans, and what Object Lock
-/// still holds; counts the requests.
+/// What the store lists of a pack (an [`ObjectInfo`] without its name).
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    size: u64,
+    class: StorageClass,
+    modified: Option<i64>,
+}
+
+impl Stored {
+    fn of(o: &ObjectInfo) -> Self {
+        Stored {
+            size: o.size,
+            class: o.class,
+            modified: o.modified,
+        }
+    }
+}
+
+/// What [`Sums::each`] calls for each pack: its key, its sums, what the store lists of it.
+type EachSum<'a> = dyn FnMut(u32, &PackSum, Option<Stored>) -> Result<()> + 'a;
+
+/// The packs a plan decides on, each with its key ([`Decisions`]) and what the store lists of
+/// it: in memory, or read from the plan's table on disk ([`bounded`]).
+trait Sums {
+    /// One more than the largest key.
+    fn keys(&self) -> usize;
+    /// Each pack, in key order; `None`: not stored.
+    fn each(&self, f: &mut EachSum) -> Result<()>;
+}
+
+/// The packs of a plan in memory, keyed by their place in `sums` (sorted by id).
+struct InMemory<'a> {
+    sums: &'a [PackSum],
+    stored: &'a HashMap<String, (FileKind, ObjectInfo)>,
+}
+
+impl Sums for InMemory<'_> {
+    fn keys(&self) -> usize {
+        self.sums.len()
+    }
+
+    fn each(&self, f: &mut EachSum) -> Result<()> {
+        for (key, e) in self.sums.iter().enumerate() {
+            let stored = self.stored.get(&e.id.to_hex()).map(|(_, o)| Stored::of(o));
+            f(key as u32, e, stored)?;
+        }
+        Ok(())
+    }
+}
+
+/// Decides every pack (keep, mark, delete, repack, drop), the orphans (stored packs no index
+/// file names), and what Object Lock still holds; counts the requests.
 fn decide(
     repo: &Repository,
     plan: &mut PrunePlan,
     opts: &PruneOptions,
-    sums: &[PackSum],
-    stored: &HashMap<String, (FileKind, ObjectInfo)>,
-    named: &HashSet<String>,
+    sums: &dyn Sums,
+    orphans: Vec<(FileKind, ObjectInfo)>,
 ) -> Result<()> {
     let now = plan.now;
-    // Decide each pack.
-    let mut candidates: Vec<(ObjectId, u64, u64)> = Vec::new(); // (pack, unused, size)
-    let mut kept_used: HashMap<ObjectId, u64> = HashMap::new();
-    for e in sums {
-        let name = e.id.to_hex();
-        let Some((_, info)) = stored.get(&name) else {
+    let lock = repo.config().object_lock.is_some();
+    plan.decisions = Decisions::new(sums.keys());
+    // Partly used packs: (key, unused, size, first 8 bytes of the id).
+    let mut candidates: Vec<(u32, u64, u64, u64)> = Vec::new();
+    let mut index_blobs = 0u64;
+    sums.each(&mut |key, e, info| {
+        index_blobs += e.blobs;
+        let Some(info) = info else {
             plan.missing_unused.add(e.size);
-            plan.decisions.insert(e.id, Decision::Drop);
-            continue;
+            plan.decisions.set(key, Decision::Drop, e.mark);
+            return Ok(());
         };
         plan.total.add(e.size);
         let (nused, used_bytes) = (e.used, e.used_bytes);
@@ -535,7 +682,7 @@ fn decide(
             } else if now < mark.delete_after && !opts.delete_now {
                 plan.waiting.add(e.size);
                 Decision::Marked(mark)
-            } else if let Some(cost) = held_by_min_duration(info, now, opts) {
+            } else if let Some(cost) = held_by_min_duration(&info, now, opts) {
                 plan.min_duration_held.add(e.size);
                 plan.early_deletion_usd += cost;
                 Decision::Marked(mark)
@@ -549,7 +696,7 @@ fn decide(
                 // commits within half the grace period or copies the blobs (section 12).
                 plan.mark.add(e.size);
                 Decision::Mark
-            } else if let Some(cost) = held_by_min_duration(info, now, opts) {
+            } else if let Some(cost) = held_by_min_duration(&info, now, opts) {
                 plan.min_duration_held.add(e.size);
                 plan.early_deletion_usd += cost;
                 Decision::Mark
@@ -563,21 +710,22 @@ fn decide(
                 if info.class.is_archive() {
                     plan.cold_partly_used.add(e.size);
                 } else {
-                    candidates.push((e.id, e.size - used_bytes, e.size));
+                    let id8 = u64::from_be_bytes(e.id.0[..8].try_into().expect("8"));
+                    candidates.push((key, e.size - used_bytes, e.size, id8));
                 }
             }
             Decision::Keep
         };
         if matches!(decision, Decision::Keep) {
             plan.used_bytes += used_bytes;
-            kept_used.insert(e.id, used_bytes);
         }
-        if nused > 0 {
-            plan.referenced
-                .push((e.id, FileKind::of_pack(e.kind), info.modified));
+        if nused > 0 && lock {
+            let fk = FileKind::of_pack(e.kind);
+            plan.referenced.push((key, e.id, fk, info.modified));
         }
-        plan.decisions.insert(e.id, decision);
-    }
+        plan.decisions.set(key, decision, e.mark);
+        Ok(())
+    })?;
 
     // Repack the packs with the most unused bytes until what is left is under the limit.
     let unused_total: u64 = candidates.iter().map(|c| c.1).sum();
@@ -586,13 +734,16 @@ fn decide(
         MaxUnused::Percent(p) => (live_total as f64 * p / 100.0) as u64,
         MaxUnused::Bytes(b) => b,
     };
+    // Ties by id (the first 8 bytes tell ids apart), as the keys of a plan on disk are not
+    // in id order.
     candidates.sort_by(|a, b| {
         (b.1 as f64 / b.2 as f64)
             .total_cmp(&(a.1 as f64 / a.2 as f64))
+            .then(a.3.cmp(&b.3))
             .then(a.0.cmp(&b.0))
     });
     let mut unused_left = unused_total;
-    for (id, unused, size) in candidates {
+    for (key, unused, size, _) in candidates {
         let within_budget = opts
             .max_repack
             .is_none_or(|m| plan.repack.bytes + size <= m);
@@ -603,59 +754,53 @@ fn decide(
             plan.repack_download += used_bytes;
             plan.repack_upload += used_bytes;
             plan.requests_get += 1;
-            plan.decisions.insert(id, Decision::Repack);
+            plan.decisions.set(key, Decision::Repack, None);
         }
     }
     plan.unused_after = unused_left;
     // What stays, and when what goes becomes deletable.
     let grace_end = now + if opts.delete_now { 0 } else { opts.grace };
-    for e in sums {
-        let min_duration_end = stored
-            .get(&e.id.to_hex())
-            .and_then(|(_, info)| Some(info.modified? + 86_400 * i64::from(info.class.min_days())));
+    sums.each(&mut |key, e, info| {
+        let min_duration_end =
+            info.and_then(|i| Some(i.modified? + 86_400 * i64::from(i.class.min_days())));
         let at = |t: i64| match min_duration_end {
             Some(end) if !opts.ignore_min_duration => t.max(end),
             _ => t,
         };
-        match plan.decisions.get(&e.id) {
+        match plan.decisions.get(key, e.mark) {
             Some(Decision::Keep) => {
                 plan.kept.add(e.size);
                 // Saturating: a forged index may claim overlapping records.
-                plan.kept_unused += e
-                    .size
-                    .saturating_sub(kept_used.get(&e.id).copied().unwrap_or(0));
+                plan.kept_unused += e.size.saturating_sub(e.used_bytes);
             }
-            Some(Decision::Marked(m)) => plan.later.push((at(m.delete_after), e.size)),
-            Some(Decision::Mark) => plan.later.push((at(grace_end), e.size)),
-            Some(Decision::Repack) if !opts.delete_now => plan.later.push((at(grace_end), e.size)),
+            Some(Decision::Marked(m)) => plan.later.push(at(m.delete_after), e.size),
+            Some(Decision::Mark) => plan.later.push(at(grace_end), e.size),
+            Some(Decision::Repack) if !opts.delete_now => plan.later.push(at(grace_end), e.size),
             _ => {}
         }
-    }
+        Ok(())
+    })?;
 
     // Orphans: packs no index file names.
-    for (name, (fk, info)) in stored {
-        if named.contains(name) {
-            continue;
-        }
+    for (fk, info) in orphans {
         let old = opts.delete_now
             || info
                 .modified
                 .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
         if old {
             plan.orphans.add(info.size);
-            plan.orphan_names.push((*fk, name.clone(), info.size));
+            plan.orphan_names.push((fk, info.name, info.size));
         } else {
             plan.orphans_young.add(info.size);
         }
     }
     plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
-    if repo.config().object_lock.is_some() {
+    if lock {
         skip_locked(repo, plan, sums, now)?;
     }
     let repack_packs = plan
         .repack_upload
         .div_ceil(u64::from(repo.config().data_pack_size).max(1));
-    let index_blobs: u64 = sums.iter().map(|p| p.blobs).sum();
     plan.requests_put = repack_packs + 1 + index_blobs / BLOBS_PER_INDEX_FILE as u64;
     plan.requests_delete = plan.delete.packs + plan.orphans.packs + plan.index_files;
     if opts.delete_now {
@@ -671,20 +816,34 @@ impl PrunePlan {
         self.bounded.is_some()
     }
 
+    /// Each pack this run deletes (due, or repacked without a grace period).
+    fn deleted(
+        &self,
+        delete_now: bool,
+        f: &mut dyn FnMut(&crate::index::PackInfo) -> Result<()>,
+    ) -> Result<()> {
+        match &self.bounded {
+            None => {
+                for (key, p) in self.packs.iter().enumerate() {
+                    if self.decisions.deletes(key as u32, delete_now) {
+                        f(&crate::index::PackInfo::of_entry(p))?;
+                    }
+                }
+                Ok(())
+            }
+            Some(b) => b.packs().scan(&mut |pos, p| {
+                if self.decisions.deletes(pos, delete_now) {
+                    f(&p)?;
+                }
+                Ok(())
+            }),
+        }
+    }
+
     /// When what stays marked can go: the earliest time a prune may delete some of it and
     /// what it frees then, and the time by which all of it is deletable and the total.
     pub fn frees_later(&self) -> Option<((i64, Tally), (i64, Tally))> {
-        let first = self.later.iter().map(|l| l.0).min()?;
-        let last = self.later.iter().map(|l| l.0).max()?;
-        let mut early = Tally::default();
-        let mut all = Tally::default();
-        for (t, bytes) in &self.later {
-            all.add(*bytes);
-            if *t == first {
-                early.add(*bytes);
-            }
-        }
-        Some(((first, early), (last, all)))
+        Some((self.later.first?, self.later.last?))
     }
 
     /// What the kept snapshots reference, for [`crate::ops::retention::extend`]: the packs
@@ -712,10 +871,8 @@ impl PrunePlan {
         out.extend(
             self.referenced
                 .iter()
-                .filter(|(id, _, _)| {
-                    !after_run || self.decisions.get(id) != Some(&Decision::Repack)
-                })
-                .map(|(id, fk, m)| (*fk, id.to_hex(), *m)),
+                .filter(|(key, ..)| !after_run || !self.decisions.is_repack(*key))
+                .map(|(_, id, fk, m)| (*fk, id.to_hex(), *m)),
         );
         Ok(out)
     }
@@ -723,22 +880,22 @@ impl PrunePlan {
 
 /// Under Object Lock: packs due for deletion that are still retained stay (indexed and
 /// marked, or orphans), and are counted with the date they become deletable.
-fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &[PackSum], now: i64) -> Result<()> {
-    // Kind, name, size, and for an indexed pack its id and mark.
-    type Due = (FileKind, String, u64, Option<(ObjectId, Option<Mark>)>);
-    let due: Vec<Due> = sums
-        .iter()
-        .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Delete))
-        .map(|p| {
+fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &dyn Sums, now: i64) -> Result<()> {
+    // Kind, name, size, and for an indexed pack its key and mark.
+    type Due = (FileKind, String, u64, Option<(u32, Option<Mark>)>);
+    let mut due: Vec<Due> = Vec::new();
+    sums.each(&mut |key, p, _| {
+        if plan.decisions.get(key, p.mark) == Some(Decision::Delete) {
             let fk = FileKind::of_pack(p.kind);
-            (fk, p.id.to_hex(), p.size, Some((p.id, p.mark)))
-        })
-        .chain(
-            plan.orphan_names
-                .iter()
-                .map(|(fk, n, size)| (*fk, n.clone(), *size, None)),
-        )
-        .collect();
+            due.push((fk, p.id.to_hex(), p.size, Some((key, p.mark))));
+        }
+        Ok(())
+    })?;
+    due.extend(
+        plan.orphan_names
+            .iter()
+            .map(|(fk, n, size)| (*fk, n.clone(), *size, None)),
+    );
     let backend = repo.backend();
     let until = crate::repo::parallel_map(&due, |(fk, name, _, _)| {
         match backend.retention(*fk, name) {
@@ -752,17 +909,17 @@ fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &[PackSum], now: i
     for ((_, name, size, id), until) in due.iter().zip(until) {
         let Some(until) = until else { continue };
         held.insert(name.clone());
-        if let Some((id, mark)) = id {
+        if let Some((key, own)) = id {
             plan.locked.add_pack(*size, until);
-            plan.later.push((until, *size));
+            plan.later.push(until, *size);
             // Unmarked only with `delete_now`: marked as due, for the prune after the lock.
-            let mark = mark.unwrap_or(Mark {
+            let mark = own.unwrap_or(Mark {
                 at: now,
                 delete_after: now,
             });
             plan.delete.packs -= 1;
             plan.delete.bytes -= size;
-            plan.decisions.insert(*id, Decision::Marked(mark));
+            plan.decisions.set(*key, Decision::Marked(mark), *own);
         } else {
             plan.orphans_locked.add_pack(*size, until);
             plan.orphans.packs -= 1;
@@ -775,7 +932,7 @@ fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &[PackSum], now: i
 
 /// `Some(cost in USD)` when deleting this pack now would be billed for the rest of its class's
 /// minimum storage duration and that is not allowed.
-fn held_by_min_duration(info: &ObjectInfo, now: i64, opts: &PruneOptions) -> Option<f64> {
+fn held_by_min_duration(info: &Stored, now: i64, opts: &PruneOptions) -> Option<f64> {
     let days = i64::from(info.class.min_days());
     let age_days = (now - info.modified?) / 86_400;
     if days == 0 || age_days >= days || opts.ignore_min_duration {

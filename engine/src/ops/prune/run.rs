@@ -28,14 +28,14 @@ pub fn run(
     let mut res = PruneResult::default();
     let backend = repo.backend();
     let mut out: Vec<PackEntry> = Vec::new();
-    let mut to_delete: Vec<(FileKind, String, u64)> = Vec::new();
     // The packs to repack, each with the used blobs to copy out of it.
     let repack: Vec<(PackInfo, Vec<BlobRecord>)> = match &plan.bounded {
         None => plan
             .packs
             .iter()
-            .filter(|p| plan.decisions.get(&p.id) == Some(&Decision::Repack))
-            .map(|p| {
+            .enumerate()
+            .filter(|(key, _)| plan.decisions.is_repack(*key as u32))
+            .map(|(_, p)| {
                 let wanted = p.blobs.iter().filter(|b| plan.used.contains(&b.id));
                 (PackInfo::of_entry(p), wanted.cloned().collect())
             })
@@ -130,10 +130,8 @@ pub fn run(
         _ => None,
     };
     for p in out {
-        if let Some((n, _)) = next.as_mut() {
-            n.add_pack(&p);
-        }
-        index.push(p)?;
+        let pos = next.as_mut().map(|(n, _)| n.add_pack(&p));
+        index.push(p, pos)?;
     }
     // The files read that another one supersedes go again; those in force go when one of
     // their listings changes or they are small; the others stay as they are.
@@ -158,36 +156,32 @@ pub fn run(
     let mut carried_set: std::collections::HashSet<Id> = std::collections::HashSet::new();
     let mut file = |id: Id, listings: Listings| -> Result<()> {
         let mut same = !(consolidate && small(&id));
+        // The entries, each with its position in the index kept next.
         let mut entries = Vec::new();
         for (listed, merged) in listings {
-            let Some(mut p) = merged else {
+            let Some((key, mut p)) = merged else {
                 same = false;
                 continue;
             };
-            match plan.decisions.get(&p.id).copied().unwrap_or(Decision::Keep) {
+            let decision = plan.decisions.get(key, p.mark);
+            match decision.unwrap_or(Decision::Keep) {
                 Decision::Keep => p.mark = None,
                 Decision::Marked(m) => p.mark = Some(m),
                 // With `delete_now`, Mark is only for packs a minimum storage duration holds.
                 Decision::Mark => p.mark = Some(mark_now),
                 Decision::Repack if !opts.delete_now => p.mark = Some(mark_now),
-                Decision::Repack | Decision::Delete => {
-                    to_delete.push((FileKind::of_pack(p.kind), p.id.to_hex(), p.size));
-                    same = false;
-                    continue;
-                }
-                Decision::Drop => {
+                // Deleted after the index is written (`PrunePlan::deleted`).
+                Decision::Repack | Decision::Delete | Decision::Drop => {
                     same = false;
                     continue;
                 }
             }
             same &= p.mark == listed.mark && p.blobs.len() == listed.blobs;
-            if let Some((n, _)) = next.as_mut() {
-                n.add_pack(&p);
-            }
-            entries.push(p);
+            let pos = next.as_mut().map(|(n, _)| n.add_pack(&p));
+            entries.push((p, pos));
         }
         if same {
-            stay.push((id, entries.iter().map(|p| p.id).collect()));
+            stay.push((id, entries.iter().filter_map(|(_, pos)| *pos).collect()));
             return Ok(());
         }
         gone.push(id);
@@ -198,22 +192,29 @@ pub fn run(
                 }
             }
         }
-        for p in entries {
-            index.push(p)?;
+        for (p, pos) in entries {
+            index.push(p, pos)?;
         }
         Ok(())
     };
     match &plan.bounded {
         None => {
-            let packs: HashMap<ObjectId, &PackEntry> =
-                plan.packs.iter().map(|p| (p.id, p)).collect();
+            let keys: HashMap<ObjectId, usize> = plan
+                .packs
+                .iter()
+                .enumerate()
+                .map(|(key, p)| (p.id, key))
+                .collect();
             let mut seen = std::collections::HashSet::new();
             for (id, listed) in &plan.listed {
                 let listings = listed
                     .iter()
                     .map(|l| {
                         let first = seen.insert(l.id);
-                        let merged = packs.get(&l.id).filter(|_| first).map(|p| (*p).clone());
+                        let merged = keys
+                            .get(&l.id)
+                            .filter(|_| first)
+                            .map(|key| (*key as u32, plan.packs[*key].clone()));
                         (l.clone(), merged)
                     })
                     .collect();
@@ -253,12 +254,11 @@ pub fn run(
         n.keep_as(&dir, stay.into_iter().chain(written).collect());
         n.seal();
     }
-    to_delete.extend(plan.orphan_names.iter().cloned());
-    for (fk, name, size) in to_delete {
+    let mut delete = |fk: FileKind, name: &str, size: u64| -> Result<()> {
         if crate::ops::interrupted() {
             return Err(crate::stop::error(String::new));
         }
-        match backend.delete(fk, &name) {
+        match backend.delete(fk, name) {
             Ok(()) | Err(Error::ObjectNotFound(_)) => {
                 res.packs_deleted += 1;
                 res.bytes_deleted += size;
@@ -268,6 +268,13 @@ pub fn run(
             Err(Error::Locked { until, .. }) => res.locked.add_pack(size, until),
             Err(e) => return Err(e),
         }
+        Ok(())
+    };
+    plan.deleted(opts.delete_now, &mut |p| {
+        delete(FileKind::of_pack(p.kind), &p.id.to_hex(), p.size)
+    })?;
+    for (fk, name, size) in &plan.orphan_names {
+        delete(*fk, name, *size)?;
     }
 
     // 4. Object Lock: snapshots and key files forget / key remove hid while they were
@@ -299,7 +306,7 @@ pub fn run(
 pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -> Result<u64> {
     let mut w = IndexWriter::new(repo);
     for p in packs {
-        w.push(p)?;
+        w.push(p, None)?;
     }
     w.finish(old).map(|(count, _)| count)
 }
@@ -309,9 +316,11 @@ pub fn write_index_files(repo: &Repository, packs: Vec<PackEntry>, old: &[Id]) -
 struct IndexWriter<'a> {
     repo: &'a Repository,
     batch: Vec<PackEntry>,
+    /// The positions of the batch's packs in the index kept next (those it has).
+    batch_pos: Vec<u32>,
     blobs: usize,
     files: u64,
-    /// The files written, with the packs each lists.
+    /// The files written, with the positions of their packs in the index kept next.
     ids: Vec<FilePacks>,
     flushed: bool,
 }
@@ -321,6 +330,7 @@ impl<'a> IndexWriter<'a> {
         IndexWriter {
             repo,
             batch: Vec::new(),
+            batch_pos: Vec::new(),
             blobs: 0,
             files: 0,
             ids: Vec::new(),
@@ -328,12 +338,14 @@ impl<'a> IndexWriter<'a> {
         }
     }
 
-    fn push(&mut self, p: PackEntry) -> Result<()> {
+    /// Adds a pack, at `pos` in the index kept next (if one is).
+    fn push(&mut self, p: PackEntry, pos: Option<u32>) -> Result<()> {
         if self.blobs >= BLOBS_PER_INDEX_FILE {
             self.write(&[])?;
         }
         self.blobs += p.blobs.len();
         self.batch.push(p);
+        self.batch_pos.extend(pos);
         Ok(())
     }
 
@@ -355,7 +367,7 @@ impl<'a> IndexWriter<'a> {
             .repo
             .write_object(FileKind::Index, ObjectKind::Index, &f.encode())?;
         self.files += 1;
-        self.ids.push((id, f.packs.iter().map(|p| p.id).collect()));
+        self.ids.push((id, std::mem::take(&mut self.batch_pos)));
         Ok(())
     }
 
@@ -365,7 +377,7 @@ impl<'a> IndexWriter<'a> {
     }
 
     /// Writes the last file, superseding `old`; returns how many were written, and their ids
-    /// with the packs each lists.
+    /// with the positions of their packs in the index kept next.
     fn finish(mut self, old: &[Id]) -> Result<(u64, Vec<FilePacks>)> {
         self.write(old)?;
         Ok((self.files, self.ids))
