@@ -30,6 +30,9 @@ pub const DEFAULT_MEMORY: u64 = 150 << 20;
 /// Threads that decode index files into the index being loaded (the adding is serialized, so
 /// more would only hold more decoded files in memory).
 pub(crate) const DECODERS: usize = 2;
+/// What [`Repository::each_dir_part`] calls: a part's id (of a split directory) and entries.
+pub type DirPart<'a> = dyn FnMut(Option<BlobId>, &[Node]) -> Result<()> + 'a;
+
 /// Trees kept decoded by [`Repository::load_tree`]: at most this many, of at most a fifth of
 /// the memory budget in encoded bytes together (4 MiB to 512 MiB; 30 MiB at the default).
 const TREE_CACHE_ENTRIES: usize = 4096;
@@ -141,6 +144,9 @@ pub struct Repository {
     index: Arc<RwLock<Index>>,
     /// Trees loaded lately, and their encoded bytes.
     tree_cache: Mutex<(HashMap<BlobId, Arc<TreeBlob>>, usize)>,
+    /// Whether [`load_tree`](Repository::load_tree) keeps what it loads (not in a walk that
+    /// loads each tree once: [`walk_once`](Repository::walk_once)).
+    tree_caching: std::sync::atomic::AtomicBool,
     /// The plaintexts of the latest delta bases read (a 64th of the memory budget, 1 to 16
     /// MiB, or the newest one), newest last.
     base_cache: Mutex<std::collections::VecDeque<(BlobId, Arc<Vec<u8>>)>>,
@@ -326,6 +332,7 @@ impl Repository {
             chunker,
             index: Arc::new(RwLock::new(Index::new())),
             tree_cache: Mutex::new((HashMap::new(), 0)),
+            tree_caching: std::sync::atomic::AtomicBool::new(true),
             base_cache: Mutex::new(std::collections::VecDeque::new()),
             memory: std::sync::atomic::AtomicU64::new(DEFAULT_MEMORY),
             cache: std::sync::OnceLock::new(),
@@ -1107,6 +1114,9 @@ impl Repository {
         }
         let bytes = self.read_blob(id)?;
         let t = Arc::new(TreeBlob::decode(&bytes, &format!("tree {id}"))?);
+        if !self.tree_caching.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(t);
+        }
         let mut c = self.tree_cache.lock().expect("tree cache");
         // Bounded by bytes too: chunk lists of large files are up to hundreds of KiB each, and
         // 4096 of them held 1.1 GB in a walk of 100 million chunks.
@@ -1121,53 +1131,94 @@ impl Repository {
         Ok(t)
     }
 
+    /// Runs `f`, a walk that loads each tree once (prune's of every snapshot), with the
+    /// cache of trees emptied and left empty: kept, the trees of a walk of 100 million chunks
+    /// held a hundred MB and more, decoded, for nothing.
+    pub(crate) fn walk_once<R>(&self, f: impl FnOnce() -> R) -> R {
+        use std::sync::atomic::Ordering;
+        *self.tree_cache.lock().expect("tree cache") = (HashMap::new(), 0);
+        self.tree_caching.store(false, Ordering::Relaxed);
+        let r = f();
+        self.tree_caching.store(true, Ordering::Relaxed);
+        crate::alloc::trim();
+        r
+    }
+
     /// The entries of a directory, following splits.
     pub fn load_dir(&self, id: &BlobId) -> Result<Vec<Node>> {
-        match &*self.load_tree(id)? {
-            TreeBlob::Dir(nodes) => Ok(nodes.clone()),
-            TreeBlob::Split(parts) => {
-                let mut out = Vec::new();
-                for p in parts {
-                    match &*self.load_tree(p)? {
-                        TreeBlob::Dir(nodes) => {
-                            if let (Some(last), Some(first)) = (out.last(), nodes.first()) {
-                                crate::format::tree::check_order(
-                                    &[Node::clone(last), first.clone()],
-                                    &format!("tree {id}"),
-                                )?;
-                            }
-                            out.extend(nodes.iter().cloned())
-                        }
-                        _ => {
-                            return Err(Error::corrupt(
-                                format!("tree {p}"),
-                                "a split part is not a directory",
-                            ))
-                        }
-                    }
-                }
-                Ok(out)
+        let mut out = Vec::new();
+        self.each_dir_part(id, &mut |_, nodes| {
+            out.extend(nodes.iter().cloned());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The entries of a directory a part at a time (with the part's id, for a split one),
+    /// checked in order across parts: a directory of a thousand files of 5 GB is 160 MB
+    /// decoded, a part about [`crate::format::tree::PART_BYTES`].
+    pub fn each_dir_part(&self, id: &BlobId, f: &mut DirPart) -> Result<()> {
+        let parts = match &*self.load_tree(id)? {
+            TreeBlob::Dir(nodes) => return f(None, nodes),
+            TreeBlob::Split(parts) => parts.clone(),
+            TreeBlob::ChunkList(_) => {
+                return Err(Error::corrupt(
+                    format!("tree {id}"),
+                    "a chunk list where a directory was expected",
+                ))
             }
-            TreeBlob::ChunkList(_) => Err(Error::corrupt(
-                format!("tree {id}"),
-                "a chunk list where a directory was expected",
-            )),
+        };
+        let mut last: Option<Node> = None;
+        for p in parts {
+            match &*self.load_tree(&p)? {
+                TreeBlob::Dir(nodes) => {
+                    if let (Some(last), Some(first)) = (&last, nodes.first()) {
+                        crate::format::tree::check_order(
+                            &[last.clone(), first.clone()],
+                            &format!("tree {id}"),
+                        )?;
+                    }
+                    f(Some(p), nodes)?;
+                    last = nodes.last().cloned().or(last);
+                }
+                _ => {
+                    return Err(Error::corrupt(
+                        format!("tree {p}"),
+                        "a split part is not a directory",
+                    ))
+                }
+            }
         }
+        Ok(())
     }
 
     /// The full chunk list of a file.
     pub fn file_chunks(&self, content: &Content) -> Result<Vec<BlobId>> {
+        let mut out = Vec::new();
+        self.each_file_chunk(content, &mut |c| {
+            out.push(c);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Each chunk of a file, in order, a chunk list at a time: the list of a file of
+    /// terabytes (an EBS volume's image) is millions of ids, never held whole here.
+    pub fn each_file_chunk(
+        &self,
+        content: &Content,
+        f: &mut dyn FnMut(BlobId) -> Result<()>,
+    ) -> Result<()> {
         match content {
-            Content::Chunks(c) => Ok(c.clone()),
+            Content::Chunks(c) => c.iter().try_for_each(|c| f(*c)),
             Content::Indirect(lists) => {
-                let mut out = Vec::new();
                 for l in lists {
                     match &*self.load_tree(l)? {
-                        TreeBlob::ChunkList(c) => out.extend_from_slice(c),
+                        TreeBlob::ChunkList(c) => c.iter().try_for_each(|c| f(*c))?,
                         _ => return Err(Error::corrupt(format!("tree {l}"), "not a chunk list")),
                     }
                 }
-                Ok(out)
+                Ok(())
             }
         }
     }

@@ -186,7 +186,7 @@ pub(super) fn plan(
         trees: HashSet::new(),
         sort: Builder::ids_only(&scratch.path().join("used"), mem)?,
     };
-    walk_used(repo, &mut plan, &mut sink)?;
+    repo.walk_once(|| walk_used(repo, &mut plan, &mut sink))?;
     drop(sink.trees);
     let used = sink.sort.into_sorted()?;
 

@@ -1019,35 +1019,40 @@ fn walk_used(repo: &Repository, plan: &mut PrunePlan, used: &mut dyn UsedSink) -
             if !used.tree(tree)? {
                 continue;
             }
-            if let crate::format::tree::TreeBlob::Split(parts) = &*load(repo, sid, &tree)? {
-                for p in parts {
-                    used.blob(*p)?;
+            // A part of a split directory at a time, a chunk list at a time: a directory of
+            // large files is hundreds of MB decoded, a volume's chunk list millions of ids.
+            // An error of the sink is returned as it is, one of a read as a stop.
+            let mut failed: Option<Error> = None;
+            let walked = repo.each_dir_part(&tree, &mut |part, nodes| {
+                let mut give = |id: BlobId| {
+                    used.blob(id).map_err(|e| {
+                        failed = Some(e);
+                        Error::Other(String::new())
+                    })
+                };
+                if let Some(p) = part {
+                    give(p)?;
                 }
-            }
-            let nodes = repo.load_dir(&tree).map_err(|e| stop(sid, e))?;
-            for n in nodes {
-                match n.kind {
-                    NodeKind::Dir => stack.extend(n.subtree),
-                    NodeKind::File => {
-                        if let crate::format::tree::Content::Indirect(lists) = &n.content {
-                            for l in lists {
-                                used.blob(*l)?;
+                for n in nodes {
+                    match n.kind {
+                        NodeKind::Dir => stack.extend(n.subtree),
+                        NodeKind::File => {
+                            if let crate::format::tree::Content::Indirect(lists) = &n.content {
+                                for l in lists {
+                                    give(*l)?;
+                                }
                             }
+                            repo.each_file_chunk(&n.content, &mut give)?;
                         }
-                        for c in repo.file_chunks(&n.content).map_err(|e| stop(sid, e))? {
-                            used.blob(c)?;
-                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
-            }
+                Ok(())
+            });
+            walked.map_err(|e| failed.take().unwrap_or_else(|| stop(sid, e)))?;
         }
     }
     Ok(())
-}
-
-fn load(repo: &Repository, sid: &Id, tree: &BlobId) -> Result<Arc<crate::format::tree::TreeBlob>> {
-    repo.load_tree(tree).map_err(|e| stop(sid, e))
 }
 
 fn stop(sid: &Id, e: Error) -> Error {
