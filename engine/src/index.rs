@@ -482,9 +482,14 @@ impl Index {
     /// The packs of the index in force (those of index files a prune rewrote since the
     /// index was kept are not; [`pack`](Index::pack) reads the table by position).
     pub fn known_packs(&self) -> impl Iterator<Item = PackInfo> + '_ {
+        self.known_packs_at().map(|(_, p)| p)
+    }
+
+    /// As [`known_packs`](Index::known_packs), each with its position.
+    pub fn known_packs_at(&self) -> impl Iterator<Item = (u32, PackInfo)> + '_ {
         (0..self.pack_count() as u32)
             .filter(|p| !self.is_dead(*p))
-            .filter_map(|p| self.pack(p))
+            .filter_map(|p| Some((p, self.pack(p)?)))
     }
 
     /// Packs in the table (positions `0..pack_count()`).
@@ -615,7 +620,20 @@ impl Index {
 
     /// The index in force has pack `id` (one of the kept files' buried since does not count).
     pub fn has_pack(&self, id: &ObjectId) -> bool {
-        self.sealed_pos_of(id).is_some()
+        self.position(id).is_some()
+    }
+
+    /// The position of pack `id` in the index in force, as [`known_packs_at`] gives it (one
+    /// of the kept files' buried since does not count).
+    ///
+    /// [`known_packs_at`]: Index::known_packs_at
+    pub fn position(&self, id: &ObjectId) -> Option<u32> {
+        self.sealed_pos_of(id)
+    }
+
+    /// The position of the pack that blob `id` is located in.
+    pub fn pack_position_of(&self, id: &BlobId) -> Option<u32> {
+        self.location(id).map(|l| l.pack)
     }
 
     /// The first error writing or reading the run file, if any.

@@ -67,6 +67,34 @@ fn conformance(b: &dyn Backend) {
     let info = b.list_info(FileKind::Data).unwrap();
     assert_eq!(info.len(), 2);
     assert!(info.iter().all(|o| o.class == StorageClass::Standard));
+    // A listing handed over an object at a time (prune, check): the same objects, in name
+    // order across the folders of a fanned-out kind; the callback's error stops it.
+    let more: Vec<String> = ["00", "7f", "ff"]
+        .iter()
+        .map(|p| format!("{p}{}", "11".repeat(31)))
+        .collect();
+    for n in &more {
+        b.put(FileKind::Data, n, n.as_bytes()).unwrap();
+    }
+    let mut each = Vec::new();
+    b.list_info_each(FileKind::Data, &mut |o| {
+        each.push(o);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(each.len(), 5, "{each:?}");
+    assert!(each.windows(2).all(|w| w[0].name < w[1].name), "{each:?}");
+    assert_eq!(each, b.list_info(FileKind::Data).unwrap());
+    let mut calls = 0;
+    let stopped = b.list_info_each(FileKind::Data, &mut |_| {
+        calls += 1;
+        Err(Error::Other("stop".into()))
+    });
+    assert!(matches!(stopped, Err(Error::Other(m)) if m == "stop"));
+    assert_eq!(calls, 1);
+    for n in &more {
+        b.delete(FileKind::Data, n).unwrap();
+    }
     assert_eq!(
         b.thaw_state(FileKind::Data, &other).unwrap(),
         ThawState::Hot

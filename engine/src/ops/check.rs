@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use crate::backend::FileKind;
 use crate::error::Result;
 use crate::format::tree::{Content, NodeKind};
-use crate::id::BlobId;
+use crate::id::{BlobId, Id};
 use crate::ops::select::{timestamp_of, Clock};
 use crate::repo::Repository;
 
@@ -38,20 +38,32 @@ pub fn check(repo: &Repository) -> Result<CheckReport> {
 pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let backend = repo.backend();
-    let mut stored: HashMap<String, u64> = HashMap::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        for o in backend.list_info(fk)? {
-            stored.insert(o.name, o.size);
+    // What the store lists of each indexed pack, by position in the index (its size), and
+    // how many stored packs no index names: the listing is read a page at a time, never held
+    // as a map of millions of names.
+    let stored = {
+        let idx = repo.index().read().expect("index lock");
+        let mut stored = StoredSizes(vec![NOT_STORED; idx.pack_count()]);
+        for fk in [FileKind::Data, FileKind::Tree] {
+            backend.list_info_each(fk, &mut |o| {
+                let pos = Id::from_hex(&o.name).and_then(|id| idx.position(&id));
+                match pos.and_then(|p| stored.0.get_mut(p as usize)) {
+                    Some(size) => *size = o.size,
+                    None => r.unindexed_packs += 1,
+                }
+                Ok(())
+            })?;
         }
-    }
+        idx.check_read()?;
+        stored
+    };
     {
         let idx = repo.index().read().expect("index lock");
-        let mut indexed = HashSet::new();
-        for p in idx.known_packs() {
+        for (pos, p) in idx.known_packs_at() {
             r.packs += 1;
             let name = p.id.to_hex();
             let path = FileKind::of_pack(p.kind).path_of(&name);
-            match stored.get(&name) {
+            match stored.size(pos).as_ref() {
                 // Marked for deletion and deleted by a prune since: nothing uses it.
                 None if p.mark.is_some() => {}
                 None => r.problems.push(format!(
@@ -64,10 +76,8 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
                 )),
                 Some(_) => {}
             }
-            indexed.insert(name);
         }
         idx.check_read()?;
-        r.unindexed_packs = stored.keys().filter(|n| !indexed.contains(*n)).count() as u64;
     }
     // Claims two packs make for one blob: checked against the packs' headers, naming the
     // index files whose claims do not hold.
@@ -75,7 +85,14 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         let files = repo.current_index_files()?;
         let packs =
             crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
-        let d = crate::ops::claims::check_disputes(repo, &packs, &stored)?;
+        let sizes: HashMap<String, u64> = {
+            let idx = repo.index().read().expect("index lock");
+            packs
+                .keys()
+                .filter_map(|id| Some((id.to_hex(), stored.size(idx.position(id)?)?)))
+                .collect()
+        };
+        let d = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
         r.claim_reads = d.reads;
         r.problems.extend(d.refuted.messages(&files));
         r.unverified_claims = d.unverified_messages();
@@ -83,8 +100,8 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     // A blob is there when the pack the index locates it in is stored.
     let present = |id: &BlobId| -> bool {
         let idx = repo.index().read().expect("index lock");
-        idx.get(id)
-            .is_some_and(|(p, _)| stored.contains_key(&p.id.to_hex()))
+        idx.pack_position_of(id)
+            .is_some_and(|p| stored.size(p).is_some())
     };
     let (snaps, damaged) = repo.snapshots_and_damaged()?;
     for (_, e) in damaged {
@@ -158,13 +175,31 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     Ok(r)
 }
 
+/// A size no listing gives: the pack is not stored.
+const NOT_STORED: u64 = u64::MAX;
+
+/// The listed size of each pack of the loaded index, by position ([`NOT_STORED`] where the
+/// store does not list it): 8 bytes a pack.
+struct StoredSizes(Vec<u64>);
+
+impl StoredSizes {
+    /// The listed size of the pack at `pos`; `None` when it is not stored (or was indexed
+    /// after the listing).
+    fn size(&self, pos: u32) -> Option<u64> {
+        self.0
+            .get(pos as usize)
+            .copied()
+            .filter(|s| *s != NOT_STORED)
+    }
+}
+
 /// Of the sorted chunk ids, how many distinct ones there are and those that are not present,
 /// from one pass over the loaded index in id order (an id the pass does not settle, one added
 /// since it was loaded for instance, is looked up).
 fn missing_in_order(
     repo: &Repository,
     sorted: &crate::indexrun::Sorted,
-    stored: &HashMap<String, u64>,
+    stored: &StoredSizes,
     present: &dyn Fn(&BlobId) -> bool,
 ) -> Result<(u64, HashSet<BlobId>)> {
     let mut merge = sorted.merge()?;
@@ -184,13 +219,6 @@ fn missing_in_order(
     let mut at = next()?;
     {
         let idx = repo.index().read().expect("index lock");
-        let stored_pack: Vec<bool> = (0..idx.pack_count() as u32)
-            .map(|p| {
-                idx.pack(p)
-                    .is_some_and(|p| stored.contains_key(&p.id.to_hex()))
-            })
-            .collect();
-        idx.check_read()?;
         idx.for_each_loaded(&mut |id, pack| {
             while let Some(c) = at.filter(|c| *c < id.0) {
                 unsettled.push(BlobId::from_bytes(c));
@@ -198,7 +226,7 @@ fn missing_in_order(
             }
             if at == Some(id.0) {
                 // A copy added since the load is the one a lookup finds first: looked up.
-                if !stored_pack[pack as usize] || idx.added_since_load(id) {
+                if stored.size(pack).is_none() || idx.added_since_load(id) {
                     unsettled.push(*id);
                 }
                 at = next()?;
