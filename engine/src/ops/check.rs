@@ -119,59 +119,63 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     let sort = repo
         .index_scratch()
         .filter(|(_, mem)| crate::ops::prune::sorts_pay(repo, *mem));
-    match sort {
-        None => {
-            // Each chunk looked up once, as it is reached.
-            let mut seen_blobs: HashSet<BlobId> = HashSet::new();
-            walk(
-                repo,
-                &snaps,
-                clock,
-                &mut r,
-                &present,
-                &mut |what, p, c, r| {
-                    if seen_blobs.insert(c) {
-                        r.blobs += 1;
-                        if !present(&c) {
-                            r.problems.push(missing_chunk(what, p, &c));
-                        }
-                    }
-                    Ok(())
-                },
-            )?;
-        }
-        Some((dir, mem)) => {
-            // A large index: the chunks are sorted on disk, then looked up in one pass over
-            // the index in the same order (no set of every chunk in memory; random lookups in
-            // a run file would read a block each). Paths are named by a second walk, only
-            // when a chunk is missing.
-            let scratch = crate::index::sort_folder(&dir)?;
-            let mut sort = crate::indexrun::Builder::ids_only(scratch.path(), mem)?;
-            walk(repo, &snaps, clock, &mut r, &present, &mut |_, _, c, _| {
-                sort.push(crate::indexrun::Record::of_id(c.0))
-            })?;
-            let sorted = sort.into_sorted()?;
-            let (count, missing) = missing_in_order(repo, &sorted, &stored, &present)?;
-            r.blobs = count;
-            if !missing.is_empty() {
-                let mut named: HashSet<BlobId> = HashSet::new();
-                let mut again = CheckReport::default();
+    // Each tree is walked once (a tree seen is not walked again): none is cached.
+    repo.walk_once(|| -> Result<()> {
+        match sort {
+            None => {
+                // Each chunk looked up once, as it is reached.
+                let mut seen_blobs: HashSet<BlobId> = HashSet::new();
                 walk(
                     repo,
                     &snaps,
                     clock,
-                    &mut again,
+                    &mut r,
                     &present,
-                    &mut |what, p, c, _| {
-                        if missing.contains(&c) && named.insert(c) {
-                            r.problems.push(missing_chunk(what, p, &c));
+                    &mut |what, p, c, r| {
+                        if seen_blobs.insert(c) {
+                            r.blobs += 1;
+                            if !present(&c) {
+                                r.problems.push(missing_chunk(what, p, &c));
+                            }
                         }
                         Ok(())
                     },
                 )?;
             }
+            Some((dir, mem)) => {
+                // A large index: the chunks are sorted on disk, then looked up in one pass over
+                // the index in the same order (no set of every chunk in memory; random lookups in
+                // a run file would read a block each). Paths are named by a second walk, only
+                // when a chunk is missing.
+                let scratch = crate::index::sort_folder(&dir)?;
+                let mut sort = crate::indexrun::Builder::ids_only(scratch.path(), mem)?;
+                walk(repo, &snaps, clock, &mut r, &present, &mut |_, _, c, _| {
+                    sort.push(crate::indexrun::Record::of_id(c.0))
+                })?;
+                let sorted = sort.into_sorted()?;
+                let (count, missing) = missing_in_order(repo, &sorted, &stored, &present)?;
+                r.blobs = count;
+                if !missing.is_empty() {
+                    let mut named: HashSet<BlobId> = HashSet::new();
+                    let mut again = CheckReport::default();
+                    walk(
+                        repo,
+                        &snaps,
+                        clock,
+                        &mut again,
+                        &present,
+                        &mut |what, p, c, _| {
+                            if missing.contains(&c) && named.insert(c) {
+                                r.problems.push(missing_chunk(what, p, &c));
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
+            }
         }
-    }
+        Ok(())
+    })?;
     Ok(r)
 }
 
@@ -290,48 +294,54 @@ fn walk(
                 ));
                 continue;
             }
-            let nodes = match repo.load_dir(&tree) {
-                Ok(n) => n,
-                Err(e) => {
-                    r.problems.push(format!(
-                        "{what}: directory {}: {e}",
-                        if path.is_empty() { "/" } else { &path }
-                    ));
-                    continue;
-                }
-            };
-            for n in nodes {
-                let p = format!("{path}/{}", n.name_lossy());
-                match n.kind {
-                    NodeKind::Dir => {
-                        if let Some(t) = n.subtree {
-                            stack.push((t, p));
+            // A part of a split directory at a time, a chunk list at a time (a directory of
+            // large files is hundreds of MB decoded). A read that fails is a problem; an
+            // error of `chunk` (its sort) ends the check as it is.
+            let mut failed: Option<crate::Error> = None;
+            let walked = repo.each_dir_part(&tree, &mut |_, nodes| {
+                for n in nodes {
+                    let p = format!("{path}/{}", n.name_lossy());
+                    match n.kind {
+                        NodeKind::Dir => {
+                            if let Some(t) = n.subtree {
+                                stack.push((t, p));
+                            }
                         }
-                    }
-                    NodeKind::File => {
-                        if let Content::Indirect(lists) = &n.content {
-                            for l in lists {
-                                if !present(l) {
-                                    r.problems.push(format!(
-                                        "{what}: {p}: chunk list {} is not in the index (or its pack is gone)",
-                                        l.short()
-                                    ));
+                        NodeKind::File => {
+                            if let Content::Indirect(lists) = &n.content {
+                                for l in lists {
+                                    if !present(l) {
+                                        r.problems.push(format!(
+                                            "{what}: {p}: chunk list {} is not in the index (or its pack is gone)",
+                                            l.short()
+                                        ));
+                                    }
                                 }
                             }
-                        }
-                        let chunks = match repo.file_chunks(&n.content) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                r.problems.push(format!("{what}: {p}: {e}"));
-                                continue;
+                            let read = repo.each_file_chunk(&n.content, &mut |c| {
+                                chunk(&what, &p, c, r).map_err(|e| {
+                                    failed = Some(e);
+                                    crate::Error::Other(String::new())
+                                })
+                            });
+                            match read {
+                                Err(e) if failed.is_some() => return Err(e),
+                                Err(e) => r.problems.push(format!("{what}: {p}: {e}")),
+                                Ok(()) => {}
                             }
-                        };
-                        for c in chunks {
-                            chunk(&what, &p, c, r)?;
                         }
+                        _ => {}
                     }
-                    _ => {}
                 }
+                Ok(())
+            });
+            match walked {
+                Err(_) if failed.is_some() => return Err(failed.take().expect("failed")),
+                Err(e) => r.problems.push(format!(
+                    "{what}: directory {}: {e}",
+                    if path.is_empty() { "/" } else { &path }
+                )),
+                Ok(()) => {}
             }
         }
     }
