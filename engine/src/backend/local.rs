@@ -335,13 +335,7 @@ impl Backend for LocalBackend {
     }
 
     fn list_info(&self, kind: FileKind) -> Result<Vec<super::ObjectInfo>> {
-        let mut out = Vec::new();
-        self.list_info_each(kind, &mut |o| {
-            out.push(o);
-            Ok(())
-        })?;
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        super::sorted_listing(|f| self.list_info_each(kind, f))
     }
 
     fn list_info_each(

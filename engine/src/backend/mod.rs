@@ -266,6 +266,20 @@ pub fn delete_or_hide(backend: &dyn Backend, kind: FileKind, name: &str) -> Resu
     }
 }
 
+/// A listing handed over an object at a time ([`Backend::list_info_each`]), collected and
+/// sorted by name ([`Backend::list_info`]).
+pub(crate) fn sorted_listing(
+    each: impl FnOnce(&mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()>,
+) -> Result<Vec<ObjectInfo>> {
+    let mut out = Vec::new();
+    each(&mut |o| {
+        out.push(o);
+        Ok(())
+    })?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// An object as a listing shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {

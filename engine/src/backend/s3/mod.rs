@@ -1567,13 +1567,7 @@ impl Backend for S3Backend {
                 .into_iter()
                 .collect());
         }
-        let mut out = Vec::new();
-        self.list_info_each(kind, &mut |o| {
-            out.push(o);
-            Ok(())
-        })?;
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        crate::backend::sorted_listing(|f| self.list_info_each(kind, f))
     }
 
     fn list_info_each(
