@@ -393,6 +393,32 @@ fn flipped_byte_in_a_data_pack_is_named_and_repaired() {
     assert_eq!(damaged.len(), 1, "one chunk lost: one file damaged");
 }
 
+/// A copy of a pack under another spelling of its id (upper case), under both kinds, is not
+/// the pack: check names the pack missing and counts the copy once as in no index.
+#[test]
+fn a_pack_under_another_spelling_of_its_id_is_not_the_pack() {
+    let e = Env::new();
+    e.init_small();
+    ten_files(&e);
+    let p = packs(&e.repo)[2].clone();
+    let name = p.file_name().unwrap().to_str().unwrap().to_string();
+    let upper = name.to_uppercase();
+    for kind in ["data", "tree"] {
+        let dir = e.repo.join(kind).join(&upper[..2]);
+        fs::create_dir_all(&dir).unwrap();
+        fs::copy(&p, dir.join(&upper)).unwrap();
+    }
+    fs::remove_file(&p).unwrap();
+    let r = e.run(&["check"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&name) && r.stderr.contains("missing from the repository"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.out().contains("1 packs are in no index"), "{}", r.out());
+}
+
 #[test]
 fn truncated_and_deleted_packs_are_named_and_the_rest_restores() {
     let e = Env::new();

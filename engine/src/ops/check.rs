@@ -44,17 +44,24 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     let stored = {
         let idx = repo.index().read().expect("index lock");
         let mut stored = StoredSizes(vec![NOT_STORED; idx.pack_count()]);
+        // Names no index has (a few, normally): a name under both kinds counts once.
+        let mut unindexed: HashSet<String> = HashSet::new();
         for fk in [FileKind::Data, FileKind::Tree] {
             backend.list_info_each(fk, &mut |o| {
-                let pos = Id::from_hex(&o.name).and_then(|id| idx.position(&id));
+                // A pack's own name only (not another spelling of its id).
+                let id = Id::from_hex(&o.name).filter(|id| id.to_hex() == o.name);
+                let pos = id.and_then(|id| idx.position(&id));
                 match pos.and_then(|p| stored.0.get_mut(p as usize)) {
                     Some(size) => *size = o.size,
-                    None => r.unindexed_packs += 1,
+                    None => {
+                        unindexed.insert(o.name);
+                    }
                 }
                 Ok(())
             })?;
         }
         idx.check_read()?;
+        r.unindexed_packs = unindexed.len() as u64;
         stored
     };
     {
@@ -85,13 +92,14 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         let files = repo.current_index_files()?;
         let packs =
             crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
-        let sizes: HashMap<String, u64> = {
-            let idx = repo.index().read().expect("index lock");
-            packs
-                .keys()
-                .filter_map(|id| Some((id.to_hex(), stored.size(idx.position(id)?)?)))
-                .collect()
-        };
+        // The whole listing again (the claims are in memory here too): packs of index files
+        // written since the index was loaded have no position in it.
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        for fk in [FileKind::Data, FileKind::Tree] {
+            for o in backend.list_info(fk)? {
+                sizes.insert(o.name, o.size);
+            }
+        }
         let d = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
         r.claim_reads = d.reads;
         r.problems.extend(d.refuted.messages(&files));

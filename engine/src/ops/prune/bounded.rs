@@ -393,7 +393,12 @@ fn orphans(
     let mut named: HashSet<String> = HashSet::new();
     let candidates: HashSet<String> = others.iter().map(|(_, o)| o.name.clone()).collect();
     for (_, name) in superseded {
-        for p in repo.read_index_file(name)?.packs {
+        // Gone since the plan read it (deleted by a prune that ran meanwhile) or unreadable:
+        // what it named cannot be told from orphans now; none goes in this run.
+        let Ok(f) = repo.read_index_file(name) else {
+            return Ok(Vec::new());
+        };
+        for p in f.packs {
             let hex = p.id.to_hex();
             if candidates.contains(&hex) {
                 named.insert(hex);

@@ -188,7 +188,8 @@ impl Listing {
         };
         for fk in [FileKind::Data, FileKind::Tree] {
             backend.list_info_each(fk, &mut |o| {
-                let pos = match Id::from_hex(&o.name) {
+                // A pack's own name only (not another spelling of its id).
+                let pos = match Id::from_hex(&o.name).filter(|id| id.to_hex() == o.name) {
                     Some(id) => table.pos_of(&id)?,
                     None => None,
                 };
@@ -204,6 +205,10 @@ impl Listing {
                 Ok(())
             })?;
         }
+        // A name under both kinds is one object to the plan, as the tree one (listed last).
+        l.others.reverse();
+        l.others.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        l.others.dedup_by(|a, b| a.1.name == b.1.name);
         Ok(l)
     }
 
