@@ -49,6 +49,15 @@ impl Id {
         Some(Id(out))
     }
 
+    /// The id a stored object's name spells, in the one spelling names have (lower-case
+    /// hex): another spelling of an id is another object.
+    pub fn of_name(name: &str) -> Option<Id> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        Id::from_hex(name)
+    }
+
     /// BLAKE3 (unkeyed) of bytes: the name of a stored object.
     pub fn of_object(bytes: &[u8]) -> Id {
         Id(*blake3::hash(bytes).as_bytes())

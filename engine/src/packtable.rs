@@ -91,17 +91,23 @@ pub fn decode(r: &[u8]) -> Option<PackInfo> {
     })
 }
 
-/// Collects a pack table's records in position order while an index loads, in a temporary
-/// file, then writes the table ([`finish`](Writer::finish)).
+/// Collects a pack table's records in position order while an index loads (or while prune
+/// plans), in a temporary file, appended a batch at a time; a record can be read or rewritten
+/// by position meanwhile. Then writes the table ([`finish`](Writer::finish)).
 pub struct Writer {
     tmp: PathBuf,
-    out: BufWriter<File>,
-    n: u64,
+    file: File,
+    /// Records appended after the `written` ones, not in the file yet.
+    pending: Vec<u8>,
+    written: u64,
 }
+
+/// Records appended are written in batches of this many bytes.
+const BATCH: usize = RECORD * 1024;
 
 impl Writer {
     pub fn new(tmp: &Path) -> Result<Writer> {
-        let f = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .read(true)
@@ -110,58 +116,130 @@ impl Writer {
             .map_err(|e| io(tmp, e))?;
         Ok(Writer {
             tmp: tmp.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 16, f),
-            n: 0,
+            file,
+            pending: Vec::with_capacity(BATCH),
+            written: 0,
         })
     }
 
     /// Appends the record of the pack at position [`len`](Writer::len).
     pub fn push(&mut self, p: &PackInfo) -> Result<()> {
-        if self.n >= MAX_PACKS {
+        if self.len() >= MAX_PACKS {
             return Err(Error::Other(format!(
                 "{}: more than {MAX_PACKS} packs in one index",
                 self.tmp.display()
             )));
         }
-        self.out
-            .write_all(&encode(p))
+        self.pending.extend_from_slice(&encode(p));
+        if self.pending.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .write_all_at(&self.pending, self.written * RECORD as u64)
             .map_err(|e| io(&self.tmp, e))?;
-        self.n += 1;
+        self.written = self.len();
+        self.pending.clear();
         Ok(())
     }
 
     pub fn len(&self) -> u64 {
-        self.n
+        self.written + (self.pending.len() / RECORD) as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.n == 0
+        self.len() == 0
+    }
+
+    fn raw(&self, pos: u32) -> Result<[u8; RECORD]> {
+        let mut r = [0u8; RECORD];
+        let pos = u64::from(pos);
+        if pos >= self.len() {
+            return Err(corrupt(
+                &self.tmp,
+                format!("pack position {pos} past the {} packs", self.len()),
+            ));
+        }
+        match pos.checked_sub(self.written) {
+            Some(i) => {
+                let i = i as usize * RECORD;
+                r.copy_from_slice(&self.pending[i..i + RECORD]);
+            }
+            None => self
+                .file
+                .read_exact_at(&mut r, pos * RECORD as u64)
+                .map_err(|e| io(&self.tmp, e))?,
+        }
+        Ok(r)
     }
 
     /// The id of the pack at `pos` (pushed before).
-    pub fn id_at(&mut self, pos: u32) -> Result<ObjectId> {
-        self.out.flush().map_err(|e| io(&self.tmp, e))?;
-        let mut id = [0u8; 32];
-        self.out
-            .get_ref()
-            .read_exact_at(&mut id, u64::from(pos) * RECORD as u64)
-            .map_err(|e| io(&self.tmp, e))?;
-        Ok(Id(id))
+    pub fn id_at(&self, pos: u32) -> Result<ObjectId> {
+        let r = self.raw(pos)?;
+        Ok(Id(r[..32].try_into().expect("32")))
+    }
+
+    /// The pack at `pos` (pushed before).
+    pub fn get(&self, pos: u32) -> Result<PackInfo> {
+        decode(&self.raw(pos)?)
+            .ok_or_else(|| corrupt(&self.tmp, format!("pack record {pos} invalid")))
+    }
+
+    /// Replaces the record at `pos` (the same pack, another mark).
+    pub fn set(&mut self, pos: u32, p: &PackInfo) -> Result<()> {
+        let r = encode(p);
+        match u64::from(pos).checked_sub(self.written) {
+            Some(i) => {
+                let i = i as usize * RECORD;
+                self.pending[i..i + RECORD].copy_from_slice(&r);
+            }
+            None => self
+                .file
+                .write_all_at(&r, u64::from(pos) * RECORD as u64)
+                .map_err(|e| io(&self.tmp, e))?,
+        }
+        Ok(())
+    }
+
+    /// Every pack pushed, in position order.
+    pub fn scan(&self, f: &mut dyn FnMut(u32, PackInfo) -> Result<()>) -> Result<()> {
+        let mut buf = vec![0u8; BATCH];
+        let mut pos = 0u64;
+        let mut each = |block: &[u8], pos: &mut u64| -> Result<()> {
+            for r in block.chunks_exact(RECORD) {
+                let p = decode(r)
+                    .ok_or_else(|| corrupt(&self.tmp, format!("pack record {pos} invalid")))?;
+                f(*pos as u32, p)?;
+                *pos += 1;
+            }
+            Ok(())
+        };
+        while pos < self.written {
+            let n = ((self.written - pos) as usize).min(BATCH / RECORD);
+            let block = &mut buf[..n * RECORD];
+            self.file
+                .read_exact_at(block, pos * RECORD as u64)
+                .map_err(|e| io(&self.tmp, e))?;
+            each(block, &mut pos)?;
+        }
+        each(&self.pending, &mut pos)
     }
 
     /// Writes the table to `path` (as a temporary file, synced, renamed into place), naming
     /// what it was built from with `covers`; `revived(pos)`: the pack at `pos` was listed
     /// live after it was pushed marked, and is written unmarked.
     pub fn finish(
-        self,
+        mut self,
         path: &Path,
         covers: [u8; 32],
         revived: &dyn Fn(u32) -> bool,
     ) -> Result<()> {
-        let mut input = self
-            .out
-            .into_inner()
-            .map_err(|e| io(&self.tmp, e.into_error()))?;
+        self.flush()?;
+        let n = self.written;
+        let mut input = &self.file;
         let tmp = path.with_extension(format!("packs-tmp{}", std::process::id()));
         let written = (|| {
             use std::io::Seek;
@@ -171,13 +249,13 @@ impl Writer {
             let mut input = std::io::BufReader::with_capacity(1 << 16, input);
             let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
             let mut out = BufWriter::with_capacity(1 << 16, f);
-            let blocks = self.n.div_ceil(BLOCK_ENTRIES as u64);
-            let header = LAYOUT.header(self.n, blocks, covers);
+            let blocks = n.div_ceil(BLOCK_ENTRIES as u64);
+            let header = LAYOUT.header(n, blocks, covers);
             out.write_all(&header).map_err(|e| io(&tmp, e))?;
             let mut fence = Vec::with_capacity(blocks as usize * 16);
             let mut block = Vec::with_capacity(BLOCK_ENTRIES * RECORD);
             for b in 0..blocks {
-                let records = (self.n - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
+                let records = (n - b * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64);
                 block.resize(records as usize * RECORD, 0);
                 input.read_exact(&mut block).map_err(|e| io(&self.tmp, e))?;
                 for (i, r) in block.chunks_exact_mut(RECORD).enumerate() {

@@ -49,8 +49,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         for fk in [FileKind::Data, FileKind::Tree] {
             backend.list_info_each(fk, &mut |o| {
                 // A pack's own name only (not another spelling of its id).
-                let id = Id::from_hex(&o.name).filter(|id| id.to_hex() == o.name);
-                let pos = id.and_then(|id| idx.position(&id));
+                let pos = Id::of_name(&o.name).and_then(|id| idx.position(&id));
                 match pos.and_then(|p| stored.0.get_mut(p as usize)) {
                     Some(size) => *size = o.size,
                     None => {

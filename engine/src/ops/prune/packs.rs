@@ -7,160 +7,67 @@
 //! A repository of 100 TB in 32 MiB packs has about 3 million packs: as maps of ids and
 //! names (the plan in memory) they took about 880 bytes each, 2.6 GiB.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::backend::{Backend, FileKind, ObjectInfo, StorageClass};
-use crate::cachefile::{corrupt, io};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::{Id, ObjectId};
 use crate::index::PackInfo;
-use crate::packtable::{decode, encode, Positions, MAX_PACKS, RECORD};
+use crate::packtable::{Positions, Writer};
 
 use super::Stored;
 
-/// Records appended are written in batches of this many bytes.
-const BATCH: usize = RECORD * 1024;
-
-/// The plan's pack table: appended while the index files are read, a pack's mark changed in
-/// place when a later listing changes it, then read by position or in order.
+/// The plan's pack table: the records in a [`Writer`]'s file (appended while the index files
+/// are read, a pack's mark rewritten when a later listing changes it, then read by position or
+/// in order), found by id through [`Positions`].
 pub(super) struct Table {
-    path: PathBuf,
-    file: File,
-    /// Records appended after the `written` ones, not in the file yet.
-    pending: Vec<u8>,
-    written: u32,
+    records: Writer,
     positions: Positions,
 }
 
 impl Table {
     /// A new, empty table in the scratch file `path`.
     pub(super) fn new(path: &Path) -> Result<Table> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io(path, e))?;
         Ok(Table {
-            path: path.to_path_buf(),
-            file,
-            pending: Vec::with_capacity(BATCH),
-            written: 0,
+            records: Writer::new(path)?,
             positions: Positions::default(),
         })
     }
 
     pub(super) fn len(&self) -> u32 {
-        self.written + (self.pending.len() / RECORD) as u32
-    }
-
-    fn raw(&self, pos: u32) -> Result<[u8; RECORD]> {
-        let mut r = [0u8; RECORD];
-        if pos >= self.len() {
-            return Err(Error::Other(format!(
-                "{}: pack position {pos} past the {} packs",
-                self.path.display(),
-                self.len()
-            )));
-        }
-        match pos.checked_sub(self.written) {
-            Some(i) => {
-                let i = i as usize * RECORD;
-                r.copy_from_slice(&self.pending[i..i + RECORD]);
-            }
-            None => self
-                .file
-                .read_exact_at(&mut r, u64::from(pos) * RECORD as u64)
-                .map_err(|e| io(&self.path, e))?,
-        }
-        Ok(r)
+        self.records.len() as u32
     }
 
     /// The pack at `pos`.
     pub(super) fn get(&self, pos: u32) -> Result<PackInfo> {
-        decode(&self.raw(pos)?)
-            .ok_or_else(|| corrupt(&self.path, format!("pack record {pos} invalid")))
+        self.records.get(pos)
     }
 
     pub(super) fn id_at(&self, pos: u32) -> Result<ObjectId> {
-        let r = self.raw(pos)?;
-        Ok(Id(r[..32].try_into().expect("32")))
+        self.records.id_at(pos)
     }
 
     /// The position of pack `id`, if the table holds it.
     pub(super) fn pos_of(&self, id: &ObjectId) -> Result<Option<u32>> {
-        self.positions.get(id, &mut |p| self.id_at(p))
+        self.positions.get(id, &mut |p| self.records.id_at(p))
     }
 
     /// Appends a pack the table does not hold; returns its position.
     pub(super) fn push(&mut self, p: &PackInfo) -> Result<u32> {
         let pos = self.len();
-        if u64::from(pos) >= MAX_PACKS {
-            return Err(Error::Other(format!(
-                "more than {MAX_PACKS} packs in the index: prune cannot plan"
-            )));
-        }
-        self.pending.extend_from_slice(&encode(p));
+        self.records.push(p)?;
         self.positions.insert(&p.id, pos);
-        if self.pending.len() >= BATCH {
-            self.flush()?;
-        }
         Ok(pos)
     }
 
     /// Replaces the record at `pos` (the same pack, another mark).
     pub(super) fn set(&mut self, pos: u32, p: &PackInfo) -> Result<()> {
-        debug_assert_eq!(self.id_at(pos)?, p.id);
-        let r = encode(p);
-        match pos.checked_sub(self.written) {
-            Some(i) => {
-                let i = i as usize * RECORD;
-                self.pending[i..i + RECORD].copy_from_slice(&r);
-            }
-            None => self
-                .file
-                .write_all_at(&r, u64::from(pos) * RECORD as u64)
-                .map_err(|e| io(&self.path, e))?,
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.file
-            .write_all_at(&self.pending, u64::from(self.written) * RECORD as u64)
-            .map_err(|e| io(&self.path, e))?;
-        self.written = self.len();
-        self.pending.clear();
-        Ok(())
+        self.records.set(pos, p)
     }
 
     /// Every pack, in position order.
     pub(super) fn scan(&self, f: &mut dyn FnMut(u32, PackInfo) -> Result<()>) -> Result<()> {
-        let mut buf = vec![0u8; BATCH];
-        let mut pos = 0u32;
-        while pos < self.written {
-            let n = ((self.written - pos) as usize).min(BATCH / RECORD);
-            let buf = &mut buf[..n * RECORD];
-            self.file
-                .read_exact_at(buf, u64::from(pos) * RECORD as u64)
-                .map_err(|e| io(&self.path, e))?;
-            for r in buf.chunks_exact(RECORD) {
-                let p = decode(r)
-                    .ok_or_else(|| corrupt(&self.path, format!("pack record {pos} invalid")))?;
-                f(pos, p)?;
-                pos += 1;
-            }
-        }
-        for r in self.pending.chunks_exact(RECORD) {
-            let p = decode(r)
-                .ok_or_else(|| corrupt(&self.path, format!("pack record {pos} invalid")))?;
-            f(pos, p)?;
-            pos += 1;
-        }
-        Ok(())
+        self.records.scan(f)
     }
 }
 
@@ -189,7 +96,7 @@ impl Listing {
         for fk in [FileKind::Data, FileKind::Tree] {
             backend.list_info_each(fk, &mut |o| {
                 // A pack's own name only (not another spelling of its id).
-                let pos = match Id::from_hex(&o.name).filter(|id| id.to_hex() == o.name) {
+                let pos = match Id::of_name(&o.name) {
                     Some(id) => table.pos_of(&id)?,
                     None => None,
                 };
@@ -248,7 +155,7 @@ mod tests {
     fn packs_are_found_changed_and_read_back_in_order_across_batches() {
         let d = tempfile::tempdir().unwrap();
         let mut t = Table::new(&d.path().join("packs")).unwrap();
-        let n = (BATCH / RECORD) as u32 * 3 + 17;
+        let n = 1024 * 3 + 17;
         for i in 0..n {
             assert_eq!(t.pos_of(&pack(i).id).unwrap(), None);
             assert_eq!(t.push(&pack(i)).unwrap(), i);
