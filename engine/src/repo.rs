@@ -27,6 +27,10 @@ const PARALLEL_READS: usize = 16;
 /// The memory budget of a repository nobody set one for: the CLI's `--memory` default.
 pub const DEFAULT_MEMORY: u64 = 150 << 20;
 
+/// How many prunes in a row a read of every index file outlasts (each replaced a file it had
+/// listed and the read started over on a new listing) before it gives up and says so.
+pub const INDEX_RACES: u32 = 10;
+
 /// Threads that decode index files into the index being loaded (the adding is serialized, so
 /// more would only hold more decoded files in memory).
 pub(crate) const DECODERS: usize = 2;
@@ -548,16 +552,48 @@ impl Repository {
         IndexFile::decode(&plain, &format!("index/{name}"))
     }
 
-    /// Every index file in the repository (including superseded ones). An index file that
-    /// vanishes while they are read was replaced by a prune: the listing is taken again.
+    /// Every index file in the repository (including superseded ones). A file a prune replaced
+    /// between the listing and its read makes it start over on a new listing (up to
+    /// [`INDEX_RACES`] times in a row).
     pub fn read_all_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
-        let mut attempt = 0;
+        self.on_index_listing(|names| {
+            parallel_map(names, |(id, name)| Ok((*id, self.read_index_file(name)?)))
+        })
+    }
+
+    /// Lists the index files and runs `read` on the listing. A prune deletes the files it
+    /// supersedes right after it wrote the one that replaces them, so a file may vanish between
+    /// the listing and its read: then the listing is taken again and `read` starts over on it,
+    /// after a pause that grows, as long as each new listing differs from the one before. A
+    /// file missing from a listing that did not change is the store's loss (the error names
+    /// it); a read that meets a new prune [`INDEX_RACES`] times in a row is told to run again.
+    fn on_index_listing<T>(&self, read: impl Fn(&[(Id, String)]) -> Result<T>) -> Result<T> {
+        let listing = || -> Result<Vec<(Id, String)>> {
+            let mut names = self.list_named(FileKind::Index)?;
+            names.sort();
+            Ok(names)
+        };
+        let mut names = listing()?;
+        let mut races = 0;
         loop {
-            let names = self.list_named(FileKind::Index)?;
-            match parallel_map(&names, |(id, name)| Ok((*id, self.read_index_file(name)?))) {
-                Err(Error::ObjectNotFound(_)) if attempt < 4 => attempt += 1,
+            let what = match read(&names) {
+                Err(Error::ObjectNotFound(what)) => what,
                 r => return r,
+            };
+            let again = listing()?;
+            if again == names {
+                return Err(Error::ObjectNotFound(what));
             }
+            races += 1;
+            if races >= INDEX_RACES {
+                return Err(Error::Other(format!(
+                    "the index files changed {races} times while this run read them (the last \
+                     time {what} vanished): prunes are replacing them. Run it again when the \
+                     prune is done"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
+            names = again;
         }
     }
 
@@ -639,15 +675,11 @@ impl Repository {
     /// flight: the first reads each file's header (what it supersedes, how many blobs), the
     /// second decodes the files in force one at a time into a presized array. (A remote
     /// repository's index files are read from the local cache the second time.)
+    ///
+    /// A file a prune replaced between the listing and its read makes the load start over on
+    /// a new listing (up to [`INDEX_RACES`] times in a row).
     pub fn load_index(&self) -> Result<usize> {
-        let mut attempt = 0;
-        let (fresh, n) = loop {
-            match self.load_index_once() {
-                // A file vanished between the listing and a read: a prune replaced it.
-                Err(Error::ObjectNotFound(_)) if attempt < 4 => attempt += 1,
-                r => break r?,
-            }
-        };
+        let (fresh, n) = self.on_index_listing(|names| self.load_index_once(names))?;
         let mut idx = self.index.write().expect("index lock");
         *idx = fresh;
         if let Some(c) = self.cache() {
@@ -661,12 +693,11 @@ impl Repository {
         Ok(n)
     }
 
-    fn load_index_once(&self) -> Result<(Index, usize)> {
-        let names = self.list_named(FileKind::Index)?;
+    fn load_index_once(&self, names: &[(Id, String)]) -> Result<(Index, usize)> {
         // A large index is kept on disk between runs, per repository.
         let keep = self.index_scratch();
         if let Some((dir, above)) = &keep {
-            if let Some(idx) = self.load_kept(dir, *above, &names)? {
+            if let Some(idx) = self.load_kept(dir, *above, names)? {
                 return Ok((idx, names.len()));
             }
         }
@@ -674,7 +705,7 @@ impl Repository {
         let local = !self.backend.is_remote();
         let heads = parallel_map_n(
             if local { DECODERS } else { PARALLEL_READS },
-            &names,
+            names,
             |(id, name)| {
                 let plain = self.read_object(FileKind::Index, ObjectKind::Index, name)?;
                 let (supersedes, blobs) = IndexFile::peek(&plain, &format!("index/{name}"))?;
