@@ -43,7 +43,8 @@ fn killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused() {
     e.init_small();
     let mk = || e.cmd();
     let data = e.repo.join("data");
-    scenario::killed_backups(&mk, e.dir.path(), &|| dir_bytes(&data));
+    let staging = [e.path("tmp"), e.repo.join("tmp")];
+    scenario::killed_backups(&mk, e.dir.path(), &|| dir_bytes(&data), &staging, false);
 }
 
 /// Restores killed with SIGKILL at random moments, a dozen times: the repository is not

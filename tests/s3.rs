@@ -779,7 +779,7 @@ fn s3_killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused()
     let b = r.backend();
     let data_bytes = || -> u64 { b.list(FileKind::Data).unwrap().iter().map(|o| o.1).sum() };
     let mk = || r.cmd();
-    scenario::killed_backups(&mk, e.dir.path(), &data_bytes);
+    scenario::killed_backups(&mk, e.dir.path(), &data_bytes, &[e.path("tmp")], true);
 }
 
 /// Prunes of an S3 repository killed with SIGKILL at random moments, a dozen times, each with

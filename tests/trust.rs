@@ -267,6 +267,14 @@ fn local_repository_writes_never_replace_an_object() {
         cfg,
         "a put never replaces"
     );
+    // Nothing left staged but this process's folder and its lock; the folder goes with it.
+    let leftovers: Vec<_> = walkdir::WalkDir::new(e.repo.join("tmp"))
+        .into_iter()
+        .flatten()
+        .filter(|f| f.file_type().is_file() && f.file_name() != "lock")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(b);
     let leftovers: Vec<_> = fs::read_dir(e.repo.join("tmp")).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -162,7 +162,7 @@ pub struct Repository {
     index_on_disk: std::sync::OnceLock<(std::path::PathBuf, usize)>,
     /// A private folder of this process for the index on disk (`--no-cache`), removed with
     /// the repository.
-    index_tmp: std::sync::OnceLock<tempfile::TempDir>,
+    index_tmp: std::sync::OnceLock<crate::tmp::RunFolder>,
     /// Key files not tried at open, and why (see [`Repository::open_preferring`]).
     refused_keys: Mutex<Vec<String>>,
     /// The `config` object's bytes as read at open (or written by init).
@@ -657,9 +657,9 @@ impl Repository {
         tmp: &std::path::Path,
         above_blobs: usize,
     ) -> Result<()> {
-        let d = tempfile::Builder::new()
-            .prefix("chunkbak-index-")
-            .tempdir_in(tmp)
+        // A run killed leaves it behind (the index of the whole repository): the next one
+        // removes it.
+        let d = crate::tmp::RunFolder::new(tmp, "chunkbak-index-")
             .map_err(|e| Error::Other(format!("{}: {e}", tmp.display())))?;
         self.keep_index_on_disk(d.path(), above_blobs);
         let _ = self.index_tmp.set(d);

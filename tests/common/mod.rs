@@ -142,6 +142,11 @@ impl Env {
             .tempdir_in("/tmp")
             .unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        // The runs' temporary folder (`TMPDIR`), so a test sees what they leave there; open
+        // to every user, as /tmp is.
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
         let repo = dir.path().join("repo");
         let pw = dir.path().join("pw");
         fs::write(&pw, "correct horse\n").unwrap();
@@ -165,6 +170,7 @@ impl Env {
             c.env("CHUNKBAK_MEMORY", m);
         }
         c.env("HOME", self.dir.path())
+            .env("TMPDIR", self.path("tmp"))
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))
             .env("XDG_CACHE_HOME", self.path("xdg-cache"))

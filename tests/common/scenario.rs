@@ -283,7 +283,28 @@ pub fn run_and_kill_after(mut c: Command, wait: Duration) -> bool {
 
 /// Kills backups at random moments: every time the repository passes `check`, and the next
 /// backup stores less than the first attempt had uploaded (it reuses what was indexed).
-pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
+///
+/// A killed run leaves what it staged for upload in its folder under `staging` (the runs'
+/// `TMPDIR`, and a local repository's `tmp/`); the next run that stages anything removes it.
+/// With `kills_leave_files` (S3: packs wait there for their upload), most kills leave some;
+/// a local repository moves each pack into place as soon as it is full, so few do.
+pub fn killed_backups(
+    mk: Mk,
+    work: &Path,
+    repo_bytes: &dyn Fn() -> u64,
+    staging: &[PathBuf],
+    kills_leave_files: bool,
+) {
+    let staged = || -> u64 {
+        staging
+            .iter()
+            .flat_map(walkdir::WalkDir::new)
+            .flatten()
+            .filter(|e| e.file_type().is_file() && e.file_name() != "lock")
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mut left_behind = 0;
     let mut rng = Rng(seed("killed_backups"));
     let src = work.join("big");
     fs::create_dir_all(&src).unwrap();
@@ -323,6 +344,8 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
             killed += 1;
         }
         let uploaded = repo_bytes() - before;
+        let left = staged();
+        left_behind += u64::from(left > 0);
         let r = ok(mk, &["check"]);
         assert!(
             r.out().contains(" 0 problems"),
@@ -332,7 +355,14 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
         // The next backup completes and stores only what the killed one had not indexed.
         let o = ok(mk, &["--json", "backup", src.to_str().unwrap()]);
         let added = o.json("summary")[0]["bytes_added"].as_u64().unwrap();
-        eprintln!("attempt {attempt}: killed after {wait:?} of {full:?} having stored {uploaded} bytes; the next backup added {added}");
+        eprintln!("attempt {attempt}: killed after {wait:?} of {full:?} having stored {uploaded} bytes and left {left} staged; the next backup added {added}");
+        if added > 0 {
+            assert_eq!(
+                staged(),
+                0,
+                "attempt {attempt}: the next backup left what the killed one staged ({left} bytes)"
+            );
+        }
         // 32 packs of 256 KiB are indexed at a time: past 12 MB, at least 8 MiB is reusable.
         if uploaded > 12_000_000 {
             assert!(added <= 24_000_000 - 6_000_000, "nothing was reused");
@@ -346,7 +376,13 @@ pub fn killed_backups(mk: Mk, work: &Path, repo_bytes: &dyn Fn() -> u64) {
         }
         start_over();
     }
-    eprintln!("{killed} backups killed; reuse observed: {reused_seen}");
+    eprintln!(
+        "{killed} backups killed ({left_behind} left files staged); reuse observed: {reused_seen}"
+    );
+    assert!(
+        left_behind > 0 || !kills_leave_files,
+        "no killed backup left a staged file: the test did not test their removal"
+    );
     assert!(
         killed >= 10,
         "only {killed} of 20 backups were killed: the test did not test enough"

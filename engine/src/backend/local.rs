@@ -1,5 +1,6 @@
-//! A repository in a local directory. Writes go to `tmp/` first, are fsynced and renamed into
-//! place, so a crash never leaves a partial object under its final name. A rename never
+//! A repository in a local directory. Writes go to this process's folder under `tmp/` first
+//! (one a killed run left is removed by the next writer: [`crate::tmp`]), are fsynced and
+//! renamed into place, so a crash never leaves a partial object under its final name. A rename never
 //! replaces an existing object (`renameat2(RENAME_NOREPLACE)`, else a hard link): like a
 //! conditional PUT on S3, a write to a taken name leaves the object there as it was.
 
@@ -23,6 +24,9 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Packs handed to `put_file` and still being synced and moved into place, oldest first.
     installs: Mutex<VecDeque<JoinHandle<Result<()>>>>,
+    /// This process's folder under `tmp/`, made on the first write (the folders runs killed
+    /// left there are removed then): see [`crate::tmp`].
+    staging: std::sync::OnceLock<crate::tmp::RunFolder>,
 }
 
 impl LocalBackend {
@@ -30,6 +34,7 @@ impl LocalBackend {
         LocalBackend {
             root: root.into(),
             installs: Mutex::new(VecDeque::new()),
+            staging: std::sync::OnceLock::new(),
         }
     }
 
@@ -368,7 +373,16 @@ impl Backend for LocalBackend {
     }
 
     fn temp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        let tmp = self.root.join("tmp");
+        if let Some(f) = self.staging.get() {
+            return f.path().to_path_buf();
+        }
+        // Not made (no repository yet, a read-only one): `tmp/` itself, and a later write
+        // tries again.
+        match crate::tmp::RunFolder::new(&tmp, "run-") {
+            Ok(f) => self.staging.get_or_init(|| f).path().to_path_buf(),
+            Err(_) => tmp,
+        }
     }
 
     fn tighten(&self) -> Vec<String> {
