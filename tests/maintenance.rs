@@ -44,6 +44,7 @@ fn killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused() {
     let mk = || e.cmd();
     let data = e.repo.join("data");
     let staging = [e.path("tmp"), e.repo.join("tmp")];
+    common::plant_dead_run(&e.repo.join("tmp"), "run-");
     scenario::killed_backups(&mk, e.dir.path(), &|| dir_bytes(&data), &staging, false);
 }
 

@@ -779,6 +779,7 @@ fn s3_killed_backups_leave_a_checkable_repository_and_their_uploads_are_reused()
     let b = r.backend();
     let data_bytes = || -> u64 { b.list(FileKind::Data).unwrap().iter().map(|o| o.1).sum() };
     let mk = || r.cmd();
+    common::plant_dead_run(&e.path("tmp"), "chunkbak-");
     scenario::killed_backups(&mk, e.dir.path(), &data_bytes, &[e.path("tmp")], true);
 }
 

@@ -563,10 +563,11 @@ impl Repository {
 
     /// Lists the index files and runs `read` on the listing. A prune deletes the files it
     /// supersedes right after it wrote the one that replaces them, so a file may vanish between
-    /// the listing and its read: then the listing is taken again and `read` starts over on it,
-    /// after a pause that grows, as long as each new listing differs from the one before. A
-    /// file missing from a listing that did not change is the store's loss (the error names
-    /// it); a read that meets a new prune [`INDEX_RACES`] times in a row is told to run again.
+    /// the listing and its read: then, after a pause that grows (a prune deletes its files one
+    /// by one), the listing is taken again and `read` starts over on it at once, as long as a
+    /// file the last listing named is gone from it. A file missing from a listing that still
+    /// names every file read is the store's loss (the error names it); a read that meets a new
+    /// prune [`INDEX_RACES`] times in a row is told to run again.
     fn on_index_listing<T>(&self, read: impl Fn(&[(Id, String)]) -> Result<T>) -> Result<T> {
         let listing = || -> Result<Vec<(Id, String)>> {
             let mut names = self.list_named(FileKind::Index)?;
@@ -580,11 +581,13 @@ impl Repository {
                 Err(Error::ObjectNotFound(what)) => what,
                 r => return r,
             };
+            races += 1;
+            std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
             let again = listing()?;
-            if again == names {
+            // Files a backup added meanwhile do not count: only one that went.
+            if names.iter().all(|n| again.binary_search(n).is_ok()) {
                 return Err(Error::ObjectNotFound(what));
             }
-            races += 1;
             if races >= INDEX_RACES {
                 return Err(Error::Other(format!(
                     "the index files changed {races} times while this run read them (the last \
@@ -592,7 +595,6 @@ impl Repository {
                      prune is done"
                 )));
             }
-            std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
             names = again;
         }
     }

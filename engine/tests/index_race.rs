@@ -27,6 +27,10 @@ struct Racing {
     races: AtomicU32,
     /// A listing of the index files was taken since the last race (one race per listing).
     armed: AtomicBool,
+    /// Listings of the index files taken so far.
+    lists: AtomicU32,
+    /// A backup beside the run adds an index file just before the second listing.
+    backup_adds: bool,
     stale: bool,
     /// The prune's view of the repository (the store without the races).
     pruner: OnceLock<Repository>,
@@ -85,6 +89,17 @@ impl Backend for Racing {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
         if kind == FileKind::Index {
             self.armed.store(true, Ordering::SeqCst);
+            if self.lists.fetch_add(1, Ordering::SeqCst) == 1 && self.backup_adds {
+                let pruner = self.pruner.get().expect("the pruner's view");
+                let any = pruner.index_file_ids().unwrap()[0];
+                let f = IndexFile {
+                    supersedes: Vec::new(),
+                    packs: pruner.read_index_file(&any.to_hex()).unwrap().packs,
+                };
+                pruner
+                    .write_object(FileKind::Index, ObjectKind::Index, &f.encode())
+                    .unwrap();
+            }
         }
         self.inner.list(kind)
     }
@@ -115,11 +130,22 @@ fn stored(dir: &Path) -> usize {
 }
 
 fn racing(dir: &Path, races: u32, stale: bool) -> (Arc<Racing>, Repository) {
+    racing_beside(dir, races, stale, false)
+}
+
+fn racing_beside(
+    dir: &Path,
+    races: u32,
+    stale: bool,
+    backup_adds: bool,
+) -> (Arc<Racing>, Repository) {
     let inner = Arc::new(LocalBackend::new(dir.join("repo")));
     let store = Arc::new(Racing {
         inner: inner.clone(),
         races: AtomicU32::new(races),
         armed: AtomicBool::new(false),
+        lists: AtomicU32::new(0),
+        backup_adds,
         stale,
         pruner: OnceLock::new(),
     });
@@ -155,8 +181,10 @@ fn a_load_kept_on_disk_outlasts_them_too() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = stored(dir.path());
     let kept = dir.path().join("kept");
+    // Above the budget (the whole index goes on disk) while the few blobs a backup adds later
+    // fit it (the kept run is used then).
     let (store, repo) = racing(dir.path(), RACES, false);
-    repo.keep_index_on_disk(&kept, 1);
+    repo.keep_index_on_disk(&kept, blobs - 1);
     repo.load_index().unwrap();
     assert_eq!(store.races.load(Ordering::SeqCst), 0);
     let idx = repo.index().read().unwrap();
@@ -172,13 +200,35 @@ fn a_load_kept_on_disk_outlasts_them_too() {
     common::backup(&plain, &src);
     let more = plain.index().read().unwrap().len();
     assert!(more > blobs);
+    let built = run_files(&kept);
+    assert_eq!(built.len(), 1, "{built:?}");
     let (store, repo) = racing(dir.path(), RACES, false);
-    repo.keep_index_on_disk(&kept, 1);
+    repo.keep_index_on_disk(&kept, blobs - 1);
     repo.load_index().unwrap();
     assert_eq!(store.races.load(Ordering::SeqCst), 0);
     let idx = repo.index().read().unwrap();
     assert!(idx.on_disk());
     assert_eq!(idx.len(), more);
+    // The kept run served it (the same file), with the new file added: not built again.
+    assert_eq!(run_files(&kept), built);
+}
+
+/// The kept run files under `dir` (in the repository's folder), with their inode numbers.
+fn run_files(dir: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".run"))
+        .map(|e| {
+            let ino = e.metadata().unwrap().ino();
+            (e.file_name().to_string_lossy().into_owned(), ino)
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -213,8 +263,27 @@ fn prunes_that_never_stop_make_the_load_give_up_and_say_so() {
 fn a_listed_file_the_store_lost_is_named_at_once() {
     let dir = tempfile::tempdir().unwrap();
     stored(dir.path());
-    let (_, repo) = racing(dir.path(), 0, true);
+    let (store, repo) = racing(dir.path(), 0, true);
     let e = repo.load_index().unwrap_err();
     assert!(matches!(e, Error::ObjectNotFound(_)), "{e}");
     assert!(e.to_string().contains("index/"), "{e}");
+    // Listed once more to tell a race from a loss, not read again.
+    assert_eq!(store.lists.load(Ordering::SeqCst), 2);
+}
+
+/// A backup adding an index file changes the listing too; that is no race: the lost file is
+/// still named at once.
+#[test]
+fn a_lost_file_is_named_while_backups_add_files() {
+    let dir = tempfile::tempdir().unwrap();
+    stored(dir.path());
+    let (store, repo) = racing_beside(dir.path(), 0, true, true);
+    let e = repo.load_index().unwrap_err();
+    assert!(matches!(e, Error::ObjectNotFound(_)), "{e}");
+    assert_eq!(store.lists.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        repo.index_file_ids().unwrap().len(),
+        4,
+        "the backup added one"
+    );
 }

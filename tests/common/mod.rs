@@ -23,6 +23,18 @@ pub struct Env {
     pub pw: PathBuf,
 }
 
+/// The folder a run killed on this host left under `parent` (its lock file free), named
+/// `prefix…`, with a staged file: the next run that stages there removes it.
+#[allow(dead_code)] // not every test crate kills runs
+pub fn plant_dead_run(parent: &Path, prefix: &str) {
+    let d = parent.join(format!("{prefix}1-planted"));
+    fs::create_dir_all(&d).unwrap();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let said = format!("{}{}", chunkbak_engine::tmp::MAGIC, host.trim());
+    fs::write(d.join("lock"), said).unwrap();
+    fs::write(d.join("pack-planted"), vec![7u8; 100_000]).unwrap();
+}
+
 /// Deterministic incompressible test data (format-spec.md, appendix A).
 pub fn splitmix(seed: u64, len: usize) -> Vec<u8> {
     chunkbak_engine::chunker::splitmix_bytes(seed, len)

@@ -286,6 +286,8 @@ pub fn run_and_kill_after(mut c: Command, wait: Duration) -> bool {
 ///
 /// A killed run leaves what it staged for upload in its folder under `staging` (the runs'
 /// `TMPDIR`, and a local repository's `tmp/`); the next run that stages anything removes it.
+/// The caller plants the folder of a run gone there ([`super::plant_dead_run`]): the first
+/// backup removes it.
 /// With `kills_leave_files` (S3: packs wait there for their upload), most kills leave some;
 /// a local repository moves each pack into place as soon as it is full, so few do.
 pub fn killed_backups(
@@ -333,6 +335,8 @@ pub fn killed_backups(
     let mut c = mk();
     c.args(["backup"]).arg(&src);
     let full = time_complete_run(c);
+    // It removed the folder of a run gone the caller planted, and left nothing of its own.
+    assert_eq!(staged(), 0, "a complete backup left staged files");
     start_over();
     // Twenty kills at random moments; every fourth attempt also restores the next snapshot.
     for attempt in 0..20 {
@@ -345,7 +349,6 @@ pub fn killed_backups(
         }
         let uploaded = repo_bytes() - before;
         let left = staged();
-        left_behind += u64::from(left > 0);
         let r = ok(mk, &["check"]);
         assert!(
             r.out().contains(" 0 problems"),
@@ -357,6 +360,7 @@ pub fn killed_backups(
         let added = o.json("summary")[0]["bytes_added"].as_u64().unwrap();
         eprintln!("attempt {attempt}: killed after {wait:?} of {full:?} having stored {uploaded} bytes and left {left} staged; the next backup added {added}");
         if added > 0 {
+            left_behind += u64::from(left > 0);
             assert_eq!(
                 staged(),
                 0,

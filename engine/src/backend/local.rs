@@ -26,7 +26,8 @@ pub struct LocalBackend {
     installs: Mutex<VecDeque<JoinHandle<Result<()>>>>,
     /// This process's folder under `tmp/`, made on the first write (the folders runs killed
     /// left there are removed then): see [`crate::tmp`].
-    staging: std::sync::OnceLock<crate::tmp::RunFolder>,
+    /// `None`: it could not be made (`tmp/` itself is used, as it is by older versions).
+    staging: std::sync::OnceLock<Option<crate::tmp::RunFolder>>,
 }
 
 impl LocalBackend {
@@ -374,15 +375,15 @@ impl Backend for LocalBackend {
 
     fn temp_dir(&self) -> PathBuf {
         let tmp = self.root.join("tmp");
-        if let Some(f) = self.staging.get() {
-            return f.path().to_path_buf();
+        // No repository here (yet): nothing is made, and a write fails naming it.
+        if self.staging.get().is_none() && !tmp.is_dir() {
+            return tmp;
         }
-        // Not made (no repository yet, a read-only one): `tmp/` itself, and a later write
-        // tries again.
-        match crate::tmp::RunFolder::new(&tmp, "run-") {
-            Ok(f) => self.staging.get_or_init(|| f).path().to_path_buf(),
-            Err(_) => tmp,
-        }
+        // Decided once, so every pack staged is found there by `put_file`.
+        let made = self
+            .staging
+            .get_or_init(|| crate::tmp::RunFolder::new(&tmp, "run-").ok());
+        made.as_ref().map_or(tmp, |f| f.path().to_path_buf())
     }
 
     fn tighten(&self) -> Vec<String> {
