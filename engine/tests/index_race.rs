@@ -176,6 +176,18 @@ fn a_load_outlasts_prunes_replacing_the_files_it_listed() {
     assert_eq!(repo.current_index_files().unwrap().len(), 3);
 }
 
+/// Loads the index through prunes racing it ([`RACES`] of them), kept on disk under `kept`
+/// above `above` blobs: every race played, the index on disk; its number of blobs.
+fn load_kept_racing(dir: &Path, kept: &Path, above: usize) -> (Arc<Racing>, usize) {
+    let (store, repo) = racing(dir, RACES, false);
+    repo.keep_index_on_disk(kept, above);
+    repo.load_index().unwrap();
+    assert_eq!(store.races.load(Ordering::SeqCst), 0);
+    let idx = repo.index().read().unwrap();
+    assert!(idx.on_disk());
+    (store.clone(), idx.len())
+}
+
 #[test]
 fn a_load_kept_on_disk_outlasts_them_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,14 +195,8 @@ fn a_load_kept_on_disk_outlasts_them_too() {
     let kept = dir.path().join("kept");
     // Above the budget (the whole index goes on disk) while the few blobs a backup adds later
     // fit it (the kept run is used then).
-    let (store, repo) = racing(dir.path(), RACES, false);
-    repo.keep_index_on_disk(&kept, blobs - 1);
-    repo.load_index().unwrap();
-    assert_eq!(store.races.load(Ordering::SeqCst), 0);
-    let idx = repo.index().read().unwrap();
-    assert!(idx.on_disk());
-    assert_eq!(idx.len(), blobs);
-    drop(idx);
+    let (store, loaded) = load_kept_racing(dir.path(), &kept, blobs - 1);
+    assert_eq!(loaded, blobs);
     // The next load takes the kept run and reads only the files written since: one more
     // backup's, which the prunes now replace.
     let plain = Arc::new(Repository::open(store.inner.clone(), b"pw").unwrap());
@@ -202,13 +208,8 @@ fn a_load_kept_on_disk_outlasts_them_too() {
     assert!(more > blobs);
     let built = run_files(&kept);
     assert_eq!(built.len(), 1, "{built:?}");
-    let (store, repo) = racing(dir.path(), RACES, false);
-    repo.keep_index_on_disk(&kept, blobs - 1);
-    repo.load_index().unwrap();
-    assert_eq!(store.races.load(Ordering::SeqCst), 0);
-    let idx = repo.index().read().unwrap();
-    assert!(idx.on_disk());
-    assert_eq!(idx.len(), more);
+    let (_, loaded) = load_kept_racing(dir.path(), &kept, blobs - 1);
+    assert_eq!(loaded, more);
     // The kept run served it (the same file), with the new file added: not built again.
     assert_eq!(run_files(&kept), built);
 }
