@@ -35,7 +35,7 @@ const OLD: Duration = Duration::from_secs(24 * 3600);
 /// The prefix of the folder [`dir`] makes.
 const PREFIX: &str = "chunkbak-";
 
-/// A folder of this process, `PREFIX` + pid + `-` + random (0700), locked while it lives
+/// A folder of this process, its prefix + pid + `-` + random (0700), locked while it lives
 /// and removed (with what is in it) when dropped.
 pub struct RunFolder {
     // Closed before the folder is removed (declaration order): on NFS an open file would be

@@ -1,8 +1,9 @@
 //! A repository in a local directory. Writes go to this process's folder under `tmp/` first
 //! (one a killed run left is removed by the next writer: [`crate::tmp`]), are fsynced and
-//! renamed into place, so a crash never leaves a partial object under its final name. A rename never
-//! replaces an existing object (`renameat2(RENAME_NOREPLACE)`, else a hard link): like a
-//! conditional PUT on S3, a write to a taken name leaves the object there as it was.
+//! renamed into place, so a crash never leaves a partial object under its final name. A
+//! rename never replaces an existing object (`renameat2(RENAME_NOREPLACE)`, else a hard
+//! link): like a conditional PUT on S3, a write to a taken name leaves the object there as it
+//! was.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -25,8 +26,8 @@ pub struct LocalBackend {
     /// Packs handed to `put_file` and still being synced and moved into place, oldest first.
     installs: Mutex<VecDeque<JoinHandle<Result<()>>>>,
     /// This process's folder under `tmp/`, made on the first write (the folders runs killed
-    /// left there are removed then): see [`crate::tmp`].
-    /// `None`: it could not be made (`tmp/` itself is used, as it is by older versions).
+    /// left there are removed then): see [`crate::tmp`]. `None`: it could not be made
+    /// (`tmp/` itself is used, as older versions did).
     staging: std::sync::OnceLock<Option<crate::tmp::RunFolder>>,
 }
 

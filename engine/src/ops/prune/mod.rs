@@ -15,7 +15,7 @@
 //!   every unused pack at once instead of marking it;
 //! - rewrites the index files whose listings change (a pack deleted, marked, revived or
 //!   repacked away, a refuted claim, a pack listed twice) and the small ones (a backup's),
-//!   consolidated into files of about [`BLOBS_PER_INDEX_FILE`] blobs that supersede them,
+//!   consolidated into files of about `BLOBS_PER_INDEX_FILE` blobs that supersede them,
 //!   then deletes them. Files that stay as they are stay in force: other hosts keep the index
 //!   built from them (format-spec 16) and need only the rewritten ones.
 //!
