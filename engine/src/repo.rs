@@ -37,6 +37,36 @@ pub(crate) const DECODERS: usize = 2;
 /// What [`Repository::each_dir_part`] calls: a part's id (of a split directory) and entries.
 pub type DirPart<'a> = dyn FnMut(Option<BlobId>, &[Node]) -> Result<()> + 'a;
 
+/// The error of a walk's own work (a sort's I/O), kept apart from the read errors of
+/// [`Repository::each_dir_part`] and [`Repository::each_file_chunk`] around it: the walk
+/// stops on a placeholder, and the caller gets the work's error back as it is while it words
+/// a read error its own way.
+#[derive(Default)]
+pub(crate) struct WorkError(Option<Error>);
+
+impl WorkError {
+    /// The work's result; an error is kept here and the walk stops on a placeholder.
+    pub(crate) fn keep<T>(&mut self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            self.0 = Some(e);
+            Error::Other(String::new())
+        })
+    }
+
+    /// Whether the work failed (a walk's error is then the placeholder).
+    pub(crate) fn failed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A walk's outcome: `Err`, the work's error; `Ok(Err)`, a read error; `Ok(Ok)`, done.
+    pub(crate) fn split(&mut self, walked: Result<()>) -> Result<Result<()>> {
+        match (walked, self.0.take()) {
+            (Err(_), Some(e)) => Err(e),
+            (walked, _) => Ok(walked),
+        }
+    }
+}
+
 /// Trees kept decoded by [`Repository::load_tree`]: at most this many, of at most a fifth of
 /// the memory budget in encoded bytes together (4 MiB to 512 MiB; 30 MiB at the default).
 const TREE_CACHE_ENTRIES: usize = 4096;

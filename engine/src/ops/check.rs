@@ -304,7 +304,7 @@ fn walk(
             // A part of a split directory at a time, a chunk list at a time (a directory of
             // large files is hundreds of MB decoded). A read that fails is a problem; an
             // error of `chunk` (its sort) ends the check as it is.
-            let mut failed: Option<crate::Error> = None;
+            let mut work = crate::repo::WorkError::default();
             let walked = repo.each_dir_part(&tree, &mut |_, nodes| {
                 for n in nodes {
                     let p = format!("{path}/{}", n.name_lossy());
@@ -326,13 +326,10 @@ fn walk(
                                 }
                             }
                             let read = repo.each_file_chunk(&n.content, &mut |c| {
-                                chunk(&what, &p, c, r).map_err(|e| {
-                                    failed = Some(e);
-                                    crate::Error::Other(String::new())
-                                })
+                                work.keep(chunk(&what, &p, c, r))
                             });
                             match read {
-                                Err(e) if failed.is_some() => return Err(e),
+                                Err(e) if work.failed() => return Err(e),
                                 Err(e) => r.problems.push(format!("{what}: {p}: {e}")),
                                 Ok(()) => {}
                             }
@@ -342,13 +339,11 @@ fn walk(
                 }
                 Ok(())
             });
-            match walked {
-                Err(_) if failed.is_some() => return Err(failed.take().expect("failed")),
-                Err(e) => r.problems.push(format!(
+            if let Err(e) = work.split(walked)? {
+                r.problems.push(format!(
                     "{what}: directory {}: {e}",
                     if path.is_empty() { "/" } else { &path }
-                )),
-                Ok(()) => {}
+                ));
             }
         }
     }

@@ -1022,14 +1022,9 @@ fn walk_used(repo: &Repository, plan: &mut PrunePlan, used: &mut dyn UsedSink) -
             // A part of a split directory at a time, a chunk list at a time: a directory of
             // large files is hundreds of MB decoded, a volume's chunk list millions of ids.
             // An error of the sink is returned as it is, one of a read as a stop.
-            let mut failed: Option<Error> = None;
+            let mut work = crate::repo::WorkError::default();
             let walked = repo.each_dir_part(&tree, &mut |part, nodes| {
-                let mut give = |id: BlobId| {
-                    used.blob(id).map_err(|e| {
-                        failed = Some(e);
-                        Error::Other(String::new())
-                    })
-                };
+                let mut give = |id: BlobId| work.keep(used.blob(id));
                 if let Some(p) = part {
                     give(p)?;
                 }
@@ -1049,7 +1044,7 @@ fn walk_used(repo: &Repository, plan: &mut PrunePlan, used: &mut dyn UsedSink) -
                 }
                 Ok(())
             });
-            walked.map_err(|e| failed.take().unwrap_or_else(|| stop(sid, e)))?;
+            work.split(walked)?.map_err(|e| stop(sid, e))?;
         }
     }
     Ok(())
