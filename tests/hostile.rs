@@ -902,3 +902,71 @@ fn remote_reads_never_request_a_single_blobs_length() {
     }
     assert!(data_gets >= 4, "{data_gets} data reads");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Packs only superseded index files name
+
+/// A file that supersedes the others leaves their packs out of the index in force (another
+/// host with the password wrote it, or a prune was killed before it deleted the files it
+/// replaced): while a superseded file names them, they are no orphans, and not even
+/// `prune --now` deletes them as such. The same planned in memory and on disk.
+#[test]
+fn packs_only_superseded_files_name_are_no_orphans() {
+    let e = env();
+    e.init_small();
+    let kept = e.path("kept");
+    fs::create_dir_all(&kept).unwrap();
+    // Enough blobs (some 300: above 227) for a plan on disk within 64 KiB.
+    fs::write(kept.join("f"), splitmix(71, 6_000_000)).unwrap();
+    e.backup_id(&kept);
+    let gone = e.path("gone");
+    fs::create_dir_all(&gone).unwrap();
+    fs::write(gone.join("g"), splitmix(72, 1_000_000)).unwrap();
+    let open = || Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"hostile").unwrap();
+    let first: Vec<_> = open().read_all_index_files().unwrap();
+    let second = e.backup_id(&gone);
+    e.ok(&["forget", &second]);
+    // The forged file: the first backup's packs, superseding every file.
+    let repo = open();
+    let files = repo.read_all_index_files().unwrap();
+    let only_superseded: usize = files
+        .iter()
+        .filter(|(id, _)| !first.iter().any(|(f, _)| f == id))
+        .map(|(_, f)| f.packs.len())
+        .sum();
+    assert!(only_superseded > 0, "the second backup wrote packs");
+    let forged = chunkbak_engine::format::index::IndexFile {
+        supersedes: files.iter().map(|(id, _)| *id).collect(),
+        packs: first.iter().flat_map(|(_, f)| f.packs.clone()).collect(),
+    };
+    repo.write_object(
+        chunkbak_engine::backend::FileKind::Index,
+        chunkbak_engine::format::ObjectKind::Index,
+        &forged.encode(),
+    )
+    .unwrap();
+    let packs = || walk_files(&e.repo.join("data")).len() + walk_files(&e.repo.join("tree")).len();
+    let before = packs();
+    // Planned in memory, and on disk (a budget the index is above).
+    for (memory, on_disk) in [("1GiB", false), ("64KiB", true)] {
+        let r = e.ok(&["--json", "--memory", memory, "prune", "--now", "--dry-run"]);
+        let plan = &r.json("prune_plan")[0];
+        assert_eq!(plan["planned_on_disk"], on_disk, "{plan}");
+        assert_eq!(plan["orphans"]["packs"], 0, "{plan}");
+        assert_eq!(plan["orphans_young"]["packs"], 0, "{plan}");
+        assert_eq!(
+            plan["total"]["packs"].as_u64().unwrap() as usize,
+            before - only_superseded,
+            "{plan}"
+        );
+    }
+    e.ok(&["prune", "--now"]);
+    assert_eq!(
+        packs(),
+        before,
+        "a pack a superseded file names was deleted"
+    );
+    let t = e.path("t");
+    e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    e.compare(&kept, &t.join(kept.strip_prefix("/").unwrap()), &[]);
+}

@@ -396,7 +396,8 @@ fn flipped_byte_in_a_data_pack_is_named_and_repaired() {
 }
 
 /// A copy of a pack under another spelling of its id (upper case), under both kinds, is not
-/// the pack: check names the pack missing and counts the copy once as in no index.
+/// the pack: check names the pack missing and counts the two copies (two objects) as in no
+/// index.
 #[test]
 fn a_pack_under_another_spelling_of_its_id_is_not_the_pack() {
     let e = Env::new();
@@ -418,7 +419,7 @@ fn a_pack_under_another_spelling_of_its_id_is_not_the_pack() {
         "{}",
         r.stderr
     );
-    assert!(r.out().contains("1 packs are in no index"), "{}", r.out());
+    assert!(r.out().contains("2 packs are in no index"), "{}", r.out());
 }
 
 #[test]

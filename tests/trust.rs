@@ -1012,4 +1012,32 @@ fn object_lock_round_trip_locks_every_object_skips_locked_deletes_and_extends_on
         assert!(versions(&be, k).is_empty(), "{k}: a version is left");
     }
     t.ok(&["check", "--read-data"]);
+
+    // Objects no index names: the one retained stays (counted with its date), the other goes.
+    let (retained, free) = ("ab".repeat(32), "cd".repeat(32));
+    for (name, days) in [(&retained, Some(1)), (&free, None)] {
+        let (c, bk, key) = (be.client().clone(), b.clone(), be.key(FileKind::Data, name));
+        be.block_on(async move {
+            use chunkbak_engine::backend::s3::sdk::primitives::DateTime;
+            use chunkbak_engine::backend::s3::sdk::types::ObjectLockMode;
+            let mut put = c
+                .put_object()
+                .bucket(bk)
+                .key(key)
+                .body(vec![7u8; 100].into());
+            if let Some(d) = days {
+                put = put
+                    .object_lock_mode(ObjectLockMode::Governance)
+                    .object_lock_retain_until_date(DateTime::from_secs(now() + d * 86_400));
+            }
+            put.send().await
+        })
+        .unwrap();
+    }
+    let r = t.ok(&["--json", "prune", "--now"]);
+    let plan = &r.json("prune_plan")[0];
+    assert_eq!(plan["orphans_locked"]["packs"], 1, "{plan}");
+    assert_eq!(plan["orphans"]["packs"], 1, "{plan}");
+    assert!(be.exists(FileKind::Data, &retained).unwrap());
+    assert!(!be.exists(FileKind::Data, &free).unwrap());
 }

@@ -20,8 +20,9 @@
 //! What stays in memory grows with packs, not blobs, by a few dozen bytes a pack: the pack
 //! table is a scratch file ([`Table`]: 8 bytes a pack find a position), the store's listing is
 //! kept by position ([`Listing`], 17 bytes a pack), the counts by position (16), a decision a
-//! byte. It grows too with the trees walked (directories, not files), the delta bases, the
-//! stored packs no index file in force names, and the repacked packs' used blobs.
+//! byte. It grows too with the trees walked (directories, not files), the delta bases, and
+//! the repacked packs' used blobs. The stored objects no index file in force names go to a
+//! temporary file beyond a buffer ([`super::objects`]).
 //!
 //! Trees are loaded through the index as loaded ([`Repository::load_index`]), before disputed
 //! claims are judged: a tree a false claim hides stops the prune before it deletes anything
@@ -39,6 +40,7 @@ use crate::index::{blob_record_of, record_of, PackInfo};
 use crate::indexrun::{Builder, Record, Sorted};
 use crate::ops::claims::{Refuted, Verdict};
 
+use super::objects::Objects;
 use super::packs::{Listing, Table};
 use super::{EachSum, Listed, Listings, Sums};
 use crate::progress::Progress;
@@ -315,7 +317,8 @@ pub(super) fn plan(
     plan.claims_refuted = refuted.messages(&[]);
     plan.late_blobs = HashSet::new();
 
-    let orphans = orphans(repo, listing.others.split_off(0), &superseded)?;
+    let others = std::mem::take(&mut listing.others);
+    let orphans = orphans(repo, &packs, others, &superseded)?;
     let sums = OnDisk {
         packs: &packs,
         listing: &listing,
@@ -380,33 +383,37 @@ impl Sums for OnDisk<'_> {
 }
 
 /// Of the stored packs no index file in force names, those no superseded file names either
-/// (their packs are not orphans): the superseded files are read again only when there are
-/// both.
+/// (their packs are not orphans: a forged file that supersedes the others cannot make their
+/// packs orphans). The superseded files are read again only when there are both; what stays
+/// in memory is the ids they name that no file in force does (packs a prune deleted, or
+/// dropped from the index after such a forgery), 32 bytes each.
 fn orphans(
     repo: &Repository,
-    mut others: Vec<(crate::backend::FileKind, crate::backend::ObjectInfo)>,
+    packs: &Table,
+    others: Objects,
     superseded: &[(Id, String)],
-) -> Result<Vec<(crate::backend::FileKind, crate::backend::ObjectInfo)>> {
+) -> Result<Objects> {
     if others.is_empty() || superseded.is_empty() {
         return Ok(others);
     }
-    let mut named: HashSet<String> = HashSet::new();
-    let candidates: HashSet<String> = others.iter().map(|(_, o)| o.name.clone()).collect();
+    let mut named: Vec<ObjectId> = Vec::new();
     for (_, name) in superseded {
         // Gone since the plan read it (deleted by a prune that ran meanwhile) or unreadable:
         // what it named cannot be told from orphans now; none goes in this run.
         let Ok(f) = repo.read_index_file(name) else {
-            return Ok(Vec::new());
+            return Ok(Objects::default());
         };
         for p in f.packs {
-            let hex = p.id.to_hex();
-            if candidates.contains(&hex) {
-                named.insert(hex);
+            if packs.pos_of(&p.id)?.is_none() {
+                named.push(p.id);
             }
         }
     }
-    others.retain(|(_, o)| !named.contains(&o.name));
-    Ok(others)
+    named.sort_unstable();
+    named.dedup();
+    others.filter(&mut |o| {
+        Ok(Id::of_name(&o.name).is_none_or(|id| named.binary_search(&id).is_err()))
+    })
 }
 
 /// The claims of index files, read in listing order a few at a time.
@@ -548,7 +555,7 @@ fn judge(
         read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
     }
     progress.message("listing packs");
-    let listing = Listing::of(backend.as_ref(), &read.packs)?;
+    let listing = Listing::of(backend.as_ref(), &read.packs, repo.memory())?;
 
     // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
     progress.message("checking disputed claims");

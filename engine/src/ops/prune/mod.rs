@@ -34,8 +34,10 @@ use crate::id::{BlobId, Id, ObjectId};
 use crate::index::Index;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use objects::{Object, Objects};
 
 mod bounded;
+mod objects;
 mod packs;
 mod run;
 
@@ -273,7 +275,8 @@ pub struct PrunePlan {
     /// Under Object Lock, packs that hold a used blob (the one copy counted): key, id, kind
     /// and upload time.
     referenced: Vec<(u32, ObjectId, FileKind, Option<i64>)>,
-    orphan_names: Vec<(FileKind, String, u64)>,
+    /// The orphans this run deletes (beyond a buffer, in a temporary file).
+    orphan_names: Objects,
     /// For a plan sorted on disk (an index too large to plan in memory): what it sorted instead of
     /// `packs` and `used` (which stay empty).
     bounded: Option<Arc<bounded::State>>,
@@ -411,8 +414,14 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     // unindexed, and is too young to be deleted as such).
     progress.message("reading the index");
     let files = repo.read_all_index_files()?;
+    // Every pack any file names (superseded files too: their packs are not orphans).
+    let named: HashSet<String> = files
+        .iter()
+        .flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex()))
+        .collect();
     progress.message("listing packs");
-    let stored = list_packs(backend)?;
+    let (stored, orphans) = list_packs(backend, &named, repo.memory())?;
+    drop(named);
     let superseded: HashSet<Id> = files
         .iter()
         .flat_map(|(_, f)| f.supersedes.iter().copied())
@@ -423,11 +432,6 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         read_files: files.iter().map(|(id, _)| *id).collect(),
         ..Default::default()
     };
-    // Every pack any file names (superseded files too: their packs are not orphans).
-    let named: HashSet<String> = files
-        .iter()
-        .flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex()))
-        .collect();
     plan.live_index = plan
         .read_files
         .iter()
@@ -551,11 +555,6 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
             }
         })
         .collect();
-    let orphans = stored
-        .iter()
-        .filter(|(name, _)| !named.contains(*name))
-        .map(|(_, (fk, o))| (*fk, o.clone()))
-        .collect();
     let in_memory = InMemory {
         sums: &sums,
         stored: &stored,
@@ -566,17 +565,35 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     Ok(plan)
 }
 
-/// Every data and tree pack the store lists, by name.
+/// What the store lists of the packs index files name, by name.
+type NamedPacks = HashMap<String, (FileKind, ObjectInfo)>;
+
+/// Every data and tree pack the store lists that an index file names, by name (a name
+/// under both kinds: the tree one), and the other objects there (`memory`: the budget,
+/// which sizes the buffer of their list).
 fn list_packs(
     backend: &Arc<dyn crate::backend::Backend>,
-) -> Result<HashMap<String, (FileKind, ObjectInfo)>> {
+    named: &HashSet<String>,
+    memory: u64,
+) -> Result<(NamedPacks, Objects)> {
     let mut stored = HashMap::new();
+    let mut others = Objects::new(memory);
     for fk in [FileKind::Data, FileKind::Tree] {
-        for o in backend.list_info(fk)? {
-            stored.insert(o.name.clone(), (fk, o));
-        }
+        backend.list_info_each(fk, &mut |o| {
+            if named.contains(&o.name) {
+                stored.insert(o.name.clone(), (fk, o));
+            } else {
+                others.push(&Object {
+                    kind: fk,
+                    name: o.name,
+                    size: o.size,
+                    modified: o.modified,
+                })?;
+            }
+            Ok(())
+        })?;
     }
-    Ok(stored)
+    Ok((stored, others))
 }
 
 /// A used blob that no stored pack holds: prune stops.
@@ -658,7 +675,7 @@ fn decide(
     plan: &mut PrunePlan,
     opts: &PruneOptions,
     sums: &dyn Sums,
-    orphans: Vec<(FileKind, ObjectInfo)>,
+    orphans: Objects,
 ) -> Result<()> {
     let now = plan.now;
     let lock = repo.config().object_lock.is_some();
@@ -782,19 +799,18 @@ fn decide(
     })?;
 
     // Orphans: packs no index file names.
-    for (fk, info) in orphans {
+    let (tally, young) = (&mut plan.orphans, &mut plan.orphans_young);
+    plan.orphan_names = orphans.filter(&mut |o| {
         let old = opts.delete_now
-            || info
-                .modified
+            || o.modified
                 .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
         if old {
-            plan.orphans.add(info.size);
-            plan.orphan_names.push((fk, info.name, info.size));
+            tally.add(o.size);
         } else {
-            plan.orphans_young.add(info.size);
+            young.add(o.size);
         }
-    }
-    plan.orphan_names.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(old)
+    })?;
     if lock {
         skip_locked(repo, plan, sums, now)?;
     }
@@ -878,40 +894,32 @@ impl PrunePlan {
     }
 }
 
+/// Objects due for deletion whose retention [`skip_locked`] asks for at a time (one HEAD
+/// each, in parallel).
+const LOCK_BATCH: usize = 4096;
+
 /// Under Object Lock: packs due for deletion that are still retained stay (indexed and
-/// marked, or orphans), and are counted with the date they become deletable.
+/// marked, or orphans), and are counted with the date they become deletable. They are asked
+/// about a batch at a time: what is due is never held whole.
 fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &dyn Sums, now: i64) -> Result<()> {
-    // Kind, name, size, and for an indexed pack its key and mark.
-    type Due = (FileKind, String, u64, Option<(u32, Option<Mark>)>);
-    let mut due: Vec<Due> = Vec::new();
-    sums.each(&mut |key, p, _| {
-        if plan.decisions.get(key, p.mark) == Some(Decision::Delete) {
-            let fk = FileKind::of_pack(p.kind);
-            due.push((fk, p.id.to_hex(), p.size, Some((key, p.mark))));
-        }
-        Ok(())
-    })?;
-    due.extend(
-        plan.orphan_names
-            .iter()
-            .map(|(fk, n, size)| (*fk, n.clone(), *size, None)),
-    );
     let backend = repo.backend();
-    let until = crate::repo::parallel_map(&due, |(fk, name, _, _)| {
-        match backend.retention(*fk, name) {
+    // Retained beyond now: until when (none where the object is gone).
+    let retained = |due: &[(FileKind, String)]| {
+        crate::repo::parallel_map(due, |(fk, name)| match backend.retention(*fk, name) {
             Ok(u) => Ok(u.filter(|u| *u > now)),
             Err(Error::ObjectNotFound(_)) => Ok(None),
             Err(e) => Err(e),
-        }
-    })?;
-    plan.lock_heads = due.len() as u64;
-    let mut held: HashSet<String> = HashSet::new();
-    for ((_, name, size, id), until) in due.iter().zip(until) {
-        let Some(until) = until else { continue };
-        held.insert(name.clone());
-        if let Some((key, own)) = id {
-            plan.locked.add_pack(*size, until);
-            plan.later.push(until, *size);
+        })
+    };
+    // Indexed packs: (kind, name), and their key, size and mark.
+    type Due = (Vec<(FileKind, String)>, Vec<(u32, u64, Option<Mark>)>);
+    let held = |plan: &mut PrunePlan, (names, packs): &mut Due| -> Result<()> {
+        let until = retained(names)?;
+        plan.lock_heads += names.len() as u64;
+        for (&(key, size, own), until) in packs.iter().zip(until) {
+            let Some(until) = until else { continue };
+            plan.locked.add_pack(size, until);
+            plan.later.push(until, size);
             // Unmarked only with `delete_now`: marked as due, for the prune after the lock.
             let mark = own.unwrap_or(Mark {
                 at: now,
@@ -919,14 +927,55 @@ fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &dyn Sums, now: i6
             });
             plan.delete.packs -= 1;
             plan.delete.bytes -= size;
-            plan.decisions.set(*key, Decision::Marked(mark), *own);
-        } else {
-            plan.orphans_locked.add_pack(*size, until);
-            plan.orphans.packs -= 1;
-            plan.orphans.bytes -= size;
+            plan.decisions.set(key, Decision::Marked(mark), own);
         }
-    }
-    plan.orphan_names.retain(|(_, n, _)| !held.contains(n));
+        names.clear();
+        packs.clear();
+        Ok(())
+    };
+    let mut due: Due = Default::default();
+    sums.each(&mut |key, p, _| {
+        if plan.decisions.get(key, p.mark) == Some(Decision::Delete) {
+            due.0.push((FileKind::of_pack(p.kind), p.id.to_hex()));
+            due.1.push((key, p.size, p.mark));
+            if due.0.len() == LOCK_BATCH {
+                held(plan, &mut due)?;
+            }
+        }
+        Ok(())
+    })?;
+    held(plan, &mut due)?;
+
+    // Orphans: those retained stay, and are left out of the list.
+    let orphans = std::mem::take(&mut plan.orphan_names);
+    let mut free = Objects::new(repo.memory());
+    let mut batch: Vec<Object> = Vec::new();
+    let mut flush = |plan: &mut PrunePlan, batch: &mut Vec<Object>| -> Result<()> {
+        let names: Vec<(FileKind, String)> =
+            batch.iter().map(|o| (o.kind, o.name.clone())).collect();
+        let until = retained(&names)?;
+        plan.lock_heads += names.len() as u64;
+        for (o, until) in batch.drain(..).zip(until) {
+            match until {
+                Some(until) => {
+                    plan.orphans_locked.add_pack(o.size, until);
+                    plan.orphans.packs -= 1;
+                    plan.orphans.bytes -= o.size;
+                }
+                None => free.push(&o)?,
+            }
+        }
+        Ok(())
+    };
+    orphans.each(&mut |o| {
+        batch.push(o);
+        if batch.len() == LOCK_BATCH {
+            flush(plan, &mut batch)?;
+        }
+        Ok(())
+    })?;
+    flush(plan, &mut batch)?;
+    plan.orphan_names = free;
     Ok(())
 }
 

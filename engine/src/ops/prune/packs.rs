@@ -9,12 +9,13 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, FileKind, ObjectInfo, StorageClass};
+use crate::backend::{Backend, FileKind, StorageClass};
 use crate::error::Result;
 use crate::id::{Id, ObjectId};
 use crate::index::PackInfo;
 use crate::packtable::{Positions, Writer};
 
+use super::objects::{Object, Objects};
 use super::Stored;
 
 /// The plan's pack table: the records in a [`Writer`]'s file (appended while the index files
@@ -73,25 +74,26 @@ impl Table {
 
 /// What the store lists of each pack of a [`Table`], by position, and the stored packs the
 /// table does not hold (no index file in force names them: orphans, unless a superseded file
-/// does).
+/// does), in a list that keeps them on disk beyond a buffer.
 pub(super) struct Listing {
     /// `None`: not stored.
     class: Vec<Option<StorageClass>>,
     size: Vec<u64>,
     /// Upload times; `i64::MIN` where the store does not say.
     modified: Vec<i64>,
-    pub(super) others: Vec<(FileKind, ObjectInfo)>,
+    pub(super) others: Objects,
 }
 
 impl Listing {
-    /// Lists the store's data and tree packs against `table`.
-    pub(super) fn of(backend: &dyn Backend, table: &Table) -> Result<Listing> {
+    /// Lists the store's data and tree packs against `table` (`memory`: the budget, which
+    /// sizes the buffer of `others`).
+    pub(super) fn of(backend: &dyn Backend, table: &Table, memory: u64) -> Result<Listing> {
         let n = table.len() as usize;
         let mut l = Listing {
             class: vec![None; n],
             size: vec![0; n],
             modified: vec![i64::MIN; n],
-            others: Vec::new(),
+            others: Objects::new(memory),
         };
         for fk in [FileKind::Data, FileKind::Tree] {
             backend.list_info_each(fk, &mut |o| {
@@ -107,15 +109,16 @@ impl Listing {
                         l.size[p] = o.size;
                         l.modified[p] = o.modified.unwrap_or(i64::MIN);
                     }
-                    None => l.others.push((fk, o)),
+                    None => l.others.push(&Object {
+                        kind: fk,
+                        name: o.name,
+                        size: o.size,
+                        modified: o.modified,
+                    })?,
                 }
                 Ok(())
             })?;
         }
-        // A name under both kinds is one object to the plan, as the tree one (listed last).
-        l.others.reverse();
-        l.others.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-        l.others.dedup_by(|a, b| a.1.name == b.1.name);
         Ok(l)
     }
 

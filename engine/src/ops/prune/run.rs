@@ -273,9 +273,8 @@ pub fn run(
     plan.deleted(opts.delete_now, &mut |p| {
         delete(FileKind::of_pack(p.kind), &p.id.to_hex(), p.size)
     })?;
-    for (fk, name, size) in &plan.orphan_names {
-        delete(*fk, name, *size)?;
-    }
+    plan.orphan_names
+        .each(&mut |o| delete(o.kind, &o.name, o.size))?;
 
     // 4. Object Lock: snapshots and key files forget / key remove hid while they were
     // retained go for good once their retention has ended; what stays referenced stays
