@@ -1,11 +1,13 @@
 //! Writes a local repository of many small blobs, for measuring prune and the index at scale
 //! (`scripts/prune-scale.sh`, `scripts/index-scale.sh`): `synth_repo DIR BLOBS [PACK_SIZE
-//! [BLOBS_PER_PACK]]` (a small pack size gives more blobs per pack than real 1 MiB chunks do;
-//! BLOBS_PER_PACK closes each pack after that many blobs: 32, as 32 MiB packs of 1 MiB chunks,
-//! gives a real repository's number of packs). Password: "bench".
+//! [BLOBS_PER_PACK [DIRS]]]` (a small pack size gives more blobs per pack than real 1 MiB
+//! chunks do; BLOBS_PER_PACK closes each pack after that many blobs: 32, as 32 MiB packs of
+//! 1 MiB chunks, gives a real repository's number of packs). Password: "bench".
 //!
 //! Two snapshots, each with its own half of the blobs (1000 files of BLOBS/2000 chunks each);
-//! the script forgets one, so a prune finds half of the packs unused.
+//! the script forgets one, so a prune finds half of the packs unused. DIRS: each snapshot also
+//! holds DIRS/2 directories of one file of one chunk (a tree and a chunk each, beyond BLOBS),
+//! as a fleet's hosts hold millions of directories.
 
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ fn main() {
     }
     let repo = Repository::init(Arc::new(LocalBackend::new(dir)), b"bench", &opts).unwrap();
     let per_pack: u64 = args.get(4).map_or(0, |n| n.parse().unwrap());
+    let dirs: u64 = args.get(5).map_or(0, |n| n.parse().unwrap());
     let files = 1000u64;
     let per_file = blobs / 2 / files;
     // Packs are indexed as they pile up, in files of at most 100,000 blobs (as prune writes
@@ -82,6 +85,36 @@ fn main() {
             });
             index(saver.finish().unwrap(), false);
         }
+        // Directories of one file of one chunk, each chunk unique (numbered past the files').
+        let saver = repo.private_saver().unwrap();
+        for d in 0..dirs / 2 {
+            let n = 2 * files * per_file + half * dirs + d;
+            let data: Vec<u8> = (0..8u64)
+                .flat_map(|i| (n ^ (i << 56)).to_le_bytes())
+                .collect();
+            let chunk = saver.save(BlobKind::Data, &data).unwrap().0;
+            let file = Node {
+                name: b"f".to_vec(),
+                kind: NodeKind::File,
+                mode: 0o100644,
+                size: 64,
+                content: repo.save_content(&saver, vec![chunk]).unwrap(),
+                ..Default::default()
+            };
+            nodes.push(Node {
+                name: format!("d{d:08}").into_bytes(),
+                kind: NodeKind::Dir,
+                mode: 0o40755,
+                subtree: Some(repo.save_dir(&saver, vec![file]).unwrap()),
+                ..Default::default()
+            });
+            if (d + 1) % 50_000 == 0 {
+                index(saver.finish().unwrap(), false);
+            }
+        }
+        index(saver.finish().unwrap(), false);
+        // Entries in name order (format-spec 8.2): the directories' `d…` before the files' `f…`.
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let saver = repo.private_saver().unwrap();
         let root = repo.save_dir(&saver, nodes).unwrap();
         let top = repo
