@@ -67,6 +67,15 @@ impl WorkError {
     }
 }
 
+/// The error of a read of the index files that met a new prune `races` times in a row (the
+/// last time, `what` vanished).
+fn prunes_replacing(races: u32, what: &str) -> Error {
+    Error::Other(format!(
+        "the index files changed {races} times while this run read them (the last time {what} \
+         vanished): prunes are replacing them. Run it again when the prune is done"
+    ))
+}
+
 /// Trees kept decoded by [`Repository::load_tree`]: at most this many, of at most a fifth of
 /// the memory budget in encoded bytes together (4 MiB to 512 MiB; 30 MiB at the default).
 const TREE_CACHE_ENTRIES: usize = 4096;
@@ -619,11 +628,7 @@ impl Repository {
                 return Err(Error::ObjectNotFound(what));
             }
             if races >= INDEX_RACES {
-                return Err(Error::Other(format!(
-                    "the index files changed {races} times while this run read them (the last \
-                     time {what} vanished): prunes are replacing them. Run it again when the \
-                     prune is done"
-                )));
+                return Err(prunes_replacing(races, &what));
             }
             names = again;
         }
@@ -696,6 +701,40 @@ impl Repository {
         self.keep_index_on_disk(d.path(), above_blobs);
         let _ = self.index_tmp.set(d);
         Ok(())
+    }
+
+    /// Runs `read` on the index as loaded, which reads the files it was loaded from again (a
+    /// backup judging disputed claims). A prune may have replaced one since the load: when a
+    /// file the index was loaded from is gone from the store's listing, the index is loaded
+    /// again after a pause that grows, and `read` starts over (up to [`INDEX_RACES`] times in
+    /// a row). A file missing while the listing still names every file loaded is the store's
+    /// loss (the error names it).
+    pub(crate) fn on_loaded_index<T>(&self, read: impl Fn() -> Result<T>) -> Result<T> {
+        let mut races = 0;
+        loop {
+            let what = match read() {
+                Err(Error::ObjectNotFound(what)) => what,
+                r => return r,
+            };
+            let listed: std::collections::HashSet<Id> =
+                self.index_file_ids()?.into_iter().collect();
+            let gone = self
+                .index
+                .read()
+                .expect("index lock")
+                .files
+                .iter()
+                .any(|id| !listed.contains(id));
+            if !gone {
+                return Err(Error::ObjectNotFound(what));
+            }
+            races += 1;
+            if races >= INDEX_RACES {
+                return Err(prunes_replacing(races, &what));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
+            self.load_index()?;
+        }
     }
 
     /// Loads every index file into memory (or, when [`keep_index_on_disk`] says so, into a

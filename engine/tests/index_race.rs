@@ -288,3 +288,42 @@ fn a_lost_file_is_named_while_backups_add_files() {
         "the backup added one"
     );
 }
+
+/// A backup into an index with disputed blobs (a repack leaves blobs in two packs until the
+/// old one goes) reads the index files it loaded again to judge the claims, sorted on disk: a
+/// prune that replaced one since the load makes it load the index again and judge again, not
+/// fail on the vanished file (what CI's concurrent backups and prunes met under a 64 KiB
+/// budget).
+#[test]
+fn judging_disputed_claims_outlasts_a_prune_that_replaced_a_loaded_file() {
+    let dir = tempfile::tempdir().unwrap();
+    stored(dir.path());
+    // Some blobs stored a second time, in packs of their own: claimed twice.
+    {
+        let repo =
+            Repository::open(Arc::new(LocalBackend::new(dir.path().join("repo"))), b"pw").unwrap();
+        repo.load_index().unwrap();
+        let ids: Vec<_> = repo.read_all_index_files().unwrap()[0].1.packs[0]
+            .blobs
+            .iter()
+            .map(|b| (b.id, b.kind))
+            .collect();
+        let saver = repo.private_saver().unwrap();
+        for (id, kind) in ids {
+            saver.save(kind, &repo.read_blob(&id).unwrap()).unwrap();
+        }
+        repo.write_index(saver.finish().unwrap()).unwrap();
+    }
+    let (store, repo) = racing(dir.path(), 0, false);
+    repo.keep_index_on_disk(&dir.path().join("kept"), 1);
+    repo.load_index().unwrap();
+    let disputed = repo.index().read().unwrap().disputed_blobs;
+    assert!(disputed > 0);
+    // A prune replaces the first file the judging reads.
+    store.races.store(1, Ordering::SeqCst);
+    store.armed.store(true, Ordering::SeqCst);
+    let (messages, _) = chunkbak_engine::ops::claims::clean_index_for_dedup(&repo).unwrap();
+    assert_eq!(store.races.load(Ordering::SeqCst), 0, "the race was played");
+    assert!(messages.is_empty(), "both copies hold: {messages:?}");
+    assert!(repo.index().read().unwrap().on_disk());
+}

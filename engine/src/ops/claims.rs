@@ -269,8 +269,14 @@ pub fn drop_refuted(entries: &mut HashMap<ObjectId, PackEntry>, refuted: &Refute
 /// than one pack, checks the disputed claims against headers and reloads the index without
 /// those that do not hold, so no new snapshot references a blob through a false claim.
 /// Nothing is read when no blob is disputed (the usual case). Returns the messages naming
-/// refuted and unverified claims, and the ranged reads sent.
+/// refuted and unverified claims, and the ranged reads sent. An index file a prune replaced
+/// since the load makes it load the index again and start over
+/// ([`Repository::on_loaded_index`]).
 pub fn clean_index_for_dedup(repo: &Repository) -> Result<(Vec<String>, u64)> {
+    repo.on_loaded_index(|| clean_loaded(repo))
+}
+
+fn clean_loaded(repo: &Repository) -> Result<(Vec<String>, u64)> {
     if repo.index().read().expect("index lock").disputed_blobs == 0 {
         return Ok((Vec::new(), 0));
     }
