@@ -1,6 +1,7 @@
 //! What prune counts as used when a file's bytes are a directory's tree blob: blob ids hash
 //! the plaintext whatever the kind, so the file's chunk and the directory's tree share an id.
 //! The directory must still be walked, or everything under it looks unused and is deleted.
+//! And on disk, where prune walks the trees a depth at a time: a directory moved deeper.
 
 mod common;
 
@@ -122,4 +123,72 @@ fn a_file_equal_to_a_tree_blob_does_not_hide_the_tree_from_copy() {
     after.load_index().unwrap();
     let report = chunkbak_engine::ops::check::check(&after).unwrap();
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
+
+/// Prune on disk walks the trees a depth at a time: a directory moved deeper between two
+/// snapshots is the same tree at depths 2 and 4, walked at each. Both plans count the same
+/// used blobs; with the first snapshot gone, every blob of the directory stays.
+#[test]
+fn a_directory_moved_deeper_is_walked_at_each_depth_on_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Arc::new(common::repo(d.path()));
+    let src = d.path().join("src");
+    let dir = src.join("a/the-directory");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..5u8 {
+        std::fs::write(dir.join(format!("f{i}")), vec![i + 90; 5000]).unwrap();
+    }
+    common::backup(&repo, &src);
+    let first = repo.snapshots().unwrap()[0].clone();
+    let tree = find_dir(&repo, first.1.tree, b"the-directory").unwrap();
+    std::fs::create_dir_all(src.join("x/y/z")).unwrap();
+    std::fs::rename(&dir, src.join("x/y/z/the-directory")).unwrap();
+    common::backup(&repo, &src);
+    let snaps = repo.snapshots().unwrap();
+    let second = snaps
+        .iter()
+        .find(|(id, _)| *id != first.0)
+        .unwrap()
+        .1
+        .clone();
+    let a = find_dir(&repo, second.tree, b"a").unwrap();
+    assert!(find_dir(&repo, a, b"the-directory").is_none(), "moved away");
+    assert_eq!(find_dir(&repo, second.tree, b"the-directory"), Some(tree));
+
+    let opts = PruneOptions {
+        grace: 0,
+        max_unused: MaxUnused::Bytes(0),
+        delete_now: true,
+        ..Default::default()
+    };
+    let plan_of = |on_disk: bool| {
+        let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
+        if on_disk {
+            r.keep_index_on_disk(&d.path().join("index"), 2);
+        }
+        let plan = prune::plan(&r, &opts, &NoProgress).unwrap();
+        assert_eq!(plan.on_disk(), on_disk);
+        (r, plan)
+    };
+    let (_, in_memory) = plan_of(false);
+    let (_, on_disk) = plan_of(true);
+    assert_eq!(on_disk.used_blobs, in_memory.used_blobs);
+    assert_eq!(on_disk.kept, in_memory.kept);
+
+    repo.backend()
+        .delete(FileKind::Snapshot, &first.0.to_hex())
+        .unwrap();
+    let (again, plan) = plan_of(true);
+    prune::run(&again, &plan, &opts, &NoProgress).unwrap();
+    let after = Repository::open(repo.backend().clone(), b"pw").unwrap();
+    after.load_index().unwrap();
+    let report = chunkbak_engine::ops::check::check(&after).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    let nodes = after.load_dir(&tree).unwrap();
+    assert_eq!(nodes.len(), 5);
+    for n in nodes {
+        for c in after.file_chunks(&n.content).unwrap() {
+            after.read_blob(&c).unwrap();
+        }
+    }
 }
