@@ -58,21 +58,28 @@ fn a_flood_of_unindexed_objects_costs_prune_and_check_no_memory() {
     assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
     let (code, check_few) = peak_kib(&e, &["check"]);
     assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
+    let read_data = ["check", "--read-data"];
+    let (code, read_few) = peak_kib(&e, &read_data);
+    assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
     let many = 200_000;
     flood(&e, 2_000, many);
     let (code, prune_many) = peak_kib(&e, &dry);
     assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
     let (code, check_many) = peak_kib(&e, &["check"]);
     assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
+    let (code, read_many) = peak_kib(&e, &read_data);
+    assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
     eprintln!(
         "peak RSS with 2,000 and {many} unindexed objects: prune --dry-run {prune_few} and \
-         {prune_many} KiB, check {check_few} and {check_many} KiB"
+         {prune_many} KiB, check {check_few} and {check_many} KiB, check --read-data \
+         {read_few} and {read_many} KiB"
     );
     // 198,000 more objects: 9 MiB at 48 bytes each, 21 MiB at 110 (check's names), 85 MiB at
     // 450 (prune's).
     for (what, few, many) in [
         ("prune", prune_few, prune_many),
         ("check", check_few, check_many),
+        ("check --read-data", read_few, read_many),
     ] {
         assert!(
             many < few + 8 * 1024,

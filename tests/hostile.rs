@@ -608,6 +608,9 @@ fn a_tree_nested_100000_deep_is_a_clean_error_for_every_reader() {
         vec!["diff", &genuine, &deep],
         vec!["stats", &deep],
         vec!["check"],
+        // With the index on disk: prune walks a depth at a time, and stops at the limit.
+        vec!["--memory", "64KiB", "check"],
+        vec!["--memory", "64KiB", "prune", "--dry-run"],
     ] {
         let r = e.run(&args);
         assert!(

@@ -92,11 +92,15 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
             crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
         // The whole listing again (the claims are in memory here too): packs of index files
         // written since the index was loaded have no position in it.
+        // Only the packs the claims name: the store may list millions of other objects.
         let mut sizes: HashMap<String, u64> = HashMap::new();
         for fk in [FileKind::Data, FileKind::Tree] {
-            for o in backend.list_info(fk)? {
-                sizes.insert(o.name, o.size);
-            }
+            backend.list_info_each(fk, &mut |o| {
+                if Id::of_name(&o.name).is_some_and(|id| packs.contains_key(&id)) {
+                    sizes.insert(o.name, o.size);
+                }
+                Ok(())
+            })?;
         }
         let d = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
         r.claim_reads = d.reads;
@@ -139,7 +143,8 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     let sort = repo
         .index_scratch()
         .filter(|(_, mem)| crate::ops::prune::sorts_pay(repo, *mem));
-    // Each tree is walked once (a tree seen is not walked again): none is cached.
+    // Each tree is walked once (in memory: a tree seen is not walked again) or once at each
+    // depth it is found at (on disk); none is cached.
     repo.walk_once(|| -> Result<()> {
         match sort {
             None => {
@@ -170,7 +175,7 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
                     &mut r,
                     &present,
                     scratch.path(),
-                    (mem / 4).max(1),
+                    (mem / 4).max(MIN_DEPTH_RECORDS),
                     &mut |c| sort.push(crate::indexrun::Record::of_id(c.0)),
                 )?;
                 let sorted = sort.into_sorted()?;
@@ -186,6 +191,16 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
                         Ok(())
                     })?;
                     r.problems.extend(again.problems);
+                    // A chunk that walk did not reach (past a tree it judged) is still named.
+                    let mut unnamed: Vec<&BlobId> =
+                        missing.iter().filter(|c| !named.contains(*c)).collect();
+                    unnamed.sort();
+                    for c in unnamed {
+                        r.problems.push(format!(
+                            "chunk {} is referenced but not in the index (or its pack is gone)",
+                            c.short()
+                        ));
+                    }
                 }
             }
         }
@@ -193,6 +208,10 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
     })?;
     Ok(r)
 }
+
+/// Records a depth's sort of trees keeps in memory at least (a small budget would otherwise
+/// make a merge open thousands of runs at once): 192 KiB.
+pub(crate) const MIN_DEPTH_RECORDS: usize = 4096;
 
 /// A size no listing gives: the pack is not stored.
 const NOT_STORED: u64 = u64::MAX;
@@ -397,6 +416,9 @@ fn walk_by_depth(
             let mut failed = false;
             let walked_tree = repo.each_dir_part(&tree, &mut |_, nodes| {
                 for n in nodes {
+                    // A name holding `/` (forged) makes a path deeper than its depth, which
+                    // the walk of each snapshot judges.
+                    failed |= n.name.contains(&b'/');
                     match n.kind {
                         NodeKind::Dir => {
                             if let Some(t) = n.subtree {
@@ -584,12 +606,6 @@ pub fn read_data(
 ) -> Result<ReadReport> {
     use crate::backend::StorageClass;
     let backend = repo.backend();
-    let mut classes: HashMap<String, StorageClass> = HashMap::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        for o in backend.list_info(fk)? {
-            classes.insert(o.name, o.class);
-        }
-    }
     let mut report = ReadReport::default();
     // Every pack's records as its index file lists them (the in-memory index locates each blob
     // once, in one pack).
@@ -598,6 +614,16 @@ pub fn read_data(
             .into_iter()
             .flat_map(|(_, f)| f.packs),
     );
+    // The classes of the indexed packs only: the store may list millions of other objects.
+    let mut classes: HashMap<String, StorageClass> = HashMap::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        backend.list_info_each(fk, &mut |o| {
+            if Id::of_name(&o.name).is_some_and(|id| entries.contains_key(&id)) {
+                classes.insert(o.name, o.class);
+            }
+            Ok(())
+        })?;
+    }
     let mut packs: Vec<crate::format::index::PackEntry> = entries
         .into_values()
         .filter(|p| classes.contains_key(&p.id.to_hex()))

@@ -291,9 +291,15 @@ fn clean_loaded(repo: &Repository) -> Result<(Vec<String>, u64)> {
     let mut packs =
         crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
     // The sizes the store lists (an index may claim any size).
+    // The sizes of the packs the claims name only: the store may list millions of others.
     let mut sizes: HashMap<String, u64> = HashMap::new();
     for fk in [FileKind::Data, FileKind::Tree] {
-        sizes.extend(repo.backend().list(fk)?);
+        repo.backend().list_info_each(fk, &mut |o| {
+            if Id::of_name(&o.name).is_some_and(|id| packs.contains_key(&id)) {
+                sizes.insert(o.name, o.size);
+            }
+            Ok(())
+        })?;
     }
     let d = check_disputes(repo, &packs, &sizes)?;
     let mut messages = d.refuted.messages(&files);

@@ -20,7 +20,8 @@
 //! What stays in memory grows with packs, not blobs, by a few dozen bytes a pack: the pack
 //! table is a scratch file ([`Table`]: 8 bytes a pack find a position), the store's listing is
 //! kept by position ([`Listing`], 17 bytes a pack), the counts by position (16), a decision a
-//! byte. It grows too with the delta bases and the repacked packs' used blobs. The trees are
+//! byte. It grows too with the delta bases, the repacked packs' used blobs, and the ids that
+//! superseded index files name outside the index in force ([`orphans`]). The trees are
 //! walked a depth at a time, each depth's sorted on disk ([`walk_by_depth`]); the stored
 //! objects no index file in force names go to a temporary file beyond a buffer
 //! ([`super::objects`]).
@@ -84,7 +85,8 @@ impl std::fmt::Debug for State {
 /// time), each is walked once, and the trees it names are the next depth's. Nothing held grows
 /// with the number of directories: a set of the trees walked took 40-75 bytes a tree (prune
 /// peaked at 546 MiB on 4 million directories). A tree found at two depths (a
-/// directory moved up or down) is walked twice: time, never a blob missed.
+/// directory moved up or down) is walked twice: time, never a blob missed. Nothing deeper
+/// than 1024 levels is walked: such a tree (forged) stops the prune.
 fn walk_by_depth(
     repo: &Repository,
     plan: &mut PrunePlan,
@@ -115,6 +117,18 @@ fn walk_by_depth(
             }
             last = Some(r.id);
             walked += 1;
+            // No backup nests deeper; a forged tree that does (or names one tree from many
+            // depths) stops the prune, as it stops every reader.
+            if depth > crate::format::tree::MAX_TREE_DEPTH {
+                let e = crate::error::Error::corrupt(
+                    format!("tree {}", BlobId::from_bytes(r.id).short()),
+                    format!(
+                        "directories nest deeper than {} levels (damaged or forged tree?)",
+                        crate::format::tree::MAX_TREE_DEPTH
+                    ),
+                );
+                return Err(super::stop(&snaps[r.pack as usize].0, e));
+            }
             if crate::ops::interrupted() {
                 return Err(crate::stop::error(String::new));
             }
@@ -223,7 +237,7 @@ pub(super) fn plan(
     progress.message("reading snapshots");
     let mut used = Builder::ids_only(&scratch.path().join("used"), mem)?;
     // A quarter of the records for each depth's trees (two depths' sorts are open at a time).
-    let trees = (mem / 4).max(1);
+    let trees = (mem / 4).max(crate::ops::check::MIN_DEPTH_RECORDS);
     repo.walk_once(|| walk_by_depth(repo, &mut plan, &mut used, scratch.path(), trees))?;
     let used = used.into_sorted()?;
 
@@ -421,7 +435,7 @@ impl Sums for OnDisk<'_> {
 /// (their packs are not orphans: a forged file that supersedes the others cannot make their
 /// packs orphans). The superseded files are read again only when there are both; what stays
 /// in memory is the ids they name that no file in force does (packs a prune deleted, or
-/// dropped from the index after such a forgery), 32 bytes each.
+/// dropped from the index after such a forgery), 32 bytes each, deduplicated file by file.
 fn orphans(
     repo: &Repository,
     packs: &Table,
@@ -443,9 +457,9 @@ fn orphans(
                 named.push(p.id);
             }
         }
+        named.sort_unstable();
+        named.dedup();
     }
-    named.sort_unstable();
-    named.dedup();
     others.filter(&mut |o| {
         Ok(Id::of_name(&o.name).is_none_or(|id| named.binary_search(&id).is_err()))
     })
@@ -590,7 +604,7 @@ fn judge(
         read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
     }
     progress.message("listing packs");
-    let listing = Listing::of(backend.as_ref(), &read.packs, repo.memory())?;
+    let listing = Listing::of(backend.as_ref(), &read.packs, Objects::of(repo))?;
 
     // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
     progress.message("checking disputed claims");

@@ -420,7 +420,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
         .flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex()))
         .collect();
     progress.message("listing packs");
-    let (stored, orphans) = list_packs(backend, &named, repo.memory())?;
+    let (stored, orphans) = list_packs(backend, &named, Objects::of(repo))?;
     drop(named);
     let superseded: HashSet<Id> = files
         .iter()
@@ -569,15 +569,13 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
 type NamedPacks = HashMap<String, (FileKind, ObjectInfo)>;
 
 /// Every data and tree pack the store lists that an index file names, by name (a name
-/// under both kinds: the tree one), and the other objects there (`memory`: the budget,
-/// which sizes the buffer of their list).
+/// under both kinds: the tree one), and the other objects there, into `others`.
 fn list_packs(
     backend: &Arc<dyn crate::backend::Backend>,
     named: &HashSet<String>,
-    memory: u64,
+    mut others: Objects,
 ) -> Result<(NamedPacks, Objects)> {
     let mut stored = HashMap::new();
-    let mut others = Objects::new(memory);
     for fk in [FileKind::Data, FileKind::Tree] {
         backend.list_info_each(fk, &mut |o| {
             if named.contains(&o.name) {
@@ -948,7 +946,7 @@ fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &dyn Sums, now: i6
 
     // Orphans: those retained stay, and are left out of the list.
     let orphans = std::mem::take(&mut plan.orphan_names);
-    let mut free = Objects::new(repo.memory());
+    let mut free = orphans.empty_like();
     let mut batch: Vec<Object> = Vec::new();
     let mut flush = |plan: &mut PrunePlan, batch: &mut Vec<Object>| -> Result<()> {
         let names: Vec<(FileKind, String)> =

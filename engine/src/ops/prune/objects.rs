@@ -1,6 +1,7 @@
 //! The stored objects no index file in force names (orphan candidates, then the orphans a
 //! prune deletes), as a list that keeps at most a buffer in memory and the rest in an
-//! unnamed temporary file (gone with the process, even a killed one).
+//! unnamed temporary file (gone with the process, even a killed one), in the cache's index
+//! folder where there is one (`TMPDIR` is often in memory), else under `TMPDIR`.
 //!
 //! They are few in a repository a prune looks after (packs a killed backup left), but a
 //! fleet host that holds the bucket's credentials can upload millions of objects under
@@ -9,6 +10,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::FileKind;
@@ -28,7 +30,8 @@ pub(super) struct Object {
 
 /// Objects in the order they were pushed. Records: kind (1 byte: 0 data, 1 tree), size (u64),
 /// upload time (i64, `i64::MIN` unknown), the name's length (u32) and the name, little endian.
-#[derive(Clone, Debug, Default)]
+/// Clones share the file: each writes its batches at the file's end, never over the other's.
+#[derive(Clone, Default)]
 pub(super) struct Objects {
     /// Records not written out yet.
     buf: Vec<u8>,
@@ -38,13 +41,42 @@ pub(super) struct Objects {
     len: u64,
     /// `buf` is written out when it holds this many bytes; 0: [`MAX_BUFFER`].
     buffer: usize,
+    /// The folder of the temporary file; `None`: `TMPDIR`.
+    dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects")
+            .field("len", &self.len)
+            .field("batches_written", &self.batches.len())
+            .finish()
+    }
 }
 
 impl Objects {
     /// An empty list that keeps about `memory / 512` bytes of records in memory (between
-    /// 4 KiB and 256 KiB).
-    pub(super) fn new(memory: u64) -> Objects {
-        Objects::with_buffer((memory / 512).clamp(4096, MAX_BUFFER as u64) as usize)
+    /// 4 KiB and 256 KiB), the rest in a file in `dir` (when it is a folder) or `TMPDIR`.
+    pub(super) fn new(memory: u64, dir: Option<PathBuf>) -> Objects {
+        Objects {
+            dir: dir.filter(|d| d.is_dir()),
+            ..Objects::with_buffer((memory / 512).clamp(4096, MAX_BUFFER as u64) as usize)
+        }
+    }
+
+    /// An empty list as `repo` asks for: its memory budget, and the folder of its index on
+    /// disk.
+    pub(super) fn of(repo: &crate::repo::Repository) -> Objects {
+        Objects::new(repo.memory(), repo.index_scratch().map(|(d, _)| d))
+    }
+
+    /// An empty list of the same buffer and folder.
+    pub(super) fn empty_like(&self) -> Objects {
+        Objects {
+            buffer: self.buffer,
+            dir: self.dir.clone(),
+            ..Default::default()
+        }
     }
 
     fn with_buffer(buffer: usize) -> Objects {
@@ -100,26 +132,20 @@ impl Objects {
     }
 
     fn write_out(&mut self) -> Result<()> {
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let failed =
+            |e: std::io::Error| Error::Other(format!("a temporary file in {}: {e}", dir.display()));
         let file = match &self.file {
             Some(f) => f.clone(),
             None => {
-                let f = Arc::new(tempfile::tempfile().map_err(|e| {
-                    Error::Other(format!(
-                        "a temporary file in {}: {e}",
-                        std::env::temp_dir().display()
-                    ))
-                })?);
+                let f = Arc::new(tempfile::tempfile_in(&dir).map_err(failed)?);
                 self.file = Some(f.clone());
                 f
             }
         };
-        let at = self.batches.last().map_or(0, |(o, l)| o + *l as u64);
-        file.write_all_at(&self.buf, at).map_err(|e| {
-            Error::Other(format!(
-                "writing a temporary file in {}: {e}",
-                std::env::temp_dir().display()
-            ))
-        })?;
+        // At the end: a clone that writes does not overwrite what another wrote.
+        let at = file.metadata().map_err(failed)?.len();
+        file.write_all_at(&self.buf, at).map_err(failed)?;
         self.batches.push((at, self.buf.len()));
         self.buf.clear();
         Ok(())
@@ -131,12 +157,8 @@ impl Objects {
         for &(at, n) in &self.batches {
             let file = self.file.as_ref().expect("batches are in the file");
             batch.resize(n, 0);
-            file.read_exact_at(&mut batch, at).map_err(|e| {
-                Error::Other(format!(
-                    "reading a temporary file in {}: {e}",
-                    std::env::temp_dir().display()
-                ))
-            })?;
+            file.read_exact_at(&mut batch, at)
+                .map_err(|e| Error::Other(format!("reading a temporary list of objects: {e}")))?;
             decode(&batch, f)?;
         }
         decode(&self.buf, f)
@@ -144,7 +166,7 @@ impl Objects {
 
     /// The objects `keep` keeps, in order.
     pub(super) fn filter(&self, keep: &mut dyn FnMut(&Object) -> Result<bool>) -> Result<Objects> {
-        let mut out = Objects::with_buffer(self.buffer);
+        let mut out = self.empty_like();
         self.each(&mut |o| {
             if keep(&o)? {
                 out.push(&o)?;
@@ -233,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_small_list_stays_in_memory_and_other_kinds_are_refused() {
-        let mut l = Objects::new(150 << 20);
+        let mut l = Objects::new(150 << 20, None);
         for i in 0..100 {
             l.push(&object(i)).unwrap();
         }

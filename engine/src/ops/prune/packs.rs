@@ -85,15 +85,14 @@ pub(super) struct Listing {
 }
 
 impl Listing {
-    /// Lists the store's data and tree packs against `table` (`memory`: the budget, which
-    /// sizes the buffer of `others`).
-    pub(super) fn of(backend: &dyn Backend, table: &Table, memory: u64) -> Result<Listing> {
+    /// Lists the store's data and tree packs against `table`, the others into `others`.
+    pub(super) fn of(backend: &dyn Backend, table: &Table, others: Objects) -> Result<Listing> {
         let n = table.len() as usize;
         let mut l = Listing {
             class: vec![None; n],
             size: vec![0; n],
             modified: vec![i64::MIN; n],
-            others: Objects::new(memory),
+            others,
         };
         for fk in [FileKind::Data, FileKind::Tree] {
             backend.list_info_each(fk, &mut |o| {
