@@ -471,6 +471,57 @@ impl Builder {
     }
 }
 
+/// Ids a depth at a time, for the walks of trees with the index on disk (format-spec 16):
+/// `roots` are the first depth's; each depth is sorted in `dir` (`trees-0` and `trees-1` by
+/// turns, `mem` records in memory at a time, the id alone when `ids_only`), and `each` gets
+/// each distinct id of it once, in id order (its first record), with the depth and the sort
+/// of the next depth's. It ends after a depth with none, or when `each` returns false.
+pub(crate) fn by_depth(
+    dir: &Path,
+    mem: usize,
+    ids_only: bool,
+    roots: impl IntoIterator<Item = Record>,
+    each: &mut dyn FnMut(usize, Record, &mut Builder) -> Result<bool>,
+) -> Result<()> {
+    let sort = |depth: usize| {
+        let folder = dir.join(format!("trees-{}", depth % 2));
+        if ids_only {
+            Builder::ids_only(&folder, mem)
+        } else {
+            Builder::new(&folder, mem)
+        }
+    };
+    let mut level = sort(0)?;
+    for r in roots {
+        level.push(r)?;
+    }
+    let mut depth = 0;
+    loop {
+        let sorted = level.into_sorted()?;
+        let mut next = sort(depth + 1)?;
+        let mut merge = sorted.merge()?;
+        let (mut last, mut any) = (None, false);
+        while let Some(r) = merge.next_record()? {
+            if last == Some(r.id) {
+                continue;
+            }
+            last = Some(r.id);
+            any = true;
+            if !each(depth, r, &mut next)? {
+                return Ok(());
+            }
+        }
+        // This depth's runs go before the sort after next takes their folder.
+        drop(merge);
+        drop(sorted);
+        if !any {
+            return Ok(());
+        }
+        level = next;
+        depth += 1;
+    }
+}
+
 /// Records sorted by a [`Builder`]: in memory, or in temporary runs merged on every pass.
 pub struct Sorted {
     runs: Vec<PathBuf>,

@@ -3,7 +3,7 @@
 //! metadata (index files, snapshots, tree packs) and listings: never a data pack, so it costs
 //! no Glacier retrieval.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::backend::FileKind;
 use crate::error::Result;
@@ -90,18 +90,9 @@ pub fn check_with(repo: &Repository, clock: &Clock) -> Result<CheckReport> {
         let files = repo.current_index_files()?;
         let packs =
             crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
-        // The whole listing again (the claims are in memory here too): packs of index files
-        // written since the index was loaded have no position in it.
-        // Only the packs the claims name: the store may list millions of other objects.
-        let mut sizes: HashMap<String, u64> = HashMap::new();
-        for fk in [FileKind::Data, FileKind::Tree] {
-            backend.list_info_each(fk, &mut |o| {
-                if Id::of_name(&o.name).is_some_and(|id| packs.contains_key(&id)) {
-                    sizes.insert(o.name, o.size);
-                }
-                Ok(())
-            })?;
-        }
+        // Listed again (the claims are in memory here too): packs of index files written
+        // since the index was loaded have no position in it.
+        let sizes = crate::ops::claims::listed_packs(backend.as_ref(), &packs, |o| o.size)?;
         let d = crate::ops::claims::check_disputes(repo, &packs, &sizes)?;
         r.claim_reads = d.reads;
         r.problems.extend(d.refuted.messages(&files));
@@ -382,76 +373,53 @@ fn walk_by_depth(
     use crate::indexrun::{Builder, Record};
     let mut troubled = false;
     let mut seen = Builder::ids_only(&dir.join("trees"), mem)?;
-    let folder = |depth: usize| dir.join(format!("trees-{}", depth % 2));
-    let mut depth = 0;
-    let mut level = Builder::ids_only(&folder(depth), mem)?;
-    for (_, s) in snaps {
-        level.push(Record::of_id(s.tree.0))?;
-    }
-    loop {
-        let trees = level.into_sorted()?;
-        let mut next = Builder::ids_only(&folder(depth + 1), mem)?;
-        let mut merge = trees.merge()?;
-        let (mut last, mut walked) = (None, 0u64);
-        while let Some(rec) = merge.next_record()? {
-            if last == Some(rec.id) {
-                continue;
-            }
-            last = Some(rec.id);
-            walked += 1;
-            if depth > crate::format::tree::MAX_TREE_DEPTH {
-                troubled = true;
-                break;
-            }
-            if crate::ops::interrupted() {
-                return Err(crate::stop::error(String::new));
-            }
-            seen.push(Record::of_id(rec.id))?;
-            let tree = BlobId::from_bytes(rec.id);
-            if !present(&tree) {
-                troubled = true;
-                continue;
-            }
-            let mut work = crate::repo::WorkError::default();
-            let mut failed = false;
-            let walked_tree = repo.each_dir_part(&tree, &mut |_, nodes| {
-                for n in nodes {
-                    // A name holding `/` (forged) makes a path deeper than its depth, which
-                    // the walk of each snapshot judges.
-                    failed |= n.name.contains(&b'/');
-                    match n.kind {
-                        NodeKind::Dir => {
-                            if let Some(t) = n.subtree {
-                                work.keep(next.push(Record::of_id(t.0)))?;
-                            }
+    let roots = snaps.iter().map(|(_, s)| Record::of_id(s.tree.0));
+    crate::indexrun::by_depth(dir, mem, true, roots, &mut |depth, rec, next| {
+        if depth > crate::format::tree::MAX_TREE_DEPTH {
+            troubled = true;
+            return Ok(false);
+        }
+        if crate::ops::interrupted() {
+            return Err(crate::stop::error(String::new));
+        }
+        seen.push(Record::of_id(rec.id))?;
+        let tree = BlobId::from_bytes(rec.id);
+        if !present(&tree) {
+            troubled = true;
+            return Ok(true);
+        }
+        let mut work = crate::repo::WorkError::default();
+        let mut failed = false;
+        let walked_tree = repo.each_dir_part(&tree, &mut |_, nodes| {
+            for n in nodes {
+                // A name holding `/` (forged) makes a path deeper than its depth, which the
+                // walk of each snapshot judges.
+                failed |= n.name.contains(&b'/');
+                match n.kind {
+                    NodeKind::Dir => {
+                        if let Some(t) = n.subtree {
+                            work.keep(next.push(Record::of_id(t.0)))?;
                         }
-                        NodeKind::File => {
-                            if let Content::Indirect(lists) = &n.content {
-                                failed |= lists.iter().any(|l| !present(l));
-                            }
-                            let read =
-                                repo.each_file_chunk(&n.content, &mut |c| work.keep(chunk(c)));
-                            match read {
-                                Err(e) if work.failed() => return Err(e),
-                                Err(_) => failed = true,
-                                Ok(()) => {}
-                            }
-                        }
-                        _ => {}
                     }
+                    NodeKind::File => {
+                        if let Content::Indirect(lists) = &n.content {
+                            failed |= lists.iter().any(|l| !present(l));
+                        }
+                        let read = repo.each_file_chunk(&n.content, &mut |c| work.keep(chunk(c)));
+                        match read {
+                            Err(e) if work.failed() => return Err(e),
+                            Err(_) => failed = true,
+                            Ok(()) => {}
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(())
-            });
-            troubled |= failed || work.split(walked_tree)?.is_err();
-        }
-        drop(merge);
-        drop(trees);
-        if walked == 0 || depth > crate::format::tree::MAX_TREE_DEPTH {
-            break;
-        }
-        level = next;
-        depth += 1;
-    }
+            }
+            Ok(())
+        });
+        troubled |= failed || work.split(walked_tree)?.is_err();
+        Ok(true)
+    })?;
     let seen = seen.into_sorted()?;
     let mut merge = seen.merge()?;
     let mut last = None;
@@ -604,7 +572,6 @@ pub fn read_data(
     subset: Subset,
     progress: &dyn crate::progress::Progress,
 ) -> Result<ReadReport> {
-    use crate::backend::StorageClass;
     let backend = repo.backend();
     let mut report = ReadReport::default();
     // Every pack's records as its index file lists them (the in-memory index locates each blob
@@ -614,16 +581,7 @@ pub fn read_data(
             .into_iter()
             .flat_map(|(_, f)| f.packs),
     );
-    // The classes of the indexed packs only: the store may list millions of other objects.
-    let mut classes: HashMap<String, StorageClass> = HashMap::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        backend.list_info_each(fk, &mut |o| {
-            if Id::of_name(&o.name).is_some_and(|id| entries.contains_key(&id)) {
-                classes.insert(o.name, o.class);
-            }
-            Ok(())
-        })?;
-    }
+    let classes = crate::ops::claims::listed_packs(backend.as_ref(), &entries, |o| o.class)?;
     let mut packs: Vec<crate::format::index::PackEntry> = entries
         .into_values()
         .filter(|p| classes.contains_key(&p.id.to_hex()))

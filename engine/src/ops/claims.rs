@@ -265,6 +265,27 @@ pub fn drop_refuted(entries: &mut HashMap<ObjectId, PackEntry>, refuted: &Refute
     n
 }
 
+/// What the store lists of the data and tree packs in `packs` (`value` of each), by name:
+/// only theirs, as the store may list millions of other objects (a flood a host with the
+/// bucket's credentials uploaded).
+pub(crate) fn listed_packs<T>(
+    backend: &dyn crate::backend::Backend,
+    packs: &HashMap<ObjectId, PackEntry>,
+    value: impl Fn(&crate::backend::ObjectInfo) -> T,
+) -> Result<HashMap<String, T>> {
+    let mut out = HashMap::new();
+    for fk in [FileKind::Data, FileKind::Tree] {
+        backend.list_info_each(fk, &mut |o| {
+            if Id::of_name(&o.name).is_some_and(|id| packs.contains_key(&id)) {
+                let v = value(&o);
+                out.insert(o.name, v);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
 /// Before a backup deduplicates against the loaded index: when some blob is claimed by more
 /// than one pack, checks the disputed claims against headers and reloads the index without
 /// those that do not hold, so no new snapshot references a blob through a false claim.
@@ -291,16 +312,7 @@ fn clean_loaded(repo: &Repository) -> Result<(Vec<String>, u64)> {
     let mut packs =
         crate::index::merge_entries(files.iter().flat_map(|(_, f)| f.packs.iter().cloned()));
     // The sizes the store lists (an index may claim any size).
-    // The sizes of the packs the claims name only: the store may list millions of others.
-    let mut sizes: HashMap<String, u64> = HashMap::new();
-    for fk in [FileKind::Data, FileKind::Tree] {
-        repo.backend().list_info_each(fk, &mut |o| {
-            if Id::of_name(&o.name).is_some_and(|id| packs.contains_key(&id)) {
-                sizes.insert(o.name, o.size);
-            }
-            Ok(())
-        })?;
-    }
+    let sizes = listed_packs(repo.backend().as_ref(), &packs, |o| o.size)?;
     let d = check_disputes(repo, &packs, &sizes)?;
     let mut messages = d.refuted.messages(&files);
     messages.extend(d.unverified_messages());

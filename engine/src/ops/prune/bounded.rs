@@ -100,53 +100,35 @@ fn walk_by_depth(
         pack: snap,
         ..Record::of_id(tree.0)
     };
-    let folder = |depth: usize| dir.join(format!("trees-{}", depth % 2));
-    let mut depth = 0;
-    let mut level = Builder::new(&folder(depth), mem)?;
-    for (i, (_, s)) in snaps.iter().enumerate() {
-        level.push(reached(s.tree, i as u32))?;
-    }
-    loop {
-        let trees = level.into_sorted()?;
-        let mut next = Builder::new(&folder(depth + 1), mem)?;
-        let mut merge = trees.merge()?;
-        let (mut last, mut walked) = (None, 0u64);
-        while let Some(r) = merge.next_record()? {
-            if last == Some(r.id) {
-                continue;
-            }
-            last = Some(r.id);
-            walked += 1;
-            // No backup nests deeper; a forged tree that does (or names one tree from many
-            // depths) stops the prune, as it stops every reader.
-            if depth > crate::format::tree::MAX_TREE_DEPTH {
-                let e = crate::error::Error::corrupt(
-                    format!("tree {}", BlobId::from_bytes(r.id).short()),
-                    format!(
-                        "directories nest deeper than {} levels (damaged or forged tree?)",
-                        crate::format::tree::MAX_TREE_DEPTH
-                    ),
-                );
-                return Err(super::stop(&snaps[r.pack as usize].0, e));
-            }
-            if crate::ops::interrupted() {
-                return Err(crate::stop::error(String::new));
-            }
-            let tree = BlobId::from_bytes(r.id);
-            used.push(Record::of_id(tree.0))?;
-            let mut blob = |id: BlobId| used.push(Record::of_id(id.0));
-            let mut subtree = |id: BlobId| next.push(reached(id, r.pack));
-            super::walk_tree(repo, &tree, &mut blob, &mut subtree)?
-                .map_err(|e| super::stop(&snaps[r.pack as usize].0, e))?;
+    let roots = snaps
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| reached(s.tree, i as u32));
+    crate::indexrun::by_depth(dir, mem, false, roots, &mut |depth, r, next| {
+        let tree = BlobId::from_bytes(r.id);
+        let snap = &snaps[r.pack as usize].0;
+        // No backup nests deeper; a forged tree that does (or names one tree from many
+        // depths) stops the prune, as it stops every reader.
+        if depth > crate::format::tree::MAX_TREE_DEPTH {
+            let e = crate::error::Error::corrupt(
+                format!("tree {}", tree.short()),
+                format!(
+                    "directories nest deeper than {} levels (damaged or forged tree?)",
+                    crate::format::tree::MAX_TREE_DEPTH
+                ),
+            );
+            return Err(super::stop(snap, e));
         }
-        drop(merge);
-        drop(trees);
-        if walked == 0 {
-            return Ok(());
+        if crate::ops::interrupted() {
+            return Err(crate::stop::error(String::new));
         }
-        level = next;
-        depth += 1;
-    }
+        used.push(Record::of_id(tree.0))?;
+        let mut blob = |id: BlobId| used.push(Record::of_id(id.0));
+        let mut subtree = |id: BlobId| next.push(reached(id, r.pack));
+        super::walk_tree(repo, &tree, &mut blob, &mut subtree)?
+            .map_err(|e| super::stop(snap, e))?;
+        Ok(true)
+    })
 }
 
 /// The ids of a sort of used blobs, each once, merged with `extra` (sorted).
