@@ -67,6 +67,12 @@ impl WorkError {
     }
 }
 
+/// The pause before a read of the index files starts over after its `races`-th race with a
+/// prune (which deletes its files one by one): 50 ms, doubling, at most 800 ms.
+fn pause_after_race(races: u32) {
+    std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
+}
+
 /// The error of a read of the index files that met a new prune `races` times in a row (the
 /// last time, `what` vanished).
 fn prunes_replacing(races: u32, what: &str) -> Error {
@@ -621,7 +627,7 @@ impl Repository {
                 r => return r,
             };
             races += 1;
-            std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
+            pause_after_race(races);
             let again = listing()?;
             // Files a backup added meanwhile do not count: only one that went.
             if names.iter().all(|n| again.binary_search(n).is_ok()) {
@@ -732,7 +738,7 @@ impl Repository {
             if races >= INDEX_RACES {
                 return Err(prunes_replacing(races, &what));
             }
-            std::thread::sleep(std::time::Duration::from_millis(25 << races.min(5)));
+            pause_after_race(races);
             self.load_index()?;
         }
     }
