@@ -11,8 +11,9 @@ use serde_json::json;
 use chunkbak_engine::format::key::KdfParams;
 use chunkbak_engine::format::snapshot::Snapshot;
 use chunkbak_engine::ops::copy;
+use chunkbak_engine::ops::restore::PackGate;
 use chunkbak_engine::ops::select::{self, Selector};
-use chunkbak_engine::ops::thaw::{self, PackGate, Thaw};
+use chunkbak_engine::ops::thaw::{self, Thaw};
 use chunkbak_engine::Id;
 
 use crate::args::{CopyArgs, KeyCommand, NewPasswordArgs};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::ls::walk;
 use super::pattern::Selection;
-use super::restore::{resolve_start, RestoreOptions};
+use super::restore::{resolve_start, PackGate, RestoreOptions};
 use crate::backend::{FileKind, StorageClass, ThawState, Tier};
 use crate::error::{Error, Result};
 use crate::format::tree::{Node, NodeKind};
@@ -265,13 +265,6 @@ pub fn request(repo: &Repository, plan: &mut Plan, tier: Tier, days: u32) -> Res
         n += 1;
     }
     Ok(n)
-}
-
-/// Decides which packs a restore may read now, and waits for more.
-pub trait PackGate: Sync {
-    fn readable(&self, pack: &ObjectId) -> bool;
-    /// Blocks until at least one more pack is readable; Err on interrupt or timeout.
-    fn wait(&self) -> Result<()>;
 }
 
 /// A gate over the packs of a plan that are still thawing, polled with one HEAD per pack.
