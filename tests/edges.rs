@@ -806,7 +806,8 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
 /// forgotten and pruned at once, then backed up again with a small budget: the kept file is
 /// replaced, the data is stored again and restores, and `check --read-data` finds nothing
 /// missing. (The prune's rewritten index supersedes the covered file and lists more blobs than
-/// the budget: either makes the next run build again; `index.rs` tests the covered-file rule.)
+/// the budget: either makes the next run build again; `engine/src/index/tests.rs` tests the
+/// covered-file rule.)
 #[test]
 fn a_prune_retires_the_index_kept_on_disk() {
     let e = Env::new();
