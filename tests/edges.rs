@@ -726,8 +726,8 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
     let r = small(&["check", "--read-data"]);
     assert_eq!(r.code, 0, "{}\n{}", r.out(), r.stderr);
     assert!(r.out().contains(" 0 problems"), "{}", r.out());
-    // Kept for the next run, per repository: the run file, its pack table and pack ids, and
-    // their companion; no temporary folder or file.
+    // Kept for the next run, per repository: the run file, its pack table, pack ids and delta
+    // bases, and their companion; no temporary folder or file.
     let index_dir = e.path("xdg-cache/chunkbak/index");
     let repos: Vec<_> = fs::read_dir(&index_dir).unwrap().flatten().collect();
     assert_eq!(repos.len(), 1, "{repos:?}");
@@ -737,8 +737,11 @@ fn an_index_over_the_memory_budget_is_kept_on_disk() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     kept.sort();
-    assert_eq!(kept.len(), 4, "{kept:?}");
-    for (k, ext) in kept.iter().zip([".meta", ".packs", ".pids", ".run"]) {
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    for (k, ext) in kept
+        .iter()
+        .zip([".bases", ".meta", ".packs", ".pids", ".run"])
+    {
         assert!(k.starts_with("run-") && k.ends_with(ext), "{kept:?}");
     }
 

@@ -1,13 +1,25 @@
-//! A host with the bucket's credentials floods the repository with objects no index names
-//! (issue 24: memory that does not grow with what the store lists). Alone in its own test
-//! binary: a child's peak RSS as `wait4` reports it includes the memory of the process that
-//! spawned it (`posix_spawn` shares its memory until the exec), so no other test may run
-//! beside it.
+//! Memory that does not grow with what the repository holds (issue 24): a host with the
+//! bucket's credentials floods it with objects no index names; an index of many deltas (a
+//! fleet's database dumps). Alone in its own test binary, its tests one at a time: a child's
+//! peak RSS as `wait4` reports it includes the memory of the process that spawned it
+//! (`posix_spawn` shares its memory until the exec), so no other test may run beside one.
 
 use std::fs;
+use std::sync::{Arc, Mutex};
+
+use chunkbak_engine::backend::local::LocalBackend;
+use chunkbak_engine::compressor::Compression;
+use chunkbak_engine::format::index::PackEntry;
+use chunkbak_engine::format::pack::{BlobKind, BlobRecord};
+use chunkbak_engine::format::ObjectKind;
+use chunkbak_engine::id::Id;
+use chunkbak_engine::Repository;
 
 mod common;
 use common::*;
+
+/// One test at a time (see the module's doc).
+static ALONE: Mutex<()> = Mutex::new(());
 
 /// Runs `args` and returns its exit code and its peak RSS in KiB, as `wait4` reports it for
 /// this child (at least this test's own memory at the spawn: see the module's doc).
@@ -46,6 +58,7 @@ fn flood(e: &Env, from: u64, n: u64) {
 /// deletes them all.
 #[test]
 fn a_flood_of_unindexed_objects_costs_prune_and_check_no_memory() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     let e = Env::new();
     e.init_small();
     let src = e.path("src");
@@ -102,4 +115,104 @@ fn a_flood_of_unindexed_objects_costs_prune_and_check_no_memory() {
     let t = e.path("t");
     e.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
     e.compare(&src, &t.join(src.strip_prefix("/").unwrap()), &[]);
+}
+
+/// Indexes `n` blobs, deltas (each on a blob of its own) or whole, 1,000 a pack, in packs never
+/// stored, 10,000 an index file: what a load of the index reads of a fleet's dumps. (Written a
+/// file at a time: this process's memory counts in its children's peaks.)
+fn index_blobs(e: &Env, n: u64, deltas: bool) {
+    let repo = Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"correct horse").unwrap();
+    let id = |i: u64, what: u64| {
+        let mut b = [0u8; 32];
+        for (k, w) in b.chunks_exact_mut(8).enumerate() {
+            let x = (i ^ (what << 40) ^ ((k as u64) << 56)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            w.copy_from_slice(&(x ^ (x >> 29)).to_le_bytes());
+        }
+        Id(b)
+    };
+    for file in (0..n).step_by(10_000) {
+        let end = (file + 10_000).min(n);
+        let packs = (file..end)
+            .step_by(1000)
+            .map(|p| PackEntry {
+                id: id(p, 3),
+                kind: ObjectKind::DataPack,
+                size: 38 + 100_000 + 4096,
+                crc32c: 0,
+                salt: [7; 32],
+                mark: None,
+                blobs: (p..(p + 1000).min(end))
+                    .map(|i| BlobRecord {
+                        id: id(i, 1),
+                        offset: 38 + (i - p) as u32 * 100,
+                        length: 100,
+                        raw_len: 1 << 20,
+                        kind: BlobKind::Data,
+                        compression: if deltas {
+                            Compression::Delta
+                        } else {
+                            Compression::Zstd
+                        },
+                        base: deltas.then(|| id(i, 2)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        repo.write_index(packs).unwrap();
+    }
+}
+
+/// An index of many deltas, as a fleet's database dumps make over a year: each delta's base
+/// was kept in memory (about 100 bytes a delta, in a map and in the kept index's companion
+/// file), so a backup with the index on disk grew with them. They are sorted on disk and read
+/// back from a file of their own now: with 400,000 blobs indexed, a backup that builds the
+/// kept files and one that opens them cost the same whether the blobs are deltas or whole.
+#[test]
+fn an_index_of_many_deltas_costs_a_backup_no_memory() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let blobs = 400_000;
+    // A budget that keeps this index on disk (a third of 4 MiB: 87,000 blobs).
+    let small = ["--memory", "4MiB"];
+    let peaks = |deltas: bool| {
+        let e = Env::new();
+        e.init_small();
+        index_blobs(&e, blobs, deltas);
+        let src = e.path("src");
+        fs::create_dir_all(&src).unwrap();
+        let backup = |n: u64| {
+            fs::write(src.join("f"), splitmix(n, 100_000)).unwrap();
+            let args = [&small[..], &["backup", src.to_str().unwrap()]].concat();
+            let (code, kib) = peak_kib(&e, &args);
+            assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
+            kib
+        };
+        let peaks = (backup(1), backup(2));
+        // The kept files answer: the repository's own backup restores.
+        let t = e.path("t");
+        e.ok(&[
+            &small[..],
+            &["restore", "latest", "--target", t.to_str().unwrap()],
+        ]
+        .concat());
+        e.compare(&src, &t.join(src.strip_prefix("/").unwrap()), &[]);
+        peaks
+    };
+    let (build_whole, open_whole) = peaks(false);
+    let (build_deltas, open_deltas) = peaks(true);
+    eprintln!(
+        "peak RSS of a backup with {blobs} blobs indexed, whole and deltas: building the kept \
+         files {build_whole} and {build_deltas} KiB, opening them {open_whole} and \
+         {open_deltas} KiB"
+    );
+    // 400,000 bases: 26 MiB at 68 bytes each, 38 MiB at 100.
+    for (what, whole, deltas) in [
+        ("building", build_whole, build_deltas),
+        ("opening", open_whole, open_deltas),
+    ] {
+        assert!(
+            deltas < whole + 8 * 1024,
+            "{what} the kept files: peak RSS {whole} KiB with {blobs} whole blobs indexed, \
+             {deltas} KiB with as many deltas"
+        );
+    }
 }

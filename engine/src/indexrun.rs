@@ -83,7 +83,7 @@ impl Record {
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id);
         for v in [self.pack, self.offset, self.length, self.raw_len] {
             out.extend_from_slice(&v.to_le_bytes());

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::bases::Bases;
 use super::kept::covers_of;
 use super::{Index, TOP};
 use crate::error::{Error, Result};
@@ -41,8 +42,10 @@ impl Index {
             marked: Vec::new(),
             ids: indexrun::Builder::new(&run_dir.path().join("tmp-packs"), TABLE_SORT_RECORDS)?,
         };
+        let bases = Bases::on_disk(&run_dir.path().join("tmp-bases"))?;
         Ok(Index {
             loading: true,
+            bases,
             run_dir: Some(run_dir),
             builder: Some(builder),
             table_out: Some(table_out),
@@ -107,8 +110,8 @@ impl Index {
                 [0u8; 32],
             ),
         };
-        let [path, table_path, ids_path] =
-            ["run", "packs", "pids"].map(|ext| base.with_extension(ext));
+        let [path, table_path, ids_path, bases_path] =
+            ["run", "packs", "pids", "bases"].map(|ext| base.with_extension(ext));
         let done = builder
             .finish(&path, covers, &rank)
             .and_then(|built| Ok((built, RunFile::open(&path)?)))
@@ -118,6 +121,7 @@ impl Index {
                 writer.finish(&table_path, covers, &|p| !marked[p as usize])?;
                 ids.finish(&ids_path, covers, &|_| 0)?;
                 let table = packtable::Table::open(&table_path)?;
+                self.bases.finish(&bases_path, covers)?;
                 Ok((built, file, table, RunFile::open(&ids_path)?))
             });
         match done {
@@ -132,7 +136,8 @@ impl Index {
             Err(e) => return self.note_run_error(&e),
         }
         if let Some((dir, covered)) = self.keep.clone() {
-            self.keep_built(&dir, &covered, covers, [path, table_path, ids_path]);
+            let files = [path, table_path, ids_path, bases_path];
+            self.keep_built(&dir, &covered, covers, files);
         }
     }
 

@@ -1,14 +1,15 @@
-//! The run file, pack table and pack ids kept in the cache for later loads: their companion
-//! file (what they cover, the disputed copies, the delta bases), opening them again, and
-//! burying the packs of the index files a prune rewrote since (format-spec 16).
+//! The run file, pack table, pack ids and delta bases kept in the cache for later loads: their
+//! companion file (what they cover, the disputed copies), opening them again, and burying the
+//! packs of the index files a prune rewrote since (format-spec 16).
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::bases::Bases;
 use super::disk::private_dir;
 use super::Index;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, Id};
+use crate::id::Id;
 use crate::indexrun::RunFile;
 use crate::packtable;
 
@@ -53,12 +54,14 @@ impl Index {
             let run_path = dir.join(format!("run-{hex}.run"));
             let table_path = dir.join(format!("run-{hex}.packs"));
             let ids_path = dir.join(format!("run-{hex}.pids"));
+            let bases_path = dir.join(format!("run-{hex}.bases"));
             let drop_both = || {
                 for p in [
                     e.path(),
                     run_path.clone(),
                     table_path.clone(),
                     ids_path.clone(),
+                    bases_path.clone(),
                 ] {
                     let _ = std::fs::remove_file(p);
                 }
@@ -77,18 +80,25 @@ impl Index {
                 RunFile::open(&run_path),
                 packtable::Table::open(&table_path),
                 RunFile::open(&ids_path),
+                RunFile::open(&bases_path),
             );
-            let (Ok(run), Ok(table), Ok(ids)) = opened else {
+            let (Ok(run), Ok(table), Ok(ids), Ok(bases)) = opened else {
                 drop_both();
                 continue;
             };
-            // Two builds of the same index files share COVERS but not positions: the four
+            // Two builds of the same index files share COVERS but not positions: the five
             // files must be of one build (a crash or another process between the renames
             // could mix them).
-            let prints = [run.fingerprint(), table.fingerprint(), ids.fingerprint()];
+            let prints = [
+                run.fingerprint(),
+                table.fingerprint(),
+                ids.fingerprint(),
+                bases.fingerprint(),
+            ];
             if run.covers() != covers
                 || table.covers() != covers
                 || ids.covers() != covers
+                || bases.covers() != covers
                 || table.len() != meta.packs
                 || ids.len() != meta.packs
                 || prints != meta.prints
@@ -97,12 +107,12 @@ impl Index {
                 continue;
             }
             let idx = Index {
-                kept_files: identified(vec![e.path(), run_path, table_path, ids_path]),
+                kept_files: identified(vec![e.path(), run_path, table_path, ids_path, bases_path]),
                 run: Some(run),
                 table: Some(table),
                 table_ids: Some(ids),
                 disputed_blobs: meta.disputed as usize,
-                bases: meta.bases,
+                bases: Bases::of_run(bases),
                 file_packs: meta.files,
                 won: meta.won.into_iter().collect(),
                 lost: meta.lost.into_iter().collect(),
@@ -182,7 +192,6 @@ impl Index {
                 .collect(),
             won,
             lost,
-            bases: self.bases.clone(),
             packs: self.pack_count() as u64,
             prints: [
                 self.run.as_ref().map_or([0; 32], RunFile::fingerprint),
@@ -192,6 +201,7 @@ impl Index {
                 self.table_ids
                     .as_ref()
                     .map_or([0; 32], RunFile::fingerprint),
+                self.bases.fingerprint(),
             ],
         }
     }
@@ -199,14 +209,14 @@ impl Index {
 
 impl Index {
     /// Writes the companion of the files a build kept in `dir` (covering the index files
-    /// `covered`, hashed into `covers`): the run file, the pack table and the pack ids, in
-    /// `files`; then removes the older kept files of the folder.
+    /// `covered`, hashed into `covers`): the run file, the pack table, the pack ids and the
+    /// delta bases, in `files`; then removes the older kept files of the folder.
     pub(super) fn keep_built(
         &mut self,
         dir: &Path,
         covered: &[Id],
         covers: [u8; 32],
-        files: [std::path::PathBuf; 3],
+        files: [std::path::PathBuf; 4],
     ) {
         let meta = dir.join(format!("run-{}.meta", Id(covers).to_hex()));
         let tmp = meta.with_extension(format!("meta-tmp{}", std::process::id()));
@@ -217,8 +227,7 @@ impl Index {
             let _ = std::fs::remove_file(&tmp);
             return self.note_run_error(&Error::Other(format!("{}: {e}", meta.display())));
         }
-        let [path, table_path, ids_path] = files;
-        self.kept_files = identified(vec![meta, path, table_path, ids_path]);
+        self.kept_files = identified([meta].into_iter().chain(files).collect());
         // Older kept files of this repository go (a reader that has one open keeps it).
         let ours = format!("run-{}.", Id(covers).to_hex());
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -254,24 +263,26 @@ pub(super) fn covers_of(covered: &[Id]) -> [u8; 32] {
 }
 
 pub(super) const META_MAGIC: &[u8; 8] = b"CBIXMETA";
-/// Version 4 moves the pack table to a file of its own (`packtable`). Version 3 added each
+/// Version 5 moves the delta bases to a file of their own (`bases`). Version 4 moved the pack
+/// table to a file of its own (`packtable`). Version 3 added each
 /// covered file's packs and the disputes' winners and losers (version 2
 /// was a layout of them that main carried for a day).
-pub(super) const META_VERSION: u32 = 4;
+pub(super) const META_VERSION: u32 = 5;
 
 /// The companion file of a kept run file (format-spec 16): the index files it covers with the
-/// packs each lists, the delta bases, the disputed blobs with the packs that won and lost
-/// them, the number of packs in the pack table, and a BLAKE3 of it all at the end.
+/// packs each lists, the disputed blobs with the packs that won and lost them, the number of
+/// packs in the pack table, the footer hashes of the other four files, and a BLAKE3 of it all
+/// at the end.
 pub(super) struct Meta {
     pub(super) disputed: u64,
     pub(super) files: Vec<(Id, Vec<u32>)>,
     pub(super) won: Vec<u32>,
     pub(super) lost: Vec<(u32, u64)>,
-    pub(super) bases: HashMap<(u32, BlobId), BlobId>,
     /// Packs in the pack table (`run-….packs`).
     pub(super) packs: u64,
-    /// The footer hashes of the run file, the pack table and the pack ids of this build.
-    pub(super) prints: [[u8; 32]; 3],
+    /// The footer hashes of the run file, the pack table, the pack ids and the delta bases of
+    /// this build.
+    pub(super) prints: [[u8; 32]; 4],
 }
 
 impl Meta {
@@ -296,14 +307,6 @@ impl Meta {
         for (p, n) in &self.lost {
             out.extend_from_slice(&p.to_le_bytes());
             out.extend_from_slice(&n.to_le_bytes());
-        }
-        let mut bases: Vec<_> = self.bases.iter().collect();
-        bases.sort();
-        out.extend_from_slice(&(bases.len() as u64).to_le_bytes());
-        for ((pos, id), base) in bases {
-            out.extend_from_slice(&pos.to_le_bytes());
-            out.extend_from_slice(&id.0);
-            out.extend_from_slice(&base.0);
         }
         out.extend_from_slice(&self.packs.to_le_bytes());
         for p in &self.prints {
@@ -355,23 +358,13 @@ impl Meta {
             .chunks_exact(12)
             .map(|c| Some((u32_of(&c[..4])?, u64_of(&c[4..])?)))
             .collect::<Option<_>>()?;
-        let n = usize::try_from(u64_of(take(8)?)?).ok()?;
-        let mut bases = HashMap::new();
-        for c in take(n.checked_mul(68)?)?.chunks_exact(68) {
-            let pos = u32::from_le_bytes(c[..4].try_into().ok()?);
-            bases.insert(
-                (pos, Id(c[4..36].try_into().ok()?)),
-                Id(c[36..].try_into().ok()?),
-            );
-        }
         let packs = u64_of(take(8)?)?;
-        let mut prints = [[0u8; 32]; 3];
+        let mut prints = [[0u8; 32]; 4];
         for p in &mut prints {
             *p = take(32)?.try_into().ok()?;
         }
         let in_table = |p: &u32| u64::from(*p) < packs;
         if at != body.len()
-            || !bases.keys().all(|(p, _)| in_table(p))
             || !files.iter().flat_map(|(_, p)| p).all(in_table)
             || !won.iter().all(in_table)
             || !lost.iter().all(|(p, _)| in_table(p))
@@ -383,7 +376,6 @@ impl Meta {
             files,
             won,
             lost,
-            bases,
             packs,
             prints,
         })

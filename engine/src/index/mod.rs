@@ -18,8 +18,11 @@ use crate::id::{BlobId, Id, ObjectId};
 use crate::indexrun::{self, RunFile};
 use crate::packtable;
 
+mod bases;
 mod disk;
 mod kept;
+
+use bases::Bases;
 
 pub(crate) use disk::sort_folder;
 use disk::TableOut;
@@ -95,7 +98,7 @@ impl BlobLocation {
 
 /// One indexed blob in 48 bytes: its id, its pack's position (top bit: tree blob), offset,
 /// length (top bit: zstd-compressed) and raw length (top bit: a delta, whose base is in
-/// [`Index::bases`]). Packs are at most about 1 GiB, so the top bits are free.
+/// `Index::bases`). Packs are at most about 1 GiB, so the top bits are free.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     id: BlobId,
@@ -158,8 +161,8 @@ impl Entry {
         }
     }
 
-    /// Where the blob is; the base of a delta is looked up in `bases`.
-    fn location(&self, bases: &HashMap<(u32, BlobId), BlobId>) -> BlobLocation {
+    /// Where the blob is, without the base of a delta (`Index::bases` holds it).
+    fn location(&self) -> BlobLocation {
         let delta = self.raw_len & TOP != 0;
         BlobLocation {
             pack: self.pack(),
@@ -178,11 +181,7 @@ impl Entry {
             } else {
                 Compression::None
             },
-            base: if delta {
-                bases.get(&(self.pack(), self.id)).copied()
-            } else {
-                None
-            },
+            base: None,
         }
     }
 }
@@ -205,7 +204,7 @@ pub(crate) fn blob_record_of(
     r: &indexrun::Record,
     base: Option<BlobId>,
 ) -> (u32, crate::format::pack::BlobRecord) {
-    let l = Entry::of_record(r).location(&HashMap::new());
+    let l = Entry::of_record(r).location();
     let delta = l.compression == Compression::Delta;
     (
         l.pack,
@@ -247,7 +246,7 @@ pub struct Index {
     loading: bool,
     recent: HashMap<BlobId, BlobLocation>,
     /// The base of every delta blob, by (pack position, blob id): few blobs are deltas.
-    bases: HashMap<(u32, BlobId), BlobId>,
+    bases: Bases,
     /// Index files loaded.
     pub files: Vec<Id>,
     /// Blobs that more than one pack claims (counted at [`seal`](Index::seal)): their claims
@@ -411,7 +410,7 @@ impl Index {
 
     /// The position of the pack that blob `id` is located in.
     pub fn pack_position_of(&self, id: &BlobId) -> Option<u32> {
-        self.location(id).map(|l| l.pack)
+        self.place(id).map(|l| l.pack)
     }
 
     /// A sealed index of these pack entries.
@@ -493,7 +492,9 @@ impl Index {
                 ..BlobLocation::of_record(b)
             };
             if let Some(base) = b.base {
-                self.bases.insert((pos, b.id), base);
+                if let Err(e) = self.bases.insert(pos, b.id, base) {
+                    self.note_run_error(&e);
+                }
             }
             if self.loading {
                 let e = Entry::new(b.id, &loc);
@@ -582,7 +583,21 @@ impl Index {
         }
     }
 
+    /// Where a blob is, with the base of a delta.
     fn location(&self, id: &BlobId) -> Option<BlobLocation> {
+        let mut l = self.place(id)?;
+        if l.compression == Compression::Delta && l.base.is_none() {
+            l.base = self.bases.get(l.pack, id).unwrap_or_else(|e| {
+                self.note_run_error(&e);
+                None
+            });
+        }
+        Some(l)
+    }
+
+    /// Where a blob is; of a delta loaded into the index, without its base (looked up
+    /// apart: on disk, that is one more block read).
+    fn place(&self, id: &BlobId) -> Option<BlobLocation> {
         debug_assert!(!self.loading, "index lookup before seal()");
         if let Some(l) = self.recent.get(id) {
             return Some(*l);
@@ -591,7 +606,7 @@ impl Index {
             return match run.get(&id.0) {
                 Ok(r) => r
                     .filter(|r| !self.is_dead(r.pack & !TOP))
-                    .map(|r| Entry::of_record(&r).location(&self.bases)),
+                    .map(|r| Entry::of_record(&r).location()),
                 Err(e) => {
                     self.note_run_error(&e);
                     None
@@ -601,7 +616,7 @@ impl Index {
         self.sorted
             .binary_search_by(|e| e.id.cmp(id))
             .ok()
-            .map(|i| self.sorted[i].location(&self.bases))
+            .map(|i| self.sorted[i].location())
     }
 
     /// Where a blob can be read (live packs first, then packs marked for deletion).
@@ -612,12 +627,12 @@ impl Index {
 
     /// The blob can be read (it is in a live or a marked pack).
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.location(id).is_some()
+        self.place(id).is_some()
     }
 
     /// The pack holding a live copy of the blob.
     pub fn live_pack_of(&self, id: &BlobId) -> Option<ObjectId> {
-        let l = self.location(id)?;
+        let l = self.place(id)?;
         let p = self.pack(l.pack)?;
         p.mark.is_none().then_some(p.id)
     }

@@ -96,8 +96,8 @@ fn a_shared_folder_is_refused() {
 }
 
 /// A kept run file is opened again with the pack table and marks of the first, and the
-/// files it covers; a damaged companion file, pack table or table of pack ids is dropped
-/// with the run file.
+/// files it covers; a damaged companion file, pack table, table of pack ids or file of
+/// delta bases is dropped with the run file.
 #[test]
 fn a_kept_run_is_used_again_and_a_damaged_one_dropped() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,7 +146,13 @@ fn a_kept_run_is_used_again_and_a_damaged_one_dropped() {
         .into_iter()
         .find(|p| p.extension().unwrap() == "meta")
         .unwrap();
-    for (ext, at) in [("meta", 20), ("packs", 20), ("pids", 20), ("run", 20)] {
+    for (ext, at) in [
+        ("meta", 20),
+        ("packs", 20),
+        ("pids", 20),
+        ("run", 20),
+        ("bases", 20),
+    ] {
         let f = meta.with_extension(ext);
         let mut b = std::fs::read(&f).unwrap();
         b[at] ^= 1;
@@ -154,7 +160,7 @@ fn a_kept_run_is_used_again_and_a_damaged_one_dropped() {
         assert!(Index::open_kept(&d).is_none(), "{ext}");
         assert!(files().is_empty(), "{ext}: {:?}", files());
         build();
-        assert_eq!(files().len(), 4);
+        assert_eq!(files().len(), 5);
         assert!(Index::open_kept(&d).is_some());
     }
 }
@@ -219,9 +225,8 @@ fn a_companion_file_names_only_packs_of_its_table() {
         files: vec![(Id([1; 32]), files)],
         won,
         lost,
-        bases: HashMap::new(),
         packs: 2,
-        prints: [[7; 32], [8; 32], [9; 32]],
+        prints: [[7; 32], [8; 32], [9; 32], [10; 32]],
     };
     let ok = Meta::decode(&meta(vec![0, 1], vec![1], vec![(0, 3)]).encode()).unwrap();
     assert_eq!(ok.files, vec![(Id([1; 32]), vec![0, 1])]);
@@ -285,9 +290,16 @@ fn chains_are_followed_to_a_whole_blob_and_refused_past_the_maximum_depth_or_in_
 }
 
 fn chains(mut idx: Index) {
+    idx.add_pack(&chain_pack());
+    idx.add_pack(&with_blobs(2, Some((1, 2)), &[60]));
+    idx.seal();
+    check_chains(&idx);
+}
+
+/// Blob 20 whole; 21 a delta on 20, 22 on 21, ... 28 on 27 (depth 8). 40 and 41 are deltas
+/// on each other; 50 is a delta on 51, which no pack holds: 11 deltas.
+fn chain_pack() -> PackEntry {
     let id = |b: u8| BlobId::from_bytes([b; 32]);
-    // Blob 20 whole; 21 a delta on 20, 22 on 21, ... 28 on 27 (depth 8). 40 and 41 are
-    // deltas on each other; 50 is a delta on 51, which no pack holds.
     let mut pack = with_blobs(1, None, &[20, 21, 22, 23, 24, 25, 26, 27, 28, 40, 41, 50]);
     for r in &mut pack.blobs {
         let b = r.id.0[0];
@@ -304,9 +316,13 @@ fn chains(mut idx: Index) {
             r.base = Some(id(base));
         }
     }
-    idx.add_pack(&pack);
-    idx.add_pack(&with_blobs(2, Some((1, 2)), &[60]));
-    idx.seal();
+    pack
+}
+
+/// What an index of [`chain_pack`] and a marked pack holding blob 60 answers.
+fn check_chains(idx: &Index) {
+    let id = |b: u8| BlobId::from_bytes([b; 32]);
+    assert_eq!(idx.deltas(), 11);
     assert_eq!(idx.chain_of(&id(20)), Some(vec![]));
     assert_eq!(idx.chain_of(&id(22)), Some(vec![id(21), id(20)]));
     let six: Vec<BlobId> = (20..26).rev().map(id).collect();
@@ -323,6 +339,44 @@ fn chains(mut idx: Index) {
         "a marked pack is not live"
     );
     assert_eq!(idx.base_of(&id(21)), Some(id(20)));
+    assert_eq!(idx.get(&id(21)).unwrap().1.base, Some(id(20)));
+    assert!(idx.contains(&id(50)));
+}
+
+/// An index on disk sorts its deltas' bases on disk and keeps them in a file of their own
+/// (three records a delta), which a later load opens and answers from. A block of that file
+/// damaged after the open is an error, never a base: the kept files go.
+#[test]
+fn delta_bases_on_disk_are_kept_in_a_file_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("kept");
+    let mut idx = Index::loading_to_keep(&d, 2, 0, vec![Id([1; 32])]).unwrap();
+    idx.add_pack(&chain_pack());
+    idx.add_pack(&with_blobs(2, Some((1, 2)), &[60]));
+    assert_eq!(idx.bases.in_memory(), 0, "sorted on disk while loading");
+    idx.seal();
+    check_chains(&idx);
+    drop(idx);
+    let (kept, _) = Index::open_kept(&d).expect("kept");
+    check_chains(&kept);
+    assert_eq!(kept.bases.in_memory(), 0);
+    drop(kept);
+    let bases = std::fs::read_dir(&d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bases"))
+        .unwrap();
+    assert_eq!(RunFile::open(&bases).unwrap().len(), 33);
+    let mut b = std::fs::read(&bases).unwrap();
+    b[64 + 48 * 5 + 40] ^= 1;
+    std::fs::write(&bases, b).unwrap();
+    let (kept, _) = Index::open_kept(&d).expect("the block is checked when it is read");
+    let id = |b: u8| BlobId::from_bytes([b; 32]);
+    assert_eq!(kept.base_of(&id(21)), None);
+    assert!(kept.check_read().is_err());
+    assert!(!bases.exists(), "the damaged kept files are removed");
+    assert!(Index::open_kept(&d).is_none());
 }
 
 #[test]

@@ -1,0 +1,186 @@
+//! The bases of the index's delta blobs, by (pack position, blob id). An index in memory keeps
+//! them in a map; an index on disk sorts them on disk while it loads and reads them back from
+//! a run file of their own (`run-COVERS.bases` when kept), so that what a load holds does not
+//! grow with the number of deltas either (format-spec 16). Deltas added after the load (a
+//! backup's new packs) are in the map.
+//!
+//! A base is 32 bytes and a run record carries 16 besides its id, so a delta's base takes
+//! three records: the key of each is BLAKE3 of the pack position and the blob id, its last
+//! byte replaced by the part (0, 1, 2), so the three sort next to each other; the record's
+//! `pack` is the position, and `offset`, `length`, `raw_len` carry 12 bytes of the base each
+//! (the last part 8, then 4 zero bytes).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, Id};
+use crate::indexrun::{self, Record, RunFile};
+
+/// Records of bases sorted in memory at a time while an index on disk loads (3 MiB).
+const SORT_RECORDS: usize = 1 << 16;
+
+/// The domain of the keys (no blob id is a BLAKE3 of it).
+const KEY_CONTEXT: &[u8] = b"chunkbak kept index delta base\0";
+
+#[derive(Default)]
+pub(super) struct Bases {
+    /// Of an index in memory, and of deltas added since an index on disk was sealed.
+    mem: HashMap<(u32, BlobId), BlobId>,
+    /// While an index on disk loads: its deltas' bases being sorted.
+    builder: Option<indexrun::Builder>,
+    /// An index on disk: the bases of the deltas it was sealed with.
+    run: Option<RunFile>,
+}
+
+/// The key of part `part` of the base of blob `id` in the pack at `pos`.
+pub(crate) fn key(pos: u32, id: &BlobId, part: u8) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(KEY_CONTEXT);
+    h.update(&pos.to_le_bytes());
+    h.update(&id.0);
+    let mut k = *h.finalize().as_bytes();
+    k[31] = part;
+    k
+}
+
+/// The three records of the base of blob `id` in the pack at `pos`.
+pub(crate) fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
+    let mut b = [0u8; 36];
+    b[..32].copy_from_slice(&base.0);
+    let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+    [0u8, 1, 2].map(|part| {
+        let at = part as usize * 12;
+        Record {
+            id: key(pos, id, part),
+            pack: pos,
+            offset: word(at),
+            length: word(at + 4),
+            raw_len: word(at + 8),
+        }
+    })
+}
+
+impl Bases {
+    /// Bases sorted on disk while an index loads, in `tmp` (its private folder).
+    pub(super) fn on_disk(tmp: &Path) -> Result<Bases> {
+        Ok(Bases {
+            builder: Some(indexrun::Builder::new(tmp, SORT_RECORDS)?),
+            ..Bases::default()
+        })
+    }
+
+    /// The bases of a kept index on disk.
+    pub(super) fn of_run(run: RunFile) -> Bases {
+        Bases {
+            run: Some(run),
+            ..Bases::default()
+        }
+    }
+
+    pub(super) fn insert(&mut self, pos: u32, id: BlobId, base: BlobId) -> Result<()> {
+        match &mut self.builder {
+            Some(b) => records(pos, &id, &base)
+                .into_iter()
+                .try_for_each(|r| b.push(r)),
+            None => {
+                self.mem.insert((pos, id), base);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the load of an index on disk: writes the sorted bases to `path` and opens it.
+    pub(super) fn finish(&mut self, path: &Path, covers: [u8; 32]) -> Result<()> {
+        if let Some(b) = self.builder.take() {
+            b.finish(path, covers, &|_| 0)?;
+            self.run = Some(RunFile::open(path)?);
+        }
+        Ok(())
+    }
+
+    /// The base of the delta `id` in the pack at `pos`; `None` when none is known (an error
+    /// when the file cannot be read, or holds a record that does not fit).
+    pub(super) fn get(&self, pos: u32, id: &BlobId) -> Result<Option<BlobId>> {
+        if let Some(b) = self.mem.get(&(pos, *id)) {
+            return Ok(Some(*b));
+        }
+        let Some(run) = &self.run else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 36];
+        for part in 0..3u8 {
+            let Some(r) = run.get(&key(pos, id, part))? else {
+                return Ok(None);
+            };
+            if r.pack != pos {
+                return Err(Error::Other(format!(
+                    "the kept delta bases hold a record of pack {} for pack {pos}",
+                    r.pack
+                )));
+            }
+            let at = part as usize * 12;
+            for (i, w) in [r.offset, r.length, r.raw_len].into_iter().enumerate() {
+                b[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        if b[32..] != [0; 4] {
+            return Err(Error::Other(format!(
+                "the kept delta base of blob {id} ends in bytes that are not zero"
+            )));
+        }
+        Ok(Some(Id(b[..32].try_into().expect("32"))))
+    }
+
+    /// Bases held in memory.
+    #[cfg(test)]
+    pub(super) fn in_memory(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// Deltas with a known base.
+    pub(super) fn len(&self) -> usize {
+        self.mem.len() + self.run.as_ref().map_or(0, |r| (r.len() / 3) as usize)
+    }
+
+    /// The footer hash of the run file (zero without one).
+    pub(super) fn fingerprint(&self) -> [u8; 32] {
+        self.run.as_ref().map_or([0; 32], RunFile::fingerprint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// format-spec.md 16's vector of a delta base: the three records of the base `20 x 32` of
+    /// blob `21 x 32` in the pack at position 7; and a build of them answers it.
+    #[test]
+    fn the_spec_vector() {
+        let (id, base) = (Id([0x21; 32]), Id([0x20; 32]));
+        let mut bytes = Vec::new();
+        for r in records(7, &id, &base) {
+            r.encode(&mut bytes);
+        }
+        assert_eq!(bytes.len(), 144);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let spec = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md"),
+        )
+        .unwrap();
+        let flat: String = spec.split_whitespace().collect();
+        assert!(
+            flat.contains(&hex),
+            "format-spec.md 16 lacks the delta base vector {hex}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Bases::on_disk(&dir.path().join("tmp")).unwrap();
+        b.insert(7, id, base).unwrap();
+        b.insert(8, base, Id([0x1f; 32])).unwrap();
+        b.finish(&dir.path().join("b.run"), [0; 32]).unwrap();
+        assert_eq!(b.get(7, &id).unwrap(), Some(base));
+        assert_eq!(b.get(8, &id).unwrap(), None, "another pack's copy");
+        assert_eq!(b.get(8, &base).unwrap(), Some(Id([0x1f; 32])));
+        assert_eq!(b.len(), 2);
+    }
+}
