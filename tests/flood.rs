@@ -166,9 +166,10 @@ fn index_blobs(e: &Env, n: u64, deltas: bool) {
 /// was kept in memory (about 100 bytes a delta, in a map and in the kept index's companion
 /// file), so a backup with the index on disk grew with them. They are sorted on disk and read
 /// back from a file of their own now: with 400,000 blobs indexed, a backup that builds the
-/// kept files and one that opens them cost the same whether the blobs are deltas or whole.
+/// kept files, one that opens them, and a prune cost the same whether the blobs are deltas or
+/// whole.
 #[test]
-fn an_index_of_many_deltas_costs_a_backup_no_memory() {
+fn an_index_of_many_deltas_costs_backup_and_prune_no_memory() {
     let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     let blobs = 400_000;
     // A budget that keeps this index on disk (a third of 4 MiB: 87,000 blobs).
@@ -187,6 +188,9 @@ fn an_index_of_many_deltas_costs_a_backup_no_memory() {
             kib
         };
         let peaks = (backup(1), backup(2));
+        let args = [&small[..], &["prune", "--dry-run"]].concat();
+        let (code, prune) = peak_kib(&e, &args);
+        assert_eq!(code, 0, "{}", fs::read_to_string(e.path("stderr")).unwrap());
         // The kept files answer: the repository's own backup restores.
         let t = e.path("t");
         e.ok(&[
@@ -195,24 +199,29 @@ fn an_index_of_many_deltas_costs_a_backup_no_memory() {
         ]
         .concat());
         e.compare(&src, &t.join(src.strip_prefix("/").unwrap()), &[]);
-        peaks
+        (peaks.0, peaks.1, prune)
     };
-    let (build_whole, open_whole) = peaks(false);
-    let (build_deltas, open_deltas) = peaks(true);
+    let (build_whole, open_whole, prune_whole) = peaks(false);
+    let (build_deltas, open_deltas, prune_deltas) = peaks(true);
     eprintln!(
-        "peak RSS of a backup with {blobs} blobs indexed, whole and deltas: building the kept \
-         files {build_whole} and {build_deltas} KiB, opening them {open_whole} and \
-         {open_deltas} KiB"
+        "peak RSS with {blobs} blobs indexed, whole and deltas: a backup building the kept \
+         files {build_whole} and {build_deltas} KiB, one opening them {open_whole} and \
+         {open_deltas} KiB, prune --dry-run {prune_whole} and {prune_deltas} KiB"
     );
     // 400,000 bases: 26 MiB at 68 bytes each, 38 MiB at 100.
     for (what, whole, deltas) in [
-        ("building", build_whole, build_deltas),
-        ("opening", open_whole, open_deltas),
+        (
+            "a backup building the kept files",
+            build_whole,
+            build_deltas,
+        ),
+        ("a backup opening them", open_whole, open_deltas),
+        ("prune --dry-run", prune_whole, prune_deltas),
     ] {
         assert!(
             deltas < whole + 8 * 1024,
-            "{what} the kept files: peak RSS {whole} KiB with {blobs} whole blobs indexed, \
-             {deltas} KiB with as many deltas"
+            "{what}: peak RSS {whole} KiB with {blobs} whole blobs indexed, {deltas} KiB with \
+             as many deltas"
         );
     }
 }

@@ -554,6 +554,11 @@ impl Sorted {
     pub fn runs(&self) -> usize {
         self.runs.len()
     }
+
+    /// No record was sorted.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.mem.is_empty()
+    }
 }
 
 impl Drop for Sorted {

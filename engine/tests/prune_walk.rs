@@ -1,7 +1,8 @@
 //! What prune counts as used when a file's bytes are a directory's tree blob: blob ids hash
 //! the plaintext whatever the kind, so the file's chunk and the directory's tree share an id.
 //! The directory must still be walked, or everything under it looks unused and is deleted.
-//! And on disk, where prune walks the trees a depth at a time: a directory moved deeper.
+//! And on disk, where prune walks the trees a depth at a time: a directory moved deeper. And
+//! the bases a used delta keeps, a chain depth at a time on disk.
 
 mod common;
 
@@ -190,5 +191,106 @@ fn a_directory_moved_deeper_is_walked_at_each_depth_on_disk() {
         for c in after.file_chunks(&n.content).unwrap() {
             after.read_blob(&c).unwrap();
         }
+    }
+}
+
+/// A used delta keeps its bases down its chain, at most six deep (format-spec 6.1 and 12: no
+/// reader reads a deeper chain), in both plans. A forged pack holds a used delta X on B1, B1
+/// on B2, ... B7 on B8 (whole): X and B1..B6 are used, B7 and B8 are not. Lengths tell them
+/// apart: X 100 bytes, Bi 100 (i + 1). The plan on disk finds the bases a depth at a time; the
+/// one in memory went on down any chain.
+#[test]
+fn a_used_delta_keeps_six_bases_of_its_chain_in_both_plans() {
+    use chunkbak_engine::compressor::Compression;
+    use chunkbak_engine::format::index::PackEntry;
+    use chunkbak_engine::format::pack::{BlobKind, BlobRecord};
+    use chunkbak_engine::format::tree::{Node, Timespec};
+    use chunkbak_engine::format::ObjectKind;
+
+    let d = tempfile::tempdir().unwrap();
+    let repo = Arc::new(common::repo(d.path()));
+    let id = |i: u8| BlobId::from_bytes([0xd0 + i; 32]);
+    // X is 0, Bi is i.
+    let saver = repo.private_saver().unwrap();
+    let file = Node {
+        name: b"dump".to_vec(),
+        kind: NodeKind::File,
+        mode: 0o100644,
+        size: 1 << 20,
+        content: repo.save_content(&saver, vec![id(0)]).unwrap(),
+        ..Default::default()
+    };
+    let tree = repo.save_dir(&saver, vec![file]).unwrap();
+    let real = saver.finish().unwrap();
+    let tree_bytes: u64 = real
+        .iter()
+        .flat_map(|p| &p.blobs)
+        .map(|b| u64::from(b.length))
+        .sum();
+    repo.write_index(real).unwrap();
+    repo.write_snapshot(&Snapshot {
+        time: Timespec {
+            secs: 1_767_225_600,
+            nanos: 0,
+        },
+        host: "h".into(),
+        paths: vec![b"/srv".to_vec()],
+        tree,
+        ..Default::default()
+    })
+    .unwrap();
+    let pack = Id([0xee; 32]);
+    let size = 10_000u64;
+    repo.backend()
+        .put(FileKind::Data, &pack.to_hex(), &vec![0x5a; size as usize])
+        .unwrap();
+    let blobs = (0..=8u8)
+        .map(|i| BlobRecord {
+            id: id(i),
+            offset: 38 + 1000 * u32::from(i),
+            length: 100 * (u32::from(i) + 1),
+            raw_len: 1 << 20,
+            kind: BlobKind::Data,
+            compression: if i < 8 {
+                Compression::Delta
+            } else {
+                Compression::Zstd
+            },
+            base: (i < 8).then(|| id(i + 1)),
+        })
+        .collect();
+    repo.write_index(vec![PackEntry {
+        id: pack,
+        kind: ObjectKind::DataPack,
+        size,
+        crc32c: 0,
+        salt: [1; 32],
+        mark: None,
+        blobs,
+    }])
+    .unwrap();
+    let opts = PruneOptions {
+        grace: 0,
+        max_unused: MaxUnused::Bytes(0),
+        ..Default::default()
+    };
+    let plan_of = |on_disk: bool| {
+        let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
+        if on_disk {
+            r.keep_index_on_disk(&d.path().join("index"), 2);
+        }
+        let plan = prune::plan(&r, &opts, &NoProgress).unwrap();
+        assert_eq!(plan.on_disk(), on_disk);
+        plan
+    };
+    // X and B1..B6: 100 + 200 + ... + 700 bytes.
+    let used: u64 = (1..=7).map(|i| 100 * i).sum();
+    for on_disk in [false, true] {
+        let plan = plan_of(on_disk);
+        assert_eq!(
+            plan.used_bytes,
+            tree_bytes + used,
+            "on disk: {on_disk}: {plan:#?}"
+        );
     }
 }

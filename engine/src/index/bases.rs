@@ -17,14 +17,16 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, Id};
 use crate::indexrun::{self, Record, RunFile};
 
-/// Records of bases sorted in memory at a time while an index on disk loads (3 MiB).
-const SORT_RECORDS: usize = 1 << 16;
+/// Records of bases sorted in memory at a time while they are collected: an eighth of what
+/// the index may sort, at least this many (768 KiB). A base takes three records: at the
+/// default budget, 10 million deltas make 220 temporary runs to merge.
+const MIN_SORT_RECORDS: usize = 1 << 14;
 
 /// The domain of the keys (no blob id is a BLAKE3 of it).
 const KEY_CONTEXT: &[u8] = b"chunkbak kept index delta base\0";
 
 #[derive(Default)]
-pub(super) struct Bases {
+pub(crate) struct Bases {
     /// Of an index in memory, and of deltas added since an index on disk was sealed.
     mem: HashMap<(u32, BlobId), BlobId>,
     /// While an index on disk loads: its deltas' bases being sorted.
@@ -62,10 +64,12 @@ pub(crate) fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
 }
 
 impl Bases {
-    /// Bases sorted on disk while an index loads, in `tmp` (its private folder).
-    pub(super) fn on_disk(tmp: &Path) -> Result<Bases> {
+    /// Bases sorted on disk while they are collected, in `tmp` (a private folder), for an
+    /// index that sorts `mem_records` in memory at a time.
+    pub(crate) fn on_disk(tmp: &Path, mem_records: usize) -> Result<Bases> {
+        let mem = (mem_records / 8).max(MIN_SORT_RECORDS);
         Ok(Bases {
-            builder: Some(indexrun::Builder::new(tmp, SORT_RECORDS)?),
+            builder: Some(indexrun::Builder::new(tmp, mem)?),
             ..Bases::default()
         })
     }
@@ -78,7 +82,7 @@ impl Bases {
         }
     }
 
-    pub(super) fn insert(&mut self, pos: u32, id: BlobId, base: BlobId) -> Result<()> {
+    pub(crate) fn insert(&mut self, pos: u32, id: BlobId, base: BlobId) -> Result<()> {
         match &mut self.builder {
             Some(b) => records(pos, &id, &base)
                 .into_iter()
@@ -91,7 +95,7 @@ impl Bases {
     }
 
     /// Ends the load of an index on disk: writes the sorted bases to `path` and opens it.
-    pub(super) fn finish(&mut self, path: &Path, covers: [u8; 32]) -> Result<()> {
+    pub(crate) fn finish(&mut self, path: &Path, covers: [u8; 32]) -> Result<()> {
         if let Some(b) = self.builder.take() {
             b.finish(path, covers, &|_| 0)?;
             self.run = Some(RunFile::open(path)?);
@@ -101,7 +105,7 @@ impl Bases {
 
     /// The base of the delta `id` in the pack at `pos`; `None` when none is known (an error
     /// when the file cannot be read, or holds a record that does not fit).
-    pub(super) fn get(&self, pos: u32, id: &BlobId) -> Result<Option<BlobId>> {
+    pub(crate) fn get(&self, pos: u32, id: &BlobId) -> Result<Option<BlobId>> {
         if let Some(b) = self.mem.get(&(pos, *id)) {
             return Ok(Some(*b));
         }
@@ -139,7 +143,7 @@ impl Bases {
     }
 
     /// Deltas with a known base.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.mem.len() + self.run.as_ref().map_or(0, |r| (r.len() / 3) as usize)
     }
 
@@ -174,7 +178,7 @@ mod tests {
             "format-spec.md 16 lacks the delta base vector {hex}"
         );
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Bases::on_disk(&dir.path().join("tmp")).unwrap();
+        let mut b = Bases::on_disk(&dir.path().join("tmp"), 0).unwrap();
         b.insert(7, id, base).unwrap();
         b.insert(8, base, Id([0x1f; 32])).unwrap();
         b.finish(&dir.path().join("b.run"), [0; 32]).unwrap();

@@ -42,7 +42,7 @@ impl Index {
             marked: Vec::new(),
             ids: indexrun::Builder::new(&run_dir.path().join("tmp-packs"), TABLE_SORT_RECORDS)?,
         };
-        let bases = Bases::on_disk(&run_dir.path().join("tmp-bases"))?;
+        let bases = Bases::on_disk(&run_dir.path().join("tmp-bases"), mem_records)?;
         Ok(Index {
             loading: true,
             bases,

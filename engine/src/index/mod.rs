@@ -22,7 +22,7 @@ mod bases;
 mod disk;
 mod kept;
 
-use bases::Bases;
+pub(crate) use bases::Bases;
 
 pub(crate) use disk::sort_folder;
 use disk::TableOut;

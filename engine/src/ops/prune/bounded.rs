@@ -20,11 +20,11 @@
 //! What stays in memory grows with packs, not blobs, by a few dozen bytes a pack: the pack
 //! table is a scratch file ([`Table`]: 8 bytes a pack find a position), the store's listing is
 //! kept by position ([`Listing`], 17 bytes a pack), the counts by position (16), a decision a
-//! byte. It grows too with the delta bases, the repacked packs' used blobs, and the ids that
-//! superseded index files name outside the index in force ([`orphans`]). The trees are
-//! walked a depth at a time, each depth's sorted on disk ([`walk_by_depth`]); the stored
-//! objects no index file in force names go to a temporary file beyond a buffer
-//! ([`super::objects`]).
+//! byte. It grows too with the repacked packs' used blobs, and the ids that superseded index
+//! files name outside the index in force ([`orphans`]). The trees are walked a depth at a
+//! time, each depth's sorted on disk ([`walk_by_depth`]), and so are the chains of the used
+//! deltas, whose bases are read back from a run file ([`bases_of_used`]); the stored objects
+//! no index file in force names go to a temporary file beyond a buffer ([`super::objects`]).
 //!
 //! Trees are loaded through the index as loaded ([`Repository::load_index`]), before disputed
 //! claims are judged: a tree a false claim hides stops the prune before it deletes anything
@@ -38,8 +38,8 @@ use crate::format::index::PackEntry;
 use crate::format::pack::BlobRecord;
 use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
-use crate::index::{blob_record_of, record_of, PackInfo};
-use crate::indexrun::{Builder, Record, Sorted};
+use crate::index::{blob_record_of, record_of, Bases, PackInfo, MAX_DELTA_DEPTH};
+use crate::indexrun::{Builder, Merge, Record, Sorted};
 use crate::ops::claims::{Refuted, Verdict};
 
 use super::objects::Objects;
@@ -58,10 +58,10 @@ pub(super) struct State {
     claims: Sorted,
     /// Every blob the snapshots use, by id (repeats allowed), as records of pack 0.
     used: Sorted,
-    /// Bases of used deltas, down their chains (sorted): used too.
-    bases_used: Vec<BlobId>,
-    /// The base of each delta claim, by (pack position, blob id).
-    bases: HashMap<(u32, BlobId), BlobId>,
+    /// Bases of used deltas, down their chains (ids, repeats allowed): used too.
+    bases_used: Sorted,
+    /// The base of each delta claim, by (pack position, blob id), on disk.
+    bases: Bases,
     /// Judged claims: refuted blobs by pack, and packs that are no pack at all.
     refuted: Refuted,
     /// The index files in force, in listing order: read again to write the new index.
@@ -131,10 +131,123 @@ fn walk_by_depth(
     })
 }
 
-/// The ids of a sort of used blobs, each once, merged with `extra` (sorted).
+/// Records of delta claims sorted in memory at a time, at the least (an eighth of a small
+/// budget would make runs of a few dozen records).
+const MIN_DELTA_RECORDS: usize = 4096;
+
+/// The delta claims of ids asked in increasing order: one pass over their sort.
+struct DeltaClaims<'a> {
+    merge: Merge<'a>,
+    group: Vec<Record>,
+    done: bool,
+}
+
+impl<'a> DeltaClaims<'a> {
+    fn new(deltas: &'a Sorted) -> Result<Self> {
+        Ok(DeltaClaims {
+            merge: deltas.merge()?,
+            group: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// The claims of `id` as a delta (one per pack listing it so); ids asked in order.
+    fn of(&mut self, id: [u8; 32]) -> Result<&[Record]> {
+        while !self.done && self.group.first().is_none_or(|r| r.id < id) {
+            if !self.merge.next_group(&mut self.group)? {
+                self.done = true;
+            }
+        }
+        Ok(match self.group.first() {
+            Some(r) if r.id == id => &self.group,
+            _ => &[],
+        })
+    }
+}
+
+/// The bases the used blobs need, as a sort of ids (repeats allowed): of every claim of a used
+/// delta that holds (a disputed pack's claims count only when its header confirms them), the
+/// base; and theirs, down the chain, at most [`MAX_DELTA_DEPTH`] bases deep (no reader reads a
+/// deeper chain). Late packs (indexed after the plan began) are in the loaded index only. A
+/// depth at a time, each sorted on disk in `dir` and joined with the delta claims: nothing held
+/// grows with the number of deltas (a map of them all took about 200 bytes a delta).
+#[allow(clippy::too_many_arguments)]
+fn bases_of_used(
+    repo: &Repository,
+    plan: &PrunePlan,
+    used: &Sorted,
+    deltas: &Sorted,
+    bases: &Bases,
+    headers: &HashMap<u32, Verdict>,
+    dir: &std::path::Path,
+    mem: usize,
+) -> Result<Sorted> {
+    let quarter = (mem / 4).max(MIN_DELTA_RECORDS);
+    let mut out = Builder::ids_only(&dir.join("bases-used"), quarter)?;
+    let late: HashMap<BlobId, BlobId> = {
+        let idx = repo.index().read().expect("index lock");
+        plan.late_blobs
+            .iter()
+            .filter_map(|b| Some((*b, idx.base_of(b)?)))
+            .collect()
+    };
+    if deltas.is_empty() && late.is_empty() {
+        return out.into_sorted();
+    }
+    let holds = |pos: u32, id: &BlobId, base: &BlobId| match headers.get(&pos) {
+        None => true,
+        Some(Verdict::Header(h)) => h.iter().any(|r| r.id == *id && r.base == Some(*base)),
+        Some(_) => false,
+    };
+    // The used blobs first, then each depth's bases.
+    let mut level: Option<Sorted> = None;
+    for depth in 0..MAX_DELTA_DEPTH {
+        let mut next = Builder::ids_only(&dir.join(format!("bases-{}", depth % 2)), quarter)?;
+        let mut any = false;
+        {
+            let mut claims = DeltaClaims::new(deltas)?;
+            let mut m = level.as_ref().unwrap_or(used).merge()?;
+            let mut last = None;
+            while let Some(r) = m.next_record()? {
+                if last == Some(r.id) {
+                    continue;
+                }
+                last = Some(r.id);
+                if crate::ops::interrupted() {
+                    return Err(crate::stop::error(String::new));
+                }
+                let id = Id(r.id);
+                for c in claims.of(r.id)? {
+                    let pos = pack_pos(c);
+                    if let Some(base) = bases.get(pos, &id)? {
+                        if holds(pos, &id, &base) {
+                            next.push(Record::of_id(base.0))?;
+                            out.push(Record::of_id(base.0))?;
+                            any = true;
+                        }
+                    }
+                }
+                if let Some(base) = late.get(&id) {
+                    next.push(Record::of_id(base.0))?;
+                    out.push(Record::of_id(base.0))?;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            break;
+        }
+        // The depth before goes (its runs) before the one after next takes its folder.
+        level = Some(next.into_sorted()?);
+    }
+    drop(level);
+    out.into_sorted()
+}
+
+/// The ids of a sort of used blobs, each once, merged with the bases they use (`extra`).
 struct UsedIds<'a> {
-    merge: crate::indexrun::Merge<'a>,
-    extra: std::iter::Peekable<std::slice::Iter<'a, BlobId>>,
+    merge: Merge<'a>,
+    extra: Merge<'a>,
     last: Option<[u8; 32]>,
 }
 
@@ -142,11 +255,11 @@ impl UsedIds<'_> {
     fn next(&mut self) -> Result<Option<[u8; 32]>> {
         loop {
             let from_sort = self.merge.peek_id()?;
-            let from_extra = self.extra.peek().map(|b| b.0);
+            let from_extra = self.extra.peek_id()?;
             let id = match (from_sort, from_extra) {
                 (None, None) => return Ok(None),
                 (Some(a), Some(b)) if b < a => {
-                    self.extra.next();
+                    self.extra.next_record()?;
                     b
                 }
                 (Some(a), _) => {
@@ -154,7 +267,7 @@ impl UsedIds<'_> {
                     a
                 }
                 (None, Some(b)) => {
-                    self.extra.next();
+                    self.extra.next_record()?;
                     b
                 }
             };
@@ -197,6 +310,7 @@ pub(super) fn plan(
     let Claims {
         packs,
         bases,
+        deltas,
         sorted: claims,
         in_force,
         heads,
@@ -223,54 +337,16 @@ pub(super) fn plan(
     repo.walk_once(|| walk_by_depth(repo, &mut plan, &mut used, scratch.path(), trees))?;
     let used = used.into_sorted()?;
 
-    // A used delta needs its bases, down its chain, of every copy (whichever copy stays
-    // opens). Late packs (indexed after the plan began) are in the loaded index only.
-    let mut bases_used: Vec<BlobId> = Vec::new();
-    let mut late_bases: HashMap<BlobId, BlobId> = HashMap::new();
-    {
-        let idx = repo.index().read().expect("index lock");
-        for b in &plan.late_blobs {
-            if let Some(base) = idx.base_of(b) {
-                late_bases.insert(*b, base);
-            }
-        }
-    }
-    if !bases.is_empty() || !late_bases.is_empty() {
-        // Of claims in disputed packs, only those the header confirms give bases (as the
-        // in-memory plan drops refuted claims first).
-        let holds = |pos: u32, id: &BlobId, base: &BlobId| match headers.get(&pos) {
-            None => true,
-            Some(Verdict::Header(h)) => h.iter().any(|r| r.id == *id && r.base == Some(*base)),
-            Some(_) => false,
-        };
-        let mut of: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
-        for ((pos, id), base) in &bases {
-            if holds(*pos, id, base) {
-                of.entry(*id).or_default().push(*base);
-            }
-        }
-        for (id, base) in &late_bases {
-            of.entry(*id).or_default().push(*base);
-        }
-        let mut reached: HashSet<BlobId> = HashSet::new();
-        let mut todo: Vec<BlobId> = Vec::new();
-        let none: &[BlobId] = &[];
-        let mut ids = UsedIds {
-            merge: used.merge()?,
-            extra: none.iter().peekable(),
-            last: None,
-        };
-        while let Some(id) = ids.next()? {
-            todo.extend(of.get(&Id(id)).into_iter().flatten());
-        }
-        while let Some(b) = todo.pop() {
-            if reached.insert(b) {
-                todo.extend(of.get(&b).into_iter().flatten());
-            }
-        }
-        bases_used = reached.into_iter().collect();
-        bases_used.sort_unstable();
-    }
+    let bases_used = bases_of_used(
+        repo,
+        &plan,
+        &used,
+        &deltas,
+        &bases,
+        &headers,
+        scratch.path(),
+        mem,
+    )?;
 
     // Each used blob counted in one stored pack; claims counted per pack (refuted ones not).
     let n = packs.len() as usize;
@@ -281,7 +357,7 @@ pub(super) fn plan(
     };
     let mut ids = UsedIds {
         merge: used.merge()?,
-        extra: bases_used.iter().peekable(),
+        extra: bases_used.merge()?,
         last: None,
     };
     let mut next_used = ids.next()?;
@@ -451,8 +527,10 @@ fn orphans(
 struct Claims {
     /// The pack table: every pack the files in force list, marks merged.
     packs: Table,
-    /// The base of each delta claim, by (pack position, blob id).
-    bases: HashMap<(u32, BlobId), BlobId>,
+    /// The base of each delta claim, by (pack position, blob id), on disk.
+    bases: Bases,
+    /// The delta claims of the files in force, by blob id.
+    deltas: Sorted,
     /// Every claim of the files in force, by blob id.
     sorted: Sorted,
     in_force: Vec<(Id, String)>,
@@ -474,7 +552,8 @@ fn read_claims(
 ) -> Result<Claims> {
     std::fs::create_dir_all(dir).map_err(|e| crate::cachefile::io(dir, e))?;
     let mut packs = Table::new(&dir.join("packs"))?;
-    let mut bases: HashMap<(u32, BlobId), BlobId> = HashMap::new();
+    let mut bases = Bases::on_disk(&dir.join("bases"), mem)?;
+    let mut deltas = Builder::new(&dir.join("deltas"), (mem / 8).max(MIN_DELTA_RECORDS))?;
     let mut supersedes: HashSet<Id> = HashSet::new();
     let mut claims = Builder::new(&dir.join("claims"), mem)?;
     let mut in_force = Vec::new();
@@ -503,15 +582,18 @@ fn read_claims(
                 for b in &p.blobs {
                     claims.push(record_of(pos, b))?;
                     if let Some(base) = b.base {
-                        bases.insert((pos, b.id), base);
+                        bases.insert(pos, b.id, base)?;
+                        deltas.push(record_of(pos, b))?;
                     }
                 }
             }
         }
     }
+    bases.finish(&dir.join("bases.run"), [0; 32])?;
     Ok(Claims {
         packs,
         bases,
+        deltas: deltas.into_sorted()?,
         sorted: claims.into_sorted()?,
         in_force,
         heads,
@@ -753,7 +835,7 @@ fn pack_pos(r: &Record) -> u32 {
 fn keep_holding(
     g: &mut Vec<Record>,
     headers: &HashMap<u32, Verdict>,
-    bases: &HashMap<(u32, BlobId), BlobId>,
+    bases: &Bases,
     packs: &Table,
     refuted: &mut Refuted,
 ) -> Result<()> {
@@ -767,7 +849,7 @@ fn keep_holding(
     for r in g.drain(..) {
         let p = pack_pos(&r);
         if let Some(v) = headers.get(&p) {
-            let (_, rec) = blob_record_of(&r, bases.get(&(p, Id(r.id))).copied());
+            let (_, rec) = blob_record_of(&r, bases.get(p, &Id(r.id))?);
             if v.holds(&rec) == Some(false) {
                 let id = packs.id_at(p)?;
                 refuted.by_pack.entry(id).or_default().push(rec.id);
@@ -811,7 +893,7 @@ impl State {
         let mut wanted: HashMap<u32, Vec<BlobRecord>> = HashMap::new();
         let mut ids = UsedIds {
             merge: self.used.merge()?,
-            extra: self.bases_used.iter().peekable(),
+            extra: self.bases_used.merge()?,
             last: None,
         };
         let mut next_used = ids.next()?;
@@ -839,7 +921,7 @@ impl State {
                         .get(&self.packs.id_at(p)?)
                         .is_some_and(|b| b.contains(&Id(r.id)));
                 if !bad {
-                    let base = self.bases.get(&(p, Id(r.id))).copied();
+                    let base = self.bases.get(p, &Id(r.id))?;
                     wanted.entry(p).or_default().push(blob_record_of(r, base).1);
                 }
             }

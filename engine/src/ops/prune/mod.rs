@@ -486,8 +486,10 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     // taken: a snapshot written before `now` is seen.
     progress.message("reading snapshots");
     let mut used = used_blobs(repo, &mut plan)?;
-    // A used delta needs its bases, down its chain: with every copy's base kept, whichever
-    // copy stays opens. Late packs (indexed after the plan began) are in the index only.
+    // A used delta needs its bases, down its chain, at most MAX_DELTA_DEPTH bases deep (no
+    // reader reads a deeper chain): with every copy's base kept, whichever copy stays opens.
+    // Late packs (indexed after the plan began) are in the index only. A depth at a time, as
+    // the plan on disk does (the same blobs: those at most that many bases from a used one).
     let mut bases_of: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
     for b in packs.values().flat_map(|p| &p.blobs) {
         if let Some(base) = b.base {
@@ -496,14 +498,21 @@ pub fn plan(repo: &Repository, opts: &PruneOptions, progress: &dyn Progress) -> 
     }
     {
         let idx = repo.index().read().expect("index lock");
-        let mut todo: Vec<BlobId> = used.iter().copied().collect();
-        while let Some(id) = todo.pop() {
-            let more = bases_of.get(&id).into_iter().flatten().copied();
-            for base in more.chain(idx.base_of(&id)) {
-                if used.insert(base) {
-                    todo.push(base);
+        let mut level: Vec<BlobId> = used.iter().copied().collect();
+        for _ in 0..crate::index::MAX_DELTA_DEPTH {
+            let mut next = Vec::new();
+            for id in &level {
+                let more = bases_of.get(id).into_iter().flatten().copied();
+                for base in more.chain(idx.base_of(id)) {
+                    if used.insert(base) {
+                        next.push(base);
+                    }
                 }
             }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
         }
     }
     plan.used_blobs = used.len() as u64;
