@@ -8,10 +8,11 @@
 //! three records: the key of each is BLAKE3 of the pack position and the blob id, its last
 //! byte replaced by the part (0, 1, 2), so the three sort next to each other; the record's
 //! `pack` is the position, and `offset`, `length`, `raw_len` carry 12 bytes of the base each
-//! (the last part 8, then 4 zero bytes).
+//! (the last part 8, then the first 4 bytes of BLAKE3 of the base: parts of two different
+//! bases given for one delta, which a sort could pair, do not pass for a base).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, Id};
@@ -31,8 +32,8 @@ pub(crate) struct Bases {
     mem: HashMap<(u32, BlobId), BlobId>,
     /// While an index on disk loads: its deltas' bases being sorted.
     builder: Option<indexrun::Builder>,
-    /// An index on disk: the bases of the deltas it was sealed with.
-    run: Option<RunFile>,
+    /// An index on disk: the bases of the deltas it was sealed with, and the file's path.
+    run: Option<(RunFile, PathBuf)>,
 }
 
 /// The key of part `part` of the base of blob `id` in the pack at `pos`.
@@ -50,6 +51,7 @@ pub(crate) fn key(pos: u32, id: &BlobId, part: u8) -> [u8; 32] {
 pub(crate) fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
     let mut b = [0u8; 36];
     b[..32].copy_from_slice(&base.0);
+    b[32..].copy_from_slice(&blake3::hash(&base.0).as_bytes()[..4]);
     let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
     [0u8, 1, 2].map(|part| {
         let at = part as usize * 12;
@@ -74,10 +76,10 @@ impl Bases {
         })
     }
 
-    /// The bases of a kept index on disk.
-    pub(super) fn of_run(run: RunFile) -> Bases {
+    /// The bases of a kept index on disk, in the run file at `path`.
+    pub(super) fn of_run(run: RunFile, path: PathBuf) -> Bases {
         Bases {
-            run: Some(run),
+            run: Some((run, path)),
             ..Bases::default()
         }
     }
@@ -98,40 +100,46 @@ impl Bases {
     pub(crate) fn finish(&mut self, path: &Path, covers: [u8; 32]) -> Result<()> {
         if let Some(b) = self.builder.take() {
             b.finish(path, covers, &|_| 0)?;
-            self.run = Some(RunFile::open(path)?);
+            self.run = Some((RunFile::open(path)?, path.to_path_buf()));
         }
         Ok(())
     }
 
-    /// The base of the delta `id` in the pack at `pos`; `None` when none is known (an error
-    /// when the file cannot be read, or holds a record that does not fit).
+    /// The base of the delta `id` in the pack at `pos`; `None` when the index holds no delta
+    /// of that pack and id. An error when the file cannot be read or what it holds is no base:
+    /// part of one missing, a record of another pack, a checksum that does not match (a
+    /// damaged or forged file, or two bases given for one delta).
     pub(crate) fn get(&self, pos: u32, id: &BlobId) -> Result<Option<BlobId>> {
         if let Some(b) = self.mem.get(&(pos, *id)) {
             return Ok(Some(*b));
         }
-        let Some(run) = &self.run else {
+        let Some((run, path)) = &self.run else {
             return Ok(None);
+        };
+        let bad = |what: String| {
+            Error::corrupt(
+                path.display().to_string(),
+                format!("the delta base of blob {id} in pack {pos}: {what}"),
+            )
         };
         let mut b = [0u8; 36];
         for part in 0..3u8 {
             let Some(r) = run.get(&key(pos, id, part))? else {
-                return Ok(None);
+                if part == 0 {
+                    return Ok(None);
+                }
+                return Err(bad(format!("part {part} of 3 is missing")));
             };
             if r.pack != pos {
-                return Err(Error::Other(format!(
-                    "the kept delta bases hold a record of pack {} for pack {pos}",
-                    r.pack
-                )));
+                return Err(bad(format!("a record of pack {}", r.pack)));
             }
             let at = part as usize * 12;
             for (i, w) in [r.offset, r.length, r.raw_len].into_iter().enumerate() {
                 b[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
             }
         }
-        if b[32..] != [0; 4] {
-            return Err(Error::Other(format!(
-                "the kept delta base of blob {id} ends in bytes that are not zero"
-            )));
+        if b[32..] != blake3::hash(&b[..32]).as_bytes()[..4] {
+            return Err(bad("its checksum does not match".into()));
         }
         Ok(Some(Id(b[..32].try_into().expect("32"))))
     }
@@ -144,12 +152,12 @@ impl Bases {
 
     /// Deltas with a known base.
     pub(crate) fn len(&self) -> usize {
-        self.mem.len() + self.run.as_ref().map_or(0, |r| (r.len() / 3) as usize)
+        self.mem.len() + self.run.as_ref().map_or(0, |(r, _)| (r.len() / 3) as usize)
     }
 
     /// The footer hash of the run file (zero without one).
     pub(super) fn fingerprint(&self) -> [u8; 32] {
-        self.run.as_ref().map_or([0; 32], RunFile::fingerprint)
+        self.run.as_ref().map_or([0; 32], |(r, _)| r.fingerprint())
     }
 }
 
@@ -186,5 +194,34 @@ mod tests {
         assert_eq!(b.get(8, &id).unwrap(), None, "another pack's copy");
         assert_eq!(b.get(8, &base).unwrap(), Some(Id([0x1f; 32])));
         assert_eq!(b.len(), 2);
+    }
+
+    /// Two bases given for one delta (a pack listed twice, differently, by a forged index
+    /// file): the sort keeps the lowest record of each part, which can pair parts of both. The
+    /// checksum refuses the pair; a lookup is an error naming the file, never a third base.
+    #[test]
+    fn two_bases_for_one_delta_are_an_error_not_a_mix() {
+        let id = Id([0x21; 32]);
+        // Part 0 lowest in `a`, part 1 lowest in `b`: a sort by record mixes them.
+        let mut a = [0x30u8; 32];
+        let mut b = [0x40u8; 32];
+        a[12..24].fill(0x50);
+        b[12..24].fill(0x10);
+        let (a, b) = (Id(a), Id(b));
+        let dir = tempfile::tempdir().unwrap();
+        let mut bases = Bases::on_disk(&dir.path().join("tmp"), 0).unwrap();
+        bases.insert(7, id, a).unwrap();
+        bases.insert(7, id, b).unwrap();
+        let path = dir.path().join("b.run");
+        bases.finish(&path, [0; 32]).unwrap();
+        let e = bases.get(7, &id).unwrap_err().to_string();
+        assert!(e.contains("checksum does not match"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        // One given twice alike is one base.
+        let mut again = Bases::on_disk(&dir.path().join("tmp2"), 0).unwrap();
+        again.insert(7, id, a).unwrap();
+        again.insert(7, id, a).unwrap();
+        again.finish(&dir.path().join("c.run"), [0; 32]).unwrap();
+        assert_eq!(again.get(7, &id).unwrap(), Some(a));
     }
 }

@@ -107,12 +107,18 @@ impl Index {
                 continue;
             }
             let idx = Index {
-                kept_files: identified(vec![e.path(), run_path, table_path, ids_path, bases_path]),
+                kept_files: identified(vec![
+                    e.path(),
+                    run_path,
+                    table_path,
+                    ids_path,
+                    bases_path.clone(),
+                ]),
                 run: Some(run),
                 table: Some(table),
                 table_ids: Some(ids),
                 disputed_blobs: meta.disputed as usize,
-                bases: Bases::of_run(bases),
+                bases: Bases::of_run(bases, bases_path),
                 file_packs: meta.files,
                 won: meta.won.into_iter().collect(),
                 lost: meta.lost.into_iter().collect(),

@@ -511,10 +511,7 @@ impl Index {
                 }
                 continue;
             }
-            match self
-                .location(&b.id)
-                .map(|l| (self.is_marked(l.pack), l.pack))
-            {
+            match self.place(&b.id).map(|l| (self.is_marked(l.pack), l.pack)) {
                 None => {
                     self.recent.insert(b.id, loc);
                 }
@@ -583,14 +580,17 @@ impl Index {
         }
     }
 
-    /// Where a blob is, with the base of a delta.
+    /// Where a blob is, with the base of a delta. A delta whose base cannot be found (a
+    /// damaged or forged file of bases) is not located at all: a backup stores the chunk again
+    /// instead of referencing it without the base, which a prune could then delete.
     fn location(&self, id: &BlobId) -> Option<BlobLocation> {
         let mut l = self.place(id)?;
         if l.compression == Compression::Delta && l.base.is_none() {
-            l.base = self.bases.get(l.pack, id).unwrap_or_else(|e| {
+            let base = self.bases.get(l.pack, id).unwrap_or_else(|e| {
                 self.note_run_error(&e);
                 None
             });
+            l.base = Some(base?);
         }
         Some(l)
     }

@@ -373,6 +373,10 @@ fn delta_bases_on_disk_are_kept_in_a_file_of_their_own() {
     std::fs::write(&bases, b).unwrap();
     let (kept, _) = Index::open_kept(&d).expect("the block is checked when it is read");
     let id = |b: u8| BlobId::from_bytes([b; 32]);
+    // A delta without its base is not located: a backup would reference it through its own
+    // pack alone, and a prune could delete the base's.
+    assert_eq!(kept.live_packs_of(&id(21)), None);
+    assert!(kept.get(&id(21)).is_none());
     assert_eq!(kept.base_of(&id(21)), None);
     assert!(kept.check_read().is_err());
     assert!(!bases.exists(), "the damaged kept files are removed");

@@ -194,15 +194,24 @@ fn bases_of_used(
     if deltas.is_empty() && late.is_empty() {
         return out.into_sorted();
     }
-    let holds = |pos: u32, id: &BlobId, base: &BlobId| match headers.get(&pos) {
-        None => true,
-        Some(Verdict::Header(h)) => h.iter().any(|r| r.id == *id && r.base == Some(*base)),
-        Some(_) => false,
+    // A claim holds unless its pack's header (read for a disputed pack) refutes it, as
+    // `keep_holding` judges the claims counted.
+    let holds = |claim: &Record, base: BlobId| {
+        let (pos, rec) = blob_record_of(claim, Some(base));
+        headers.get(&pos).and_then(|v| v.holds(&rec)) != Some(false)
     };
     // The used blobs first, then each depth's bases.
     let mut level: Option<Sorted> = None;
     for depth in 0..MAX_DELTA_DEPTH {
         let mut next = Builder::ids_only(&dir.join(format!("bases-{}", depth % 2)), quarter)?;
+        // The last depth's bases are not followed further.
+        let last_depth = depth + 1 == MAX_DELTA_DEPTH;
+        let mut found = |base: BlobId| -> Result<()> {
+            if !last_depth {
+                next.push(Record::of_id(base.0))?;
+            }
+            out.push(Record::of_id(base.0))
+        };
         let mut any = false;
         {
             let mut claims = DeltaClaims::new(deltas)?;
@@ -218,23 +227,23 @@ fn bases_of_used(
                 }
                 let id = Id(r.id);
                 for c in claims.of(r.id)? {
-                    let pos = pack_pos(c);
-                    if let Some(base) = bases.get(pos, &id)? {
-                        if holds(pos, &id, &base) {
-                            next.push(Record::of_id(base.0))?;
-                            out.push(Record::of_id(base.0))?;
-                            any = true;
-                        }
+                    let base = bases.get(pack_pos(c), &id)?.ok_or_else(|| {
+                        crate::error::Error::Other(format!(
+                            "prune's sort of delta bases lost the base of blob {id}"
+                        ))
+                    })?;
+                    if holds(c, base) {
+                        found(base)?;
+                        any = true;
                     }
                 }
                 if let Some(base) = late.get(&id) {
-                    next.push(Record::of_id(base.0))?;
-                    out.push(Record::of_id(base.0))?;
+                    found(*base)?;
                     any = true;
                 }
             }
         }
-        if !any {
+        if !any || last_depth {
             break;
         }
         // The depth before goes (its runs) before the one after next takes its folder.
@@ -922,6 +931,12 @@ impl State {
                         .is_some_and(|b| b.contains(&Id(r.id)));
                 if !bad {
                     let base = self.bases.get(p, &Id(r.id))?;
+                    if r.raw_len & crate::index::TOP != 0 && base.is_none() {
+                        return Err(crate::error::Error::Other(format!(
+                            "prune's sort of delta bases lost the base of blob {}",
+                            Id(r.id)
+                        )));
+                    }
                     wanted.entry(p).or_default().push(blob_record_of(r, base).1);
                 }
             }
