@@ -36,13 +36,21 @@ pub(crate) struct Bases {
     run: Option<(RunFile, PathBuf)>,
 }
 
-/// The key of part `part` of the base of blob `id` in the pack at `pos`.
-pub(crate) fn key(pos: u32, id: &BlobId, part: u8) -> [u8; 32] {
+/// The key of part 0 of the base of blob `id` in the pack at `pos` (part `p`: the last byte
+/// `p`).
+pub(crate) fn key(pos: u32, id: &BlobId) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(KEY_CONTEXT);
     h.update(&pos.to_le_bytes());
     h.update(&id.0);
     let mut k = *h.finalize().as_bytes();
+    k[31] = 0;
+    k
+}
+
+/// `key` with its last byte `part`.
+fn part_key(key: &[u8; 32], part: u8) -> [u8; 32] {
+    let mut k = *key;
     k[31] = part;
     k
 }
@@ -53,10 +61,11 @@ pub(crate) fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
     b[..32].copy_from_slice(&base.0);
     b[32..].copy_from_slice(&blake3::hash(&base.0).as_bytes()[..4]);
     let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+    let k = key(pos, id);
     [0u8, 1, 2].map(|part| {
         let at = part as usize * 12;
         Record {
-            id: key(pos, id, part),
+            id: part_key(&k, part),
             pack: pos,
             offset: word(at),
             length: word(at + 4),
@@ -123,8 +132,9 @@ impl Bases {
             )
         };
         let mut b = [0u8; 36];
+        let k = key(pos, id);
         for part in 0..3u8 {
-            let Some(r) = run.get(&key(pos, id, part))? else {
+            let Some(r) = run.get(&part_key(&k, part))? else {
                 if part == 0 {
                     return Ok(None);
                 }
