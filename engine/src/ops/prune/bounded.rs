@@ -14,8 +14,9 @@
 //! - Running it, the repacked packs' used blobs come from one more merge, and the consolidated
 //!   index is written while the index files are read again, one at a time.
 //!
-//! A backup into an index with disputed blobs (a repack leaves blobs in two packs until the
-//! old one goes) judges them the same way before it deduplicates ([`clean_for_dedup`]).
+//! The claims are read and judged in `judge`; a backup into an index with disputed blobs (a
+//! repack leaves blobs in two packs until the old one goes) judges them the same way before it
+//! deduplicates ([`super::judge::clean_for_dedup`]).
 //!
 //! What stays in memory grows with packs, not blobs, by a few dozen bytes a pack: the pack
 //! table is a scratch file ([`Table`]: 8 bytes a pack find a position), the store's listing is
@@ -23,8 +24,8 @@
 //! byte. It grows too with the repacked packs' used blobs, and the ids that superseded index
 //! files name outside the index in force ([`orphans`]). The trees are walked a depth at a
 //! time, each depth's sorted on disk ([`walk_by_depth`]), and so are the chains of the used
-//! deltas, whose bases are read back from a run file ([`bases_of_used`]); the stored objects
-//! no index file in force names go to a temporary file beyond a buffer ([`super::objects`]).
+//! deltas, whose bases are read back from a run file (`deltas`); the stored objects no index
+//! file in force names go to a temporary file beyond a buffer ([`super::objects`]).
 //!
 //! Trees are loaded through the index as loaded ([`Repository::load_index`]), before disputed
 //! claims are judged: a tree a false claim hides stops the prune before it deletes anything
@@ -34,19 +35,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::format::index::PackEntry;
 use crate::format::pack::BlobRecord;
-use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
-use crate::index::{blob_record_of, record_of, Bases, PackInfo, MAX_DELTA_DEPTH};
+use crate::index::{blob_record_of, Bases, PackInfo};
 use crate::indexrun::{Builder, Merge, Record, Sorted};
-use crate::ops::claims::{Refuted, Verdict};
+use crate::ops::claims::Refuted;
 
+use super::deltas::bases_of_used;
+use super::judge::{judge, keep_holding, pack_pos, Claims, Judged};
 use super::objects::Objects;
 use super::packs::{Listing, Table};
 use super::{EachSum, Listed, Listings, Sums};
 use crate::progress::Progress;
-use crate::repo::{parallel_map_n, Repository, DECODERS};
+use crate::repo::Repository;
 
 use super::{decide, PackSum, PruneOptions, PrunePlan};
 
@@ -129,128 +130,6 @@ fn walk_by_depth(
             .map_err(|e| super::stop(snap, e))?;
         Ok(true)
     })
-}
-
-/// Records of delta claims sorted in memory at a time, at the least (an eighth of a small
-/// budget would make runs of a few dozen records).
-const MIN_DELTA_RECORDS: usize = 4096;
-
-/// The delta claims of ids asked in increasing order: one pass over their sort.
-struct DeltaClaims<'a> {
-    merge: Merge<'a>,
-    group: Vec<Record>,
-    done: bool,
-}
-
-impl<'a> DeltaClaims<'a> {
-    fn new(deltas: &'a Sorted) -> Result<Self> {
-        Ok(DeltaClaims {
-            merge: deltas.merge()?,
-            group: Vec::new(),
-            done: false,
-        })
-    }
-
-    /// The claims of `id` as a delta (one per pack listing it so); ids asked in order.
-    fn of(&mut self, id: [u8; 32]) -> Result<&[Record]> {
-        while !self.done && self.group.first().is_none_or(|r| r.id < id) {
-            if !self.merge.next_group(&mut self.group)? {
-                self.done = true;
-            }
-        }
-        Ok(match self.group.first() {
-            Some(r) if r.id == id => &self.group,
-            _ => &[],
-        })
-    }
-}
-
-/// The bases the used blobs need, as a sort of ids (repeats allowed): of every claim of a used
-/// delta that holds (a disputed pack's claims count only when its header confirms them), the
-/// base; and theirs, down the chain, at most [`MAX_DELTA_DEPTH`] bases deep (no reader reads a
-/// deeper chain). Late packs (indexed after the plan began) are in the loaded index only. A
-/// depth at a time, each sorted on disk in `dir` and joined with the delta claims: nothing held
-/// grows with the number of deltas (a map of them all took about 200 bytes a delta).
-#[allow(clippy::too_many_arguments)]
-fn bases_of_used(
-    repo: &Repository,
-    plan: &PrunePlan,
-    used: &Sorted,
-    deltas: &Sorted,
-    bases: &Bases,
-    headers: &HashMap<u32, Verdict>,
-    dir: &std::path::Path,
-    mem: usize,
-) -> Result<Sorted> {
-    let quarter = (mem / 4).max(MIN_DELTA_RECORDS);
-    let mut out = Builder::ids_only(&dir.join("bases-used"), quarter)?;
-    let late: HashMap<BlobId, BlobId> = {
-        let idx = repo.index().read().expect("index lock");
-        plan.late_blobs
-            .iter()
-            .filter_map(|b| Some((*b, idx.base_of(b)?)))
-            .collect()
-    };
-    if deltas.is_empty() && late.is_empty() {
-        return out.into_sorted();
-    }
-    // A claim holds unless its pack's header (read for a disputed pack) refutes it, as
-    // `keep_holding` judges the claims counted.
-    let holds = |claim: &Record, base: BlobId| {
-        let (pos, rec) = blob_record_of(claim, Some(base));
-        headers.get(&pos).and_then(|v| v.holds(&rec)) != Some(false)
-    };
-    // The used blobs first, then each depth's bases.
-    let mut level: Option<Sorted> = None;
-    for depth in 0..MAX_DELTA_DEPTH {
-        let mut next = Builder::ids_only(&dir.join(format!("bases-{}", depth % 2)), quarter)?;
-        // The last depth's bases are not followed further.
-        let last_depth = depth + 1 == MAX_DELTA_DEPTH;
-        let mut found = |base: BlobId| -> Result<()> {
-            if !last_depth {
-                next.push(Record::of_id(base.0))?;
-            }
-            out.push(Record::of_id(base.0))
-        };
-        let mut any = false;
-        {
-            let mut claims = DeltaClaims::new(deltas)?;
-            let mut m = level.as_ref().unwrap_or(used).merge()?;
-            let mut last = None;
-            while let Some(r) = m.next_record()? {
-                if last == Some(r.id) {
-                    continue;
-                }
-                last = Some(r.id);
-                if crate::ops::interrupted() {
-                    return Err(crate::stop::error(String::new));
-                }
-                let id = Id(r.id);
-                for c in claims.of(r.id)? {
-                    let base = bases.get(pack_pos(c), &id)?.ok_or_else(|| {
-                        crate::error::Error::Other(format!(
-                            "prune's sort of delta bases lost the base of blob {id}"
-                        ))
-                    })?;
-                    if holds(c, base) {
-                        found(base)?;
-                        any = true;
-                    }
-                }
-                if let Some(base) = late.get(&id) {
-                    found(*base)?;
-                    any = true;
-                }
-            }
-        }
-        if !any || last_depth {
-            break;
-        }
-        // The depth before goes (its runs) before the one after next takes its folder.
-        level = Some(next.into_sorted()?);
-    }
-    drop(level);
-    out.into_sorted()
 }
 
 /// The ids of a sort of used blobs, each once, merged with the bases they use (`extra`).
@@ -532,84 +411,6 @@ fn orphans(
     })
 }
 
-/// The claims of index files, read in listing order a few at a time.
-struct Claims {
-    /// The pack table: every pack the files in force list, marks merged.
-    packs: Table,
-    /// The base of each delta claim, by (pack position, blob id), on disk.
-    bases: Bases,
-    /// The delta claims of the files in force, by blob id.
-    deltas: Sorted,
-    /// Every claim of the files in force, by blob id.
-    sorted: Sorted,
-    in_force: Vec<(Id, String)>,
-    /// Each file in force: the blobs it lists and the files it supersedes.
-    heads: HashMap<Id, (usize, Vec<Id>)>,
-    /// What any file read supersedes.
-    supersedes: HashSet<Id>,
-}
-
-/// Reads `names`, taking all but `superseded` as in force: each pack's first listing gives its
-/// claims (into a sort in `dir`, and its record into a table there), later ones only revive or
-/// extend its mark.
-fn read_claims(
-    repo: &Repository,
-    names: &[(Id, String)],
-    superseded: &HashSet<Id>,
-    dir: &std::path::Path,
-    mem: usize,
-) -> Result<Claims> {
-    std::fs::create_dir_all(dir).map_err(|e| crate::cachefile::io(dir, e))?;
-    let mut packs = Table::new(&dir.join("packs"))?;
-    let mut bases = Bases::on_disk(&dir.join("bases"), mem)?;
-    let mut deltas = Builder::new(&dir.join("deltas"), (mem / 8).max(MIN_DELTA_RECORDS))?;
-    let mut supersedes: HashSet<Id> = HashSet::new();
-    let mut claims = Builder::new(&dir.join("claims"), mem)?;
-    let mut in_force = Vec::new();
-    let mut heads = HashMap::new();
-    for group in names.chunks(DECODERS * 2) {
-        let files = parallel_map_n(DECODERS, group, |(id, name)| {
-            Ok((*id, repo.read_index_file(name)?))
-        })?;
-        for ((id, f), (_, name)) in files.into_iter().zip(group) {
-            supersedes.extend(f.supersedes.iter().copied());
-            if superseded.contains(&id) {
-                continue;
-            }
-            in_force.push((id, name.clone()));
-            let blobs = f.packs.iter().map(|p| p.blobs.len()).sum();
-            heads.insert(id, (blobs, f.supersedes.clone()));
-            for p in f.packs {
-                if let Some(pos) = packs.pos_of(&p.id)? {
-                    let mut known = packs.get(pos)?;
-                    if merge_mark(&mut known, &p) {
-                        packs.set(pos, &known)?;
-                    }
-                    continue;
-                }
-                let pos = packs.push(&PackInfo::of_entry(&p))?;
-                for b in &p.blobs {
-                    claims.push(record_of(pos, b))?;
-                    if let Some(base) = b.base {
-                        bases.insert(pos, b.id, base)?;
-                        deltas.push(record_of(pos, b))?;
-                    }
-                }
-            }
-        }
-    }
-    bases.finish(&dir.join("bases.run"), [0; 32])?;
-    Ok(Claims {
-        packs,
-        bases,
-        deltas: deltas.into_sorted()?,
-        sorted: claims.into_sorted()?,
-        in_force,
-        heads,
-        supersedes,
-    })
-}
-
 /// Whether a pass over the repository's blobs (prune's plan, check) should sort on disk: when
 /// the index is kept on disk, or when the loaded index holds more than half of the `mem`
 /// blobs it may keep in memory. Planning in memory costs about 300 bytes a blob (the merged
@@ -618,268 +419,6 @@ fn read_claims(
 pub(crate) fn sorts_pay(repo: &Repository, mem: usize) -> bool {
     let idx = repo.index().read().expect("index lock");
     idx.on_disk() || idx.len() > mem / 2
-}
-
-/// The claims of the index files the index was loaded from, sorted on disk, with the
-/// disputed ones (two stored packs claim one blob) judged against the packs' headers.
-pub(crate) struct Judged {
-    scratch: tempfile::TempDir,
-    claims: Claims,
-    /// What the store lists of each pack, and of the stored packs no file in force names.
-    listing: Listing,
-    /// The files read that another supersedes.
-    superseded: Vec<(Id, String)>,
-    /// The verdict on each disputed pack whose header was read (by position).
-    headers: HashMap<u32, Verdict>,
-    /// Disputed packs whose header could not be read.
-    unverified: HashSet<u32>,
-    /// Objects that are no pack (their claims are all refuted).
-    refuted: Refuted,
-    disputes: crate::ops::claims::Disputes,
-    /// Header reads.
-    reads: u64,
-}
-
-/// Reads the claims (in a sort folder under `dir`, `mem` records in memory at a time) and
-/// judges the disputed ones.
-fn judge(
-    repo: &Repository,
-    dir: &std::path::Path,
-    mem: usize,
-    progress: &dyn Progress,
-) -> Result<Judged> {
-    // Sorts of a prune killed earlier (several GB at 100 million blobs) go first.
-    let scratch = crate::index::sort_folder(dir)?;
-    let backend = repo.backend();
-
-    // The files are those the index was loaded from: one a backup writes from now on is read
-    // by the walk (as the in-memory plan does), so its trees load.
-    let names: Vec<(Id, String)> = repo
-        .index()
-        .read()
-        .expect("index lock")
-        .files
-        .iter()
-        .map(|id| (*id, id.to_hex()))
-        .collect();
-    // Read once, all taken as in force; read again without the superseded ones only when a
-    // listed file is superseded (a prune killed before it deleted the files it replaced, or
-    // Object Lock retaining them).
-    let claims_dir = scratch.path().join("claims");
-    let mut read = read_claims(repo, &names, &HashSet::new(), &claims_dir, mem)?;
-    let superseded: HashSet<Id> = names
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| read.supersedes.contains(id))
-        .collect();
-    if !superseded.is_empty() {
-        drop(read);
-        read = read_claims(repo, &names, &superseded, &claims_dir, mem)?;
-    }
-    progress.message("listing packs");
-    let listing = Listing::of(backend.as_ref(), &read.packs, Objects::of(repo))?;
-
-    // Disputed claims (two stored packs claim one blob), judged against the packs' headers.
-    progress.message("checking disputed claims");
-    let mut disputed: HashSet<u32> = HashSet::new();
-    {
-        let mut m = read.sorted.merge()?;
-        let mut g = Vec::new();
-        while m.next_group(&mut g)? {
-            if g.len() < 2 {
-                continue;
-            }
-            let mut at: Vec<u32> = g
-                .iter()
-                .map(pack_pos)
-                .filter(|p| listing.is_stored(*p))
-                .collect();
-            at.sort_unstable();
-            at.dedup();
-            if at.len() > 1 {
-                disputed.extend(at);
-            }
-        }
-    }
-    let mut list: Vec<(ObjectId, ObjectKind, u64)> = Vec::with_capacity(disputed.len());
-    for &p in &disputed {
-        let info = read.packs.get(p)?;
-        let size = listing.stored(p).map_or(0, |s| s.size);
-        list.push((info.id, info.kind, size));
-    }
-    list.sort_by_key(|p| p.0);
-    let (verdicts, reads) = crate::ops::claims::verify(repo, &list)?;
-    let mut unverified: HashSet<u32> = HashSet::new();
-    let mut headers: HashMap<u32, Verdict> = HashMap::new();
-    let mut refuted = Refuted::default();
-    let mut disputes = crate::ops::claims::Disputes::default();
-    for (id, v) in verdicts {
-        let pos = read.packs.pos_of(&id)?.ok_or_else(|| {
-            crate::error::Error::Other(format!("pack {id} judged but not in the plan's table"))
-        })?;
-        match v {
-            Verdict::Unreadable(why) => {
-                disputes.unverified.push((id, why));
-                unverified.insert(pos);
-            }
-            Verdict::NotAPack(why) => {
-                refuted.why.insert(id, why);
-                headers.insert(pos, Verdict::NotAPack(String::new()));
-            }
-            h @ Verdict::Header(_) => {
-                headers.insert(pos, h);
-            }
-        }
-    }
-    disputes.unverified.sort();
-    let superseded = names
-        .into_iter()
-        .filter(|(id, _)| superseded.contains(id))
-        .collect();
-    Ok(Judged {
-        scratch,
-        claims: read,
-        listing,
-        superseded,
-        headers,
-        unverified,
-        refuted,
-        disputes,
-        reads,
-    })
-}
-
-/// What a backup does before deduplicating against an index with disputed blobs
-/// (`ops::claims::clean_index_for_dedup`), with the claims sorted on disk instead of every
-/// index file in memory: the disputed claims judged, and when some do not hold, the index
-/// loaded again without them (on disk, one index file in memory at a time). Returns the
-/// messages (refuted claims, packs that could not be checked) and the header reads.
-pub(crate) fn clean_for_dedup(
-    repo: &Repository,
-    dir: &std::path::Path,
-    mem: usize,
-) -> Result<(Vec<String>, u64)> {
-    let j = judge(repo, dir, mem, &crate::progress::NoProgress)?;
-    let mut refuted = j.refuted;
-    if !j.headers.is_empty() {
-        let mut m = j.claims.sorted.merge()?;
-        let mut g = Vec::new();
-        while m.next_group(&mut g)? {
-            keep_holding(
-                &mut g,
-                &j.headers,
-                &j.claims.bases,
-                &j.claims.packs,
-                &mut refuted,
-            )?;
-        }
-    }
-    let mut messages = Vec::new();
-    if !refuted.is_empty() {
-        let blobs = repo.index().read().expect("index lock").len();
-        let mut fresh = crate::index::Index::loading_on_disk(dir, mem, blobs)?;
-        let bad: HashMap<ObjectId, HashSet<BlobId>> = refuted
-            .by_pack
-            .iter()
-            .map(|(p, ids)| (*p, ids.iter().copied().collect()))
-            .collect();
-        // A pack's first listing gives its claims (the ones judged); a later one only its
-        // mark, as `merge_entries` keeps them.
-        let mut listed: HashSet<ObjectId> = HashSet::new();
-        // The files that make the refuted claims, with those claims only (for the messages).
-        let mut makers: Vec<(Id, crate::format::index::IndexFile)> = Vec::new();
-        for (id, name) in &j.claims.in_force {
-            let f = repo.read_index_file(name)?;
-            let mut made = Vec::new();
-            for p in &f.packs {
-                if let Some(bad) = bad.get(&p.id) {
-                    let mut claimed = p.clone();
-                    claimed.blobs.retain(|b| bad.contains(&b.id));
-                    made.push(claimed);
-                }
-                if refuted.why.contains_key(&p.id) {
-                    continue;
-                }
-                let mut p = p.clone();
-                if !listed.insert(p.id) {
-                    p.blobs.clear();
-                } else if let Some(bad) = bad.get(&p.id) {
-                    p.blobs.retain(|b| !bad.contains(&b.id));
-                }
-                fresh.add_pack(&p);
-            }
-            if !made.is_empty() {
-                makers.push((
-                    *id,
-                    crate::format::index::IndexFile {
-                        supersedes: Vec::new(),
-                        packs: made,
-                    },
-                ));
-            }
-        }
-        fresh.seal();
-        if let Some(e) = fresh.run_error() {
-            return Err(crate::error::Error::Other(format!(
-                "the index kept on disk under {}: {e}",
-                dir.display()
-            )));
-        }
-        let mut idx = repo.index().write().expect("index lock");
-        fresh.files = std::mem::take(&mut idx.files);
-        *idx = fresh;
-        messages = refuted.messages(&makers);
-    }
-    messages.extend(j.disputes.unverified_messages());
-    Ok((messages, j.reads))
-}
-
-/// The position in the pack table of a claim.
-fn pack_pos(r: &Record) -> u32 {
-    r.pack & !crate::index::TOP
-}
-
-/// Of one blob's claims, keeps those that hold: a pack's first listing of it, not refuted by
-/// the pack's header (refuted ones are recorded), not of an object that is no pack.
-fn keep_holding(
-    g: &mut Vec<Record>,
-    headers: &HashMap<u32, Verdict>,
-    bases: &Bases,
-    packs: &Table,
-    refuted: &mut Refuted,
-) -> Result<()> {
-    // A pack's records of one id together (a forged file may give them different kinds).
-    g.sort_by_key(|r| (pack_pos(r), *r));
-    g.dedup_by_key(|r| pack_pos(r));
-    if headers.is_empty() {
-        return Ok(());
-    }
-    let mut held = Vec::with_capacity(g.len());
-    for r in g.drain(..) {
-        let p = pack_pos(&r);
-        if let Some(v) = headers.get(&p) {
-            let (_, rec) = blob_record_of(&r, bases.get(p, &Id(r.id))?);
-            if v.holds(&rec) == Some(false) {
-                let id = packs.id_at(p)?;
-                refuted.by_pack.entry(id).or_default().push(rec.id);
-                continue;
-            }
-        }
-        held.push(r);
-    }
-    *g = held;
-    Ok(())
-}
-
-/// A later listing of a pack: live anywhere is live; of two marks the later deletion counts
-/// (as [`crate::index::merge_entries`]). Whether the mark changed.
-fn merge_mark(known: &mut PackInfo, p: &PackEntry) -> bool {
-    match (known.mark, p.mark) {
-        (Some(_), None) => known.mark = None,
-        (Some(a), Some(b)) if b.delete_after > a.delete_after => known.mark = Some(b),
-        _ => return false,
-    }
-    true
 }
 
 impl State {

@@ -37,11 +37,14 @@ use crate::repo::Repository;
 use objects::{Object, Objects};
 
 mod bounded;
+mod deltas;
+mod judge;
 mod objects;
 mod packs;
 mod run;
 
-pub(crate) use bounded::{clean_for_dedup, sorts_pay};
+pub(crate) use bounded::sorts_pay;
+pub(crate) use judge::clean_for_dedup;
 
 pub use run::{run, write_index_files};
 
