@@ -8,11 +8,6 @@ use std::fs;
 use std::sync::{Arc, Mutex};
 
 use chunkbak_engine::backend::local::LocalBackend;
-use chunkbak_engine::compressor::Compression;
-use chunkbak_engine::format::index::PackEntry;
-use chunkbak_engine::format::pack::{BlobKind, BlobRecord};
-use chunkbak_engine::format::ObjectKind;
-use chunkbak_engine::id::Id;
 use chunkbak_engine::Repository;
 
 mod common;
@@ -117,49 +112,11 @@ fn a_flood_of_unindexed_objects_costs_prune_and_check_no_memory() {
     e.compare(&src, &t.join(src.strip_prefix("/").unwrap()), &[]);
 }
 
-/// Indexes `n` blobs, deltas (each on a blob of its own) or whole, 1,000 a pack, in packs never
-/// stored, 10,000 an index file: what a load of the index reads of a fleet's dumps. (Written a
-/// file at a time: this process's memory counts in its children's peaks.)
+/// Indexes `n` blobs, deltas or whole, 10,000 an index file (written a file at a time: this
+/// process's memory counts in its children's peaks).
 fn index_blobs(e: &Env, n: u64, deltas: bool) {
     let repo = Repository::open(Arc::new(LocalBackend::new(&e.repo)), b"correct horse").unwrap();
-    let id = |i: u64, what: u64| {
-        let mut b = [0u8; 32];
-        for (k, w) in b.chunks_exact_mut(8).enumerate() {
-            let x = (i ^ (what << 40) ^ ((k as u64) << 56)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            w.copy_from_slice(&(x ^ (x >> 29)).to_le_bytes());
-        }
-        Id(b)
-    };
-    for file in (0..n).step_by(10_000) {
-        let end = (file + 10_000).min(n);
-        let packs = (file..end)
-            .step_by(1000)
-            .map(|p| PackEntry {
-                id: id(p, 3),
-                kind: ObjectKind::DataPack,
-                size: 38 + 100_000 + 4096,
-                crc32c: 0,
-                salt: [7; 32],
-                mark: None,
-                blobs: (p..(p + 1000).min(end))
-                    .map(|i| BlobRecord {
-                        id: id(i, 1),
-                        offset: 38 + (i - p) as u32 * 100,
-                        length: 100,
-                        raw_len: 1 << 20,
-                        kind: BlobKind::Data,
-                        compression: if deltas {
-                            Compression::Delta
-                        } else {
-                            Compression::Zstd
-                        },
-                        base: deltas.then(|| id(i, 2)),
-                    })
-                    .collect(),
-            })
-            .collect();
-        repo.write_index(packs).unwrap();
-    }
+    chunkbak_engine::synth::index_blobs(&repo, n, 10_000, deltas).unwrap();
 }
 
 /// An index of many deltas, as a fleet's database dumps make over a year: each delta's base

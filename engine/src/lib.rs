@@ -58,6 +58,8 @@ pub mod resemble;
 pub mod route53;
 pub mod state;
 pub mod stop;
+#[doc(hidden)]
+pub mod synth;
 pub mod timeparse;
 pub mod tmp;
 

@@ -17,6 +17,23 @@ use chunkbak_engine::ops::prune::{self, MaxUnused, PruneOptions};
 use chunkbak_engine::progress::NoProgress;
 use chunkbak_engine::Repository;
 
+/// The repository opened afresh (with its index kept on disk in `d/index` above 2 blobs when
+/// `on_disk`) and prune's plan with `opts`, planned on disk or in memory as asked.
+fn plan_of(
+    repo: &Repository,
+    d: &Path,
+    opts: &PruneOptions,
+    on_disk: bool,
+) -> (Repository, prune::PrunePlan) {
+    let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
+    if on_disk {
+        r.keep_index_on_disk(&d.join("index"), 2);
+    }
+    let plan = prune::plan(&r, opts, &NoProgress).unwrap();
+    assert_eq!(plan.on_disk(), on_disk);
+    (r, plan)
+}
+
 /// The subtree of the directory named `name` anywhere under `tree`.
 fn find_dir(repo: &Repository, tree: BlobId, name: &[u8]) -> Option<BlobId> {
     for n in repo.load_dir(&tree).unwrap() {
@@ -162,24 +179,15 @@ fn a_directory_moved_deeper_is_walked_at_each_depth_on_disk() {
         delete_now: true,
         ..Default::default()
     };
-    let plan_of = |on_disk: bool| {
-        let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
-        if on_disk {
-            r.keep_index_on_disk(&d.path().join("index"), 2);
-        }
-        let plan = prune::plan(&r, &opts, &NoProgress).unwrap();
-        assert_eq!(plan.on_disk(), on_disk);
-        (r, plan)
-    };
-    let (_, in_memory) = plan_of(false);
-    let (_, on_disk) = plan_of(true);
+    let (_, in_memory) = plan_of(&repo, d.path(), &opts, false);
+    let (_, on_disk) = plan_of(&repo, d.path(), &opts, true);
     assert_eq!(on_disk.used_blobs, in_memory.used_blobs);
     assert_eq!(on_disk.kept, in_memory.kept);
 
     repo.backend()
         .delete(FileKind::Snapshot, &first.0.to_hex())
         .unwrap();
-    let (again, plan) = plan_of(true);
+    let (again, plan) = plan_of(&repo, d.path(), &opts, true);
     prune::run(&again, &plan, &opts, &NoProgress).unwrap();
     let after = Repository::open(repo.backend().clone(), b"pw").unwrap();
     after.load_index().unwrap();
@@ -274,19 +282,10 @@ fn a_used_delta_keeps_six_bases_of_its_chain_in_both_plans() {
         max_unused: MaxUnused::Bytes(0),
         ..Default::default()
     };
-    let plan_of = |on_disk: bool| {
-        let r = Repository::open(repo.backend().clone(), b"pw").unwrap();
-        if on_disk {
-            r.keep_index_on_disk(&d.path().join("index"), 2);
-        }
-        let plan = prune::plan(&r, &opts, &NoProgress).unwrap();
-        assert_eq!(plan.on_disk(), on_disk);
-        plan
-    };
     // X and B1..B6: 100 + 200 + ... + 700 bytes.
     let used: u64 = (1..=7).map(|i| 100 * i).sum();
     for on_disk in [false, true] {
-        let plan = plan_of(on_disk);
+        let (_, plan) = plan_of(&repo, d.path(), &opts, on_disk);
         assert_eq!(
             plan.used_bytes,
             tree_bytes + used,

@@ -186,15 +186,7 @@ mod tests {
         }
         assert_eq!(bytes.len(), 144);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let spec = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../format-spec.md"),
-        )
-        .unwrap();
-        let flat: String = spec.split_whitespace().collect();
-        assert!(
-            flat.contains(&hex),
-            "format-spec.md 16 lacks the delta base vector {hex}"
-        );
+        crate::synth::assert_in_spec(&hex, "16 delta base vector");
         let dir = tempfile::tempdir().unwrap();
         let mut b = Bases::on_disk(&dir.path().join("tmp"), 0).unwrap();
         b.insert(7, id, base).unwrap();
