@@ -21,15 +21,18 @@
 //!
 //! A killed prune leaves the old index files in force (the new ones are written last and
 //! supersede them in one step) or the new ones in force; either way the next run finishes.
+//!
+//! Here: the options, the plan and the plan in memory. `walk`: the used blobs, from the
+//! snapshots' trees. `decide`: each pack's decision from its sums. `held`: Object Lock
+//! retention and archive classes' minimum durations. `bounded` (with `judge` and `deltas`):
+//! the plan on disk. `run`: carrying a plan out. `objects`, `packs`: what the store lists.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::backend::{FileKind, ObjectInfo, StorageClass};
+use crate::backend::{FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use crate::format::index::{Mark, PackEntry};
-use crate::format::tree::NodeKind;
-use crate::format::ObjectKind;
 use crate::id::{BlobId, Id, ObjectId};
 use crate::index::Index;
 use crate::progress::Progress;
@@ -37,14 +40,20 @@ use crate::repo::Repository;
 use objects::{Object, Objects};
 
 mod bounded;
+mod decide;
 mod deltas;
+mod held;
 mod judge;
 mod objects;
 mod packs;
 mod run;
+mod walk;
 
 pub(crate) use bounded::sorts_pay;
+use decide::{decide, EachSum, InMemory, PackSum, Stored, Sums};
+pub use held::price_per_gb_month;
 pub(crate) use judge::clean_for_dedup;
+use walk::{snapshots_to_walk, stop, used_blobs, walk_tree};
 
 pub use run::{run, write_index_files};
 
@@ -615,226 +624,6 @@ fn in_no_stored_pack(b: &BlobId) -> Error {
     ))
 }
 
-/// One pack as the decisions see it: the merged entry's id, kind, size and mark, its blob
-/// records, and the used blobs counted in it (each used blob in one pack) and their bytes.
-#[derive(Clone, Debug)]
-struct PackSum {
-    id: ObjectId,
-    kind: ObjectKind,
-    size: u64,
-    mark: Option<Mark>,
-    blobs: u64,
-    used: u64,
-    used_bytes: u64,
-}
-
-/// What the store lists of a pack (an [`ObjectInfo`] without its name).
-#[derive(Clone, Copy, Debug)]
-struct Stored {
-    size: u64,
-    class: StorageClass,
-    modified: Option<i64>,
-}
-
-impl Stored {
-    fn of(o: &ObjectInfo) -> Self {
-        Stored {
-            size: o.size,
-            class: o.class,
-            modified: o.modified,
-        }
-    }
-}
-
-/// What [`Sums::each`] calls for each pack: its key, its sums, what the store lists of it.
-type EachSum<'a> = dyn FnMut(u32, &PackSum, Option<Stored>) -> Result<()> + 'a;
-
-/// The packs a plan decides on, each with its key ([`Decisions`]) and what the store lists of
-/// it: in memory, or read from the plan's table on disk ([`bounded`]).
-trait Sums {
-    /// One more than the largest key.
-    fn keys(&self) -> usize;
-    /// Each pack, in key order; `None`: not stored.
-    fn each(&self, f: &mut EachSum) -> Result<()>;
-}
-
-/// The packs of a plan in memory, keyed by their place in `sums` (sorted by id).
-struct InMemory<'a> {
-    sums: &'a [PackSum],
-    stored: &'a HashMap<String, (FileKind, ObjectInfo)>,
-}
-
-impl Sums for InMemory<'_> {
-    fn keys(&self) -> usize {
-        self.sums.len()
-    }
-
-    fn each(&self, f: &mut EachSum) -> Result<()> {
-        for (key, e) in self.sums.iter().enumerate() {
-            let stored = self.stored.get(&e.id.to_hex()).map(|(_, o)| Stored::of(o));
-            f(key as u32, e, stored)?;
-        }
-        Ok(())
-    }
-}
-
-/// Decides every pack (keep, mark, delete, repack, drop), the orphans (stored packs no index
-/// file names), and what Object Lock still holds; counts the requests.
-fn decide(
-    repo: &Repository,
-    plan: &mut PrunePlan,
-    opts: &PruneOptions,
-    sums: &dyn Sums,
-    orphans: Objects,
-) -> Result<()> {
-    let now = plan.now;
-    let lock = repo.config().object_lock.is_some();
-    plan.decisions = Decisions::new(sums.keys());
-    // Partly used packs: (key, unused, size, first 8 bytes of the id).
-    let mut candidates: Vec<(u32, u64, u64, u64)> = Vec::new();
-    let mut index_blobs = 0u64;
-    sums.each(&mut |key, e, info| {
-        index_blobs += e.blobs;
-        let Some(info) = info else {
-            plan.missing_unused.add(e.size);
-            plan.decisions.set(key, Decision::Drop, e.mark);
-            return Ok(());
-        };
-        plan.total.add(e.size);
-        let (nused, used_bytes) = (e.used, e.used_bytes);
-        let decision = if let Some(mark) = e.mark {
-            if nused > 0 {
-                plan.revive.add(e.size);
-                Decision::Keep
-            } else if now < mark.delete_after && !opts.delete_now {
-                plan.waiting.add(e.size);
-                Decision::Marked(mark)
-            } else if let Some(cost) = held_by_min_duration(&info, now, opts) {
-                plan.min_duration_held.add(e.size);
-                plan.early_deletion_usd += cost;
-                Decision::Marked(mark)
-            } else {
-                plan.delete.add(e.size);
-                Decision::Delete
-            }
-        } else if nused == 0 {
-            if !opts.delete_now {
-                // Marked at once, whatever its age: a backup still running that stored it
-                // commits within half the grace period or copies the blobs (section 12).
-                plan.mark.add(e.size);
-                Decision::Mark
-            } else if let Some(cost) = held_by_min_duration(&info, now, opts) {
-                plan.min_duration_held.add(e.size);
-                plan.early_deletion_usd += cost;
-                Decision::Mark
-            } else {
-                plan.delete.add(e.size);
-                Decision::Delete
-            }
-        } else {
-            let unused = e.size.saturating_sub(used_bytes + 38 + 4);
-            if unused > 0 && e.blobs > nused {
-                if info.class.is_archive() {
-                    plan.cold_partly_used.add(e.size);
-                } else {
-                    let id8 = u64::from_be_bytes(e.id.0[..8].try_into().expect("8"));
-                    candidates.push((key, e.size - used_bytes, e.size, id8));
-                }
-            }
-            Decision::Keep
-        };
-        if matches!(decision, Decision::Keep) {
-            plan.used_bytes += used_bytes;
-        }
-        if nused > 0 && lock {
-            let fk = FileKind::of_pack(e.kind);
-            plan.referenced.push((key, e.id, fk, info.modified));
-        }
-        plan.decisions.set(key, decision, e.mark);
-        Ok(())
-    })?;
-
-    // Repack the packs with the most unused bytes until what is left is under the limit.
-    let unused_total: u64 = candidates.iter().map(|c| c.1).sum();
-    let live_total = plan.used_bytes + unused_total;
-    let limit = match opts.max_unused {
-        MaxUnused::Percent(p) => (live_total as f64 * p / 100.0) as u64,
-        MaxUnused::Bytes(b) => b,
-    };
-    // Ties by id (the first 8 bytes tell ids apart), as the keys of a plan on disk are not
-    // in id order.
-    candidates.sort_by(|a, b| {
-        (b.1 as f64 / b.2 as f64)
-            .total_cmp(&(a.1 as f64 / a.2 as f64))
-            .then(a.3.cmp(&b.3))
-            .then(a.0.cmp(&b.0))
-    });
-    let mut unused_left = unused_total;
-    for (key, unused, size, _) in candidates {
-        let within_budget = opts
-            .max_repack
-            .is_none_or(|m| plan.repack.bytes + size <= m);
-        if unused_left > limit && within_budget {
-            unused_left -= unused;
-            plan.repack.add(size);
-            let used_bytes = size - unused;
-            plan.repack_download += used_bytes;
-            plan.repack_upload += used_bytes;
-            plan.requests_get += 1;
-            plan.decisions.set(key, Decision::Repack, None);
-        }
-    }
-    plan.unused_after = unused_left;
-    // What stays, and when what goes becomes deletable.
-    let grace_end = now + if opts.delete_now { 0 } else { opts.grace };
-    sums.each(&mut |key, e, info| {
-        let min_duration_end =
-            info.and_then(|i| Some(i.modified? + 86_400 * i64::from(i.class.min_days())));
-        let at = |t: i64| match min_duration_end {
-            Some(end) if !opts.ignore_min_duration => t.max(end),
-            _ => t,
-        };
-        match plan.decisions.get(key, e.mark) {
-            Some(Decision::Keep) => {
-                plan.kept.add(e.size);
-                // Saturating: a forged index may claim overlapping records.
-                plan.kept_unused += e.size.saturating_sub(e.used_bytes);
-            }
-            Some(Decision::Marked(m)) => plan.later.push(at(m.delete_after), e.size),
-            Some(Decision::Mark) => plan.later.push(at(grace_end), e.size),
-            Some(Decision::Repack) if !opts.delete_now => plan.later.push(at(grace_end), e.size),
-            _ => {}
-        }
-        Ok(())
-    })?;
-
-    // Orphans: packs no index file names.
-    let (tally, young) = (&mut plan.orphans, &mut plan.orphans_young);
-    plan.orphan_names = orphans.filter(&mut |o| {
-        let old = opts.delete_now
-            || o.modified
-                .is_some_and(|m| now - m >= opts.grace.max(ORPHAN_MIN_AGE));
-        if old {
-            tally.add(o.size);
-        } else {
-            young.add(o.size);
-        }
-        Ok(old)
-    })?;
-    if lock {
-        skip_locked(repo, plan, sums, now)?;
-    }
-    let repack_packs = plan
-        .repack_upload
-        .div_ceil(u64::from(repo.config().data_pack_size).max(1));
-    plan.requests_put = repack_packs + 1 + index_blobs / BLOBS_PER_INDEX_FILE as u64;
-    plan.requests_delete = plan.delete.packs + plan.orphans.packs + plan.index_files;
-    if opts.delete_now {
-        plan.requests_delete += plan.repack.packs;
-    }
-    Ok(())
-}
-
 impl PrunePlan {
     /// Planned by sorting on disk, in bounded memory (the index is above the memory allowed,
     /// or planning in memory would be).
@@ -902,213 +691,4 @@ impl PrunePlan {
         );
         Ok(out)
     }
-}
-
-/// Objects due for deletion whose retention [`skip_locked`] asks for at a time (one HEAD
-/// each, in parallel).
-const LOCK_BATCH: usize = 4096;
-
-/// Under Object Lock: packs due for deletion that are still retained stay (indexed and
-/// marked, or orphans), and are counted with the date they become deletable. They are asked
-/// about a batch at a time: what is due is never held whole.
-fn skip_locked(repo: &Repository, plan: &mut PrunePlan, sums: &dyn Sums, now: i64) -> Result<()> {
-    let backend = repo.backend();
-    // Retained beyond now: until when (none where the object is gone).
-    let retained = |due: &[(FileKind, String)]| {
-        crate::repo::parallel_map(due, |(fk, name)| match backend.retention(*fk, name) {
-            Ok(u) => Ok(u.filter(|u| *u > now)),
-            Err(Error::ObjectNotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        })
-    };
-    // Indexed packs: (kind, name), and their key, size and mark.
-    type Due = (Vec<(FileKind, String)>, Vec<(u32, u64, Option<Mark>)>);
-    let held = |plan: &mut PrunePlan, (names, packs): &mut Due| -> Result<()> {
-        let until = retained(names)?;
-        plan.lock_heads += names.len() as u64;
-        for (&(key, size, own), until) in packs.iter().zip(until) {
-            let Some(until) = until else { continue };
-            plan.locked.add_pack(size, until);
-            plan.later.push(until, size);
-            // Unmarked only with `delete_now`: marked as due, for the prune after the lock.
-            let mark = own.unwrap_or(Mark {
-                at: now,
-                delete_after: now,
-            });
-            plan.delete.packs -= 1;
-            plan.delete.bytes -= size;
-            plan.decisions.set(key, Decision::Marked(mark), own);
-        }
-        names.clear();
-        packs.clear();
-        Ok(())
-    };
-    let mut due: Due = Default::default();
-    sums.each(&mut |key, p, _| {
-        if plan.decisions.get(key, p.mark) == Some(Decision::Delete) {
-            due.0.push((FileKind::of_pack(p.kind), p.id.to_hex()));
-            due.1.push((key, p.size, p.mark));
-            if due.0.len() == LOCK_BATCH {
-                held(plan, &mut due)?;
-            }
-        }
-        Ok(())
-    })?;
-    held(plan, &mut due)?;
-
-    // Orphans: those retained stay, and are left out of the list.
-    let orphans = std::mem::take(&mut plan.orphan_names);
-    let mut free = orphans.empty_like();
-    let mut batch: Vec<Object> = Vec::new();
-    let mut flush = |plan: &mut PrunePlan, batch: &mut Vec<Object>| -> Result<()> {
-        let names: Vec<(FileKind, String)> =
-            batch.iter().map(|o| (o.kind, o.name.clone())).collect();
-        let until = retained(&names)?;
-        plan.lock_heads += names.len() as u64;
-        for (o, until) in batch.drain(..).zip(until) {
-            match until {
-                Some(until) => {
-                    plan.orphans_locked.add_pack(o.size, until);
-                    plan.orphans.packs -= 1;
-                    plan.orphans.bytes -= o.size;
-                }
-                None => free.push(&o)?,
-            }
-        }
-        Ok(())
-    };
-    orphans.each(&mut |o| {
-        batch.push(o);
-        if batch.len() == LOCK_BATCH {
-            flush(plan, &mut batch)?;
-        }
-        Ok(())
-    })?;
-    flush(plan, &mut batch)?;
-    plan.orphan_names = free;
-    Ok(())
-}
-
-/// `Some(cost in USD)` when deleting this pack now would be billed for the rest of its class's
-/// minimum storage duration and that is not allowed.
-fn held_by_min_duration(info: &Stored, now: i64, opts: &PruneOptions) -> Option<f64> {
-    let days = i64::from(info.class.min_days());
-    let age_days = (now - info.modified?) / 86_400;
-    if days == 0 || age_days >= days || opts.ignore_min_duration {
-        return None;
-    }
-    // AWS bills a "GB" of 2^30 bytes, as `stats` counts.
-    let gib = info.size as f64 / (1u64 << 30) as f64;
-    Some(gib * price_per_gb_month(info.class) * (days - age_days) as f64 / 30.0)
-}
-
-/// S3 storage price, us-east-1, USD per GB-month (2026 list prices; AWS's GB is 2^30 bytes).
-pub fn price_per_gb_month(class: StorageClass) -> f64 {
-    match class {
-        StorageClass::Standard | StorageClass::IntelligentTiering | StorageClass::Other => 0.023,
-        StorageClass::StandardIa => 0.0125,
-        StorageClass::GlacierIr => 0.004,
-        StorageClass::Glacier => 0.0036,
-        StorageClass::DeepArchive => 0.00099,
-    }
-}
-
-/// Every blob the snapshots use: trees, chunk lists and data chunks (a plan in memory: its
-/// index is small, and the trees are in it). The trees walked are kept apart from the used
-/// blobs: a file whose bytes are a directory's tree blob has that tree's id (ids hash the
-/// plaintext, whatever the kind), and reached first as a chunk it must not stop the tree from
-/// being walked, or everything under the directory would look unused (tests/prune_walk.rs).
-fn used_blobs(repo: &Repository, plan: &mut PrunePlan) -> Result<HashSet<BlobId>> {
-    let snaps = snapshots_to_walk(repo, plan)?;
-    let mut trees: HashSet<BlobId> = HashSet::new();
-    let mut used: HashSet<BlobId> = HashSet::new();
-    for (sid, s) in &snaps {
-        let mut stack = vec![s.tree];
-        while let Some(tree) = stack.pop() {
-            if crate::ops::interrupted() {
-                return Err(crate::stop::error(String::new));
-            }
-            if !trees.insert(tree) {
-                continue;
-            }
-            used.insert(tree);
-            let mut blob = |id| {
-                used.insert(id);
-                Ok(())
-            };
-            let mut subtree = |id| {
-                stack.push(id);
-                Ok(())
-            };
-            walk_tree(repo, &tree, &mut blob, &mut subtree)?.map_err(|e| stop(sid, e))?;
-        }
-    }
-    Ok(used)
-}
-
-/// The snapshots to walk (counted into the plan), once the index files that backups
-/// committed after the index was read are read too, so their trees load. Their packs are not
-/// prune's to decide (the files stay in force); their blobs are accounted for.
-fn snapshots_to_walk(
-    repo: &Repository,
-    plan: &mut PrunePlan,
-) -> Result<Vec<(Id, crate::format::snapshot::Snapshot)>> {
-    let snaps = repo.snapshots()?;
-    plan.snapshots = snaps.len() as u64;
-    let mut read: HashSet<Id> = plan.read_files.iter().copied().collect();
-    for (_, f) in repo.read_new_index_files(&mut read)? {
-        let mut idx = repo.index().write().expect("index lock");
-        for p in &f.packs {
-            idx.add_pack(p);
-            plan.late_blobs.extend(p.blobs.iter().map(|b| b.id));
-        }
-    }
-    Ok(snaps)
-}
-
-/// One tree of a walk: the parts of a split directory, its files' chunk lists and chunks go
-/// to `blob`, its subdirectories' trees to `subtree`. A part at a time, a chunk list at a
-/// time: a directory of large files is hundreds of MB decoded, a volume's chunk list millions
-/// of ids. `Err`: an error of `blob` or `subtree` (their sorts), as it is; `Ok(Err)`: a read
-/// error, which the caller words as a stop.
-fn walk_tree(
-    repo: &Repository,
-    tree: &BlobId,
-    blob: &mut dyn FnMut(BlobId) -> Result<()>,
-    subtree: &mut dyn FnMut(BlobId) -> Result<()>,
-) -> Result<Result<()>> {
-    let mut work = crate::repo::WorkError::default();
-    let walked = repo.each_dir_part(tree, &mut |part, nodes| {
-        if let Some(p) = part {
-            work.keep(blob(p))?;
-        }
-        for n in nodes {
-            match n.kind {
-                NodeKind::Dir => {
-                    if let Some(t) = n.subtree {
-                        work.keep(subtree(t))?;
-                    }
-                }
-                NodeKind::File => {
-                    if let crate::format::tree::Content::Indirect(lists) = &n.content {
-                        for l in lists {
-                            work.keep(blob(*l))?;
-                        }
-                    }
-                    repo.each_file_chunk(&n.content, &mut |c| work.keep(blob(c)))?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    });
-    work.split(walked)
-}
-
-fn stop(sid: &Id, e: Error) -> Error {
-    Error::Other(format!(
-        "snapshot {}: {e}; prune stops before it deletes anything: run `chunkbak check`, \
-         then `chunkbak repair index` / `chunkbak repair snapshots`",
-        sid.short()
-    ))
 }
