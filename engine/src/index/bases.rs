@@ -36,19 +36,17 @@ pub(crate) struct Bases {
     run: Option<(RunFile, PathBuf)>,
 }
 
-/// The key of part 0 of the base of blob `id` in the pack at `pos` (part `p`: the last byte
-/// `p`).
-pub(crate) fn key(pos: u32, id: &BlobId) -> [u8; 32] {
+/// BLAKE3 of the pack position and blob id of a delta: its records' keys, each with its last
+/// byte replaced by the part ([`part_key`]).
+fn key(pos: u32, id: &BlobId) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(KEY_CONTEXT);
     h.update(&pos.to_le_bytes());
     h.update(&id.0);
-    let mut k = *h.finalize().as_bytes();
-    k[31] = 0;
-    k
+    *h.finalize().as_bytes()
 }
 
-/// `key` with its last byte `part`.
+/// The key of part `part` of a delta's base.
 fn part_key(key: &[u8; 32], part: u8) -> [u8; 32] {
     let mut k = *key;
     k[31] = part;
@@ -56,7 +54,7 @@ fn part_key(key: &[u8; 32], part: u8) -> [u8; 32] {
 }
 
 /// The three records of the base of blob `id` in the pack at `pos`.
-pub(crate) fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
+fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
     let mut b = [0u8; 36];
     b[..32].copy_from_slice(&base.0);
     b[32..].copy_from_slice(&blake3::hash(&base.0).as_bytes()[..4]);

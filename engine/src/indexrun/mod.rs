@@ -34,7 +34,7 @@ mod sort;
 mod tests;
 
 pub use build::{Builder, Built};
-pub(crate) use sort::by_depth;
+pub(crate) use sort::{by_depth, by_depth_from};
 pub use sort::{Merge, Sorted};
 
 pub const MAGIC: &[u8; 8] = b"CBIXRUN1";

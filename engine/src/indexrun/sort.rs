@@ -14,10 +14,7 @@ use super::build::Builder;
 use super::{Record, RECORD};
 
 /// Ids a depth at a time, for the walks of trees with the index on disk (format-spec 16):
-/// `roots` are the first depth's; each depth is sorted in `dir` (`trees-0` and `trees-1` by
-/// turns, `mem` records in memory at a time, the id alone when `ids_only`), and `each` gets
-/// each distinct id of it once, in id order (its first record), with the depth and the sort
-/// of the next depth's. It ends after a depth with none, or when `each` returns false.
+/// `roots` are the first depth's, sorted in `dir/depth-0`; then as [`by_depth_from`].
 pub(crate) fn by_depth(
     dir: &Path,
     mem: usize,
@@ -25,23 +22,30 @@ pub(crate) fn by_depth(
     roots: impl IntoIterator<Item = Record>,
     each: &mut dyn FnMut(usize, Record, &mut Builder) -> Result<bool>,
 ) -> Result<()> {
-    let sort = |depth: usize| {
-        let folder = dir.join(format!("trees-{}", depth % 2));
-        if ids_only {
-            Builder::ids_only(&folder, mem)
-        } else {
-            Builder::new(&folder, mem)
-        }
-    };
-    let mut level = sort(0)?;
+    let mut first = depth_sort(dir, 0, mem, ids_only)?;
     for r in roots {
-        level.push(r)?;
+        first.push(r)?;
     }
-    let mut depth = 0;
-    loop {
-        let sorted = level.into_sorted()?;
-        let mut next = sort(depth + 1)?;
-        let mut merge = sorted.merge()?;
+    by_depth_from(dir, mem, ids_only, &first.into_sorted()?, each)
+}
+
+/// Ids a depth at a time from the sort `first` (the first depth; the trees of every snapshot,
+/// or the used blobs whose delta bases are followed): `each` gets each distinct id of a depth
+/// once, in id order (its first record), with the depth and the sort of the next depth's. The
+/// next depths are sorted in `dir` (`depth-1` and `depth-2` by turns, `mem` records in memory at
+/// a time, the id alone when `ids_only`). It ends after a depth with none, or when `each`
+/// returns false.
+pub(crate) fn by_depth_from(
+    dir: &Path,
+    mem: usize,
+    ids_only: bool,
+    first: &Sorted,
+    each: &mut dyn FnMut(usize, Record, &mut Builder) -> Result<bool>,
+) -> Result<()> {
+    let mut level: Option<Sorted> = None;
+    for depth in 0.. {
+        let mut next = depth_sort(dir, 1 + depth % 2, mem, ids_only)?;
+        let mut merge = level.as_ref().unwrap_or(first).merge()?;
         let (mut last, mut any) = (None, false);
         while let Some(r) = merge.next_record()? {
             if last == Some(r.id) {
@@ -53,14 +57,23 @@ pub(crate) fn by_depth(
                 return Ok(());
             }
         }
-        // This depth's runs go before the sort after next takes their folder.
         drop(merge);
-        drop(sorted);
         if !any {
-            return Ok(());
+            break;
         }
-        level = next;
-        depth += 1;
+        // The depth before goes (its runs) before the sort after next takes its folder.
+        level = Some(next.into_sorted()?);
+    }
+    Ok(())
+}
+
+/// The sort of one depth, in `dir/depth-N`.
+fn depth_sort(dir: &Path, n: usize, mem: usize, ids_only: bool) -> Result<Builder> {
+    let folder = dir.join(format!("depth-{n}"));
+    if ids_only {
+        Builder::ids_only(&folder, mem)
+    } else {
+        Builder::new(&folder, mem)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::error::Result;
 use crate::id::{BlobId, Id};
 use crate::index::{blob_record_of, Bases, MAX_DELTA_DEPTH};
-use crate::indexrun::{Builder, Merge, Record, Sorted};
+use crate::indexrun::{by_depth_from, Builder, Merge, Record, Sorted};
 use crate::ops::claims::Verdict;
 use crate::repo::Repository;
 
@@ -83,55 +83,45 @@ pub(super) fn bases_of_used(
         let (pos, rec) = blob_record_of(claim, Some(base));
         headers.get(&pos).and_then(|v| v.holds(&rec)) != Some(false)
     };
-    // The used blobs first, then each depth's bases.
-    let mut level: Option<Sorted> = None;
-    for depth in 0..MAX_DELTA_DEPTH {
-        let mut next = Builder::ids_only(&dir.join(format!("bases-{}", depth % 2)), quarter)?;
-        // The last depth's bases are not followed further.
-        let last_depth = depth + 1 == MAX_DELTA_DEPTH;
-        let mut found = |base: BlobId| -> Result<()> {
-            if !last_depth {
-                next.push(Record::of_id(base.0))?;
+    // The used blobs first, then each depth's bases; the delta claims joined anew at each.
+    let mut claims: Option<(usize, DeltaClaims)> = None;
+    by_depth_from(
+        &dir.join("bases"),
+        quarter,
+        true,
+        used,
+        &mut |depth, r, next| {
+            if crate::ops::interrupted() {
+                return Err(crate::stop::error(String::new));
             }
-            out.push(Record::of_id(base.0))
-        };
-        let mut any = false;
-        {
-            let mut claims = DeltaClaims::new(deltas)?;
-            let mut m = level.as_ref().unwrap_or(used).merge()?;
-            let mut last = None;
-            while let Some(r) = m.next_record()? {
-                if last == Some(r.id) {
-                    continue;
+            if claims.as_ref().is_none_or(|(d, _)| *d != depth) {
+                claims = Some((depth, DeltaClaims::new(deltas)?));
+            }
+            let (_, of) = claims.as_mut().expect("set above");
+            // The last depth's bases are not followed further.
+            let follow = depth + 1 < MAX_DELTA_DEPTH;
+            let mut found = |base: BlobId| -> Result<()> {
+                if follow {
+                    next.push(Record::of_id(base.0))?;
                 }
-                last = Some(r.id);
-                if crate::ops::interrupted() {
-                    return Err(crate::stop::error(String::new));
-                }
-                let id = Id(r.id);
-                for c in claims.of(r.id)? {
-                    let base = bases.get(pack_pos(c), &id)?.ok_or_else(|| {
-                        crate::error::Error::Other(format!(
-                            "prune's sort of delta bases lost the base of blob {id}"
-                        ))
-                    })?;
-                    if holds(c, base) {
-                        found(base)?;
-                        any = true;
-                    }
-                }
-                if let Some(base) = late.get(&id) {
-                    found(*base)?;
-                    any = true;
+                out.push(Record::of_id(base.0))
+            };
+            let id = Id(r.id);
+            for c in of.of(r.id)? {
+                let base = bases.get(pack_pos(c), &id)?.ok_or_else(|| {
+                    crate::error::Error::Other(format!(
+                        "prune's sort of delta bases lost the base of blob {id}"
+                    ))
+                })?;
+                if holds(c, base) {
+                    found(base)?;
                 }
             }
-        }
-        if !any || last_depth {
-            break;
-        }
-        // The depth before goes (its runs) before the one after next takes its folder.
-        level = Some(next.into_sorted()?);
-    }
-    drop(level);
+            if let Some(base) = late.get(&id) {
+                found(*base)?;
+            }
+            Ok(true)
+        },
+    )?;
     out.into_sorted()
 }
