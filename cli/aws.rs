@@ -9,8 +9,10 @@ use serde_json::{json, Value};
 use chunkbak_engine::format::snapshot::Snapshot;
 use chunkbak_engine::{Id, Repository};
 
+use crate::open::open_repo;
 use crate::output::{self, count, human_bytes, Out};
-use crate::{args, choose_for, exit, local_time, open_repo, usage, FilterArgs, Global};
+use crate::snapshots::{choose_for, local_time};
+use crate::{args, exit, usage, FilterArgs, Global};
 
 /// `restore SNAPSHOT:PATH --to-ebs-snapshot`: the image file written as a new EBS snapshot.
 #[cfg(feature = "aws-sources")]

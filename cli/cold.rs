@@ -13,9 +13,11 @@ use chunkbak_engine::backend::{Backend, RequestCounter, RequestCounts, StorageCl
 use chunkbak_engine::ops::thaw::{self, Plan, TIER_COSTS};
 use chunkbak_engine::{timeparse, Repository};
 
-use crate::args::{ThawArgs, TierArg};
+use crate::args::{self, Global, ThawArgs, TierArg};
+use crate::open::repo_spec;
 use crate::output::{human_bytes, Out};
 use crate::progress::Bar;
+use crate::{exit, usage};
 
 /// The request counters of this run's backends (the repository, and for `copy` the other
 /// one), with their locations, read at the end (the backends themselves are dropped with the
@@ -377,4 +379,36 @@ pub fn lifecycle_apply(
         ));
     }
     Ok(())
+}
+
+/// `lifecycle show|apply|check`.
+pub fn cmd_lifecycle(g: &Global, out: &Out, c: &args::LifecycleCommand) -> anyhow::Result<i32> {
+    let spec = repo_spec(g)?;
+    let Some(cfg) = &spec.s3 else {
+        usage!("lifecycle rules are a setting of S3 buckets: use -r s3:BUCKET/PREFIX");
+    };
+    let s3 = Arc::new(S3Backend::new(cfg.clone())?);
+    track(s3.as_ref());
+    let code = match c {
+        args::LifecycleCommand::Show => {
+            lifecycle_show(&s3, out)?;
+            exit::OK
+        }
+        args::LifecycleCommand::Apply(a) => {
+            lifecycle_apply(&s3, out, &a.transition_after, &a.to)?;
+            if lifecycle_check(&s3, out)? {
+                exit::ERROR
+            } else {
+                exit::OK
+            }
+        }
+        args::LifecycleCommand::Check => {
+            if lifecycle_check(&s3, out)? {
+                exit::ERROR
+            } else {
+                exit::OK
+            }
+        }
+    };
+    Ok(code)
 }

@@ -12,8 +12,10 @@ use chunkbak_engine::ops::select::timestamp_of;
 use chunkbak_engine::{Id, Repository};
 
 use crate::args::{DiffArgs, FindArgs, Global, MountArgs};
+use crate::exit;
+use crate::open::open_repo;
 use crate::output::{human_bytes, path_json, Out};
-use crate::{choose, exit, filter_of, kind_name, local_time, open_repo, readable_snapshots};
+use crate::snapshots::{choose, filter_of, kind_name, local_time, readable_snapshots};
 
 fn mtime_local(n: &Node) -> String {
     timestamp_of(n.mtime)

@@ -9,8 +9,10 @@ use chunkbak_engine::timeparse::format_time;
 use chunkbak_engine::{timeparse, Id, Repository};
 
 use crate::args::{ForgetArgs, LockCommand, PruneArgs, PruneOpts, RepairCommand};
+use crate::open::open_repo;
 use crate::output::{human_bytes, Out};
-use crate::{exit, filter_of, local_time, open_repo, progress, Global};
+use crate::snapshots::{filter_of, local_time};
+use crate::{exit, progress, Global};
 
 /// Below this grace period, the safety of concurrent backups rests on short runs: warned about.
 const SHORT_GRACE: i64 = 3600;
@@ -180,7 +182,7 @@ pub fn cmd_forget(g: &Global, out: &Out, a: &ForgetArgs) -> anyhow::Result<i32> 
         ));
         return Ok(exit::OK);
     }
-    crate::ensure_append_only(g, out, &repo)?;
+    crate::open::ensure_append_only(g, out, &repo)?;
     let r = forget::remove(&repo, &remove)?;
     let n = r.removed;
     if out.json {
@@ -277,10 +279,10 @@ fn print_plan(out: &Out, p: &PrunePlan, opts: &PruneOptions) {
         return;
     }
     for m in &p.claims_refuted {
-        crate::warn(out, m);
+        crate::open::warn(out, m);
     }
     for m in &p.claims_unverified {
-        crate::warn(
+        crate::open::warn(
             out,
             &format!("{m}: its used blobs are kept wherever they are claimed"),
         );
@@ -442,7 +444,7 @@ fn run_prune(
         out.line("dry run: nothing changed");
         return Ok(exit::OK);
     }
-    crate::ensure_append_only(g, out, repo)?;
+    crate::open::ensure_append_only(g, out, repo)?;
     let bar = progress::Bar::new(out, !g.no_progress, "prune").unit("packs");
     let r = prune::run(repo, &plan, opts, &bar)?;
     bar.finish();
@@ -549,7 +551,7 @@ fn print_extension(out: &Out, e: &retention::Extension) {
         e.puts
     ));
     if e.unprotected > 0 {
-        crate::warn(
+        crate::open::warn(
             out,
             &format!(
                 "{} referenced objects were no longer retained (their lock had ended): run \
@@ -572,7 +574,7 @@ pub fn cmd_lock(g: &Global, out: &Out, c: &LockCommand) -> anyhow::Result<i32> {
             repo.backend().location()
         );
     }
-    crate::ensure_append_only(g, out, &repo)?;
+    crate::open::ensure_append_only(g, out, &repo)?;
     let bar = progress::Bar::new(out, !g.no_progress, "lock").unit("objects");
     let plan = prune::plan(&repo, &PruneOptions::default(), &bar)?;
     let targets = plan.retention_targets(&repo, None)?;
@@ -600,7 +602,7 @@ pub fn cmd_lock(g: &Global, out: &Out, c: &LockCommand) -> anyhow::Result<i32> {
 
 pub fn cmd_repair(g: &Global, out: &Out, c: &RepairCommand) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
-    crate::ensure_append_only(g, out, &repo)?;
+    crate::open::ensure_append_only(g, out, &repo)?;
     match c {
         RepairCommand::Index { read_all_packs } => {
             let bar = progress::Bar::new(out, !g.no_progress, "repair").unit("packs");

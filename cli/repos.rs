@@ -17,9 +17,10 @@ use chunkbak_engine::ops::thaw::{self, Thaw};
 use chunkbak_engine::Id;
 
 use crate::args::{CopyArgs, KeyCommand, NewPasswordArgs};
+use crate::open::{open_other, open_repo, PasswordSource};
 use crate::output::{human_bytes, Out};
-use crate::{cold, exit, filter_of, local_time, open_other, open_repo, progress, Global};
-use crate::{snapshot_json, PasswordSource};
+use crate::snapshots::{filter_of, local_time, snapshot_json};
+use crate::{cold, exit, progress, Global};
 
 // ---------------------------------------------------------------------------------------------
 // key
@@ -47,7 +48,7 @@ fn new_password(a: &NewPasswordArgs) -> anyhow::Result<(Vec<u8>, KdfParams)> {
 pub fn cmd_key(g: &Global, out: &Out, c: &KeyCommand) -> anyhow::Result<i32> {
     let repo = open_repo(g, out)?;
     if !matches!(c, KeyCommand::List) {
-        crate::ensure_append_only(g, out, &repo)?;
+        crate::open::ensure_append_only(g, out, &repo)?;
     }
     match c {
         KeyCommand::List => {
@@ -146,7 +147,7 @@ fn update_password_source(g: &Global, out: &Out, pw: &[u8]) -> anyhow::Result<()
     use std::io::Write;
     let file = match (&g.password_command, &g.password_file) {
         (Some(c), _) => {
-            crate::warn(
+            crate::open::warn(
                 out,
                 &format!(
                     "--password-command ({c}) still prints the old password: change what it \
@@ -157,13 +158,13 @@ fn update_password_source(g: &Global, out: &Out, pw: &[u8]) -> anyhow::Result<()
         }
         (None, Some(f)) => f.clone(),
         (None, None) if std::env::var_os("CHUNKBAK_PASSWORD").is_some() => {
-            crate::warn(
+            crate::open::warn(
                 out,
                 "CHUNKBAK_PASSWORD still holds the old password: set it to the new one",
             );
             return Ok(());
         }
-        (None, None) => crate::default_password_file(),
+        (None, None) => crate::open::default_password_file(),
     };
     if !file.is_file() {
         return Ok(());
@@ -208,12 +209,12 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
         env: "CHUNKBAK_TO_PASSWORD",
         flags: "--to-password-file, --to-password-command or CHUNKBAK_TO_PASSWORD",
     };
-    let other = crate::Other {
+    let other = crate::open::Other {
         region: a.to_region.as_deref(),
         profile: a.to_s3_profile.as_deref(),
     };
     let dst = Arc::new(open_other(g, out, &a.to, &other, &pw)?);
-    crate::ensure_append_only(g, out, &dst)?;
+    crate::open::ensure_append_only(g, out, &dst)?;
     if dst.config().repo_id == src.config().repo_id {
         crate::usage!(
             "--to {} is the repository copied from",
@@ -238,7 +239,7 @@ pub fn cmd_copy(g: &Global, out: &Out, a: &CopyArgs) -> anyhow::Result<i32> {
             // `latest`: this host's, as every command means it on a shared repository.
             let mut f = filter.clone();
             if !matches!(sel, Selector::Id(_)) {
-                f.hosts = crate::this_hosts_by_default(&snaps, &f)?;
+                f.hosts = crate::snapshots::this_hosts_by_default(&snaps, &f)?;
             }
             let i = select::select(&snaps, &sel, &f, &crate::clock_now())?;
             if !v.iter().any(|(id, _)| *id == snaps[i].0) {

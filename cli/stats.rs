@@ -9,8 +9,10 @@ use chunkbak_engine::ops::stats::{self, Prices};
 use chunkbak_engine::Id;
 
 use crate::args::{Global, StatsArgs};
+use crate::exit;
+use crate::open::open_repo;
 use crate::output::{human_bytes, Out};
-use crate::{choose, exit, filter_of, open_repo, readable_snapshots};
+use crate::snapshots::{choose, filter_of, readable_snapshots};
 
 pub fn cmd_stats(g: &Global, out: &Out, a: &StatsArgs) -> anyhow::Result<i32> {
     let mut prices = Prices::default();
