@@ -279,18 +279,30 @@ impl Builder {
             // written: two ranges in memory at a time.
             let parts = std::mem::take(&mut self.parts);
             let (tmp_dir, mem) = (self.tmp.clone(), self.mem_records);
+            // The range written goes back to the sorter as the next one's array: two arrays
+            // alternate, where one allocated a range faulted in fresh pages (an array above
+            // the allocator's mmap threshold is returned to the kernel when freed).
             std::thread::scope(|s| -> Result<()> {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Sorted>>(0);
+                let (back, spares) = std::sync::mpsc::channel::<Vec<Record>>();
                 let sorter = s.spawn(move || {
                     for (i, mut p) in parts.into_iter().enumerate() {
-                        let r = Self::sort_part(&tmp_dir, &mut p, mem, i);
+                        let spare = spares.try_recv().unwrap_or_default();
+                        let r = Self::sort_part(&tmp_dir, &mut p, mem, i, spare);
                         let stop = r.is_err();
                         if tx.send(r).is_err() || stop {
                             break;
                         }
                     }
                 });
-                let r = rx.iter().try_for_each(|sorted| write(&sorted?));
+                let r = rx.iter().try_for_each(|sorted| {
+                    let mut sorted = sorted?;
+                    write(&sorted)?;
+                    let mut spare = std::mem::take(&mut sorted.mem);
+                    spare.clear();
+                    let _ = back.send(spare);
+                    Ok(())
+                });
                 drop(rx);
                 sorter.join().expect("the range sorter does not panic");
                 r
@@ -330,10 +342,16 @@ impl Part {
 }
 
 impl Builder {
-    /// The records of one range of a partitioned build, sorted: in memory when they are no
-    /// more than a quarter of `mem` (twice what is expected), else by runs of that size; its
-    /// file removed.
-    fn sort_part(tmp: &Path, p: &mut Part, mem: usize, i: usize) -> Result<Sorted> {
+    /// The records of one range of a partitioned build, sorted: in memory (in `spare`, an
+    /// empty array to reuse) when they are no more than a quarter of `mem` (twice what is
+    /// expected), else by runs of that size; its file removed.
+    fn sort_part(
+        tmp: &Path,
+        p: &mut Part,
+        mem: usize,
+        i: usize,
+        mut spare: Vec<Record>,
+    ) -> Result<Sorted> {
         let in_file = p.n - (p.buf.len() / RECORD) as u64;
         let mut file = match in_file {
             0 => None,
@@ -361,14 +379,15 @@ impl Builder {
         let quarter = (mem / 4).max(1);
         if p.n <= quarter as u64 {
             // Sized at once: a collect through `Result` would grow it by doubling.
-            let mut recs = Vec::with_capacity(p.n as usize);
+            spare.clear();
+            spare.reserve_exact(p.n as usize);
             for r in records {
-                recs.push(r?);
+                spare.push(r?);
             }
-            recs.sort_unstable();
+            spare.sort_unstable();
             return Ok(Sorted {
                 runs: Vec::new(),
-                mem: recs,
+                mem: spare,
                 width: RECORD,
             });
         }
