@@ -4,12 +4,11 @@
 //! grow with the number of deltas either (format-spec 16). Deltas added after the load (a
 //! backup's new packs) are in the map.
 //!
-//! A base is 32 bytes and a run record carries 16 besides its id, so a delta's base takes
-//! three records: the key of each is BLAKE3 of the pack position and the blob id, its last
-//! byte replaced by the part (0, 1, 2), so the three sort next to each other; the record's
-//! `pack` is the position, and `offset`, `length`, `raw_len` carry 12 bytes of the base each
-//! (the last part 8, then the first 4 bytes of BLAKE3 of the base: parts of two different
-//! bases given for one delta, which a sort could pair, do not pass for a base).
+//! A delta's base takes one record, whose 48 bytes are the key (the first 16 bytes of BLAKE3
+//! of the pack position and the blob id) and the base: its id is the key and the base's first
+//! 16 bytes, and `pack`, `offset`, `length`, `raw_len` carry the base's last 16. A lookup
+//! reads the records whose id begins with the key: none, the index holds no such delta; two,
+//! two bases were given for one delta (a forged listing of a pack twice), an error.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +18,8 @@ use crate::id::{BlobId, Id};
 use crate::indexrun::{self, Record, RunFile};
 
 /// Records of bases sorted in memory at a time while they are collected: an eighth of what
-/// the index may sort, at least this many (768 KiB). A base takes three records: at the
-/// default budget, 10 million deltas make 220 temporary runs to merge.
+/// the index may sort, at least this many (768 KiB). At the default budget, 10 million
+/// deltas make 74 temporary runs to merge.
 const MIN_SORT_RECORDS: usize = 1 << 14;
 
 /// The domain of the keys (no blob id is a BLAKE3 of it).
@@ -36,40 +35,49 @@ pub(crate) struct Bases {
     run: Option<(RunFile, PathBuf)>,
 }
 
-/// BLAKE3 of the pack position and blob id of a delta: its records' keys, each with its last
-/// byte replaced by the part ([`part_key`]).
-fn key(pos: u32, id: &BlobId) -> [u8; 32] {
+/// Bytes of a record's id that are the key; the rest of the record is the base.
+const KEY: usize = 16;
+
+/// The first 16 bytes of BLAKE3 of the pack position and blob id of a delta: the first bytes
+/// of its record's id.
+fn key(pos: u32, id: &BlobId) -> [u8; KEY] {
     let mut h = blake3::Hasher::new();
     h.update(KEY_CONTEXT);
     h.update(&pos.to_le_bytes());
     h.update(&id.0);
-    *h.finalize().as_bytes()
+    h.finalize().as_bytes()[..KEY].try_into().expect("16")
 }
 
-/// The key of part `part` of a delta's base.
-fn part_key(key: &[u8; 32], part: u8) -> [u8; 32] {
-    let mut k = *key;
-    k[31] = part;
-    k
+/// The record of the base of blob `id` in the pack at `pos`: the key, then the base.
+fn record(pos: u32, id: &BlobId, base: &BlobId) -> Record {
+    let mut rid = [0u8; 32];
+    rid[..KEY].copy_from_slice(&key(pos, id));
+    rid[KEY..].copy_from_slice(&base.0[..32 - KEY]);
+    let word = |i: usize| {
+        let at = 32 - KEY + 4 * i;
+        u32::from_le_bytes(base.0[at..at + 4].try_into().expect("4"))
+    };
+    Record {
+        id: rid,
+        pack: word(0),
+        offset: word(1),
+        length: word(2),
+        raw_len: word(3),
+    }
 }
 
-/// The three records of the base of blob `id` in the pack at `pos`.
-fn records(pos: u32, id: &BlobId, base: &BlobId) -> [Record; 3] {
-    let mut b = [0u8; 36];
-    b[..32].copy_from_slice(&base.0);
-    b[32..].copy_from_slice(&blake3::hash(&base.0).as_bytes()[..4]);
-    let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
-    let k = key(pos, id);
-    [0u8, 1, 2].map(|part| {
-        let at = part as usize * 12;
-        Record {
-            id: part_key(&k, part),
-            pack: pos,
-            offset: word(at),
-            length: word(at + 4),
-            raw_len: word(at + 8),
-        }
-    })
+/// The base a record holds.
+fn base_of(r: &Record) -> BlobId {
+    let mut b = [0u8; 32];
+    b[..32 - KEY].copy_from_slice(&r.id[KEY..]);
+    for (i, w) in [r.pack, r.offset, r.length, r.raw_len]
+        .into_iter()
+        .enumerate()
+    {
+        let at = 32 - KEY + 4 * i;
+        b[at..at + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    Id(b)
 }
 
 impl Bases {
@@ -78,7 +86,7 @@ impl Bases {
     pub(crate) fn on_disk(tmp: &Path, mem_records: usize) -> Result<Bases> {
         let mem = (mem_records / 8).max(MIN_SORT_RECORDS);
         Ok(Bases {
-            builder: Some(indexrun::Builder::new(tmp, mem)?),
+            builder: Some(indexrun::Builder::distinct(tmp, mem)?),
             ..Bases::default()
         })
     }
@@ -93,9 +101,7 @@ impl Bases {
 
     pub(crate) fn insert(&mut self, pos: u32, id: BlobId, base: BlobId) -> Result<()> {
         match &mut self.builder {
-            Some(b) => records(pos, &id, &base)
-                .into_iter()
-                .try_for_each(|r| b.push(r)),
+            Some(b) => b.push(record(pos, &id, &base)),
             None => {
                 self.mem.insert((pos, id), base);
                 Ok(())
@@ -113,9 +119,8 @@ impl Bases {
     }
 
     /// The base of the delta `id` in the pack at `pos`; `None` when the index holds no delta
-    /// of that pack and id. An error when the file cannot be read or what it holds is no base:
-    /// part of one missing, a record of another pack, a checksum that does not match (a
-    /// damaged or forged file, or two bases given for one delta).
+    /// of that pack and id. An error when the file cannot be read, or holds two bases for the
+    /// delta (a forged listing of its pack twice, differently).
     pub(crate) fn get(&self, pos: u32, id: &BlobId) -> Result<Option<BlobId>> {
         if let Some(b) = self.mem.get(&(pos, *id)) {
             return Ok(Some(*b));
@@ -129,27 +134,11 @@ impl Bases {
                 format!("the delta base of blob {id} in pack {pos}: {what}"),
             )
         };
-        let mut b = [0u8; 36];
-        let k = key(pos, id);
-        for part in 0..3u8 {
-            let Some(r) = run.get(&part_key(&k, part))? else {
-                if part == 0 {
-                    return Ok(None);
-                }
-                return Err(bad(format!("part {part} of 3 is missing")));
-            };
-            if r.pack != pos {
-                return Err(bad(format!("a record of pack {}", r.pack)));
-            }
-            let at = part as usize * 12;
-            for (i, w) in [r.offset, r.length, r.raw_len].into_iter().enumerate() {
-                b[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
-            }
+        match run.with_prefix(&key(pos, id), 2)?.as_slice() {
+            [] => Ok(None),
+            [r] => Ok(Some(base_of(r))),
+            _ => Err(bad("two bases are given for it".into())),
         }
-        if b[32..] != blake3::hash(&b[..32]).as_bytes()[..4] {
-            return Err(bad("its checksum does not match".into()));
-        }
-        Ok(Some(Id(b[..32].try_into().expect("32"))))
     }
 
     /// Bases held in memory.
@@ -160,7 +149,7 @@ impl Bases {
 
     /// Deltas with a known base.
     pub(crate) fn len(&self) -> usize {
-        self.mem.len() + self.run.as_ref().map_or(0, |(r, _)| (r.len() / 3) as usize)
+        self.mem.len() + self.run.as_ref().map_or(0, |(r, _)| r.len() as usize)
     }
 
     /// The footer hash of the run file (zero without one).
@@ -173,16 +162,17 @@ impl Bases {
 mod tests {
     use super::*;
 
-    /// format-spec.md 16's vector of a delta base: the three records of the base `20 x 32` of
-    /// blob `21 x 32` in the pack at position 7; and a build of them answers it.
+    /// format-spec.md 16's vector of a delta base: the record of the base `20 x 32` of blob
+    /// `21 x 32` in the pack at position 7; and a build of it answers it.
     #[test]
     fn the_spec_vector() {
         let (id, base) = (Id([0x21; 32]), Id([0x20; 32]));
         let mut bytes = Vec::new();
-        for r in records(7, &id, &base) {
-            r.encode(&mut bytes);
-        }
-        assert_eq!(bytes.len(), 144);
+        record(7, &id, &base).encode(&mut bytes);
+        assert_eq!(bytes.len(), 48);
+        let mut odd = [0u8; 32];
+        odd.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        assert_eq!(base_of(&record(7, &id, &Id(odd))), Id(odd));
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         crate::synth::assert_in_spec(&hex, "16 delta base vector");
         let dir = tempfile::tempdir().unwrap();
@@ -197,17 +187,16 @@ mod tests {
     }
 
     /// Two bases given for one delta (a pack listed twice, differently, by a forged index
-    /// file): the sort keeps the lowest record of each part, which can pair parts of both. The
-    /// checksum refuses the pair; a lookup is an error naming the file, never a third base.
+    /// file), alike in their first 16 bytes or not: a lookup is an error naming the file,
+    /// never one of them (nor a mix).
     #[test]
-    fn two_bases_for_one_delta_are_an_error_not_a_mix() {
+    fn two_bases_for_one_delta_are_an_error_not_a_choice() {
         let id = Id([0x21; 32]);
-        // Part 0 lowest in `a`, part 1 lowest in `b`: a sort by record mixes them.
-        let mut a = [0x30u8; 32];
-        let mut b = [0x40u8; 32];
-        a[12..24].fill(0x50);
-        b[12..24].fill(0x10);
-        let (a, b) = (Id(a), Id(b));
+        let a = Id([0x30u8; 32]);
+        let mut b = [0x30u8; 32];
+        b[31] = 0x10;
+        let b = Id(b);
+        let other = Id([0x40u8; 32]);
         let dir = tempfile::tempdir().unwrap();
         let mut bases = Bases::on_disk(&dir.path().join("tmp"), 0).unwrap();
         bases.insert(7, id, a).unwrap();
@@ -215,8 +204,14 @@ mod tests {
         let path = dir.path().join("b.run");
         bases.finish(&path, [0; 32]).unwrap();
         let e = bases.get(7, &id).unwrap_err().to_string();
-        assert!(e.contains("checksum does not match"), "{e}");
+        assert!(e.contains("two bases"), "{e}");
         assert!(e.contains(&path.display().to_string()), "{e}");
+        let mut apart = Bases::on_disk(&dir.path().join("tmp3"), 0).unwrap();
+        apart.insert(7, id, other).unwrap();
+        apart.insert(7, id, a).unwrap();
+        apart.finish(&dir.path().join("d.run"), [0; 32]).unwrap();
+        let e = apart.get(7, &id).unwrap_err().to_string();
+        assert!(e.contains("two bases"), "{e}");
         // One given twice alike is one base.
         let mut again = Bases::on_disk(&dir.path().join("tmp2"), 0).unwrap();
         again.insert(7, id, a).unwrap();

@@ -269,11 +269,12 @@ pub(super) fn covers_of(covered: &[Id]) -> [u8; 32] {
 }
 
 pub(super) const META_MAGIC: &[u8; 8] = b"CBIXMETA";
-/// Version 5 moves the delta bases to a file of their own (`bases`). Version 4 moved the pack
+/// Version 6: a delta base takes one record of the `bases` file. Version 5 moved the delta
+/// bases to a file of their own (`bases`). Version 4 moved the pack
 /// table to a file of its own (`packtable`). Version 3 added each
 /// covered file's packs and the disputes' winners and losers (version 2
 /// was a layout of them that main carried for a day).
-pub(super) const META_VERSION: u32 = 5;
+pub(super) const META_VERSION: u32 = 6;
 
 /// The companion file of a kept run file (format-spec 16): the index files it covers with the
 /// packs each lists, the disputed blobs with the packs that won and lost them, the number of

@@ -344,7 +344,7 @@ fn check_chains(idx: &Index) {
 }
 
 /// An index on disk sorts its deltas' bases on disk and keeps them in a file of their own
-/// (three records a delta), which a later load opens and answers from. A block of that file
+/// (a record a delta), which a later load opens and answers from. A block of that file
 /// damaged after the open is an error, never a base: the kept files go.
 #[test]
 fn delta_bases_on_disk_are_kept_in_a_file_of_their_own() {
@@ -367,7 +367,7 @@ fn delta_bases_on_disk_are_kept_in_a_file_of_their_own() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "bases"))
         .unwrap();
-    assert_eq!(RunFile::open(&bases).unwrap().len(), 33);
+    assert_eq!(RunFile::open(&bases).unwrap().len(), 11);
     let mut b = std::fs::read(&bases).unwrap();
     b[64 + 48 * 5 + 40] ^= 1;
     std::fs::write(&bases, b).unwrap();

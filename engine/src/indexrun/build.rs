@@ -51,6 +51,9 @@ pub struct Builder {
     /// The first error writing a temporary file: every later call fails with it (a range's
     /// file may hold part of a buffer, a run part of a batch).
     pub(super) broken: Option<String>,
+    /// Of the records of one id, [`finish`](Builder::finish) writes the two lowest distinct
+    /// ones ([`distinct`](Builder::distinct)) instead of the best.
+    pub(super) distinct: bool,
 }
 
 /// One range of ids of a partitioned build: its temporary file (appended to as its buffer
@@ -81,7 +84,20 @@ impl Builder {
             prefix: "run".into(),
             width: RECORD,
             broken: None,
+            distinct: false,
         })
+    }
+
+    /// As [`new`](Builder::new), for a file whose reader must see records of one id that
+    /// differ: [`finish`](Builder::finish) writes up to two distinct records of each id (the
+    /// lowest), not the best of them, and counts no disputes. The delta bases, whose records'
+    /// ids are a key and part of the base: two bases given for one delta are both written, and
+    /// a lookup sees them ([`RunFile::with_prefix`](super::RunFile::with_prefix)). Two at
+    /// most: no block is all one id, however often a forged listing repeats it.
+    pub fn distinct(tmp_dir: &Path, mem_records: usize) -> Result<Builder> {
+        let mut b = Builder::new(tmp_dir, mem_records)?;
+        b.distinct = true;
+        Ok(b)
     }
 
     /// As [`new`](Builder::new), for a sort of ids only: temporary runs keep the 32-byte id
@@ -245,11 +261,22 @@ impl Builder {
         let f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = Writer::new(BufWriter::with_capacity(1 << 16, f), &tmp)?;
         let mut built = Built::default();
+        let distinct = self.distinct;
         let mut write = |sorted: &Sorted| -> Result<()> {
             built.runs += sorted.runs.len();
             let mut merge = sorted.merge()?;
             let mut group: Vec<Record> = Vec::new();
             while merge.next_group(&mut group)? {
+                if distinct {
+                    // A group comes in record order: its first record and the next unlike it.
+                    w.push(&group[0])?;
+                    built.records += 1;
+                    if let Some(other) = group.iter().find(|r| **r != group[0]) {
+                        w.push(other)?;
+                        built.records += 1;
+                    }
+                    continue;
+                }
                 // Of the records of one id, the best is written.
                 let best = group
                     .iter()

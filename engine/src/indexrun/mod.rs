@@ -140,7 +140,8 @@ impl Writer {
     }
 
     fn push(&mut self, r: &Record) -> Result<()> {
-        debug_assert!(self.last.is_none_or(|l| l < r.id), "records in order");
+        // Ids repeat only in a build that keeps distinct records ([`Builder::distinct`]).
+        debug_assert!(self.last.is_none_or(|l| l <= r.id), "records in order");
         self.last = Some(r.id);
         if self.first.is_none() {
             self.first = Some(r.id);
@@ -259,6 +260,37 @@ impl RunFile {
             }
         }
         Ok(None)
+    }
+
+    /// The records whose id begins with `prefix`, in order, at most `max` of them (a build
+    /// of [`Builder::distinct`] records: the delta bases).
+    pub fn with_prefix(&self, prefix: &[u8], max: usize) -> Result<Vec<Record>> {
+        let mut from = [0u8; 32];
+        from[..prefix.len()].copy_from_slice(prefix);
+        // The last block whose first id is not above the lowest id with the prefix: the first
+        // such record is in it or begins the next.
+        let (mut lo, mut hi) = (0usize, self.f.blocks());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.f.entry(mid)[..32] <= from[..] {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out = Vec::new();
+        for b in lo.saturating_sub(1)..self.f.blocks() {
+            let block = self.block(b as u64)?;
+            let recs: Vec<&[u8]> = block.chunks_exact(RECORD).collect();
+            let start = recs.partition_point(|r| r[..32] < from[..]);
+            for r in &recs[start..] {
+                if !r.starts_with(prefix) || out.len() == max {
+                    return Ok(out);
+                }
+                out.push(Record::decode(r));
+            }
+        }
+        Ok(out)
     }
 
     /// Every record in id order, a block at a time (for check and prune).

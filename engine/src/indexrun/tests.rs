@@ -365,3 +365,69 @@ fn the_spec_vector() {
     let f = RunFile::open(&out).unwrap();
     assert_eq!(f.get(&[2; 32]).unwrap(), Some(recs[1]));
 }
+
+/// A build of distinct records writes, of each id, its lowest record and the lowest that
+/// differs from it (no more, however often a record repeats), and `with_prefix` finds the
+/// records whose id begins with a prefix: across a block's end, at the file's start and
+/// end, at most as many as asked, none for a prefix no id has.
+#[test]
+fn distinct_records_and_the_records_of_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Builder::distinct(&dir.path().join("tmp"), 100).unwrap();
+    // Ids `0x10, n / 1000, n` (u16): 1,030 records of prefix 0x10, whose prefix `10 01`
+    // (1,000 to 1,029) crosses the first block's end (1,024 records); prefix 0x20 holds one
+    // id given three ways, one of them five times; prefix 0x30 two ids.
+    let with = |p: u8, n: u16, pack: u32| {
+        let mut id = [0u8; 32];
+        id[0] = p;
+        id[1] = (n / 1000) as u8;
+        id[2..4].copy_from_slice(&n.to_be_bytes());
+        Record {
+            id,
+            pack,
+            offset: 0,
+            length: 0,
+            raw_len: 0,
+        }
+    };
+    for n in (0..1030).rev() {
+        b.push(with(0x10, n, 1)).unwrap();
+    }
+    for pack in [9, 3, 3, 3, 3, 3, 7] {
+        b.push(with(0x20, 0, pack)).unwrap();
+    }
+    b.push(with(0x30, 1, 1)).unwrap();
+    b.push(with(0x30, 0, 1)).unwrap();
+    let out = dir.path().join("d.run");
+    let built = b.finish(&out, [0; 32], &no_rank).unwrap();
+    assert_eq!(built.records, 1030 + 2 + 2);
+    let f = RunFile::open(&out).unwrap();
+    assert_eq!(f.len(), 1034);
+    let packs = |v: Vec<Record>| v.iter().map(|r| r.pack).collect::<Vec<_>>();
+    assert_eq!(packs(f.with_prefix(&[0x20], 5).unwrap()), vec![3, 7]);
+    assert_eq!(f.with_prefix(&[0x10], 2000).unwrap().len(), 1030);
+    assert_eq!(
+        f.with_prefix(&[0x10, 0x01], 100).unwrap().len(),
+        30,
+        "across the end"
+    );
+    assert_eq!(f.with_prefix(&[0x10, 0x01], 5).unwrap().len(), 5);
+    let one = |p: &[u8]| f.with_prefix(p, 10).unwrap().len();
+    assert_eq!(one(&[0x10, 0x00, 0x03, 0xe7]), 1, "999");
+    assert_eq!(
+        one(&[0x10, 0x01, 0x03, 0xff]),
+        1,
+        "1,023: the first block's last"
+    );
+    assert_eq!(
+        one(&[0x10, 0x01, 0x04, 0x00]),
+        1,
+        "1,024: the second block's first"
+    );
+    assert_eq!(one(&[0x10, 0x00, 0x00, 0x00]), 1, "the file's first");
+    assert_eq!(f.with_prefix(&[0x10], 3).unwrap().len(), 3);
+    assert_eq!(f.with_prefix(&[0x30], 10).unwrap().len(), 2);
+    assert!(f.with_prefix(&[0x15], 10).unwrap().is_empty());
+    assert!(f.with_prefix(&[0x05], 10).unwrap().is_empty());
+    assert!(f.with_prefix(&[0x40], 10).unwrap().is_empty());
+}
