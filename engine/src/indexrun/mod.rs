@@ -228,9 +228,9 @@ impl RunFile {
         self.f.block(b, &|buf, entry| buf[..32] == entry[..32])
     }
 
-    /// The record of `id`, if the file holds one.
-    pub fn get(&self, id: &[u8; 32]) -> Result<Option<Record>> {
-        // The last block whose first id is not above `id`.
+    /// The number of blocks whose first id is not above `id`: the last of them is the one
+    /// that can hold it (none: every id is above it).
+    fn blocks_up_to(&self, id: &[u8; 32]) -> usize {
         let (mut lo, mut hi) = (0usize, self.f.blocks());
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -240,6 +240,12 @@ impl RunFile {
                 hi = mid;
             }
         }
+        lo
+    }
+
+    /// The record of `id`, if the file holds one.
+    pub fn get(&self, id: &[u8; 32]) -> Result<Option<Record>> {
+        let lo = self.blocks_up_to(id);
         if lo == 0 {
             return Ok(None);
         }
@@ -269,17 +275,8 @@ impl RunFile {
         from[..prefix.len()].copy_from_slice(prefix);
         // The last block whose first id is not above the lowest id with the prefix: the first
         // such record is in it or begins the next.
-        let (mut lo, mut hi) = (0usize, self.f.blocks());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.f.entry(mid)[..32] <= from[..] {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
         let mut out = Vec::new();
-        for b in lo.saturating_sub(1)..self.f.blocks() {
+        for b in self.blocks_up_to(&from).saturating_sub(1)..self.f.blocks() {
             let block = self.block(b as u64)?;
             let recs: Vec<&[u8]> = block.chunks_exact(RECORD).collect();
             let start = recs.partition_point(|r| r[..32] < from[..]);
