@@ -128,17 +128,23 @@ impl Bases {
         let Some((run, path)) = &self.run else {
             return Ok(None);
         };
-        let bad = |what: String| {
-            Error::corrupt(
-                path.display().to_string(),
-                format!("the delta base of blob {id} in pack {pos}: {what}"),
-            )
-        };
         match run.with_prefix(&key(pos, id), 2)?.as_slice() {
             [] => Ok(None),
             [r] => Ok(Some(base_of(r))),
-            _ => Err(bad("two bases are given for it".into())),
+            _ => Err(Error::corrupt(
+                path.display().to_string(),
+                format!("the delta base of blob {id} in pack {pos}: two bases are given for it"),
+            )),
         }
+    }
+
+    /// The base of the blob a claim's record (of the pack at `pos`) places: looked up only
+    /// when the record is a delta's, so a whole blob costs no read of the file.
+    pub(crate) fn of_claim(&self, pos: u32, r: &Record) -> Result<Option<BlobId>> {
+        if r.raw_len & super::TOP == 0 {
+            return Ok(None);
+        }
+        self.get(pos, &Id(r.id))
     }
 
     /// Bases held in memory.

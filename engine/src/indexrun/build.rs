@@ -325,9 +325,7 @@ impl Builder {
                 let r = rx.iter().try_for_each(|sorted| {
                     let mut sorted = sorted?;
                     write(&sorted)?;
-                    let mut spare = std::mem::take(&mut sorted.mem);
-                    spare.clear();
-                    let _ = back.send(spare);
+                    let _ = back.send(std::mem::take(&mut sorted.mem));
                     Ok(())
                 });
                 drop(rx);
@@ -370,7 +368,7 @@ impl Part {
 
 impl Builder {
     /// The records of one range of a partitioned build, sorted: in memory (in `spare`, an
-    /// empty array to reuse) when they are no more than a quarter of `mem` (twice what is
+    /// array to reuse, emptied here) when they are no more than a quarter of `mem` (twice what is
     /// expected), else by runs of that size; its file removed.
     fn sort_part(
         tmp: &Path,

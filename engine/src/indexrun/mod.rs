@@ -183,6 +183,21 @@ impl Writer {
     }
 }
 
+/// The position in a block of its first record whose id is not below `id` (the block's
+/// length in records when there is none).
+fn first_not_below(block: &[u8], id: &[u8; 32]) -> usize {
+    let (mut lo, mut hi) = (0usize, block.len() / RECORD);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if block[mid * RECORD..mid * RECORD + 32] < id[..] {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// An open run file: its fence table in memory, blocks read on demand.
 pub struct RunFile {
     pub(super) f: Framed,
@@ -250,22 +265,10 @@ impl RunFile {
             return Ok(None);
         }
         let block = self.block(lo as u64 - 1)?;
-        let n = block.len() / RECORD;
-        let at = |i: usize| &block[i * RECORD..i * RECORD + 32];
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match at(mid).cmp(&id[..]) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => {
-                    return Ok(Some(Record::decode(
-                        &block[mid * RECORD..(mid + 1) * RECORD],
-                    )))
-                }
-            }
-        }
-        Ok(None)
+        let r = block[first_not_below(&block, id) * RECORD..]
+            .get(..RECORD)
+            .filter(|r| r[..32] == id[..]);
+        Ok(r.map(Record::decode))
     }
 
     /// The records whose id begins with `prefix`, in order, at most `max` of them (a build
@@ -278,9 +281,8 @@ impl RunFile {
         let mut out = Vec::new();
         for b in self.blocks_up_to(&from).saturating_sub(1)..self.f.blocks() {
             let block = self.block(b as u64)?;
-            let recs: Vec<&[u8]> = block.chunks_exact(RECORD).collect();
-            let start = recs.partition_point(|r| r[..32] < from[..]);
-            for r in &recs[start..] {
+            let start = first_not_below(&block, &from) * RECORD;
+            for r in block[start..].chunks_exact(RECORD) {
                 if !r.starts_with(prefix) || out.len() == max {
                     return Ok(out);
                 }

@@ -469,7 +469,7 @@ impl State {
                         .get(&self.packs.id_at(p)?)
                         .is_some_and(|b| b.contains(&Id(r.id)));
                 if !bad {
-                    let base = self.bases.get(p, &Id(r.id))?;
+                    let base = self.bases.of_claim(p, r)?;
                     if r.raw_len & crate::index::TOP != 0 && base.is_none() {
                         return Err(crate::error::Error::Other(format!(
                             "prune's sort of delta bases lost the base of blob {}",

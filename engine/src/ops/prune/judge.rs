@@ -335,7 +335,7 @@ pub(super) fn keep_holding(
     for r in g.drain(..) {
         let p = pack_pos(&r);
         if let Some(v) = headers.get(&p) {
-            let (_, rec) = blob_record_of(&r, bases.get(p, &Id(r.id))?);
+            let (_, rec) = blob_record_of(&r, bases.of_claim(p, &r)?);
             if v.holds(&rec) == Some(false) {
                 let id = packs.id_at(p)?;
                 refuted.by_pack.entry(id).or_default().push(rec.id);
